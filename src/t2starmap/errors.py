@@ -36,6 +36,10 @@ class ValidationError(T2StarError):
     exit_code = ExitCode.VALIDATION_FAILED
 
 
+class UnknownLevelError(T2StarError):
+    exit_code = ExitCode.UNKNOWN_LEVEL
+
+
 class NothingSelectedError(T2StarError):
     exit_code = ExitCode.NOTHING_SELECTED
 
