@@ -69,6 +69,11 @@ class FitResult:
     method: str
     device: str
     noise_sigma: float | None
+    noise_model: str = "gaussian"
+
+
+class EchoSpacingError(ValueError):
+    """A method that needs evenly spaced echoes (ARLO) was given unevenly spaced ones."""
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
