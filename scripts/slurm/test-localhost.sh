@@ -1,0 +1,197 @@
+#!/usr/bin/env bash
+# End-to-end test of scripts/slurm/ on a real single-node SLURM cluster on this machine.
+#
+#   scripts/slurm/test-localhost.sh          (as root, Debian bookworm)
+#
+# Installs slurm-wlm and munge when missing, starts a private munged (own key and socket) and a
+# private slurmctld + slurmd (own config, ports 16817/16818, state under $T2S_SLURM_STATE),
+# writes a synthetic BIDS dataset with four participants, submits it with submit.sh in native
+# mode (the repository's .venv, made with the Makefile when missing), waits for the array and
+# the group job, then checks every task's recorded exit code, every participant's maps and the
+# group TSV. Stops the daemons it started, by PID, whatever happens. Exit 0 only when all passed.
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+state=${T2S_SLURM_STATE:-/var/tmp/t2starmap-slurm-test}
+timeout_s=${T2S_SLURM_TIMEOUT:-300}
+n_participants=4
+host=$(hostname -s)
+
+step() { printf '\n=== %s  [%s]\n' "$*" "$(date -u +%H:%M:%S)"; }
+fail() { echo "slurm-test: FAIL: $*" >&2; exit 1; }
+t_start=$(date +%s)
+
+pids=()
+stop_daemons() {
+    local pid
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$pid" 2>/dev/null || true
+    done
+    pids=()
+}
+dump_logs() {
+    for f in "$state"/slurmctld.log "$state"/slurmd.log "$state"/out/logs/slurm/*.log; do
+        [[ -f $f ]] && { echo "--- $f"; tail -15 "$f"; }
+    done
+}
+on_exit() {
+    local rc=$?
+    ((rc == 0)) || dump_logs
+    stop_daemons
+    exit "$rc"
+}
+trap on_exit EXIT
+
+# Daemons left by an interrupted earlier run of this script (found by their pid files in our own
+# state folder, and only if their command line still names that folder).
+for pidfile in "$state"/*.pid; do
+    [[ -f $pidfile ]] || continue
+    pid=$(cat "$pidfile")
+    if [[ -r /proc/$pid/cmdline ]] && tr '\0' ' ' < "/proc/$pid/cmdline" | grep -q -- "$state"; then
+        echo "stopping daemon $pid left by an earlier run"
+        pids+=("$pid")
+    fi
+done
+stop_daemons
+rm -rf "$state"
+mkdir -p "$state"/{munge,ctld,d}
+
+step "tools"
+if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
+    [[ $(id -u) == 0 ]] || fail "need root to install slurm-wlm and munge"
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends slurm-wlm munge
+fi
+if [[ ! -x $repo/.venv/bin/t2starmap ]]; then
+    make -C "$repo" .venv/.installed
+fi
+slurmctld -V
+
+step "munged (private key and socket)"
+dd if=/dev/urandom of="$state/munge/munge.key" bs=1024 count=1 status=none
+chmod 0400 "$state/munge/munge.key"
+chmod 0700 "$state/munge"
+socket=$state/munge/munge.socket
+munged --foreground --force --key-file="$state/munge/munge.key" --socket="$socket" \
+    --pid-file="$state/munged.pid" --seed-file="$state/munge/seed" \
+    --log-file="$state/munge/munged.log" > "$state/munge/stdout.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 50); do [[ -S $socket ]] && break; sleep 0.1; done
+munge --socket="$socket" -n | unmunge --socket="$socket" >/dev/null || fail "munge round trip"
+echo "munged pid ${pids[-1]}"
+
+step "slurmctld + slurmd"
+hw=$(slurmd -C | head -1)  # NodeName=... CPUs=... RealMemory=...: what slurmd will detect
+cpus=$(grep -o 'CPUs=[0-9]*' <<< "$hw" | cut -d= -f2)
+export SLURM_CONF=$state/slurm.conf
+cat > "$SLURM_CONF" <<EOF
+ClusterName=t2starmap-test
+SlurmctldHost=$host
+SlurmctldPort=16817
+SlurmdPort=16818
+AuthType=auth/munge
+CredType=cred/munge
+AuthInfo=socket=$socket
+SlurmUser=root
+SlurmdUser=root
+StateSaveLocation=$state/ctld
+SlurmdSpoolDir=$state/d
+SlurmctldPidFile=$state/slurmctld.pid
+SlurmdPidFile=$state/slurmd.pid
+SlurmctldLogFile=$state/slurmctld.log
+SlurmdLogFile=$state/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/none
+MpiDefault=none
+SchedulerType=sched/backfill
+SelectType=select/cons_tres
+SelectTypeParameters=CR_CPU
+ReturnToService=2
+MinJobAge=600
+$hw State=UNKNOWN
+PartitionName=test Nodes=$host Default=YES MaxTime=INFINITE State=UP
+EOF
+slurmctld -D -c -f "$SLURM_CONF" > "$state/slurmctld.stdout" 2>&1 &
+pids+=($!)
+slurmd -D -f "$SLURM_CONF" > "$state/slurmd.stdout" 2>&1 &
+pids+=($!)
+echo "daemon pids: ${pids[*]} (munged slurmctld slurmd); node: $hw"
+for _ in $(seq 120); do
+    node_state=$(sinfo -h -N -o %T 2>/dev/null | head -1 || true)
+    [[ $node_state == idle ]] && break
+    sleep 0.5
+done
+[[ $node_state == idle ]] || fail "node not idle after 60 s (state: '$node_state')"
+sinfo
+
+step "synthetic dataset: $n_participants participants"
+bids=$state/bids out=$state/out
+"$repo/.venv/bin/python" - "$bids" "$n_participants" <<'PY'
+import json, sys
+from pathlib import Path
+from t2starmap.simulate import EXAMPLE_ECHO_TIMES, make_phantom, write_megre
+root, n = Path(sys.argv[1]), int(sys.argv[2])
+root.mkdir(parents=True)
+(root / "dataset_description.json").write_text(json.dumps(
+    {"Name": "t2starmap SLURM test", "BIDSVersion": "1.10.0", "DatasetType": "raw",
+     "Authors": ["t2starmap simulator"]}, indent=2) + "\n")
+(root / "README").write_text("Synthetic multi-echo GRE data for the SLURM test.\n")
+labels = [f"{k:02d}" for k in range(1, n + 1)]
+for k, label in enumerate(labels, start=1):
+    write_megre(root, make_phantom((24, 24, 6), EXAMPLE_ECHO_TIMES, snr=60.0, seed=100 + k), label)
+(root / "participants.tsv").write_text("participant_id\n" + "".join(f"sub-{l}\n" for l in labels))
+PY
+cat "$bids/participants.tsv"
+
+step "submit (native mode)"
+ids=$("$repo/scripts/slurm/submit.sh" "$bids" "$out" --native --cmd "$repo/.venv/bin/t2starmap" \
+    --cpus 1 --mem 500M | tail -1)
+array_id=$(cut -f1 <<< "$ids") group_id=$(cut -f2 <<< "$ids")
+echo "array job $array_id, group job $group_id"
+squeue
+
+step "wait for the jobs (at most $timeout_s s)"
+t0=$(date +%s)
+while squeue -h -j "$array_id,$group_id" 2>/dev/null | grep -q .; do
+    (($(date +%s) - t0 < timeout_s)) || { squeue; fail "jobs still queued after $timeout_s s"; }
+    sleep 2
+done
+echo "jobs finished in $(($(date +%s) - t0)) s"
+scontrol show job "$array_id" | grep -E 'JobId=|JobState|ExitCode' || true
+scontrol show job "$group_id" | grep -E 'JobId=|JobState|ExitCode' || true
+
+step "check"
+status=$out/logs/slurm
+n_exit=$(cat "$status"/task-"${array_id}"_*.exit 2>/dev/null | wc -l)
+((n_exit == n_participants)) || fail "$n_exit task exit codes recorded, expected $n_participants"
+bad=$(awk -F '\t' '$3 != 0' "$status"/task-"${array_id}"_*.exit)
+[[ -z $bad ]] || fail "participant tasks failed (task, participant, exit code, node): $bad"
+cat "$status/exit_codes.tsv" 2>/dev/null || fail "no exit_codes.tsv (the group job did not run)"
+group_rc=$(cut -f3 "$status/group_${group_id}.exit")
+[[ $group_rc == 0 ]] || fail "group job exit $group_rc"
+for k in $(seq -f %02g 1 "$n_participants"); do
+    for suffix in T2starmap R2starmap S0map desc-rmse_statmap desc-signal_mask desc-failed_mask; do
+        [[ -f $out/sub-$k/anat/sub-${k}_${suffix}.nii.gz && -f $out/sub-$k/anat/sub-${k}_${suffix}.json ]] \
+            || fail "missing sub-$k $suffix"
+    done
+done
+tsv=$out/group_T2starmap.tsv
+[[ -f $tsv ]] || fail "no group TSV"
+rows=$(($(wc -l < "$tsv") - 1))
+((rows == n_participants)) || fail "group TSV has $rows rows, expected $n_participants"
+for k in $(seq -f %02g 1 "$n_participants"); do
+    grep -q "sub-$k\|^$k" "$tsv" || fail "sub-$k missing from the group TSV"
+done
+cut -f1-6 "$tsv"
+leftover=$(find "$out" -name '.*.tmp*' | head -3)
+[[ -z $leftover ]] || fail "temporary files left in the output: $leftover"
+leftover=$(find "${TMPDIR:-/tmp}" -maxdepth 1 -name "t2starmap-${array_id}_*" | head -3)
+[[ -z $leftover ]] || fail "scratch folders not removed: $leftover"
+
+step "done"
+echo "SLURM test passed in $(($(date +%s) - t_start)) s"
