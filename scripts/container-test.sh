@@ -208,14 +208,15 @@ else
     python_host=${T2S_PYTHON:-$repo/.venv/bin/python}
     [[ -x $python_host ]] || python_host=python3
     "$python_host" - "$dicom" <<'PY' || fail "could not write the synthetic DICOM series"
-import inspect, sys
+import sys
 from pathlib import Path
-import t2starmap.simulate as sim
-writer = getattr(sim, "write_dicom_megre", None) or getattr(sim, "write_dicom", None)
-if writer is None:
-    sys.exit("t2starmap.simulate has no DICOM writer (write_dicom_megre / write_dicom)")
-phantom = sim.make_phantom((24, 24, 6), sim.EXAMPLE_ECHO_TIMES, seed=7)
-writer(Path(sys.argv[1]), phantom)
+from t2starmap.simulate import EXAMPLE_ECHO_TIMES, make_phantom
+try:
+    from t2starmap.convert.synthetic import write_siemens_classic as writer
+except ImportError as err:
+    sys.exit(f"no synthetic DICOM writer in t2starmap.convert.synthetic: {err}")
+phantom = make_phantom((24, 24, 6), EXAMPLE_ECHO_TIMES, seed=7, with_phase=True)
+print(len(writer(Path(sys.argv[1]), phantom)), "DICOM files")
 PY
     chown -R "${user%%:*}" "$conv"
     expect 0 convert -- -v "$dicom:/dicom:ro" -v "$conv:/converted" -v "$work:/work" \
@@ -223,8 +224,13 @@ PY
     n=$(find "$conv" -path '*/anat/*_MEGRE.nii.gz' | wc -l)
     [[ $n -ge 2 ]] || fail "convert wrote $n MEGRE images"
     echo "convert: $n MEGRE images"
-    expect 0 participant-converted -- -v "$conv:/bids:ro" -v "$out:/out" -v "$work:/work" \
+    out2="$scratch/out-converted"
+    mkdir -p "$out2" && chown "${user%%:*}" "$out2"
+    expect 0 participant-converted -- -v "$conv:/bids:ro" -v "$out2:/out" -v "$work:/work" \
         "$image" /bids /out participant --participant-label 01 -w /work
+    n=$(find "$out2" -name '*_T2starmap.nii.gz' | wc -l)
+    [[ $n -ge 1 ]] || fail "no T2* map from the converted data"
+    echo "participant on the converted data: $n T2* map(s)"
 fi
 
 step "done"
