@@ -75,6 +75,10 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--fit-method", "--fit_method", choices=METHODS, default="nlls",
                         help="nlls (default): Levenberg-Marquardt from a weighted log-linear "
                         "start; wls: weighted log-linear; loglin: ordinary log-linear")
+    parser.add_argument("--noise-sigma", "--noise_sigma", type=float, default=None,
+                        metavar="SIGMA", help="noise standard deviation of the magnitude "
+                        "images' real/imaginary channels, in image units (default: estimated "
+                        "from the background air)")
     parser.add_argument("--device", choices=DEVICES, default="auto",
                         help="auto (default): CUDA when torch sees a GPU, else CPU")
     parser.add_argument("--nprocs", "--n_cpus", "--n-cpus", type=int, default=None, metavar="N",

@@ -183,7 +183,7 @@ def write_bids_example(root: Path, *, shape: Sequence[int] = (24, 24, 6), snr: f
         "Each echo set is an ellipsoid with known S0 and T2* in Rician noise; the true\n"
         "maps are in truth/ (listed in .bidsignore).\n"
     )
-    (root / ".bidsignore").write_text("truth/\n")
+    (root / ".bidsignore").write_text("truth\n")
     rows = ["participant_id"]
     seed = 0
     for subject, sessions in EXAMPLE_SUBJECTS.items():
