@@ -24,8 +24,14 @@ ESTIMATION_REFERENCE = (
 )
 #: Entities kept in derivative names (the anat parametric-map entities), in BIDS order.
 OUTPUT_ENTITIES = ("subject", "session", "acquisition", "ceagent", "reconstruction", "run")
-_SHORT = {"subject": "sub", "session": "ses", "acquisition": "acq", "ceagent": "ce",
-          "reconstruction": "rec", "run": "run"}
+_SHORT = {
+    "subject": "sub",
+    "session": "ses",
+    "acquisition": "acq",
+    "ceagent": "ce",
+    "reconstruction": "rec",
+    "run": "run",
+}
 #: Listed in the output's .bidsignore: statistic maps the schema has no suffix for, and the
 #: app's own files.
 BIDSIGNORE = ("*_statmap.nii.gz", "*_statmap.json", "logs", "group_*", "*.html", "figures")
@@ -43,19 +49,49 @@ class OutputSpec:
 OUTPUTS: tuple[OutputSpec, ...] = (
     OutputSpec("t2star", "T2starmap", None, "s", "T2* = 1/R2* from the mono-exponential fit"),
     OutputSpec("r2star", "R2starmap", None, "1/s", "R2*, the fitted decay rate"),
-    OutputSpec("s0", "S0map", None, "arbitrary",
-               "S0, the fitted signal at TE = 0, in the input images' units"),
-    OutputSpec("t2star_se", "T2starmap", "stderr", "s",
-               "Standard error of T2* (delta method from the R2* standard error)"),
-    OutputSpec("r2star_se", "R2starmap", "stderr", "1/s",
-               "Standard error of R2* from the Jacobian at the solution"),
-    OutputSpec("s0_se", "S0map", "stderr", "arbitrary",
-               "Standard error of S0 from the Jacobian at the solution"),
-    OutputSpec("rmse", "statmap", "rmse", "arbitrary",
-               "Root-mean-square residual of the fit over the echoes, in the input units"),
+    OutputSpec(
+        "s0",
+        "S0map",
+        None,
+        "arbitrary",
+        "S0, the fitted signal at TE = 0, in the input images' units",
+    ),
+    OutputSpec(
+        "t2star_se",
+        "T2starmap",
+        "stderr",
+        "s",
+        "Standard error of T2* (delta method from the R2* standard error)",
+    ),
+    OutputSpec(
+        "r2star_se",
+        "R2starmap",
+        "stderr",
+        "1/s",
+        "Standard error of R2* from the Jacobian at the solution",
+    ),
+    OutputSpec(
+        "s0_se",
+        "S0map",
+        "stderr",
+        "arbitrary",
+        "Standard error of S0 from the Jacobian at the solution",
+    ),
+    OutputSpec(
+        "rmse",
+        "statmap",
+        "rmse",
+        "arbitrary",
+        "Root-mean-square residual of the fit over the echoes, in the input units",
+    ),
     OutputSpec("signal", "mask", "signal", None, "Voxels fitted (automatic signal mask)"),
-    OutputSpec("failed", "mask", "failed", None,
-               "Voxels whose fit hit a bound, did not converge or had unusable input"),
+    OutputSpec(
+        "failed",
+        "mask",
+        "failed",
+        None,
+        "Voxels whose fit hit a bound, did not converge or had unusable input",
+    ),
 )
 
 
@@ -85,10 +121,22 @@ def bids_uri(bids_dir: Path, path: Path) -> str:
 
 #: Acquisition fields copied to map sidecars when every echo agrees on them.
 ACQUISITION_FIELDS = (
-    "MagneticFieldStrength", "Manufacturer", "ManufacturerModelName", "SoftwareVersions",
-    "PulseSequenceType", "ScanningSequence", "SequenceVariant", "MRAcquisitionType",
-    "RepetitionTime", "FlipAngle", "PixelBandwidth", "ReceiveCoilName", "SliceThickness",
-    "InstitutionName", "ProtocolName", "SeriesDescription",
+    "MagneticFieldStrength",
+    "Manufacturer",
+    "ManufacturerModelName",
+    "SoftwareVersions",
+    "PulseSequenceType",
+    "ScanningSequence",
+    "SequenceVariant",
+    "MRAcquisitionType",
+    "RepetitionTime",
+    "FlipAngle",
+    "PixelBandwidth",
+    "ReceiveCoilName",
+    "SliceThickness",
+    "InstitutionName",
+    "ProtocolName",
+    "SeriesDescription",
 )
 
 
@@ -113,15 +161,17 @@ def map_sidecar(
         sidecar["Units"] = spec.units
     if spec.suffix == "mask":
         sidecar["Type"] = "ROI"  # the schema's only fitting value for these masks
-    sidecar.update({
-        "SkullStripped": False,
-        "Sources": [bids_uri(bids_dir, e.path) for e in echo_set.echoes],
-        "EstimationAlgorithm": fit_info["EstimationAlgorithm"],
-        "EstimationReference": ESTIMATION_REFERENCE,
-        "EchoTime": [e.echo_time for e in echo_set.echoes],
-        **common_acquisition([e.metadata for e in echo_set.echoes]),
-        **{k: v for k, v in fit_info.items() if k != "EstimationAlgorithm"},
-    })
+    sidecar.update(
+        {
+            "SkullStripped": False,
+            "Sources": [bids_uri(bids_dir, e.path) for e in echo_set.echoes],
+            "EstimationAlgorithm": fit_info["EstimationAlgorithm"],
+            "EstimationReference": ESTIMATION_REFERENCE,
+            "EchoTime": [e.echo_time for e in echo_set.echoes],
+            **common_acquisition([e.metadata for e in echo_set.echoes]),
+            **{k: v for k, v in fit_info.items() if k != "EstimationAlgorithm"},
+        }
+    )
     return sidecar
 
 

@@ -19,11 +19,30 @@ from t2starmap.fit import MAX_ECHO_TIME
 log = logging.getLogger("t2starmap.layout")
 
 #: Entities that distinguish echo sets, in BIDS file-name order (MEGRE minus echo and part).
-SET_ENTITIES = ("subject", "session", "task", "acquisition", "ceagent", "reconstruction", "run",
-                "flip", "inversion", "mtransfer")
-_SHORT = {"subject": "sub", "session": "ses", "task": "task", "acquisition": "acq",
-          "ceagent": "ce", "reconstruction": "rec", "run": "run", "flip": "flip",
-          "inversion": "inv", "mtransfer": "mt"}
+SET_ENTITIES = (
+    "subject",
+    "session",
+    "task",
+    "acquisition",
+    "ceagent",
+    "reconstruction",
+    "run",
+    "flip",
+    "inversion",
+    "mtransfer",
+)
+_SHORT = {
+    "subject": "sub",
+    "session": "ses",
+    "task": "task",
+    "acquisition": "acq",
+    "ceagent": "ce",
+    "reconstruction": "rec",
+    "run": "run",
+    "flip": "flip",
+    "inversion": "inv",
+    "mtransfer": "mt",
+}
 
 
 @dataclass(frozen=True)
@@ -56,8 +75,9 @@ class EchoSet:
     @property
     def name(self) -> str:
         """The set's entities as in a file name, e.g. ``sub-01_ses-1_run-2``."""
-        return "_".join(f"{_SHORT[k]}-{self.entities[k]}" for k in SET_ENTITIES
-                        if k in self.entities)
+        return "_".join(
+            f"{_SHORT[k]}-{self.entities[k]}" for k in SET_ENTITIES if k in self.entities
+        )
 
 
 def echo_time_of(path: Path, metadata: Mapping[str, Any]) -> float:
@@ -128,15 +148,15 @@ def find_echo_sets(
     if participant_labels:
         missing = sorted(set(participant_labels) - set(layout.get_subjects()))
         if missing:
-            raise NothingSelectedError(
-                f"{bids_dir}: no participant {', '.join('sub-' + m for m in missing)} in the dataset"
-            )
+            names = ", ".join("sub-" + m for m in missing)
+            raise NothingSelectedError(f"{bids_dir}: no participant {names} in the dataset")
         query["subject"] = list(participant_labels)
     if session_labels:
         query["session"] = list(session_labels)
     for key, value in (filters or {}).items():
-        query[key] = [_query_value(v) for v in value] if isinstance(value, list) else (
-            _query_value(value))
+        query[key] = (
+            [_query_value(v) for v in value] if isinstance(value, list) else (_query_value(value))
+        )
     try:
         files = layout.get(**query)
     except (ValueError, KeyError) as err:  # pybids rejects unknown entities
@@ -146,10 +166,10 @@ def find_echo_sets(
         entities = bids_file.get_entities()
         if entities.get("part", "mag") != "mag":
             continue
-        key = tuple((k, str(entities[k])) for k in SET_ENTITIES if k in entities)
+        set_key = tuple((k, str(entities[k])) for k in SET_ENTITIES if k in entities)
         path = Path(bids_file.path)
         metadata = bids_file.get_metadata()
-        groups.setdefault(key, []).append(Echo(path, echo_time_of(path, metadata), metadata))
+        groups.setdefault(set_key, []).append(Echo(path, echo_time_of(path, metadata), metadata))
     if not groups:
         what = []
         if participant_labels:
@@ -163,6 +183,10 @@ def find_echo_sets(
         )
     sets = [build_echo_set(dict(key), echoes) for key, echoes in sorted(groups.items())]
     for echo_set in sets:
-        log.debug("echo set %s: %d echoes, TE %s s", echo_set.name, len(echo_set.echoes),
-                  echo_set.echo_times)
+        log.debug(
+            "echo set %s: %d echoes, TE %s s",
+            echo_set.name,
+            len(echo_set.echoes),
+            echo_set.echo_times,
+        )
     return sets

@@ -5,6 +5,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -25,7 +26,8 @@ class Geometry:
     sform_code: int
 
 
-def _open(path: Path) -> nib.spatialimages.SpatialImage:
+def _open(path: Path) -> Any:
+    """nibabel image (typed Any: nibabel's load() is typed as the file-based base class)."""
     try:
         return nib.load(str(path))
     except Exception as err:  # nibabel raises many kinds for unreadable files
@@ -81,6 +83,11 @@ def load_magnitude(echo_set: EchoSet, geometry: Geometry) -> np.ndarray:
             raise BadDataError(f"{echo.path}: image data could not be read ({err})") from err
         out[..., k] = data.reshape(geometry.shape)
     return out
+
+
+def read_map(path: Path) -> np.ndarray:
+    """One written map as float64 (masks compare > 0). Raises OSError/ValueError when unreadable."""
+    return np.asarray(nib.load(str(path)).dataobj, dtype=np.float64)  # type: ignore[attr-defined]
 
 
 def save_map(path: Path, data: np.ndarray, geometry: Geometry) -> Path:

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ from t2starmap.fit import (
     resolve_device,
 )
 from t2starmap.layout import EchoSet, find_echo_sets
-from t2starmap.nifti import Geometry, check_geometry, load_magnitude, save_map
+from t2starmap.nifti import Geometry, check_geometry, load_magnitude, read_map, save_map
 from t2starmap.noise import estimate_noise, signal_mask
 from t2starmap.settings import Settings
 
@@ -77,10 +78,12 @@ def prepare_output(output_dir: Path) -> None:
     """Create the output folder (exit 73 when impossible) and its shared top-level files."""
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=output_dir, prefix=".write-test-", delete=True)
-        probe.close()
+        with tempfile.NamedTemporaryFile(dir=output_dir, prefix=".write-test-"):
+            pass
     except OSError as err:
-        raise OutputError(f"{output_dir}: cannot create or write the output folder ({err})") from err
+        raise OutputError(
+            f"{output_dir}: cannot create or write the output folder ({err})"
+        ) from err
 
 
 def write_shared_files(settings: Settings) -> None:
@@ -100,8 +103,9 @@ def write_settings_log(settings: Settings) -> Path:
 def validate_input(settings: Settings) -> None:
     from t2starmap.validate import validate_bids
 
-    log.info("validating %s with bids-validator (skip with --skip-bids-validation)",
-             settings.bids_dir)
+    log.info(
+        "validating %s with bids-validator (skip with --skip-bids-validation)", settings.bids_dir
+    )
     try:
         report = validate_bids(settings.bids_dir)
     except (RuntimeError, OSError) as err:
@@ -153,8 +157,12 @@ def run_participant(settings: Settings) -> list[SetOutcome]:
         raise UsageError(f"--device {settings.device}: {err}") from err
     torch.set_num_threads(settings.nprocs)
 
-    echo_sets = find_echo_sets(settings.bids_dir, settings.participant_labels,
-                               settings.session_labels, settings.bids_filters)
+    echo_sets = find_echo_sets(
+        settings.bids_dir,
+        settings.participant_labels,
+        settings.session_labels,
+        settings.bids_filters,
+    )
     geometries = [check_geometry(s) for s in echo_sets]
     _check_unique_outputs(echo_sets)
     log.info("%d echo set(s) to fit on %s with %s", len(echo_sets), device, settings.fit_method)
@@ -167,13 +175,18 @@ def run_participant(settings: Settings) -> list[SetOutcome]:
         for outcome in outcomes:
             for staged in outcome.files:
                 target = settings.output_dir / staged.relative_to(stage)
-                write_with(target, lambda tmp, src=staged: shutil.copyfile(src, tmp))
+                write_with(target, partial(shutil.copyfile, staged))
             outcome.files = [settings.output_dir / f.relative_to(stage) for f in outcome.files]
     write_settings_log(settings)
     for outcome in outcomes:
-        log.info("%s: %d voxels fitted, %.1f%% failed, %.2f s -> %s",
-                 outcome.echo_set.name, outcome.n_voxels, 100 * outcome.failed_fraction,
-                 outcome.seconds, outcome.files[0].parent)
+        log.info(
+            "%s: %d voxels fitted, %.1f%% failed, %.2f s -> %s",
+            outcome.echo_set.name,
+            outcome.n_voxels,
+            100 * outcome.failed_fraction,
+            outcome.seconds,
+            outcome.files[0].parent,
+        )
     return outcomes
 
 
@@ -200,17 +213,23 @@ def _fit_echo_set(
     first = echo_set.echoes[0].path
     unusable = ~np.all(np.isfinite(magnitude), axis=-1) | np.any(magnitude < 0, axis=-1)
     if unusable.all() or not np.any(magnitude[~unusable] > 0):
-        raise BadDataError(f"{first}: no usable signal in set {echo_set.name} (all voxels are "
-                           "zero, negative or not finite)")
+        raise BadDataError(
+            f"{first}: no usable signal in set {echo_set.name} (all voxels are "
+            "zero, negative or not finite)"
+        )
     if unusable.any():
-        message = (f"{echo_set.name}: {int(unusable.sum())} voxel(s) with NaN/inf or negative "
-                   "samples are flagged as failed")
+        message = (
+            f"{echo_set.name}: {int(unusable.sum())} voxel(s) with NaN/inf or negative "
+            "samples are flagged as failed"
+        )
         log.warning("%s", message)
         outcome.warnings.append(message)
         magnitude[unusable] = np.nan
     if len(echo_set.echoes) == 2:
-        message = (f"{echo_set.name}: only 2 echoes: the fit is exact, so RMSE is 0 and no "
-                   "goodness of fit can be given")
+        message = (
+            f"{echo_set.name}: only 2 echoes: the fit is exact, so RMSE is 0 and no "
+            "goodness of fit can be given"
+        )
         log.warning("%s", message)
         outcome.warnings.append(message)
 
@@ -221,20 +240,32 @@ def _fit_echo_set(
         estimate = estimate_noise(magnitude[..., 0])
         sigma = estimate.sigma
         if sigma is None:
-            message = (f"{echo_set.name}: noise level could not be estimated from the "
-                       f"background ({estimate.reason}); falling back to the Gaussian fit")
+            message = (
+                f"{echo_set.name}: noise level could not be estimated from the "
+                f"background ({estimate.reason}); falling back to the Gaussian fit"
+            )
             log.warning("%s", message)
             outcome.warnings.append(message)
         else:
-            log.info("%s: noise sigma %.4g from %d background voxels", echo_set.name, sigma,
-                     estimate.n_background)
+            log.info(
+                "%s: noise sigma %.4g from %d background voxels",
+                echo_set.name,
+                sigma,
+                estimate.n_background,
+            )
     mask = signal_mask(magnitude, sigma)
     if not mask.any():
         raise BadDataError(f"{first}: no voxel of set {echo_set.name} rises above the noise")
 
     try:
-        result = fit_t2star(magnitude, echo_set.echo_times, method=settings.fit_method,
-                            mask=mask, device=device, noise_sigma=sigma)
+        result = fit_t2star(
+            magnitude,
+            echo_set.echo_times,
+            method=settings.fit_method,
+            mask=mask,
+            device=device,
+            noise_sigma=sigma,
+        )
     except EchoSpacingError as err:
         raise UsageError(f"{first}: --fit-method {settings.fit_method}: {err}") from err
     except ValueError as err:
@@ -278,8 +309,13 @@ def _fit_info(result: FitResult, settings: Settings, outcome: SetOutcome) -> dic
         "FitMethod": result.method,
         "NoiseModel": result.noise_model,
         "NoiseSigma": result.noise_sigma,
-        "NoiseSigmaSource": ("command line" if settings.noise_sigma is not None else
-                             "background" if result.noise_sigma is not None else "none"),
+        "NoiseSigmaSource": (
+            "command line"
+            if settings.noise_sigma is not None
+            else "background"
+            if result.noise_sigma is not None
+            else "none"
+        ),
         "ComputeDevice": result.device,
         "T2starRange": [T2STAR_MIN, T2STAR_MAX],
         "SoftwareName": "t2starmap",
@@ -312,8 +348,6 @@ GROUP_COLUMNS = {
 
 
 def run_group(settings: Settings) -> Path:
-    import nibabel as nib
-
     out = settings.output_dir
     maps = sorted(p for p in out.glob("sub-*/**/anat/*_T2starmap.nii.gz") if "_desc-" not in p.name)
     if settings.participant_labels:
@@ -331,33 +365,44 @@ def run_group(settings: Settings) -> Path:
             return folder / f"{stem}_{suffix}"
 
         try:
-            t2 = np.asarray(nib.load(str(t2_path)).dataobj, dtype=np.float64)
-            r2 = np.asarray(nib.load(str(sibling("R2starmap.nii.gz"))).dataobj, dtype=np.float64)
-            s0 = np.asarray(nib.load(str(sibling("S0map.nii.gz"))).dataobj, dtype=np.float64)
-            mask = np.asarray(nib.load(str(sibling("desc-signal_mask.nii.gz"))).dataobj) > 0
-            failed = np.asarray(nib.load(str(sibling("desc-failed_mask.nii.gz"))).dataobj) > 0
+            t2 = read_map(t2_path)
+            r2 = read_map(sibling("R2starmap.nii.gz"))
+            s0 = read_map(sibling("S0map.nii.gz"))
+            mask = read_map(sibling("desc-signal_mask.nii.gz")) > 0
+            failed = read_map(sibling("desc-failed_mask.nii.gz")) > 0
             sidecar = json.loads(t2_path.with_name(stem + "_T2starmap.json").read_text())
         except (OSError, ValueError) as err:
-            raise BadDataError(f"{t2_path}: participant outputs incomplete or unreadable ({err})")
+            raise BadDataError(
+                f"{t2_path}: participant outputs incomplete or unreadable ({err})"
+            ) from err
         rows.append(_group_row(stem, mask, failed, t2, r2, s0, sidecar.get("NoiseSigma")))
     prepare_output(out)
     write_shared_files(settings)
     table = out / GROUP_TABLE
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(GROUP_COLUMNS), delimiter="\t",
-                            lineterminator="\n")
+    writer = csv.DictWriter(
+        buffer, fieldnames=list(GROUP_COLUMNS), delimiter="\t", lineterminator="\n"
+    )
     writer.writeheader()
     writer.writerows(rows)
     write_text(table, buffer.getvalue())
-    write_json(table.with_suffix(".json"), {k: {"Description": v} for k, v in
-                                           GROUP_COLUMNS.items()})
+    write_json(
+        table.with_suffix(".json"), {k: {"Description": v} for k, v in GROUP_COLUMNS.items()}
+    )
     write_settings_log(settings)
     log.info("group summary of %d echo set(s): %s", len(rows), table)
     return table
 
 
-def _group_row(stem: str, mask: np.ndarray, failed: np.ndarray, t2: np.ndarray,
-               r2: np.ndarray, s0: np.ndarray, sigma: Any) -> dict[str, Any]:
+def _group_row(
+    stem: str,
+    mask: np.ndarray,
+    failed: np.ndarray,
+    t2: np.ndarray,
+    r2: np.ndarray,
+    s0: np.ndarray,
+    sigma: Any,
+) -> dict[str, Any]:
     entities = dict(part.split("-", 1) for part in stem.split("_") if "-" in part)
     good = mask & ~failed
     n_voxels = int(mask.sum())
@@ -378,9 +423,13 @@ def _group_row(stem: str, mask: np.ndarray, failed: np.ndarray, t2: np.ndarray,
         "echo_set": set_name or "n/a",
         "n_voxels": n_voxels,
         "failed_fraction": f"{(failed & mask).sum() / max(n_voxels, 1):.6g}",
-        "t2star_median": t2_stats[0], "t2star_q1": t2_stats[1], "t2star_q3": t2_stats[2],
+        "t2star_median": t2_stats[0],
+        "t2star_q1": t2_stats[1],
+        "t2star_q3": t2_stats[2],
         "t2star_iqr": t2_stats[3],
-        "r2star_median": r2_stats[0], "r2star_q1": r2_stats[1], "r2star_q3": r2_stats[2],
+        "r2star_median": r2_stats[0],
+        "r2star_q1": r2_stats[1],
+        "r2star_q3": r2_stats[2],
         "r2star_iqr": r2_stats[3],
         "noise_sigma": f"{sigma:.6g}" if has_sigma else "n/a",
         "snr": snr,
