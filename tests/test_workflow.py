@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -209,3 +210,18 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--version"])
     assert exit_info.value.code == 0
     assert capsys.readouterr().out.startswith("t2starmap ")
+
+
+def test_progress_bar_only_on_a_terminal(
+    example: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    argv = [str(example), str(tmp_path / "o"), "participant", "--skip-bids-validation"]
+    assert main([*argv, "--participant-label", "01"]) == 0
+    plain = capsys.readouterr().err
+    assert "echo sets" not in plain and "sub-01: 752 voxels fitted" in plain
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert main([*argv, "--participant-label", "01"]) == 0
+    assert "echo sets: 100%" in capsys.readouterr().err
