@@ -128,7 +128,7 @@ def test_bad_input(
     expected = breaker(example)
     before = checksums(example)
     out = tmp_path / "out"
-    argv = [str(example), str(out), "participant", "--participant-label", "01"]
+    argv = [str(example), str(out), "participant"]
     assert main(argv if validate else [*argv, "--skip-bids-validation"]) == code
     err = capsys.readouterr().err
     assert expected in err
@@ -152,6 +152,24 @@ def test_unknown_participant_is_18(example: Path, tmp_path: Path) -> None:
                 "participant",
                 "--participant-label",
                 "07",
+                "--skip-bids-validation",
+            ]
+        )
+        == 18
+    )
+
+
+def test_participant_without_megre_is_18(example: Path, tmp_path: Path) -> None:
+    for path in (example / "sub-01").rglob("*_MEGRE.*"):
+        path.unlink()
+    assert (
+        run_code(
+            [
+                str(example),
+                str(tmp_path / "o"),
+                "participant",
+                "--participant-label",
+                "01",
                 "--skip-bids-validation",
             ]
         )

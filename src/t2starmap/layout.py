@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +127,22 @@ def _query_value(value: Any) -> Any:
     return value
 
 
+def _index(bids_dir: Path, participant_labels: Sequence[str] | None) -> Any:
+    """A pybids layout of the dataset. With participant labels, the other participants'
+    folders are not even walked (one job of a SLURM array must not index hundreds of
+    participants), and metadata is indexed for MEGRE files only."""
+    from bids import BIDSLayout
+    from bids.layout.index import BIDSLayoutIndexer
+    from bids.layout.validation import DEFAULT_LOCATIONS_TO_IGNORE
+
+    ignore = [*DEFAULT_LOCATIONS_TO_IGNORE, re.compile(r"^/derivatives")]
+    if participant_labels:
+        wanted = "|".join(re.escape(label) for label in participant_labels)
+        ignore.append(re.compile(rf"^/sub-(?!(?:{wanted})(?:/|$))"))
+    indexer = BIDSLayoutIndexer(validate=False, ignore=ignore, suffix="MEGRE")
+    return BIDSLayout(str(bids_dir), validate=False, derivatives=False, indexer=indexer)
+
+
 def find_echo_sets(
     bids_dir: Path,
     participant_labels: Sequence[str] | None = None,
@@ -137,19 +154,21 @@ def find_echo_sets(
     Raises InputMissingError (the dataset holds no MEGRE at all), NothingSelectedError
     (labels or filters select none) or BadDataError (a selected set cannot be fitted).
     """
-    from bids import BIDSLayout
-
-    layout = BIDSLayout(str(bids_dir), validate=False, derivatives=False)
-    base = {"suffix": "MEGRE", "extension": [".nii", ".nii.gz"], "return_type": "object"}
-    every = layout.get(**base)
-    if not every:
-        raise InputMissingError(f"{bids_dir}: the dataset holds no MEGRE images (*_MEGRE.nii[.gz])")
-    query: dict[str, Any] = dict(base)
     if participant_labels:
-        missing = sorted(set(participant_labels) - set(layout.get_subjects()))
+        present = {p.name[4:] for p in Path(bids_dir).glob("sub-*") if p.is_dir()}
+        missing = sorted(set(participant_labels) - present)
         if missing:
             names = ", ".join("sub-" + m for m in missing)
             raise NothingSelectedError(f"{bids_dir}: no participant {names} in the dataset")
+    layout = _index(bids_dir, participant_labels)
+    base = {"suffix": "MEGRE", "extension": [".nii", ".nii.gz"], "return_type": "object"}
+    if not layout.get(**base):
+        if participant_labels:
+            names = ", ".join("sub-" + m for m in participant_labels)
+            raise NothingSelectedError(f"{bids_dir}: {names} hold(s) no MEGRE images")
+        raise InputMissingError(f"{bids_dir}: the dataset holds no MEGRE images (*_MEGRE.nii[.gz])")
+    query: dict[str, Any] = dict(base)
+    if participant_labels:
         query["subject"] = list(participant_labels)
     if session_labels:
         query["session"] = list(session_labels)
