@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -143,54 +142,31 @@ def run_code(argv: list[str]) -> int:
     return main([*argv, "-q"])
 
 
-def test_unknown_participant_is_18(example: Path, tmp_path: Path) -> None:
-    assert (
-        run_code(
-            [
-                str(example),
-                str(tmp_path / "o"),
-                "participant",
-                "--participant-label",
-                "07",
-                "--skip-bids-validation",
-            ]
-        )
-        == 18
-    )
+def participant_code(example: Path, out: Path, *extra: str) -> int:
+    return run_code([str(example), str(out), "participant", "--skip-bids-validation", *extra])
 
 
-def test_participant_without_megre_is_18(example: Path, tmp_path: Path) -> None:
-    for path in (example / "sub-01").rglob("*_MEGRE.*"):
+def remove_sub01_megre(bids: Path) -> None:
+    for path in (bids / "sub-01").rglob("*_MEGRE.*"):
         path.unlink()
-    assert (
-        run_code(
-            [
-                str(example),
-                str(tmp_path / "o"),
-                "participant",
-                "--participant-label",
-                "01",
-                "--skip-bids-validation",
-            ]
-        )
-        == 18
-    )
 
 
-def test_unknown_session_is_18(example: Path, tmp_path: Path) -> None:
-    assert (
-        run_code(
-            [
-                str(example),
-                str(tmp_path / "o"),
-                "participant",
-                "--session-label",
-                "9",
-                "--skip-bids-validation",
-            ]
-        )
-        == 18
-    )
+SELECTS_NOTHING = [
+    ("unknown participant", ["--participant-label", "07"], None),
+    ("unknown session", ["--session-label", "9"], None),
+    ("participant without MEGRE", ["--participant-label", "01"], remove_sub01_megre),
+]
+
+
+@pytest.mark.parametrize(
+    ("extra", "prepare"), [c[1:] for c in SELECTS_NOTHING], ids=[c[0] for c in SELECTS_NOTHING]
+)
+def test_selecting_nothing_is_18(
+    example: Path, tmp_path: Path, extra: list[str], prepare: Callable[[Path], None] | None
+) -> None:
+    if prepare is not None:
+        prepare(example)
+    assert participant_code(example, tmp_path / "o", *extra) == 18
 
 
 def test_output_inside_input_is_64(example: Path) -> None:
@@ -200,59 +176,39 @@ def test_output_inside_input_is_64(example: Path) -> None:
     assert checksums(example) == before
 
 
-def test_bad_label_is_64(example: Path, tmp_path: Path) -> None:
-    assert (
-        run_code([str(example), str(tmp_path / "o"), "participant", "--participant-label", "../x"])
-        == 64
-    )
+def block_output(tmp_path: Path) -> Path:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("in the way")
+    return blocker / "out"
 
 
-def test_unknown_option_is_64(example: Path, tmp_path: Path) -> None:
-    assert run_code([str(example), str(tmp_path / "o"), "participant", "--no-such"]) == 64
-    assert (
-        run_code([str(example), str(tmp_path / "o"), "participant", "--fit-method", "magic"]) == 64
-    )
+# (id, arguments after BIDS_DIR OUTPUT_DIR; "{tmp}" is the test's temporary folder, exit code)
+ARGUMENT_ERRORS = [
+    ("bad label", ["participant", "--participant-label", "../x"], 64),
+    ("unknown option", ["participant", "--no-such"], 64),
+    ("unknown fit method", ["participant", "--fit-method", "magic"], 64),
+    ("unknown level", ["session"], 17),
+    ("missing filter file", ["participant", "--bids-filter-file", "{tmp}/none.json"], 66),
+    ("unparsable filter file", ["participant", "--bids-filter-file", "{tmp}/bad.json"], 64),
+]
 
 
-def test_unknown_level_is_17(example: Path, tmp_path: Path) -> None:
-    assert run_code([str(example), str(tmp_path / "o"), "session"]) == 17
+@pytest.mark.parametrize(
+    ("args", "code"), [c[1:] for c in ARGUMENT_ERRORS], ids=[c[0] for c in ARGUMENT_ERRORS]
+)
+def test_argument_errors(example: Path, tmp_path: Path, args: list[str], code: int) -> None:
+    (tmp_path / "bad.json").write_text("{not json")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    assert run_code([str(example), str(tmp_path / "o"), *argv]) == code
+    assert not (tmp_path / "o").exists()
 
 
 def test_missing_input_is_66(tmp_path: Path) -> None:
     assert run_code([str(tmp_path / "nothing"), str(tmp_path / "o"), "participant"]) == 66
 
 
-def test_missing_filter_file_is_66(example: Path, tmp_path: Path) -> None:
-    assert (
-        run_code(
-            [
-                str(example),
-                str(tmp_path / "o"),
-                "participant",
-                "--bids-filter-file",
-                str(tmp_path / "none.json"),
-            ]
-        )
-        == 66
-    )
-
-
-def test_unparsable_filter_file_is_64(example: Path, tmp_path: Path) -> None:
-    bad = tmp_path / "f.json"
-    bad.write_text("{not json")
-    assert (
-        run_code([str(example), str(tmp_path / "o"), "participant", "--bids-filter-file", str(bad)])
-        == 64
-    )
-
-
 def test_unwritable_output_is_73(example: Path, tmp_path: Path) -> None:
-    blocker = tmp_path / "a-file"
-    blocker.write_text("in the way")
-    assert (
-        run_code([str(example), str(blocker / "out"), "participant", "--skip-bids-validation"])
-        == 73
-    )
+    assert participant_code(example, block_output(tmp_path)) == 73
 
 
 def test_cuda_without_gpu_is_64(example: Path, tmp_path: Path) -> None:
@@ -260,19 +216,7 @@ def test_cuda_without_gpu_is_64(example: Path, tmp_path: Path) -> None:
 
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
-    assert (
-        run_code(
-            [
-                str(example),
-                str(tmp_path / "o"),
-                "participant",
-                "--device",
-                "cuda",
-                "--skip-bids-validation",
-            ]
-        )
-        == 64
-    )
+    assert participant_code(example, tmp_path / "o", "--device", "cuda") == 64
 
 
 def test_group_without_participant_outputs_is_66(
@@ -286,13 +230,13 @@ def test_group_without_participant_outputs_is_66(
 def test_failure_keeps_earlier_outputs_intact(example: Path, tmp_path: Path) -> None:
     """A failing second run must not disturb the complete outputs of a first one."""
     out = tmp_path / "out"
-    assert run_code([str(example), str(out), "participant", "--skip-bids-validation"]) == 0
+    assert participant_code(example, out) == 0
     before = checksums(out / "sub-02")
     corrupt_gzip_sub02 = (
         example / "sub-02" / "ses-2" / "anat" / "sub-02_ses-2_echo-5_part-mag_MEGRE.nii.gz"
     )
     corrupt_gzip_sub02.write_bytes(corrupt_gzip_sub02.read_bytes()[:100])
-    assert run_code([str(example), str(out), "participant", "--skip-bids-validation"]) == 65
+    assert participant_code(example, out) == 65
     assert checksums(out / "sub-02") == before
     assert not [p for p in out.rglob(".*tmp*")]
 
@@ -318,19 +262,6 @@ def test_unexpected_error_is_1_with_traceback_only_when_verbose(
 def test_work_dir_is_cleaned(example: Path, tmp_path: Path) -> None:
     work = tmp_path / "scratch"
     assert (
-        run_code(
-            [
-                str(example),
-                str(tmp_path / "o"),
-                "participant",
-                "-w",
-                str(work),
-                "--participant-label",
-                "01",
-                "--skip-bids-validation",
-            ]
-        )
-        == 0
+        participant_code(example, tmp_path / "o", "-w", str(work), "--participant-label", "01") == 0
     )
     assert work.is_dir() and not any(work.iterdir())
-    shutil.rmtree(work)
