@@ -32,18 +32,6 @@ FROM ${BASE_IMAGE} AS runtime
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://pypi.org/simple
 ARG TORCH_FIND_LINKS=""
-ARG VERSION=0.1.0
-ARG VCS_REF=unknown
-
-LABEL org.opencontainers.image.title="t2starmap" \
-      org.opencontainers.image.description="BIDS-App: T2*, R2* and S0 maps from multi-echo GRE (BIDS MEGRE) MRI, fitted with torch" \
-      org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.revision="${VCS_REF}" \
-      org.opencontainers.image.source="https://github.com/t2starmap/t2starmap" \
-      org.opencontainers.image.url="https://github.com/t2starmap/t2starmap" \
-      org.opencontainers.image.documentation="https://github.com/t2starmap/t2starmap/blob/main/docs/containers.md" \
-      org.opencontainers.image.licenses="Apache-2.0"
-
 # Everything writable lives under /tmp, so the image runs with a read-only root filesystem
 # (`--read-only --tmpfs /tmp`) and under any user id (Apptainer runs as the calling user).
 ENV VIRTUAL_ENV=/opt/venv \
@@ -68,6 +56,19 @@ RUN python3 -m venv "${VIRTUAL_ENV}" \
         ${TORCH_FIND_LINKS:+--find-links "${TORCH_FIND_LINKS}"} \
         "torch==${TORCH_VERSION}" -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
+
+# Labels and the source come last, so a new commit reuses the dependency layer above.
+ARG VERSION=0.1.0
+ARG VCS_REF=unknown
+
+LABEL org.opencontainers.image.title="t2starmap" \
+      org.opencontainers.image.description="BIDS-App: T2*, R2* and S0 maps from multi-echo GRE (BIDS MEGRE) MRI, fitted with torch" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${VCS_REF}" \
+      org.opencontainers.image.source="https://github.com/t2starmap/t2starmap" \
+      org.opencontainers.image.url="https://github.com/t2starmap/t2starmap" \
+      org.opencontainers.image.documentation="https://github.com/t2starmap/t2starmap/blob/main/docs/containers.md" \
+      org.opencontainers.image.licenses="Apache-2.0"
 
 # The project itself, from the wheel built above, and the BIDS-App entry point.
 COPY --from=build /dist/ /tmp/dist/

@@ -109,7 +109,16 @@ step "build $image"
 compgen -G "$wheel_dir/torch-${torch_version}-cp311-*.whl" >/dev/null \
     || fail "no torch-${torch_version}-cp311 wheel in $wheel_dir (set T2S_TORCH_WHEEL_DIR)"
 [[ -f $repo/README.md ]] || fail "README.md missing: the wheel build needs it"
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# A fixed port when free: the port is part of a build argument, and an unchanged argument lets
+# a rerun reuse the cached dependency layer.
+port=$(python3 -c '
+import socket
+s = socket.socket()
+try:
+    s.bind(("127.0.0.1", 38467))
+except OSError:
+    s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])')
 python3 -m http.server --bind 127.0.0.1 --directory "$wheel_dir" "$port" >"$scratch/http.log" 2>&1 &
 http_pid=$!
 for _ in $(seq 50); do

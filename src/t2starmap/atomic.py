@@ -3,6 +3,7 @@ then ``os.replace``. Concurrent writers of identical content are safe."""
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import tempfile
@@ -33,6 +34,21 @@ def atomic_path(target: Path) -> Iterator[Path]:
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(target: Path) -> list[Path]:
+    """Delete the temporary files a killed writer of ``target`` left beside it; return them.
+
+    SIGKILL gives :func:`atomic_path` no chance to clean up. Call this only for a file no other
+    process may be writing at the same time (a participant's own outputs, not the shared
+    ``dataset_description.json``).
+    """
+    target = Path(target)
+    pattern = f".{glob.escape(target.name)}.*.tmp{''.join(target.suffixes)}"
+    stale = [p for p in target.parent.glob(pattern) if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def write_with(target: Path, writer: Callable[[Path], Any]) -> Path:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from t2starmap import __version__, derivatives
-from t2starmap.atomic import write_json, write_text, write_with
+from t2starmap.atomic import remove_stale_temporaries, write_json, write_text, write_with
 from t2starmap.errors import (
     BadDataError,
     InputMissingError,
@@ -175,6 +175,7 @@ def run_participant(settings: Settings) -> list[SetOutcome]:
         for outcome in outcomes:
             for staged in outcome.files:
                 target = settings.output_dir / staged.relative_to(stage)
+                remove_stale_temporaries(target)  # left by an earlier, killed run
                 write_with(target, partial(shutil.copyfile, staged))
             outcome.files = [settings.output_dir / f.relative_to(stage) for f in outcome.files]
     write_settings_log(settings)
