@@ -19,7 +19,7 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 64; }
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 64; }
 (($# >= 2)) || usage
 bids=$(realpath "$1") out=$(realpath -m "$2"); shift 2
 mode=apptainer sif=$PWD/t2starmap.sif cmd=t2starmap gpu=0 cpus=1 mem=4G throttle="" scratch=""
