@@ -180,6 +180,18 @@ for k in $(seq -f %02g 1 "$n_participants"); do
             || fail "missing sub-$k $suffix"
     done
 done
+# Threads follow the allocation (--cpus 1 above; the app alone would take every CPU).
+"$repo/.venv/bin/python" - "$out/logs" "$n_participants" <<'PY' || fail "settings logs"
+import json, sys
+from pathlib import Path
+logs = sorted(Path(sys.argv[1]).glob("settings_participant_*.json"))
+assert len(logs) == int(sys.argv[2]), [p.name for p in logs]
+for log in logs:
+    s = json.loads(log.read_text())
+    assert s["nprocs"] == 1, (log.name, s["nprocs"])
+    assert len(s["participant_labels"]) == 1, (log.name, s["participant_labels"])
+print(f"{len(logs)} participant settings logs: one label each, nprocs 1 (SLURM_CPUS_PER_TASK)")
+PY
 tsv=$out/group_T2starmap.tsv
 [[ -f $tsv ]] || fail "no group TSV"
 rows=$(($(wc -l < "$tsv") - 1))
