@@ -200,6 +200,15 @@ rows=$(($(wc -l < "$tsv") - 1))
 [[ $rows == "$n_sets" ]] || fail "group TSV has $rows rows, expected $n_sets"
 head -2 "$tsv"
 
+step "any user id (Apptainer runs as the calling user)"
+out_any="$scratch/out-anyuid"
+mkdir -p "$out_any" && chmod 0777 "$out_any"
+expect 0 participant-anyuid -- --user 54321:54321 -v "$bids:/bids:ro" -v "$out_any:/out" \
+    "$image" /bids /out participant --participant-label 01 --skip-bids-validation
+[[ -f $out_any/sub-01/anat/sub-01_T2starmap.nii.gz ]] || fail "uid 54321: no sub-01 T2* map"
+[[ $(stat -c %u "$out_any/sub-01/anat/sub-01_T2starmap.nii.gz") == 54321 ]] || fail "owner"
+echo "uid 54321: sub-01 maps written, owned by 54321"
+
 step "exit codes through the entry point"
 expect 18 unknown-label -- "${mounts[@]}" "$image" /bids /out participant --participant-label 99 \
     --skip-bids-validation
