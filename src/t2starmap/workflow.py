@@ -170,6 +170,9 @@ def run_participant(settings: Settings) -> list[SetOutcome]:
                 write_with(target, lambda tmp, src=staged: shutil.copyfile(src, tmp))
             outcome.files = [settings.output_dir / f.relative_to(stage) for f in outcome.files]
     write_settings_log(settings)
+    from t2starmap.report import write_participant_reports
+
+    write_participant_reports(settings.output_dir, settings.bids_dir, outcomes)
     for outcome in outcomes:
         log.info("%s: %d voxels fitted, %.1f%% failed, %.2f s -> %s",
                  outcome.echo_set.name, outcome.n_voxels, 100 * outcome.failed_fraction,
@@ -351,6 +354,9 @@ def run_group(settings: Settings) -> Path:
     write_text(table, buffer.getvalue())
     write_json(table.with_suffix(".json"), {k: {"Description": v} for k, v in
                                            GROUP_COLUMNS.items()})
+    from t2starmap.report import write_group_report
+
+    write_group_report(out, table)
     write_settings_log(settings)
     log.info("group summary of %d echo set(s): %s", len(rows), table)
     return table
