@@ -1,78 +1,12 @@
-"""Fixtures of the report tests: a small synthetic output folder and the demo run."""
+"""Fixtures of the report tests: the demo run through the command line."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
-
-from t2starmap import derivatives
-from t2starmap.layout import Echo, build_echo_set
-from t2starmap.nifti import Geometry, save_map
-from t2starmap.simulate import EXAMPLE_ECHO_TIMES, make_phantom, write_megre
-from t2starmap.workflow import SetOutcome
-
-REPO = Path(__file__).resolve().parents[2]
-EXAMPLE = REPO / "bids_example"
-
-
-def synthetic_output(
-    root: Path,
-    *,
-    shape: tuple[int, int, int] = (20, 18, 5),
-    subject: str = "01",
-    session: str | None = None,
-    run: str | None = None,
-    failed_fraction: float = 0.05,
-    skip: tuple[str, ...] = (),
-) -> SetOutcome:
-    """A seeded phantom written as raw MEGRE under ``root/bids`` and maps (its truth standing
-    in for a fit, some voxels marked failed) under ``root/out``; the matching outcome."""
-    phantom = make_phantom(shape, EXAMPLE_ECHO_TIMES, snr=60.0, seed=3)
-    extra = f"_run-{run}" if run else ""
-    paths = write_megre(root / "bids", phantom, subject, session, extra_entities=extra)
-    meta = {"MagneticFieldStrength": 7, "Manufacturer": "Acme", "ManufacturerModelName": "X1"}
-    echoes = [
-        Echo(p, te, {"EchoTime": te, **meta})
-        for p, te in zip(paths, phantom.echo_times, strict=True)
-    ]
-    entities = {"subject": subject}
-    if session:
-        entities["session"] = session
-    if run:
-        entities["run"] = run
-    echo_set = build_echo_set(entities, echoes)
-    geometry = Geometry(shape, np.diag([2.0, 2.0, 2.5, 1.0]), (2.0, 2.0, 2.5), 1, 1)
-    rng = np.random.default_rng(1)
-    mask = phantom.mask
-    failed = mask & (rng.random(shape) < failed_fraction)
-    t2 = phantom.t2star.astype(np.float64)
-    maps = {
-        "t2star": t2,
-        "r2star": np.where(t2 > 0, 1.0 / np.where(t2 > 0, t2, 1.0), 0.0),
-        "s0": phantom.s0,
-        "t2star_se": 0.05 * t2,
-        "r2star_se": np.where(mask, 1.0, 0.0),
-        "s0_se": np.where(mask, 5.0, 0.0),
-        "rmse": np.where(mask, rng.random(shape) * 20, 0.0),
-        "signal": mask,
-        "failed": failed,
-    }
-    for spec in derivatives.OUTPUTS:
-        if spec.key in skip:
-            continue
-        path = derivatives.output_path(root / "out", echo_set, spec, ".nii.gz")
-        save_map(path, maps[spec.key], geometry)
-    return SetOutcome(
-        echo_set,
-        n_voxels=int(mask.sum()),
-        failed_fraction=float(failed.sum() / mask.sum()),
-        noise_sigma=phantom.sigma,
-        seconds=0.5,
-        warnings=["only <2> echoes & a warning"],
-    )
+from report_helpers import EXAMPLE
 
 
 @pytest.fixture(scope="session")

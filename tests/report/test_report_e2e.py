@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from page_checks import assert_self_contained
+from report_helpers import assert_self_contained
 
 from t2starmap.cli import main
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from page_checks import assert_self_contained, parse
+from report_helpers import assert_self_contained, parse
 
 from t2starmap.report import group
 

@@ -9,8 +9,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import synthetic_output
-from page_checks import assert_self_contained
+from report_helpers import assert_self_contained, synthetic_output
 
 from t2starmap.report import participant
 
