@@ -113,7 +113,7 @@ def main() -> None:
                 f"{text:>12} {best['total']:8.2f} {best['maps']:9.2f} {best['echoes']:11.2f} "
                 f"{rest:12.2f} {size:8.0f}"
             )
-    print(f"best of {args.repeats} runs; 8 echoes; one thread of matplotlib/zlib")
+    print(f"best of {args.repeats} runs; 8 echoes; echoes read in up to 4 threads")
 
 
 if __name__ == "__main__":

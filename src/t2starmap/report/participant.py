@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -43,6 +45,9 @@ R2STAR_WINDOW = (0.0, 200.0)
 ROBUST_TOP = 99.0
 #: T2* quantiles whose voxels get a decay-curve plot.
 CURVE_QUANTILES = (("low", 0.05), ("median", 0.5), ("high", 0.95))
+
+#: Most threads that read (decompress) echoes at once.
+READ_THREADS = 4
 
 _MAP_KEYS = ("t2star", "r2star", "s0", "t2star_se", "rmse", "signal", "failed")
 
@@ -109,25 +114,44 @@ def representative_voxels(
     return out
 
 
+def _usable_cpus() -> int:
+    if hasattr(os, "sched_getaffinity"):  # Linux: honours taskset/cgroup CPU sets
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _read_volume(path: Path) -> np.ndarray | None:
+    try:
+        image: Any = nib.load(str(path))
+        data = np.asarray(image.dataobj, dtype=np.float32)
+    except Exception as err:  # the fit read it; a page without curves is still a page
+        log.warning("%s: not readable for the report (%s)", path, err)
+        return None
+    return data.reshape(data.shape[:3]) if data.ndim == 4 else data
+
+
 def read_echoes(
     echo_set: EchoSet, voxels: Sequence[tuple[int, ...]]
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Magnitudes of ``voxels`` at every echo, (n_voxels, n_echoes), and the first echo's
-    volume (None when it cannot be read; the page then says so)."""
+    """Magnitudes of ``voxels`` at every echo, (n_voxels, n_echoes) with NaN for an echo
+    that cannot be read, and the first echo's volume (None when unreadable: no montage).
+
+    Echoes are decompressed in a few threads (zlib releases the GIL): reading them is most of
+    the report's cost on large volumes. At most :data:`READ_THREADS`, and never more than the
+    CPUs this process may run on (a batch scheduler's allocation).
+    """
     signals = np.full((len(voxels), len(echo_set.echoes)), np.nan)
+    workers = max(1, min(READ_THREADS, _usable_cpus(), len(echo_set.echoes)))
     first: np.ndarray | None = None
-    for k, echo in enumerate(echo_set.echoes):
-        try:
-            image: Any = nib.load(str(echo.path))
-            data = np.asarray(image.dataobj, dtype=np.float32)
-        except Exception as err:  # the fit read it; a page without curves is still a page
-            log.warning("%s: not readable for the report (%s)", echo.path, err)
-            continue
-        data = data.reshape(data.shape[:3]) if data.ndim == 4 else data
-        if k == 0:
-            first = data
-        for i, voxel in enumerate(voxels):
-            signals[i, k] = data[voxel]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        volumes = pool.map(_read_volume, [e.path for e in echo_set.echoes])
+        for k, data in enumerate(volumes):
+            if data is None:
+                continue
+            if k == 0:
+                first = data
+            for i, voxel in enumerate(voxels):
+                signals[i, k] = data[voxel]
     return signals, first
 
 
