@@ -24,7 +24,7 @@ EXAMPLE = REPO / "bids_example"
 def synthetic_output(
     root: Path,
     *,
-    shape: tuple[int, int, int] = (20, 18, 5),
+    shape: tuple[int, ...] = (20, 18, 5),
     subject: str = "01",
     session: str | None = None,
     run: str | None = None,
@@ -47,7 +47,8 @@ def synthetic_output(
     if run:
         entities["run"] = run
     echo_set = build_echo_set(entities, echoes)
-    geometry = Geometry(shape, np.diag([2.0, 2.0, 2.5, 1.0]), (2.0, 2.0, 2.5), 1, 1)
+    zooms = (2.0, 2.0, 2.5)[: len(shape)]
+    geometry = Geometry(shape, np.diag([2.0, 2.0, 2.5, 1.0]), zooms, 1, 1)
     rng = np.random.default_rng(1)
     mask = phantom.mask
     failed = mask & (rng.random(shape) < failed_fraction)

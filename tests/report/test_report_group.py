@@ -91,3 +91,4 @@ def test_write_group_report_reads_the_table(tmp_path: Path) -> None:
     assert page.name == "group_report.html"
     assert [a for a in parse(text).links] == ["sub-01.html", "sub-02.html"]
     assert "none flagged" in text
+    assert "nan" not in text.lower().replace("nanum", "")  # n/a cells stay n/a

@@ -68,6 +68,24 @@ def test_missing_optional_maps_and_no_failures(tmp_path: Path) -> None:
     assert "No warnings were raised." in text
 
 
+@pytest.mark.parametrize(
+    ("shape", "failed_fraction"),
+    [((20, 18, 5), 1.0), ((20, 18), 0.05)],
+    ids=["all-failed", "2-D"],
+)
+def test_degenerate_sets_still_give_a_page(
+    tmp_path: Path, shape: tuple[int, ...], failed_fraction: float
+) -> None:
+    outcome = synthetic_output(tmp_path, shape=shape, failed_fraction=failed_fraction)
+    [page] = participant.write_participant_reports(tmp_path / "out", tmp_path / "bids", [outcome])
+    text = page.read_text(encoding="utf-8")
+    assert len(assert_self_contained(text).images) == 8
+    assert " × ".join(str(n) for n in shape) in text
+    if failed_fraction == 1.0:
+        assert "T2* of the 0 signal-mask voxels" in text
+        assert "no voxel</td>" in text
+
+
 def test_sets_of_one_session_share_a_page(tmp_path: Path) -> None:
     runs = [synthetic_output(tmp_path, subject="04", run=r) for r in ("1", "2")]
     [page] = participant.write_participant_reports(tmp_path / "out", tmp_path / "bids", runs)

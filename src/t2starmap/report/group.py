@@ -82,6 +82,11 @@ def flag_outliers(rows: Sequence[Mapping[str, str]]) -> tuple[np.ndarray, np.nda
     return z_t2, z_failed, reasons
 
 
+def _scaled(text: str | None, factor: float, spec: str) -> str:
+    value = _number(text) * factor
+    return f"{value:{spec}}" if np.isfinite(value) else "n/a"
+
+
 def _row_label(row: Mapping[str, str]) -> str:
     parts = [row.get("participant_id", "?")]
     for key in ("session_id", "echo_set"):
@@ -120,9 +125,9 @@ def group_page(rows: Sequence[Mapping[str, str]], output_dir: Path) -> str:
             [
                 link,
                 row.get("n_voxels", ""),
-                f"{_number(row.get('t2star_median')) * 1e3:.1f}",
-                f"{_number(row.get('t2star_iqr')) * 1e3:.1f}",
-                f"{100 * _number(row.get('failed_fraction')):.2f}",
+                _scaled(row.get("t2star_median"), 1e3, ".1f"),
+                _scaled(row.get("t2star_iqr"), 1e3, ".1f"),
+                _scaled(row.get("failed_fraction"), 100, ".2f"),
                 row.get("noise_sigma", "n/a"),
                 row.get("snr", "n/a"),
                 f"{z:+.2f}" if np.isfinite(z) else "n/a",
