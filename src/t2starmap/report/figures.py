@@ -215,6 +215,12 @@ def group_strip_png(
         )
     if any((flagged or {}).get(n, [False]) and any((flagged or {})[n]) for n in names):
         ax.legend(fontsize=8, frameon=False)
+    finite = np.concatenate([d[np.isfinite(d)] for d in data]) if data else np.array([])
+    if finite.size:  # at least +-10 % of the median shown: tiny spreads must not look large
+        low, high = ax.get_ylim()
+        half = max((high - low) / 2, 0.1 * abs(float(np.median(finite))), 1e-9)
+        centre = (low + high) / 2
+        ax.set_ylim(centre - half, centre + half)
     ax.set_ylabel(ylabel)
     ax.tick_params(labelsize=8)
     return to_png(fig)
@@ -232,6 +238,9 @@ def failed_bar_png(labels: Sequence[str], fractions: Sequence[float]) -> bytes:
     ax.set_yticks(np.arange(n), list(labels))
     ax.invert_yaxis()
     ax.set_xlabel("failed voxels (% of signal mask)")
-    ax.set_xlim(0, max(1.0, float(percent.max(initial=0)) * 1.15))
+    top = max(1.0, float(percent.max(initial=0)) * 1.25)
+    ax.set_xlim(0, top)
+    for y, value in enumerate(percent):
+        ax.text(value + 0.01 * top, y, f"{value:.2f} %", va="center", fontsize=7.5)
     ax.tick_params(labelsize=8)
     return to_png(fig)
