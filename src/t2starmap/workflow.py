@@ -170,13 +170,13 @@ def run_participant(settings: Settings) -> list[SetOutcome]:
                 write_with(target, lambda tmp, src=staged: shutil.copyfile(src, tmp))
             outcome.files = [settings.output_dir / f.relative_to(stage) for f in outcome.files]
     write_settings_log(settings)
-    from t2starmap.report import write_participant_reports
-
-    write_participant_reports(settings.output_dir, settings.bids_dir, outcomes)
     for outcome in outcomes:
         log.info("%s: %d voxels fitted, %.1f%% failed, %.2f s -> %s",
                  outcome.echo_set.name, outcome.n_voxels, 100 * outcome.failed_fraction,
                  outcome.seconds, outcome.files[0].parent)
+    from t2starmap.report import write_participant_reports
+
+    write_participant_reports(settings.output_dir, settings.bids_dir, outcomes)
     return outcomes
 
 
