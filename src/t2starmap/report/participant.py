@@ -318,7 +318,7 @@ def set_section(outcome: SetOutcome, loaded: SetMaps, bids_dir: Path) -> str:
             ),
             ("Noise model", outcome.noise_model),
             ("Compute device", sidecar.get("ComputeDevice", "not recorded")),
-            ("Time taken", f"{outcome.seconds:.2f} s (read, fit and write the maps)"),
+            ("Time taken", f"{outcome.seconds:.2f} s (read the echoes and fit)"),
             ("Voxels in the signal mask", f"{outcome.n_voxels}"),
             ("Failed", f"{n_failed} voxel(s), {100 * outcome.failed_fraction:.2f} %"),
             (
