@@ -9,6 +9,7 @@ the page's requests and blocked anyway by a resolver rule that maps every host t
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -39,13 +40,16 @@ FLAGS = (
     "--host-resolver-rules=MAP * ~NOTFOUND",
 )
 WIDTH = 1280  # a laptop screen
+NARROW = 1024  # the narrowest laptop screen: the page must not scroll sideways there
 PAGES = ("sub-01.html", "sub-02_ses-1.html", "sub-02_ses-2.html", "group_report.html")
-#: Injected into a copy of the page: records how many images decoded, once all have loaded.
+#: Injected into a copy of the page: once all has loaded, records how many images decoded and
+#: by how many pixels the page is wider than the window.
 PROBE = (
     "<script>window.addEventListener('load', function () {"
-    " var all = Array.from(document.images);"
+    " var all = Array.from(document.images), root = document.documentElement;"
     " var ok = all.filter(function (i) { return i.complete && i.naturalWidth > 0; });"
-    " document.documentElement.setAttribute('data-images', ok.length + '/' + all.length);"
+    " root.setAttribute('data-images', ok.length + '/' + all.length);"
+    " root.setAttribute('data-overflow', String(root.scrollWidth - root.clientWidth));"
     "});</script>"
 )
 
@@ -74,9 +78,10 @@ def page_requests(net_log: Path) -> list[str]:
     return urls
 
 
-def load_and_probe(page: Path, tmp: Path) -> tuple[str, list[str], list[str]]:
-    """(data-images attribute, page requests, console lines) for a copy of ``page`` with
-    the probe script (the copy lives in ``tmp``; the page is self-contained)."""
+def load_and_probe(page: Path, tmp: Path) -> tuple[dict[str, str], list[str], list[str]]:
+    """(the probe's attributes, page requests, console lines) for a copy of ``page`` with the
+    probe script, in a window :data:`NARROW` wide (the copy lives in ``tmp``; the page is
+    self-contained)."""
     probe = tmp / page.name
     probe.write_text(
         page.read_text(encoding="utf-8").replace("</body>", PROBE + "</body>"), encoding="utf-8"
@@ -88,13 +93,14 @@ def load_and_probe(page: Path, tmp: Path) -> tuple[str, list[str], list[str]]:
         "--v=0",
         f"--log-net-log={net_log}",
         "--virtual-time-budget=5000",
+        f"--window-size={NARROW},800",
         "--dump-dom",
         probe.as_uri(),
     )
-    marker = done.stdout.split('data-images="', 1)
-    images = marker[1].split('"', 1)[0] if len(marker) == 2 else "probe did not run"
+    root = re.search(r"<html[^>]*>", done.stdout)
+    probed = dict(re.findall(r'data-(\w+)="([^"]*)"', root.group(0))) if root else {}
     console = [line for line in done.stderr.splitlines() if ":CONSOLE" in line]
-    return images, page_requests(net_log), console
+    return probed, page_requests(net_log), console
 
 
 @pytest.mark.parametrize("name", PAGES)
@@ -110,24 +116,28 @@ def test_page_renders_in_chromium(demo_output: Path, tmp_path: Path, name: str) 
     background = (packed == packed[0]).mean()
     assert background < 0.9, "the page body is (nearly) empty"
 
-    images, requests, console = load_and_probe(page, tmp_path)
+    probed, requests, console = load_and_probe(page, tmp_path)
     n = page.read_text(encoding="utf-8").count("<img ")
-    assert images == f"{n}/{n}", "not every <img> decoded"
+    assert probed.get("images") == f"{n}/{n}", "not every <img> decoded"
+    assert probed.get("overflow") == "0", f"wider than a {NARROW} px window"
     assert requests == [], "the page asked the network for something"
     assert console == [], "console messages (errors) while loading the page"
 
 
 def test_the_checks_catch_a_leaky_page(tmp_path: Path) -> None:
-    """Negative control: a page with an external image, stylesheet and fetch is caught."""
+    """Negative control: a page with an external image, stylesheet and fetch, and too wide,
+    is caught."""
     leaky = tmp_path / "src" / "leaky.html"
     leaky.parent.mkdir()
     leaky.write_text(
         '<!DOCTYPE html><html><head><link rel="stylesheet" href="https://fonts.invalid/a.css">'
         '</head><body><img src="http://images.invalid/x.png">'
+        '<div style="width: 3000px">wide</div>'
         '<script>fetch("https://api.invalid/y")</script></body></html>'
     )
-    images, requests, console = load_and_probe(leaky, tmp_path)
-    assert images == "0/1"
+    probed, requests, console = load_and_probe(leaky, tmp_path)
+    assert probed["images"] == "0/1"
+    assert int(probed["overflow"]) > 0
     assert sorted(requests) == [
         "http://images.invalid/x.png",
         "https://api.invalid/y",
