@@ -49,6 +49,7 @@ def test_page_content(tmp_path: Path, subject: str, session: str | None) -> None
         "20 × 18 × 5",
         "0.50 s",
         "failed voxel(s) in cyan",
+        "of 5 (counted from 0, inferior to superior)",
         # warnings are shown, escaped
         "only &lt;2&gt; echoes &amp; a warning",
     ):
@@ -81,6 +82,7 @@ def test_degenerate_sets_still_give_a_page(
     text = page.read_text(encoding="utf-8")
     assert len(assert_self_contained(text).images) == 8
     assert " × ".join(str(n) for n in shape) in text
+    assert ("single slice" in text) == (len(shape) == 2)
     if failed_fraction == 1.0:
         assert "T2* of the 0 signal-mask voxels" in text
         assert "no voxel</td>" in text

@@ -68,6 +68,8 @@ class SetMaps:
 
 
 def load_set_maps(output_dir: Path, echo_set: EchoSet) -> SetMaps:
+    """The published maps (those present) and the T2* sidecar of ``echo_set``.
+    Raises FileNotFoundError without a T2* map."""
     specs = {s.key: s for s in derivatives.OUTPUTS}
     maps: dict[str, np.ndarray] = {}
     affine: np.ndarray | None = None
@@ -193,7 +195,13 @@ def set_section(outcome: SetOutcome, loaded: SetMaps, bids_dir: Path) -> str:
 
     c_signal, c_failed = canon(signal), canon(failed)
     slices = figures.select_slices(c_signal)
-    shown = ", ".join(str(k) for k in slices)
+    if c_signal.ndim == 3:
+        where = (
+            f"Axial slices {', '.join(str(k) for k in slices)} of {c_signal.shape[-1]} "
+            "(counted from 0, inferior to superior), anterior up, subject's left on the left."
+        )
+    else:
+        where = "The image's single slice, as stored (no orientation applied)."
     panels: list[str] = []
 
     def montage(
@@ -333,8 +341,7 @@ def set_section(outcome: SetOutcome, loaded: SetMaps, bids_dir: Path) -> str:
         f'<div class="pair"><div><h3>Acquisition</h3>{acquisition}</div>'
         f"<div><h3>Fit</h3>{fit}</div></div>\n"
         f"<h3>Warnings</h3>{warnings_block(outcome.warnings)}\n"
-        f'<h3>Maps</h3><p class="note">Axial slices {esc(shown)} (of {t2.shape[-1]}), '
-        "anterior up, subject's left on the left.</p>\n"
+        f'<h3>Maps</h3><p class="note">{esc(where)}</p>\n'
         + "\n".join(panels)
         + '\n<div class="pair">'
         + figure(
