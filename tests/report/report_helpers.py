@@ -12,11 +12,20 @@ from pathlib import Path
 import numpy as np
 
 from t2starmap import derivatives
+from t2starmap.atomic import write_json
 from t2starmap.layout import Echo, build_echo_set
 from t2starmap.nifti import Geometry, save_map
 from t2starmap.simulate import EXAMPLE_ECHO_TIMES, make_phantom, write_megre
 from t2starmap.workflow import SetOutcome
 
+FIT_INFO = {
+    "EstimationAlgorithm": "simulated truth",
+    "FitMethod": "truth",
+    "NoiseModel": "rician",
+    "NoiseSigma": 16.5,
+    "ComputeDevice": "none",
+    "Warnings": ["from the sidecar"],
+}
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "bids_example"
 
@@ -69,6 +78,8 @@ def synthetic_output(
             continue
         path = derivatives.output_path(root / "out", echo_set, spec, ".nii.gz")
         save_map(path, maps[spec.key], geometry)
+        sidecar = derivatives.map_sidecar(spec, echo_set, (root / "bids").resolve(), FIT_INFO)
+        write_json(path.with_name(path.name.replace(".nii.gz", ".json")), sidecar)
     return SetOutcome(
         echo_set,
         n_voxels=int(mask.sum()),

@@ -97,6 +97,22 @@ def test_sets_of_one_session_share_a_page(tmp_path: Path) -> None:
     assert '<a href="#sub-04_run-1">' in text and 'id="sub-04_run-2"' in text
 
 
+def test_a_page_keeps_sets_that_earlier_runs_published(tmp_path: Path) -> None:
+    """Jobs split by run write the same page one after the other: the last keeps them all."""
+    first, second = (synthetic_output(tmp_path, subject="05", run=r) for r in ("1", "2"))
+    out, bids = tmp_path / "out", tmp_path / "bids"
+    participant.write_participant_reports(out, bids, [first])
+    [page] = participant.write_participant_reports(out, bids, [second])
+    text = page.read_text(encoding="utf-8")
+    assert text.count("<section") == 2
+    assert text.index('id="sub-05_run-1"') < text.index('id="sub-05_run-2"')
+    earlier = text[: text.index('id="sub-05_run-2"')]
+    assert "not recorded (fitted by an earlier run)" in earlier
+    assert "from the sidecar" in earlier and "rician" in earlier
+    assert "Siemens Simulated" in earlier  # raw sidecars found through the map's Sources
+    assert "0.50 s (read the echoes and fit)" in text[text.index('id="sub-05_run-2"') :]
+
+
 def test_each_session_gets_its_own_page(tmp_path: Path) -> None:
     first = synthetic_output(tmp_path / "a", subject="03", session="x")
     second = synthetic_output(tmp_path / "b", subject="03", session="y")

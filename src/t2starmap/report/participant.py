@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -326,7 +326,12 @@ def set_section(outcome: SetOutcome, loaded: SetMaps, bids_dir: Path) -> str:
             ),
             ("Noise model", outcome.noise_model),
             ("Compute device", sidecar.get("ComputeDevice", "not recorded")),
-            ("Time taken", f"{outcome.seconds:.2f} s (read the echoes and fit)"),
+            (
+                "Time taken",
+                f"{outcome.seconds:.2f} s (read the echoes and fit)"
+                if np.isfinite(outcome.seconds)
+                else "not recorded (fitted by an earlier run)",
+            ),
             ("Voxels in the signal mask", f"{outcome.n_voxels}"),
             ("Failed", f"{n_failed} voxel(s), {100 * outcome.failed_fraction:.2f} %"),
             (
@@ -374,21 +379,93 @@ def participant_page(title: str, sections: Sequence[tuple[str, str]]) -> str:
     return page(f"{title} · t2starmap", body)
 
 
+def published_outcomes(
+    output_dir: Path,
+    bids_dir: Path,
+    subject: str,
+    session: str | None,
+    skip: Collection[str] = (),
+) -> list[SetOutcome]:
+    """Outcomes rebuilt from the files of echo sets already published for one
+    participant/session (by this run or an earlier one), for pages that cover them all.
+
+    What the files do not record is left out: the time taken is NaN. Sets whose T2* map stem
+    is in ``skip`` are not read; one whose sidecar cannot be read is skipped with a warning.
+    """
+    from t2starmap.layout import Echo
+    from t2starmap.workflow import SetOutcome
+
+    folder = Path(output_dir) / f"sub-{subject}"
+    folder = (folder / f"ses-{session}" if session else folder) / "anat"
+    names = {short: long for long, short in derivatives._SHORT.items()}
+    prefix = f"bids:{derivatives.SOURCE_LINK}:"
+    found = []
+    for t2_path in sorted(folder.glob("*_T2starmap.nii.gz")):
+        stem = t2_path.name[: -len("_T2starmap.nii.gz")]
+        if "_desc-" in f"_{stem}" or f"{stem}_T2starmap" in skip:
+            continue
+        try:
+            sidecar = json.loads(t2_path.with_name(f"{stem}_T2starmap.json").read_text())
+            entities = {names[k]: v for k, v in (p.split("-", 1) for p in stem.split("_"))}
+            echoes = []
+            for uri, te in zip(sidecar["Sources"], sidecar["EchoTime"], strict=True):
+                path = Path(bids_dir) / uri.removeprefix(prefix)
+                meta_path = path.parent / (path.name.split(".", 1)[0] + ".json")
+                meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+                echoes.append(Echo(path, float(te), meta))
+            echo_set = EchoSet(entities, tuple(sorted(echoes, key=lambda e: e.echo_time)))
+            masks = {}
+            for key in ("signal", "failed"):
+                spec = next(s for s in derivatives.OUTPUTS if s.key == key)
+                image: Any = nib.load(
+                    str(derivatives.output_path(output_dir, echo_set, spec, ".nii.gz"))
+                )
+                masks[key] = np.asarray(image.dataobj) > 0
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            log.warning("%s: left out of the report (%s)", t2_path, err)
+            continue
+        n_voxels = int(masks["signal"].sum())
+        found.append(
+            SetOutcome(
+                echo_set,
+                n_voxels=n_voxels,
+                failed_fraction=float((masks["failed"] & masks["signal"]).sum()) / max(n_voxels, 1),
+                noise_sigma=sidecar.get("NoiseSigma"),
+                noise_model=str(sidecar.get("NoiseModel", "not recorded")),
+                seconds=float("nan"),
+                warnings=[str(w) for w in sidecar.get("Warnings", [])],
+            )
+        )
+    return found
+
+
 def write_participant_reports(
     output_dir: Path, bids_dir: Path, outcomes: Sequence[SetOutcome]
 ) -> list[Path]:
     """Write ``OUTPUT_DIR/sub-<L>[_ses-<S>].html`` for every participant/session among
-    ``outcomes`` (whose maps are already published); return the pages written."""
+    ``outcomes`` (whose maps are already published); return the pages written.
+
+    A page also covers the echo sets of its participant/session that earlier runs published
+    into the same folder (jobs split by run or acquisition), so the last job does not drop
+    the others' sections.
+    """
     by_page: dict[tuple[str, str | None], list[SetOutcome]] = {}
     for outcome in outcomes:
         key = (outcome.echo_set.subject, outcome.echo_set.session)
         by_page.setdefault(key, []).append(outcome)
+    first_spec = derivatives.OUTPUTS[0]
     written = []
     for (subject, session), group in by_page.items():
         started = time.perf_counter()
+        ours = {derivatives.output_stem(o.echo_set.entities, first_spec) for o in group}
+        earlier = published_outcomes(output_dir, bids_dir, subject, session, skip=ours)
+        everything = sorted(
+            [*group, *earlier],
+            key=lambda o: derivatives.output_stem(o.echo_set.entities, first_spec),
+        )
         sections = [
             (o.echo_set.name, set_section(o, load_set_maps(output_dir, o.echo_set), bids_dir))
-            for o in group
+            for o in everything
         ]
         title = f"sub-{subject}" + (f" ses-{session}" if session else "")
         target = Path(output_dir) / page_name(subject, session)
