@@ -103,6 +103,15 @@ def test_group_plots() -> None:
     assert_not_blank(decode(bars))
 
 
+@pytest.mark.parametrize(
+    "groups",
+    [{"all": [float("nan")]}, {"ses-1": [float("nan")], "ses-2": [22.0]}, {"all": []}],
+    ids=["all-nan", "one-group-nan", "empty"],
+)
+def test_group_strip_without_values(groups: dict[str, list[float]]) -> None:
+    decode(figures.group_strip_png(groups))  # no flags given, nothing to plot: still a figure
+
+
 def test_data_uri_round_trip() -> None:
     import base64
 

@@ -191,29 +191,32 @@ def group_strip_png(
     *,
     ylabel: str = "median T2* (ms)",
 ) -> bytes:
-    """Box plot with every value drawn as a point, one box per group; flagged points red."""
+    """Box plot with every value drawn as a point, one box per group; flagged points red.
+    NaN values are left out; a group without values gets an empty slot."""
     names = list(groups)
     fig = Figure(figsize=(max(4.0, 1.6 * len(names) + 1.5), 3.4))
     ax = fig.add_axes((0.16, 0.16, 0.8, 0.78))
     data = [np.asarray(groups[n], dtype=np.float64) for n in names]
-    if any(d.size for d in data):
-        ax.boxplot([d[np.isfinite(d)] for d in data], widths=0.5, showfliers=False)
-        ax.set_xticks(range(1, len(names) + 1), names)
+    marks = [
+        np.asarray((flagged or {}).get(n, [False] * d.size), dtype=bool)
+        for n, d in zip(names, data, strict=True)
+    ]
     rng = np.random.default_rng(0)  # fixed jitter: the same table gives the same picture
-    for i, values in enumerate(data, start=1):
-        marks = np.asarray((flagged or {}).get(names[i - 1], [False] * values.size), dtype=bool)
+    labelled = False
+    for i, (values, marked) in enumerate(zip(data, marks, strict=True), start=1):
+        keep = np.isfinite(values)
+        if keep.any():
+            ax.boxplot([values[keep]], positions=[i], widths=0.5, showfliers=False)
         x = i + rng.uniform(-0.12, 0.12, values.size)
-        ax.scatter(x[~marks], values[~marks], s=18, color="#4c72b0", zorder=3)
-        ax.scatter(
-            x[marks],
-            values[marks],
-            s=30,
-            color="#c44e52",
-            marker="D",
-            zorder=4,
-            label="outlier" if marks.any() else None,
-        )
-    if any((flagged or {}).get(n, [False]) and any((flagged or {})[n]) for n in names):
+        plain, odd = keep & ~marked, keep & marked
+        ax.scatter(x[plain], values[plain], s=18, color="#4c72b0", zorder=3)
+        if odd.any():
+            label = None if labelled else "outlier"  # one legend entry for all groups
+            ax.scatter(x[odd], values[odd], s=30, color="#c44e52", marker="D", label=label)
+            labelled = True
+    ax.set_xticks(range(1, len(names) + 1), names)
+    ax.set_xlim(0.4, len(names) + 0.6)
+    if labelled:
         ax.legend(fontsize=8, frameon=False)
     finite = np.concatenate([d[np.isfinite(d)] for d in data]) if data else np.array([])
     if finite.size:  # at least +-10 % of the median shown: tiny spreads must not look large
@@ -221,6 +224,8 @@ def group_strip_png(
         half = max((high - low) / 2, 0.1 * abs(float(np.median(finite))), 1e-9)
         centre = (low + high) / 2
         ax.set_ylim(centre - half, centre + half)
+    else:
+        ax.text(0.5, 0.5, "no values", ha="center", va="center", transform=ax.transAxes)
     ax.set_ylabel(ylabel)
     ax.tick_params(labelsize=8)
     return to_png(fig)
