@@ -129,7 +129,8 @@ def test_group_table(example_run: Path) -> None:
 def test_participant_and_session_labels_select(example: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert participant(example, out, "--participant-label", "sub-02", "--session_label", "2") == 0
-    assert {f.split("/")[0] for f in files_below(out) if f.startswith("sub-")} == {"sub-02"}
+    top = {f.split("/")[0] for f in files_below(out) if f.startswith("sub-")}
+    assert top == {"sub-02", "sub-02_ses-2.html"}
     assert (out / f"{SETS[2]}_T2starmap.nii.gz").exists()
     assert not (out / f"{SETS[1]}_T2starmap.nii.gz").exists()
 
