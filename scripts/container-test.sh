@@ -64,8 +64,8 @@ command -v debootstrap >/dev/null || need+=(debootstrap)
 if ((${#need[@]})); then
     [[ $(id -u) == 0 ]] || fail "need root to apt-get install ${need[*]}"
     apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-        "${need[@]}" uidmap slirp4netns netavark aardvark-dns fuse-overlayfs
+    # With recommends (netavark, slirp4netns, uidmap, fuse-overlayfs ...), as tested here.
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}"
 fi
 mkdir -p "$state"
 if [[ ! -x $state/tools/bin/hadolint ]]; then

@@ -62,7 +62,7 @@ step "tools"
 if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
     [[ $(id -u) == 0 ]] || fail "need root to install slurm-wlm and munge"
     apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends slurm-wlm munge
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge
 fi
 if [[ ! -x $repo/.venv/bin/t2starmap ]]; then
     make -C "$repo" .venv/.installed
