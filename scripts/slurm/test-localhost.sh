@@ -148,9 +148,10 @@ for k, label in enumerate(labels, start=1):
 PY
 cat "$bids/participants.tsv"
 
-step "submit (native mode)"
-ids=$("$repo/scripts/slurm/submit.sh" "$bids" "$out" --native --cmd "$repo/.venv/bin/t2starmap" \
-    --cpus 1 --mem 500M | tail -1)
+step "submit (${T2S_SLURM_SUBMIT_ARGS:-native mode})"
+# T2S_SLURM_SUBMIT_ARGS replaces the mode options (default: the native install in .venv).
+read -r -a mode_args <<< "${T2S_SLURM_SUBMIT_ARGS:---native --cmd $repo/.venv/bin/t2starmap}"
+ids=$("$repo/scripts/slurm/submit.sh" "$bids" "$out" "${mode_args[@]}" --cpus 1 --mem 500M | tail -1)
 array_id=$(cut -f1 <<< "$ids") group_id=$(cut -f2 <<< "$ids")
 echo "array job $array_id, group job $group_id"
 squeue
