@@ -463,7 +463,8 @@ def _levenberg_marquardt(
     ``noise_var`` None: w = 1 (Gaussian). Otherwise w = 1 / (p exp(-tau R2*) + noise_var),
     recomputed at every accepted step (IRLS; a trial step is judged with the weights of the
     point it starts from). Marquardt's diagonal damping; a step is kept only where it lowers
-    the cost. R2* is held in ``[0, 10/T2STAR_MIN]`` (the final clamp is :func:`_derive`'s).
+    the cost; a voxel stops once its proposed step is below ``_LM_TOL`` (relative).
+    R2* is held in ``[0, 10/T2STAR_MIN]`` (the final clamp is :func:`_derive`'s).
     Returns (p, R2*, converged), each (n,).
     """
     r2 = _clamp_rate(torch.nan_to_num(r2, nan=0.0, posinf=0.0, neginf=0.0))
@@ -490,9 +491,10 @@ def _levenberg_marquardt(
         r2_new = _clamp_rate(r2 + dr2)
         f_new = torch.exp(-tau * r2_new[:, None])
         cost_new = _cost(z, p_new, f_new, w)
-        better = cost_new < cost
         step = torch.maximum(dp.abs() / p.abs().clamp_min(1e-12), dr2.abs() / (r2.abs() + 1.0))
-        converged = step < _LM_TOL
+        # A converged voxel is left alone: its result cannot depend on its neighbours.
+        better = (cost_new < cost) & ~converged
+        converged = converged | (step < _LM_TOL)
         p = torch.where(better, p_new, p)
         r2 = torch.where(better, r2_new, r2)
         f = torch.where(better[:, None], f_new, f)
