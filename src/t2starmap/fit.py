@@ -203,7 +203,7 @@ def fit_t2star(
         if tuple(m.shape) != spatial:
             raise ValueError(f"mask shape {tuple(m.shape)} does not match signal {spatial}")
         inside = m.reshape(-1)
-    te = torch.as_tensor(te_np[order], dtype=dtype, device=dev)
+    te = torch.as_tensor(te_np[order], dtype=dtype, device=dev)[:, None]
     sigma = torch.tensor(-1.0 if noise_sigma is None else noise_sigma, dtype=dtype, device=dev)
     index = torch.nonzero(inside).reshape(-1)
     n_fit = index.numel()
@@ -225,10 +225,10 @@ def fit_t2star(
         y = flat[start:stop] if all_inside else flat[index[start:stop].to(flat.device)]
         if not sorted_already:
             y = y[:, torch.as_tensor(order, device=y.device)]
-        y = y.to(device=dev, dtype=dtype)
         n = y.shape[0]
+        y = y.to(device=dev, dtype=dtype).t().contiguous()
         if run is not None and n < step:
-            y = torch.cat([y, y.new_zeros(step - n, y.shape[1])])
+            y = torch.cat([y, y.new_zeros(y.shape[0], step - n)], dim=1)
         maps, bad = _run_kernel(run, kernel, y, te, sigma)
         sel = slice(start, stop) if all_inside else index[start:stop].to(dev)
         for k in names:
@@ -284,8 +284,9 @@ def _run_kernel(
 
 
 # --- the per-chunk kernels ---------------------------------------------------------------------
-# Each takes y (n, E) with echoes ascending (NaN allowed), te (E,), sigma (0-d; <= 0: unknown)
-# and returns the maps (n,) and the failed flags (n,). No data-dependent Python control flow
+# Each takes y (E, n), echo-major with echoes ascending (NaN allowed), te (E, 1), sigma (0-d;
+# <= 0: unknown) and returns the maps (n,) and the failed flags (n,). Echo-major, so that every
+# sum over echoes is a vectorised add across voxels. No data-dependent Python control flow
 # unless early_exit is set, so torch.compile can trace them whole.
 
 
@@ -296,11 +297,11 @@ def _prepare(
 
     scale (n,) is each voxel's largest sample: the fits work on y / scale, which keeps squared
     signals well inside float32 whatever the input units."""
-    finite = torch.isfinite(y).all(dim=1)
+    finite = torch.isfinite(y).all(dim=0)
     y = torch.where(torch.isfinite(y), y, torch.zeros((), dtype=y.dtype, device=y.device))
     positive = y > 0
     usable = finite & _distinct_positive_echoes(positive, te)
-    scale = y.amax(dim=1).clamp_min(torch.finfo(y.dtype).tiny)
+    scale = y.amax(dim=0).clamp_min(torch.finfo(y.dtype).tiny)
     return y, positive, usable, scale
 
 
@@ -308,7 +309,7 @@ def _kernel_loglin(
     y: torch.Tensor, te: torch.Tensor, sigma: torch.Tensor, early_exit: bool = False
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     y, positive, usable, scale = _prepare(y, te)
-    s0n, r2 = _loglinear(y / scale[:, None], te, positive.to(y.dtype))
+    s0n, r2 = _loglinear(y / scale, te, positive.to(y.dtype))
     return _derive_gaussian(y, te, s0n * scale, r2, usable, torch.ones_like(usable), sigma)
 
 
@@ -316,7 +317,7 @@ def _kernel_wls(
     y: torch.Tensor, te: torch.Tensor, sigma: torch.Tensor, early_exit: bool = False
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     y, positive, usable, scale = _prepare(y, te)
-    yn = y / scale[:, None]
+    yn = y / scale
     s0n, r2 = _loglinear(yn, te, positive.to(y.dtype) * yn * yn)
     return _derive_gaussian(y, te, s0n * scale, r2, usable, torch.ones_like(usable), sigma)
 
@@ -325,7 +326,7 @@ def _kernel_gaussian(
     y: torch.Tensor, te: torch.Tensor, sigma: torch.Tensor, early_exit: bool = False
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     y, positive, usable, scale = _prepare(y, te)
-    yn = y / scale[:, None]
+    yn = y / scale
     s0n, r2 = _loglinear(yn, te, positive.to(y.dtype) * yn * yn)
     s0n, r2, converged = _levenberg_marquardt(yn, te, s0n, r2, None, early_exit)
     return _derive_gaussian(y, te, s0n * scale, r2, usable, converged, sigma)
@@ -336,22 +337,22 @@ def _kernel_rician(
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Noise-aware fit: IRLS of M^2 - 2 sigma^2 against P exp(-2 TE R2*), P = S0^2."""
     y, positive, usable, scale = _prepare(y, te)
-    yn = y / scale[:, None]
+    yn = y / scale
     s0n, r2 = _loglinear(yn, te, positive.to(y.dtype) * yn * yn)
     sn2 = (sigma / scale) ** 2  # (n,) noise variance in scaled units
-    z = yn * yn - 2.0 * sn2[:, None]
+    z = yn * yn - 2.0 * sn2
     p, r2, converged = _levenberg_marquardt(z, 2.0 * te, s0n * s0n, r2, sn2, early_exit)
     s0 = torch.sqrt(p.clamp_min(0.0)) * scale
     s0 = torch.where(p > 0, s0, -torch.ones_like(s0))  # non-positive P: flagged by _derive
     # Generalised least-squares covariance of (P, R2*) for Var(M^2) = 4 s^2 (A^2 + s^2).
-    f = torch.exp(-2.0 * te * r2[:, None])
-    a2 = (p[:, None] * f).clamp_min(0.0)
-    w = 1.0 / (4.0 * sn2[:, None] * (a2 + sn2[:, None]))
+    f = torch.exp(-2.0 * te * r2)
+    a2 = (p * f).clamp_min(0.0)
+    w = 1.0 / (4.0 * sn2 * (a2 + sn2))
     dp = f
     dr = -2.0 * te * a2
-    fpp = (w * dp * dp).sum(1)
-    fpr = (w * dp * dr).sum(1)
-    frr = (w * dr * dr).sum(1)
+    fpp = (w * dp * dp).sum(0)
+    fpr = (w * dp * dr).sum(0)
+    frr = (w * dr * dr).sum(0)
     det = fpp * frr - fpr * fpr
     ok = det > 0
     safe = torch.where(ok, det, torch.ones_like(det))
@@ -368,19 +369,19 @@ def _kernel_arlo(
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """ARLO (Pei et al. 2015, with the erratum's formula), echoes evenly spaced (checked)."""
     y, _, usable, scale = _prepare(y, te)
-    yn = y / scale[:, None]
+    yn = y / scale
     dt = (te[-1] - te[0]) / (te.numel() - 1)
-    s = dt / 3.0 * (yn[:, :-2] + 4.0 * yn[:, 1:-1] + yn[:, 2:])
-    d = yn[:, :-2] - yn[:, 2:]
-    ss = (s * s).sum(1)
-    sd = (s * d).sum(1)
-    dd = (d * d).sum(1)
+    s = dt / 3.0 * (yn[:-2] + 4.0 * yn[1:-1] + yn[2:])
+    d = yn[:-2] - yn[2:]
+    ss = (s * s).sum(0)
+    sd = (s * d).sum(0)
+    dd = (d * d).sum(0)
     num = ss + dt / 3.0 * sd  # T2* = num / den; R2* = den / num
     den = dt / 3.0 * dd + sd
     ok = num > 0
     r2 = torch.where(ok, den / torch.where(ok, num, torch.ones_like(num)), torch.full_like(num, -1))
-    e = torch.exp(-te * r2.clamp_min(0.0)[:, None])
-    s0n = (yn * e).sum(1) / (e * e).sum(1).clamp_min(torch.finfo(y.dtype).tiny)
+    e = torch.exp(-te * r2.clamp_min(0.0))
+    s0n = (yn * e).sum(0) / (e * e).sum(0).clamp_min(torch.finfo(y.dtype).tiny)
     return _derive_gaussian(y, te, s0n * scale, r2, usable, torch.ones_like(usable), sigma)
 
 
@@ -396,8 +397,8 @@ _KERNEL_FUNCS: dict[str, _Kernel] = {
 def _distinct_positive_echoes(positive: torch.Tensor, te: torch.Tensor) -> torch.Tensor:
     """True where at least two positive samples sit at different echo times. (n,) bool."""
     big = torch.finfo(te.dtype).max
-    te_pos_min = torch.where(positive, te, big).amin(dim=1)
-    te_pos_max = torch.where(positive, te, -big).amax(dim=1)
+    te_pos_min = torch.where(positive, te, big).amin(dim=0)
+    te_pos_max = torch.where(positive, te, -big).amax(dim=0)
     return te_pos_max > te_pos_min
 
 
@@ -411,11 +412,11 @@ def _loglinear(
     tiny = torch.finfo(y.dtype).tiny
     z = torch.log(y.clamp_min(tiny))
     x = te - te.mean()
-    sw = w.sum(1)
-    sx = (w * x).sum(1)
-    sxx = (w * x * x).sum(1)
-    sz = (w * z).sum(1)
-    sxz = (w * x * z).sum(1)
+    sw = w.sum(0)
+    sx = (w * x).sum(0)
+    sxx = (w * x * x).sum(0)
+    sz = (w * z).sum(0)
+    sxz = (w * x * z).sum(0)
     det = sw * sxx - sx * sx
     det_ok = det > 0
     slope = torch.where(det_ok, (sw * sxz - sx * sz) / torch.where(det_ok, det, 1.0), 0.0)
@@ -433,7 +434,7 @@ def _normal_equations(
     z: torch.Tensor, tau: torch.Tensor, p: torch.Tensor, f: torch.Tensor, w: torch.Tensor | None
 ) -> tuple[torch.Tensor, ...]:
     """For r = p*f - z (f = exp(-tau R)): J^T W J (a11, a12, a22), J^T W r (g1, g2), r^T W r."""
-    m = p[:, None] * f
+    m = p * f
     r = m - z
     tm = tau * m
     if w is not None:
@@ -441,12 +442,12 @@ def _normal_equations(
         wtm = w * tm
     else:
         wf, wtm = f, tm
-    a11 = (wf * f).sum(1)
-    a12 = -(wf * tm).sum(1)
-    a22 = (wtm * tm).sum(1)
-    g1 = (wf * r).sum(1)
-    g2 = -(wtm * r).sum(1)
-    cost = ((r * r * w) if w is not None else (r * r)).sum(1)
+    a11 = (wf * f).sum(0)
+    a12 = -(wf * tm).sum(0)
+    a22 = (wtm * tm).sum(0)
+    g1 = (wf * r).sum(0)
+    g2 = -(wtm * r).sum(0)
+    cost = ((r * r * w) if w is not None else (r * r)).sum(0)
     return a11, a12, a22, g1, g2, cost
 
 
@@ -471,12 +472,12 @@ def _levenberg_marquardt(
     p = torch.nan_to_num(p, nan=0.0, posinf=0.0, neginf=0.0)
     lam = torch.full_like(p, 1e-3)
     converged = torch.zeros_like(p, dtype=torch.bool)
-    f = torch.exp(-tau * r2[:, None])
+    f = torch.exp(-tau * r2)
 
     def weights(p_: torch.Tensor, f_: torch.Tensor) -> torch.Tensor | None:
         if noise_var is None:
             return None
-        return 1.0 / ((p_[:, None] * f_).clamp_min(0.0) + noise_var[:, None])
+        return 1.0 / ((p_ * f_).clamp_min(0.0) + noise_var)
 
     w = weights(p, f)
     a11, a12, a22, g1, g2, cost = _normal_equations(z, tau, p, f, w)
@@ -489,7 +490,7 @@ def _levenberg_marquardt(
         dr2 = -(d11 * g2 - a12 * g1) / det
         p_new = p + dp
         r2_new = _clamp_rate(r2 + dr2)
-        f_new = torch.exp(-tau * r2_new[:, None])
+        f_new = torch.exp(-tau * r2_new)
         cost_new = _cost(z, p_new, f_new, w)
         step = torch.maximum(dp.abs() / p.abs().clamp_min(1e-12), dr2.abs() / (r2.abs() + 1.0))
         # A converged voxel is left alone: its result cannot depend on its neighbours.
@@ -497,22 +498,22 @@ def _levenberg_marquardt(
         converged = converged | (step < _LM_TOL)
         p = torch.where(better, p_new, p)
         r2 = torch.where(better, r2_new, r2)
-        f = torch.where(better[:, None], f_new, f)
+        f = torch.where(better, f_new, f)
         lam = torch.where(better, lam * 0.1, lam * 10.0).clamp(1e-9, 1e9)
         w = weights(p, f)
         a11, a12, a22, g1, g2, cost = _normal_equations(z, tau, p, f, w)
         if early_exit and bool(converged.all()):
             break
     # A voxel whose cost is already at rounding level has nothing left to improve.
-    at_floor = cost <= (z * z * (w if w is not None else 1.0)).sum(1) * 1e-10
+    at_floor = cost <= (z * z * (w if w is not None else 1.0)).sum(0) * 1e-10
     return p, r2, converged | at_floor
 
 
 def _cost(
     z: torch.Tensor, p: torch.Tensor, f: torch.Tensor, w: torch.Tensor | None
 ) -> torch.Tensor:
-    r = p[:, None] * f - z
-    return ((r * r * w) if w is not None else (r * r)).sum(1)
+    r = p * f - z
+    return ((r * r * w) if w is not None else (r * r)).sum(0)
 
 
 def _derive_gaussian(
@@ -529,17 +530,17 @@ def _derive_gaussian(
     sigma: the noise level when positive, else the residual estimate (0 with two echoes)."""
     s0c = torch.nan_to_num(s0, nan=0.0, posinf=0.0, neginf=0.0).clamp_min(0.0)
     r2c = torch.nan_to_num(r2, nan=0.0, posinf=0.0, neginf=0.0).clamp(1.0 / T2STAR_MAX, 1e4)
-    e = torch.exp(-te * r2c[:, None])
-    resid = s0c[:, None] * e - y
-    ssr = (resid * resid).sum(1)
-    n_echo = y.shape[1]
+    e = torch.exp(-te * r2c)
+    resid = s0c * e - y
+    ssr = (resid * resid).sum(0)
+    n_echo = y.shape[0]
     dof = max(n_echo - 2, 1)
     var_resid = ssr / dof if n_echo > 2 else torch.zeros_like(ssr)
     var = torch.where(sigma > 0, sigma * sigma, var_resid)
     ee = e * e
-    a11 = ee.sum(1)
-    a12 = -s0c * (te * ee).sum(1)
-    a22 = s0c * s0c * (te * te * ee).sum(1)
+    a11 = ee.sum(0)
+    a12 = -s0c * (te * ee).sum(0)
+    a22 = s0c * s0c * (te * te * ee).sum(0)
     det = a11 * a22 - a12 * a12
     ok = det > 0
     safe_det = torch.where(ok, det, torch.ones_like(det))
@@ -568,8 +569,8 @@ def _derive(
     failed = ~usable | ~finite | ~converged | clamped | (s0 <= 0)
     s0 = s0.clamp_min(0.0)
     t2 = 1.0 / r2
-    resid = s0[:, None] * torch.exp(-te * r2[:, None]) - y
-    rmse = torch.sqrt((resid * resid).mean(1))
+    resid = s0 * torch.exp(-te * r2) - y
+    rmse = torch.sqrt((resid * resid).mean(0))
     maps = {
         "t2star": t2,
         "r2star": r2,
