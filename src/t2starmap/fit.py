@@ -205,8 +205,10 @@ def fit_t2star(
         inside = m.reshape(-1)
     te = torch.as_tensor(te_np[order], dtype=dtype, device=dev)[:, None]
     sigma = torch.tensor(-1.0 if noise_sigma is None else noise_sigma, dtype=dtype, device=dev)
-    index = torch.nonzero(inside).reshape(-1)
-    n_fit = index.numel()
+    all_inside = bool(inside.all())
+    # Without a mask no index list is made: it would cost 8 bytes a voxel.
+    index = torch.empty(0, dtype=torch.long) if all_inside else torch.nonzero(inside).reshape(-1)
+    n_fit = n_vox if all_inside else index.numel()
     sorted_already = bool(np.all(order == np.arange(te_np.size)))
 
     if compile is None:
@@ -219,7 +221,6 @@ def fit_t2star(
     names = ("t2star", "r2star", "s0", "rmse", "t2star_se", "r2star_se", "s0_se")
     out = {k: torch.zeros(n_vox, dtype=dtype, device=dev) for k in names}
     failed = torch.zeros(n_vox, dtype=torch.bool, device=dev)
-    all_inside = n_fit == n_vox
     for start in range(0, n_fit, step):
         stop = min(start + step, n_fit)
         y = flat[start:stop] if all_inside else flat[index[start:stop].to(flat.device)]
@@ -263,7 +264,12 @@ def _compiled(kernel: str, dev: torch.device) -> _Kernel | None:
     key = (kernel, dev.type)
     if key not in _COMPILED:
         try:
-            _COMPILED[key] = torch.compile(_KERNEL_FUNCS[kernel], dynamic=False, fullgraph=True)
+            _COMPILED[key] = torch.compile(
+                _KERNEL_FUNCS[kernel],
+                dynamic=False,
+                fullgraph=True,
+                options={"unroll_reductions_threshold": 64},
+            )
         except Exception:  # any failure means: run eagerly
             _COMPILED[key] = None
     return _COMPILED[key]
@@ -309,8 +315,9 @@ def _kernel_loglin(
     y: torch.Tensor, te: torch.Tensor, sigma: torch.Tensor, early_exit: bool = False
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     y, positive, usable, scale = _prepare(y, te)
-    s0n, r2 = _loglinear(y / scale, te, positive.to(y.dtype))
-    return _derive_gaussian(y, te, s0n * scale, r2, usable, torch.ones_like(usable), sigma)
+    w = positive.to(y.dtype)
+    s0n, r2 = _loglinear(y / scale, te, w)
+    return _derive_loglinear(y, te, s0n * scale, r2, w, usable, sigma)
 
 
 def _kernel_wls(
@@ -318,8 +325,9 @@ def _kernel_wls(
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     y, positive, usable, scale = _prepare(y, te)
     yn = y / scale
-    s0n, r2 = _loglinear(yn, te, positive.to(y.dtype) * yn * yn)
-    return _derive_gaussian(y, te, s0n * scale, r2, usable, torch.ones_like(usable), sigma)
+    w = positive.to(y.dtype) * yn * yn
+    s0n, r2 = _loglinear(yn, te, w)
+    return _derive_loglinear(y, te, s0n * scale, r2, w, usable, sigma)
 
 
 def _kernel_gaussian(
@@ -430,25 +438,38 @@ def _clamp_rate(r2: torch.Tensor) -> torch.Tensor:
     return r2.clamp(0.0, 1.0 / T2STAR_MIN * 10.0)
 
 
+def _weights(p: torch.Tensor, f: torch.Tensor, noise_var: torch.Tensor | None) -> torch.Tensor:
+    """IRLS weights 1 / (A^2 + s^2) with A^2 = p f; all ones for the Gaussian fit."""
+    if noise_var is None:
+        return torch.ones_like(f)
+    return 1.0 / ((p * f).clamp_min(0.0) + noise_var)
+
+
 def _normal_equations(
-    z: torch.Tensor, tau: torch.Tensor, p: torch.Tensor, f: torch.Tensor, w: torch.Tensor | None
+    z: torch.Tensor,
+    tau: torch.Tensor,
+    p: torch.Tensor,
+    f: torch.Tensor,
+    w: torch.Tensor,
+    w_judge: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, ...]:
-    """For r = p*f - z (f = exp(-tau R)): J^T W J (a11, a12, a22), J^T W r (g1, g2), r^T W r."""
+    """At (p, f = exp(-tau R)), r = p*f - z: J^T W J (a11, a12, a22), J^T W r (g1, g2), r^T W r
+    and, with ``w_judge``, r^T W_judge r too (the cost under another point's weights). All (n,),
+    from one pass over the echoes."""
     m = p * f
     r = m - z
     tm = tau * m
-    if w is not None:
-        wf = w * f
-        wtm = w * tm
-    else:
-        wf, wtm = f, tm
+    wf = w * f
+    wtm = w * tm
     a11 = (wf * f).sum(0)
     a12 = -(wf * tm).sum(0)
     a22 = (wtm * tm).sum(0)
     g1 = (wf * r).sum(0)
     g2 = -(wtm * r).sum(0)
-    cost = ((r * r * w) if w is not None else (r * r)).sum(0)
-    return a11, a12, a22, g1, g2, cost
+    rr = r * r
+    cost = (w * rr).sum(0)
+    judged = (w_judge * rr).sum(0) if w_judge is not None else cost
+    return a11, a12, a22, g1, g2, cost, judged
 
 
 def _levenberg_marquardt(
@@ -459,13 +480,15 @@ def _levenberg_marquardt(
     noise_var: torch.Tensor | None,
     early_exit: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Batched LM on (p, R2*) for the cost sum w (p exp(-tau R2*) - z)^2.
+    """Batched LM on (p, R2*) for the cost sum w (p exp(-tau R2*) - z)^2; z (E, n), tau (E, 1).
 
     ``noise_var`` None: w = 1 (Gaussian). Otherwise w = 1 / (p exp(-tau R2*) + noise_var),
     recomputed at every accepted step (IRLS; a trial step is judged with the weights of the
     point it starts from). Marquardt's diagonal damping; a step is kept only where it lowers
     the cost; a voxel stops once its proposed step is below ``_LM_TOL`` (relative).
     R2* is held in ``[0, 10/T2STAR_MIN]`` (the final clamp is :func:`_derive`'s).
+    Each iteration is one pass over the echoes: the normal equations at the trial point are
+    formed before it is judged, and kept if it is accepted.
     Returns (p, R2*, converged), each (n,).
     """
     r2 = _clamp_rate(torch.nan_to_num(r2, nan=0.0, posinf=0.0, neginf=0.0))
@@ -473,14 +496,8 @@ def _levenberg_marquardt(
     lam = torch.full_like(p, 1e-3)
     converged = torch.zeros_like(p, dtype=torch.bool)
     f = torch.exp(-tau * r2)
-
-    def weights(p_: torch.Tensor, f_: torch.Tensor) -> torch.Tensor | None:
-        if noise_var is None:
-            return None
-        return 1.0 / ((p_ * f_).clamp_min(0.0) + noise_var)
-
-    w = weights(p, f)
-    a11, a12, a22, g1, g2, cost = _normal_equations(z, tau, p, f, w)
+    w = _weights(p, f, noise_var)
+    a11, a12, a22, g1, g2, cost, _ = _normal_equations(z, tau, p, f, w)
     for _ in range(_LM_MAX_ITER):
         d11 = a11 * (1.0 + lam)
         d22 = a22 * (1.0 + lam)
@@ -491,29 +508,30 @@ def _levenberg_marquardt(
         p_new = p + dp
         r2_new = _clamp_rate(r2 + dr2)
         f_new = torch.exp(-tau * r2_new)
-        cost_new = _cost(z, p_new, f_new, w)
+        w_new = _weights(p_new, f_new, noise_var)
+        n11, n12, n22, h1, h2, cost_new, judged = _normal_equations(
+            z, tau, p_new, f_new, w_new, w if noise_var is not None else None
+        )
         step = torch.maximum(dp.abs() / p.abs().clamp_min(1e-12), dr2.abs() / (r2.abs() + 1.0))
         # A converged voxel is left alone: its result cannot depend on its neighbours.
-        better = (cost_new < cost) & ~converged
+        better = (judged < cost) & ~converged
         converged = converged | (step < _LM_TOL)
         p = torch.where(better, p_new, p)
         r2 = torch.where(better, r2_new, r2)
-        f = torch.where(better, f_new, f)
+        if noise_var is not None:
+            w = torch.where(better, w_new, w)
+        a11 = torch.where(better, n11, a11)
+        a12 = torch.where(better, n12, a12)
+        a22 = torch.where(better, n22, a22)
+        g1 = torch.where(better, h1, g1)
+        g2 = torch.where(better, h2, g2)
+        cost = torch.where(better, cost_new, cost)
         lam = torch.where(better, lam * 0.1, lam * 10.0).clamp(1e-9, 1e9)
-        w = weights(p, f)
-        a11, a12, a22, g1, g2, cost = _normal_equations(z, tau, p, f, w)
         if early_exit and bool(converged.all()):
             break
     # A voxel whose cost is already at rounding level has nothing left to improve.
-    at_floor = cost <= (z * z * (w if w is not None else 1.0)).sum(0) * 1e-10
+    at_floor = cost <= (z * z * w).sum(0) * 1e-10
     return p, r2, converged | at_floor
-
-
-def _cost(
-    z: torch.Tensor, p: torch.Tensor, f: torch.Tensor, w: torch.Tensor | None
-) -> torch.Tensor:
-    r = p * f - z
-    return ((r * r * w) if w is not None else (r * r)).sum(0)
 
 
 def _derive_gaussian(
@@ -547,6 +565,47 @@ def _derive_gaussian(
     r2_se = torch.where(ok, torch.sqrt((var * a11 / safe_det).clamp_min(0.0)), 0.0)
     s0_se = torch.where(ok, torch.sqrt((var * a22 / safe_det).clamp_min(0.0)), 0.0)
     return _derive(y, te, s0, r2, usable, converged, r2_se, s0_se)
+
+
+def _derive_loglinear(
+    y: torch.Tensor,
+    te: torch.Tensor,
+    s0: torch.Tensor,
+    r2: torch.Tensor,
+    w: torch.Tensor,
+    usable: torch.Tensor,
+    sigma: torch.Tensor,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Standard errors of a (weighted) straight-line fit of log S, then :func:`_derive`.
+
+    The sandwich covariance with Var(log S_k) = sigma^2 / A_k^2 (A_k the fitted signal):
+    ordinary log-linear fits give late, noisy echoes full weight, and their true spread is
+    much larger than the least-squares bound of the signal model would claim."""
+    s0c = torch.nan_to_num(s0, nan=0.0, posinf=0.0, neginf=0.0).clamp_min(0.0)
+    r2c = torch.nan_to_num(r2, nan=0.0, posinf=0.0, neginf=0.0).clamp(1.0 / T2STAR_MAX, 1e4)
+    a = s0c * torch.exp(-te * r2c)
+    resid = a - y
+    n_echo = y.shape[0]
+    var_resid = (resid * resid).sum(0) / max(n_echo - 2, 1)
+    if n_echo <= 2:
+        var_resid = torch.zeros_like(var_resid)
+    var = torch.where(sigma > 0, sigma * sigma, var_resid)
+    var_log = var / (a * a).clamp_min(torch.finfo(y.dtype).tiny)  # (E, n)
+    sw = w.sum(0)
+    safe_sw = sw.clamp_min(torch.finfo(y.dtype).tiny)
+    t_mean = (w * te).sum(0) / safe_sw
+    x = te - t_mean
+    sxx = (w * x * x).sum(0)
+    ok = (sxx > 0) & (sw > 0)
+    safe_sxx = torch.where(ok, sxx, torch.ones_like(sxx))
+    var_slope = (w * w * x * x * var_log).sum(0) / (safe_sxx * safe_sxx)
+    var_mean = (w * w * var_log).sum(0) / (safe_sw * safe_sw)
+    cov = (w * w * x * var_log).sum(0) / (safe_sw * safe_sxx)
+    var_log_s0 = var_mean + t_mean * t_mean * var_slope + 2.0 * t_mean * cov
+    zero = torch.zeros_like(sxx)
+    r2_se = torch.where(ok, torch.sqrt(var_slope.clamp_min(0.0)), zero)
+    s0_se = torch.where(ok, s0c * torch.sqrt(var_log_s0.clamp_min(0.0)), zero)
+    return _derive(y, te, s0, r2, usable, torch.ones_like(usable), r2_se, s0_se)
 
 
 def _derive(
