@@ -62,6 +62,8 @@ DEFAULT_CHUNK = 1 << 16
 #: Voxels (inside the mask) from which ``compile=None`` uses the compiled kernel.
 COMPILE_MIN_VOXELS = 1 << 20
 _LM_MAX_ITER = 10
+#: Iterations of the compiled kernel; the voxels it leaves unconverged are fitted again eagerly.
+_LM_FIXED_ITER = 4
 _LM_TOL = 5e-4
 
 
@@ -230,7 +232,7 @@ def fit_t2star(
         y = y.to(device=dev, dtype=dtype).t().contiguous()
         if run is not None and n < step:
             y = torch.cat([y, y.new_zeros(y.shape[0], step - n)], dim=1)
-        maps, bad = _run_kernel(run, kernel, y, te, sigma)
+        maps, bad = _run_kernel(run, kernel, y, te, sigma, n)
         sel = slice(start, stop) if all_inside else index[start:stop].to(dev)
         for k in names:
             out[k][sel] = maps[k][:n]
@@ -276,17 +278,39 @@ def _compiled(kernel: str, dev: torch.device) -> _Kernel | None:
 
 
 def _run_kernel(
-    run: _Kernel | None, kernel: str, y: torch.Tensor, te: torch.Tensor, sigma: torch.Tensor
+    run: _Kernel | None,
+    kernel: str,
+    y: torch.Tensor,
+    te: torch.Tensor,
+    sigma: torch.Tensor,
+    n_real: int,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    if run is not None:
-        try:
-            return run(y, te, sigma)
-        except Exception:
-            # Compilation can fail at first call (no C compiler, unsupported platform):
-            # remember that and run the plain kernel from now on.
-            for key in [k for k, v in _COMPILED.items() if v is run]:
-                _COMPILED[key] = None
-    return _KERNEL_FUNCS[kernel](y, te, sigma, early_exit=True)
+    """One chunk through the compiled kernel when there is one, else the eager kernel.
+
+    The compiled iterative kernels stop after ``_LM_FIXED_ITER`` iterations; the few voxels
+    (of the first ``n_real``) they leave flagged are fitted again by the eager kernel, which
+    iterates up to ``_LM_MAX_ITER`` times and stops as soon as all its voxels converge."""
+    eager = _KERNEL_FUNCS[kernel]
+    if run is None:
+        return eager(y, te, sigma, early_exit=True)
+    try:
+        maps, bad = run(y, te, sigma)
+    except Exception:
+        # Compilation can fail at first call (no C compiler, unsupported platform):
+        # remember that and run the plain kernel from now on.
+        for key in [k for k, v in _COMPILED.items() if v is run]:
+            _COMPILED[key] = None
+        return eager(y, te, sigma, early_exit=True)
+    if kernel in ("gaussian", "rician"):
+        redo = torch.nonzero(bad[:n_real]).reshape(-1)
+        if redo.numel():
+            again, bad_again = eager(y[:, redo], te, sigma, early_exit=True)
+            maps = {k: v.clone() for k, v in maps.items()}
+            bad = bad.clone()
+            for k, v in again.items():
+                maps[k][redo] = v
+            bad[redo] = bad_again
+    return maps, bad
 
 
 # --- the per-chunk kernels ---------------------------------------------------------------------
@@ -488,7 +512,9 @@ def _levenberg_marquardt(
     the cost; a voxel stops once its proposed step is below ``_LM_TOL`` (relative).
     R2* is held in ``[0, 10/T2STAR_MIN]`` (the final clamp is :func:`_derive`'s).
     Each iteration is one pass over the echoes: the normal equations at the trial point are
-    formed before it is judged, and kept if it is accepted.
+    formed before it is judged, and kept if it is accepted. ``early_exit`` (eager runs): up to
+    ``_LM_MAX_ITER`` iterations, stopping once every voxel has converged; otherwise (compiled)
+    exactly ``_LM_FIXED_ITER``.
     Returns (p, R2*, converged), each (n,).
     """
     r2 = _clamp_rate(torch.nan_to_num(r2, nan=0.0, posinf=0.0, neginf=0.0))
@@ -498,7 +524,7 @@ def _levenberg_marquardt(
     f = torch.exp(-tau * r2)
     w = _weights(p, f, noise_var)
     a11, a12, a22, g1, g2, cost, _ = _normal_equations(z, tau, p, f, w)
-    for _ in range(_LM_MAX_ITER):
+    for _ in range(_LM_MAX_ITER if early_exit else _LM_FIXED_ITER):
         d11 = a11 * (1.0 + lam)
         d22 = a22 * (1.0 + lam)
         det = d11 * d22 - a12 * a12
