@@ -386,6 +386,17 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"notebook on one slice: {seconds:.1f} s", flush=True)
 
+    if not args.quick:
+        # The same voxels the partial peers fitted, by the default fit.
+        sub_err = default.errors[: args.subset]
+        ii, jj = np.meshgrid(np.arange(128), np.arange(128), indexing="ij")
+        slice_err = default.errors[np.ravel_multi_index((ii, jj, 0 * ii), SHAPE).ravel()]
+        notes.append(
+            f"On the same voxels the partial rows fitted, the default fit's median / p90 error: "
+            f"first {args.subset} voxels {100 * np.median(sub_err):.2f}% / "
+            f"{100 * np.percentile(sub_err, 90):.2f}%; the notebook's 128x128 slice "
+            f"{100 * np.median(slice_err):.2f}% / {100 * np.percentile(slice_err, 90):.2f}%."
+        )
     body = table(rows, default.seconds, n_volume)
     if not args.skip_memory:
         mem = measure_memory(args.threads)

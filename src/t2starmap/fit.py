@@ -15,8 +15,10 @@ Methods (``method=``):
                    iteratively reweighted least squares, weights 1 / (E[M^2] - sigma^2), the
                    inverse of Var(M^2) / (4 sigma^2). That moment is exact at every SNR, so echoes
                    on the noise floor no longer pull R2* down; at high SNR the weights make it
-                   the ordinary least-squares fit of M. Without a noise level it is the Gaussian
-                   fit below (``noise_model == "gaussian"`` says so).
+                   the ordinary least-squares fit of M. It needs no Bessel functions and costs
+                   what the Gaussian fit costs. Without a noise level it is the Gaussian fit
+                   below (``noise_model == "gaussian"`` says so). Why this estimator, with
+                   numbers: ``benchmarks/NOISE_FLOOR.md``.
 ``nlls-gaussian``  Levenberg-Marquardt on sum (S0 exp(-TE R2*) - M)^2, ignoring the floor.
 ``wls``            weighted least squares on log(S) with weights S^2.
 ``loglin``         ordinary least squares on log(S) (samples <= 0 are left out).
@@ -29,14 +31,18 @@ R2* is fitted; T2* = 1/R2* is derived in one place (:func:`_derive`), after R2* 
 input is unusable (NaN/inf, fewer than two positive echoes), whose LM did not converge or whose
 S0 came out non-positive. Maps never hold NaN, inf or negative values; unusable voxels are 0.
 
-Standard errors come from the Fisher information at the solution: sigma^2 (J^T J)^-1 for the
-Gaussian methods (sigma = ``noise_sigma`` when given, else the residual estimate), the
-generalised least-squares covariance (J^T V^-1 J)^-1 of M^2 with Var(M^2) = 4 sigma^2 (A^2 +
-sigma^2) for the noise-aware fit; T2* by the delta method, se(T2*) = se(R2*) T2*^2.
+Standard errors (sigma = ``noise_sigma`` when given, else the residual estimate): sigma^2
+(J^T J)^-1 at the solution for ``nlls-gaussian`` and ``arlo`` (for ARLO this is the bound, about
+15 % below its actual spread); the generalised least-squares covariance (J^T V^-1 J)^-1 of M^2
+with Var(M^2) = 4 sigma^2 (A^2 + sigma^2) for the noise-aware fit; the sandwich covariance with
+Var(log S) = sigma^2 / A^2 for ``loglin`` and ``wls``. T2* by the delta method,
+se(T2*) = se(R2*) T2*^2.
 
-Large inputs on the CPU run a ``torch.compile``d copy of the per-chunk kernel (fused loops,
-about 4x faster); small inputs, and any platform where compiling fails, run the same function
-eagerly.
+Large inputs on the CPU (``COMPILE_MIN_VOXELS`` voxels and more) run a ``torch.compile``d copy of
+the per-chunk kernel (one fused loop nest; the iterative fits stop after ``_LM_FIXED_ITER``
+steps there and refit their few unconverged voxels eagerly); small inputs, and any platform
+where compiling fails, run the same functions eagerly. Compiling takes ~30 s once per process
+(torch caches the result on disk), so it pays off only on large volumes.
 """
 
 from __future__ import annotations
