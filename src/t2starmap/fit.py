@@ -65,6 +65,9 @@ METHODS = ("nlls", "nlls-gaussian", "wls", "loglin", "arlo")
 DEFAULT_METHOD = "nlls"
 
 DEFAULT_CHUNK = 1 << 16
+#: Chunk of the compiled kernel: its echo-by-voxel intermediates then stay in the CPU caches
+#: (192x192x64x11 default fit, 2 threads: 0.37 s at 2^13-2^14 voxels, 0.51 s at 2^16).
+COMPILED_CHUNK = 1 << 14
 #: Voxels (inside the mask) from which ``compile=None`` uses the compiled kernel.
 COMPILE_MIN_VOXELS = 1 << 20
 _LM_MAX_ITER = 10
@@ -224,25 +227,46 @@ def fit_t2star(
     use_compile = compile
     run = _compiled(kernel, dev) if use_compile else None
     # The compiled kernel has static shapes: pad every chunk to one size.
-    step = min(chunk_size, max(n_fit, 1))
+    step = min(chunk_size, COMPILED_CHUNK if run is not None else chunk_size, max(n_fit, 1))
 
     names = ("t2star", "r2star", "s0", "rmse", "t2star_se", "r2star_se", "s0_se")
     out = {k: torch.zeros(n_vox, dtype=dtype, device=dev) for k in names}
     failed = torch.zeros(n_vox, dtype=torch.bool, device=dev)
-    for start in range(0, n_fit, step):
-        stop = min(start + step, n_fit)
-        y = flat[start:stop] if all_inside else flat[index[start:stop].to(flat.device)]
-        if not sorted_already:
-            y = y[:, torch.as_tensor(order, device=y.device)]
-        n = y.shape[0]
-        y = y.to(device=dev, dtype=dtype).t().contiguous()
-        if run is not None and n < step:
-            y = torch.cat([y, y.new_zeros(y.shape[0], step - n)], dim=1)
-        maps, bad = _run_kernel(run, kernel, y, te, sigma, n)
-        sel = slice(start, stop) if all_inside else index[start:stop].to(dev)
+    perm = None if sorted_already else torch.as_tensor(order, device=flat.device)
+
+    def echo_major(rows: torch.Tensor) -> torch.Tensor:
+        """(n, E) rows of the input -> (E, n) on the device, echoes ascending."""
+        if perm is not None:
+            rows = rows[:, perm]
+        return rows.to(device=dev, dtype=dtype).t().contiguous()
+
+    def store(sel: slice | torch.Tensor, maps: dict[str, torch.Tensor], bad: torch.Tensor) -> None:
+        n = bad.numel() if isinstance(sel, torch.Tensor) else sel.stop - sel.start
         for k in names:
             out[k][sel] = maps[k][:n]
         failed[sel] = bad[:n]
+
+    for start in range(0, n_fit, step):
+        stop = min(start + step, n_fit)
+        if all_inside:
+            sel: slice | torch.Tensor = slice(start, stop)
+            y = echo_major(flat[start:stop])
+        else:
+            sel = index[start:stop].to(dev)
+            y = echo_major(flat[index[start:stop].to(flat.device)])
+        n = stop - start
+        if run is not None and n < step:
+            y = torch.cat([y, y.new_zeros(y.shape[0], step - n)], dim=1)
+        store(sel, *_run_kernel(run, kernel, y, te, sigma))
+    if run is not None and kernel in ("gaussian", "rician"):
+        # The compiled iterative kernels stop after _LM_FIXED_ITER steps: the few voxels they
+        # leave flagged are fitted again, all together, by the eager kernel (up to
+        # _LM_MAX_ITER steps, stopping once all converge).
+        redo = torch.nonzero(failed).reshape(-1)
+        for start in range(0, redo.numel(), chunk_size):
+            sel = redo[start : start + chunk_size]
+            y = echo_major(flat[sel.to(flat.device)])
+            store(sel, *_KERNEL_FUNCS[kernel](y, te, sigma, early_exit=True))
     return FitResult(
         **{k: v.reshape(spatial) for k, v in out.items()},
         failed=failed.reshape(spatial),
@@ -284,39 +308,18 @@ def _compiled(kernel: str, dev: torch.device) -> _Kernel | None:
 
 
 def _run_kernel(
-    run: _Kernel | None,
-    kernel: str,
-    y: torch.Tensor,
-    te: torch.Tensor,
-    sigma: torch.Tensor,
-    n_real: int,
+    run: _Kernel | None, kernel: str, y: torch.Tensor, te: torch.Tensor, sigma: torch.Tensor
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """One chunk through the compiled kernel when there is one, else the eager kernel.
-
-    The compiled iterative kernels stop after ``_LM_FIXED_ITER`` iterations; the few voxels
-    (of the first ``n_real``) they leave flagged are fitted again by the eager kernel, which
-    iterates up to ``_LM_MAX_ITER`` times and stops as soon as all its voxels converge."""
-    eager = _KERNEL_FUNCS[kernel]
-    if run is None:
-        return eager(y, te, sigma, early_exit=True)
-    try:
-        maps, bad = run(y, te, sigma)
-    except Exception:
-        # Compilation can fail at first call (no C compiler, unsupported platform):
-        # remember that and run the plain kernel from now on.
-        for key in [k for k, v in _COMPILED.items() if v is run]:
-            _COMPILED[key] = None
-        return eager(y, te, sigma, early_exit=True)
-    if kernel in ("gaussian", "rician"):
-        redo = torch.nonzero(bad[:n_real]).reshape(-1)
-        if redo.numel():
-            again, bad_again = eager(y[:, redo], te, sigma, early_exit=True)
-            maps = {k: v.clone() for k, v in maps.items()}
-            bad = bad.clone()
-            for k, v in again.items():
-                maps[k][redo] = v
-            bad[redo] = bad_again
-    return maps, bad
+    """One chunk through the compiled kernel when there is one, else the eager kernel."""
+    if run is not None:
+        try:
+            return run(y, te, sigma)
+        except Exception:
+            # Compilation can fail at first call (no C compiler, unsupported platform):
+            # remember that and run the plain kernel from now on.
+            for key in [k for k, v in _COMPILED.items() if v is run]:
+                _COMPILED[key] = None
+    return _KERNEL_FUNCS[kernel](y, te, sigma, early_exit=True)
 
 
 # --- the per-chunk kernels ---------------------------------------------------------------------
@@ -383,7 +386,9 @@ def _kernel_rician(
     s0 = torch.sqrt(p.clamp_min(0.0)) * scale
     s0 = torch.where(p > 0, s0, -torch.ones_like(s0))  # non-positive P: flagged by _derive
     # Generalised least-squares covariance of (P, R2*) for Var(M^2) = 4 s^2 (A^2 + s^2).
-    f = torch.exp(-2.0 * te * r2)
+    # One exponential serves it and _derive (at the clamped rate: differs only where flagged).
+    e = torch.exp(-te * _reported_rate(r2))
+    f = e * e
     a2 = (p * f).clamp_min(0.0)
     w = 1.0 / (4.0 * sn2 * (a2 + sn2))
     dp = f
@@ -399,7 +404,7 @@ def _kernel_rician(
     s0n = torch.sqrt(p.clamp_min(0.0))
     s0_se = torch.sqrt(p_var.clamp_min(0.0)) / (2.0 * s0n.clamp_min(1e-30)) * scale
     r2_se = torch.sqrt(r2_var.clamp_min(0.0))
-    return _derive(y, te, s0, r2, usable, converged, r2_se, s0_se)
+    return _derive(y, te, s0, r2, usable, converged, r2_se, s0_se, e)
 
 
 def _kernel_arlo(
@@ -462,6 +467,12 @@ def _loglinear(
     # intercept is log S at the mean TE: move it back to TE = 0.
     log_s0 = (intercept - slope * te.mean()).clamp(max=80.0)
     return torch.exp(log_s0), -slope
+
+
+def _reported_rate(r2: torch.Tensor) -> torch.Tensor:
+    """R2* as :func:`_derive` will report it: finite, clamped to [1/T2STAR_MAX, 1/T2STAR_MIN]."""
+    r2 = torch.nan_to_num(r2, nan=0.0, posinf=0.0, neginf=0.0)
+    return r2.clamp(1.0 / T2STAR_MAX, 1.0 / T2STAR_MIN)
 
 
 def _clamp_rate(r2: torch.Tensor) -> torch.Tensor:
@@ -579,8 +590,7 @@ def _derive_gaussian(
 
     sigma: the noise level when positive, else the residual estimate (0 with two echoes)."""
     s0c = torch.nan_to_num(s0, nan=0.0, posinf=0.0, neginf=0.0).clamp_min(0.0)
-    r2c = torch.nan_to_num(r2, nan=0.0, posinf=0.0, neginf=0.0).clamp(1.0 / T2STAR_MAX, 1e4)
-    e = torch.exp(-te * r2c)
+    e = torch.exp(-te * _reported_rate(r2))
     resid = s0c * e - y
     ssr = (resid * resid).sum(0)
     n_echo = y.shape[0]
@@ -596,7 +606,7 @@ def _derive_gaussian(
     safe_det = torch.where(ok, det, torch.ones_like(det))
     r2_se = torch.where(ok, torch.sqrt((var * a11 / safe_det).clamp_min(0.0)), 0.0)
     s0_se = torch.where(ok, torch.sqrt((var * a22 / safe_det).clamp_min(0.0)), 0.0)
-    return _derive(y, te, s0, r2, usable, converged, r2_se, s0_se)
+    return _derive(y, te, s0, r2, usable, converged, r2_se, s0_se, e)
 
 
 def _derive_loglinear(
@@ -614,8 +624,8 @@ def _derive_loglinear(
     ordinary log-linear fits give late, noisy echoes full weight, and their true spread is
     much larger than the least-squares bound of the signal model would claim."""
     s0c = torch.nan_to_num(s0, nan=0.0, posinf=0.0, neginf=0.0).clamp_min(0.0)
-    r2c = torch.nan_to_num(r2, nan=0.0, posinf=0.0, neginf=0.0).clamp(1.0 / T2STAR_MAX, 1e4)
-    a = s0c * torch.exp(-te * r2c)
+    e = torch.exp(-te * _reported_rate(r2))
+    a = s0c * e
     resid = a - y
     n_echo = y.shape[0]
     var_resid = (resid * resid).sum(0) / max(n_echo - 2, 1)
@@ -637,7 +647,7 @@ def _derive_loglinear(
     zero = torch.zeros_like(sxx)
     r2_se = torch.where(ok, torch.sqrt(var_slope.clamp_min(0.0)), zero)
     s0_se = torch.where(ok, s0c * torch.sqrt(var_log_s0.clamp_min(0.0)), zero)
-    return _derive(y, te, s0, r2, usable, torch.ones_like(usable), r2_se, s0_se)
+    return _derive(y, te, s0, r2, usable, torch.ones_like(usable), r2_se, s0_se, e)
 
 
 def _derive(
@@ -649,8 +659,11 @@ def _derive(
     converged: torch.Tensor,
     r2_se: torch.Tensor,
     s0_se: torch.Tensor,
+    e: torch.Tensor | None = None,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """The one place where T2* = 1/R2* is formed, bounds applied and failures flagged."""
+    """The one place where T2* = 1/R2* is formed, bounds applied and failures flagged.
+
+    ``e``: exp(-TE * R2*) at the reported (clamped) rate when the caller has it already."""
     finite = torch.isfinite(s0) & torch.isfinite(r2)
     s0 = torch.nan_to_num(s0, nan=0.0, posinf=0.0, neginf=0.0)
     r2 = torch.nan_to_num(r2, nan=0.0, posinf=0.0, neginf=0.0)
@@ -660,7 +673,7 @@ def _derive(
     failed = ~usable | ~finite | ~converged | clamped | (s0 <= 0)
     s0 = s0.clamp_min(0.0)
     t2 = 1.0 / r2
-    resid = s0 * torch.exp(-te * r2) - y
+    resid = s0 * (torch.exp(-te * r2) if e is None else e) - y
     rmse = torch.sqrt((resid * resid).mean(0))
     maps = {
         "t2star": t2,
