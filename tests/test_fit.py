@@ -337,6 +337,27 @@ def test_compile_failure_falls_back_to_eager(monkeypatch: pytest.MonkeyPatch) ->
     torch.testing.assert_close(forced.t2star, plain.t2star)
 
 
+def test_compiled_kernel_failing_at_first_call_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compilation that fails when first run (e.g. no C compiler) is tried once, then eager."""
+    calls = []
+
+    def failing_kernel(*_: object, **__: object) -> object:
+        calls.append(1)
+        raise RuntimeError("inductor: no working C compiler")
+
+    monkeypatch.setattr(torch, "compile", lambda *a, **k: failing_kernel)
+    monkeypatch.setattr(fit_module, "_COMPILED", {})
+    ph = make_phantom((8, 8, 2), seed=9)
+    forced = fit_t2star(
+        ph.magnitude, ph.echo_times, noise_sigma=ph.sigma, compile=True, chunk_size=16
+    )
+    plain = fit_t2star(
+        ph.magnitude, ph.echo_times, noise_sigma=ph.sigma, compile=False, chunk_size=16
+    )
+    torch.testing.assert_close(forced.t2star, plain.t2star)
+    assert len(calls) == 1
+
+
 def test_small_inputs_are_not_compiled(monkeypatch: pytest.MonkeyPatch) -> None:
     def forbidden(*_: object, **__: object) -> object:
         raise AssertionError("a small input must not wait for compilation")

@@ -258,6 +258,8 @@ def fit_t2star(
         if run is not None and n < step:
             y = torch.cat([y, y.new_zeros(y.shape[0], step - n)], dim=1)
         store(sel, *_run_kernel(run, kernel, y, te, sigma))
+        if run is not None and _COMPILED.get((kernel, dev.type)) is None:
+            run = None  # compiling failed: the rest runs eagerly, without retrying
     if run is not None and kernel in ("gaussian", "rician"):
         # The compiled iterative kernels stop after _LM_FIXED_ITER steps: the few voxels they
         # leave flagged are fitted again, all together, by the eager kernel (up to
