@@ -38,11 +38,12 @@ with Var(M^2) = 4 sigma^2 (A^2 + sigma^2) for the noise-aware fit; the sandwich 
 Var(log S) = sigma^2 / A^2 for ``loglin`` and ``wls``. T2* by the delta method,
 se(T2*) = se(R2*) T2*^2.
 
-Large inputs on the CPU (``COMPILE_MIN_VOXELS`` voxels and more) run a ``torch.compile``d copy of
-the per-chunk kernel (one fused loop nest; the iterative fits stop after ``_LM_FIXED_ITER``
-steps there and refit their few unconverged voxels eagerly); small inputs, and any platform
-where compiling fails, run the same functions eagerly. Compiling takes ~30 s once per process
-(torch caches the result on disk), so it pays off only on large volumes.
+Very large inputs on the CPU (``COMPILE_MIN_VOXELS`` voxels and more), or ``compile=True``, run
+a ``torch.compile``d copy of the per-chunk kernel (one fused loop nest; the iterative fits stop
+after ``_LM_FIXED_ITER`` steps there and refit their few unconverged voxels eagerly, all
+together); other inputs, and any platform where compiling fails, run the same functions
+eagerly. Compiling takes 20-35 s once per process with a cold torch cache (~3 s warm), so it
+pays off only on very large volumes or when one process fits many.
 """
 
 from __future__ import annotations
@@ -68,8 +69,11 @@ DEFAULT_CHUNK = 1 << 16
 #: Chunk of the compiled kernel: its echo-by-voxel intermediates then stay in the CPU caches
 #: (192x192x64x11 default fit, 2 threads: 0.37 s at 2^13-2^14 voxels, 0.51 s at 2^16).
 COMPILED_CHUNK = 1 << 14
-#: Voxels (inside the mask) from which ``compile=None`` uses the compiled kernel.
-COMPILE_MIN_VOXELS = 1 << 20
+#: Voxels (inside the mask) from which ``compile=None`` uses the compiled kernel. Compiling
+#: costs ~20-35 s with a cold torch cache and ~3 s with a warm one on a 2-core CPU, and saves
+#: ~0.3 us a voxel (192x192x64x11: 1.1 s eager, 0.4 s compiled): it pays off only on volumes of
+#: tens of millions of voxels, or when one process fits many volumes (pass compile=True).
+COMPILE_MIN_VOXELS = 1 << 24
 _LM_MAX_ITER = 10
 #: Iterations of the compiled kernel; the voxels it leaves unconverged are fitted again eagerly.
 _LM_FIXED_ITER = 4
