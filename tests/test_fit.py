@@ -224,6 +224,9 @@ def test_two_echoes_fit_exactly() -> None:
         assert not result.t2star_se.any()
     with_sigma = fit_t2star(signal, te, noise_sigma=5.0)
     assert (with_sigma.t2star_se > 0).all()
+    # The noise-aware fit matches sqrt(A^2 + 2 sigma^2) to M: still exact with two echoes.
+    assert with_sigma.noise_model == "rician" and not with_sigma.failed.any()
+    assert float(with_sigma.rmse.max()) < 1e-3
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -85,7 +85,9 @@ class FitResult:
     """Maps of one fit; every tensor has the signal's shape without its echo axis.
 
     t2star: T2* in s.          r2star: R2* in 1/s (= 1/t2star wherever t2star > 0).
-    s0: S0 in signal units.    rmse: root-mean-square residual of the magnitude, signal units.
+    s0: S0 in signal units.    rmse: root-mean-square residual of the magnitude against the
+        model's prediction (S0 exp(-TE R2*); sqrt(that^2 + 2 sigma^2) for the noise-aware fit,
+        the RMS of a Rician magnitude), signal units.
     t2star_se, r2star_se, s0_se: standard errors from the Fisher information at the solution
         (delta method for T2*), from ``noise_sigma`` when given, else from the residual
         variance (0 where there are only two echoes and no noise level: no residual is left).
@@ -410,7 +412,11 @@ def _kernel_rician(
     s0n = torch.sqrt(p.clamp_min(0.0))
     s0_se = torch.sqrt(p_var.clamp_min(0.0)) / (2.0 * s0n.clamp_min(1e-30)) * scale
     r2_se = torch.sqrt(r2_var.clamp_min(0.0))
-    return _derive(y, te, s0, r2, usable, converged, r2_se, s0_se, e)
+    # The magnitude this model predicts, sqrt(A^2 + 2 sigma^2): what the fit matched (so two
+    # echoes still fit exactly) and, at any SNR, the RMS of a Rician magnitude.
+    a = s0.clamp_min(0.0) * e
+    predicted = torch.sqrt(a * a + 2.0 * sigma * sigma)
+    return _derive(y, te, s0, r2, usable, converged, r2_se, s0_se, e, predicted)
 
 
 def _kernel_arlo(
@@ -666,10 +672,13 @@ def _derive(
     r2_se: torch.Tensor,
     s0_se: torch.Tensor,
     e: torch.Tensor | None = None,
+    predicted: torch.Tensor | None = None,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """The one place where T2* = 1/R2* is formed, bounds applied and failures flagged.
 
-    ``e``: exp(-TE * R2*) at the reported (clamped) rate when the caller has it already."""
+    ``e``: exp(-TE * R2*) at the reported (clamped) rate when the caller has it already.
+    ``predicted``: the magnitude the fitted model predicts (E, n), for the RMSE; default
+    S0 exp(-TE R2*)."""
     finite = torch.isfinite(s0) & torch.isfinite(r2)
     s0 = torch.nan_to_num(s0, nan=0.0, posinf=0.0, neginf=0.0)
     r2 = torch.nan_to_num(r2, nan=0.0, posinf=0.0, neginf=0.0)
@@ -679,7 +688,9 @@ def _derive(
     failed = ~usable | ~finite | ~converged | clamped | (s0 <= 0)
     s0 = s0.clamp_min(0.0)
     t2 = 1.0 / r2
-    resid = s0 * (torch.exp(-te * r2) if e is None else e) - y
+    if predicted is None:
+        predicted = s0 * (torch.exp(-te * r2) if e is None else e)
+    resid = predicted - y
     rmse = torch.sqrt((resid * resid).mean(0))
     maps = {
         "t2star": t2,
