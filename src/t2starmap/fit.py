@@ -276,7 +276,7 @@ def fit_t2star(
             y = echo_major(flat[sel.to(flat.device)])
             store(sel, *_KERNEL_FUNCS[kernel](y, te, sigma, early_exit=True))
     return FitResult(
-        **{k: v.reshape(spatial) for k, v in out.items()},  # type: ignore[arg-type]
+        **{k: v.reshape(spatial) for k, v in out.items()},
         failed=failed.reshape(spatial),
         fitted=inside.to(dev).reshape(spatial),
         method=method,
