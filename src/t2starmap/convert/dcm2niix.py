@@ -81,10 +81,14 @@ def run_dcm2niix(
     log.debug("running %s", " ".join(cmd))
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     for line in proc.stdout.splitlines():
-        if line.startswith("Warning"):
-            log.warning("dcm2niix on %s: %s", label, line)
-        else:
-            log.debug("dcm2niix: %s", line)
+        # dcm2niix warns about much that does not matter here (missing GE protocol blocks,
+        # Philips field-map guesses): shown with -v, and in the error message on failure.
+        log.log(
+            logging.INFO if line.startswith("Warning") else logging.DEBUG,
+            "dcm2niix on %s: %s",
+            label,
+            line,
+        )
     outputs = sorted(out_dir.glob("*.nii.gz"))
     if proc.returncode != 0 or not outputs:
         text = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
