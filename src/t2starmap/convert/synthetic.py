@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from t2starmap.simulate import Phantom
 
@@ -67,8 +67,8 @@ def _base(
 ) -> Dataset:
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = sop_class
-    ds.file_meta.MediaStorageSOPInstanceUID = _uid(series_uid, instance)
+    ds.file_meta.MediaStorageSOPClassUID = UID(sop_class)
+    ds.file_meta.MediaStorageSOPInstanceUID = UID(_uid(series_uid, instance))
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.SOPClassUID = sop_class
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
@@ -175,7 +175,7 @@ def write_siemens_classic(
             raise ValueError("the phantom has no phase: make it with with_phase=True")
         parts.append(("phase", series_number + 1))
     written = []
-    nx, ny, nz, ne = phantom.magnitude.shape
+    nz, ne = phantom.magnitude.shape[2:]
     for part, number in parts:
         series_uid = _uid(study, protocol, number)
         folder = Path(root) / f"{number:02d}_{protocol}"
@@ -238,7 +238,7 @@ def write_ge_classic(
     """
     if phantom.phase is None:
         raise ValueError("the phantom has no phase: make it with with_phase=True")
-    nx, ny, nz, ne = phantom.magnitude.shape
+    nz, ne = phantom.magnitude.shape[2:]
     series_uid = _uid(study, protocol, series_number)
     kinds = {
         0: phantom.magnitude,
@@ -304,7 +304,7 @@ def write_philips_classic(
     """
     if phantom.phase is None:
         raise ValueError("the phantom has no phase: make it with with_phase=True")
-    nx, ny, nz, ne = phantom.magnitude.shape
+    nz, ne = phantom.magnitude.shape[2:]
     series_uid = _uid(study, protocol, series_number)
     written = []
     instance = 0
@@ -374,7 +374,7 @@ def write_siemens_enhanced(
 ) -> list[Path]:
     """Siemens XA-like enhanced multi-frame magnitude series: one file per echo, one frame per
     slice, echo time and position per frame."""
-    nx, ny, nz, ne = phantom.magnitude.shape
+    nz, ne = phantom.magnitude.shape[2:]
     series_uid = _uid(study, protocol, series_number)
     written = []
     for e in range(ne):
