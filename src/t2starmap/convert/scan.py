@@ -94,6 +94,8 @@ def read_image_headers(path: Path) -> list[ImageHeader]:
     if sop == _DICOMDIR_SOP or (sop and not sop.startswith(_IMAGE_SOP_PREFIXES)):
         raise NotDicomError(f"SOP class {sop} holds no image")
     if "SeriesInstanceUID" not in ds or "Rows" not in ds:
+        if getattr(ds, "preamble", None) is not None:  # it says DICM: a broken DICOM file
+            raise CorruptDicomError("no SeriesInstanceUID or Rows in the header")
         raise NotDicomError("no SeriesInstanceUID or Rows")
     _check_pixel_data(path, ds, pixel_start)
     try:

@@ -410,8 +410,8 @@ def write_siemens_enhanced(
         timing.FlipAngle = 15
         timing.EchoTrainLength = ne
         shared.MRTimingAndRelatedParametersSequence = DicomSequence([timing])
-        # No PixelValueTransformationSequence: with one in the shared group dcm2niix
-        # (v1.0.20260724) mis-scales all but the first file of a multi-file series.
+        # The rescale goes in every frame, as Siemens XA writes it: with it in the shared
+        # group only, dcm2niix (v1.0.20260724) mis-scales all but the first file of a series.
         ds.SharedFunctionalGroupsSequence = DicomSequence([shared])
         frames = []
         for k in range(nz):
@@ -436,6 +436,11 @@ def write_siemens_enhanced(
             frame_type.VolumetricProperties = "VOLUME"
             frame_type.VolumeBasedCalculationTechnique = "NONE"
             frame.MRImageFrameTypeSequence = DicomSequence([frame_type])
+            transform = Dataset()
+            transform.RescaleSlope = 1
+            transform.RescaleIntercept = 0
+            transform.RescaleType = "US"
+            frame.PixelValueTransformationSequence = DicomSequence([transform])
             frames.append(frame)
         ds.PerFrameFunctionalGroupsSequence = DicomSequence(frames)
         dim_stack = Dataset()

@@ -239,13 +239,24 @@ def _convert_acquisition(
 
 
 def _dcm2niix_member(member: Member, work: Path) -> list[Output]:
-    """Stage the member's files as symbolic links and convert them."""
-    stage = work / "dicom"
-    stage.mkdir(parents=True)
-    for i, path in enumerate(member.decision.files_for(member.part)):
-        (stage / f"{i:06d}.dcm").symlink_to(path)
+    """Stage the member's files as symbolic links and convert them.
+
+    Classic files go to dcm2niix together (it stacks the slices). Enhanced multi-frame files
+    hold whole volumes and go one per call: dcm2niix v1.0.20260724 mis-scales all but the
+    first of several enhanced files converted together when it decides to save floats.
+    """
+    files = member.decision.files_for(member.part)
+    enhanced = any(im.frame is not None for im in member.decision.images)
+    groups = [[f] for f in files] if enhanced else [list(files)]
     label = f"{member.decision.series.label()} ({member.part})"
-    return run_dcm2niix(stage, work / "nifti", label=label)
+    outputs: list[Output] = []
+    for g_index, group in enumerate(groups):
+        stage = work / f"dicom{g_index}"
+        stage.mkdir(parents=True)
+        for i, path in enumerate(group):
+            (stage / f"{i:06d}.dcm").symlink_to(path)
+        outputs.extend(run_dcm2niix(stage, work / f"nifti{g_index}", label=label))
+    return outputs
 
 
 def _match_echoes(

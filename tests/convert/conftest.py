@@ -1,0 +1,69 @@
+"""Shared fixtures for the conversion tests: synthetic DICOM sessions and helpers."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from t2starmap.convert import synthetic
+from t2starmap.simulate import Phantom, make_phantom
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SHARED_DICOM = REPO_ROOT.parent / "shared" / "data" / "dicom"
+
+VOXEL = 2.0
+
+
+def checksums(root: Path) -> dict[str, str]:
+    """sha256 of every file under ``root`` (and the list of names): to prove input untouched."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+class LogRecords(logging.Handler):
+    """Collects the conversion's log records (the app's own handler does not propagate)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def text(self, level: int = logging.DEBUG) -> str:
+        return "\n".join(r.getMessage() for r in self.records if r.levelno >= level)
+
+
+@pytest.fixture
+def convert_log() -> Iterator[LogRecords]:
+    handler = LogRecords()
+    logger = logging.getLogger("t2starmap.convert")
+    logger.addHandler(handler)
+    yield handler
+    logger.removeHandler(handler)
+
+
+@pytest.fixture(scope="session")
+def small_phantom() -> Phantom:
+    return make_phantom((16, 12, 4), (0.003, 0.008, 0.013, 0.018), with_phase=True, seed=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_phantom() -> Phantom:
+    return make_phantom((8, 8, 3), (0.004, 0.010, 0.016), with_phase=True, seed=4)
+
+
+@pytest.fixture
+def siemens_dicom(tmp_path: Path, tiny_phantom: Phantom) -> Path:
+    """A small Siemens classic magnitude + phase pair plus a non-DICOM file."""
+    root = tmp_path / "dicom"
+    synthetic.write_siemens_classic(root, tiny_phantom, voxel=VOXEL)
+    (root / "notes.txt").write_text("not a DICOM file\n")
+    return root
