@@ -45,8 +45,13 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def add_logging_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("-v", "--verbose", action="count", default=0,
-                       help="more log output (repeat for debug and tracebacks)")
+    group.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="more log output (repeat for debug and tracebacks)",
+    )
     group.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
 
 
@@ -59,28 +64,82 @@ def build_parser() -> ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("bids_dir", type=Path, help="the BIDS dataset (read only)")
-    parser.add_argument("output_dir", type=Path,
-                        help="where derivatives go (created; must not be inside bids_dir)")
+    parser.add_argument(
+        "output_dir", type=Path, help="where derivatives go (created; must not be inside bids_dir)"
+    )
     parser.add_argument("analysis_level", help="participant or group")
-    parser.add_argument("--participant-label", "--participant_label", nargs="+", default=None,
-                        metavar="LABEL", help="participants to process ('sub-' optional); "
-                        "default: all")
-    parser.add_argument("--session-label", "--session_label", nargs="+", default=None,
-                        metavar="LABEL", help="sessions to process ('ses-' optional); default: all")
-    parser.add_argument("--bids-filter-file", "--bids_filter_file", type=Path, default=None,
-                        metavar="FILE", help="PyBIDS-style JSON of entity filters for the MEGRE "
-                        "files, e.g. {\"megre\": {\"acquisition\": \"highres\"}} or {\"run\": 1}")
-    parser.add_argument("--skip-bids-validation", "--skip_bids_validator", action="store_true",
-                        help="do not run bids-validator on the input first")
-    parser.add_argument("--fit-method", "--fit_method", choices=METHODS, default="nlls",
-                        help="nlls (default): Levenberg-Marquardt from a weighted log-linear "
-                        "start; wls: weighted log-linear; loglin: ordinary log-linear")
-    parser.add_argument("--device", choices=DEVICES, default="auto",
-                        help="auto (default): CUDA when torch sees a GPU, else CPU")
-    parser.add_argument("--nprocs", "--n_cpus", "--n-cpus", type=int, default=None, metavar="N",
-                        help="CPU threads (default: all available, or SLURM_CPUS_PER_TASK)")
-    parser.add_argument("-w", "--work-dir", "--work_dir", type=Path, default=None,
-                        help="scratch folder for temporary files (default: system temp)")
+    parser.add_argument(
+        "--participant-label",
+        "--participant_label",
+        nargs="+",
+        default=None,
+        metavar="LABEL",
+        help="participants to process ('sub-' optional); default: all",
+    )
+    parser.add_argument(
+        "--session-label",
+        "--session_label",
+        nargs="+",
+        default=None,
+        metavar="LABEL",
+        help="sessions to process ('ses-' optional); default: all",
+    )
+    parser.add_argument(
+        "--bids-filter-file",
+        "--bids_filter_file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="PyBIDS-style JSON of entity filters for the MEGRE "
+        'files, e.g. {"megre": {"acquisition": "highres"}} or {"run": 1}',
+    )
+    parser.add_argument(
+        "--skip-bids-validation",
+        "--skip_bids_validator",
+        action="store_true",
+        help="do not run bids-validator on the input first",
+    )
+    parser.add_argument(
+        "--fit-method",
+        "--fit_method",
+        choices=METHODS,
+        default="nlls",
+        help="nlls (default): Levenberg-Marquardt from a weighted log-linear "
+        "start; wls: weighted log-linear; loglin: ordinary log-linear",
+    )
+    parser.add_argument(
+        "--noise-sigma",
+        "--noise_sigma",
+        type=float,
+        default=None,
+        metavar="SIGMA",
+        help="noise standard deviation of the magnitude "
+        "images' real/imaginary channels, in image units (default: estimated "
+        "from the background air)",
+    )
+    parser.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="auto",
+        help="auto (default): CUDA when torch sees a GPU, else CPU",
+    )
+    parser.add_argument(
+        "--nprocs",
+        "--n_cpus",
+        "--n-cpus",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU threads (default: all available, or SLURM_CPUS_PER_TASK)",
+    )
+    parser.add_argument(
+        "-w",
+        "--work-dir",
+        "--work_dir",
+        type=Path,
+        default=None,
+        help="scratch folder for temporary files (default: system temp)",
+    )
     parser.add_argument("--version", action="version", version=f"t2starmap {__version__}")
     add_logging_options(parser)
     return parser

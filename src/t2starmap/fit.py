@@ -165,7 +165,7 @@ def fit_t2star(
             out[k][idx_dev] = maps[k]
         failed[idx_dev] = bad
     return FitResult(
-        **{k: v.reshape(spatial) for k, v in out.items()},
+        **{k: v.reshape(spatial) for k, v in out.items()},  # type: ignore[arg-type]
         failed=failed.reshape(spatial),
         fitted=inside.to(dev).reshape(spatial),
         method=method,

@@ -57,7 +57,10 @@ def decay(s0: np.ndarray, t2star: np.ndarray, echo_times: np.ndarray) -> np.ndar
 def add_rician_noise(
     signal: np.ndarray, sigma: float, rng: np.random.Generator, phase: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Complex Gaussian noise (sd ``sigma`` per channel) on ``signal``; returns (magnitude, phase)."""
+    """Complex Gaussian noise (sd ``sigma`` per channel) on ``signal``.
+
+    Returns (magnitude, phase).
+    """
     if phase is None:
         phase = np.zeros_like(signal)
     z = signal * np.exp(1j * phase)
@@ -91,7 +94,7 @@ def make_phantom(
     grids = np.meshgrid(*[np.linspace(-1.0, 1.0, n) for n in shape], indexing="ij")
     radius = 1.0 - background
     r2 = sum((g / radius) ** 2 for g in grids)
-    mask = r2 <= 1.0
+    mask = np.asarray(r2 <= 1.0, dtype=bool)
     lo, hi = np.log(t2star_range[0]), np.log(t2star_range[1])
     frac = np.clip((grids[0] / radius + 1.0) / 2.0, 0.0, 1.0)
     if len(shape) > 1:
@@ -159,7 +162,9 @@ def write_megre(
     return written
 
 
-def write_bids_example(root: Path, *, shape: Sequence[int] = (24, 24, 6), snr: float = 60.0) -> None:
+def write_bids_example(
+    root: Path, *, shape: Sequence[int] = (24, 24, 6), snr: float = 60.0
+) -> None:
     """(Re)create the bundled dataset: sub-01 (no session), sub-02 (sessions 1 and 2).
 
     The true T2* of each set is kept in ``root/truth/`` which ``.bidsignore`` hides from BIDS.
@@ -170,20 +175,26 @@ def write_bids_example(root: Path, *, shape: Sequence[int] = (24, 24, 6), snr: f
     if root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True)
-    (root / "dataset_description.json").write_text(json.dumps({
-        "Name": "t2starmap example: simulated multi-echo GRE",
-        "BIDSVersion": "1.10.0",
-        "DatasetType": "raw",
-        "License": "CC0",
-        "Authors": ["t2starmap simulator"],
-        "GeneratedBy": [{"Name": "t2starmap.simulate"}],
-    }, indent=2) + "\n")
+    (root / "dataset_description.json").write_text(
+        json.dumps(
+            {
+                "Name": "t2starmap example: simulated multi-echo GRE",
+                "BIDSVersion": "1.10.0",
+                "DatasetType": "raw",
+                "License": "CC0",
+                "Authors": ["t2starmap simulator"],
+                "GeneratedBy": [{"Name": "t2starmap.simulate"}],
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     (root / "README").write_text(
         "Simulated multi-echo gradient-echo data made by t2starmap.simulate (seeded).\n"
         "Each echo set is an ellipsoid with known S0 and T2* in Rician noise; the true\n"
         "maps are in truth/ (listed in .bidsignore).\n"
     )
-    (root / ".bidsignore").write_text("truth/\n")
+    (root / ".bidsignore").write_text("truth\n")
     rows = ["participant_id"]
     seed = 0
     for subject, sessions in EXAMPLE_SUBJECTS.items():

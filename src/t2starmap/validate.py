@@ -57,7 +57,8 @@ def validate_bids(path: Path, *, timeout: float = 600.0) -> ValidationReport:
     except json.JSONDecodeError as err:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
         raise RuntimeError(f"{VALIDATOR} failed (exit {proc.returncode}): {tail[0]}") from err
-    errors, warnings = [], []
+    errors: list[ValidationIssue] = []
+    warnings: list[ValidationIssue] = []
     for item in report.get("issues", {}).get("issues", []):
         issue = ValidationIssue(
             code=str(item.get("code", "")),

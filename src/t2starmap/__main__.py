@@ -1,0 +1,5 @@
+"""``python -m t2starmap`` runs the BIDS-App."""
+
+from t2starmap.cli import run
+
+run()

@@ -1,0 +1,211 @@
+"""Find MEGRE echo sets in a BIDS dataset with pybids and read their echo times.
+
+One echo set = every magnitude MEGRE file sharing all entities except ``echo`` and ``part``.
+Magnitude means ``part-mag`` or no ``part`` entity; phase/real/imag files are ignored here.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from t2starmap.errors import BadDataError, InputMissingError, NothingSelectedError
+from t2starmap.fit import MAX_ECHO_TIME
+
+log = logging.getLogger("t2starmap.layout")
+
+#: Entities that distinguish echo sets, in BIDS file-name order (MEGRE minus echo and part).
+SET_ENTITIES = (
+    "subject",
+    "session",
+    "task",
+    "acquisition",
+    "ceagent",
+    "reconstruction",
+    "run",
+    "flip",
+    "inversion",
+    "mtransfer",
+)
+_SHORT = {
+    "subject": "sub",
+    "session": "ses",
+    "task": "task",
+    "acquisition": "acq",
+    "ceagent": "ce",
+    "reconstruction": "rec",
+    "run": "run",
+    "flip": "flip",
+    "inversion": "inv",
+    "mtransfer": "mt",
+}
+
+
+@dataclass(frozen=True)
+class Echo:
+    path: Path
+    echo_time: float  # seconds
+    metadata: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class EchoSet:
+    """Echoes of one acquisition, sorted by ascending echo time."""
+
+    entities: Mapping[str, str]  # SET_ENTITIES present, pybids names -> values
+    echoes: tuple[Echo, ...]
+
+    @property
+    def subject(self) -> str:
+        return str(self.entities["subject"])
+
+    @property
+    def session(self) -> str | None:
+        value = self.entities.get("session")
+        return None if value is None else str(value)
+
+    @property
+    def echo_times(self) -> tuple[float, ...]:
+        return tuple(e.echo_time for e in self.echoes)
+
+    @property
+    def name(self) -> str:
+        """The set's entities as in a file name, e.g. ``sub-01_ses-1_run-2``."""
+        return "_".join(
+            f"{_SHORT[k]}-{self.entities[k]}" for k in SET_ENTITIES if k in self.entities
+        )
+
+
+def echo_time_of(path: Path, metadata: Mapping[str, Any]) -> float:
+    """EchoTime in seconds from a sidecar; numeric strings accepted. Raises BadDataError."""
+    if "EchoTime" not in metadata:
+        raise BadDataError(f"{path}: the sidecar has no EchoTime (required for MEGRE)")
+    raw = metadata["EchoTime"]
+    try:
+        value = float(raw)
+    except (TypeError, ValueError) as err:
+        raise BadDataError(f"{path}: EchoTime {raw!r} is not a number") from err
+    if not math.isfinite(value) or value < 0:
+        raise BadDataError(f"{path}: EchoTime {raw!r} is not a non-negative number of seconds")
+    if value > MAX_ECHO_TIME:
+        raise BadDataError(
+            f"{path}: EchoTime {raw!r} is above {MAX_ECHO_TIME} s: it looks like milliseconds, "
+            "BIDS requires seconds"
+        )
+    return value
+
+
+def build_echo_set(entities: Mapping[str, str], echoes: Sequence[Echo]) -> EchoSet:
+    """Sort by EchoTime and check there is something to fit. Raises BadDataError."""
+    ordered = tuple(sorted(echoes, key=lambda e: (e.echo_time, str(e.path))))
+    name = "_".join(f"{_SHORT[k]}-{v}" for k, v in entities.items())
+    if len(ordered) < 2:
+        raise BadDataError(
+            f"{ordered[0].path if ordered else name}: only one echo in set {name}; "
+            "a T2* fit needs at least 2"
+        )
+    if len({e.echo_time for e in ordered}) < 2:
+        raise BadDataError(
+            f"{ordered[0].path}: all echoes of set {name} have the same EchoTime "
+            f"({ordered[0].echo_time} s); a T2* fit needs at least 2 distinct echo times"
+        )
+    return EchoSet(entities=dict(entities), echoes=ordered)
+
+
+def _query_value(value: Any) -> Any:
+    from bids.layout import Query
+
+    if value is None:
+        return Query.NONE
+    if value == "*":
+        return Query.ANY
+    return value
+
+
+def _index(bids_dir: Path, participant_labels: Sequence[str] | None) -> Any:
+    """A pybids layout of the dataset. With participant labels, the other participants'
+    folders are not even walked (one job of a SLURM array must not index hundreds of
+    participants), and metadata is indexed for MEGRE files only."""
+    from bids import BIDSLayout
+    from bids.layout.index import BIDSLayoutIndexer
+    from bids.layout.validation import DEFAULT_LOCATIONS_TO_IGNORE
+
+    ignore = [*DEFAULT_LOCATIONS_TO_IGNORE, re.compile(r"^/derivatives")]
+    if participant_labels:
+        wanted = "|".join(re.escape(label) for label in participant_labels)
+        ignore.append(re.compile(rf"^/sub-(?!(?:{wanted})(?:/|$))"))
+    indexer = BIDSLayoutIndexer(validate=False, ignore=ignore, suffix="MEGRE")
+    return BIDSLayout(str(bids_dir), validate=False, derivatives=False, indexer=indexer)
+
+
+def find_echo_sets(
+    bids_dir: Path,
+    participant_labels: Sequence[str] | None = None,
+    session_labels: Sequence[str] | None = None,
+    filters: Mapping[str, Any] | None = None,
+) -> list[EchoSet]:
+    """All magnitude MEGRE echo sets selected by labels and filters, in a stable order.
+
+    Raises InputMissingError (the dataset holds no MEGRE at all), NothingSelectedError
+    (labels or filters select none) or BadDataError (a selected set cannot be fitted).
+    """
+    if participant_labels:
+        present = {p.name[4:] for p in Path(bids_dir).glob("sub-*") if p.is_dir()}
+        missing = sorted(set(participant_labels) - present)
+        if missing:
+            names = ", ".join("sub-" + m for m in missing)
+            raise NothingSelectedError(f"{bids_dir}: no participant {names} in the dataset")
+    layout = _index(bids_dir, participant_labels)
+    base = {"suffix": "MEGRE", "extension": [".nii", ".nii.gz"], "return_type": "object"}
+    if not layout.get(**base):
+        if participant_labels:
+            names = ", ".join("sub-" + m for m in participant_labels)
+            raise NothingSelectedError(f"{bids_dir}: {names} hold(s) no MEGRE images")
+        raise InputMissingError(f"{bids_dir}: the dataset holds no MEGRE images (*_MEGRE.nii[.gz])")
+    query: dict[str, Any] = dict(base)
+    if participant_labels:
+        query["subject"] = list(participant_labels)
+    if session_labels:
+        query["session"] = list(session_labels)
+    for key, value in (filters or {}).items():
+        query[key] = (
+            [_query_value(v) for v in value] if isinstance(value, list) else (_query_value(value))
+        )
+    try:
+        files = layout.get(**query)
+    except (ValueError, KeyError) as err:  # pybids rejects unknown entities
+        raise NothingSelectedError(f"BIDS filter not understood: {err}") from err
+    groups: dict[tuple[tuple[str, str], ...], list[Echo]] = {}
+    for bids_file in files:
+        entities = bids_file.get_entities()
+        if entities.get("part", "mag") != "mag":
+            continue
+        set_key = tuple((k, str(entities[k])) for k in SET_ENTITIES if k in entities)
+        path = Path(bids_file.path)
+        metadata = bids_file.get_metadata()
+        groups.setdefault(set_key, []).append(Echo(path, echo_time_of(path, metadata), metadata))
+    if not groups:
+        what = []
+        if participant_labels:
+            what.append("participant " + " ".join(participant_labels))
+        if session_labels:
+            what.append("session " + " ".join(session_labels))
+        if filters:
+            what.append(f"filters {dict(filters)}")
+        raise NothingSelectedError(
+            f"{bids_dir}: no magnitude MEGRE images match {'; '.join(what) or 'the selection'}"
+        )
+    sets = [build_echo_set(dict(key), echoes) for key, echoes in sorted(groups.items())]
+    for echo_set in sets:
+        log.debug(
+            "echo set %s: %d echoes, TE %s s",
+            echo_set.name,
+            len(echo_set.echoes),
+            echo_set.echo_times,
+        )
+    return sets

@@ -1,0 +1,104 @@
+"""Reading echo images and writing maps with nibabel. Errors name the file."""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from t2starmap.atomic import atomic_path
+from t2starmap.errors import BadDataError
+from t2starmap.layout import EchoSet
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What every echo of a set must share, and what every map is written with."""
+
+    shape: tuple[int, ...]
+    affine: np.ndarray
+    zooms: tuple[float, ...]
+    qform_code: int
+    sform_code: int
+
+
+def _open(path: Path) -> Any:
+    """nibabel image (typed Any: nibabel's load() is typed as the file-based base class)."""
+    try:
+        return nib.load(str(path))
+    except Exception as err:  # nibabel raises many kinds for unreadable files
+        raise BadDataError(f"{path}: not a readable NIfTI image ({err})") from err
+
+
+def _spatial_shape(path: Path, shape: tuple[int, ...]) -> tuple[int, ...]:
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) not in (2, 3):
+        raise BadDataError(f"{path}: expected one 3-D volume per echo, found shape {shape}")
+    return shape
+
+
+def check_geometry(echo_set: EchoSet) -> Geometry:
+    """Read the headers only; every echo must share shape and affine. Raises BadDataError."""
+    first = echo_set.echoes[0].path
+    img = _open(first)
+    shape = _spatial_shape(first, tuple(int(n) for n in img.shape))
+    affine = np.asarray(img.affine, dtype=np.float64)
+    for echo in echo_set.echoes[1:]:
+        other = _open(echo.path)
+        other_shape = _spatial_shape(echo.path, tuple(int(n) for n in other.shape))
+        if other_shape != shape:
+            raise BadDataError(
+                f"{echo.path}: shape {other_shape} differs from {first.name} {shape}; "
+                "all echoes of a set must share shape and affine"
+            )
+        if not np.allclose(other.affine, affine, atol=1e-4):
+            raise BadDataError(
+                f"{echo.path}: affine differs from {first.name}; all echoes of a set must "
+                "share shape and affine"
+            )
+    header = img.header
+    return Geometry(
+        shape=shape,
+        affine=affine,
+        zooms=tuple(float(z) for z in header.get_zooms()[: len(shape)]),
+        qform_code=int(header["qform_code"]) if "qform_code" in header else 1,
+        sform_code=int(header["sform_code"]) if "sform_code" in header else 1,
+    )
+
+
+def load_magnitude(echo_set: EchoSet, geometry: Geometry) -> np.ndarray:
+    """Stack the echoes: float32 array (*shape, n_echoes), echoes in the set's (TE) order."""
+    out = np.empty((*geometry.shape, len(echo_set.echoes)), dtype=np.float32)
+    for k, echo in enumerate(echo_set.echoes):
+        try:
+            data = np.asarray(_open(echo.path).dataobj, dtype=np.float32)
+        except BadDataError:
+            raise
+        except (OSError, EOFError, ValueError, zlib.error) as err:
+            raise BadDataError(f"{echo.path}: image data could not be read ({err})") from err
+        out[..., k] = data.reshape(geometry.shape)
+    return out
+
+
+def read_map(path: Path) -> np.ndarray:
+    """One written map as float64 (masks compare > 0). Raises OSError/ValueError when unreadable."""
+    return np.asarray(nib.load(str(path)).dataobj, dtype=np.float64)  # type: ignore[attr-defined]
+
+
+def save_map(path: Path, data: np.ndarray, geometry: Geometry) -> Path:
+    """Write one map atomically: float maps as float32, boolean masks as uint8."""
+    array = data.astype(np.uint8) if data.dtype == bool else data.astype(np.float32)
+    img = nib.Nifti1Image(array, geometry.affine)
+    img.set_qform(geometry.affine, code=geometry.qform_code or 1)
+    img.set_sform(geometry.affine, code=geometry.sform_code or 1)
+    img.header.set_zooms(geometry.zooms)
+    img.header.set_xyzt_units("mm", "sec")
+    img.header.set_data_dtype(array.dtype)
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
+    return path

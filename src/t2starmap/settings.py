@@ -1,0 +1,136 @@
+"""One frozen settings object, built from the parsed arguments and checked once.
+
+Passed explicitly to the workflow; a copy goes to ``OUTPUT_DIR/logs/`` for provenance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from t2starmap.errors import InputMissingError, UsageError
+
+_LABEL = re.compile(r"^[A-Za-z0-9]+$")
+
+
+@dataclass(frozen=True)
+class Settings:
+    bids_dir: Path
+    output_dir: Path
+    analysis_level: str
+    participant_labels: tuple[str, ...] | None = None
+    session_labels: tuple[str, ...] | None = None
+    bids_filters: Mapping[str, Any] = field(default_factory=dict)
+    skip_validation: bool = False
+    fit_method: str = "nlls"
+    noise_sigma: float | None = None
+    device: str = "auto"
+    nprocs: int = 1
+    work_dir: Path | None = None
+    verbosity: int = 0
+
+    def to_json(self) -> str:
+        def encode(value: Any) -> Any:
+            if isinstance(value, Path):
+                return str(value)
+            if isinstance(value, Mapping):
+                return {k: encode(v) for k, v in value.items()}
+            if isinstance(value, tuple | list):
+                return [encode(v) for v in value]
+            return value
+
+        return json.dumps(encode(asdict(self)), indent=2) + "\n"
+
+
+def clean_labels(labels: list[str] | None, prefix: str) -> tuple[str, ...] | None:
+    """Strip ``sub-``/``ses-``, de-duplicate (keeping order), refuse non-alphanumeric labels."""
+    if not labels:
+        return None
+    cleaned: list[str] = []
+    for raw in labels:
+        label = raw[len(prefix) :] if raw.startswith(prefix) else raw
+        if not _LABEL.match(label):
+            raise UsageError(f"label {raw!r} is not alphanumeric (BIDS labels are [A-Za-z0-9]+)")
+        if label not in cleaned:
+            cleaned.append(label)
+    return tuple(cleaned)
+
+
+def default_nprocs(environ: Mapping[str, str]) -> int:
+    """SLURM's allocation when inside a job, else the CPUs this process may use."""
+    slurm = environ.get("SLURM_CPUS_PER_TASK", "")
+    if slurm.isdigit() and int(slurm) > 0:
+        return int(slurm)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def read_filter_file(path: Path | None) -> dict[str, Any]:
+    """PyBIDS-style entity filters. Accepts ``{"megre": {...}}`` (fMRIPrep style, keyed by
+    data type) or a flat ``{entity: value}`` mapping."""
+    if path is None:
+        return {}
+    if not path.is_file():
+        raise InputMissingError(f"{path}: BIDS filter file not found")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UsageError(f"{path}: not a readable JSON filter file ({err})") from err
+    if isinstance(data, dict) and isinstance(data.get("megre"), dict):
+        data = data["megre"]
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: a BIDS filter file holds a JSON object of entity filters")
+    for key in ("suffix", "extension", "subject", "session"):
+        if key in data:
+            raise UsageError(
+                f"{path}: filter on {key!r} is not allowed here (use --participant-label / "
+                "--session-label for subjects and sessions)"
+            )
+    return data
+
+
+def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
+    """Check the arguments that argparse cannot, and freeze them."""
+    bids_dir = Path(args.bids_dir).expanduser().resolve()
+    output_dir = Path(args.output_dir).expanduser().resolve()
+    if args.analysis_level == "participant":
+        if not bids_dir.is_dir():
+            raise InputMissingError(f"{args.bids_dir}: BIDS dataset folder not found")
+        if not (bids_dir / "dataset_description.json").is_file():
+            raise InputMissingError(
+                f"{args.bids_dir}: not a BIDS dataset (no dataset_description.json)"
+            )
+    if output_dir == bids_dir or bids_dir in output_dir.parents:
+        raise UsageError(
+            f"output folder {args.output_dir} is inside the input dataset {args.bids_dir}: "
+            "choose a folder outside it"
+        )
+    nprocs = args.nprocs if args.nprocs is not None else default_nprocs(environ)
+    if nprocs < 1:
+        raise UsageError(f"--nprocs must be at least 1, got {nprocs}")
+    sigma = getattr(args, "noise_sigma", None)
+    if sigma is not None and not sigma > 0:
+        raise UsageError(f"--noise-sigma must be positive, got {sigma}")
+    return Settings(
+        bids_dir=bids_dir,
+        output_dir=output_dir,
+        analysis_level=args.analysis_level,
+        participant_labels=clean_labels(args.participant_label, "sub-"),
+        session_labels=clean_labels(args.session_label, "ses-"),
+        bids_filters=read_filter_file(args.bids_filter_file),
+        skip_validation=bool(args.skip_bids_validation),
+        fit_method=args.fit_method,
+        noise_sigma=sigma,
+        device=args.device,
+        nprocs=nprocs,
+        work_dir=Path(args.work_dir).resolve() if args.work_dir else None,
+        verbosity=int(args.verbose),
+    )

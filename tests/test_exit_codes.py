@@ -1,0 +1,267 @@
+"""Every documented exit code, each triggered by a real bad input.
+
+Each case checks: the exit code, a one-line message naming the problem (no traceback), the
+input dataset byte-for-byte unchanged, and no map left in the output.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from t2starmap.cli import main
+
+from .conftest import checksums, files_below
+
+ANAT = Path("sub-01") / "anat"
+
+
+def echo(bids: Path, k: int, ext: str = ".json") -> Path:
+    return bids / ANAT / f"sub-01_echo-{k}_part-mag_MEGRE{ext}"
+
+
+def drop_echo_time(bids: Path) -> str:
+    meta = json.loads(echo(bids, 2).read_text())
+    del meta["EchoTime"]
+    echo(bids, 2).write_text(json.dumps(meta))
+    return "no EchoTime"
+
+
+def echo_time_in_ms(bids: Path) -> str:
+    for k in range(1, 9):
+        meta = json.loads(echo(bids, k).read_text())
+        meta["EchoTime"] = meta["EchoTime"] * 1000
+        echo(bids, k).write_text(json.dumps(meta))
+    return "milliseconds"
+
+
+def only_one_echo(bids: Path) -> str:
+    for k in range(2, 9):
+        echo(bids, k).unlink()
+        echo(bids, k, ".nii.gz").unlink()
+    return "only one echo"
+
+
+def mismatched_shapes(bids: Path) -> str:
+    path = echo(bids, 4, ".nii.gz")
+    img = nib.load(path)
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[:-2], img.affine), path)
+    return "shape"
+
+
+def mismatched_affine(bids: Path) -> str:
+    path = echo(bids, 4, ".nii.gz")
+    img = nib.load(path)
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), img.affine * 2), path)
+    return "affine"
+
+
+def corrupt_gzip(bids: Path) -> str:
+    path = echo(bids, 5, ".nii.gz")
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    return "sub-01_echo-5_part-mag_MEGRE.nii.gz"
+
+
+def not_an_image(bids: Path) -> str:
+    echo(bids, 5, ".nii.gz").write_bytes(gzip.compress(b"this is not a nifti file"))
+    return "not a readable NIfTI"
+
+
+def all_nan(bids: Path) -> str:
+    for k in range(1, 9):
+        path = echo(bids, k, ".nii.gz")
+        img = nib.load(path)
+        nib.save(nib.Nifti1Image(np.full(img.shape, np.nan, np.float32), img.affine), path)
+    return "no usable signal"
+
+
+def no_megre(bids: Path) -> str:
+    for path in bids.rglob("*_MEGRE.*"):
+        path.unlink()
+    return "no MEGRE"
+
+
+def no_description(bids: Path) -> str:
+    (bids / "dataset_description.json").unlink()
+    return "dataset_description.json"
+
+
+def invalid_bids(bids: Path) -> str:
+    (bids / "sub-01" / "anat" / "notes.txt").write_text("not a BIDS file")
+    return "bids-validator"
+
+
+BAD_DATA: list[tuple[Callable[[Path], str], int, bool]] = [
+    # (how to break the copy, exit code, run the validator?)
+    (drop_echo_time, 65, False),
+    (echo_time_in_ms, 65, False),
+    (only_one_echo, 65, False),
+    (mismatched_shapes, 65, False),
+    (mismatched_affine, 65, False),
+    (corrupt_gzip, 65, False),
+    (not_an_image, 65, False),
+    (all_nan, 65, False),
+    (no_megre, 66, False),
+    (no_description, 66, False),
+    (invalid_bids, 16, True),
+]
+
+
+@pytest.mark.parametrize(
+    ("breaker", "code", "validate"), BAD_DATA, ids=[b[0].__name__ for b in BAD_DATA]
+)
+def test_bad_input(
+    example: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    breaker: Callable[[Path], str],
+    code: int,
+    validate: bool,
+) -> None:
+    expected = breaker(example)
+    before = checksums(example)
+    out = tmp_path / "out"
+    argv = [str(example), str(out), "participant"]
+    assert main(argv if validate else [*argv, "--skip-bids-validation"]) == code
+    err = capsys.readouterr().err
+    assert expected in err
+    assert "Traceback" not in err
+    assert len([line for line in err.splitlines() if "ERROR" in line]) == 1
+    assert checksums(example) == before
+    assert not [f for f in files_below(out) if f.endswith(".nii.gz")]
+    assert not [f for f in files_below(out) if f.startswith("sub-")]
+
+
+def run_code(argv: list[str]) -> int:
+    return main([*argv, "-q"])
+
+
+def participant_code(example: Path, out: Path, *extra: str) -> int:
+    return run_code([str(example), str(out), "participant", "--skip-bids-validation", *extra])
+
+
+def remove_sub01_megre(bids: Path) -> None:
+    for path in (bids / "sub-01").rglob("*_MEGRE.*"):
+        path.unlink()
+
+
+SELECTS_NOTHING = [
+    ("unknown participant", ["--participant-label", "07"], None),
+    ("unknown session", ["--session-label", "9"], None),
+    ("participant without MEGRE", ["--participant-label", "01"], remove_sub01_megre),
+]
+
+
+@pytest.mark.parametrize(
+    ("extra", "prepare"), [c[1:] for c in SELECTS_NOTHING], ids=[c[0] for c in SELECTS_NOTHING]
+)
+def test_selecting_nothing_is_18(
+    example: Path, tmp_path: Path, extra: list[str], prepare: Callable[[Path], None] | None
+) -> None:
+    if prepare is not None:
+        prepare(example)
+    assert participant_code(example, tmp_path / "o", *extra) == 18
+
+
+def test_output_inside_input_is_64(example: Path) -> None:
+    before = checksums(example)
+    assert run_code([str(example), str(example / "derivatives" / "t2"), "participant"]) == 64
+    assert run_code([str(example), str(example), "participant"]) == 64
+    assert checksums(example) == before
+
+
+def block_output(tmp_path: Path) -> Path:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("in the way")
+    return blocker / "out"
+
+
+# (id, arguments after BIDS_DIR OUTPUT_DIR; "{tmp}" is the test's temporary folder, exit code)
+ARGUMENT_ERRORS = [
+    ("bad label", ["participant", "--participant-label", "../x"], 64),
+    ("unknown option", ["participant", "--no-such"], 64),
+    ("unknown fit method", ["participant", "--fit-method", "magic"], 64),
+    ("unknown level", ["session"], 17),
+    ("missing filter file", ["participant", "--bids-filter-file", "{tmp}/none.json"], 66),
+    ("unparsable filter file", ["participant", "--bids-filter-file", "{tmp}/bad.json"], 64),
+]
+
+
+@pytest.mark.parametrize(
+    ("args", "code"), [c[1:] for c in ARGUMENT_ERRORS], ids=[c[0] for c in ARGUMENT_ERRORS]
+)
+def test_argument_errors(example: Path, tmp_path: Path, args: list[str], code: int) -> None:
+    (tmp_path / "bad.json").write_text("{not json")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    assert run_code([str(example), str(tmp_path / "o"), *argv]) == code
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_input_is_66(tmp_path: Path) -> None:
+    assert run_code([str(tmp_path / "nothing"), str(tmp_path / "o"), "participant"]) == 66
+
+
+def test_unwritable_output_is_73(example: Path, tmp_path: Path) -> None:
+    assert participant_code(example, block_output(tmp_path)) == 73
+
+
+def test_cuda_without_gpu_is_64(example: Path, tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    assert participant_code(example, tmp_path / "o", "--device", "cuda") == 64
+
+
+def test_group_without_participant_outputs_is_66(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "o").mkdir()
+    assert main([str(tmp_path / "bids"), str(tmp_path / "o"), "group"]) == 66
+    assert "run the participant level first" in capsys.readouterr().err
+
+
+def test_failure_keeps_earlier_outputs_intact(example: Path, tmp_path: Path) -> None:
+    """A failing second run must not disturb the complete outputs of a first one."""
+    out = tmp_path / "out"
+    assert participant_code(example, out) == 0
+    before = checksums(out / "sub-02")
+    corrupt_gzip_sub02 = (
+        example / "sub-02" / "ses-2" / "anat" / "sub-02_ses-2_echo-5_part-mag_MEGRE.nii.gz"
+    )
+    corrupt_gzip_sub02.write_bytes(corrupt_gzip_sub02.read_bytes()[:100])
+    assert participant_code(example, out) == 65
+    assert checksums(out / "sub-02") == before
+    assert not [p for p in out.rglob(".*tmp*")]
+
+
+def test_unexpected_error_is_1_with_traceback_only_when_verbose(
+    example: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def boom(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr("t2starmap.workflow.find_echo_sets", boom)
+    argv = [str(example), str(tmp_path / "o"), "participant", "--skip-bids-validation"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "boom" in err and "Traceback" not in err
+    assert main([*argv, "-v"]) == 1
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_work_dir_is_cleaned(example: Path, tmp_path: Path) -> None:
+    work = tmp_path / "scratch"
+    assert (
+        participant_code(example, tmp_path / "o", "-w", str(work), "--participant-label", "01") == 0
+    )
+    assert work.is_dir() and not any(work.iterdir())

@@ -1,0 +1,98 @@
+"""Echo-set discovery and EchoTime reading."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from t2starmap.errors import BadDataError, InputMissingError, NothingSelectedError
+from t2starmap.layout import Echo, build_echo_set, echo_time_of, find_echo_sets
+
+from .conftest import SHARED_DATA
+
+
+@pytest.mark.parametrize("raw", [0.02, "0.02", 2e-2, "2e-2"])
+def test_echo_time_numbers_and_numeric_strings(raw: object) -> None:
+    assert echo_time_of(Path("x.nii.gz"), {"EchoTime": raw}) == pytest.approx(0.02)
+
+
+@pytest.mark.parametrize(
+    ("meta", "message"),
+    [
+        ({}, "no EchoTime"),
+        ({"EchoTime": "abc"}, "not a number"),
+        ({"EchoTime": None}, "not a number"),
+        ({"EchoTime": -0.01}, "non-negative"),
+        ({"EchoTime": 20}, "milliseconds"),
+    ],
+)
+def test_bad_echo_times_name_the_file(meta: dict[str, object], message: str) -> None:
+    with pytest.raises(BadDataError, match=message) as err:
+        echo_time_of(Path("sub-01_echo-1_MEGRE.nii.gz"), meta)
+    assert "sub-01_echo-1_MEGRE.nii.gz" in str(err.value)
+
+
+def test_echo_set_is_sorted_by_echo_time_not_index() -> None:
+    echoes = [Echo(Path(f"e{k}.nii.gz"), te, {}) for k, te in ((1, 0.03), (2, 0.01), (3, 0.02))]
+    echo_set = build_echo_set({"subject": "01"}, echoes)
+    assert echo_set.echo_times == (0.01, 0.02, 0.03)
+    assert [e.path.name for e in echo_set.echoes] == ["e2.nii.gz", "e3.nii.gz", "e1.nii.gz"]
+
+
+def test_echo_set_needs_two_distinct_echo_times() -> None:
+    with pytest.raises(BadDataError, match="same EchoTime"):
+        build_echo_set({"subject": "01"}, [Echo(Path("a"), 0.01, {}), Echo(Path("b"), 0.01, {})])
+    with pytest.raises(BadDataError, match="only one echo"):
+        build_echo_set({"subject": "01"}, [Echo(Path("a"), 0.01, {})])
+
+
+def test_sets_group_by_entities_and_ignore_phase(example: Path) -> None:
+    anat = example / "sub-01" / "anat"
+    for path in sorted(anat.glob("sub-01_echo-*_part-mag_MEGRE.*")):
+        # a second run without `part`, and phase files that must be ignored
+        shutil.copy(
+            path, anat / path.name.replace("_echo-", "_run-2_echo-").replace("_part-mag", "")
+        )
+        phase = anat / path.name.replace("part-mag", "part-phase")
+        shutil.copy(path, phase)
+        if phase.suffix == ".json":
+            meta = json.loads(phase.read_text())
+            phase.write_text(json.dumps({**meta, "Units": "rad"}))
+    sets = find_echo_sets(example, ["01"])
+    assert [s.name for s in sets] == ["sub-01", "sub-01_run-2"]
+    assert all(len(s.echoes) == 8 for s in sets)
+    assert all("part-phase" not in str(e.path) for s in sets for e in s.echoes)
+
+
+def test_sessions_and_labels(example: Path) -> None:
+    sets = find_echo_sets(example)
+    assert [(s.subject, s.session) for s in sets] == [("01", None), ("02", "1"), ("02", "2")]
+    assert [s.name for s in find_echo_sets(example, None, ["2"])] == ["sub-02_ses-2"]
+    with pytest.raises(NothingSelectedError, match="sub-05"):
+        find_echo_sets(example, ["05"])
+    with pytest.raises(NothingSelectedError):
+        find_echo_sets(example, ["01"], ["1"])
+
+
+def test_no_megre_is_input_missing(example: Path) -> None:
+    for path in example.rglob("*_MEGRE.*"):
+        path.unlink()
+    with pytest.raises(InputMissingError, match="no MEGRE"):
+        find_echo_sets(example)
+
+
+@pytest.mark.realdata
+def test_real_sidecars_with_string_echo_times() -> None:
+    """The bids-examples qmri_megre sidecars (8 echoes, 20-160 ms) read as seconds, in order.
+
+    shared/data/README.md says they store EchoTime as strings; the copies here hold numbers,
+    so the string form is covered by the synthetic tests above."""
+    folder = SHARED_DATA / "sidecars" / "bids-examples-qmri_megre" / "sub-01" / "anat"
+    sidecars = sorted(folder.glob("*_MEGRE.json"))
+    assert len(sidecars) == 8
+    times = [echo_time_of(p, json.loads(p.read_text())) for p in sidecars]
+    assert times == sorted(times)
+    assert times[0] == pytest.approx(0.02) and times[-1] == pytest.approx(0.16)

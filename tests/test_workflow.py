@@ -1,0 +1,227 @@
+"""The BIDS-App end to end through ``cli.main`` on copies of the bundled example."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from t2starmap.cli import main
+from t2starmap.derivatives import OUTPUTS
+
+from .conftest import EXAMPLE, checksums, files_below
+
+SETS = ("sub-01/anat/sub-01", "sub-02/ses-1/anat/sub-02_ses-1", "sub-02/ses-2/anat/sub-02_ses-2")
+MAP_NAMES = (
+    "T2starmap",
+    "R2starmap",
+    "S0map",
+    "desc-stderr_T2starmap",
+    "desc-stderr_R2starmap",
+    "desc-stderr_S0map",
+    "desc-rmse_statmap",
+    "desc-signal_mask",
+    "desc-failed_mask",
+)
+
+
+def participant(bids: Path, out: Path, *extra: str) -> int:
+    return main([str(bids), str(out), "participant", "--skip-bids-validation", "-q", *extra])
+
+
+@pytest.fixture(scope="module")
+def example_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One validated participant + group run on the example, shared by read-only tests."""
+    out = tmp_path_factory.mktemp("run") / "out"
+    before = checksums(EXAMPLE)
+    assert main([str(EXAMPLE), str(out), "participant", "-q"]) == 0
+    assert main([str(EXAMPLE), str(out), "group", "-q"]) == 0
+    assert checksums(EXAMPLE) == before, "the input dataset was modified"
+    return out
+
+
+def test_exact_output_files(example_run: Path) -> None:
+    maps = {f"{s}_{m}{ext}" for s in SETS for m in MAP_NAMES for ext in (".nii.gz", ".json")}
+    top = {"dataset_description.json", ".bidsignore", "group_T2starmap.tsv", "group_T2starmap.json"}
+    found = files_below(example_run)
+    logs = {f for f in found if f.startswith("logs/")}
+    assert found - logs - {f for f in found if f.endswith(".html")} == maps | top
+    assert len(logs) == 2 and all(f.endswith(".json") for f in logs)
+    assert len(MAP_NAMES) == len(OUTPUTS)
+
+
+def test_sidecars_describe_the_maps(example_run: Path) -> None:
+    sidecar = json.loads((example_run / f"{SETS[1]}_T2starmap.json").read_text())
+    assert sidecar["Units"] == "s"
+    assert sidecar["SkullStripped"] is False
+    assert sidecar["EchoTime"] == pytest.approx([0.003 + 0.0045 * k for k in range(8)])
+    assert (
+        sidecar["Sources"][0]
+        == "bids:raw:sub-02/ses-1/anat/sub-02_ses-1_echo-1_part-mag_MEGRE.nii.gz"
+    )
+    assert len(sidecar["Sources"]) == 8
+    assert sidecar["MagneticFieldStrength"] == 3 and sidecar["FlipAngle"] == 15
+    assert sidecar["ComputeDevice"] == "cpu"
+    assert sidecar["NoiseSigma"] == pytest.approx(1000 / 60, rel=0.1)
+    for key in ("Description", "EstimationAlgorithm", "EstimationReference", "FitMethod"):
+        assert sidecar[key]
+    units = {
+        m: json.loads((example_run / f"{SETS[0]}_{m}.json").read_text()).get("Units")
+        for m in MAP_NAMES
+    }
+    assert units["R2starmap"] == "1/s" and units["desc-stderr_T2starmap"] == "s"
+    assert units["desc-signal_mask"] is None
+    description = json.loads((example_run / "dataset_description.json").read_text())
+    assert description["DatasetType"] == "derivative"
+    assert description["GeneratedBy"][0]["Name"] == "t2starmap"
+    assert description["DatasetLinks"]["raw"].startswith("file://")
+
+
+def test_output_passes_the_validator(example_run: Path) -> None:
+    from t2starmap.validate import validate_bids
+
+    report = validate_bids(example_run)
+    assert report.ok, [str(e) for e in report.errors]
+
+
+def test_maps_are_clean_and_match_the_truth(example_run: Path) -> None:
+    for s, truth_name in zip(SETS, ("sub-01", "sub-02_ses-1", "sub-02_ses-2"), strict=True):
+        maps = {m: np.asarray(nib.load(example_run / f"{s}_{m}.nii.gz").dataobj) for m in MAP_NAMES}
+        for name, data in maps.items():
+            assert np.all(np.isfinite(data)) and np.all(data >= 0), name
+        assert maps["T2starmap"].dtype == np.float32
+        assert maps["desc-signal_mask"].dtype == np.uint8
+        mask = maps["desc-signal_mask"] > 0
+        truth = np.asarray(nib.load(EXAMPLE / "truth" / f"{truth_name}_T2star.nii.gz").dataobj)
+        assert np.all(maps["T2starmap"][~mask] == 0)
+        inside = mask & (truth > 0)
+        assert inside.sum() > 0.9 * (truth > 0).sum()
+        error = np.abs(maps["T2starmap"][inside] - truth[inside]) / truth[inside]
+        assert np.median(error) < 0.03
+        r2 = maps["R2starmap"][mask]
+        assert np.allclose(r2 * maps["T2starmap"][mask], 1.0, rtol=1e-5)
+
+
+def test_group_table(example_run: Path) -> None:
+    lines = (example_run / "group_T2starmap.tsv").read_text().splitlines()
+    header = lines[0].split("\t")
+    rows = [dict(zip(header, line.split("\t"), strict=True)) for line in lines[1:]]
+    assert [(r["participant_id"], r["session_id"]) for r in rows] == [
+        ("sub-01", "n/a"),
+        ("sub-02", "ses-1"),
+        ("sub-02", "ses-2"),
+    ]
+    for row in rows:
+        assert int(row["n_voxels"]) > 500
+        assert 0.015 < float(row["t2star_median"]) < 0.035
+        assert float(row["t2star_q1"]) < float(row["t2star_median"]) < float(row["t2star_q3"])
+        assert float(row["r2star_median"]) == pytest.approx(
+            1 / float(row["t2star_median"]), rel=0.05
+        )
+        assert float(row["failed_fraction"]) < 0.01
+        assert 40 < float(row["snr"]) < 80
+
+
+def test_participant_and_session_labels_select(example: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert participant(example, out, "--participant-label", "sub-02", "--session_label", "2") == 0
+    assert {f.split("/")[0] for f in files_below(out) if f.startswith("sub-")} == {"sub-02"}
+    assert (out / f"{SETS[2]}_T2starmap.nii.gz").exists()
+    assert not (out / f"{SETS[1]}_T2starmap.nii.gz").exists()
+
+
+def test_filter_file_selects(example: Path, tmp_path: Path) -> None:
+    filters = tmp_path / "filter.json"
+    filters.write_text(json.dumps({"megre": {"session": "1"}}))
+    assert participant(example, tmp_path / "o", "--bids-filter-file", str(filters)) == 64
+    filters.write_text(json.dumps({"megre": {"run": 3}}))
+    assert participant(example, tmp_path / "o", "--bids-filter-file", str(filters)) == 18
+    filters.write_text(json.dumps({"acquisition": None}))
+    assert participant(example, tmp_path / "o", "--bids-filter-file", str(filters)) == 0
+
+
+@pytest.mark.parametrize("method", ["loglin", "wls", "nlls"])
+def test_fit_methods_run(example: Path, tmp_path: Path, method: str) -> None:
+    out = tmp_path / "out"
+    assert (
+        participant(
+            example, out, "--participant-label", "01", "--fit-method", method, "--nprocs", "1"
+        )
+        == 0
+    )
+    assert json.loads((out / f"{SETS[0]}_T2starmap.json").read_text())["FitMethod"] == method
+
+
+def test_noise_sigma_option_is_recorded(example: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert participant(example, out, "--participant-label", "01", "--noise-sigma", "20") == 0
+    sidecar = json.loads((out / f"{SETS[0]}_T2starmap.json").read_text())
+    assert sidecar["NoiseSigma"] == 20 and sidecar["NoiseSigmaSource"] == "command line"
+
+
+def test_two_echoes_work_with_a_warning(
+    example: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    anat = example / "sub-01" / "anat"
+    for k in range(3, 9):
+        for ext in (".nii.gz", ".json"):
+            (anat / f"sub-01_echo-{k}_part-mag_MEGRE{ext}").unlink()
+    out = tmp_path / "out"
+    assert participant(example, out, "--participant-label", "01") == 0
+    sidecar = json.loads((out / f"{SETS[0]}_T2starmap.json").read_text())
+    assert any("only 2 echoes" in w for w in sidecar["Warnings"])
+    rmse = np.asarray(nib.load(out / f"{SETS[0]}_desc-rmse_statmap.nii.gz").dataobj)
+    failed = np.asarray(nib.load(out / f"{SETS[0]}_desc-failed_mask.nii.gz").dataobj) > 0
+    assert failed.mean() < 0.05  # rising pairs (noise) hit the R2* >= 0 bound
+    assert rmse[~failed].max() < 1e-2
+
+
+def test_echo_time_as_string_is_accepted(example: Path, tmp_path: Path) -> None:
+    for sidecar in (example / "sub-01" / "anat").glob("*.json"):
+        meta = json.loads(sidecar.read_text())
+        meta["EchoTime"] = str(meta["EchoTime"])
+        sidecar.write_text(json.dumps(meta))
+    assert participant(example, tmp_path / "out", "--participant-label", "01") == 0
+
+
+def test_nan_and_negative_voxels_are_flagged(example: Path, tmp_path: Path) -> None:
+    path = example / "sub-01" / "anat" / "sub-01_echo-3_part-mag_MEGRE.nii.gz"
+    img = nib.load(path)
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    data[12, 12, 3] = np.nan
+    data[11, 12, 3] = -5.0
+    nib.save(nib.Nifti1Image(data, img.affine, img.header), path)
+    out = tmp_path / "out"
+    assert participant(example, out, "--participant-label", "01") == 0
+    failed = np.asarray(nib.load(out / f"{SETS[0]}_desc-failed_mask.nii.gz").dataobj)
+    t2 = np.asarray(nib.load(out / f"{SETS[0]}_T2starmap.nii.gz").dataobj)
+    assert failed[12, 12, 3] == 1 and failed[11, 12, 3] == 1
+    assert t2[12, 12, 3] == 0 and t2[11, 12, 3] == 0
+    assert failed[10, 12, 3] == 0 and t2[10, 12, 3] > 0
+    assert np.all(np.isfinite(t2))
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith("t2starmap ")
+
+
+def test_progress_bar_only_on_a_terminal(
+    example: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    argv = [str(example), str(tmp_path / "o"), "participant", "--skip-bids-validation"]
+    assert main([*argv, "--participant-label", "01"]) == 0
+    plain = capsys.readouterr().err
+    assert "echo sets" not in plain and "sub-01: 752 voxels fitted" in plain
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert main([*argv, "--participant-label", "01"]) == 0
+    assert "echo sets: 100%" in capsys.readouterr().err
