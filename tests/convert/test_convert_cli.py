@@ -12,11 +12,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import VOXEL, LogRecords, checksums
 
 from t2starmap.cli import main
 from t2starmap.convert import synthetic
 from t2starmap.simulate import Phantom
+from tests.convert.helpers import VOXEL, LogRecords, checksums
 
 # --- one synthetic session with every vendor and some series that are not ME-GRE -------------
 

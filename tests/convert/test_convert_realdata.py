@@ -13,9 +13,9 @@ import math
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import SHARED_DICOM, LogRecords, checksums
 
 from t2starmap.cli import main
+from tests.convert.helpers import SHARED_DICOM, LogRecords, checksums
 
 pytestmark = [
     pytest.mark.realdata,
