@@ -438,3 +438,28 @@ def test_readonly_input_is_fine(tmp_path, siemens_dicom):
         for path in [siemens_dicom, *siemens_dicom.rglob("*")]:
             path.chmod(0o755 if path.is_dir() else 0o644)
     shutil.rmtree(tmp_path / "bids")
+
+
+def test_parallel_conversions_into_one_new_dataset(tmp_path, siemens_dicom):
+    """One job per participant at once (a SLURM array): every row lands, nothing is lost."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    bids = tmp_path / "bids"
+    labels = ["01", "02", "03", "04", "05", "06"]
+    with ThreadPoolExecutor(len(labels)) as pool:
+        codes = list(
+            pool.map(
+                lambda label: main(
+                    ["convert", str(siemens_dicom), str(bids), "--participant-label", label, "-q"]
+                ),
+                labels,
+            )
+        )
+    assert codes == [0] * len(labels)
+    rows = (bids / "participants.tsv").read_text().splitlines()
+    assert rows[0] == "participant_id" and sorted(rows[1:]) == [f"sub-{x}" for x in labels]
+    assert sorted(p.name for p in bids.iterdir() if p.name.startswith("sub-")) == [
+        f"sub-{x}" for x in labels
+    ]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".t2starmap")]
+    assert not [p for p in bids.iterdir() if p.name.startswith(".")]

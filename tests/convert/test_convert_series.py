@@ -254,6 +254,13 @@ def test_different_protocols_become_acq_labels_sanitised():
     ]
 
 
+def test_phase_pairs_even_when_it_sorts_before_its_magnitude():
+    # same series number; the phase series' UID sorts first
+    p = plan(images(uid="2.b", number=5), images(uid="2.a", number=5, part="phase"))
+    (acq,) = p.acquisitions
+    assert acq.parts == ("mag", "phase")
+
+
 def test_phase_without_magnitude_is_skipped():
     p = plan(images(uid="p", number=3, part="phase"))
     assert not p.acquisitions

@@ -438,17 +438,17 @@ def plan_acquisitions(decisions: Sequence[Decision]) -> Plan:
     """Pair accepted series into acquisitions and give them ``acq``/``run`` entities.
 
     A series holding magnitude images starts an acquisition; a series holding only phase
-    (or real/imaginary) images joins the nearest earlier magnitude series with the same
-    protocol, echo times and geometry that lacks those parts (Siemens writes magnitude as
-    series N and phase as series N+1). Several acquisitions get ``acq-<protocol>`` labels when
-    their protocols differ and ``run-<n>`` (in series order) where a protocol repeats.
+    (or real/imaginary) images joins the magnitude series with the same protocol, echo times
+    and geometry that lacks those parts, the nearest earlier one first (Siemens writes
+    magnitude as series N and phase as series N+1, sometimes both with the same number).
+    Several acquisitions get ``acq-<protocol>`` labels when their protocols differ and
+    ``run-<n>`` (in series order) where a protocol repeats.
     """
     accepted = sorted((d for d in decisions if d.accepted), key=_decision_order)
-    primaries: list[list[Member]] = []
+    primaries = [[Member(d, p) for p in d.parts] for d in accepted if "mag" in d.parts]
     skipped: list[tuple[Series, str]] = []
     for decision in accepted:
         if "mag" in decision.parts:
-            primaries.append([Member(decision, p) for p in decision.parts])
             continue
         home, why = _find_partner(decision, primaries)
         if home is None:
@@ -513,4 +513,10 @@ def _find_partner(
             f"{what} echo times differ from those of the magnitude "
             f"{nearest.label()} (missing echoes?)"
         )
-    return matching[-1], ""
+    own = decision.series.number or 0
+
+    def distance(members: list[Member]) -> tuple[bool, int]:
+        number = members[0].decision.series.number or 0
+        return (number > own, abs(own - number))  # the nearest earlier series first
+
+    return min(matching, key=distance), ""

@@ -13,6 +13,8 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,7 +86,7 @@ def convert(
         built = tree / target.relative_to(bids_dir) / "anat"
         files = _build(acquisitions, workspace, built, subject, session)
         final = [target / "anat" / f.name for f in files]
-        _move_into_place(tree, workspace, bids_dir, target, subject)
+        _move_into_place(tree, workspace, bids_dir, target, subject, overwrite)
     except OSError as err:
         raise OutputError(f"cannot write {target}: {err}") from err
     finally:
@@ -254,7 +256,11 @@ def _dcm2niix_member(member: Member, work: Path) -> list[Output]:
         stage = work / f"dicom{g_index}"
         stage.mkdir(parents=True)
         for i, path in enumerate(group):
-            (stage / f"{i:06d}.dcm").symlink_to(path)
+            link = stage / f"{i:06d}.dcm"
+            try:
+                link.symlink_to(path)
+            except OSError:  # a file system without symbolic links: copy
+                shutil.copyfile(path, link)
         outputs.extend(run_dcm2niix(stage, work / f"nifti{g_index}", label=label))
     return outputs
 
@@ -321,27 +327,55 @@ def _write_bids_pair(output: Output, stem: Path, member: Member) -> Path:
 
 
 def _move_into_place(
-    tree: Path, workspace: Path, bids_dir: Path, target: Path, subject: str
+    tree: Path, workspace: Path, bids_dir: Path, target: Path, subject: str, overwrite: bool
 ) -> None:
-    """Rename the built folder onto its final place; replace an old one (``--overwrite``)."""
+    """Rename the built folder onto its final place; replace an old one (``--overwrite``).
+
+    Runs under a lock on BIDS_DIR so that several conversions into one dataset at once (one
+    job per participant) neither lose participants.tsv rows nor both claim one participant.
+    """
     built = tree / target.relative_to(bids_dir)
     if not bids_dir.exists():
         bids.write_dataset_files(tree)
         bids.add_participant(tree, subject)
-        os.rename(tree, bids_dir)  # the whole new dataset appears at once
-        return
-    if not (bids_dir / "dataset_description.json").exists():
-        bids.write_dataset_files(bids_dir)  # an empty folder given as BIDS_DIR
-    old = workspace / "old"
-    replaced = False
-    if target.exists():
-        os.rename(target, old)
-        replaced = True
+        try:
+            os.rename(tree, bids_dir)  # the whole new dataset appears at once
+            return
+        except OSError:
+            if not bids_dir.is_dir():
+                raise
+            # another conversion created the dataset meanwhile: join it below
+    with _locked(bids_dir):
+        if not (bids_dir / "dataset_description.json").exists():
+            bids.write_dataset_files(bids_dir)  # an empty folder given as BIDS_DIR
+        if target.exists() and not overwrite:
+            raise UsageError(f"{target} already exists: use --overwrite to replace it")
+        old = workspace / "old"
+        replaced = False
+        if target.exists():
+            os.rename(target, old)
+            replaced = True
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(built, target)
+        except OSError:
+            if replaced:
+                os.rename(old, target)
+            raise
+        bids.add_participant(bids_dir, subject)
+
+
+@contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on the folder itself (no lock file is left in the dataset)."""
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(built, target)
-    except OSError:
-        if replaced:
-            os.rename(old, target)
-        raise
-    bids.add_participant(bids_dir, subject)
+        import fcntl
+    except ImportError:  # not POSIX: run unlocked
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
