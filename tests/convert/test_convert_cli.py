@@ -335,6 +335,32 @@ def test_bids_dir_inside_dicom_dir(siemens_dicom, capsys):
     assert "must not be inside" in err
 
 
+def test_dicom_in_sourcedata_of_the_dataset_is_fine(tmp_path, tiny_phantom):
+    bids = tmp_path / "bids"
+    dicom = bids / "sourcedata" / "sub-01"
+    synthetic.write_siemens_classic(dicom, tiny_phantom)
+    bids.joinpath("dataset_description.json").write_text('{"Name": "x", "BIDSVersion": "1.10.0"}')
+    before = checksums(dicom)
+    assert main(["convert", str(dicom), str(bids), "--participant-label", "01"]) == 0
+    assert checksums(dicom) == before
+    assert len(list((bids / "sub-01" / "anat").glob("*.nii.gz"))) == 6
+
+
+def test_dicom_inside_the_participant_folder_is_refused(tmp_path, tiny_phantom, capsys):
+    bids = tmp_path / "bids"
+    dicom = bids / "sub-01" / "dicom"
+    synthetic.write_siemens_classic(dicom, tiny_phantom)
+    bids.joinpath("dataset_description.json").write_text('{"Name": "x", "BIDSVersion": "1.10.0"}')
+    err = _run_bad(
+        ["convert", str(dicom), str(bids), "--participant-label", "01", "--overwrite"],
+        dicom,
+        bids,
+        64,
+        capsys,
+    )
+    assert "which would be written" in err
+
+
 def test_existing_non_bids_folder(tmp_path, siemens_dicom, capsys):
     other = tmp_path / "other"
     other.mkdir()

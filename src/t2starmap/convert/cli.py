@@ -27,8 +27,9 @@ _EPILOG = """\
 Then fit the T2* maps of the result:
   t2starmap convert DICOM_DIR BIDS_DIR --participant-label 01
   t2starmap BIDS_DIR OUTPUT_DIR participant --participant-label 01
-(run.py and the container take the same arguments: run.py convert ..., then run.py BIDS_DIR
-OUTPUT_DIR participant.)
+run.py and the container take the same arguments, e.g.
+  docker run -v /data:/data t2starmap convert /data/dicom /data/bids --participant-label 01
+  docker run -v /data:/data t2starmap /data/bids /data/out participant
 
 BIDS_DIR is created when absent, or extended when it is a BIDS dataset (a participants.tsv
 row is added once). The DICOM folder is only read. Exit codes: 0 ok, 64 usage error (labels,

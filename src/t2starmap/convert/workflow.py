@@ -72,6 +72,10 @@ def convert(
     target = bids_dir / f"sub-{subject}" / (f"ses-{session}" if session else "")
     target = Path(os.path.normpath(target))
     _check_target(bids_dir, target, subject, session, overwrite)
+    real_target, real_dicom = target.resolve(), dicom_dir.resolve()
+    if real_target == real_dicom or real_target in real_dicom.parents:
+        # DICOM in BIDS_DIR/sourcedata/ is the BIDS way; inside the folder written is not
+        raise UsageError(f"DICOM folder {dicom_dir} is inside {target}, which would be written")
 
     acquisitions = find_acquisitions(dicom_dir)
 
@@ -103,8 +107,6 @@ def _check_folders(dicom_dir: Path, bids_dir: Path) -> None:
     real_dicom, real_bids = dicom_dir.resolve(), bids_dir.resolve()
     if real_bids == real_dicom or real_dicom in real_bids.parents:
         raise UsageError(f"BIDS folder {bids_dir} must not be inside the DICOM folder {dicom_dir}")
-    if real_bids in real_dicom.parents:
-        raise UsageError(f"DICOM folder {dicom_dir} must not be inside the BIDS folder {bids_dir}")
     if bids_dir.exists() and not bids_dir.is_dir():
         raise OutputError(f"BIDS folder {bids_dir} exists and is not a folder")
     if (
