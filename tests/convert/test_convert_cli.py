@@ -489,3 +489,37 @@ def test_parallel_conversions_into_one_new_dataset(tmp_path, siemens_dicom):
     ]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".t2starmap")]
     assert not [p for p in bids.iterdir() if p.name.startswith(".")]
+
+
+def test_repeated_protocol_becomes_runs(tmp_path, tiny_phantom):
+    from t2starmap.validate import validate_bids
+
+    dicom, bids = tmp_path / "dicom", tmp_path / "bids"
+    synthetic.write_siemens_classic(dicom, tiny_phantom, series_number=2)
+    synthetic.write_siemens_classic(dicom, tiny_phantom, series_number=4)
+    assert main(["convert", str(dicom), str(bids), "--participant-label", "01"]) == 0
+    names = sorted(p.name for p in (bids / "sub-01" / "anat").glob("*.nii.gz"))
+    assert names == sorted(
+        f"sub-01_run-{r}_echo-{k}_part-{p}_MEGRE.nii.gz"
+        for r in (1, 2)
+        for k in (1, 2, 3)
+        for p in ("mag", "phase")
+    )
+    report = validate_bids(bids)
+    assert report.ok, [str(e) for e in report.errors]
+
+
+def test_series_missing_an_echo_is_refused_and_others_convert(tmp_path, tiny_phantom, capsys):
+    dicom = tmp_path / "dicom"
+    files = synthetic.write_siemens_classic(dicom, tiny_phantom, series_number=2)
+    synthetic.write_siemens_classic(dicom, tiny_phantom, series_number=10, protocol="other")
+    n_slices = tiny_phantom.magnitude.shape[2]
+    for path in files[n_slices : 2 * n_slices]:  # every slice of echo 2 of the magnitude
+        path.unlink()
+    before = checksums(dicom)
+    assert main(["convert", str(dicom), str(tmp_path / "bids"), "--participant-label", "01"]) == 0
+    err = capsys.readouterr().err
+    assert "refused series 2 'gre_me_t2star': ME-GRE but echo number(s) 2 missing" in err
+    names = sorted(p.name for p in (tmp_path / "bids" / "sub-01" / "anat").glob("*.nii.gz"))
+    assert len(names) == 6 and all("_acq-" not in n for n in names)
+    assert checksums(dicom) == before
