@@ -443,11 +443,25 @@ def test_dcm2niix_failure_leaves_nothing_behind(tmp_path, siemens_dicom, capsys,
     assert not (bids / "sub-02").exists()
 
 
-def test_dcm2niix_found_beside_the_interpreter(monkeypatch):
+def test_dcm2niix_is_the_packaged_binary_even_off_path(monkeypatch):
+    import dcm2niix as package
+
     from t2starmap.convert import dcm2niix
 
     monkeypatch.setenv("PATH", "/nonexistent")
-    assert Path(dcm2niix.dcm2niix_command()).exists()
+    assert Path(dcm2niix.dcm2niix_command()) == Path(package.bin_path)
+
+
+def test_dcm2niix_falls_back_to_the_script_beside_the_interpreter(monkeypatch, tmp_path):
+    import sys
+
+    import dcm2niix as package
+
+    from t2starmap.convert import dcm2niix
+
+    monkeypatch.setattr(package, "bin_path", tmp_path / "missing")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert dcm2niix.dcm2niix_command() == str(Path(sys.executable).parent / "dcm2niix")
 
 
 def test_readonly_input_is_fine(tmp_path, siemens_dicom):

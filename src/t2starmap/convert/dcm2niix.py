@@ -7,6 +7,7 @@ exit code is checked and its output kept for the error message.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -48,23 +49,25 @@ class Output:
 def dcm2niix_command() -> str:
     """Path of the dcm2niix executable of this environment.
 
-    Looks on PATH, then beside the running interpreter (a virtual environment that is not
-    activated), then asks the ``dcm2niix`` Python package. Raises RuntimeError when none works.
+    First the binary inside the ``dcm2niix`` Python package (``dcm2niix.bin_path``): the
+    version this package was tested with, and no Python wrapper to start on every call;
+    then the console script beside the running interpreter (a virtual environment that is
+    not activated); then PATH. Raises RuntimeError when none exists.
     """
-    found = shutil.which(DCM2NIIX)
-    if found:
-        return found
-    beside = Path(sys.executable).parent / DCM2NIIX
-    if beside.exists():
-        return str(beside)
     try:
         import dcm2niix as package
 
         bin_path = Path(str(package.bin_path))
-        if bin_path.exists():
+        if bin_path.is_file() and os.access(bin_path, os.X_OK):
             return str(bin_path)
     except (ImportError, AttributeError):
         pass
+    beside = Path(sys.executable).parent / DCM2NIIX
+    if beside.exists():
+        return str(beside)
+    found = shutil.which(DCM2NIIX)
+    if found:
+        return found
     raise RuntimeError(f"{DCM2NIIX} is not installed (pip install dcm2niix)")
 
 
