@@ -459,9 +459,12 @@ def test_dcm2niix_falls_back_to_the_script_beside_the_interpreter(monkeypatch, t
 
     from t2starmap.convert import dcm2niix
 
+    beside = Path(sys.executable).parent / "dcm2niix"
+    if not beside.exists():
+        pytest.skip("dcm2niix is not installed beside this interpreter (no virtual environment)")
     monkeypatch.setattr(package, "bin_path", tmp_path / "missing")
     monkeypatch.setenv("PATH", "/nonexistent")
-    assert dcm2niix.dcm2niix_command() == str(Path(sys.executable).parent / "dcm2niix")
+    assert dcm2niix.dcm2niix_command() == str(beside)
 
 
 def test_readonly_input_is_fine(tmp_path, siemens_dicom):
