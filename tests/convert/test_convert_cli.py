@@ -540,3 +540,20 @@ def test_series_missing_an_echo_is_refused_and_others_convert(tmp_path, tiny_pha
     names = sorted(p.name for p in (tmp_path / "bids" / "sub-01" / "anat").glob("*.nii.gz"))
     assert len(names) == 6 and all("_acq-" not in n for n in names)
     assert checksums(dicom) == before
+
+
+def test_unwritable_bids_parent_is_exit_73(tmp_path, siemens_dicom, capsys, monkeypatch):
+    from t2starmap.convert import workflow
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(workflow.tempfile, "mkdtemp", refuse)
+    err = _run_bad(
+        ["convert", str(siemens_dicom), str(tmp_path / "bids"), "--participant-label", "01"],
+        siemens_dicom,
+        tmp_path / "bids",
+        73,
+        capsys,
+    )
+    assert f"cannot write in {tmp_path}: Permission denied" in err
