@@ -557,3 +557,18 @@ def test_unwritable_bids_parent_is_exit_73(tmp_path, siemens_dicom, capsys, monk
         capsys,
     )
     assert f"cannot write in {tmp_path}: Permission denied" in err
+
+
+def test_enhanced_file_mixing_magnitude_and_phase_is_refused(tmp_path, tiny_phantom, capsys):
+    """A known limit: dcm2niix stacks such frames into one volume; refuse, never mislabel."""
+    dicom = tmp_path / "dicom"
+    synthetic.write_siemens_enhanced(dicom, tiny_phantom, with_phase_frames=True)
+    err = _run_bad(
+        ["convert", str(dicom), str(tmp_path / "bids"), "--participant-label", "01"],
+        dicom,
+        tmp_path / "bids",
+        65,
+        capsys,
+    )
+    assert "series 8 'gre_me_xa': ME-GRE, 3 echoes (4, 10, 16 ms), mag/phase" in err
+    assert "dcm2niix wrote 6 slices for one echo of series 8 'gre_me_xa' (mag)" in err

@@ -20,6 +20,7 @@ Patient fields carry made-up identifying text so tests can check it never reache
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -371,10 +372,18 @@ def write_siemens_enhanced(
     protocol: str = "gre_me_xa",
     voxel: float = 2.0,
     study: str = "study",
+    with_phase_frames: bool = False,
 ) -> list[Path]:
     """Siemens XA-like enhanced multi-frame magnitude series: one file per echo, one frame per
-    slice, echo time and position per frame."""
+    slice, echo time and position per frame.
+
+    With ``with_phase_frames`` every file also holds the phase frames of its echo (a second
+    stack, ComplexImageComponent PHASE), as some scanners export enhanced DICOM; dcm2niix
+    v1.0.20260724 does not separate those (it stacks both), so the converter refuses them.
+    """
     nz, ne = phantom.magnitude.shape[2:]
+    if with_phase_frames and phantom.phase is None:
+        raise ValueError("the phantom has no phase: make it with with_phase=True")
     series_uid = _uid(study, protocol, series_number)
     written = []
     for e in range(ne):
@@ -410,8 +419,7 @@ def write_siemens_enhanced(
         timing.FlipAngle = 15
         timing.EchoTrainLength = ne
         shared.MRTimingAndRelatedParametersSequence = DicomSequence([timing])
-        # The rescale goes in every frame, as Siemens XA writes it: with it in the shared
-        # group only, dcm2niix (v1.0.20260724) mis-scales all but the first file of a series.
+        # The rescale goes in every frame (PixelValueTransformationSequence), as XA writes it.
         ds.SharedFunctionalGroupsSequence = DicomSequence([shared])
         frames = []
         for k in range(nz):
@@ -442,6 +450,26 @@ def write_siemens_enhanced(
             transform.RescaleType = "US"
             frame.PixelValueTransformationSequence = DicomSequence([transform])
             frames.append(frame)
+        stack = np.stack(
+            [_mag_to_int(_slice_image(phantom.magnitude[..., e], k)) for k in range(nz)]
+        )
+        if with_phase_frames:
+            assert phantom.phase is not None
+            for k in range(nz):
+                frame = copy.deepcopy(frames[k])
+                frame.MRImageFrameTypeSequence[0].FrameType = ["ORIGINAL", "PRIMARY", "P", "NONE"]
+                frame.MRImageFrameTypeSequence[0].ComplexImageComponent = "PHASE"
+                frame.PixelValueTransformationSequence[0].RescaleSlope = 2
+                frame.PixelValueTransformationSequence[0].RescaleIntercept = -4096
+                frame.FrameContentSequence[0].StackID = "2"
+                frame.FrameContentSequence[0].DimensionIndexValues = [2, k + 1]
+                frames.append(frame)
+            phase = np.stack([_slice_image(phantom.phase[..., e], k) for k in range(nz)])
+            stored = np.clip(np.rint((phase + math.pi) / (2 * math.pi) * 4096), 0, 4095)
+            stack = np.concatenate([stack, stored])
+            ds.NumberOfFrames = 2 * nz
+            ds.ImageType = ["ORIGINAL", "PRIMARY", "MIXED", "NONE"]
+            ds.ComplexImageComponent = "MIXED"
         ds.PerFrameFunctionalGroupsSequence = DicomSequence(frames)
         dim_stack = Dataset()
         dim_stack.DimensionIndexPointer = 0x00209056  # StackID
@@ -450,9 +478,6 @@ def write_siemens_enhanced(
         dim_pos.DimensionIndexPointer = 0x00209057  # InStackPositionNumber
         dim_pos.FunctionalGroupPointer = 0x00209111
         ds.DimensionIndexSequence = DicomSequence([dim_stack, dim_pos])
-        stack = np.stack(
-            [_mag_to_int(_slice_image(phantom.magnitude[..., e], k)) for k in range(nz)]
-        )
         _set_pixels(ds, stack, signed=False)
         name = f"{e + 1:04d}_{series_uid}.dcm"
         written.append(_save(ds, Path(root) / f"{series_number}_{protocol}" / name))

@@ -311,6 +311,13 @@ def _write_bids_pair(output: Output, stem: Path, member: Member) -> Path:
     image = nib.Nifti1Image.from_filename(output.nifti)
     if len(image.shape) > 3 and any(n > 1 for n in image.shape[3:]):
         raise BadDataError(f"dcm2niix wrote a {image.shape} image for one echo of {label}")
+    slices = image.shape[2] if len(image.shape) > 2 else 1
+    if slices != member.decision.n_slices:
+        # e.g. enhanced files holding magnitude and phase frames, which dcm2niix stacks
+        raise BadDataError(
+            f"dcm2niix wrote {slices} slices for one echo of {label}, the series has "
+            f"{member.decision.n_slices}: not converted (mixed image kinds in one file?)"
+        )
     if member.part == "phase":
         try:
             rad = bids.phase_to_radians(
