@@ -195,6 +195,7 @@ def _build(
     subject: str,
     session: str | None,
 ) -> list[Path]:
+    """Convert every acquisition into ``anat``; one that fails is left out whole (warned)."""
     anat.mkdir(parents=True)
     written: list[Path] = []
     failed: list[str] = []
@@ -206,26 +207,18 @@ def _build(
         except BadDataError as err:
             log.warning("%s", err)
             failed.append(str(err))
-            for path in anat.glob(f"*{_entity_prefix(subject, session, acquisition)}*"):
-                path.unlink()
     if not written:
         raise BadDataError("; ".join(failed) or "nothing converted")
     return written
 
 
-def _entity_prefix(subject: str, session: str | None, acquisition: Acquisition) -> str:
-    return (
-        bids.bids_stem(
-            subject, session=session, acq=acquisition.acq, run=acquisition.run, echo=1, part="mag"
-        ).split("_echo-")[0]
-        + "_echo-"
-    )
-
-
 def _convert_acquisition(
     acquisition: Acquisition, work: Path, anat: Path, subject: str, session: str | None
 ) -> list[Path]:
-    written = []
+    """All parts and echoes of one acquisition, moved into ``anat`` only when all succeeded."""
+    staged = work / "bids"
+    staged.mkdir(parents=True)
+    done = []
     for m_index, member in enumerate(acquisition.members):
         outputs = _dcm2niix_member(member, work / f"m{m_index}")
         by_echo = _match_echoes(outputs, acquisition, member)
@@ -238,7 +231,13 @@ def _convert_acquisition(
                 echo=echo,
                 part=member.part,
             )
-            written.append(_write_bids_pair(output, anat / stem, member))
+            done.append(_write_bids_pair(output, staged / stem, member))
+    written = []
+    for nifti in done:
+        sidecar = nifti.with_name(nifti.name[: -len(".nii.gz")] + ".json")
+        os.replace(sidecar, anat / sidecar.name)
+        os.replace(nifti, anat / nifti.name)
+        written.append(anat / nifti.name)
     return written
 
 
