@@ -77,6 +77,7 @@ def test_skipped_series_are_logged_with_number_and_reason(session):
     assert "skipped series 21 'spin_echo_series': spin echo" in log
     assert "skipped series 22 'single_echo_series': single echo time (5 ms)" in log
     assert "skipped series 23 'derived_series': derived image" in log
+    assert "ignored 1 file(s) that are not DICOM images" in log
     assert "series 501 'FFE_ME T2star': ME-GRE, 4 echoes" in log
     assert "4 scanner-made map image(s) left out" in log
 

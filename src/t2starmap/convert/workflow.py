@@ -151,6 +151,12 @@ def find_acquisitions(dicom_dir: Path) -> tuple[Acquisition, ...]:
     scan = scan_dicom_dir(dicom_dir)
     for path, why in scan.corrupt:
         log.warning("corrupt DICOM file %s: %s (left out)", path, why)
+    if scan.ignored:
+        log.info(
+            "ignored %d file(s) that are not DICOM images, e.g. %s",
+            len(scan.ignored),
+            scan.ignored[0],
+        )
     if not scan.images:
         what = "is empty" if not (scan.ignored or scan.corrupt) else "holds no readable DICOM image"
         raise InputMissingError(f"DICOM folder {dicom_dir} {what}")
