@@ -49,7 +49,8 @@ def test_exact_output_files(example_run: Path) -> None:
     top = {"dataset_description.json", ".bidsignore", "group_T2starmap.tsv", "group_T2starmap.json"}
     found = files_below(example_run)
     logs = {f for f in found if f.startswith("logs/")}
-    assert found - logs - {f for f in found if f.endswith(".html")} == maps | top
+    pages = {"sub-01.html", "sub-02_ses-1.html", "sub-02_ses-2.html", "group_report.html"}
+    assert found - logs == maps | top | pages
     assert len(logs) == 2 and all(f.endswith(".json") for f in logs)
     assert len(MAP_NAMES) == len(OUTPUTS)
 
@@ -129,7 +130,8 @@ def test_group_table(example_run: Path) -> None:
 def test_participant_and_session_labels_select(example: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert participant(example, out, "--participant-label", "sub-02", "--session_label", "2") == 0
-    assert {f.split("/")[0] for f in files_below(out) if f.startswith("sub-")} == {"sub-02"}
+    top = {f.split("/")[0] for f in files_below(out) if f.startswith("sub-")}
+    assert top == {"sub-02", "sub-02_ses-2.html"}
     assert (out / f"{SETS[2]}_T2starmap.nii.gz").exists()
     assert not (out / f"{SETS[1]}_T2starmap.nii.gz").exists()
 

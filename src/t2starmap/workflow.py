@@ -50,6 +50,7 @@ from t2starmap.fit import (
 from t2starmap.layout import EchoSet, find_echo_sets
 from t2starmap.nifti import Geometry, check_geometry, load_magnitude, read_map, save_map
 from t2starmap.noise import estimate_noise, signal_mask
+from t2starmap.report import write_group_report, write_participant_reports
 from t2starmap.settings import Settings
 
 log = logging.getLogger("t2starmap")
@@ -187,6 +188,7 @@ def run_participant(settings: Settings) -> list[SetOutcome]:
             outcome.seconds,
             outcome.files[0].parent,
         )
+    write_participant_reports(settings.output_dir, settings.bids_dir, outcomes)
     return outcomes
 
 
@@ -389,6 +391,7 @@ def run_group(settings: Settings) -> Path:
     write_json(
         table.with_suffix(".json"), {k: {"Description": v} for k, v in GROUP_COLUMNS.items()}
     )
+    write_group_report(out, table)
     write_settings_log(settings)
     log.info("group summary of %d echo set(s): %s", len(rows), table)
     return table

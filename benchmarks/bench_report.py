@@ -1,0 +1,120 @@
+"""Cost of the participant report for one echo set, by volume size.
+
+Writes a simulated MEGRE set (8 echoes) and its maps (the phantom's truth standing in for a
+fit, 1 % of voxels marked failed) into a temporary folder, then times
+``write_participant_reports`` and its parts. The fit itself is not timed: this is what the
+report adds to a participant run.
+
+    .venv/bin/python benchmarks/bench_report.py [--shapes 24x24x6 192x192x64] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from t2starmap import derivatives
+from t2starmap.layout import Echo, build_echo_set
+from t2starmap.nifti import Geometry, save_map
+from t2starmap.report import participant
+from t2starmap.simulate import EXAMPLE_ECHO_TIMES, make_phantom, write_megre
+from t2starmap.workflow import SetOutcome
+
+
+def make_case(root: Path, shape: tuple[int, ...]) -> SetOutcome:
+    phantom = make_phantom(shape, EXAMPLE_ECHO_TIMES, snr=60.0, seed=1)
+    paths = write_megre(root / "bids", phantom, "01")
+    echoes = [
+        Echo(p, te, {"EchoTime": te, "MagneticFieldStrength": 3, "Manufacturer": "Sim"})
+        for p, te in zip(paths, phantom.echo_times, strict=True)
+    ]
+    echo_set = build_echo_set({"subject": "01"}, echoes)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    geometry = Geometry(tuple(shape), affine, (2.0, 2.0, 2.0), 1, 1)
+    rng = np.random.default_rng(0)
+    mask = phantom.mask
+    failed = mask & (rng.random(shape) < 0.01)
+    t2 = np.where(mask, phantom.t2star, 0.0)
+    maps = {
+        "t2star": t2,
+        "r2star": np.where(t2 > 0, 1.0 / np.where(t2 > 0, t2, 1.0), 0.0),
+        "s0": phantom.s0,
+        "t2star_se": 0.05 * t2,
+        "r2star_se": np.where(mask, 1.0, 0.0),
+        "s0_se": np.where(mask, 5.0, 0.0),
+        "rmse": np.where(mask, rng.random(shape) * 20, 0.0),
+        "signal": mask,
+        "failed": failed,
+    }
+    out = root / "out"
+    for spec in derivatives.OUTPUTS:
+        save_map(derivatives.output_path(out, echo_set, spec, ".nii.gz"), maps[spec.key], geometry)
+    return SetOutcome(
+        echo_set,
+        n_voxels=int(mask.sum()),
+        failed_fraction=0.01,
+        noise_sigma=phantom.sigma,
+        seconds=1.0,
+    )
+
+
+def timed(name: str, totals: dict[str, float], func: Callable[..., Any]) -> Callable[..., Any]:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return func(*args, **kwargs)
+        finally:
+            totals[name] += time.perf_counter() - started
+
+    return wrapper
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", nargs="+", default=["24x24x6", "96x96x32", "192x192x64"])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    print(
+        f"{'shape':>12} {'total s':>8} {'read maps':>9} {'read echoes':>11} "
+        f"{'figures+html':>12} {'page KB':>8}"
+    )
+    for text in args.shapes:
+        shape = tuple(int(n) for n in text.split("x"))
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            outcome = make_case(root, shape)
+            best: dict[str, float] | None = None
+            for _ in range(args.repeats):
+                totals: dict[str, float] = defaultdict(float)
+                originals = (participant.load_set_maps, participant.read_echoes)
+                participant.load_set_maps = timed("maps", totals, originals[0])
+                participant.read_echoes = timed("echoes", totals, originals[1])
+                started = time.perf_counter()
+                try:
+                    pages = participant.write_participant_reports(
+                        root / "out", root / "bids", [outcome]
+                    )
+                finally:
+                    participant.load_set_maps, participant.read_echoes = originals
+                totals["total"] = time.perf_counter() - started
+                if best is None or totals["total"] < best["total"]:
+                    best = dict(totals)
+            assert best is not None
+            rest = best["total"] - best["maps"] - best["echoes"]
+            size = pages[0].stat().st_size / 1024
+            print(
+                f"{text:>12} {best['total']:8.2f} {best['maps']:9.2f} {best['echoes']:11.2f} "
+                f"{rest:12.2f} {size:8.0f}"
+            )
+    print(f"best of {args.repeats} runs; 8 echoes; echoes read in up to 4 threads")
+
+
+if __name__ == "__main__":
+    main()

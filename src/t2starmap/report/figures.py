@@ -1,0 +1,251 @@
+"""QC figures as PNG bytes: slice montages, histograms, decay curves and group plots.
+
+Pure functions of numpy arrays; no file I/O. Matplotlib is used through its object API
+(``Figure`` + Agg canvas), never ``pyplot``, so no global state or GUI backend is touched.
+Units: echo times in s on input, shown in ms; T2* in s on input, shown in ms.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+
+#: Dots per inch of every figure: a montage 11 in wide is 1100 px, sharp at laptop width.
+DPI = 100
+#: Most slices shown in a montage, and tiles per montage row.
+MAX_SLICES = 12
+COLUMNS = 6
+#: Colour of voxels whose fit failed, drawn over every montage (not in any map colour map).
+FAILED_RGBA = (0.0, 1.0, 1.0, 0.85)
+
+
+def to_png(fig: Figure) -> bytes:
+    FigureCanvasAgg(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    return buffer.getvalue()
+
+
+def data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def select_slices(mask: np.ndarray, n: int = MAX_SLICES) -> list[int]:
+    """Up to ``n`` evenly spaced indices along the last axis of (X, Y, Z) ``mask`` among the
+    slices that hold any mask voxel (all slices when the mask is empty)."""
+    if mask.ndim == 2:
+        return [0]
+    occupied = np.flatnonzero(mask.reshape(-1, mask.shape[-1]).any(axis=0))
+    if occupied.size == 0:
+        occupied = np.arange(mask.shape[-1])
+    if occupied.size <= n:
+        return [int(k) for k in occupied]
+    picks = np.linspace(occupied[0], occupied[-1], n).round().astype(int)
+    return sorted({int(k) for k in picks})
+
+
+def mosaic(volume: np.ndarray, slices: Sequence[int], columns: int = COLUMNS) -> np.ndarray:
+    """Tile axial slices of an (X, Y, Z) volume (RAS-like order) into one 2-D array.
+
+    Each tile is ``rot90`` of ``volume[:, :, k]``: anterior up, subject's left on the left
+    (neurological convention). Empty tiles are NaN (drawn as background).
+    """
+    vol = volume[..., None] if volume.ndim == 2 else volume
+    tiles = [np.rot90(vol[:, :, k]) for k in slices]
+    columns = max(1, min(columns, len(tiles)))
+    rows = -(-len(tiles) // columns)
+    height, width = tiles[0].shape
+    out = np.full((rows * height, columns * width), np.nan, dtype=np.float32)
+    for i, tile in enumerate(tiles):
+        r, c = divmod(i, columns)
+        out[r * height : (r + 1) * height, c * width : (c + 1) * width] = tile
+    return out
+
+
+def montage_png(
+    volume: np.ndarray,
+    slices: Sequence[int],
+    *,
+    vmin: float,
+    vmax: float,
+    cmap: str,
+    label: str,
+    failed: np.ndarray | None = None,
+    tile_in: float = 1.75,
+) -> bytes:
+    """Slices of ``volume`` in one image with a colour bar labelled ``label``; voxels of
+    ``failed`` (same shape, bool) drawn on top in cyan; NaN voxels are background (black).
+    Each tile is ``tile_in`` inches (``tile_in * DPI`` pixels) wide."""
+    tiles = mosaic(volume.astype(np.float32, copy=False), slices)
+    height_px, width_px = tiles.shape
+    columns = max(1, min(COLUMNS, len(slices)))
+    bar_in = 1.1
+    image_w = tile_in * columns
+    width_in = image_w + bar_in
+    height_in = max(1.2, image_w * height_px / width_px)
+    fig = Figure(figsize=(width_in, height_in), facecolor="black")
+    ax = fig.add_axes((0.0, 0.0, image_w / width_in, 1.0))
+    ax.set_axis_off()
+    shown = ax.imshow(
+        np.ma.masked_invalid(tiles),
+        cmap=cmap,
+        norm=Normalize(vmin=vmin, vmax=vmax),
+        interpolation="nearest",
+        aspect="equal",
+    )
+    if failed is not None and failed.any():
+        flags = mosaic(failed.astype(np.float32), slices) > 0.5
+        overlay = np.zeros((*flags.shape, 4), dtype=np.float32)
+        overlay[flags] = FAILED_RGBA
+        ax.imshow(overlay, interpolation="nearest", aspect="equal")
+    bar_ax = fig.add_axes((1.0 - 0.75 * bar_in / width_in, 0.1, 0.12 / width_in, 0.8))
+    bar = fig.colorbar(shown, cax=bar_ax)
+    bar.set_label(label, color="white", fontsize=9)
+    bar.ax.tick_params(colors="white", labelsize=8)
+    return to_png(fig)
+
+
+def histogram_png(
+    t2star_ms: np.ndarray, *, window_ms: tuple[float, float] = (0.0, 100.0), bins: int = 80
+) -> bytes:
+    """Histogram of T2* values (ms). The x range covers the display window and extends to
+    the 99th percentile when values lie beyond it; the median is marked."""
+    values = np.asarray(t2star_ms, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    fig = Figure(figsize=(5.4, 3.0))
+    ax = fig.add_axes((0.13, 0.18, 0.83, 0.74))
+    if values.size:
+        upper = max(window_ms[1], float(np.percentile(values, 99)))
+        ax.hist(
+            np.clip(values, window_ms[0], upper),
+            bins=bins,
+            range=(window_ms[0], upper),
+            color="#4c72b0",
+        )
+        median = float(np.median(values))
+        ax.axvline(median, color="#c44e52", lw=1.5, label=f"median {median:.1f} ms")
+        ax.legend(fontsize=8, frameon=False)
+    else:
+        ax.text(0.5, 0.5, "no voxels", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("T2* (ms)")
+    ax.set_ylabel("voxels")
+    ax.tick_params(labelsize=8)
+    return to_png(fig)
+
+
+@dataclass(frozen=True)
+class DecayCurve:
+    """One voxel: measured magnitudes (one per echo) and the fitted S0 and T2* (s)."""
+
+    label: str
+    signal: np.ndarray
+    s0: float
+    t2star: float
+
+
+_CURVE_COLOURS = ("#4c72b0", "#55a868", "#c44e52", "#8172b2", "#ccb974")
+
+
+def decay_png(
+    echo_times: Sequence[float], curves: Sequence[DecayCurve], noise_sigma: float | None = None
+) -> bytes:
+    """Measured echoes (markers) and fitted mono-exponential curves (lines), TE in ms."""
+    te = np.asarray(echo_times, dtype=np.float64)
+    fine = np.linspace(0.0, te.max() * 1.05, 200)
+    fig = Figure(figsize=(5.4, 3.0))
+    ax = fig.add_axes((0.13, 0.18, 0.84, 0.74))
+    for curve, colour in zip(curves, _CURVE_COLOURS, strict=False):
+        ax.plot(te * 1e3, curve.signal, "o", color=colour, ms=4)
+        if curve.t2star > 0 and np.isfinite(curve.t2star):
+            fitted = curve.s0 * np.exp(-fine / curve.t2star)
+            ax.plot(
+                fine * 1e3,
+                fitted,
+                "-",
+                color=colour,
+                lw=1.3,
+                label=f"{curve.label}: T2* {curve.t2star * 1e3:.1f} ms",
+            )
+    if noise_sigma:
+        ax.axhline(noise_sigma, color="0.5", ls="--", lw=1, label=f"noise σ {noise_sigma:.3g}")
+    ax.set_xlabel("echo time (ms)")
+    ax.set_ylabel("magnitude")
+    ax.set_xlim(0, fine[-1] * 1e3)
+    ax.set_ylim(bottom=0)
+    ax.tick_params(labelsize=8)
+    if curves or noise_sigma:
+        ax.legend(loc="upper right", fontsize=7.5, frameon=False)
+    return to_png(fig)
+
+
+def group_strip_png(
+    groups: Mapping[str, Sequence[float]],
+    flagged: Mapping[str, Sequence[bool]] | None = None,
+    *,
+    ylabel: str = "median T2* (ms)",
+) -> bytes:
+    """Box plot with every value drawn as a point, one box per group; flagged points red.
+    NaN values are left out; a group without values gets an empty slot."""
+    names = list(groups)
+    fig = Figure(figsize=(max(4.0, 1.6 * len(names) + 1.5), 3.4))
+    ax = fig.add_axes((0.16, 0.16, 0.8, 0.78))
+    data = [np.asarray(groups[n], dtype=np.float64) for n in names]
+    marks = [
+        np.asarray((flagged or {}).get(n, [False] * d.size), dtype=bool)
+        for n, d in zip(names, data, strict=True)
+    ]
+    rng = np.random.default_rng(0)  # fixed jitter: the same table gives the same picture
+    labelled = False
+    for i, (values, marked) in enumerate(zip(data, marks, strict=True), start=1):
+        keep = np.isfinite(values)
+        if keep.any():
+            ax.boxplot([values[keep]], positions=[i], widths=0.5, showfliers=False)
+        x = i + rng.uniform(-0.12, 0.12, values.size)
+        plain, odd = keep & ~marked, keep & marked
+        ax.scatter(x[plain], values[plain], s=18, color="#4c72b0", zorder=3)
+        if odd.any():
+            label = None if labelled else "outlier"  # one legend entry for all groups
+            ax.scatter(x[odd], values[odd], s=30, color="#c44e52", marker="D", label=label)
+            labelled = True
+    ax.set_xticks(range(1, len(names) + 1), names)
+    ax.set_xlim(0.4, len(names) + 0.6)
+    if labelled:
+        ax.legend(fontsize=8, frameon=False)
+    finite = np.concatenate([d[np.isfinite(d)] for d in data]) if data else np.array([])
+    if finite.size:  # at least +-10 % of the median shown: tiny spreads must not look large
+        low, high = ax.get_ylim()
+        half = max((high - low) / 2, 0.1 * abs(float(np.median(finite))), 1e-9)
+        centre = (low + high) / 2
+        ax.set_ylim(centre - half, centre + half)
+    else:
+        ax.text(0.5, 0.5, "no values", ha="center", va="center", transform=ax.transAxes)
+    ax.set_ylabel(ylabel)
+    ax.tick_params(labelsize=8)
+    return to_png(fig)
+
+
+def failed_bar_png(labels: Sequence[str], fractions: Sequence[float]) -> bytes:
+    """Horizontal bars: failed fraction (%) per echo set."""
+    n = len(labels)
+    fig = Figure(figsize=(6.0, max(1.6, 0.28 * n + 0.9)))
+    ax = fig.add_axes(
+        (0.32, 0.7 / max(1.6, 0.28 * n + 0.9), 0.62, 1 - 0.95 / max(1.6, 0.28 * n + 0.9))
+    )
+    percent = 100 * np.nan_to_num(np.asarray(fractions, dtype=np.float64), nan=0.0)
+    ax.barh(np.arange(n), percent, color="#dd8452")
+    ax.set_yticks(np.arange(n), list(labels))
+    ax.invert_yaxis()
+    ax.set_xlabel("failed voxels (% of signal mask)")
+    top = max(1.0, float(percent.max(initial=0)) * 1.25)
+    ax.set_xlim(0, top)
+    for y, value in enumerate(percent):
+        ax.text(value + 0.01 * top, y, f"{value:.2f} %", va="center", fontsize=7.5)
+    ax.tick_params(labelsize=8)
+    return to_png(fig)

@@ -1,0 +1,132 @@
+"""Helpers of the report tests: a synthetic output folder and self-containment checks.
+
+(A module with a unique name rather than conftest.py, so test files can import it.)
+"""
+
+from __future__ import annotations
+
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+
+from t2starmap import derivatives
+from t2starmap.atomic import write_json
+from t2starmap.layout import Echo, build_echo_set
+from t2starmap.nifti import Geometry, save_map
+from t2starmap.simulate import EXAMPLE_ECHO_TIMES, make_phantom, write_megre
+from t2starmap.workflow import SetOutcome
+
+FIT_INFO = {
+    "EstimationAlgorithm": "simulated truth",
+    "FitMethod": "truth",
+    "NoiseModel": "rician",
+    "NoiseSigma": 16.5,
+    "ComputeDevice": "none",
+    "Warnings": ["from the sidecar"],
+}
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "bids_example"
+
+
+def synthetic_output(
+    root: Path,
+    *,
+    shape: tuple[int, ...] = (20, 18, 5),
+    subject: str = "01",
+    session: str | None = None,
+    run: str | None = None,
+    failed_fraction: float = 0.05,
+    skip: tuple[str, ...] = (),
+) -> SetOutcome:
+    """A seeded phantom written as raw MEGRE under ``root/bids`` and maps (its truth standing
+    in for a fit, some voxels marked failed) under ``root/out``; the matching outcome."""
+    phantom = make_phantom(shape, EXAMPLE_ECHO_TIMES, snr=60.0, seed=3)
+    extra = f"_run-{run}" if run else ""
+    paths = write_megre(root / "bids", phantom, subject, session, extra_entities=extra)
+    meta = {"MagneticFieldStrength": 7, "Manufacturer": "Acme", "ManufacturerModelName": "X1"}
+    echoes = [
+        Echo(p, te, {"EchoTime": te, **meta})
+        for p, te in zip(paths, phantom.echo_times, strict=True)
+    ]
+    entities = {"subject": subject}
+    if session:
+        entities["session"] = session
+    if run:
+        entities["run"] = run
+    echo_set = build_echo_set(entities, echoes)
+    zooms = (2.0, 2.0, 2.5)[: len(shape)]
+    geometry = Geometry(shape, np.diag([2.0, 2.0, 2.5, 1.0]), zooms, 1, 1)
+    rng = np.random.default_rng(1)
+    mask = phantom.mask
+    failed = mask & (rng.random(shape) < failed_fraction)
+    t2 = phantom.t2star.astype(np.float64)
+    maps = {
+        "t2star": t2,
+        "r2star": np.where(t2 > 0, 1.0 / np.where(t2 > 0, t2, 1.0), 0.0),
+        "s0": phantom.s0,
+        "t2star_se": 0.05 * t2,
+        "r2star_se": np.where(mask, 1.0, 0.0),
+        "s0_se": np.where(mask, 5.0, 0.0),
+        "rmse": np.where(mask, rng.random(shape) * 20, 0.0),
+        "signal": mask,
+        "failed": failed,
+    }
+    for spec in derivatives.OUTPUTS:
+        if spec.key in skip:
+            continue
+        path = derivatives.output_path(root / "out", echo_set, spec, ".nii.gz")
+        save_map(path, maps[spec.key], geometry)
+        sidecar = derivatives.map_sidecar(spec, echo_set, (root / "bids").resolve(), FIT_INFO)
+        write_json(path.with_name(path.name.replace(".nii.gz", ".json")), sidecar)
+    return SetOutcome(
+        echo_set,
+        n_voxels=int(mask.sum()),
+        failed_fraction=float(failed.sum() / mask.sum()),
+        noise_sigma=phantom.sigma,
+        seconds=0.5,
+        warnings=["only <2> echoes & a warning"],
+    )
+
+
+class _Collector(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[str] = []
+        self.resources: list[tuple[str, str, str]] = []  # (tag, attribute, value)
+        self.links: list[str] = []
+        self.scripts = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = {k: v or "" for k, v in attrs}
+        if tag == "img":
+            self.images.append(values.get("src", ""))
+        if tag == "script":
+            self.scripts += 1
+        if tag == "a" and "href" in values:
+            self.links.append(values["href"])
+        for attribute in ("src", "srcset", "data", "poster", "action"):
+            if attribute in values:
+                self.resources.append((tag, attribute, values[attribute]))
+        if tag == "link" and "href" in values:
+            self.resources.append((tag, "href", values["href"]))
+
+
+def parse(text: str) -> _Collector:
+    collector = _Collector()
+    collector.feed(text)
+    return collector
+
+
+def assert_self_contained(text: str) -> _Collector:
+    """Every image a data URI, no resource fetched from anywhere (CSS included), no script;
+    plain <a href> links may point anywhere (they are not fetched)."""
+    found = parse(text)
+    assert found.images, "a report without figures"
+    assert all(src.startswith("data:image/png;base64,") for src in found.images)
+    for tag, attribute, value in found.resources:
+        assert value.startswith("data:"), f"<{tag} {attribute}={value[:60]!r}> loads something"
+    assert found.scripts == 0
+    assert not re.search(r"url\(|@import|@font-face", text), "CSS that fetches"
+    return found

@@ -1,0 +1,120 @@
+"""Figure builders: PNG bytes that decode to non-trivial pictures."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+
+from t2starmap.report import figures
+
+
+def decode(png: bytes) -> np.ndarray:
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    return imread(io.BytesIO(png), format="png")
+
+
+def assert_not_blank(image: np.ndarray) -> None:
+    colours = np.unique(image[..., :3].reshape(-1, 3), axis=0)
+    assert len(colours) > 10, "a figure of a handful of colours is as good as blank"
+
+
+@pytest.mark.parametrize(
+    ("occupied", "n", "expected"),
+    [
+        (range(0), 4, [0, 2, 3, 5]),  # empty mask: spread over every slice
+        (range(2, 5), 12, [2, 3, 4]),  # fewer occupied slices than asked for
+        (range(0, 40), 5, [0, 10, 20, 29, 39]),  # evenly spaced over the occupied ones
+    ],
+)
+def test_select_slices(occupied: range, n: int, expected: list[int]) -> None:
+    depth = max(6, *(k + 1 for k in occupied)) if len(occupied) else 6
+    mask = np.zeros((4, 4, depth), dtype=bool)
+    for k in occupied:
+        mask[1, 1, k] = True
+    assert figures.select_slices(mask, n) == expected
+
+
+def test_mosaic_orientation_and_padding() -> None:
+    vol = np.zeros((3, 2, 3), dtype=np.float32)
+    vol[2, 1, 0] = 5  # right, anterior corner of slice 0
+    tiles = figures.mosaic(vol, [0, 1, 2], columns=2)
+    assert tiles.shape == (2 * 2, 2 * 3)
+    assert tiles[0, 2] == 5  # top right of the first tile: anterior up, right on the right
+    assert np.isnan(tiles[2:, 3:]).all()  # the fourth tile is empty
+
+
+@pytest.mark.parametrize("shape", [(16, 12, 4), (16, 12)])
+def test_montage_draws_the_failed_overlay(shape: tuple[int, ...]) -> None:
+    rng = np.random.default_rng(0)
+    volume = rng.random(shape) * 100
+    failed = np.zeros(shape, dtype=bool)
+    failed[2:6, 2:6] = True
+    slices = figures.select_slices(np.ones(shape, dtype=bool))
+    plain = decode(
+        figures.montage_png(volume, slices, vmin=0, vmax=100, cmap="inferno", label="T2* (ms)")
+    )
+    flagged = decode(
+        figures.montage_png(
+            volume, slices, vmin=0, vmax=100, cmap="inferno", label="T2* (ms)", failed=failed
+        )
+    )
+    assert_not_blank(plain)
+    assert plain.shape == flagged.shape
+    cyan = (flagged[..., 0] < 0.2) & (flagged[..., 1] > 0.8) & (flagged[..., 2] > 0.8)
+    assert cyan.sum() > 50
+    plain_cyan = (plain[..., 0] < 0.2) & (plain[..., 1] > 0.8) & (plain[..., 2] > 0.8)
+    assert plain_cyan.sum() == 0
+
+
+def test_montage_nan_is_background() -> None:
+    volume = np.full((10, 10, 2), np.nan)
+    png = figures.montage_png(volume, [0, 1], vmin=0, vmax=1, cmap="gray", label="x")
+    image = decode(png)
+    left = image[:, : image.shape[1] // 2, :3]
+    assert np.allclose(left, 0.0)  # all black, no colour-mapped garbage
+
+
+@pytest.mark.parametrize("values", [np.array([]), np.array([np.nan, 12.0, 30.0, 250.0])])
+def test_histogram_png(values: np.ndarray) -> None:
+    image = decode(figures.histogram_png(values))
+    assert image.shape[1] == int(5.4 * figures.DPI)
+
+
+def test_decay_png_tolerates_nan_and_missing_sigma() -> None:
+    te = np.array([0.003, 0.01, 0.02, 0.03])
+    curves = [
+        figures.DecayCurve("low", 1000 * np.exp(-te / 0.008), 1000.0, 0.008),
+        figures.DecayCurve("bad", np.array([np.nan, 1.0, 2.0, 3.0]), np.nan, np.nan),
+    ]
+    assert_not_blank(decode(figures.decay_png(te, curves, 12.0)))
+    decode(figures.decay_png(te, [], None))
+
+
+def test_group_plots() -> None:
+    strip = figures.group_strip_png(
+        {"ses-1": [22.0, 23.0, 40.0], "ses-2": [21.0, 22.5]},
+        {"ses-1": [False, False, True], "ses-2": [False, False]},
+    )
+    assert_not_blank(decode(strip))
+    bars = figures.failed_bar_png(["sub-01", "sub-02 ses-1"], [0.0, 0.03])
+    assert_not_blank(decode(bars))
+
+
+@pytest.mark.parametrize(
+    "groups",
+    [{"all": [float("nan")]}, {"ses-1": [float("nan")], "ses-2": [22.0]}, {"all": []}],
+    ids=["all-nan", "one-group-nan", "empty"],
+)
+def test_group_strip_without_values(groups: dict[str, list[float]]) -> None:
+    decode(figures.group_strip_png(groups))  # no flags given, nothing to plot: still a figure
+
+
+def test_data_uri_round_trip() -> None:
+    import base64
+
+    uri = figures.data_uri(b"\x89PNGxyz")
+    assert uri.startswith("data:image/png;base64,")
+    assert base64.b64decode(uri.split(",", 1)[1]) == b"\x89PNGxyz"

@@ -1,0 +1,165 @@
+"""Participant pages built from a synthetic output folder."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from report_helpers import assert_self_contained, synthetic_output
+
+from t2starmap.report import participant
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.suffix != ".html"
+    }
+
+
+@pytest.mark.parametrize(("subject", "session"), [("01", None), ("02", "1")])
+def test_page_content(tmp_path: Path, subject: str, session: str | None) -> None:
+    outcome = synthetic_output(tmp_path, subject=subject, session=session)
+    before = digest(tmp_path)
+    pages = participant.write_participant_reports(tmp_path / "out", tmp_path / "bids", [outcome])
+    assert digest(tmp_path) == before, "the report changed an input or a map"
+    expected = f"sub-{subject}" + (f"_ses-{session}" if session else "") + ".html"
+    assert pages == [tmp_path / "out" / expected]
+    text = pages[0].read_text(encoding="utf-8")
+    found = assert_self_contained(text)
+    assert len(found.images) == 8  # 6 montages, histogram, decay curves
+    for needle in (
+        "fixed window 0–100 ms",
+        "T2* (ms) montage",
+        "R2* (1/s) montage",
+        "S0 (input units) montage",
+        "RMSE (input units) montage",
+        "SE of T2* (ms) montage",
+        "T2* histogram",
+        "decay curves",
+        "3, 7.5, 12, 16.5, 21, 25.5, 30, 34.5 (8 echoes)",
+        "7 T",
+        "Acme X1",
+        "2 × 2 × 2.5",
+        "20 × 18 × 5",
+        "0.50 s",
+        "failed voxel(s) in cyan",
+        "of 5 (counted from 0, inferior to superior)",
+        # warnings are shown, escaped
+        "only &lt;2&gt; echoes &amp; a warning",
+    ):
+        assert needle in text, needle
+    assert "<2>" not in text
+    assert '<meta name="viewport"' in text
+
+
+def test_missing_optional_maps_and_no_failures(tmp_path: Path) -> None:
+    outcome = synthetic_output(tmp_path, failed_fraction=0.0, skip=("t2star_se", "rmse"))
+    outcome.warnings.clear()
+    [page] = participant.write_participant_reports(tmp_path / "out", tmp_path / "bids", [outcome])
+    text = page.read_text(encoding="utf-8")
+    assert len(assert_self_contained(text).images) == 6
+    assert "SE of T2*" not in text
+    assert "No voxel failed." in text
+    assert "No warnings were raised." in text
+
+
+@pytest.mark.parametrize(
+    ("shape", "failed_fraction"),
+    [((20, 18, 5), 1.0), ((20, 18), 0.05)],
+    ids=["all-failed", "2-D"],
+)
+def test_degenerate_sets_still_give_a_page(
+    tmp_path: Path, shape: tuple[int, ...], failed_fraction: float
+) -> None:
+    outcome = synthetic_output(tmp_path, shape=shape, failed_fraction=failed_fraction)
+    [page] = participant.write_participant_reports(tmp_path / "out", tmp_path / "bids", [outcome])
+    text = page.read_text(encoding="utf-8")
+    assert len(assert_self_contained(text).images) == 8
+    assert " × ".join(str(n) for n in shape) in text
+    assert ("single slice" in text) == (len(shape) == 2)
+    if failed_fraction == 1.0:
+        assert "T2* of the 0 signal-mask voxels" in text
+        assert "no voxel</td>" in text
+
+
+def test_sets_of_one_session_share_a_page(tmp_path: Path) -> None:
+    runs = [synthetic_output(tmp_path, subject="04", run=r) for r in ("1", "2")]
+    [page] = participant.write_participant_reports(tmp_path / "out", tmp_path / "bids", runs)
+    text = page.read_text(encoding="utf-8")
+    assert page.name == "sub-04.html"
+    assert text.count("<section") == 2
+    assert '<a href="#sub-04_run-1">' in text and 'id="sub-04_run-2"' in text
+
+
+def test_a_page_keeps_sets_that_earlier_runs_published(tmp_path: Path) -> None:
+    """Jobs split by run write the same page one after the other: the last keeps them all."""
+    first, second = (synthetic_output(tmp_path, subject="05", run=r) for r in ("1", "2"))
+    out, bids = tmp_path / "out", tmp_path / "bids"
+    participant.write_participant_reports(out, bids, [first])
+    [page] = participant.write_participant_reports(out, bids, [second])
+    text = page.read_text(encoding="utf-8")
+    assert text.count("<section") == 2
+    assert text.index('id="sub-05_run-1"') < text.index('id="sub-05_run-2"')
+    earlier = text[: text.index('id="sub-05_run-2"')]
+    assert "not recorded (fitted by an earlier run)" in earlier
+    assert "from the sidecar" in earlier and "rician" in earlier
+    assert "Siemens Simulated" in earlier  # raw sidecars found through the map's Sources
+    assert "0.50 s (read the echoes and fit)" in text[text.index('id="sub-05_run-2"') :]
+
+
+def test_each_session_gets_its_own_page(tmp_path: Path) -> None:
+    first = synthetic_output(tmp_path / "a", subject="03", session="x")
+    second = synthetic_output(tmp_path / "b", subject="03", session="y")
+    pages = participant.write_participant_reports(
+        tmp_path / "a" / "out", tmp_path / "a" / "bids", [first]
+    ) + participant.write_participant_reports(
+        tmp_path / "b" / "out", tmp_path / "b" / "bids", [second]
+    )
+    assert [p.name for p in pages] == ["sub-03_ses-x.html", "sub-03_ses-y.html"]
+
+
+def test_representative_voxels_pick_low_median_high() -> None:
+    t2 = np.arange(1, 101, dtype=np.float64).reshape(10, 10) / 1000
+    good = np.ones_like(t2, dtype=bool)
+    good[0, 0] = False  # excluded voxels are never picked
+    picked = dict(participant.representative_voxels(t2, good))
+    assert set(picked) == {"low", "median", "high"}
+    assert t2[picked["low"]] < t2[picked["median"]] < t2[picked["high"]]
+    assert abs(t2[picked["median"]] - np.median(t2[good])) <= 0.0005
+    assert participant.representative_voxels(t2, np.zeros_like(good)) == []
+
+
+def test_to_canonical_undoes_a_flip() -> None:
+    volume = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0])
+    out = participant.to_canonical(volume, lps)
+    assert np.array_equal(out, volume[::-1, ::-1, :])
+    assert np.array_equal(participant.to_canonical(volume, np.eye(4)), volume)
+
+
+def test_decay_voxels_come_from_the_raw_echoes(tmp_path: Path) -> None:
+    outcome = synthetic_output(tmp_path)
+    voxel = (10, 9, 2)
+    signals, first = participant.read_echoes(outcome.echo_set, [voxel])
+    raw = [np.asarray(nib.load(e.path).dataobj)[voxel] for e in outcome.echo_set.echoes]
+    assert np.allclose(signals[0], raw)
+    assert first is not None and first.shape == (20, 18, 5)
+
+
+def test_no_map_means_no_page(tmp_path: Path) -> None:
+    outcome = synthetic_output(tmp_path, skip=("t2star",))
+    with pytest.raises(FileNotFoundError, match="no T2\\* map"):
+        participant.write_participant_reports(tmp_path / "out", tmp_path / "bids", [outcome])
+    assert not list((tmp_path / "out").glob("*.html"))
+
+
+def test_page_names() -> None:
+    assert participant.page_name("01", None) == "sub-01.html"
+    assert participant.page_name("01", "pre") == "sub-01_ses-pre.html"
+    assert re.fullmatch(r"sub-\w+(_ses-\w+)?\.html", participant.page_name("a1", "b2"))
