@@ -146,7 +146,7 @@ def test_filter_file_selects(example: Path, tmp_path: Path) -> None:
     assert participant(example, tmp_path / "o", "--bids-filter-file", str(filters)) == 0
 
 
-@pytest.mark.parametrize("method", ["loglin", "wls", "nlls"])
+@pytest.mark.parametrize("method", ["loglin", "wls", "nlls", "nlls-gaussian", "arlo"])
 def test_fit_methods_run(example: Path, tmp_path: Path, method: str) -> None:
     out = tmp_path / "out"
     assert (
@@ -227,3 +227,34 @@ def test_progress_bar_only_on_a_terminal(
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     assert main([*argv, "--participant-label", "01"]) == 0
     assert "echo sets: 100%" in capsys.readouterr().err
+
+
+def test_arlo_refuses_uneven_echo_spacing(
+    example: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sidecar = example / "sub-01" / "anat" / "sub-01_echo-8_part-mag_MEGRE.json"
+    meta = json.loads(sidecar.read_text())
+    sidecar.write_text(json.dumps({**meta, "EchoTime": 0.04}))
+    out = tmp_path / "out"
+    assert participant(example, out, "--participant-label", "01", "--fit-method", "arlo") == 64
+    assert "spacing" in capsys.readouterr().err
+    assert not (out / "sub-01").exists()
+
+
+def test_default_fit_is_noise_aware_and_says_so(example_run: Path) -> None:
+    sidecar = json.loads((example_run / f"{SETS[0]}_T2starmap.json").read_text())
+    assert sidecar["FitMethod"] == "nlls" and sidecar["NoiseModel"] == "rician"
+    assert "Rician" in sidecar["EstimationAlgorithm"]
+
+
+def test_masked_background_falls_back_to_gaussian(example: Path, tmp_path: Path) -> None:
+    for path in (example / "sub-01" / "anat").glob("*_MEGRE.nii.gz"):
+        img = nib.load(path)
+        data = np.asarray(img.dataobj, dtype=np.float32)
+        data[data < 100] = 0  # a skull-stripped / zero-filled background
+        nib.save(nib.Nifti1Image(data, img.affine, img.header), path)
+    out = tmp_path / "out"
+    assert participant(example, out, "--participant-label", "01") == 0
+    sidecar = json.loads((out / f"{SETS[0]}_T2starmap.json").read_text())
+    assert sidecar["NoiseModel"] == "gaussian" and sidecar["NoiseSigma"] is None
+    assert any("falling back to the Gaussian fit" in w for w in sidecar["Warnings"])

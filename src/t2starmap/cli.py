@@ -104,8 +104,10 @@ def build_parser() -> ArgumentParser:
         "--fit_method",
         choices=METHODS,
         default="nlls",
-        help="nlls (default): Levenberg-Marquardt from a weighted log-linear "
-        "start; wls: weighted log-linear; loglin: ordinary log-linear",
+        help="nlls (default): noise-aware (Rician) least squares when the noise level is known "
+        "or estimated, else Gaussian; nlls-gaussian: plain Levenberg-Marquardt least squares; "
+        "wls: weighted log-linear; loglin: ordinary log-linear; arlo: auto-regression on "
+        "linear operations (evenly spaced echoes only)",
     )
     parser.add_argument(
         "--noise-sigma",

@@ -299,15 +299,22 @@ def _map_array(result: FitResult, key: str, mask: np.ndarray, failed: np.ndarray
 
 
 _ALGORITHMS = {
-    "nlls": "Levenberg-Marquardt least squares on (S0, R2*) from a weighted log-linear start",
-    "wls": "Weighted (S^2) linear least squares on log signal",
-    "loglin": "Ordinary linear least squares on log signal",
+    ("nlls", "rician"): "Noise-aware least squares: the squared magnitude fitted to its Rician "
+    "expectation S0^2 exp(-2 TE R2*) + 2 sigma^2 by iteratively reweighted Levenberg-Marquardt "
+    "from a weighted log-linear start",
+    ("nlls", "gaussian"): "Levenberg-Marquardt least squares on (S0, R2*) from a weighted "
+    "log-linear start (no noise level known, so no noise-floor correction)",
+    ("nlls-gaussian", "gaussian"): "Levenberg-Marquardt least squares on (S0, R2*) from a "
+    "weighted log-linear start",
+    ("wls", "gaussian"): "Weighted (S^2) linear least squares on log signal",
+    ("loglin", "gaussian"): "Ordinary linear least squares on log signal",
+    ("arlo", "gaussian"): "Auto-regression on linear operations (ARLO, Pei et al. 2015)",
 }
 
 
 def _fit_info(result: FitResult, settings: Settings, outcome: SetOutcome) -> dict[str, Any]:
     info: dict[str, Any] = {
-        "EstimationAlgorithm": _ALGORITHMS.get(result.method, result.method),
+        "EstimationAlgorithm": _ALGORITHMS.get((result.method, result.noise_model), result.method),
         "FitMethod": result.method,
         "NoiseModel": result.noise_model,
         "NoiseSigma": result.noise_sigma,
