@@ -24,7 +24,7 @@ from t2starmap import derivatives
 from t2starmap.layout import Echo, build_echo_set
 from t2starmap.nifti import Geometry, save_map
 from t2starmap.report import participant
-from t2starmap.simulate import EXAMPLE_ECHO_TIMES, make_phantom, write_megre
+from t2starmap.simulate import EXAMPLE_ECHO_TIMES, make_phantom, truth_maps, write_megre
 from t2starmap.workflow import SetOutcome
 
 
@@ -38,27 +38,13 @@ def make_case(root: Path, shape: tuple[int, ...]) -> SetOutcome:
     echo_set = build_echo_set({"subject": "01"}, echoes)
     affine = np.diag([2.0, 2.0, 2.0, 1.0])
     geometry = Geometry(tuple(shape), affine, (2.0, 2.0, 2.0), 1, 1)
-    rng = np.random.default_rng(0)
-    mask = phantom.mask
-    failed = mask & (rng.random(shape) < 0.01)
-    t2 = np.where(mask, phantom.t2star, 0.0)
-    maps = {
-        "t2star": t2,
-        "r2star": np.where(t2 > 0, 1.0 / np.where(t2 > 0, t2, 1.0), 0.0),
-        "s0": phantom.s0,
-        "t2star_se": 0.05 * t2,
-        "r2star_se": np.where(mask, 1.0, 0.0),
-        "s0_se": np.where(mask, 5.0, 0.0),
-        "rmse": np.where(mask, rng.random(shape) * 20, 0.0),
-        "signal": mask,
-        "failed": failed,
-    }
+    maps = truth_maps(phantom, failed_fraction=0.01, seed=0)
     out = root / "out"
     for spec in derivatives.OUTPUTS:
         save_map(derivatives.output_path(out, echo_set, spec, ".nii.gz"), maps[spec.key], geometry)
     return SetOutcome(
         echo_set,
-        n_voxels=int(mask.sum()),
+        n_voxels=int(maps["signal"].sum()),
         failed_fraction=0.01,
         noise_sigma=phantom.sigma,
         seconds=1.0,

@@ -119,6 +119,28 @@ def make_phantom(
     )
 
 
+def truth_maps(
+    phantom: Phantom, *, failed_fraction: float = 0.01, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Stand-in fit outputs for report tests and benchmarks, keyed like
+    ``derivatives.OUTPUTS``: the phantom's true T2*, R2* and S0, made-up standard errors and
+    RMSE, its object as the signal mask and a seeded ``failed_fraction`` of it marked failed."""
+    rng = np.random.default_rng(seed)
+    mask = phantom.mask
+    t2 = phantom.t2star.astype(np.float64)
+    return {
+        "t2star": t2,
+        "r2star": np.where(t2 > 0, 1.0 / np.where(t2 > 0, t2, 1.0), 0.0),
+        "s0": phantom.s0,
+        "t2star_se": 0.05 * t2,
+        "r2star_se": np.where(mask, 1.0, 0.0),
+        "s0_se": np.where(mask, 5.0, 0.0),
+        "rmse": np.where(mask, rng.random(mask.shape) * 20, 0.0),
+        "signal": mask,
+        "failed": mask & (rng.random(mask.shape) < failed_fraction),
+    }
+
+
 # --- the bundled example dataset -------------------------------------------------------------
 
 EXAMPLE_ECHO_TIMES = tuple(round(0.003 + 0.0045 * k, 4) for k in range(8))

@@ -15,7 +15,7 @@ from t2starmap import derivatives
 from t2starmap.atomic import write_json
 from t2starmap.layout import Echo, build_echo_set
 from t2starmap.nifti import Geometry, save_map
-from t2starmap.simulate import EXAMPLE_ECHO_TIMES, make_phantom, write_megre
+from t2starmap.simulate import EXAMPLE_ECHO_TIMES, make_phantom, truth_maps, write_megre
 from t2starmap.workflow import SetOutcome
 
 FIT_INFO = {
@@ -58,21 +58,7 @@ def synthetic_output(
     echo_set = build_echo_set(entities, echoes)
     zooms = (2.0, 2.0, 2.5)[: len(shape)]
     geometry = Geometry(shape, np.diag([2.0, 2.0, 2.5, 1.0]), zooms, 1, 1)
-    rng = np.random.default_rng(1)
-    mask = phantom.mask
-    failed = mask & (rng.random(shape) < failed_fraction)
-    t2 = phantom.t2star.astype(np.float64)
-    maps = {
-        "t2star": t2,
-        "r2star": np.where(t2 > 0, 1.0 / np.where(t2 > 0, t2, 1.0), 0.0),
-        "s0": phantom.s0,
-        "t2star_se": 0.05 * t2,
-        "r2star_se": np.where(mask, 1.0, 0.0),
-        "s0_se": np.where(mask, 5.0, 0.0),
-        "rmse": np.where(mask, rng.random(shape) * 20, 0.0),
-        "signal": mask,
-        "failed": failed,
-    }
+    maps = truth_maps(phantom, failed_fraction=failed_fraction, seed=1)
     for spec in derivatives.OUTPUTS:
         if spec.key in skip:
             continue
@@ -82,8 +68,8 @@ def synthetic_output(
         write_json(path.with_name(path.name.replace(".nii.gz", ".json")), sidecar)
     return SetOutcome(
         echo_set,
-        n_voxels=int(mask.sum()),
-        failed_fraction=float(failed.sum() / mask.sum()),
+        n_voxels=int(maps["signal"].sum()),
+        failed_fraction=float(maps["failed"].sum() / maps["signal"].sum()),
         noise_sigma=phantom.sigma,
         seconds=0.5,
         warnings=["only <2> echoes & a warning"],

@@ -26,7 +26,7 @@ def test_participant_pages(demo_output: Path) -> None:
             "3 T",
             "Siemens Simulated",
             "2 × 2 × 2",
-            "nlls: Levenberg-Marquardt",
+            "nlls: Noise-aware least squares",
             "(from background)",
             '<th scope="row">Compute device</th><td>cpu</td>',
             "fixed window 0–100 ms",
