@@ -9,6 +9,19 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0+unknown"
 
-from t2starmap.fit import FitResult, fit_t2star
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from t2starmap.fit import FitResult, fit_t2star
 
 __all__ = ["FitResult", "__version__", "fit_t2star"]
+
+
+def __getattr__(name: str) -> object:
+    """``fit_t2star`` and ``FitResult`` load torch on first use, not on import: ``t2starmap
+    convert`` and ``--version`` never need it."""
+    if name in ("fit_t2star", "FitResult"):
+        from t2starmap import fit
+
+        return getattr(fit, name)
+    raise AttributeError(f"module 't2starmap' has no attribute {name!r}")

@@ -17,7 +17,6 @@ from typing import NoReturn
 
 from t2starmap import __version__
 from t2starmap.errors import ExitCode, T2StarError, UnknownLevelError, UsageError
-from t2starmap.fit import METHODS
 
 log = logging.getLogger("t2starmap")
 
@@ -56,6 +55,8 @@ def add_logging_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> ArgumentParser:
+    from t2starmap.fit import METHODS  # imports torch: only the fitting levels need it
+
     parser = ArgumentParser(
         prog="t2starmap",
         description="Quantitative T2*, R2* and S0 maps from multi-echo gradient-echo (BIDS "

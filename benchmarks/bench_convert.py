@@ -1,0 +1,104 @@
+"""Time ``t2starmap convert`` on the 180-file GE series and say where the time goes.
+
+    python benchmarks/bench_convert.py [DICOM_DIR] [--repeats N]
+
+DICOM_DIR defaults to ../shared/data/dicom/ge-mr750-kidney-megre; without it a synthetic GE
+series of the same size (256x256x5, 12 echoes, magnitude/real/imaginary) is written first.
+Prints one table: reading headers, deciding, dcm2niix (all calls), renaming/sidecars/moving,
+the whole conversion, and dcm2niix alone on the whole folder for comparison (median of N).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from t2starmap.convert import dcm2niix as d2n
+from t2starmap.convert import workflow
+from t2starmap.convert.scan import scan_dicom_dir
+from t2starmap.convert.series import classify_series, group_series, plan_acquisitions
+
+DEFAULT = Path(__file__).resolve().parents[1].parent / "shared/data/dicom/ge-mr750-kidney-megre"
+
+
+def _synthetic_ge(root: Path) -> Path:
+    from t2starmap.convert.synthetic import write_ge_classic
+    from t2starmap.simulate import make_phantom
+
+    echo_times = tuple(0.0046 + 0.004612 * k for k in range(12))
+    phantom = make_phantom((256, 256, 5), echo_times, with_phase=True, seed=0)
+    write_ge_classic(root, phantom)
+    return root
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dicom_dir", type=Path, nargs="?", default=DEFAULT)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        dicom = args.dicom_dir if args.dicom_dir.is_dir() else _synthetic_ge(Path(tmp) / "ge")
+        n_files = sum(1 for p in dicom.rglob("*") if p.is_file())
+        rows: dict[str, list[float]] = {
+            k: []
+            for k in (
+                "read headers",
+                "decide (pure)",
+                "dcm2niix (all calls)",
+                "rename, sidecars, move",
+                "whole conversion",
+                "dcm2niix alone, whole folder",
+            )
+        }
+        original = workflow.run_dcm2niix
+        spent: list[float] = []
+
+        def timed(*a, **k):  # type: ignore[no-untyped-def]
+            t = time.perf_counter()
+            try:
+                return original(*a, **k)
+            finally:
+                spent.append(time.perf_counter() - t)
+
+        workflow.run_dcm2niix = timed  # type: ignore[assignment]
+        for r in range(args.repeats):
+            t = time.perf_counter()
+            scan = scan_dicom_dir(dicom)
+            t_read = time.perf_counter() - t
+            t = time.perf_counter()
+            plan_acquisitions([classify_series(s) for s in group_series(scan.images)])
+            rows["decide (pure)"].append(time.perf_counter() - t)
+            rows["read headers"].append(t_read)
+            spent.clear()
+            t = time.perf_counter()
+            workflow.convert(dicom, Path(tmp) / f"bids{r}", "01")
+            total = time.perf_counter() - t
+            rows["whole conversion"].append(total)
+            rows["dcm2niix (all calls)"].append(sum(spent))
+            rows["rename, sidecars, move"].append(
+                total - sum(spent) - t_read - rows["decide (pure)"][-1]
+            )
+            out = Path(tmp) / f"raw{r}"
+            out.mkdir()
+            t = time.perf_counter()
+            subprocess.run(
+                [d2n.dcm2niix_command(), *d2n.DCM2NIIX_FLAGS, "-o", str(out), str(dicom)],
+                capture_output=True,
+                check=True,
+            )
+            rows["dcm2niix alone, whole folder"].append(time.perf_counter() - t)
+            shutil.rmtree(Path(tmp) / f"bids{r}")
+        workflow.run_dcm2niix = original
+    print(f"{dicom} ({n_files} files), median of {args.repeats} runs")
+    print(f"{'step':32s} {'seconds':>8s}")
+    for name, values in rows.items():
+        print(f"{name:32s} {statistics.median(values):8.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""``t2starmap convert DICOM_DIR BIDS_DIR --participant-label L``: the command line.
+
+:func:`main` parses, checks the labels and runs :func:`t2starmap.convert.workflow.convert`;
+failures are raised as :mod:`t2starmap.errors` exceptions, which ``t2starmap.cli.main`` turns
+into exit codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from t2starmap.cli import ArgumentParser, add_logging_options, configure_logging
+from t2starmap.convert.bids import check_label
+from t2starmap.errors import ExitCode, UsageError
+
+log = logging.getLogger("t2starmap.convert")
+
+_DESCRIPTION = """\
+Convert the multi-echo gradient-echo (ME-GRE) series in a folder of DICOM files into a BIDS
+dataset (anat/*_echo-<k>_part-<mag|phase|real|imag>_MEGRE.nii.gz), ready for t2starmap.
+Every other series is listed in the log as skipped, with the reason."""
+
+_EPILOG = """\
+Then fit the T2* maps of the result:
+  t2starmap convert DICOM_DIR BIDS_DIR --participant-label 01
+  t2starmap BIDS_DIR OUTPUT_DIR participant --participant-label 01
+run.py and the container take the same arguments, e.g.
+  docker run -v /data:/data t2starmap convert /data/dicom /data/bids --participant-label 01
+  docker run -v /data:/data t2starmap /data/bids /data/out participant
+
+BIDS_DIR is created when absent, or extended when it is a BIDS dataset (a participants.tsv
+row is added once). The DICOM folder is only read. Exit codes: 0 ok, 64 usage error (labels,
+an existing participant without --overwrite), 65 ME-GRE series that cannot be converted,
+66 DICOM folder missing or without ME-GRE series, 73 cannot write BIDS_DIR.
+"""
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="t2starmap convert",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "dicom_dir",
+        type=Path,
+        help="folder of DICOM files (searched recursively; any file names; read only)",
+    )
+    parser.add_argument("bids_dir", type=Path, help="BIDS dataset to create or extend")
+    parser.add_argument(
+        "--participant-label",
+        "--participant_label",
+        required=True,
+        metavar="LABEL",
+        help="participant label, letters and digits ('sub-' optional)",
+    )
+    parser.add_argument(
+        "--session-label",
+        "--session_label",
+        default=None,
+        metavar="LABEL",
+        help="session label, letters and digits ('ses-' optional)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the participant (or session) if it is already there",
+    )
+    add_logging_options(parser)
+    return parser
+
+
+def main(argv: Sequence[str]) -> int:
+    """Run the conversion; return 0, or raise a :class:`t2starmap.errors.T2StarError`."""
+    args = build_parser().parse_args(list(argv))
+    configure_logging(args.verbose, args.quiet)
+    try:
+        subject = check_label(args.participant_label, "participant")
+        session = (
+            check_label(args.session_label, "session") if args.session_label is not None else None
+        )
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    from t2starmap.convert.workflow import convert
+
+    result = convert(args.dicom_dir, args.bids_dir, subject, session, overwrite=args.overwrite)
+    log.info(
+        "converted %d acquisition(s) into %s; next: t2starmap %s OUTPUT_DIR participant "
+        "--participant-label %s",
+        len(result.acquisitions),
+        result.target,
+        args.bids_dir,
+        subject,
+    )
+    return int(ExitCode.OK)
