@@ -20,7 +20,7 @@ demo: $(STAMP)
 	rm -rf demo-output
 	$(VENV)/bin/t2starmap bids_example demo-output participant
 	$(VENV)/bin/t2starmap bids_example demo-output group
-	@echo "Maps are in demo-output/sub-*/[ses-*/]anat/, the group table in demo-output/group_T2starmap.tsv"
+	@echo "Maps: demo-output/sub-*/[ses-*/]anat/; QC pages: demo-output/*.html; group table: demo-output/group_T2starmap.tsv"
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks run.py
