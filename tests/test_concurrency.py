@@ -20,7 +20,7 @@ from pathlib import Path
 import nibabel as nib
 import pytest
 
-from t2starmap.simulate import EXAMPLE_ECHO_TIMES, make_phantom, write_megre
+from t2starmap.simulate import write_bids_example
 from t2starmap.validate import validate_bids
 
 pytestmark = pytest.mark.slow
@@ -38,25 +38,9 @@ MAPS = (
 
 def write_dataset(root: Path, labels: tuple[str, ...], shape: tuple[int, ...]) -> Path:
     """A raw BIDS dataset with one MEGRE echo set per participant."""
-    root.mkdir(parents=True)
-    (root / "dataset_description.json").write_text(
-        json.dumps(
-            {
-                "Name": "concurrency test",
-                "BIDSVersion": "1.10.0",
-                "DatasetType": "raw",
-                "Authors": ["t2starmap tests"],
-            }
-        )
-        + "\n"
+    return write_bids_example(
+        root, dict.fromkeys(labels, (None,)), shape=shape, name="concurrency test"
     )
-    (root / "README").write_text("Synthetic multi-echo GRE data for the concurrency tests.\n")
-    for k, label in enumerate(labels, start=1):
-        write_megre(root, make_phantom(shape, EXAMPLE_ECHO_TIMES, snr=60.0, seed=k), label)
-    (root / "participants.tsv").write_text(
-        "participant_id\n" + "".join(f"sub-{label}\n" for label in labels)
-    )
-    return root
 
 
 def app(bids: Path, out: Path, *args: str) -> list[str]:

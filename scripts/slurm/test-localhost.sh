@@ -132,19 +132,11 @@ sinfo
 step "synthetic dataset: $n_participants participants"
 bids=$state/bids out=$state/out
 "$repo/.venv/bin/python" - "$bids" "$n_participants" <<'PY'
-import json, sys
-from pathlib import Path
-from t2starmap.simulate import EXAMPLE_ECHO_TIMES, make_phantom, write_megre
-root, n = Path(sys.argv[1]), int(sys.argv[2])
-root.mkdir(parents=True)
-(root / "dataset_description.json").write_text(json.dumps(
-    {"Name": "t2starmap SLURM test", "BIDSVersion": "1.10.0", "DatasetType": "raw",
-     "Authors": ["t2starmap simulator"]}, indent=2) + "\n")
-(root / "README").write_text("Synthetic multi-echo GRE data for the SLURM test.\n")
-labels = [f"{k:02d}" for k in range(1, n + 1)]
-for k, label in enumerate(labels, start=1):
-    write_megre(root, make_phantom((24, 24, 6), EXAMPLE_ECHO_TIMES, snr=60.0, seed=100 + k), label)
-(root / "participants.tsv").write_text("participant_id\n" + "".join(f"sub-{l}\n" for l in labels))
+import sys
+from t2starmap.simulate import write_bids_example
+labels = [f"{k:02d}" for k in range(1, int(sys.argv[2]) + 1)]
+write_bids_example(sys.argv[1], dict.fromkeys(labels, (None,)), first_seed=101,
+                   name="t2starmap SLURM test")
 PY
 cat "$bids/participants.tsv"
 

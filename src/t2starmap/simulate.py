@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -185,9 +185,18 @@ def write_megre(
 
 
 def write_bids_example(
-    root: Path, *, shape: Sequence[int] = (24, 24, 6), snr: float = 60.0
-) -> None:
-    """(Re)create the bundled dataset: sub-01 (no session), sub-02 (sessions 1 and 2).
+    root: Path,
+    subjects: Mapping[str, Sequence[str | None]] = EXAMPLE_SUBJECTS,
+    *,
+    shape: Sequence[int] = (24, 24, 6),
+    snr: float = 60.0,
+    first_seed: int = 1,
+    name: str = "t2starmap example: simulated multi-echo GRE",
+) -> Path:
+    """(Re)create a synthetic BIDS dataset: one MEGRE echo set per participant and session
+    (``subjects`` maps labels to session labels, None for no session), seeds counting up from
+    ``first_seed``. The defaults make the bundled example: sub-01 (no session), sub-02
+    (sessions 1 and 2).
 
     The true T2* of each set is kept in ``root/truth/`` which ``.bidsignore`` hides from BIDS.
     """
@@ -200,7 +209,7 @@ def write_bids_example(
     (root / "dataset_description.json").write_text(
         json.dumps(
             {
-                "Name": "t2starmap example: simulated multi-echo GRE",
+                "Name": name,
                 "BIDSVersion": "1.10.0",
                 "DatasetType": "raw",
                 "License": "CC0",
@@ -218,19 +227,20 @@ def write_bids_example(
     )
     (root / ".bidsignore").write_text("truth\n")
     rows = ["participant_id"]
-    seed = 0
-    for subject, sessions in EXAMPLE_SUBJECTS.items():
+    seed = first_seed
+    for subject, sessions in subjects.items():
         rows.append(f"sub-{subject}")
         for session in sessions:
-            seed += 1
             phantom = make_phantom(shape, EXAMPLE_ECHO_TIMES, snr=snr, seed=seed)
+            seed += 1
             write_megre(root, phantom, subject, session)
             truth = root / "truth"
             truth.mkdir(exist_ok=True)
-            name = f"sub-{subject}" + (f"_ses-{session}" if session else "")
+            stem = f"sub-{subject}" + (f"_ses-{session}" if session else "")
             affine = np.diag([2.0, 2.0, 2.0, 1.0])
-            nib.save(nib.Nifti1Image(phantom.t2star, affine), truth / f"{name}_T2star.nii.gz")
+            nib.save(nib.Nifti1Image(phantom.t2star, affine), truth / f"{stem}_T2star.nii.gz")
     (root / "participants.tsv").write_text("\n".join(rows) + "\n")
+    return root
 
 
 def _main(argv: Sequence[str] | None = None) -> None:
