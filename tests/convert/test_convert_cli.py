@@ -222,12 +222,14 @@ def test_help_says_how_to_chain(capsys):
 # --- bad inputs ----------------------------------------------------------------------------
 
 
-def _run_bad(args: list[str], dicom: Path | None, bids: Path, code: int, capsys) -> str:
-    before = checksums(dicom) if dicom is not None and dicom.exists() else None
+def _run_bad(dicom: Path, bids: Path, code: int, capsys, *options: str) -> str:
+    """Run ``convert DICOM BIDS *options``; check the exit code, that neither folder changed and
+    that no temporary folder is left; return stderr."""
+    before = checksums(dicom) if dicom.exists() else None
     bids_before = checksums(bids) if bids.exists() else None
-    assert main(args) == code
+    assert main(["convert", str(dicom), str(bids), *options]) == code
     if before is not None:
-        assert checksums(dicom) == before  # type: ignore[arg-type]
+        assert checksums(dicom) == before
     assert (checksums(bids) if bids.exists() else None) == bids_before
     if bids.parent.exists():
         assert not [p for p in bids.parent.iterdir() if p.name.startswith(".t2starmap")]
@@ -235,38 +237,20 @@ def _run_bad(args: list[str], dicom: Path | None, bids: Path, code: int, capsys)
 
 
 def test_missing_dicom_dir(tmp_path, capsys):
-    err = _run_bad(
-        ["convert", str(tmp_path / "nope"), str(tmp_path / "bids"), "--participant-label", "01"],
-        None,
-        tmp_path / "bids",
-        66,
-        capsys,
-    )
+    err = _run_bad(tmp_path / "nope", tmp_path / "bids", 66, capsys, "--participant-label", "01")
     assert "nope does not exist" in err
 
 
 def test_empty_dicom_dir(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    err = _run_bad(
-        ["convert", str(tmp_path / "empty"), str(tmp_path / "bids"), "--participant-label", "01"],
-        tmp_path / "empty",
-        tmp_path / "bids",
-        66,
-        capsys,
-    )
+    err = _run_bad(tmp_path / "empty", tmp_path / "bids", 66, capsys, "--participant-label", "01")
     assert "is empty" in err
 
 
 def test_folder_without_dicom(tmp_path, capsys):
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "a.dcm").write_bytes(b"not really DICOM")
-    err = _run_bad(
-        ["convert", str(tmp_path / "docs"), str(tmp_path / "bids"), "--participant-label", "01"],
-        tmp_path / "docs",
-        tmp_path / "bids",
-        66,
-        capsys,
-    )
+    err = _run_bad(tmp_path / "docs", tmp_path / "bids", 66, capsys, "--participant-label", "01")
     assert "no readable DICOM image" in err
 
 
@@ -274,65 +258,36 @@ def test_no_megre_series_lists_what_was_found(tmp_path, capsys):
     dicom = tmp_path / "dicom"
     synthetic.write_other_series(dicom, "epi", series_number=5)
     synthetic.write_other_series(dicom, "single_echo", series_number=6)
-    err = _run_bad(
-        ["convert", str(dicom), str(tmp_path / "bids"), "--participant-label", "01"],
-        dicom,
-        tmp_path / "bids",
-        66,
-        capsys,
-    )
+    err = _run_bad(dicom, tmp_path / "bids", 66, capsys, "--participant-label", "01")
     assert "no multi-echo gradient-echo series" in err
     assert "series 5 'epi_series': EPI" in err and "series 6 'single_echo_series'" in err
 
 
 @pytest.mark.parametrize("label", ["../x", "a_b", "01 02", ""])
 def test_bad_labels(tmp_path, siemens_dicom, capsys, label):
-    err = _run_bad(
-        ["convert", str(siemens_dicom), str(tmp_path / "bids"), "--participant-label", label],
-        siemens_dicom,
-        tmp_path / "bids",
-        64,
-        capsys,
-    )
+    err = _run_bad(siemens_dicom, tmp_path / "bids", 64, capsys, "--participant-label", label)
     assert "letters and digits" in err
 
 
 def test_bad_session_label(tmp_path, siemens_dicom, capsys):
     _run_bad(
-        [
-            "convert",
-            str(siemens_dicom),
-            str(tmp_path / "bids"),
-            "--participant-label",
-            "01",
-            "--session-label",
-            "../../etc",
-        ],
         siemens_dicom,
         tmp_path / "bids",
         64,
         capsys,
+        "--participant-label",
+        "01",
+        "--session-label",
+        "../../etc",
     )
 
 
 def test_missing_participant_label_is_a_usage_error(tmp_path, siemens_dicom, capsys):
-    _run_bad(
-        ["convert", str(siemens_dicom), str(tmp_path / "bids")],
-        siemens_dicom,
-        tmp_path / "bids",
-        64,
-        capsys,
-    )
+    _run_bad(siemens_dicom, tmp_path / "bids", 64, capsys)
 
 
 def test_bids_dir_inside_dicom_dir(siemens_dicom, capsys):
-    err = _run_bad(
-        ["convert", str(siemens_dicom), str(siemens_dicom / "bids"), "--participant-label", "01"],
-        siemens_dicom,
-        siemens_dicom / "bids",
-        64,
-        capsys,
-    )
+    err = _run_bad(siemens_dicom, siemens_dicom / "bids", 64, capsys, "--participant-label", "01")
     assert "must not be inside" in err
 
 
@@ -352,13 +307,7 @@ def test_dicom_inside_the_participant_folder_is_refused(tmp_path, tiny_phantom, 
     dicom = bids / "sub-01" / "dicom"
     synthetic.write_siemens_classic(dicom, tiny_phantom)
     bids.joinpath("dataset_description.json").write_text('{"Name": "x", "BIDSVersion": "1.10.0"}')
-    err = _run_bad(
-        ["convert", str(dicom), str(bids), "--participant-label", "01", "--overwrite"],
-        dicom,
-        bids,
-        64,
-        capsys,
-    )
+    err = _run_bad(dicom, bids, 64, capsys, "--participant-label", "01", "--overwrite")
     assert "which would be written" in err
 
 
@@ -366,26 +315,14 @@ def test_existing_non_bids_folder(tmp_path, siemens_dicom, capsys):
     other = tmp_path / "other"
     other.mkdir()
     (other / "thesis.tex").write_text("...")
-    err = _run_bad(
-        ["convert", str(siemens_dicom), str(other), "--participant-label", "01"],
-        siemens_dicom,
-        other,
-        64,
-        capsys,
-    )
+    err = _run_bad(siemens_dicom, other, 64, capsys, "--participant-label", "01")
     assert "no dataset_description.json" in err
 
 
 def test_bids_dir_is_a_file(tmp_path, siemens_dicom, capsys):
     target = tmp_path / "file"
     target.write_text("x")
-    _run_bad(
-        ["convert", str(siemens_dicom), str(target), "--participant-label", "01"],
-        siemens_dicom,
-        target,
-        73,
-        capsys,
-    )
+    _run_bad(siemens_dicom, target, 73, capsys, "--participant-label", "01")
 
 
 def test_corrupt_file_is_named_and_the_rest_converts(tmp_path, tiny_phantom, capsys):
@@ -416,13 +353,7 @@ def test_only_incomplete_series_is_bad_data(tmp_path, tiny_phantom, capsys):
     dicom = tmp_path / "dicom"
     files = synthetic.write_siemens_classic(dicom, tiny_phantom, with_phase=False)
     files[1].unlink()  # echo 1, slice 2: the series lacks a slice
-    err = _run_bad(
-        ["convert", str(dicom), str(tmp_path / "bids"), "--participant-label", "01"],
-        dicom,
-        tmp_path / "bids",
-        65,
-        capsys,
-    )
+    err = _run_bad(dicom, tmp_path / "bids", 65, capsys, "--participant-label", "01")
     assert "no complete multi-echo gradient-echo series" in err
     assert "lacks 1 of 3 slices" in err
 
@@ -433,13 +364,7 @@ def test_dcm2niix_failure_leaves_nothing_behind(tmp_path, siemens_dicom, capsys,
     bids = tmp_path / "bids"
     assert main(["convert", str(siemens_dicom), str(bids), "--participant-label", "01"]) == 0
     monkeypatch.setattr(dcm2niix, "DCM2NIIX_FLAGS", ("--no-such-flag",))
-    err = _run_bad(
-        ["convert", str(siemens_dicom), str(bids), "--participant-label", "02"],
-        siemens_dicom,
-        bids,
-        65,
-        capsys,
-    )
+    err = _run_bad(siemens_dicom, bids, 65, capsys, "--participant-label", "02")
     assert "dcm2niix could not convert series 2" in err
     assert not (bids / "sub-02").exists()
 
@@ -550,13 +475,7 @@ def test_unwritable_bids_parent_is_exit_73(tmp_path, siemens_dicom, capsys, monk
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(workflow.tempfile, "mkdtemp", refuse)
-    err = _run_bad(
-        ["convert", str(siemens_dicom), str(tmp_path / "bids"), "--participant-label", "01"],
-        siemens_dicom,
-        tmp_path / "bids",
-        73,
-        capsys,
-    )
+    err = _run_bad(siemens_dicom, tmp_path / "bids", 73, capsys, "--participant-label", "01")
     assert f"cannot write in {tmp_path}: Permission denied" in err
 
 
@@ -564,13 +483,7 @@ def test_enhanced_file_mixing_magnitude_and_phase_is_refused(tmp_path, tiny_phan
     """A known limit: dcm2niix stacks such frames into one volume; refuse, never mislabel."""
     dicom = tmp_path / "dicom"
     synthetic.write_siemens_enhanced(dicom, tiny_phantom, with_phase_frames=True)
-    err = _run_bad(
-        ["convert", str(dicom), str(tmp_path / "bids"), "--participant-label", "01"],
-        dicom,
-        tmp_path / "bids",
-        65,
-        capsys,
-    )
+    err = _run_bad(dicom, tmp_path / "bids", 65, capsys, "--participant-label", "01")
     assert "series 8 'gre_me_xa': ME-GRE, 3 echoes (4, 10, 16 ms), mag/phase" in err
     assert "dcm2niix wrote 6 slices for one echo of series 8 'gre_me_xa' (mag)" in err
 
