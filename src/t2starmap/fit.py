@@ -364,13 +364,21 @@ def _kernel_loglin(
     return _derive_loglinear(y, te, s0n * scale, r2, w, usable, sigma)
 
 
+def _weighted_loglinear(
+    yn: torch.Tensor, positive: torch.Tensor, te: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ``wls`` fit, also the start of the iterative fits: log-linear with weights S^2
+    (positive samples only). Returns (S0, R2*, weights) in ``yn``'s scale."""
+    w = positive.to(yn.dtype) * yn * yn
+    s0n, r2 = _loglinear(yn, te, w)
+    return s0n, r2, w
+
+
 def _kernel_wls(
     y: torch.Tensor, te: torch.Tensor, sigma: torch.Tensor, early_exit: bool = False
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     y, positive, usable, scale = _prepare(y, te)
-    yn = y / scale
-    w = positive.to(y.dtype) * yn * yn
-    s0n, r2 = _loglinear(yn, te, w)
+    s0n, r2, w = _weighted_loglinear(y / scale, positive, te)
     return _derive_loglinear(y, te, s0n * scale, r2, w, usable, sigma)
 
 
@@ -379,7 +387,7 @@ def _kernel_gaussian(
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     y, positive, usable, scale = _prepare(y, te)
     yn = y / scale
-    s0n, r2 = _loglinear(yn, te, positive.to(y.dtype) * yn * yn)
+    s0n, r2, _ = _weighted_loglinear(yn, positive, te)
     s0n, r2, converged = _levenberg_marquardt(yn, te, s0n, r2, None, early_exit)
     return _derive_gaussian(y, te, s0n * scale, r2, usable, converged, sigma)
 
@@ -390,7 +398,7 @@ def _kernel_rician(
     """Noise-aware fit: IRLS of M^2 - 2 sigma^2 against P exp(-2 TE R2*), P = S0^2."""
     y, positive, usable, scale = _prepare(y, te)
     yn = y / scale
-    s0n, r2 = _loglinear(yn, te, positive.to(y.dtype) * yn * yn)
+    s0n, r2, _ = _weighted_loglinear(yn, positive, te)
     sn2 = (sigma / scale) ** 2  # (n,) noise variance in scaled units
     z = yn * yn - 2.0 * sn2
     p, r2, converged = _levenberg_marquardt(z, 2.0 * te, s0n * s0n, r2, sn2, early_exit)
