@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 import t2starmap
-from t2starmap.fit import COMPILE_MIN_VOXELS, T2STAR_MAX, T2STAR_MIN, fit_t2star
+from t2starmap.fit import T2STAR_MAX, T2STAR_MIN, fit_t2star
 from t2starmap.simulate import add_rician_noise, decay
 
 HERE = Path(__file__).resolve().parent
@@ -279,39 +279,31 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
 
-    compile_seconds: dict[str, float] = {}
+    first_seconds: dict[str, float] = {}
 
     def t2starmap_row(label: str, note: str = "", **kwargs: Any) -> Row:
-        # The first call compiles the kernel (once per process; torch also caches it on disk):
-        # timed separately, so the rows show the warm speed.
+        # The first call is timed on its own (the process's first torch work warms it up).
         start = time.perf_counter()
         fit_t2star(signal, TE, **kwargs)
-        compile_seconds[label] = time.perf_counter() - start
+        first_seconds[label] = time.perf_counter() - start
         seconds, result = best_of(args.repeats, lambda: fit_t2star(signal, TE, **kwargs))
         assert isinstance(result, t2starmap.FitResult)
         t2 = result.t2star.reshape(-1).numpy()
         failed = result.failed.reshape(-1).numpy()
         row = Row(label, seconds, n_volume, rel_errors(t2, flat_truth), float(failed.mean()), note)
-        print(f"{label}: {seconds:.3f} s (first call {compile_seconds[label]:.1f} s)", flush=True)
+        print(f"{label}: {seconds:.3f} s (first call {first_seconds[label]:.2f} s)", flush=True)
         return row
 
-    default = t2starmap_row(
-        "t2starmap default (nlls, Rician), compiled", noise_sigma=SIGMA, compile=True
-    )
+    default = t2starmap_row("t2starmap default (nlls, Rician)", noise_sigma=SIGMA)
     rows.append(default)
-    rows.append(
-        t2starmap_row("t2starmap default (nlls, Rician), eager", noise_sigma=SIGMA, compile=False)
-    )
-    rows.append(t2starmap_row("t2starmap nlls-gaussian", method="nlls-gaussian", compile=True))
-    rows.append(t2starmap_row("t2starmap wls", method="wls", compile=True))
-    rows.append(t2starmap_row("t2starmap loglin", method="loglin", compile=True))
-    rows.append(t2starmap_row("t2starmap arlo", method="arlo", compile=True))
+    rows.append(t2starmap_row("t2starmap nlls-gaussian", method="nlls-gaussian"))
+    rows.append(t2starmap_row("t2starmap wls", method="wls"))
+    rows.append(t2starmap_row("t2starmap loglin", method="loglin"))
+    rows.append(t2starmap_row("t2starmap arlo", method="arlo"))
     notes.append(
-        "First call of each t2starmap row, compilation included (torch.compile, once per "
-        "process and shape; torch caches it on disk, so a second process is quicker): "
-        + ", ".join(f"{k.removeprefix('t2starmap ')} {v:.1f} s" for k, v in compile_seconds.items())
-        + f". Without compile=True, only inputs of {COMPILE_MIN_VOXELS:,} voxels or more are "
-        "compiled (a cold cache costs 20-35 s here): this volume runs the eager row."
+        "First call of each t2starmap row (no compilation: every row runs eager torch): "
+        + ", ".join(f"{k.removeprefix('t2starmap ')} {v:.2f} s" for k, v in first_seconds.items())
+        + "."
     )
     notes.append(
         f"Default fit / one plain log-linear pass: {default.seconds / ref_seconds:.2f}x "

@@ -325,67 +325,35 @@ def test_resolve_device() -> None:
             resolve_device("cuda")
 
 
-# --- compiled kernel -------------------------------------------------------------------------
+# --- Levenberg-Marquardt: the voxels still iterating are gathered -------------------------
 
 
-def test_compile_failure_falls_back_to_eager(monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(*_: object, **__: object) -> object:
-        raise RuntimeError("no compiler here")
+def test_voxels_still_iterating_are_gathered_without_changing_results(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Once most voxels of a chunk have converged, LM goes on with the rest only; each voxel's
+    result is still what it gets when fitted on its own."""
+    sizes: list[int] = []
+    original = fit_module._lm_point
 
-    monkeypatch.setattr(torch, "compile", broken)
-    monkeypatch.setattr(fit_module, "_COMPILED", {})
-    ph = make_phantom((8, 8, 2), seed=9)
-    forced = fit_t2star(ph.magnitude, ph.echo_times, noise_sigma=ph.sigma, compile=True)
-    plain = fit_t2star(ph.magnitude, ph.echo_times, noise_sigma=ph.sigma, compile=False)
-    torch.testing.assert_close(forced.t2star, plain.t2star)
+    def recording(neg_z: torch.Tensor, *args: object) -> object:
+        sizes.append(neg_z.shape[1])
+        return original(neg_z, *args)  # type: ignore[arg-type]
 
-
-def test_compiled_kernel_failing_at_first_call_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Compilation that fails when first run (e.g. no C compiler) is tried once, then eager."""
-    calls = []
-
-    def failing_kernel(*_: object, **__: object) -> object:
-        calls.append(1)
-        raise RuntimeError("inductor: no working C compiler")
-
-    monkeypatch.setattr(torch, "compile", lambda *a, **k: failing_kernel)
-    monkeypatch.setattr(fit_module, "_COMPILED", {})
-    ph = make_phantom((8, 8, 2), seed=9)
-    forced = fit_t2star(
-        ph.magnitude, ph.echo_times, noise_sigma=ph.sigma, compile=True, chunk_size=16
-    )
-    plain = fit_t2star(
-        ph.magnitude, ph.echo_times, noise_sigma=ph.sigma, compile=False, chunk_size=16
-    )
-    torch.testing.assert_close(forced.t2star, plain.t2star)
-    assert len(calls) == 1
-
-
-def test_small_inputs_are_not_compiled(monkeypatch: pytest.MonkeyPatch) -> None:
-    def forbidden(*_: object, **__: object) -> object:
-        raise AssertionError("a small input must not wait for compilation")
-
-    monkeypatch.setattr(fit_module, "_compiled", forbidden)
-    ph = make_phantom((8, 8, 2), seed=9)
-    fit_t2star(ph.magnitude, ph.echo_times, noise_sigma=ph.sigma)
-
-
-@pytest.mark.slow
-# torch.compile's own import path raises a DeprecationWarning (torch.jit.script_method) that
-# this suite's warnings-as-errors would turn into a compile failure, i.e. the eager fallback.
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")
-def test_compiled_kernel_matches_eager() -> None:
-    """The fused (torch.compile) kernel gives the eager results, padding included."""
-    ph = make_phantom((20, 20, 5), seed=10)
-    compiled = fit_t2star(
-        ph.magnitude, ph.echo_times, noise_sigma=ph.sigma, compile=True, chunk_size=1500
-    )
-    # It really ran compiled here (this machine has a C compiler), not the fallback.
-    assert fit_module._COMPILED[("rician", "cpu")] is not None
-    eager = fit_t2star(ph.magnitude, ph.echo_times, noise_sigma=ph.sigma, compile=False)
-    inside = torch.from_numpy(ph.mask)
-    torch.testing.assert_close(compiled.t2star[inside], eager.t2star[inside], rtol=2e-3, atol=0)
-    assert torch.equal(compiled.failed[inside], eager.failed[inside])
+    monkeypatch.setattr(fit_module, "_lm_point", recording)
+    rng = np.random.default_rng(4)
+    truth = np.exp(rng.uniform(np.log(0.004), np.log(0.15), 400))
+    signal, _ = add_rician_noise(decay(np.full(truth.shape, 1000.0), truth, TE_11), 60.0, rng)
+    together = fit_t2star(signal, TE_11, noise_sigma=60.0)
+    assert sizes[0] == truth.size and min(sizes) < truth.size // 2, sizes
+    sizes.clear()
+    alone = [fit_t2star(signal[k : k + 1], TE_11, noise_sigma=60.0) for k in range(0, 400, 7)]
+    assert max(sizes) == 1
+    for name in MAPS:
+        expected = np.concatenate([getattr(r, name).numpy() for r in alone])
+        got = getattr(together, name).numpy()[::7]
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=0, err_msg=name)
+    assert together.failed.numpy()[::7].tolist() == [bool(r.failed[0]) for r in alone]
 
 
 # --- GPU -------------------------------------------------------------------------------------

@@ -38,17 +38,17 @@ with Var(M^2) = 4 sigma^2 (A^2 + sigma^2) for the noise-aware fit; the sandwich 
 Var(log S) = sigma^2 / A^2 for ``loglin`` and ``wls``. T2* by the delta method,
 se(T2*) = se(R2*) T2*^2.
 
-Very large inputs on the CPU (``COMPILE_MIN_VOXELS`` voxels and more), or ``compile=True``, run
-a ``torch.compile``d copy of the per-chunk kernel (one fused loop nest; the iterative fits stop
-after ``_LM_FIXED_ITER`` steps there and refit their few unconverged voxels eagerly, all
-together); other inputs, and any platform where compiling fails, run the same functions
-eagerly. Compiling takes 20-35 s once per process with a cold torch cache (~3 s warm), so it
-pays off only on very large volumes or when one process fits many.
+Speed (eager torch, no compilation step, so the first participant never waits for one): the
+kernels are memory-bound loops over a chunk's echo-by-voxel arrays, so they keep the number of
+passes over those arrays low. LM carries its per-voxel state in one tensor, stops each voxel
+on its own, takes a step too small to matter without evaluating it, and once half the voxels
+of a chunk have stopped it goes on with the rest only. Per-voxel flags are float 0/1 tensors:
+torch's bool tensors are not vectorised on the CPU. Measured in ``benchmarks/bench_fit.py``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,22 +65,14 @@ SPACING_RTOL = 1e-3
 METHODS = ("nlls", "nlls-gaussian", "wls", "loglin", "arlo")
 DEFAULT_METHOD = "nlls"
 
-#: Voxels per chunk of the eager kernels: small enough that a chunk's echo-by-voxel
-#: intermediates stay in the CPU caches (192x192x64x11 default fit, 2 threads, one run:
-#: 2^14 1.32 s, 2^15 1.05-1.22 s, 2^16 1.32-1.39 s).
+#: Voxels per chunk: the echo-by-voxel temporaries of a chunk then stay in the CPU caches
+#: (192x192x64x11 default fit, 2 threads, one run each: 2^13 0.69-0.73 s, 2^14 0.51-0.62 s,
+#: 2^15 0.49-0.51 s, 2^16 0.61-0.80 s, 2^17 0.86-1.10 s).
 DEFAULT_CHUNK = 1 << 15
-#: Chunk of the compiled kernel: its echo-by-voxel intermediates then stay in the CPU caches
-#: (192x192x64x11 default fit, 2 threads: 0.37 s at 2^13-2^14 voxels, 0.51 s at 2^16).
-COMPILED_CHUNK = 1 << 14
-#: Voxels (inside the mask) from which ``compile=None`` uses the compiled kernel. Compiling
-#: costs ~20-35 s with a cold torch cache and ~3 s with a warm one on a 2-core CPU, and saves
-#: ~0.3 us a voxel (192x192x64x11: 1.1 s eager, 0.4 s compiled): it pays off only on volumes of
-#: tens of millions of voxels, or when one process fits many volumes (pass compile=True).
-COMPILE_MIN_VOXELS = 1 << 24
 _LM_MAX_ITER = 10
-#: Iterations of the compiled kernel; the voxels it leaves unconverged are fitted again eagerly.
-_LM_FIXED_ITER = 4
 _LM_TOL = 5e-4
+#: Largest R2* (1/s) an LM step may reach; the reported maps clamp at 1/T2STAR_MIN.
+_R2_MAX = 10.0 / T2STAR_MIN
 
 
 @dataclass(frozen=True)
@@ -183,7 +175,6 @@ def fit_t2star(
     noise_sigma: float | None = None,
     dtype: torch.dtype = torch.float32,
     chunk_size: int = DEFAULT_CHUNK,
-    compile: bool | None = None,
 ) -> FitResult:
     """Fit S0 and R2* in every voxel of ``signal`` (shape (..., n_echoes), echoes LAST).
 
@@ -191,9 +182,7 @@ def fit_t2star(
     voxels to fit; default all. ``device``: see :func:`resolve_device`. ``noise_sigma``: the
     noise standard deviation of each real/imaginary channel, in signal units; it makes the
     default fit noise-aware and sets the standard errors. ``dtype``: compute precision
-    (float32 default; float64 for reference computations). ``compile``: use the compiled
-    kernel (None: on the CPU from ``COMPILE_MIN_VOXELS`` voxels, falling back to eager if
-    compiling fails).
+    (float32 default; float64 for reference computations).
     """
     if method not in METHODS:
         raise ValueError(f"unknown fit method {method!r}; choose one of {', '.join(METHODS)}")
@@ -212,7 +201,7 @@ def fit_t2star(
     order = np.argsort(te_np, kind="stable")
     if method == "arlo":
         check_even_spacing(te_np[order])
-    kernel = _kernel_name(method, noise_sigma)
+    kernel = _KERNELS[_kernel_name(method, noise_sigma)]
     spatial = tuple(data.shape[:-1])
     flat = data.reshape(-1, te_np.size)
     n_vox = flat.shape[0]
@@ -223,61 +212,35 @@ def fit_t2star(
         if tuple(m.shape) != spatial:
             raise ValueError(f"mask shape {tuple(m.shape)} does not match signal {spatial}")
         inside = m.reshape(-1)
-    te = torch.as_tensor(te_np[order], dtype=dtype, device=dev)[:, None]
-    sigma = torch.tensor(-1.0 if noise_sigma is None else noise_sigma, dtype=dtype, device=dev)
+    echoes = _Echoes(
+        te=torch.as_tensor(te_np[order], dtype=dtype, device=dev)[:, None],
+        distinct=bool(np.unique(te_np).size == te_np.size),
+    )
     all_inside = bool(inside.all())
     # Without a mask no index list is made: it would cost 8 bytes a voxel.
     index = torch.empty(0, dtype=torch.long) if all_inside else torch.nonzero(inside).reshape(-1)
     n_fit = n_vox if all_inside else index.numel()
-    sorted_already = bool(np.all(order == np.arange(te_np.size)))
+    perm = None if np.all(order == np.arange(te_np.size)) else torch.as_tensor(order)
 
-    if compile is None:
-        compile = dev.type == "cpu" and n_fit >= COMPILE_MIN_VOXELS
-    use_compile = compile
-    run = _compiled(kernel, dev) if use_compile else None
-    # The compiled kernel has static shapes: pad every chunk to one size.
-    step = min(chunk_size, COMPILED_CHUNK if run is not None else chunk_size, max(n_fit, 1))
-
-    names = ("t2star", "r2star", "s0", "rmse", "t2star_se", "r2star_se", "s0_se")
-    out = {k: torch.zeros(n_vox, dtype=dtype, device=dev) for k in names}
+    out = {k: torch.zeros(n_vox, dtype=dtype, device=dev) for k in _MAPS}
     failed = torch.zeros(n_vox, dtype=torch.bool, device=dev)
-    perm = None if sorted_already else torch.as_tensor(order, device=flat.device)
-
-    def echo_major(rows: torch.Tensor) -> torch.Tensor:
-        """(n, E) rows of the input -> (E, n) on the device, echoes ascending."""
-        if perm is not None:
-            rows = rows[:, perm]
-        return rows.to(device=dev, dtype=dtype).t().contiguous()
-
-    def store(sel: slice | torch.Tensor, maps: dict[str, torch.Tensor], bad: torch.Tensor) -> None:
-        n = bad.numel() if isinstance(sel, torch.Tensor) else sel.stop - sel.start
-        for k in names:
-            out[k][sel] = maps[k][:n]
-        failed[sel] = bad[:n]
-
-    for start in range(0, n_fit, step):
-        stop = min(start + step, n_fit)
+    for start in range(0, n_fit, chunk_size):
+        stop = min(start + chunk_size, n_fit)
         if all_inside:
             sel: slice | torch.Tensor = slice(start, stop)
-            y = echo_major(flat[start:stop])
+            rows = flat[start:stop]
         else:
-            sel = index[start:stop].to(dev)
-            y = echo_major(flat[index[start:stop].to(flat.device)])
-        n = stop - start
-        if run is not None and n < step:
-            y = torch.cat([y, y.new_zeros(y.shape[0], step - n)], dim=1)
-        store(sel, *_run_kernel(run, kernel, y, te, sigma))
-        if run is not None and _COMPILED.get((kernel, dev.type)) is None:
-            run = None  # compiling failed: the rest runs eagerly, without retrying
-    if run is not None and kernel in ("gaussian", "rician"):
-        # The compiled iterative kernels stop after _LM_FIXED_ITER steps: the few voxels they
-        # leave flagged are fitted again, all together, by the eager kernel (up to
-        # _LM_MAX_ITER steps, stopping once all converge).
-        redo = torch.nonzero(failed).reshape(-1)
-        for start in range(0, redo.numel(), chunk_size):
-            sel = redo[start : start + chunk_size]
-            y = echo_major(flat[sel.to(flat.device)])
-            store(sel, *_KERNEL_FUNCS[kernel](y, te, sigma, early_exit=True))
+            sel = index[start:stop]
+            rows = flat[sel.to(flat.device)]
+            sel = sel.to(dev)
+        if perm is not None:
+            rows = rows[:, perm.to(rows.device)]
+        # Echo-major (E, n): every sum over echoes is then a vectorised add across voxels.
+        y = rows.to(device=dev, dtype=dtype).t().contiguous()
+        maps, bad = kernel(y, echoes, noise_sigma)
+        for k in _MAPS:
+            out[k][sel] = maps[k]
+        failed[sel] = bad > 0.5
     return FitResult(
         **{k: v.reshape(spatial) for k, v in out.items()},
         failed=failed.reshape(spatial),
@@ -285,7 +248,7 @@ def fit_t2star(
         method=method,
         device=str(dev),
         noise_sigma=noise_sigma,
-        noise_model="rician" if kernel == "rician" else "gaussian",
+        noise_model="rician" if kernel is _kernel_rician else "gaussian",
     )
 
 
@@ -297,167 +260,61 @@ def _kernel_name(method: str, noise_sigma: float | None) -> str:
     return method
 
 
-_Kernel = Callable[..., tuple[dict[str, torch.Tensor], torch.Tensor]]
-_COMPILED: dict[tuple[str, str], _Kernel | None] = {}
-
-
-def _compiled(kernel: str, dev: torch.device) -> _Kernel | None:
-    """The compiled per-chunk kernel for ``kernel`` on ``dev``'s type, or None where
-    ``torch.compile`` is unavailable. Compiled once per process (and cached on disk by torch)."""
-    key = (kernel, dev.type)
-    if key not in _COMPILED:
-        try:
-            _COMPILED[key] = torch.compile(
-                _KERNEL_FUNCS[kernel],
-                dynamic=False,
-                fullgraph=True,
-                options={"unroll_reductions_threshold": 64},
-            )
-        except Exception:  # any failure means: run eagerly
-            _COMPILED[key] = None
-    return _COMPILED[key]
-
-
-def _run_kernel(
-    run: _Kernel | None, kernel: str, y: torch.Tensor, te: torch.Tensor, sigma: torch.Tensor
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """One chunk through the compiled kernel when there is one, else the eager kernel."""
-    if run is not None:
-        try:
-            return run(y, te, sigma)
-        except Exception:
-            # Compilation can fail at first call (no C compiler, unsupported platform):
-            # remember that and run the plain kernel from now on.
-            for key in [k for k, v in _COMPILED.items() if v is run]:
-                _COMPILED[key] = None
-    return _KERNEL_FUNCS[kernel](y, te, sigma, early_exit=True)
-
-
 # --- the per-chunk kernels ---------------------------------------------------------------------
-# Each takes y (E, n), echo-major with echoes ascending (NaN allowed), te (E, 1), sigma (0-d;
-# <= 0: unknown) and returns the maps (n,) and the failed flags (n,). Echo-major, so that every
-# sum over echoes is a vectorised add across voxels. No data-dependent Python control flow
-# unless early_exit is set, so torch.compile can trace them whole.
+# Each takes y (E, n), echo-major with echoes ascending (NaN allowed), the echo times, the noise
+# level (None: unknown), and returns the maps (n,) and the failed flags (n,).
+#
+# Work is in units of each voxel's largest sample (``scale``), which keeps squared signals well
+# inside float32 whatever the input units. Per-voxel flags are float tensors of 0s and 1s,
+# combined by multiplication and applied with torch.lerp: on the CPU, torch's bool tensors are
+# not vectorised (a torch.where on a bool mask costs about 20 multiplications), and these
+# kernels are memory-bound loops over a few hundred thousand numbers.
+
+_MAPS = ("t2star", "r2star", "s0", "rmse", "t2star_se", "r2star_se", "s0_se")
+_Maps = tuple[dict[str, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class _Echoes:
+    """Echo times on the compute device: ``te`` (E, 1) ascending, in s; ``distinct``: no two
+    equal, so "two positive samples at different echo times" is a count."""
+
+    te: torch.Tensor
+    distinct: bool
+
+
+def _lt(a: torch.Tensor, b: torch.Tensor | float) -> torch.Tensor:
+    """1.0 where a < b, else 0.0 (NaN: 0.0), in a's dtype."""
+    return torch.lt(a, b, out=torch.empty_like(a))
+
+
+def _gt(a: torch.Tensor, b: torch.Tensor | float) -> torch.Tensor:
+    """1.0 where a > b, else 0.0 (NaN: 0.0), in a's dtype."""
+    return torch.gt(a, b, out=torch.empty_like(a))
+
+
+def _finite(a: torch.Tensor) -> torch.Tensor:
+    """1.0 where a is finite, else 0.0 (a - a is NaN exactly at NaN and +-inf)."""
+    return torch.eq(a - a, 0.0, out=torch.empty_like(a))
 
 
 def _prepare(
-    y: torch.Tensor, te: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Clean the chunk: (y with non-finite samples set to 0, positive mask, usable, scale).
-
-    scale (n,) is each voxel's largest sample: the fits work on y / scale, which keeps squared
-    signals well inside float32 whatever the input units."""
-    finite = torch.isfinite(y).all(dim=0)
-    y = torch.where(torch.isfinite(y), y, torch.zeros((), dtype=y.dtype, device=y.device))
-    positive = y > 0
-    usable = finite & _distinct_positive_echoes(positive, te)
-    scale = y.amax(dim=0).clamp_min(torch.finfo(y.dtype).tiny)
-    return y, positive, usable, scale
-
-
-def _kernel_loglin(
-    y: torch.Tensor, te: torch.Tensor, sigma: torch.Tensor, early_exit: bool = False
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    y, positive, usable, scale = _prepare(y, te)
-    w = positive.to(y.dtype)
-    s0n, r2 = _loglinear(y / scale, te, w)
-    return _derive_loglinear(y, te, s0n * scale, r2, w, usable, sigma)
-
-
-def _weighted_loglinear(
-    yn: torch.Tensor, positive: torch.Tensor, te: torch.Tensor
+    y: torch.Tensor, echoes: _Echoes, floor: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The ``wls`` fit, also the start of the iterative fits: log-linear with weights S^2
-    (positive samples only). Returns (S0, R2*, weights) in ``yn``'s scale."""
-    w = positive.to(yn.dtype) * yn * yn
-    s0n, r2 = _loglinear(yn, te, w)
-    return s0n, r2, w
+    """Clean the chunk: (yn = y / scale with non-finite samples set to 0, usable, scale).
 
-
-def _kernel_wls(
-    y: torch.Tensor, te: torch.Tensor, sigma: torch.Tensor, early_exit: bool = False
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    y, positive, usable, scale = _prepare(y, te)
-    s0n, r2, w = _weighted_loglinear(y / scale, positive, te)
-    return _derive_loglinear(y, te, s0n * scale, r2, w, usable, sigma)
-
-
-def _kernel_gaussian(
-    y: torch.Tensor, te: torch.Tensor, sigma: torch.Tensor, early_exit: bool = False
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    y, positive, usable, scale = _prepare(y, te)
-    yn = y / scale
-    s0n, r2, _ = _weighted_loglinear(yn, positive, te)
-    s0n, r2, converged = _levenberg_marquardt(yn, te, s0n, r2, None, early_exit)
-    return _derive_gaussian(y, te, s0n * scale, r2, usable, converged, sigma)
-
-
-def _kernel_rician(
-    y: torch.Tensor, te: torch.Tensor, sigma: torch.Tensor, early_exit: bool = False
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Noise-aware fit: IRLS of M^2 - 2 sigma^2 against P exp(-2 TE R2*), P = S0^2."""
-    y, positive, usable, scale = _prepare(y, te)
-    yn = y / scale
-    s0n, r2, _ = _weighted_loglinear(yn, positive, te)
-    sn2 = (sigma / scale) ** 2  # (n,) noise variance in scaled units
-    z = yn * yn - 2.0 * sn2
-    p, r2, converged = _levenberg_marquardt(z, 2.0 * te, s0n * s0n, r2, sn2, early_exit)
-    s0 = torch.sqrt(p.clamp_min(0.0)) * scale
-    s0 = torch.where(p > 0, s0, -torch.ones_like(s0))  # non-positive P: flagged by _derive
-    # Generalised least-squares covariance of (P, R2*) for Var(M^2) = 4 s^2 (A^2 + s^2).
-    # One exponential serves it and _derive (at the clamped rate: differs only where flagged).
-    e = torch.exp(-te * _reported_rate(r2))
-    f = e * e
-    a2 = (p * f).clamp_min(0.0)
-    w = 1.0 / (4.0 * sn2 * (a2 + sn2))
-    dp = f
-    dr = -2.0 * te * a2
-    fpp = (w * dp * dp).sum(0)
-    fpr = (w * dp * dr).sum(0)
-    frr = (w * dr * dr).sum(0)
-    det = fpp * frr - fpr * fpr
-    ok = det > 0
-    safe = torch.where(ok, det, torch.ones_like(det))
-    r2_var = torch.where(ok, fpp / safe, torch.zeros_like(det))
-    p_var = torch.where(ok, frr / safe, torch.zeros_like(det))
-    s0n = torch.sqrt(p.clamp_min(0.0))
-    s0_se = torch.sqrt(p_var.clamp_min(0.0)) / (2.0 * s0n.clamp_min(1e-30)) * scale
-    r2_se = torch.sqrt(r2_var.clamp_min(0.0))
-    # The magnitude this model predicts, sqrt(A^2 + 2 sigma^2): what the fit matched (so two
-    # echoes still fit exactly) and, at any SNR, the RMS of a Rician magnitude.
-    a = s0.clamp_min(0.0) * e
-    predicted = torch.sqrt(a * a + 2.0 * sigma * sigma)
-    return _derive(y, te, s0, r2, usable, converged, r2_se, s0_se, e, predicted)
-
-
-def _kernel_arlo(
-    y: torch.Tensor, te: torch.Tensor, sigma: torch.Tensor, early_exit: bool = False
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """ARLO (Pei et al. 2015, with the erratum's formula), echoes evenly spaced (checked)."""
-    y, _, usable, scale = _prepare(y, te)
-    yn = y / scale
-    dt = (te[-1] - te[0]) / (te.numel() - 1)
-    s = dt / 3.0 * (yn[:-2] + 4.0 * yn[1:-1] + yn[2:])
-    d = yn[:-2] - yn[2:]
-    ss = (s * s).sum(0)
-    sd = (s * d).sum(0)
-    dd = (d * d).sum(0)
-    num = ss + dt / 3.0 * sd  # T2* = num / den; R2* = den / num
-    den = dt / 3.0 * dd + sd
-    ok = num > 0
-    r2 = torch.where(ok, den / torch.where(ok, num, torch.ones_like(num)), torch.full_like(num, -1))
-    e = torch.exp(-te * r2.clamp_min(0.0))
-    s0n = (yn * e).sum(0) / (e * e).sum(0).clamp_min(torch.finfo(y.dtype).tiny)
-    return _derive_gaussian(y, te, s0n * scale, r2, usable, torch.ones_like(usable), sigma)
-
-
-_KERNEL_FUNCS: dict[str, _Kernel] = {
-    "loglin": _kernel_loglin,
-    "wls": _kernel_wls,
-    "gaussian": _kernel_gaussian,
-    "rician": _kernel_rician,
-    "arlo": _kernel_arlo,
-}
+    usable (n,): all samples finite and at least two positive ones at different echo times.
+    scale (n,): the voxel's largest |sample|, at least ``floor`` (the noise level, when known:
+    the noise then never exceeds 1 in these units)."""
+    total = y.sum(0)
+    y = torch.nan_to_num(y, nan=0.0, posinf=0.0, neginf=0.0)
+    if echoes.distinct:
+        enough = _gt(_gt(y, 0.0).sum(0), 1.5)
+    else:
+        enough = _distinct_positive_echoes(y > 0, echoes.te).to(y.dtype)
+    usable = _finite(total) * enough
+    scale = y.abs().amax(dim=0).clamp_min(max(floor, torch.finfo(y.dtype).tiny))
+    return y / scale, usable, scale
 
 
 def _distinct_positive_echoes(positive: torch.Tensor, te: torch.Tensor) -> torch.Tensor:
@@ -468,27 +325,155 @@ def _distinct_positive_echoes(positive: torch.Tensor, te: torch.Tensor) -> torch
     return te_pos_max > te_pos_min
 
 
+def _kernel_loglin(y: torch.Tensor, echoes: _Echoes, sigma: float | None) -> _Maps:
+    yn, usable, scale = _prepare(y, echoes, 0.0)
+    w = _gt(yn, 0.0)
+    s0n, r2 = _loglinear(yn, echoes.te, w)
+    return _derive_loglinear(yn, echoes.te, s0n, r2, w, usable, scale, sigma)
+
+
+def _kernel_wls(y: torch.Tensor, echoes: _Echoes, sigma: float | None) -> _Maps:
+    yn, usable, scale = _prepare(y, echoes, 0.0)
+    w = _signal_weights(yn)
+    s0n, r2 = _loglinear(yn, echoes.te, w)
+    return _derive_loglinear(yn, echoes.te, s0n, r2, w, usable, scale, sigma)
+
+
+def _signal_weights(yn: torch.Tensor) -> torch.Tensor:
+    """The ``wls`` weights, S^2 for positive samples, 0 for the others. (E, n)"""
+    positive = yn.clamp_min(0.0)
+    return positive * positive
+
+
+def _kernel_gaussian(y: torch.Tensor, echoes: _Echoes, sigma: float | None) -> _Maps:
+    yn, usable, scale = _prepare(y, echoes, 0.0)
+    te = echoes.te
+    s0n, r2 = _loglinear(yn, te, _signal_weights(yn))
+    fit = _levenberg_marquardt(yn, te, s0n, r2, None)
+    # Standard errors: var * (J^T J)^-1 at the solution; J^T J is what LM formed there.
+    var = _noise_variance(sigma, scale, fit.cost, yn.shape[0])
+    r2_se, s0_se = _inverse_diagonal_sqrt(fit.a11, fit.a12, fit.a22, var)
+    rmse = torch.sqrt(fit.cost / yn.shape[0])
+    return _derive(fit.p, fit.r2, scale, usable, fit.converged, r2_se, s0_se, rmse)
+
+
+def _kernel_rician(y: torch.Tensor, echoes: _Echoes, sigma: float | None) -> _Maps:
+    """Noise-aware fit: IRLS of M^2 - 2 sigma^2 against P exp(-2 TE R2*), P = S0^2."""
+    assert sigma is not None
+    yn, usable, scale = _prepare(y, echoes, sigma)
+    te = echoes.te
+    s0n, r2 = _loglinear(yn, te, _signal_weights(yn))
+    sn2 = (sigma / scale) ** 2  # (n,) noise variance in these units, <= 1 (scale >= sigma)
+    z = torch.addcmul(-2.0 * sn2, yn, yn)
+    fit = _levenberg_marquardt(z, 2.0 * te, s0n * s0n, r2, sn2)
+    # Generalised least-squares covariance of (P, R2*) for Var(M^2) = 4 s^2 (A^2 + s^2): LM's
+    # weights are 1 / (A^2 + s^2), so it is 4 s^2 times the inverse of what LM formed there.
+    r2_se, p_se = _inverse_diagonal_sqrt(fit.a11, fit.a12, fit.a22, 4.0 * sn2)
+    p = fit.p
+    s0n = torch.sqrt(p.clamp_min(0.0))
+    s0_se = p_se / (2.0 * s0n.clamp_min(1e-30))
+    # The magnitude this model predicts, sqrt(A^2 + 2 sigma^2): what the fit matched (so two
+    # echoes still fit exactly) and, at any SNR, the RMS of a Rician magnitude.
+    a2 = torch.exp(-2.0 * te * _reported_rate(fit.r2)) * p.clamp_min(0.0)
+    resid = torch.sqrt(a2 + 2.0 * sn2) - yn
+    rmse = torch.sqrt((resid * resid).mean(dim=0))
+    # A non-positive P leaves S0 = 0, which _derive flags.
+    return _derive(s0n, fit.r2, scale, usable, fit.converged, r2_se, s0_se, rmse)
+
+
+def _kernel_arlo(y: torch.Tensor, echoes: _Echoes, sigma: float | None) -> _Maps:
+    """ARLO (Pei et al. 2015, with the erratum's formula), echoes evenly spaced (checked)."""
+    yn, usable, scale = _prepare(y, echoes, 0.0)
+    te = echoes.te
+    dt = (te[-1] - te[0]) / (te.numel() - 1)
+    s = dt / 3.0 * (yn[:-2] + 4.0 * yn[1:-1] + yn[2:])
+    d = yn[:-2] - yn[2:]
+    ss = (s * s).sum(0)
+    sd = (s * d).sum(0)
+    dd = (d * d).sum(0)
+    num = ss + dt / 3.0 * sd  # T2* = num / den; R2* = den / num
+    den = dt / 3.0 * dd + sd
+    # num <= 0: no decay to speak of; R2* = -1 has _derive flag it.
+    has_num = _gt(num, 0.0)
+    r2 = torch.lerp(torch.full_like(num, -1.0), den / num.clamp_min(_tiny(num)), has_num)
+    e = torch.exp(-te * r2.clamp_min(0.0))
+    ee = e * e
+    s0n = (yn * e).sum(0) / ee.sum(0).clamp_min(_tiny(num))
+    # Standard errors of the magnitude model at the reported rate, as for the Gaussian fit.
+    e = torch.exp(-te * _reported_rate(r2))
+    ee = e * e
+    resid = s0n * e - yn
+    ssr = (resid * resid).sum(0)
+    s0c = s0n.clamp_min(0.0)
+    tee = te * ee
+    a12 = -s0c * tee.sum(0)
+    a22 = s0c * s0c * (te * tee).sum(0)
+    var = _noise_variance(sigma, scale, ssr, yn.shape[0])
+    r2_se, s0_se = _inverse_diagonal_sqrt(ee.sum(0), a12, a22, var)
+    rmse = torch.sqrt(ssr / yn.shape[0])
+    return _derive(s0n, r2, scale, usable, torch.ones_like(s0n), r2_se, s0_se, rmse)
+
+
+_KERNELS = {
+    "loglin": _kernel_loglin,
+    "wls": _kernel_wls,
+    "gaussian": _kernel_gaussian,
+    "rician": _kernel_rician,
+    "arlo": _kernel_arlo,
+}
+
+
+def _tiny(like: torch.Tensor) -> float:
+    return torch.finfo(like.dtype).tiny
+
+
+def _noise_variance(
+    sigma: float | None, scale: torch.Tensor, ssr: torch.Tensor, n_echo: int
+) -> torch.Tensor:
+    """The noise variance in each voxel's units: sigma^2 when the noise level is known, else the
+    residual estimate ssr / (E - 2) (0 with two echoes: no residual is left)."""
+    if sigma is not None:
+        return (sigma / scale) ** 2
+    if n_echo <= 2:
+        return torch.zeros_like(ssr)
+    return ssr / (n_echo - 2)
+
+
+def _inverse_diagonal_sqrt(
+    a11: torch.Tensor, a12: torch.Tensor, a22: torch.Tensor, var: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """sqrt of the diagonal of var * [[a11, a12], [a12, a22]]^-1, in the order (second, first)
+    parameter: (se of R2*, se of the amplitude). 0 where the matrix is singular."""
+    det = a11 * a22 - a12 * a12
+    regular = _gt(det, 0.0)
+    inv_det = regular / det.clamp_min(_tiny(det))
+    return (
+        torch.sqrt((var * a11 * inv_det).clamp_min(0.0)),
+        torch.sqrt((var * a22 * inv_det).clamp_min(0.0)),
+    )
+
+
 def _loglinear(
-    y: torch.Tensor, te: torch.Tensor, w: torch.Tensor
+    yn: torch.Tensor, te: torch.Tensor, w: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Weighted straight-line fit of log(y) against TE. Returns (S0, R2*), each (n,).
 
-    Samples with weight 0 (non-positive signal) do not count. TE is centred for stability.
-    """
-    tiny = torch.finfo(y.dtype).tiny
-    z = torch.log(y.clamp_min(tiny))
-    x = te - te.mean()
+    Samples with weight 0 (non-positive signal) do not count. TE is centred for stability."""
+    tiny = _tiny(yn)
+    z = torch.log(yn.clamp_min(tiny))
+    te_mean = te.mean()
+    x = te - te_mean
+    wx = w * x
     sw = w.sum(0)
-    sx = (w * x).sum(0)
-    sxx = (w * x * x).sum(0)
+    sx = wx.sum(0)
+    sxx = (wx * x).sum(0)
     sz = (w * z).sum(0)
-    sxz = (w * x * z).sum(0)
+    sxz = (wx * z).sum(0)
     det = sw * sxx - sx * sx
-    det_ok = det > 0
-    slope = torch.where(det_ok, (sw * sxz - sx * sz) / torch.where(det_ok, det, 1.0), 0.0)
+    slope = (sw * sxz - sx * sz) * (_gt(det, 0.0) / det.clamp_min(tiny))
     intercept = (sz - slope * sx) / sw.clamp_min(tiny)
     # intercept is log S at the mean TE: move it back to TE = 0.
-    log_s0 = (intercept - slope * te.mean()).clamp(max=80.0)
+    log_s0 = (intercept - slope * te_mean).clamp(max=80.0)
     return torch.exp(log_s0), -slope
 
 
@@ -498,42 +483,64 @@ def _reported_rate(r2: torch.Tensor) -> torch.Tensor:
     return r2.clamp(1.0 / T2STAR_MAX, 1.0 / T2STAR_MIN)
 
 
-def _clamp_rate(r2: torch.Tensor) -> torch.Tensor:
-    return r2.clamp(0.0, 1.0 / T2STAR_MIN * 10.0)
+@dataclass(frozen=True)
+class _LMFit:
+    """Result of :func:`_levenberg_marquardt`, each (n,): the amplitude p and rate R2*, the
+    normal matrix J^T W J = [[a11, a12], [a12, a22]] and the cost r^T W r there, and the
+    converged flags (float 0/1)."""
+
+    p: torch.Tensor
+    r2: torch.Tensor
+    a11: torch.Tensor
+    a12: torch.Tensor
+    a22: torch.Tensor
+    cost: torch.Tensor
+    converged: torch.Tensor
 
 
-def _weights(p: torch.Tensor, f: torch.Tensor, noise_var: torch.Tensor | None) -> torch.Tensor:
-    """IRLS weights 1 / (A^2 + s^2) with A^2 = p f; all ones for the Gaussian fit."""
+# Rows of LM's per-voxel state, a (8, n) tensor carried from accepted point to accepted point
+# (one tensor, so that keeping a step, or gathering the voxels still iterating, is one op):
+# the point (p, R2*), J^T W J (a11, a12, a22), J^T W r (g1, g2) and the cost r^T W r.
+_P, _R2, _A11, _A12, _A22, _G1, _G2, _COST = range(8)
+#: Bound on the amplitude p (in units of the largest sample, squared for the Rician fit) of a
+#: trial step: it keeps every sum finite in float32. Real fits sit far below it.
+_P_MAX = 1e8
+
+
+def _lm_point(
+    neg_z: torch.Tensor,
+    neg_tau: torch.Tensor,
+    point: torch.Tensor,
+    noise_var: torch.Tensor | None,
+    w_judge: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """LM's state at ``point`` (2, n) = (p, R2*) for the cost sum w (p exp(-tau R2*) - z)^2,
+    in one pass over the echoes. Returns (state (8, n), the weights w there (E, n; None for
+    the Gaussian fit), the cost under ``w_judge``: the weights of the point a trial step
+    starts from (the cost itself when there are none))."""
+    p, r2 = point[0], point[1]
+    f = torch.exp(neg_tau * r2)
+    r = torch.addcmul(neg_z, f, p)  # model - data
+    w = None
     if noise_var is None:
-        return torch.ones_like(f)
-    return 1.0 / ((p * f).clamp_min(0.0) + noise_var)
-
-
-def _normal_equations(
-    z: torch.Tensor,
-    tau: torch.Tensor,
-    p: torch.Tensor,
-    f: torch.Tensor,
-    w: torch.Tensor,
-    w_judge: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, ...]:
-    """At (p, f = exp(-tau R)), r = p*f - z: J^T W J (a11, a12, a22), J^T W r (g1, g2), r^T W r
-    and, with ``w_judge``, r^T W_judge r too (the cost under another point's weights). All (n,),
-    from one pass over the echoes."""
-    m = p * f
-    r = m - z
-    tm = tau * m
-    wf = w * f
-    wtm = w * tm
-    a11 = (wf * f).sum(0)
-    a12 = -(wf * tm).sum(0)
-    a22 = (wtm * tm).sum(0)
-    g1 = (wf * r).sum(0)
-    g2 = -(wtm * r).sum(0)
+        wf = f
+    else:
+        w = torch.addcmul(noise_var, f, p.clamp_min(0.0)).reciprocal_()
+        wf = w * f
+    state = torch.empty((8, p.numel()), dtype=p.dtype, device=p.device)
+    state[:2] = point
+    wff = wf * f
+    wfft = wff * neg_tau
+    wfr = wf * r
+    torch.sum(wff, 0, out=state[_A11])
+    torch.mul(p, wfft.sum(0), out=state[_A12])
+    torch.mul(p * p, (wfft * neg_tau).sum(0), out=state[_A22])
+    torch.sum(wfr, 0, out=state[_G1])
+    torch.mul(p, (wfr * neg_tau).sum(0), out=state[_G2])
     rr = r * r
-    cost = (w * rr).sum(0)
-    judged = (w_judge * rr).sum(0) if w_judge is not None else cost
-    return a11, a12, a22, g1, g2, cost, judged
+    torch.sum(rr if w is None else w * rr, 0, out=state[_COST])
+    judged = state[_COST] if w_judge is None else (w_judge * rr).sum(0)
+    return state, w, judged
 
 
 def _levenberg_marquardt(
@@ -542,178 +549,156 @@ def _levenberg_marquardt(
     p: torch.Tensor,
     r2: torch.Tensor,
     noise_var: torch.Tensor | None,
-    early_exit: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> _LMFit:
     """Batched LM on (p, R2*) for the cost sum w (p exp(-tau R2*) - z)^2; z (E, n), tau (E, 1).
 
     ``noise_var`` None: w = 1 (Gaussian). Otherwise w = 1 / (p exp(-tau R2*) + noise_var),
     recomputed at every accepted step (IRLS; a trial step is judged with the weights of the
     point it starts from). Marquardt's diagonal damping; a step is kept only where it lowers
-    the cost; a voxel stops once its proposed step is below ``_LM_TOL`` (relative).
-    R2* is held in ``[0, 10/T2STAR_MIN]`` (the final clamp is :func:`_derive`'s).
-    Each iteration is one pass over the echoes: the normal equations at the trial point are
-    formed before it is judged, and kept if it is accepted. ``early_exit`` (eager runs): up to
-    ``_LM_MAX_ITER`` iterations, stopping once every voxel has converged; otherwise (compiled)
-    exactly ``_LM_FIXED_ITER``.
-    Returns (p, R2*, converged), each (n,).
+    the cost; a voxel stops once its proposed step is below ``_LM_TOL`` (relative) and is left
+    alone from then on, so its result cannot depend on its neighbours. Up to ``_LM_MAX_ITER``
+    iterations; once half of the voxels still iterating have converged, the rest are gathered
+    into smaller tensors, so the slow few do not keep the whole chunk busy.
+    The point is held in ``|p| <= _P_MAX``, ``0 <= R2* <= _R2_MAX`` (the final clamp is
+    :func:`_derive`'s).
     """
-    r2 = _clamp_rate(torch.nan_to_num(r2, nan=0.0, posinf=0.0, neginf=0.0))
-    p = torch.nan_to_num(p, nan=0.0, posinf=0.0, neginf=0.0)
+    neg_tau = -tau
+    neg_z = -z
+    tiny = _tiny(p)
+    low = torch.tensor([[-_P_MAX], [0.0]], dtype=p.dtype, device=p.device)
+    high = torch.tensor([[_P_MAX], [_R2_MAX]], dtype=p.dtype, device=p.device)
+    point = torch.nan_to_num(torch.stack([p, r2]), nan=0.0, posinf=0.0, neginf=0.0)
+    state, w, _ = _lm_point(neg_z, neg_tau, point.clamp(low, high), noise_var, None)
     lam = torch.full_like(p, 1e-3)
-    converged = torch.zeros_like(p, dtype=torch.bool)
-    f = torch.exp(-tau * r2)
-    w = _weights(p, f, noise_var)
-    a11, a12, a22, g1, g2, cost, _ = _normal_equations(z, tau, p, f, w)
-    for _ in range(_LM_MAX_ITER if early_exit else _LM_FIXED_ITER):
-        d11 = a11 * (1.0 + lam)
-        d22 = a22 * (1.0 + lam)
-        det = d11 * d22 - a12 * a12
-        det = torch.where(det > 0, det, torch.ones_like(det))
-        dp = -(d22 * g1 - a12 * g2) / det
-        dr2 = -(d11 * g2 - a12 * g1) / det
-        p_new = p + dp
-        r2_new = _clamp_rate(r2 + dr2)
-        f_new = torch.exp(-tau * r2_new)
-        w_new = _weights(p_new, f_new, noise_var)
-        n11, n12, n22, h1, h2, cost_new, judged = _normal_equations(
-            z, tau, p_new, f_new, w_new, w if noise_var is not None else None
-        )
-        step = torch.maximum(dp.abs() / p.abs().clamp_min(1e-12), dr2.abs() / (r2.abs() + 1.0))
-        # A converged voxel is left alone: its result cannot depend on its neighbours.
-        better = (judged < cost) & ~converged
-        converged = converged | (step < _LM_TOL)
-        p = torch.where(better, p_new, p)
-        r2 = torch.where(better, r2_new, r2)
-        if noise_var is not None:
-            w = torch.where(better, w_new, w)
-        a11 = torch.where(better, n11, a11)
-        a12 = torch.where(better, n12, a12)
-        a22 = torch.where(better, n22, a22)
-        g1 = torch.where(better, h1, g1)
-        g2 = torch.where(better, h2, g2)
-        cost = torch.where(better, cost_new, cost)
-        lam = torch.where(better, lam * 0.1, lam * 10.0).clamp(1e-9, 1e9)
-        if early_exit and bool(converged.all()):
+    converged = torch.zeros_like(p)
+    result = torch.empty((9, p.numel()), dtype=p.dtype, device=p.device)  # state, converged
+    active: torch.Tensor | None = None  # indices (into the chunk) of the voxels iterating
+
+    def keep() -> None:
+        """Write the iterating voxels' state and flags into ``result``."""
+        both = torch.cat([state, converged[None]])
+        if active is None:
+            result.copy_(both)
+        else:
+            result[:, active] = both
+
+    for _ in range(_LM_MAX_ITER):
+        a12, g1, g2 = state[_A12], state[_G1], state[_G2]
+        d11 = state[_A11] * (1.0 + lam)
+        d22 = state[_A22] * (1.0 + lam)
+        inv_det = (d11 * d22 - a12 * a12).clamp_min(tiny).reciprocal_()
+        delta = torch.stack([a12 * g2 - d22 * g1, a12 * g1 - d11 * g2]) * inv_det
+        delta = torch.nan_to_num(delta, nan=0.0, posinf=0.0, neginf=0.0)
+        point = (state[:2] + delta).clamp(low, high)
+        size = state[:2].abs()
+        size[_P].clamp_min_(1e-12)
+        size[_R2].add_(1.0)
+        # A step this small is taken without evaluating it, and the voxel stops there.
+        done = _lt((delta.abs_() / size).amax(0), _LM_TOL) * (1.0 - converged)
+        state[:2] = torch.lerp(state[:2], point, done)
+        converged = converged + done
+        left = converged.numel() - int(converged.sum())
+        if left == 0:
             break
-    # A voxel whose cost is already at rounding level has nothing left to improve.
-    at_floor = cost <= (z * z * w).sum(0) * 1e-10
-    return p, r2, converged | at_floor
-
-
-def _derive_gaussian(
-    y: torch.Tensor,
-    te: torch.Tensor,
-    s0: torch.Tensor,
-    r2: torch.Tensor,
-    usable: torch.Tensor,
-    converged: torch.Tensor,
-    sigma: torch.Tensor,
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Standard errors sigma^2 (J^T J)^-1 of the magnitude model, then :func:`_derive`.
-
-    sigma: the noise level when positive, else the residual estimate (0 with two echoes)."""
-    s0c = torch.nan_to_num(s0, nan=0.0, posinf=0.0, neginf=0.0).clamp_min(0.0)
-    e = torch.exp(-te * _reported_rate(r2))
-    resid = s0c * e - y
-    ssr = (resid * resid).sum(0)
-    n_echo = y.shape[0]
-    dof = max(n_echo - 2, 1)
-    var_resid = ssr / dof if n_echo > 2 else torch.zeros_like(ssr)
-    var = torch.where(sigma > 0, sigma * sigma, var_resid)
-    ee = e * e
-    a11 = ee.sum(0)
-    a12 = -s0c * (te * ee).sum(0)
-    a22 = s0c * s0c * (te * te * ee).sum(0)
-    det = a11 * a22 - a12 * a12
-    ok = det > 0
-    safe_det = torch.where(ok, det, torch.ones_like(det))
-    r2_se = torch.where(ok, torch.sqrt((var * a11 / safe_det).clamp_min(0.0)), 0.0)
-    s0_se = torch.where(ok, torch.sqrt((var * a22 / safe_det).clamp_min(0.0)), 0.0)
-    return _derive(y, te, s0, r2, usable, converged, r2_se, s0_se, e)
+        if 2 * left <= converged.numel():
+            keep()
+            still = torch.nonzero(converged < 0.5).reshape(-1)
+            active = still if active is None else active[still]
+            state, point, neg_z = state[:, still], point[:, still], neg_z[:, still]
+            lam, converged = lam[still], converged[still]
+            if w is not None and noise_var is not None:
+                w, noise_var = w[:, still], noise_var[still]
+        trial, w_trial, judged = _lm_point(neg_z, neg_tau, point, noise_var, w)
+        better = _lt(judged, state[_COST]) * (1.0 - converged)
+        state = torch.lerp(state, trial, better)
+        if w is not None and w_trial is not None:
+            w = torch.lerp(w, w_trial, better)
+        lam = (lam * (10.0 - 9.9 * better)).clamp(1e-9, 1e9)
+    else:
+        # Out of iterations: a voxel whose cost is at rounding level has nothing to improve.
+        zz = neg_z * neg_z
+        floor = 1e-10 * (zz if w is None else w * zz).sum(0)
+        converged = torch.maximum(converged, _lt(state[_COST], floor))
+    keep()
+    return _LMFit(
+        p=result[_P],
+        r2=result[_R2],
+        a11=result[_A11],
+        a12=result[_A12],
+        a22=result[_A22],
+        cost=result[_COST],
+        converged=result[8],
+    )
 
 
 def _derive_loglinear(
-    y: torch.Tensor,
+    yn: torch.Tensor,
     te: torch.Tensor,
-    s0: torch.Tensor,
+    s0n: torch.Tensor,
     r2: torch.Tensor,
     w: torch.Tensor,
     usable: torch.Tensor,
-    sigma: torch.Tensor,
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    scale: torch.Tensor,
+    sigma: float | None,
+) -> _Maps:
     """Standard errors of a (weighted) straight-line fit of log S, then :func:`_derive`.
 
     The sandwich covariance with Var(log S_k) = sigma^2 / A_k^2 (A_k the fitted signal):
     ordinary log-linear fits give late, noisy echoes full weight, and their true spread is
     much larger than the least-squares bound of the signal model would claim."""
-    s0c = torch.nan_to_num(s0, nan=0.0, posinf=0.0, neginf=0.0).clamp_min(0.0)
-    e = torch.exp(-te * _reported_rate(r2))
-    a = s0c * e
-    resid = a - y
-    n_echo = y.shape[0]
-    var_resid = (resid * resid).sum(0) / max(n_echo - 2, 1)
-    if n_echo <= 2:
-        var_resid = torch.zeros_like(var_resid)
-    var = torch.where(sigma > 0, sigma * sigma, var_resid)
-    var_log = var / (a * a).clamp_min(torch.finfo(y.dtype).tiny)  # (E, n)
+    tiny = _tiny(yn)
+    s0c = torch.nan_to_num(s0n, nan=0.0, posinf=0.0, neginf=0.0).clamp_min(0.0)
+    a = s0c * torch.exp(-te * _reported_rate(r2))
+    resid = a - yn
+    ssr = (resid * resid).sum(0)
+    var = _noise_variance(sigma, scale, ssr, yn.shape[0])
+    wwv = w * w * var / (a * a).clamp_min(tiny)  # w^2 Var(log S), (E, n)
     sw = w.sum(0)
-    safe_sw = sw.clamp_min(torch.finfo(y.dtype).tiny)
+    safe_sw = sw.clamp_min(tiny)
     t_mean = (w * te).sum(0) / safe_sw
     x = te - t_mean
     sxx = (w * x * x).sum(0)
-    ok = (sxx > 0) & (sw > 0)
-    safe_sxx = torch.where(ok, sxx, torch.ones_like(sxx))
-    var_slope = (w * w * x * x * var_log).sum(0) / (safe_sxx * safe_sxx)
-    var_mean = (w * w * var_log).sum(0) / (safe_sw * safe_sw)
-    cov = (w * w * x * var_log).sum(0) / (safe_sw * safe_sxx)
+    ok = _gt(sxx, 0.0) * _gt(sw, 0.0)
+    safe_sxx = sxx.clamp_min(tiny)
+    wwvx = wwv * x
+    var_slope = (wwvx * x).sum(0) / (safe_sxx * safe_sxx)
+    var_mean = wwv.sum(0) / (safe_sw * safe_sw)
+    cov = wwvx.sum(0) / (safe_sw * safe_sxx)
     var_log_s0 = var_mean + t_mean * t_mean * var_slope + 2.0 * t_mean * cov
-    zero = torch.zeros_like(sxx)
-    r2_se = torch.where(ok, torch.sqrt(var_slope.clamp_min(0.0)), zero)
-    s0_se = torch.where(ok, s0c * torch.sqrt(var_log_s0.clamp_min(0.0)), zero)
-    return _derive(y, te, s0, r2, usable, torch.ones_like(usable), r2_se, s0_se, e)
+    r2_se = ok * torch.sqrt(var_slope.clamp_min(0.0))
+    s0_se = ok * s0c * torch.sqrt(var_log_s0.clamp_min(0.0))
+    rmse = torch.sqrt(ssr / yn.shape[0])
+    return _derive(s0n, r2, scale, usable, torch.ones_like(s0n), r2_se, s0_se, rmse)
 
 
 def _derive(
-    y: torch.Tensor,
-    te: torch.Tensor,
-    s0: torch.Tensor,
+    s0n: torch.Tensor,
     r2: torch.Tensor,
+    scale: torch.Tensor,
     usable: torch.Tensor,
     converged: torch.Tensor,
     r2_se: torch.Tensor,
-    s0_se: torch.Tensor,
-    e: torch.Tensor | None = None,
-    predicted: torch.Tensor | None = None,
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """The one place where T2* = 1/R2* is formed, bounds applied and failures flagged.
-
-    ``e``: exp(-TE * R2*) at the reported (clamped) rate when the caller has it already.
-    ``predicted``: the magnitude the fitted model predicts (E, n), for the RMSE; default
-    S0 exp(-TE R2*)."""
-    finite = torch.isfinite(s0) & torch.isfinite(r2)
-    s0 = torch.nan_to_num(s0, nan=0.0, posinf=0.0, neginf=0.0)
-    r2 = torch.nan_to_num(r2, nan=0.0, posinf=0.0, neginf=0.0)
-    r2_lo, r2_hi = 1.0 / T2STAR_MAX, 1.0 / T2STAR_MIN
-    clamped = (r2 < r2_lo) | (r2 > r2_hi)
-    r2 = r2.clamp(r2_lo, r2_hi)
-    failed = ~usable | ~finite | ~converged | clamped | (s0 <= 0)
-    s0 = s0.clamp_min(0.0)
-    t2 = 1.0 / r2
-    if predicted is None:
-        predicted = s0 * (torch.exp(-te * r2) if e is None else e)
-    resid = predicted - y
-    rmse = torch.sqrt((resid * resid).mean(0))
+    s0n_se: torch.Tensor,
+    rmse_n: torch.Tensor,
+) -> _Maps:
+    """The one place where T2* = 1/R2* is formed, bounds applied, the signal units restored
+    and failures flagged. S0, its standard error and the RMSE come in units of ``scale``;
+    ``usable`` and ``converged`` are float flags. Returns the maps and the failed flags
+    (float): unusable input, a non-finite or non-converged fit, a clamped rate or S0 <= 0."""
+    rate = _reported_rate(r2)
+    clamped = torch.ne(rate, r2, out=torch.empty_like(r2))  # NaN counts as clamped
+    ok = usable * _finite(s0n) * converged * (1.0 - clamped) * _gt(s0n, 0.0)
+    t2 = 1.0 / rate
     maps = {
         "t2star": t2,
-        "r2star": r2,
-        "s0": s0,
-        "rmse": rmse,
+        "r2star": rate,
+        "s0": s0n * scale,
+        "rmse": rmse_n * scale,
         "t2star_se": r2_se * t2 * t2,
         "r2star_se": r2_se,
-        "s0_se": s0_se,
+        "s0_se": s0n_se * scale,
     }
-    zero = torch.zeros((), dtype=y.dtype, device=y.device)
     for key, value in maps.items():
-        value = torch.nan_to_num(value, nan=0.0, posinf=0.0, neginf=0.0).clamp_min(0.0)
-        maps[key] = torch.where(usable, value, zero)
-    return maps, failed
+        value = torch.nan_to_num(value, nan=0.0, posinf=0.0, neginf=0.0)
+        maps[key] = value.clamp_min(0.0) * usable
+    return maps, 1.0 - ok
