@@ -70,7 +70,9 @@ DEFAULT_METHOD = "nlls"
 #: 2^15 0.49-0.51 s, 2^16 0.61-0.80 s, 2^17 0.86-1.10 s).
 DEFAULT_CHUNK = 1 << 15
 _LM_MAX_ITER = 10
-_LM_TOL = 5e-4
+#: A voxel stops once its proposed step is below this, relative (192x192x64x11 at SNR 50, one
+#: run: against 5e-4, 8 % faster, T2* changes by at most 0.6 % of its standard error, p99 0.1 %).
+_LM_TOL = 2e-3
 #: Largest R2* (1/s) an LM step may reach; the reported maps clamp at 1/T2STAR_MIN.
 _R2_MAX = 10.0 / T2STAR_MIN
 
