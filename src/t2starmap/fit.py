@@ -520,8 +520,9 @@ def _lm_point(
     in one pass over the echoes. Returns (state (8, n), the weights w there (E, n; None for
     the Gaussian fit), the cost under ``w_judge``: the weights of the point a trial step
     starts from (the cost itself when there are none))."""
+    # In-place where a temporary is not needed again: fewer echo-by-voxel arrays in the caches.
     p, r2 = point[0], point[1]
-    f = torch.exp(neg_tau * r2)
+    f = torch.mul(neg_tau, r2).exp_()
     r = torch.addcmul(neg_z, f, p)  # model - data
     w = None
     if noise_var is None:
@@ -531,15 +532,14 @@ def _lm_point(
         wf = w * f
     state = torch.empty((8, p.numel()), dtype=p.dtype, device=p.device)
     state[:2] = point
-    wff = wf * f
-    wfft = wff * neg_tau
-    wfr = wf * r
-    torch.sum(wff, 0, out=state[_A11])
-    torch.mul(p, wfft.sum(0), out=state[_A12])
-    torch.mul(p * p, (wfft * neg_tau).sum(0), out=state[_A22])
-    torch.sum(wfr, 0, out=state[_G1])
-    torch.mul(p, (wfr * neg_tau).sum(0), out=state[_G2])
-    rr = r * r
+    moment = wf * f  # w f^2, then times -tau, then times tau^2
+    torch.sum(moment, 0, out=state[_A11])
+    torch.mul(p, moment.mul_(neg_tau).sum(0), out=state[_A12])
+    torch.mul(p * p, moment.mul_(neg_tau).sum(0), out=state[_A22])
+    wf.mul_(r)  # w f r (f itself is not needed any more)
+    torch.sum(wf, 0, out=state[_G1])
+    torch.mul(p, wf.mul_(neg_tau).sum(0), out=state[_G2])
+    rr = r.mul_(r)
     torch.sum(rr if w is None else w * rr, 0, out=state[_COST])
     judged = state[_COST] if w_judge is None else (w_judge * rr).sum(0)
     return state, w, judged
@@ -582,7 +582,7 @@ def _levenberg_marquardt(
         if active is None:
             result.copy_(both)
         else:
-            result[:, active] = both
+            result.index_copy_(1, active, both)
 
     for _ in range(_LM_MAX_ITER):
         a12, g1, g2 = state[_A12], state[_G1], state[_G2]
@@ -605,11 +605,12 @@ def _levenberg_marquardt(
         if 2 * left <= converged.numel():
             keep()
             still = torch.nonzero(converged < 0.5).reshape(-1)
-            active = still if active is None else active[still]
-            state, point, neg_z = state[:, still], point[:, still], neg_z[:, still]
-            lam, converged = lam[still], converged[still]
+            active = still if active is None else active.index_select(0, still)
+            state, point, neg_z, lam, converged = (
+                x.index_select(-1, still) for x in (state, point, neg_z, lam, converged)
+            )
             if w is not None and noise_var is not None:
-                w, noise_var = w[:, still], noise_var[still]
+                w, noise_var = w.index_select(1, still), noise_var.index_select(0, still)
         trial, w_trial, judged = _lm_point(neg_z, neg_tau, point, noise_var, w)
         better = _lt(judged, state[_COST]) * (1.0 - converged)
         state = torch.lerp(state, trial, better)
