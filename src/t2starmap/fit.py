@@ -237,8 +237,10 @@ def fit_t2star(
             sel = sel.to(dev)
         if perm is not None:
             rows = rows[:, perm.to(rows.device)]
-        # Echo-major (E, n): every sum over echoes is then a vectorised add across voxels.
-        y = rows.to(device=dev, dtype=dtype).t().contiguous()
+        # Echo-major (E, n): every sum over echoes is then a vectorised add across voxels. A
+        # fresh array, always: the kernels work in it in place.
+        y = torch.empty((te_np.size, rows.shape[0]), dtype=dtype, device=dev)
+        y.copy_(rows.t())
         maps, bad = kernel(y, echoes, noise_sigma)
         for k in _MAPS:
             out[k][sel] = maps[k]
@@ -263,8 +265,9 @@ def _kernel_name(method: str, noise_sigma: float | None) -> str:
 
 
 # --- the per-chunk kernels ---------------------------------------------------------------------
-# Each takes y (E, n), echo-major with echoes ascending (NaN allowed), the echo times, the noise
-# level (None: unknown), and returns the maps (n,) and the failed flags (n,).
+# Each takes y (E, n), echo-major with echoes ascending (NaN allowed; the kernel owns it and may
+# overwrite it), the echo times, the noise level (None: unknown), and returns the maps (n,)
+# and the failed flags (n,).
 #
 # Work is in units of each voxel's largest sample (``scale``), which keeps squared signals well
 # inside float32 whatever the input units. Per-voxel flags are float tensors of 0s and 1s,
@@ -309,14 +312,15 @@ def _prepare(
     scale (n,): the voxel's largest |sample|, at least ``floor`` (the noise level, when known:
     the noise then never exceeds 1 in these units)."""
     total = y.sum(0)
-    y = torch.nan_to_num(y, nan=0.0, posinf=0.0, neginf=0.0)
+    y = y.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
     if echoes.distinct:
         enough = _gt(_gt(y, 0.0).sum(0), 1.5)
     else:
         enough = _distinct_positive_echoes(y > 0, echoes.te).to(y.dtype)
     usable = _finite(total) * enough
-    scale = y.abs().amax(dim=0).clamp_min(max(floor, torch.finfo(y.dtype).tiny))
-    return y / scale, usable, scale
+    scale = torch.maximum(y.amax(dim=0), y.amin(dim=0).neg_())
+    scale = scale.clamp_min_(max(floor, torch.finfo(y.dtype).tiny))
+    return y.div_(scale), usable, scale
 
 
 def _distinct_positive_echoes(positive: torch.Tensor, te: torch.Tensor) -> torch.Tensor:
@@ -351,7 +355,7 @@ def _kernel_gaussian(y: torch.Tensor, echoes: _Echoes, sigma: float | None) -> _
     yn, usable, scale = _prepare(y, echoes, 0.0)
     te = echoes.te
     s0n, r2 = _loglinear(yn, te, _signal_weights(yn))
-    fit = _levenberg_marquardt(yn, te, s0n, r2, None)
+    fit = _levenberg_marquardt(yn.neg_(), te, s0n, r2, None)  # yn is not needed after this
     # Standard errors: var * (J^T J)^-1 at the solution; J^T J is what LM formed there.
     var = _noise_variance(sigma, scale, fit.cost, yn.shape[0])
     r2_se, s0_se = _inverse_diagonal_sqrt(fit.a11, fit.a12, fit.a22, var)
@@ -366,8 +370,8 @@ def _kernel_rician(y: torch.Tensor, echoes: _Echoes, sigma: float | None) -> _Ma
     te = echoes.te
     s0n, r2 = _loglinear(yn, te, _signal_weights(yn))
     sn2 = (sigma / scale) ** 2  # (n,) noise variance in these units, <= 1 (scale >= sigma)
-    z = torch.addcmul(-2.0 * sn2, yn, yn)
-    fit = _levenberg_marquardt(z, 2.0 * te, s0n * s0n, r2, sn2)
+    neg_z = torch.addcmul(2.0 * sn2, yn, yn, value=-1.0)
+    fit = _levenberg_marquardt(neg_z, 2.0 * te, s0n * s0n, r2, sn2)
     # Generalised least-squares covariance of (P, R2*) for Var(M^2) = 4 s^2 (A^2 + s^2): LM's
     # weights are 1 / (A^2 + s^2), so it is 4 s^2 times the inverse of what LM formed there.
     r2_se, p_se = _inverse_diagonal_sqrt(fit.a11, fit.a12, fit.a22, 4.0 * sn2)
@@ -376,9 +380,9 @@ def _kernel_rician(y: torch.Tensor, echoes: _Echoes, sigma: float | None) -> _Ma
     s0_se = p_se / (2.0 * s0n.clamp_min(1e-30))
     # The magnitude this model predicts, sqrt(A^2 + 2 sigma^2): what the fit matched (so two
     # echoes still fit exactly) and, at any SNR, the RMS of a Rician magnitude.
-    a2 = torch.exp(-2.0 * te * _reported_rate(fit.r2)) * p.clamp_min(0.0)
-    resid = torch.sqrt(a2 + 2.0 * sn2) - yn
-    rmse = torch.sqrt((resid * resid).mean(dim=0))
+    resid = torch.mul(-2.0 * te, _reported_rate(fit.r2)).exp_().mul_(p.clamp_min(0.0))
+    resid = resid.add_(2.0 * sn2).sqrt_().sub_(yn)
+    rmse = resid.mul_(resid).mean(dim=0).sqrt_()
     # A non-positive P leaves S0 = 0, which _derive flags.
     return _derive(s0n, fit.r2, scale, usable, fit.converged, r2_se, s0_se, rmse)
 
@@ -546,13 +550,14 @@ def _lm_point(
 
 
 def _levenberg_marquardt(
-    z: torch.Tensor,
+    neg_z: torch.Tensor,
     tau: torch.Tensor,
     p: torch.Tensor,
     r2: torch.Tensor,
     noise_var: torch.Tensor | None,
 ) -> _LMFit:
-    """Batched LM on (p, R2*) for the cost sum w (p exp(-tau R2*) - z)^2; z (E, n), tau (E, 1).
+    """Batched LM on (p, R2*) for the cost sum w (p exp(-tau R2*) - z)^2; ``neg_z`` is -z (E, n),
+    tau (E, 1).
 
     ``noise_var`` None: w = 1 (Gaussian). Otherwise w = 1 / (p exp(-tau R2*) + noise_var),
     recomputed at every accepted step (IRLS; a trial step is judged with the weights of the
@@ -565,7 +570,6 @@ def _levenberg_marquardt(
     :func:`_derive`'s).
     """
     neg_tau = -tau
-    neg_z = -z
     tiny = _tiny(p)
     low = torch.tensor([[-_P_MAX], [0.0]], dtype=p.dtype, device=p.device)
     high = torch.tensor([[_P_MAX], [_R2_MAX]], dtype=p.dtype, device=p.device)
@@ -584,39 +588,44 @@ def _levenberg_marquardt(
         else:
             result.index_copy_(1, active, both)
 
+    # A step counts as small relative to |p| and to max(|R2*|, 1 1/s).
+    step_floor = torch.tensor([[1e-12], [1.0]], dtype=p.dtype, device=p.device)
     for _ in range(_LM_MAX_ITER):
         a12, g1, g2 = state[_A12], state[_G1], state[_G2]
-        d11 = state[_A11] * (1.0 + lam)
-        d22 = state[_A22] * (1.0 + lam)
-        inv_det = (d11 * d22 - a12 * a12).clamp_min(tiny).reciprocal_()
-        delta = torch.stack([a12 * g2 - d22 * g1, a12 * g1 - d11 * g2]) * inv_det
-        delta = torch.nan_to_num(delta, nan=0.0, posinf=0.0, neginf=0.0)
-        point = (state[:2] + delta).clamp(low, high)
-        size = state[:2].abs()
-        size[_P].clamp_min_(1e-12)
-        size[_R2].add_(1.0)
+        damp = lam + 1.0
+        d11 = state[_A11] * damp
+        d22 = state[_A22] * damp
+        inv_det = torch.addcmul(d11 * d22, a12, a12, value=-1.0).clamp_min_(tiny).reciprocal_()
+        delta = torch.empty_like(state[:2])
+        torch.addcmul(a12 * g2, d22, g1, value=-1.0, out=delta[0])
+        torch.addcmul(a12 * g1, d11, g2, value=-1.0, out=delta[1])
+        delta = delta.mul_(inv_det).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+        point = (state[:2] + delta).clamp_(low, high)
         # A step this small is taken without evaluating it, and the voxel stops there.
-        done = _lt((delta.abs_() / size).amax(0), _LM_TOL) * (1.0 - converged)
-        state[:2] = torch.lerp(state[:2], point, done)
+        size = torch.maximum(state[:2].abs(), step_floor)
+        free = 1.0 - converged
+        done = _lt(delta.abs_().div_(size).amax(0), _LM_TOL).mul_(free)
+        state[:2].lerp_(point, done)
         converged = converged + done
         left = converged.numel() - int(converged.sum())
         if left == 0:
             break
+        free = free.sub_(done)
         if 2 * left <= converged.numel():
             keep()
             still = torch.nonzero(converged < 0.5).reshape(-1)
             active = still if active is None else active.index_select(0, still)
-            state, point, neg_z, lam, converged = (
-                x.index_select(-1, still) for x in (state, point, neg_z, lam, converged)
+            state, point, neg_z, lam, converged, free = (
+                x.index_select(-1, still) for x in (state, point, neg_z, lam, converged, free)
             )
             if w is not None and noise_var is not None:
                 w, noise_var = w.index_select(1, still), noise_var.index_select(0, still)
         trial, w_trial, judged = _lm_point(neg_z, neg_tau, point, noise_var, w)
-        better = _lt(judged, state[_COST]) * (1.0 - converged)
-        state = torch.lerp(state, trial, better)
+        better = _lt(judged, state[_COST]).mul_(free)
+        state = state.lerp_(trial, better)
         if w is not None and w_trial is not None:
-            w = torch.lerp(w, w_trial, better)
-        lam = (lam * (10.0 - 9.9 * better)).clamp(1e-9, 1e9)
+            w = w.lerp_(w_trial, better)
+        lam = lam.mul_(better.mul(-9.9).add_(10.0)).clamp_(1e-9, 1e9)
     else:
         # Out of iterations: a voxel whose cost is at rounding level has nothing to improve.
         zz = neg_z * neg_z
