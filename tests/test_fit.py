@@ -265,6 +265,19 @@ def test_chunking_does_not_change_results() -> None:
         )
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_input_is_never_modified(method: str) -> None:
+    """The kernels work in place, on their own copy: not on the caller's array, whatever its
+    type or shape (a single voxel included)."""
+    ph = make_phantom((6, 5, 2), seed=13)
+    signal = ph.magnitude.astype(np.float32)
+    signal[0, 0, 0, 3] = np.nan
+    for given in (signal, torch.from_numpy(signal.copy()), signal[:1, :1, :1]):
+        before = torch.as_tensor(given).clone().numpy()
+        fit_t2star(given, ph.echo_times, method=method, noise_sigma=ph.sigma)
+        np.testing.assert_array_equal(torch.as_tensor(given).numpy(), before)
+
+
 def test_float64_and_torch_input() -> None:
     ph = make_phantom((6, 6, 2), seed=8)
     result = fit_t2star(

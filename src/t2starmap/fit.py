@@ -240,7 +240,7 @@ def fit_t2star(
         # Echo-major (E, n): every sum over echoes is then a vectorised add across voxels. A
         # fresh array, always: the kernels work in it in place.
         y = torch.empty((te_np.size, rows.shape[0]), dtype=dtype, device=dev)
-        y.copy_(rows.t())
+        y.copy_(rows.to(device=dev, dtype=dtype).t())
         maps, bad = kernel(y, echoes, noise_sigma)
         for k in _MAPS:
             out[k][sel] = maps[k]
