@@ -69,6 +69,9 @@ DEFAULT_METHOD = "nlls"
 #: (192x192x64x11 default fit, 2 threads, one run each: 2^13 0.69-0.73 s, 2^14 0.51-0.62 s,
 #: 2^15 0.49-0.51 s, 2^16 0.61-0.80 s, 2^17 0.86-1.10 s).
 DEFAULT_CHUNK = 1 << 15
+#: Voxels per chunk on a GPU: big enough that kernel launches do not dominate (a 192x192x64
+#: volume is one chunk), small enough for the temporaries (~0.6 GB at 11 echoes, float32).
+DEFAULT_CUDA_CHUNK = 1 << 22
 _LM_MAX_ITER = 10
 #: A voxel stops once its proposed step is below this, relative (192x192x64x11 at SNR 50, one
 #: run: against 5e-4, 8 % faster, T2* changes by at most 0.6 % of its standard error, p99 0.1 %).
@@ -176,7 +179,7 @@ def fit_t2star(
     device: str | torch.device | None = None,
     noise_sigma: float | None = None,
     dtype: torch.dtype = torch.float32,
-    chunk_size: int = DEFAULT_CHUNK,
+    chunk_size: int | None = None,
 ) -> FitResult:
     """Fit S0 and R2* in every voxel of ``signal`` (shape (..., n_echoes), echoes LAST).
 
@@ -184,15 +187,18 @@ def fit_t2star(
     voxels to fit; default all. ``device``: see :func:`resolve_device`. ``noise_sigma``: the
     noise standard deviation of each real/imaginary channel, in signal units; it makes the
     default fit noise-aware and sets the standard errors. ``dtype``: compute precision
-    (float32 default; float64 for reference computations).
+    (float32 default; float64 for reference computations). ``chunk_size``: voxels per chunk
+    (default ``DEFAULT_CHUNK`` on the CPU, ``DEFAULT_CUDA_CHUNK`` on a GPU).
     """
     if method not in METHODS:
         raise ValueError(f"unknown fit method {method!r}; choose one of {', '.join(METHODS)}")
-    if chunk_size < 1:
+    if chunk_size is not None and chunk_size < 1:
         raise ValueError("chunk_size must be positive")
     if noise_sigma is not None and not (np.isfinite(noise_sigma) and noise_sigma > 0):
         raise ValueError(f"noise sigma must be a positive number, got {noise_sigma!r}")
     dev = resolve_device(device)
+    if chunk_size is None:
+        chunk_size = DEFAULT_CUDA_CHUNK if dev.type == "cuda" else DEFAULT_CHUNK
     te_np = check_echo_times(echo_times)
     data = torch.as_tensor(signal)
     if data.ndim < 1 or data.shape[-1] != te_np.size:
