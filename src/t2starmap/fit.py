@@ -354,7 +354,7 @@ def _kernel_wls(y: torch.Tensor, echoes: _Echoes, sigma: float | None) -> _Maps:
 def _signal_weights(yn: torch.Tensor) -> torch.Tensor:
     """The ``wls`` weights, S^2 for positive samples, 0 for the others. (E, n)"""
     positive = yn.clamp_min(0.0)
-    return positive * positive
+    return positive.mul_(positive)
 
 
 def _kernel_gaussian(y: torch.Tensor, echoes: _Echoes, sigma: float | None) -> _Maps:
@@ -472,15 +472,15 @@ def _loglinear(
 
     Samples with weight 0 (non-positive signal) do not count. TE is centred for stability."""
     tiny = _tiny(yn)
-    z = torch.log(yn.clamp_min(tiny))
     te_mean = te.mean()
-    x = te - te_mean
-    wx = w * x
+    x = (te - te_mean).reshape(-1)
+    # Sums over echoes weighted by a function of TE alone are vector-matrix products.
     sw = w.sum(0)
-    sx = wx.sum(0)
-    sxx = (wx * x).sum(0)
-    sz = (w * z).sum(0)
-    sxz = (wx * z).sum(0)
+    sx = x @ w
+    sxx = (x * x) @ w
+    wz = yn.clamp_min(tiny).log_().mul_(w)  # w log(y)
+    sz = wz.sum(0)
+    sxz = x @ wz
     det = sw * sxx - sx * sx
     slope = (sw * sxz - sx * sz) * (_gt(det, 0.0) / det.clamp_min(tiny))
     intercept = (sz - slope * sx) / sw.clamp_min(tiny)
