@@ -65,10 +65,11 @@ SPACING_RTOL = 1e-3
 METHODS = ("nlls", "nlls-gaussian", "wls", "loglin", "arlo")
 DEFAULT_METHOD = "nlls"
 
-#: Voxels per chunk: the echo-by-voxel temporaries of a chunk then stay in the CPU caches
-#: (192x192x64x11 default fit, 2 threads, one run each: 2^13 0.69-0.73 s, 2^14 0.51-0.62 s,
-#: 2^15 0.49-0.51 s, 2^16 0.61-0.80 s, 2^17 0.86-1.10 s).
-DEFAULT_CHUNK = 1 << 15
+#: Voxels per chunk on the CPU: big enough that per-operation overhead stays small, small
+#: enough that a chunk's few echo-by-voxel temporaries stay in the CPU caches (192x192x64x11
+#: default fit, 2 threads, /tmp/prof/p22.py, best of 6 interleaved runs, twice: 2^15 0.355 s
+#: and 0.359 s, 2^16 0.338 s and 0.340 s; earlier 2^14 and 2^17 were 10-40 % slower).
+DEFAULT_CHUNK = 1 << 16
 #: Voxels per chunk on a GPU: big enough that kernel launches do not dominate (a 192x192x64
 #: volume is one chunk), small enough for the temporaries (~0.6 GB at 11 echoes, float32).
 DEFAULT_CUDA_CHUNK = 1 << 22
