@@ -569,8 +569,10 @@ def _levenberg_marquardt(
     ``noise_var`` None: w = 1 (Gaussian). Otherwise w = 1 / (p exp(-tau R2*) + noise_var),
     recomputed at every accepted step (IRLS; a trial step is judged with the weights of the
     point it starts from). Marquardt's diagonal damping; a step is kept only where it lowers
-    the cost; a voxel stops once its proposed step is below ``_LM_TOL`` (relative) and is left
-    alone from then on, so its result cannot depend on its neighbours. Up to ``_LM_MAX_ITER``
+    the cost. A voxel whose proposed step is below ``_LM_TOL`` (relative to |p| and to
+    max(|R2*|, 1/s)) takes it without evaluating it and stops: it is left alone from then on,
+    so its result cannot depend on its neighbours, and its normal matrix and cost are those of
+    the point before that last small step. Up to ``_LM_MAX_ITER``
     iterations; once half of the voxels still iterating have converged, the rest are gathered
     into smaller tensors, so the slow few do not keep the whole chunk busy.
     The point is held in ``|p| <= _P_MAX``, ``0 <= R2* <= _R2_MAX`` (the final clamp is
