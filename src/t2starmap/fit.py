@@ -229,7 +229,7 @@ def fit_t2star(
     # Without a mask no index list is made: it would cost 8 bytes a voxel.
     index = torch.empty(0, dtype=torch.long) if all_inside else torch.nonzero(inside).reshape(-1)
     n_fit = n_vox if all_inside else index.numel()
-    perm = None if np.all(order == np.arange(te_np.size)) else torch.as_tensor(order)
+    ascending = [int(k) for k in order]
 
     out = {k: torch.zeros(n_vox, dtype=dtype, device=dev) for k in _MAPS}
     failed = torch.zeros(n_vox, dtype=torch.bool, device=dev)
@@ -242,12 +242,11 @@ def fit_t2star(
             sel = index[start:stop]
             rows = flat[sel.to(flat.device)]
             sel = sel.to(dev)
-        if perm is not None:
-            rows = rows[:, perm.to(rows.device)]
-        # Echo-major (E, n): every sum over echoes is then a vectorised add across voxels. A
-        # fresh array, always: the kernels work in it in place.
-        y = torch.empty((te_np.size, rows.shape[0]), dtype=dtype, device=dev)
-        y.copy_(rows.to(device=dev, dtype=dtype).t())
+        rows = rows.to(device=dev, dtype=dtype)
+        # Echo-major (E, n), echoes ascending: every sum over echoes is then a vectorised add
+        # across voxels. Stacked from the columns (on the CPU twice as fast as a transposing
+        # copy), so always a fresh array: the kernels work in it in place.
+        y = torch.stack([rows[:, k] for k in ascending])
         maps, bad = kernel(y, echoes, noise_sigma)
         for k in _MAPS:
             out[k][sel] = maps[k]
