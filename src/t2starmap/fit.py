@@ -317,15 +317,18 @@ def _prepare(
     usable (n,): all samples finite and at least two positive ones at different echo times.
     scale (n,): the voxel's largest |sample|, at least ``floor`` (the noise level, when known:
     the noise then never exceeds 1 in these units)."""
-    total = y.sum(0)
-    y = y.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
-    if echoes.distinct:
-        enough = _gt(_gt(y, 0.0).sum(0), 1.5)
+    finite = _finite(y.sum(0))  # NaN or inf in any sample makes the sum non-finite
+    if not bool(finite.min() > 0):
+        y = y.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+    high, low = y.amax(dim=0), y.amin(dim=0)
+    if bool(low.min() > 0):
+        # Every sample positive (the usual case): enough echoes (check_echo_times) everywhere.
+        usable = finite
+    elif echoes.distinct:
+        usable = finite * _gt(_gt(y, 0.0).sum(0), 1.5)
     else:
-        enough = _distinct_positive_echoes(y > 0, echoes.te).to(y.dtype)
-    usable = _finite(total) * enough
-    scale = torch.maximum(y.amax(dim=0), y.amin(dim=0).neg_())
-    scale = scale.clamp_min_(max(floor, torch.finfo(y.dtype).tiny))
+        usable = finite * _distinct_positive_echoes(y > 0, echoes.te).to(y.dtype)
+    scale = torch.maximum(high, low.neg_()).clamp_min_(max(floor, torch.finfo(y.dtype).tiny))
     return y.div_(scale), usable, scale
 
 
@@ -590,11 +593,12 @@ def _levenberg_marquardt(
 
     def keep() -> None:
         """Write the iterating voxels' state and flags into ``result``."""
-        both = torch.cat([state, converged[None]])
         if active is None:
-            result.copy_(both)
+            result[:8].copy_(state)
+            result[8].copy_(converged)
         else:
-            result.index_copy_(1, active, both)
+            result[:8].index_copy_(1, active, state)
+            result[8].index_copy_(0, active, converged)
 
     # A step counts as small relative to |p| and to max(|R2*|, 1 1/s).
     step_floor = torch.tensor([[1e-12], [1.0]], dtype=p.dtype, device=p.device)
