@@ -66,16 +66,18 @@ METHODS = ("nlls", "nlls-gaussian", "wls", "loglin", "arlo")
 DEFAULT_METHOD = "nlls"
 
 #: Voxels per chunk on the CPU: big enough that per-operation overhead stays small, small
-#: enough that a chunk's few echo-by-voxel temporaries stay in the CPU caches (192x192x64x11
-#: default fit, 2 threads, /tmp/prof/p22.py, best of 6 interleaved runs, twice: 2^15 0.355 s
-#: and 0.359 s, 2^16 0.338 s and 0.340 s; earlier 2^14 and 2^17 were 10-40 % slower).
+#: enough that a chunk's few echo-by-voxel temporaries stay in the CPU caches. 192x192x64x11
+#: default fit, 2 threads, ``python benchmarks/tune_fit.py --chunks 15 16 17 --rounds 4``,
+#: median / best: 2^15 0.340 / 0.338 s, 2^16 0.329 / 0.319 s, 2^17 0.443 / 0.353 s.
 DEFAULT_CHUNK = 1 << 16
 #: Voxels per chunk on a GPU: big enough that kernel launches do not dominate (a 192x192x64
 #: volume is one chunk), small enough for the temporaries (~0.6 GB at 11 echoes, float32).
 DEFAULT_CUDA_CHUNK = 1 << 22
 _LM_MAX_ITER = 10
-#: A voxel stops once its proposed step is below this, relative (192x192x64x11 at SNR 50, one
-#: run: against 5e-4, 8 % faster, T2* changes by at most 0.6 % of its standard error, p99 0.1 %).
+#: A voxel stops once its proposed step is below this, relative. ``python
+#: benchmarks/tune_fit.py --tols 5e-4 2e-3 5e-3 --rounds 4`` (192x192x64x11, SNR 50), median s
+#: and the largest change of T2* against 5e-4 in units of its standard error: 5e-4 0.358 s;
+#: 2e-3 0.332 s, 0.6 %; 5e-3 0.313 s, 2.3 %.
 _LM_TOL = 2e-3
 #: Largest R2* (1/s) an LM step may reach; the reported maps clamp at 1/T2STAR_MIN.
 _R2_MAX = 10.0 / T2STAR_MIN
