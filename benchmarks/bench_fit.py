@@ -300,6 +300,28 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
 
+    subset = f"{args.subset} voxels"
+
+    def extrapolated(
+        name: str,
+        seconds: float,
+        t2: np.ndarray,
+        truth_part: np.ndarray,
+        part: str,
+        failed: np.ndarray | None = None,
+    ) -> Row:
+        """A method timed on part of the volume (``truth_part``'s voxels), extrapolated
+        linearly in the voxel count; failed = flagged by the method or out of range."""
+        bad = bad_t2(t2) if failed is None else failed | bad_t2(t2)
+        return Row(
+            name,
+            seconds * n_volume / truth_part.size,
+            truth_part.size,
+            rel_errors(t2, truth_part),
+            float(bad.mean()),
+            part,
+        )
+
     first_seconds: dict[str, float] = {}
 
     def t2starmap_row(label: str, note: str = "", **kwargs: Any) -> Row:
@@ -353,14 +375,7 @@ def main(argv: list[str] | None = None) -> int:
             assert isinstance(out, tuple)
             t2, failed = out
             rows.append(
-                Row(
-                    "tedana t2smap curvefit",
-                    seconds * n_volume / args.subset,
-                    args.subset,
-                    rel_errors(t2, flat_truth[sub]),
-                    float((failed | bad_t2(t2)).mean()),
-                    f"{args.subset} voxels",
-                )
+                extrapolated("tedana t2smap curvefit", seconds, t2, flat_truth[sub], subset, failed)
             )
             print(f"tedana curvefit on {args.subset}: {seconds:.3f} s", flush=True)
         except ImportError as err:
@@ -372,14 +387,7 @@ def main(argv: list[str] | None = None) -> int:
             seconds, t2 = best_of(1, lambda: scipy_fit(flat[sub], TE))
             assert isinstance(t2, np.ndarray)
             rows.append(
-                Row(
-                    "scipy least_squares per voxel",
-                    seconds * n_volume / args.subset,
-                    args.subset,
-                    rel_errors(t2, flat_truth[sub]),
-                    float(bad_t2(t2).mean()),
-                    f"{args.subset} voxels",
-                )
+                extrapolated("scipy least_squares per voxel", seconds, t2, flat_truth[sub], subset)
             )
             print(f"scipy on {args.subset}: {seconds:.3f} s", flush=True)
         except ImportError as err:
@@ -391,16 +399,8 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         t2 = notebook_fit(slice_signal, TE, args.notebook_steps)
         seconds = time.perf_counter() - start
-        rows.append(
-            Row(
-                f"notebook: MSE + ADAM lr 1e-3, {args.notebook_steps} steps",
-                seconds * n_volume / slice_truth.size,
-                slice_truth.size,
-                rel_errors(t2, slice_truth),
-                float(bad_t2(t2).mean()),
-                "one 128x128 slice",
-            )
-        )
+        name = f"notebook: MSE + ADAM lr 1e-3, {args.notebook_steps} steps"
+        rows.append(extrapolated(name, seconds, t2, slice_truth, "one 128x128 slice"))
         print(f"notebook on one slice: {seconds:.1f} s", flush=True)
 
     if not args.quick:
