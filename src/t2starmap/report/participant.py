@@ -243,36 +243,25 @@ def set_section(outcome: SetOutcome, loaded: SetMaps, bids_dir: Path) -> str:
             "R2* (1/s)",
             f"R2*, fixed window {R2STAR_WINDOW[0]:g}–{R2STAR_WINDOW[1]:g} s⁻¹. {failed_note}",
         )
-    if "s0" in maps:
-        window = _window(maps["s0"][good])
-        montage(
-            maps["s0"],
-            window,
-            "gray",
-            "S0 (input units)",
-            f"S0, window 0–{window[1]:.4g} (the {ROBUST_TOP:g}th percentile in the mask). "
-            f"{failed_note}",
-        )
-    if "rmse" in maps:
-        window = _window(maps["rmse"][good])
-        montage(
-            maps["rmse"],
-            window,
-            "viridis",
-            "RMSE (input units)",
-            f"Root-mean-square residual, window 0–{window[1]:.4g} (the {ROBUST_TOP:g}th "
-            f"percentile in the mask). {failed_note}",
-        )
-    if "t2star_se" in maps:
-        window = _window(maps["t2star_se"][good] * 1e3)
-        montage(
-            maps["t2star_se"] * 1e3,
-            window,
-            "viridis",
-            "SE of T2* (ms)",
-            f"Standard error of T2*, window 0–{window[1]:.3g} ms (the {ROBUST_TOP:g}th "
-            f"percentile in the mask). {failed_note}",
-        )
+    # Maps shown in a robust window, 0 to their ROBUST_TOP percentile inside the mask: key,
+    # factor to the shown units, colour map, label, caption title, window format and unit.
+    robust = [
+        ("s0", 1.0, "gray", "S0 (input units)", "S0", ".4g", ""),
+        ("rmse", 1.0, "viridis", "RMSE (input units)", "Root-mean-square residual", ".4g", ""),
+        ("t2star_se", 1e3, "viridis", "SE of T2* (ms)", "Standard error of T2*", ".3g", " ms"),
+    ]
+    for key, factor, cmap, label, title, fmt, unit in robust:
+        if key in maps:
+            shown = maps[key] * factor
+            window = _window(shown[good])
+            montage(
+                shown,
+                window,
+                cmap,
+                label,
+                f"{title}, window 0–{window[1]:{fmt}}{unit} (the {ROBUST_TOP:g}th percentile "
+                f"in the mask). {failed_note}",
+            )
     if first_echo is not None:
         window = _window(first_echo[signal])
         montage(
