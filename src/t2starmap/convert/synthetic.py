@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -130,24 +131,43 @@ def _save(ds: Dataset, path: Path) -> Path:
     return path
 
 
-def _mr_tags(
-    ds: Dataset,
-    *,
-    scanning: str,
-    variant: str,
-    sequence_name: str,
-    te_ms: float,
-    echo: int,
-    n_echoes: int,
-    acquisition_type: str,
-) -> None:
-    ds.ScanningSequence = scanning
-    ds.SequenceVariant = variant
-    ds.SequenceName = sequence_name
-    ds.MRAcquisitionType = acquisition_type
-    ds.EchoTime = round(te_ms, 4)
-    ds.EchoNumbers = echo
-    ds.EchoTrainLength = n_echoes
+@dataclass(frozen=True)
+class _ClassicSeries:
+    """What every image of one classic (one file per slice) MR series shares."""
+
+    study: str
+    uid: str
+    number: int
+    description: str
+    manufacturer: str
+    scanning: str
+    variant: str
+    sequence_name: str | None  # None: no SequenceName tag (GE, Philips)
+    n_echoes: int
+    acquisition_type: str
+    voxel: float
+
+    def image(self, instance: int, te_ms: float, echo: int, k: int) -> Dataset:
+        """The header of image ``instance``: echo ``echo`` at ``te_ms``, slice ``k``."""
+        ds = _base(
+            sop_class=MR_IMAGE_STORAGE,
+            study=self.study,
+            series_uid=self.uid,
+            series_number=self.number,
+            description=self.description,
+            manufacturer=self.manufacturer,
+            instance=instance,
+        )
+        ds.ScanningSequence = self.scanning
+        ds.SequenceVariant = self.variant
+        if self.sequence_name is not None:
+            ds.SequenceName = self.sequence_name
+        ds.MRAcquisitionType = self.acquisition_type
+        ds.EchoTime = round(te_ms, 4)
+        ds.EchoNumbers = echo
+        ds.EchoTrainLength = self.n_echoes
+        _geometry(ds, k, self.voxel)
+        return ds
 
 
 def _mag_to_int(magnitude: np.ndarray) -> np.ndarray:
@@ -178,32 +198,25 @@ def write_siemens_classic(
     written = []
     nz, ne = phantom.magnitude.shape[2:]
     for part, number in parts:
-        series_uid = _uid(study, protocol, number)
+        series = _ClassicSeries(
+            study=study,
+            uid=_uid(study, protocol, number),
+            number=number,
+            description=protocol,
+            manufacturer="SIEMENS",
+            scanning="GR",
+            variant="SP\\OSP",
+            sequence_name="*fl3d6r",
+            n_echoes=ne,
+            acquisition_type=acquisition_type,
+            voxel=voxel,
+        )
         folder = Path(root) / f"{number:02d}_{protocol}"
         instance = 0
         for e in range(ne):
             for k in range(nz):
                 instance += 1
-                ds = _base(
-                    sop_class=MR_IMAGE_STORAGE,
-                    study=study,
-                    series_uid=series_uid,
-                    series_number=number,
-                    description=protocol,
-                    manufacturer="SIEMENS",
-                    instance=instance,
-                )
-                _mr_tags(
-                    ds,
-                    scanning="GR",
-                    variant="SP\\OSP",
-                    sequence_name="*fl3d6r",
-                    te_ms=phantom.echo_times[e] * 1000,
-                    echo=e + 1,
-                    n_echoes=ne,
-                    acquisition_type=acquisition_type,
-                )
-                _geometry(ds, k, voxel)
+                ds = series.image(instance, phantom.echo_times[e] * 1000, e + 1, k)
                 if part == "mag":
                     ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND", "NORM"]
                     _set_pixels(
@@ -240,7 +253,19 @@ def write_ge_classic(
     if phantom.phase is None:
         raise ValueError("the phantom has no phase: make it with with_phase=True")
     nz, ne = phantom.magnitude.shape[2:]
-    series_uid = _uid(study, protocol, series_number)
+    series = _ClassicSeries(
+        study=study,
+        uid=_uid(study, protocol, series_number),
+        number=series_number,
+        description=protocol,
+        manufacturer="GE MEDICAL SYSTEMS",
+        scanning="RM",
+        variant="NONE",
+        sequence_name=None,
+        n_echoes=ne,
+        acquisition_type="2D",
+        voxel=voxel,
+    )
     kinds = {
         0: phantom.magnitude,
         2: phantom.magnitude * np.cos(phantom.phase),
@@ -252,28 +277,8 @@ def write_ge_classic(
         for code, data in kinds.items():
             for k in range(nz):
                 instance += 1
-                ds = _base(
-                    sop_class=MR_IMAGE_STORAGE,
-                    study=study,
-                    series_uid=series_uid,
-                    series_number=series_number,
-                    description=protocol,
-                    manufacturer="GE MEDICAL SYSTEMS",
-                    instance=instance,
-                )
-                _mr_tags(
-                    ds,
-                    scanning="RM",
-                    variant="NONE",
-                    sequence_name="",
-                    te_ms=phantom.echo_times[e] * 1000,
-                    echo=e + 1,
-                    n_echoes=ne,
-                    acquisition_type="2D",
-                )
-                del ds.SequenceName
+                ds = series.image(instance, phantom.echo_times[e] * 1000, e + 1, k)
                 ds.ImageType = ["ORIGINAL", "PRIMARY", "OTHER"]
-                _geometry(ds, k, voxel)
                 ge = ds.private_block(0x0019, "GEMS_ACQU_01", create=True)
                 ge.add_new(0x9C, "LO", "cuhpsd/mfgre_BOLD")
                 ge.add_new(0x9E, "SH", "FGRE")
@@ -306,7 +311,19 @@ def write_philips_classic(
     if phantom.phase is None:
         raise ValueError("the phantom has no phase: make it with with_phase=True")
     nz, ne = phantom.magnitude.shape[2:]
-    series_uid = _uid(study, protocol, series_number)
+    series = _ClassicSeries(
+        study=study,
+        uid=_uid(study, protocol, series_number),
+        number=series_number,
+        description=protocol,
+        manufacturer="Philips Medical Systems",
+        scanning="GR",
+        variant="SP",
+        sequence_name=None,
+        n_echoes=ne,
+        acquisition_type="3D",
+        voxel=voxel,
+    )
     written = []
     instance = 0
     phase_slope = 2 * math.pi / 4095
@@ -314,28 +331,7 @@ def write_philips_classic(
     def new(te_ms: float, echo: int, k: int) -> Dataset:
         nonlocal instance
         instance += 1
-        ds = _base(
-            sop_class=MR_IMAGE_STORAGE,
-            study=study,
-            series_uid=series_uid,
-            series_number=series_number,
-            description=protocol,
-            manufacturer="Philips Medical Systems",
-            instance=instance,
-        )
-        _mr_tags(
-            ds,
-            scanning="GR",
-            variant="SP",
-            sequence_name="",
-            te_ms=te_ms,
-            echo=echo,
-            n_echoes=ne,
-            acquisition_type="3D",
-        )
-        del ds.SequenceName
-        _geometry(ds, k, voxel)
-        return ds
+        return series.image(instance, te_ms, echo, k)
 
     for e in range(ne):
         for k in range(nz):
@@ -517,34 +513,27 @@ def write_other_series(
         raise ValueError(f"unknown kind {kind!r}")
     scanning, variant, name, image_type, tes = settings[kind]
     nx, ny, nz = shape
-    series_uid = _uid(study, kind, series_number)
+    series = _ClassicSeries(
+        study=study,
+        uid=_uid(study, kind, series_number),
+        number=series_number,
+        description=f"{kind}_series",
+        manufacturer="SIEMENS",
+        scanning=scanning,
+        variant=variant,
+        sequence_name=name,
+        n_echoes=len(tes),
+        acquisition_type="2D",
+        voxel=2.0,
+    )
     written = []
     instance = 0
     rng = np.random.default_rng(series_number)
     for e, te in enumerate(tes):
         for k in range(nz):
             instance += 1
-            ds = _base(
-                sop_class=MR_IMAGE_STORAGE,
-                study=study,
-                series_uid=series_uid,
-                series_number=series_number,
-                description=f"{kind}_series",
-                manufacturer="SIEMENS",
-                instance=instance,
-            )
-            _mr_tags(
-                ds,
-                scanning=scanning,
-                variant=variant,
-                sequence_name=name,
-                te_ms=te,
-                echo=e + 1,
-                n_echoes=len(tes),
-                acquisition_type="2D",
-            )
+            ds = series.image(instance, te, e + 1, k)
             ds.ImageType = image_type
-            _geometry(ds, k, 2.0)
             _set_pixels(ds, rng.integers(0, 1000, size=(ny, nx)), signed=False)
             written.append(_save(ds, Path(root) / f"{kind}{series_number}" / f"{instance}.dcm"))
     return written
