@@ -11,6 +11,7 @@ report adds to a participant run.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -18,37 +19,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from t2starmap import derivatives
-from t2starmap.layout import Echo, build_echo_set
-from t2starmap.nifti import Geometry, save_map
 from t2starmap.report import participant
-from t2starmap.simulate import EXAMPLE_ECHO_TIMES, make_phantom, truth_maps, write_megre
-from t2starmap.workflow import SetOutcome
 
-
-def make_case(root: Path, shape: tuple[int, ...]) -> SetOutcome:
-    phantom = make_phantom(shape, EXAMPLE_ECHO_TIMES, snr=60.0, seed=1)
-    paths = write_megre(root / "bids", phantom, "01")
-    echoes = [
-        Echo(p, te, {"EchoTime": te, "MagneticFieldStrength": 3, "Manufacturer": "Sim"})
-        for p, te in zip(paths, phantom.echo_times, strict=True)
-    ]
-    echo_set = build_echo_set({"subject": "01"}, echoes)
-    affine = np.diag([2.0, 2.0, 2.0, 1.0])
-    geometry = Geometry(tuple(shape), affine, (2.0, 2.0, 2.0), 1, 1)
-    maps = truth_maps(phantom, failed_fraction=0.01, seed=0)
-    out = root / "out"
-    for spec in derivatives.OUTPUTS:
-        save_map(derivatives.output_path(out, echo_set, spec, ".nii.gz"), maps[spec.key], geometry)
-    return SetOutcome(
-        echo_set,
-        n_voxels=int(maps["signal"].sum()),
-        failed_fraction=0.01,
-        noise_sigma=phantom.sigma,
-        seconds=1.0,
-    )
+# The report tests' synthetic output folder (raw MEGRE, maps and record) serves here too.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "report"))
+from report_helpers import synthetic_output
 
 
 def timed(name: str, totals: dict[str, float], func: Callable[..., Any]) -> Callable[..., Any]:
@@ -75,7 +50,7 @@ def main() -> None:
         shape = tuple(int(n) for n in text.split("x"))
         with tempfile.TemporaryDirectory() as tmp:
             root = Path(tmp)
-            outcome = make_case(root, shape)
+            outcome = synthetic_output(root, shape=shape, failed_fraction=0.01)
             best: dict[str, float] | None = None
             for _ in range(args.repeats):
                 totals: dict[str, float] = defaultdict(float)

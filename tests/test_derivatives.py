@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+import pytest
 
 from t2starmap.derivatives import (
     OUTPUTS,
+    PublishedSet,
+    SetStatistics,
+    Source,
+    bids_path,
     common_acquisition,
     dataset_description,
+    load_published,
     map_sidecar,
+    output_files,
     output_path,
+    record_path,
+    sidecar_path,
 )
 from t2starmap.layout import Echo, EchoSet
 
@@ -28,7 +39,7 @@ def echo_set(**entities: str) -> EchoSet:
 
 def test_names_follow_entity_order_and_drop_echo_level_entities() -> None:
     s = echo_set(session="a", run="2", acquisition="hi", flip="1")
-    names = {spec.key: output_path(Path("/o"), s, spec, ".nii.gz") for spec in OUTPUTS}
+    names = {spec.key: output_path(Path("/o"), s.entities, spec, ".nii.gz") for spec in OUTPUTS}
     assert names["t2star"] == Path(
         "/o/sub-01/ses-a/anat/sub-01_ses-a_acq-hi_run-2_T2starmap.nii.gz"
     )
@@ -63,3 +74,85 @@ def test_dataset_description_is_deterministic(tmp_path: Path) -> None:
     description = dataset_description(tmp_path)
     assert description["DatasetLinks"]["raw"] == tmp_path.resolve().as_uri()
     assert description["SourceDatasets"] == [{"URL": "bids:raw:"}]
+
+
+def record(subject: str = "01", session: str | None = None, run: str | None = None) -> PublishedSet:
+    entities = {"subject": subject}
+    if session:
+        entities["session"] = session
+    if run:
+        entities["run"] = run
+    return PublishedSet(
+        entities=entities,
+        files=output_files(entities),
+        sources=(Source("sub-01/anat/x_echo-1_MEGRE.nii.gz", 0.003, {"Manufacturer": "GE"}),),
+        n_voxels=10,
+        failed_fraction=0.1,
+        noise_sigma=None,
+        noise_model="gaussian",
+        fit_method="nlls",
+        algorithm="LM",
+        device="cpu",
+        statistics=SetStatistics((0.01, 0.02, 0.03), (33.0, 50.0, 100.0), 1e3),
+        seconds=1.5,
+        warnings=("a <warning>",),
+    )
+
+
+def test_a_record_round_trips_through_its_file(tmp_path: Path) -> None:
+    original = record(session="a", run="2")
+    path = record_path(tmp_path, original.entities)
+    assert path == tmp_path / "sub-01/ses-a/anat/sub-01_ses-a_run-2_record.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(original.to_json())
+    assert load_published(tmp_path) == [original]
+    assert original.path(tmp_path, "t2star") == tmp_path / (
+        "sub-01/ses-a/anat/sub-01_ses-a_run-2_T2starmap.nii.gz"
+    )
+    assert original.name == "sub-01_ses-a_run-2"
+
+
+def test_load_published_selects_participants_and_sessions(tmp_path: Path) -> None:
+    records = [record("01"), record("02", "a"), record("02", "b"), record("03", "a")]
+    for r in records:
+        path = record_path(tmp_path, r.entities)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(r.to_json())
+    assert [r.name for r in load_published(tmp_path)] == [
+        "sub-01",
+        "sub-02_ses-a",
+        "sub-02_ses-b",
+        "sub-03_ses-a",
+    ]
+    assert [r.name for r in load_published(tmp_path, ["02"])] == ["sub-02_ses-a", "sub-02_ses-b"]
+    assert [r.name for r in load_published(tmp_path, None, ["a"])] == [
+        "sub-02_ses-a",
+        "sub-03_ses-a",
+    ]
+    assert load_published(tmp_path, ["04"]) == []
+
+
+def test_an_unreadable_record_is_named(tmp_path: Path) -> None:
+    path = record_path(tmp_path, {"subject": "01"})
+    path.parent.mkdir(parents=True)
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match=r"sub-01_record\.json: not a readable t2starmap record"):
+        load_published(tmp_path)
+
+
+def test_sidecar_path_replaces_the_nifti_extension() -> None:
+    assert sidecar_path(Path("a/b_T2starmap.nii.gz")) == Path("a/b_T2starmap.json")
+    assert sidecar_path(Path("a/b.nii")) == Path("a/b.json")
+    with pytest.raises(ValueError, match="not a NIfTI"):
+        sidecar_path(Path("a/b.txt"))
+
+
+def test_source_paths_keep_the_datasets_own_names(tmp_path: Path) -> None:
+    """A DataLad image is a link into the annex: its BIDS name is the link's, not the target's."""
+    annex = tmp_path / "bids" / ".git" / "annex" / "objects" / "MD5E-s1.nii.gz"
+    annex.parent.mkdir(parents=True)
+    annex.write_bytes(b"x")
+    link = tmp_path / "bids" / "sub-01" / "anat" / "sub-01_echo-1_MEGRE.nii.gz"
+    link.parent.mkdir(parents=True)
+    os.symlink(os.path.relpath(annex, link.parent), link)
+    assert bids_path(tmp_path / "bids", link) == "sub-01/anat/sub-01_echo-1_MEGRE.nii.gz"

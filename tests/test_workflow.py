@@ -46,6 +46,7 @@ def example_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_exact_output_files(example_run: Path) -> None:
     maps = {f"{s}_{m}{ext}" for s in SETS for m in MAP_NAMES for ext in (".nii.gz", ".json")}
+    maps |= {f"{s}_record.json" for s in SETS}
     top = {"dataset_description.json", ".bidsignore", "group_T2starmap.tsv", "group_T2starmap.json"}
     found = files_below(example_run)
     logs = {f for f in found if f.startswith("logs/")}

@@ -7,8 +7,10 @@ label and units are written down. Paths come from the echo set's entities via
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,15 @@ _SHORT = {
 }
 #: Listed in the output's .bidsignore: statistic maps the schema has no suffix for, and the
 #: app's own files.
-BIDSIGNORE = ("*_statmap.nii.gz", "*_statmap.json", "logs", "group_*", "*.html", "figures")
+BIDSIGNORE = (
+    "*_statmap.nii.gz",
+    "*_statmap.json",
+    "*_record.json",
+    "logs",
+    "group_*",
+    "*.html",
+    "figures",
+)
 
 
 @dataclass(frozen=True)
@@ -96,18 +106,26 @@ OUTPUTS: tuple[OutputSpec, ...] = (
 
 
 def output_stem(entities: Mapping[str, Any], spec: OutputSpec) -> str:
-    parts = [f"{_SHORT[k]}-{entities[k]}" for k in OUTPUT_ENTITIES if k in entities]
-    if spec.desc:
-        parts.append(f"desc-{spec.desc}")
-    return "_".join([*parts, spec.suffix])
+    desc = [f"desc-{spec.desc}"] if spec.desc else []
+    return "_".join([set_name(entities), *desc, spec.suffix])
 
 
-def output_path(root: Path, echo_set: EchoSet, spec: OutputSpec, extension: str) -> Path:
-    """``root/sub-L[/ses-S]/anat/<entities>[_desc-D]_<suffix><extension>``."""
-    folder = Path(root) / f"sub-{echo_set.subject}"
-    if echo_set.session is not None:
-        folder = folder / f"ses-{echo_set.session}"
-    return folder / "anat" / (output_stem(echo_set.entities, spec) + extension)
+def output_path(root: Path, entities: Mapping[str, Any], spec: OutputSpec, extension: str) -> Path:
+    """``root/sub-L[/ses-S]/anat/<entities>[_desc-D]_<suffix><extension>``: the one place that
+    names an output file (the maps, their sidecars and the set's record)."""
+    folder = Path(root) / f"sub-{entities['subject']}"
+    if entities.get("session") is not None:
+        folder = folder / f"ses-{entities['session']}"
+    return folder / "anat" / (output_stem(entities, spec) + extension)
+
+
+def sidecar_path(image: Path) -> Path:
+    """The JSON sidecar beside a NIfTI image (``x.nii.gz`` or ``x.nii`` -> ``x.json``)."""
+    name = image.name
+    for extension in (".nii.gz", ".nii"):
+        if name.endswith(extension):
+            return image.with_name(name[: -len(extension)] + ".json")
+    raise ValueError(f"{image}: not a NIfTI file name")
 
 
 def dropped_entities(echo_set: EchoSet) -> list[str]:
@@ -115,8 +133,15 @@ def dropped_entities(echo_set: EchoSet) -> list[str]:
     return [k for k in SET_ENTITIES if k in echo_set.entities and k not in OUTPUT_ENTITIES]
 
 
+def bids_path(bids_dir: Path, path: Path) -> str:
+    """``path`` relative to the dataset root, as the dataset names it (POSIX). Links are not
+    followed: in a DataLad dataset the image is a link into the annex, and its BIDS name is the
+    link's."""
+    return Path(os.path.relpath(Path(path).absolute(), Path(bids_dir).absolute())).as_posix()
+
+
 def bids_uri(bids_dir: Path, path: Path) -> str:
-    return f"bids:{SOURCE_LINK}:{Path(path).resolve().relative_to(bids_dir).as_posix()}"
+    return f"bids:{SOURCE_LINK}:{bids_path(bids_dir, path)}"
 
 
 #: Acquisition fields copied to map sidecars when every echo agrees on them.
@@ -184,8 +209,6 @@ def dataset_description(bids_dir: Path) -> dict[str, Any]:
         "Description": "Voxel-wise mono-exponential T2*/R2*/S0 fit of multi-echo GRE data",
         "CodeURL": CODE_URL,
     }
-    import os
-
     container = os.environ.get("T2STARMAP_CONTAINER_TYPE")
     if container:
         generated_by["Container"] = {
@@ -200,3 +223,150 @@ def dataset_description(bids_dir: Path) -> dict[str, Any]:
         "SourceDatasets": [{"URL": f"bids:{SOURCE_LINK}:"}],
         "DatasetLinks": {SOURCE_LINK: Path(bids_dir).resolve().as_uri()},
     }
+
+
+# --- the record of a published echo set ------------------------------------------------------
+
+#: Not a map: the record of one published echo set (see :class:`PublishedSet`), named like the
+#: maps with the suffix ``record`` (listed in .bidsignore).
+RECORD = OutputSpec("record", "record", None, None, "What t2starmap published for this echo set")
+RECORD_VERSION = 1
+#: Source metadata kept in the record for the pages (as pybids read it, inheritance honoured).
+SOURCE_FIELDS = ("MagneticFieldStrength", "Manufacturer", "ManufacturerModelName")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One input echo: its path relative to the input dataset, its echo time (s) and the
+    metadata the pages show."""
+
+    path: str
+    echo_time: float
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SetStatistics:
+    """Quartiles (q1, median, q3) of T2* (s) and R2* (1/s) and the median S0 over the
+    signal-mask voxels whose fit did not fail; None when no voxel qualifies."""
+
+    t2star: tuple[float, float, float] | None = None
+    r2star: tuple[float, float, float] | None = None
+    s0_median: float | None = None
+
+
+@dataclass(frozen=True)
+class PublishedSet:
+    """Everything later steps need of one published echo set, written once beside its maps
+    (:func:`write_record`) and read back only by :func:`load_published`.
+
+    ``files``: OUTPUTS key -> image path relative to the output folder (sidecars beside them,
+    :func:`sidecar_path`). ``seconds``: time to read and fit the set (None when not known).
+    """
+
+    entities: Mapping[str, str]
+    files: Mapping[str, str]
+    sources: tuple[Source, ...]
+    n_voxels: int
+    failed_fraction: float
+    noise_sigma: float | None
+    noise_model: str
+    fit_method: str
+    algorithm: str
+    device: str
+    statistics: SetStatistics
+    seconds: float | None = None
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def subject(self) -> str:
+        return str(self.entities["subject"])
+
+    @property
+    def session(self) -> str | None:
+        value = self.entities.get("session")
+        return None if value is None else str(value)
+
+    @property
+    def name(self) -> str:
+        """The set's entities as in its file names, e.g. ``sub-01_ses-1_run-2``."""
+        return set_name(self.entities)
+
+    @property
+    def echo_times(self) -> tuple[float, ...]:
+        return tuple(s.echo_time for s in self.sources)
+
+    def path(self, output_dir: Path, key: str) -> Path:
+        """The image of OUTPUTS key ``key`` under ``output_dir``."""
+        return Path(output_dir) / self.files[key]
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["record_version"] = RECORD_VERSION
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> PublishedSet:
+        data = json.loads(text)
+        if data.pop("record_version", None) != RECORD_VERSION:
+            raise ValueError("record written by another version of t2starmap")
+        stats = data.pop("statistics")
+        return cls(
+            **{
+                **data,
+                "sources": tuple(Source(**s) for s in data["sources"]),
+                "warnings": tuple(data["warnings"]),
+                "statistics": SetStatistics(
+                    t2star=_triple(stats["t2star"]),
+                    r2star=_triple(stats["r2star"]),
+                    s0_median=stats["s0_median"],
+                ),
+            }
+        )
+
+
+def _triple(values: Sequence[float] | None) -> tuple[float, float, float] | None:
+    return None if values is None else (float(values[0]), float(values[1]), float(values[2]))
+
+
+def set_name(entities: Mapping[str, Any]) -> str:
+    """Set entities as in a derivative file name (``sub-01_ses-1_run-2``)."""
+    return "_".join(f"{_SHORT[k]}-{entities[k]}" for k in OUTPUT_ENTITIES if k in entities)
+
+
+def output_files(entities: Mapping[str, Any]) -> dict[str, str]:
+    """OUTPUTS key -> image path (relative, POSIX) of one set's maps."""
+    return {s.key: output_path(Path(), entities, s, ".nii.gz").as_posix() for s in OUTPUTS}
+
+
+def record_path(output_dir: Path, entities: Mapping[str, Any]) -> Path:
+    return output_path(output_dir, entities, RECORD, ".json")
+
+
+def load_published(
+    output_dir: Path,
+    participants: Iterable[str] | None = None,
+    sessions: Iterable[str] | None = None,
+) -> list[PublishedSet]:
+    """The records of every echo set published under ``output_dir`` (by any run), optionally
+    only those of some participants / sessions, sorted by name.
+
+    Raises ValueError (naming the file) for a record that cannot be read.
+    """
+    wanted_p = set(participants) if participants else None
+    wanted_s = set(sessions) if sessions else None
+    found = []
+    pattern = f"*_{RECORD.suffix}.json"
+    for path in sorted(Path(output_dir).glob(f"sub-*/anat/{pattern}")) + sorted(
+        Path(output_dir).glob(f"sub-*/ses-*/anat/{pattern}")
+    ):
+        try:
+            record = PublishedSet.from_json(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{path}: not a readable t2starmap record ({err})") from err
+        if wanted_p is not None and record.subject not in wanted_p:
+            continue
+        if wanted_s is not None and record.session not in wanted_s:
+            continue
+        found.append(record)
+    return sorted(found, key=lambda r: r.name)

@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 
 from t2starmap import derivatives
-from t2starmap.atomic import write_json
+from t2starmap.atomic import write_json, write_text
+from t2starmap.derivatives import PublishedSet, Source
 from t2starmap.layout import Echo, build_echo_set
 from t2starmap.nifti import Geometry, save_map
 from t2starmap.simulate import EXAMPLE_ECHO_TIMES, make_phantom, truth_maps, write_megre
-from t2starmap.workflow import SetOutcome
+from t2starmap.summary import set_statistics
 
 FIT_INFO = {
     "EstimationAlgorithm": "simulated truth",
@@ -39,9 +40,9 @@ def synthetic_output(
     run: str | None = None,
     failed_fraction: float = 0.05,
     skip: tuple[str, ...] = (),
-) -> SetOutcome:
+) -> PublishedSet:
     """A seeded phantom written as raw MEGRE under ``root/bids`` and maps (its truth standing
-    in for a fit, some voxels marked failed) under ``root/out``; the matching outcome."""
+    in for a fit, some voxels marked failed) under ``root/out``, with its record."""
     phantom = make_phantom(shape, EXAMPLE_ECHO_TIMES, snr=60.0, seed=3)
     extra = f"_run-{run}" if run else ""
     paths = write_megre(root / "bids", phantom, subject, session, extra_entities=extra)
@@ -62,18 +63,31 @@ def synthetic_output(
     for spec in derivatives.OUTPUTS:
         if spec.key in skip:
             continue
-        path = derivatives.output_path(root / "out", echo_set, spec, ".nii.gz")
+        path = derivatives.output_path(root / "out", echo_set.entities, spec, ".nii.gz")
         save_map(path, maps[spec.key], geometry)
         sidecar = derivatives.map_sidecar(spec, echo_set, (root / "bids").resolve(), FIT_INFO)
-        write_json(path.with_name(path.name.replace(".nii.gz", ".json")), sidecar)
-    return SetOutcome(
-        echo_set,
+        write_json(derivatives.sidecar_path(path), sidecar)
+    good = maps["signal"] & ~maps["failed"]
+    record = PublishedSet(
+        entities=echo_set.entities,
+        files=derivatives.output_files(echo_set.entities),
+        sources=tuple(
+            Source(derivatives.bids_path(root / "bids", e.path), e.echo_time, meta)
+            for e in echo_set.echoes
+        ),
         n_voxels=int(maps["signal"].sum()),
         failed_fraction=float(maps["failed"].sum() / maps["signal"].sum()),
         noise_sigma=phantom.sigma,
+        noise_model="rician",
+        fit_method="truth",
+        algorithm="simulated truth",
+        device="none",
+        statistics=set_statistics(maps["t2star"], maps["r2star"], maps["s0"], good),
         seconds=0.5,
-        warnings=["only <2> echoes & a warning"],
+        warnings=("only <2> echoes & a warning",),
     )
+    write_text(derivatives.record_path(root / "out", record.entities), record.to_json())
+    return record
 
 
 class _Collector(HTMLParser):

@@ -2,34 +2,41 @@
 
 from __future__ import annotations
 
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from report_helpers import assert_self_contained, parse
 
 from t2starmap.report import group
+from t2starmap.summary import GROUP_COLUMNS, GroupTable
 
 
 def rows(
     medians: list[float], failed: list[float] | None = None, sessions: list[str] | None = None
-) -> list[dict[str, str]]:
+) -> GroupTable:
     failed = failed or [0.0] * len(medians)
     sessions = sessions or ["n/a"] * len(medians)
-    return [
-        {
-            "participant_id": f"sub-{i:02d}",
-            "session_id": s,
-            "echo_set": "n/a",
-            "n_voxels": "500",
-            "failed_fraction": f"{f}",
-            "t2star_median": f"{m}",
-            "t2star_iqr": "0.01",
-            "noise_sigma": "10",
-            "snr": "50",
-        }
-        for i, (m, f, s) in enumerate(zip(medians, failed, sessions, strict=True), start=1)
-    ]
+    frame = pd.DataFrame(
+        [
+            {
+                "participant_id": f"sub-{i:02d}",
+                "session_id": s if s != "n/a" else np.nan,
+                "echo_set": np.nan,
+                "n_voxels": 500,
+                "failed_fraction": f,
+                "t2star_median": m,
+                "t2star_iqr": 0.01,
+                "noise_sigma": 10.0,
+                "snr": 50.0,
+            }
+            for i, (m, f, s) in enumerate(zip(medians, failed, sessions, strict=True), start=1)
+        ],
+        columns=list(GROUP_COLUMNS),
+    )
+    return GroupTable(frame)
 
 
 def test_robust_z_values() -> None:
@@ -51,7 +58,7 @@ def test_robust_z_special_cases() -> None:
 def test_outliers_flagged() -> None:
     medians = [0.020, 0.021, 0.022, 0.0215, 0.0205, 0.045, 0.0212]
     failed = [0.0, 0.0, 0.0, 0.30, 0.001, 0.0, 0.0]
-    _, _, reasons = group.flag_outliers(rows(medians, failed))
+    _, _, reasons = group.flag_outliers(rows(medians, failed).frame)
     assert "median T2*" in reasons[5]
     assert "failed fraction" in reasons[3]
     assert reasons[4] == ""  # tiny failed fractions are not flagged, whatever their z
@@ -59,7 +66,7 @@ def test_outliers_flagged() -> None:
 
 
 def test_too_few_rows_flag_nothing() -> None:
-    _, _, reasons = group.flag_outliers(rows([0.02, 0.5]))
+    _, _, reasons = group.flag_outliers(rows([0.02, 0.5]).frame)
     assert reasons == ["", ""]
 
 
@@ -69,26 +76,57 @@ def test_group_page(tmp_path: Path) -> None:
     text = group.group_page(table, tmp_path)
     found = assert_self_contained(text)
     assert len(found.images) == 2
+    # the flagged set first, in its own table, then every set
     assert found.links == [
+        "sub-04.html",
         "sub-01_ses-1.html",
         "sub-02_ses-2.html",
         "sub-03_ses-1.html",
         "sub-04.html",
     ]
-    assert text.count("(page missing)") == 3
+    assert text.count("(page missing)") == 4
+    assert text.index("<h2>Distributions") < text.index("<h2>Outliers") < text.index("<details")
     assert "exceeds 3.5" in text and "by session" in text
     assert "1 of 4 echo set(s) flagged." in text
     assert 'class="flag"' in text
 
 
-def test_write_group_report_reads_the_table(tmp_path: Path) -> None:
-    header = "participant_id\tsession_id\techo_set\tn_voxels\tfailed_fraction\tt2star_median"
-    (tmp_path / "group_T2starmap.tsv").write_text(
-        header + "\nsub-01\tn/a\tn/a\t10\t0\t0.02\nsub-02\tn/a\tn/a\t10\tn/a\tn/a\n"
-    )
-    page = group.write_group_report(tmp_path, tmp_path / "group_T2starmap.tsv")
+def test_missing_values_are_shown_as_n_a(tmp_path: Path) -> None:
+    table = rows([0.02, np.nan], failed=[0.0, np.nan])
+    page = group.write_group_report(tmp_path, table)
     text = page.read_text(encoding="utf-8")
     assert page.name == "group_report.html"
     assert [a for a in parse(text).links] == ["sub-01.html", "sub-02.html"]
     assert "none flagged" in text
-    assert "nan" not in text.lower().replace("nanum", "")  # n/a cells stay n/a
+    cells = table_cells(text)
+    second = next(row for row in cells if row[0].startswith("sub-02"))
+    assert second[2:5] == ["n/a", "10.0", "n/a"]  # median T2*, IQR, failed: n/a, not "nan"
+    assert all("nan" not in cell.lower() for row in cells for cell in row)
+
+
+def table_cells(text: str) -> list[list[str]]:
+    """The text of every data row's cells in the page's tables."""
+    found: list[list[str]] = []
+
+    class Cells(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.cell: list[str] | None = None
+
+        def handle_starttag(self, tag: str, attrs: object) -> None:
+            if tag == "tr":
+                found.append([])
+            if tag == "td":
+                self.cell = []
+
+        def handle_endtag(self, tag: str) -> None:
+            if tag == "td" and self.cell is not None:
+                found[-1].append("".join(self.cell).strip())
+                self.cell = None
+
+        def handle_data(self, data: str) -> None:
+            if self.cell is not None:
+                self.cell.append(data)
+
+    Cells().feed(text)
+    return [row for row in found if row]

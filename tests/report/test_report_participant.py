@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -59,8 +60,9 @@ def test_page_content(tmp_path: Path, subject: str, session: str | None) -> None
 
 
 def test_missing_optional_maps_and_no_failures(tmp_path: Path) -> None:
-    outcome = synthetic_output(tmp_path, failed_fraction=0.0, skip=("t2star_se", "rmse"))
-    outcome.warnings.clear()
+    outcome = replace(
+        synthetic_output(tmp_path, failed_fraction=0.0, skip=("t2star_se", "rmse")), warnings=()
+    )
     [page] = participant.write_participant_reports(tmp_path / "out", tmp_path / "bids", [outcome])
     text = page.read_text(encoding="utf-8")
     assert len(assert_self_contained(text).images) == 6
@@ -107,9 +109,10 @@ def test_a_page_keeps_sets_that_earlier_runs_published(tmp_path: Path) -> None:
     assert text.count("<section") == 2
     assert text.index('id="sub-05_run-1"') < text.index('id="sub-05_run-2"')
     earlier = text[: text.index('id="sub-05_run-2"')]
-    assert "not recorded (fitted by an earlier run)" in earlier
-    assert "from the sidecar" in earlier and "rician" in earlier
-    assert "Siemens Simulated" in earlier  # raw sidecars found through the map's Sources
+    # what the earlier run recorded: its time, warnings, noise model and source metadata
+    assert "0.50 s (read the echoes and fit)" in earlier
+    assert "only &lt;2&gt; echoes" in earlier and "rician" in earlier
+    assert "Acme X1" in earlier
     assert "0.50 s (read the echoes and fit)" in text[text.index('id="sub-05_run-2"') :]
 
 
@@ -146,8 +149,9 @@ def test_to_canonical_undoes_a_flip() -> None:
 def test_decay_voxels_come_from_the_raw_echoes(tmp_path: Path) -> None:
     outcome = synthetic_output(tmp_path)
     voxel = (10, 9, 2)
-    signals, first = participant.read_echoes(outcome.echo_set, [voxel])
-    raw = [np.asarray(nib.load(e.path).dataobj)[voxel] for e in outcome.echo_set.echoes]
+    paths = [tmp_path / "bids" / s.path for s in outcome.sources]
+    signals, first = participant.read_echoes(paths, [voxel])
+    raw = [np.asarray(nib.load(p).dataobj)[voxel] for p in paths]
     assert np.allclose(signals[0], raw)
     assert first is not None and first.shape == (20, 18, 5)
 

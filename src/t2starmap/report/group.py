@@ -1,24 +1,25 @@
 """The group page: per-participant median T2* by session, failed fractions, outliers.
 
-Built from ``group_T2starmap.tsv`` alone, so it covers every participant output in the folder,
-whichever runs wrote them.
+Built from the group table (:class:`t2starmap.summary.GroupTable`, made from the records of
+every published set), so it covers every participant output in the folder, whichever runs
+wrote them.
 """
 
 from __future__ import annotations
 
-import csv
 import logging
-from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-from t2starmap import __version__
 from t2starmap.atomic import write_text
 from t2starmap.report import figures
-from t2starmap.report.html import esc, figure, page, table
+from t2starmap.report.html import Figure, render
 from t2starmap.report.participant import page_name
+from t2starmap.summary import GroupTable
 
 log = logging.getLogger("t2starmap.report")
 
@@ -52,28 +53,16 @@ def robust_z(values: Sequence[float] | np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(x), 0.0, np.nan)
 
 
-def read_group_table(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle, delimiter="\t"))
-
-
-def _number(text: str | None) -> float:
-    try:
-        return float(text) if text not in (None, "", "n/a") else float("nan")
-    except ValueError:
-        return float("nan")
-
-
-def flag_outliers(rows: Sequence[Mapping[str, str]]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def flag_outliers(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Robust z of median T2* and of the failed fraction per row, and why each row is flagged
     ("" when it is not)."""
-    t2 = np.array([_number(r.get("t2star_median")) for r in rows])
-    failed = np.array([_number(r.get("failed_fraction")) for r in rows])
+    t2 = frame["t2star_median"].to_numpy(dtype=np.float64)
+    failed = frame["failed_fraction"].to_numpy(dtype=np.float64)
     z_t2, z_failed = robust_z(t2), robust_z(failed)
     reasons = []
-    for i in range(len(rows)):
+    for i in range(len(frame)):
         why = []
-        if len(rows) >= MIN_ROWS:
+        if len(frame) >= MIN_ROWS:
             if abs(z_t2[i]) > ROBUST_Z_THRESHOLD:
                 why.append(f"median T2* (z = {z_t2[i]:+.1f})")
             if z_failed[i] > ROBUST_Z_THRESHOLD and failed[i] > FAILED_FLOOR:
@@ -82,116 +71,103 @@ def flag_outliers(rows: Sequence[Mapping[str, str]]) -> tuple[np.ndarray, np.nda
     return z_t2, z_failed, reasons
 
 
-def _scaled(text: str | None, factor: float, spec: str) -> str:
-    value = _number(text) * factor
-    return f"{value:{spec}}" if np.isfinite(value) else "n/a"
+def _number(value: object, factor: float = 1.0, spec: str = ".4g") -> str:
+    try:
+        number = float(value) * factor  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return "n/a"
+    return f"{number:{spec}}" if np.isfinite(number) else "n/a"
 
 
-def _row_label(row: Mapping[str, str]) -> str:
-    parts = [row.get("participant_id", "?")]
-    for key in ("session_id", "echo_set"):
-        if row.get(key) not in (None, "", "n/a"):
-            parts.append(row[key])
-    return " ".join(parts)
+def _present(value: object) -> bool:
+    return isinstance(value, str) and value not in ("", "n/a")
 
 
-def group_page(rows: Sequence[Mapping[str, str]], output_dir: Path) -> str:
+@dataclass(frozen=True)
+class Row:
+    """One echo set's row of the page's tables."""
+
+    label: str
+    link: str
+    page_exists: bool
+    cells: Sequence[str]
+    flagged: bool
+
+
+#: Columns of the page's tables after the linked label; all numeric.
+HEADER = ("Voxels", "Median T2* (ms)", "IQR (ms)", "Failed (%)", "Noise σ", "SNR", "z (T2*)")
+
+
+def group_page(table: GroupTable, output_dir: Path) -> str:
     """The group report's HTML. Links point at participant pages beside it."""
-    z_t2, _, reasons = flag_outliers(rows)
-    t2_ms = np.array([_number(r.get("t2star_median")) * 1e3 for r in rows])
-    sessions = [r.get("session_id", "n/a") for r in rows]
-    has_sessions = any(s not in ("", "n/a") for s in sessions)
+    frame = table.frame
+    z_t2, _, reasons = flag_outliers(frame)
+    records = frame.to_dict("records")
+    has_sessions = any(_present(r["session_id"]) for r in records)
     groups: dict[str, list[float]] = {}
     flagged: dict[str, list[bool]] = {}
-    for value, session, reason in zip(t2_ms, sessions, reasons, strict=True):
-        name = (session if session not in ("", "n/a") else "no session") if has_sessions else "all"
-        groups.setdefault(name, []).append(float(value))
-        flagged.setdefault(name, []).append(bool(reason))
-    strip = figures.group_strip_png(groups, flagged)
-    labels = [_row_label(r) for r in rows]
-    bars = figures.failed_bar_png(labels, [_number(r.get("failed_fraction")) for r in rows])
-
-    table_rows = []
-    classes = []
-    for row, z, reason in zip(rows, z_t2, reasons, strict=True):
-        subject = (row.get("participant_id") or "sub-?").removeprefix("sub-")
-        session_id = row.get("session_id") or "n/a"
-        label = None if session_id == "n/a" else session_id.removeprefix("ses-")
-        name = page_name(subject, label)
-        link = f'<a href="{esc(name)}">{esc(_row_label(row))}</a>'
-        if not (output_dir / name).exists():
-            link += " (page missing)"
-        table_rows.append(
+    rows = []
+    for record, z, reason in zip(records, z_t2, reasons, strict=True):
+        session = record["session_id"] if _present(record["session_id"]) else None
+        key = (session or "no session") if has_sessions else "all"
+        groups.setdefault(key, []).append(float(record["t2star_median"]) * 1e3)
+        flagged.setdefault(key, []).append(bool(reason))
+        label = " ".join(
             [
-                link,
-                row.get("n_voxels", ""),
-                _scaled(row.get("t2star_median"), 1e3, ".1f"),
-                _scaled(row.get("t2star_iqr"), 1e3, ".1f"),
-                _scaled(row.get("failed_fraction"), 100, ".2f"),
-                row.get("noise_sigma", "n/a"),
-                row.get("snr", "n/a"),
-                f"{z:+.2f}" if np.isfinite(z) else "n/a",
-                reason or "-",
+                record["participant_id"],
+                *(record[k] for k in ("session_id", "echo_set") if _present(record[k])),
             ]
         )
-        classes.append("flag" if reason else "")
-    n_flagged = sum(bool(r) for r in reasons)
-    summary = (
-        f"{n_flagged} of {len(rows)} echo set(s) flagged."
-        if len(rows) >= MIN_ROWS
-        else f"Only {len(rows)} echo set(s): outliers need at least {MIN_ROWS}, none flagged."
-    )
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    body = (
-        "<h1>T2* group report</h1>\n"
-        f'<p class="meta">t2starmap {esc(__version__)}, {esc(stamp)}; {len(rows)} echo set(s) '
-        f"from {len({r.get('participant_id') for r in rows})} participant(s), read from "
-        "group_T2starmap.tsv.</p>\n"
-        "<h2>Outliers</h2>\n"
-        f"<p>An echo set is flagged when the robust z-score of its median T2* exceeds "
-        f"{ROBUST_Z_THRESHOLD:g} in absolute value, or that of its failed fraction exceeds "
-        f"{ROBUST_Z_THRESHOLD:g} with more than {100 * FAILED_FLOOR:g} % of voxels failed. "
-        "Robust z = 0.6745 (x − median) / MAD over all echo sets (sessions pooled). "
-        f"{esc(summary)}</p>\n"
-        + table(
-            [
-                "Echo set (report)",
-                "Voxels",
-                "Median T2* (ms)",
-                "IQR (ms)",
-                "Failed (%)",
-                "Noise σ",
-                "SNR",
-                "z (T2*)",
-                "Flagged for",
-            ],
-            table_rows,
-            numeric=[False, True, True, True, True, True, True, True, False],
-            row_classes=classes,
-            raw_columns=(0,),
+        name = page_name(
+            str(record["participant_id"]).removeprefix("sub-"),
+            session.removeprefix("ses-") if session else None,
         )
-        + '\n<h2>Distributions</h2>\n<div class="pair">'
-        + figure(
+        cells = [
+            str(record["n_voxels"]),
+            _number(record["t2star_median"], 1e3, ".1f"),
+            _number(record["t2star_iqr"], 1e3, ".1f"),
+            _number(record["failed_fraction"], 100, ".2f"),
+            _number(record["noise_sigma"], spec=".6g"),
+            _number(record["snr"]),
+            f"{z:+.2f}" if np.isfinite(z) else "n/a",
+            reason or "-",
+        ]
+        rows.append(Row(label, name, (output_dir / name).exists(), cells, bool(reason)))
+    strip = figures.group_strip_png(groups, flagged)
+    bars = figures.failed_bar_png(
+        [r.label for r in rows], frame["failed_fraction"].to_numpy(dtype=np.float64).tolist()
+    )
+    plots = [
+        Figure(
             figures.data_uri(strip),
             "median T2* per echo set",
             "Median T2* within the signal mask, one point per echo set"
             + (", by session" if has_sessions else "")
             + "; boxes: quartiles; red diamonds: flagged.",
-        )
-        + figure(
+        ),
+        Figure(
             figures.data_uri(bars),
             "failed fraction per echo set",
             "Fraction of signal-mask voxels whose fit failed.",
-        )
-        + "</div>"
+        ),
+    ]
+    return render(
+        "group.html",
+        title="T2* group report · t2starmap",
+        rows=rows,
+        header=HEADER,
+        plots=plots,
+        n_participants=frame["participant_id"].nunique(),
+        enough=len(rows) >= MIN_ROWS,
+        min_rows=MIN_ROWS,
+        threshold=f"{ROBUST_Z_THRESHOLD:g}",
+        failed_floor=f"{100 * FAILED_FLOOR:g}",
     )
-    return page("T2* group report · t2starmap", body)
 
 
-def write_group_report(output_dir: Path, table_path: Path) -> Path:
+def write_group_report(output_dir: Path, table: GroupTable) -> Path:
     """Write ``OUTPUT_DIR/group_report.html`` from the group table; return its path."""
-    rows = read_group_table(table_path)
     target = Path(output_dir) / GROUP_REPORT
-    write_text(target, group_page(rows, Path(output_dir)))
+    write_text(target, group_page(table, Path(output_dir)))
     log.info("group report: %s", target)
     return target

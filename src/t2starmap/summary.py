@@ -1,0 +1,109 @@
+"""Group-level numbers: per-set statistics of the maps and the group table.
+
+The statistics of a set are computed once, from the maps as published, and kept in its record
+(:class:`t2starmap.derivatives.SetStatistics`); the group level reads records, not maps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from t2starmap.derivatives import PublishedSet, SetStatistics, set_name
+
+GROUP_TABLE = "group_T2starmap.tsv"
+
+#: Column -> description (the table's JSON sidecar), in table order.
+GROUP_COLUMNS = {
+    "participant_id": "Participant (sub-<label>)",
+    "session_id": "Session (ses-<label>), n/a without sessions",
+    "echo_set": "Entities of the echo set, as in the map file names",
+    "n_voxels": "Voxels in the signal mask",
+    "failed_fraction": "Fraction of signal-mask voxels whose fit failed",
+    "t2star_median": "Median T2* (s) over signal-mask voxels that did not fail",
+    "t2star_q1": "25th percentile of T2* (s), same voxels",
+    "t2star_q3": "75th percentile of T2* (s), same voxels",
+    "t2star_iqr": "Interquartile range of T2* (s), same voxels",
+    "r2star_median": "Median R2* (1/s), same voxels",
+    "r2star_q1": "25th percentile of R2* (1/s)",
+    "r2star_q3": "75th percentile of R2* (1/s)",
+    "r2star_iqr": "Interquartile range of R2* (1/s)",
+    "noise_sigma": "Noise SD used by the fit (input units), n/a when unknown",
+    "snr": "Median S0 over the same voxels divided by noise_sigma, n/a when unknown",
+}
+#: Significant digits written per column (the rest: 6).
+_DIGITS = {"snr": 4}
+
+
+def set_statistics(
+    t2star: np.ndarray, r2star: np.ndarray, s0: np.ndarray, good: np.ndarray
+) -> SetStatistics:
+    """Quartiles of T2* (s) and R2* (1/s) and median S0 over ``good`` voxels (same shapes)."""
+    if not good.any():
+        return SetStatistics()
+
+    def quartiles(values: np.ndarray) -> tuple[float, float, float]:
+        q1, median, q3 = np.percentile(values[good].astype(np.float64), [25, 50, 75])
+        return float(q1), float(median), float(q3)
+
+    return SetStatistics(
+        t2star=quartiles(t2star),
+        r2star=quartiles(r2star),
+        s0_median=float(np.median(s0[good].astype(np.float64))),
+    )
+
+
+@dataclass(frozen=True)
+class GroupTable:
+    """One row per published echo set, columns :data:`GROUP_COLUMNS` (NaN for n/a)."""
+
+    frame: pd.DataFrame
+
+    def write(self, path: Path) -> str:
+        """The TSV text (``n/a`` for missing values); the caller writes it atomically."""
+        shown = self.frame.copy()
+        for column in shown.columns:
+            if shown[column].dtype.kind == "f":
+                digits = _DIGITS.get(column, 6)
+                shown[column] = [
+                    f"{v:.{digits}g}" if np.isfinite(v) else np.nan for v in shown[column]
+                ]
+        return str(shown.to_csv(sep="\t", na_rep="n/a", index=False, lineterminator="\n"))
+
+
+def group_table(published: Sequence[PublishedSet]) -> GroupTable:
+    rows = []
+    for record in published:
+        stats = record.statistics
+        nan3 = (np.nan, np.nan, np.nan)
+        t2 = stats.t2star or nan3
+        r2 = stats.r2star or nan3
+        sigma = record.noise_sigma if record.noise_sigma and record.noise_sigma > 0 else None
+        snr = stats.s0_median / sigma if sigma and stats.s0_median is not None else np.nan
+        rest = {k: v for k, v in record.entities.items() if k not in ("subject", "session")}
+        rows.append(
+            {
+                "participant_id": f"sub-{record.subject}",
+                "session_id": f"ses-{record.session}" if record.session else np.nan,
+                "echo_set": set_name(rest) or np.nan,
+                "n_voxels": record.n_voxels,
+                "failed_fraction": float(record.failed_fraction),
+                "t2star_median": t2[1],
+                "t2star_q1": t2[0],
+                "t2star_q3": t2[2],
+                "t2star_iqr": t2[2] - t2[0],
+                "r2star_median": r2[1],
+                "r2star_q1": r2[0],
+                "r2star_q3": r2[2],
+                "r2star_iqr": r2[2] - r2[0],
+                "noise_sigma": float(sigma) if sigma else np.nan,
+                "snr": snr,
+            }
+        )
+    frame = pd.DataFrame(rows, columns=list(GROUP_COLUMNS))
+    frame["n_voxels"] = frame["n_voxels"].astype("int64")
+    return GroupTable(frame)
