@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 
 from t2starmap.cli import main
@@ -126,6 +128,30 @@ def test_group_table(example_run: Path) -> None:
         )
         assert float(row["failed_fraction"]) < 0.01
         assert 40 < float(row["snr"]) < 80
+
+
+@pytest.mark.parametrize(
+    ("labels", "expected"),
+    [
+        (["--session-label", "2"], [("sub-02", "ses-2")]),
+        (["--participant-label", "01"], [("sub-01", "n/a")]),
+        (["--participant-label", "02", "--session-label", "ses-1"], [("sub-02", "ses-1")]),
+    ],
+)
+def test_group_level_honours_labels(
+    example_run: Path, tmp_path: Path, labels: list[str], expected: list[tuple[str, str]]
+) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(example_run, out)
+    assert main([str(EXAMPLE), str(out), "group", "-q", *labels]) == 0
+    table = pd.read_csv(out / "group_T2starmap.tsv", sep="\t", keep_default_na=False)
+    assert list(zip(table["participant_id"], table["session_id"], strict=True)) == expected
+
+
+def test_group_level_without_selected_outputs_exits_66(example_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(example_run, out)
+    assert main([str(EXAMPLE), str(out), "group", "-q", "--session-label", "9"]) == 66
 
 
 def test_participant_and_session_labels_select(example: Path, tmp_path: Path) -> None:

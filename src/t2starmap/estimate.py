@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,48 +72,12 @@ def fit_echo_set(
         log.warning("%s", message)
         warnings.append(message)
 
-    magnitude = load_magnitude(echo_set, geometry)
     first = echo_set.echoes[0].path
-    unusable = ~np.all(np.isfinite(magnitude), axis=-1) | np.any(magnitude < 0, axis=-1)
-    if unusable.all() or not np.any(magnitude[~unusable] > 0):
-        raise BadDataError(
-            f"{first}: no usable signal in set {echo_set.name} (all voxels are "
-            "zero, negative or not finite)"
-        )
-    if unusable.any():
-        warn(
-            f"{echo_set.name}: {int(unusable.sum())} voxel(s) with NaN/inf or negative "
-            "samples are flagged as failed"
-        )
-        magnitude[unusable] = np.nan
-    if len(echo_set.echoes) == 2:
-        warn(
-            f"{echo_set.name}: only 2 echoes: the fit is exact, so RMSE is 0 and no "
-            "goodness of fit can be given"
-        )
-
-    if settings.noise_sigma is not None:
-        sigma: float | None = settings.noise_sigma
-        log.info("%s: noise sigma %.4g given on the command line", echo_set.name, sigma)
-    else:
-        estimate = estimate_noise(magnitude[..., 0])
-        sigma = estimate.sigma
-        if sigma is None:
-            warn(
-                f"{echo_set.name}: noise level could not be estimated from the "
-                f"background ({estimate.reason}); falling back to the Gaussian fit"
-            )
-        else:
-            log.info(
-                "%s: noise sigma %.4g from %d background voxels",
-                echo_set.name,
-                sigma,
-                estimate.n_background,
-            )
+    magnitude = _usable_magnitude(echo_set, geometry, warn)
+    sigma = _noise_level(settings, echo_set, magnitude, warn)
     mask = signal_mask(magnitude, sigma)
     if not mask.any():
         raise BadDataError(f"{first}: no voxel of set {echo_set.name} rises above the noise")
-
     try:
         result = fit_t2star(
             magnitude,
@@ -162,6 +126,57 @@ def fit_echo_set(
         seconds=time.perf_counter() - started,
         warnings=tuple(warnings),
     )
+
+
+def _usable_magnitude(
+    echo_set: EchoSet, geometry: Geometry, warn: Callable[[str], None]
+) -> np.ndarray:
+    """The stacked echoes, voxels with a NaN/inf/negative sample set to NaN (the fit flags
+    them). Raises BadDataError when no voxel is usable."""
+    magnitude = load_magnitude(echo_set, geometry)
+    unusable = ~np.all(np.isfinite(magnitude), axis=-1) | np.any(magnitude < 0, axis=-1)
+    if unusable.all() or not np.any(magnitude[~unusable] > 0):
+        raise BadDataError(
+            f"{echo_set.echoes[0].path}: no usable signal in set {echo_set.name} (all voxels "
+            "are zero, negative or not finite)"
+        )
+    if unusable.any():
+        warn(
+            f"{echo_set.name}: {int(unusable.sum())} voxel(s) with NaN/inf or negative "
+            "samples are flagged as failed"
+        )
+        magnitude[unusable] = np.nan
+    if len(echo_set.echoes) == 2:
+        warn(
+            f"{echo_set.name}: only 2 echoes: the fit is exact, so RMSE is 0 and no "
+            "goodness of fit can be given"
+        )
+    return magnitude
+
+
+def _noise_level(
+    settings: Settings, echo_set: EchoSet, magnitude: np.ndarray, warn: Callable[[str], None]
+) -> float | None:
+    """The noise SD the fit uses: given, estimated from the background, or None."""
+    if settings.noise_sigma is not None:
+        log.info(
+            "%s: noise sigma %.4g given on the command line", echo_set.name, settings.noise_sigma
+        )
+        return settings.noise_sigma
+    estimate = estimate_noise(magnitude[..., 0])
+    if estimate.sigma is None:
+        warn(
+            f"{echo_set.name}: noise level could not be estimated from the "
+            f"background ({estimate.reason}); falling back to the Gaussian fit"
+        )
+    else:
+        log.info(
+            "%s: noise sigma %.4g from %d background voxels",
+            echo_set.name,
+            estimate.sigma,
+            estimate.n_background,
+        )
+    return estimate.sigma
 
 
 def _map_array(result: FitResult, key: str, mask: np.ndarray, failed: np.ndarray) -> np.ndarray:

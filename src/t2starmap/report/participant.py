@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -239,67 +239,40 @@ def _caption(spec: Montage, window: tuple[float, float], echo_time: float, note:
     )
 
 
-def set_section(record: PublishedSet, loaded: SetMaps, bids_dir: Path) -> Section:
-    """One echo set's tables, montages, histogram and decay curves."""
-    maps = loaded.maps
-    signal = maps.get("signal", maps["t2star"] > 0)
-    failed = maps.get("failed", np.zeros_like(signal)) & signal
-    good = signal & ~failed
-    t2 = maps["t2star"]
-    sidecar = loaded.sidecar
+def _montage(
+    spec: Montage,
+    values: np.ndarray,
+    signal: np.ndarray,
+    good: np.ndarray,
+    canonical_failed: np.ndarray,
+    slices: Sequence[int],
+    canon: Callable[[np.ndarray], np.ndarray],
+    caption_of: Callable[[Montage, tuple[float, float]], str],
+) -> Figure:
+    """One montage of ``values`` (the files' voxel order) as ``spec`` says."""
+    volume = values * spec.factor
+    inside = volume[good] if spec.overlay else volume[signal]
+    window = spec.fixed if spec.window == "fixed" else _window(inside)
+    if spec.overlay:  # a fitted map: outside the signal mask is background, not zero
+        volume = np.where(signal, volume, np.nan)
+    png = figures.montage_png(
+        canon(volume),
+        slices,
+        vmin=window[0],
+        vmax=window[1],
+        cmap=spec.cmap,
+        label=spec.label,
+        failed=canonical_failed if spec.overlay else None,
+    )
+    return Figure(figures.data_uri(png), f"{spec.label} montage", caption_of(spec, window))
+
+
+def _tables(
+    record: PublishedSet, loaded: SetMaps, good: np.ndarray, n_failed: int
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """The section's "Acquisition" and "Fit" tables: (label, value) rows."""
+    t2 = loaded.maps["t2star"]
     sigma = record.noise_sigma
-
-    voxels = representative_voxels(t2, good)
-    sources = [Path(bids_dir) / s.path for s in record.sources]
-    signals, first_echo = read_echoes(sources, [v for _, v in voxels])
-
-    def canon(volume: np.ndarray) -> np.ndarray:
-        return to_canonical(volume, loaded.affine)
-
-    c_signal, c_failed = canon(signal), canon(failed)
-    slices = figures.select_slices(c_signal)
-    if c_signal.ndim == 3:
-        where = (
-            f"Axial slices {', '.join(str(k) for k in slices)} of {c_signal.shape[-1]} "
-            "(counted from 0, inferior to superior), anterior up, subject's left on the left."
-        )
-    else:
-        where = "The image's single slice, as stored (no orientation applied)."
-    n_failed = int(failed.sum())
-    note = f"{n_failed} failed voxel(s) in cyan." if n_failed else "No voxel failed."
-    shown_maps = {**maps, "echo1": first_echo} if first_echo is not None else dict(maps)
-    montages = []
-    for spec in MONTAGES:
-        if shown_maps.get(spec.key) is None:
-            continue
-        volume = shown_maps[spec.key] * spec.factor
-        inside = volume[good] if spec.overlay else volume[signal]
-        window = spec.fixed if spec.window == "fixed" else _window(inside)
-        if spec.overlay:  # a fitted map: outside the signal mask is background, not zero
-            volume = np.where(signal, volume, np.nan)
-        png = figures.montage_png(
-            canon(volume),
-            slices,
-            vmin=window[0],
-            vmax=window[1],
-            cmap=spec.cmap,
-            label=spec.label,
-            failed=c_failed if spec.overlay else None,
-        )
-        caption = _caption(spec, window, record.echo_times[0], note)
-        montages.append(Figure(figures.data_uri(png), f"{spec.label} montage", caption))
-
-    hist = figures.histogram_png(t2[good] * 1e3, window_ms=T2STAR_WINDOW_MS)
-    curves = [
-        figures.DecayCurve(
-            f"{label} ({', '.join(str(i) for i in voxel)})",
-            signals[i],
-            float(maps["s0"][voxel]) if "s0" in maps else float("nan"),
-            float(t2[voxel]),
-        )
-        for i, (label, voxel) in enumerate(voxels)
-    ]
-    decay = figures.decay_png(record.echo_times, curves, sigma)
     q = np.percentile(t2[good] * 1e3, [25, 50, 75]) if good.any() else None
 
     tes = ", ".join(f"{t * 1e3:.3g}" for t in record.echo_times)
@@ -314,7 +287,7 @@ def set_section(record: PublishedSet, loaded: SetMaps, bids_dir: Path) -> Sectio
         ("Matrix", " × ".join(str(n) for n in t2.shape)),
         ("First echo", record.sources[0].path),
     ]
-    noise_source = sidecar.get("NoiseSigmaSource")
+    noise_source = loaded.sidecar.get("NoiseSigmaSource")
     fit = [
         ("Method", f"{record.fit_method}: {record.algorithm}"),
         (
@@ -336,6 +309,59 @@ def set_section(record: PublishedSet, loaded: SetMaps, bids_dir: Path) -> Sectio
             f"{q[1]:.1f} [{q[0]:.1f}–{q[2]:.1f}]" if q is not None else "no voxel",
         ),
     ]
+    return acquisition, fit
+
+
+def set_section(record: PublishedSet, loaded: SetMaps, bids_dir: Path) -> Section:
+    """One echo set's tables, montages, histogram and decay curves."""
+    maps = loaded.maps
+    signal = maps.get("signal", maps["t2star"] > 0)
+    failed = maps.get("failed", np.zeros_like(signal)) & signal
+    good = signal & ~failed
+    t2 = maps["t2star"]
+    sigma = record.noise_sigma
+
+    voxels = representative_voxels(t2, good)
+    sources = [Path(bids_dir) / s.path for s in record.sources]
+    signals, first_echo = read_echoes(sources, [v for _, v in voxels])
+
+    def canon(volume: np.ndarray) -> np.ndarray:
+        return to_canonical(volume, loaded.affine)
+
+    c_signal, c_failed = canon(signal), canon(failed)
+    slices = figures.select_slices(c_signal)
+    if c_signal.ndim == 3:
+        where = (
+            f"Axial slices {', '.join(str(k) for k in slices)} of {c_signal.shape[-1]} "
+            "(counted from 0, inferior to superior), anterior up, subject's left on the left."
+        )
+    else:
+        where = "The image's single slice, as stored (no orientation applied)."
+    n_failed = int(failed.sum())
+    note = f"{n_failed} failed voxel(s) in cyan." if n_failed else "No voxel failed."
+
+    def caption_of(spec: Montage, window: tuple[float, float]) -> str:
+        return _caption(spec, window, record.echo_times[0], note)
+
+    shown_maps = {**maps, "echo1": first_echo} if first_echo is not None else dict(maps)
+    montages = [
+        _montage(spec, shown_maps[spec.key], signal, good, c_failed, slices, canon, caption_of)
+        for spec in MONTAGES
+        if shown_maps.get(spec.key) is not None
+    ]
+
+    hist = figures.histogram_png(t2[good] * 1e3, window_ms=T2STAR_WINDOW_MS)
+    curves = [
+        figures.DecayCurve(
+            f"{label} ({', '.join(str(i) for i in voxel)})",
+            signals[i],
+            float(maps["s0"][voxel]) if "s0" in maps else float("nan"),
+            float(t2[voxel]),
+        )
+        for i, (label, voxel) in enumerate(voxels)
+    ]
+    decay = figures.decay_png(record.echo_times, curves, sigma)
+    acquisition, fit = _tables(record, loaded, good, n_failed)
     plots = [
         Figure(
             figures.data_uri(hist),
