@@ -138,14 +138,6 @@ def test_representative_voxels_pick_low_median_high() -> None:
     assert participant.representative_voxels(t2, np.zeros_like(good)) == []
 
 
-def test_to_canonical_undoes_a_flip() -> None:
-    volume = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
-    lps = np.diag([-1.0, -1.0, 1.0, 1.0])
-    out = participant.to_canonical(volume, lps)
-    assert np.array_equal(out, volume[::-1, ::-1, :])
-    assert np.array_equal(participant.to_canonical(volume, np.eye(4)), volume)
-
-
 def test_decay_voxels_come_from_the_raw_echoes(tmp_path: Path) -> None:
     outcome = synthetic_output(tmp_path)
     voxel = (10, 9, 2)

@@ -17,6 +17,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
+from t2starmap.report.planes import View
+
+#: The default view: axial tiles of square voxels.
+AXIAL = View(axis=2, pixel_aspect=1.0)
+
 #: Dots per inch of every figure: a montage 11 in wide is 1100 px, sharp at laptop width.
 DPI = 100
 #: Most slices shown in a montage, and tiles per montage row.
@@ -37,28 +42,29 @@ def data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def select_slices(mask: np.ndarray, n: int = MAX_SLICES) -> list[int]:
-    """Up to ``n`` evenly spaced indices along the last axis of (X, Y, Z) ``mask`` among the
+def select_slices(mask: np.ndarray, n: int = MAX_SLICES, axis: int = 2) -> list[int]:
+    """Up to ``n`` evenly spaced indices along ``axis`` of (X, Y, Z) ``mask`` among the
     slices that hold any mask voxel (all slices when the mask is empty)."""
     if mask.ndim == 2:
         return [0]
-    occupied = np.flatnonzero(mask.reshape(-1, mask.shape[-1]).any(axis=0))
+    along = np.moveaxis(mask, axis, -1)
+    occupied = np.flatnonzero(along.reshape(-1, along.shape[-1]).any(axis=0))
     if occupied.size == 0:
-        occupied = np.arange(mask.shape[-1])
+        occupied = np.arange(along.shape[-1])
     if occupied.size <= n:
         return [int(k) for k in occupied]
     picks = np.linspace(occupied[0], occupied[-1], n).round().astype(int)
     return sorted({int(k) for k in picks})
 
 
-def mosaic(volume: np.ndarray, slices: Sequence[int], columns: int = COLUMNS) -> np.ndarray:
-    """Tile axial slices of an (X, Y, Z) volume (RAS-like order) into one 2-D array.
-
-    Each tile is ``rot90`` of ``volume[:, :, k]``: anterior up, subject's left on the left
-    (neurological convention). Empty tiles are NaN (drawn as background).
-    """
+def mosaic(
+    volume: np.ndarray, slices: Sequence[int], columns: int = COLUMNS, view: View = AXIAL
+) -> np.ndarray:
+    """Tile slices of a canonical (X, Y, Z) volume (RAS order) into one 2-D array, each cut
+    and oriented as ``view`` says (default axial: anterior up, subject's left on the left).
+    Empty tiles are NaN (drawn as background)."""
     vol = volume[..., None] if volume.ndim == 2 else volume
-    tiles = [np.rot90(vol[:, :, k]) for k in slices]
+    tiles = [view.tile(vol, k) for k in slices]
     columns = max(1, min(columns, len(tiles)))
     rows = -(-len(tiles) // columns)
     height, width = tiles[0].shape
@@ -79,17 +85,21 @@ def montage_png(
     label: str,
     failed: np.ndarray | None = None,
     tile_in: float = 1.75,
+    view: View = AXIAL,
 ) -> bytes:
-    """Slices of ``volume`` in one image with a colour bar labelled ``label``; voxels of
-    ``failed`` (same shape, bool) drawn on top in cyan; NaN voxels are background (black).
-    Each tile is ``tile_in`` inches (``tile_in * DPI`` pixels) wide."""
-    tiles = mosaic(volume.astype(np.float32, copy=False), slices)
+    """Slices of canonical ``volume`` cut as ``view`` says, in one image with a colour bar
+    labelled ``label``; voxels of ``failed`` (same shape, bool) drawn on top in cyan; NaN
+    voxels are background (black). Each tile is ``tile_in`` inches (``tile_in * DPI`` pixels)
+    wide; its height keeps the voxels' aspect ratio (``view.pixel_aspect``)."""
+    tiles = mosaic(volume.astype(np.float32, copy=False), slices, view=view)
     height_px, width_px = tiles.shape
     columns = max(1, min(COLUMNS, len(slices)))
     bar_in = 1.1
     image_w = tile_in * columns
     width_in = image_w + bar_in
-    height_in = max(1.2, image_w * height_px / width_px)
+    picture_in = image_w * height_px * view.pixel_aspect / width_px
+    # the colour bar spans 80 % of the height: tall enough for its label at 9 pt
+    height_in = max(1.2, picture_in, 0.09 * len(label) + 0.5)
     fig = Figure(figsize=(width_in, height_in), facecolor="black")
     ax = fig.add_axes((0.0, 0.0, image_w / width_in, 1.0))
     ax.set_axis_off()
@@ -98,13 +108,13 @@ def montage_png(
         cmap=cmap,
         norm=Normalize(vmin=vmin, vmax=vmax),
         interpolation="nearest",
-        aspect="equal",
+        aspect=view.pixel_aspect,
     )
     if failed is not None and failed.any():
-        flags = mosaic(failed.astype(np.float32), slices) > 0.5
+        flags = mosaic(failed.astype(np.float32), slices, view=view) > 0.5
         overlay = np.zeros((*flags.shape, 4), dtype=np.float32)
         overlay[flags] = FAILED_RGBA
-        ax.imshow(overlay, interpolation="nearest", aspect="equal")
+        ax.imshow(overlay, interpolation="nearest", aspect=view.pixel_aspect)
     bar_ax = fig.add_axes((1.0 - 0.75 * bar_in / width_in, 0.1, 0.12 / width_in, 0.8))
     bar = fig.colorbar(shown, cax=bar_ax)
     bar.set_label(label, color="white", fontsize=9)

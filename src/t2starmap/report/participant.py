@@ -25,6 +25,7 @@ from t2starmap.atomic import write_text
 from t2starmap.derivatives import PublishedSet
 from t2starmap.report import figures
 from t2starmap.report.html import Figure, render
+from t2starmap.report.planes import FLAT, View, choose_view, to_canonical
 
 log = logging.getLogger("t2starmap.report")
 
@@ -79,14 +80,6 @@ def load_set_maps(output_dir: Path, record: PublishedSet) -> SetMaps:
         raise FileNotFoundError(f"no T2* map of {record.name} under {output_dir}")
     sidecar = derivatives.sidecar_path(record.path(output_dir, "t2star"))
     return SetMaps(maps, affine, zooms, json.loads(sidecar.read_text()) if sidecar.exists() else {})
-
-
-def to_canonical(volume: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    """Reorder the axes of a 3-D volume to the closest RAS orientation (flips/transposes)."""
-    if volume.ndim != 3:
-        return volume
-    ornt = nib.orientations.io_orientation(affine)
-    return np.asarray(nib.orientations.apply_orientation(volume, ornt))
 
 
 def representative_voxels(
@@ -246,6 +239,7 @@ def _montage(
     good: np.ndarray,
     canonical_failed: np.ndarray,
     slices: Sequence[int],
+    view: View,
     canon: Callable[[np.ndarray], np.ndarray],
     caption_of: Callable[[Montage, tuple[float, float]], str],
 ) -> Figure:
@@ -263,6 +257,7 @@ def _montage(
         cmap=spec.cmap,
         label=spec.label,
         failed=canonical_failed if spec.overlay else None,
+        view=view,
     )
     return Figure(figures.data_uri(png), f"{spec.label} montage", caption_of(spec, window))
 
@@ -329,12 +324,10 @@ def set_section(record: PublishedSet, loaded: SetMaps, bids_dir: Path) -> Sectio
         return to_canonical(volume, loaded.affine)
 
     c_signal, c_failed = canon(signal), canon(failed)
-    slices = figures.select_slices(c_signal)
+    view = choose_view(loaded.affine, signal.shape) if signal.ndim == 3 else FLAT
+    slices = figures.select_slices(c_signal, axis=view.axis)
     if c_signal.ndim == 3:
-        where = (
-            f"Axial slices {', '.join(str(k) for k in slices)} of {c_signal.shape[-1]} "
-            "(counted from 0, inferior to superior), anterior up, subject's left on the left."
-        )
+        where = view.describe(slices, c_signal.shape[view.axis])
     else:
         where = "The image's single slice, as stored (no orientation applied)."
     n_failed = int(failed.sum())
@@ -345,7 +338,9 @@ def set_section(record: PublishedSet, loaded: SetMaps, bids_dir: Path) -> Sectio
 
     shown_maps = {**maps, "echo1": first_echo} if first_echo is not None else dict(maps)
     montages = [
-        _montage(spec, shown_maps[spec.key], signal, good, c_failed, slices, canon, caption_of)
+        _montage(
+            spec, shown_maps[spec.key], signal, good, c_failed, slices, view, canon, caption_of
+        )
         for spec in MONTAGES
         if shown_maps.get(spec.key) is not None
     ]
