@@ -27,6 +27,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip_real)
 
 
+@pytest.fixture(scope="session", params=["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def device(request: pytest.FixtureRequest) -> str:
+    """The compute device a fit test runs on: every such test runs on the CPU, and again on
+    CUDA where torch sees a GPU (``gpu`` marker: skipped without one)."""
+    return str(request.param)
+
+
 @pytest.fixture
 def example(tmp_path: Path) -> Path:
     """A private copy of bids_example/ that a test may break."""
