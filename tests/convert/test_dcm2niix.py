@@ -237,7 +237,7 @@ def test_real_dcm2niix_on_synthetic_series(tmp_path: Path, tiny_phantom: Phantom
         assert "Jane" not in text
         echo_times.append(sidecar["EchoTime"])
     assert echo_times == pytest.approx(list(tiny_phantom.echo_times))
-    first = nib.load(str(outputs[0].nifti))
+    first = nib.Nifti1Image.from_filename(outputs[0].nifti)
     assert first.shape == tiny_phantom.t2star.shape
     i, j, k = synthetic_dicom.phantom_index(first.affine, first.shape, VOXEL)
     data = np.asarray(first.dataobj, dtype=np.float64)
