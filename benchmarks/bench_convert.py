@@ -14,6 +14,7 @@ import argparse
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,12 +24,16 @@ from t2starmap.convert import workflow
 from t2starmap.convert.scan import scan_dicom_dir
 from t2starmap.convert.series import classify_series, group_series, plan_acquisitions
 
-DEFAULT = Path(__file__).resolve().parents[1].parent / "shared/data/dicom/ge-mr750-kidney-megre"
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT = REPO.parent / "shared/data/dicom/ge-mr750-kidney-megre"
 
 
 def _synthetic_ge(root: Path) -> Path:
-    from t2starmap.convert.synthetic import write_ge_classic
+    # The synthetic DICOM writers are test support, not part of the installed package: they
+    # are imported from the repository's tests/ package, so its root goes on the path.
+    sys.path.insert(0, str(REPO))
     from t2starmap.simulate import make_phantom
+    from tests.support.synthetic_dicom import write_ge_classic
 
     echo_times = tuple(0.0046 + 0.004612 * k for k in range(12))
     phantom = make_phantom((256, 256, 5), echo_times, with_phase=True, seed=0)

@@ -227,14 +227,16 @@ else
     # host (the same package version as in the image).
     python_host=${T2S_PYTHON:-$repo/.venv/bin/python}
     [[ -x $python_host ]] || python_host=python3
-    "$python_host" - "$dicom" <<'PY' || fail "could not write the synthetic DICOM series"
+    # The writers are test support (tests/support/), not in the installed package.
+    "$python_host" - "$dicom" "$repo" <<'PY' || fail "could not write the synthetic DICOM series"
 import sys
 from pathlib import Path
+sys.path.insert(0, sys.argv[2])
 from t2starmap.simulate import EXAMPLE_ECHO_TIMES, make_phantom
 try:
-    from t2starmap.convert.synthetic import write_siemens_classic as writer
+    from tests.support.synthetic_dicom import write_siemens_classic as writer
 except ImportError as err:
-    sys.exit(f"no synthetic DICOM writer in t2starmap.convert.synthetic: {err}")
+    sys.exit(f"no synthetic DICOM writer in tests/support/synthetic_dicom.py: {err}")
 phantom = make_phantom((24, 24, 6), EXAMPLE_ECHO_TIMES, seed=7, with_phase=True)
 print(len(writer(Path(sys.argv[1]), phantom)), "DICOM files")
 PY

@@ -1,17 +1,20 @@
-"""Shared fixtures: the bundled example copied to a temporary folder, checksums, real data."""
+"""Shared fixtures: the bundled example copied to a temporary folder; the gpu and realdata skips.
+
+Helpers are imported from ``tests.support`` (the names below are re-exported for the test
+modules that still import them from here).
+"""
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-EXAMPLE = REPO / "bids_example"
-SHARED_DATA = REPO.parent / "shared" / "data"
+from tests.support.files import EXAMPLE, REPO, SHARED_DATA, checksums, files_below
+
+__all__ = ["EXAMPLE", "REPO", "SHARED_DATA", "checksums", "files_below"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -24,26 +27,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip_real)
 
 
+@pytest.fixture(scope="session", params=["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def device(request: pytest.FixtureRequest) -> str:
+    """The compute device a fit test runs on: every such test runs on the CPU, and again on
+    CUDA where torch sees a GPU (``gpu`` marker: skipped without one)."""
+    return str(request.param)
+
+
 @pytest.fixture
 def example(tmp_path: Path) -> Path:
     """A private copy of bids_example/ that a test may break."""
     target = tmp_path / "bids"
     shutil.copytree(EXAMPLE, target)
     return target
-
-
-def checksums(root: Path) -> dict[str, str]:
-    """SHA-256 of every file below root (and the set of paths), to prove nothing changed."""
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
-
-
-def files_below(root: Path) -> set[str]:
-    return (
-        {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
-        if root.exists()
-        else set()
-    )

@@ -1,6 +1,12 @@
-"""The fitting engine on seeded synthetic data with known truth (see t2starmap.simulate)."""
+"""The fitting engine on seeded synthetic data with known truth (see t2starmap.simulate).
+
+Every test that fits runs once per compute device (the ``device`` fixture of conftest: "cpu",
+and "cuda" where torch sees a GPU); the maps are moved to the CPU before they are checked.
+"""
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -22,6 +28,28 @@ MAPS = ("t2star", "r2star", "s0", "rmse", "t2star_se", "r2star_se", "s0_se")
 TE_11 = np.linspace(0.002, 0.040, 11)
 
 
+def tensors(result: FitResult) -> dict[str, torch.Tensor]:
+    """The result's maps (every tensor field), by field name."""
+    values = {f.name: getattr(result, f.name) for f in dataclasses.fields(result)}
+    return {name: value for name, value in values.items() if isinstance(value, torch.Tensor)}
+
+
+def on_cpu(result: FitResult) -> FitResult:
+    """The same result with every map moved to the CPU (to compare with NumPy)."""
+    moved = {name: value.cpu() for name, value in tensors(result).items()}
+    return dataclasses.replace(result, **moved)  # type: ignore[arg-type]
+
+
+def fit(device: str, *args: object, **kwargs: object) -> FitResult:
+    """``fit_t2star`` on ``device``; checks the maps were computed there, returns them on the
+    CPU."""
+    result = fit_t2star(*args, device=device, **kwargs)  # type: ignore[arg-type]
+    assert result.device.startswith(device), result.device
+    places = {name: value.device.type for name, value in tensors(result).items()}
+    assert set(MAPS) <= set(places) and set(places.values()) == {device}, places
+    return on_cpu(result)
+
+
 def rel_err(result: FitResult, truth: np.ndarray, where: np.ndarray) -> np.ndarray:
     return result.t2star.cpu().numpy()[where] / truth[where] - 1.0
 
@@ -37,12 +65,12 @@ def draws(t2stars: np.ndarray, n: int, te: np.ndarray, snr: float, seed: int) ->
 # --- accuracy --------------------------------------------------------------------------------
 
 
-def test_accuracy_against_known_truth() -> None:
+def test_accuracy_against_known_truth(device: str) -> None:
     """Issue 2: 11 echoes TE 2-40 ms, T2* 5-100 ms, SNR 50: nlls <= 3 %, better than loglin."""
     ph = make_phantom((48, 48, 8), seed=3)
     errors = {}
     for method, sigma in [("nlls", ph.sigma), ("nlls", None), ("loglin", None)]:
-        result = fit_t2star(ph.magnitude, ph.echo_times, method=method, noise_sigma=sigma)
+        result = fit(device, ph.magnitude, ph.echo_times, method=method, noise_sigma=sigma)
         errors[(method, sigma is not None)] = float(
             np.median(np.abs(rel_err(result, ph.t2star, ph.mask)))
         )
@@ -53,13 +81,13 @@ def test_accuracy_against_known_truth() -> None:
     assert errors[("nlls", True)] < errors[("loglin", False)], shown
 
 
-def test_noise_floor_bias_rician_vs_gaussian() -> None:
+def test_noise_floor_bias_rician_vs_gaussian(device: str) -> None:
     """Issue 4 target: SNR 10, T2* 20-60 ms, 12 echoes TE 3-60 ms: |median bias| <= 2 % for
     the noise-aware default; the Gaussian fit of the same data is clearly biased (long)."""
     te = np.linspace(0.003, 0.060, 12)
     ph = make_phantom((64, 64, 8), te, t2star_range=(0.020, 0.060), snr=10.0, seed=11)
-    noise_aware = fit_t2star(ph.magnitude, te, noise_sigma=ph.sigma)
-    gaussian = fit_t2star(ph.magnitude, te, method="nlls-gaussian", noise_sigma=ph.sigma)
+    noise_aware = fit(device, ph.magnitude, te, noise_sigma=ph.sigma)
+    gaussian = fit(device, ph.magnitude, te, method="nlls-gaussian", noise_sigma=ph.sigma)
     assert noise_aware.noise_model == "rician"
     assert gaussian.noise_model == "gaussian"
     bias_rician = float(np.median(rel_err(noise_aware, ph.t2star, ph.mask)))
@@ -71,11 +99,11 @@ def test_noise_floor_bias_rician_vs_gaussian() -> None:
     assert abs(bias_gauss) > 3 * abs(bias_rician), shown
 
 
-def test_without_noise_level_default_falls_back_to_gaussian() -> None:
+def test_without_noise_level_default_falls_back_to_gaussian(device: str) -> None:
     ph = make_phantom((16, 16, 4), seed=1)
-    aware = fit_t2star(ph.magnitude, ph.echo_times, noise_sigma=ph.sigma)
-    plain = fit_t2star(ph.magnitude, ph.echo_times)
-    explicit = fit_t2star(ph.magnitude, ph.echo_times, method="nlls-gaussian")
+    aware = fit(device, ph.magnitude, ph.echo_times, noise_sigma=ph.sigma)
+    plain = fit(device, ph.magnitude, ph.echo_times)
+    explicit = fit(device, ph.magnitude, ph.echo_times, method="nlls-gaussian")
     assert (aware.noise_model, aware.noise_sigma) == ("rician", ph.sigma)
     assert (plain.noise_model, plain.noise_sigma) == ("gaussian", None)
     torch.testing.assert_close(plain.t2star, explicit.t2star)
@@ -88,11 +116,11 @@ MC_DRAWS = 2000
 
 
 @pytest.fixture(scope="module")
-def monte_carlo() -> tuple[FitResult, float]:
+def monte_carlo(device: str) -> tuple[FitResult, float]:
     """2000 noise draws at SNR 50 of each T2* in 10-80 ms, 11 echoes TE 2-40 ms, fitted once."""
     magnitude = draws(MC_T2STAR, MC_DRAWS, TE_11, snr=50.0, seed=7)
     sigma = 1000.0 / 50.0
-    return fit_t2star(magnitude, TE_11, noise_sigma=sigma), sigma
+    return fit(device, magnitude, TE_11, noise_sigma=sigma), sigma
 
 
 def test_standard_errors_are_calibrated(monte_carlo: tuple[FitResult, float]) -> None:
@@ -124,10 +152,10 @@ def test_efficiency_against_cramer_rao_bound(monte_carlo: tuple[FitResult, float
     assert not result.failed.any()
 
 
-def test_residual_standard_error_without_noise_level() -> None:
+def test_residual_standard_error_without_noise_level(device: str) -> None:
     """Without a noise level the residual variance scales the SE: still roughly calibrated."""
     magnitude = draws(np.array([0.030]), 2000, TE_11, snr=50.0, seed=5)
-    result = fit_t2star(magnitude, TE_11)
+    result = fit(device, magnitude, TE_11)
     ratio = float(np.median(result.t2star_se.numpy()) / result.t2star.numpy().std())
     assert 0.85 <= ratio <= 1.15, ratio
 
@@ -135,17 +163,19 @@ def test_residual_standard_error_without_noise_level() -> None:
 # --- ARLO ------------------------------------------------------------------------------------
 
 
-def test_arlo_accurate_on_even_echoes() -> None:
+def test_arlo_accurate_on_even_echoes(device: str) -> None:
     ph = make_phantom((32, 32, 6), seed=4)
-    result = fit_t2star(ph.magnitude, ph.echo_times, method="arlo")
+    result = fit(device, ph.magnitude, ph.echo_times, method="arlo")
     assert result.method == "arlo"
     assert np.median(np.abs(rel_err(result, ph.t2star, ph.mask))) <= 0.04
 
 
-def test_arlo_exact_on_noiseless_decay() -> None:
+def test_arlo_exact_on_noiseless_decay(device: str) -> None:
     te = np.linspace(0.002, 0.040, 11)
     truth = np.array([0.01, 0.03, 0.08])
-    result = fit_t2star(decay(np.full(3, 500.0), truth, te), te, method="arlo", dtype=torch.float64)
+    result = fit(
+        device, decay(np.full(3, 500.0), truth, te), te, method="arlo", dtype=torch.float64
+    )
     np.testing.assert_allclose(result.t2star.numpy(), truth, rtol=2e-3)
 
 
@@ -156,18 +186,18 @@ def test_arlo_exact_on_noiseless_decay() -> None:
         ([0.003, 0.005], "at least 3"),
     ],
 )
-def test_arlo_refuses_uneven_spacing(te: list[float], named: str) -> None:
+def test_arlo_refuses_uneven_spacing(device: str, te: list[float], named: str) -> None:
     signal = decay(np.array([1000.0]), np.array([0.02]), np.array(te))
     with pytest.raises(EchoSpacingError, match=named):
-        fit_t2star(signal, te, method="arlo")
+        fit(device, signal, te, method="arlo")
     assert issubclass(EchoSpacingError, ValueError)
 
 
-def test_arlo_accepts_unsorted_even_echoes() -> None:
+def test_arlo_accepts_unsorted_even_echoes(device: str) -> None:
     te = np.linspace(0.002, 0.020, 6)
     signal = decay(np.array([1000.0]), np.array([0.02]), te)
     perm = np.array([3, 0, 5, 1, 4, 2])
-    result = fit_t2star(signal[:, perm], te[perm], method="arlo")
+    result = fit(device, signal[:, perm], te[perm], method="arlo")
     assert result.t2star.item() == pytest.approx(0.02, rel=2e-3)
 
 
@@ -193,14 +223,16 @@ def special_voxels(te: np.ndarray) -> dict[str, np.ndarray]:
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("case", list(special_voxels(TE_11)))
-def test_special_voxel_flagged_and_neighbours_unaffected(method: str, case: str) -> None:
+def test_special_voxel_flagged_and_neighbours_unaffected(
+    device: str, method: str, case: str
+) -> None:
     special = special_voxels(TE_11)[case].astype(np.float32)
     rng = np.random.default_rng(0)
     good, _ = add_rician_noise(decay(np.full(3, 1000.0), GOOD_T2STAR, TE_11), 20.0, rng)
     batch = np.stack([good[0], special, good[1], good[2]])
     sigma = 20.0
-    together = fit_t2star(batch, TE_11, method=method, noise_sigma=sigma)
-    alone = fit_t2star(good, TE_11, method=method, noise_sigma=sigma)
+    together = fit(device, batch, TE_11, method=method, noise_sigma=sigma)
+    alone = fit(device, good, TE_11, method=method, noise_sigma=sigma)
     for name in MAPS:
         value = getattr(together, name).numpy()
         assert np.all(np.isfinite(value)) and np.all(value >= 0), (name, value)
@@ -211,18 +243,18 @@ def test_special_voxel_flagged_and_neighbours_unaffected(method: str, case: str)
     assert t2 == 0.0 or T2STAR_MIN <= t2 <= T2STAR_MAX
 
 
-def test_two_echoes_fit_exactly() -> None:
+def test_two_echoes_fit_exactly(device: str) -> None:
     te = np.array([0.004, 0.012])
     truth = np.array([0.01, 0.02, 0.05])
     signal = decay(np.full(3, 700.0), truth, te)
     for method in ("nlls", "nlls-gaussian", "wls", "loglin"):
-        result = fit_t2star(signal, te, method=method, dtype=torch.float64)
+        result = fit(device, signal, te, method=method, dtype=torch.float64)
         np.testing.assert_allclose(result.t2star.numpy(), truth, rtol=1e-6, err_msg=method)
         np.testing.assert_allclose(result.s0.numpy(), 700.0, rtol=1e-6, err_msg=method)
         assert not result.failed.any()
         # Nothing is left to estimate a residual variance from.
         assert not result.t2star_se.any()
-    with_sigma = fit_t2star(signal, te, noise_sigma=5.0)
+    with_sigma = fit(device, signal, te, noise_sigma=5.0)
     assert (with_sigma.t2star_se > 0).all()
     # The noise-aware fit matches sqrt(A^2 + 2 sigma^2) to M: still exact with two echoes.
     assert with_sigma.noise_model == "rician" and not with_sigma.failed.any()
@@ -230,20 +262,20 @@ def test_two_echoes_fit_exactly() -> None:
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_unsorted_echo_times_give_the_sorted_result(method: str) -> None:
+def test_unsorted_echo_times_give_the_sorted_result(device: str, method: str) -> None:
     ph = make_phantom((8, 8, 2), seed=2)
     perm = np.random.default_rng(1).permutation(ph.echo_times.size)
-    ordered = fit_t2star(ph.magnitude, ph.echo_times, method=method, noise_sigma=ph.sigma)
-    shuffled = fit_t2star(
-        ph.magnitude[..., perm], ph.echo_times[perm], method=method, noise_sigma=ph.sigma
+    ordered = fit(device, ph.magnitude, ph.echo_times, method=method, noise_sigma=ph.sigma)
+    shuffled = fit(
+        device, ph.magnitude[..., perm], ph.echo_times[perm], method=method, noise_sigma=ph.sigma
     )
     for name in MAPS:
         torch.testing.assert_close(getattr(shuffled, name), getattr(ordered, name))
 
 
-def test_mask_leaves_outside_zero_and_shapes_follow_signal() -> None:
+def test_mask_leaves_outside_zero_and_shapes_follow_signal(device: str) -> None:
     ph = make_phantom((12, 10, 3), seed=5)
-    result = fit_t2star(ph.magnitude, ph.echo_times, mask=ph.mask, noise_sigma=ph.sigma)
+    result = fit(device, ph.magnitude, ph.echo_times, mask=ph.mask, noise_sigma=ph.sigma)
     for name in MAPS:
         value = getattr(result, name)
         assert value.shape == ph.mask.shape and value.dtype == torch.float32
@@ -252,10 +284,10 @@ def test_mask_leaves_outside_zero_and_shapes_follow_signal() -> None:
     assert not result.failed.numpy()[~ph.mask].any()
 
 
-def test_chunking_does_not_change_results() -> None:
+def test_chunking_does_not_change_results(device: str) -> None:
     ph = make_phantom((10, 10, 3), seed=6)
-    whole = fit_t2star(ph.magnitude, ph.echo_times, noise_sigma=ph.sigma)
-    chunked = fit_t2star(ph.magnitude, ph.echo_times, noise_sigma=ph.sigma, chunk_size=37)
+    whole = fit(device, ph.magnitude, ph.echo_times, noise_sigma=ph.sigma)
+    chunked = fit(device, ph.magnitude, ph.echo_times, noise_sigma=ph.sigma, chunk_size=37)
     # Up to float32 rounding, in the object (noise-only air does not converge and may wander).
     good = torch.from_numpy(ph.mask)
     assert torch.equal(chunked.failed[good], whole.failed[good])
@@ -266,7 +298,7 @@ def test_chunking_does_not_change_results() -> None:
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_input_is_never_modified(method: str) -> None:
+def test_input_is_never_modified(device: str, method: str) -> None:
     """The kernels work in place, on their own copy: not on the caller's array, whatever its
     type or shape (a single voxel included)."""
     ph = make_phantom((6, 5, 2), seed=13)
@@ -274,14 +306,14 @@ def test_input_is_never_modified(method: str) -> None:
     signal[0, 0, 0, 3] = np.nan
     for given in (signal, torch.from_numpy(signal.copy()), signal[:1, :1, :1]):
         before = torch.as_tensor(given).clone().numpy()
-        fit_t2star(given, ph.echo_times, method=method, noise_sigma=ph.sigma)
+        fit(device, given, ph.echo_times, method=method, noise_sigma=ph.sigma)
         np.testing.assert_array_equal(torch.as_tensor(given).numpy(), before)
 
 
-def test_float64_and_torch_input() -> None:
+def test_float64_and_torch_input(device: str) -> None:
     ph = make_phantom((6, 6, 2), seed=8)
-    result = fit_t2star(
-        torch.from_numpy(ph.magnitude), torch.tensor(ph.echo_times), dtype=torch.float64
+    result = fit(
+        device, torch.from_numpy(ph.magnitude), torch.tensor(ph.echo_times), dtype=torch.float64
     )
     assert result.t2star.dtype == torch.float64
 
@@ -304,10 +336,10 @@ def test_methods_listed_for_the_cli() -> None:
         ({"mask": np.ones((2, 2), bool)}, "mask shape"),
     ],
 )
-def test_bad_arguments(kwargs: dict[str, object], message: str) -> None:
+def test_bad_arguments(device: str, kwargs: dict[str, object], message: str) -> None:
     signal = np.ones((3, 4), np.float32)
     with pytest.raises(ValueError, match=message):
-        fit_t2star(signal, [0.001, 0.002, 0.003, 0.004], **kwargs)  # type: ignore[arg-type]
+        fit(device, signal, [0.001, 0.002, 0.003, 0.004], **kwargs)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -325,9 +357,9 @@ def test_bad_echo_times(te: list[float], message: str) -> None:
         check_echo_times(te)
 
 
-def test_echo_count_mismatch() -> None:
+def test_echo_count_mismatch(device: str) -> None:
     with pytest.raises(ValueError, match="3 echoes"):
-        fit_t2star(np.ones((2, 3)), [0.001, 0.002])
+        fit(device, np.ones((2, 3)), [0.001, 0.002])
 
 
 def test_resolve_device() -> None:
@@ -342,6 +374,7 @@ def test_resolve_device() -> None:
 
 
 def test_voxels_still_iterating_are_gathered_without_changing_results(
+    device: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Once most voxels of a chunk have converged, LM goes on with the rest only; each voxel's
@@ -357,10 +390,10 @@ def test_voxels_still_iterating_are_gathered_without_changing_results(
     rng = np.random.default_rng(4)
     truth = np.exp(rng.uniform(np.log(0.004), np.log(0.15), 400))
     signal, _ = add_rician_noise(decay(np.full(truth.shape, 1000.0), truth, TE_11), 60.0, rng)
-    together = fit_t2star(signal, TE_11, noise_sigma=60.0)
+    together = fit(device, signal, TE_11, noise_sigma=60.0)
     assert sizes[0] == truth.size and min(sizes) < truth.size // 2, sizes
     sizes.clear()
-    alone = [fit_t2star(signal[k : k + 1], TE_11, noise_sigma=60.0) for k in range(0, 400, 7)]
+    alone = [fit(device, signal[k : k + 1], TE_11, noise_sigma=60.0) for k in range(0, 400, 7)]
     assert max(sizes) == 1
     for name in MAPS:
         expected = np.concatenate([getattr(r, name).numpy() for r in alone])
@@ -369,32 +402,40 @@ def test_voxels_still_iterating_are_gathered_without_changing_results(
     assert together.failed.numpy()[::7].tolist() == [bool(r.failed[0]) for r in alone]
 
 
-# --- GPU -------------------------------------------------------------------------------------
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("method", METHODS)
-def test_cuda_matches_cpu(method: str) -> None:
-    ph = make_phantom((24, 24, 6), seed=12)
-    cpu = fit_t2star(ph.magnitude, ph.echo_times, method=method, noise_sigma=ph.sigma)
-    gpu = fit_t2star(
-        ph.magnitude, ph.echo_times, method=method, noise_sigma=ph.sigma, device="cuda"
-    )
-    assert gpu.device.startswith("cuda") and gpu.t2star.is_cuda
-    inside = torch.from_numpy(ph.mask)
-    torch.testing.assert_close(gpu.t2star.cpu()[inside], cpu.t2star[inside], rtol=1e-3, atol=0)
-    assert (gpu.failed.cpu() != cpu.failed).float().mean() < 1e-3
-
-
 @pytest.mark.parametrize("method", ["loglin", "wls"])
-def test_log_linear_standard_errors_are_calibrated(method: str) -> None:
+def test_log_linear_standard_errors_are_calibrated(device: str, method: str) -> None:
     """The sandwich SE of the log-linear fits (not the signal model's bound, which would
     understate an ordinary log-linear fit's spread by up to 2-3x)."""
     t2stars = np.array([0.020, 0.040, 0.080])
     magnitude = draws(t2stars, MC_DRAWS, TE_11, snr=50.0, seed=13)
-    result = fit_t2star(magnitude, TE_11, method=method, noise_sigma=20.0)
+    result = fit(device, magnitude, TE_11, method=method, noise_sigma=20.0)
     values = result.t2star.numpy().reshape(len(t2stars), MC_DRAWS)
     se = result.t2star_se.numpy().reshape(len(t2stars), MC_DRAWS)
     ratio = np.median(se, axis=1) / values.std(axis=1)
     assert np.all(np.abs(ratio - 1.0) <= 0.10), f"{method}: SE/SD per T2* {ratio.round(3)}"
+
+
+# --- the GPU against the CPU -----------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", METHODS)
+def test_cuda_matches_cpu_on_every_map(method: str) -> None:
+    """Same data on CUDA and CPU: T2*, R2*, S0, RMSE and the three standard errors agree in
+    the object (median relative difference <= 1e-4, 99th percentile <= 5e-3: the two stop
+    their iterations at slightly different points), and the failure flags nearly everywhere."""
+    ph = make_phantom((24, 24, 6), seed=12)
+    cpu = fit("cpu", ph.magnitude, ph.echo_times, method=method, noise_sigma=ph.sigma)
+    gpu = fit("cuda", ph.magnitude, ph.echo_times, method=method, noise_sigma=ph.sigma)
+    inside = ph.mask & ~cpu.failed.numpy() & ~gpu.failed.numpy()
+    assert inside.sum() > 0.9 * ph.mask.sum()
+    for name in MAPS:
+        a = getattr(cpu, name).numpy()[inside].astype(np.float64)
+        b = getattr(gpu, name).numpy()[inside].astype(np.float64)
+        assert np.all(np.isfinite(b)), name
+        scale = np.maximum(np.abs(a), np.finfo(np.float32).tiny)
+        diff = np.abs(b - a) / scale
+        shown = f"{name}: median {np.median(diff):.2e}, p99 {np.quantile(diff, 0.99):.2e}"
+        assert np.median(diff) <= 1e-4, shown
+        assert np.quantile(diff, 0.99) <= 5e-3, shown
+    assert (gpu.failed != cpu.failed).float().mean() < 1e-3

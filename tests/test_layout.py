@@ -10,8 +10,7 @@ import pytest
 
 from t2starmap.errors import BadDataError, InputMissingError, NothingSelectedError
 from t2starmap.layout import Echo, build_echo_set, echo_time_of, find_echo_sets
-
-from .conftest import SHARED_DATA
+from tests.support.files import SHARED_DATA
 
 
 @pytest.mark.parametrize("raw", [0.02, "0.02", 2e-2, "2e-2"])

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from t2starmap.convert import synthetic
 from t2starmap.simulate import Phantom, make_phantom
 from tests.convert.helpers import VOXEL, LogRecords
+from tests.support import synthetic_dicom
 
 
 @pytest.fixture
@@ -36,6 +36,6 @@ def tiny_phantom() -> Phantom:
 def siemens_dicom(tmp_path: Path, tiny_phantom: Phantom) -> Path:
     """A small Siemens classic magnitude + phase pair plus a non-DICOM file."""
     root = tmp_path / "dicom"
-    synthetic.write_siemens_classic(root, tiny_phantom, voxel=VOXEL)
+    synthetic_dicom.write_siemens_classic(root, tiny_phantom, voxel=VOXEL)
     (root / "notes.txt").write_text("not a DICOM file\n")
     return root

@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SHARED_DICOM = REPO_ROOT.parent / "shared" / "data" / "dicom"
+from tests.support.files import SHARED_DATA, checksums
+
+__all__ = ["SHARED_DICOM", "VOXEL", "LogRecords", "checksums"]
+
+SHARED_DICOM = SHARED_DATA / "dicom"
 
 VOXEL = 2.0
-
-
-def checksums(root: Path) -> dict[str, str]:
-    """sha256 of every file under ``root`` (and the list of names): to prove input untouched."""
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
 
 
 class LogRecords(logging.Handler):

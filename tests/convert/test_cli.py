@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from t2starmap.cli import main
-from t2starmap.convert import synthetic
 from t2starmap.simulate import Phantom
 from tests.convert.helpers import VOXEL, LogRecords, checksums
+from tests.support import synthetic_dicom
 
 # --- one synthetic session with every vendor and some series that are not ME-GRE -------------
 
@@ -33,12 +33,12 @@ def session(tmp_path_factory: pytest.TempPathFactory, small_phantom: Phantom):
     """DICOM of all vendors in one folder, converted once; (dicom, bids, log, before, rc)."""
     root = tmp_path_factory.mktemp("session")
     dicom = root / "dicom"
-    synthetic.write_siemens_classic(dicom, small_phantom, series_number=2, voxel=VOXEL)
-    synthetic.write_siemens_enhanced(dicom, small_phantom, series_number=8, voxel=VOXEL)
-    synthetic.write_ge_classic(dicom, small_phantom, series_number=17, voxel=VOXEL)
-    synthetic.write_philips_classic(dicom, small_phantom, series_number=501, voxel=VOXEL)
+    synthetic_dicom.write_siemens_classic(dicom, small_phantom, series_number=2, voxel=VOXEL)
+    synthetic_dicom.write_siemens_enhanced(dicom, small_phantom, series_number=8, voxel=VOXEL)
+    synthetic_dicom.write_ge_classic(dicom, small_phantom, series_number=17, voxel=VOXEL)
+    synthetic_dicom.write_philips_classic(dicom, small_phantom, series_number=501, voxel=VOXEL)
     for number, kind in [(20, "epi"), (21, "spin_echo"), (22, "single_echo"), (23, "derived")]:
-        synthetic.write_other_series(dicom, kind, series_number=number)
+        synthetic_dicom.write_other_series(dicom, kind, series_number=number)
     (dicom / "README.txt").write_text("exported from the scanner\n")
     before = checksums(dicom)
     handler = LogRecords()
@@ -94,7 +94,7 @@ def test_converted_data_equal_the_phantom(session, small_phantom, acq):
         part = path.name.split("_part-")[1].split("_")[0]
         image = nib.Nifti1Image.from_filename(path)
         data = np.asarray(image.dataobj, dtype=np.float64)
-        i, j, k = synthetic.phantom_index(image.affine, image.shape, VOXEL)
+        i, j, k = synthetic_dicom.phantom_index(image.affine, image.shape, VOXEL)
         complex_truth = ph.magnitude[i, j, k, echo] * np.exp(1j * ph.phase[i, j, k, echo])
         if part == "phase":
             error = np.abs(np.angle(np.exp(1j * (data - ph.phase[i, j, k, echo]))))
@@ -130,7 +130,7 @@ def test_no_identifying_text_anywhere_in_the_output(session):
         for p in sorted(bids.rglob("*"))
         if p.is_file() and p.suffix in (".json", ".tsv", "")
     )
-    for value in synthetic.FAKE_PATIENT.values():
+    for value in synthetic_dicom.FAKE_PATIENT.values():
         for word in value.replace("^", " ").replace(",", " ").split():
             if len(word) > 3:
                 assert word not in text, word
@@ -256,8 +256,8 @@ def test_folder_without_dicom(tmp_path, capsys):
 
 def test_no_megre_series_lists_what_was_found(tmp_path, capsys):
     dicom = tmp_path / "dicom"
-    synthetic.write_other_series(dicom, "epi", series_number=5)
-    synthetic.write_other_series(dicom, "single_echo", series_number=6)
+    synthetic_dicom.write_other_series(dicom, "epi", series_number=5)
+    synthetic_dicom.write_other_series(dicom, "single_echo", series_number=6)
     err = _run_bad(dicom, tmp_path / "bids", 66, capsys, "--participant-label", "01")
     assert "no multi-echo gradient-echo series" in err
     assert "series 5 'epi_series': EPI" in err and "series 6 'single_echo_series'" in err
@@ -294,7 +294,7 @@ def test_bids_dir_inside_dicom_dir(siemens_dicom, capsys):
 def test_dicom_in_sourcedata_of_the_dataset_is_fine(tmp_path, tiny_phantom):
     bids = tmp_path / "bids"
     dicom = bids / "sourcedata" / "sub-01"
-    synthetic.write_siemens_classic(dicom, tiny_phantom)
+    synthetic_dicom.write_siemens_classic(dicom, tiny_phantom)
     bids.joinpath("dataset_description.json").write_text('{"Name": "x", "BIDSVersion": "1.10.0"}')
     before = checksums(dicom)
     assert main(["convert", str(dicom), str(bids), "--participant-label", "01"]) == 0
@@ -305,7 +305,7 @@ def test_dicom_in_sourcedata_of_the_dataset_is_fine(tmp_path, tiny_phantom):
 def test_dicom_inside_the_participant_folder_is_refused(tmp_path, tiny_phantom, capsys):
     bids = tmp_path / "bids"
     dicom = bids / "sub-01" / "dicom"
-    synthetic.write_siemens_classic(dicom, tiny_phantom)
+    synthetic_dicom.write_siemens_classic(dicom, tiny_phantom)
     bids.joinpath("dataset_description.json").write_text('{"Name": "x", "BIDSVersion": "1.10.0"}')
     err = _run_bad(dicom, bids, 64, capsys, "--participant-label", "01", "--overwrite")
     assert "which would be written" in err
@@ -327,8 +327,8 @@ def test_bids_dir_is_a_file(tmp_path, siemens_dicom, capsys):
 
 def test_corrupt_file_is_named_and_the_rest_converts(tmp_path, tiny_phantom, capsys):
     dicom = tmp_path / "dicom"
-    files = synthetic.write_siemens_classic(dicom, tiny_phantom, series_number=2)
-    synthetic.write_siemens_classic(
+    files = synthetic_dicom.write_siemens_classic(dicom, tiny_phantom, series_number=2)
+    synthetic_dicom.write_siemens_classic(
         dicom, tiny_phantom, series_number=10, protocol="other", with_phase=False
     )
     broken = files[4]  # one slice of series 2's magnitude
@@ -351,7 +351,7 @@ def test_corrupt_file_is_named_and_the_rest_converts(tmp_path, tiny_phantom, cap
 
 def test_only_incomplete_series_is_bad_data(tmp_path, tiny_phantom, capsys):
     dicom = tmp_path / "dicom"
-    files = synthetic.write_siemens_classic(dicom, tiny_phantom, with_phase=False)
+    files = synthetic_dicom.write_siemens_classic(dicom, tiny_phantom, with_phase=False)
     files[1].unlink()  # echo 1, slice 2: the series lacks a slice
     err = _run_bad(dicom, tmp_path / "bids", 65, capsys, "--participant-label", "01")
     assert "no complete multi-echo gradient-echo series" in err
@@ -438,8 +438,8 @@ def test_repeated_protocol_becomes_runs(tmp_path, tiny_phantom):
     from t2starmap.validate import validate_bids
 
     dicom, bids = tmp_path / "dicom", tmp_path / "bids"
-    synthetic.write_siemens_classic(dicom, tiny_phantom, series_number=2)
-    synthetic.write_siemens_classic(dicom, tiny_phantom, series_number=4)
+    synthetic_dicom.write_siemens_classic(dicom, tiny_phantom, series_number=2)
+    synthetic_dicom.write_siemens_classic(dicom, tiny_phantom, series_number=4)
     assert main(["convert", str(dicom), str(bids), "--participant-label", "01"]) == 0
     names = sorted(p.name for p in (bids / "sub-01" / "anat").glob("*.nii.gz"))
     assert names == sorted(
@@ -454,8 +454,8 @@ def test_repeated_protocol_becomes_runs(tmp_path, tiny_phantom):
 
 def test_series_missing_an_echo_is_refused_and_others_convert(tmp_path, tiny_phantom, capsys):
     dicom = tmp_path / "dicom"
-    files = synthetic.write_siemens_classic(dicom, tiny_phantom, series_number=2)
-    synthetic.write_siemens_classic(dicom, tiny_phantom, series_number=10, protocol="other")
+    files = synthetic_dicom.write_siemens_classic(dicom, tiny_phantom, series_number=2)
+    synthetic_dicom.write_siemens_classic(dicom, tiny_phantom, series_number=10, protocol="other")
     n_slices = tiny_phantom.magnitude.shape[2]
     for path in files[n_slices : 2 * n_slices]:  # every slice of echo 2 of the magnitude
         path.unlink()
@@ -482,7 +482,7 @@ def test_unwritable_bids_parent_is_exit_73(tmp_path, siemens_dicom, capsys, monk
 def test_enhanced_file_mixing_magnitude_and_phase_is_refused(tmp_path, tiny_phantom, capsys):
     """A known limit: dcm2niix stacks such frames into one volume; refuse, never mislabel."""
     dicom = tmp_path / "dicom"
-    synthetic.write_siemens_enhanced(dicom, tiny_phantom, with_phase_frames=True)
+    synthetic_dicom.write_siemens_enhanced(dicom, tiny_phantom, with_phase_frames=True)
     err = _run_bad(dicom, tmp_path / "bids", 65, capsys, "--participant-label", "01")
     assert "series 8 'gre_me_xa': ME-GRE, 3 echoes (4, 10, 16 ms), mag/phase" in err
     assert "dcm2niix wrote 6 slices for one echo of series 8 'gre_me_xa' (mag)" in err
@@ -495,8 +495,8 @@ def test_acquisition_failing_in_dcm2niix_is_left_out_whole(
     from t2starmap.errors import BadDataError
 
     dicom, bids = tmp_path / "dicom", tmp_path / "bids"
-    synthetic.write_siemens_classic(dicom, tiny_phantom, series_number=2, protocol="first")
-    synthetic.write_siemens_classic(dicom, tiny_phantom, series_number=10, protocol="second")
+    synthetic_dicom.write_siemens_classic(dicom, tiny_phantom, series_number=2, protocol="first")
+    synthetic_dicom.write_siemens_classic(dicom, tiny_phantom, series_number=10, protocol="second")
     real = workflow.run_dcm2niix
 
     def flaky(source, out_dir, *, label, **kwargs):

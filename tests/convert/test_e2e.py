@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 
 from t2starmap.cli import main
-from t2starmap.convert import synthetic
 from t2starmap.simulate import Phantom, make_phantom
 from tests.convert.helpers import VOXEL
+from tests.support import synthetic_dicom
 
 WRITERS = {
-    "siemens": synthetic.write_siemens_classic,
-    "enhanced": synthetic.write_siemens_enhanced,
-    "philips": synthetic.write_philips_classic,
-    "ge": synthetic.write_ge_classic,
+    "siemens": synthetic_dicom.write_siemens_classic,
+    "enhanced": synthetic_dicom.write_siemens_enhanced,
+    "philips": synthetic_dicom.write_philips_classic,
+    "ge": synthetic_dicom.write_ge_classic,
 }
 
 
@@ -32,7 +32,6 @@ def phantom() -> Phantom:
 
 @pytest.mark.parametrize("vendor", sorted(WRITERS))
 def test_convert_then_fit_recovers_t2star(tmp_path: Path, phantom: Phantom, vendor: str):
-    pytest.importorskip("t2starmap.workflow", reason="participant workflow not merged yet")
     dicom, bids, out = tmp_path / "dicom", tmp_path / "bids", tmp_path / "out"
     WRITERS[vendor](dicom, phantom, voxel=VOXEL)
     assert main(["convert", str(dicom), str(bids), "--participant-label", "01"]) == 0
@@ -44,7 +43,7 @@ def test_convert_then_fit_recovers_t2star(tmp_path: Path, phantom: Phantom, vend
     assert len(maps) == 1, sorted(p.name for p in out.rglob("*.nii.gz"))
     image = nib.Nifti1Image.from_filename(maps[0])
     fitted = np.asarray(image.dataobj, dtype=np.float64)
-    i, j, k = synthetic.phantom_index(image.affine, image.shape, VOXEL)
+    i, j, k = synthetic_dicom.phantom_index(image.affine, image.shape, VOXEL)
     truth = phantom.t2star[i, j, k].astype(np.float64)
     inside = phantom.mask[i, j, k]
     error = np.abs(fitted[inside] - truth[inside]) / truth[inside]

@@ -126,7 +126,6 @@ def test_dicom_left_untouched(converted):
 @pytest.mark.slow
 @pytest.mark.parametrize("label", sorted(CASES))
 def test_participant_level_runs_on_the_result(converted, tmp_path, label):
-    pytest.importorskip("t2starmap.workflow", reason="participant workflow not merged yet")
     bids = converted[0]
     out = tmp_path / "out"
     rc = main(

@@ -1,0 +1,1 @@
+"""Test-support code: synthetic inputs that must not ship in the installed package."""

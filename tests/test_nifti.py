@@ -1,0 +1,291 @@
+"""Reading echo sets and writing maps (t2starmap.nifti): geometry checks, errors that name the
+file, echo order and dtype, header round trip, atomic writes."""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from t2starmap import nifti
+from t2starmap.errors import BadDataError
+from t2starmap.layout import Echo, EchoSet, build_echo_set
+from t2starmap.nifti import Geometry, check_geometry, load_magnitude, read_map, save_map
+
+ZOOMS = (2.0, 2.5, 3.0)
+AFFINE = np.array(
+    [
+        [-2.0, 0.0, 0.0, 30.0],
+        [0.0, 2.5, 0.0, -40.0],
+        [0.0, 0.0, 3.0, 12.5],
+        [0.0, 0.0, 0.0, 1.0],
+    ]
+)
+
+
+def write_image(
+    path: Path,
+    data: np.ndarray,
+    affine: np.ndarray = AFFINE,
+    *,
+    qform_code: int = 1,
+    sform_code: int = 1,
+    slope: float | None = None,
+) -> Path:
+    img = nib.Nifti1Image(data, affine)
+    img.set_qform(affine, code=qform_code)
+    img.set_sform(affine, code=sform_code)
+    if slope is not None:
+        img.header.set_slope_inter(slope, 0.0)
+    nib.save(img, str(path))
+    return path
+
+
+def echo_set(tmp_path: Path, volumes: Sequence[np.ndarray], echo_times: Sequence[float]) -> EchoSet:
+    """One file per volume (echo index = position + 1), gathered into a set sorted by TE."""
+    echoes = [
+        Echo(write_image(tmp_path / f"sub-01_echo-{k + 1}_MEGRE.nii.gz", v), te, {})
+        for k, (v, te) in enumerate(zip(volumes, echo_times, strict=True))
+    ]
+    return build_echo_set({"subject": "01"}, echoes)
+
+
+def constant_volumes(shape: tuple[int, ...], values: Sequence[float]) -> list[np.ndarray]:
+    return [np.full(shape, v, dtype=np.float32) for v in values]
+
+
+# --- check_geometry --------------------------------------------------------------------------
+
+
+def test_geometry_of_a_consistent_set(tmp_path: Path) -> None:
+    paths = []
+    for k in range(3):
+        data = np.zeros((5, 4, 3), np.int16)
+        paths.append(write_image(tmp_path / f"e{k}.nii.gz", data, qform_code=1, sform_code=2))
+    echoes = [Echo(p, 0.005 * (k + 1), {}) for k, p in enumerate(paths)]
+    geometry = check_geometry(build_echo_set({"subject": "01"}, echoes))
+    assert geometry.shape == (5, 4, 3)
+    np.testing.assert_allclose(geometry.affine, AFFINE)
+    assert geometry.affine.dtype == np.float64
+    assert geometry.zooms == pytest.approx(ZOOMS)
+    assert (geometry.qform_code, geometry.sform_code) == (1, 2)
+
+
+def test_shape_mismatch_names_the_file(tmp_path: Path) -> None:
+    first = write_image(tmp_path / "sub-01_echo-1_MEGRE.nii.gz", np.zeros((5, 4, 3), np.float32))
+    second = write_image(tmp_path / "sub-01_echo-2_MEGRE.nii.gz", np.zeros((5, 4, 2), np.float32))
+    echoes = build_echo_set({"subject": "01"}, [Echo(first, 0.004, {}), Echo(second, 0.008, {})])
+    with pytest.raises(BadDataError, match="shape") as caught:
+        check_geometry(echoes)
+    message = str(caught.value)
+    assert message.startswith(str(second)), message
+    assert "(5, 4, 2)" in message and "(5, 4, 3)" in message and "\n" not in message
+
+
+def test_affine_mismatch_names_the_file(tmp_path: Path) -> None:
+    shifted = AFFINE.copy()
+    shifted[0, 3] += 1.0
+    first = write_image(tmp_path / "sub-01_echo-1_MEGRE.nii.gz", np.zeros((5, 4, 3), np.float32))
+    second = write_image(
+        tmp_path / "sub-01_echo-2_MEGRE.nii.gz", np.zeros((5, 4, 3), np.float32), shifted
+    )
+    echoes = build_echo_set({"subject": "01"}, [Echo(first, 0.004, {}), Echo(second, 0.008, {})])
+    with pytest.raises(BadDataError, match="affine differs") as caught:
+        check_geometry(echoes)
+    assert str(caught.value).startswith(str(second))
+
+
+def test_affine_rounding_below_tolerance_is_accepted(tmp_path: Path) -> None:
+    nudged = AFFINE.copy()
+    nudged[1, 3] += 2e-5  # what float32 header storage and scanner rounding do
+    first = write_image(tmp_path / "a.nii.gz", np.zeros((5, 4, 3), np.float32))
+    second = write_image(tmp_path / "b.nii.gz", np.zeros((5, 4, 3), np.float32), nudged)
+    echoes = build_echo_set({"subject": "01"}, [Echo(first, 0.004, {}), Echo(second, 0.008, {})])
+    assert check_geometry(echoes).shape == (5, 4, 3)
+
+
+def test_4d_with_one_volume_is_one_echo(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    volumes = [rng.uniform(0, 100, (5, 4, 3, 1)).astype(np.float32) for _ in range(2)]
+    echoes = echo_set(tmp_path, volumes, (0.004, 0.008))
+    geometry = check_geometry(echoes)
+    assert geometry.shape == (5, 4, 3)
+    assert geometry.zooms == pytest.approx(ZOOMS)
+    stacked = load_magnitude(echoes, geometry)
+    assert stacked.shape == (5, 4, 3, 2)
+    np.testing.assert_array_equal(stacked[..., 1], volumes[1][..., 0])
+
+
+@pytest.mark.parametrize("shape", [(5, 4, 3, 2), (5,), (5, 4, 3, 1, 2)])
+def test_not_one_volume_per_echo_is_refused(tmp_path: Path, shape: tuple[int, ...]) -> None:
+    volumes = [np.zeros(shape, np.float32)] * 2
+    with pytest.raises(BadDataError, match="one 3-D volume per echo") as caught:
+        check_geometry(echo_set(tmp_path, volumes, (0.004, 0.008)))
+    assert str(caught.value).startswith(str(tmp_path / "sub-01_echo-1_MEGRE.nii.gz"))
+
+
+def test_2d_images_load_and_save(tmp_path: Path) -> None:
+    volumes = constant_volumes((6, 5), (300.0, 200.0, 100.0))
+    echoes = echo_set(tmp_path, volumes, (0.004, 0.008, 0.012))
+    geometry = check_geometry(echoes)
+    assert geometry.shape == (6, 5)
+    assert geometry.zooms == pytest.approx(ZOOMS[:2])
+    stacked = load_magnitude(echoes, geometry)
+    assert stacked.shape == (6, 5, 3)
+    assert stacked[0, 0].tolist() == [300.0, 200.0, 100.0]
+    out = save_map(tmp_path / "out" / "map.nii.gz", stacked[..., 0] / 1000.0, geometry)
+    assert nib.Nifti1Image.from_filename(out).shape == (6, 5)
+    np.testing.assert_allclose(read_map(out), 0.3, rtol=1e-6)
+
+
+# --- unreadable files ------------------------------------------------------------------------
+
+
+def test_not_a_nifti_names_the_file(tmp_path: Path) -> None:
+    good = write_image(tmp_path / "sub-01_echo-1_MEGRE.nii.gz", np.zeros((4, 4, 2), np.float32))
+    bad = tmp_path / "sub-01_echo-2_MEGRE.nii.gz"
+    bad.write_bytes(gzip.compress(b"this is not a nifti file"))
+    echoes = build_echo_set({"subject": "01"}, [Echo(good, 0.004, {}), Echo(bad, 0.008, {})])
+    with pytest.raises(BadDataError, match="not a readable NIfTI image") as caught:
+        check_geometry(echoes)
+    assert str(caught.value).startswith(str(bad))
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+def test_truncated_image_data_names_the_file(tmp_path: Path, suffix: str) -> None:
+    """The header is whole (check_geometry passes) but the data stop short: reading the
+    echoes raises BadDataError naming that file, not a gzip or numpy error."""
+    rng = np.random.default_rng(1)
+    paths = []
+    for k in range(2):
+        data = rng.uniform(0, 1000, (16, 16, 8)).astype(np.float32)
+        paths.append(write_image(tmp_path / f"sub-01_echo-{k + 1}_MEGRE{suffix}", data))
+    whole = paths[1].read_bytes()
+    paths[1].write_bytes(whole[: len(whole) // 2])
+    echoes = build_echo_set(
+        {"subject": "01"}, [Echo(p, 0.004 * (k + 1), {}) for k, p in enumerate(paths)]
+    )
+    geometry = check_geometry(echoes)
+    with pytest.raises(BadDataError) as caught:
+        load_magnitude(echoes, geometry)
+    message = str(caught.value)
+    assert message.startswith(str(paths[1])), message
+    assert "\n" not in message
+
+
+# --- load_magnitude --------------------------------------------------------------------------
+
+
+def test_echoes_stacked_in_echo_time_order(tmp_path: Path) -> None:
+    """Files written in the order TE 12, 4, 8 ms: the last axis follows TE, not the files."""
+    volumes = constant_volumes((3, 3, 2), (100.0, 300.0, 200.0))
+    echoes = echo_set(tmp_path, volumes, (0.012, 0.004, 0.008))
+    assert echoes.echo_times == (0.004, 0.008, 0.012)
+    stacked = load_magnitude(echoes, check_geometry(echoes))
+    assert stacked.dtype == np.float32
+    assert stacked.shape == (3, 3, 2, 3)
+    assert stacked[1, 2, 1].tolist() == [300.0, 200.0, 100.0]
+
+
+def test_integer_data_are_scaled_to_float32(tmp_path: Path) -> None:
+    """Stored int16 with a scale slope (as dcm2niix may write): float32 in signal units."""
+    raw = np.arange(2 * 3 * 4, dtype=np.int16).reshape(2, 3, 4)
+    paths = [
+        write_image(tmp_path / "a.nii.gz", raw, slope=0.5),
+        write_image(tmp_path / "b.nii.gz", raw * 2, slope=0.5),
+    ]
+    assert nib.Nifti1Image.from_filename(paths[0]).get_data_dtype() == np.int16
+    echoes = build_echo_set(
+        {"subject": "01"}, [Echo(paths[0], 0.003, {}), Echo(paths[1], 0.006, {})]
+    )
+    stacked = load_magnitude(echoes, check_geometry(echoes))
+    assert stacked.dtype == np.float32
+    np.testing.assert_array_equal(stacked[..., 0], raw * 0.5)
+    np.testing.assert_array_equal(stacked[..., 1], raw * 1.0)
+
+
+# --- save_map --------------------------------------------------------------------------------
+
+
+def geometry_of(qform_code: int = 1, sform_code: int = 2) -> Geometry:
+    return Geometry(
+        shape=(5, 4, 3), affine=AFFINE, zooms=ZOOMS, qform_code=qform_code, sform_code=sform_code
+    )
+
+
+@pytest.mark.parametrize(
+    ("given", "stored"),
+    [(np.float64, np.float32), (np.float32, np.float32), (np.int64, np.float32), (bool, np.uint8)],
+)
+def test_saved_dtype(tmp_path: Path, given: type, stored: type) -> None:
+    data = (np.arange(60).reshape(5, 4, 3) % 2).astype(given)
+    out = save_map(tmp_path / "map.nii.gz", data, geometry_of())
+    img = nib.Nifti1Image.from_filename(out)
+    assert img.get_data_dtype() == np.dtype(stored)
+    np.testing.assert_array_equal(np.asarray(img.dataobj), data.astype(stored))
+
+
+def test_saved_header_round_trip(tmp_path: Path) -> None:
+    """Affine, zooms, qform and sform (matrix and code) and units come back as given."""
+    values = np.random.default_rng(2).uniform(0.001, 0.2, (5, 4, 3))
+    out = save_map(tmp_path / "sub-01_T2starmap.nii.gz", values, geometry_of(1, 2))
+    img = nib.Nifti1Image.from_filename(out)
+    header = img.header
+    np.testing.assert_allclose(img.affine, AFFINE, atol=1e-6)
+    assert header.get_zooms() == pytest.approx(ZOOMS)
+    qform, qcode = img.get_qform(coded=True)
+    sform, scode = img.get_sform(coded=True)
+    assert (int(qcode), int(scode)) == (1, 2)
+    np.testing.assert_allclose(qform, AFFINE, atol=1e-5)
+    np.testing.assert_allclose(sform, AFFINE, atol=1e-6)
+    assert header.get_xyzt_units() == ("mm", "sec")
+    np.testing.assert_allclose(read_map(out), values.astype(np.float32))
+    assert read_map(out).dtype == np.float64
+
+
+def test_zero_form_codes_are_written_as_scanner(tmp_path: Path) -> None:
+    """An input with no qform/sform code still gets a usable orientation (code 1)."""
+    out = save_map(tmp_path / "map.nii.gz", np.zeros((5, 4, 3)), geometry_of(0, 0))
+    img = nib.Nifti1Image.from_filename(out)
+    assert (int(img.get_qform(coded=True)[1]), int(img.get_sform(coded=True)[1])) == (1, 1)
+
+
+def test_geometry_of_a_set_round_trips_through_save(tmp_path: Path) -> None:
+    echoes = echo_set(tmp_path, constant_volumes((5, 4, 3), (10.0, 5.0)), (0.004, 0.008))
+    geometry = check_geometry(echoes)
+    out = save_map(tmp_path / "out" / "map.nii.gz", np.ones(geometry.shape), geometry)
+    again = check_geometry(
+        build_echo_set({"subject": "01"}, [Echo(out, 0.0, {}), echoes.echoes[1]])
+    )
+    assert again.shape == geometry.shape and again.zooms == pytest.approx(geometry.zooms)
+    np.testing.assert_allclose(again.affine, geometry.affine, atol=1e-5)
+
+
+def test_save_leaves_no_temporary_files(tmp_path: Path) -> None:
+    target = tmp_path / "anat" / "sub-01_T2starmap.nii.gz"
+    save_map(target, np.ones((5, 4, 3)), geometry_of())
+    save_map(target, np.full((5, 4, 3), 2.0), geometry_of())  # replacing an existing map
+    assert sorted(p.name for p in target.parent.iterdir()) == [target.name]
+    np.testing.assert_array_equal(read_map(target), 2.0)
+
+
+def test_failed_save_leaves_the_old_map_and_no_temporary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "sub-01_T2starmap.nii.gz"
+    save_map(target, np.ones((5, 4, 3)), geometry_of())
+    before = target.read_bytes()
+
+    def broken_save(img: object, filename: str) -> None:
+        Path(filename).write_bytes(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(nifti.nib, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_map(target, np.zeros((5, 4, 3)), geometry_of())
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [target.name]
