@@ -54,7 +54,7 @@ def test_the_longest_echo_time_is_accepted() -> None:
 def test_echo_time_of_names_the_file() -> None:
     path = Path("sub-01_echo-3_MEGRE.nii.gz")
     for meta in ({}, {"EchoTime": "0,02"}):
-        with pytest.raises(BadDataError, match="sub-01_echo-3_MEGRE.nii.gz"):
+        with pytest.raises(BadDataError, match=r"sub-01_echo-3_MEGRE\.nii\.gz"):
             echo_time_of(path, meta)
 
 

@@ -19,7 +19,6 @@ class ExitCode(IntEnum):
     BAD_DATA = 65
     INPUT_MISSING = 66
     CANNOT_CREATE_OUTPUT = 73
-    IO_ERROR = 74
 
 
 class T2StarError(Exception):
