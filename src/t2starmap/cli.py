@@ -21,7 +21,7 @@ from t2starmap import __version__
 from t2starmap.cliargs import (
     TRACEBACK_VERBOSITY,
     ArgumentParser,
-    add_logging_options,
+    add_other_options,
     configure_logging,
     log_level,
 )
@@ -153,8 +153,8 @@ def build_parser() -> ArgumentParser:
     )
 
     other = parser.add_argument_group("other options")
+    add_other_options(other)
     other.add_argument("--version", action="version", version=f"t2starmap {__version__}")
-    add_logging_options(other)
     return parser
 
 

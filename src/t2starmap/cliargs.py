@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from t2starmap.errors import UsageError
 
@@ -20,14 +20,21 @@ TRACEBACK_VERBOSITY = 2
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse that raises :class:`UsageError` (exit 64) instead of exiting with 2."""
+    """argparse that raises :class:`UsageError` (exit 64) instead of exiting with 2, and leaves
+    ``-h`` to :func:`add_other_options` (so that it sits in the "other options" group)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("add_help", False)
+        super().__init__(**kwargs)
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{self.prog}: {message}")
 
 
-def add_logging_options(group: argparse._ActionsContainer) -> None:
-    """``-v`` (counted) and ``-q``, mutually exclusive, into ``group`` (a parser or a group)."""
+def add_other_options(group: argparse._ActionsContainer) -> None:
+    """``-h``, ``-v`` (counted) and ``-q`` (``-v`` and ``-q`` mutually exclusive) into ``group``,
+    a parser made with ``add_help=False`` or one of its groups."""
+    group.add_argument("-h", "--help", action="help", help="show this help and exit")
     exclusive = group.add_mutually_exclusive_group()
     exclusive.add_argument(
         "-v",

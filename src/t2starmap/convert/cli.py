@@ -11,7 +11,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from t2starmap.cliargs import ArgumentParser, add_logging_options
+from t2starmap.cliargs import ArgumentParser, add_other_options
 from t2starmap.convert.bids import check_label
 from t2starmap.errors import ExitCode, UsageError
 
@@ -58,7 +58,7 @@ def build_parser() -> ArgumentParser:
         metavar="LABEL",
         help="participant label, letters and digits ('sub-' optional)",
     )
-    options = parser.add_argument_group("options")
+    options = parser.add_argument_group("conversion options")
     options.add_argument(
         "--session-label",
         "--session_label",
@@ -72,7 +72,7 @@ def build_parser() -> ArgumentParser:
         help="replace the participant (or session) if it is already there",
     )
     other = parser.add_argument_group("other options")
-    add_logging_options(other)
+    add_other_options(other)
     return parser
 
 
