@@ -184,7 +184,15 @@ def test_help_and_version_import_no_torch(argv: list[str]) -> None:
 
 @pytest.mark.parametrize(
     "module",
-    ["t2starmap.layout", "t2starmap.limits", "t2starmap.settings", "t2starmap.convert.cli"],
+    [
+        "t2starmap.layout",
+        "t2starmap.limits",
+        "t2starmap.settings",
+        "t2starmap.nifti",
+        "t2starmap.derivatives",
+        "t2starmap.report",
+        "t2starmap.convert.cli",
+    ],
 )
 def test_modules_import_without_torch(module: str) -> None:
     proc = python(f"import sys, {module}" + _NO_TORCH)

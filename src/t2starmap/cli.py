@@ -187,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(err.exit_code)
     except KeyboardInterrupt:
         _report("interrupted")
-        return 130
+        return int(ExitCode.INTERRUPTED)
     except Exception as err:  # anything we did not foresee: one line, traceback with -vv
         _report(f"unexpected error: {type(err).__name__}: {err}", verbose >= TRACEBACK_VERBOSITY)
         return int(ExitCode.UNEXPECTED)

@@ -191,6 +191,9 @@ def fit_t2star(
     default fit noise-aware and sets the standard errors. ``dtype``: compute precision
     (float32 default; float64 for reference computations). ``chunk_size``: voxels per chunk
     (default ``DEFAULT_CHUNK`` on the CPU, ``DEFAULT_CUDA_CHUNK`` on a GPU).
+
+    Input validity is judged per voxel, here and not by the caller: a voxel with any NaN, inf
+    or negative sample, or fewer than two positive ones, has ``failed`` True and its maps 0.
     """
     if method not in METHODS:
         raise ValueError(f"unknown fit method {method!r}; choose one of {', '.join(METHODS)}")
