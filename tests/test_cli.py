@@ -192,6 +192,7 @@ def test_help_and_version_import_no_torch(argv: list[str]) -> None:
         "t2starmap.derivatives",
         "t2starmap.report",
         "t2starmap.convert.cli",
+        "t2starmap.convert.workflow",
     ],
 )
 def test_modules_import_without_torch(module: str) -> None:
