@@ -209,3 +209,17 @@ def test_usage_checks_import_torch_only_for_cuda(example: Path, tmp_path: Path) 
     )
     proc = python(code)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_a_convert_run_imports_no_torch(tmp_path: Path) -> None:
+    argv = [
+        "convert",
+        str(tmp_path / "no-dicom"),
+        str(tmp_path / "bids"),
+        "--participant-label",
+        "01",
+    ]
+    code = f"import sys; from t2starmap.cli import main; assert main({argv!r}) == 66" + _NO_TORCH
+    proc = python(code)
+    assert proc.returncode == 0, proc.stderr
+    assert "no-dicom" in proc.stderr
