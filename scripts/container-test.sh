@@ -13,7 +13,8 @@
 #      $T2S_TORCH_WHEEL_DIR, served over HTTP on 127.0.0.1 for the build only);
 #   5. runs the image as its non-root user with --read-only, --network none and bids_example/
 #      mounted read-only: participant (exit 0, every map, bids-validator on the output), group
-#      (exit 0, the TSV), an unknown label (exit 18), then `convert` on a synthetic DICOM
+#      (exit 0, the TSV), --cpus 1 (the settings log records nprocs 1), an unknown label
+#      (exit 18), then `convert` on a synthetic DICOM
 #      folder when the project has t2starmap.convert (otherwise skipped, saying why).
 # Prints the build time and image size. Exits non-zero on the first real failure. Removes the
 # containers and the HTTP server it started; keeps the images (T2S_CLEAN=1 removes them too).
@@ -208,6 +209,20 @@ expect 0 participant-anyuid -- --user 54321:54321 -v "$bids:/bids:ro" -v "$out_a
 [[ -f $out_any/sub-01/anat/sub-01_T2starmap.nii.gz ]] || fail "uid 54321: no sub-01 T2* map"
 [[ $(stat -c %u "$out_any/sub-01/anat/sub-01_T2starmap.nii.gz") == 54321 ]] || fail "owner"
 echo "uid 54321: sub-01 maps written, owned by 54321"
+
+step "--cpus 1: the default --nprocs follows the container's CPU quota"
+out_cpus="$scratch/out-cpus1"
+mkdir -p "$out_cpus" && chown "${user%%:*}" "$out_cpus"
+expect 0 participant-cpus1 -- --cpus 1 -v "$bids:/bids:ro" -v "$out_cpus:/out" \
+    "$image" /bids /out participant --participant-label 01 --skip-bids-validation
+settings_log=$(find "$out_cpus/logs" -name 'settings_participant_*.json' | head -1)
+[[ -n $settings_log ]] || fail "--cpus 1: no settings log in $out_cpus/logs"
+python3 - "$settings_log" <<'PY' || fail "--cpus 1: nprocs is not 1 in $settings_log"
+import json, sys
+settings = json.load(open(sys.argv[1]))
+assert settings["nprocs"] == 1, settings
+print("--cpus 1: nprocs", settings["nprocs"], "from", settings["nprocs_source"])
+PY
 
 step "exit codes through the entry point"
 expect 18 unknown-label -- "${mounts[@]}" "$image" /bids /out participant --participant-label 99 \

@@ -241,7 +241,7 @@ def test_failure_keeps_earlier_outputs_intact(example: Path, tmp_path: Path) -> 
     assert not [p for p in out.rglob(".*tmp*")]
 
 
-def test_unexpected_error_is_1_with_traceback_only_when_verbose(
+def test_unexpected_error_is_1_with_traceback_only_with_vv(
     example: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -252,11 +252,10 @@ def test_unexpected_error_is_1_with_traceback_only_when_verbose(
 
     monkeypatch.setattr("t2starmap.workflow.find_echo_sets", boom)
     argv = [str(example), str(tmp_path / "o"), "participant", "--skip-bids-validation"]
-    assert main(argv) == 1
-    err = capsys.readouterr().err
-    assert "boom" in err and "Traceback" not in err
-    assert main([*argv, "-v"]) == 1
-    assert "Traceback" in capsys.readouterr().err
+    for extra, traceback in (([], False), (["-v"], False), (["-vv"], True), (["-v", "-v"], True)):
+        assert main([*argv, *extra]) == 1
+        err = capsys.readouterr().err
+        assert "boom" in err and ("Traceback" in err) == traceback, extra
 
 
 def test_work_dir_is_cleaned(example: Path, tmp_path: Path) -> None:

@@ -24,7 +24,8 @@ def test_echo_time_numbers_and_numeric_strings(raw: object) -> None:
         ({}, "no EchoTime"),
         ({"EchoTime": "abc"}, "not a number"),
         ({"EchoTime": None}, "not a number"),
-        ({"EchoTime": -0.01}, "non-negative"),
+        ({"EchoTime": -0.01}, "not a positive number"),
+        ({"EchoTime": 0}, "not a positive number"),
         ({"EchoTime": 20}, "milliseconds"),
     ],
 )

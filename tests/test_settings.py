@@ -9,7 +9,8 @@ import pytest
 
 from t2starmap.cli import build_parser
 from t2starmap.errors import InputMissingError, UsageError
-from t2starmap.settings import clean_labels, default_nprocs, read_filter_file, settings_from_args
+from t2starmap.resources import SOURCE_COMMAND_LINE, SOURCE_SLURM, available_cpus
+from t2starmap.settings import clean_labels, read_filter_file, settings_from_args
 
 
 def settings(example: Path, out: Path, *extra: str, environ: dict[str, str] | None = None):
@@ -33,10 +34,15 @@ def test_settings_are_frozen_and_serialisable(example: Path, tmp_path: Path) -> 
     assert data["participant_labels"] == ["01"] and data["bids_dir"] == str(example.resolve())
 
 
-def test_nprocs_follows_slurm(example: Path, tmp_path: Path) -> None:
-    assert default_nprocs({"SLURM_CPUS_PER_TASK": "5"}) == 5
-    assert default_nprocs({}) >= 1
-    assert settings(example, tmp_path, environ={"SLURM_CPUS_PER_TASK": "2"}).nprocs == 2
+def test_nprocs_follows_slurm_and_records_its_source(example: Path, tmp_path: Path) -> None:
+    slurm = settings(example, tmp_path, environ={"SLURM_CPUS_PER_TASK": "2"})
+    assert (slurm.nprocs, slurm.nprocs_source) == (2, SOURCE_SLURM)
+    given = settings(example, tmp_path, "--nprocs", "3", environ={"SLURM_CPUS_PER_TASK": "2"})
+    assert (given.nprocs, given.nprocs_source) == (3, SOURCE_COMMAND_LINE)
+    plain = settings(example, tmp_path)
+    assert (plain.nprocs, plain.nprocs_source) == available_cpus({})
+    logged = json.loads(slurm.to_json())
+    assert (logged["nprocs"], logged["nprocs_source"]) == (2, SOURCE_SLURM)
     with pytest.raises(UsageError, match="nprocs"):
         settings(example, tmp_path, "--nprocs", "0")
 

@@ -3,6 +3,8 @@
 ``t2starmap BIDS_DIR OUTPUT_DIR {participant,group} [options]`` fits and summarises;
 ``t2starmap convert DICOM_DIR BIDS_DIR --participant-label L`` converts DICOM first.
 :func:`main` returns the exit code (tests call it directly); :func:`run` is the console script.
+Parsing and every argument check import no torch: ``--help`` and ``--version`` start fast, and
+a usage error is reported before anything is created or validated.
 """
 
 from __future__ import annotations
@@ -16,7 +18,15 @@ from pathlib import Path
 from typing import NoReturn
 
 from t2starmap import __version__
-from t2starmap.errors import ExitCode, T2StarError, UnknownLevelError, UsageError
+from t2starmap.cliargs import (
+    TRACEBACK_VERBOSITY,
+    ArgumentParser,
+    add_other_options,
+    configure_logging,
+    log_level,
+)
+from t2starmap.errors import ExitCode, T2StarError, UnknownLevelError
+from t2starmap.limits import DEFAULT_METHOD, METHOD_HELP, METHODS
 
 log = logging.getLogger("t2starmap")
 
@@ -31,32 +41,21 @@ Starting from DICOM? Convert first, then fit:
 
 Exit codes: 0 ok, 1 unexpected error, 16 input failed BIDS validation, 17 unknown analysis
 level, 18 labels/filters select no MEGRE data, 64 usage error, 65 bad data, 66 input missing,
-73 cannot create output.
+73 cannot create output, 130 interrupted.
 """
 
 
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse that raises :class:`UsageError` (exit 64) instead of exiting with 2."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message}")
-
-
-def add_logging_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument(
-        "-v",
-        "--verbose",
-        action="count",
-        default=0,
-        help="more log output (repeat for debug and tracebacks)",
-    )
-    group.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+def _methods_help() -> str:
+    """Every fit method with its one line from :data:`t2starmap.limits.METHOD_HELP`."""
+    parts = []
+    for name, text in METHOD_HELP.items():
+        label = f"{name} (default)" if name == DEFAULT_METHOD else name
+        parts.append(f"{label}: {text}")
+    return "; ".join(parts)
 
 
 def build_parser() -> ArgumentParser:
-    from t2starmap.fit import METHODS  # imports torch: only the fitting levels need it
-
+    """The parser of ``t2starmap BIDS_DIR OUTPUT_DIR LEVEL``, in groups as in MRIQC."""
     parser = ArgumentParser(
         prog="t2starmap",
         description="Quantitative T2*, R2* and S0 maps from multi-echo gradient-echo (BIDS "
@@ -64,12 +63,19 @@ def build_parser() -> ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("bids_dir", type=Path, help="the BIDS dataset (read only)")
-    parser.add_argument(
+    required = parser.add_argument_group("required arguments")
+    required.add_argument("bids_dir", type=Path, help="the BIDS dataset (read only)")
+    required.add_argument(
         "output_dir", type=Path, help="where derivatives go (created; must not be inside bids_dir)"
     )
-    parser.add_argument("analysis_level", help="participant or group")
-    parser.add_argument(
+    required.add_argument(
+        "analysis_level",
+        metavar="{participant,group}",
+        help="participant: fit each echo set; group: summarise the participants' outputs",
+    )
+
+    filtering = parser.add_argument_group("BIDS filtering")
+    filtering.add_argument(
         "--participant-label",
         "--participant_label",
         nargs="+",
@@ -77,7 +83,7 @@ def build_parser() -> ArgumentParser:
         metavar="LABEL",
         help="participants to process ('sub-' optional); default: all",
     )
-    parser.add_argument(
+    filtering.add_argument(
         "--session-label",
         "--session_label",
         nargs="+",
@@ -85,7 +91,7 @@ def build_parser() -> ArgumentParser:
         metavar="LABEL",
         help="sessions to process ('ses-' optional); default: all",
     )
-    parser.add_argument(
+    filtering.add_argument(
         "--bids-filter-file",
         "--bids_filter_file",
         type=Path,
@@ -94,23 +100,22 @@ def build_parser() -> ArgumentParser:
         help="PyBIDS-style JSON of entity filters for the MEGRE "
         'files, e.g. {"megre": {"acquisition": "highres"}} or {"run": 1}',
     )
-    parser.add_argument(
+    filtering.add_argument(
         "--skip-bids-validation",
         "--skip_bids_validator",
         action="store_true",
         help="do not run bids-validator on the input first",
     )
-    parser.add_argument(
+
+    fitting = parser.add_argument_group("fit options")
+    fitting.add_argument(
         "--fit-method",
         "--fit_method",
         choices=METHODS,
-        default="nlls",
-        help="nlls (default): noise-aware (Rician) least squares when the noise level is known "
-        "or estimated, else Gaussian; nlls-gaussian: plain Levenberg-Marquardt least squares; "
-        "wls: weighted log-linear; loglin: ordinary log-linear; arlo: auto-regression on "
-        "linear operations (evenly spaced echoes only)",
+        default=DEFAULT_METHOD,
+        help=_methods_help(),
     )
-    parser.add_argument(
+    fitting.add_argument(
         "--noise-sigma",
         "--noise_sigma",
         type=float,
@@ -120,22 +125,25 @@ def build_parser() -> ArgumentParser:
         "images' real/imaginary channels, in image units (default: estimated "
         "from the background air)",
     )
-    parser.add_argument(
+
+    performance = parser.add_argument_group("performance")
+    performance.add_argument(
         "--device",
         choices=DEVICES,
         default="auto",
         help="auto (default): CUDA when torch sees a GPU, else CPU",
     )
-    parser.add_argument(
+    performance.add_argument(
         "--nprocs",
         "--n_cpus",
         "--n-cpus",
         type=int,
         default=None,
         metavar="N",
-        help="CPU threads (default: all available, or SLURM_CPUS_PER_TASK)",
+        help="CPU threads (default: SLURM_CPUS_PER_TASK, else the cgroup CPU quota as set by "
+        "docker/podman --cpus, else the CPUs this process may run on)",
     )
-    parser.add_argument(
+    performance.add_argument(
         "-w",
         "--work-dir",
         "--work_dir",
@@ -143,61 +151,62 @@ def build_parser() -> ArgumentParser:
         default=None,
         help="scratch folder for temporary files (default: system temp)",
     )
-    parser.add_argument("--version", action="version", version=f"t2starmap {__version__}")
-    add_logging_options(parser)
+
+    other = parser.add_argument_group("other options")
+    add_other_options(other)
+    other.add_argument("--version", action="version", version=f"t2starmap {__version__}")
     return parser
-
-
-def configure_logging(verbose: int, quiet: bool) -> None:
-    level = logging.WARNING if quiet else (logging.INFO if verbose < 2 else logging.DEBUG)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("t2starmap %(levelname)s: %(message)s"))
-    root = logging.getLogger("t2starmap")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the app; return its exit code. Errors become one line on stderr and their code."""
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    verbose = sum(a.count("v") for a in args_list if a.startswith("-v") and set(a[1:]) == {"v"})
-    verbose += args_list.count("--verbose")
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    converting = arguments[:1] == ["convert"]
+    verbose = 0
+    configure_logging(log_level(verbose, False))  # until the arguments say otherwise
     try:
-        if args_list[:1] == ["convert"]:
-            from t2starmap.convert.cli import main as convert_main
+        if converting:
+            from t2starmap.convert.cli import build_parser as build_convert_parser
 
-            return int(convert_main(args_list[1:]))
-        return _participant_or_group(args_list)
+            parser, rest = build_convert_parser(), arguments[1:]
+        else:
+            parser, rest = build_parser(), arguments
+        try:
+            args = parser.parse_args(rest)
+        except SystemExit as done:  # --help or --version: printed; nothing to run
+            return int(done.code or 0)
+        verbose = args.verbose
+        configure_logging(log_level(args.verbose, args.quiet))
+        if converting:
+            from t2starmap.convert.cli import run_convert
+
+            return run_convert(args)
+        return _participant_or_group(args)
     except T2StarError as err:
-        _report(str(err), verbose)
+        _report(str(err))
         return int(err.exit_code)
     except KeyboardInterrupt:
-        _report("interrupted", verbose)
-        return 130
+        _report("interrupted")
+        return int(ExitCode.INTERRUPTED)
     except Exception as err:  # anything we did not foresee: one line, traceback with -vv
-        _report(f"unexpected error: {type(err).__name__}: {err}", verbose, traceback=True)
+        _report(f"unexpected error: {type(err).__name__}: {err}", verbose >= TRACEBACK_VERBOSITY)
         return int(ExitCode.UNEXPECTED)
 
 
-def _report(message: str, verbose: int, traceback: bool = False) -> None:
-    if not log.handlers:
-        configure_logging(verbose, False)
-    log.error("%s", message, exc_info=traceback and verbose >= 1)
+def _report(message: str, traceback: bool = False) -> None:
+    log.error("%s", message, exc_info=traceback)
 
 
-def _participant_or_group(argv: list[str]) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    configure_logging(args.verbose, args.quiet)
+def _participant_or_group(args: argparse.Namespace) -> int:
     if args.analysis_level not in ANALYSIS_LEVELS:
         raise UnknownLevelError(
             f"unknown analysis level {args.analysis_level!r}: use participant or group"
         )
     from t2starmap.settings import settings_from_args
-    from t2starmap.workflow import run_group, run_participant
 
     settings = settings_from_args(args, environ=os.environ)
+    from t2starmap.workflow import run_group, run_participant  # torch: only past the checks
+
     if settings.analysis_level == "participant":
         run_participant(settings)
     else:

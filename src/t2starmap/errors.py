@@ -19,7 +19,7 @@ class ExitCode(IntEnum):
     BAD_DATA = 65
     INPUT_MISSING = 66
     CANNOT_CREATE_OUTPUT = 73
-    IO_ERROR = 74
+    INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT, as a shell reports it
 
 
 class T2StarError(Exception):

@@ -28,8 +28,9 @@ Methods (``method=``):
 
 R2* is fitted; T2* = 1/R2* is derived in one place (:func:`_derive`), after R2* is clamped to
 ``[1/T2STAR_MAX, 1/T2STAR_MIN]``. A clamped voxel is flagged ``failed``, as is any voxel whose
-input is unusable (NaN/inf, fewer than two positive echoes), whose LM did not converge or whose
-S0 came out non-positive. Maps never hold NaN, inf or negative values; unusable voxels are 0.
+input is unusable (a NaN, inf or negative sample, fewer than two positive echoes), whose LM
+did not converge or whose S0 came out non-positive. Maps never hold NaN, inf or negative
+values; unusable voxels are 0.
 
 Standard errors (sigma = ``noise_sigma`` when given, else the residual estimate): sigma^2
 (J^T J)^-1 at the solution for ``nlls-gaussian`` and ``arlo`` (for ARLO this is the bound, about
@@ -54,30 +55,42 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-#: Shortest and longest T2* reported, in seconds. Fits outside are clamped and flagged failed.
-T2STAR_MIN = 1e-3
-T2STAR_MAX = 1.0
-#: Echo times above this many seconds are taken as a unit mistake (milliseconds given).
-MAX_ECHO_TIME = 1.0
-#: Relative tolerance on the echo spacing for ``arlo``.
-SPACING_RTOL = 1e-3
+from t2starmap import limits
+from t2starmap.limits import (
+    DEFAULT_METHOD,
+    MAX_ECHO_TIME,
+    METHODS,
+    SPACING_RTOL,
+    T2STAR_MAX,
+    T2STAR_MIN,
+)
 
-METHODS = ("nlls", "nlls-gaussian", "wls", "loglin", "arlo")
-DEFAULT_METHOD = "nlls"
+__all__ = [
+    "DEFAULT_METHOD",
+    "MAX_ECHO_TIME",
+    "METHODS",
+    "SPACING_RTOL",
+    "T2STAR_MAX",
+    "T2STAR_MIN",
+    "EchoSpacingError",
+    "FitResult",
+    "check_echo_times",
+    "check_even_spacing",
+    "fit_t2star",
+    "resolve_device",
+]
 
 #: Voxels per chunk on the CPU: big enough that per-operation overhead stays small, small
-#: enough that a chunk's few echo-by-voxel temporaries stay in the CPU caches. 192x192x64x11
-#: default fit, 2 threads, ``python benchmarks/tune_fit.py --chunks 15 16 17 --rounds 4``,
-#: median / best: 2^15 0.340 / 0.338 s, 2^16 0.329 / 0.319 s, 2^17 0.443 / 0.353 s.
+#: enough that a chunk's few echo-by-voxel temporaries stay in the CPU caches. Chosen with
+#: ``python benchmarks/tune_fit.py --chunks 15 16 17`` (its table, not a copy here, is the record).
 DEFAULT_CHUNK = 1 << 16
 #: Voxels per chunk on a GPU: big enough that kernel launches do not dominate (a 192x192x64
 #: volume is one chunk), small enough for the temporaries (~0.6 GB at 11 echoes, float32).
 DEFAULT_CUDA_CHUNK = 1 << 22
 _LM_MAX_ITER = 10
-#: A voxel stops once its proposed step is below this, relative. ``python
-#: benchmarks/tune_fit.py --tols 5e-4 2e-3 5e-3 --rounds 4`` (192x192x64x11, SNR 50), median s
-#: and the largest change of T2* against 5e-4 in units of its standard error: 5e-4 0.358 s;
-#: 2e-3 0.332 s, 0.6 %; 5e-3 0.313 s, 2.3 %.
+#: A voxel stops once its proposed step is below this, relative. Chosen with
+#: ``python benchmarks/tune_fit.py --tols 5e-4 2e-3 5e-3``: speed against the change of T2* in
+#: units of its standard error.
 _LM_TOL = 2e-3
 #: Largest R2* (1/s) an LM step may reach; the reported maps clamp at 1/T2STAR_MIN.
 _R2_MAX = 10.0 / T2STAR_MIN
@@ -94,8 +107,8 @@ class FitResult:
     t2star_se, r2star_se, s0_se: standard errors from the Fisher information at the solution
         (delta method for T2*), from ``noise_sigma`` when given, else from the residual
         variance (0 where there are only two echoes and no noise level: no residual is left).
-    failed: bool, the voxel's fit is not to be trusted (see module docstring).
-    fitted: bool, the voxel was inside the mask (fitted or attempted).
+    failed: bool, the voxel's fit is not to be trusted (see module docstring); False outside
+        the mask.
     method: the method asked for; noise_model: "rician" (noise-aware fit) or "gaussian";
     noise_sigma: the noise level used (None when none was given); device: where it ran.
     """
@@ -108,7 +121,6 @@ class FitResult:
     r2star_se: torch.Tensor
     s0_se: torch.Tensor
     failed: torch.Tensor
-    fitted: torch.Tensor
     method: str
     device: str
     noise_sigma: float | None
@@ -131,24 +143,11 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
 
 
 def check_echo_times(echo_times: Sequence[float] | np.ndarray | torch.Tensor) -> np.ndarray:
-    """Echo times as float64 seconds; refuse what cannot be right.
-
-    Raises ValueError when they are not 1-D, not finite, negative, above ``MAX_ECHO_TIME``
-    (milliseconds given for seconds), or when fewer than two distinct values are present.
-    """
-    te = torch.as_tensor(echo_times).detach().cpu().numpy().astype(np.float64)
-    if te.ndim != 1:
-        raise ValueError(f"echo times must be 1-D, got shape {te.shape}")
-    if not np.all(np.isfinite(te)) or np.any(te < 0):
-        raise ValueError(f"echo times must be finite and non-negative seconds, got {te.tolist()}")
-    if np.any(te > MAX_ECHO_TIME):
-        raise ValueError(
-            f"echo times {te.tolist()} exceed {MAX_ECHO_TIME} s: they look like milliseconds; "
-            "give them in seconds"
-        )
-    if np.unique(te).size < 2:
-        raise ValueError(f"at least two distinct echo times are needed, got {te.tolist()}")
-    return te
+    """Echo times as float64 seconds (n_echoes,): :func:`t2starmap.limits.check_echo_times`,
+    which also takes tensors here. Raises ValueError."""
+    if isinstance(echo_times, torch.Tensor):
+        echo_times = echo_times.detach().cpu().numpy()
+    return limits.check_echo_times(echo_times)
 
 
 def check_even_spacing(sorted_te: np.ndarray) -> float:
@@ -192,6 +191,9 @@ def fit_t2star(
     default fit noise-aware and sets the standard errors. ``dtype``: compute precision
     (float32 default; float64 for reference computations). ``chunk_size``: voxels per chunk
     (default ``DEFAULT_CHUNK`` on the CPU, ``DEFAULT_CUDA_CHUNK`` on a GPU).
+
+    Input validity is judged per voxel, here and not by the caller: a voxel with any NaN, inf
+    or negative sample, or fewer than two positive ones, has ``failed`` True and its maps 0.
     """
     if method not in METHODS:
         raise ValueError(f"unknown fit method {method!r}; choose one of {', '.join(METHODS)}")
@@ -256,7 +258,6 @@ def fit_t2star(
     return FitResult(
         **{k: v.reshape(spatial) for k, v in out.items()},
         failed=failed.reshape(spatial),
-        fitted=inside.to(dev).reshape(spatial),
         method=method,
         device=str(dev),
         noise_sigma=noise_sigma,
@@ -316,7 +317,8 @@ def _prepare(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Clean the chunk: (yn = y / scale with non-finite samples set to 0, usable, scale).
 
-    usable (n,): all samples finite and at least two positive ones at different echo times.
+    usable (n,): all samples finite and non-negative (a magnitude cannot be negative), and at
+    least two positive ones at different echo times.
     scale (n,): the voxel's largest |sample|, at least ``floor`` (the noise level, when known:
     the noise then never exceeds 1 in these units)."""
     finite = _finite(y.sum(0))  # NaN or inf in any sample makes the sum non-finite
@@ -326,10 +328,12 @@ def _prepare(
     if bool(low.min() > 0):
         # Every sample positive (the usual case): enough echoes (check_echo_times) everywhere.
         usable = finite
-    elif echoes.distinct:
-        usable = finite * _gt(_gt(y, 0.0).sum(0), 1.5)
     else:
-        usable = finite * _distinct_positive_echoes(y > 0, echoes.te).to(y.dtype)
+        usable = finite * torch.ge(low, 0.0, out=torch.empty_like(low))
+        if echoes.distinct:
+            usable = usable * _gt(_gt(y, 0.0).sum(0), 1.5)
+        else:
+            usable = usable * _distinct_positive_echoes(y > 0, echoes.te).to(y.dtype)
     scale = torch.maximum(high, low.neg_()).clamp_min_(max(floor, torch.finfo(y.dtype).tiny))
     return y.div_(scale), usable, scale
 

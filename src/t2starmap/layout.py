@@ -7,15 +7,16 @@ Magnitude means ``part-mag`` or no ``part`` entity; phase/real/imag files are ig
 from __future__ import annotations
 
 import logging
-import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from t2starmap.errors import BadDataError, InputMissingError, NothingSelectedError
-from t2starmap.fit import MAX_ECHO_TIME
+from t2starmap.errors import InputMissingError, NothingSelectedError
+from t2starmap.limits import check_distinct_echo_times, echo_time_of
+
+__all__ = ["SET_ENTITIES", "Echo", "EchoSet", "build_echo_set", "echo_time_of", "find_echo_sets"]
 
 log = logging.getLogger("t2starmap.layout")
 
@@ -81,40 +82,12 @@ class EchoSet:
         )
 
 
-def echo_time_of(path: Path, metadata: Mapping[str, Any]) -> float:
-    """EchoTime in seconds from a sidecar; numeric strings accepted. Raises BadDataError."""
-    if "EchoTime" not in metadata:
-        raise BadDataError(f"{path}: the sidecar has no EchoTime (required for MEGRE)")
-    raw = metadata["EchoTime"]
-    try:
-        value = float(raw)
-    except (TypeError, ValueError) as err:
-        raise BadDataError(f"{path}: EchoTime {raw!r} is not a number") from err
-    if not math.isfinite(value) or value < 0:
-        raise BadDataError(f"{path}: EchoTime {raw!r} is not a non-negative number of seconds")
-    if value > MAX_ECHO_TIME:
-        raise BadDataError(
-            f"{path}: EchoTime {raw!r} is above {MAX_ECHO_TIME} s: it looks like milliseconds, "
-            "BIDS requires seconds"
-        )
-    return value
-
-
 def build_echo_set(entities: Mapping[str, str], echoes: Sequence[Echo]) -> EchoSet:
-    """Sort by EchoTime and check there is something to fit. Raises BadDataError."""
-    ordered = tuple(sorted(echoes, key=lambda e: (e.echo_time, str(e.path))))
+    """Sort by EchoTime; refuse a single echo or two at the same echo time (BadDataError,
+    :func:`t2starmap.limits.check_distinct_echo_times`)."""
     name = "_".join(f"{_SHORT[k]}-{v}" for k, v in entities.items())
-    if len(ordered) < 2:
-        raise BadDataError(
-            f"{ordered[0].path if ordered else name}: only one echo in set {name}; "
-            "a T2* fit needs at least 2"
-        )
-    if len({e.echo_time for e in ordered}) < 2:
-        raise BadDataError(
-            f"{ordered[0].path}: all echoes of set {name} have the same EchoTime "
-            f"({ordered[0].echo_time} s); a T2* fit needs at least 2 distinct echo times"
-        )
-    return EchoSet(entities=dict(entities), echoes=ordered)
+    order = check_distinct_echo_times(name, [e.path for e in echoes], [e.echo_time for e in echoes])
+    return EchoSet(entities=dict(entities), echoes=tuple(echoes[k] for k in order))
 
 
 def _query_value(value: Any) -> Any:

@@ -1,22 +1,23 @@
 """One frozen settings object, built from the parsed arguments and checked once.
 
-Passed explicitly to the workflow; a copy goes to ``OUTPUT_DIR/logs/`` for provenance.
+Every usage check happens in :func:`settings_from_args`, before the workflow creates or
+validates anything. Passed explicitly to the workflow; a copy goes to ``OUTPUT_DIR/logs/`` for
+provenance. No torch here unless ``--device cuda`` is asked for (to see whether there is one).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from t2starmap.conventions import LABEL_RE
 from t2starmap.errors import InputMissingError, UsageError
-
-_LABEL = re.compile(r"^[A-Za-z0-9]+$")
+from t2starmap.limits import DEFAULT_METHOD
+from t2starmap.resources import SOURCE_COMMAND_LINE, available_cpus
 
 
 @dataclass(frozen=True)
@@ -28,12 +29,13 @@ class Settings:
     session_labels: tuple[str, ...] | None = None
     bids_filters: Mapping[str, Any] = field(default_factory=dict)
     skip_validation: bool = False
-    fit_method: str = "nlls"
+    fit_method: str = DEFAULT_METHOD
     noise_sigma: float | None = None
     device: str = "auto"
     nprocs: int = 1
+    #: where ``nprocs`` came from: ``--nprocs`` or a :mod:`t2starmap.resources` source
+    nprocs_source: str = SOURCE_COMMAND_LINE
     work_dir: Path | None = None
-    verbosity: int = 0
 
     def to_json(self) -> str:
         def encode(value: Any) -> Any:
@@ -55,22 +57,22 @@ def clean_labels(labels: list[str] | None, prefix: str) -> tuple[str, ...] | Non
     cleaned: list[str] = []
     for raw in labels:
         label = raw[len(prefix) :] if raw.startswith(prefix) else raw
-        if not _LABEL.match(label):
+        if not LABEL_RE.match(label):
             raise UsageError(f"label {raw!r} is not alphanumeric (BIDS labels are [A-Za-z0-9]+)")
         if label not in cleaned:
             cleaned.append(label)
     return tuple(cleaned)
 
 
-def default_nprocs(environ: Mapping[str, str]) -> int:
-    """SLURM's allocation when inside a job, else the CPUs this process may use."""
-    slurm = environ.get("SLURM_CPUS_PER_TASK", "")
-    if slurm.isdigit() and int(slurm) > 0:
-        return int(slurm)
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+def check_device(device: str) -> None:
+    """UsageError when ``--device cuda`` is asked for and torch sees no CUDA device. Imports
+    torch for that question only."""
+    if device != "cuda":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UsageError("--device cuda: torch sees no CUDA device (use --device auto or cpu)")
 
 
 def read_filter_file(path: Path | None) -> dict[str, Any]:
@@ -113,24 +115,31 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
             f"output folder {args.output_dir} is inside the input dataset {args.bids_dir}: "
             "choose a folder outside it"
         )
-    nprocs = args.nprocs if args.nprocs is not None else default_nprocs(environ)
-    if nprocs < 1:
-        raise UsageError(f"--nprocs must be at least 1, got {nprocs}")
+    if args.nprocs is not None:
+        nprocs, nprocs_source = args.nprocs, SOURCE_COMMAND_LINE
+        if nprocs < 1:
+            raise UsageError(f"--nprocs must be at least 1, got {nprocs}")
+    else:
+        nprocs, nprocs_source = available_cpus(environ)
     sigma = getattr(args, "noise_sigma", None)
     if sigma is not None and not sigma > 0:
         raise UsageError(f"--noise-sigma must be positive, got {sigma}")
+    participant_labels = clean_labels(args.participant_label, "sub-")
+    session_labels = clean_labels(args.session_label, "ses-")
+    bids_filters = read_filter_file(args.bids_filter_file)
+    check_device(args.device)
     return Settings(
         bids_dir=bids_dir,
         output_dir=output_dir,
         analysis_level=args.analysis_level,
-        participant_labels=clean_labels(args.participant_label, "sub-"),
-        session_labels=clean_labels(args.session_label, "ses-"),
-        bids_filters=read_filter_file(args.bids_filter_file),
+        participant_labels=participant_labels,
+        session_labels=session_labels,
+        bids_filters=bids_filters,
         skip_validation=bool(args.skip_bids_validation),
         fit_method=args.fit_method,
         noise_sigma=sigma,
         device=args.device,
         nprocs=nprocs,
+        nprocs_source=nprocs_source,
         work_dir=Path(args.work_dir).resolve() if args.work_dir else None,
-        verbosity=int(args.verbose),
     )

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from t2starmap.conventions import BIDS_VERSION
+
 DEFAULT_ECHO_TIMES = tuple(float(t) for t in np.linspace(0.002, 0.040, 11))
 
 
@@ -210,7 +212,7 @@ def write_bids_example(
         json.dumps(
             {
                 "Name": name,
-                "BIDSVersion": "1.10.0",
+                "BIDSVersion": BIDS_VERSION,
                 "DatasetType": "raw",
                 "License": "CC0",
                 "Authors": ["t2starmap simulator"],

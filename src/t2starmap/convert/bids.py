@@ -19,8 +19,8 @@ import numpy as np
 
 from t2starmap import __version__
 from t2starmap.atomic import write_json, write_text
-
-LABEL_RE = re.compile(r"^[A-Za-z0-9]+$")
+from t2starmap.conventions import BIDS_VERSION, CODE_URL, LABEL_RE
+from t2starmap.limits import echo_time_seconds
 
 # Sidecar keys that identify a person, a place or a date (dcm2niix's ``-ba y`` already drops
 # the patient's name, ID and birth date; these go as well).
@@ -102,16 +102,13 @@ def bids_stem(
 def clean_sidecar(meta: Mapping[str, Any], *, part: str) -> dict[str, Any]:
     """The dcm2niix sidecar without identifying fields, EchoTime a number in s, phase Units.
 
-    Raises ValueError when EchoTime is missing or not a positive number.
+    Raises ValueError when EchoTime is missing or breaks
+    :func:`t2starmap.limits.echo_time_seconds` (not a positive number of seconds).
     """
     out = {k: v for k, v in meta.items() if k not in _PHI_KEYS and not _PHI_KEY_PATTERN.search(k)}
-    try:
-        echo_time = float(out["EchoTime"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise ValueError("sidecar has no numeric EchoTime") from err
-    if not (math.isfinite(echo_time) and echo_time > 0):
-        raise ValueError(f"sidecar EchoTime {echo_time!r} is not a positive number")
-    out["EchoTime"] = echo_time
+    if "EchoTime" not in out:
+        raise ValueError("the sidecar has no EchoTime")
+    out["EchoTime"] = echo_time_seconds(out["EchoTime"])
     if part == "phase":
         out["Units"] = "rad"
     else:
@@ -153,14 +150,14 @@ def phase_to_radians(data: np.ndarray, manufacturer: str) -> np.ndarray:
 def dataset_description() -> dict[str, Any]:
     return {
         "Name": "MEGRE data converted from DICOM by t2starmap",
-        "BIDSVersion": "1.10.0",
+        "BIDSVersion": BIDS_VERSION,
         "DatasetType": "raw",
         "GeneratedBy": [
             {
                 "Name": "t2starmap convert",
                 "Version": __version__,
                 "Description": "DICOM to BIDS MEGRE with dcm2niix",
-                "CodeURL": "https://github.com/t2starmap/t2starmap",
+                "CodeURL": CODE_URL,
             }
         ],
     }

@@ -1,18 +1,17 @@
 """``t2starmap convert DICOM_DIR BIDS_DIR --participant-label L``: the command line.
 
-:func:`main` parses, checks the labels and runs :func:`t2starmap.convert.workflow.convert`;
-failures are raised as :mod:`t2starmap.errors` exceptions, which ``t2starmap.cli.main`` turns
-into exit codes.
+``t2starmap.cli.main`` parses with :func:`build_parser` and calls :func:`run_convert`, which
+checks the labels and runs :func:`t2starmap.convert.workflow.convert`; failures are raised as
+:mod:`t2starmap.errors` exceptions, which ``t2starmap.cli.main`` turns into exit codes.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 
-from t2starmap.cli import ArgumentParser, add_logging_options, configure_logging
+from t2starmap.cliargs import ArgumentParser, add_other_options
 from t2starmap.convert.bids import check_label
 from t2starmap.errors import ExitCode, UsageError
 
@@ -45,39 +44,41 @@ def build_parser() -> ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
+    required = parser.add_argument_group("required arguments")
+    required.add_argument(
         "dicom_dir",
         type=Path,
         help="folder of DICOM files (searched recursively; any file names; read only)",
     )
-    parser.add_argument("bids_dir", type=Path, help="BIDS dataset to create or extend")
-    parser.add_argument(
+    required.add_argument("bids_dir", type=Path, help="BIDS dataset to create or extend")
+    required.add_argument(
         "--participant-label",
         "--participant_label",
         required=True,
         metavar="LABEL",
         help="participant label, letters and digits ('sub-' optional)",
     )
-    parser.add_argument(
+    options = parser.add_argument_group("conversion options")
+    options.add_argument(
         "--session-label",
         "--session_label",
         default=None,
         metavar="LABEL",
         help="session label, letters and digits ('ses-' optional)",
     )
-    parser.add_argument(
+    options.add_argument(
         "--overwrite",
         action="store_true",
         help="replace the participant (or session) if it is already there",
     )
-    add_logging_options(parser)
+    other = parser.add_argument_group("other options")
+    add_other_options(other)
     return parser
 
 
-def main(argv: Sequence[str]) -> int:
-    """Run the conversion; return 0, or raise a :class:`t2starmap.errors.T2StarError`."""
-    args = build_parser().parse_args(list(argv))
-    configure_logging(args.verbose, args.quiet)
+def run_convert(args: argparse.Namespace) -> int:
+    """Run the conversion the parsed ``args`` ask for; return 0, or raise a
+    :class:`t2starmap.errors.T2StarError`."""
     try:
         subject = check_label(args.participant_label, "participant")
         session = (

@@ -14,6 +14,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from t2starmap.conventions import sidecar_path
 from t2starmap.errors import BadDataError
 
 log = logging.getLogger("t2starmap.convert")
@@ -99,7 +100,7 @@ def run_dcm2niix(
         raise BadDataError(f"dcm2niix could not convert {label} (exit {proc.returncode}): {tail}")
     result = []
     for nifti in outputs:
-        sidecar = nifti.with_name(nifti.name[: -len(".nii.gz")] + ".json")
+        sidecar = sidecar_path(nifti)
         if not sidecar.exists():
             raise BadDataError(f"dcm2niix wrote {nifti.name} for {label} without a sidecar")
         result.append(Output(nifti, sidecar))

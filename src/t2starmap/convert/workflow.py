@@ -22,6 +22,7 @@ import nibabel as nib
 import numpy as np
 
 from t2starmap.atomic import write_json
+from t2starmap.conventions import sidecar_path
 from t2starmap.convert import bids
 from t2starmap.convert.dcm2niix import Output, run_dcm2niix
 from t2starmap.convert.scan import scan_dicom_dir
@@ -39,6 +40,7 @@ from t2starmap.errors import (
     OutputError,
     UsageError,
 )
+from t2starmap.limits import echo_time_seconds
 
 log = logging.getLogger("t2starmap.convert")
 
@@ -240,7 +242,7 @@ def _convert_acquisition(
             done.append(_write_bids_pair(output, staged / stem, member))
     written = []
     for nifti in done:
-        sidecar = nifti.with_name(nifti.name[: -len(".nii.gz")] + ".json")
+        sidecar = sidecar_path(nifti)
         os.replace(sidecar, anat / sidecar.name)
         os.replace(nifti, anat / nifti.name)
         written.append(anat / nifti.name)
@@ -282,10 +284,11 @@ def _match_echoes(
     for output in outputs:
         meta = bids.load_json(output.sidecar)
         try:
-            te_ms = float(meta["EchoTime"]) * 1000.0
-        except (KeyError, TypeError, ValueError) as err:
+            te_ms = echo_time_seconds(meta.get("EchoTime")) * 1000.0
+        except ValueError as err:
             raise BadDataError(
-                f"dcm2niix wrote {output.sidecar.name} for {label} without a numeric EchoTime"
+                f"dcm2niix wrote {output.sidecar.name} for {label} without a usable EchoTime "
+                f"({err})"
             ) from err
         distances = [abs(te_ms - t) for t in tes]
         k = int(np.argmin(distances))

@@ -1,0 +1,161 @@
+"""How many CPUs this process may use: SLURM's allocation, the cgroup CPU quota, the affinity.
+
+``os.sched_getaffinity`` sees ``taskset`` and cpusets but not a CPU quota, which is how
+``docker/podman run --cpus N`` and many batch systems limit a job; so the quota is read from
+the process's cgroup (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+#: Where each count came from, as recorded in the settings log.
+SOURCE_SLURM = "SLURM_CPUS_PER_TASK"
+SOURCE_CGROUP = "cgroup CPU quota"
+SOURCE_AFFINITY = "CPU affinity"
+SOURCE_COMMAND_LINE = "--nprocs"
+
+
+def parse_cpu_max(text: str) -> float | None:
+    """CPUs allowed by a cgroup v2 ``cpu.max`` ("QUOTA PERIOD" or "max PERIOD"); None: no
+    limit or unreadable."""
+    fields = text.split()
+    if not fields or fields[0] == "max":
+        return None
+    period = fields[1] if len(fields) > 1 else "100000"
+    return _ratio(fields[0], period)
+
+
+def parse_cfs(quota_text: str, period_text: str) -> float | None:
+    """CPUs allowed by cgroup v1 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``; None: no limit
+    (quota -1) or unreadable."""
+    return _ratio(quota_text.strip(), period_text.strip())
+
+
+def _ratio(quota: str, period: str) -> float | None:
+    try:
+        q, p = int(quota), int(period)
+    except ValueError:
+        return None
+    if q <= 0 or p <= 0:
+        return None
+    return q / p
+
+
+@dataclass(frozen=True)
+class _Mount:
+    root: PurePosixPath  # the cgroup path that appears at the mount point
+    point: Path
+    version: int  # 1 or 2
+
+
+def _cpu_mounts(mountinfo: str) -> list[_Mount]:
+    """cgroup v2 mounts and v1 mounts carrying the ``cpu`` controller, from
+    ``/proc/self/mountinfo`` ("ID PARENT DEV ROOT POINT OPTS [TAGS] - FSTYPE SOURCE SUPER")."""
+    mounts = []
+    for line in mountinfo.splitlines():
+        left, sep, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if not sep or len(fields) < 5 or not tail:
+            continue
+        root, point = PurePosixPath(_unescape(fields[3])), Path(_unescape(fields[4]))
+        if tail[0] == "cgroup2":
+            mounts.append(_Mount(root, point, 2))
+        elif tail[0] == "cgroup" and len(tail) > 2 and "cpu" in tail[2].split(","):
+            mounts.append(_Mount(root, point, 1))
+    return mounts
+
+
+def _unescape(field: str) -> str:
+    """mountinfo writes space, tab, newline and backslash as octal escapes."""
+    for code, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
+        field = field.replace(code, char)
+    return field
+
+
+def _own_groups(proc_cgroup: str) -> dict[int, PurePosixPath]:
+    """This process's cgroup per version from ``/proc/self/cgroup``: the v2 line ``0::PATH``
+    and the v1 line whose controllers include ``cpu``."""
+    groups: dict[int, PurePosixPath] = {}
+    for line in proc_cgroup.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        hierarchy, controllers, path = parts
+        if hierarchy == "0" and controllers == "":
+            groups.setdefault(2, PurePosixPath(path))
+        elif "cpu" in controllers.split(","):
+            groups[1] = PurePosixPath(path)
+    return groups
+
+
+def cgroup_cpu_quota(proc_self: Path = Path("/proc/self")) -> float | None:
+    """The tightest CPU quota (in CPUs, may be fractional) on this process's cgroup and its
+    ancestors up to the mount point, v1 or v2; None when there is none or it cannot be read.
+
+    ``proc_self``: the folder holding ``cgroup`` and ``mountinfo`` (tests pass a fake one)."""
+    try:
+        groups = _own_groups((proc_self / "cgroup").read_text())
+        mounts = _cpu_mounts((proc_self / "mountinfo").read_text())
+    except OSError:
+        return None
+    limits = []
+    for mount in mounts:
+        group = groups.get(mount.version)
+        if group is None:
+            continue
+        try:  # inside a container the mount's root is the container's own group
+            relative = group.relative_to(mount.root)
+        except ValueError:
+            relative = PurePosixPath(".")
+        folder = mount.point / relative
+        while True:
+            limit = _read_limit(folder, mount.version)
+            if limit is not None:
+                limits.append(limit)
+            if folder == mount.point or mount.point not in folder.parents:
+                break
+            folder = folder.parent
+    return min(limits) if limits else None
+
+
+def _read_limit(folder: Path, version: int) -> float | None:
+    try:
+        if version == 2:
+            return parse_cpu_max((folder / "cpu.max").read_text())
+        return parse_cfs(
+            (folder / "cpu.cfs_quota_us").read_text(), (folder / "cpu.cfs_period_us").read_text()
+        )
+    except OSError:
+        return None
+
+
+def affinity_count() -> int:
+    """CPUs in this process's affinity mask (``os.cpu_count()`` where there is none)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def available_cpus(
+    environ: Mapping[str, str], proc_self: Path = Path("/proc/self")
+) -> tuple[int, str]:
+    """(number of CPUs to use, where it came from).
+
+    In order: ``SLURM_CPUS_PER_TASK`` when it is a positive integer; else the smaller of the
+    cgroup CPU quota (rounded down, at least 1) and the affinity mask, the source naming
+    whichever of the two set it."""
+    slurm = environ.get("SLURM_CPUS_PER_TASK", "").strip()
+    if slurm.isdigit() and int(slurm) > 0:
+        return int(slurm), SOURCE_SLURM
+    affinity = affinity_count()
+    quota = cgroup_cpu_quota(proc_self)
+    if quota is not None:
+        allowed = max(1, math.floor(quota))
+        if allowed < affinity:
+            return allowed, SOURCE_CGROUP
+    return affinity, SOURCE_AFFINITY
