@@ -23,7 +23,7 @@ from t2starmap.report import participant
 
 # The report tests' synthetic output folder (raw MEGRE, maps and record) serves here too.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "report"))
-from report_helpers import synthetic_output
+from tests.report.helpers import synthetic_output
 
 
 def timed(name: str, totals: dict[str, float], func: Callable[..., Any]) -> Callable[..., Any]:

@@ -20,7 +20,6 @@ from t2starmap.derivatives import (
     output_files,
     output_path,
     record_path,
-    sidecar_path,
 )
 from t2starmap.layout import Echo, EchoSet
 
@@ -138,13 +137,6 @@ def test_an_unreadable_record_is_named(tmp_path: Path) -> None:
     path.write_text("{not json")
     with pytest.raises(ValueError, match=r"sub-01_record\.json: not a readable t2starmap record"):
         load_published(tmp_path)
-
-
-def test_sidecar_path_replaces_the_nifti_extension() -> None:
-    assert sidecar_path(Path("a/b_T2starmap.nii.gz")) == Path("a/b_T2starmap.json")
-    assert sidecar_path(Path("a/b.nii")) == Path("a/b.json")
-    with pytest.raises(ValueError, match="not a NIfTI"):
-        sidecar_path(Path("a/b.txt"))
 
 
 def test_source_paths_keep_the_datasets_own_names(tmp_path: Path) -> None:

@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from t2starmap import __version__
+from t2starmap.conventions import BIDS_VERSION, CODE_URL
 from t2starmap.layout import SET_ENTITIES, EchoSet
 
-BIDS_VERSION = "1.10.0"
-CODE_URL = "https://github.com/t2starmap/t2starmap"
 SOURCE_LINK = "raw"  # the DatasetLinks key of the input dataset in ``bids:raw:`` URIs
 ESTIMATION_REFERENCE = (
     "Mono-exponential decay S(TE) = S0 exp(-TE R2*), fitted voxel-wise; see "
@@ -117,15 +116,6 @@ def output_path(root: Path, entities: Mapping[str, Any], spec: OutputSpec, exten
     if entities.get("session") is not None:
         folder = folder / f"ses-{entities['session']}"
     return folder / "anat" / (output_stem(entities, spec) + extension)
-
-
-def sidecar_path(image: Path) -> Path:
-    """The JSON sidecar beside a NIfTI image (``x.nii.gz`` or ``x.nii`` -> ``x.json``)."""
-    name = image.name
-    for extension in (".nii.gz", ".nii"):
-        if name.endswith(extension):
-            return image.with_name(name[: -len(extension)] + ".json")
-    raise ValueError(f"{image}: not a NIfTI file name")
 
 
 def dropped_entities(echo_set: EchoSet) -> list[str]:

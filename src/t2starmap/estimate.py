@@ -20,24 +20,12 @@ from t2starmap.derivatives import OUTPUTS
 from t2starmap.errors import BadDataError, UsageError
 from t2starmap.fit import T2STAR_MAX, T2STAR_MIN, EchoSpacingError, FitResult, fit_t2star
 from t2starmap.layout import EchoSet
+from t2starmap.limits import ESTIMATION_ALGORITHMS
 from t2starmap.nifti import Geometry, load_magnitude
 from t2starmap.noise import estimate_noise, signal_mask
 from t2starmap.settings import Settings
 
 log = logging.getLogger("t2starmap")
-
-_ALGORITHMS = {
-    ("nlls", "rician"): "Noise-aware least squares: the squared magnitude fitted to its Rician "
-    "expectation S0^2 exp(-2 TE R2*) + 2 sigma^2 by iteratively reweighted Levenberg-Marquardt "
-    "from a weighted log-linear start",
-    ("nlls", "gaussian"): "Levenberg-Marquardt least squares on (S0, R2*) from a weighted "
-    "log-linear start (no noise level known, so no noise-floor correction)",
-    ("nlls-gaussian", "gaussian"): "Levenberg-Marquardt least squares on (S0, R2*) from a "
-    "weighted log-linear start",
-    ("wls", "gaussian"): "Weighted (S^2) linear least squares on log signal",
-    ("loglin", "gaussian"): "Ordinary linear least squares on log signal",
-    ("arlo", "gaussian"): "Auto-regression on linear operations (ARLO, Pei et al. 2015)",
-}
 
 
 @dataclass(frozen=True)
@@ -93,7 +81,7 @@ def fit_echo_set(
         raise BadDataError(f"{first}: {err}") from err
     n_voxels = int(mask.sum())
     failed = result.failed.cpu().numpy() & mask
-    algorithm = _ALGORITHMS.get((result.method, result.noise_model), result.method)
+    algorithm = ESTIMATION_ALGORITHMS.get((result.method, result.noise_model), result.method)
     fit_info: dict[str, Any] = {
         "EstimationAlgorithm": algorithm,
         "FitMethod": result.method,

@@ -26,12 +26,17 @@ class Geometry:
     sform_code: int
 
 
+def _one_line(err: BaseException) -> str:
+    """An error's text on one line (nibabel's messages may span several)."""
+    return " ".join(str(err).split())
+
+
 def _open(path: Path) -> Any:
     """nibabel image (typed Any: nibabel's load() is typed as the file-based base class)."""
     try:
         return nib.load(str(path))
     except Exception as err:  # nibabel raises many kinds for unreadable files
-        raise BadDataError(f"{path}: not a readable NIfTI image ({err})") from err
+        raise BadDataError(f"{path}: not a readable NIfTI image ({_one_line(err)})") from err
 
 
 def _spatial_shape(path: Path, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -80,7 +85,9 @@ def load_magnitude(echo_set: EchoSet, geometry: Geometry) -> np.ndarray:
         except BadDataError:
             raise
         except (OSError, EOFError, ValueError, zlib.error) as err:
-            raise BadDataError(f"{echo.path}: image data could not be read ({err})") from err
+            raise BadDataError(
+                f"{echo.path}: image data could not be read ({_one_line(err)})"
+            ) from err
         out[..., k] = data.reshape(geometry.shape)
     return out
 

@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, Any
 
 from t2starmap import derivatives
 from t2starmap.atomic import remove_stale_temporaries, write_json, write_text, write_with
+from t2starmap.conventions import sidecar_path
 from t2starmap.derivatives import PublishedSet
 from t2starmap.errors import (
     BadDataError,
     InputMissingError,
     OutputError,
-    UsageError,
     ValidationError,
 )
 from t2starmap.layout import EchoSet, find_echo_sets
@@ -127,10 +127,7 @@ def run_participant(settings: Settings) -> list[PublishedSet]:
         log.info("input validation skipped (--skip-bids-validation)")
     else:
         validate_input(settings)
-    try:
-        device = resolve_device(settings.device)
-    except ValueError as err:
-        raise UsageError(f"--device {settings.device}: {err}") from err
+    device = resolve_device(settings.device)  # settings refused a device torch lacks
     import torch
 
     torch.set_num_threads(settings.nprocs)
@@ -196,7 +193,7 @@ def _stage(
     for spec in derivatives.OUTPUTS:
         image = derivatives.output_path(stage, echo_set.entities, spec, ".nii.gz")
         save_map(image, fitted.maps[spec.key], geometry)
-        sidecar = derivatives.sidecar_path(image)
+        sidecar = sidecar_path(image)
         write_json(
             sidecar, derivatives.map_sidecar(spec, echo_set, settings.bids_dir, fitted.fit_info)
         )

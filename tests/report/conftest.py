@@ -6,7 +6,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from report_helpers import EXAMPLE
+
+from tests.support.files import EXAMPLE
 
 
 @pytest.fixture(scope="session")

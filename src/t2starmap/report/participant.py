@@ -22,10 +22,12 @@ import numpy as np
 
 from t2starmap import derivatives
 from t2starmap.atomic import write_text
+from t2starmap.conventions import sidecar_path
 from t2starmap.derivatives import PublishedSet
 from t2starmap.report import figures
 from t2starmap.report.html import Figure, render
 from t2starmap.report.planes import FLAT, View, choose_view, to_canonical
+from t2starmap.resources import available_cpus
 
 log = logging.getLogger("t2starmap.report")
 
@@ -78,7 +80,7 @@ def load_set_maps(output_dir: Path, record: PublishedSet) -> SetMaps:
             zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
     if affine is None or "t2star" not in maps:
         raise FileNotFoundError(f"no T2* map of {record.name} under {output_dir}")
-    sidecar = derivatives.sidecar_path(record.path(output_dir, "t2star"))
+    sidecar = sidecar_path(record.path(output_dir, "t2star"))
     return SetMaps(maps, affine, zooms, json.loads(sidecar.read_text()) if sidecar.exists() else {})
 
 
@@ -97,12 +99,6 @@ def representative_voxels(
         flat = int(index[int(np.argmin(np.abs(values - target)))])
         out.append((label, tuple(int(i) for i in np.unravel_index(flat, t2star.shape))))
     return out
-
-
-def _usable_cpus() -> int:
-    if hasattr(os, "sched_getaffinity"):  # Linux: honours taskset/cgroup CPU sets
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def _read_volume(path: Path) -> np.ndarray | None:
@@ -126,7 +122,7 @@ def read_echoes(
     CPUs this process may run on (a batch scheduler's allocation).
     """
     signals = np.full((len(voxels), len(paths)), np.nan)
-    workers = max(1, min(READ_THREADS, _usable_cpus(), len(paths)))
+    workers = max(1, min(READ_THREADS, available_cpus(os.environ)[0], len(paths)))
     first: np.ndarray | None = None
     with ThreadPoolExecutor(max_workers=workers) as pool:
         volumes = pool.map(_read_volume, paths)

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from report_helpers import assert_self_contained, parse
 
 from t2starmap.report import group
 from t2starmap.summary import GROUP_COLUMNS, GroupTable
+from tests.report.helpers import assert_self_contained, parse
 
 
 def rows(

@@ -13,6 +13,7 @@ import numpy as np
 
 from t2starmap import derivatives
 from t2starmap.atomic import write_json, write_text
+from t2starmap.conventions import sidecar_path
 from t2starmap.derivatives import PublishedSet, Source
 from t2starmap.layout import Echo, build_echo_set
 from t2starmap.nifti import Geometry, save_map
@@ -27,8 +28,6 @@ FIT_INFO = {
     "ComputeDevice": "none",
     "Warnings": ["from the sidecar"],
 }
-REPO = Path(__file__).resolve().parents[2]
-EXAMPLE = REPO / "bids_example"
 
 
 def synthetic_output(
@@ -66,7 +65,7 @@ def synthetic_output(
         path = derivatives.output_path(root / "out", echo_set.entities, spec, ".nii.gz")
         save_map(path, maps[spec.key], geometry)
         sidecar = derivatives.map_sidecar(spec, echo_set, (root / "bids").resolve(), FIT_INFO)
-        write_json(derivatives.sidecar_path(path), sidecar)
+        write_json(sidecar_path(path), sidecar)
     good = maps["signal"] & ~maps["failed"]
     record = PublishedSet(
         entities=echo_set.entities,

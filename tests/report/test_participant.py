@@ -10,9 +10,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from report_helpers import assert_self_contained, synthetic_output
 
 from t2starmap.report import participant
+from tests.report.helpers import assert_self_contained, synthetic_output
 
 
 def digest(folder: Path) -> dict[str, str]:
