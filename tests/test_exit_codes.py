@@ -134,8 +134,50 @@ def test_bad_input(
     assert "Traceback" not in err
     assert len([line for line in err.splitlines() if "ERROR" in line]) == 1
     assert checksums(example) == before
-    assert not [f for f in files_below(out) if f.endswith(".nii.gz")]
-    assert not [f for f in files_below(out) if f.startswith("sub-")]
+    if code == 16:  # the validator's full report is kept in the logs
+        assert [f for f in files_below(out) if f.startswith("logs/bids-validator_")]
+        assert not [f for f in files_below(out) if not f.startswith("logs/")]
+    else:  # nothing published: the output folder this run created is gone again
+        assert not out.exists()
+
+
+@pytest.mark.parametrize("parents", [0, 2])
+def test_a_failed_run_leaves_no_folder_it_created(
+    example: Path, tmp_path: Path, parents: int
+) -> None:
+    drop_echo_time(example)
+    out = tmp_path.joinpath(*["p"] * parents, "out")
+    assert main([str(example), str(out), "participant", "--skip-bids-validation", "-q"]) == 65
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bids"]
+
+
+def test_a_failed_run_keeps_an_existing_output_folder(example: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("kept")
+    drop_echo_time(example)
+    assert main([str(example), str(out), "participant", "--skip-bids-validation", "-q"]) == 65
+    assert files_below(out) == {"mine.txt"}
+
+
+def test_validator_failure_is_a_few_lines_naming_the_field(
+    example: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A string EchoTime: one line per distinct problem, the field named, the way out given."""
+    for k in (2, 3, 5):
+        meta = json.loads(echo(example, k).read_text())
+        meta["EchoTime"] = str(meta["EchoTime"])
+        echo(example, k).write_text(json.dumps(meta))
+    out = tmp_path / "out"
+    assert main([str(example), str(out), "participant"]) == 16
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "INFO" not in line]
+    assert len(lines) <= 7, err
+    assert "JSON_SCHEMA_VALIDATION_ERROR (EchoTime): sub-01/anat/sub-01_echo-2" in err
+    assert "(and 2 more)" in err and "--skip-bids-validation" in err
+    assert "Field description" not in err
+    [log] = [f for f in files_below(out) if f.startswith("logs/bids-validator_")]
+    assert "EchoTime" in (out / log).read_text()
 
 
 def run_code(argv: list[str]) -> int:

@@ -9,28 +9,60 @@ from dataclasses import dataclass
 from pathlib import Path
 
 VALIDATOR = "bids-validator-deno"
+#: Most distinct problems listed in an error message (the full report goes to the logs).
+MAX_SUMMARY_LINES = 5
 
 
 @dataclass(frozen=True)
 class ValidationIssue:
+    """One issue: ``field`` is the validator's ``subCode`` (often the sidecar key at fault,
+    e.g. ``EchoTime``); ``message`` the first line of its ``issueMessage``."""
+
     code: str
     severity: str
     location: str
     message: str
+    field: str = ""
 
     def __str__(self) -> str:
         where = f" at {self.location}" if self.location else ""
-        return f"{self.code}{where}" + (f": {self.message}" if self.message else "")
+        detail = self.field or self.message
+        return f"{self.code}{where}" + (f": {detail}" if detail else "")
 
 
 @dataclass(frozen=True)
 class ValidationReport:
     errors: tuple[ValidationIssue, ...]
     warnings: tuple[ValidationIssue, ...]
+    raw: str = ""  # the validator's whole JSON output, for the log
 
     @property
     def ok(self) -> bool:
         return not self.errors
+
+    def summary(self, limit: int = MAX_SUMMARY_LINES) -> list[str]:
+        """One line per distinct (code, field) among the errors, most frequent first:
+        ``CODE (field): first file (and N more)``; at most ``limit`` lines, the rest counted
+        in a last line."""
+        groups: dict[tuple[str, str], list[ValidationIssue]] = {}
+        for issue in self.errors:
+            groups.setdefault((issue.code, issue.field), []).append(issue)
+        ordered = sorted(groups.items(), key=lambda item: -len(item[1]))
+        lines = []
+        for (code, field_name), issues in ordered[:limit]:
+            text = code + (f" ({field_name})" if field_name else "")
+            files = list(dict.fromkeys(i.location for i in issues if i.location))
+            if files:
+                text += f": {files[0].lstrip('/')}"
+            elif issues[0].message:
+                text += f": {issues[0].message}"
+            if len(files) > 1:
+                text += f" (and {len(files) - 1} more)"
+            lines.append(text)
+        if len(ordered) > limit:
+            rest = sum(len(v) for _, v in ordered[limit:])
+            lines.append(f"{len(ordered) - limit} more kind(s) of error, {rest} in all")
+        return lines
 
 
 def validator_command() -> str:
@@ -51,7 +83,10 @@ def validator_command() -> str:
 def validate_bids(path: Path, *, timeout: float = 600.0) -> ValidationReport:
     """Validate the dataset at ``path``. Raises RuntimeError when the validator cannot run."""
     cmd = [validator_command(), str(path), "--format", "json"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as err:
+        raise RuntimeError(f"{VALIDATOR} did not finish within {timeout:g} s") from err
     try:
         report = json.loads(proc.stdout)
     except json.JSONDecodeError as err:
@@ -64,7 +99,13 @@ def validate_bids(path: Path, *, timeout: float = 600.0) -> ValidationReport:
             code=str(item.get("code", "")),
             severity=str(item.get("severity", "")),
             location=str(item.get("location", "")),
-            message=str(item.get("issueMessage", "") or item.get("subCode", "")).strip(),
+            message=_first_line(item.get("issueMessage")),
+            field=str(item.get("subCode", "") or "").strip(),
         )
         (errors if issue.severity == "error" else warnings).append(issue)
-    return ValidationReport(tuple(errors), tuple(warnings))
+    return ValidationReport(tuple(errors), tuple(warnings), proc.stdout)
+
+
+def _first_line(text: object) -> str:
+    lines = str(text or "").strip().splitlines()
+    return lines[0].strip() if lines else ""

@@ -5,8 +5,9 @@ Participant level runs in three phases so that bad input stops it before anythin
 2. fit each set and write its maps into a private staging folder (``--work-dir`` or the
    system temp folder);
 3. publish: copy every staged file into the output atomically, then the settings log.
-A failure in 1 or 2 leaves the output as it was (apart from the shared, identical
-``dataset_description.json``/``.bidsignore``); the input dataset is only ever read.
+A failure in 1 or 2 leaves the output as it was: an output folder the run created is removed
+again (a failed validation keeps it for the validator's log); the input dataset is only ever
+read.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from t2starmap.derivatives import PublishedSet
 from t2starmap.errors import (
     BadDataError,
     InputMissingError,
+    NothingSelectedError,
     OutputError,
+    UsageError,
     ValidationError,
 )
 from t2starmap.layout import EchoSet, find_echo_sets
@@ -46,8 +49,10 @@ log = logging.getLogger("t2starmap")
 # --- shared by both levels -------------------------------------------------------------------
 
 
-def prepare_output(output_dir: Path) -> None:
-    """Create the output folder (exit 73 when impossible) and its shared top-level files."""
+def prepare_output(output_dir: Path) -> Path | None:
+    """Create the output folder (exit 73 when impossible); return the topmost folder this
+    call created (None when the output folder existed)."""
+    missing = [p for p in (output_dir, *output_dir.parents) if not p.exists()]
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=output_dir, prefix=".write-test-"):
@@ -56,6 +61,21 @@ def prepare_output(output_dir: Path) -> None:
         raise OutputError(
             f"{output_dir}: cannot create or write the output folder ({err})"
         ) from err
+    return missing[-1] if missing else None
+
+
+@contextmanager
+def output_folder(output_dir: Path) -> Iterator[None]:
+    """Create the output folder for a run; when the run fails before it published anything
+    (bad data, nothing selected, usage, missing input), remove what this created, so no
+    empty folder is left behind. A validation failure keeps it: its log is there."""
+    created = prepare_output(output_dir)
+    try:
+        yield
+    except (BadDataError, NothingSelectedError, UsageError, InputMissingError):
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
 
 
 def write_shared_files(settings: Settings) -> None:
@@ -73,6 +93,8 @@ def write_settings_log(settings: Settings) -> Path:
 
 
 def validate_input(settings: Settings) -> None:
+    """Run bids-validator on the input; exit 16 with one line per distinct problem, the full
+    report written to ``OUTPUT_DIR/logs/``."""
     from t2starmap.validate import validate_bids
 
     log.info(
@@ -83,11 +105,13 @@ def validate_input(settings: Settings) -> None:
     except (RuntimeError, OSError) as err:
         raise ValidationError(f"{settings.bids_dir}: could not run bids-validator ({err})") from err
     if not report.ok:
-        shown = "; ".join(str(e) for e in report.errors[:3])
-        more = f" (and {len(report.errors) - 3} more)" if len(report.errors) > 3 else ""
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        full = settings.output_dir / "logs" / f"bids-validator_{stamp}.json"
+        write_text(full, report.raw)
+        lines = "\n".join(f"  {line}" for line in report.summary())
         raise ValidationError(
-            f"{settings.bids_dir}: bids-validator found {len(report.errors)} error(s): "
-            f"{shown}{more}"
+            f"{settings.bids_dir}: bids-validator found {len(report.errors)} error(s):\n"
+            f"{lines}\nFix them, or run with --skip-bids-validation; the full report is {full}"
         )
 
 
@@ -122,42 +146,33 @@ def run_participant(settings: Settings) -> list[PublishedSet]:
     from t2starmap.estimate import fit_echo_set  # torch: participant level only
     from t2starmap.fit import resolve_device
 
-    prepare_output(settings.output_dir)
-    if settings.skip_validation:
-        log.info("input validation skipped (--skip-bids-validation)")
-    else:
-        validate_input(settings)
-    device = resolve_device(settings.device)  # settings refused a device torch lacks
-    import torch
-
-    torch.set_num_threads(settings.nprocs)
-
-    echo_sets = find_echo_sets(
-        settings.bids_dir,
-        settings.participant_labels,
-        settings.session_labels,
-        settings.bids_filters,
-    )
-    geometries = [check_geometry(s) for s in echo_sets]
-    _check_unique_outputs(echo_sets)
-    log.info("%d echo set(s) to fit on %s with %s", len(echo_sets), device, settings.fit_method)
-
-    published: list[PublishedSet] = []
     with staging_folder(settings.work_dir) as stage:
-        staged = []
-        for echo_set, geometry in zip(_progress(echo_sets), geometries, strict=True):
-            fitted = fit_echo_set(settings, echo_set, geometry, device)
-            staged.append(_stage(settings, stage, echo_set, geometry, fitted))
-        write_shared_files(settings)
-        for record, files in staged:
-            for path in files:
-                target = settings.output_dir / path.relative_to(stage)
-                remove_stale_temporaries(target)  # left by an earlier, killed run
-                write_with(target, partial(shutil.copyfile, path))
-            write_text(
-                derivatives.record_path(settings.output_dir, record.entities), record.to_json()
+        with output_folder(settings.output_dir):  # nothing published yet
+            if settings.skip_validation:
+                log.info("input validation skipped (--skip-bids-validation)")
+            else:
+                validate_input(settings)
+            device = resolve_device(settings.device)  # settings refused one torch lacks
+            import torch
+
+            torch.set_num_threads(settings.nprocs)
+            echo_sets = find_echo_sets(
+                settings.bids_dir,
+                settings.participant_labels,
+                settings.session_labels,
+                settings.bids_filters,
             )
-            published.append(record)
+            geometries = [check_geometry(s) for s in echo_sets]
+            _check_unique_outputs(echo_sets)
+            log.info(
+                "%d echo set(s) to fit on %s with %s", len(echo_sets), device, settings.fit_method
+            )
+            staged = []
+            for echo_set, geometry in zip(_progress(echo_sets), geometries, strict=True):
+                fitted = fit_echo_set(settings, echo_set, geometry, device)
+                staged.append(_stage(settings, stage, echo_set, geometry, fitted))
+        write_shared_files(settings)
+        published = [_publish(settings, stage, record, files) for record, files in staged]
     write_settings_log(settings)
     for record in published:
         log.info(
@@ -170,6 +185,18 @@ def run_participant(settings: Settings) -> list[PublishedSet]:
         )
     write_participant_reports(settings.output_dir, settings.bids_dir, published)
     return published
+
+
+def _publish(
+    settings: Settings, stage: Path, record: PublishedSet, files: list[Path]
+) -> PublishedSet:
+    """Copy one set's staged files into the output atomically, then write its record."""
+    for path in files:
+        target = settings.output_dir / path.relative_to(stage)
+        remove_stale_temporaries(target)  # left by an earlier, killed run
+        write_with(target, partial(shutil.copyfile, path))
+    write_text(derivatives.record_path(settings.output_dir, record.entities), record.to_json())
+    return record
 
 
 def _check_unique_outputs(echo_sets: list[EchoSet]) -> None:
