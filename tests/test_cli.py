@@ -121,9 +121,10 @@ def test_output_inside_input_is_64_and_untouched(
     example: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     before = checksums(example)
-    assert main([str(example), str(example / "derivatives" / "t2"), "participant"]) == 64
-    assert "inside the input" in capsys.readouterr().err
-    assert checksums(example) == before and not (example / "derivatives").exists()
+    assert main([str(example), str(example / "sourcedata" / "t2"), "participant"]) == 64
+    err = capsys.readouterr().err
+    assert "inside the input" in err and "derivatives/" in err
+    assert checksums(example) == before and not (example / "sourcedata").exists()
 
 
 def test_duplicate_echo_times_are_65_naming_both_files(

@@ -213,8 +213,9 @@ def test_selecting_nothing_is_18(
 
 def test_output_inside_input_is_64(example: Path) -> None:
     before = checksums(example)
-    assert run_code([str(example), str(example / "derivatives" / "t2"), "participant"]) == 64
+    assert run_code([str(example), str(example / "sourcedata" / "t2"), "participant"]) == 64
     assert run_code([str(example), str(example), "participant"]) == 64
+    assert run_code([str(example), str(example / "derivatives"), "participant"]) == 64
     assert checksums(example) == before
 
 
@@ -306,3 +307,15 @@ def test_work_dir_is_cleaned(example: Path, tmp_path: Path) -> None:
         participant_code(example, tmp_path / "o", "-w", str(work), "--participant-label", "01") == 0
     )
     assert work.is_dir() and not any(work.iterdir())
+
+
+def test_a_dicom_folder_as_bids_dir_says_to_convert_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dicom = tmp_path / "dicom" / "series1"
+    dicom.mkdir(parents=True)
+    (dicom / "IM0001").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 64)
+    assert main([str(tmp_path / "dicom"), str(tmp_path / "out"), "participant"]) == 66
+    err = capsys.readouterr().err
+    assert "DICOM" in err and "t2starmap convert" in err and "--participant-label" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()

@@ -283,3 +283,17 @@ def test_masked_background_falls_back_to_gaussian(example: Path, tmp_path: Path)
     sidecar = json.loads((out / f"{SETS[0]}_T2starmap.json").read_text())
     assert sidecar["NoiseModel"] == "gaussian" and sidecar["NoiseSigma"] is None
     assert any("falling back to the Gaussian fit" in w for w in sidecar["Warnings"])
+
+
+def test_output_under_the_inputs_derivatives_folder(example: Path) -> None:
+    """BIDS keeps derivatives in ``derivatives/``: allowed, validated as usual, never indexed
+    as input on the next run, and the rest of the dataset untouched."""
+    before = checksums(example)
+    out = example / "derivatives" / "t2starmap"
+    assert main([str(example), str(out), "participant", "-q"]) == 0
+    assert main([str(example), str(out), "participant", "-q", "--participant-label", "01"]) == 0
+    assert main([str(example), str(out), "group", "-q"]) == 0
+    after = checksums(example)
+    assert {k: v for k, v in after.items() if not k.startswith("derivatives/")} == before
+    table = pd.read_csv(out / "group_T2starmap.tsv", sep="\t")
+    assert len(table) == 3

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -75,6 +76,27 @@ def check_device(device: str) -> None:
         raise UsageError("--device cuda: torch sees no CUDA device (use --device auto or cpu)")
 
 
+#: Most files looked at when telling whether a folder holds DICOM files.
+DICOM_SNIFF_FILES = 200
+
+
+def holds_dicom(folder: Path) -> bool:
+    """Whether one of the first files below ``folder`` is a DICOM file (``DICM`` at byte 128)."""
+    seen = 0
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            seen += 1
+            if seen > DICOM_SNIFF_FILES:
+                return False
+            try:
+                with open(os.path.join(root, name), "rb") as handle:
+                    if handle.read(132)[128:] == b"DICM":
+                        return True
+            except OSError:
+                continue
+    return False
+
+
 def read_filter_file(path: Path | None) -> dict[str, Any]:
     """PyBIDS-style entity filters. Accepts ``{"megre": {...}}`` (fMRIPrep style, keyed by
     data type) or a flat ``{entity: value}`` mapping."""
@@ -107,13 +129,22 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
         if not bids_dir.is_dir():
             raise InputMissingError(f"{args.bids_dir}: BIDS dataset folder not found")
         if not (bids_dir / "dataset_description.json").is_file():
+            if holds_dicom(bids_dir):
+                raise InputMissingError(
+                    f"{args.bids_dir}: a folder of DICOM files, not a BIDS dataset (no "
+                    "dataset_description.json); convert it first: t2starmap convert "
+                    f"{args.bids_dir} BIDS_DIR --participant-label LABEL"
+                )
             raise InputMissingError(
                 f"{args.bids_dir}: not a BIDS dataset (no dataset_description.json)"
             )
-    if output_dir == bids_dir or bids_dir in output_dir.parents:
+    derivatives_dir = bids_dir / "derivatives"
+    inside = output_dir == bids_dir or bids_dir in output_dir.parents
+    if inside and derivatives_dir not in output_dir.parents:
         raise UsageError(
             f"output folder {args.output_dir} is inside the input dataset {args.bids_dir}: "
-            "choose a folder outside it"
+            f"choose a folder outside it, or one under its derivatives/ folder (e.g. "
+            f"{derivatives_dir / 't2starmap'})"
         )
     if args.nprocs is not None:
         nprocs, nprocs_source = args.nprocs, SOURCE_COMMAND_LINE
