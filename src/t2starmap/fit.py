@@ -62,7 +62,10 @@ MAX_ECHO_TIME = 1.0
 #: Relative tolerance on the echo spacing for ``arlo``.
 SPACING_RTOL = 1e-3
 
-METHODS = ("nlls", "nlls-gaussian", "wls", "loglin", "arlo")
+#: Methods that fit the magnitude alone; ``complex`` needs the complex signal
+#: (:mod:`t2starmap.fit_complex`, which also gives the field map).
+MAGNITUDE_METHODS = ("nlls", "nlls-gaussian", "wls", "loglin", "arlo")
+METHODS = (*MAGNITUDE_METHODS, "complex")
 DEFAULT_METHOD = "nlls"
 
 #: Voxels per chunk on the CPU: big enough that per-operation overhead stays small, small
@@ -98,6 +101,8 @@ class FitResult:
     fitted: bool, the voxel was inside the mask (fitted or attempted).
     method: the method asked for; noise_model: "rician" (noise-aware fit) or "gaussian";
     noise_sigma: the noise level used (None when none was given); device: where it ran.
+    frequency, frequency_se (Hz), phase0 (rad): the ``complex`` fit's field map, its standard
+        error and the phase at TE = 0 (None for the magnitude methods).
     """
 
     t2star: torch.Tensor
@@ -113,6 +118,9 @@ class FitResult:
     device: str
     noise_sigma: float | None
     noise_model: str = "gaussian"
+    frequency: torch.Tensor | None = None
+    frequency_se: torch.Tensor | None = None
+    phase0: torch.Tensor | None = None
 
 
 class EchoSpacingError(ValueError):
@@ -199,6 +207,18 @@ def fit_t2star(
         raise ValueError("chunk_size must be positive")
     if noise_sigma is not None and not (np.isfinite(noise_sigma) and noise_sigma > 0):
         raise ValueError(f"noise sigma must be a positive number, got {noise_sigma!r}")
+    if method == "complex":
+        from t2starmap.fit_complex import fit_complex  # it imports this module
+
+        return fit_complex(
+            signal,
+            echo_times,
+            mask=mask,
+            device=device,
+            noise_sigma=noise_sigma,
+            dtype=dtype,
+            chunk_size=chunk_size,
+        ).as_fit_result()
     dev = resolve_device(device)
     if chunk_size is None:
         chunk_size = DEFAULT_CUDA_CHUNK if dev.type == "cuda" else DEFAULT_CHUNK
