@@ -342,33 +342,34 @@ def _evaluate(
     phi: torch.Tensor,
     omega: torch.Tensor,
 ) -> _Point:
-    """Cost, normal blocks and gradients at (s0, r2, phi, omega) (each (n,)); x (E, n)."""
+    """Cost, normal blocks and gradients at (s0, r2, phi, omega) (each (n,)); x (E, n).
+
+    The phase block's sums are the magnitude block's times S0^2 (a = S0 e): 7 sums over the
+    echoes make all 10 entries."""
     e = torch.exp(-te * r2)
-    a = s0 * e
     theta = phi + te * omega
     c, s = torch.cos(theta), torch.sin(theta)
-    d_re = c * x_re + s * x_im  # Re(exp(-i theta) x)
-    d_im = c * x_im - s * x_re  # Im(exp(-i theta) x)
-    rho_re = a - d_re  # residual (model - data), rotated into the model's frame
-    rho_im = -d_im
+    d_im = c * x_im - s * x_re  # Im(exp(-i theta) x); the residual across the model is -d_im
+    rho_re = s0 * e - (c * x_re + s * x_im)  # a - Re(exp(-i theta) x), along the model
     re2 = (rho_re * rho_re).sum(0)
-    im2 = (rho_im * rho_im).sum(0)
+    im2 = (d_im * d_im).sum(0)
     ee = e * e
     tee = te * ee
-    aa = a * a
-    taa = te * aa
+    m0, m1, m2 = ee.sum(0), tee.sum(0), (te * tee).sum(0)
+    e_re, e_im = e * rho_re, e * d_im
+    s0s0 = s0 * s0
     blocks = torch.stack(
         [
-            ee.sum(0),
-            -s0 * tee.sum(0),
-            s0 * s0 * (te * tee).sum(0),
-            (e * rho_re).sum(0),
-            -s0 * (te * e * rho_re).sum(0),
-            aa.sum(0),
-            taa.sum(0),
-            (te * taa).sum(0),
-            (a * rho_im).sum(0),
-            (te * a * rho_im).sum(0),
+            m0,
+            -s0 * m1,
+            s0s0 * m2,
+            e_re.sum(0),
+            -s0 * (te * e_re).sum(0),
+            s0s0 * m0,
+            s0s0 * m1,
+            s0s0 * m2,
+            -s0 * e_im.sum(0),
+            -s0 * (te * e_im).sum(0),
         ]
     )
     return _Point(s0, r2, phi, omega, re2 + im2, blocks, im2, re2)
