@@ -539,17 +539,19 @@ def _levenberg_marquardt(
         d_phi, d_om = _solve(b[5] * damp, b[6], b[7] * damp, b[8], b[9])
         here = torch.stack([point.s0, point.r2, point.phi, point.omega])
         delta = torch.stack([d_s0, d_r2, d_phi, d_om]).nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
-        size = torch.stack(
-            [
-                delta[0].abs() / here[0].abs().clamp_min(1e-12),
-                delta[1].abs() / here[1].abs().clamp_min(1.0),
-                delta[2].abs(),
-                delta[3].abs() * span,
-            ]
-        ).amax(0)
         proposal = here + delta
         proposal[0].clamp_(-_S0_MAX, _S0_MAX)
         proposal[1].clamp_(0.0, _R2_MAX)
+        # The step as clamped: a voxel pinned at R2* = 0 (rising signal) stops too.
+        step = (proposal - here).abs_()
+        size = torch.stack(
+            [
+                step[0] / here[0].abs().clamp_min(1e-12),
+                step[1] / here[1].abs().clamp_min(1.0),
+                step[2],
+                step[3] * span,
+            ]
+        ).amax(0)
         small = size < LM_TOL
         if bool(small.any()):
             # These stop here, at the small step they proposed.
