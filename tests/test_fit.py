@@ -15,6 +15,7 @@ import torch
 import t2starmap.fit as fit_module
 from t2starmap import FitResult, fit_t2star
 from t2starmap.fit import (
+    MAGNITUDE_METHODS,
     METHODS,
     T2STAR_MAX,
     T2STAR_MIN,
@@ -222,7 +223,7 @@ def special_voxels(te: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", MAGNITUDE_METHODS)
 @pytest.mark.parametrize("case", list(special_voxels(TE_11)))
 def test_special_voxel_flagged_and_neighbours_unaffected(
     device: str, method: str, case: str
@@ -262,7 +263,7 @@ def test_two_echoes_fit_exactly(device: str) -> None:
     assert float(with_sigma.rmse.max()) < 1e-3
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", MAGNITUDE_METHODS)
 def test_unsorted_echo_times_give_the_sorted_result(device: str, method: str) -> None:
     ph = make_phantom((8, 8, 2), seed=2)
     perm = np.random.default_rng(1).permutation(ph.echo_times.size)
@@ -297,7 +298,7 @@ def test_chunking_does_not_change_results(device: str) -> None:
         )
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", MAGNITUDE_METHODS)
 def test_input_is_never_modified(device: str, method: str) -> None:
     """The kernels work in place, on their own copy: not on the caller's array, whatever its
     type or shape (a single voxel included)."""
@@ -323,7 +324,8 @@ def test_float64_and_torch_input(device: str) -> None:
 
 def test_methods_listed_for_the_cli() -> None:
     assert METHODS[0] == "nlls"
-    assert set(METHODS) == {"nlls", "nlls-gaussian", "wls", "loglin", "arlo"}
+    assert set(METHODS) == {"nlls", "nlls-gaussian", "wls", "loglin", "arlo", "complex"}
+    assert set(MAGNITUDE_METHODS) == set(METHODS) - {"complex"}
 
 
 @pytest.mark.parametrize(
@@ -419,7 +421,7 @@ def test_log_linear_standard_errors_are_calibrated(device: str, method: str) -> 
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", MAGNITUDE_METHODS)
 def test_cuda_matches_cpu_on_every_map(method: str) -> None:
     """Same data on CUDA and CPU: T2*, R2*, S0, RMSE and the three standard errors agree in
     the object (median relative difference <= 1e-4, 99th percentile <= 5e-3: the two stop

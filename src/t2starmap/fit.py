@@ -55,9 +55,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from t2starmap import limits
+from t2starmap.fitresult import FitResult, check_echo_times, resolve_device
 from t2starmap.limits import (
     DEFAULT_METHOD,
+    MAGNITUDE_METHODS,
     MAX_ECHO_TIME,
     METHODS,
     SPACING_RTOL,
@@ -67,6 +68,7 @@ from t2starmap.limits import (
 
 __all__ = [
     "DEFAULT_METHOD",
+    "MAGNITUDE_METHODS",
     "MAX_ECHO_TIME",
     "METHODS",
     "SPACING_RTOL",
@@ -96,58 +98,8 @@ _LM_TOL = 2e-3
 _R2_MAX = 10.0 / T2STAR_MIN
 
 
-@dataclass(frozen=True)
-class FitResult:
-    """Maps of one fit; every tensor has the signal's shape without its echo axis.
-
-    t2star: T2* in s.          r2star: R2* in 1/s (= 1/t2star wherever t2star > 0).
-    s0: S0 in signal units.    rmse: root-mean-square residual of the magnitude against the
-        model's prediction (S0 exp(-TE R2*); sqrt(that^2 + 2 sigma^2) for the noise-aware fit,
-        the RMS of a Rician magnitude), signal units.
-    t2star_se, r2star_se, s0_se: standard errors from the Fisher information at the solution
-        (delta method for T2*), from ``noise_sigma`` when given, else from the residual
-        variance (0 where there are only two echoes and no noise level: no residual is left).
-    failed: bool, the voxel's fit is not to be trusted (see module docstring); False outside
-        the mask.
-    method: the method asked for; noise_model: "rician" (noise-aware fit) or "gaussian";
-    noise_sigma: the noise level used (None when none was given); device: where it ran.
-    """
-
-    t2star: torch.Tensor
-    r2star: torch.Tensor
-    s0: torch.Tensor
-    rmse: torch.Tensor
-    t2star_se: torch.Tensor
-    r2star_se: torch.Tensor
-    s0_se: torch.Tensor
-    failed: torch.Tensor
-    method: str
-    device: str
-    noise_sigma: float | None
-    noise_model: str = "gaussian"
-
-
 class EchoSpacingError(ValueError):
     """A method that needs evenly spaced echoes (ARLO) was given unevenly spaced ones."""
-
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """The one place that picks the compute device: ``None``/``"auto"`` means CUDA when torch
-    sees a GPU, else CPU. Asking for ``"cuda"`` without one is an error."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but torch sees no CUDA device")
-    return resolved
-
-
-def check_echo_times(echo_times: Sequence[float] | np.ndarray | torch.Tensor) -> np.ndarray:
-    """Echo times as float64 seconds (n_echoes,): :func:`t2starmap.limits.check_echo_times`,
-    which also takes tensors here. Raises ValueError."""
-    if isinstance(echo_times, torch.Tensor):
-        echo_times = echo_times.detach().cpu().numpy()
-    return limits.check_echo_times(echo_times)
 
 
 def check_even_spacing(sorted_te: np.ndarray) -> float:
@@ -201,6 +153,18 @@ def fit_t2star(
         raise ValueError("chunk_size must be positive")
     if noise_sigma is not None and not (np.isfinite(noise_sigma) and noise_sigma > 0):
         raise ValueError(f"noise sigma must be a positive number, got {noise_sigma!r}")
+    if method == "complex":
+        from t2starmap.fit_complex import fit_complex  # it imports this module
+
+        return fit_complex(
+            signal,
+            echo_times,
+            mask=mask,
+            device=device,
+            noise_sigma=noise_sigma,
+            dtype=dtype,
+            chunk_size=chunk_size,
+        ).as_fit_result()
     dev = resolve_device(device)
     if chunk_size is None:
         chunk_size = DEFAULT_CUDA_CHUNK if dev.type == "cuda" else DEFAULT_CHUNK

@@ -35,9 +35,14 @@ METHOD_HELP: Mapping[str, str] = {
     "wls": "weighted log-linear",
     "loglin": "ordinary log-linear",
     "arlo": "auto-regression on linear operations (evenly spaced echoes only)",
+    "complex": "complex-domain least squares on magnitude and phase (needs part-phase or "
+    "part-real + part-imag); also gives a field map",
 }
 METHODS = tuple(METHOD_HELP)
 DEFAULT_METHOD = METHODS[0]
+#: Methods that fit the magnitude alone; ``complex`` needs the complex signal
+#: (:mod:`t2starmap.fit_complex`, which also gives the field map).
+MAGNITUDE_METHODS = tuple(m for m in METHODS if m != "complex")
 
 #: (method, noise model) -> the ``EstimationAlgorithm`` text of the map sidecars.
 ESTIMATION_ALGORITHMS: Mapping[tuple[str, str], str] = {
@@ -51,6 +56,9 @@ ESTIMATION_ALGORITHMS: Mapping[tuple[str, str], str] = {
     ("wls", "gaussian"): "Weighted (S^2) linear least squares on log signal",
     ("loglin", "gaussian"): "Ordinary linear least squares on log signal",
     ("arlo", "gaussian"): "Auto-regression on linear operations (ARLO, Pei et al. 2015)",
+    ("complex", "gaussian"): "Levenberg-Marquardt least squares of the complex signal "
+    "S0 exp(-TE R2*) exp(i(phi0 + 2 pi f TE)) on its real and imaginary parts (Gaussian "
+    "noise, no noise floor), from phase-difference and weighted log-linear starts",
 }
 
 
