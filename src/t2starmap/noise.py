@@ -26,10 +26,16 @@ Pure numpy (and torch's incomplete gamma function), no I/O, no logging. The rule
    exactly, and edges and texture only add to the upper side. L is unknown and taken
    as 1 (said in ``reason``).
 5. :func:`noise_from_residuals`: sigma from the residuals of a Gaussian fit of the decay in
-   bright voxels, for data without air when the echoes are at hand.
+   bright voxels, for data without air when the echoes are at hand; :func:`noise_for_fit`
+   takes it over the background's sigma when the tissue is clearly less noisy than the air
+   (non-uniform noise).
 
-Signal mask: see :func:`signal_mask`. Choice of estimators, with numbers on real and synthetic data:
-``benchmarks/NOISE_REAL.md``.
+Signal mask: see :func:`signal_mask`. Why these estimators (``benchmarks/NOISE_REAL.md``):
+on the GE kidney, whose background real channel gives sigma 54.9, the quantiles give 55.6;
+the background's histogram mode is 17.5 (a mixture of noise levels: the mode belongs to the
+quietest part), the old Rayleigh rule refuses it (mean / rms 0.775), the local variance of the
+object alone gives 32 (interpolated images are smoother than their noise) and the residuals of
+bright voxels 40 (the tissue is quieter than the air there: see :func:`noise_for_fit`).
 """
 
 from __future__ import annotations
@@ -57,6 +63,8 @@ _REFINE = 4
 _LOCAL_SNR = 8.0
 #: Residuals: voxels whose fitted signal at the last echo exceeds this many sigma count.
 _RESIDUAL_SNR = 10.0
+#: Tissue residuals below this many times the background's sigma: the noise is not uniform.
+_NONUNIFORM = 0.9
 #: A background sigma above this many times the local SD of the bright voxels is not air.
 _AIR_CHECK = 2.0
 _MAD_TO_SD = 1.482602218505602  # 1 / Phi^-1(3/4)
@@ -255,6 +263,32 @@ def noise_from_residuals(
         "sigma from the fit residuals of bright voxels (an upper bound), coils assumed 1",
         coils=1.0,
         method="residuals",
+    )
+
+
+def noise_for_fit(background: NoiseEstimate, residuals: NoiseEstimate) -> NoiseEstimate:
+    """The noise level to fit with: ``background`` (from :func:`estimate_noise`), unless the
+    tissue's own residuals (:func:`noise_from_residuals`, an upper bound on the tissue's noise)
+    are below ``_NONUNIFORM`` times its sigma. Then the noise is not uniform (parallel imaging,
+    intensity correction: the GE kidney background is a mixture of noise levels) and the
+    tissue's sigma is the one that sets its noise floor; the background's coils are kept.
+    Either input may have sigma None; the other is then returned."""
+    if residuals.sigma is None or (
+        background.sigma is not None and residuals.sigma >= _NONUNIFORM * background.sigma
+    ):
+        return background
+    if background.sigma is None:
+        return residuals
+    return NoiseEstimate(
+        residuals.sigma,
+        residuals.n_background,
+        f"the fit residuals of bright tissue give sigma {residuals.sigma:.4g}, below the "
+        f"{background.method} sigma {background.sigma:.4g} of the background: the noise is "
+        f"not uniform and the tissue's is used (coils {background.coils:.3g} kept)",
+        coils=background.coils,
+        method="residuals",
+        zero_fraction=background.zero_fraction,
+        outlier_fraction=background.outlier_fraction,
     )
 
 
