@@ -58,3 +58,55 @@ def test_phase_when_asked() -> None:
     ph = make_phantom((8, 8, 2), with_phase=True)
     assert ph.phase is not None and ph.phase.shape == ph.magnitude.shape
     assert np.all(np.abs(ph.phase) <= np.pi)
+
+
+# --- multi-coil root-sum-of-squares phantoms (issue 11) --------------------------------------
+
+from t2starmap.simulate import coil_sensitivities, make_coil_phantom  # noqa: E402
+
+
+def test_coil_phantom_seeded_and_shaped() -> None:
+    a = make_coil_phantom((12, 10, 2), coils=4, seed=3)
+    b = make_coil_phantom((12, 10, 2), coils=4, seed=3)
+    np.testing.assert_array_equal(a.magnitude, b.magnitude)
+    assert a.magnitude.shape == (12, 10, 2, len(DEFAULT_ECHO_TIMES))
+    assert a.magnitude.dtype == np.float32 and a.coils == 4 and a.phase is None
+    assert a.sigma == pytest.approx(1000.0 / 50.0)
+    with pytest.raises(ValueError, match="coils"):
+        make_coil_phantom((4, 4, 1), coils=0)
+
+
+def test_coil_sensitivities_are_normalised() -> None:
+    sens = coil_sensitivities((9, 7, 2), 6)
+    assert sens.shape == (6, 9, 7, 2)
+    np.testing.assert_allclose(np.sum(np.abs(sens) ** 2, axis=0), 1.0)
+    assert np.abs(sens).std(axis=0).mean() > 0.01  # the coils do see different things
+
+
+@pytest.mark.parametrize("coils", [1, 8])
+def test_coil_phantom_moments_are_noncentral_chi(coils: int) -> None:
+    """Air: E[M^2] = 2 L sigma^2; object: E[M^2] = S^2 + 2 L sigma^2 (each within 3 %)."""
+    ph = make_coil_phantom((48, 48, 4), (0.002, 0.004), coils=coils, snr=5.0, seed=4)
+    m2 = ph.magnitude[..., 0].astype(np.float64) ** 2
+    floor = 2.0 * coils * ph.sigma**2
+    assert np.mean(m2[~ph.mask]) == pytest.approx(floor, rel=0.03)
+    clean = ph.s0 * np.exp(-0.002 / np.where(ph.mask, ph.t2star, 1.0))
+    excess = np.mean(m2[ph.mask] - floor) / np.mean(clean[ph.mask] ** 2)
+    assert excess == pytest.approx(1.0, rel=0.03)
+
+
+def test_ghost_zero_corners_and_no_air() -> None:
+    plain = make_coil_phantom((32, 32, 4), (0.002,), coils=2, snr=20.0, seed=5)
+    ghosted = make_coil_phantom((32, 32, 4), (0.002,), coils=2, snr=20.0, seed=5, ghost=0.2)
+    # Same noise draws: the ghost changes exactly the voxels half a field of view along y
+    # from the object, air among them, and lifts that air well above the noise.
+    changed = np.abs(ghosted.magnitude[..., 0] - plain.magnitude[..., 0]) > 1e-3
+    ghost_site = np.roll(plain.mask, 16, axis=1)
+    np.testing.assert_array_equal(changed, ghost_site)
+    lifted = (ghosted.magnitude[..., 0] - plain.magnitude[..., 0])[ghost_site & ~plain.mask]
+    assert lifted.size > 0 and np.median(lifted) > plain.sigma
+    cornered = make_coil_phantom((32, 32, 4), (0.002,), coils=2, seed=5, zero_corners=True)
+    zeros = cornered.magnitude[..., 0] == 0
+    assert 0.15 < zeros.mean() < 0.3 and not (zeros & cornered.mask).any()
+    full = make_coil_phantom((16, 16, 2), (0.002, 0.01), coils=2, seed=5, air=False)
+    assert full.mask.all() and np.all(full.t2star > 0)

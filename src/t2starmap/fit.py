@@ -18,7 +18,10 @@ Methods (``method=``):
                    the ordinary least-squares fit of M. It needs no Bessel functions and costs
                    what the Gaussian fit costs. Without a noise level it is the Gaussian fit
                    below (``noise_model == "gaussian"`` says so). Why this estimator, with
-                   numbers: ``benchmarks/NOISE_FLOOR.md``.
+                   numbers: ``benchmarks/NOISE_FLOOR.md``. A root-sum-of-squares image of
+                   L coils (``noise_coils``) is noncentral chi: E[M^2] = A^2 + 2 L sigma^2,
+                   Var(M^2) = 4 sigma^2 (A^2 + L sigma^2); the same fit with those moments
+                   (``noise_model == "noncentral-chi"``; L = 1 is the Rician case).
 ``nlls-gaussian``  Levenberg-Marquardt on sum (S0 exp(-TE R2*) - M)^2, ignoring the floor.
 ``wls``            weighted least squares on log(S) with weights S^2.
 ``loglin``         ordinary least squares on log(S) (samples <= 0 are left out).
@@ -35,7 +38,7 @@ values; unusable voxels are 0.
 Standard errors (sigma = ``noise_sigma`` when given, else the residual estimate): sigma^2
 (J^T J)^-1 at the solution for ``nlls-gaussian`` and ``arlo`` (for ARLO this is the bound, about
 15 % below its actual spread); the generalised least-squares covariance (J^T V^-1 J)^-1 of M^2
-with Var(M^2) = 4 sigma^2 (A^2 + sigma^2) for the noise-aware fit; the sandwich covariance with
+with Var(M^2) = 4 sigma^2 (A^2 + L sigma^2) for the noise-aware fit; the sandwich covariance with
 Var(log S) = sigma^2 / A^2 for ``loglin`` and ``wls``. T2* by the delta method,
 se(T2*) = se(R2*) T2*^2.
 
@@ -51,6 +54,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -134,6 +138,7 @@ def fit_t2star(
     noise_sigma: float | None = None,
     dtype: torch.dtype = torch.float32,
     chunk_size: int | None = None,
+    noise_coils: float = 1.0,
 ) -> FitResult:
     """Fit S0 and R2* in every voxel of ``signal`` (shape (..., n_echoes), echoes LAST).
 
@@ -142,7 +147,9 @@ def fit_t2star(
     noise standard deviation of each real/imaginary channel, in signal units; it makes the
     default fit noise-aware and sets the standard errors. ``dtype``: compute precision
     (float32 default; float64 for reference computations). ``chunk_size``: voxels per chunk
-    (default ``DEFAULT_CHUNK`` on the CPU, ``DEFAULT_CUDA_CHUNK`` on a GPU).
+    (default ``DEFAULT_CHUNK`` on the CPU, ``DEFAULT_CUDA_CHUNK`` on a GPU). ``noise_coils``:
+    the effective number L >= 1 of coils of a root-sum-of-squares magnitude (float; 1 for
+    Rician data), used by the noise-aware fit (see :func:`t2starmap.noise.estimate_noise`).
 
     Input validity is judged per voxel, here and not by the caller: a voxel with any NaN, inf
     or negative sample, or fewer than two positive ones, has ``failed`` True and its maps 0.
@@ -153,6 +160,8 @@ def fit_t2star(
         raise ValueError("chunk_size must be positive")
     if noise_sigma is not None and not (np.isfinite(noise_sigma) and noise_sigma > 0):
         raise ValueError(f"noise sigma must be a positive number, got {noise_sigma!r}")
+    if not (np.isfinite(noise_coils) and noise_coils >= 1.0):
+        raise ValueError(f"noise coils must be a number >= 1, got {noise_coils!r}")
     if method == "complex":
         from t2starmap.fit_complex import fit_complex  # it imports this module
 
@@ -179,6 +188,9 @@ def fit_t2star(
     if method == "arlo":
         check_even_spacing(te_np[order])
     kernel = _KERNELS[_kernel_name(method, noise_sigma)]
+    noise_aware = kernel is _kernel_rician
+    if noise_aware:
+        kernel = partial(_kernel_rician, coils=float(noise_coils))
     spatial = tuple(data.shape[:-1])
     flat = data.reshape(-1, te_np.size)
     n_vox = flat.shape[0]
@@ -225,8 +237,15 @@ def fit_t2star(
         method=method,
         device=str(dev),
         noise_sigma=noise_sigma,
-        noise_model="rician" if kernel is _kernel_rician else "gaussian",
+        noise_model=_noise_model(noise_aware, noise_coils),
+        noise_coils=float(noise_coils) if noise_aware else 1.0,
     )
+
+
+def _noise_model(noise_aware: bool, coils: float) -> str:
+    if not noise_aware:
+        return "gaussian"
+    return "rician" if coils == 1.0 else "noncentral-chi"
 
 
 def _kernel_name(method: str, noise_sigma: float | None) -> str:
@@ -342,25 +361,28 @@ def _kernel_gaussian(y: torch.Tensor, echoes: _Echoes, sigma: float | None) -> _
     return _derive(fit.p, fit.r2, scale, usable, fit.converged, r2_se, s0_se, rmse)
 
 
-def _kernel_rician(y: torch.Tensor, echoes: _Echoes, sigma: float | None) -> _Maps:
-    """Noise-aware fit: IRLS of M^2 - 2 sigma^2 against P exp(-2 TE R2*), P = S0^2."""
+def _kernel_rician(
+    y: torch.Tensor, echoes: _Echoes, sigma: float | None, coils: float = 1.0
+) -> _Maps:
+    """Noise-aware fit: IRLS of M^2 - 2 L sigma^2 against P exp(-2 TE R2*), P = S0^2, for a
+    magnitude of L coils (L = 1: Rician; L > 1: noncentral chi, root-sum-of-squares)."""
     assert sigma is not None
     yn, usable, scale = _prepare(y, echoes, sigma)
     te = echoes.te
     s0n, r2 = _loglinear(yn, te, _signal_weights(yn))
     sn2 = (sigma / scale) ** 2  # (n,) noise variance in these units, <= 1 (scale >= sigma)
-    neg_z = torch.addcmul(2.0 * sn2, yn, yn, value=-1.0)
-    fit = _levenberg_marquardt(neg_z, 2.0 * te, s0n * s0n, r2, sn2)
-    # Generalised least-squares covariance of (P, R2*) for Var(M^2) = 4 s^2 (A^2 + s^2): LM's
-    # weights are 1 / (A^2 + s^2), so it is 4 s^2 times the inverse of what LM formed there.
+    neg_z = torch.addcmul(2.0 * coils * sn2, yn, yn, value=-1.0)
+    fit = _levenberg_marquardt(neg_z, 2.0 * te, s0n * s0n, r2, coils * sn2)
+    # Generalised least-squares covariance of (P, R2*) for Var(M^2) = 4 s^2 (A^2 + L s^2): LM's
+    # weights are 1 / (A^2 + L s^2), so it is 4 s^2 times the inverse of what LM formed there.
     r2_se, p_se = _inverse_diagonal_sqrt(fit.a11, fit.a12, fit.a22, 4.0 * sn2)
     p = fit.p
     s0n = torch.sqrt(p.clamp_min(0.0))
     s0_se = p_se / (2.0 * s0n.clamp_min(1e-30))
-    # The magnitude this model predicts, sqrt(A^2 + 2 sigma^2): what the fit matched (so two
-    # echoes still fit exactly) and, at any SNR, the RMS of a Rician magnitude.
+    # The magnitude this model predicts, sqrt(A^2 + 2 L sigma^2): what the fit matched (so two
+    # echoes still fit exactly) and, at any SNR, the RMS of a Rician (noncentral chi) magnitude.
     resid = torch.mul(-2.0 * te, _reported_rate(fit.r2)).exp_().mul_(p.clamp_min(0.0))
-    resid = resid.add_(2.0 * sn2).sqrt_().sub_(yn)
+    resid = resid.add_(2.0 * coils * sn2).sqrt_().sub_(yn)
     rmse = resid.mul_(resid).mean(dim=0).sqrt_()
     # A non-positive P leaves S0 = 0, which _derive flags.
     return _derive(s0n, fit.r2, scale, usable, fit.converged, r2_se, s0_se, rmse)

@@ -18,15 +18,18 @@ class FitResult:
 
     t2star: T2* in s.          r2star: R2* in 1/s (= 1/t2star wherever t2star > 0).
     s0: S0 in signal units.    rmse: root-mean-square residual of the magnitude against the
-        model's prediction (S0 exp(-TE R2*); sqrt(that^2 + 2 sigma^2) for the noise-aware fit,
-        the RMS of a Rician magnitude), signal units.
+        model's prediction (S0 exp(-TE R2*); sqrt(that^2 + 2 L sigma^2) for the noise-aware
+        fit, the RMS of a Rician or noncentral-chi magnitude), signal units.
     t2star_se, r2star_se, s0_se: standard errors from the Fisher information at the solution
         (delta method for T2*), from ``noise_sigma`` when given, else from the residual
         variance (0 where there are only two echoes and no noise level: no residual is left).
     failed: bool, the voxel's fit is not to be trusted (see module docstring); False outside
         the mask.
-    method: the method asked for; noise_model: "rician" (noise-aware fit) or "gaussian";
-    noise_sigma: the noise level used (None when none was given); device: where it ran.
+    method: the method asked for; noise_model: "rician" (noise-aware fit, one coil),
+    "noncentral-chi" (noise-aware fit of a root-sum-of-squares image, ``noise_coils`` > 1) or
+    "gaussian"; noise_sigma: the noise level used (None when none was given); noise_coils:
+    the effective coil count L the noise-aware fit used (1 for every other model);
+    device: where it ran.
     frequency, frequency_se (Hz), phase0 (rad): the ``complex`` fit's field map, its standard
         error and the phase at TE = 0 (None for the magnitude methods).
     """
@@ -43,6 +46,7 @@ class FitResult:
     device: str
     noise_sigma: float | None
     noise_model: str = "gaussian"
+    noise_coils: float = 1.0
     frequency: torch.Tensor | None = None
     frequency_se: torch.Tensor | None = None
     phase0: torch.Tensor | None = None

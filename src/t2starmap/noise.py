@@ -1,44 +1,105 @@
-"""Noise level from the image background, and the automatic signal mask.
+"""Noise level (per-channel SD sigma and effective coil count L), and the automatic signal mask.
 
-Pure numpy, no I/O, no logging. The rule, in full (also in the README):
+Pure numpy (and torch's incomplete gamma function), no I/O, no logging. The rule, in full:
 
-1. Work on the first (shortest-TE) magnitude echo. Only finite voxels count.
-2. Background candidates: voxels below an Otsu threshold on log(1 + intensity), excluding
-   exact zeros (zero-filled or masked backgrounds carry no noise information).
-3. In air, magnitude is Rayleigh-distributed: E[M^2] = 2 sigma^2. Starting from the
-   candidates, sigma is refined three times, each time keeping only voxels below the
-   Rayleigh 99.9 % quantile (3.72 sigma) and correcting for that truncation.
-4. The estimate is refused (``None``) when fewer than ``MIN_BACKGROUND`` voxels remain, or
-   when they do not look Rayleigh (mean / rms outside 0.80..0.95; Rayleigh gives 0.886),
-   as happens with a masked, zero-filled or heavily filtered background.
-5. Signal mask: voxels whose first echo exceeds ``MASK_SNR`` * sigma (a Rayleigh background
-   voxel does so with probability exp(-12.5) ~ 4e-6). Without a noise estimate: first echo
-   above ``FALLBACK_FRACTION`` of its 99th percentile. Voxels with a non-finite sample in any
-   echo are always included, so that the fit flags them as failed rather than hiding them.
+1. Work on the first (shortest-TE) magnitude echo. Only finite voxels count; exact zeros are
+   left out (zero-filled or masked corners carry no noise information: 8-10 % of a GE body
+   background). Background candidates: voxels below an Otsu threshold on log(1 + intensity).
+2. ``real-channel``: when the real part of the same echo is given (GE real/imaginary files, or
+   magnitude * cos(phase)), sigma = 1.4826 * MAD of it over the background candidates: the
+   complex background is Gaussian, and the median keeps ghosts and motion out. L = 1.
+3. ``background-quantiles`` (magnitude only): in air, M of L coils combined by root-sum-of-
+   squares is central chi, M^2 / (2 sigma^2) ~ Gamma(L). Its lower quartile over its median
+   depends on L alone (0.644 for L = 1, 0.909 for L = 8, 0.953 for L = 32): that ratio gives L
+   (at least 1: a background that is a mixture of noise levels, as under parallel imaging,
+   looks like L < 1), the median then sigma = median / sqrt(2 * median of Gamma(L)). Both
+   statistics ignore whatever happens in the upper half of the background (ghosts, aliasing,
+   motion: real body backgrounds have a mean / rms of 0.73-0.79 against Rayleigh's 0.886,
+   because of that tail). Integer-valued images (DICOM) are read as uniform within each
+   integer, so a background of a few units is not biased by rounding. Refused, with a reason,
+   when fewer than ``MIN_BACKGROUND`` candidates remain, or when the darkest class does not
+   look like noise: L above ``MAX_COILS``, or sigma above ``_AIR_CHECK`` times the local SD
+   of the bright voxels (a masked image: its darkest class is tissue). Not caught: an image
+   without air at SNR <= 10, whose darkest tissue then passes for air of L ~ 15 coils with
+   sigma ~ 1.7 times too large (measured on ``make_coil_phantom(air=False)``).
+4. ``local-variance`` (no usable air): the mode of log(local variance) of the magnitude in
+   3 x 3 windows over the first two axes (about the plane fitted in each, so that smooth
+   gradients do not count), where the signal is well above the noise (Rician and noncentral
+   chi magnitudes are Gaussian with SD sigma there): for Gaussian noise that mode is sigma^2
+   exactly, and edges and texture only add to the upper side. L is unknown and taken
+   as 1 (said in ``reason``).
+5. :func:`noise_from_residuals`: sigma from the residuals of a Gaussian fit of the decay in
+   bright voxels, for data without air when the echoes are at hand; :func:`noise_for_fit`
+   takes it over the background's sigma when the tissue is clearly less noisy than the air
+   (non-uniform noise).
+
+Signal mask: see :func:`signal_mask`. Why these estimators (``benchmarks/NOISE_REAL.md``):
+on the GE kidney, whose background real channel gives sigma 54.9, the quantiles give 55.6;
+the background's histogram mode is 17.5 (a mixture of noise levels: the mode belongs to the
+quietest part), the old Rayleigh rule refuses it (mean / rms 0.775), the local variance of the
+object alone gives 32 (interpolated images are smoother than their noise) and the residuals of
+bright voxels 40 (the tissue is quieter than the air there: see :func:`noise_for_fit`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 MIN_BACKGROUND = 100
+#: Largest effective coil count accepted from a background; a larger one means the darkest
+#: class of the image is tissue, not air.
+MAX_COILS = 64.0
 MASK_SNR = 5.0
 FALLBACK_FRACTION = 0.05
-_RAYLEIGH_Q = 0.999
-_RAYLEIGH_MEAN_OVER_RMS = math.sqrt(math.pi / 4.0)
+#: Quantiles of the background that give L and sigma (lower quartile, median).
+_LOW_Q, _MID_Q = 0.25, 0.5
+#: The 99.9 % point of the fitted background: above it a candidate counts as an outlier.
+_OUTLIER_Q = 0.999
+#: Refinements of the background estimate (see :func:`_background_chi`).
+_REFINE = 4
+#: Local variance: windows whose every voxel exceeds this many sigma (of a first pass) count.
+_LOCAL_SNR = 8.0
+#: Residuals: voxels whose fitted signal at the last echo exceeds this many sigma count.
+_RESIDUAL_SNR = 10.0
+#: Tissue residuals below this many times the background's sigma: the noise is not uniform.
+_NONUNIFORM = 0.9
+#: A background sigma above this many times the local SD of the bright voxels is not air.
+#: Interpolated real images are smoother than their noise: GE kidney 55.6 / 29.4 = 1.9 is air;
+#: a masked phantom (tests) gives 6.4, the masked bundled example 9.
+_AIR_CHECK = 3.0
+_MAD_TO_SD = 1.482602218505602  # 1 / Phi^-1(3/4)
 
 
 @dataclass(frozen=True)
 class NoiseEstimate:
-    """sigma: per-channel noise SD (None when it could not be estimated); n_background: voxels
-    used; reason: why it could not be estimated (empty when it could)."""
+    """How noisy the image is, and how that was found out. Fields:
+
+    sigma: noise SD of each real/imaginary channel (of each coil), in image units; None when it
+        could not be estimated.
+    n_background: number of voxels the estimate rests on (background candidates, windows or
+        fitted voxels, by method).
+    reason: why the estimate was refused, or why a fallback method was used (empty otherwise).
+    coils: effective number L >= 1 of coils of a root-sum-of-squares magnitude (noncentral
+        chi with L channel pairs; 1 means Rician).
+    method: how sigma was obtained: "real-channel", "background-quantiles", "local-variance",
+        "residuals", "given" (by hand), or "" when refused.
+    zero_fraction: fraction of the finite voxels that are exactly 0 (zero-filled or masked).
+    outlier_fraction: fraction of the background candidates above the 99.9 % point of the
+        fitted noise distribution (ghosts, motion, aliasing); 0 when no background was used.
+    """
 
     sigma: float | None
     n_background: int
     reason: str = ""
+    coils: float = 1.0
+    method: str = ""
+    zero_fraction: float = 0.0
+    outlier_fraction: float = 0.0
 
 
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
@@ -55,43 +116,384 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     return float(centres[int(np.argmax(between[:-1]))]) if bins > 1 else float(centres[0])
 
 
-def estimate_noise(first_echo: np.ndarray) -> NoiseEstimate:
-    """Noise SD from the Rayleigh statistics of background air in the first echo (see module)."""
-    values = np.asarray(first_echo, dtype=np.float64).ravel()
-    values = values[np.isfinite(values) & (values > 0)]
+def estimate_noise(
+    first_echo: np.ndarray,
+    *,
+    real: np.ndarray | None = None,
+    coils: float | None = None,
+    local_variance: bool = True,
+) -> NoiseEstimate:
+    """Noise SD and effective coil count from the first (shortest-TE) magnitude echo.
+
+    first_echo: (...) magnitude, any spatial shape (the first two axes in-plane for the local
+    variance). real: (...) the real part of the same echo (complex data: GE real files, or
+    magnitude * cos(phase in rad)); when given and the background is usable, sigma comes from
+    it (``real-channel``). coils: a known effective coil count L (e.g. given by hand); None:
+    estimated from the background. local_variance: fall back on the local-variance mode when
+    the background is unusable. See the module docstring for the rule.
+    """
+    image = np.asarray(first_echo, dtype=np.float64)
+    finite = image[np.isfinite(image)]
+    zero_fraction = float(np.mean(finite == 0)) if finite.size else 0.0
+    values = finite[finite > 0]
+    if coils is not None and not (math.isfinite(coils) and coils >= 1.0):
+        raise ValueError(f"coils must be a number >= 1, got {coils!r}")
     if values.size < MIN_BACKGROUND:
-        return NoiseEstimate(None, int(values.size), "too few non-zero background voxels")
+        return NoiseEstimate(
+            None, int(values.size), "too few non-zero voxels", zero_fraction=zero_fraction
+        )
     threshold = math.expm1(otsu_threshold(np.log1p(values)))
     background = values[values < threshold]
-    if background.size < MIN_BACKGROUND:
-        return NoiseEstimate(None, int(background.size), "too few background voxels")
-    sigma = math.sqrt(np.mean(background**2) / 2.0)
-    c = -math.log(1.0 - _RAYLEIGH_Q)  # truncation point of u = M^2 / (2 sigma^2)
-    shrink = 1.0 - c * math.exp(-c) / (1.0 - math.exp(-c))  # E[u | u < c]
-    for _ in range(3):
-        background = values[values < sigma * math.sqrt(2.0 * c)]
-        if background.size < MIN_BACKGROUND:
-            return NoiseEstimate(None, int(background.size), "too few background voxels")
-        sigma = math.sqrt(np.mean(background**2) / (2.0 * shrink))
-    shape = float(np.mean(background) / math.sqrt(np.mean(background**2)))
-    if not 0.80 <= shape <= 0.95:
+    if real is not None:
+        part = np.asarray(real, dtype=np.float64)
+        if part.shape != image.shape:
+            raise ValueError(f"real part shape {part.shape} does not match {image.shape}")
+        where = np.isfinite(image) & np.isfinite(part) & (image > 0) & (image < threshold)
+        if int(where.sum()) >= MIN_BACKGROUND:
+            sample = part[where]
+            sigma = _MAD_TO_SD * float(np.median(np.abs(sample - np.median(sample))))
+            if sigma > 0:
+                return NoiseEstimate(
+                    sigma,
+                    int(sample.size),
+                    coils=1.0,
+                    method="real-channel",
+                    zero_fraction=zero_fraction,
+                    outlier_fraction=_outliers(background, sigma, 1.0),
+                )
+    local = _local_variance_sigma(image)
+    reason = _background_problem(background)
+    if not reason:
+        sigma, fitted, used = _background_chi(background, values, coils)
+        reason = _not_air(sigma, fitted, local[0])
+        if not reason:
+            return NoiseEstimate(
+                sigma,
+                used,
+                coils=fitted,
+                method="background-quantiles",
+                zero_fraction=zero_fraction,
+                outlier_fraction=_outliers(background, sigma, fitted),
+            )
+    if local_variance and local[0] is not None:
+        assumed = 1.0 if coils is None else float(coils)
         return NoiseEstimate(
-            None,
-            int(background.size),
-            f"background is not Rayleigh-distributed (mean/rms {shape:.3f}, expected "
-            f"{_RAYLEIGH_MEAN_OVER_RMS:.3f}): masked or filtered images?",
+            local[0],
+            local[1],
+            f"{reason}; sigma from the local variance of bright voxels, coils assumed {assumed:g}",
+            coils=assumed,
+            method="local-variance",
+            zero_fraction=zero_fraction,
         )
-    return NoiseEstimate(sigma, int(background.size))
+    if local_variance:
+        reason = f"{reason}; too few bright windows for the local variance"
+    return NoiseEstimate(None, int(background.size), reason, zero_fraction=zero_fraction)
 
 
-def signal_mask(magnitude: np.ndarray, sigma: float | None) -> np.ndarray:
-    """Voxels to fit. magnitude: (..., n_echoes) with echoes ascending in TE. Returns (...) bool."""
+def _not_air(sigma: float, coils: float, local_sigma: float | None) -> str:
+    """Why a background fit (sigma, L) is not that of air ("" when it may be): L above
+    ``MAX_COILS``, or sigma above ``_AIR_CHECK`` times the local SD of the bright voxels
+    (texture and edges only add to the local variance there, so noise cannot exceed it)."""
+    if coils > MAX_COILS:
+        return (
+            f"the darkest voxels do not look like noise (effective coils {coils:.0f} > "
+            f"{MAX_COILS:.0f}): no air in the image?"
+        )
+    if local_sigma is not None and sigma > _AIR_CHECK * local_sigma:
+        return (
+            f"the darkest voxels vary more (sigma {sigma:.4g}) than {_AIR_CHECK:g} x the "
+            f"local SD of the bright ones ({local_sigma:.4g}): tissue, not air (masked image?)"
+        )
+    return ""
+
+
+def noise_from_residuals(
+    magnitude: np.ndarray,
+    echo_times: Sequence[float] | np.ndarray,
+    *,
+    mask: np.ndarray | None = None,
+    max_voxels: int = 50_000,
+) -> NoiseEstimate:
+    """Noise SD from the residuals of a Gaussian fit (``nlls-gaussian``) in bright voxels.
+
+    magnitude: (..., n_echoes), echoes last; echo_times: (n_echoes,) in s; mask: (...) bool,
+    voxels that may be used (default: above the Otsu threshold of the first echo). At least 3
+    echoes. Voxels whose fitted signal at the last echo exceeds ``_RESIDUAL_SNR`` sigma count
+    (the magnitude is Gaussian with SD sigma there, whatever L); sigma^2 = median(SSR) /
+    median(chi^2 with E - 2 degrees of freedom), refined twice. Model misfit (several
+    compartments, fat) only adds, so this is an upper bound on real data. L is taken as 1.
+    Every ``k``-th usable voxel is fitted so that at most ``max_voxels`` are.
+    """
+    from t2starmap.fit import fit_t2star
+
+    data = np.asarray(magnitude, dtype=np.float64)
+    te = np.asarray(echo_times, dtype=np.float64)
+    n_echo = te.size
+    if data.ndim < 1 or data.shape[-1] != n_echo:
+        raise ValueError(f"magnitude has {data.shape[-1]} echoes but {n_echo} echo times")
+    if n_echo < 3:
+        return NoiseEstimate(None, 0, "residuals need at least 3 echoes")
+    flat = data.reshape(-1, n_echo)
+    usable = np.all(np.isfinite(flat), axis=1) & np.all(flat > 0, axis=1)
+    if mask is None:
+        first = flat[usable, 0]
+        if first.size < MIN_BACKGROUND:
+            return NoiseEstimate(None, int(first.size), "too few voxels for the residuals")
+        threshold = math.expm1(otsu_threshold(np.log1p(first)))
+        usable &= np.where(np.isfinite(flat[:, 0]), flat[:, 0], 0.0) > threshold
+    else:
+        usable &= np.asarray(mask, dtype=bool).reshape(-1)
+    index = np.flatnonzero(usable)
+    index = index[:: max(1, -(-index.size // max_voxels))]
+    if index.size < MIN_BACKGROUND:
+        return NoiseEstimate(None, int(index.size), "too few voxels for the residuals")
+    result = fit_t2star(flat[index], te, method="nlls-gaussian", dtype=torch.float64)
+    ok = ~result.failed.numpy()
+    ssr = result.rmse.numpy() ** 2 * n_echo
+    last = result.s0.numpy() * np.exp(-te.max() * result.r2star.numpy())
+    dof = n_echo - 2
+    chi2_median = dof * (1.0 - 2.0 / (9.0 * dof)) ** 3  # Wilson-Hilferty
+    sigma = math.sqrt(float(np.median(ssr[ok])) / chi2_median) if ok.any() else 0.0
+    bright = ok
+    for _ in range(2):
+        bright = ok & (last > _RESIDUAL_SNR * sigma)
+        if bright.sum() < MIN_BACKGROUND:
+            return NoiseEstimate(None, int(bright.sum()), "too few bright voxels for residuals")
+        sigma = math.sqrt(float(np.median(ssr[bright])) / chi2_median)
+    if not sigma > 0:
+        return NoiseEstimate(None, int(bright.sum()), "the fit leaves no residual")
+    return NoiseEstimate(
+        sigma,
+        int(bright.sum()),
+        "sigma from the fit residuals of bright voxels (an upper bound), coils assumed 1",
+        coils=1.0,
+        method="residuals",
+    )
+
+
+def noise_for_fit(background: NoiseEstimate, residuals: NoiseEstimate) -> NoiseEstimate:
+    """The noise level to fit with: ``background`` (from :func:`estimate_noise`), unless the
+    tissue's own residuals (:func:`noise_from_residuals`, an upper bound on the tissue's noise)
+    are below ``_NONUNIFORM`` times its sigma. Then the noise is not uniform (parallel imaging,
+    intensity correction: the GE kidney background is a mixture of noise levels) and the
+    tissue's sigma is the one that sets its noise floor; the background's coils are kept.
+    Either input may have sigma None; the other is then returned."""
+    if residuals.sigma is None or (
+        background.sigma is not None and residuals.sigma >= _NONUNIFORM * background.sigma
+    ):
+        return background
+    if background.sigma is None:
+        return residuals
+    return NoiseEstimate(
+        residuals.sigma,
+        residuals.n_background,
+        f"the fit residuals of bright tissue give sigma {residuals.sigma:.4g}, below the "
+        f"{background.method} sigma {background.sigma:.4g} of the background: the noise is "
+        f"not uniform and the tissue's is used (coils {background.coils:.3g} kept)",
+        coils=background.coils,
+        method="residuals",
+        zero_fraction=background.zero_fraction,
+        outlier_fraction=background.outlier_fraction,
+    )
+
+
+def signal_mask(magnitude: np.ndarray, sigma: float | None, coils: float = 1.0) -> np.ndarray:
+    """Voxels to fit. magnitude: (..., n_echoes) with echoes ascending in TE. Returns (...) bool.
+
+    With a noise level: first echo above the point that an air voxel (central chi of L coils)
+    exceeds with probability exp(-MASK_SNR^2 / 2) ~ 4e-6: ``MASK_SNR`` * sigma for Rician air
+    (L = 1), about 11 sigma for L = 32. Without: first echo above ``FALLBACK_FRACTION`` of its
+    99th percentile. Voxels with a non-finite sample in any echo are always included, so that
+    the fit flags them as failed rather than hiding them."""
     first = np.asarray(magnitude[..., 0], dtype=np.float64)
     nonfinite = ~np.all(np.isfinite(magnitude), axis=-1)
     finite_first = np.where(np.isfinite(first), first, 0.0)
     if sigma is not None and sigma > 0:
-        threshold = MASK_SNR * sigma
+        if coils == 1.0:
+            threshold = MASK_SNR * sigma
+        else:
+            tail = -math.expm1(-(MASK_SNR**2) / 2.0)
+            threshold = sigma * math.sqrt(2.0 * _gamma_quantile(np.array([coils]), tail)[0])
     else:
         positive = finite_first[finite_first > 0]
         threshold = FALLBACK_FRACTION * float(np.percentile(positive, 99)) if positive.size else 0.0
     return (finite_first > threshold) | nonfinite
+
+
+# --- the background: central chi from two quantiles -------------------------------------------
+
+
+def _background_problem(background: np.ndarray) -> str:
+    if background.size < MIN_BACKGROUND:
+        return f"too few background voxels ({background.size} < {MIN_BACKGROUND})"
+    return ""
+
+
+def _background_chi(
+    background: np.ndarray, values: np.ndarray, coils: float | None
+) -> tuple[float, float, int]:
+    """(sigma, L, voxels used) of the air: a first estimate from ``background`` (the Otsu
+    candidates, all below ``otsu``), then up to ``_REFINE`` more where the 99.9 % point of
+    the last estimate lies above Otsu's threshold, each from the ``values`` (all positive
+    voxels) below that point (quantile levels scaled by 0.999 for the truncation). Otsu's
+    threshold can fall inside the air (a faint ghost over most of it makes the air two
+    classes); the refinement then takes in the rest of it."""
+    sigma, fitted = _chi_from_quantiles(background, coils, 1.0)
+    used = background.size
+    otsu = float(background.max())
+    for _ in range(_REFINE):
+        top = sigma * math.sqrt(2.0 * float(_gamma_quantile(np.array([fitted]), _OUTLIER_Q)[0]))
+        if top <= otsu or fitted > MAX_COILS:
+            break
+        inside = values[values < top]
+        sigma, fitted = _chi_from_quantiles(inside, coils, _OUTLIER_Q)
+        used = inside.size
+    return sigma, fitted, used
+
+
+def _chi_from_quantiles(
+    sample: np.ndarray, coils: float | None, kept: float
+) -> tuple[float, float]:
+    """(sigma, L) of a central chi from the lower quartile and the median of ``sample``, which
+    holds the fraction ``kept`` of the distribution (its lowest part); L as given when
+    ``coils`` is not None. L is held in [1, 2 * MAX_COILS]."""
+    low, mid = _quantiles(sample, (_LOW_Q / kept, _MID_Q / kept))
+    if coils is None:
+        grid, ratio = _chi_ratio_table()
+        # ratio grows with L; below its L = 1 value the background is wider than Rayleigh.
+        fitted = float(np.exp(np.interp(low / mid, ratio, np.log(grid))))
+    else:
+        fitted = float(coils)
+    g_mid = float(_gamma_quantile(np.array([fitted]), _MID_Q)[0])
+    return mid / math.sqrt(2.0 * g_mid), fitted
+
+
+def _quantiles(values: np.ndarray, probabilities: Sequence[float]) -> list[float]:
+    """Quantiles of a sample; an integer-valued sample is read as uniform within each integer
+    (k stands for [k - 1/2, k + 1/2)), so that rounding does not bias small values."""
+    if not np.all(values == np.round(values)):
+        return [float(q) for q in np.quantile(values, probabilities)]
+    levels, counts = np.unique(values, return_counts=True)
+    cumulative = np.concatenate([[0], np.cumsum(counts)])
+    out = []
+    for p in probabilities:
+        rank = p * values.size
+        k = int(np.clip(np.searchsorted(cumulative, rank, side="right") - 1, 0, levels.size - 1))
+        out.append(float(levels[k] - 0.5 + (rank - cumulative[k]) / counts[k]))
+    return out
+
+
+def _gamma_quantile(shape: np.ndarray, p: float) -> np.ndarray:
+    """The p-quantile of Gamma(shape, 1) for each shape (vectorised bisection), float64."""
+    a = torch.as_tensor(shape, dtype=torch.float64)
+    lo = torch.zeros_like(a)
+    hi = a + 20.0 * torch.sqrt(a) + 20.0
+    for _ in range(64):
+        mid = (lo + hi) / 2.0
+        below = torch.special.gammainc(a, mid) < p
+        lo = torch.where(below, mid, lo)
+        hi = torch.where(below, hi, mid)
+    return ((lo + hi) / 2.0).numpy()
+
+
+_TABLE: tuple[np.ndarray, np.ndarray] | None = None
+
+
+def _chi_ratio_table() -> tuple[np.ndarray, np.ndarray]:
+    """L on a log grid in [1, 2 * MAX_COILS] and the central chi's lower-quartile / median ratio
+    sqrt(G_L^-1(1/4) / G_L^-1(1/2)) there (ascending in L)."""
+    global _TABLE
+    if _TABLE is None:
+        grid = np.geomspace(1.0, 2.0 * MAX_COILS, 512)
+        ratio = np.sqrt(_gamma_quantile(grid, _LOW_Q) / _gamma_quantile(grid, _MID_Q))
+        _TABLE = (grid, ratio)
+    return _TABLE
+
+
+def _outliers(background: np.ndarray, sigma: float, coils: float) -> float:
+    """Fraction of ``background`` above the 99.9 % point of chi(sigma, L)."""
+    if background.size == 0:
+        return 0.0
+    top = sigma * math.sqrt(2.0 * float(_gamma_quantile(np.array([coils]), _OUTLIER_Q)[0]))
+    return float(np.mean(background > top))
+
+
+# --- no air: the local variance ----------------------------------------------------------------
+
+
+def _local_variance_sigma(image: np.ndarray) -> tuple[float | None, int]:
+    """sigma from the mode of log(local variance) in 3 x 3 windows over the first two axes: the
+    residual variance about the plane fitted in each window (6 degrees of freedom), so that
+    smooth intensity gradients do not count as noise (3-voxel windows, plain variance, for 1-D
+    input). First over all windows of positive finite voxels, then over those whose every
+    voxel exceeds ``_LOCAL_SNR`` sigma of that pass (edges against air, which would outnumber
+    the inside of a small object, are left out). Returns (sigma or None, windows used)."""
+    x = np.where(np.isfinite(image), image, 0.0)
+    plane = x.ndim >= 2
+    axes = (0, 1) if plane else (0,)
+    if any(x.shape[a] < 3 for a in axes):
+        return None, 0
+    flat = (1.0, 1.0, 1.0)
+    total = _window_sum(x, [flat] * len(axes))
+    squares = _window_sum(x * x, [flat] * len(axes))
+    lowest = _window_min(x, len(axes))
+    n = 3.0 ** len(axes)
+    full = lowest > 0
+    residual = squares - total * total / n
+    dof = n - 1.0
+    if plane:
+        slope = (-1.0, 0.0, 1.0)  # sum of x v and of y v; sum of x^2 over the window is 6
+        gx = _window_sum(x, [slope, flat])
+        gy = _window_sum(x, [flat, slope])
+        residual = residual - (gx * gx + gy * gy) / 6.0
+        dof = n - 3.0
+    variance = residual / dof
+    sigma: float | None = None
+    use = full & (variance > 0)
+    for _ in range(2):
+        if int(use.sum()) < MIN_BACKGROUND:
+            return None, int(use.sum())
+        sigma = math.sqrt(_log_mode(variance[use]))
+        use = (variance > 0) & (lowest > _LOCAL_SNR * sigma)
+    return sigma, int(use.sum())
+
+
+def _window_min(x: np.ndarray, n_axes: int) -> np.ndarray:
+    """Minimum over 3-voxel windows along the first ``n_axes`` axes (the valid part)."""
+    for axis in range(n_axes):
+        n = x.shape[axis]
+        x = np.minimum(
+            np.minimum(
+                np.take(x, range(0, n - 2), axis=axis), np.take(x, range(1, n - 1), axis=axis)
+            ),
+            np.take(x, range(2, n), axis=axis),
+        )
+    return x
+
+
+def _window_sum(x: np.ndarray, weights: Sequence[tuple[float, float, float]]) -> np.ndarray:
+    """Weighted sums over 3-voxel windows along the first ``len(weights)`` axes, one weight
+    triple per axis (the valid part: 2 shorter along each)."""
+    for axis, (w0, w1, w2) in enumerate(weights):
+        n = x.shape[axis]
+        x = (
+            w0 * np.take(x, range(0, n - 2), axis=axis)
+            + w1 * np.take(x, range(1, n - 1), axis=axis)
+            + w2 * np.take(x, range(2, n), axis=axis)
+        )
+    return x
+
+
+def _log_mode(values: np.ndarray) -> float:
+    """The mode of log(values), as a value: the peak of a histogram of 0.05-wide bins smoothed
+    by a Gaussian of SD 0.2 (the log of a 6-degree-of-freedom variance has an SD of 0.6)."""
+    logs = np.log(values)
+    lo, hi = np.percentile(logs, [0.5, 99.5])
+    if not hi > lo:
+        return float(np.exp(lo))
+    edges = np.arange(lo - 0.5, hi + 0.55, 0.05)
+    hist, edges = np.histogram(logs, bins=edges)
+    kernel = np.exp(-0.5 * (np.arange(-12, 13) / 4.0) ** 2)
+    smooth = np.convolve(hist.astype(np.float64), kernel, mode="same")
+    k = int(np.argmax(smooth))
+    return float(np.exp((edges[k] + edges[k + 1]) / 2.0))

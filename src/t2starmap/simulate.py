@@ -31,7 +31,9 @@ class Phantom:
     s0: (...) true S0, 0 outside the object.
     mask: (...) bool, the object.
     echo_times: (n_echoes,) seconds, ascending.
-    sigma: noise standard deviation of each real/imaginary channel.
+    sigma: noise standard deviation of each real/imaginary channel (of each coil).
+    coils: number of coils combined by root-sum-of-squares (1: a single complex channel,
+        Rician magnitude; L > 1: noncentral chi with L coils, see :func:`make_coil_phantom`).
     """
 
     magnitude: np.ndarray
@@ -41,6 +43,7 @@ class Phantom:
     mask: np.ndarray
     echo_times: np.ndarray
     sigma: float
+    coils: int = 1
 
 
 def decay(s0: np.ndarray, t2star: np.ndarray, echo_times: np.ndarray) -> np.ndarray:
@@ -118,6 +121,98 @@ def make_phantom(
         mask=mask,
         echo_times=te,
         sigma=float(sigma),
+    )
+
+
+def coil_sensitivities(shape: Sequence[int], coils: int) -> np.ndarray:
+    """Smooth complex sensitivities of ``coils`` coils placed around the first two axes,
+    normalised so that sum_l |c_l|^2 = 1 in every voxel: a root-sum-of-squares of c_l S is S.
+    Returns (coils, *shape) complex128."""
+    grids = np.meshgrid(*[np.linspace(-1.0, 1.0, n) for n in shape], indexing="ij")
+    x = grids[0]
+    y = grids[1] if len(shape) > 1 else np.zeros_like(x)
+    maps = []
+    for k in range(coils):
+        angle = 2.0 * np.pi * k / coils
+        cx, cy = 1.5 * np.cos(angle), 1.5 * np.sin(angle)
+        distance2 = (x - cx) ** 2 + (y - cy) ** 2
+        maps.append(np.exp(-distance2 / 2.0) * np.exp(1j * (angle + 0.5 * (x * cy - y * cx))))
+    sens = np.stack(maps)
+    return sens / np.sqrt(np.sum(np.abs(sens) ** 2, axis=0))
+
+
+def make_coil_phantom(
+    shape: Sequence[int] = (48, 48, 4),
+    echo_times: Sequence[float] = DEFAULT_ECHO_TIMES,
+    *,
+    coils: int = 8,
+    t2star_range: tuple[float, float] = (0.005, 0.100),
+    s0: float = 1000.0,
+    snr: float = 50.0,
+    seed: int = 0,
+    background: float = 0.4,
+    ghost: float = 0.0,
+    zero_corners: bool = False,
+    air: bool = True,
+) -> Phantom:
+    """A multi-coil acquisition combined by root-sum-of-squares: M = sqrt(sum_l |c_l S + n_l|^2)
+    with complex Gaussian noise n_l (SD sigma = s0 / snr per channel and coil, independent
+    between coils) and the sensitivities of :func:`coil_sensitivities`. M is noncentral chi
+    with ``coils`` degrees of freedom (pairs): E[M^2] = S^2 + 2 L sigma^2; ``coils=1`` is Rician.
+
+    The object is :func:`make_phantom`'s ellipsoid (``background``: the fraction of each axis
+    left as air; T2* log-uniform along x in ``t2star_range``; S0 within +-10 % of ``s0``).
+    ``ghost``: a faint copy of the object, ``ghost`` times its complex signal, shifted by half
+    the field of view along the second axis (an N/2 ghost) and added in every coil, so that part
+    of the air is not noise alone (a heavy-tailed background). ``zero_corners``: voxels outside
+    the disc inscribed in the first two axes are set to exactly 0, as a scanner's zero-filled
+    (or masked) corners. ``air=False``: no air at all; the object fills the whole volume (T2*
+    and S0 vary as inside the ellipsoid). The truth (``t2star``, ``s0``, ``mask``) is of the
+    object only; ``phase`` is None.
+    """
+    rng = np.random.default_rng(seed)
+    te = np.asarray(echo_times, dtype=np.float64)
+    if te.ndim != 1 or te.size < 1 or np.any(np.diff(te) <= 0):
+        raise ValueError("echo_times must be a 1-D ascending sequence in seconds")
+    if coils < 1:
+        raise ValueError("coils must be at least 1")
+    shape = tuple(int(n) for n in shape)
+    grids = np.meshgrid(*[np.linspace(-1.0, 1.0, n) for n in shape], indexing="ij")
+    radius = 1.0 - background if air else 1.0
+    if air:
+        mask = np.asarray(sum((g / radius) ** 2 for g in grids) <= 1.0, dtype=bool)
+    else:
+        mask = np.ones(shape, dtype=bool)
+    lo, hi = np.log(t2star_range[0]), np.log(t2star_range[1])
+    frac = np.clip((grids[0] / radius + 1.0) / 2.0, 0.0, 1.0)
+    if len(shape) > 1:
+        frac = np.clip(frac + 0.05 * np.sin(np.pi * grids[1]), 0.0, 1.0)
+    t2star = np.where(mask, np.exp(lo + frac * (hi - lo)), 0.0)
+    s0_map = np.where(mask, s0 * (1.0 + 0.1 * np.cos(np.pi * grids[-1])), 0.0)
+    sigma = s0 / snr
+    clean = decay(s0_map, t2star, te)  # (*shape, E), real and positive
+    if ghost:
+        axis = 1 if len(shape) > 1 else 0
+        clean = clean + ghost * np.roll(clean, shape[axis] // 2, axis=axis)
+    sens = coil_sensitivities(shape, coils)
+    power = np.zeros(clean.shape)
+    for c in sens:
+        z = c[..., None] * clean
+        z = z + sigma * (rng.standard_normal(z.shape) + 1j * rng.standard_normal(z.shape))
+        power += np.abs(z) ** 2
+    magnitude = np.sqrt(power)
+    if zero_corners and len(shape) > 1:
+        outside = grids[0] ** 2 + grids[1] ** 2 > 1.0
+        magnitude[outside] = 0.0
+    return Phantom(
+        magnitude=magnitude.astype(np.float32),
+        phase=None,
+        t2star=t2star.astype(np.float32),
+        s0=s0_map.astype(np.float32),
+        mask=mask,
+        echo_times=te,
+        sigma=float(sigma),
+        coils=int(coils),
     )
 
 
