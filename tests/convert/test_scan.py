@@ -4,24 +4,32 @@ and broken DICOM files."""
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
 
+import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    generate_uid,
+)
 
 from t2starmap.convert.scan import (
     CorruptDicomError,
     NotDicomError,
     ScanResult,
+    holds_image,
     iter_files,
     read_image_headers,
     scan_dicom_dir,
 )
 from t2starmap.convert.series import ImageHeader
 from t2starmap.simulate import Phantom
-from tests.convert.helpers import VOXEL
+from tests.convert.helpers import SHARED_DICOM, VOXEL
 from tests.support import synthetic_dicom
 
 
@@ -191,6 +199,12 @@ def test_files_that_are_not_dicom(tmp_path: Path, content: bytes) -> None:
         ("1.2.840.10008.1.3.10", "DICOMDIR"),
         ("1.2.840.10008.5.1.4.1.1.88.11", "basic text structured report"),
         ("1.2.840.10008.5.1.4.1.1.11.1", "grayscale presentation state"),
+        ("1.2.840.10008.5.1.4.1.1.88.59", "key object selection"),
+        ("1.2.840.10008.5.1.4.1.1.88.67", "x-ray radiation dose report"),
+        ("1.2.840.10008.5.1.4.1.1.104.1", "encapsulated PDF"),
+        ("1.2.840.10008.5.1.4.1.1.66", "raw data"),
+        ("1.2.840.10008.5.1.4.1.1.481.3", "RT structure set"),
+        ("1.3.12.2.1107.5.9.1", "Siemens CSA non-image"),
     ],
 )
 def test_dicom_without_an_image_is_ignored(tmp_path: Path, sop_class: str, why: str) -> None:
@@ -198,6 +212,57 @@ def test_dicom_without_an_image_is_ignored(tmp_path: Path, sop_class: str, why: 
     with pytest.raises(NotDicomError, match=f"SOP class {sop_class} holds no image"):
         read_image_headers(path)
     assert scan_dicom_dir(tmp_path).ignored == (path,)
+
+
+def test_mr_spectroscopy_with_rows_and_columns_is_ignored(tmp_path: Path) -> None:
+    """MR spectroscopy has Rows and Columns (its voxel grid) but no pixel data: not an image,
+    and not a file whose pixel data are missing."""
+    sop_class = "1.2.840.10008.5.1.4.1.1.4.2"
+    ds = minimal(sop_class, SeriesInstanceUID=generate_uid(), Modality="MR", Rows=4, Columns=4)
+    path = save(ds, tmp_path / "spectroscopy.dcm")
+    assert scan_dicom_dir(tmp_path) == ScanResult(images=(), corrupt=(), ignored=(path,))
+
+
+@pytest.mark.parametrize(
+    ("sop_class", "image"),
+    [
+        ("1.2.840.10008.5.1.4.1.1.4", True),  # MR image
+        ("1.2.840.10008.5.1.4.1.1.4.1", True),  # enhanced MR image
+        ("1.2.840.10008.5.1.4.1.1.4.3", True),  # enhanced MR color image
+        ("1.2.840.10008.5.1.4.1.1.7", True),  # secondary capture
+        ("1.2.840.10008.5.1.4.1.1.7.3", True),  # multi-frame grayscale word secondary capture
+        ("1.2.840.10008.5.1.4.1.1.2", True),  # CT image
+        ("1.2.840.10008.5.1.4.1.1.66.4", True),  # segmentation (pixels), beside raw data 66
+        ("1.2.840.10008.5.1.4.1.1.481.1", True),  # RT image, beside RT plans
+        ("1.2.840.10008.5.1.4.1.1.481.23", True),  # enhanced RT image
+        ("1.2.840.10008.5.1.4.1.1.4.2", False),  # MR spectroscopy
+        ("1.2.840.10008.5.1.4.1.1.66", False),  # raw data
+        ("1.2.840.10008.5.1.4.1.1.66.1", False),  # spatial registration
+        ("1.2.840.10008.5.1.4.1.1.88.22", False),  # enhanced SR
+        ("1.2.840.10008.5.1.4.1.1.88.34", False),  # comprehensive 3D SR
+        ("1.2.840.10008.5.1.4.1.1.11.2", False),  # color presentation state
+        ("1.2.840.10008.5.1.4.1.1.9.1.1", False),  # 12-lead ECG waveform
+        ("1.2.840.10008.5.1.4.1.1.104.2", False),  # encapsulated CDA
+        ("1.2.840.10008.5.1.4.1.1.481.5", False),  # RT plan
+        ("1.2.840.10008.5.1.4.1.1.481.25", False),  # RT patient position acquisition
+        ("1.2.840.10008.1.3.10", False),  # DICOMDIR
+        ("1.3.12.2.1107.5.9.1", False),  # Siemens CSA non-image (private)
+    ],
+)
+def test_holds_image(sop_class: str, image: bool) -> None:
+    assert holds_image(sop_class) is image
+
+
+def test_secondary_capture_is_read_as_an_image(tmp_path: Path) -> None:
+    """Image storage classes other than MR are images too (series detection decides later)."""
+    files = synthetic_dicom.write_other_series(tmp_path, "epi", series_number=5, shape=(6, 4, 2))
+    path = files[0]
+    ds = pydicom.dcmread(path)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.save_as(path, enforce_file_format=True)
+    (header,) = read_image_headers(path)
+    assert (header.rows, header.columns) == (4, 6)
+    assert scan_dicom_dir(tmp_path).corrupt == ()
 
 
 # --- broken DICOM ----------------------------------------------------------------------------
@@ -230,6 +295,70 @@ def test_one_missing_pixel_is_corrupt(one_image: Path) -> None:
         read_image_headers(one_image)
 
 
+def as_implicit_vr(path: Path) -> Path:
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.mark.parametrize("encoding", ["explicit", "implicit"])
+@pytest.mark.parametrize("missing", [0, 1, 2, 4, 8, 12])
+def test_pixel_data_size_checked_to_the_byte(one_image: Path, encoding: str, missing: int) -> None:
+    """Pixel Data's element header is 12 bytes in explicit VR (OW), 8 in implicit VR: a whole
+    file passes and every missing byte is counted, in either encoding."""
+    if encoding == "implicit":
+        as_implicit_vr(one_image)
+    assert pydicom.dcmread(one_image).original_encoding[0] is (encoding == "implicit")
+    whole = one_image.read_bytes()
+    one_image.write_bytes(whole[: len(whole) - missing])
+    if missing == 0:
+        assert len(read_image_headers(one_image)) == 1
+        return
+    with pytest.raises(CorruptDicomError, match=rf"^pixel data truncated \({128 - missing} of 128"):
+        read_image_headers(one_image)
+
+
+def bit_packed_image(path: Path, pixels: bytes) -> Path:
+    """A 1-bit 8 x 8 image (a segmentation-like mask): 64 bits packed into 8 bytes."""
+    ds = minimal(
+        "1.2.840.10008.5.1.4.1.1.66.4",
+        SeriesInstanceUID=generate_uid(),
+        Modality="SEG",
+        Rows=8,
+        Columns=8,
+        SamplesPerPixel=1,
+        BitsAllocated=1,
+        BitsStored=1,
+        HighBit=0,
+        PixelRepresentation=0,
+        PhotometricInterpretation="MONOCHROME2",
+    )
+    ds.PixelData = pixels
+    ds["PixelData"].VR = "OB"
+    return save(ds, path)
+
+
+def test_bit_packed_pixel_data_are_checked(tmp_path: Path) -> None:
+    whole = bit_packed_image(tmp_path / "mask.dcm", b"\x0f" * 8)
+    assert len(read_image_headers(whole)) == 1
+    cut = bit_packed_image(tmp_path / "cut.dcm", b"\x0f" * 8)
+    cut.write_bytes(cut.read_bytes()[:-2])
+    with pytest.raises(CorruptDicomError, match=r"^pixel data truncated \(6 of 8 bytes\)$"):
+        read_image_headers(cut)
+
+
+def test_deflated_file_is_not_reported_truncated(one_image: Path) -> None:
+    """Deflated: the whole dataset is compressed, so offsets in the file say nothing about
+    the pixel data; a whole deflated file must read, not be called truncated."""
+    ds = pydicom.dcmread(one_image)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.save_as(one_image, enforce_file_format=True)
+    assert pydicom.dcmread(one_image).file_meta.TransferSyntaxUID.is_deflated
+    (header,) = read_image_headers(one_image)
+    assert header.series_number == 2
+
+
 def test_file_cut_before_the_pixel_data_is_corrupt(one_image: Path) -> None:
     """Cut right before the PixelData element: the header reads, no pixels follow."""
     whole = one_image.read_bytes()
@@ -257,18 +386,61 @@ def test_dicom_preamble_without_series_is_corrupt(tmp_path: Path) -> None:
 
 def test_header_missing_columns_is_corrupt_not_a_crash(one_image: Path) -> None:
     """Rows without Columns: the file is reported as corrupt, the scan goes on."""
-    import pydicom
-
     ds = pydicom.dcmread(one_image)
     del ds.Columns
     ds.save_as(one_image, enforce_file_format=True)
     with pytest.raises(CorruptDicomError):
         read_image_headers(one_image)
     result = scan_dicom_dir(one_image.parent)
+    assert result.corrupt == ((one_image, "Rows but no Columns in the header"),)
+    assert len(result.images) == 8 and one_image not in {h.path for h in result.images}
+
+
+@pytest.mark.parametrize("keyword", ["Rows", "Columns", "BitsAllocated"])
+def test_empty_size_field_is_corrupt_not_a_crash(one_image: Path, keyword: str) -> None:
+    """A size field present but empty cannot give the pixel data's size: corrupt, one line."""
+    ds = pydicom.dcmread(one_image)
+    ds[keyword].value = None
+    ds.save_as(one_image, enforce_file_format=True)
+    result = scan_dicom_dir(one_image.parent)
     assert [p for p, _ in result.corrupt] == [one_image]
+    (why,) = (w for _, w in result.corrupt)
+    assert why.startswith("inconsistent header") and "\n" not in why
+    assert len(result.images) == 8
 
 
 def test_headers_are_image_headers(one_image: Path) -> None:
     (header,) = read_image_headers(one_image)
     assert isinstance(header, ImageHeader)
     assert header.path == one_image and header.series_number == 2 and header.echo_number == 1
+
+
+# --- real scanner files ----------------------------------------------------------------------
+
+REAL_FOLDERS = [
+    "ge-mr750-kidney-megre",  # implicit VR little endian
+    "siemens-prisma-megre-phantom/mag",  # explicit VR little endian
+    "siemens-xa30-enhanced-dual-echo/8_gre_field_mapping",  # explicit VR, 33 frames
+]
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(
+    not SHARED_DICOM.is_dir(), reason=f"real DICOM data not found at {SHARED_DICOM}"
+)
+@pytest.mark.parametrize("folder", REAL_FOLDERS)
+def test_real_file_size_check_to_the_byte(tmp_path: Path, folder: str) -> None:
+    """A real scanner file passes whole and is caught two bytes short, with the available
+    count exact: the element header length is right for the file's encoding."""
+    source = next(p for p in iter_files(SHARED_DICOM / folder) if p.suffix == ".dcm")
+    whole = source.read_bytes()
+    copy = tmp_path / source.name
+    copy.write_bytes(whole)
+    assert len(read_image_headers(copy)) >= 1
+    copy.write_bytes(whole[:-2])
+    with pytest.raises(CorruptDicomError, match=r"^pixel data truncated") as caught:
+        read_image_headers(copy)
+    counts = re.fullmatch(r"pixel data truncated \((\d+) of (\d+) bytes\)", str(caught.value))
+    assert counts is not None
+    available, expected = int(counts[1]), int(counts[2])
+    assert available == expected - 2

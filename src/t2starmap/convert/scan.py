@@ -2,6 +2,8 @@
 
 Files of any name are tried; files that are not DICOM are ignored (logged at debug level),
 DICOM files that cannot be read or whose pixel data are cut short are reported as corrupt.
+DICOM objects of a storage class that holds no image (structured reports, presentation
+states, encapsulated PDFs, raw data, ...) are ignored like files that are not DICOM.
 Pixel data are never loaded: the header is read and the file size checked against the size
 the header promises.
 """
@@ -23,9 +25,44 @@ from t2starmap.convert.series import ImageHeader, part_from_headers
 
 log = logging.getLogger("t2starmap.convert")
 
-# SOP classes that hold no image: DICOMDIR, structured reports, presentation states ...
-_IMAGE_SOP_PREFIXES = ("1.2.840.10008.5.1.4.1.1.",)
+# Every standard storage SOP class, image or not, lies under this root (DICOM PS3.6 Annex A).
+_STORAGE_ROOT = "1.2.840.10008.5.1.4.1.1"
 _DICOMDIR_SOP = "1.2.840.10008.1.3.10"
+# Storage classes under the root whose objects hold no image (no Pixel Data), as suffixes:
+# whole families (every class below them) ...
+_NON_IMAGE_FAMILIES = (
+    "9",  # waveforms: ECG, hemodynamic, audio, EEG, respiratory ...
+    "11",  # presentation states (and the retired standalone VOI LUT)
+    "78",  # ophthalmic measurements: lensometry, refraction, axial lengths, IOL ...
+    "88",  # structured reports, key object selection, radiation dose and CAD reports
+    "104",  # encapsulated documents: PDF, CDA, STL, OBJ, MTL
+    "200",  # defined and performed procedure protocols
+)
+# ... and single classes (their siblings may be images: 66.4 segmentation, 481.1 RT image).
+_NON_IMAGE_CLASSES = (
+    "4.2",  # MR spectroscopy: Rows and Columns, but spectroscopy data, not pixels
+    "8",  # standalone overlay (retired)
+    "10",  # standalone modality LUT (retired)
+    "66",  # raw data
+    "66.1",  # spatial registration
+    "66.2",  # spatial fiducials
+    "66.3",  # deformable spatial registration
+    "66.5",  # surface segmentation
+    "66.6",  # tractography results
+    "67",  # real world value mapping
+    "68.1",  # surface scan mesh
+    "68.2",  # surface scan point cloud
+    "79.1",  # macular grid thickness and volume report
+    "80.1",  # ophthalmic visual field static perimetry measurements
+    "90.1",  # content assessment results
+    "91.1",  # microscopy bulk simple annotations
+    "129",  # standalone PET curve (retired)
+    # radiotherapy objects other than RT image (481.1), RT dose (481.2) and the enhanced
+    # RT images (481.23, 481.24): structure sets, plans, treatment records ...
+    *(f"481.{n}" for n in (*range(3, 23), 25)),
+)
+_NON_IMAGE_SOPS = frozenset({_DICOMDIR_SOP, *(f"{_STORAGE_ROOT}.{c}" for c in _NON_IMAGE_CLASSES)})
+_NON_IMAGE_SOP_PREFIXES = tuple(f"{_STORAGE_ROOT}.{f}." for f in _NON_IMAGE_FAMILIES)
 
 
 @dataclass(frozen=True)
@@ -91,14 +128,16 @@ def read_image_headers(path: Path) -> list[ImageHeader]:
     for w in caught:
         log.debug("%s: %s", path, w.message)
     sop = str(ds.get("SOPClassUID", ""))
-    if sop == _DICOMDIR_SOP or (sop and not sop.startswith(_IMAGE_SOP_PREFIXES)):
+    if sop and not holds_image(sop):
         raise NotDicomError(f"SOP class {sop} holds no image")
     if "SeriesInstanceUID" not in ds or "Rows" not in ds:
         if getattr(ds, "preamble", None) is not None:  # it says DICM: a broken DICOM file
             raise CorruptDicomError("no SeriesInstanceUID or Rows in the header")
         raise NotDicomError("no SeriesInstanceUID or Rows")
-    _check_pixel_data(path, ds, pixel_start)
+    if "Columns" not in ds:
+        raise CorruptDicomError("Rows but no Columns in the header")
     try:
+        _check_pixel_data(path, ds, pixel_start)
         if "PerFrameFunctionalGroupsSequence" in ds:
             return _enhanced_headers(path, ds)
         return [_classic_header(path, ds)]
@@ -106,22 +145,48 @@ def read_image_headers(path: Path) -> list[ImageHeader]:
         raise CorruptDicomError(f"inconsistent header ({type(err).__name__}: {err})") from err
 
 
+def holds_image(sop_class: str) -> bool:
+    """Whether objects of this SOP class UID hold an image (pixel data).
+
+    False for DICOMDIR, for the standard storage classes that hold none (structured reports,
+    presentation states, encapsulated documents, raw data, RT plans ...) and for private
+    classes outside the standard storage root (e.g. Siemens CSA non-image); True for every
+    other standard storage class (MR, enhanced MR, secondary capture, CT, ...).
+    """
+    if sop_class in _NON_IMAGE_SOPS or sop_class.startswith(_NON_IMAGE_SOP_PREFIXES):
+        return False
+    return sop_class.startswith(_STORAGE_ROOT + ".")
+
+
 def _check_pixel_data(path: Path, ds: Any, pixel_start: int) -> None:
+    """Raise CorruptDicomError when the file ends before the pixel data the header promises.
+
+    ``pixel_start`` is the byte offset of the (7FE0,0010) Pixel Data element (or the float
+    variants), where reading stopped. Its element header is 8 bytes in implicit VR (tag,
+    4-byte length) and 12 in explicit VR, where pixel data are always OB, OW, OF or OD
+    (tag, VR, 2 reserved bytes, 4-byte length).
+    """
+    transfer = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if transfer is not None and transfer.is_deflated:
+        return  # the whole dataset is compressed: offsets in the file say nothing
     size = path.stat().st_size
     if pixel_start >= size:
         raise CorruptDicomError("no pixel data (file truncated?)")
-    transfer = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     if transfer is not None and transfer.is_compressed:
         return  # encapsulated: the size cannot be predicted from the header
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    expected = (
+    implicit_vr = ds.original_encoding[0]
+    if implicit_vr is None and transfer is not None:
+        implicit_vr = transfer.is_implicit_VR
+    element_header = 8 if implicit_vr else 12
+    bits = (
         int(ds.Rows)
         * int(ds.Columns)
         * int(ds.get("SamplesPerPixel", 1))
-        * (int(ds.get("BitsAllocated", 16)) // 8)
-        * frames
+        * int(ds.get("BitsAllocated", 16))
+        * int(ds.get("NumberOfFrames", 1) or 1)
     )
-    available = size - pixel_start - 8  # tag + VR/length of the PixelData element
+    expected = -(-bits // 8)  # whole bytes; 1-bit data (segmentations) are packed
+    available = size - pixel_start - element_header
     if available < expected:
         raise CorruptDicomError(f"pixel data truncated ({max(available, 0)} of {expected} bytes)")
 
