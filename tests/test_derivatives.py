@@ -89,6 +89,8 @@ def record(subject: str = "01", session: str | None = None, run: str | None = No
         failed_fraction=0.1,
         noise_sigma=None,
         noise_model="gaussian",
+        noise_coils=1.0,
+        noise_method="none",
         fit_method="nlls",
         algorithm="LM",
         device="cpu",

@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from t2starmap.errors import BadDataError, ExitCode, InputMissingError
+from t2starmap.errors import BadDataError, ExitCode, UsageError
 from t2starmap.layout import Echo, EchoSet, build_echo_set, find_echo_sets
 from t2starmap.nifti import check_geometry, load_magnitude
 from t2starmap.parts import (
@@ -259,9 +259,9 @@ def test_choose_method() -> None:
     assert choose_method("auto", None, "set", "nlls") == "nlls"
     assert choose_method("complex", parts, "set", "nlls") == "complex"
     assert choose_method("wls", parts, "set", "nlls") == "wls"
-    with pytest.raises(InputMissingError, match="sub-01: --fit-method complex needs") as info:
+    with pytest.raises(UsageError, match="sub-01: --fit-method complex needs") as info:
         choose_method("complex", None, "sub-01", "nlls")
-    assert info.value.exit_code == ExitCode.INPUT_MISSING
+    assert info.value.exit_code == ExitCode.USAGE
 
 
 # --- real data -----------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from t2starmap.cli import main
-from t2starmap.derivatives import OUTPUTS
+from t2starmap.derivatives import REQUIRED_KEYS
 
 from .conftest import EXAMPLE, checksums, files_below
 
@@ -55,7 +55,7 @@ def test_exact_output_files(example_run: Path) -> None:
     pages = {"sub-01.html", "sub-02_ses-1.html", "sub-02_ses-2.html", "group_report.html"}
     assert found - logs == maps | top | pages
     assert len(logs) == 2 and all(f.endswith(".json") for f in logs)
-    assert len(MAP_NAMES) == len(OUTPUTS)
+    assert len(MAP_NAMES) == len(REQUIRED_KEYS)
 
 
 def test_sidecars_describe_the_maps(example_run: Path) -> None:
@@ -189,7 +189,7 @@ def test_noise_sigma_option_is_recorded(example: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert participant(example, out, "--participant-label", "01", "--noise-sigma", "20") == 0
     sidecar = json.loads((out / f"{SETS[0]}_T2starmap.json").read_text())
-    assert sidecar["NoiseSigma"] == 20 and sidecar["NoiseSigmaSource"] == "command line"
+    assert sidecar["NoiseSigma"] == 20 and sidecar["NoiseSigmaMethod"] == "given"
 
 
 def test_two_echoes_work_with_a_warning(
@@ -202,11 +202,40 @@ def test_two_echoes_work_with_a_warning(
     out = tmp_path / "out"
     assert participant(example, out, "--participant-label", "01") == 0
     sidecar = json.loads((out / f"{SETS[0]}_T2starmap.json").read_text())
-    assert any("only 2 echoes" in w for w in sidecar["Warnings"])
-    rmse = np.asarray(nib.load(out / f"{SETS[0]}_desc-rmse_statmap.nii.gz").dataobj)
+    assert any("only 2 echoes" in w and "no RMSE map" in w for w in sidecar["Warnings"])
+    # the fit is exact: no RMSE map; the noise level is known, so the standard errors stay
+    assert not (out / f"{SETS[0]}_desc-rmse_statmap.nii.gz").exists()
+    se = np.asarray(nib.load(out / f"{SETS[0]}_desc-stderr_T2starmap.nii.gz").dataobj)
     failed = np.asarray(nib.load(out / f"{SETS[0]}_desc-failed_mask.nii.gz").dataobj) > 0
     assert failed.mean() < 0.05  # rising pairs (noise) hit the R2* >= 0 bound
-    assert rmse[~failed].max() < 1e-2
+    signal = np.asarray(nib.load(out / f"{SETS[0]}_desc-signal_mask.nii.gz").dataobj) > 0
+    assert (se[signal & ~failed] > 0).all()
+
+
+def test_two_echoes_without_a_noise_level_publish_no_standard_errors(
+    example: Path, tmp_path: Path
+) -> None:
+    """Two echoes and a zero-filled background: nothing to base an uncertainty on, so no
+    all-zero desc-stderr maps claiming perfect precision; the sidecars and page say why."""
+    anat = example / "sub-01" / "anat"
+    for k in range(3, 9):
+        for ext in (".nii.gz", ".json"):
+            (anat / f"sub-01_echo-{k}_part-mag_MEGRE{ext}").unlink()
+    for path in anat.glob("*_MEGRE.nii.gz"):
+        img = nib.load(path)
+        data = np.asarray(img.dataobj, dtype=np.float32)
+        data[data < 100] = 0
+        data[data >= 100] = 1000.0 * (1 + (path.name.count("echo-1") == 0))  # flat, no texture
+        nib.save(nib.Nifti1Image(data, img.affine, img.header), path)
+    out = tmp_path / "out"
+    assert participant(example, out, "--participant-label", "01") == 0
+    written = {p.name for p in (out / "sub-01" / "anat").iterdir()}
+    assert not [n for n in written if "stderr" in n or "rmse" in n]
+    sidecar = json.loads((out / f"{SETS[0]}_T2starmap.json").read_text())
+    assert sidecar["NoiseSigma"] is None
+    assert any("no desc-stderr maps are written" in w for w in sidecar["Warnings"])
+    page = (out / "sub-01.html").read_text()
+    assert "no desc-stderr maps are written" in page and "SE of T2*" not in page
 
 
 def test_echo_time_as_string_is_accepted(example: Path, tmp_path: Path) -> None:
@@ -270,9 +299,12 @@ def test_default_fit_is_noise_aware_and_says_so(example_run: Path) -> None:
     sidecar = json.loads((example_run / f"{SETS[0]}_T2starmap.json").read_text())
     assert sidecar["FitMethod"] == "nlls" and sidecar["NoiseModel"] == "rician"
     assert "Rician" in sidecar["EstimationAlgorithm"]
+    assert sidecar["NoiseSigmaMethod"] == "background-quantiles" and sidecar["NoiseCoils"] == 1
 
 
-def test_masked_background_falls_back_to_gaussian(example: Path, tmp_path: Path) -> None:
+def test_masked_background_takes_sigma_from_the_local_variance(
+    example: Path, tmp_path: Path
+) -> None:
     for path in (example / "sub-01" / "anat").glob("*_MEGRE.nii.gz"):
         img = nib.load(path)
         data = np.asarray(img.dataobj, dtype=np.float32)
@@ -281,8 +313,10 @@ def test_masked_background_falls_back_to_gaussian(example: Path, tmp_path: Path)
     out = tmp_path / "out"
     assert participant(example, out, "--participant-label", "01") == 0
     sidecar = json.loads((out / f"{SETS[0]}_T2starmap.json").read_text())
-    assert sidecar["NoiseModel"] == "gaussian" and sidecar["NoiseSigma"] is None
-    assert any("falling back to the Gaussian fit" in w for w in sidecar["Warnings"])
+    assert sidecar["NoiseModel"] == "rician"
+    assert sidecar["NoiseSigmaMethod"] in ("local-variance", "residuals")
+    assert sidecar["NoiseSigma"] == pytest.approx(1000 / 60, rel=0.2)  # the simulated sigma
+    assert "no air" in sidecar["NoiseSigmaNote"] or "local variance" in sidecar["NoiseSigmaNote"]
 
 
 def test_output_under_the_inputs_derivatives_folder(example: Path) -> None:

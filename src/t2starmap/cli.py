@@ -26,7 +26,7 @@ from t2starmap.cliargs import (
     log_level,
 )
 from t2starmap.errors import ExitCode, T2StarError, UnknownLevelError
-from t2starmap.limits import DEFAULT_METHOD, METHOD_HELP, METHODS
+from t2starmap.limits import AUTO_HELP, DEFAULT_METHOD, FIT_CHOICES, METHOD_HELP
 
 log = logging.getLogger("t2starmap")
 
@@ -48,7 +48,7 @@ level, 18 labels/filters select no MEGRE data, 64 usage error, 65 bad data, 66 i
 def _methods_help() -> str:
     """Every fit method with its one line from :data:`t2starmap.limits.METHOD_HELP`."""
     parts = []
-    for name, text in METHOD_HELP.items():
+    for name, text in [*METHOD_HELP.items(), ("auto", AUTO_HELP)]:
         label = f"{name} (default)" if name == DEFAULT_METHOD else name
         parts.append(f"{label}: {text}")
     return "; ".join(parts)
@@ -111,7 +111,7 @@ def build_parser() -> ArgumentParser:
     fitting.add_argument(
         "--fit-method",
         "--fit_method",
-        choices=METHODS,
+        choices=FIT_CHOICES,
         default=DEFAULT_METHOD,
         help=_methods_help(),
     )
@@ -124,6 +124,16 @@ def build_parser() -> ArgumentParser:
         help="noise standard deviation of the magnitude "
         "images' real/imaginary channels, in image units (default: estimated "
         "from the background air)",
+    )
+    fitting.add_argument(
+        "--noise-coils",
+        "--noise_coils",
+        type=float,
+        default=None,
+        metavar="L",
+        help="effective number of coils L >= 1 of root-sum-of-squares magnitude images "
+        "(noncentral chi noise; 1 = Rician). Default: estimated from the background with sigma, "
+        "1 with --noise-sigma",
     )
 
     performance = parser.add_argument_group("performance")

@@ -48,11 +48,18 @@ BIDSIGNORE = (
 
 @dataclass(frozen=True)
 class OutputSpec:
-    key: str  # field of FitResult, or "signal"/"failed" for the masks
+    """One output image: ``key`` is the field of FitResult (or "signal"/"failed" for the
+    masks, "magnitude" for the first echo beside the field map); ``datatype`` its folder.
+    ``optional``: written only when the fit gives it (the complex fit's field map, standard
+    errors that can be computed)."""
+
+    key: str
     suffix: str
     desc: str | None
     units: str | None
     description: str
+    datatype: str = "anat"
+    optional: bool = False
 
 
 OUTPUTS: tuple[OutputSpec, ...] = (
@@ -101,7 +108,29 @@ OUTPUTS: tuple[OutputSpec, ...] = (
         None,
         "Voxels whose fit hit a bound, did not converge or had unusable input",
     ),
+    OutputSpec(
+        "frequency",
+        "fieldmap",
+        "megre",
+        "Hz",
+        "Off-resonance frequency f of the complex fit S0 exp(-TE R2*) exp(i(phi0 + 2 pi f TE))",
+        datatype="fmap",
+        optional=True,
+    ),
+    OutputSpec(
+        "magnitude",
+        "magnitude",
+        "megre",
+        None,
+        "Magnitude of the first echo, the field map's companion image",
+        datatype="fmap",
+        optional=True,
+    ),
 )
+#: The outputs every fit writes; the others only when the fit gives them.
+REQUIRED_KEYS = tuple(s.key for s in OUTPUTS if not s.optional)
+#: Outputs that exist only where an uncertainty can be computed (see estimate.py).
+UNCERTAINTY_KEYS = ("t2star_se", "r2star_se", "s0_se")
 
 
 def output_stem(entities: Mapping[str, Any], spec: OutputSpec) -> str:
@@ -110,12 +139,12 @@ def output_stem(entities: Mapping[str, Any], spec: OutputSpec) -> str:
 
 
 def output_path(root: Path, entities: Mapping[str, Any], spec: OutputSpec, extension: str) -> Path:
-    """``root/sub-L[/ses-S]/anat/<entities>[_desc-D]_<suffix><extension>``: the one place that
-    names an output file (the maps, their sidecars and the set's record)."""
+    """``root/sub-L[/ses-S]/<datatype>/<entities>[_desc-D]_<suffix><extension>``: the one place
+    that names an output file (the maps, their sidecars and the set's record)."""
     folder = Path(root) / f"sub-{entities['subject']}"
     if entities.get("session") is not None:
         folder = folder / f"ses-{entities['session']}"
-    return folder / "anat" / (output_stem(entities, spec) + extension)
+    return folder / spec.datatype / (output_stem(entities, spec) + extension)
 
 
 def dropped_entities(echo_set: EchoSet) -> list[str]:
@@ -261,6 +290,8 @@ class PublishedSet:
     failed_fraction: float
     noise_sigma: float | None
     noise_model: str
+    noise_coils: float
+    noise_method: str
     fit_method: str
     algorithm: str
     device: str
@@ -324,9 +355,16 @@ def set_name(entities: Mapping[str, Any]) -> str:
     return "_".join(f"{_SHORT[k]}-{entities[k]}" for k in OUTPUT_ENTITIES if k in entities)
 
 
-def output_files(entities: Mapping[str, Any]) -> dict[str, str]:
-    """OUTPUTS key -> image path (relative, POSIX) of one set's maps."""
-    return {s.key: output_path(Path(), entities, s, ".nii.gz").as_posix() for s in OUTPUTS}
+def output_files(
+    entities: Mapping[str, Any], keys: Iterable[str] = REQUIRED_KEYS
+) -> dict[str, str]:
+    """OUTPUTS key -> image path (relative, POSIX) of the maps ``keys`` of one set."""
+    wanted = set(keys)
+    return {
+        s.key: output_path(Path(), entities, s, ".nii.gz").as_posix()
+        for s in OUTPUTS
+        if s.key in wanted
+    }
 
 
 def record_path(output_dir: Path, entities: Mapping[str, Any]) -> Path:

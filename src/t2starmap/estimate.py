@@ -2,6 +2,17 @@
 
 Returns arrays and what the record and sidecars say about them; writes nothing (the workflow
 publishes). Imports torch (through :mod:`t2starmap.fit`): only participant level needs it.
+
+Which fit: ``--fit-method`` as given; ``auto`` is ``complex`` when the set has part-phase or
+part-real/imag files beside its magnitude echoes (:mod:`t2starmap.parts`), else the default.
+
+Which noise level (each step recorded in the sidecars as ``NoiseSigmaMethod``):
+1. ``--noise-sigma`` (and ``--noise-coils``) when given;
+2. else :func:`t2starmap.noise.estimate_noise` on the first echo, from the background's real
+   channel where complex parts exist, else from its magnitude (sigma and effective coils);
+3. for the magnitude fits with 3 or more echoes, the residual noise of bright tissue replaces
+   the background's when it is clearly lower (non-uniform noise, :func:`noise_for_fit`); the
+   complex fit keeps the background's real-channel sigma (it has no noise floor to place).
 """
 
 from __future__ import annotations
@@ -16,13 +27,20 @@ import numpy as np
 import torch
 
 from t2starmap import __version__
-from t2starmap.derivatives import OUTPUTS
+from t2starmap.derivatives import REQUIRED_KEYS, UNCERTAINTY_KEYS
 from t2starmap.errors import BadDataError, UsageError
 from t2starmap.fit import T2STAR_MAX, T2STAR_MIN, EchoSpacingError, FitResult, fit_t2star
 from t2starmap.layout import EchoSet
-from t2starmap.limits import ESTIMATION_ALGORITHMS
+from t2starmap.limits import DEFAULT_METHOD, ESTIMATION_ALGORITHMS
 from t2starmap.nifti import Geometry, load_magnitude
-from t2starmap.noise import estimate_noise, signal_mask
+from t2starmap.noise import (
+    NoiseEstimate,
+    estimate_noise,
+    noise_for_fit,
+    noise_from_residuals,
+    signal_mask,
+)
+from t2starmap.parts import choose_method, find_parts, load_complex
 from t2starmap.settings import Settings
 
 log = logging.getLogger("t2starmap")
@@ -40,7 +58,7 @@ class SetFit:
     fit_info: Mapping[str, Any]
     n_voxels: int
     failed_fraction: float
-    noise_sigma: float | None
+    noise: NoiseEstimate
     noise_model: str
     fit_method: str
     algorithm: str
@@ -61,19 +79,23 @@ def fit_echo_set(
         warnings.append(message)
 
     first = echo_set.echoes[0].path
+    parts = find_parts(echo_set)
+    method = choose_method(settings.fit_method, parts, str(first), DEFAULT_METHOD)
     magnitude = _usable_magnitude(echo_set, geometry, warn)
-    sigma = _noise_level(settings, echo_set, magnitude, warn)
-    mask = signal_mask(magnitude, sigma)
+    signal = load_complex(parts, geometry, magnitude) if parts is not None else None
+    noise = _noise_level(settings, echo_set, magnitude, signal, method, warn)
+    mask = signal_mask(magnitude, noise.sigma, noise.coils)
     if not mask.any():
         raise BadDataError(f"{first}: no voxel of set {echo_set.name} rises above the noise")
     try:
         result = fit_t2star(
-            magnitude,
+            signal if method == "complex" and signal is not None else magnitude,
             echo_set.echo_times,
-            method=settings.fit_method,
+            method=method,
             mask=mask,
             device=device,
-            noise_sigma=sigma,
+            noise_sigma=noise.sigma,
+            noise_coils=noise.coils if method != "complex" else 1.0,
         )
     except EchoSpacingError as err:
         raise UsageError(f"{first}: --fit-method {settings.fit_method}: {err}") from err
@@ -81,32 +103,44 @@ def fit_echo_set(
         raise BadDataError(f"{first}: {err}") from err
     n_voxels = int(mask.sum())
     failed = result.failed.cpu().numpy() & mask
+    keys = list(REQUIRED_KEYS)
+    if len(echo_set.echoes) == 2:
+        keys.remove("rmse")
+        if noise.sigma is None:
+            keys = [k for k in keys if k not in UNCERTAINTY_KEYS]
+            warn(
+                f"{echo_set.name}: only 2 echoes and no noise level: no standard error can be "
+                "computed, so no desc-stderr maps are written (and no RMSE map: the fit is exact)"
+            )
+        else:
+            warn(f"{echo_set.name}: only 2 echoes: the fit is exact, so no RMSE map is written")
+    maps = {k: _map_array(result, k, mask, failed) for k in keys}
+    if result.frequency is not None:
+        maps["frequency"] = _map_array(result, "frequency", mask, failed)
+        maps["magnitude"] = np.nan_to_num(magnitude[..., 0]).astype(np.float32)
     algorithm = ESTIMATION_ALGORITHMS.get((result.method, result.noise_model), result.method)
     fit_info: dict[str, Any] = {
         "EstimationAlgorithm": algorithm,
         "FitMethod": result.method,
         "NoiseModel": result.noise_model,
         "NoiseSigma": result.noise_sigma,
-        "NoiseSigmaSource": (
-            "command line"
-            if settings.noise_sigma is not None
-            else "background"
-            if result.noise_sigma is not None
-            else "none"
-        ),
+        "NoiseSigmaMethod": noise.method or "none",
+        "NoiseCoils": result.noise_coils,
         "ComputeDevice": result.device,
         "T2starRange": [T2STAR_MIN, T2STAR_MAX],
         "SoftwareName": "t2starmap",
         "SoftwareVersion": __version__,
     }
+    if noise.reason:
+        fit_info["NoiseSigmaNote"] = noise.reason
     if warnings:
         fit_info["Warnings"] = list(warnings)
     return SetFit(
-        maps={s.key: _map_array(result, s.key, mask, failed) for s in OUTPUTS},
+        maps=maps,
         fit_info=fit_info,
         n_voxels=n_voxels,
         failed_fraction=float(failed.sum() / max(n_voxels, 1)),
-        noise_sigma=result.noise_sigma,
+        noise=noise,
         noise_model=result.noise_model,
         fit_method=result.method,
         algorithm=algorithm,
@@ -134,37 +168,47 @@ def _usable_magnitude(
             "samples are flagged as failed"
         )
         magnitude[unusable] = np.nan
-    if len(echo_set.echoes) == 2:
-        warn(
-            f"{echo_set.name}: only 2 echoes: the fit is exact, so RMSE is 0 and no "
-            "goodness of fit can be given"
-        )
     return magnitude
 
 
 def _noise_level(
-    settings: Settings, echo_set: EchoSet, magnitude: np.ndarray, warn: Callable[[str], None]
-) -> float | None:
-    """The noise SD the fit uses: given, estimated from the background, or None."""
+    settings: Settings,
+    echo_set: EchoSet,
+    magnitude: np.ndarray,
+    signal: np.ndarray | None,
+    method: str,
+    warn: Callable[[str], None],
+) -> NoiseEstimate:
+    """The noise level the fit uses (module docstring); sigma None when none can be had."""
     if settings.noise_sigma is not None:
+        coils = settings.noise_coils or 1.0
         log.info(
-            "%s: noise sigma %.4g given on the command line", echo_set.name, settings.noise_sigma
+            "%s: noise sigma %.4g (coils %g) given on the command line",
+            echo_set.name,
+            settings.noise_sigma,
+            coils,
         )
-        return settings.noise_sigma
-    estimate = estimate_noise(magnitude[..., 0])
+        return NoiseEstimate(settings.noise_sigma, 0, coils=coils, method="given")
+    real = None if signal is None else signal[..., 0].real
+    estimate = estimate_noise(magnitude[..., 0], real=real, coils=settings.noise_coils)
+    if method != "complex" and len(echo_set.echoes) >= 3:
+        estimate = noise_for_fit(estimate, noise_from_residuals(magnitude, echo_set.echo_times))
     if estimate.sigma is None:
         warn(
-            f"{echo_set.name}: noise level could not be estimated from the "
-            f"background ({estimate.reason}); falling back to the Gaussian fit"
+            f"{echo_set.name}: noise level could not be estimated ({estimate.reason}); "
+            "falling back to the Gaussian fit"
         )
     else:
         log.info(
-            "%s: noise sigma %.4g from %d background voxels",
+            "%s: noise sigma %.4g, coils %.3g (%s, %d voxels)%s",
             echo_set.name,
             estimate.sigma,
+            estimate.coils,
+            estimate.method,
             estimate.n_background,
+            f": {estimate.reason}" if estimate.reason else "",
         )
-    return estimate.sigma
+    return estimate
 
 
 def _map_array(result: FitResult, key: str, mask: np.ndarray, failed: np.ndarray) -> np.ndarray:

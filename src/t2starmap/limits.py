@@ -40,6 +40,10 @@ METHOD_HELP: Mapping[str, str] = {
 }
 METHODS = tuple(METHOD_HELP)
 DEFAULT_METHOD = METHODS[0]
+#: ``--fit-method`` choices: the methods, and ``auto`` (complex where phase or real/imaginary
+#: parts exist, else the default).
+FIT_CHOICES = (*METHODS, "auto")
+AUTO_HELP = "complex where part-phase or part-real/imag files exist, else " + DEFAULT_METHOD
 #: Methods that fit the magnitude alone; ``complex`` needs the complex signal
 #: (:mod:`t2starmap.fit_complex`, which also gives the field map).
 MAGNITUDE_METHODS = tuple(m for m in METHODS if m != "complex")

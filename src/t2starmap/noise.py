@@ -12,7 +12,8 @@ Pure numpy (and torch's incomplete gamma function), no I/O, no logging. The rule
    squares is central chi, M^2 / (2 sigma^2) ~ Gamma(L). Its lower quartile over its median
    depends on L alone (0.644 for L = 1, 0.909 for L = 8, 0.953 for L = 32): that ratio gives L
    (at least 1: a background that is a mixture of noise levels, as under parallel imaging,
-   looks like L < 1), the median then sigma = median / sqrt(2 * median of Gamma(L)). Both
+   looks like L < 1; below ``SINGLE_COIL`` it is taken as 1), the median then
+   sigma = median / sqrt(2 * median of Gamma(L)). Both
    statistics ignore whatever happens in the upper half of the background (ghosts, aliasing,
    motion: real body backgrounds have a mean / rms of 0.73-0.79 against Rayleigh's 0.886,
    because of that tail). Integer-valued images (DICOM) are read as uniform within each
@@ -55,6 +56,9 @@ MIN_BACKGROUND = 100
 #: class of the image is tissue, not air.
 MAX_COILS = 64.0
 MASK_SNR = 5.0
+#: An estimated effective coil count below this is one coil (Rician): at L = 1 the estimate
+#: spreads by about +-20 % (tests), and a single-channel image must be fitted as one.
+SINGLE_COIL = 1.25
 FALLBACK_FRACTION = 0.05
 #: Quantiles of the background that give L and sigma (lower quartile, median).
 _LOW_Q, _MID_Q = 0.25, 0.5
@@ -165,6 +169,8 @@ def estimate_noise(
     reason = _background_problem(background)
     if not reason:
         sigma, fitted, used = _background_chi(background, values, coils)
+        if coils is None and fitted < SINGLE_COIL:  # one coil within the estimate's spread
+            sigma, fitted, used = _background_chi(background, values, 1.0)
         reason = _not_air(sigma, fitted, local[0])
         if not reason:
             return NoiseEstimate(

@@ -29,7 +29,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from t2starmap.errors import BadDataError, InputMissingError
+from t2starmap.errors import BadDataError, UsageError
 from t2starmap.layout import EchoSet
 from t2starmap.nifti import Geometry
 
@@ -181,11 +181,11 @@ def complex_available(parts: Parts | None) -> bool:
 
 
 def choose_method(requested: str, parts: Parts | None, where: str, magnitude_default: str) -> str:
-    """The fit method for one echo set: ``"complex"`` needs parts (InputMissingError naming
+    """The fit method for one echo set: ``"complex"`` needs parts (UsageError, exit 64, naming
     ``where`` when there are none); ``"auto"`` is ``"complex"`` when parts exist, else
     ``magnitude_default``; any other method is kept."""
     if requested == "complex" and not complex_available(parts):
-        raise InputMissingError(
+        raise UsageError(
             f"{where}: --fit-method complex needs part-phase or part-real/part-imag files "
             "beside the part-mag echoes; there are none"
         )

@@ -32,6 +32,7 @@ class Settings:
     skip_validation: bool = False
     fit_method: str = DEFAULT_METHOD
     noise_sigma: float | None = None
+    noise_coils: float | None = None
     device: str = "auto"
     nprocs: int = 1
     #: where ``nprocs`` came from: ``--nprocs`` or a :mod:`t2starmap.resources` source
@@ -152,6 +153,9 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
             raise UsageError(f"--nprocs must be at least 1, got {nprocs}")
     else:
         nprocs, nprocs_source = available_cpus(environ)
+    coils = getattr(args, "noise_coils", None)
+    if coils is not None and not coils >= 1:
+        raise UsageError(f"--noise-coils must be at least 1, got {coils}")
     sigma = getattr(args, "noise_sigma", None)
     if sigma is not None and not sigma > 0:
         raise UsageError(f"--noise-sigma must be positive, got {sigma}")
@@ -169,6 +173,7 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
         skip_validation=bool(args.skip_bids_validation),
         fit_method=args.fit_method,
         noise_sigma=sigma,
+        noise_coils=coils,
         device=args.device,
         nprocs=nprocs,
         nprocs_source=nprocs_source,

@@ -218,6 +218,8 @@ def _stage(
     """Write one set's maps and sidecars under ``stage``; its record (not yet written)."""
     files = []
     for spec in derivatives.OUTPUTS:
+        if spec.key not in fitted.maps:
+            continue
         image = derivatives.output_path(stage, echo_set.entities, spec, ".nii.gz")
         save_map(image, fitted.maps[spec.key], geometry)
         sidecar = sidecar_path(image)
@@ -228,7 +230,7 @@ def _stage(
     maps = fitted.maps
     record = PublishedSet(
         entities=dict(echo_set.entities),
-        files=derivatives.output_files(echo_set.entities),
+        files=derivatives.output_files(echo_set.entities, fitted.maps),
         sources=tuple(
             derivatives.Source(
                 derivatives.bids_path(settings.bids_dir, e.path),
@@ -239,8 +241,10 @@ def _stage(
         ),
         n_voxels=fitted.n_voxels,
         failed_fraction=fitted.failed_fraction,
-        noise_sigma=fitted.noise_sigma,
+        noise_sigma=fitted.noise.sigma,
         noise_model=fitted.noise_model,
+        noise_coils=float(fitted.fit_info["NoiseCoils"]),
+        noise_method=fitted.noise.method or "none",
         fit_method=fitted.fit_method,
         algorithm=fitted.algorithm,
         device=fitted.device,

@@ -59,8 +59,9 @@ def synthetic_output(
     zooms = (2.0, 2.0, 2.5)[: len(shape)]
     geometry = Geometry(shape, np.diag([2.0, 2.0, 2.5, 1.0]), zooms, 1, 1)
     maps = truth_maps(phantom, failed_fraction=failed_fraction, seed=1)
+    written = [s.key for s in derivatives.OUTPUTS if not s.optional and s.key not in skip]
     for spec in derivatives.OUTPUTS:
-        if spec.key in skip:
+        if spec.key not in written:
             continue
         path = derivatives.output_path(root / "out", echo_set.entities, spec, ".nii.gz")
         save_map(path, maps[spec.key], geometry)
@@ -69,7 +70,7 @@ def synthetic_output(
     good = maps["signal"] & ~maps["failed"]
     record = PublishedSet(
         entities=echo_set.entities,
-        files=derivatives.output_files(echo_set.entities),
+        files=derivatives.output_files(echo_set.entities, written),
         sources=tuple(
             Source(derivatives.bids_path(root / "bids", e.path), e.echo_time, meta)
             for e in echo_set.echoes
@@ -78,6 +79,8 @@ def synthetic_output(
         failed_fraction=float(maps["failed"].sum() / maps["signal"].sum()),
         noise_sigma=phantom.sigma,
         noise_model="rician",
+        noise_coils=1.0,
+        noise_method="background-quantiles",
         fit_method="truth",
         algorithm="simulated truth",
         device="none",

@@ -26,7 +26,7 @@ def test_participant_pages(demo_output: Path) -> None:
             "Siemens Simulated",
             "2 × 2 × 2",
             "nlls: Noise-aware least squares",
-            "(from background)",
+            "(background-quantiles, coils 1)",
             '<th scope="row">Compute device</th><td>cpu</td>',
             "fixed window 0–100 ms",
             "No warnings were raised.",

@@ -43,7 +43,7 @@ CURVE_QUANTILES = (("low", 0.05), ("median", 0.5), ("high", 0.95))
 #: Most threads that read (decompress) echoes at once.
 READ_THREADS = 4
 
-_MAP_KEYS = ("t2star", "r2star", "s0", "t2star_se", "rmse", "signal", "failed")
+_MAP_KEYS = ("t2star", "r2star", "s0", "t2star_se", "rmse", "signal", "failed", "frequency")
 
 
 def page_name(subject: str, session: str | None) -> str:
@@ -68,7 +68,7 @@ def load_set_maps(output_dir: Path, record: PublishedSet) -> SetMaps:
     maps: dict[str, np.ndarray] = {}
     affine: np.ndarray | None = None
     zooms: tuple[float, ...] = ()
-    for key in _MAP_KEYS:
+    for key in (k for k in _MAP_KEYS if k in record.files):
         path = record.path(output_dir, key)
         if not path.exists():
             continue
@@ -154,7 +154,9 @@ class Montage:
 
     ``window``: ``"fixed"`` uses ``fixed`` (the same colours mean the same value on every page);
     ``"robust"`` runs from 0 to the :data:`ROBUST_TOP` percentile inside the mask, printed with
-    ``fmt`` and ``unit`` in the caption. ``overlay``: mask the background and mark failed voxels.
+    ``fmt`` and ``unit`` in the caption; ``"symmetric"`` from minus to plus that percentile of
+    the absolute value (signed maps: the field map). ``overlay``: mask the background and mark
+    failed voxels.
     """
 
     key: str
@@ -194,6 +196,15 @@ MONTAGES = (
         unit=" ms",
     ),
     Montage(
+        "frequency",
+        1.0,
+        "RdBu_r",
+        "field map (Hz)",
+        "Off-resonance frequency of the complex fit",
+        "symmetric",
+        unit=" Hz",
+    ),
+    Montage(
         "echo1",
         1.0,
         "gray",
@@ -222,6 +233,11 @@ def _caption(spec: Montage, window: tuple[float, float], echo_time: float, note:
         return f"{spec.title} (TE {echo_time * 1e3:.2f} ms), window 0–{window[1]:.4g}, no overlay."
     if spec.window == "fixed":
         return f"{spec.title}, fixed window {window[0]:g}–{window[1]:g}{spec.unit}. {note}"
+    if spec.window == "symmetric":
+        return (
+            f"{spec.title}, window ±{window[1]:{spec.fmt}}{spec.unit} (the {ROBUST_TOP:g}th "
+            f"percentile of its size in the mask). {note}"
+        )
     return (
         f"{spec.title}, window 0–{window[1]:{spec.fmt}}{spec.unit} (the {ROBUST_TOP:g}th "
         f"percentile in the mask). {note}"
@@ -242,7 +258,13 @@ def _montage(
     """One montage of ``values`` (the files' voxel order) as ``spec`` says."""
     volume = values * spec.factor
     inside = volume[good] if spec.overlay else volume[signal]
-    window = spec.fixed if spec.window == "fixed" else _window(inside)
+    if spec.window == "fixed":
+        window = spec.fixed
+    elif spec.window == "symmetric":
+        top = _window(np.abs(inside))[1]
+        window = (-top, top)
+    else:
+        window = _window(inside)
     if spec.overlay:  # a fitted map: outside the signal mask is background, not zero
         volume = np.where(signal, volume, np.nan)
     png = figures.montage_png(
@@ -278,12 +300,12 @@ def _tables(
         ("Matrix", " × ".join(str(n) for n in t2.shape)),
         ("First echo", record.sources[0].path),
     ]
-    noise_source = loaded.sidecar.get("NoiseSigmaSource")
     fit = [
         ("Method", f"{record.fit_method}: {record.algorithm}"),
         (
             "Noise level σ",
-            _fmt(sigma) + (f" (from {noise_source})" if noise_source and sigma else ""),
+            _fmt(sigma)
+            + (f" ({record.noise_method}, coils {record.noise_coils:.3g})" if sigma else ""),
         ),
         ("Noise model", record.noise_model),
         ("Compute device", record.device),
@@ -363,7 +385,7 @@ def set_section(record: PublishedSet, loaded: SetMaps, bids_dir: Path) -> Sectio
             figures.data_uri(decay),
             "decay curves",
             "Measured magnitudes (dots) and fitted curves for the voxels (i, j, k) at the "
-            "5th, 50th and 95th percentile of T2*; dashed: noise level.",
+            "5th, 50th and 95th percentile of T2*" + ("; dashed: noise level." if sigma else "."),
         ),
     ]
     return Section(record.name, acquisition, fit, record.warnings, where, montages, plots)
