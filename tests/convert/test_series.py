@@ -145,6 +145,15 @@ def test_non_megre_series_are_skipped_with_reason(changes, reason):
 def test_single_echo_is_skipped():
     d = decide(images(tes=(5.0,)))
     assert not d.accepted and "single echo time (5 ms)" in d.reason
+    assert "field map" not in d.reason
+
+
+def test_a_phase_difference_map_says_so():
+    d = decide(images(tes=(7.65,), part="phase", protocol="gre_field_mapping"))
+    assert not d.accepted
+    assert d.reason == (
+        "single echo time (7.65 ms): a phase-difference field map, not multi-echo data"
+    )
 
 
 def test_maps_inside_a_series_are_dropped_not_the_series():

@@ -118,3 +118,27 @@ def test_data_uri_round_trip() -> None:
     uri = figures.data_uri(b"\x89PNGxyz")
     assert uri.startswith("data:image/png;base64,")
     assert base64.b64decode(uri.split(",", 1)[1]) == b"\x89PNGxyz"
+
+
+def test_histogram_counts_values_above_the_window_in_an_overflow_bar() -> None:
+    values = np.array([5.0, 50.0, 99.9, 100.0, 150.0, 1e4, np.nan])
+    counts, edges, over = figures.histogram_counts(values, (0.0, 100.0), 10)
+    assert over == 3  # 100, 150 and 10 000 ms: not piled into the last bin
+    assert counts.sum() == 3 and counts[-1] == 1  # only 99.9 ms in the last bin
+    assert edges[0] == 0.0 and edges[-1] == 100.0
+    assert_not_blank(decode(figures.histogram_png(values, window_ms=(0.0, 100.0))))
+
+
+def test_decay_legend_is_outside_the_data() -> None:
+    te = np.linspace(0.003, 0.04, 8)
+    curves = [
+        figures.DecayCurve(f"voxel {k}", 1000 * np.exp(-te / t2), 1000.0, t2)
+        for k, t2 in enumerate((0.01, 0.03, 0.08))
+    ]
+    fig = figures.decay_figure(te, curves, noise_sigma=20.0)
+    figures.FigureCanvasAgg(fig).draw()
+    [ax] = fig.axes
+    legend = ax.get_legend()
+    assert legend is not None
+    assert not legend.get_window_extent().overlaps(ax.get_window_extent())
+    assert legend.get_window_extent().y1 <= fig.bbox.y1 and legend.get_window_extent().y0 >= 0

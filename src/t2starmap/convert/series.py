@@ -317,7 +317,10 @@ def classify_series(series: Series) -> Decision:
     all_tes = sorted({te for tes in echo_sets.values() for te in tes})
     if len(all_tes) < 2:
         te = f"{all_tes[0]:g} ms" if all_tes else "none"
-        return Decision(series, False, f"single echo time ({te})", dropped=dropped)
+        why = f"single echo time ({te})"
+        if parts == ("phase",):  # e.g. Siemens gre_field_mapping's second series
+            why += ": a phase-difference field map, not multi-echo data"
+        return Decision(series, False, why, dropped=dropped)
     accepted = Decision(
         series, True, parts=parts, echo_times=tuple(all_tes), images=images, dropped=dropped
     )

@@ -122,25 +122,48 @@ def montage_png(
     return to_png(fig)
 
 
+def histogram_counts(
+    values: np.ndarray, window: tuple[float, float], bins: int
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Counts of finite ``values`` in ``bins`` equal bins over ``[window[0], window[1])``
+    (values below the window in the first bin), the bin edges, and the overflow: how many
+    are at or above ``window[1]``."""
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    low, top = window
+    below_top = values[values < top]
+    counts, edges = np.histogram(np.clip(below_top, low, top), bins=bins, range=(low, top))
+    return counts, edges, int(values.size - below_top.size)
+
+
 def histogram_png(
     t2star_ms: np.ndarray, *, window_ms: tuple[float, float] = (0.0, 100.0), bins: int = 80
 ) -> bytes:
-    """Histogram of T2* values (ms). The x range covers the display window and extends to
-    the 99th percentile when values lie beyond it; the median is marked."""
+    """Histogram of T2* values (ms) over the display window; values at or above its top are
+    counted in one overflow bar beside it, labelled "≥ top" (not piled into the last bin);
+    the median is marked."""
     values = np.asarray(t2star_ms, dtype=np.float64)
     values = values[np.isfinite(values)]
     fig = Figure(figsize=(5.4, 3.0))
     ax = fig.add_axes((0.13, 0.18, 0.83, 0.74))
+    low, top = window_ms
     if values.size:
-        upper = max(window_ms[1], float(np.percentile(values, 99)))
-        ax.hist(
-            np.clip(values, window_ms[0], upper),
-            bins=bins,
-            range=(window_ms[0], upper),
-            color="#4c72b0",
+        counts, edges, over = histogram_counts(values, window_ms, bins)
+        ax.stairs(counts, edges, fill=True, color="#4c72b0")
+        width = (top - low) / bins
+        gap = 2 * width
+        ax.bar(
+            top + gap + 2 * width,
+            over,
+            width=4 * width,
+            color="#dd8452",
+            label=f"≥ {top:g} ms: {over}",
         )
+        ticks = [t for t in ax.get_xticks() if low <= t <= top]
+        ax.set_xticks([*ticks, top + gap + 2 * width], [f"{t:g}" for t in ticks] + [f"≥{top:g}"])
+        ax.set_xlim(low, top + gap + 4 * width)
         median = float(np.median(values))
-        ax.axvline(median, color="#c44e52", lw=1.5, label=f"median {median:.1f} ms")
+        ax.axvline(min(median, top), color="#c44e52", lw=1.5, label=f"median {median:.1f} ms")
         ax.legend(fontsize=8, frameon=False)
     else:
         ax.text(0.5, 0.5, "no voxels", ha="center", va="center", transform=ax.transAxes)
@@ -167,10 +190,18 @@ def decay_png(
     echo_times: Sequence[float], curves: Sequence[DecayCurve], noise_sigma: float | None = None
 ) -> bytes:
     """Measured echoes (markers) and fitted mono-exponential curves (lines), TE in ms."""
+    return to_png(decay_figure(echo_times, curves, noise_sigma))
+
+
+def decay_figure(
+    echo_times: Sequence[float], curves: Sequence[DecayCurve], noise_sigma: float | None = None
+) -> Figure:
+    """The figure of :func:`decay_png` (its legend below the axes)."""
     te = np.asarray(echo_times, dtype=np.float64)
     fine = np.linspace(0.0, te.max() * 1.05, 200)
-    fig = Figure(figsize=(5.4, 3.0))
-    ax = fig.add_axes((0.13, 0.18, 0.84, 0.74))
+    # the legend sits below the axes, where it cannot hide a data point
+    fig = Figure(figsize=(5.4, 3.6))
+    ax = fig.add_axes((0.13, 0.36, 0.84, 0.6))
     for curve, colour in zip(curves, _CURVE_COLOURS, strict=False):
         ax.plot(te * 1e3, curve.signal, "o", color=colour, ms=4)
         if curve.t2star > 0 and np.isfinite(curve.t2star):
@@ -191,8 +222,10 @@ def decay_png(
     ax.set_ylim(bottom=0)
     ax.tick_params(labelsize=8)
     if curves or noise_sigma:
-        ax.legend(loc="upper right", fontsize=7.5, frameon=False)
-    return to_png(fig)
+        ax.legend(
+            loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, fontsize=7.5, frameon=False
+        )
+    return fig
 
 
 def group_strip_png(
