@@ -116,6 +116,33 @@ def _index(bids_dir: Path, participant_labels: Sequence[str] | None) -> Any:
     return BIDSLayout(str(bids_dir), validate=False, derivatives=False, indexer=indexer)
 
 
+def annex_missing_message(path: Path) -> str:
+    """What to say of an image that is a link to content that is not here (DataLad)."""
+    return (
+        f"{path}: the image is a link to content that is not here (a DataLad/git-annex "
+        f"dataset whose data was not fetched?); fetch it with: datalad get {path}"
+    )
+
+
+def check_images_present(bids_dir: Path, participant_labels: Sequence[str] | None) -> None:
+    """Refuse MEGRE images that are dangling links (DataLad content not fetched) before
+    anything else looks at them. Raises InputMissingError (exit 66) naming the first."""
+    folders = (
+        [Path(bids_dir) / f"sub-{label}" for label in participant_labels]
+        if participant_labels
+        else sorted(Path(bids_dir).glob("sub-*"))
+    )
+    missing = [
+        path
+        for folder in folders
+        for path in sorted(folder.rglob("*_MEGRE.nii*"))
+        if path.is_symlink() and not path.exists()
+    ]
+    if missing:
+        more = f" ({len(missing) - 1} more like it)" if len(missing) > 1 else ""
+        raise InputMissingError(annex_missing_message(missing[0]) + more)
+
+
 def find_echo_sets(
     bids_dir: Path,
     participant_labels: Sequence[str] | None = None,

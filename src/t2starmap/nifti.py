@@ -11,8 +11,8 @@ import nibabel as nib
 import numpy as np
 
 from t2starmap.atomic import atomic_path
-from t2starmap.errors import BadDataError
-from t2starmap.layout import EchoSet
+from t2starmap.errors import BadDataError, InputMissingError
+from t2starmap.layout import EchoSet, annex_missing_message
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,8 @@ def _one_line(err: BaseException) -> str:
 
 def _open(path: Path) -> Any:
     """nibabel image (typed Any: nibabel's load() is typed as the file-based base class)."""
+    if path.is_symlink() and not path.exists():
+        raise InputMissingError(annex_missing_message(path))
     try:
         return nib.load(str(path))
     except Exception as err:  # nibabel raises many kinds for unreadable files

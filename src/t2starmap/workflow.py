@@ -35,7 +35,7 @@ from t2starmap.errors import (
     UsageError,
     ValidationError,
 )
-from t2starmap.layout import EchoSet, find_echo_sets
+from t2starmap.layout import EchoSet, check_images_present, find_echo_sets
 from t2starmap.nifti import Geometry, check_geometry, save_map
 from t2starmap.report import write_group_report, write_participant_reports
 from t2starmap.settings import Settings
@@ -148,6 +148,7 @@ def run_participant(settings: Settings) -> list[PublishedSet]:
 
     with staging_folder(settings.work_dir) as stage:
         with output_folder(settings.output_dir):  # nothing published yet
+            check_images_present(settings.bids_dir, settings.participant_labels)
             if settings.skip_validation:
                 log.info("input validation skipped (--skip-bids-validation)")
             else:
