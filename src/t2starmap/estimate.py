@@ -30,6 +30,7 @@ from t2starmap import __version__
 from t2starmap.derivatives import REQUIRED_KEYS, UNCERTAINTY_KEYS
 from t2starmap.errors import BadDataError, UsageError
 from t2starmap.fit import T2STAR_MAX, T2STAR_MIN, EchoSpacingError, FitResult, fit_t2star
+from t2starmap.fit_complex import frequency_limit
 from t2starmap.layout import EchoSet
 from t2starmap.limits import DEFAULT_METHOD, ESTIMATION_ALGORITHMS
 from t2starmap.nifti import Geometry, load_magnitude
@@ -133,6 +134,9 @@ def fit_echo_set(
     }
     if noise.reason:
         fit_info["NoiseSigmaNote"] = noise.reason
+    if result.frequency is not None:
+        # f is only known modulo 1/dTE: the map is wrapped into +-1/(2 dTE_min), not unwrapped
+        fit_info["FieldMapWrapLimit"] = frequency_limit(np.asarray(echo_set.echo_times))
     if warnings:
         fit_info["Warnings"] = list(warnings)
     return SetFit(

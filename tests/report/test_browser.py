@@ -144,3 +144,44 @@ def test_the_checks_catch_a_leaky_page(tmp_path: Path) -> None:
         "https://fonts.invalid/a.css",
     ]
     assert console, "the failed fetch should reach the console"
+
+
+@pytest.fixture(scope="module")
+def real_pages(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The GE coronal kidney slab (real/imaginary parts: complex fit) and the Siemens XA30
+    2-echo set, converted from the shared DICOM and run with --fit-method auto."""
+    from t2starmap.cli import main
+    from tests.support.files import SHARED_DATA
+
+    root = tmp_path_factory.mktemp("real")
+    for folder, label in (
+        ("ge-mr750-kidney-megre", "ge"),
+        ("siemens-xa30-enhanced-dual-echo", "xa"),
+    ):
+        source = SHARED_DATA / "dicom" / folder
+        assert (
+            main(["convert", str(source), str(root / "bids"), "--participant-label", label, "-q"])
+            == 0
+        )
+    argv = [str(root / "bids"), str(root / "out"), "participant", "--fit-method", "auto"]
+    assert main([*argv, "--skip-bids-validation", "-q"]) == 0
+    return root / "out"
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "plane"),
+    [("sub-ge.html", "Coronal slices 0, 1, 2, 3, 4 of 5"), ("sub-xa.html", "Axial")],
+)
+def test_real_data_pages_render_without_sideways_scrolling(
+    real_pages: Path, tmp_path: Path, name: str, plane: str
+) -> None:
+    page = real_pages / name
+    text = page.read_text(encoding="utf-8")
+    assert plane in text
+    probed, requests, console = load_and_probe(page, tmp_path)
+    n = text.count("<img ")
+    assert probed.get("images") == f"{n}/{n}"
+    assert probed.get("overflow") == "0", f"wider than a {NARROW} px window"
+    assert requests == [] and console == []

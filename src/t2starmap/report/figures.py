@@ -159,7 +159,8 @@ def histogram_png(
             color="#dd8452",
             label=f"≥ {top:g} ms: {over}",
         )
-        ticks = [t for t in ax.get_xticks() if low <= t <= top]
+        # the window's top tick would collide with the overflow bar's label
+        ticks = [t for t in ax.get_xticks() if low <= t <= top - 0.1 * (top - low)]
         ax.set_xticks([*ticks, top + gap + 2 * width], [f"{t:g}" for t in ticks] + [f"≥{top:g}"])
         ax.set_xlim(low, top + gap + 4 * width)
         median = float(np.median(values))
