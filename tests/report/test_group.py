@@ -130,3 +130,14 @@ def table_cells(text: str) -> list[list[str]]:
 
     Cells().feed(text)
     return [row for row in found if row]
+
+
+def test_a_study_of_1000_opens_with_the_plots_and_folds_the_table(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    medians = list(0.02 + 0.002 * rng.standard_normal(1000))
+    medians[17] = 0.06
+    text = group.group_page(rows(medians), tmp_path)
+    assert text.index("<h2>Distributions") < text.index("<h2>Outliers") < text.index("<details")
+    assert "<details>" in text  # folded (not open) at this size
+    assert "the 40 highest of 1000 echo sets" in text
+    assert len(text) < 3_000_000

@@ -275,8 +275,19 @@ def group_strip_png(
     return to_png(fig)
 
 
+#: Most bars in the failed-fraction chart: at study scale only the highest are drawn.
+MAX_BARS = 40
+
+
 def failed_bar_png(labels: Sequence[str], fractions: Sequence[float]) -> bytes:
-    """Horizontal bars: failed fraction (%) per echo set."""
+    """Horizontal bars: failed fraction (%) per echo set; with more than :data:`MAX_BARS`
+    sets only the :data:`MAX_BARS` highest, in descending order (the chart says so)."""
+    total = len(labels)
+    if total > MAX_BARS:
+        order = np.argsort(-np.nan_to_num(np.asarray(fractions, dtype=np.float64), nan=0.0))
+        keep = order[:MAX_BARS]
+        labels = [labels[i] for i in keep]
+        fractions = [fractions[i] for i in keep]
     n = len(labels)
     fig = Figure(figsize=(6.0, max(1.6, 0.28 * n + 0.9)))
     ax = fig.add_axes(
@@ -287,6 +298,8 @@ def failed_bar_png(labels: Sequence[str], fractions: Sequence[float]) -> bytes:
     ax.set_yticks(np.arange(n), list(labels))
     ax.invert_yaxis()
     ax.set_xlabel("failed voxels (% of signal mask)")
+    if total > n:
+        ax.set_title(f"the {n} highest of {total} echo sets", fontsize=9)
     top = max(1.0, float(percent.max(initial=0)) * 1.25)
     ax.set_xlim(0, top)
     for y, value in enumerate(percent):

@@ -148,7 +148,12 @@ def group_page(table: GroupTable, output_dir: Path) -> str:
         Figure(
             figures.data_uri(bars),
             "failed fraction per echo set",
-            "Fraction of signal-mask voxels whose fit failed.",
+            "Fraction of signal-mask voxels whose fit failed"
+            + (
+                f" (the {figures.MAX_BARS} highest of {len(rows)} echo sets)."
+                if len(rows) > figures.MAX_BARS
+                else "."
+            ),
         ),
     ]
     return render(
