@@ -109,11 +109,13 @@ def test_fit_echo_times_allow_zero_and_repeats() -> None:
 
 def test_every_method_has_help_and_estimation_algorithm_text() -> None:
     assert limits.DEFAULT_METHOD == limits.METHODS[0] == "nlls"
-    assert set(limits.METHODS) == {"nlls", "nlls-gaussian", "wls", "loglin", "arlo"}
+    assert set(limits.METHODS) == {"nlls", "nlls-gaussian", "wls", "loglin", "arlo", "complex"}
     assert all(limits.METHOD_HELP[m].strip() for m in limits.METHODS)
     for method in limits.METHODS:
         assert limits.ESTIMATION_ALGORITHMS[(method, "gaussian")]
     assert "Rician" in limits.ESTIMATION_ALGORITHMS[("nlls", "rician")]
+    assert "noncentral chi" in limits.ESTIMATION_ALGORITHMS[("nlls", "noncentral-chi")]
+    assert limits.FIT_CHOICES == (*limits.METHODS, "auto")
 
 
 def test_fit_uses_the_same_constants() -> None:

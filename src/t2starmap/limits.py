@@ -53,6 +53,10 @@ ESTIMATION_ALGORITHMS: Mapping[tuple[str, str], str] = {
     ("nlls", "rician"): "Noise-aware least squares: the squared magnitude fitted to its Rician "
     "expectation S0^2 exp(-2 TE R2*) + 2 sigma^2 by iteratively reweighted Levenberg-Marquardt "
     "from a weighted log-linear start",
+    ("nlls", "noncentral-chi"): "Noise-aware least squares for a root-sum-of-squares image of "
+    "L coils: the squared magnitude fitted to its noncentral chi expectation "
+    "S0^2 exp(-2 TE R2*) + 2 L sigma^2 by iteratively reweighted Levenberg-Marquardt from a "
+    "weighted log-linear start",
     ("nlls", "gaussian"): "Levenberg-Marquardt least squares on (S0, R2*) from a weighted "
     "log-linear start (no noise level known, so no noise-floor correction)",
     ("nlls-gaussian", "gaussian"): "Levenberg-Marquardt least squares on (S0, R2*) from a "
