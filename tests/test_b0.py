@@ -124,6 +124,31 @@ def test_masked_and_failed_neighbours_are_invalid() -> None:
     assert status[1, 1, 0] == Status.EDGE_SLICE and status[1, 1, 2] == Status.CORRECTED
 
 
+def test_field_map_input_with_failed_voxels_and_3d_geometry() -> None:
+    ph = make_slice_phantom((10, 6, 5), snr=None, samples=64, offset_hz=0.0)
+    failed = np.zeros(ph.mask.shape, bool)
+    failed[9, 2, 2] = True
+    # 3D: the slice thickness is the voxel size along Z (3 mm), SliceThickness is ignored.
+    out = b0.correct_through_slice(
+        ph.magnitude,
+        ph.frequency_hz,
+        ph.echo_times,
+        ph.affine,
+        mr_acquisition_type="3D",
+        slice_thickness_mm=99.0,
+        field_failed=failed,
+        dtype=torch.float64,
+    )
+    assert (out.thickness_mm, out.spacing_mm) == (3.0, 3.0) and out.wrap_period_hz is None
+    assert np.all(out.status[9, 2, 1:4] == Status.PHASE_MODEL)
+    assert np.all(out.status[9, 3, 1:4] == Status.CORRECTED)
+    done = out.status == Status.CORRECTED
+    error = _error(out.corrected, ph.r2star)[done]
+    assert error.max() < 0.01  # noise-free: only the field's curvature within the slice is left
+    steep = done & (ph.field_change_hz >= 12.0)
+    assert np.median(_error(out.uncorrected, ph.r2star)[steep]) > 0.15
+
+
 def test_sinc_factor_against_a_numerical_integral() -> None:
     gradient = np.array([0.0, 2.0, 5.0, 9.0, 14.0])  # Hz/mm
     thickness = 3.0
@@ -143,18 +168,19 @@ def test_simulated_signal_follows_the_sinc_for_a_linear_field() -> None:
     np.testing.assert_allclose(ph.magnitude / decay, factor, atol=2e-5)
 
 
-def test_fit_corrected_recovers_the_truth_on_the_model() -> None:
+def test_fit_corrected_recovers_the_truth_on_the_model(device: str) -> None:
     rng = np.random.default_rng(3)
     r2 = rng.uniform(10.0, 80.0, 200)
     s0 = rng.uniform(200.0, 2000.0, 200)
     gradient = rng.uniform(0.0, 10.0, 200)
     factor = b0.sinc_factor(gradient, 3.0, TE)
     signal = s0[:, None] * np.exp(-TE * r2[:, None]) * factor
-    out = b0.fit_corrected(signal, TE, factor, dtype=torch.float64)
-    np.testing.assert_allclose(out.result.r2star.numpy(), r2, rtol=1e-5)
-    np.testing.assert_allclose(out.result.s0.numpy(), s0, rtol=1e-5)
+    out = b0.fit_corrected(signal, TE, factor, dtype=torch.float64, device=device)
+    assert out.result.device.startswith(device)
+    np.testing.assert_allclose(out.result.r2star.cpu().numpy(), r2, rtol=1e-5)
+    np.testing.assert_allclose(out.result.s0.cpu().numpy(), s0, rtol=1e-5)
     assert not out.result.failed.any()
-    np.testing.assert_array_equal(out.echoes_kept.numpy(), (factor >= 0.3).sum(-1))
+    np.testing.assert_array_equal(out.echoes_kept.cpu().numpy(), (factor >= 0.3).sum(-1))
 
 
 def test_too_few_echoes_fall_back_to_uncorrected() -> None:
