@@ -240,3 +240,24 @@ def test_bad_input_raises() -> None:
         b0.fit_corrected(mag, TE, np.ones((4, 4, 5, 2)))
     with pytest.raises(ValueError, match="thickness"):
         b0.sinc_factor(np.zeros(3), 0.0, TE)
+
+
+def test_voxels_left_with_one_echo_are_flagged_and_uncorrected() -> None:
+    ph = make_slice_phantom((10, 4, 4), snr=None, samples=32, offset_hz=0.0)
+    out = b0.correct_through_slice(
+        ph.magnitude,
+        ph.frequency_hz,
+        ph.echo_times,
+        ph.affine,
+        mr_acquisition_type="2D",
+        slice_thickness_mm=3.0,
+        threshold=0.995,  # only the first echo (TE 2 ms) keeps |F| >= 0.995 where dF >= 12 Hz
+    )
+    inner = out.status[:, :, 1:-1]
+    steep = ph.field_change_hz[:, :, 1:-1] >= 12.0
+    assert np.all(inner[steep] == Status.FEW_ECHOES)
+    assert np.all(inner[ph.field_change_hz[:, :, 1:-1] == 0.0] == Status.CORRECTED)
+    few = out.status == Status.FEW_ECHOES
+    np.testing.assert_array_equal(
+        out.corrected.r2star.numpy()[few], out.uncorrected.r2star.numpy()[few]
+    )
