@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -110,3 +111,73 @@ def test_ghost_zero_corners_and_no_air() -> None:
     assert 0.15 < zeros.mean() < 0.3 and not (zeros & cornered.mask).any()
     full = make_coil_phantom((16, 16, 2), (0.002, 0.01), coils=2, seed=5, air=False)
     assert full.mask.all() and np.all(full.t2star > 0)
+
+
+# --- the through-slice simulator ---------------------------------------------------------------
+
+
+def test_slice_phantom_is_seeded_and_has_its_truth() -> None:
+    from t2starmap.simulate import make_slice_phantom
+
+    a = make_slice_phantom((8, 6, 4), seed=2, samples=16)
+    b = make_slice_phantom((8, 6, 4), seed=2, samples=16)
+    c = make_slice_phantom((8, 6, 4), seed=3, samples=16)
+    np.testing.assert_array_equal(a.magnitude, b.magnitude)
+    assert not np.array_equal(a.magnitude, c.magnitude)
+    assert a.magnitude.shape == a.phase.shape == (8, 6, 4, len(DEFAULT_ECHO_TIMES))
+    assert a.sigma == pytest.approx(10.0)
+    np.testing.assert_allclose(a.affine, np.diag([2.0, 2.0, 3.0, 1.0]))
+    # No gradient on the first quarter of X, the largest at the last voxel.
+    assert not a.gradient_hz_per_mm[:2].any()
+    slice_centres = np.array([-4.5, -1.5, 1.5, 4.5])  # mm
+    np.testing.assert_allclose(a.gradient_hz_per_mm[-1, 0], 8.0 + 0.2 * slice_centres, rtol=1e-6)
+    np.testing.assert_allclose(a.field_change_hz, 3.0 * a.gradient_hz_per_mm, rtol=1e-6)
+    assert a.r2star.min() == pytest.approx(20.0) and a.r2star.max() == pytest.approx(60.0)
+
+
+def test_slice_phantom_without_gradient_is_the_plain_decay() -> None:
+    from t2starmap.simulate import make_slice_phantom
+
+    ph = make_slice_phantom((8, 3, 3), snr=None, samples=32, offset_hz=40.0)
+    te = ph.echo_times
+    flat = ph.gradient_hz_per_mm == 0
+    decay_ = ph.s0[..., None] * np.exp(-te * ph.r2star[..., None])
+    np.testing.assert_allclose(ph.magnitude[flat], decay_[flat], rtol=1e-5)
+    # Phase: phi0 + 2 pi f TE, wrapped.
+    expected = np.angle(np.exp(1j * (0.3 + 2 * np.pi * ph.frequency_hz[..., None] * te)))
+    np.testing.assert_allclose(ph.phase[flat], expected[flat], atol=1e-5)
+    # With a gradient the integral loses signal, more at late echoes.
+    steep = ph.magnitude[-1] / decay_[-1]
+    assert np.all(steep[..., -1] < steep[..., 0]) and np.all(steep[..., -1] < 0.9)
+
+
+def test_gaussian_profile_differs_from_the_rectangle() -> None:
+    from t2starmap.simulate import make_slice_phantom
+
+    rect = make_slice_phantom((6, 2, 3), snr=None, samples=64)
+    gauss = make_slice_phantom((6, 2, 3), snr=None, samples=256, profile="gaussian")
+    np.testing.assert_allclose(rect.magnitude[0], gauss.magnitude[0], rtol=1e-4)
+    assert np.abs(rect.magnitude[-1] - gauss.magnitude[-1]).max() > 1.0
+    with pytest.raises(ValueError, match="profile"):
+        make_slice_phantom(profile="sinc")
+
+
+def test_slice_dataset_is_found_with_its_phase(tmp_path: Path) -> None:
+    from t2starmap.layout import find_echo_sets
+    from t2starmap.nifti import check_geometry, load_magnitude
+    from t2starmap.parts import find_parts, load_complex, sidecar_of
+    from t2starmap.simulate import make_slice_phantom, write_slice_megre
+
+    ph = make_slice_phantom((6, 5, 4), seed=4, samples=8, echo_times=(0.004, 0.009, 0.014))
+    written = write_slice_megre(tmp_path, ph, "07")
+    assert len(written) == 6
+    (echo_set,) = find_echo_sets(tmp_path)
+    parts = find_parts(echo_set)
+    assert parts is not None and parts.kind == "phase" and set(parts.units) == {"rad"}
+    sidecar = sidecar_of(parts.files[0][0])
+    assert sidecar["MRAcquisitionType"] == "2D" and sidecar["SliceThickness"] == 3.0
+    assert sidecar["SpacingBetweenSlices"] == 3.0
+    geometry = check_geometry(echo_set)
+    magnitude = load_magnitude(echo_set, geometry)
+    z = load_complex(parts, geometry, magnitude)
+    np.testing.assert_allclose(z, ph.magnitude * np.exp(1j * ph.phase), rtol=1e-5, atol=1e-3)

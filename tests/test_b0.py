@@ -1,0 +1,263 @@
+"""Through-slice gradient correction: against the simulator that integrates through slices."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from t2starmap import b0
+from t2starmap.b0 import Status
+from t2starmap.fit_complex import frequency_limit
+from t2starmap.fitresult import FitResult
+from t2starmap.simulate import DEFAULT_ECHO_TIMES, SlicePhantom, make_slice_phantom
+
+TE = np.asarray(DEFAULT_ECHO_TIMES)
+
+
+@pytest.fixture(scope="module")
+def phantom() -> SlicePhantom:
+    """SNR 100, 2D slices of 3 mm, field change across the slice 0..24 Hz, wrapped field."""
+    return make_slice_phantom((24, 24, 6), snr=100.0, seed=1)
+
+
+@pytest.fixture(scope="module")
+def correction(phantom: SlicePhantom) -> b0.ThroughSliceCorrection:
+    signal = phantom.magnitude * np.exp(1j * phantom.phase)
+    return b0.correct_through_slice(
+        phantom.magnitude,
+        signal,
+        phantom.echo_times,
+        phantom.affine,
+        mr_acquisition_type="2D",
+        slice_thickness_mm=phantom.slice_thickness_mm,
+        noise_sigma=phantom.sigma,
+    )
+
+
+def _error(result: FitResult, truth: np.ndarray) -> np.ndarray:
+    return np.abs(result.r2star.cpu().numpy() / truth - 1.0)
+
+
+def test_correction_meets_the_targets(
+    phantom: SlicePhantom, correction: b0.ThroughSliceCorrection
+) -> None:
+    corrected = correction.status == Status.CORRECTED
+    steep = corrected & (phantom.field_change_hz >= 12.0)
+    flat = corrected & (phantom.field_change_hz == 0.0)
+    assert steep.sum() > 500 and flat.sum() > 300
+    after = _error(correction.corrected, phantom.r2star)
+    before = _error(correction.uncorrected, phantom.r2star)
+    assert np.median(before[steep]) >= 0.15
+    assert np.median(after[steep]) <= 0.05
+    assert np.median(after[flat]) <= 0.03
+    assert not correction.corrected.failed.numpy()[corrected].any()
+
+
+def test_status_and_uncorrected_voxels(correction: b0.ThroughSliceCorrection) -> None:
+    status = correction.status
+    assert np.all(status[:, :, [0, -1]] == Status.EDGE_SLICE)
+    assert np.all(status[:, :, 1:-1] == Status.CORRECTED)
+    edge = status == Status.EDGE_SLICE
+    np.testing.assert_array_equal(
+        correction.corrected.r2star.numpy()[edge], correction.uncorrected.r2star.numpy()[edge]
+    )
+    assert not correction.gradient_hz_per_mm[edge].any()
+    assert correction.wrap_period_hz == pytest.approx(2.0 * frequency_limit(TE))
+
+
+def test_gradient_from_the_complex_fit_matches_the_truth(
+    phantom: SlicePhantom, correction: b0.ThroughSliceCorrection
+) -> None:
+    # The field wraps (offset 150 Hz + up to 60 Hz, limit 131 Hz): the rule must unwrap it.
+    assert phantom.frequency_hz.max() > frequency_limit(TE)
+    inner = correction.status == Status.CORRECTED
+    error = np.abs(correction.gradient_hz_per_mm - phantom.gradient_hz_per_mm)[inner]
+    assert np.median(error) < 0.05 and error.max() < 0.5
+
+
+def test_gradient_is_exact_for_a_quadratic_field() -> None:
+    ph = make_slice_phantom((6, 5, 7), snr=None, curvature_hz_per_mm2=0.5, samples=4)
+    g, valid = b0.through_slice_gradient(ph.frequency_hz, ph.mask, ph.affine, 2)
+    assert not valid[:, :, [0, -1]].any() and valid[:, :, 1:-1].all()
+    np.testing.assert_allclose(g[valid], ph.gradient_hz_per_mm[valid], atol=1e-3)
+    # The spacing comes from the affine unless given: twice the spacing, half the gradient.
+    half, _ = b0.through_slice_gradient(ph.frequency_hz, ph.mask, ph.affine, 2, 6.0)
+    np.testing.assert_allclose(half[valid], g[valid] / 2.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_gradient_along_any_axis(axis: int) -> None:
+    z = np.arange(5.0) * 2.5  # mm
+    field = np.moveaxis(np.broadcast_to(7.0 * z + 3.0, (4, 3, 5)), 2, axis)
+    affine = np.diag([2.5, 2.5, 2.5, 1.0])
+    g, valid = b0.through_slice_gradient(field, np.ones(field.shape, bool), affine, axis)
+    np.testing.assert_allclose(g[valid], 7.0)
+    assert valid.sum() == field.size * 3 // 5
+
+
+def test_wrapped_field_is_unwrapped() -> None:
+    period = 250.0
+    z = np.arange(8.0) * 3.0
+    truth = np.broadcast_to(100.0 + 12.0 * z, (3, 3, 8))  # 100 .. 352 Hz: wraps twice
+    wrapped = (truth + period / 2) % period - period / 2
+    affine = np.diag([2.0, 2.0, 3.0, 1.0])
+    mask = np.ones(truth.shape, bool)
+    g, valid = b0.through_slice_gradient(wrapped, mask, affine, 2, wrap_period_hz=period)
+    np.testing.assert_allclose(g[valid], 12.0, atol=1e-9)
+    naive, _ = b0.through_slice_gradient(wrapped, mask, affine, 2)
+    assert np.abs(naive[valid] - 12.0).max() > 10.0  # without the rule it is wrong
+
+
+def test_masked_and_failed_neighbours_are_invalid() -> None:
+    field = np.zeros((4, 4, 6))
+    mask = np.ones(field.shape, bool)
+    mask[0, 0, 3] = False
+    failed = np.zeros(field.shape, bool)
+    failed[2, 2, 2] = True
+    _, valid = b0.through_slice_gradient(field, mask & ~failed, np.eye(4), 2)
+    assert not valid[0, 0, 2] and not valid[0, 0, 4] and not valid[0, 0, 3]
+    assert not valid[2, 2, 1] and not valid[2, 2, 3] and valid[2, 2, 4]
+    status = b0._status(mask, failed, valid, 2)
+    assert status[0, 0, 2] == Status.MASK_BORDER and status[0, 0, 3] == Status.OUTSIDE
+    assert status[2, 2, 1] == Status.PHASE_MODEL and status[2, 2, 2] == Status.PHASE_MODEL
+    assert status[1, 1, 0] == Status.EDGE_SLICE and status[1, 1, 2] == Status.CORRECTED
+
+
+def test_field_map_input_with_failed_voxels_and_3d_geometry() -> None:
+    ph = make_slice_phantom((10, 6, 5), snr=None, samples=64, offset_hz=0.0)
+    failed = np.zeros(ph.mask.shape, bool)
+    failed[9, 2, 2] = True
+    # 3D: the slice thickness is the voxel size along Z (3 mm), SliceThickness is ignored.
+    out = b0.correct_through_slice(
+        ph.magnitude,
+        ph.frequency_hz,
+        ph.echo_times,
+        ph.affine,
+        mr_acquisition_type="3D",
+        slice_thickness_mm=99.0,
+        field_failed=failed,
+        dtype=torch.float64,
+    )
+    assert (out.thickness_mm, out.spacing_mm) == (3.0, 3.0) and out.wrap_period_hz is None
+    assert np.all(out.status[9, 2, 1:4] == Status.PHASE_MODEL)
+    assert np.all(out.status[9, 3, 1:4] == Status.CORRECTED)
+    done = out.status == Status.CORRECTED
+    error = _error(out.corrected, ph.r2star)[done]
+    assert error.max() < 0.01  # noise-free: only the field's curvature within the slice is left
+    steep = done & (ph.field_change_hz >= 12.0)
+    assert np.median(_error(out.uncorrected, ph.r2star)[steep]) > 0.15
+
+
+def test_sinc_factor_against_a_numerical_integral() -> None:
+    gradient = np.array([0.0, 2.0, 5.0, 9.0, 14.0])  # Hz/mm
+    thickness = 3.0
+    factor = b0.sinc_factor(gradient, thickness, TE)
+    assert factor.shape == (5, TE.size)
+    z = (np.arange(4000) + 0.5) / 4000 * thickness - thickness / 2  # midpoint rule
+    phase = 2j * np.pi * gradient[:, None, None] * z[None, None, :] * TE[None, :, None]
+    numeric = np.abs(np.exp(phase).mean(axis=-1))
+    np.testing.assert_allclose(factor, numeric, atol=1e-6)
+    np.testing.assert_array_equal(factor[0], 1.0)
+
+
+def test_simulated_signal_follows_the_sinc_for_a_linear_field() -> None:
+    ph = make_slice_phantom((8, 4, 5), snr=None, curvature_hz_per_mm2=0.0, samples=512)
+    factor = b0.sinc_factor(ph.gradient_hz_per_mm, ph.slice_thickness_mm, ph.echo_times)
+    decay = ph.s0[..., None] * np.exp(-ph.echo_times * ph.r2star[..., None])
+    np.testing.assert_allclose(ph.magnitude / decay, factor, atol=2e-5)
+
+
+def test_fit_corrected_recovers_the_truth_on_the_model(device: str) -> None:
+    rng = np.random.default_rng(3)
+    r2 = rng.uniform(10.0, 80.0, 200)
+    s0 = rng.uniform(200.0, 2000.0, 200)
+    gradient = rng.uniform(0.0, 10.0, 200)
+    factor = b0.sinc_factor(gradient, 3.0, TE)
+    signal = s0[:, None] * np.exp(-TE * r2[:, None]) * factor
+    out = b0.fit_corrected(signal, TE, factor, dtype=torch.float64, device=device)
+    assert out.result.device.startswith(device)
+    np.testing.assert_allclose(out.result.r2star.cpu().numpy(), r2, rtol=1e-5)
+    np.testing.assert_allclose(out.result.s0.cpu().numpy(), s0, rtol=1e-5)
+    assert not out.result.failed.any()
+    np.testing.assert_array_equal(out.echoes_kept.cpu().numpy(), (factor >= 0.3).sum(-1))
+
+
+def test_too_few_echoes_fall_back_to_uncorrected() -> None:
+    factor = np.ones((3, TE.size))
+    factor[1, 1:] = 0.1  # one echo left
+    signal = 1000.0 * np.exp(-TE * 30.0) * np.ones((3, 1))
+    out = b0.fit_corrected(signal, TE, factor, dtype=torch.float64)
+    np.testing.assert_array_equal(out.too_few.numpy(), [False, True, False])
+    np.testing.assert_allclose(out.result.r2star.numpy(), 30.0, rtol=1e-6)
+    assert out.echoes_kept[1] == TE.size
+
+
+def test_geometry_2d_and_3d() -> None:
+    affine = np.diag([1.0, 1.0, 3.5, 1.0])
+    assert b0.slice_geometry("2D", affine, slice_thickness_mm=3.0) == (3.0, 3.5)
+    assert b0.slice_geometry(
+        "2D", affine, slice_thickness_mm=3.0, spacing_between_slices_mm=4.0
+    ) == (3.0, 4.0)
+    assert b0.slice_geometry("3D", affine, slice_thickness_mm=9.0) == (3.5, 3.5)
+    assert b0.slice_geometry("3D", affine, 0) == (1.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("kind", "thickness", "match"),
+    [("2D", None, "SliceThickness"), (None, 3.0, "MRAcquisitionType"), ("2D", -1.0, "> 0")],
+)
+def test_missing_metadata_is_a_clear_error(
+    kind: str | None, thickness: float | None, match: str
+) -> None:
+    with pytest.raises(ValueError, match=match):
+        b0.slice_geometry(kind, np.eye(4), slice_thickness_mm=thickness)
+
+
+def _run(mag: np.ndarray, field: np.ndarray, te: np.ndarray) -> None:
+    b0.correct_through_slice(
+        mag, field, te, np.eye(4), mr_acquisition_type="2D", slice_thickness_mm=1.0
+    )
+
+
+def test_bad_input_raises() -> None:
+    mag = np.ones((4, 4, 5, TE.size), np.float32)
+    with pytest.raises(ValueError, match="field map shape"):
+        _run(mag, np.zeros((4, 4, 4)), TE)
+    with pytest.raises(ValueError, match="complex signal shape"):
+        _run(mag, np.zeros((4, 4, 5, 3), np.complex64), TE)
+    with pytest.raises(ValueError, match="at least 3 slices"):
+        _run(mag[:, :, :1], np.zeros((4, 4, 1)), TE)
+    with pytest.raises(ValueError, match="at least 3 echoes"):
+        _run(mag[..., :2], np.zeros((4, 4, 5)), TE[:2])
+    with pytest.raises(ValueError, match="echo times"):
+        _run(mag, np.zeros((4, 4, 5)), TE[:-1])
+    with pytest.raises(ValueError, match="at least 3 slices"):
+        b0.through_slice_gradient(np.zeros((4, 4, 2)), np.ones((4, 4, 2), bool), np.eye(4))
+    with pytest.raises(ValueError, match="mask shape"):
+        b0.through_slice_gradient(np.zeros((4, 4, 5)), np.ones((4, 4, 4), bool), np.eye(4))
+    with pytest.raises(ValueError, match="factor shape"):
+        b0.fit_corrected(mag, TE, np.ones((4, 4, 5, 2)))
+    with pytest.raises(ValueError, match="thickness"):
+        b0.sinc_factor(np.zeros(3), 0.0, TE)
+
+
+def test_voxels_left_with_one_echo_are_flagged_and_uncorrected() -> None:
+    ph = make_slice_phantom((10, 4, 4), snr=None, samples=32, offset_hz=0.0)
+    out = b0.correct_through_slice(
+        ph.magnitude,
+        ph.frequency_hz,
+        ph.echo_times,
+        ph.affine,
+        mr_acquisition_type="2D",
+        slice_thickness_mm=3.0,
+        threshold=0.995,  # only the first echo (TE 2 ms) keeps |F| >= 0.995 where dF >= 12 Hz
+    )
+    inner = out.status[:, :, 1:-1]
+    steep = ph.field_change_hz[:, :, 1:-1] >= 12.0
+    assert np.all(inner[steep] == Status.FEW_ECHOES)
+    assert np.all(inner[ph.field_change_hz[:, :, 1:-1] == 0.0] == Status.CORRECTED)
+    few = out.status == Status.FEW_ECHOES
+    np.testing.assert_array_equal(
+        out.corrected.r2star.numpy()[few], out.uncorrected.r2star.numpy()[few]
+    )
