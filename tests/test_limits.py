@@ -115,7 +115,7 @@ def test_every_method_has_help_and_estimation_algorithm_text() -> None:
         assert limits.ESTIMATION_ALGORITHMS[(method, "gaussian")]
     assert "Rician" in limits.ESTIMATION_ALGORITHMS[("nlls", "rician")]
     assert "noncentral chi" in limits.ESTIMATION_ALGORITHMS[("nlls", "noncentral-chi")]
-    assert limits.FIT_CHOICES == (*limits.METHODS, "auto")
+    assert (*limits.METHODS, "auto") == limits.FIT_CHOICES
 
 
 def test_fit_uses_the_same_constants() -> None:

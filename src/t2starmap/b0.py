@@ -60,6 +60,13 @@ __all__ = [
 #: changes up to 36 Hz across 3 mm, TE to 40 ms) the threshold hardly matters from 0 to 0.3
 #: (median R2* error 2.10-2.16 % at SNR 100, 7.17-7.32 % at SNR 30) and costs above it (2.28 %
 #: and 7.68 % at 0.5): 0.3 is the most robust value that costs nothing measurable.
+#: What the sidecars cite for the correction.
+REFERENCES = (
+    "Fernandez-Seara MA, Wehrli FW. Postprocessing technique to correct for background gradients "
+    "in image-based R2* measurements. Magn Reson Med 2000;44:358-366",
+    "Hirsch NM, Preibisch C. T2* mapping with background gradient correction using different "
+    "excitation pulse shapes. AJNR Am J Neuroradiol 2013;34:E65-E68",
+)
 FACTOR_THRESHOLD = 0.3
 #: Fewest echoes the corrected fit keeps; below it the voxel is fitted uncorrected.
 MIN_ECHOES = 2

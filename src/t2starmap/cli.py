@@ -26,7 +26,13 @@ from t2starmap.cliargs import (
     log_level,
 )
 from t2starmap.errors import ExitCode, T2StarError, UnknownLevelError
-from t2starmap.limits import AUTO_HELP, DEFAULT_METHOD, FIT_CHOICES, METHOD_HELP
+from t2starmap.limits import (
+    AUTO_HELP,
+    B0_CORRECTIONS,
+    DEFAULT_METHOD,
+    FIT_CHOICES,
+    METHOD_HELP,
+)
 
 log = logging.getLogger("t2starmap")
 
@@ -124,6 +130,16 @@ def build_parser() -> ArgumentParser:
         help="noise standard deviation of the magnitude "
         "images' real/imaginary channels, in image units (default: estimated "
         "from the background air)",
+    )
+    fitting.add_argument(
+        "--b0-correction",
+        "--b0_correction",
+        choices=B0_CORRECTIONS,
+        default="auto",
+        help="through-slice: correct R2* for the through-slice gradient of the field map "
+        "(sinc model of a rectangular slice profile; needs phase or real/imaginary parts, "
+        "MRAcquisitionType and SliceThickness); auto (default): through-slice where the set "
+        "has phase or real/imaginary parts, else none",
     )
     fitting.add_argument(
         "--noise-coils",

@@ -109,6 +109,22 @@ OUTPUTS: tuple[OutputSpec, ...] = (
         "Voxels whose fit hit a bound, did not converge or had unusable input",
     ),
     OutputSpec(
+        "r2star_uncorrected",
+        "R2starmap",
+        "uncorrected",
+        "1/s",
+        "R2* before the through-slice field-gradient correction",
+        optional=True,
+    ),
+    OutputSpec(
+        "gradz",
+        "statmap",
+        "gradz",
+        "Hz/mm",
+        "Through-slice gradient of the off-resonance field (along increasing slice index)",
+        optional=True,
+    ),
+    OutputSpec(
         "frequency",
         "fieldmap",
         "megre",

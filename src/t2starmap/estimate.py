@@ -27,6 +27,8 @@ import numpy as np
 import torch
 
 from t2starmap import __version__
+from t2starmap.b0 import REFERENCES as B0_REFERENCES
+from t2starmap.b0 import Status, ThroughSliceCorrection, correct_through_slice
 from t2starmap.derivatives import REQUIRED_KEYS, UNCERTAINTY_KEYS
 from t2starmap.errors import BadDataError, UsageError
 from t2starmap.fit import T2STAR_MAX, T2STAR_MIN, EchoSpacingError, FitResult, fit_t2star
@@ -102,6 +104,12 @@ def fit_echo_set(
         raise UsageError(f"{first}: --fit-method {settings.fit_method}: {err}") from err
     except ValueError as err:
         raise BadDataError(f"{first}: {err}") from err
+    correction, b0_info = _through_slice(
+        settings, echo_set, geometry, magnitude, signal, result, mask, noise, device, warn
+    )
+    uncorrected = result
+    if correction is not None:
+        result = correction.corrected
     n_voxels = int(mask.sum())
     failed = result.failed.cpu().numpy() & mask
     keys = list(REQUIRED_KEYS)
@@ -116,10 +124,15 @@ def fit_echo_set(
         else:
             warn(f"{echo_set.name}: only 2 echoes: the fit is exact, so no RMSE map is written")
     maps = {k: _map_array(result, k, mask, failed) for k in keys}
-    if result.frequency is not None:
-        maps["frequency"] = _map_array(result, "frequency", mask, failed)
+    if correction is not None:
+        maps["r2star_uncorrected"] = _map_array(uncorrected, "r2star", mask, failed)
+        maps["gradz"] = np.where(mask, correction.gradient_hz_per_mm, 0.0).astype(np.float32)
+    if uncorrected.frequency is not None:
+        maps["frequency"] = _map_array(uncorrected, "frequency", mask, failed)
         maps["magnitude"] = np.nan_to_num(magnitude[..., 0]).astype(np.float32)
-    algorithm = ESTIMATION_ALGORITHMS.get((result.method, result.noise_model), result.method)
+    algorithm = ESTIMATION_ALGORITHMS.get(
+        (uncorrected.method, uncorrected.noise_model), uncorrected.method
+    )
     fit_info: dict[str, Any] = {
         "EstimationAlgorithm": algorithm,
         "FitMethod": result.method,
@@ -134,9 +147,15 @@ def fit_echo_set(
     }
     if noise.reason:
         fit_info["NoiseSigmaNote"] = noise.reason
-    if result.frequency is not None:
+    fit_info.update(b0_info)
+    if uncorrected.frequency is not None:
         # f is only known modulo 1/dTE: the map is wrapped into +-1/(2 dTE_min), not unwrapped
         fit_info["FieldMapWrapLimit"] = frequency_limit(np.asarray(echo_set.echo_times))
+    if correction is not None:
+        fit_info["EstimationAlgorithm"] = algorithm = (
+            f"{algorithm}; then corrected for the through-slice field gradient: "
+            + ESTIMATION_ALGORITHMS[("through-slice", "gaussian")]
+        )
     if warnings:
         fit_info["Warnings"] = list(warnings)
     return SetFit(
@@ -145,13 +164,95 @@ def fit_echo_set(
         n_voxels=n_voxels,
         failed_fraction=float(failed.sum() / max(n_voxels, 1)),
         noise=noise,
-        noise_model=result.noise_model,
-        fit_method=result.method,
+        noise_model=uncorrected.noise_model,
+        fit_method=uncorrected.method,
         algorithm=algorithm,
         device=result.device,
         seconds=time.perf_counter() - started,
         warnings=tuple(warnings),
     )
+
+
+def _through_slice(
+    settings: Settings,
+    echo_set: EchoSet,
+    geometry: Geometry,
+    magnitude: np.ndarray,
+    signal: np.ndarray | None,
+    result: FitResult,
+    mask: np.ndarray,
+    noise: NoiseEstimate,
+    device: torch.device,
+    warn: Callable[[str], None],
+) -> tuple[ThroughSliceCorrection | None, dict[str, Any]]:
+    """The through-slice field-gradient correction when ``--b0-correction`` asks for it and
+    the set allows it (:mod:`t2starmap.b0`), and what the sidecars say about it. ``auto``
+    without what it needs (phase, slice metadata, 3 echoes, 3 slices): no correction, a
+    warning that says why; ``through-slice`` without it: a usage error (exit 64)."""
+    asked = settings.b0_correction
+    first = echo_set.echoes[0].path
+    if asked == "none":
+        return None, {"B0Correction": "none", "B0CorrectionNote": "--b0-correction none"}
+    if signal is None:
+        why = "the set has no phase or real/imaginary parts to measure the field with"
+        if asked == "through-slice":
+            raise UsageError(f"{first}: --b0-correction through-slice: {why}")
+        log.info("%s: no field-gradient correction: %s", echo_set.name, why)
+        return None, {"B0Correction": "none", "B0CorrectionNote": why}
+    meta = echo_set.echoes[0].metadata
+    if result.frequency is not None:  # the complex fit gave the field map already
+        field: np.ndarray = result.frequency.cpu().numpy()
+        extra: dict[str, Any] = {
+            "field_failed": result.failed.cpu().numpy(),
+            "wrap_period_hz": 2.0 * frequency_limit(np.asarray(echo_set.echo_times)),
+        }
+    else:
+        field, extra = signal, {}
+    try:
+        correction = correct_through_slice(
+            magnitude,
+            field,
+            echo_times=echo_set.echo_times,
+            affine=geometry.affine,
+            mr_acquisition_type=meta.get("MRAcquisitionType"),
+            slice_thickness_mm=_number(meta.get("SliceThickness")),
+            spacing_between_slices_mm=_number(meta.get("SpacingBetweenSlices")),
+            slice_axis=geometry.slice_axis,
+            mask=mask,
+            noise_sigma=noise.sigma,
+            uncorrected=result,
+            device=device,
+            **extra,
+        )
+    except ValueError as err:
+        if asked == "through-slice":
+            raise UsageError(f"{first}: --b0-correction through-slice: {err}") from err
+        warn(f"{echo_set.name}: no field-gradient correction: {err}")
+        return None, {"B0Correction": "none", "B0CorrectionNote": str(err)}
+    corrected = correction.status == Status.CORRECTED
+    fraction = float(corrected[mask].mean()) if mask.any() else 0.0
+    log.info(
+        "%s: through-slice correction in %.1f%% of the mask (slices %.3g mm, spacing %.3g mm)",
+        echo_set.name,
+        100 * fraction,
+        correction.thickness_mm,
+        correction.spacing_mm,
+    )
+    return correction, {
+        "B0Correction": "through-slice",
+        "B0CorrectionReference": list(B0_REFERENCES),
+        "B0CorrectionThreshold": correction.threshold,
+        "B0CorrectedFraction": fraction,
+        "B0SliceThickness": correction.thickness_mm,
+        "B0SliceSpacing": correction.spacing_mm,
+    }
+
+
+def _number(value: Any) -> float | None:
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _usable_magnitude(

@@ -44,6 +44,8 @@ DEFAULT_METHOD = METHODS[0]
 #: parts exist, else the default).
 FIT_CHOICES = (*METHODS, "auto")
 AUTO_HELP = "complex where part-phase or part-real/imag files exist, else " + DEFAULT_METHOD
+#: ``--b0-correction`` choices; ``auto`` corrects where phase or real/imaginary parts exist.
+B0_CORRECTIONS = ("auto", "none", "through-slice")
 #: Methods that fit the magnitude alone; ``complex`` needs the complex signal
 #: (:mod:`t2starmap.fit_complex`, which also gives the field map).
 MAGNITUDE_METHODS = tuple(m for m in METHODS if m != "complex")
@@ -64,6 +66,9 @@ ESTIMATION_ALGORITHMS: Mapping[tuple[str, str], str] = {
     ("wls", "gaussian"): "Weighted (S^2) linear least squares on log signal",
     ("loglin", "gaussian"): "Ordinary linear least squares on log signal",
     ("arlo", "gaussian"): "Auto-regression on linear operations (ARLO, Pei et al. 2015)",
+    ("through-slice", "gaussian"): "S(TE) = S0 exp(-TE R2*) |sinc(pi G dz TE)| fitted by "
+    "Levenberg-Marquardt, G the through-slice gradient of the field map and dz the slice "
+    "thickness (rectangular slice profile), echoes with |sinc| below the threshold left out",
     ("complex", "gaussian"): "Levenberg-Marquardt least squares of the complex signal "
     "S0 exp(-TE R2*) exp(i(phi0 + 2 pi f TE)) on its real and imaginary parts (Gaussian "
     "noise, no noise floor), from phase-difference and weighted log-linear starts",

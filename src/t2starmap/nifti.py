@@ -25,6 +25,23 @@ class Geometry:
     qform_code: int
     sform_code: int
 
+    @property
+    def slice_axis(self) -> int:
+        """The voxel axis the slices are stacked along: :func:`slice_axis` of the shape."""
+        return slice_axis(self.shape)
+
+
+def slice_axis(shape: tuple[int, ...]) -> int:
+    """The stored volume's slice axis: the voxel axis with the fewest voxels when one axis has
+    strictly fewer than the others (a 256x256x5 slab, a single slice); otherwise the third
+    voxel axis (the slice or partition axis of every NIfTI converter)."""
+    if len(shape) < 3:
+        return len(shape) - 1
+    fewest = min(shape[:3])
+    if list(shape[:3]).count(fewest) == 1:
+        return list(shape[:3]).index(fewest)
+    return 2
+
 
 def _one_line(err: BaseException) -> str:
     """An error's text on one line (nibabel's messages may span several)."""

@@ -33,6 +33,7 @@ class Settings:
     fit_method: str = DEFAULT_METHOD
     noise_sigma: float | None = None
     noise_coils: float | None = None
+    b0_correction: str = "auto"
     device: str = "auto"
     nprocs: int = 1
     #: where ``nprocs`` came from: ``--nprocs`` or a :mod:`t2starmap.resources` source
@@ -174,6 +175,7 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
         fit_method=args.fit_method,
         noise_sigma=sigma,
         noise_coils=coils,
+        b0_correction=getattr(args, "b0_correction", "auto"),
         device=args.device,
         nprocs=nprocs,
         nprocs_source=nprocs_source,

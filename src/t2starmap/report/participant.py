@@ -43,7 +43,18 @@ CURVE_QUANTILES = (("low", 0.05), ("median", 0.5), ("high", 0.95))
 #: Most threads that read (decompress) echoes at once.
 READ_THREADS = 4
 
-_MAP_KEYS = ("t2star", "r2star", "s0", "t2star_se", "rmse", "signal", "failed", "frequency")
+_MAP_KEYS = (
+    "t2star",
+    "r2star",
+    "s0",
+    "t2star_se",
+    "rmse",
+    "signal",
+    "failed",
+    "frequency",
+    "r2star_uncorrected",
+    "gradz",
+)
 
 
 def page_name(subject: str, session: str | None) -> str:
@@ -184,6 +195,26 @@ MONTAGES = (
         unit=" ms (longer T2* saturates)",
     ),
     Montage("r2star", 1.0, "viridis", "R2* (1/s)", "R2*", "fixed", R2STAR_WINDOW, unit=" s⁻¹"),
+    Montage(
+        "r2star_uncorrected",
+        1.0,
+        "viridis",
+        "R2* uncorrected (1/s)",
+        "R2* before the through-slice field-gradient correction (compare with the R2* above)",
+        "fixed",
+        R2STAR_WINDOW,
+        unit=" s⁻¹",
+    ),
+    Montage(
+        "gradz",
+        1.0,
+        "RdBu_r",
+        "gradient (Hz/mm)",
+        "Through-slice gradient of the field map",
+        "symmetric",
+        fmt=".3g",
+        unit=" Hz/mm",
+    ),
     Montage("s0", 1.0, "gray", "S0 (input units)", "S0"),
     Montage("rmse", 1.0, "viridis", "RMSE (input units)", "Root-mean-square residual"),
     Montage(

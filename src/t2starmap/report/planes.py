@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import nibabel as nib
 import numpy as np
 
+from t2starmap.nifti import slice_axis
+
 #: Tilt (degrees) of the slice axis from the nearest world axis above which a caption says
 #: the acquisition is oblique.
 OBLIQUE_DEGREES = 5.0
@@ -86,14 +88,6 @@ def to_canonical(volume: np.ndarray, affine: np.ndarray) -> np.ndarray:
         return volume
     ornt = nib.orientations.io_orientation(affine)
     return np.asarray(nib.orientations.apply_orientation(volume, ornt))
-
-
-def slice_axis(shape: tuple[int, ...]) -> int:
-    """The stored volume's slice axis (rule 1 of the module)."""
-    fewest = min(shape)
-    if list(shape).count(fewest) == 1:
-        return list(shape).index(fewest)
-    return 2
 
 
 def choose_view(affine: np.ndarray, shape: tuple[int, ...]) -> View:

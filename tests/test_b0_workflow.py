@@ -1,0 +1,126 @@
+"""The through-slice correction in a participant run (``--b0-correction``), on BIDS mag + phase
+data from the project's integrating simulator, and its refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from t2starmap.cli import main
+from t2starmap.simulate import make_slice_phantom, write_slice_megre
+from tests.support.files import checksums
+
+ANAT = Path("sub-01") / "anat"
+
+
+@pytest.fixture(scope="module")
+def sliced(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    root = tmp_path_factory.mktemp("slices") / "bids"
+    phantom = make_slice_phantom((24, 24, 6), snr=100.0, seed=3)
+    write_slice_megre(root, phantom)
+    return root, phantom
+
+
+def load(path: Path) -> np.ndarray:
+    return np.asarray(nib.load(path).dataobj)
+
+
+def run(bids: Path, out: Path, *extra: str) -> int:
+    return main([str(bids), str(out), "participant", "--skip-bids-validation", "-q", *extra])
+
+
+def test_auto_corrects_where_the_field_changes_across_the_slice(
+    sliced: tuple[Path, object], tmp_path: Path
+) -> None:
+    bids, phantom = sliced
+    out = tmp_path / "out"
+    assert run(bids, out) == 0
+    r2 = load(out / ANAT / "sub-01_R2starmap.nii.gz")
+    raw = load(out / ANAT / "sub-01_desc-uncorrected_R2starmap.nii.gz")
+    gradient = load(out / ANAT / "sub-01_desc-gradz_statmap.nii.gz")
+    truth = phantom.r2star  # type: ignore[attr-defined]
+    change = np.abs(phantom.field_change_hz)  # type: ignore[attr-defined]
+    inner = np.zeros(truth.shape, dtype=bool)
+    inner[:, :, 1:-1] = True  # edge slices have no central difference: left uncorrected
+    steep, flat = inner & (change >= 12.0), inner & (change < 1.0)
+    assert steep.sum() > 50 and flat.sum() > 50
+
+    def error(values: np.ndarray, where: np.ndarray) -> float:
+        return float(np.median(np.abs(values[where] / truth[where] - 1)))
+
+    assert error(raw, steep) >= 0.15 and error(r2, steep) <= 0.05
+    assert error(r2, flat) <= 0.03
+    np.testing.assert_allclose(
+        gradient[inner],
+        phantom.gradient_hz_per_mm[inner],
+        atol=0.2,  # type: ignore[attr-defined]
+    )
+    sidecar = json.loads((out / ANAT / "sub-01_R2starmap.json").read_text())
+    assert sidecar["B0Correction"] == "through-slice"
+    assert sidecar["B0CorrectionThreshold"] == 0.3 and len(sidecar["B0CorrectionReference"]) == 2
+    assert sidecar["B0SliceThickness"] == 3.0
+    gradz = json.loads((out / ANAT / "sub-01_desc-gradz_statmap.json").read_text())
+    assert gradz["Units"] == "Hz/mm"
+    page = (out / "sub-01.html").read_text()
+    assert "R2* uncorrected (1/s) montage" in page and "gradient (Hz/mm) montage" in page
+
+
+def test_none_leaves_the_fit_uncorrected(sliced: tuple[Path, object], tmp_path: Path) -> None:
+    bids, _ = sliced
+    out = tmp_path / "out"
+    assert run(bids, out, "--b0-correction", "none") == 0
+    names = {p.name for p in (out / ANAT).iterdir()}
+    assert not [n for n in names if "uncorrected" in n or "gradz" in n]
+    sidecar = json.loads((out / ANAT / "sub-01_R2starmap.json").read_text())
+    assert sidecar["B0Correction"] == "none"
+
+
+def test_through_slice_without_phase_is_a_usage_error(
+    example: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = checksums(example)
+    out = tmp_path / "out"
+    assert run(example, out, "--b0-correction", "through-slice") == 64
+    err = capsys.readouterr().err
+    assert "--b0-correction through-slice" in err and "phase" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not out.exists() and checksums(example) == before
+
+
+def test_auto_without_phase_says_so_and_fits(example: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert run(example, out, "--participant-label", "01") == 0
+    sidecar = json.loads((out / ANAT / "sub-01_T2starmap.json").read_text())
+    assert sidecar["B0Correction"] == "none"
+    assert "no phase" in sidecar["B0CorrectionNote"]
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("no_thickness", "SliceThickness"),
+        ("one_slice", "at least 3 slices"),
+    ],
+)
+def test_what_the_correction_cannot_use_is_a_warning_under_auto_and_64_when_asked(
+    tmp_path: Path, damage: str, message: str
+) -> None:
+    shape = (16, 16, 1) if damage == "one_slice" else (16, 16, 5)
+    bids = tmp_path / "bids"
+    write_slice_megre(bids, make_slice_phantom(shape, snr=100.0, seed=1))
+    if damage == "no_thickness":
+        for sidecar in (bids / ANAT).glob("*.json"):
+            meta = json.loads(sidecar.read_text())
+            meta.pop("SliceThickness", None)
+            sidecar.write_text(json.dumps(meta))
+    out = tmp_path / "out"
+    assert run(bids, out) == 0
+    sidecar = json.loads((out / ANAT / "sub-01_T2starmap.json").read_text())
+    assert sidecar["B0Correction"] == "none" and message in sidecar["B0CorrectionNote"]
+    assert any("no field-gradient correction" in w for w in sidecar["Warnings"])
+    assert run(bids, tmp_path / "out2", "--b0-correction", "through-slice") == 64
+    assert not (tmp_path / "out2").exists()
