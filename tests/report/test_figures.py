@@ -150,3 +150,17 @@ def test_failed_bars_at_study_scale_show_the_highest_only() -> None:
     image = decode(figures.failed_bar_png(labels, fractions))
     few = decode(figures.failed_bar_png(labels[:40], fractions[:40]))
     assert image.shape[0] <= few.shape[0] * 1.1  # 40 bars, not 1000
+
+
+@pytest.mark.parametrize("shape", [(64, 6, 1), (256, 256, 5), (20, 18)])
+def test_colour_bar_label_is_not_cut_off(shape: tuple[int, ...]) -> None:
+    """A flat slab (one short row of tiles) still leaves room for a long colour-bar label."""
+    volume = np.random.default_rng(0).random(shape)
+    slices = figures.select_slices(np.ones(shape, dtype=bool))
+    fig = figures.montage_figure(
+        volume * 1e5, slices, vmin=0, vmax=1e5, cmap="viridis", label="SE of S0 (input units)"
+    )
+    figures.FigureCanvasAgg(fig).draw()
+    bar = fig.axes[1]
+    label = bar.yaxis.label.get_window_extent()
+    assert label.y0 >= 0 and label.y1 <= fig.bbox.y1 and label.x1 <= fig.bbox.x1

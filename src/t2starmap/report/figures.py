@@ -11,6 +11,7 @@ import base64
 import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -75,7 +76,12 @@ def mosaic(
     return out
 
 
-def montage_png(
+def montage_png(volume: np.ndarray, slices: Sequence[int], **options: Any) -> bytes:
+    """:func:`montage_figure` as PNG bytes (same arguments)."""
+    return to_png(montage_figure(volume, slices, **options))
+
+
+def montage_figure(
     volume: np.ndarray,
     slices: Sequence[int],
     *,
@@ -86,7 +92,7 @@ def montage_png(
     failed: np.ndarray | None = None,
     tile_in: float = 1.75,
     view: View = AXIAL,
-) -> bytes:
+) -> Figure:
     """Slices of canonical ``volume`` cut as ``view`` says, in one image with a colour bar
     labelled ``label``; voxels of ``failed`` (same shape, bool) drawn on top in cyan; NaN
     voxels are background (black). Each tile is ``tile_in`` inches (``tile_in * DPI`` pixels)
@@ -94,7 +100,7 @@ def montage_png(
     tiles = mosaic(volume.astype(np.float32, copy=False), slices, view=view)
     height_px, width_px = tiles.shape
     columns = max(1, min(COLUMNS, len(slices)))
-    bar_in = 1.1
+    bar_in = 1.35  # the colour bar, its ticks and its label
     image_w = tile_in * columns
     width_in = image_w + bar_in
     picture_in = image_w * height_px * view.pixel_aspect / width_px
@@ -115,11 +121,11 @@ def montage_png(
         overlay = np.zeros((*flags.shape, 4), dtype=np.float32)
         overlay[flags] = FAILED_RGBA
         ax.imshow(overlay, interpolation="nearest", aspect=view.pixel_aspect)
-    bar_ax = fig.add_axes((1.0 - 0.75 * bar_in / width_in, 0.1, 0.12 / width_in, 0.8))
+    bar_ax = fig.add_axes((1.0 - 0.9 * bar_in / width_in, 0.1, 0.12 / width_in, 0.8))
     bar = fig.colorbar(shown, cax=bar_ax)
     bar.set_label(label, color="white", fontsize=9)
     bar.ax.tick_params(colors="white", labelsize=8)
-    return to_png(fig)
+    return fig
 
 
 def histogram_counts(
