@@ -16,7 +16,7 @@ from typing import Any
 
 from t2starmap import __version__
 from t2starmap.conventions import BIDS_VERSION, CODE_URL
-from t2starmap.layout import SET_ENTITIES, EchoSet
+from t2starmap.layout import SET_ENTITIES, EchoSet, SubjectSession
 
 SOURCE_LINK = "raw"  # the DatasetLinks key of the input dataset in ``bids:raw:`` URIs
 ESTIMATION_REFERENCE = (
@@ -291,7 +291,7 @@ class SetStatistics:
 
 
 @dataclass(frozen=True)
-class PublishedSet:
+class PublishedSet(SubjectSession):
     """Everything later steps need of one published echo set, written once beside its maps
     (:func:`write_record`) and read back only by :func:`load_published`.
 
@@ -314,15 +314,6 @@ class PublishedSet:
     statistics: SetStatistics
     seconds: float | None = None
     warnings: tuple[str, ...] = ()
-
-    @property
-    def subject(self) -> str:
-        return str(self.entities["subject"])
-
-    @property
-    def session(self) -> str | None:
-        value = self.entities.get("session")
-        return None if value is None else str(value)
 
     @property
     def name(self) -> str:

@@ -54,12 +54,10 @@ class Echo:
     metadata: Mapping[str, Any]
 
 
-@dataclass(frozen=True)
-class EchoSet:
-    """Echoes of one acquisition, sorted by ascending echo time."""
+class SubjectSession:
+    """``subject`` and ``session`` of anything that has BIDS ``entities`` (pybids names)."""
 
-    entities: Mapping[str, str]  # SET_ENTITIES present, pybids names -> values
-    echoes: tuple[Echo, ...]
+    entities: Mapping[str, str]
 
     @property
     def subject(self) -> str:
@@ -69,6 +67,14 @@ class EchoSet:
     def session(self) -> str | None:
         value = self.entities.get("session")
         return None if value is None else str(value)
+
+
+@dataclass(frozen=True)
+class EchoSet(SubjectSession):
+    """Echoes of one acquisition, sorted by ascending echo time."""
+
+    entities: Mapping[str, str]  # SET_ENTITIES present, pybids names -> values
+    echoes: tuple[Echo, ...]
 
     @property
     def echo_times(self) -> tuple[float, ...]:
