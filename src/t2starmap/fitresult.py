@@ -48,7 +48,12 @@ class FitResult:
         R2STAR_LOW (1): the fitted R2* is below 1/T2STAR_MAX (signal flat or rising with TE;
         ARLO with no decay to measure), reported clamped there.
         R2STAR_HIGH (2): the fitted R2* is above 1/T2STAR_MIN (decay faster than the first
-        echo can see), reported clamped there.
+        echo can see), reported clamped there. It needs the decay still visible at the second
+        echo: ARLO's R2* cannot exceed 3/dTE (its Simpson integral of a decay gone by the
+        second echo), so with an echo spacing dTE above 3 T2STAR_MIN it never raises this bit;
+        where only one echo keeps a non-negligible S^2 weight, ``wls`` sees no slope and gives
+        R2STAR_LOW, and LM from that start NOT_CONVERGED; a voxel whose first echo is below the
+        noise is noise alone to every fit.
         S0_NONPOSITIVE (16): the fitted S0 is <= 0 (for the noise-aware fit: S0^2 <= 0, the
         whole decay under the noise floor).
         The other bits may combine; PHASE_MODEL (32) is the complex fit's alone (see
