@@ -20,6 +20,7 @@ from t2starmap.fit import (
     T2STAR_MAX,
     T2STAR_MIN,
     EchoSpacingError,
+    Failure,
     check_echo_times,
     resolve_device,
 )
@@ -511,3 +512,154 @@ def test_noise_coils_one_is_the_rician_fit_and_gaussian_ignores_it() -> None:
 def test_bad_noise_coils(coils: float) -> None:
     with pytest.raises(ValueError, match="noise coils"):
         fit_t2star(np.ones((2, 3)), [0.01, 0.02, 0.03], noise_sigma=1.0, noise_coils=coils)
+
+
+# --- why each voxel failed: the Failure bits of ``reason`` -----------------------------------
+
+#: Each magnitude method as (method, noise sigma): ``nlls`` with a noise level is the noise-aware
+#: fit, without one the Gaussian fit.
+FLAG_FITS = [
+    ("nlls", 5.0),
+    ("nlls", None),
+    ("nlls-gaussian", None),
+    ("wls", None),
+    ("loglin", None),
+    ("arlo", None),
+]
+#: 3 to 40 ms at 1 ms: evenly spaced for ARLO, and close enough that a decay with T2* = 0.2 ms
+#: still shows from the first echo to the next (ratio exp(-5)). ARLO with wider spacing cannot
+#: see it: see test_arlo_cannot_report_a_rate_above_three_over_its_echo_spacing.
+TE_FLAGS = 0.003 + 0.001 * np.arange(38)
+
+
+def planted_voxels(seed: int) -> dict[str, tuple[np.ndarray, int]]:
+    """Name -> (voxels (4, E) float32 on TE_FLAGS, the Failure bit each must carry); noisy
+    cases are seeded Rician draws (sigma 5), the others noiseless."""
+    rng = np.random.default_rng(seed)
+    n, e = 4, TE_FLAGS.size
+    s0 = 1000.0 * (1.0 + 0.1 * rng.uniform(-1.0, 1.0, n))
+    t2 = rng.uniform(0.01, 0.04, n)
+    good, _ = add_rician_noise(decay(s0, t2, TE_FLAGS), 5.0, rng)
+    growth = s0[:, None] * np.exp(TE_FLAGS / rng.uniform(0.02, 0.05, (n, 1)))  # echo 2 > echo 1
+    rising, _ = add_rician_noise(growth, 5.0, rng)
+    nan = good.copy()
+    nan[np.arange(n), rng.integers(0, e, n)] = np.nan
+    negative = good.copy()
+    negative[np.arange(n), rng.integers(0, e, n)] = -rng.uniform(1.0, 50.0, n)
+    one_echo = np.zeros((n, e))
+    one_echo[np.arange(n), rng.integers(0, e, n)] = s0
+    cases = {
+        "good": (good, 0),
+        "rising": (rising, Failure.R2STAR_LOW),
+        # Noiseless: with noise above S0 exp(-TE1 / T2*) (= 3e-4 S0 here) the voxel is noise
+        # alone, and no fit can tell it from air.
+        "fast": (decay(s0, np.full(n, 2e-4), TE_FLAGS), Failure.R2STAR_HIGH),
+        "nan": (nan, Failure.BAD_INPUT),
+        "negative": (negative, Failure.BAD_INPUT),
+        "one_positive_echo": (one_echo, Failure.BAD_INPUT),
+    }
+    return {k: (v.astype(np.float32), int(bit)) for k, (v, bit) in cases.items()}
+
+
+@pytest.mark.parametrize(("method", "sigma"), FLAG_FITS)
+def test_planted_failures_carry_their_reason(device: str, method: str, sigma: float | None) -> None:
+    """Each planted case raises its bit: exactly 0 for good voxels, BAD_INPUT alone for bad
+    input; a clamped rate may come with other bits (LM at its bound may also not converge),
+    never with the opposite clamp."""
+    cases = planted_voxels(seed=11)
+    batch = np.concatenate([voxels for voxels, _ in cases.values()])
+    result = fit(device, batch, TE_FLAGS, method=method, noise_sigma=sigma)
+    assert result.reason is not None and result.reason.dtype == torch.uint8
+    reason = result.reason.numpy().reshape(len(cases), -1)
+    clamps = int(Failure.R2STAR_LOW | Failure.R2STAR_HIGH)
+    for row, (name, (_, bit)) in zip(reason, cases.items(), strict=True):
+        if bit in (0, Failure.BAD_INPUT):
+            assert row.tolist() == [bit] * row.size, (name, row)
+        else:
+            assert np.all(row & clamps == bit), (name, row)
+            assert not np.any(row & Failure.BAD_INPUT), (name, row)
+    np.testing.assert_array_equal(result.failed.numpy(), result.reason.numpy() != 0)
+
+
+@pytest.mark.parametrize(("method", "sigma"), FLAG_FITS)
+def test_s0_nonpositive_flagged(device: str, method: str, sigma: float | None) -> None:
+    """A decay under the noise-aware fit's floor: M^2 below 2 sigma^2 at every echo leaves
+    S0^2 <= 0. The other fits of a positive signal cannot give S0 <= 0 (the log-linear S0 is an
+    exponential; LM starts there and a step is kept only where it lowers the cost), so for
+    them the same voxels must not carry the bit."""
+    rng = np.random.default_rng(12)
+    floor = rng.uniform(0.2, 0.9, (4, TE_FLAGS.size)).astype(np.float32) * 5.0
+    result = fit(device, floor, TE_FLAGS, method=method, noise_sigma=sigma)
+    assert result.reason is not None
+    nonpositive = (result.reason.numpy() & Failure.S0_NONPOSITIVE) > 0
+    if method == "nlls" and sigma is not None:
+        assert nonpositive.all(), result.reason
+        assert not result.s0.numpy().any()
+    else:
+        assert not nonpositive.any(), result.reason
+        assert (result.s0.numpy() > 0).all()
+
+
+@pytest.mark.parametrize(("method", "sigma"), FLAG_FITS)
+def test_not_converged_when_lm_is_cut_short(
+    device: str, monkeypatch: pytest.MonkeyPatch, method: str, sigma: float | None
+) -> None:
+    """LM given no iteration stays at the weighted log-linear start, which leaves noisy voxels
+    short of the solution: NOT_CONVERGED for the LM fits, every voxel. (One iteration is not
+    enough to provoke it everywhere: from that start about a quarter of these voxels meet the
+    step tolerance at once.) The closed forms (wls, loglin, arlo) have no iteration to cut and
+    never carry the bit."""
+    rng = np.random.default_rng(13)
+    t2 = rng.uniform(0.005, 0.05, 64)
+    signal, _ = add_rician_noise(decay(np.full(t2.shape, 1000.0), t2, TE_11), 20.0, rng)
+    monkeypatch.setattr(fit_module, "_LM_MAX_ITER", 0)
+    cut = fit(device, signal, TE_11, method=method, noise_sigma=sigma)
+    monkeypatch.undo()
+    full = fit(device, signal, TE_11, method=method, noise_sigma=sigma)
+    assert cut.reason is not None and full.reason is not None
+    not_converged = (cut.reason.numpy() & Failure.NOT_CONVERGED) > 0
+    assert not (full.reason.numpy() & Failure.NOT_CONVERGED).any()
+    if method.startswith("nlls"):
+        assert not_converged.all(), cut.reason
+    else:
+        assert not not_converged.any()
+        assert torch.equal(cut.reason, full.reason)
+
+
+def test_arlo_cannot_report_a_rate_above_three_over_its_echo_spacing(device: str) -> None:
+    """ARLO's Simpson integral of a decay gone by the second echo is dt/3 (y0 + 4 y1 + y2) ~
+    dt/3 y0, so its R2* saturates at 3/dt: with 8 echoes over 3-40 ms (dt 5.3 ms) a T2* of
+    0.2 ms comes out near T2* = dt/3 = 1.8 ms, in range and unflagged. With dt < 3 T2STAR_MIN
+    (``TE_FLAGS``) the same voxel is flagged R2STAR_HIGH."""
+    te = np.linspace(0.003, 0.040, 8)
+    dt = te[1] - te[0]
+    signal = decay(np.full(3, 1000.0), np.full(3, 2e-4), te).astype(np.float32)
+    result = fit(device, signal, te, method="arlo")
+    np.testing.assert_allclose(result.r2star.numpy(), 3.0 / dt, rtol=1e-3)
+    assert result.reason is not None and not result.reason.any()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_failed_is_reason_nonzero_on_a_phantom(device: str, method: str) -> None:
+    """On a whole phantom with a noise-only background, a mask and a few broken voxels:
+    ``failed == (reason != 0)`` exactly, 0 outside the mask, and the good object mostly 0."""
+    ph = make_phantom((14, 12, 3), seed=7, with_phase=method == "complex")
+    magnitude = ph.magnitude.copy()
+    magnitude[2, 3, 1, 4] = np.nan
+    magnitude[7, 6, 1, 2] = -3.0
+    mask = np.ones(ph.mask.shape, dtype=bool)
+    mask[0] = False
+    signal: np.ndarray = magnitude
+    if method == "complex":
+        assert ph.phase is not None
+        signal = np.where(np.isfinite(magnitude), magnitude * np.exp(1j * ph.phase), np.nan)
+    result = fit(device, signal, ph.echo_times, method=method, mask=mask, noise_sigma=ph.sigma)
+    assert result.reason is not None and result.reason.dtype == torch.uint8
+    reason = result.reason.numpy()
+    assert reason.shape == ph.mask.shape
+    np.testing.assert_array_equal(result.failed.numpy(), reason != 0)
+    assert not reason[~mask].any()
+    assert reason[2, 3, 1] == Failure.BAD_INPUT
+    if method != "complex":  # a negative real sample is a valid complex one
+        assert reason[7, 6, 1] == Failure.BAD_INPUT
+    assert (reason[ph.mask & mask] == 0).mean() > 0.9

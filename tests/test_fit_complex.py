@@ -9,12 +9,12 @@ import torch
 from t2starmap.fit import T2STAR_MAX, T2STAR_MIN, fit_t2star
 from t2starmap.fit_complex import (
     ComplexFit,
-    Failure,
     chi2_upper,
     f_upper,
     fit_complex,
     frequency_limit,
 )
+from t2starmap.fitresult import Failure
 
 TE = 0.0046 + 0.004612 * np.arange(12)  # the GE kidney protocol
 TE_UNEVEN = np.array([0.002, 0.0045, 0.0085, 0.013, 0.020, 0.029])

@@ -30,10 +30,12 @@ Methods (``method=``):
                    R2*. Unevenly spaced echoes raise :class:`EchoSpacingError`.
 
 R2* is fitted; T2* = 1/R2* is derived in one place (:func:`_derive`), after R2* is clamped to
-``[1/T2STAR_MAX, 1/T2STAR_MIN]``. A clamped voxel is flagged ``failed``, as is any voxel whose
-input is unusable (a NaN, inf or negative sample, fewer than two positive echoes), whose LM
-did not converge or whose S0 came out non-positive. Maps never hold NaN, inf or negative
-values; unusable voxels are 0.
+``[1/T2STAR_MAX, 1/T2STAR_MIN]``. Beside it each voxel gets its :class:`Failure` bits
+(``reason``; what each means here: :class:`FitResult`): BAD_INPUT alone where the input is
+unusable (a NaN, inf or negative sample, fewer than two positive echoes), else R2STAR_LOW or
+R2STAR_HIGH where R2* was clamped, NOT_CONVERGED where LM did not converge or the fit is not
+finite, S0_NONPOSITIVE where S0 came out <= 0. ``failed`` is ``reason != 0``. Maps never hold
+NaN, inf or negative values; unusable voxels are 0.
 
 Standard errors (sigma = ``noise_sigma`` when given, else the residual estimate): sigma^2
 (J^T J)^-1 at the solution for ``nlls-gaussian`` and ``arlo`` (for ARLO this is the bound, about
@@ -59,7 +61,7 @@ from functools import partial
 import numpy as np
 import torch
 
-from t2starmap.fitresult import FitResult, check_echo_times, resolve_device
+from t2starmap.fitresult import Failure, FitResult, check_echo_times, resolve_device
 from t2starmap.limits import (
     DEFAULT_METHOD,
     MAGNITUDE_METHODS,
@@ -79,6 +81,7 @@ __all__ = [
     "T2STAR_MAX",
     "T2STAR_MIN",
     "EchoSpacingError",
+    "Failure",
     "FitResult",
     "check_echo_times",
     "check_even_spacing",
@@ -152,7 +155,9 @@ def fit_t2star(
     Rician data), used by the noise-aware fit (see :func:`t2starmap.noise.estimate_noise`).
 
     Input validity is judged per voxel, here and not by the caller: a voxel with any NaN, inf
-    or negative sample, or fewer than two positive ones, has ``failed`` True and its maps 0.
+    or negative sample, or fewer than two positive ones, has ``failed`` True, ``reason``
+    ``Failure.BAD_INPUT`` and its maps 0. ``reason`` holds every voxel's :class:`Failure` bits
+    (uint8, 0 for a good fit and outside the mask); ``failed == (reason != 0)``.
     """
     if method not in METHODS:
         raise ValueError(f"unknown fit method {method!r}; choose one of {', '.join(METHODS)}")
@@ -212,7 +217,7 @@ def fit_t2star(
     ascending = [int(k) for k in order]
 
     out = {k: torch.zeros(n_vox, dtype=dtype, device=dev) for k in _MAPS}
-    failed = torch.zeros(n_vox, dtype=torch.bool, device=dev)
+    reason = torch.zeros(n_vox, dtype=torch.uint8, device=dev)
     for start in range(0, n_fit, chunk_size):
         stop = min(start + chunk_size, n_fit)
         if all_inside:
@@ -227,13 +232,15 @@ def fit_t2star(
         # across voxels. Stacked from the columns (on the CPU twice as fast as a transposing
         # copy), so always a fresh array: the kernels work in it in place.
         y = torch.stack([rows[:, k] for k in ascending])
-        maps, bad = kernel(y, echoes, noise_sigma)
+        maps, bits = kernel(y, echoes, noise_sigma)
         for k in _MAPS:
             out[k][sel] = maps[k]
-        failed[sel] = bad > 0.5
+        reason[sel] = bits.to(torch.uint8)
+    reason = reason.reshape(spatial)
     return FitResult(
         **{k: v.reshape(spatial) for k, v in out.items()},
-        failed=failed.reshape(spatial),
+        failed=reason != 0,
+        reason=reason,
         method=method,
         device=str(dev),
         noise_sigma=noise_sigma,
@@ -259,7 +266,7 @@ def _kernel_name(method: str, noise_sigma: float | None) -> str:
 # --- the per-chunk kernels ---------------------------------------------------------------------
 # Each takes y (E, n), echo-major with echoes ascending (NaN allowed; the kernel owns it and may
 # overwrite it), the echo times, the noise level (None: unknown), and returns the maps (n,)
-# and the failed flags (n,).
+# and the Failure bits (n,), as whole numbers in the compute dtype (see _derive).
 #
 # Work is in units of each voxel's largest sample (``scale``), which keeps squared signals well
 # inside float32 whatever the input units. Per-voxel flags are float tensors of 0s and 1s,
@@ -699,11 +706,21 @@ def _derive(
 ) -> _Maps:
     """The one place where T2* = 1/R2* is formed, bounds applied, the signal units restored
     and failures flagged. S0, its standard error and the RMSE come in units of ``scale``;
-    ``usable`` and ``converged`` are float flags. Returns the maps and the failed flags
-    (float): unusable input, a non-finite or non-converged fit, a clamped rate or S0 <= 0."""
+    ``usable`` and ``converged`` are float flags. Returns the maps and the :class:`Failure`
+    bits (n,), whole numbers in the compute dtype: BAD_INPUT alone where the input is not
+    usable, else the sum of R2STAR_LOW / R2STAR_HIGH (the rate was clamped), NOT_CONVERGED
+    (not converged, or S0 or R2* not finite) and S0_NONPOSITIVE (S0 <= 0) that apply.
+    Non-zero exactly where the rate was clamped (NaN included), S0 is not finite and > 0, the
+    fit did not converge or the input is unusable."""
     rate = _reported_rate(r2)
-    clamped = torch.ne(rate, r2, out=torch.empty_like(r2))  # NaN counts as clamped
-    ok = usable * _finite(s0n) * converged * (1.0 - clamped) * _gt(s0n, 0.0)
+    # Float 0/1 flags summed with the bits' weights (bool tensors are slow on the CPU).
+    bits = _lt(r2, 1.0 / T2STAR_MAX)
+    bits.add_(_gt(r2, 1.0 / T2STAR_MIN), alpha=float(Failure.R2STAR_HIGH))
+    fit_ok = _finite(s0n).mul_(_finite(r2)).mul_(converged)
+    bits.add_(fit_ok.sub_(1.0), alpha=-float(Failure.NOT_CONVERGED))
+    bits.add_(torch.le(s0n, 0.0, out=torch.empty_like(s0n)), alpha=float(Failure.S0_NONPOSITIVE))
+    bad = float(Failure.BAD_INPUT)
+    bits = bits.sub_(bad).mul_(usable).add_(bad)  # BAD_INPUT alone where not usable
     t2 = 1.0 / rate
     maps = {
         "t2star": t2,
@@ -717,4 +734,4 @@ def _derive(
     for key, value in maps.items():
         value = torch.nan_to_num(value, nan=0.0, posinf=0.0, neginf=0.0)
         maps[key] = value.clamp_min(0.0) * usable
-    return maps, 1.0 - ok
+    return maps, bits

@@ -46,7 +46,6 @@ wraps that are not linear in TE show up here.
 
 from __future__ import annotations
 
-import enum
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -54,7 +53,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from t2starmap.fitresult import FitResult, check_echo_times, resolve_device
+from t2starmap.fitresult import Failure, FitResult, check_echo_times, resolve_device
 from t2starmap.limits import T2STAR_MAX, T2STAR_MIN
 
 #: Voxels per chunk on the CPU and on a GPU (more temporaries than the magnitude fit: 4 real
@@ -71,17 +70,6 @@ PHASE_FALSE_ALARM = 1e-4
 _R2_MAX = 10.0 / T2STAR_MIN
 #: Bound on |S0| (in units of the voxel's largest sample) in a trial step.
 _S0_MAX = 1e8
-
-
-class Failure(enum.IntFlag):
-    """Why a voxel's fit is not to be trusted; bits of ``ComplexFit.reason``."""
-
-    R2STAR_LOW = 1  # R2* below 1/T2STAR_MAX (clamped there): signal not decaying
-    R2STAR_HIGH = 2  # R2* above 1/T2STAR_MIN (clamped there)
-    NOT_CONVERGED = 4
-    BAD_INPUT = 8  # NaN/inf in a sample, or fewer than two non-zero echoes
-    S0_NONPOSITIVE = 16
-    PHASE_MODEL = 32  # the phase does not follow phi0 + 2 pi f TE (see module docstring)
 
 
 @dataclass(frozen=True)
@@ -128,6 +116,7 @@ class ComplexFit:
             frequency=self.frequency,
             frequency_se=self.frequency_se,
             phase0=self.phase0,
+            reason=self.reason,
         )
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -10,6 +11,18 @@ import numpy as np
 import torch
 
 from t2starmap import limits
+
+
+class Failure(enum.IntFlag):
+    """Why a voxel's fit is not to be trusted: the bits of ``FitResult.reason`` and
+    ``ComplexFit.reason`` (what each means for each fit: :class:`FitResult`)."""
+
+    R2STAR_LOW = 1  # R2* below 1/T2STAR_MAX (clamped there): signal not decaying
+    R2STAR_HIGH = 2  # R2* above 1/T2STAR_MIN (clamped there)
+    NOT_CONVERGED = 4
+    BAD_INPUT = 8  # NaN/inf in a sample, or fewer than two non-zero echoes
+    S0_NONPOSITIVE = 16
+    PHASE_MODEL = 32  # the phase does not follow phi0 + 2 pi f TE (complex fit only)
 
 
 @dataclass(frozen=True)
@@ -23,8 +36,28 @@ class FitResult:
     t2star_se, r2star_se, s0_se: standard errors from the Fisher information at the solution
         (delta method for T2*), from ``noise_sigma`` when given, else from the residual
         variance (0 where there are only two echoes and no noise level: no residual is left).
-    failed: bool, the voxel's fit is not to be trusted (see module docstring); False outside
-        the mask.
+    failed: bool, the voxel's fit is not to be trusted; False outside the mask. Exactly
+        ``reason != 0``.
+    reason: uint8, the voxel's :class:`Failure` bits (0: a good fit, and outside the mask).
+        For the magnitude methods (:mod:`t2starmap.fit`):
+        BAD_INPUT (8): a NaN, inf or negative sample, or fewer than two positive samples at
+        different echo times; such a voxel carries this bit alone and its maps are 0.
+        NOT_CONVERGED (4): Levenberg-Marquardt (``nlls``, ``nlls-gaussian``) stopped at its
+        iteration cap with a step still above its tolerance, or the fit came out non-finite
+        (the closed forms ``loglin``, ``wls``, ``arlo`` always converge).
+        R2STAR_LOW (1): the fitted R2* is below 1/T2STAR_MAX (signal flat or rising with TE;
+        ARLO with no decay to measure), reported clamped there.
+        R2STAR_HIGH (2): the fitted R2* is above 1/T2STAR_MIN (decay faster than the first
+        echo can see), reported clamped there. It needs the decay still visible at the second
+        echo: ARLO's R2* cannot exceed 3/dTE (its Simpson integral of a decay gone by the
+        second echo), so with an echo spacing dTE above 3 T2STAR_MIN it never raises this bit;
+        where only one echo keeps a non-negligible S^2 weight, ``wls`` sees no slope and gives
+        R2STAR_LOW, and LM from that start NOT_CONVERGED; a voxel whose first echo is below the
+        noise is noise alone to every fit.
+        S0_NONPOSITIVE (16): the fitted S0 is <= 0 (for the noise-aware fit: S0^2 <= 0, the
+        whole decay under the noise floor).
+        The other bits may combine; PHASE_MODEL (32) is the complex fit's alone (see
+        :mod:`t2starmap.fit_complex`). None only where a result was built by hand.
     method: the method asked for; noise_model: "rician" (noise-aware fit, one coil),
     "noncentral-chi" (noise-aware fit of a root-sum-of-squares image, ``noise_coils`` > 1) or
     "gaussian"; noise_sigma: the noise level used (None when none was given); noise_coils:
@@ -50,6 +83,7 @@ class FitResult:
     frequency: torch.Tensor | None = None
     frequency_se: torch.Tensor | None = None
     phase0: torch.Tensor | None = None
+    reason: torch.Tensor | None = None
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
