@@ -91,6 +91,7 @@ def record(subject: str = "01", session: str | None = None, run: str | None = No
         noise_model="gaussian",
         noise_coils=1.0,
         noise_method="none",
+        status_counts={"good": 9, "r2star_at_lower_bound": 1},
         fit_method="nlls",
         algorithm="LM",
         device="cpu",

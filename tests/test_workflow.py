@@ -28,6 +28,7 @@ MAP_NAMES = (
     "desc-rmse_statmap",
     "desc-signal_mask",
     "desc-failed_mask",
+    "desc-fitstatus_dseg",
 )
 
 
@@ -48,7 +49,7 @@ def example_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_exact_output_files(example_run: Path) -> None:
     maps = {f"{s}_{m}{ext}" for s in SETS for m in MAP_NAMES for ext in (".nii.gz", ".json")}
-    maps |= {f"{s}_record.json" for s in SETS}
+    maps |= {f"{s}_record.json" for s in SETS} | {f"{s}_desc-fitstatus_dseg.tsv" for s in SETS}
     top = {"dataset_description.json", ".bidsignore", "group_T2starmap.tsv", "group_T2starmap.json"}
     found = files_below(example_run)
     logs = {f for f in found if f.startswith("logs/")}
@@ -331,3 +332,44 @@ def test_output_under_the_inputs_derivatives_folder(example: Path) -> None:
     assert {k: v for k, v in after.items() if not k.startswith("derivatives/")} == before
     table = pd.read_csv(out / "group_T2starmap.tsv", sep="\t")
     assert len(table) == 3
+
+
+def test_fit_status_map_says_why_each_voxel_failed(example: Path, tmp_path: Path) -> None:
+    """Reasons planted on purpose in sub-01: a rising block (echo 2 brighter than echo 1), a
+    block decaying before the first echo, and NaN samples; each has its own code in the
+    desc-fitstatus_dseg map, its level in the .tsv and its count on the page."""
+    anat = example / "sub-01" / "anat"
+    paths = sorted(anat.glob("*_MEGRE.nii.gz"), key=lambda p: int(p.name.split("echo-")[1][0]))
+    images = [nib.load(p) for p in paths]
+    data = [np.asarray(i.dataobj, dtype=np.float32) for i in images]
+    times = [
+        json.loads(p.with_name(p.name.replace(".nii.gz", ".json")).read_text())["EchoTime"]
+        for p in paths
+    ]
+    rising, fast, broken = (slice(8, 14), slice(8, 14)), (slice(2, 6), slice(2, 6)), (12, 3)
+    for k, (volume, te) in enumerate(zip(data, times, strict=True)):
+        volume[rising[0], rising[1], 2] = 800.0 * (1 + 4 * te / times[-1])  # rises with TE
+        volume[fast[0], fast[1], 3] = 2e5 * np.exp(-te / 0.0006) + 20.0  # T2* 0.6 ms, on a floor
+        if k == 4:
+            volume[broken[0], broken[1], :] = np.nan
+        nib.save(nib.Nifti1Image(volume, images[k].affine, images[k].header), paths[k])
+    out = tmp_path / "out"
+    assert participant(example, out, "--participant-label", "01") == 0
+    status = np.asarray(nib.load(out / f"{SETS[0]}_desc-fitstatus_dseg.nii.gz").dataobj)
+    assert status.dtype == np.uint8
+    levels = pd.read_csv(out / f"{SETS[0]}_desc-fitstatus_dseg.tsv", sep="\t")
+    code = dict(zip(levels["name"], levels["index"], strict=True))
+    assert list(levels.columns[:2]) == ["index", "name"] and code["good"] == 0
+    assert np.all(status[rising[0], rising[1], 2] == code["r2star_at_lower_bound"])
+    assert np.all(status[broken[0], broken[1], :] == code["unusable_input"])
+    # decay gone before the second echo: LM pushing at the R2* cap mostly ends as "not
+    # converged" rather than exactly on the cap; both say the fit cannot see this T2*
+    fast_codes = set(np.unique(status[fast[0], fast[1], 3]).tolist())
+    assert fast_codes <= {code["r2star_at_upper_bound"], code["not_converged"]}
+    failed = np.asarray(nib.load(out / f"{SETS[0]}_desc-failed_mask.nii.gz").dataobj) > 0
+    signal = np.asarray(nib.load(out / f"{SETS[0]}_desc-signal_mask.nii.gz").dataobj) > 0
+    assert np.array_equal(failed, (status != 0) & (status != 7) & signal)
+    record = json.loads((out / f"{SETS[0]}_record.json").read_text())
+    assert record["status_counts"]["r2star_at_lower_bound"] >= 36
+    page = (out / "sub-01.html").read_text()
+    assert "Fit status (desc-fitstatus_dseg)" in page and "signal rising with TE" in page

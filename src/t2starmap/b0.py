@@ -297,7 +297,7 @@ def fit_corrected(
         distinct=bool(np.unique(te_np).size == te_np.size),
     )
     out: dict[str, Any] = {k: torch.zeros(n_vox, dtype=dtype, device=dev) for k in _fit._MAPS}
-    failed = torch.zeros(n_vox, dtype=torch.bool, device=dev)
+    reason = torch.zeros(n_vox, dtype=torch.uint8, device=dev)
     kept = torch.zeros(n_vox, dtype=torch.int64, device=dev)
     too_few = torch.zeros(n_vox, dtype=torch.bool, device=dev)
     for start in range(0, index.numel(), chunk_size):
@@ -310,12 +310,13 @@ def fit_corrected(
         sel = sel.to(dev)
         for k in _fit._MAPS:
             out[k][sel] = maps[k]
-        failed[sel] = bad > 0.5
+        reason[sel] = bad.to(torch.uint8)  # Failure bits, as fit._derive makes them
         kept[sel] = n_kept
         too_few[sel] = few
     result = FitResult(
         **{k: v.reshape(spatial) for k, v in out.items()},
-        failed=failed.reshape(spatial),
+        failed=(reason != 0).reshape(spatial),
+        reason=reason.reshape(spatial),
         method="through-slice",
         device=str(dev),
         noise_sigma=noise_sigma,
@@ -586,7 +587,10 @@ def _status(
 def _merge(corrected: FitResult, uncorrected: FitResult, use: torch.Tensor) -> FitResult:
     """The corrected fit's maps where ``use``, the uncorrected fit's elsewhere."""
     maps: dict[str, Any] = {}
-    for key in ("t2star", "r2star", "s0", "rmse", "t2star_se", "r2star_se", "s0_se", "failed"):
+    keys = ["t2star", "r2star", "s0", "rmse", "t2star_se", "r2star_se", "s0_se", "failed"]
+    if corrected.reason is not None and uncorrected.reason is not None:
+        keys.append("reason")
+    for key in keys:
         a, b = getattr(corrected, key), getattr(uncorrected, key)
         maps[key] = torch.where(use.to(a.device), a, b.to(device=a.device, dtype=a.dtype))
     return FitResult(

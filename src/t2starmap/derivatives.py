@@ -109,6 +109,14 @@ OUTPUTS: tuple[OutputSpec, ...] = (
         "Voxels whose fit hit a bound, did not converge or had unusable input",
     ),
     OutputSpec(
+        "status",
+        "dseg",
+        "fitstatus",
+        None,
+        "Why each voxel's fit failed: one label per voxel, the levels in the .tsv beside it "
+        "(0: good fit)",
+    ),
+    OutputSpec(
         "r2star_uncorrected",
         "R2starmap",
         "uncorrected",
@@ -143,6 +151,67 @@ OUTPUTS: tuple[OutputSpec, ...] = (
         optional=True,
     ),
 )
+
+
+@dataclass(frozen=True)
+class StatusLevel:
+    """One label of the fit-status map: its index, BIDS ``name`` and what it means for the user
+    (``advice`` is added to a warning when many voxels share it)."""
+
+    index: int
+    name: str
+    meaning: str
+    advice: str = ""
+
+
+#: The fit-status labels (``desc-fitstatus_dseg``), in index order. A voxel with several
+#: failure reasons gets one label (see :func:`t2starmap.estimate.status_labels`).
+STATUS_LEVELS = (
+    StatusLevel(0, "good", "good fit (or outside the signal mask, where nothing was fitted)"),
+    StatusLevel(
+        1,
+        "r2star_at_lower_bound",
+        "R2* at its lower bound: signal rising with TE (echo 2 brighter than echo 1) or flat",
+        "check the echo order and the sequence (flow, B1, imperfect spoiling)",
+    ),
+    StatusLevel(
+        2,
+        "r2star_at_upper_bound",
+        "R2* at its upper bound: the signal decays before the first echo can see it",
+        "a shorter first echo time is needed for this tissue",
+    ),
+    StatusLevel(3, "not_converged", "the fit did not converge"),
+    StatusLevel(
+        4,
+        "unusable_input",
+        "unusable input: NaN, inf or negative samples, or fewer than two positive echoes",
+        "check the images for masking or scaling problems",
+    ),
+    StatusLevel(5, "nonpositive_s0", "S0 came out zero or negative (signal below the noise)"),
+    StatusLevel(
+        6,
+        "phase_not_following_model",
+        "complex fit: the phase does not follow one frequency (bipolar readout, flow, fat)",
+        "for bipolar readouts use a magnitude fit (--fit-method nlls)",
+    ),
+    StatusLevel(
+        7,
+        "not_gradient_corrected",
+        "good fit, but not corrected for the field gradient (edge slice, mask border, or the "
+        "field there is not to be trusted)",
+    ),
+)
+#: Mask share of one label above which the run warns.
+STATUS_WARN_FRACTION = 0.05
+
+
+def status_levels_tsv() -> str:
+    """The ``desc-fitstatus_dseg.tsv`` (columns ``index``, ``name``, ``description``)."""
+    lines = ["index\tname\tdescription"]
+    lines += [f"{s.index}\t{s.name}\t{s.meaning}" for s in STATUS_LEVELS]
+    return "\n".join(lines) + "\n"
+
+
 #: The outputs every fit writes; the others only when the fit gives them.
 REQUIRED_KEYS = tuple(s.key for s in OUTPUTS if not s.optional)
 #: Outputs that exist only where an uncertainty can be computed (see estimate.py).
@@ -308,6 +377,7 @@ class PublishedSet(SubjectSession):
     noise_model: str
     noise_coils: float
     noise_method: str
+    status_counts: Mapping[str, int]
     fit_method: str
     algorithm: str
     device: str

@@ -29,10 +29,16 @@ import torch
 from t2starmap import __version__
 from t2starmap.b0 import REFERENCES as B0_REFERENCES
 from t2starmap.b0 import Status, ThroughSliceCorrection, correct_through_slice
-from t2starmap.derivatives import REQUIRED_KEYS, UNCERTAINTY_KEYS
+from t2starmap.derivatives import (
+    REQUIRED_KEYS,
+    STATUS_LEVELS,
+    STATUS_WARN_FRACTION,
+    UNCERTAINTY_KEYS,
+)
 from t2starmap.errors import BadDataError, UsageError
 from t2starmap.fit import T2STAR_MAX, T2STAR_MIN, EchoSpacingError, FitResult, fit_t2star
 from t2starmap.fit_complex import frequency_limit
+from t2starmap.fitresult import Failure
 from t2starmap.layout import EchoSet
 from t2starmap.limits import DEFAULT_METHOD, ESTIMATION_ALGORITHMS
 from t2starmap.nifti import Geometry, load_magnitude
@@ -62,6 +68,7 @@ class SetFit:
     n_voxels: int
     failed_fraction: float
     noise: NoiseEstimate
+    status_counts: Mapping[str, int]
     noise_model: str
     fit_method: str
     algorithm: str
@@ -123,7 +130,17 @@ def fit_echo_set(
             )
         else:
             warn(f"{echo_set.name}: only 2 echoes: the fit is exact, so no RMSE map is written")
-    maps = {k: _map_array(result, k, mask, failed) for k in keys}
+    maps = {k: _map_array(result, k, mask, failed) for k in keys if k != "status"}
+    labels = status_labels(result.reason, mask, correction)
+    maps["status"] = labels
+    counts = {s.name: int((labels[mask] == s.index).sum()) for s in STATUS_LEVELS}
+    for level in STATUS_LEVELS[1:]:
+        share = counts[level.name] / max(n_voxels, 1)
+        if share >= STATUS_WARN_FRACTION and level.name != "not_gradient_corrected":
+            warn(
+                f"{echo_set.name}: {100 * share:.0f} % of the mask: {level.meaning}"
+                + (f"; {level.advice}" if level.advice else "")
+            )
     if correction is not None:
         maps["r2star_uncorrected"] = _map_array(uncorrected, "r2star", mask, failed)
         maps["gradz"] = np.where(mask, correction.gradient_hz_per_mm, 0.0).astype(np.float32)
@@ -164,6 +181,7 @@ def fit_echo_set(
         n_voxels=n_voxels,
         failed_fraction=float(failed.sum() / max(n_voxels, 1)),
         noise=noise,
+        status_counts=counts,
         noise_model=uncorrected.noise_model,
         fit_method=uncorrected.method,
         algorithm=algorithm,
@@ -171,6 +189,33 @@ def fit_echo_set(
         seconds=time.perf_counter() - started,
         warnings=tuple(warnings),
     )
+
+
+#: Failure bits -> fit-status label, most telling first: a voxel with several reasons (LM
+#: pushing against the R2* >= 0 bound also fails to converge) gets the first that applies.
+_STATUS_ORDER = (
+    (Failure.BAD_INPUT, 4),
+    (Failure.R2STAR_LOW, 1),
+    (Failure.R2STAR_HIGH, 2),
+    (Failure.S0_NONPOSITIVE, 5),
+    (Failure.PHASE_MODEL, 6),
+    (Failure.NOT_CONVERGED, 3),
+)
+
+
+def status_labels(
+    reason: torch.Tensor | None, mask: np.ndarray, correction: ThroughSliceCorrection | None
+) -> np.ndarray:
+    """The fit-status map (uint8, :data:`t2starmap.derivatives.STATUS_LEVELS`) from the fit's
+    Failure bits, with label 7 for good voxels the field-gradient correction left out."""
+    bits = np.zeros(mask.shape, dtype=np.uint8) if reason is None else reason.cpu().numpy()
+    labels = np.zeros(mask.shape, dtype=np.uint8)
+    if correction is not None:
+        labels[mask & (correction.status != Status.CORRECTED)] = 7
+    for flag, label in reversed(_STATUS_ORDER):  # the first in the order is written last
+        labels[(bits & int(flag)) != 0] = label
+    labels[~mask] = 0
+    return labels
 
 
 def _through_slice(

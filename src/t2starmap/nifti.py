@@ -117,8 +117,9 @@ def read_map(path: Path) -> np.ndarray:
 
 
 def save_map(path: Path, data: np.ndarray, geometry: Geometry) -> Path:
-    """Write one map atomically: float maps as float32, boolean masks as uint8."""
-    array = data.astype(np.uint8) if data.dtype == bool else data.astype(np.float32)
+    """Write one map atomically: float maps as float32, boolean masks and label maps (uint8)
+    as uint8."""
+    array = data.astype(np.uint8) if data.dtype in (bool, np.uint8) else data.astype(np.float32)
     img = nib.Nifti1Image(array, geometry.affine)
     img.set_qform(geometry.affine, code=geometry.qform_code or 1)
     img.set_sform(geometry.affine, code=geometry.sform_code or 1)

@@ -228,6 +228,10 @@ def _stage(
             sidecar, derivatives.map_sidecar(spec, echo_set, settings.bids_dir, fitted.fit_info)
         )
         files += [image, sidecar]
+        if spec.key == "status":  # its levels, beside it
+            levels = image.with_name(image.name.replace(".nii.gz", ".tsv"))
+            write_text(levels, derivatives.status_levels_tsv())
+            files.append(levels)
     maps = fitted.maps
     record = PublishedSet(
         entities=dict(echo_set.entities),
@@ -246,6 +250,7 @@ def _stage(
         noise_model=fitted.noise_model,
         noise_coils=float(fitted.fit_info["NoiseCoils"]),
         noise_method=fitted.noise.method or "none",
+        status_counts=dict(fitted.status_counts),
         fit_method=fitted.fit_method,
         algorithm=fitted.algorithm,
         device=fitted.device,

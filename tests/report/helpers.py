@@ -59,6 +59,7 @@ def synthetic_output(
     zooms = (2.0, 2.0, 2.5)[: len(shape)]
     geometry = Geometry(shape, np.diag([2.0, 2.0, 2.5, 1.0]), zooms, 1, 1)
     maps = truth_maps(phantom, failed_fraction=failed_fraction, seed=1)
+    maps["status"] = np.where(maps["failed"], 3, 0).astype(np.uint8)  # "not converged"
     written = [s.key for s in derivatives.OUTPUTS if not s.optional and s.key not in skip]
     for spec in derivatives.OUTPUTS:
         if spec.key not in written:
@@ -81,6 +82,10 @@ def synthetic_output(
         noise_model="rician",
         noise_coils=1.0,
         noise_method="background-quantiles",
+        status_counts={
+            "good": int(maps["signal"].sum() - maps["failed"].sum()),
+            "not_converged": int(maps["failed"].sum()),
+        },
         fit_method="truth",
         algorithm="simulated truth",
         device="none",

@@ -23,7 +23,7 @@ import numpy as np
 from t2starmap import derivatives
 from t2starmap.atomic import write_text
 from t2starmap.conventions import sidecar_path
-from t2starmap.derivatives import PublishedSet
+from t2starmap.derivatives import STATUS_LEVELS, PublishedSet
 from t2starmap.report import figures
 from t2starmap.report.html import Figure, render
 from t2starmap.report.planes import FLAT, View, choose_view, to_canonical
@@ -311,6 +311,17 @@ def _montage(
     return Figure(figures.data_uri(png), f"{spec.label} montage", caption_of(spec, window))
 
 
+def _status_text(record: PublishedSet) -> str:
+    """Voxel count and mask share of every fit-status label that occurs, good fits first."""
+    parts = []
+    for level in STATUS_LEVELS:
+        count = record.status_counts.get(level.name, 0)
+        if count:
+            share = 100 * count / max(record.n_voxels, 1)
+            parts.append(f"{level.meaning}: {count} ({share:.2f} %)")
+    return "; ".join(parts) or "no voxel"
+
+
 def _tables(
     record: PublishedSet, loaded: SetMaps, good: np.ndarray, n_failed: int
 ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
@@ -348,6 +359,7 @@ def _tables(
         ),
         ("Voxels in the signal mask", f"{record.n_voxels}"),
         ("Failed", f"{n_failed} voxel(s), {100 * record.failed_fraction:.2f} %"),
+        ("Fit status (desc-fitstatus_dseg)", _status_text(record)),
         (
             "T2* median [IQR] (ms)",
             f"{q[1]:.1f} [{q[0]:.1f}–{q[2]:.1f}]" if q is not None else "no voxel",
