@@ -61,6 +61,7 @@ def test_auto_corrects_where_the_field_changes_across_the_slice(
     )
     sidecar = json.loads((out / ANAT / "sub-01_R2starmap.json").read_text())
     assert sidecar["B0Correction"] == "through-slice"
+    assert sidecar["FitMethod"] == "nlls" and "through-slice" in sidecar["EstimationAlgorithm"]
     assert sidecar["B0CorrectionThreshold"] == 0.3 and len(sidecar["B0CorrectionReference"]) == 2
     assert sidecar["B0SliceThickness"] == 3.0
     gradz = json.loads((out / ANAT / "sub-01_desc-gradz_statmap.json").read_text())

@@ -119,62 +119,8 @@ def fit_echo_set(
         result = correction.corrected
     n_voxels = int(mask.sum())
     failed = result.failed.cpu().numpy() & mask
-    keys = list(REQUIRED_KEYS)
-    if len(echo_set.echoes) == 2:
-        keys.remove("rmse")
-        if noise.sigma is None:
-            keys = [k for k in keys if k not in UNCERTAINTY_KEYS]
-            warn(
-                f"{echo_set.name}: only 2 echoes and no noise level: no standard error can be "
-                "computed, so no desc-stderr maps are written (and no RMSE map: the fit is exact)"
-            )
-        else:
-            warn(f"{echo_set.name}: only 2 echoes: the fit is exact, so no RMSE map is written")
-    maps = {k: _map_array(result, k, mask, failed) for k in keys if k != "status"}
-    labels = status_labels(result.reason, mask, correction)
-    maps["status"] = labels
-    counts = {s.name: int((labels[mask] == s.index).sum()) for s in STATUS_LEVELS}
-    for level in STATUS_LEVELS[1:]:
-        share = counts[level.name] / max(n_voxels, 1)
-        if share >= STATUS_WARN_FRACTION and level.name != "not_gradient_corrected":
-            warn(
-                f"{echo_set.name}: {100 * share:.0f} % of the mask: {level.meaning}"
-                + (f"; {level.advice}" if level.advice else "")
-            )
-    if correction is not None:
-        maps["r2star_uncorrected"] = _map_array(uncorrected, "r2star", mask, failed)
-        maps["gradz"] = np.where(mask, correction.gradient_hz_per_mm, 0.0).astype(np.float32)
-    if uncorrected.frequency is not None:
-        maps["frequency"] = _map_array(uncorrected, "frequency", mask, failed)
-        maps["magnitude"] = np.nan_to_num(magnitude[..., 0]).astype(np.float32)
-    algorithm = ESTIMATION_ALGORITHMS.get(
-        (uncorrected.method, uncorrected.noise_model), uncorrected.method
-    )
-    fit_info: dict[str, Any] = {
-        "EstimationAlgorithm": algorithm,
-        "FitMethod": result.method,
-        "NoiseModel": result.noise_model,
-        "NoiseSigma": result.noise_sigma,
-        "NoiseSigmaMethod": noise.method or "none",
-        "NoiseCoils": result.noise_coils,
-        "ComputeDevice": result.device,
-        "T2starRange": [T2STAR_MIN, T2STAR_MAX],
-        "SoftwareName": "t2starmap",
-        "SoftwareVersion": __version__,
-    }
-    if noise.reason:
-        fit_info["NoiseSigmaNote"] = noise.reason
-    fit_info.update(b0_info)
-    if uncorrected.frequency is not None:
-        # f is only known modulo 1/dTE: the map is wrapped into +-1/(2 dTE_min), not unwrapped
-        fit_info["FieldMapWrapLimit"] = frequency_limit(np.asarray(echo_set.echo_times))
-    if correction is not None:
-        fit_info["EstimationAlgorithm"] = algorithm = (
-            f"{algorithm}; then corrected for the through-slice field gradient: "
-            + ESTIMATION_ALGORITHMS[("through-slice", "gaussian")]
-        )
-    if warnings:
-        fit_info["Warnings"] = list(warnings)
+    maps, counts = _maps(echo_set, result, uncorrected, correction, magnitude, mask, noise, warn)
+    fit_info, algorithm = _fit_info(echo_set, uncorrected, noise, b0_info, correction, warnings)
     return SetFit(
         maps=maps,
         fit_info=fit_info,
@@ -189,6 +135,88 @@ def fit_echo_set(
         seconds=time.perf_counter() - started,
         warnings=tuple(warnings),
     )
+
+
+def _maps(
+    echo_set: EchoSet,
+    result: FitResult,
+    uncorrected: FitResult,
+    correction: ThroughSliceCorrection | None,
+    magnitude: np.ndarray,
+    mask: np.ndarray,
+    noise: NoiseEstimate,
+    warn: Callable[[str], None],
+) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """The arrays to publish (OUTPUTS key -> array) and the voxel count of each fit-status
+    label; warns of what is left out and of failure reasons shared by many voxels."""
+    failed = result.failed.cpu().numpy() & mask
+    keys = [k for k in REQUIRED_KEYS if k != "status"]
+    if len(echo_set.echoes) == 2:
+        keys.remove("rmse")
+        if noise.sigma is None:
+            keys = [k for k in keys if k not in UNCERTAINTY_KEYS]
+            warn(
+                f"{echo_set.name}: only 2 echoes and no noise level: no standard error can be "
+                "computed, so no desc-stderr maps are written (and no RMSE map: the fit is exact)"
+            )
+        else:
+            warn(f"{echo_set.name}: only 2 echoes: the fit is exact, so no RMSE map is written")
+    maps = {k: _map_array(result, k, mask, failed) for k in keys}
+    maps["status"] = labels = status_labels(result.reason, mask, correction)
+    counts = {s.name: int((labels[mask] == s.index).sum()) for s in STATUS_LEVELS}
+    for level in STATUS_LEVELS[1:]:
+        share = counts[level.name] / max(int(mask.sum()), 1)
+        if share >= STATUS_WARN_FRACTION and level.name != "not_gradient_corrected":
+            warn(
+                f"{echo_set.name}: {100 * share:.0f} % of the mask: {level.meaning}"
+                + (f"; {level.advice}" if level.advice else "")
+            )
+    if correction is not None:
+        maps["r2star_uncorrected"] = _map_array(uncorrected, "r2star", mask, failed)
+        maps["gradz"] = np.where(mask, correction.gradient_hz_per_mm, 0.0).astype(np.float32)
+    if uncorrected.frequency is not None:
+        maps["frequency"] = _map_array(uncorrected, "frequency", mask, failed)
+        maps["magnitude"] = np.nan_to_num(magnitude[..., 0]).astype(np.float32)
+    return maps, counts
+
+
+def _fit_info(
+    echo_set: EchoSet,
+    fit: FitResult,
+    noise: NoiseEstimate,
+    b0_info: Mapping[str, Any],
+    correction: ThroughSliceCorrection | None,
+    warnings: list[str],
+) -> tuple[dict[str, Any], str]:
+    """The fit's fields for the map sidecars, and the ``EstimationAlgorithm`` text. ``fit``:
+    the fit before any field-gradient correction (its method and noise model)."""
+    algorithm = ESTIMATION_ALGORITHMS.get((fit.method, fit.noise_model), fit.method)
+    if correction is not None:
+        algorithm += (
+            "; then corrected for the through-slice field gradient: "
+            + ESTIMATION_ALGORITHMS[("through-slice", "gaussian")]
+        )
+    info: dict[str, Any] = {
+        "EstimationAlgorithm": algorithm,
+        "FitMethod": fit.method,
+        "NoiseModel": fit.noise_model,
+        "NoiseSigma": fit.noise_sigma,
+        "NoiseSigmaMethod": noise.method or "none",
+        "NoiseCoils": fit.noise_coils,
+        "ComputeDevice": fit.device,
+        "T2starRange": [T2STAR_MIN, T2STAR_MAX],
+        "SoftwareName": "t2starmap",
+        "SoftwareVersion": __version__,
+    }
+    if noise.reason:
+        info["NoiseSigmaNote"] = noise.reason
+    info.update(b0_info)
+    if fit.frequency is not None:
+        # f is only known modulo 1/dTE: the map is wrapped into +-1/(2 dTE_min), not unwrapped
+        info["FieldMapWrapLimit"] = frequency_limit(np.asarray(echo_set.echo_times))
+    if warnings:
+        info["Warnings"] = list(warnings)
+    return info, algorithm
 
 
 #: Failure bits -> fit-status label, most telling first: a voxel with several reasons (LM
