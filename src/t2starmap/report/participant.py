@@ -136,6 +136,35 @@ def read_echoes(
     return signals, first
 
 
+@dataclass(frozen=True)
+class EchoSamples:
+    """What a set's section shows of the raw echoes, taken from the echoes the fit read
+    instead of reading them again: the magnitudes at ``voxels`` (n_voxels, n_echoes) and the
+    first echo's volume (X, Y, Z), both in the files' voxel order."""
+
+    voxels: tuple[tuple[int, ...], ...]
+    signals: np.ndarray
+    first: np.ndarray
+
+
+def _masks(maps: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(signal, failed within signal, good = signal and not failed), bool."""
+    signal = maps.get("signal", maps["t2star"] > 0)
+    failed = maps.get("failed", np.zeros_like(signal)) & signal
+    return signal, failed, signal & ~failed
+
+
+def echo_samples(magnitude: np.ndarray, maps: Mapping[str, np.ndarray]) -> EchoSamples:
+    """The :class:`EchoSamples` of a set from its stacked echoes (X, Y, Z, n_echoes) and its
+    maps as written (float32 maps, bool masks; the keys of :func:`load_set_maps`)."""
+    good = _masks(maps)[2]
+    voxels = tuple(v for _, v in representative_voxels(maps["t2star"], good))
+    signals = np.array([magnitude[v] for v in voxels], dtype=np.float64)
+    return EchoSamples(
+        voxels, signals.reshape(len(voxels), magnitude.shape[-1]), magnitude[..., 0].copy()
+    )
+
+
 def _window(values: np.ndarray) -> tuple[float, float]:
     finite = values[np.isfinite(values)]
     top = float(np.percentile(finite, ROBUST_TOP)) if finite.size else 1.0
@@ -325,18 +354,23 @@ def _tables(
     return acquisition, fit
 
 
-def set_section(record: PublishedSet, loaded: SetMaps, bids_dir: Path) -> Section:
-    """One echo set's tables, montages, histogram and decay curves."""
+def set_section(
+    record: PublishedSet, loaded: SetMaps, bids_dir: Path, samples: EchoSamples | None = None
+) -> Section:
+    """One echo set's tables, montages, histogram and decay curves. The raw echoes come from
+    ``samples`` when they are for the same voxels, else they are read from ``bids_dir``."""
     maps = loaded.maps
-    signal = maps.get("signal", maps["t2star"] > 0)
-    failed = maps.get("failed", np.zeros_like(signal)) & signal
-    good = signal & ~failed
+    signal, failed, good = _masks(maps)
     t2 = maps["t2star"]
     sigma = record.noise_sigma
 
     voxels = representative_voxels(t2, good)
-    sources = [Path(bids_dir) / s.path for s in record.sources]
-    signals, first_echo = read_echoes(sources, [v for _, v in voxels])
+    first_echo: np.ndarray | None
+    if samples is not None and samples.voxels == tuple(v for _, v in voxels):
+        signals, first_echo = samples.signals, samples.first
+    else:
+        sources = [Path(bids_dir) / s.path for s in record.sources]
+        signals, first_echo = read_echoes(sources, [v for _, v in voxels])
 
     def canon(volume: np.ndarray) -> np.ndarray:
         return to_canonical(volume, loaded.affine)
@@ -392,10 +426,15 @@ def set_section(record: PublishedSet, loaded: SetMaps, bids_dir: Path) -> Sectio
 
 
 def write_participant_reports(
-    output_dir: Path, bids_dir: Path, published: Sequence[PublishedSet]
+    output_dir: Path,
+    bids_dir: Path,
+    published: Sequence[PublishedSet],
+    samples: Mapping[str, EchoSamples] | None = None,
 ) -> list[Path]:
     """Write ``OUTPUT_DIR/sub-<L>[_ses-<S>].html`` for every participant/session among
     ``published`` (whose maps and records are already written); return the pages written.
+    ``samples``: set name -> :func:`echo_samples` of the echoes this run read (the other
+    sets' echoes are read from ``bids_dir``).
 
     A page covers every set of its participant/session recorded in the output folder, also
     those that earlier runs published (jobs split by run or acquisition), so the last job
@@ -416,7 +455,10 @@ def write_participant_reports(
             [*ours, *(r for r in recorded if r.session == session and r.name not in names)],
             key=lambda r: r.name,
         )
-        sections = [set_section(r, load_set_maps(output_dir, r), bids_dir) for r in everything]
+        sections = [
+            set_section(r, load_set_maps(output_dir, r), bids_dir, (samples or {}).get(r.name))
+            for r in everything
+        ]
         heading = f"sub-{subject}" + (f" ses-{session}" if session else "")
         target = Path(output_dir) / page_name(subject, session)
         text = render(
