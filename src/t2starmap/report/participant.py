@@ -42,6 +42,8 @@ CURVE_QUANTILES = (("low", 0.05), ("median", 0.5), ("high", 0.95))
 
 #: Most threads that read (decompress) echoes at once.
 READ_THREADS = 4
+#: Most threads that draw a section's figures at once.
+FIGURE_THREADS = 2
 
 _MAP_KEYS = ("t2star", "r2star", "s0", "t2star_se", "rmse", "signal", "failed", "frequency")
 
@@ -163,6 +165,12 @@ def echo_samples(magnitude: np.ndarray, maps: Mapping[str, np.ndarray]) -> EchoS
     return EchoSamples(
         voxels, signals.reshape(len(voxels), magnitude.shape[-1]), magnitude[..., 0].copy()
     )
+
+
+def _figure_threads() -> int:
+    """Threads that draw a section's figures: :data:`FIGURE_THREADS`, at most the CPUs this
+    process may use."""
+    return max(1, min(FIGURE_THREADS, available_cpus(os.environ)[0]))
 
 
 def _window(values: np.ndarray) -> tuple[float, float]:
@@ -389,15 +397,6 @@ def set_section(
         return _caption(spec, window, record.echo_times[0], note)
 
     shown_maps = {**maps, "echo1": first_echo} if first_echo is not None else dict(maps)
-    montages = [
-        _montage(
-            spec, shown_maps[spec.key], signal, good, c_failed, slices, view, canon, caption_of
-        )
-        for spec in MONTAGES
-        if shown_maps.get(spec.key) is not None
-    ]
-
-    hist = figures.histogram_png(t2[good] * 1e3, window_ms=T2STAR_WINDOW_MS)
     curves = [
         figures.DecayCurve(
             f"{label} ({', '.join(str(i) for i in voxel)})",
@@ -407,7 +406,29 @@ def set_section(
         )
         for i, (label, voxel) in enumerate(voxels)
     ]
-    decay = figures.decay_png(record.echo_times, curves, sigma)
+    # Drawn in a few threads: PNG encoding (zlib) releases the GIL, so one figure is encoded
+    # while the next is drawn. Each figure is its own Figure object (no pyplot state).
+    with ThreadPoolExecutor(max_workers=_figure_threads()) as pool:
+        montage_jobs = [
+            pool.submit(
+                _montage,
+                spec,
+                shown_maps[spec.key],
+                signal,
+                good,
+                c_failed,
+                slices,
+                view,
+                canon,
+                caption_of,
+            )
+            for spec in MONTAGES
+            if shown_maps.get(spec.key) is not None
+        ]
+        hist_job = pool.submit(figures.histogram_png, t2[good] * 1e3, window_ms=T2STAR_WINDOW_MS)
+        decay_job = pool.submit(figures.decay_png, record.echo_times, curves, sigma)
+        montages = [job.result() for job in montage_jobs]
+        hist, decay = hist_job.result(), decay_job.result()
     acquisition, fit = _tables(record, loaded, good, n_failed)
     plots = [
         Figure(
