@@ -12,14 +12,15 @@
 
     .venv/bin/python benchmarks/bench_busy.py [fit] [node] [--shape 192x192x64] [--src DIR]
 
-``--src`` runs the ``node`` part with another checkout's ``src`` (e.g. an older commit made
-with ``git archive``), to compare before and after on the same machine.
+``--src A B`` runs the ``node`` part with each checkout's ``src`` in turn, ``--rounds`` times
+(e.g. an older commit made with ``git archive``), to compare before and after on one machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -115,9 +116,10 @@ def _maps(out: Path) -> dict[str, np.ndarray]:
     }
 
 
-def bench_node(src: str, n_participants: int, shape: tuple[int, ...]) -> None:
+def bench_node(
+    sources: list[str], n_participants: int, shape: tuple[int, ...], rounds: int
+) -> None:
     labels = [f"{k:02d}" for k in range(1, n_participants + 1)]
-    env = {**os.environ, "PYTHONPATH": src}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         bids = write_bids_example(root / "bids", dict.fromkeys(labels, (None,)), shape=shape)
@@ -135,40 +137,59 @@ def bench_node(src: str, n_participants: int, shape: tuple[int, ...]) -> None:
                 "--skip-bids-validation",
             ]
 
-        started = time.perf_counter()
-        for label in labels:
-            subprocess.run(command(root / "seq", label), check=True, env=env, capture_output=True)
-        sequential = time.perf_counter() - started
-        started = time.perf_counter()
-        jobs = [
-            subprocess.Popen(
-                command(root / "par", label),
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            for label in labels
-        ]
-        codes = [job.wait() for job in jobs]
-        at_once = time.perf_counter() - started
-        seq_maps, par_maps = _maps(root / "seq"), _maps(root / "par")
-        same = seq_maps.keys() == par_maps.keys() and all(
-            np.array_equal(seq_maps[k], par_maps[k]) for k in seq_maps
-        )
-        pages = len(list((root / "par").glob("sub-*.html")))
+        def one_after_another(out: Path, env: dict[str, str]) -> float:
+            started = time.perf_counter()
+            for label in labels:
+                subprocess.run(command(out, label), check=True, env=env, capture_output=True)
+            return time.perf_counter() - started
+
+        def at_once(out: Path, env: dict[str, str]) -> tuple[float, set[int]]:
+            started = time.perf_counter()
+            jobs = [
+                subprocess.Popen(
+                    command(out, label),
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                for label in labels
+            ]
+            codes = {job.wait() for job in jobs}
+            return time.perf_counter() - started, codes
+
+        results: dict[str, list[tuple[float, float]]] = {src: [] for src in sources}
+        notes = {}
+        for k in range(rounds):
+            for src in sources:  # interleaved: the machine's other load hits every row alike
+                env = {**os.environ, "PYTHONPATH": src}
+                seq_out, par_out = root / f"seq-{k}", root / f"par-{k}"
+                sequential = one_after_another(seq_out, env)
+                together, codes = at_once(par_out, env)
+                results[src].append((sequential, together))
+                seq_maps, par_maps = _maps(seq_out), _maps(par_out)
+                same = seq_maps.keys() == par_maps.keys() and all(
+                    np.array_equal(seq_maps[key], par_maps[key]) for key in seq_maps
+                )
+                pages = len(list(par_out.glob("sub-*.html")))
+                notes[src] = (
+                    f"exit codes {codes}; {len(par_maps)} maps, all equal to the sequential "
+                    f"run's: {same}; {pages} pages"
+                )
+                shutil.rmtree(seq_out)
+                shutil.rmtree(par_out)
         print(
             f"\nnode: {n_participants} participants of {'x'.join(map(str, shape))} x 8 echoes, "
-            f"src {src}"
+            f"{rounds} interleaved round(s), medians"
         )
-        print("| how | seconds in total | per participant |")
-        print("|---|---:|---:|")
-        print(f"| one after another | {sequential:.1f} | {sequential / n_participants:.2f} |")
-        print(f"| {n_participants} at once | {at_once:.1f} | {at_once / n_participants:.2f} |")
-        print(
-            f"at once / one after another: {at_once / sequential:.2f}; exit codes {set(codes)}; "
-            f"{len(par_maps)} maps, all equal to the sequential run's: {same}; "
-            f"{pages} pages"
-        )
+        print("| src | one after another s | at once s | at once / one after another |")
+        print("|---|---:|---:|---:|")
+        for src, rows in results.items():
+            seq = statistics.median(a for a, _ in rows)
+            par = statistics.median(b for _, b in rows)
+            ratio = statistics.median(b / a for a, b in rows)
+            print(f"| {src} | {seq:.1f} | {par:.1f} | {ratio:.2f} |")
+        for src, note in notes.items():
+            print(f"{src}: {note}")
 
 
 def main() -> None:
@@ -178,13 +199,15 @@ def main() -> None:
     parser.add_argument("--node-shape", default="64x64x24")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--participants", type=int, default=8)
-    parser.add_argument("--src", default=SRC)
+    parser.add_argument("--src", nargs="+", default=[SRC], help="t2starmap sources to compare")
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds of node")
     args = parser.parse_args()
     if "fit" in args.parts:
         bench_fit(tuple(int(n) for n in args.shape.split("x")), args.repeats)
     if "node" in args.parts:
         shape = tuple(int(n) for n in args.node_shape.split("x"))
-        bench_node(str(Path(args.src).resolve()), args.participants, shape)
+        sources = [str(Path(src).resolve()) for src in args.src]
+        bench_node(sources, args.participants, shape, args.rounds)
 
 
 if __name__ == "__main__":
