@@ -663,3 +663,23 @@ def test_failed_is_reason_nonzero_on_a_phantom(device: str, method: str) -> None
     if method != "complex":  # a negative real sample is a valid complex one
         assert reason[7, 6, 1] == Failure.BAD_INPUT
     assert (reason[ph.mask & mask] == 0).mean() > 0.9
+
+
+@pytest.mark.parametrize("method", ["nlls", "nlls-gaussian", "wls"])
+def test_chunk_workers_give_the_same_maps(method: str) -> None:
+    """Chunks fitted at once in several threads: the same maps, bit for bit, as one after
+    another, with a mask and a partial last chunk; torch's thread count is restored."""
+    phantom = make_phantom((23, 19, 7), seed=4)
+    sigma = phantom.sigma if method == "nlls" else None
+    kwargs = dict(mask=phantom.mask, noise_sigma=sigma, chunk_size=97)
+    serial = fit_t2star(phantom.magnitude, phantom.echo_times, method=method, **kwargs)
+    threads = torch.get_num_threads()
+    parallel = fit_t2star(phantom.magnitude, phantom.echo_times, method=method, workers=3, **kwargs)
+    assert torch.get_num_threads() == threads
+    for key, value in tensors(serial).items():
+        assert torch.equal(value, tensors(parallel)[key]), key
+
+
+def test_workers_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="workers must be at least 1"):
+        fit_t2star(np.ones((2, 3)), [0.01, 0.02, 0.03], workers=0)

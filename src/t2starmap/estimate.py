@@ -75,6 +75,9 @@ class SetFit:
     device: str
     seconds: float
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    #: The stacked echoes the fit read, (*shape, n_echoes) float32 (voxels with an unusable
+    #: sample NaN), so the report need not read them again; None once dropped.
+    magnitude: np.ndarray | None = None
 
 
 def fit_echo_set(
@@ -106,6 +109,7 @@ def fit_echo_set(
             device=device,
             noise_sigma=noise.sigma,
             noise_coils=noise.coils if method != "complex" else 1.0,
+            workers=settings.nprocs,
         )
     except EchoSpacingError as err:
         raise UsageError(f"{first}: --fit-method {settings.fit_method}: {err}") from err
@@ -134,6 +138,7 @@ def fit_echo_set(
         device=result.device,
         seconds=time.perf_counter() - started,
         warnings=tuple(warnings),
+        magnitude=magnitude,
     )
 
 

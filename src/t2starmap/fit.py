@@ -54,9 +54,12 @@ torch's bool tensors are not vectorised on the CPU. Measured in ``benchmarks/ben
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -97,6 +100,7 @@ DEFAULT_CHUNK = 1 << 16
 #: volume is one chunk), small enough for the temporaries (~0.6 GB at 11 echoes, float32).
 DEFAULT_CUDA_CHUNK = 1 << 22
 _LM_MAX_ITER = 10
+_T = TypeVar("_T")
 #: A voxel stops once its proposed step is below this, relative. Chosen with
 #: ``python benchmarks/tune_fit.py --tols 5e-4 2e-3 5e-3``: speed against the change of T2* in
 #: units of its standard error.
@@ -142,6 +146,7 @@ def fit_t2star(
     dtype: torch.dtype = torch.float32,
     chunk_size: int | None = None,
     noise_coils: float = 1.0,
+    workers: int = 1,
 ) -> FitResult:
     """Fit S0 and R2* in every voxel of ``signal`` (shape (..., n_echoes), echoes LAST).
 
@@ -153,6 +158,10 @@ def fit_t2star(
     (default ``DEFAULT_CHUNK`` on the CPU, ``DEFAULT_CUDA_CHUNK`` on a GPU). ``noise_coils``:
     the effective number L >= 1 of coils of a root-sum-of-squares magnitude (float; 1 for
     Rician data), used by the noise-aware fit (see :func:`t2starmap.noise.estimate_noise`).
+    ``workers``: chunks fitted at once on the CPU, each in its own thread with one torch
+    thread (torch's intra-op thread count is set to 1 while they run, then restored); the maps
+    are the same as with one worker. On a busy machine this keeps its speed where torch's own
+    threads wait for each other (:func:`t2starmap.resources.fit_workers`).
 
     Input validity is judged per voxel, here and not by the caller: a voxel with any NaN, inf
     or negative sample, or fewer than two positive ones, has ``failed`` True, ``reason``
@@ -163,6 +172,8 @@ def fit_t2star(
         raise ValueError(f"unknown fit method {method!r}; choose one of {', '.join(METHODS)}")
     if chunk_size is not None and chunk_size < 1:
         raise ValueError("chunk_size must be positive")
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers!r}")
     if noise_sigma is not None and not (np.isfinite(noise_sigma) and noise_sigma > 0):
         raise ValueError(f"noise sigma must be a positive number, got {noise_sigma!r}")
     if not (np.isfinite(noise_coils) and noise_coils >= 1.0):
@@ -218,7 +229,8 @@ def fit_t2star(
 
     out = {k: torch.zeros(n_vox, dtype=dtype, device=dev) for k in _MAPS}
     reason = torch.zeros(n_vox, dtype=torch.uint8, device=dev)
-    for start in range(0, n_fit, chunk_size):
+
+    def fit_chunk(start: int) -> tuple[slice | torch.Tensor, _Maps]:
         stop = min(start + chunk_size, n_fit)
         if all_inside:
             sel: slice | torch.Tensor = slice(start, stop)
@@ -232,7 +244,10 @@ def fit_t2star(
         # across voxels. Stacked from the columns (on the CPU twice as fast as a transposing
         # copy), so always a fresh array: the kernels work in it in place.
         y = torch.stack([rows[:, k] for k in ascending])
-        maps, bits = kernel(y, echoes, noise_sigma)
+        return sel, kernel(y, echoes, noise_sigma)
+
+    starts = range(0, n_fit, chunk_size)
+    for sel, (maps, bits) in _map_chunks(fit_chunk, starts, workers if dev.type == "cpu" else 1):
         for k in _MAPS:
             out[k][sel] = maps[k]
         reason[sel] = bits.to(torch.uint8)
@@ -247,6 +262,30 @@ def fit_t2star(
         noise_model=_noise_model(noise_aware, noise_coils),
         noise_coils=float(noise_coils) if noise_aware else 1.0,
     )
+
+
+def _map_chunks(func: Callable[[int], _T], starts: Sequence[int], workers: int) -> Iterator[_T]:
+    """``func`` of every chunk start, in order; up to ``workers`` chunks at once in threads
+    (torch releases the GIL in its kernels), torch's intra-op threads set to 1 meanwhile so
+    the chunk threads do not each start a team of their own."""
+    workers = min(workers, len(starts))
+    if workers <= 1:
+        yield from map(func, starts)
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="t2starmap-fit") as pool:
+            # At most 2 chunks per worker in flight: memory stays bounded by the chunk size.
+            pending: deque[Future[_T]] = deque()
+            for start in starts:
+                if len(pending) >= 2 * workers:
+                    yield pending.popleft().result()
+                pending.append(pool.submit(func, start))
+            while pending:
+                yield pending.popleft().result()
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _noise_model(noise_aware: bool, coils: float) -> str:

@@ -1,8 +1,19 @@
-"""Reading echo images and writing maps with nibabel. Errors name the file."""
+"""Reading echo images and writing maps with nibabel. Errors name the file.
+
+gzip is most of the cost of reading and writing ``.nii.gz``: it goes through ``isal`` (Intel's
+ISA-L, the same gzip format, about 10x faster to compress at level 1 and 1.3x to decompress)
+when it is installed, else through ``zlib`` at nibabel's level 1. nibabel parses the headers and
+arrays from the bytes either way. The echoes of a set are decompressed in a few threads (both
+libraries release the GIL).
+"""
 
 from __future__ import annotations
 
+import gzip
+import os
 import zlib
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +24,18 @@ import numpy as np
 from t2starmap.atomic import atomic_path
 from t2starmap.errors import BadDataError, InputMissingError
 from t2starmap.layout import EchoSet, annex_missing_message
+from t2starmap.resources import available_cpus
+
+try:  # optional speed-up; the same bytes format
+    from isal import igzip as _gzip_lib
+except ImportError:  # pragma: no cover - exercised where isal is missing
+    _gzip_lib = None  # type: ignore[assignment]
+
+#: gzip level of written maps: nibabel's default (fast, nearly as small as level 6 on maps).
+COMPRESS_LEVEL = 1
+#: Most threads that decompress echoes at once.
+READ_THREADS = 4
+_GZIP_MAGIC = b"\x1f\x8b"
 
 
 @dataclass(frozen=True)
@@ -95,18 +118,67 @@ def check_geometry(echo_set: EchoSet) -> Geometry:
     )
 
 
+def gzip_compress(raw: bytes, level: int = COMPRESS_LEVEL) -> bytes:
+    """gzip bytes of ``raw`` (isal when installed, else zlib)."""
+    if _gzip_lib is not None:
+        return bytes(_gzip_lib.compress(raw, level))
+    return gzip.compress(raw, level)
+
+
+def gzip_decompress(data: bytes) -> bytes:
+    """The bytes of every gzip member of ``data``. Raises OSError/EOFError/zlib.error when
+    the stream is damaged or cut short."""
+    if _gzip_lib is not None:
+        return bytes(_gzip_lib.decompress(data))
+    return gzip.decompress(data)
+
+
+def read_volume(path: Path) -> np.ndarray:
+    """One image's data as float32, scaled as its header says (shape as stored). Raises
+    BadDataError naming the file when it cannot be read or parsed."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise BadDataError(f"{path}: image data could not be read ({_one_line(err)})") from err
+    if data[:2] == _GZIP_MAGIC:
+        try:
+            raw = gzip_decompress(data)
+        except (OSError, EOFError, ValueError, zlib.error) as err:
+            raise BadDataError(f"{path}: image data could not be read ({_one_line(err)})") from err
+    else:
+        raw = data
+    try:
+        image = nib.Nifti1Image.from_bytes(raw)
+    except Exception:  # NIfTI-2 and anything else nibabel can read: its own loader
+        image = _open(path)
+    try:
+        return np.asarray(image.dataobj, dtype=np.float32)
+    except (OSError, EOFError, ValueError, zlib.error) as err:
+        raise BadDataError(f"{path}: image data could not be read ({_one_line(err)})") from err
+
+
+def read_volumes(paths: Sequence[Path], workers: int | None = None) -> list[np.ndarray]:
+    """:func:`read_volume` of each path, in order, decompressed in up to ``workers`` threads
+    (default: :data:`READ_THREADS`, at most the CPUs this process may use)."""
+    if workers is None:
+        workers = min(READ_THREADS, available_cpus(os.environ)[0])
+    workers = max(1, min(workers, len(paths)))
+    if workers == 1:
+        return [read_volume(p) for p in paths]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="t2starmap-read") as pool:
+        return list(pool.map(read_volume, paths))
+
+
 def load_magnitude(echo_set: EchoSet, geometry: Geometry) -> np.ndarray:
     """Stack the echoes: float32 array (*shape, n_echoes), echoes in the set's (TE) order."""
     out = np.empty((*geometry.shape, len(echo_set.echoes)), dtype=np.float32)
-    for k, echo in enumerate(echo_set.echoes):
-        try:
-            data = np.asarray(_open(echo.path).dataobj, dtype=np.float32)
-        except BadDataError:
-            raise
-        except (OSError, EOFError, ValueError, zlib.error) as err:
+    volumes = read_volumes([echo.path for echo in echo_set.echoes])
+    for k, (echo, data) in enumerate(zip(echo_set.echoes, volumes, strict=True)):
+        if data.size != out[..., k].size:
             raise BadDataError(
-                f"{echo.path}: image data could not be read ({_one_line(err)})"
-            ) from err
+                f"{echo.path}: image data holds {data.size} voxels, its header says "
+                f"{out[..., k].size}"
+            )
         out[..., k] = data.reshape(geometry.shape)
     return out
 
@@ -126,6 +198,13 @@ def save_map(path: Path, data: np.ndarray, geometry: Geometry) -> Path:
     img.header.set_zooms(geometry.zooms)
     img.header.set_xyzt_units("mm", "sec")
     img.header.set_data_dtype(array.dtype)
+    raw = img.to_bytes()
+    payload = gzip_compress(raw) if Path(path).name.endswith(".gz") else raw
     with atomic_path(path) as tmp:
-        nib.save(img, str(tmp))
+        _write_file(Path(tmp), payload)
     return path
+
+
+def _write_file(path: Path, payload: bytes) -> None:
+    with open(path, "wb") as stream:
+        stream.write(payload)

@@ -38,6 +38,7 @@ from t2starmap.errors import (
 from t2starmap.layout import EchoSet, check_images_present, find_echo_sets
 from t2starmap.nifti import Geometry, check_geometry, save_map
 from t2starmap.report import write_group_report, write_participant_reports
+from t2starmap.report.participant import EchoSamples, echo_samples
 from t2starmap.settings import Settings
 from t2starmap.summary import GROUP_COLUMNS, GROUP_TABLE, group_table, set_statistics
 
@@ -156,7 +157,10 @@ def run_participant(settings: Settings) -> list[PublishedSet]:
             device = resolve_device(settings.device)  # settings refused one torch lacks
             import torch
 
-            torch.set_num_threads(settings.nprocs)
+            # One torch thread; the fit runs ``nprocs`` chunks at once instead (fit_t2star's
+            # ``workers``): torch's own threads wait for each other at every operation, which
+            # makes them several times slower as soon as another process wants a CPU.
+            torch.set_num_threads(1)
             echo_sets = find_echo_sets(
                 settings.bids_dir,
                 settings.participant_labels,
@@ -169,9 +173,13 @@ def run_participant(settings: Settings) -> list[PublishedSet]:
                 "%d echo set(s) to fit on %s with %s", len(echo_sets), device, settings.fit_method
             )
             staged = []
+            samples: dict[str, EchoSamples] = {}
             for echo_set, geometry in zip(_progress(echo_sets), geometries, strict=True):
                 fitted = fit_echo_set(settings, echo_set, geometry, device)
                 staged.append(_stage(settings, stage, echo_set, geometry, fitted))
+                if fitted.magnitude is not None:  # the report need not read them again
+                    samples[echo_set.name] = echo_samples(fitted.magnitude, fitted.maps)
+                del fitted
         write_shared_files(settings)
         published = [_publish(settings, stage, record, files) for record, files in staged]
     write_settings_log(settings)
@@ -184,7 +192,7 @@ def run_participant(settings: Settings) -> list[PublishedSet]:
             record.seconds or 0.0,
             record.path(settings.output_dir, "t2star").parent,
         )
-    write_participant_reports(settings.output_dir, settings.bids_dir, published)
+    write_participant_reports(settings.output_dir, settings.bids_dir, published, samples)
     return published
 
 

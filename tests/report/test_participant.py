@@ -159,3 +159,23 @@ def test_page_names() -> None:
     assert participant.page_name("01", None) == "sub-01.html"
     assert participant.page_name("01", "pre") == "sub-01_ses-pre.html"
     assert re.fullmatch(r"sub-\w+(_ses-\w+)?\.html", participant.page_name("a1", "b2"))
+
+
+def test_echoes_in_memory_give_the_same_page_as_reading_them(tmp_path: Path) -> None:
+    """Handing the report the echoes the fit read (echo_samples) gives the page that reading
+    them from the raw files gives; samples of other voxels are not used."""
+    from t2starmap.nifti import read_volume
+
+    outcome = synthetic_output(tmp_path)
+    out, bids = tmp_path / "out", tmp_path / "bids"
+    loaded = participant.load_set_maps(out, outcome)
+    stack = np.stack([read_volume(bids / s.path) for s in outcome.sources], axis=-1)
+    samples = participant.echo_samples(stack, loaded.maps)
+    assert len(samples.voxels) == 3 and samples.signals.shape == (3, len(outcome.sources))
+    read = participant.set_section(outcome, loaded, bids)
+    given = participant.set_section(outcome, loaded, bids, samples)
+    assert given == read
+    wrong = replace(samples, signals=samples.signals + 1.0, voxels=((0, 0, 0),) * 3)
+    assert participant.set_section(outcome, loaded, bids, wrong) == read
+    changed = replace(samples, signals=samples.signals * 0.5)  # the samples are really used
+    assert participant.set_section(outcome, loaded, bids, changed).plots != read.plots

@@ -42,6 +42,8 @@ CURVE_QUANTILES = (("low", 0.05), ("median", 0.5), ("high", 0.95))
 
 #: Most threads that read (decompress) echoes at once.
 READ_THREADS = 4
+#: Most threads that draw a section's figures at once.
+FIGURE_THREADS = 2
 
 _MAP_KEYS = (
     "t2star",
@@ -145,6 +147,41 @@ def read_echoes(
             for i, voxel in enumerate(voxels):
                 signals[i, k] = data[voxel]
     return signals, first
+
+
+@dataclass(frozen=True)
+class EchoSamples:
+    """What a set's section shows of the raw echoes, taken from the echoes the fit read
+    instead of reading them again: the magnitudes at ``voxels`` (n_voxels, n_echoes) and the
+    first echo's volume (X, Y, Z), both in the files' voxel order."""
+
+    voxels: tuple[tuple[int, ...], ...]
+    signals: np.ndarray
+    first: np.ndarray
+
+
+def _masks(maps: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(signal, failed within signal, good = signal and not failed), bool."""
+    signal = maps.get("signal", maps["t2star"] > 0)
+    failed = maps.get("failed", np.zeros_like(signal)) & signal
+    return signal, failed, signal & ~failed
+
+
+def echo_samples(magnitude: np.ndarray, maps: Mapping[str, np.ndarray]) -> EchoSamples:
+    """The :class:`EchoSamples` of a set from its stacked echoes (X, Y, Z, n_echoes) and its
+    maps as written (float32 maps, bool masks; the keys of :func:`load_set_maps`)."""
+    good = _masks(maps)[2]
+    voxels = tuple(v for _, v in representative_voxels(maps["t2star"], good))
+    signals = np.array([magnitude[v] for v in voxels], dtype=np.float64)
+    return EchoSamples(
+        voxels, signals.reshape(len(voxels), magnitude.shape[-1]), magnitude[..., 0].copy()
+    )
+
+
+def _figure_threads() -> int:
+    """Threads that draw a section's figures: :data:`FIGURE_THREADS`, at most the CPUs this
+    process may use."""
+    return max(1, min(FIGURE_THREADS, available_cpus(os.environ)[0]))
 
 
 def _window(values: np.ndarray) -> tuple[float, float]:
@@ -368,18 +405,23 @@ def _tables(
     return acquisition, fit
 
 
-def set_section(record: PublishedSet, loaded: SetMaps, bids_dir: Path) -> Section:
-    """One echo set's tables, montages, histogram and decay curves."""
+def set_section(
+    record: PublishedSet, loaded: SetMaps, bids_dir: Path, samples: EchoSamples | None = None
+) -> Section:
+    """One echo set's tables, montages, histogram and decay curves. The raw echoes come from
+    ``samples`` when they are for the same voxels, else they are read from ``bids_dir``."""
     maps = loaded.maps
-    signal = maps.get("signal", maps["t2star"] > 0)
-    failed = maps.get("failed", np.zeros_like(signal)) & signal
-    good = signal & ~failed
+    signal, failed, good = _masks(maps)
     t2 = maps["t2star"]
     sigma = record.noise_sigma
 
     voxels = representative_voxels(t2, good)
-    sources = [Path(bids_dir) / s.path for s in record.sources]
-    signals, first_echo = read_echoes(sources, [v for _, v in voxels])
+    first_echo: np.ndarray | None
+    if samples is not None and samples.voxels == tuple(v for _, v in voxels):
+        signals, first_echo = samples.signals, samples.first
+    else:
+        sources = [Path(bids_dir) / s.path for s in record.sources]
+        signals, first_echo = read_echoes(sources, [v for _, v in voxels])
 
     def canon(volume: np.ndarray) -> np.ndarray:
         return to_canonical(volume, loaded.affine)
@@ -398,15 +440,6 @@ def set_section(record: PublishedSet, loaded: SetMaps, bids_dir: Path) -> Sectio
         return _caption(spec, window, record.echo_times[0], note)
 
     shown_maps = {**maps, "echo1": first_echo} if first_echo is not None else dict(maps)
-    montages = [
-        _montage(
-            spec, shown_maps[spec.key], signal, good, c_failed, slices, view, canon, caption_of
-        )
-        for spec in MONTAGES
-        if shown_maps.get(spec.key) is not None
-    ]
-
-    hist = figures.histogram_png(t2[good] * 1e3, window_ms=T2STAR_WINDOW_MS)
     curves = [
         figures.DecayCurve(
             f"{label} ({', '.join(str(i) for i in voxel)})",
@@ -416,7 +449,29 @@ def set_section(record: PublishedSet, loaded: SetMaps, bids_dir: Path) -> Sectio
         )
         for i, (label, voxel) in enumerate(voxels)
     ]
-    decay = figures.decay_png(record.echo_times, curves, sigma)
+    # Drawn in a few threads: PNG encoding (zlib) releases the GIL, so one figure is encoded
+    # while the next is drawn. Each figure is its own Figure object (no pyplot state).
+    with ThreadPoolExecutor(max_workers=_figure_threads()) as pool:
+        montage_jobs = [
+            pool.submit(
+                _montage,
+                spec,
+                shown_maps[spec.key],
+                signal,
+                good,
+                c_failed,
+                slices,
+                view,
+                canon,
+                caption_of,
+            )
+            for spec in MONTAGES
+            if shown_maps.get(spec.key) is not None
+        ]
+        hist_job = pool.submit(figures.histogram_png, t2[good] * 1e3, window_ms=T2STAR_WINDOW_MS)
+        decay_job = pool.submit(figures.decay_png, record.echo_times, curves, sigma)
+        montages = [job.result() for job in montage_jobs]
+        hist, decay = hist_job.result(), decay_job.result()
     acquisition, fit = _tables(record, loaded, good, n_failed)
     plots = [
         Figure(
@@ -435,10 +490,15 @@ def set_section(record: PublishedSet, loaded: SetMaps, bids_dir: Path) -> Sectio
 
 
 def write_participant_reports(
-    output_dir: Path, bids_dir: Path, published: Sequence[PublishedSet]
+    output_dir: Path,
+    bids_dir: Path,
+    published: Sequence[PublishedSet],
+    samples: Mapping[str, EchoSamples] | None = None,
 ) -> list[Path]:
     """Write ``OUTPUT_DIR/sub-<L>[_ses-<S>].html`` for every participant/session among
     ``published`` (whose maps and records are already written); return the pages written.
+    ``samples``: set name -> :func:`echo_samples` of the echoes this run read (the other
+    sets' echoes are read from ``bids_dir``).
 
     A page covers every set of its participant/session recorded in the output folder, also
     those that earlier runs published (jobs split by run or acquisition), so the last job
@@ -459,7 +519,10 @@ def write_participant_reports(
             [*ours, *(r for r in recorded if r.session == session and r.name not in names)],
             key=lambda r: r.name,
         )
-        sections = [set_section(r, load_set_maps(output_dir, r), bids_dir) for r in everything]
+        sections = [
+            set_section(r, load_set_maps(output_dir, r), bids_dir, (samples or {}).get(r.name))
+            for r in everything
+        ]
         heading = f"sub-{subject}" + (f" ses-{session}" if session else "")
         target = Path(output_dir) / page_name(subject, session)
         text = render(

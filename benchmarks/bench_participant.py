@@ -1,0 +1,207 @@
+"""A whole participant run against the read-and-write baseline, and where its time goes.
+
+Makes a temporary BIDS dataset (one participant, 192x192x64 int16, 11 echoes, from
+``t2starmap.simulate``), then, interleaved ``--repeats`` times:
+
+* baseline: a fresh python that reads the 11 echoes and writes 10 float32 images with nibabel;
+* run: a fresh ``python -m t2starmap BIDS OUT participant --skip-bids-validation`` (default fit,
+  report included);
+* (``--busy``) the same two with one competing busy process (``while True: pass``) running.
+
+Then one more run in a child process with timers wrapped around the workflow's steps prints
+where the time goes (seconds; steps that run in threads overlap, so the rows need not add up).
+
+    .venv/bin/python benchmarks/bench_participant.py [--shape 192x192x64] [--repeats 3] [--busy]
+        [--src DIR]
+
+``--src`` runs another checkout's ``src`` (e.g. an older commit made with ``git archive``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from t2starmap.simulate import DEFAULT_ECHO_TIMES, make_phantom
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+BASELINE = """
+import sys, nibabel as nib, numpy as np
+from pathlib import Path
+echoes = sorted(Path(sys.argv[1]).rglob("*_MEGRE.nii.gz"))
+data = np.stack([np.asarray(nib.load(str(p)).dataobj, dtype=np.float32) for p in echoes], -1)
+out = Path(sys.argv[2]); out.mkdir(parents=True, exist_ok=True)
+image = nib.load(str(echoes[0]))
+for k in range(10):
+    volume = data[..., k % data.shape[-1]]
+    nib.save(nib.Nifti1Image(volume, image.affine), str(out / f"m{k}.nii.gz"))
+"""
+
+#: Run in a child: the workflow with timers around its steps (name -> dotted target).
+PROFILE = """
+import json, sys, time
+from collections import defaultdict
+started = time.perf_counter()
+totals = defaultdict(float)
+def wrap(module, name, label):
+    original = getattr(module, name)
+    def timed(*args, **kwargs):
+        t = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            totals[label] += time.perf_counter() - t
+    setattr(module, name, timed)
+t = time.perf_counter(); import torch; totals["import torch"] = time.perf_counter() - t
+from t2starmap import cli, workflow, estimate, nifti, noise
+from t2starmap.report import participant, figures
+import t2starmap.layout as layout
+totals["import t2starmap"] = time.perf_counter() - t - totals["import torch"]
+wrap(workflow, "find_echo_sets", "pybids indexing")
+wrap(workflow, "check_geometry", "read headers")
+wrap(estimate, "load_magnitude", "read echoes")
+wrap(estimate, "estimate_noise", "noise: background")
+wrap(estimate, "noise_from_residuals", "noise: residual fit")
+wrap(estimate, "signal_mask", "signal mask")
+wrap(estimate, "fit_t2star", "fit")
+wrap(estimate, "fit_echo_set", "fit_echo_set (all of read..fit)")
+wrap(workflow, "save_map", "write maps (staging)")
+wrap(workflow, "_publish", "publish (copy)")
+wrap(participant, "load_set_maps", "report: read maps")
+wrap(participant, "read_echoes", "report: read echoes")
+wrap(figures, "montage_png", "report: montages")
+wrap(figures, "histogram_png", "report: histogram")
+wrap(figures, "decay_png", "report: decay plot")
+wrap(workflow, "write_participant_reports", "report (all)")
+code = cli.main(sys.argv[1:])
+totals["total (in process)"] = time.perf_counter() - started
+print(json.dumps(dict(totals)))
+sys.exit(code)
+"""
+
+
+def make_dataset(root: Path, shape: tuple[int, ...]) -> Path:
+    """One participant, int16 echoes (as scanners write them), sidecars with EchoTime."""
+    bids = root / "bids"
+    anat = bids / "sub-01" / "anat"
+    anat.mkdir(parents=True)
+    (bids / "dataset_description.json").write_text(
+        json.dumps({"Name": "bench", "BIDSVersion": "1.10.0", "DatasetType": "raw"})
+    )
+    (bids / "participants.tsv").write_text("participant_id\nsub-01\n")
+    phantom = make_phantom(shape, DEFAULT_ECHO_TIMES, s0=3000.0, snr=50.0, seed=3)
+    affine = np.diag([1.5, 1.5, 2.0, 1.0])
+    for k, te in enumerate(phantom.echo_times, start=1):
+        stem = anat / f"sub-01_echo-{k}_part-mag_MEGRE"
+        data = np.clip(np.rint(phantom.magnitude[..., k - 1]), 0, 32767).astype(np.int16)
+        image = nib.Nifti1Image(data, affine)
+        image.header.set_xyzt_units("mm", "sec")
+        nib.save(image, f"{stem}.nii.gz")
+        Path(f"{stem}.json").write_text(json.dumps({"EchoTime": float(te)}))
+    return bids
+
+
+def wall(command: list[str], env: dict[str, str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def one_round(bids: Path, scratch: Path, env: dict[str, str]) -> tuple[float, float]:
+    shutil.rmtree(scratch, ignore_errors=True)
+    base = wall([sys.executable, "-c", BASELINE, str(bids), str(scratch / "base")], env)
+    run = wall(
+        [
+            sys.executable,
+            "-m",
+            "t2starmap",
+            str(bids),
+            str(scratch / "out"),
+            "participant",
+            "--skip-bids-validation",
+        ],
+        env,
+    )
+    return base, run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", default="192x192x64")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--busy", action="store_true", help="also with one busy process")
+    parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--src", default=SRC, help="the t2starmap sources to run")
+    args = parser.parse_args()
+    shape = tuple(int(n) for n in args.shape.split("x"))
+    env = {**os.environ, "PYTHONPATH": str(Path(args.src).resolve())}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        bids = make_dataset(root, shape)
+        modes = ["quiet", "busy"] if args.busy else ["quiet"]
+        times: dict[str, list[tuple[float, float]]] = {m: [] for m in modes}
+        for _ in range(args.repeats):
+            for mode in modes:
+                hog = None
+                if mode == "busy":
+                    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                    time.sleep(0.5)
+                try:
+                    times[mode].append(one_round(bids, root / "scratch", env))
+                finally:
+                    if hog is not None:
+                        hog.kill()
+                        hog.wait()
+        print(
+            f"shape {args.shape}, 11 echoes int16; {args.repeats} interleaved rounds; "
+            f"src {Path(args.src).resolve()}"
+        )
+        print(f"{'mode':>6} {'baseline s':>10} {'run s':>7} {'ratio (median of rounds)':>25}")
+        for mode in modes:
+            base = statistics.median(b for b, _ in times[mode])
+            run = statistics.median(r for _, r in times[mode])
+            ratio = statistics.median(r / b for b, r in times[mode])
+            print(f"{mode:>6} {base:10.2f} {run:7.2f} {ratio:25.2f}")
+        for mode in modes:
+            rows = ", ".join(f"{r / b:.2f}" for b, r in times[mode])
+            print(f"  {mode} ratios per round: {rows}")
+        if args.no_profile:
+            return
+        shutil.rmtree(root / "scratch", ignore_errors=True)
+        started = time.perf_counter()
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                PROFILE,
+                str(bids),
+                str(root / "scratch" / "out"),
+                "participant",
+                "--skip-bids-validation",
+            ],
+            check=True,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        totals = json.loads(result.stdout.strip().splitlines()[-1])
+        totals["total (wall, with start-up)"] = time.perf_counter() - started
+        print("\nwhere the time goes (one profiled run, seconds):")
+        for name, seconds in totals.items():
+            print(f"  {name:<36} {seconds:7.2f}")
+
+
+if __name__ == "__main__":
+    main()
