@@ -21,7 +21,6 @@ from t2starmap.fit import (
     T2STAR_MIN,
     EchoSpacingError,
     Failure,
-    check_echo_times,
     resolve_device,
 )
 from t2starmap.simulate import add_rician_noise, decay, make_phantom
@@ -343,21 +342,6 @@ def test_bad_arguments(device: str, kwargs: dict[str, object], message: str) -> 
     signal = np.ones((3, 4), np.float32)
     with pytest.raises(ValueError, match=message):
         fit(device, signal, [0.001, 0.002, 0.003, 0.004], **kwargs)  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize(
-    ("te", "message"),
-    [
-        ([2.0, 4.0], "milliseconds"),
-        ([0.002, 0.002], "two distinct"),
-        ([[0.001, 0.002]], "1-D"),
-        ([0.001, -0.002], "non-negative"),
-        ([0.001, float("nan")], "finite"),
-    ],
-)
-def test_bad_echo_times(te: list[float], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        check_echo_times(te)
 
 
 def test_echo_count_mismatch(device: str) -> None:

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from t2starmap.fit import T2STAR_MAX, T2STAR_MIN, fit_t2star
+from t2starmap.fit_complex import _MAPS as MAPS  # every map the complex fit returns
 from t2starmap.fit_complex import (
     ComplexFit,
     chi2_upper,
@@ -18,19 +19,7 @@ from t2starmap.fitresult import Failure
 
 TE = 0.0046 + 0.004612 * np.arange(12)  # the GE kidney protocol
 TE_UNEVEN = np.array([0.002, 0.0045, 0.0085, 0.013, 0.020, 0.029])
-MAPS = (
-    "s0",
-    "r2star",
-    "t2star",
-    "frequency",
-    "phase0",
-    "s0_se",
-    "r2star_se",
-    "t2star_se",
-    "frequency_se",
-    "phase0_se",
-    "rmse",
-)
+
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from t2starmap import limits
 from t2starmap.conventions import LABEL_RE, sidecar_path
 from t2starmap.errors import BadDataError
+from t2starmap.fit import check_echo_times as fit_check_echo_times
 from t2starmap.limits import (
     DUPLICATE_ECHO_TIME,
     check_distinct_echo_times,
@@ -97,9 +99,11 @@ def test_a_single_echo_is_refused() -> None:
         ([0.001, float("nan")], "finite"),
     ],
 )
-def test_fit_echo_time_refusals(te: list[float], message: str) -> None:
+@pytest.mark.parametrize("check", [check_echo_times, fit_check_echo_times], ids=["limits", "fit"])
+def test_fit_echo_time_refusals(te: list[float], message: str, check: Any) -> None:
+    """The same rule, for arrays (limits) and tensors too (fit)."""
     with pytest.raises(ValueError, match=message):
-        check_echo_times(te)
+        check(te)
 
 
 def test_fit_echo_times_allow_zero_and_repeats() -> None:

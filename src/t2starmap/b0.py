@@ -38,7 +38,12 @@ import numpy as np
 import torch
 
 from t2starmap import fit as _fit
-from t2starmap.fitresult import FitResult, check_echo_times, resolve_device
+from t2starmap.fitresult import (
+    FitResult,
+    check_echo_times,
+    fit_device_and_chunk,
+    flat_mask,
+)
 
 __all__ = [
     "FACTOR_THRESHOLD",
@@ -72,8 +77,6 @@ FACTOR_THRESHOLD = 0.3
 MIN_ECHOES = 2
 _LM_MAX_ITER = 20
 _LM_TOL = 1e-4
-_DEFAULT_CHUNK = 1 << 16
-_DEFAULT_CUDA_CHUNK = 1 << 22
 
 
 class Status(enum.IntEnum):
@@ -262,13 +265,9 @@ def fit_corrected(
     """
     if not (0.0 <= threshold < 1.0):
         raise ValueError(f"the |F| threshold must be in [0, 1), got {threshold}")
-    if chunk_size is not None and chunk_size < 1:
-        raise ValueError("chunk_size must be positive")
-    if noise_sigma is not None and not (np.isfinite(noise_sigma) and noise_sigma > 0):
-        raise ValueError(f"noise sigma must be a positive number, got {noise_sigma!r}")
-    dev = resolve_device(device)
-    if chunk_size is None:
-        chunk_size = _DEFAULT_CUDA_CHUNK if dev.type == "cuda" else _DEFAULT_CHUNK
+    dev, chunk_size = fit_device_and_chunk(
+        chunk_size, noise_sigma, device, (_fit.DEFAULT_CHUNK, _fit.DEFAULT_CUDA_CHUNK)
+    )
     te_np = check_echo_times(echo_times)
     data = torch.as_tensor(magnitude)
     fac = torch.as_tensor(factor)
@@ -283,13 +282,7 @@ def fit_corrected(
     n_echo = te_np.size
     flat, flat_f = data.reshape(-1, n_echo), fac.reshape(-1, n_echo)
     n_vox = flat.shape[0]
-    if mask is None:
-        inside = torch.ones(n_vox, dtype=torch.bool)
-    else:
-        inside = torch.as_tensor(mask).to(torch.bool).cpu()
-        if tuple(inside.shape) != spatial:
-            raise ValueError(f"mask shape {tuple(inside.shape)} does not match {spatial}")
-        inside = inside.reshape(-1)
+    inside = flat_mask(mask, spatial)
     index = torch.nonzero(inside).reshape(-1)
     order = [int(k) for k in np.argsort(te_np, kind="stable")]
     echoes = _fit._Echoes(

@@ -64,7 +64,14 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from t2starmap.fitresult import Failure, FitResult, check_echo_times, resolve_device
+from t2starmap.fitresult import (
+    Failure,
+    FitResult,
+    check_echo_times,
+    fit_device_and_chunk,
+    flat_mask,
+    resolve_device,
+)
 from t2starmap.limits import (
     DEFAULT_METHOD,
     MAGNITUDE_METHODS,
@@ -170,12 +177,8 @@ def fit_t2star(
     """
     if method not in METHODS:
         raise ValueError(f"unknown fit method {method!r}; choose one of {', '.join(METHODS)}")
-    if chunk_size is not None and chunk_size < 1:
-        raise ValueError("chunk_size must be positive")
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers!r}")
-    if noise_sigma is not None and not (np.isfinite(noise_sigma) and noise_sigma > 0):
-        raise ValueError(f"noise sigma must be a positive number, got {noise_sigma!r}")
     if not (np.isfinite(noise_coils) and noise_coils >= 1.0):
         raise ValueError(f"noise coils must be a number >= 1, got {noise_coils!r}")
     if method == "complex":
@@ -190,9 +193,9 @@ def fit_t2star(
             dtype=dtype,
             chunk_size=chunk_size,
         ).as_fit_result()
-    dev = resolve_device(device)
-    if chunk_size is None:
-        chunk_size = DEFAULT_CUDA_CHUNK if dev.type == "cuda" else DEFAULT_CHUNK
+    dev, chunk_size = fit_device_and_chunk(
+        chunk_size, noise_sigma, device, (DEFAULT_CHUNK, DEFAULT_CUDA_CHUNK)
+    )
     te_np = check_echo_times(echo_times)
     data = torch.as_tensor(signal)
     if data.ndim < 1 or data.shape[-1] != te_np.size:
@@ -210,13 +213,7 @@ def fit_t2star(
     spatial = tuple(data.shape[:-1])
     flat = data.reshape(-1, te_np.size)
     n_vox = flat.shape[0]
-    if mask is None:
-        inside = torch.ones(n_vox, dtype=torch.bool)
-    else:
-        m = torch.as_tensor(mask).to(torch.bool).cpu()
-        if tuple(m.shape) != spatial:
-            raise ValueError(f"mask shape {tuple(m.shape)} does not match signal {spatial}")
-        inside = m.reshape(-1)
+    inside = flat_mask(mask, spatial)
     echoes = _Echoes(
         te=torch.as_tensor(te_np[order], dtype=dtype, device=dev)[:, None],
         distinct=bool(np.unique(te_np).size == te_np.size),

@@ -53,7 +53,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from t2starmap.fitresult import Failure, FitResult, check_echo_times, resolve_device
+from t2starmap.fitresult import (
+    Failure,
+    FitResult,
+    check_echo_times,
+    fit_device_and_chunk,
+    flat_mask,
+)
 from t2starmap.limits import T2STAR_MAX, T2STAR_MIN
 
 #: Voxels per chunk on the CPU and on a GPU (more temporaries than the magnitude fit: 4 real
@@ -161,13 +167,9 @@ def fit_complex(
     """
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
-    if chunk_size is not None and chunk_size < 1:
-        raise ValueError("chunk_size must be positive")
-    if noise_sigma is not None and not (np.isfinite(noise_sigma) and noise_sigma > 0):
-        raise ValueError(f"noise sigma must be a positive number, got {noise_sigma!r}")
-    dev = resolve_device(device)
-    if chunk_size is None:
-        chunk_size = DEFAULT_CUDA_CHUNK if dev.type == "cuda" else DEFAULT_CHUNK
+    dev, chunk_size = fit_device_and_chunk(
+        chunk_size, noise_sigma, device, (DEFAULT_CHUNK, DEFAULT_CUDA_CHUNK)
+    )
     te_np = check_echo_times(torch.as_tensor(echo_times).detach().cpu().clone())
     if np.unique(te_np).size != te_np.size:
         raise ValueError(f"the complex fit needs distinct echo times, got {te_np.tolist()}")
@@ -186,17 +188,9 @@ def fit_complex(
     spatial = tuple(data.shape[:-1])
     flat = data.reshape(-1, te_np.size)
     n_vox = flat.shape[0]
-    if mask is None:
-        index = None
-        n_fit = n_vox
-        inside = torch.ones(n_vox, dtype=torch.bool)
-    else:
-        inside = torch.as_tensor(mask).to(torch.bool).cpu()
-        if tuple(inside.shape) != spatial:
-            raise ValueError(f"mask shape {tuple(inside.shape)} does not match signal {spatial}")
-        inside = inside.reshape(-1)
-        index = torch.nonzero(inside).reshape(-1)
-        n_fit = index.numel()
+    inside = flat_mask(mask, spatial)
+    index = None if mask is None else torch.nonzero(inside).reshape(-1)
+    n_fit = n_vox if index is None else index.numel()
     te = torch.as_tensor(te_np[order], dtype=dtype, device=dev)[:, None]
     thresholds = _phase_thresholds(te_np.size)
 

@@ -103,3 +103,34 @@ def check_echo_times(echo_times: Sequence[float] | np.ndarray | torch.Tensor) ->
     if isinstance(echo_times, torch.Tensor):
         echo_times = echo_times.detach().cpu().numpy()
     return limits.check_echo_times(echo_times)
+
+
+def fit_device_and_chunk(
+    chunk_size: int | None,
+    noise_sigma: float | None,
+    device: str | torch.device | None,
+    defaults: tuple[int, int],
+) -> tuple[torch.device, int]:
+    """The argument checks every voxel-wise fit shares: a positive ``chunk_size`` (None: the
+    ``defaults`` (CPU, CUDA) of the fit, for the device) and a positive finite noise sigma.
+    Returns the device and the chunk size. Raises ValueError."""
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError("chunk_size must be positive")
+    if noise_sigma is not None and not (np.isfinite(noise_sigma) and noise_sigma > 0):
+        raise ValueError(f"noise sigma must be a positive number, got {noise_sigma!r}")
+    dev = resolve_device(device)
+    if chunk_size is None:
+        chunk_size = defaults[1] if dev.type == "cuda" else defaults[0]
+    return dev, chunk_size
+
+
+def flat_mask(mask: np.ndarray | torch.Tensor | None, spatial: tuple[int, ...]) -> torch.Tensor:
+    """``mask`` (``spatial`` shape, None: every voxel) as a flat bool tensor on the CPU.
+    Raises ValueError when its shape is not ``spatial``."""
+    n_vox = int(np.prod(spatial)) if spatial else 1
+    if mask is None:
+        return torch.ones(n_vox, dtype=torch.bool)
+    inside = torch.as_tensor(mask).to(torch.bool).cpu()
+    if tuple(inside.shape) != spatial:
+        raise ValueError(f"mask shape {tuple(inside.shape)} does not match signal {spatial}")
+    return inside.reshape(-1)

@@ -73,6 +73,25 @@ def add_rician_noise(
     return np.abs(z).astype(np.float32), np.angle(z).astype(np.float32)
 
 
+def _object_truth(
+    grids: Sequence[np.ndarray],
+    radius: float,
+    mask: np.ndarray,
+    t2star_range: tuple[float, float],
+    s0: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """True T2* (s) and S0 of the phantoms' object: T2* log-uniform along x over
+    ``t2star_range`` with a gentle modulation along y, S0 within +-10 % of ``s0``; 0 outside
+    ``mask``. ``grids``: the voxel coordinates in [-1, 1] per axis."""
+    lo, hi = np.log(t2star_range[0]), np.log(t2star_range[1])
+    frac = np.clip((grids[0] / radius + 1.0) / 2.0, 0.0, 1.0)
+    if len(grids) > 1:
+        frac = np.clip(frac + 0.05 * np.sin(np.pi * grids[1]), 0.0, 1.0)
+    t2star = np.where(mask, np.exp(lo + frac * (hi - lo)), 0.0)
+    s0_map = np.where(mask, s0 * (1.0 + 0.1 * np.cos(np.pi * grids[-1])), 0.0)
+    return t2star, s0_map
+
+
 def make_phantom(
     shape: Sequence[int] = (32, 32, 8),
     echo_times: Sequence[float] = DEFAULT_ECHO_TIMES,
@@ -100,12 +119,7 @@ def make_phantom(
     radius = 1.0 - background
     r2 = sum((g / radius) ** 2 for g in grids)
     mask = np.asarray(r2 <= 1.0, dtype=bool)
-    lo, hi = np.log(t2star_range[0]), np.log(t2star_range[1])
-    frac = np.clip((grids[0] / radius + 1.0) / 2.0, 0.0, 1.0)
-    if len(shape) > 1:
-        frac = np.clip(frac + 0.05 * np.sin(np.pi * grids[1]), 0.0, 1.0)
-    t2star = np.where(mask, np.exp(lo + frac * (hi - lo)), 0.0)
-    s0_map = np.where(mask, s0 * (1.0 + 0.1 * np.cos(np.pi * grids[-1])), 0.0)
+    t2star, s0_map = _object_truth(grids, radius, mask, t2star_range, s0)
     sigma = s0 / snr
     clean = decay(s0_map, t2star, te)
     phase = None
@@ -183,12 +197,7 @@ def make_coil_phantom(
         mask = np.asarray(sum((g / radius) ** 2 for g in grids) <= 1.0, dtype=bool)
     else:
         mask = np.ones(shape, dtype=bool)
-    lo, hi = np.log(t2star_range[0]), np.log(t2star_range[1])
-    frac = np.clip((grids[0] / radius + 1.0) / 2.0, 0.0, 1.0)
-    if len(shape) > 1:
-        frac = np.clip(frac + 0.05 * np.sin(np.pi * grids[1]), 0.0, 1.0)
-    t2star = np.where(mask, np.exp(lo + frac * (hi - lo)), 0.0)
-    s0_map = np.where(mask, s0 * (1.0 + 0.1 * np.cos(np.pi * grids[-1])), 0.0)
+    t2star, s0_map = _object_truth(grids, radius, mask, t2star_range, s0)
     sigma = s0 / snr
     clean = decay(s0_map, t2star, te)  # (*shape, E), real and positive
     if ghost:
