@@ -72,6 +72,11 @@ def test_same_contents_as_the_reference(run: Path, name: str) -> None:
             assert isinstance(mine.pop(key), float)
             reference.pop(key)
         assert _close(mine, reference), (mine, reference)
+    elif name == "dataset_description.json":  # DatasetLinks names where the input lives
+        mine, reference = json.loads(ours.read_text()), json.loads(theirs.read_text())
+        assert mine.pop("DatasetLinks") == {"raw": EXAMPLE.resolve().as_uri()}
+        reference.pop("DatasetLinks")
+        assert mine == reference
     else:
         assert ours.read_text() == theirs.read_text()
 
