@@ -56,7 +56,10 @@ _MAP_KEYS = (
     "frequency",
     "r2star_uncorrected",
     "gradz",
+    "status",
 )
+#: Fit-status label of voxels the field-gradient correction left out (no gradient there).
+NOT_CORRECTED = next(s.index for s in STATUS_LEVELS if s.name == "not_gradient_corrected")
 
 
 def page_name(subject: str, session: str | None) -> str:
@@ -247,7 +250,8 @@ MONTAGES = (
         1.0,
         "RdBu_r",
         "gradient (Hz/mm)",
-        "Through-slice gradient of the field map",
+        "Through-slice gradient of the field map (black where it could not be estimated: edge "
+        "slices, mask borders, untrusted field)",
         "symmetric",
         fmt=".3g",
         unit=" Hz/mm",
@@ -355,7 +359,8 @@ def _status_text(record: PublishedSet) -> str:
         count = record.status_counts.get(level.name, 0)
         if count:
             share = 100 * count / max(record.n_voxels, 1)
-            parts.append(f"{level.meaning}: {count} ({share:.2f} %)")
+            meaning = "good fit" if level.index == 0 else level.meaning
+            parts.append(f"{meaning}: {count} ({share:.2f} %)")
     return "; ".join(parts) or "no voxel"
 
 
@@ -440,6 +445,8 @@ def set_section(
         return _caption(spec, window, record.echo_times[0], note)
 
     shown_maps = {**maps, "echo1": first_echo} if first_echo is not None else dict(maps)
+    if "gradz" in maps and "status" in maps:  # 0 there means "not estimated", not "flat"
+        shown_maps["gradz"] = np.where(maps["status"] == NOT_CORRECTED, np.nan, maps["gradz"])
     curves = [
         figures.DecayCurve(
             f"{label} ({', '.join(str(i) for i in voxel)})",
