@@ -232,7 +232,7 @@ def noise_from_residuals(
     """
     from t2starmap.fit import fit_t2star
 
-    data = np.asarray(magnitude, dtype=np.float64)
+    data = np.asarray(magnitude)  # float64 only for the voxels fitted (a volume is large)
     te = np.asarray(echo_times, dtype=np.float64)
     n_echo = te.size
     if data.ndim < 1 or data.shape[-1] != n_echo:
@@ -242,7 +242,7 @@ def noise_from_residuals(
     flat = data.reshape(-1, n_echo)
     usable = np.all(np.isfinite(flat), axis=1) & np.all(flat > 0, axis=1)
     if mask is None:
-        first = flat[usable, 0]
+        first = flat[usable, 0].astype(np.float64)
         if first.size < MIN_BACKGROUND:
             return NoiseEstimate(None, int(first.size), "too few voxels for the residuals")
         threshold = math.expm1(otsu_threshold(np.log1p(first)))
