@@ -125,3 +125,14 @@ def test_what_the_correction_cannot_use_is_a_warning_under_auto_and_64_when_aske
     assert any("no field-gradient correction" in w for w in sidecar["Warnings"])
     assert run(bids, tmp_path / "out2", "--b0-correction", "through-slice") == 64
     assert not (tmp_path / "out2").exists()
+
+
+def test_phase_is_not_read_when_nothing_needs_it(tmp_path: Path) -> None:
+    """Given sigma, a magnitude fit and no correction: the phase files are not even opened
+    (a damaged one does not stop the run); when the correction needs them, it does."""
+    bids = tmp_path / "bids"
+    write_slice_megre(bids, make_slice_phantom((12, 12, 5), snr=100.0, seed=2))
+    next((bids / ANAT).glob("*part-phase*.nii.gz")).write_bytes(b"not an image")
+    out = tmp_path / "out"
+    assert run(bids, out, "--noise-sigma", "10", "--b0-correction", "none") == 0
+    assert run(bids, tmp_path / "out2", "--noise-sigma", "10") == 65

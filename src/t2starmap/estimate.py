@@ -95,7 +95,10 @@ def fit_echo_set(
     parts = find_parts(echo_set)
     method = choose_method(settings.fit_method, parts, str(first), DEFAULT_METHOD)
     magnitude = _usable_magnitude(echo_set, geometry, warn)
-    signal = load_complex(parts, geometry, magnitude) if parts is not None else None
+    # the complex signal serves the complex fit, the background's real channel and the field
+    # gradient; none of them wants it with a given sigma, a magnitude fit and no correction
+    wanted = method == "complex" or settings.noise_sigma is None or settings.b0_correction != "none"
+    signal = load_complex(parts, geometry, magnitude) if parts is not None and wanted else None
     noise = _noise_level(settings, echo_set, magnitude, signal, method, warn)
     mask = signal_mask(magnitude, noise.sigma, noise.coils)
     if not mask.any():

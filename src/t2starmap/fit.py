@@ -68,6 +68,7 @@ from t2starmap.fitresult import (
     Failure,
     FitResult,
     check_echo_times,
+    chunk_rows,
     fit_device_and_chunk,
     flat_mask,
     resolve_device,
@@ -229,14 +230,7 @@ def fit_t2star(
 
     def fit_chunk(start: int) -> tuple[slice | torch.Tensor, _Maps]:
         stop = min(start + chunk_size, n_fit)
-        if all_inside:
-            sel: slice | torch.Tensor = slice(start, stop)
-            rows = flat[start:stop]
-        else:
-            sel = index[start:stop]
-            rows = flat[sel.to(flat.device)]
-            sel = sel.to(dev)
-        rows = rows.to(device=dev, dtype=dtype)
+        sel, rows = chunk_rows(flat, None if all_inside else index, start, stop, dev, dtype)
         # Echo-major (E, n), echoes ascending: every sum over echoes is then a vectorised add
         # across voxels. Stacked from the columns (on the CPU twice as fast as a transposing
         # copy), so always a fresh array: the kernels work in it in place.

@@ -57,6 +57,7 @@ from t2starmap.fitresult import (
     Failure,
     FitResult,
     check_echo_times,
+    chunk_rows,
     fit_device_and_chunk,
     flat_mask,
 )
@@ -198,14 +199,7 @@ def fit_complex(
     reason = torch.zeros(n_vox, dtype=torch.uint8, device=dev)
     for start in range(0, n_fit, chunk_size):
         stop = min(start + chunk_size, n_fit)
-        if index is None:
-            sel: slice | torch.Tensor = slice(start, stop)
-            rows = flat[start:stop]
-        else:
-            sel = index[start:stop]
-            rows = flat[sel.to(flat.device)]
-            sel = sel.to(dev)
-        rows = rows.to(device=dev)
+        sel, rows = chunk_rows(flat, index, start, stop, dev)
         # Echo-major (E, n), echoes ascending, real and imaginary parts as separate arrays.
         x_re = torch.stack([rows[:, k].real for k in order]).to(dtype)
         x_im = torch.stack([rows[:, k].imag for k in order]).to(dtype)

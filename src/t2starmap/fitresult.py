@@ -134,3 +134,20 @@ def flat_mask(mask: np.ndarray | torch.Tensor | None, spatial: tuple[int, ...]) 
     if tuple(inside.shape) != spatial:
         raise ValueError(f"mask shape {tuple(inside.shape)} does not match signal {spatial}")
     return inside.reshape(-1)
+
+
+def chunk_rows(
+    flat: torch.Tensor,
+    index: torch.Tensor | None,
+    start: int,
+    stop: int,
+    dev: torch.device,
+    dtype: torch.dtype | None = None,
+) -> tuple[slice | torch.Tensor, torch.Tensor]:
+    """Rows ``start:stop`` of the voxels to fit and where their results go: a slice of ``flat``
+    (n_voxels, E) when every voxel is fitted (``index`` None), else those of ``index``. The rows
+    are moved to ``dev`` (and ``dtype`` when given) in one copy, the returned index to ``dev``."""
+    if index is None:
+        return slice(start, stop), flat[start:stop].to(device=dev, dtype=dtype)
+    sel = index[start:stop]
+    return sel.to(dev), flat[sel.to(flat.device)].to(device=dev, dtype=dtype)
