@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from bench_fit import SHAPE, SIGMA, TE, make_volume
 
-import t2starmap.fit as fit_module
+import t2starmap.fit.solver as solver
+from t2starmap import fit as fit_module
 
 
 def timed(signal: torch.Tensor, **kwargs: int) -> tuple[float, fit_module.FitResult]:
@@ -39,18 +40,18 @@ def main() -> int:
     settings = args.chunks if args.chunks else args.tols
     seconds: dict[float, list[float]] = {s: [] for s in settings}
     results: dict[float, fit_module.FitResult] = {}
-    default_tol = fit_module._LM_TOL
+    default_tol = solver.TOL
     try:
         for _ in range(args.rounds):
             for setting in settings:
                 if args.chunks:
                     took, results[setting] = timed(signal, chunk_size=1 << int(setting))
                 else:
-                    fit_module._LM_TOL = float(setting)
+                    solver.TOL = float(setting)
                     took, results[setting] = timed(signal)
                 seconds[setting].append(took)
     finally:
-        fit_module._LM_TOL = default_tol
+        solver.TOL = default_tol
     reference = results[settings[0]]
     print("| setting | median s | best s | max abs dT2*/SE | p99 abs dT2*/SE |")
     print("|---|---:|---:|---:|---:|")

@@ -7,12 +7,43 @@ import pytest
 import torch
 
 from t2starmap import b0
-from t2starmap.b0 import Status
-from t2starmap.fit_complex import frequency_limit
-from t2starmap.fitresult import FitResult
+from t2starmap.fit import FitResult, fit_complex, fit_t2star, frequency_limit
+from t2starmap.fit.phase import FieldMap, field_map
+from t2starmap.fit.status import Correction as Status
 from t2starmap.simulate import DEFAULT_ECHO_TIMES, SlicePhantom, make_slice_phantom
 
 TE = np.asarray(DEFAULT_ECHO_TIMES)
+
+
+def correct(
+    magnitude: np.ndarray,
+    field: FieldMap,
+    te: np.ndarray,
+    affine: np.ndarray,
+    *,
+    method: str = "nlls-gaussian",
+    noise_sigma: float | None = None,
+    dtype: torch.dtype = torch.float32,
+    **kwargs: object,
+) -> b0.ThroughSliceCorrection:
+    """The correction as the app runs it: the uncorrected fit first, then the corrected one
+    started from it."""
+    uncorrected = fit_t2star(magnitude, te, method=method, noise_sigma=noise_sigma, dtype=dtype)
+    return b0.correct_through_slice(
+        magnitude,
+        te,
+        affine,
+        field=field,
+        uncorrected=uncorrected,
+        dtype=dtype,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def known_field(frequency_hz: np.ndarray, untrusted: np.ndarray | None = None) -> FieldMap:
+    """A field map known everywhere (unwrapped), trusted except where ``untrusted``."""
+    bad = np.zeros(frequency_hz.shape, bool) if untrusted is None else untrusted
+    return FieldMap(np.asarray(frequency_hz, np.float64), bad, None, "known")
 
 
 @pytest.fixture(scope="module")
@@ -21,12 +52,18 @@ def phantom() -> SlicePhantom:
     return make_slice_phantom((24, 24, 6), snr=100.0, seed=1)
 
 
-@pytest.fixture(scope="module")
-def correction(phantom: SlicePhantom) -> b0.ThroughSliceCorrection:
+@pytest.fixture(scope="module", params=["complex fit", "phase differences"])
+def correction(phantom: SlicePhantom, request: pytest.FixtureRequest) -> b0.ThroughSliceCorrection:
+    """The correction with the field map of the complex fit, and with the closed form."""
     signal = phantom.magnitude * np.exp(1j * phantom.phase)
-    return b0.correct_through_slice(
+    if request.param == "complex fit":
+        field = FieldMap.from_fit(fit_complex(signal, TE, noise_sigma=phantom.sigma), TE)
+    else:
+        field = field_map(signal, TE, noise_sigma=phantom.sigma)
+    assert field.method == request.param
+    return correct(
         phantom.magnitude,
-        signal,
+        field,
         phantom.echo_times,
         phantom.affine,
         mr_acquisition_type="2D",
@@ -120,7 +157,7 @@ def test_masked_and_failed_neighbours_are_invalid() -> None:
     assert not valid[2, 2, 1] and not valid[2, 2, 3] and valid[2, 2, 4]
     status = b0._status(mask, failed, valid, 2)
     assert status[0, 0, 2] == Status.MASK_BORDER and status[0, 0, 3] == Status.OUTSIDE
-    assert status[2, 2, 1] == Status.PHASE_MODEL and status[2, 2, 2] == Status.PHASE_MODEL
+    assert status[2, 2, 1] == Status.FIELD_UNTRUSTED and status[2, 2, 2] == Status.FIELD_UNTRUSTED
     assert status[1, 1, 0] == Status.EDGE_SLICE and status[1, 1, 2] == Status.CORRECTED
 
 
@@ -129,18 +166,17 @@ def test_field_map_input_with_failed_voxels_and_3d_geometry() -> None:
     failed = np.zeros(ph.mask.shape, bool)
     failed[9, 2, 2] = True
     # 3D: the slice thickness is the voxel size along Z (3 mm), SliceThickness is ignored.
-    out = b0.correct_through_slice(
+    out = correct(
         ph.magnitude,
-        ph.frequency_hz,
+        known_field(ph.frequency_hz, failed),
         ph.echo_times,
         ph.affine,
         mr_acquisition_type="3D",
         slice_thickness_mm=99.0,
-        field_failed=failed,
         dtype=torch.float64,
     )
     assert (out.thickness_mm, out.spacing_mm) == (3.0, 3.0) and out.wrap_period_hz is None
-    assert np.all(out.status[9, 2, 1:4] == Status.PHASE_MODEL)
+    assert np.all(out.status[9, 2, 1:4] == Status.FIELD_UNTRUSTED)
     assert np.all(out.status[9, 3, 1:4] == Status.CORRECTED)
     done = out.status == Status.CORRECTED
     error = _error(out.corrected, ph.r2star)[done]
@@ -168,31 +204,6 @@ def test_simulated_signal_follows_the_sinc_for_a_linear_field() -> None:
     np.testing.assert_allclose(ph.magnitude / decay, factor, atol=2e-5)
 
 
-def test_fit_corrected_recovers_the_truth_on_the_model(device: str) -> None:
-    rng = np.random.default_rng(3)
-    r2 = rng.uniform(10.0, 80.0, 200)
-    s0 = rng.uniform(200.0, 2000.0, 200)
-    gradient = rng.uniform(0.0, 10.0, 200)
-    factor = b0.sinc_factor(gradient, 3.0, TE)
-    signal = s0[:, None] * np.exp(-TE * r2[:, None]) * factor
-    out = b0.fit_corrected(signal, TE, factor, dtype=torch.float64, device=device)
-    assert out.result.device.startswith(device)
-    np.testing.assert_allclose(out.result.r2star.cpu().numpy(), r2, rtol=1e-5)
-    np.testing.assert_allclose(out.result.s0.cpu().numpy(), s0, rtol=1e-5)
-    assert not out.result.failed.any()
-    np.testing.assert_array_equal(out.echoes_kept.cpu().numpy(), (factor >= 0.3).sum(-1))
-
-
-def test_too_few_echoes_fall_back_to_uncorrected() -> None:
-    factor = np.ones((3, TE.size))
-    factor[1, 1:] = 0.1  # one echo left
-    signal = 1000.0 * np.exp(-TE * 30.0) * np.ones((3, 1))
-    out = b0.fit_corrected(signal, TE, factor, dtype=torch.float64)
-    np.testing.assert_array_equal(out.too_few.numpy(), [False, True, False])
-    np.testing.assert_allclose(out.result.r2star.numpy(), 30.0, rtol=1e-6)
-    assert out.echoes_kept[1] == TE.size
-
-
 def test_geometry_2d_and_3d() -> None:
     affine = np.diag([1.0, 1.0, 3.5, 1.0])
     assert b0.slice_geometry("2D", affine, slice_thickness_mm=3.0) == (3.0, 3.5)
@@ -215,8 +226,8 @@ def test_missing_metadata_is_a_clear_error(
 
 
 def _run(mag: np.ndarray, field: np.ndarray, te: np.ndarray) -> None:
-    b0.correct_through_slice(
-        mag, field, te, np.eye(4), mr_acquisition_type="2D", slice_thickness_mm=1.0
+    correct(
+        mag, known_field(field), te, np.eye(4), mr_acquisition_type="2D", slice_thickness_mm=1.0
     )
 
 
@@ -224,8 +235,6 @@ def test_bad_input_raises() -> None:
     mag = np.ones((4, 4, 5, TE.size), np.float32)
     with pytest.raises(ValueError, match="field map shape"):
         _run(mag, np.zeros((4, 4, 4)), TE)
-    with pytest.raises(ValueError, match="complex signal shape"):
-        _run(mag, np.zeros((4, 4, 5, 3), np.complex64), TE)
     with pytest.raises(ValueError, match="at least 3 slices"):
         _run(mag[:, :, :1], np.zeros((4, 4, 1)), TE)
     with pytest.raises(ValueError, match="at least 3 echoes"):
@@ -236,17 +245,15 @@ def test_bad_input_raises() -> None:
         b0.through_slice_gradient(np.zeros((4, 4, 2)), np.ones((4, 4, 2), bool), np.eye(4))
     with pytest.raises(ValueError, match="mask shape"):
         b0.through_slice_gradient(np.zeros((4, 4, 5)), np.ones((4, 4, 4), bool), np.eye(4))
-    with pytest.raises(ValueError, match="factor shape"):
-        b0.fit_corrected(mag, TE, np.ones((4, 4, 5, 2)))
     with pytest.raises(ValueError, match="thickness"):
         b0.sinc_factor(np.zeros(3), 0.0, TE)
 
 
 def test_voxels_left_with_one_echo_are_flagged_and_uncorrected() -> None:
     ph = make_slice_phantom((10, 4, 4), snr=None, samples=32, offset_hz=0.0)
-    out = b0.correct_through_slice(
+    out = correct(
         ph.magnitude,
-        ph.frequency_hz,
+        known_field(ph.frequency_hz),
         ph.echo_times,
         ph.affine,
         mr_acquisition_type="2D",

@@ -13,7 +13,7 @@ import pytest
 
 from t2starmap import __version__
 from t2starmap.cli import main
-from t2starmap.limits import METHOD_HELP
+from t2starmap.fit.limits import METHOD_HELP
 
 from .conftest import REPO, checksums, files_below
 
@@ -187,7 +187,7 @@ def test_help_and_version_import_no_torch(argv: list[str]) -> None:
     "module",
     [
         "t2starmap.layout",
-        "t2starmap.limits",
+        "t2starmap.fit.limits",
         "t2starmap.settings",
         "t2starmap.nifti",
         "t2starmap.derivatives",

@@ -359,7 +359,8 @@ def test_fit_status_map_says_why_each_voxel_failed(example: Path, tmp_path: Path
     assert status.dtype == np.uint8
     levels = pd.read_csv(out / f"{SETS[0]}_desc-fitstatus_dseg.tsv", sep="\t")
     code = dict(zip(levels["name"], levels["index"], strict=True))
-    assert list(levels.columns[:2]) == ["index", "name"] and code["good"] == 0
+    assert list(levels.columns[:2]) == ["index", "name"]
+    assert code["not_fitted"] == 0 and code["good"] == 1  # BIDS dseg: 0 is background
     assert np.all(status[rising[0], rising[1], 2] == code["r2star_at_lower_bound"])
     assert np.all(status[broken[0], broken[1], :] == code["unusable_input"])
     # decay gone before the second echo: LM pushing at the R2* cap mostly ends as "not
@@ -368,7 +369,9 @@ def test_fit_status_map_says_why_each_voxel_failed(example: Path, tmp_path: Path
     assert fast_codes <= {code["r2star_at_upper_bound"], code["not_converged"]}
     failed = np.asarray(nib.load(out / f"{SETS[0]}_desc-failed_mask.nii.gz").dataobj) > 0
     signal = np.asarray(nib.load(out / f"{SETS[0]}_desc-signal_mask.nii.gz").dataobj) > 0
-    assert np.array_equal(failed, (status != 0) & (status != 7) & signal)
+    fine = (code["not_fitted"], code["good"], code["not_gradient_corrected"])
+    assert np.array_equal(failed, ~np.isin(status, fine) & signal)
+    assert np.array_equal(status == code["not_fitted"], ~signal)
     record = json.loads((out / f"{SETS[0]}_record.json").read_text())
     assert record["status_counts"]["r2star_at_lower_bound"] >= 36
     page = (out / "sub-01.html").read_text()

@@ -22,14 +22,16 @@ The steps:
 2. :func:`through_slice_gradient`: G from the field map by central differences between the
    neighbouring slices, with a local unwrapping rule for the wrapped field of a complex fit.
 3. :func:`sinc_factor`: |F(TE)| per voxel and echo.
-4. :func:`fit_corrected`: the fit of S0 exp(-TE R2*) |F(TE)|, dropping echoes where
-   |F| < ``FACTOR_THRESHOLD``.
-5. :func:`correct_through_slice`: all of it, with a per-voxel :class:`Status`.
+4. :func:`t2starmap.fit.fit_corrected`: the fit of S0 exp(-TE R2*) |F(TE)| (the magnitude
+   model times a known factor, in the one solver), dropping echoes where |F| <
+   ``FACTOR_THRESHOLD``, started from the uncorrected fit.
+5. :func:`correct_through_slice`: all of it, with a per-voxel
+   :class:`~t2starmap.fit.status.Correction` outcome. The field map and the uncorrected fit
+   come from the caller: nothing is fitted twice.
 """
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,34 +39,31 @@ from typing import Any
 import numpy as np
 import torch
 
-from t2starmap import fit as _fit
-from t2starmap.fitresult import (
-    FitResult,
-    check_echo_times,
-    fit_device_and_chunk,
-    flat_mask,
-)
+from t2starmap.fit import FitResult, check_echo_times, fit_corrected
+from t2starmap.fit.magnitude import FACTOR_THRESHOLD
+from t2starmap.fit.phase import FieldMap
+from t2starmap.fit.status import Correction
 
 __all__ = [
     "FACTOR_THRESHOLD",
-    "Status",
+    "REFERENCES",
     "ThroughSliceCorrection",
     "correct_through_slice",
-    "fit_corrected",
     "sinc_factor",
     "slice_geometry",
     "through_slice_gradient",
 ]
 
-#: Echoes where the modelled |F(TE)| falls below this are left out of the corrected fit. Near
-#: the sinc's first zero (pi G dz TE = pi) |F| is small and steep: an error of G (noise, a
-#: field not linear across the slice, a slice profile that is not rectangular) changes |F| by
-#: a large factor there. d ln|F| / d ln G = x cot x - 1 is -1.6 at |F| = 0.5 (x = 1.90 rad),
-#: -3.4 at 0.3 (x = 2.36), -10.6 at 0.1 (x = 2.85): a 5 % error of G moves |F| by 8 %, 17 %,
-#: 53 %. On the simulator (``python benchmarks/bench_b0.py``, its table is the record; field
-#: changes up to 36 Hz across 3 mm, TE to 40 ms) the threshold hardly matters from 0 to 0.3
-#: (median R2* error 2.10-2.16 % at SNR 100, 7.17-7.32 % at SNR 30) and costs above it (2.28 %
-#: and 7.68 % at 0.5): 0.3 is the most robust value that costs nothing measurable.
+#: Echoes where the modelled |F(TE)| falls below ``FACTOR_THRESHOLD`` (0.3, defined with the
+#: corrected fit in :mod:`t2starmap.fit.magnitude`) are left out. Near the sinc's first zero
+#: (pi G dz TE = pi) |F| is small and steep: an error of G (noise, a field not linear across
+#: the slice, a slice profile that is not rectangular) changes |F| by a large factor there.
+#: d ln|F| / d ln G = x cot x - 1 is -1.6 at |F| = 0.5 (x = 1.90 rad), -3.4 at 0.3 (x = 2.36),
+#: -10.6 at 0.1 (x = 2.85): a 5 % error of G moves |F| by 8 %, 17 %, 53 %. On the simulator
+#: (``python benchmarks/bench_b0.py``, its table is the record; field changes up to 36 Hz
+#: across 3 mm, TE to 40 ms) the threshold hardly matters from 0 to 0.3 (median R2* error
+#: 2.10-2.16 % at SNR 100, 7.17-7.32 % at SNR 30) and costs above it (2.28 % and 7.68 % at
+#: 0.5): 0.3 is the most robust value that costs nothing measurable.
 #: What the sidecars cite for the correction.
 REFERENCES = (
     "Fernandez-Seara MA, Wehrli FW. Postprocessing technique to correct for background gradients "
@@ -72,22 +71,6 @@ REFERENCES = (
     "Hirsch NM, Preibisch C. T2* mapping with background gradient correction using different "
     "excitation pulse shapes. AJNR Am J Neuroradiol 2013;34:E65-E68",
 )
-FACTOR_THRESHOLD = 0.3
-#: Fewest echoes the corrected fit keeps; below it the voxel is fitted uncorrected.
-MIN_ECHOES = 2
-_LM_MAX_ITER = 20
-_LM_TOL = 1e-4
-
-
-class Status(enum.IntEnum):
-    """Per-voxel outcome of :func:`correct_through_slice` (uint8 map; 0 outside the mask)."""
-
-    OUTSIDE = 0
-    CORRECTED = 1
-    EDGE_SLICE = 2  # first or last slice: no central difference
-    MASK_BORDER = 3  # a slice neighbour is outside the mask
-    PHASE_MODEL = 4  # this voxel's or a neighbour's field estimate failed (complex fit)
-    FEW_ECHOES = 5  # fewer than MIN_ECHOES echoes with |F| >= threshold
 
 
 # --- geometry --------------------------------------------------------------------------------
@@ -224,190 +207,6 @@ def sinc_factor(
     return np.abs(np.sinc(g[..., None] * float(thickness_mm) * te))
 
 
-# --- the corrected fit -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CorrectedFit:
-    """:func:`fit_corrected`'s result. ``result``: the maps (see FitResult; ``method`` is
-    "through-slice"); ``echoes_kept``: (...) int, echoes the fit used (0 outside the mask);
-    ``too_few``: (...) bool, fewer than ``MIN_ECHOES`` echoes had |F| >= the threshold, so the
-    voxel was fitted without the factor (its maps are the uncorrected fit's)."""
-
-    result: FitResult
-    echoes_kept: torch.Tensor
-    too_few: torch.Tensor
-    threshold: float
-
-
-def fit_corrected(
-    magnitude: np.ndarray | torch.Tensor,
-    echo_times: Sequence[float] | np.ndarray | torch.Tensor,
-    factor: np.ndarray | torch.Tensor,
-    *,
-    mask: np.ndarray | torch.Tensor | None = None,
-    noise_sigma: float | None = None,
-    device: str | torch.device | None = None,
-    dtype: torch.dtype = torch.float32,
-    chunk_size: int | None = None,
-    threshold: float = FACTOR_THRESHOLD,
-) -> CorrectedFit:
-    """Fit S(TE) = S0 exp(-TE R2*) |F(TE)| in every voxel, |F| known (``factor``).
-
-    ``magnitude``: (..., n_echoes); ``factor``: the same shape, |F| in [0, 1] (from
-    :func:`sinc_factor`); ``echo_times``: (n_echoes,) s. Echoes with |F| < ``threshold`` are
-    left out; a voxel left with fewer than ``MIN_ECHOES`` is fitted with |F| = 1 on all echoes
-    and flagged ``too_few``. The fit: a log-linear start on M/|F| (weights M^2), then
-    Levenberg-Marquardt on sum_k w_k (S0 |F_k| exp(-TE_k R2*) - M_k)^2, w_k 0/1, as
-    :mod:`t2starmap.fit` does for the plain model (Gaussian noise; its bounds, failure flags and
-    T2* = 1/R2* in :func:`t2starmap.fit._derive`). Standard errors sigma^2 (J^T J)^-1 with
-    sigma = ``noise_sigma`` when given, else the residual estimate (0 with two echoes kept).
-    """
-    if not (0.0 <= threshold < 1.0):
-        raise ValueError(f"the |F| threshold must be in [0, 1), got {threshold}")
-    dev, chunk_size = fit_device_and_chunk(
-        chunk_size, noise_sigma, device, (_fit.DEFAULT_CHUNK, _fit.DEFAULT_CUDA_CHUNK)
-    )
-    te_np = check_echo_times(echo_times)
-    data = torch.as_tensor(magnitude)
-    fac = torch.as_tensor(factor)
-    if data.ndim < 1 or data.shape[-1] != te_np.size:
-        raise ValueError(
-            f"magnitude has {data.shape[-1] if data.ndim else 0} echoes on its last axis but "
-            f"{te_np.size} echo times were given"
-        )
-    if tuple(fac.shape) != tuple(data.shape):
-        raise ValueError(f"factor shape {tuple(fac.shape)} does not match {tuple(data.shape)}")
-    spatial = tuple(data.shape[:-1])
-    n_echo = te_np.size
-    flat, flat_f = data.reshape(-1, n_echo), fac.reshape(-1, n_echo)
-    n_vox = flat.shape[0]
-    inside = flat_mask(mask, spatial)
-    index = torch.nonzero(inside).reshape(-1)
-    order = [int(k) for k in np.argsort(te_np, kind="stable")]
-    echoes = _fit._Echoes(
-        te=torch.as_tensor(te_np[order], dtype=dtype, device=dev)[:, None],
-        distinct=bool(np.unique(te_np).size == te_np.size),
-    )
-    out: dict[str, Any] = {k: torch.zeros(n_vox, dtype=dtype, device=dev) for k in _fit._MAPS}
-    reason = torch.zeros(n_vox, dtype=torch.uint8, device=dev)
-    kept = torch.zeros(n_vox, dtype=torch.int64, device=dev)
-    too_few = torch.zeros(n_vox, dtype=torch.bool, device=dev)
-    for start in range(0, index.numel(), chunk_size):
-        sel = index[start : start + chunk_size]
-        rows = flat[sel.to(flat.device)].to(device=dev, dtype=dtype)
-        frows = flat_f[sel.to(flat_f.device)].to(device=dev, dtype=dtype)
-        y = torch.stack([rows[:, k] for k in order])
-        f = torch.stack([frows[:, k] for k in order]).nan_to_num_(nan=0.0).clamp_(0.0, 1.0)
-        maps, bad, n_kept, few = _kernel_corrected(y, f, echoes, noise_sigma, threshold)
-        sel = sel.to(dev)
-        for k in _fit._MAPS:
-            out[k][sel] = maps[k]
-        reason[sel] = bad.to(torch.uint8)  # Failure bits, as fit._derive makes them
-        kept[sel] = n_kept
-        too_few[sel] = few
-    result = FitResult(
-        **{k: v.reshape(spatial) for k, v in out.items()},
-        failed=(reason != 0).reshape(spatial),
-        reason=reason.reshape(spatial),
-        method="through-slice",
-        device=str(dev),
-        noise_sigma=noise_sigma,
-    )
-    return CorrectedFit(result, kept.reshape(spatial), too_few.reshape(spatial), threshold)
-
-
-def _kernel_corrected(
-    y: torch.Tensor,
-    factor: torch.Tensor,
-    echoes: _fit._Echoes,
-    sigma: float | None,
-    threshold: float,
-) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One chunk, echo-major: y, factor (E, n). Returns (maps, failed (float), echoes kept,
-    too few (bool))."""
-    yn, usable, scale = _fit._prepare(y, echoes, 0.0)
-    te = echoes.te
-    w = torch.ge(factor, threshold).to(yn.dtype)
-    n_kept = w.sum(0)
-    few = n_kept < MIN_ECHOES - 0.5
-    # Too few echoes left: fit all of them without the factor.
-    factor = torch.where(few, torch.ones_like(factor), factor)
-    w = torch.where(few, torch.ones_like(w), w)
-    n_kept = w.sum(0)
-    w = w * _fit._gt(yn, 0.0)  # log-linear start: positive samples only
-    safe_f = factor.clamp_min(threshold if threshold > 0 else _fit._tiny(yn))
-    start_w = w * yn * yn
-    s0n, r2 = _fit._loglinear(yn / safe_f, te, start_w)
-    w = torch.ge(factor, threshold).to(yn.dtype).clamp_min(few.to(yn.dtype))
-    p, r2, a11, a12, a22, cost, converged = _weighted_lm(yn, factor * w, te, s0n, r2)
-    if sigma is not None:
-        var = (sigma / scale) ** 2
-    else:
-        dof = (n_kept - 2.0).clamp_min(1.0)
-        var = torch.where(n_kept > 2.5, cost / dof, torch.zeros_like(cost))
-    r2_se, s0_se = _fit._inverse_diagonal_sqrt(a11, a12, a22, var)
-    rmse = torch.sqrt(cost / n_kept.clamp_min(1.0))
-    maps, bad = _fit._derive(p, r2, scale, usable, converged, r2_se, s0_se, rmse)
-    return maps, bad, (n_kept * usable).to(torch.int64), few & (usable > 0.5)
-
-
-def _weighted_lm(
-    yn: torch.Tensor, g: torch.Tensor, te: torch.Tensor, p: torch.Tensor, r2: torch.Tensor
-) -> tuple[torch.Tensor, ...]:
-    """Batched LM on (p, R2*) for sum_k (p g_k exp(-TE_k R2*) - y_k w_k)^2 where g = w |F|
-    (w 0/1 drops an echo: g_k = 0 there, so y_k must be masked too). (E, n) inputs, te (E, 1).
-    Returns (p, R2*, a11, a12, a22, cost, converged) at the last accepted point, each (n,)."""
-    yw = yn * torch.gt(g, 0.0).to(yn.dtype)
-    r2_max = _fit._R2_MAX
-    p = torch.nan_to_num(p, nan=0.0, posinf=0.0, neginf=0.0).clamp(-_fit._P_MAX, _fit._P_MAX)
-    r2 = torch.nan_to_num(r2, nan=0.0, posinf=0.0, neginf=0.0).clamp(0.0, r2_max)
-
-    def point(
-        p: torch.Tensor, r2: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        m = g * torch.exp(-te * r2)  # d model / d p
-        resid = p * m - yw
-        jr = -p * te * m  # d model / d R2*
-        return (
-            (m * m).sum(0),
-            (m * jr).sum(0),
-            (jr * jr).sum(0),
-            (m * resid).sum(0),
-            (jr * resid).sum(0),
-            (resid * resid).sum(0),
-        )
-
-    a11, a12, a22, g1, g2, cost = point(p, r2)
-    lam = torch.full_like(p, 1e-3)
-    converged = torch.zeros_like(p)
-    tiny = _fit._tiny(p)
-    for _ in range(_LM_MAX_ITER):
-        d11, d22 = a11 * (1.0 + lam), a22 * (1.0 + lam)
-        det = (d11 * d22 - a12 * a12).clamp_min(tiny)
-        dp = torch.nan_to_num((a12 * g2 - d22 * g1) / det)
-        dr = torch.nan_to_num((a12 * g1 - d11 * g2) / det)
-        small = (dp.abs() < _LM_TOL * p.abs().clamp_min(1e-12)) & (
-            dr.abs() < _LM_TOL * r2.abs().clamp_min(1.0)
-        )
-        converged = torch.maximum(converged, small.to(p.dtype))
-        if bool(converged.min() > 0.5):
-            break
-        tp = (p + dp).clamp(-_fit._P_MAX, _fit._P_MAX)
-        tr = (r2 + dr).clamp(0.0, r2_max)
-        trial = point(tp, tr)
-        better = (trial[5] < cost) & (converged < 0.5)
-        p, r2 = torch.where(better, tp, p), torch.where(better, tr, r2)
-        now = (a11, a12, a22, g1, g2, cost)
-        a11, a12, a22, g1, g2, cost = (
-            torch.where(better, t, c) for t, c in zip(trial, now, strict=True)
-        )
-        lam = torch.where(better, lam * 0.1, lam * 10.0).clamp(1e-9, 1e9)
-    floor = 1e-10 * (yw * yw).sum(0)
-    converged = torch.maximum(converged, (cost <= floor).to(p.dtype))
-    return p, r2, a11, a12, a22, cost, converged
-
-
 # --- the driver ------------------------------------------------------------------------------
 
 
@@ -415,11 +214,11 @@ def _weighted_lm(
 class ThroughSliceCorrection:
     """:func:`correct_through_slice`'s result; maps (X, Y, Z).
 
-    corrected: the maps to report (corrected where ``status == CORRECTED``, the uncorrected
-    fit's values elsewhere in the mask); uncorrected: the plain magnitude fit;
+    corrected: the maps to report (corrected where ``status == Correction.CORRECTED``, the
+    uncorrected fit's values elsewhere in the mask); uncorrected: the plain magnitude fit;
     gradient_hz_per_mm: G along the slice axis (0 where not valid); status: uint8
-    :class:`Status`; factor_min: (X, Y, Z) smallest |F| over the echoes kept (1 where not
-    corrected); thickness_mm, spacing_mm, threshold, wrap_period_hz: what was used.
+    :class:`~t2starmap.fit.status.Correction`; thickness_mm, spacing_mm, threshold,
+    wrap_period_hz: what was used; field_method: how the field map was made.
     """
 
     corrected: FitResult
@@ -430,39 +229,37 @@ class ThroughSliceCorrection:
     spacing_mm: float
     threshold: float
     wrap_period_hz: float | None
+    field_method: str = ""
 
 
 def correct_through_slice(
     magnitude: np.ndarray,
-    field: np.ndarray,
     echo_times: Sequence[float] | np.ndarray,
     affine: np.ndarray,
     *,
+    field: FieldMap,
+    uncorrected: FitResult,
     mr_acquisition_type: str | None,
     slice_thickness_mm: float | None = None,
     spacing_between_slices_mm: float | None = None,
     slice_axis: int = 2,
     mask: np.ndarray | None = None,
-    field_failed: np.ndarray | None = None,
-    wrap_period_hz: float | None = None,
     noise_sigma: float | None = None,
-    uncorrected: FitResult | None = None,
-    method: str = "nlls-gaussian",
+    noise_coils: float = 1.0,
     device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
+    workers: int | None = None,
     threshold: float = FACTOR_THRESHOLD,
 ) -> ThroughSliceCorrection:
     """Through-slice correction of a magnitude volume (X, Y, Z, n_echoes).
 
-    ``field``: either the complex signal (X, Y, Z, n_echoes), which is fitted here with
-    :func:`t2starmap.fit_complex.fit_complex` (its field map, wrapped at 1/dTE_min, and its
-    failures), or a field map in Hz (X, Y, Z) with ``field_failed`` (X, Y, Z bool, voxels whose
-    field is not to be trusted) and ``wrap_period_hz`` (the period it is known modulo; None
-    for a continuous field). ``mr_acquisition_type``, ``slice_thickness_mm``,
-    ``spacing_between_slices_mm``: the sidecar's MRAcquisitionType, SliceThickness and
-    SpacingBetweenSlices (see :func:`slice_geometry`, which raises ValueError when they do not
-    suffice). ``uncorrected``: the plain fit when the caller has it already, else it is made
-    here with ``fit_t2star(method=method)``; voxels that cannot be corrected keep its values.
+    ``field``: the field map and the voxels where it is not to be trusted
+    (:class:`~t2starmap.fit.phase.FieldMap`). ``uncorrected``: the plain fit of the same
+    voxels; voxels that cannot be corrected keep its values, and the corrected fit starts from
+    it, with its noise model (noise-aware when it was). ``mr_acquisition_type``,
+    ``slice_thickness_mm``, ``spacing_between_slices_mm``: the sidecar's MRAcquisitionType,
+    SliceThickness and SpacingBetweenSlices (see :func:`slice_geometry`, which raises
+    ValueError when they do not suffice).
     """
     mag = np.asarray(magnitude)
     if mag.ndim != 4:
@@ -490,70 +287,52 @@ def correct_through_slice(
         raise ValueError(
             f"a through-slice correction needs at least 3 slices, got {spatial[slice_axis]}"
         )
-    fld = np.asarray(field)
-    if np.iscomplexobj(fld):
-        if fld.shape != mag.shape:
-            raise ValueError(f"complex signal shape {fld.shape} does not match {mag.shape}")
-        from t2starmap.fit_complex import fit_complex, frequency_limit
-
-        cfit = fit_complex(fld, te, mask=inside, device=device, noise_sigma=noise_sigma)
-        frequency = cfit.frequency.cpu().numpy().astype(np.float64)
-        bad_field = cfit.failed.cpu().numpy()
-        wrap_period_hz = 2.0 * frequency_limit(te)
-    else:
-        if fld.shape != spatial:
-            raise ValueError(f"field map shape {fld.shape} does not match {spatial}")
-        frequency = fld.astype(np.float64)
-        bad_field = (
-            np.zeros(spatial, dtype=bool) if field_failed is None else np.asarray(field_failed)
-        )
-        if bad_field.shape != spatial:
-            raise ValueError(f"field_failed shape {bad_field.shape} does not match {spatial}")
+    for name, value in (("field map", field.frequency_hz), ("field trust", field.untrusted)):
+        if np.shape(value) != spatial:
+            raise ValueError(f"{name} shape {np.shape(value)} does not match {spatial}")
+    bad_field = np.asarray(field.untrusted, dtype=bool)
     gradient, valid = through_slice_gradient(
-        frequency,
+        field.frequency_hz,
         inside & ~bad_field,
         affine,
         slice_axis,
         spacing,
-        wrap_period_hz=wrap_period_hz,
+        wrap_period_hz=field.wrap_period_hz,
     )
     status = _status(inside, bad_field, valid, slice_axis)
-    if uncorrected is None:
-        uncorrected = _fit.fit_t2star(
-            mag, te, method=method, mask=inside, device=device, noise_sigma=noise_sigma,
-            dtype=dtype,
-        )  # fmt: skip
-    factor = sinc_factor(gradient, thickness, te)
     corr = fit_corrected(
         mag,
         te,
-        factor,
+        sinc_factor(gradient, thickness, te),
         mask=valid,
-        noise_sigma=noise_sigma,
+        noise_sigma=noise_sigma if noise_sigma is not None else uncorrected.noise_sigma,
+        noise_coils=uncorrected.noise_coils,
+        noise_aware=uncorrected.noise_model != "gaussian",
+        start=uncorrected,
         device=device,
         dtype=dtype,
+        workers=workers,
         threshold=threshold,
     )
-    few = corr.too_few.cpu().numpy()
-    status[valid & few] = Status.FEW_ECHOES
-    use = torch.as_tensor(status == Status.CORRECTED)
-    corrected = _merge(corr.result, uncorrected, use)
+    status[valid & corr.too_few.cpu().numpy()] = Correction.FEW_ECHOES
+    use = torch.as_tensor(status == Correction.CORRECTED)
     return ThroughSliceCorrection(
-        corrected=corrected,
+        corrected=_merge(corr.result, uncorrected, use),
         uncorrected=uncorrected,
         gradient_hz_per_mm=np.where(valid, gradient, 0.0).astype(np.float32),
         status=status,
         thickness_mm=thickness,
         spacing_mm=spacing,
         threshold=threshold,
-        wrap_period_hz=wrap_period_hz,
+        wrap_period_hz=field.wrap_period_hz,
+        field_method=field.method,
     )
 
 
 def _status(
     inside: np.ndarray, bad_field: np.ndarray, valid: np.ndarray, slice_axis: int
 ) -> np.ndarray:
-    """Per-voxel :class:`Status` before the fit (FEW_ECHOES is set after it)."""
+    """Per-voxel :class:`Correction` before the fit (FEW_ECHOES is set after it)."""
     n = inside.shape[slice_axis]
     edge = np.zeros(inside.shape, dtype=bool)
     index = [slice(None)] * 3
@@ -567,22 +346,20 @@ def _status(
     phase = np.zeros(m.shape, dtype=bool)
     phase[..., 1:-1] = b[..., 1:-1] | b[..., 2:] | b[..., :-2]
     border, phase = np.moveaxis(border, -1, slice_axis), np.moveaxis(phase, -1, slice_axis)
-    status = np.full(inside.shape, Status.OUTSIDE, dtype=np.uint8)
-    status[inside] = Status.CORRECTED
-    status[inside & phase] = Status.PHASE_MODEL
-    status[inside & border] = Status.MASK_BORDER
-    status[inside & edge] = Status.EDGE_SLICE
-    assert not np.any(valid & (status != Status.CORRECTED))
-    status[inside & ~valid & (status == Status.CORRECTED)] = Status.PHASE_MODEL
+    status = np.full(inside.shape, Correction.OUTSIDE, dtype=np.uint8)
+    status[inside] = Correction.CORRECTED
+    status[inside & phase] = Correction.FIELD_UNTRUSTED
+    status[inside & border] = Correction.MASK_BORDER
+    status[inside & edge] = Correction.EDGE_SLICE
+    assert not np.any(valid & (status != Correction.CORRECTED))
+    status[inside & ~valid & (status == Correction.CORRECTED)] = Correction.FIELD_UNTRUSTED
     return status
 
 
 def _merge(corrected: FitResult, uncorrected: FitResult, use: torch.Tensor) -> FitResult:
     """The corrected fit's maps where ``use``, the uncorrected fit's elsewhere."""
     maps: dict[str, Any] = {}
-    keys = ["t2star", "r2star", "s0", "rmse", "t2star_se", "r2star_se", "s0_se", "failed"]
-    if corrected.reason is not None and uncorrected.reason is not None:
-        keys.append("reason")
+    keys = ["t2star", "r2star", "s0", "rmse", "t2star_se", "r2star_se", "s0_se", "failed", "reason"]
     for key in keys:
         a, b = getattr(corrected, key), getattr(uncorrected, key)
         maps[key] = torch.where(use.to(a.device), a, b.to(device=a.device, dtype=a.dtype))
@@ -591,4 +368,7 @@ def _merge(corrected: FitResult, uncorrected: FitResult, use: torch.Tensor) -> F
         method="through-slice",
         device=corrected.device,
         noise_sigma=corrected.noise_sigma,
+        noise_model=corrected.noise_model,
+        noise_coils=corrected.noise_coils,
+        solver_runs=corrected.solver_runs + uncorrected.solver_runs,
     )

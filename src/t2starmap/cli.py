@@ -26,7 +26,7 @@ from t2starmap.cliargs import (
     log_level,
 )
 from t2starmap.errors import ExitCode, T2StarError, UnknownLevelError
-from t2starmap.limits import (
+from t2starmap.fit.limits import (
     AUTO_HELP,
     B0_CORRECTIONS,
     DEFAULT_METHOD,
@@ -52,7 +52,7 @@ level, 18 labels/filters select no MEGRE data, 64 usage error, 65 bad data, 66 i
 
 
 def _methods_help() -> str:
-    """Every fit method with its one line from :data:`t2starmap.limits.METHOD_HELP`."""
+    """Every fit method with its one line from :data:`t2starmap.fit.limits.METHOD_HELP`."""
     parts = []
     for name, text in [*METHOD_HELP.items(), ("auto", AUTO_HELP)]:
         label = f"{name} (default)" if name == DEFAULT_METHOD else name

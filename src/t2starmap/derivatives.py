@@ -16,6 +16,7 @@ from typing import Any
 
 from t2starmap import __version__
 from t2starmap.conventions import BIDS_VERSION, CODE_URL
+from t2starmap.fit import status as fit_status
 from t2starmap.layout import SET_ENTITIES, EchoSet, SubjectSession
 
 SOURCE_LINK = "raw"  # the DatasetLinks key of the input dataset in ``bids:raw:`` URIs
@@ -114,7 +115,7 @@ OUTPUTS: tuple[OutputSpec, ...] = (
         "fitstatus",
         None,
         "Why each voxel's fit failed: one label per voxel, the levels in the .tsv beside it "
-        "(0: good fit)",
+        "(0: not fitted, 1: good fit)",
     ),
     OutputSpec(
         "r2star_uncorrected",
@@ -153,63 +154,8 @@ OUTPUTS: tuple[OutputSpec, ...] = (
 )
 
 
-@dataclass(frozen=True)
-class StatusLevel:
-    """One label of the fit-status map: its index, BIDS ``name`` and what it means for the user
-    (``advice`` is added to a warning when many voxels share it)."""
-
-    index: int
-    name: str
-    meaning: str
-    advice: str = ""
-
-
-#: The fit-status labels (``desc-fitstatus_dseg``), in index order. A voxel with several
-#: failure reasons gets one label (see :func:`t2starmap.estimate.status_labels`).
-STATUS_LEVELS = (
-    StatusLevel(0, "good", "good fit (or outside the signal mask, where nothing was fitted)"),
-    StatusLevel(
-        1,
-        "r2star_at_lower_bound",
-        "R2* at its lower bound: signal rising with TE (echo 2 brighter than echo 1) or flat",
-        "check the echo order and the sequence (flow, B1, imperfect spoiling)",
-    ),
-    StatusLevel(
-        2,
-        "r2star_at_upper_bound",
-        "R2* at its upper bound: the signal decays before the first echo can see it",
-        "a shorter first echo time is needed for this tissue",
-    ),
-    StatusLevel(3, "not_converged", "the fit did not converge"),
-    StatusLevel(
-        4,
-        "unusable_input",
-        "unusable input: NaN, inf or negative samples, or fewer than two positive echoes",
-        "check the images for masking or scaling problems",
-    ),
-    StatusLevel(5, "nonpositive_s0", "S0 came out zero or negative (signal below the noise)"),
-    StatusLevel(
-        6,
-        "phase_not_following_model",
-        "complex fit: the phase does not follow one frequency (bipolar readout, flow, fat)",
-        "for bipolar readouts use a magnitude fit (--fit-method nlls)",
-    ),
-    StatusLevel(
-        7,
-        "not_gradient_corrected",
-        "good fit, but not corrected for the field gradient (edge slice, mask border, or the "
-        "field there is not to be trusted)",
-    ),
-)
-#: Mask share of one label above which the run warns.
-STATUS_WARN_FRACTION = 0.05
-
-
-def status_levels_tsv() -> str:
-    """The ``desc-fitstatus_dseg.tsv`` (columns ``index``, ``name``, ``description``)."""
-    lines = ["index\tname\tdescription"]
-    lines += [f"{s.index}\t{s.name}\t{s.meaning}" for s in STATUS_LEVELS]
-    return "\n".join(lines) + "\n"
+#: The fit-status labels: the one table is :mod:`t2starmap.fit.status` (torch-free).
+STATUS_LEVELS = fit_status.LEVELS
 
 
 #: The outputs every fit writes; the others only when the fit gives them.
@@ -384,6 +330,8 @@ class PublishedSet(SubjectSession):
     statistics: SetStatistics
     seconds: float | None = None
     warnings: tuple[str, ...] = ()
+    #: How many times the solver ran over the set (the fit, the corrected fit).
+    solver_runs: int = 0
 
     @property
     def name(self) -> str:

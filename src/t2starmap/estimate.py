@@ -1,13 +1,19 @@
 """The maps of one echo set: read the echoes, check them, estimate the noise, mask, fit.
 
 Returns arrays and what the record and sidecars say about them; writes nothing (the workflow
-publishes). Imports torch (through :mod:`t2starmap.fit`): only participant level needs it.
+publishes) and words no error in command-line terms (:class:`OptionError` names the option;
+the caller words it). Imports torch (through :mod:`t2starmap.fit`): only participant level
+needs it.
 
-Which fit: ``--fit-method`` as given; ``auto`` is ``complex`` when the set has part-phase or
+Which fit: ``Options.fit_method``; ``auto`` is ``complex`` when the set has part-phase or
 part-real/imag files beside its magnitude echoes (:mod:`t2starmap.parts`), else the default.
+Each model runs once: the fit the method asks for, then, where the through-slice correction
+runs, the corrected fit started from it. The correction's field map is the complex fit's when
+there is one, else the closed form from the phase differences (:mod:`t2starmap.fit.phase`):
+with default options a set with phase takes 2 solver runs (``SetFit.solver_runs``).
 
 Which noise level (each step recorded in the sidecars as ``NoiseSigmaMethod``):
-1. ``--noise-sigma`` (and ``--noise-coils``) when given;
+1. ``Options.noise_sigma`` (and ``noise_coils``) when given;
 2. else :func:`t2starmap.noise.estimate_noise` on the first echo, from the background's real
    channel where complex parts exist, else from its magnitude (sigma and effective coils);
 3. for the magnitude fits with 3 or more echoes, the residual noise of bright tissue replaces
@@ -19,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,19 +34,22 @@ import torch
 
 from t2starmap import __version__
 from t2starmap.b0 import REFERENCES as B0_REFERENCES
-from t2starmap.b0 import Status, ThroughSliceCorrection, correct_through_slice
-from t2starmap.derivatives import (
-    REQUIRED_KEYS,
-    STATUS_LEVELS,
-    STATUS_WARN_FRACTION,
-    UNCERTAINTY_KEYS,
-)
+from t2starmap.b0 import ThroughSliceCorrection, correct_through_slice
+from t2starmap.derivatives import REQUIRED_KEYS, UNCERTAINTY_KEYS
 from t2starmap.errors import BadDataError, UsageError
-from t2starmap.fit import T2STAR_MAX, T2STAR_MIN, EchoSpacingError, FitResult, fit_t2star
-from t2starmap.fit_complex import frequency_limit
-from t2starmap.fitresult import Failure
+from t2starmap.fit import (
+    T2STAR_MAX,
+    T2STAR_MIN,
+    EchoSpacingError,
+    FitResult,
+    fit_t2star,
+    frequency_limit,
+)
+from t2starmap.fit import status as fit_status
+from t2starmap.fit.limits import DEFAULT_METHOD, ESTIMATION_ALGORITHMS
+from t2starmap.fit.phase import FieldMap, field_map
+from t2starmap.fit.status import Correction
 from t2starmap.layout import EchoSet
-from t2starmap.limits import DEFAULT_METHOD, ESTIMATION_ALGORITHMS
 from t2starmap.nifti import Geometry, load_magnitude
 from t2starmap.noise import (
     NoiseEstimate,
@@ -49,18 +58,43 @@ from t2starmap.noise import (
     noise_from_residuals,
     signal_mask,
 )
-from t2starmap.parts import choose_method, find_parts, load_complex
-from t2starmap.settings import Settings
+from t2starmap.parts import complex_available, find_parts, load_complex
 
 log = logging.getLogger("t2starmap")
 
 
 @dataclass(frozen=True)
+class Options:
+    """What the caller chose for every set: the fit method (one of
+    :data:`t2starmap.fit.limits.FIT_CHOICES`), a known noise level and coil count, the
+    through-slice correction (``auto``, ``none``, ``through-slice``), the compute device and
+    the CPU chunk workers."""
+
+    fit_method: str = DEFAULT_METHOD
+    noise_sigma: float | None = None
+    noise_coils: float | None = None
+    b0_correction: str = "auto"
+    device: torch.device | str | None = None
+    workers: int = 1
+
+
+class OptionError(UsageError):
+    """An option (``option``, an :class:`Options` field) this set cannot honour; exit 64. The
+    caller words it: ``where``, the option, its ``value``, and ``reason``."""
+
+    def __init__(self, where: str, option: str, value: Any, reason: str) -> None:
+        super().__init__(f"{where}: {option} {value}: {reason}")
+        self.where, self.option, self.value, self.reason = where, option, value, reason
+
+
+@dataclass(frozen=True)
 class SetFit:
     """The maps of one echo set (OUTPUTS key -> array in the echoes' voxel order: float32
-    maps, bool masks) and what was learnt on the way.
+    maps, bool masks, the uint8 fit-status labels) and what was learnt on the way.
 
-    ``fit_info``: the fit's fields for the map sidecars (method, algorithm, noise, device).
+    ``fit_info``: the fit's fields for the map sidecars (method, algorithm, noise, device);
+    ``status_counts``: mask voxels per fit-status label name; ``solver_runs``: how many times
+    the solver ran over the set.
     """
 
     maps: Mapping[str, np.ndarray]
@@ -74,32 +108,35 @@ class SetFit:
     algorithm: str
     device: str
     seconds: float
+    solver_runs: int = 0
     warnings: tuple[str, ...] = field(default_factory=tuple)
     #: The stacked echoes the fit read, (*shape, n_echoes) float32 (voxels with an unusable
     #: sample NaN), so the report need not read them again; None once dropped.
     magnitude: np.ndarray | None = None
 
 
-def fit_echo_set(
-    settings: Settings, echo_set: EchoSet, geometry: Geometry, device: torch.device
-) -> SetFit:
-    """Read, check and fit one set. Raises BadDataError / UsageError naming the first echo."""
-    started = time.perf_counter()
-    warnings: list[str] = []
+class _Warnings(list[str]):
+    """The set's warnings: logged, and kept for the sidecars and the record."""
 
-    def warn(message: str) -> None:
+    def add(self, message: str) -> None:
         log.warning("%s", message)
-        warnings.append(message)
+        self.append(message)
 
-    first = echo_set.echoes[0].path
+
+def fit_echo_set(echo_set: EchoSet, geometry: Geometry, options: Options) -> SetFit:
+    """Read, check and fit one set. Raises BadDataError naming the first echo, OptionError
+    for an option the set cannot honour."""
+    started = time.perf_counter()
+    warnings = _Warnings()
+    first = str(echo_set.echoes[0].path)
     parts = find_parts(echo_set)
-    method = choose_method(settings.fit_method, parts, str(first), DEFAULT_METHOD)
-    magnitude = _usable_magnitude(echo_set, geometry, warn)
+    method = _method(options.fit_method, complex_available(parts), first)
+    magnitude = _usable_magnitude(echo_set, geometry, warnings)
     # the complex signal serves the complex fit, the background's real channel and the field
-    # gradient; none of them wants it with a given sigma, a magnitude fit and no correction
-    wanted = method == "complex" or settings.noise_sigma is None or settings.b0_correction != "none"
+    # map; none of them wants it with a given sigma, a magnitude fit and no correction
+    wanted = method == "complex" or options.noise_sigma is None or options.b0_correction != "none"
     signal = load_complex(parts, geometry, magnitude) if parts is not None and wanted else None
-    noise = _noise_level(settings, echo_set, magnitude, signal, method, warn)
+    noise = _noise_level(options, echo_set, magnitude, signal, method, warnings)
     mask = signal_mask(magnitude, noise.sigma, noise.coils)
     if not mask.any():
         raise BadDataError(f"{first}: no voxel of set {echo_set.name} rises above the noise")
@@ -109,25 +146,23 @@ def fit_echo_set(
             echo_set.echo_times,
             method=method,
             mask=mask,
-            device=device,
+            device=options.device,
             noise_sigma=noise.sigma,
             noise_coils=noise.coils if method != "complex" else 1.0,
-            workers=settings.nprocs,
+            workers=options.workers,
         )
     except EchoSpacingError as err:
-        raise UsageError(f"{first}: --fit-method {settings.fit_method}: {err}") from err
+        raise OptionError(first, "fit_method", options.fit_method, str(err)) from err
     except ValueError as err:
         raise BadDataError(f"{first}: {err}") from err
     correction, b0_info = _through_slice(
-        settings, echo_set, geometry, magnitude, signal, result, mask, noise, device, warn
+        options, echo_set, geometry, magnitude, signal, result, mask, noise, warnings
     )
-    uncorrected = result
-    if correction is not None:
-        result = correction.corrected
+    final = result if correction is None else correction.corrected
     n_voxels = int(mask.sum())
-    failed = result.failed.cpu().numpy() & mask
-    maps, counts = _maps(echo_set, result, uncorrected, correction, magnitude, mask, noise, warn)
-    fit_info, algorithm = _fit_info(echo_set, uncorrected, noise, b0_info, correction, warnings)
+    failed = final.failed.cpu().numpy() & mask
+    maps, counts = _maps(echo_set, final, result, correction, magnitude, mask, noise, warnings)
+    fit_info, algorithm = _fit_info(echo_set, result, noise, b0_info, correction, warnings)
     return SetFit(
         maps=maps,
         fit_info=fit_info,
@@ -135,14 +170,31 @@ def fit_echo_set(
         failed_fraction=float(failed.sum() / max(n_voxels, 1)),
         noise=noise,
         status_counts=counts,
-        noise_model=uncorrected.noise_model,
-        fit_method=uncorrected.method,
+        noise_model=result.noise_model,
+        fit_method=result.method,
         algorithm=algorithm,
-        device=result.device,
+        device=final.device,
         seconds=time.perf_counter() - started,
+        solver_runs=final.solver_runs,
         warnings=tuple(warnings),
         magnitude=magnitude,
     )
+
+
+def _method(requested: str, has_parts: bool, where: str) -> str:
+    """The fit method for one set: ``complex`` needs parts; ``auto`` is ``complex`` when
+    parts exist, else the default."""
+    if requested == "complex" and not has_parts:
+        raise OptionError(
+            where,
+            "fit_method",
+            requested,
+            "needs part-phase or part-real/part-imag files beside the part-mag echoes; "
+            "there are none",
+        )
+    if requested == "auto":
+        return "complex" if has_parts else DEFAULT_METHOD
+    return requested
 
 
 def _maps(
@@ -153,7 +205,7 @@ def _maps(
     magnitude: np.ndarray,
     mask: np.ndarray,
     noise: NoiseEstimate,
-    warn: Callable[[str], None],
+    warnings: _Warnings,
 ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """The arrays to publish (OUTPUTS key -> array) and the voxel count of each fit-status
     label; warns of what is left out and of failure reasons shared by many voxels."""
@@ -163,22 +215,22 @@ def _maps(
         keys.remove("rmse")
         if noise.sigma is None:
             keys = [k for k in keys if k not in UNCERTAINTY_KEYS]
-            warn(
+            warnings.add(
                 f"{echo_set.name}: only 2 echoes and no noise level: no standard error can be "
                 "computed, so no desc-stderr maps are written (and no RMSE map: the fit is exact)"
             )
         else:
-            warn(f"{echo_set.name}: only 2 echoes: the fit is exact, so no RMSE map is written")
-    maps = {k: _map_array(result, k, mask, failed) for k in keys}
-    maps["status"] = labels = status_labels(result.reason, mask, correction)
-    counts = {s.name: int((labels[mask] == s.index).sum()) for s in STATUS_LEVELS}
-    for level in STATUS_LEVELS[1:]:
-        share = counts[level.name] / max(int(mask.sum()), 1)
-        if share >= STATUS_WARN_FRACTION and level.name != "not_gradient_corrected":
-            warn(
-                f"{echo_set.name}: {100 * share:.0f} % of the mask: {level.meaning}"
-                + (f"; {level.advice}" if level.advice else "")
+            warnings.add(
+                f"{echo_set.name}: only 2 echoes: the fit is exact, so no RMSE map is written"
             )
+    maps = {k: _map_array(result, k, mask, failed) for k in keys}
+    maps["status"] = labels = fit_status.labels(
+        result.reason.cpu().numpy(), mask, None if correction is None else correction.status
+    )
+    counts = fit_status.counts(labels, mask)
+    size = max(int(mask.sum()), 1)
+    for message in fit_status.warnings({k: v / size for k, v in counts.items()}):
+        warnings.add(f"{echo_set.name}: {message}")
     if correction is not None:
         maps["r2star_uncorrected"] = _map_array(uncorrected, "r2star", mask, failed)
         maps["gradz"] = np.where(mask, correction.gradient_hz_per_mm, 0.0).astype(np.float32)
@@ -202,7 +254,7 @@ def _fit_info(
     if correction is not None:
         algorithm += (
             "; then corrected for the through-slice field gradient: "
-            + ESTIMATION_ALGORITHMS[("through-slice", "gaussian")]
+            + ESTIMATION_ALGORITHMS[("through-slice", "any")]
         )
     info: dict[str, Any] = {
         "EstimationAlgorithm": algorithm,
@@ -227,35 +279,8 @@ def _fit_info(
     return info, algorithm
 
 
-#: Failure bits -> fit-status label, most telling first: a voxel with several reasons (LM
-#: pushing against the R2* >= 0 bound also fails to converge) gets the first that applies.
-_STATUS_ORDER = (
-    (Failure.BAD_INPUT, 4),
-    (Failure.R2STAR_LOW, 1),
-    (Failure.R2STAR_HIGH, 2),
-    (Failure.S0_NONPOSITIVE, 5),
-    (Failure.PHASE_MODEL, 6),
-    (Failure.NOT_CONVERGED, 3),
-)
-
-
-def status_labels(
-    reason: torch.Tensor | None, mask: np.ndarray, correction: ThroughSliceCorrection | None
-) -> np.ndarray:
-    """The fit-status map (uint8, :data:`t2starmap.derivatives.STATUS_LEVELS`) from the fit's
-    Failure bits, with label 7 for good voxels the field-gradient correction left out."""
-    bits = np.zeros(mask.shape, dtype=np.uint8) if reason is None else reason.cpu().numpy()
-    labels = np.zeros(mask.shape, dtype=np.uint8)
-    if correction is not None:
-        labels[mask & (correction.status != Status.CORRECTED)] = 7
-    for flag, label in reversed(_STATUS_ORDER):  # the first in the order is written last
-        labels[(bits & int(flag)) != 0] = label
-    labels[~mask] = 0
-    return labels
-
-
 def _through_slice(
-    settings: Settings,
+    options: Options,
     echo_set: EchoSet,
     geometry: Geometry,
     magnitude: np.ndarray,
@@ -263,55 +288,59 @@ def _through_slice(
     result: FitResult,
     mask: np.ndarray,
     noise: NoiseEstimate,
-    device: torch.device,
-    warn: Callable[[str], None],
+    warnings: _Warnings,
 ) -> tuple[ThroughSliceCorrection | None, dict[str, Any]]:
-    """The through-slice field-gradient correction when ``--b0-correction`` asks for it and
-    the set allows it (:mod:`t2starmap.b0`), and what the sidecars say about it. ``auto``
-    without what it needs (phase, slice metadata, 3 echoes, 3 slices): no correction, a
-    warning that says why; ``through-slice`` without it: a usage error (exit 64)."""
-    asked = settings.b0_correction
-    first = echo_set.echoes[0].path
+    """The through-slice field-gradient correction when ``b0_correction`` asks for it and the
+    set allows it (:mod:`t2starmap.b0`), and what the sidecars say about it. ``auto`` without
+    what it needs (phase, slice metadata, 3 echoes, 3 slices): no correction, a warning that
+    says why; ``through-slice`` without it: an OptionError."""
+    asked = options.b0_correction
+    first = str(echo_set.echoes[0].path)
     if asked == "none":
-        return None, {"B0Correction": "none", "B0CorrectionNote": "--b0-correction none"}
+        return None, {"B0Correction": "none", "B0CorrectionNote": "not asked for"}
     if signal is None:
         why = "the set has no phase or real/imaginary parts to measure the field with"
         if asked == "through-slice":
-            raise UsageError(f"{first}: --b0-correction through-slice: {why}")
+            raise OptionError(first, "b0_correction", asked, why)
         log.info("%s: no field-gradient correction: %s", echo_set.name, why)
         return None, {"B0Correction": "none", "B0CorrectionNote": why}
     meta = echo_set.echoes[0].metadata
-    if result.frequency is not None:  # the complex fit gave the field map already
-        field: np.ndarray = result.frequency.cpu().numpy()
-        extra: dict[str, Any] = {
-            "field_failed": result.failed.cpu().numpy(),
-            "wrap_period_hz": 2.0 * frequency_limit(np.asarray(echo_set.echo_times)),
-        }
-    else:
-        field, extra = signal, {}
+    te = echo_set.echo_times
     try:
+        if result.frequency is not None:  # the complex fit gave the field map already
+            field = FieldMap.from_fit(result, te)
+        else:
+            field = field_map(
+                signal, te, mask=mask, noise_sigma=noise.sigma, device=options.device,
+                workers=options.workers,
+            )  # fmt: skip
         correction = correct_through_slice(
             magnitude,
-            field,
-            echo_times=echo_set.echo_times,
-            affine=geometry.affine,
+            te,
+            geometry.affine,
+            field=field,
+            uncorrected=result,
             mr_acquisition_type=meta.get("MRAcquisitionType"),
             slice_thickness_mm=_number(meta.get("SliceThickness")),
             spacing_between_slices_mm=_number(meta.get("SpacingBetweenSlices")),
             slice_axis=geometry.slice_axis,
             mask=mask,
-            noise_sigma=noise.sigma,
-            uncorrected=result,
-            device=device,
-            **extra,
+            device=options.device,
+            workers=options.workers,
         )
     except ValueError as err:
         if asked == "through-slice":
-            raise UsageError(f"{first}: --b0-correction through-slice: {err}") from err
-        warn(f"{echo_set.name}: no field-gradient correction: {err}")
+            raise OptionError(first, "b0_correction", asked, str(err)) from err
+        warnings.add(f"{echo_set.name}: no field-gradient correction: {err}")
         return None, {"B0Correction": "none", "B0CorrectionNote": str(err)}
-    corrected = correction.status == Status.CORRECTED
-    fraction = float(corrected[mask].mean()) if mask.any() else 0.0
+    return correction, _correction_info(echo_set, correction, mask)
+
+
+def _correction_info(
+    echo_set: EchoSet, correction: ThroughSliceCorrection, mask: np.ndarray
+) -> dict[str, Any]:
+    """What the sidecars say about a correction that ran."""
+    fraction = float((correction.status == Correction.CORRECTED)[mask].mean())
     log.info(
         "%s: through-slice correction in %.1f%% of the mask (slices %.3g mm, spacing %.3g mm)",
         echo_set.name,
@@ -319,11 +348,12 @@ def _through_slice(
         correction.thickness_mm,
         correction.spacing_mm,
     )
-    return correction, {
+    return {
         "B0Correction": "through-slice",
         "B0CorrectionReference": list(B0_REFERENCES),
         "B0CorrectionThreshold": correction.threshold,
         "B0CorrectedFraction": fraction,
+        "B0FieldMapMethod": correction.field_method,
         "B0SliceThickness": correction.thickness_mm,
         "B0SliceSpacing": correction.spacing_mm,
     }
@@ -336,9 +366,7 @@ def _number(value: Any) -> float | None:
         return None
 
 
-def _usable_magnitude(
-    echo_set: EchoSet, geometry: Geometry, warn: Callable[[str], None]
-) -> np.ndarray:
+def _usable_magnitude(echo_set: EchoSet, geometry: Geometry, warnings: _Warnings) -> np.ndarray:
     """The stacked echoes, voxels with a NaN/inf/negative sample set to NaN (the fit flags
     them). Raises BadDataError when no voxel is usable."""
     magnitude = load_magnitude(echo_set, geometry)
@@ -349,7 +377,7 @@ def _usable_magnitude(
             "are zero, negative or not finite)"
         )
     if unusable.any():
-        warn(
+        warnings.add(
             f"{echo_set.name}: {int(unusable.sum())} voxel(s) with NaN/inf or negative "
             "samples are flagged as failed"
         )
@@ -358,29 +386,29 @@ def _usable_magnitude(
 
 
 def _noise_level(
-    settings: Settings,
+    options: Options,
     echo_set: EchoSet,
     magnitude: np.ndarray,
     signal: np.ndarray | None,
     method: str,
-    warn: Callable[[str], None],
+    warnings: _Warnings,
 ) -> NoiseEstimate:
     """The noise level the fit uses (module docstring); sigma None when none can be had."""
-    if settings.noise_sigma is not None:
-        coils = settings.noise_coils or 1.0
+    if options.noise_sigma is not None:
+        coils = options.noise_coils or 1.0
         log.info(
-            "%s: noise sigma %.4g (coils %g) given on the command line",
+            "%s: noise sigma %.4g (coils %g) given",
             echo_set.name,
-            settings.noise_sigma,
+            options.noise_sigma,
             coils,
         )
-        return NoiseEstimate(settings.noise_sigma, 0, coils=coils, method="given")
+        return NoiseEstimate(options.noise_sigma, 0, coils=coils, method="given")
     real = None if signal is None else signal[..., 0].real
-    estimate = estimate_noise(magnitude[..., 0], real=real, coils=settings.noise_coils)
+    estimate = estimate_noise(magnitude[..., 0], real=real, coils=options.noise_coils)
     if method != "complex" and len(echo_set.echoes) >= 3:
         estimate = noise_for_fit(estimate, noise_from_residuals(magnitude, echo_set.echo_times))
     if estimate.sigma is None:
-        warn(
+        warnings.add(
             f"{echo_set.name}: noise level could not be estimated ({estimate.reason}); "
             "falling back to the Gaussian fit"
         )

@@ -183,6 +183,26 @@ def load_magnitude(echo_set: EchoSet, geometry: Geometry) -> np.ndarray:
     return out
 
 
+def read_part(path: Path, geometry: Geometry) -> np.ndarray:
+    """A phase, real or imaginary part of a magnitude echo as float64, checked against the
+    magnitude echoes' ``geometry`` (shape and affine). Raises BadDataError naming the file."""
+    img = _open(path)
+    shape = tuple(int(n) for n in img.shape)
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if shape != geometry.shape:
+        raise BadDataError(
+            f"{path}: shape {shape} differs from the magnitude echoes {geometry.shape}"
+        )
+    if not np.allclose(img.affine, geometry.affine, atol=1e-4):
+        raise BadDataError(f"{path}: affine differs from the magnitude echoes")
+    try:
+        data = np.asarray(img.dataobj, dtype=np.float64)
+    except (OSError, EOFError, ValueError, zlib.error) as err:
+        raise BadDataError(f"{path}: image data could not be read ({_one_line(err)})") from err
+    return data.reshape(geometry.shape)
+
+
 def read_map(path: Path) -> np.ndarray:
     """One written map as float64 (masks compare > 0). Raises OSError/ValueError when unreadable."""
     return np.asarray(nib.load(str(path)).dataobj, dtype=np.float64)  # type: ignore[attr-defined]

@@ -21,17 +21,15 @@ from __future__ import annotations
 import json
 import math
 import re
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 
 from t2starmap.errors import BadDataError, UsageError
 from t2starmap.layout import EchoSet
-from t2starmap.nifti import Geometry
+from t2starmap.nifti import Geometry, read_part
 
 #: Relative tolerance on the full-scale value of a phase range.
 RANGE_RTOL = 1e-3
@@ -224,27 +222,6 @@ def phase_to_radians(values: np.ndarray, units: str, where: Path | str) -> np.nd
     )
 
 
-def _read(path: Path, geometry: Geometry) -> np.ndarray:
-    try:
-        img: Any = nib.load(str(path))
-    except Exception as err:  # nibabel raises many kinds for unreadable files
-        raise BadDataError(f"{path}: not a readable NIfTI image ({err})") from err
-    shape = tuple(int(n) for n in img.shape)
-    if len(shape) == 4 and shape[3] == 1:
-        shape = shape[:3]
-    if shape != geometry.shape:
-        raise BadDataError(
-            f"{path}: shape {shape} differs from the magnitude echoes {geometry.shape}"
-        )
-    if not np.allclose(img.affine, geometry.affine, atol=1e-4):
-        raise BadDataError(f"{path}: affine differs from the magnitude echoes")
-    try:
-        data = np.asarray(img.dataobj, dtype=np.float64)
-    except (OSError, EOFError, ValueError, zlib.error) as err:
-        raise BadDataError(f"{path}: image data could not be read ({err})") from err
-    return data.reshape(geometry.shape)
-
-
 def load_complex(parts: Parts, geometry: Geometry, magnitude: np.ndarray | None) -> np.ndarray:
     """The complex signal, complex64 (*shape, n_echoes), echoes in the set's (TE) order.
 
@@ -258,9 +235,9 @@ def load_complex(parts: Parts, geometry: Geometry, magnitude: np.ndarray | None)
         raise ValueError(f"phase parts need the magnitude echoes {out.shape}, got {got}")
     for k, paths in enumerate(parts.files):
         if parts.kind == "real-imag":
-            out[..., k] = _read(paths[0], geometry) + 1j * _read(paths[1], geometry)
+            out[..., k] = read_part(paths[0], geometry) + 1j * read_part(paths[1], geometry)
         else:
             assert magnitude is not None
-            rad = phase_to_radians(_read(paths[0], geometry), parts.units[k], paths[0])
+            rad = phase_to_radians(read_part(paths[0], geometry), parts.units[k], paths[0])
             out[..., k] = magnitude[..., k] * np.exp(1j * rad.astype(np.float64))
     return out

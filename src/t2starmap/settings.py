@@ -17,7 +17,7 @@ from typing import Any
 
 from t2starmap.conventions import LABEL_RE
 from t2starmap.errors import InputMissingError, UsageError
-from t2starmap.limits import DEFAULT_METHOD
+from t2starmap.fit.limits import DEFAULT_METHOD
 from t2starmap.resources import SOURCE_COMMAND_LINE, available_cpus
 
 

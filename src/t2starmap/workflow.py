@@ -35,6 +35,7 @@ from t2starmap.errors import (
     UsageError,
     ValidationError,
 )
+from t2starmap.fit import status as fit_status
 from t2starmap.layout import EchoSet, check_images_present, find_echo_sets
 from t2starmap.nifti import Geometry, check_geometry, save_map
 from t2starmap.report import write_group_report, write_participant_reports
@@ -43,7 +44,7 @@ from t2starmap.settings import Settings
 from t2starmap.summary import GROUP_COLUMNS, GROUP_TABLE, group_table, set_statistics
 
 if TYPE_CHECKING:
-    from t2starmap.estimate import SetFit
+    from t2starmap.estimate import Options, SetFit
 
 log = logging.getLogger("t2starmap")
 
@@ -144,7 +145,6 @@ def _progress(iterable: list[EchoSet]) -> Any:
 
 def run_participant(settings: Settings) -> list[PublishedSet]:
     """Fit every selected echo set, publish maps and records, write the pages."""
-    from t2starmap.estimate import fit_echo_set  # torch: participant level only
     from t2starmap.fit import resolve_device
 
     with staging_folder(settings.work_dir) as stage:
@@ -174,8 +174,9 @@ def run_participant(settings: Settings) -> list[PublishedSet]:
             )
             staged = []
             samples: dict[str, EchoSamples] = {}
+            options = _options(settings, device)
             for echo_set, geometry in zip(_progress(echo_sets), geometries, strict=True):
-                fitted = fit_echo_set(settings, echo_set, geometry, device)
+                fitted = _fit_set(echo_set, geometry, options)
                 staged.append(_stage(settings, stage, echo_set, geometry, fitted))
                 if fitted.magnitude is not None:  # the report need not read them again
                     samples[echo_set.name] = echo_samples(fitted.magnitude, fitted.maps)
@@ -194,6 +195,31 @@ def run_participant(settings: Settings) -> list[PublishedSet]:
         )
     write_participant_reports(settings.output_dir, settings.bids_dir, published, samples)
     return published
+
+
+def _options(settings: Settings, device: Any) -> Options:
+    from t2starmap.estimate import Options  # torch: participant level only
+
+    return Options(
+        fit_method=settings.fit_method,
+        noise_sigma=settings.noise_sigma,
+        noise_coils=settings.noise_coils,
+        b0_correction=settings.b0_correction,
+        device=device,
+        workers=settings.nprocs,
+    )
+
+
+def _fit_set(echo_set: EchoSet, geometry: Geometry, options: Options) -> SetFit:
+    """:func:`t2starmap.estimate.fit_echo_set`, its option errors worded as the command line's
+    flags."""
+    from t2starmap.estimate import OptionError, fit_echo_set
+
+    try:
+        return fit_echo_set(echo_set, geometry, options)
+    except OptionError as err:
+        flag = "--" + err.option.replace("_", "-")
+        raise UsageError(f"{err.where}: {flag} {err.value}: {err.reason}") from err
 
 
 def _publish(
@@ -238,7 +264,7 @@ def _stage(
         files += [image, sidecar]
         if spec.key == "status":  # its levels, beside it
             levels = image.with_name(image.name.replace(".nii.gz", ".tsv"))
-            write_text(levels, derivatives.status_levels_tsv())
+            write_text(levels, fit_status.levels_tsv())
             files.append(levels)
     maps = fitted.maps
     record = PublishedSet(
@@ -267,6 +293,7 @@ def _stage(
         ),
         seconds=fitted.seconds,
         warnings=fitted.warnings,
+        solver_runs=fitted.solver_runs,
     )
     return record, files
 

@@ -40,7 +40,7 @@ from t2starmap.errors import (
     OutputError,
     UsageError,
 )
-from t2starmap.limits import echo_time_seconds
+from t2starmap.fit.limits import echo_time_seconds
 
 log = logging.getLogger("t2starmap.convert")
 

@@ -359,8 +359,7 @@ def _status_text(record: PublishedSet) -> str:
         count = record.status_counts.get(level.name, 0)
         if count:
             share = 100 * count / max(record.n_voxels, 1)
-            meaning = "good fit" if level.index == 0 else level.meaning
-            parts.append(f"{meaning}: {count} ({share:.2f} %)")
+            parts.append(f"{level.meaning}: {count} ({share:.2f} %)")
     return "; ".join(parts) or "no voxel"
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-import t2starmap.fit as fit_module
+import t2starmap.fit.magnitude as fit_module
 from t2starmap import FitResult, fit_t2star
 from t2starmap.fit import (
     MAGNITUDE_METHODS,
@@ -23,6 +23,7 @@ from t2starmap.fit import (
     Failure,
     resolve_device,
 )
+from t2starmap.fit.models import Exponential
 from t2starmap.simulate import add_rician_noise, decay, make_phantom
 
 MAPS = ("t2star", "r2star", "s0", "rmse", "t2star_se", "r2star_se", "s0_se")
@@ -367,13 +368,13 @@ def test_voxels_still_iterating_are_gathered_without_changing_results(
     """Once most voxels of a chunk have converged, LM goes on with the rest only; each voxel's
     result is still what it gets when fitted on its own."""
     sizes: list[int] = []
-    original = fit_module._lm_point
+    original = Exponential.evaluate
 
-    def recording(neg_z: torch.Tensor, *args: object) -> object:
-        sizes.append(neg_z.shape[1])
-        return original(neg_z, *args)  # type: ignore[arg-type]
+    def recording(self: Exponential, data: tuple[torch.Tensor, ...], *args: object) -> object:
+        sizes.append(data[0].shape[1])
+        return original(self, data, *args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(fit_module, "_lm_point", recording)
+    monkeypatch.setattr(Exponential, "evaluate", recording)
     rng = np.random.default_rng(4)
     truth = np.exp(rng.uniform(np.log(0.004), np.log(0.15), 400))
     signal, _ = add_rician_noise(decay(np.full(truth.shape, 1000.0), truth, TE_11), 60.0, rng)
@@ -596,7 +597,7 @@ def test_not_converged_when_lm_is_cut_short(
     rng = np.random.default_rng(13)
     t2 = rng.uniform(0.005, 0.05, 64)
     signal, _ = add_rician_noise(decay(np.full(t2.shape, 1000.0), t2, TE_11), 20.0, rng)
-    monkeypatch.setattr(fit_module, "_LM_MAX_ITER", 0)
+    monkeypatch.setattr(fit_module, "MAX_ITER", 0)
     cut = fit(device, signal, TE_11, method=method, noise_sigma=sigma)
     monkeypatch.undo()
     full = fit(device, signal, TE_11, method=method, noise_sigma=sigma)
@@ -656,7 +657,7 @@ def test_chunk_workers_give_the_same_maps(method: str) -> None:
     phantom = make_phantom((23, 19, 7), seed=4)
     sigma = phantom.sigma if method == "nlls" else None
     kwargs = dict(mask=phantom.mask, noise_sigma=sigma, chunk_size=97)
-    serial = fit_t2star(phantom.magnitude, phantom.echo_times, method=method, **kwargs)
+    serial = fit_t2star(phantom.magnitude, phantom.echo_times, method=method, workers=1, **kwargs)
     threads = torch.get_num_threads()
     parallel = fit_t2star(phantom.magnitude, phantom.echo_times, method=method, workers=3, **kwargs)
     assert torch.get_num_threads() == threads

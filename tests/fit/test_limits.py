@@ -10,19 +10,18 @@ from typing import Any
 import numpy as np
 import pytest
 
-from t2starmap import limits
 from t2starmap.conventions import LABEL_RE, sidecar_path
 from t2starmap.errors import BadDataError
 from t2starmap.fit import check_echo_times as fit_check_echo_times
-from t2starmap.limits import (
+from t2starmap.fit import limits
+from t2starmap.fit.limits import (
     DUPLICATE_ECHO_TIME,
     check_distinct_echo_times,
     check_echo_times,
     echo_time_of,
     echo_time_seconds,
 )
-
-from .conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA
 
 
 @pytest.mark.parametrize(("raw", "seconds"), [(0.02, 0.02), ("0.02", 0.02), ("2e-3", 0.002)])

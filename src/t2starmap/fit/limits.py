@@ -1,8 +1,8 @@
 """What the fit accepts and reports, without torch: constants, fit methods, echo-time rules.
 
 The command line, the layout, the NIfTI reader, the converter and the report read these
-without importing :mod:`t2starmap.fit` (and with it torch); :mod:`t2starmap.fit` imports them
-from here. Echo times are in seconds everywhere.
+without loading torch (importing :mod:`t2starmap.fit` loads none either). Echo times are in
+seconds everywhere.
 """
 
 from __future__ import annotations
@@ -66,9 +66,10 @@ ESTIMATION_ALGORITHMS: Mapping[tuple[str, str], str] = {
     ("wls", "gaussian"): "Weighted (S^2) linear least squares on log signal",
     ("loglin", "gaussian"): "Ordinary linear least squares on log signal",
     ("arlo", "gaussian"): "Auto-regression on linear operations (ARLO, Pei et al. 2015)",
-    ("through-slice", "gaussian"): "S(TE) = S0 exp(-TE R2*) |sinc(pi G dz TE)| fitted by "
-    "Levenberg-Marquardt, G the through-slice gradient of the field map and dz the slice "
-    "thickness (rectangular slice profile), echoes with |sinc| below the threshold left out",
+    ("through-slice", "any"): "S(TE) = S0 exp(-TE R2*) |F(TE)| fitted with the noise model "
+    "above, started from the uncorrected fit, G the through-slice gradient of the field map and "
+    "F = sinc(pi G dz TE) for a rectangular slice profile of thickness dz; echoes with |F| "
+    "below the threshold left out",
     ("complex", "gaussian"): "Levenberg-Marquardt least squares of the complex signal "
     "S0 exp(-TE R2*) exp(i(phi0 + 2 pi f TE)) on its real and imaginary parts (Gaussian "
     "noise, no noise floor), from phase-difference and weighted log-linear starts",

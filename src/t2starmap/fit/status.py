@@ -1,0 +1,187 @@
+"""Why a voxel's fit is (not) to be trusted: the one table of fit-status codes.
+
+Torch-free (the pages and the derivatives read it without loading torch). Three things are
+written down here and nowhere else:
+
+* :class:`Failure`, the bits every fit sets per voxel (``FitResult.reason``); ``failed`` is
+  ``reason != 0``;
+* :class:`Correction`, the per-voxel outcome of the through-slice field-gradient correction
+  (:mod:`t2starmap.b0`); a voxel it did not correct keeps its uncorrected fit, which is not a
+  failure;
+* :data:`LEVELS`, the labels of the published fit-status map (``desc-fitstatus_dseg``, its
+  ``.tsv`` beside it): index, BIDS name, what it means, advice for a warning, and the Failure
+  bit or Correction outcomes behind it. A voxel with several reasons gets the label of the
+  first in :data:`PRIORITY`.
+
+The labels follow the BIDS ``dseg`` convention that 0 is background: 0 is "not fitted"
+(outside the signal mask), 1 is a good fit.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class Failure(enum.IntFlag):
+    """The bits of ``FitResult.reason`` (uint8); what each means for each fit:
+    :class:`t2starmap.fit.result.FitResult`."""
+
+    R2STAR_LOW = 1  # R2* below 1/T2STAR_MAX (clamped there): signal not decaying
+    R2STAR_HIGH = 2  # R2* above 1/T2STAR_MIN (clamped there)
+    NOT_CONVERGED = 4
+    BAD_INPUT = 8  # NaN/inf in a sample, or fewer than two non-zero echoes
+    S0_NONPOSITIVE = 16
+    PHASE_MODEL = 32  # the phase does not follow phi0 + 2 pi f TE (complex fit only)
+
+
+class Correction(enum.IntEnum):
+    """Per-voxel outcome of the through-slice correction (uint8 map; 0 outside the mask)."""
+
+    OUTSIDE = 0
+    CORRECTED = 1
+    EDGE_SLICE = 2  # first or last slice: no central difference
+    MASK_BORDER = 3  # a slice neighbour is outside the mask
+    FIELD_UNTRUSTED = 4  # this voxel's or a neighbour's field estimate is not to be trusted
+    FEW_ECHOES = 5  # fewer than the minimum of echoes with |F| >= the threshold
+
+
+#: What each :class:`Correction` outcome other than CORRECTED means, for records and pages.
+CORRECTION_REASONS: Mapping[Correction, str] = {
+    Correction.EDGE_SLICE: "edge slice (no slice on one side to measure the gradient)",
+    Correction.MASK_BORDER: "a slice neighbour is outside the mask",
+    Correction.FIELD_UNTRUSTED: "the field map there (or at a slice neighbour) is not trusted",
+    Correction.FEW_ECHOES: "too few echoes left where the dephasing factor is large enough",
+}
+
+
+@dataclass(frozen=True)
+class Level:
+    """One label of the fit-status map. ``bit``: the :class:`Failure` bit it stands for (0 for
+    the labels that are not failures); ``corrections``: the :class:`Correction` outcomes it
+    stands for. ``advice`` is added to the warning when many voxels share it."""
+
+    index: int
+    name: str
+    meaning: str
+    advice: str = ""
+    bit: int = 0
+    corrections: tuple[Correction, ...] = ()
+
+
+NOT_FITTED = Level(0, "not_fitted", "outside the signal mask: not fitted")
+GOOD = Level(1, "good", "good fit")
+NOT_CORRECTED = Level(
+    8,
+    "not_gradient_corrected",
+    "good fit, but not corrected for the field gradient (edge slice, mask border, too few "
+    "echoes, or the field there is not to be trusted)",
+    corrections=(
+        Correction.EDGE_SLICE,
+        Correction.MASK_BORDER,
+        Correction.FIELD_UNTRUSTED,
+        Correction.FEW_ECHOES,
+    ),
+)
+
+#: The failure labels, most telling first: a voxel with several Failure bits (LM pushing
+#: against the R2* >= 0 bound also fails to converge) gets the first that applies.
+PRIORITY: tuple[Level, ...] = (
+    Level(
+        2,
+        "unusable_input",
+        "unusable input: NaN, inf or negative samples, or fewer than two positive echoes",
+        "check the images for masking or scaling problems",
+        bit=Failure.BAD_INPUT,
+    ),
+    Level(
+        3,
+        "r2star_at_lower_bound",
+        "R2* at its lower bound: signal rising with TE (echo 2 brighter than echo 1) or flat",
+        "check the echo order and the sequence (flow, B1, imperfect spoiling)",
+        bit=Failure.R2STAR_LOW,
+    ),
+    Level(
+        4,
+        "r2star_at_upper_bound",
+        "R2* at its upper bound: the signal decays before the first echo can see it",
+        "a shorter first echo time is needed for this tissue",
+        bit=Failure.R2STAR_HIGH,
+    ),
+    Level(
+        5,
+        "nonpositive_s0",
+        "S0 came out zero or negative (signal below the noise)",
+        bit=Failure.S0_NONPOSITIVE,
+    ),
+    Level(
+        6,
+        "phase_not_following_model",
+        "complex fit: the phase does not follow one frequency (bipolar readout, flow, fat)",
+        "for bipolar readouts use a magnitude fit (--fit-method nlls)",
+        bit=Failure.PHASE_MODEL,
+    ),
+    Level(7, "not_converged", "the fit did not converge", bit=Failure.NOT_CONVERGED),
+)
+
+#: Every label of the fit-status map, in index order.
+LEVELS: tuple[Level, ...] = tuple(
+    sorted((NOT_FITTED, GOOD, *PRIORITY, NOT_CORRECTED), key=lambda level: level.index)
+)
+#: Mask share of one failure label above which the run warns.
+WARN_FRACTION = 0.05
+
+
+def level_named(name: str) -> Level:
+    """The level called ``name``; KeyError naming the known ones otherwise."""
+    for level in LEVELS:
+        if level.name == name:
+            return level
+    raise KeyError(f"no fit-status level {name!r}; known: {', '.join(lv.name for lv in LEVELS)}")
+
+
+def labels(
+    reason: np.ndarray | None, mask: np.ndarray, correction: np.ndarray | None = None
+) -> np.ndarray:
+    """The fit-status map (uint8, :data:`LEVELS` indices) of one fit.
+
+    ``reason``: the fit's :class:`Failure` bits (uint8, the mask's shape; None: no failures
+    known); ``mask``: bool, the voxels fitted; ``correction``: the :class:`Correction` outcome
+    of each voxel when a field-gradient correction ran (None: none ran)."""
+    bits = np.zeros(mask.shape, dtype=np.uint8) if reason is None else np.asarray(reason)
+    out = np.where(mask, GOOD.index, NOT_FITTED.index).astype(np.uint8)
+    if correction is not None:
+        out[mask & np.isin(correction, [int(c) for c in NOT_CORRECTED.corrections])] = (
+            NOT_CORRECTED.index
+        )
+    for level in reversed(PRIORITY):  # the first in the order is written last
+        out[mask & ((bits & level.bit) != 0)] = level.index
+    return out
+
+
+def counts(status: np.ndarray, mask: np.ndarray) -> dict[str, int]:
+    """Voxels of the mask under each label, by label name (every label, zeros included)."""
+    inside = np.bincount(status[mask].ravel(), minlength=len(LEVELS))
+    return {level.name: int(inside[level.index]) for level in LEVELS if level is not NOT_FITTED}
+
+
+def warnings(share_of: Mapping[str, float]) -> list[str]:
+    """One sentence per failure label that covers at least :data:`WARN_FRACTION` of the
+    mask; ``share_of``: label name -> fraction of the mask."""
+    out = []
+    for level in PRIORITY:
+        share = share_of.get(level.name, 0.0)
+        if share >= WARN_FRACTION:
+            advice = f"; {level.advice}" if level.advice else ""
+            out.append(f"{100 * share:.0f} % of the mask: {level.meaning}{advice}")
+    return out
+
+
+def levels_tsv() -> str:
+    """The ``desc-fitstatus_dseg.tsv``: columns ``index``, ``name``, ``description``."""
+    lines = ["index\tname\tdescription"]
+    lines += [f"{level.index}\t{level.name}\t{level.meaning}" for level in LEVELS]
+    return "\n".join(lines) + "\n"
