@@ -245,7 +245,6 @@ def correct_through_slice(
     slice_axis: int = 2,
     mask: np.ndarray | None = None,
     noise_sigma: float | None = None,
-    noise_coils: float = 1.0,
     device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
     workers: int | None = None,
@@ -256,26 +255,13 @@ def correct_through_slice(
     ``field``: the field map and the voxels where it is not to be trusted
     (:class:`~t2starmap.fit.phase.FieldMap`). ``uncorrected``: the plain fit of the same
     voxels; voxels that cannot be corrected keep its values, and the corrected fit starts from
-    it, with its noise model (noise-aware when it was). ``mr_acquisition_type``,
+    it, with its noise model (noise-aware when it was; ``noise_sigma`` None: the
+    uncorrected fit's). ``mr_acquisition_type``,
     ``slice_thickness_mm``, ``spacing_between_slices_mm``: the sidecar's MRAcquisitionType,
     SliceThickness and SpacingBetweenSlices (see :func:`slice_geometry`, which raises
     ValueError when they do not suffice).
     """
-    mag = np.asarray(magnitude)
-    if mag.ndim != 4:
-        raise ValueError(f"magnitude must be (X, Y, Z, n_echoes), got shape {mag.shape}")
-    te = check_echo_times(np.asarray(echo_times, dtype=np.float64))
-    if mag.shape[-1] != te.size:
-        raise ValueError(f"magnitude has {mag.shape[-1]} echoes but {te.size} echo times")
-    if te.size < 3:
-        raise ValueError(
-            f"a through-slice correction needs at least 3 echoes, got {te.size}: with two the "
-            "decay and the dephasing cannot be told apart"
-        )
-    spatial = mag.shape[:-1]
-    inside = np.ones(spatial, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
-    if inside.shape != spatial:
-        raise ValueError(f"mask shape {inside.shape} does not match the magnitude {spatial}")
+    mag, te, inside = _checked(magnitude, echo_times, mask, slice_axis, field)
     thickness, spacing = slice_geometry(
         mr_acquisition_type,
         affine,
@@ -283,13 +269,6 @@ def correct_through_slice(
         slice_thickness_mm=slice_thickness_mm,
         spacing_between_slices_mm=spacing_between_slices_mm,
     )
-    if spatial[slice_axis] < 3:
-        raise ValueError(
-            f"a through-slice correction needs at least 3 slices, got {spatial[slice_axis]}"
-        )
-    for name, value in (("field map", field.frequency_hz), ("field trust", field.untrusted)):
-        if np.shape(value) != spatial:
-            raise ValueError(f"{name} shape {np.shape(value)} does not match {spatial}")
     bad_field = np.asarray(field.untrusted, dtype=bool)
     gradient, valid = through_slice_gradient(
         field.frequency_hz,
@@ -327,6 +306,40 @@ def correct_through_slice(
         wrap_period_hz=field.wrap_period_hz,
         field_method=field.method,
     )
+
+
+def _checked(
+    magnitude: np.ndarray,
+    echo_times: Sequence[float] | np.ndarray,
+    mask: np.ndarray | None,
+    slice_axis: int,
+    field: FieldMap,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(magnitude, echo times, mask) for :func:`correct_through_slice`; ValueError naming what
+    does not fit: 4-D magnitude, >= 3 echoes, >= 3 slices, shapes of mask and field map."""
+    mag = np.asarray(magnitude)
+    if mag.ndim != 4:
+        raise ValueError(f"magnitude must be (X, Y, Z, n_echoes), got shape {mag.shape}")
+    te = check_echo_times(np.asarray(echo_times, dtype=np.float64))
+    if mag.shape[-1] != te.size:
+        raise ValueError(f"magnitude has {mag.shape[-1]} echoes but {te.size} echo times")
+    if te.size < 3:
+        raise ValueError(
+            f"a through-slice correction needs at least 3 echoes, got {te.size}: with two the "
+            "decay and the dephasing cannot be told apart"
+        )
+    spatial = mag.shape[:-1]
+    inside = np.ones(spatial, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+    if inside.shape != spatial:
+        raise ValueError(f"mask shape {inside.shape} does not match the magnitude {spatial}")
+    if spatial[slice_axis] < 3:
+        raise ValueError(
+            f"a through-slice correction needs at least 3 slices, got {spatial[slice_axis]}"
+        )
+    for name, value in (("field map", field.frequency_hz), ("field trust", field.untrusted)):
+        if np.shape(value) != spatial:
+            raise ValueError(f"{name} shape {np.shape(value)} does not match {spatial}")
+    return mag, te, inside
 
 
 def _status(

@@ -332,6 +332,9 @@ class PublishedSet(SubjectSession):
     warnings: tuple[str, ...] = ()
     #: How many times the solver ran over the set (the fit, the corrected fit).
     solver_runs: int = 0
+    #: Seconds per step of reading and fitting the set (read, noise, fit, field map,
+    #: correction, maps).
+    steps: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def name(self) -> str:

@@ -94,7 +94,8 @@ class SetFit:
 
     ``fit_info``: the fit's fields for the map sidecars (method, algorithm, noise, device);
     ``status_counts``: mask voxels per fit-status label name; ``solver_runs``: how many times
-    the solver ran over the set.
+    the solver ran over the set; ``steps``: seconds per step (read, noise, fit, field map,
+    correction, maps).
     """
 
     maps: Mapping[str, np.ndarray]
@@ -109,10 +110,26 @@ class SetFit:
     device: str
     seconds: float
     solver_runs: int = 0
+    steps: Mapping[str, float] = field(default_factory=dict)
     warnings: tuple[str, ...] = field(default_factory=tuple)
     #: The stacked echoes the fit read, (*shape, n_echoes) float32 (voxels with an unusable
     #: sample NaN), so the report need not read them again; None once dropped.
     magnitude: np.ndarray | None = None
+
+
+class _Clock(dict[str, float]):
+    """Seconds spent in each named step of one set (read, noise, fit, field map, correction,
+    maps), in the order they ran."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last = time.perf_counter()
+
+    def lap(self, step: str) -> None:
+        """The time since the last lap (or since the clock was made) goes to ``step``."""
+        now = time.perf_counter()
+        self[step] = self.get(step, 0.0) + now - self._last
+        self._last = now
 
 
 class _Warnings(list[str]):
@@ -127,6 +144,7 @@ def fit_echo_set(echo_set: EchoSet, geometry: Geometry, options: Options) -> Set
     """Read, check and fit one set. Raises BadDataError naming the first echo, OptionError
     for an option the set cannot honour."""
     started = time.perf_counter()
+    clock = _Clock()
     warnings = _Warnings()
     first = str(echo_set.echoes[0].path)
     parts = find_parts(echo_set)
@@ -136,8 +154,10 @@ def fit_echo_set(echo_set: EchoSet, geometry: Geometry, options: Options) -> Set
     # map; none of them wants it with a given sigma, a magnitude fit and no correction
     wanted = method == "complex" or options.noise_sigma is None or options.b0_correction != "none"
     signal = load_complex(parts, geometry, magnitude) if parts is not None and wanted else None
+    clock.lap("read")
     noise = _noise_level(options, echo_set, magnitude, signal, method, warnings)
     mask = signal_mask(magnitude, noise.sigma, noise.coils)
+    clock.lap("noise")
     if not mask.any():
         raise BadDataError(f"{first}: no voxel of set {echo_set.name} rises above the noise")
     try:
@@ -155,14 +175,16 @@ def fit_echo_set(echo_set: EchoSet, geometry: Geometry, options: Options) -> Set
         raise OptionError(first, "fit_method", options.fit_method, str(err)) from err
     except ValueError as err:
         raise BadDataError(f"{first}: {err}") from err
+    clock.lap("fit")
     correction, b0_info = _through_slice(
-        options, echo_set, geometry, magnitude, signal, result, mask, noise, warnings
+        options, echo_set, geometry, magnitude, signal, result, mask, noise, warnings, clock
     )
     final = result if correction is None else correction.corrected
     n_voxels = int(mask.sum())
     failed = final.failed.cpu().numpy() & mask
     maps, counts = _maps(echo_set, final, result, correction, magnitude, mask, noise, warnings)
     fit_info, algorithm = _fit_info(echo_set, result, noise, b0_info, correction, warnings)
+    clock.lap("maps")
     return SetFit(
         maps=maps,
         fit_info=fit_info,
@@ -176,6 +198,7 @@ def fit_echo_set(echo_set: EchoSet, geometry: Geometry, options: Options) -> Set
         device=final.device,
         seconds=time.perf_counter() - started,
         solver_runs=final.solver_runs,
+        steps=dict(clock),
         warnings=tuple(warnings),
         magnitude=magnitude,
     )
@@ -289,6 +312,7 @@ def _through_slice(
     mask: np.ndarray,
     noise: NoiseEstimate,
     warnings: _Warnings,
+    clock: _Clock,
 ) -> tuple[ThroughSliceCorrection | None, dict[str, Any]]:
     """The through-slice field-gradient correction when ``b0_correction`` asks for it and the
     set allows it (:mod:`t2starmap.b0`), and what the sidecars say about it. ``auto`` without
@@ -314,6 +338,7 @@ def _through_slice(
                 signal, te, mask=mask, noise_sigma=noise.sigma, device=options.device,
                 workers=options.workers,
             )  # fmt: skip
+        clock.lap("field map")
         correction = correct_through_slice(
             magnitude,
             te,
@@ -328,6 +353,7 @@ def _through_slice(
             device=options.device,
             workers=options.workers,
         )
+        clock.lap("correction")
     except ValueError as err:
         if asked == "through-slice":
             raise OptionError(first, "b0_correction", asked, str(err)) from err

@@ -294,6 +294,7 @@ def _stage(
         seconds=fitted.seconds,
         warnings=fitted.warnings,
         solver_runs=fitted.solver_runs,
+        steps=dict(fitted.steps),
     )
     return record, files
 
