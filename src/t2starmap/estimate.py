@@ -432,7 +432,8 @@ def _noise_level(
     real = None if signal is None else signal[..., 0].real
     estimate = estimate_noise(magnitude[..., 0], real=real, coils=options.noise_coils)
     if method != "complex" and len(echo_set.echoes) >= 3:
-        estimate = noise_for_fit(estimate, noise_from_residuals(magnitude, echo_set.echo_times))
+        residuals = noise_from_residuals(magnitude, echo_set.echo_times, workers=options.workers)
+        estimate = noise_for_fit(estimate, residuals)
     if estimate.sigma is None:
         warnings.add(
             f"{echo_set.name}: noise level could not be estimated ({estimate.reason}); "

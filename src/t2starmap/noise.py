@@ -219,6 +219,7 @@ def noise_from_residuals(
     *,
     mask: np.ndarray | None = None,
     max_voxels: int = 50_000,
+    workers: int | None = 1,
 ) -> NoiseEstimate:
     """Noise SD from the residuals of the weighted log-linear fit (``wls``) in bright voxels.
 
@@ -232,7 +233,8 @@ def noise_from_residuals(
     least-squares fit to first order and costs no solver run: its residual sigma exceeds that
     of Levenberg-Marquardt by 0.05-0.15 % on the simulator and the bundled example, by 2.3 %
     on the GE kidney set, whose misfit it amplifies. Every ``k``-th usable voxel is fitted
-    so that at most ``max_voxels`` are.
+    so that at most ``max_voxels`` are, in ``workers`` chunk workers (see
+    :func:`t2starmap.fit.fit_t2star`).
     """
     from t2starmap.fit import fit_t2star
 
@@ -257,7 +259,7 @@ def noise_from_residuals(
     index = index[:: max(1, -(-index.size // max_voxels))]
     if index.size < MIN_BACKGROUND:
         return NoiseEstimate(None, int(index.size), "too few voxels for the residuals")
-    result = fit_t2star(flat[index], te, method="wls", dtype=torch.float64, workers=1)
+    result = fit_t2star(flat[index], te, method="wls", dtype=torch.float64, workers=workers)
     ok = ~result.failed.numpy()
     ssr = result.rmse.numpy() ** 2 * n_echo
     last = result.s0.numpy() * np.exp(-te.max() * result.r2star.numpy())

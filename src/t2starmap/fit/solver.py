@@ -263,4 +263,4 @@ def _solve(m: list[list[torch.Tensor]], g: torch.Tensor) -> torch.Tensor:
         )
     dense = torch.stack([torch.stack(row, -1) for row in m], -2)  # (n, k, k)
     solved, info = torch.linalg.solve_ex(dense, g.T.unsqueeze(-1))
-    return -(solved.squeeze(-1).T * (info == 0).to(g.dtype))
+    return torch.where(info == 0, -solved.squeeze(-1).T, torch.zeros_like(g))
