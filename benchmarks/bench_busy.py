@@ -3,9 +3,10 @@
 1. ``fit``: the default fit of one 192x192x64 x 11-echo phantom, in this one process, quiet,
    then with one competing busy process (``while True: pass``), then quiet again, for:
    torch's own threads (``torch.set_num_threads(N)``, one chunk at a time: what the app did
-   before), one thread, and N chunk workers with one torch thread each (what the app does now,
-   ``fit_t2star(workers=N)``); N = the CPUs this process may use. The maps of every row are
-   checked equal to the first row's.
+   before), one thread, and the API's default ``fit_t2star(signal, te)`` with torch's thread
+   count left at N (it runs N chunk workers with one torch thread each, as the app does);
+   N = the CPUs this process may use. The maps of every row are checked equal to the first
+   row's.
 2. ``node``: 8 small participants (8 echoes each) run as 8 ``python -m t2starmap`` processes
    at once into one output folder (as a SLURM array does) against the same 8 one after
    another; total seconds, and every map of the two runs compared.
@@ -58,7 +59,7 @@ def bench_fit(shape: tuple[int, ...], repeats: int) -> None:
     configs = {
         f"torch threads {n}, 1 chunk at a time (before)": (n, 1),
         "1 torch thread, 1 chunk at a time": (1, 1),
-        f"{n} chunk workers, 1 torch thread each (now)": (1, n),
+        f"API default: {n} chunk workers, 1 torch thread each": (n, None),
     }
     reference = None
     times: dict[str, dict[str, list[float]]] = {c: {} for c in configs}

@@ -179,3 +179,67 @@ def test_module_loads_without_torch(module: str) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]", f"import {module} loaded torch: {proc.stdout.strip()}"
+
+
+#: What each part of the package may import from the package (docs/architecture.md): a module
+#: matching a prefix on the left may only import modules matching a prefix on the right
+#: ("t2starmap" alone: the package root, for its __version__).
+ALLOWED = {
+    "t2starmap.fit": ("t2starmap.fit", "t2starmap.errors", "t2starmap.resources"),
+    "t2starmap.b0": ("t2starmap.fit",),
+    "t2starmap.noise": ("t2starmap.fit",),
+    "t2starmap.report": (
+        "t2starmap.report",
+        "t2starmap.fit.status",
+        "t2starmap.fit.limits",
+        "t2starmap.derivatives",
+        "t2starmap.summary",
+        "t2starmap.nifti",
+        "t2starmap.atomic",
+        "t2starmap.conventions",
+        "t2starmap.resources",
+        "t2starmap.errors",
+        "t2starmap",
+    ),
+    "t2starmap.estimate": (
+        "t2starmap.fit",
+        "t2starmap.b0",
+        "t2starmap.noise",
+        "t2starmap.parts",
+        "t2starmap.nifti",
+        "t2starmap.layout",
+        "t2starmap.derivatives",
+        "t2starmap.errors",
+        "t2starmap",
+    ),
+}
+
+
+@pytest.mark.parametrize("part", sorted(ALLOWED))
+def test_each_part_imports_only_what_the_architecture_allows(part: str) -> None:
+    graph = import_graph(SRC_PACKAGE)
+    allowed = ALLOWED[part]
+
+    def matches(module: str, prefixes: tuple[str, ...]) -> bool:
+        # the package root (its __version__) only itself, every other prefix its submodules
+        return any(
+            module == p or (p != "t2starmap" and module.startswith(p + ".")) for p in prefixes
+        )
+
+    offenders = [
+        f"{module} -> {target}"
+        for module, targets in sorted(graph.items())
+        if matches(module, (part,))
+        for target in sorted(targets)
+        if not matches(target, allowed)
+    ]
+    assert not offenders, offenders
+
+
+def test_only_the_workflow_imports_the_report_and_only_the_cli_the_workflow() -> None:
+    graph = import_graph(SRC_PACKAGE)
+    report_users = {m for m, t in graph.items() if any(x.startswith("t2starmap.report") for x in t)}
+    assert {m for m in report_users if not m.startswith("t2starmap.report")} == {
+        "t2starmap.workflow"
+    }
+    assert {m for m, t in graph.items() if "t2starmap.workflow" in t} == {"t2starmap.cli"}
