@@ -30,6 +30,8 @@ MAP_NAMES = (
     "desc-failed_mask",
     "desc-fitstatus_dseg",
 )
+#: Written where the fit can be judged against the noise (noise level, LM fit, 3+ echoes).
+ASSESSED = ("desc-chisq_statmap",)
 
 
 def participant(bids: Path, out: Path, *extra: str) -> int:
@@ -48,7 +50,8 @@ def example_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_exact_output_files(example_run: Path) -> None:
-    maps = {f"{s}_{m}{ext}" for s in SETS for m in MAP_NAMES for ext in (".nii.gz", ".json")}
+    names = MAP_NAMES + ASSESSED
+    maps = {f"{s}_{m}{ext}" for s in SETS for m in names for ext in (".nii.gz", ".json")}
     maps |= {f"{s}_record.json" for s in SETS} | {f"{s}_desc-fitstatus_dseg.tsv" for s in SETS}
     top = {"dataset_description.json", ".bidsignore", "group_T2starmap.tsv", "group_T2starmap.json"}
     found = files_below(example_run)

@@ -42,6 +42,7 @@ import torch
 from t2starmap.fit import FitResult, check_echo_times, fit_corrected
 from t2starmap.fit.magnitude import FACTOR_THRESHOLD
 from t2starmap.fit.phase import FieldMap
+from t2starmap.fit.result import MAPS
 from t2starmap.fit.status import Correction
 
 __all__ = [
@@ -372,7 +373,7 @@ def _status(
 def _merge(corrected: FitResult, uncorrected: FitResult, use: torch.Tensor) -> FitResult:
     """The corrected fit's maps where ``use``, the uncorrected fit's elsewhere."""
     maps: dict[str, Any] = {}
-    keys = ["t2star", "r2star", "s0", "rmse", "t2star_se", "r2star_se", "s0_se", "failed", "reason"]
+    keys = [*MAPS, "failed", "reason"]
     for key in keys:
         a, b = getattr(corrected, key), getattr(uncorrected, key)
         maps[key] = torch.where(use.to(a.device), a, b.to(device=a.device, dtype=a.dtype))

@@ -101,13 +101,24 @@ OUTPUTS: tuple[OutputSpec, ...] = (
         "arbitrary",
         "Root-mean-square residual of the fit over the echoes, in the input units",
     ),
+    OutputSpec(
+        "chisq",
+        "statmap",
+        "chisq",
+        None,
+        "Reduced chi-square of the residuals under the fit's noise model: about 1 where the "
+        "decay follows the model; above its p < 0.001 point the voxel is labelled "
+        "decay_not_following_model",
+        optional=True,
+    ),
     OutputSpec("signal", "mask", "signal", None, "Voxels fitted (automatic signal mask)"),
     OutputSpec(
         "failed",
         "mask",
         "failed",
         None,
-        "Voxels whose fit hit a bound, did not converge or had unusable input",
+        "Voxels whose fit hit a bound, did not converge, had unusable input or whose decay "
+        "does not follow the model (desc-fitstatus_dseg says which)",
     ),
     OutputSpec(
         "status",

@@ -48,6 +48,7 @@ from t2starmap.fit import (
 from t2starmap.fit import status as fit_status
 from t2starmap.fit.limits import DEFAULT_METHOD, ESTIMATION_ALGORITHMS
 from t2starmap.fit.phase import FieldMap, field_map
+from t2starmap.fit.result import MISFIT_P
 from t2starmap.fit.status import Correction
 from t2starmap.layout import EchoSet
 from t2starmap.nifti import Geometry, load_magnitude
@@ -247,6 +248,8 @@ def _maps(
                 f"{echo_set.name}: only 2 echoes: the fit is exact, so no RMSE map is written"
             )
     maps = {k: _map_array(result, k, mask, failed) for k in keys}
+    if _misfit_tested(result, len(echo_set.echoes)):
+        maps["chisq"] = _map_array(result, "chisq", mask, failed)
     maps["status"] = labels = fit_status.labels(
         result.reason.cpu().numpy(), mask, None if correction is None else correction.status
     )
@@ -261,6 +264,12 @@ def _maps(
         maps["frequency"] = _map_array(uncorrected, "frequency", mask, failed)
         maps["magnitude"] = np.nan_to_num(magnitude[..., 0]).astype(np.float32)
     return maps, counts
+
+
+def _misfit_tested(fit: FitResult, n_echoes: int) -> bool:
+    """Whether the goodness of fit was assessed: a noise level, a solver fit (the closed forms
+    do not minimise what it tests) and a degree of freedom."""
+    return fit.noise_sigma is not None and fit.solver_runs > 0 and n_echoes >= 3
 
 
 def _fit_info(
@@ -293,6 +302,20 @@ def _fit_info(
     }
     if noise.reason:
         info["NoiseSigmaNote"] = noise.reason
+    if _misfit_tested(fit, len(echo_set.echoes)):
+        info["GoodnessOfFit"] = (
+            f"reduced chi-square of the residuals under the {fit.noise_model} noise model; "
+            f"misfit where above its p < {MISFIT_P:g} point (desc-chisq_statmap)"
+        )
+        info["StandardErrorInflation"] = "sqrt(reduced chi-square) where it exceeds 1"
+    else:
+        info["GoodnessOfFit"] = "not assessed: " + (
+            "no noise level"
+            if fit.noise_sigma is None
+            else "a closed-form fit"
+            if fit.solver_runs == 0
+            else "only 2 echoes"
+        )
     info.update(b0_info)
     if fit.frequency is not None:
         # f is only known modulo 1/dTE: the map is wrapped into +-1/(2 dTE_min), not unwrapped

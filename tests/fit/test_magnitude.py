@@ -76,7 +76,7 @@ def test_accuracy_against_known_truth(device: str) -> None:
         errors[(method, sigma is not None)] = float(
             np.median(np.abs(rel_err(result, ph.t2star, ph.mask)))
         )
-        assert not result.failed.numpy()[ph.mask].any()
+        assert_only_misfit_false_alarms(result, ph.mask)
     shown = {f"{m}{' +sigma' if s else ''}": f"{100 * e:.2f}%" for (m, s), e in errors.items()}
     assert errors[("nlls", True)] <= 0.03, shown
     assert errors[("nlls", False)] <= 0.03, shown
@@ -151,7 +151,16 @@ def test_efficiency_against_cramer_rao_bound(monte_carlo: tuple[FitResult, float
     bound = np.array([crlb_t2star(t, TE_11, 1000.0, sigma) for t in MC_T2STAR])
     ratio = values.std(axis=1) / bound
     assert np.all(np.abs(ratio - 1.0) <= 0.10), f"SD / CRLB per T2* {ratio.round(3)}"
-    assert not result.failed.any()
+    assert_only_misfit_false_alarms(result)
+
+
+def assert_only_misfit_false_alarms(result: FitResult, where: np.ndarray | None = None) -> None:
+    """Mono-exponential voxels: no failure but the goodness-of-fit test's false alarms, at
+    most 1 % (its nominal rate is 0.1 %; the squared Rician magnitude has a heavier tail than
+    chi-square, measured 0.4-0.6 % for the noise-aware fit)."""
+    reason = result.reason.numpy() if where is None else result.reason.numpy()[where]
+    assert not np.any(reason & np.uint8(0xFF ^ int(Failure.MISFIT))), np.unique(reason)
+    assert np.mean(reason != 0) <= 0.01, np.mean(reason != 0)
 
 
 def test_residual_standard_error_without_noise_level(device: str) -> None:

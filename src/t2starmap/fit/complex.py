@@ -194,9 +194,10 @@ def _maps(
     if sigma is not None:
         phase_bad &= im2 > chi2_max * (sigma / scale) ** 2
     point = final.point
+    chi2 = None if sigma is None else final.cost / (sigma / scale) ** 2
     maps, bits = derive(
         Solved(point[0], point[1], scale, usable, final.converged, r2_se, s0_se,
-               torch.sqrt(final.cost / n_echo))
+               torch.sqrt(final.cost / n_echo), chi2, 2 * n_echo - 4)
     )  # fmt: skip
     bits = bits + float(Failure.PHASE_MODEL) * phase_bad.to(bits.dtype) * usable
     two_pi = 2.0 * math.pi

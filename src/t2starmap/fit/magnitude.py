@@ -25,6 +25,11 @@ Methods (``method=``):
 :func:`fit_corrected` fits S0 exp(-TE R2*) |F(TE)| with |F| known per voxel and echo (the
 through-slice dephasing, :mod:`t2starmap.b0`), with the same noise models.
 
+Goodness of fit (``FitResult.chisq``, ``Failure.MISFIT``): the Levenberg-Marquardt fits
+minimise the cost they are tested on, so its chi-square follows the null distribution where
+the model holds; the closed forms (``loglin``, ``wls``, ``arlo``) do not minimise it (their
+residuals exceed the noise even where the model holds), so they are not tested (chisq 0).
+
 Standard errors (sigma = ``noise_sigma`` when given, else the residual estimate): sigma^2
 (J^T J)^-1 at the solution for the Gaussian fits and ``arlo`` (for ARLO this is the bound,
 about 15 % below its actual spread); the generalised least-squares covariance (J^T V^-1 J)^-1
@@ -305,6 +310,16 @@ def _loglinear_maps(
     return derive(Solved(s0n, r2, scale, usable, torch.ones_like(s0n), r2_se, s0_se, rmse))
 
 
+def _chi2(
+    ssr: torch.Tensor, sigma: float | None, scale: torch.Tensor, per_channel: float = 1.0
+) -> torch.Tensor | None:
+    """The residuals' chi-square ssr / (``per_channel`` sigma^2) in each voxel's units; None
+    without a noise level."""
+    if sigma is None:
+        return None
+    return ssr / (per_channel * (sigma / scale) ** 2)
+
+
 def _kernel_arlo(
     rows: tuple[torch.Tensor, ...], echoes: Echoes, noise: Noise, order: Sequence[int]
 ) -> _Maps:
@@ -351,9 +366,13 @@ def _gaussian_maps(
     r2_se, s0_se = inverse_diagonal_sqrt(*_normal(fit), var)
     count = n_echo if isinstance(n_echo, int) else n_echo.clamp_min(1.0)
     rmse = torch.sqrt(cost / count)
+    chi2 = _chi2(cost, sigma, scale)
     return derive(
-        Solved(fit.point[0], fit.point[1], scale, usable, fit.converged, r2_se, s0_se, rmse)
-    )
+        Solved(
+            fit.point[0], fit.point[1], scale, usable, fit.converged, r2_se, s0_se, rmse, chi2,
+            n_echo - 2,
+        )
+    )  # fmt: skip
 
 
 def _normal(fit: Solution) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -373,12 +392,12 @@ def _kernel_rician(
     neg_z = torch.addcmul(2.0 * noise.coils * sn2, yn, yn, value=-1.0)
     model = Exponential(2.0 * te, factor=False, noise_aware=True, max_iter=MAX_ITER)
     fit = levenberg_marquardt(model, (neg_z, noise.coils * sn2), torch.stack([s0n * s0n, r2]))
-    return _rician_maps(fit, te, yn, None, scale, usable, sn2, noise.coils)
+    return _rician_maps(fit, te, yn, None, scale, usable, sn2, noise.coils, yn.shape[0])
 
 
 def _rician_maps(
     fit: Solution, te: torch.Tensor, yn: torch.Tensor, g: torch.Tensor | None, scale: torch.Tensor,
-    usable: torch.Tensor, sn2: torch.Tensor, coils: float,
+    usable: torch.Tensor, sn2: torch.Tensor, coils: float, n_echo: torch.Tensor | int,
 ) -> _Maps:  # fmt: skip
     """Maps of a noise-aware fit. Generalised least-squares covariance of (P, R2*) for
     Var(M^2) = 4 s^2 (A^2 + L s^2): LM's weights are 1 / (A^2 + L s^2), so it is 4 s^2 times
@@ -399,8 +418,14 @@ def _rician_maps(
     else:
         kept = gt(g, 0.0)
         rmse = (resid * resid * kept).sum(0).div_(kept.sum(0).clamp_min(1.0)).sqrt_()
-    # A non-positive P leaves S0 = 0, which derive flags.
-    return derive(Solved(s0n, fit.point[1], scale, usable, fit.converged, r2_se, s0_se, rmse))
+    # A non-positive P leaves S0 = 0, which derive flags. LM's cost is the weighted sum
+    # (M^2 - E[M^2])^2 / (A^2 + L s^2): over 4 s^2 a chi-square whatever the SNR.
+    chi2 = fit.cost / (4.0 * sn2)
+    return derive(
+        Solved(
+            s0n, fit.point[1], scale, usable, fit.converged, r2_se, s0_se, rmse, chi2, n_echo - 2
+        )
+    )
 
 
 _KERNELS: Mapping[str, Callable[..., _Maps]] = {
@@ -530,7 +555,7 @@ def _kernel_corrected(
         points = [torch.stack([s0, r2]) for s0, r2 in candidates]
     fit = levenberg_marquardt(model, data, best_start(model, data, points))
     if noise_aware:
-        maps, bits = _rician_maps(fit, te, yn, g * g, scale, usable, sn2, noise.coils)
+        maps, bits = _rician_maps(fit, te, yn, g * g, scale, usable, sn2, noise.coils, n_kept)
     else:
         maps, bits = _gaussian_maps(fit, scale, usable, noise.sigma, n_kept)
     maps["kept"] = n_kept * usable

@@ -42,12 +42,16 @@ class FieldMap:
 
     @classmethod
     def from_fit(cls, result: FitResult, echo_times: Sequence[float] | np.ndarray) -> FieldMap:
-        """The field map of a complex fit; voxels whose fit failed are not trusted."""
+        """The field map of a complex fit. Voxels whose input is unusable, whose fit did not
+        converge or found no signal, or whose phase does not follow the model are not
+        trusted; a decay that does not follow the model (R2* clamped, misfit: through-slice
+        dephasing is such a decay) says nothing against the field."""
         if result.frequency is None:
             raise ValueError(f"a {result.method} fit has no field map")
+        bad = Failure.BAD_INPUT | Failure.NOT_CONVERGED | Failure.S0_NONPOSITIVE
         return cls(
             result.frequency.cpu().numpy().astype(np.float64),
-            result.failed.cpu().numpy(),
+            (result.reason.cpu().numpy() & int(bad | Failure.PHASE_MODEL)) != 0,
             2.0 * frequency_limit(echo_times),
             "complex fit",
         )

@@ -7,16 +7,21 @@ model's kernel ends there. Pure torch.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 
 from t2starmap.fit.limits import T2STAR_MAX, T2STAR_MIN
 from t2starmap.fit.solver import gt, lt, tiny
+from t2starmap.fit.stats import chi2_upper
 from t2starmap.fit.status import Failure
 
 #: The maps every fit gives, (n,) per chunk.
-MAPS = ("t2star", "r2star", "s0", "rmse", "t2star_se", "r2star_se", "s0_se")
+MAPS = ("t2star", "r2star", "s0", "rmse", "t2star_se", "r2star_se", "s0_se", "chisq")
+#: False-alarm rate per voxel of the goodness-of-fit test (``Failure.MISFIT``) for data that
+#: follow the model with the noise level given.
+MISFIT_P = 1e-3
 
 
 @dataclass(frozen=True)
@@ -29,8 +34,15 @@ class FitResult:
         fit, the RMS of a Rician or noncentral-chi magnitude; |x - model| for the complex fit),
         signal units.
     t2star_se, r2star_se, s0_se: standard errors from the Fisher information at the solution
-        (delta method for T2*), from ``noise_sigma`` when given, else from the residual
-        variance (0 where there are only two echoes and no noise level: no residual is left).
+        (delta method for T2*), from ``noise_sigma`` when given, inflated by sqrt(chisq) where
+        the reduced chi-square exceeds 1 (the misfit's share of the spread); else from the
+        residual variance (0 where there are only two echoes and no noise level: no residual
+        is left).
+    chisq: the reduced chi-square of the residuals under the fit's own noise model (the
+        weighted cost over 4 sigma^2 for the noise-aware fit, the residual sum of squares
+        over sigma^2 for the Gaussian and complex ones) divided by its degrees of freedom
+        (echoes - 2; 2 echoes - 4 for the complex fit); about 1 where the model fits, 0 where
+        it cannot be assessed (no noise level, or no degree of freedom).
     failed: bool, the voxel's fit is not to be trusted; False outside the mask. Exactly
         ``reason != 0``.
     reason: uint8, the voxel's :class:`Failure` bits (0: a good fit, and outside the mask):
@@ -52,7 +64,10 @@ class FitResult:
         S0_NONPOSITIVE (16): the fitted S0 is <= 0 (for the noise-aware fit: S0^2 <= 0, the
         whole decay under the noise floor).
         PHASE_MODEL (32), complex fit only: the phase does not follow the model
-        (:mod:`t2starmap.fit.complex`). The bits other than BAD_INPUT may combine.
+        (:mod:`t2starmap.fit.complex`).
+        MISFIT (64): ``chisq`` above the upper ``MISFIT_P`` point of chi-square with its
+        degrees of freedom (over those): the decay does not follow the model (needs a noise
+        level and 3 echoes). The bits other than BAD_INPUT may combine.
     method: the method asked for; noise_model: "rician" (noise-aware fit, one coil),
     "noncentral-chi" (noise-aware fit of a root-sum-of-squares image, ``noise_coils`` > 1) or
     "gaussian"; noise_sigma: the noise level used (None when none was given); noise_coils:
@@ -71,6 +86,7 @@ class FitResult:
     t2star_se: torch.Tensor
     r2star_se: torch.Tensor
     s0_se: torch.Tensor
+    chisq: torch.Tensor
     failed: torch.Tensor
     reason: torch.Tensor
     method: str
@@ -125,7 +141,9 @@ def inverse_diagonal_sqrt(
 class Solved:
     """What a kernel hands to :func:`derive`, each (n,): S0, its standard error and the RMSE
     in units of ``scale``; R2* and its standard error in 1/s; ``usable`` and ``converged``
-    float 0/1 flags."""
+    float 0/1 flags; ``chi2``: the residuals' chi-square under the noise model (None: no
+    noise level, nothing to test) with ``dof`` degrees of freedom (per voxel where echoes
+    were left out)."""
 
     s0n: torch.Tensor
     r2: torch.Tensor
@@ -135,6 +153,34 @@ class Solved:
     r2_se: torch.Tensor
     s0n_se: torch.Tensor
     rmse_n: torch.Tensor
+    chi2: torch.Tensor | None = None
+    dof: torch.Tensor | int = 0
+
+
+@functools.cache
+def misfit_limit(dof: int) -> float:
+    """The reduced chi-square above which a fit with ``dof`` degrees of freedom is a misfit:
+    the upper ``MISFIT_P`` point of chi-square(dof), over dof."""
+    return chi2_upper(dof, MISFIT_P) / dof
+
+
+def reduced_chi2(fit: Solved) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chi-square over its degrees of freedom, 1.0 where it exceeds its upper ``MISFIT_P``
+    point); zeros where it cannot be assessed (no noise level, no degree of freedom)."""
+    zeros = torch.zeros_like(fit.s0n)
+    if fit.chi2 is None:
+        return zeros, zeros
+    dof = torch.as_tensor(fit.dof, dtype=fit.s0n.dtype, device=fit.s0n.device).expand_as(zeros)
+    tested = gt(dof, 0.5)
+    reduced = torch.nan_to_num(fit.chi2, nan=0.0, posinf=0.0) / dof.clamp_min(1.0) * tested
+    top = int(dof.max().item()) if dof.numel() else 0
+    limits = torch.tensor(
+        [0.0] + [misfit_limit(d) for d in range(1, max(top, 1) + 1)],
+        dtype=zeros.dtype,
+        device=zeros.device,
+    )
+    limit = limits[dof.round().long().clamp(0, max(top, 1))]
+    return reduced, gt(reduced, limit) * tested
 
 
 def derive(fit: Solved) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -142,8 +188,9 @@ def derive(fit: Solved) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     and failures flagged. Returns the :data:`MAPS` and the :class:`Failure` bits (n,), whole
     numbers in the compute dtype: BAD_INPUT alone where the input is not usable, else the sum
     of R2STAR_LOW / R2STAR_HIGH (the rate was clamped), NOT_CONVERGED (not converged, or S0
-    or R2* not finite) and S0_NONPOSITIVE (S0 <= 0) that apply. Maps are finite, >= 0, and 0
-    where the input is not usable."""
+    or R2* not finite), S0_NONPOSITIVE (S0 <= 0) and MISFIT (:func:`reduced_chi2`) that
+    apply. Standard errors are inflated by sqrt(reduced chi-square) where it exceeds 1. Maps
+    are finite, >= 0, and 0 where the input is not usable."""
     s0n, r2, usable = fit.s0n, fit.r2, fit.usable
     rate = reported_rate(r2)
     # Float 0/1 flags summed with the bits' weights (bool tensors are slow on the CPU).
@@ -152,17 +199,22 @@ def derive(fit: Solved) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     fit_ok = finite(s0n).mul_(finite(r2)).mul_(fit.converged)
     bits.add_(fit_ok.sub_(1.0), alpha=-float(Failure.NOT_CONVERGED))
     bits.add_(torch.le(s0n, 0.0, out=torch.empty_like(s0n)), alpha=float(Failure.S0_NONPOSITIVE))
+    chisq, misfit = reduced_chi2(fit)
+    bits.add_(misfit, alpha=float(Failure.MISFIT))
     bad = float(Failure.BAD_INPUT)
     bits = bits.sub_(bad).mul_(usable).add_(bad)  # BAD_INPUT alone where not usable
     t2 = 1.0 / rate
+    inflation = chisq.clamp_min(1.0).sqrt_()  # misfit adds to the spread the noise gives
+    r2_se = fit.r2_se * inflation
     maps = {
         "t2star": t2,
         "r2star": rate,
         "s0": s0n * fit.scale,
         "rmse": fit.rmse_n * fit.scale,
-        "t2star_se": fit.r2_se * t2 * t2,
-        "r2star_se": fit.r2_se,
-        "s0_se": fit.s0n_se * fit.scale,
+        "t2star_se": r2_se * t2 * t2,
+        "r2star_se": r2_se,
+        "s0_se": fit.s0n_se * inflation * fit.scale,
+        "chisq": chisq,
     }
     return {key: clean(value, usable) for key, value in maps.items()}, bits
 

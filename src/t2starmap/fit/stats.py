@@ -18,10 +18,49 @@ def normal_quantile(p: float) -> float:
 
 
 def chi2_upper(dof: int, p: float) -> float:
-    """The upper-p quantile of chi-square with ``dof`` degrees of freedom (Wilson-Hilferty)."""
-    z = normal_quantile(p)
-    u = 2.0 / (9.0 * dof)
-    return dof * (1.0 - u + z * math.sqrt(u)) ** 3
+    """The upper-p quantile of chi-square with ``dof`` degrees of freedom: x with
+    Q(dof/2, x/2) = p, Q the regularised upper incomplete gamma function (bisection)."""
+    lo, hi = 0.0, float(dof) + 60.0 * math.sqrt(2.0 * dof) + 100.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if gamma_upper(0.5 * dof, 0.5 * mid) > p:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+def gamma_upper(a: float, x: float) -> float:
+    """Q(a, x) = Gamma(a, x) / Gamma(a), the regularised upper incomplete gamma function: its
+    series below x = a + 1, its continued fraction (modified Lentz) above."""
+    if x <= 0.0:
+        return 1.0
+    log_front = a * math.log(x) - x - math.lgamma(a)
+    if x < a + 1.0:
+        term = total = 1.0 / a
+        k = a
+        for _ in range(1000):
+            k += 1.0
+            term *= x / k
+            total += term
+            if abs(term) < abs(total) * 1e-16:
+                break
+        return max(0.0, 1.0 - math.exp(log_front) * total)
+    tiny = 1e-300
+    b = x + 1.0 - a
+    c, d = 1.0 / tiny, 1.0 / b
+    h = d
+    for i in range(1, 1000):
+        an = -i * (i - a)
+        b += 2.0
+        d = an * d + b
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = b + an / c
+        c = c if abs(c) > tiny else tiny
+        h *= d * c
+        if abs(d * c - 1.0) < 1e-16:
+            break
+    return math.exp(log_front) * h
 
 
 def f_upper(dof: int, p: float) -> float:

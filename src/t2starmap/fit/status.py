@@ -36,6 +36,7 @@ class Failure(enum.IntFlag):
     BAD_INPUT = 8  # NaN/inf in a sample, or fewer than two non-zero echoes
     S0_NONPOSITIVE = 16
     PHASE_MODEL = 32  # the phase does not follow phi0 + 2 pi f TE (complex fit only)
+    MISFIT = 64  # residuals improbably large for the noise: the decay does not follow the model
 
 
 class Correction(enum.IntEnum):
@@ -75,7 +76,7 @@ class Level:
 NOT_FITTED = Level(0, "not_fitted", "outside the signal mask: not fitted")
 GOOD = Level(1, "good", "good fit")
 NOT_CORRECTED = Level(
-    8,
+    9,
     "not_gradient_corrected",
     "good fit, but not corrected for the field gradient (edge slice, mask border, too few "
     "echoes, or the field there is not to be trusted)",
@@ -123,6 +124,16 @@ PRIORITY: tuple[Level, ...] = (
         "complex fit: the phase does not follow one frequency (bipolar readout, flow, fat)",
         "for bipolar readouts use a magnitude fit (--fit-method nlls)",
         bit=Failure.PHASE_MODEL,
+    ),
+    Level(
+        8,
+        "decay_not_following_model",
+        "the decay does not follow the model: its residuals are improbably large for the noise "
+        "(reduced chi-square above its p < 0.001 point): two T2* pools, fat, a bright or dark "
+        "echo, motion",
+        "the maps there are the closest mono-exponential, not a T2*; their standard errors "
+        "are inflated by the misfit",
+        bit=Failure.MISFIT,
     ),
     Level(7, "not_converged", "the fit did not converge", bit=Failure.NOT_CONVERGED),
 )
