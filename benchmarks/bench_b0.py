@@ -29,7 +29,7 @@ import torch
 
 from t2starmap import b0
 from t2starmap.fit import fit_complex, fit_t2star
-from t2starmap.fit.phase import FieldMap, field_map
+from t2starmap.fit.phase import FieldMap, analyse_phase
 from t2starmap.fit.status import Correction
 from t2starmap.simulate import SlicePhantom, make_slice_phantom
 
@@ -42,7 +42,9 @@ def _field(ph: SlicePhantom, source: str) -> FieldMap:
         return FieldMap.from_fit(
             fit_complex(signal, ph.echo_times, noise_sigma=ph.sigma), ph.echo_times
         )
-    return field_map(signal, ph.echo_times, noise_sigma=ph.sigma)
+    found = analyse_phase(signal, ph.echo_times, noise_sigma=ph.sigma).field_map()
+    assert found is not None
+    return found
 
 
 def _correct(
@@ -164,9 +166,11 @@ def main(argv: list[str] | None = None) -> None:
     plain = fit_t2star(ph.magnitude, te, noise_sigma=ph.sigma)
 
     def correction() -> None:
+        field = analyse_phase(signal, te, noise_sigma=ph.sigma).field_map()
+        assert field is not None
         b0.correct_through_slice(
-            ph.magnitude, te, ph.affine, field=field_map(signal, te, noise_sigma=ph.sigma),
-            uncorrected=plain, mr_acquisition_type="2D", slice_thickness_mm=3.0,
+            ph.magnitude, te, ph.affine, field=field, uncorrected=plain,
+            mr_acquisition_type="2D", slice_thickness_mm=3.0,
         )  # fmt: skip
 
     t_complex = _best(lambda: fit_complex(signal, te, noise_sigma=ph.sigma))

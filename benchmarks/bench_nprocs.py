@@ -22,7 +22,7 @@ from pathlib import Path
 
 from t2starmap.simulate import make_slice_phantom, write_slice_megre
 
-STEPS = ("read", "noise", "fit", "field map", "correction", "maps")
+STEPS = ("read", "noise", "phase", "fit", "correction", "maps")
 
 
 def run(bids: Path, out: Path, nprocs: int, extra: list[str]) -> dict[str, float]:

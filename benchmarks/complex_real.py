@@ -22,9 +22,9 @@ no Rician bias.
 Fits compared, each on the whole volume:
 
 * the app's default exactly as the participant run does it:
-  :func:`t2starmap.estimate.fit_echo_set` with a :class:`t2starmap.settings.Settings` for the
-  set (``fit_method="nlls"``), so the noise level comes from the app's own pipeline (real
-  channel, background quantiles or residuals) and the mask is the app's;
+  :func:`t2starmap.estimate.fit_echo_set` with the participant run's
+  :class:`t2starmap.estimate.Options` (``fit_method="nlls"``), so the noise level comes from
+  the app's own pipeline and the mask is the app's;
 * the same entry point with ``nlls-gaussian`` and with ``complex``;
 * tedana's t2smap fits, ``tedana.decay.fit_decay`` with ``loglin`` (the app's mask) and
   ``curvefit`` (the reference subset only: it runs at ~1-2 k voxels/s, its whole-volume time
@@ -60,13 +60,12 @@ from scipy.optimize import least_squares
 
 from t2starmap import __version__
 from t2starmap.cli import main as t2starmap_main
-from t2starmap.estimate import SetFit, fit_echo_set
+from t2starmap.estimate import Options, SetFit, fit_echo_set
 from t2starmap.fit import resolve_device
 from t2starmap.layout import EchoSet, find_echo_sets
 from t2starmap.nifti import check_geometry, load_magnitude
 from t2starmap.noise import otsu_threshold
 from t2starmap.parts import find_parts, load_complex
-from t2starmap.settings import Settings
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DICOM = HERE.parent.parent / "shared" / "data" / "dicom" / "ge-mr750-kidney-megre"
@@ -137,18 +136,15 @@ def app_fit(
 ) -> tuple[SetFit, float]:
     """One participant-run fit of the set through the app's entry point, timed; ``sigma`` as
     ``--noise-sigma`` (coils 1) when given."""
-    settings = Settings(
-        bids_dir=bids_dir,
-        output_dir=bids_dir.parent / "unused-output",
-        analysis_level="participant",
+    options = Options(
         fit_method=method,
         noise_sigma=sigma,
         noise_coils=None if sigma is None else 1.0,
-        nprocs=threads,
+        device=resolve_device("auto"),
+        workers=threads,
     )
-    device = resolve_device(settings.device)
     geometry = check_geometry(echo_set)
-    return timed(lambda: fit_echo_set(settings, echo_set, geometry, device))
+    return timed(lambda: fit_echo_set(echo_set, geometry, options))
 
 
 def tedana_r2star(magnitude: np.ndarray, te: np.ndarray, fittype: str) -> tuple[np.ndarray, Any]:
@@ -242,6 +238,9 @@ def main() -> None:
     parser.add_argument("--dicom", type=Path, default=DEFAULT_DICOM)
     parser.add_argument("--voxels", type=int, default=2000, help="reference subset size")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--sweep", type=float, nargs="*", default=(), help="also fit with these sigmas given"
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--append", type=Path, help="append a dated section to this file")
     args = parser.parse_args()
@@ -414,11 +413,11 @@ def run(bids_dir: Path, args: argparse.Namespace) -> list[str]:
         out += [f"tedana t2smap loglin / curvefit: not available: {tedana_note}.", ""]
 
     # How the default's bias moves with the noise level it is given (--noise-sigma).
-    candidates_sigma = (
+    candidates_sigma = [
         ("this script's reference (background, all echoes)", sigma_ref),
         ("the app's default (" + default.noise.method + ")", default.noise.sigma),
         ("the app's first-echo background (" + cx.noise.method + ")", cx.noise.sigma),
-    )
+    ] + [("sweep", value) for value in args.sweep]
     given = []
     for label, value in candidates_sigma:
         if value is None:

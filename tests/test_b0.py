@@ -8,7 +8,7 @@ import torch
 
 from t2starmap import b0
 from t2starmap.fit import FitResult, fit_complex, fit_t2star, frequency_limit
-from t2starmap.fit.phase import FieldMap, field_map
+from t2starmap.fit.phase import FieldMap, analyse_phase
 from t2starmap.fit.status import Correction as Status
 from t2starmap.simulate import DEFAULT_ECHO_TIMES, SlicePhantom, make_slice_phantom
 
@@ -59,7 +59,9 @@ def correction(phantom: SlicePhantom, request: pytest.FixtureRequest) -> b0.Thro
     if request.param == "complex fit":
         field = FieldMap.from_fit(fit_complex(signal, TE, noise_sigma=phantom.sigma), TE)
     else:
-        field = field_map(signal, TE, noise_sigma=phantom.sigma)
+        found = analyse_phase(signal, TE, noise_sigma=phantom.sigma).field_map()
+        assert found is not None
+        field = found
     assert field.method == request.param
     return correct(
         phantom.magnitude,

@@ -28,6 +28,7 @@ CORRECTED_FIT_FIELDS = {
     "NoiseModel",
     "NoiseSigma",
     "NoiseSigmaMethod",
+    "NoiseSigmaCandidates",
     "NoiseCoils",
     "ComputeDevice",
     "T2starRange",
@@ -42,6 +43,13 @@ CORRECTED_FIT_FIELDS = {
     "B0FieldMapMethod",
     "B0SliceThickness",
     "B0SliceSpacing",
+    "PhaseVerdict",
+    "PhaseVerdictNote",
+    "PhaseCoherence",
+    "PhaseParityCoherence",
+    "PhaseTrustedFraction",
+    "BipolarReadout",
+    "BipolarOffsetMedian",
 }
 
 
@@ -91,7 +99,7 @@ def test_a_set_with_phase_takes_two_solver_runs_with_default_options(phase_set: 
     assert got.solver_runs == 2  # the fit, then the corrected fit started from it
     assert got.fit_info["B0Correction"] == "through-slice"
     assert got.fit_info["B0FieldMapMethod"] == "phase differences"
-    assert list(got.steps) == ["read", "noise", "fit", "field map", "correction", "maps"]
+    assert list(got.steps) == ["read", "noise", "phase", "fit", "correction", "maps"]
     assert set(got.fit_info) >= CORRECTED_FIT_FIELDS, CORRECTED_FIT_FIELDS - set(got.fit_info)
     assert set(got.fit_info) - CORRECTED_FIT_FIELDS <= {"NoiseSigmaNote", "Warnings"}
     # the edge slices cannot be corrected: their good fits say so (where the dephasing is

@@ -17,13 +17,15 @@ from t2starmap.fit import Failure
 from t2starmap.noise import (
     MIN_BACKGROUND,
     NoiseEstimate,
+    cross_check,
     estimate_noise,
     noise_for_fit,
+    noise_from_echo_differences,
     noise_from_residuals,
     otsu_threshold,
     signal_mask,
 )
-from t2starmap.simulate import make_coil_phantom, make_phantom
+from t2starmap.simulate import decay, make_coil_phantom, make_phantom
 from tests.conftest import SHARED_DATA
 
 TE_12 = np.linspace(0.003, 0.060, 12)
@@ -425,3 +427,72 @@ def test_ge_default_fit_agrees_with_a_complex_fit(real_bids: Path) -> None:
     assert band.sum() > 200
     difference = float(np.median(r2_mag[band] / r2_complex[band] - 1.0))
     assert abs(difference) <= 0.02, f"{difference:+.2%} over {band.sum()} voxels"
+
+
+# --- cross-checks between estimators that fail in opposite ways (issue 18) -------------------
+
+
+def _ghosted_phantom(seed: int = 6) -> tuple[np.ndarray, np.ndarray, float]:
+    """A phantom whose air carries structured signal 6 sigma strong that repeats from echo to
+    echo (ghosts, aliasing, as in the GE kidney background, whose first-echo estimate is 4.5
+    times its echo differences'): (magnitude, complex, sigma). The noise is complex Gaussian.
+    """
+    ph = make_phantom((48, 64, 6), TE_12, seed=seed, with_phase=True, background=0.0)
+    assert ph.phase is not None
+    clean = decay(ph.s0, ph.t2star, ph.echo_times) * np.exp(1j * ph.phase)
+    clean = np.where(ph.mask[..., None], clean, 0.0)
+    rng = np.random.default_rng(seed)
+    shape = ph.mask.shape
+    ghost = 6.0 * ph.sigma * (rng.standard_normal(shape) + 1j * rng.standard_normal(shape))
+    clean = clean + np.where(ph.mask, 0.0, ghost)[..., None]  # the same at every echo
+    noise = rng.standard_normal(clean.shape) + 1j * rng.standard_normal(clean.shape)
+    noisy = clean + ph.sigma * noise
+    return np.abs(noisy).astype(np.float32), noisy.astype(np.complex64), ph.sigma
+
+
+def test_echo_differences_cancel_the_ghosts_a_background_estimate_takes_for_noise() -> None:
+    magnitude, signal, sigma = _ghosted_phantom()
+    background = estimate_noise(magnitude[..., 0], real=signal[..., 0].real)
+    differences = noise_from_echo_differences(magnitude, signal=signal)
+    assert background.sigma is not None and background.sigma > 2.5 * sigma  # ghosts
+    assert differences.sigma == pytest.approx(sigma, rel=0.1)
+    # magnitudes only: exact for air of pure noise (test below), an upper bound where the air
+    # carries signal (its differences are then closer to Gaussian than to Rayleigh's)
+    magnitude_only = noise_from_echo_differences(magnitude)
+    assert magnitude_only.sigma is not None and magnitude_only.sigma < background.sigma / 2
+    residuals = noise_from_residuals(magnitude, TE_12)
+    chosen = cross_check(background, differences, residuals)
+    assert chosen.method == "residuals" and chosen.sigma == pytest.approx(sigma, rel=0.1)
+    assert "ghosts, not noise" in chosen.reason
+    assert set(chosen.candidates) == {"real-channel", "echo-differences", "residuals"}
+
+
+def test_a_clean_background_is_kept_and_misfit_does_not_raise_sigma() -> None:
+    """A clean background agrees with the echo differences and is used; tissue residuals
+    raised by misfit (a dark first echo everywhere) are an upper bound, not the noise."""
+    ph = make_phantom((48, 48, 6), TE_12, seed=7)
+    dark = ph.magnitude.copy()
+    dark[..., 0] = np.where(ph.mask, dark[..., 0] * 0.85, dark[..., 0])
+    background = estimate_noise(dark[..., 0])
+    chosen = cross_check(
+        background, noise_from_echo_differences(dark), noise_from_residuals(dark, TE_12)
+    )
+    assert chosen.method == "background-quantiles"
+    assert chosen.sigma == pytest.approx(ph.sigma, rel=0.1)
+    assert chosen.candidates["residuals"] > 1.5 * ph.sigma
+
+
+@pytest.mark.parametrize("coils", [1, 8])
+def test_magnitude_differences_in_air_of_pure_noise(coils: int) -> None:
+    ph = make_coil_phantom((48, 48, 4), TE_12, coils=coils, seed=9)
+    estimate = noise_from_echo_differences(ph.magnitude, coils=coils)
+    assert estimate.sigma == pytest.approx(ph.sigma, rel=0.1)
+
+
+def test_two_echoes_without_residuals_use_the_differences_when_ghosted() -> None:
+    magnitude, signal, sigma = _ghosted_phantom(seed=8)
+    background = estimate_noise(magnitude[..., 0], real=signal[..., 0].real)
+    differences = noise_from_echo_differences(magnitude[..., :2], signal=signal[..., :2])
+    chosen = cross_check(background, differences, NoiseEstimate(None, 0, "2 echoes"))
+    assert chosen.method == "echo-differences"
+    assert chosen.sigma == pytest.approx(sigma, rel=0.25)  # the first pair: ghosts linger

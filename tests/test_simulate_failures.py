@@ -66,8 +66,11 @@ def test_incoherent_phase_is_smooth_in_space_but_jumps_between_echoes() -> None:
     assert np.abs(neighbours).max() < 0.2  # each echo's map is smooth
 
 
-def test_ghosts_sit_in_the_background() -> None:
-    image = np.zeros((4, 8, 1, 2))
-    image[:, 1:3] = 100.0
-    out = ghosted(image)
-    assert out[0, 5, 0, 0] == 25.0 and out[0, 1, 0, 0] == 100.0
+def test_ghosts_spread_along_the_phase_encoding_axis_and_keep_the_energy() -> None:
+    image = np.zeros((8, 32, 1, 2), complex)
+    image[2:6, 12:20] = 100.0
+    out = ghosted(image, axis=1, error_rad=0.5, seed=1)
+    np.testing.assert_allclose(np.sum(np.abs(out) ** 2), np.sum(np.abs(image) ** 2))
+    assert np.abs(out[2:6, :8]).mean() > 5.0  # outside the object, same rows
+    assert np.abs(out[:2]).max() < 1e-9  # not along the other axis
+    np.testing.assert_allclose(out[..., 1], out[..., 0])  # the same errors for every echo

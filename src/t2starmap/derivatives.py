@@ -343,7 +343,9 @@ class PublishedSet(SubjectSession):
     warnings: tuple[str, ...] = ()
     #: How many times the solver ran over the set (the fit, the corrected fit).
     solver_runs: int = 0
-    #: Seconds per step of reading and fitting the set (read, noise, fit, field map,
+    #: Every noise-level estimate the choice was made from: method -> sigma.
+    noise_candidates: Mapping[str, float] = field(default_factory=dict)
+    #: Seconds per step of reading and fitting the set (read, noise, phase, fit,
     #: correction, maps).
     steps: Mapping[str, float] = field(default_factory=dict)
 

@@ -12,13 +12,13 @@ runs, the corrected fit started from it. The correction's field map is the compl
 there is one, else the closed form from the phase differences (:mod:`t2starmap.fit.phase`):
 with default options a set with phase takes 2 solver runs (``SetFit.solver_runs``).
 
-Which noise level (each step recorded in the sidecars as ``NoiseSigmaMethod``):
+Which noise level (the same for every fit method of a set, so the mask is too; recorded in
+the sidecars as ``NoiseSigmaMethod``, every candidate in ``NoiseSigmaCandidates``):
 1. ``Options.noise_sigma`` (and ``noise_coils``) when given;
-2. else :func:`t2starmap.noise.estimate_noise` on the first echo, from the background's real
-   channel where complex parts exist, else from its magnitude (sigma and effective coils);
-3. for the magnitude fits with 3 or more echoes, the residual noise of bright tissue replaces
-   the background's when it is clearly lower (non-uniform noise, :func:`noise_for_fit`); the
-   complex fit keeps the background's real-channel sigma (it has no noise floor to place).
+2. else :func:`t2starmap.noise.cross_check` of the first echo's background (its real channel
+   where complex parts exist, else its magnitude: sigma and effective coils), the echo
+   differences in the same air (which cancel ghosts) and, with 3 or more echoes, the
+   residuals of bright tissue (an upper bound: misfit adds to them).
 """
 
 from __future__ import annotations
@@ -42,20 +42,22 @@ from t2starmap.fit import (
     T2STAR_MIN,
     EchoSpacingError,
     FitResult,
+    fit_complex,
     fit_t2star,
     frequency_limit,
 )
 from t2starmap.fit import status as fit_status
 from t2starmap.fit.limits import DEFAULT_METHOD, ESTIMATION_ALGORITHMS
-from t2starmap.fit.phase import FieldMap, field_map
+from t2starmap.fit.phase import INCOHERENT, FieldMap, PhaseAnalysis, analyse_phase
 from t2starmap.fit.result import MISFIT_P
 from t2starmap.fit.status import Correction
 from t2starmap.layout import EchoSet
 from t2starmap.nifti import Geometry, load_magnitude
 from t2starmap.noise import (
     NoiseEstimate,
+    cross_check,
     estimate_noise,
-    noise_for_fit,
+    noise_from_echo_differences,
     noise_from_residuals,
     signal_mask,
 )
@@ -80,12 +82,18 @@ class Options:
 
 
 class OptionError(UsageError):
-    """An option (``option``, an :class:`Options` field) this set cannot honour; exit 64. The
-    caller words it: ``where``, the option, its ``value``, and ``reason``."""
+    """An option (``option``, an :class:`Options` field) this set cannot honour; exit 64, or
+    65 (``bad_data``) when the data, not the option, are at fault. The caller words it:
+    ``where``, the option, its ``value``, and ``reason``."""
 
-    def __init__(self, where: str, option: str, value: Any, reason: str) -> None:
+    def __init__(
+        self, where: str, option: str, value: Any, reason: str, bad_data: bool = False
+    ) -> None:
         super().__init__(f"{where}: {option} {value}: {reason}")
         self.where, self.option, self.value, self.reason = where, option, value, reason
+        self.bad_data = bad_data
+        if bad_data:
+            self.exit_code = BadDataError.exit_code
 
 
 @dataclass(frozen=True)
@@ -95,7 +103,7 @@ class SetFit:
 
     ``fit_info``: the fit's fields for the map sidecars (method, algorithm, noise, device);
     ``status_counts``: mask voxels per fit-status label name; ``solver_runs``: how many times
-    the solver ran over the set; ``steps``: seconds per step (read, noise, fit, field map,
+    the solver ran over the set; ``steps``: seconds per step (read, noise, phase, fit,
     correction, maps).
     """
 
@@ -156,30 +164,21 @@ def fit_echo_set(echo_set: EchoSet, geometry: Geometry, options: Options) -> Set
     wanted = method == "complex" or options.noise_sigma is None or options.b0_correction != "none"
     signal = load_complex(parts, geometry, magnitude) if parts is not None and wanted else None
     clock.lap("read")
-    noise = _noise_level(options, echo_set, magnitude, signal, method, warnings)
+    noise = _noise_level(options, echo_set, magnitude, signal, warnings)
     mask = signal_mask(magnitude, noise.sigma, noise.coils)
     clock.lap("noise")
     if not mask.any():
         raise BadDataError(f"{first}: no voxel of set {echo_set.name} rises above the noise")
-    try:
-        result = fit_t2star(
-            signal if method == "complex" and signal is not None else magnitude,
-            echo_set.echo_times,
-            method=method,
-            mask=mask,
-            device=options.device,
-            noise_sigma=noise.sigma,
-            noise_coils=noise.coils if method != "complex" else 1.0,
-            workers=options.workers,
-        )
-    except EchoSpacingError as err:
-        raise OptionError(first, "fit_method", options.fit_method, str(err)) from err
-    except ValueError as err:
-        raise BadDataError(f"{first}: {err}") from err
+    phase = _phase(options, echo_set, signal, mask, noise, method, warnings)
+    if phase is not None:
+        clock.lap("phase")
+    result = _fit(options, echo_set, magnitude, signal, method, mask, noise, phase)
     clock.lap("fit")
     correction, b0_info = _through_slice(
-        options, echo_set, geometry, magnitude, signal, result, mask, noise, warnings, clock
+        options, echo_set, geometry, magnitude, phase, result, mask, warnings, clock
     )
+    if phase is not None:
+        b0_info = {**phase.sidecar(), **b0_info}
     final = result if correction is None else correction.corrected
     n_voxels = int(mask.sum())
     failed = final.failed.cpu().numpy() & mask
@@ -203,6 +202,66 @@ def fit_echo_set(echo_set: EchoSet, geometry: Geometry, options: Options) -> Set
         warnings=tuple(warnings),
         magnitude=magnitude,
     )
+
+
+def _phase(
+    options: Options,
+    echo_set: EchoSet,
+    signal: np.ndarray | None,
+    mask: np.ndarray,
+    noise: NoiseEstimate,
+    method: str,
+    warnings: _Warnings,
+) -> PhaseAnalysis | None:
+    """The phase checks of a set with phase, when a fit or the correction will use the phase
+    (:func:`t2starmap.fit.phase.analyse_phase`); a warning for phase that follows no
+    frequency, a note for a bipolar read-out."""
+    if signal is None or (method != "complex" and options.b0_correction == "none"):
+        return None
+    phase = analyse_phase(
+        signal, echo_set.echo_times, mask=mask, noise_sigma=noise.sigma,
+        device=options.device, workers=options.workers,
+    )  # fmt: skip
+    if phase.verdict == INCOHERENT:
+        warnings.add(f"{echo_set.name}: {phase.reason}: no field map can be made from it")
+    elif phase.bipolar:
+        log.info("%s: %s", echo_set.name, phase.reason)
+    return phase
+
+
+def _fit(
+    options: Options,
+    echo_set: EchoSet,
+    magnitude: np.ndarray,
+    signal: np.ndarray | None,
+    method: str,
+    mask: np.ndarray,
+    noise: NoiseEstimate,
+    phase: PhaseAnalysis | None,
+) -> FitResult:
+    """The fit the method asks for (the bipolar complex model on a bipolar set)."""
+    first = str(echo_set.echoes[0].path)
+    try:
+        if method == "complex" and signal is not None:
+            return fit_complex(
+                signal, echo_set.echo_times, mask=mask, device=options.device,
+                noise_sigma=noise.sigma, workers=options.workers,
+                bipolar=phase is not None and phase.bipolar,
+            )  # fmt: skip
+        return fit_t2star(
+            magnitude,
+            echo_set.echo_times,
+            method=method,
+            mask=mask,
+            device=options.device,
+            noise_sigma=noise.sigma,
+            noise_coils=noise.coils,
+            workers=options.workers,
+        )
+    except EchoSpacingError as err:
+        raise OptionError(first, "fit_method", options.fit_method, str(err)) from err
+    except ValueError as err:
+        raise BadDataError(f"{first}: {err}") from err
 
 
 def _method(requested: str, has_parts: bool, where: str) -> str:
@@ -302,6 +361,8 @@ def _fit_info(
     }
     if noise.reason:
         info["NoiseSigmaNote"] = noise.reason
+    if noise.candidates:
+        info["NoiseSigmaCandidates"] = dict(noise.candidates)
     if _misfit_tested(fit, len(echo_set.echoes)):
         info["GoodnessOfFit"] = (
             f"reduced chi-square of the residuals under the {fit.noise_model} noise model; "
@@ -318,8 +379,9 @@ def _fit_info(
         )
     info.update(b0_info)
     if fit.frequency is not None:
-        # f is only known modulo 1/dTE: the map is wrapped into +-1/(2 dTE_min), not unwrapped
-        info["FieldMapWrapLimit"] = frequency_limit(np.asarray(echo_set.echo_times))
+        # f is only known modulo 1/dTE (1/(2 dTE) for a bipolar train): the map is wrapped
+        bipolar = bool(b0_info.get("BipolarReadout", False))
+        info["FieldMapWrapLimit"] = frequency_limit(np.asarray(echo_set.echo_times), bipolar)
     if warnings:
         info["Warnings"] = list(warnings)
     return info, algorithm
@@ -330,41 +392,38 @@ def _through_slice(
     echo_set: EchoSet,
     geometry: Geometry,
     magnitude: np.ndarray,
-    signal: np.ndarray | None,
+    phase: PhaseAnalysis | None,
     result: FitResult,
     mask: np.ndarray,
-    noise: NoiseEstimate,
     warnings: _Warnings,
     clock: _Clock,
 ) -> tuple[ThroughSliceCorrection | None, dict[str, Any]]:
     """The through-slice field-gradient correction when ``b0_correction`` asks for it and the
     set allows it (:mod:`t2starmap.b0`), and what the sidecars say about it. ``auto`` without
-    what it needs (phase, slice metadata, 3 echoes, 3 slices): no correction, a warning that
-    says why; ``through-slice`` without it: an OptionError."""
+    what it needs (phase that follows a model, slice metadata, 3 echoes, 3 slices): no
+    correction, a note or warning that says why; ``through-slice`` without it: an
+    OptionError (exit 65 when the phase is at fault)."""
     asked = options.b0_correction
     first = str(echo_set.echoes[0].path)
     if asked == "none":
         return None, {"B0Correction": "none", "B0CorrectionNote": "not asked for"}
-    if signal is None:
+    if phase is None:
         why = "the set has no phase or real/imaginary parts to measure the field with"
         if asked == "through-slice":
             raise OptionError(first, "b0_correction", asked, why)
         log.info("%s: no field-gradient correction: %s", echo_set.name, why)
         return None, {"B0Correction": "none", "B0CorrectionNote": why}
+    field = _field(result, phase, echo_set)
+    if field is None:
+        why = f"{phase.reason}, so no field map can be made from it"
+        if asked == "through-slice":
+            raise OptionError(first, "b0_correction", asked, why, bad_data=True)
+        return None, {"B0Correction": "none", "B0CorrectionNote": why}
     meta = echo_set.echoes[0].metadata
-    te = echo_set.echo_times
     try:
-        if result.frequency is not None:  # the complex fit gave the field map already
-            field = FieldMap.from_fit(result, te)
-        else:
-            field = field_map(
-                signal, te, mask=mask, noise_sigma=noise.sigma, device=options.device,
-                workers=options.workers,
-            )  # fmt: skip
-        clock.lap("field map")
         correction = correct_through_slice(
             magnitude,
-            te,
+            echo_set.echo_times,
             geometry.affine,
             field=field,
             uncorrected=result,
@@ -383,6 +442,16 @@ def _through_slice(
         warnings.add(f"{echo_set.name}: no field-gradient correction: {err}")
         return None, {"B0Correction": "none", "B0CorrectionNote": str(err)}
     return correction, _correction_info(echo_set, correction, mask)
+
+
+def _field(result: FitResult, phase: PhaseAnalysis, echo_set: EchoSet) -> FieldMap | None:
+    """The complex fit's field map when there is one (its phase checks per voxel), else the
+    closed form of the phase analysis; None for phase that follows no frequency."""
+    if phase.verdict == INCOHERENT:
+        return None
+    if result.frequency is not None:
+        return FieldMap.from_fit(result, echo_set.echo_times, phase.bipolar)
+    return phase.field_map()
 
 
 def _correction_info(
@@ -439,10 +508,10 @@ def _noise_level(
     echo_set: EchoSet,
     magnitude: np.ndarray,
     signal: np.ndarray | None,
-    method: str,
     warnings: _Warnings,
 ) -> NoiseEstimate:
-    """The noise level the fit uses (module docstring); sigma None when none can be had."""
+    """The noise level every fit of the set uses, whatever the method (module docstring);
+    sigma None when none can be had."""
     if options.noise_sigma is not None:
         coils = options.noise_coils or 1.0
         log.info(
@@ -453,10 +522,13 @@ def _noise_level(
         )
         return NoiseEstimate(options.noise_sigma, 0, coils=coils, method="given")
     real = None if signal is None else signal[..., 0].real
-    estimate = estimate_noise(magnitude[..., 0], real=real, coils=options.noise_coils)
-    if method != "complex" and len(echo_set.echoes) >= 3:
+    background = estimate_noise(magnitude[..., 0], real=real, coils=options.noise_coils)
+    differences = noise_from_echo_differences(magnitude, signal=signal, coils=background.coils)
+    if len(echo_set.echoes) >= 3:
         residuals = noise_from_residuals(magnitude, echo_set.echo_times, workers=options.workers)
-        estimate = noise_for_fit(estimate, residuals)
+    else:
+        residuals = NoiseEstimate(None, 0, "residuals need at least 3 echoes")
+    estimate = cross_check(background, differences, residuals)
     if estimate.sigma is None:
         warnings.add(
             f"{echo_set.name}: noise level could not be estimated ({estimate.reason}); "

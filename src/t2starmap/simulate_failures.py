@@ -116,10 +116,15 @@ def incoherent_phase(signal: np.ndarray, seed: int = 0, max_step: float = 3.0) -
     return out
 
 
-def ghosted(signal: np.ndarray, axis: int = 1, fraction: float = 0.25) -> np.ndarray:
-    """The object's ghosts in the background: ``signal`` (..., E), real or complex, plus a
-    copy of itself shifted by half the field of view along ``axis`` (the phase-encoding axis)
-    at ``fraction`` of its amplitude, as motion and aliasing make them; the ghost decays with
-    the object, echo by echo."""
-    shift = signal.shape[axis] // 2
-    return signal + fraction * np.roll(signal, shift, axis=axis)
+def ghosted(signal: np.ndarray, axis: int = 1, error_rad: float = 0.3, seed: int = 0) -> np.ndarray:
+    """Motion ghosts: the complex ``signal`` (X, Y, Z, E) with a random phase error on each
+    phase-encoding line (along ``axis``) of its k-space, the same for every echo (one shot
+    reads all the echoes of a line), of SD ``error_rad``. The object's energy spreads along
+    that axis over the whole field of view, as breathing makes it in body images; the ghosts
+    decay with the object, echo by echo."""
+    rng = np.random.default_rng(seed)
+    k = np.fft.fft(np.asarray(signal, dtype=np.complex128), axis=axis)
+    errors = np.exp(1j * rng.normal(0.0, error_rad, signal.shape[axis]))
+    shape = [1] * k.ndim
+    shape[axis] = -1
+    return np.fft.ifft(k * errors.reshape(shape), axis=axis)

@@ -219,7 +219,8 @@ def _fit_set(echo_set: EchoSet, geometry: Geometry, options: Options) -> SetFit:
         return fit_echo_set(echo_set, geometry, options)
     except OptionError as err:
         flag = "--" + err.option.replace("_", "-")
-        raise UsageError(f"{err.where}: {flag} {err.value}: {err.reason}") from err
+        worded = f"{err.where}: {flag} {err.value}: {err.reason}"
+        raise (BadDataError(worded) if err.bad_data else UsageError(worded)) from err
 
 
 def _publish(
@@ -295,6 +296,7 @@ def _stage(
         warnings=fitted.warnings,
         solver_runs=fitted.solver_runs,
         steps=dict(fitted.steps),
+        noise_candidates=dict(fitted.noise.candidates),
     )
     return record, files
 

@@ -91,16 +91,25 @@ def amplitude_given_rate(yn: torch.Tensor, te: torch.Tensor, r2: torch.Tensor) -
     return (yn * e).sum(0) / (e * e).sum(0).clamp_min(tiny(yn))
 
 
+def echo_products(
+    x_re: torch.Tensor, x_im: torch.Tensor, te: torch.Tensor, lag: int = 1
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """z_k = x_{k+lag} conj(x_k) as (real, imaginary), each (E - lag, n), and the echo-time
+    gaps TE_{k+lag} - TE_k (E - lag, 1). Lag 2 pairs echoes of the same parity (the same
+    read-out polarity in a bipolar train)."""
+    z_re = x_re[lag:] * x_re[:-lag] + x_im[lag:] * x_im[:-lag]
+    z_im = x_im[lag:] * x_re[:-lag] - x_re[lag:] * x_im[:-lag]
+    return z_re, z_im, te[lag:] - te[:-lag]
+
+
 def phase_difference_frequency(
-    x_re: torch.Tensor, x_im: torch.Tensor, te: torch.Tensor
+    x_re: torch.Tensor, x_im: torch.Tensor, te: torch.Tensor, lag: int = 1
 ) -> torch.Tensor:
-    """omega = 2 pi f (rad/s) from consecutive-echo products z_k = x_{k+1} conj(x_k): the
-    phase of their sum over the pairs at the shortest echo spacing (a sum of products is
-    weighted by magnitude) over that spacing, then refined by the |z|-weighted least-squares
-    slope of every pair's residual phase difference (each pair's own spacing). (n,)."""
-    gaps = te[1:] - te[:-1]  # (E-1, 1)
-    z_re = x_re[1:] * x_re[:-1] + x_im[1:] * x_im[:-1]
-    z_im = x_im[1:] * x_re[:-1] - x_re[1:] * x_im[:-1]
+    """omega = 2 pi f (rad/s) from the echo products of ``lag`` (:func:`echo_products`): the
+    phase of their sum over the pairs at the shortest gap (a sum of products is weighted by
+    magnitude) over that gap, then refined by the |z|-weighted least-squares slope of every
+    pair's residual phase difference (each pair's own gap). Known modulo 2 pi / gap. (n,)."""
+    z_re, z_im, gaps = echo_products(x_re, x_im, te, lag)
     shortest = gaps.min()
     at_min = (gaps <= shortest * (1.0 + 1e-3)).to(x_re.dtype)
     omega = torch.atan2((at_min * z_im).sum(0), (at_min * z_re).sum(0)) / shortest
@@ -111,12 +120,36 @@ def phase_difference_frequency(
     return omega + (wz * gaps * resid).sum(0) / (wz * gaps * gaps).sum(0).clamp_min(tiny(wz))
 
 
+def coherence(
+    x_re: torch.Tensor, x_im: torch.Tensor, te: torch.Tensor, omega: torch.Tensor, lag: int = 1
+) -> torch.Tensor:
+    """How well the echo products of ``lag`` follow one frequency: |sum_k z_k exp(-i omega
+    gap_k)| / sum_k |z_k| in [0, 1]; 1 for phase linear in TE, about |cos psi| for a bipolar
+    train with an odd/even offset psi (lag 1), lower for phase that follows no frequency.
+    (n,)."""
+    z_re, z_im, gaps = echo_products(x_re, x_im, te, lag)
+    rot = gaps * omega
+    c, s = torch.cos(rot), torch.sin(rot)
+    along = (c * z_re + s * z_im).sum(0)
+    across = (c * z_im - s * z_re).sum(0)
+    total = torch.sqrt(z_re * z_re + z_im * z_im).sum(0)
+    return torch.sqrt(along * along + across * across) / total.clamp_min(tiny(total))
+
+
 def phase_at_zero(
-    x_re: torch.Tensor, x_im: torch.Tensor, te: torch.Tensor, r2: torch.Tensor, omega: torch.Tensor
+    x_re: torch.Tensor,
+    x_im: torch.Tensor,
+    te: torch.Tensor,
+    r2: torch.Tensor,
+    omega: torch.Tensor,
+    echoes: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """phi0: the matched filter of the demodulated echoes given R2* and omega,
-    arg sum_k x_k exp(-i omega TE_k) exp(-TE_k R2*), (n,)."""
+    arg sum_k x_k exp(-i omega TE_k) exp(-TE_k R2*), over the ``echoes`` (E, 1) 0/1 given (all
+    by default; a bipolar train's odd or even echoes), (n,)."""
     theta = te * omega
     c, s = torch.cos(theta), torch.sin(theta)
     e = torch.exp(-te * r2)
+    if echoes is not None:
+        e = e * echoes
     return torch.atan2((e * (c * x_im - s * x_re)).sum(0), (e * (c * x_re + s * x_im)).sum(0))
