@@ -136,3 +136,24 @@ def test_phase_is_not_read_when_nothing_needs_it(tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert run(bids, out, "--noise-sigma", "10", "--b0-correction", "none") == 0
     assert run(bids, tmp_path / "out2", "--noise-sigma", "10") == 65
+
+
+def test_phase_that_follows_no_frequency_under_auto_and_asked(tmp_path: Path) -> None:
+    """auto: the run fits, does not correct, and says why in the sidecar and the page;
+    through-slice asked for on such phase: one line, exit 65 (bad data), nothing left."""
+    import dataclasses
+
+    from t2starmap.simulate_failures import incoherent_phase
+
+    ph = make_slice_phantom((20, 20, 5), snr=100.0, seed=5)
+    signal = incoherent_phase(ph.magnitude * np.exp(1j * ph.phase), seed=1)
+    bids = tmp_path / "bids"
+    write_slice_megre(bids, dataclasses.replace(ph, phase=np.angle(signal).astype(np.float32)))
+    out = tmp_path / "out"
+    assert run(bids, out) == 0
+    sidecar = json.loads((out / ANAT / "sub-01_T2starmap.json").read_text())
+    assert sidecar["B0Correction"] == "none" and sidecar["PhaseVerdict"] == "incoherent"
+    assert "follows no frequency" in sidecar["B0CorrectionNote"]
+    assert not (out / ANAT / "sub-01_desc-uncorrected_R2starmap.nii.gz").exists()
+    assert run(bids, tmp_path / "out2", "--b0-correction", "through-slice") == 65
+    assert not (tmp_path / "out2").exists()
