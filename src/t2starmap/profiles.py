@@ -56,10 +56,17 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "DEFAULT_PROFILE",
+    "FAMILIES",
+    "FAMILY_GRIDS",
     "GAMMA_BAR_HZ_PER_MT_M_MM",
     "KINDS",
     "SIEMENS_PULSE_NAMES",
+    "SIMULATOR_SINC_TAIL",
+    "TBW_RANGE",
+    "WIDTH_RANGE",
     "FactorCurves",
+    "FamilyFit",
     "ProfileEstimate",
     "SliceProfile",
     "dephasing_factor",
@@ -71,7 +78,9 @@ __all__ = [
     "parse_slice_profile",
     "profile_from_metadata",
     "profile_shape",
+    "profile_support",
     "read_profile_table",
+    "siemens_rf_fields",
     "slice_select_gradient_hz_per_mm",
 ]
 
@@ -84,9 +93,9 @@ WIDTH_RANGE = (0.2, 5.0)
 #: gamma / (2 pi) of 1H: a gradient of 1 mT/m changes the frequency by this many Hz per mm.
 GAMMA_BAR_HZ_PER_MT_M_MM = 42.577478
 _LN2 = math.log(2.0)
-# Numerical transform: profile sampled every 1/256 slice thickness, zero-padded to 2^18 points:
-# F tabulated every 1/1024 cycle per thickness up to 128, then interpolated linearly (error
-# below 1e-5 for the profiles here).
+# Numerical transform: profile sampled at most 1/256 slice thickness apart, zero-padded to 2^18
+# points: F tabulated every 1/1024 cycle per thickness (or closer) up to 128 (or more), then
+# interpolated linearly (error below 1e-4 for the profiles here).
 _DX = 1.0 / 256.0
 _PAD = 2**18
 # The sinc profile's sidelobes fall as 1/nu^3 (nu = N x): beyond |x| = 1/2 + 16/N what is left
@@ -171,13 +180,17 @@ class SliceProfile:
 
     def describe(self) -> str:
         """One line for sidecars and logs: the kind, its parameter and where it came from."""
-        what = {
-            "rect": "rectangular slice profile",
-            "gaussian": f"Gaussian slice profile (FWHM = {self.fwhm or 1.0:g} slice thickness)",
-            "sinc": f"small-tip profile of a Hanning-windowed sinc pulse, time-bandwidth "
-            f"product {self.parameter:g} (nominal thickness = pulse bandwidth / slice gradient)",
-            "table": f"tabulated slice profile ({len(self.positions or ())} points)",
-        }[self.kind]
+        if self.kind == "sinc":
+            what = (
+                f"small-tip profile of a Hanning-windowed sinc pulse, time-bandwidth product "
+                f"{self.parameter:g} (nominal thickness = pulse bandwidth / slice gradient)"
+            )
+        elif self.kind == "gaussian":
+            what = f"Gaussian slice profile (FWHM = {self.fwhm or 1.0:g} slice thickness)"
+        elif self.kind == "table":
+            what = f"tabulated slice profile ({len(self.positions or ())} points)"
+        else:
+            what = "rectangular slice profile"
         origin = f" {self.origin}" if self.origin else ""
         return f"{self.spec()}: {what}; source: {self.source}{origin}"
 
@@ -372,7 +385,8 @@ def profile_shape(profile: SliceProfile, x: np.ndarray | Sequence[float]) -> np.
     sinc: the small-tip profile N integral b(s) cos(2 pi N x s) ds of the envelope b (module
     docstring), by quadrature over the pulse (4097 points), so it is the pulse's numerical
     transform, not a closed form; table: linear interpolation, 0 outside, divided by its
-    trapezoidal area."""
+    trapezoidal area. Where a profile jumps (the rectangle's edges, a table's ends) it takes
+    the mean of both sides, so that sampling across the jump integrates to second order."""
     u = np.asarray(x, dtype=np.float64)
     if profile.kind == "rect":
         return np.where(np.abs(u) < 0.5, 1.0, np.where(np.abs(u) == 0.5, 0.5, 0.0))
@@ -382,7 +396,9 @@ def profile_shape(profile: SliceProfile, x: np.ndarray | Sequence[float]) -> np.
     if profile.kind == "sinc":
         return _sinc_profile(float(profile.parameter or 1.0), u)
     xt, pt = _table_arrays(profile)
-    return np.interp(u, xt, pt, left=0.0, right=0.0) / _trapezoid(pt, xt)
+    p = np.interp(u, xt, pt, left=0.0, right=0.0)
+    p = np.where(u == xt[0], 0.5 * pt[0], np.where(u == xt[-1], 0.5 * pt[-1], p))
+    return p / _trapezoid(pt, xt)
 
 
 def _envelope(tbw: float, s: np.ndarray) -> np.ndarray:
@@ -409,24 +425,33 @@ def _sinc_profile(tbw: float, x: np.ndarray) -> np.ndarray:
 
 def numeric_factor(profile: SliceProfile, k: np.ndarray | Sequence[float]) -> np.ndarray:
     """F(k) = integral p(x) exp(2 pi i k x) dx / integral p(x) dx by the numerical Fourier
-    transform of :func:`profile_shape` (sampled every 1/256 thickness over
-    :func:`profile_support`, zero-padded FFT, linear interpolation in k), complex128 of
-    ``k``'s shape (k: cycles per slice thickness). 0 where |k| > 128 (past what the sampling
-    resolves; no realistic profile has |F| above 0.01 there)."""
+    transform of :func:`profile_shape`, complex128 of ``k``'s shape (k: cycles per slice
+    thickness). The profile is sampled at most 1/256 thickness apart over its span
+    (+-:func:`profile_support`, a table's first to last point; the samples at the ends fall
+    on any jump there), zero-padded to 2^18 points and transformed by FFT; F between the
+    transform's points (1/1024 cycle or closer) is interpolated linearly. 0 where |k| is past
+    what the sampling resolves (128 cycles or more; no realistic profile has |F| > 0.01 there).
+    """
     kk = np.asarray(k, dtype=np.float64)
-    half = math.ceil(profile_support(profile) / _DX) + 1
-    j = np.arange(-half, half + 1)
-    p = profile_shape(profile, j * _DX)
+    if profile.kind == "table":
+        xt, _ = _table_arrays(profile)
+        lo, hi = float(xt[0]), float(xt[-1])
+    else:
+        hi = profile_support(profile)
+        lo = -hi
+    m = 2 * max(8, math.ceil((hi - lo) / (2.0 * _DX)))
+    step = (hi - lo) / m
+    p = profile_shape(profile, lo + step * np.arange(m + 1))
     padded = np.zeros(_PAD, dtype=np.float64)
-    padded[j % _PAD] = p
-    table = np.fft.ifft(padded) * _PAD / np.sum(p)  # F at k_m = m / (_PAD * _DX)
+    padded[(np.arange(m + 1) - m // 2) % _PAD] = p  # centred on the span's middle
+    centred = np.fft.ifft(padded) * _PAD / np.sum(p)  # at k_j = j / (_PAD * step)
     n_half = _PAD // 2
-    grid_k = np.arange(n_half + 1) / (_PAD * _DX)
-    values = table[: n_half + 1]
+    grid_k = np.arange(n_half + 1) / (_PAD * step)
     a = np.abs(kk)
-    re = np.interp(a, grid_k, values.real, right=0.0)
-    im = np.interp(a, grid_k, values.imag, right=0.0)
-    return re + 1j * np.where(kk < 0, -im, im)  # F(-k) = conj F(k) for a real profile
+    re = np.interp(a, grid_k, centred.real[: n_half + 1], right=0.0)
+    im = np.interp(a, grid_k, centred.imag[: n_half + 1], right=0.0)
+    middle = 0.5 * (lo + hi)  # F(-k) = conj F(k) for a real profile; then shift back
+    return (re + 1j * np.where(kk < 0, -im, im)) * np.exp(2j * np.pi * kk * middle)
 
 
 def _gaussian_factor(width2: float, k: np.ndarray) -> np.ndarray:
@@ -543,7 +568,8 @@ def effective_thickness(
     index, -1 against it. A background gradient with the slice gradient's sign compresses the
     slice (less dephasing), one against it stretches it (more). The profile's shape is scaled,
     not changed, and the dephasing then follows F(G dz_eff TE) (the rephasing lobe undoes only
-    G_s; the module's derivation with the pulse's centre as time origin). Returns (...)
+    G_s; time from the pulse's centre); the signal also scales by dz_eff / dz, the spins the
+    stretched slice holds, a factor independent of TE that the fit's S0 takes up. Returns (...)
     float64 for :func:`dephasing_factor`'s ``thickness_mm``. No header read here gives G_s or
     its polarity (dcm2niix keeps neither; Siemens' CSA ``SelectionGradientAmplitude`` is 0.0 in
     the real sets checked), so this is reachable from the API only. Raises ValueError when
@@ -658,11 +684,14 @@ DEFAULT_PROFILE = SliceProfile("sinc", 2.7, source="default")
 #: The one-parameter families, each searched over the variable its dephasing's curvature at
 #: small k is linear in (pi^2 k^2 (1/6 + v) for sinc, pi^2 k^2 v / (4 ln 2) for gaussian), so
 #: that the cost is close to a parabola in it: sinc: v = 1/N^2, from the rectangle (0) to
-#: N = 1.58 (0.4); gaussian: v = W^2, FWHM W from 0.6 to 1.6 slice thicknesses.
+#: N = 1.58 (0.4); gaussian: v = W^2, FWHM W from 0.6 to 1.6 slice thicknesses. A coarse
+#: grid; the search then adds 4 points a quarter and a half step either side of the coarse
+#: minimum, where the parabola is taken.
 FAMILY_GRIDS: dict[str, tuple[float, ...]] = {
-    "sinc": tuple(float(v) for v in np.linspace(0.0, 0.4, 17)),
-    "gaussian": tuple(float(v) for v in np.linspace(0.36, 2.56, 17)),
+    "sinc": tuple(float(v) for v in np.linspace(0.0, 0.4, 9)),
+    "gaussian": tuple(float(v) for v in np.linspace(0.36, 2.56, 9)),
 }
+_REFINE = (-0.5, -0.25, 0.25, 0.5)
 FAMILIES = ("auto", *FAMILY_GRIDS)
 
 
@@ -815,18 +844,20 @@ def estimate_slice_profile(
         return _fallback(default, rows.size, f"{rows.size} strong-gradient voxels, {few}")
     names = tuple(FAMILY_GRIDS) if family == "auto" else (family,)
     k = (g[rows] * thickness_mm)[:, None] * te
-    tables = [_cost_table(mag[rows], te, k, counted, noise_sigma, name) for name in names]
-    usable = np.logical_and.reduce([ok for _, ok in tables])
+    grids, tables, usable = _search(mag[rows], te, k, counted, noise_sigma, names)
     n = int(usable.sum())
     if n < min_voxels:
         return _fallback(default, n, f"{n} strong-gradient voxels the fit did not flag, {few}")
-    costs = [cost[usable] for cost, _ in tables]
+    costs = [tables[name][usable] for name in names]
     dof = float(np.sum(counted[usable].sum(axis=1) - 2))
     if noise_sigma is None:  # no sigma: reduced chi-square 1 at the best member
         scale = dof / min(float(np.min(c.sum(axis=0))) for c in costs)
         costs = [c * scale for c in costs]
     weights = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64)
-    found = [_family_fit(name, c, weights, dof) for name, c in zip(names, costs, strict=True)]
+    found = [
+        _family_fit(name, grids[name], c, weights, dof)
+        for name, c in zip(names, costs, strict=True)
+    ]
     fits = tuple(fit for fit, _ in found)
     best = int(np.argmin([fit.reduced_chi2 for fit in fits]))
     if not np.isfinite(fits[best].value_sd_curvature):
@@ -921,59 +952,100 @@ def _model(fit: Any, te: np.ndarray, factor: np.ndarray) -> np.ndarray:
     return s0[:, None] * np.exp(-te * r2[:, None]) * factor
 
 
-def _cost_table(
+def _search(
     mag: np.ndarray,
     te: np.ndarray,
     k: np.ndarray,
     counted: np.ndarray,
     sigma: float | None,
-    family: str,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-voxel chi-square (n, grid) of ``family``'s members over the counted echoes, and
-    the voxels the fit never flagged (n,) bool. sigma None: plain sums of squares."""
+    names: Sequence[str],
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
+    """Each family's grid (coarse + refined, sorted), per-voxel cost on it (n, grid), and
+    the voxels no fit flagged (n,). Two batches of fits: the coarse grid, then the points
+    around each family's coarse minimum (a parabola over a whole coarse step misplaces a
+    sharp minimum, and its height, which decides between families)."""
+    coarse = {name: np.asarray(FAMILY_GRIDS[name], dtype=np.float64) for name in names}
+    first, usable = _cost_tables(mag, te, k, counted, sigma, coarse)
+    extra = {}
+    for name, grid in coarse.items():
+        vertex, _, _ = _vertex(first[name][usable].sum(axis=0), grid)
+        step = float(grid[1] - grid[0])
+        points = np.clip(vertex + step * np.asarray(_REFINE), grid[0], grid[-1])
+        extra[name] = np.setdiff1d(np.unique(points), grid)
+    second, usable_too = _cost_tables(mag, te, k, counted, sigma, extra)
+    grids, tables = {}, {}
+    for name in names:
+        grid = np.concatenate([coarse[name], extra[name]])
+        order = np.argsort(grid)
+        grids[name] = grid[order]
+        tables[name] = np.concatenate([first[name], second[name]], axis=1)[:, order]
+    return grids, tables, usable & usable_too
+
+
+def _cost_tables(
+    mag: np.ndarray,
+    te: np.ndarray,
+    k: np.ndarray,
+    counted: np.ndarray,
+    sigma: float | None,
+    grids: Mapping[str, np.ndarray],
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Per-voxel chi-square (n, len(grid)) of each family's members ``grids`` over the counted
+    echoes, and the voxels the fit flagged for no member (n,) bool. sigma None: plain sums of
+    squares. One corrected fit for every (member, voxel) pair: the fit is voxel-wise, so
+    stacking the members as voxels is the same fit with one call's overhead, not one each."""
     from t2starmap.b0 import fit_corrected  # b0 may import this module: import when used
 
-    grid = FAMILY_GRIDS[family]
-    cost = np.empty((mag.shape[0], len(grid)))
-    usable = np.ones(mag.shape[0], dtype=bool)
-    everyone = np.ones(mag.shape[0], dtype=bool)
-    for j, v in enumerate(grid):
-        f = _family_factor(family, v, k)
-        fit = fit_corrected(mag, te, np.where(counted, f, 0.0), mask=everyone, noise_sigma=sigma)
-        usable &= ~(fit.too_few.cpu().numpy() | fit.result.failed.cpu().numpy())
-        model = _model(fit, te, f)
-        if sigma is not None:  # the Rician mean, to first order in sigma / signal
-            model = np.sqrt(model * model + sigma * sigma)
-        resid = np.where(counted, mag - model, 0.0)
-        cost[:, j] = np.sum(resid * resid, axis=1) / (1.0 if sigma is None else sigma**2)
-    return cost, usable & np.all(np.isfinite(cost), axis=1)
+    n, n_echo = mag.shape
+    members = [(name, float(v)) for name, grid in grids.items() for v in grid]
+    if not members:
+        return {name: np.zeros((n, 0)) for name in grids}, np.ones(n, dtype=bool)
+    factors = np.stack([_family_factor(name, v, k) for name, v in members])  # (M, n, E)
+    fit = fit_corrected(
+        np.broadcast_to(mag, factors.shape).reshape(-1, n_echo),
+        te,
+        np.where(counted, factors, 0.0).reshape(-1, n_echo),
+        mask=np.ones(factors.shape[0] * n, dtype=bool),
+        noise_sigma=sigma,
+    )
+    flagged = (fit.too_few.cpu().numpy() | fit.result.failed.cpu().numpy()).reshape(-1, n)
+    model = _model(fit, te, factors.reshape(-1, n_echo)).reshape(factors.shape)
+    if sigma is not None:  # the Rician mean, to first order in sigma / signal
+        model = np.sqrt(model * model + sigma * sigma)
+    resid = np.where(counted, mag - model, 0.0)
+    cost = np.sum(resid * resid, axis=2).T / (1.0 if sigma is None else sigma**2)  # (n, M)
+    usable = ~flagged.any(axis=0) & np.all(np.isfinite(cost), axis=1)
+    split = np.cumsum([len(grid) for grid in grids.values()])[:-1]
+    return dict(zip(grids, np.split(cost, split, axis=1), strict=True)), usable
 
 
-def _vertex(total: np.ndarray, grid: np.ndarray) -> tuple[float, float]:
+def _vertex(total: np.ndarray, grid: np.ndarray) -> tuple[float, float, float]:
     """(v at the minimum of the parabola through the lowest grid point and its neighbours,
-    clipped to the grid; the parabola's second derivative, <= 0 when there is no minimum)."""
+    clipped to the grid; the parabola's second derivative, <= 0 when there is no minimum;
+    the parabola's value there). The grid may be uneven."""
     i = int(np.clip(np.argmin(total), 1, total.size - 2))
     v0, v1, v2 = grid[i - 1 : i + 2]
     s0, s1, s2 = total[i - 1 : i + 2]
     d1, d2 = (s1 - s0) / (v1 - v0), (s2 - s1) / (v2 - v1)  # divided differences
     curvature = 2.0 * (d2 - d1) / (v2 - v0)
     if not curvature > 0:
-        return float(grid[int(np.argmin(total))]), float(curvature)
-    vertex = 0.5 * (v0 + v1) - d1 / curvature
-    return float(np.clip(vertex, grid[0], grid[-1])), float(curvature)
+        j = int(np.argmin(total))
+        return float(grid[j]), float(curvature), float(total[j])
+    vertex = float(np.clip(0.5 * (v0 + v1) - d1 / curvature, grid[0], grid[-1]))
+    value = s0 + d1 * (vertex - v0) + 0.5 * curvature * (vertex - v0) * (vertex - v1)
+    return vertex, float(curvature), float(value)
 
 
 def _family_fit(
-    family: str, cost: np.ndarray, weights: np.ndarray, dof: float
+    family: str, grid: np.ndarray, cost: np.ndarray, weights: np.ndarray, dof: float
 ) -> tuple[FamilyFit, np.ndarray]:
     """The family's :class:`FamilyFit` from its per-voxel cost (n, grid) and the bootstrap's
     voxel weights (n_boot, n); also each resampling's lowest reduced chi-square (n_boot,)."""
-    grid = np.asarray(FAMILY_GRIDS[family])
     total = cost.sum(axis=0)
-    value, curvature = _vertex(total, grid)
-    boot = weights @ cost
-    value_sd = float(np.std([_vertex(curve, grid)[0] for curve in boot], ddof=1))
-    chi2 = float(np.interp(value, grid, total) / dof)
+    value, curvature, lowest = _vertex(total, grid)
+    boot = [_vertex(curve, grid) for curve in weights @ cost]
+    value_sd = float(np.std([b[0] for b in boot], ddof=1))
+    chi2 = lowest / dof
     sd_curvature = math.sqrt(2.0 / curvature * max(1.0, chi2)) if curvature > 0 else math.inf
     if family == "sinc":
         parameter = math.inf if value <= 0 else value**-0.5
@@ -994,4 +1066,4 @@ def _family_fit(
         chi2,
         bool(at_edge),
     )
-    return fit, boot.min(axis=1) / dof
+    return fit, np.array([b[2] for b in boot]) / dof
