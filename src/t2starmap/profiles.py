@@ -800,7 +800,7 @@ def estimate_slice_profile(
     min_voxels: int = 100,
     max_voxels: int = 4000,
     min_cycles: float = 0.5,
-    snr_floor: float = 5.0,
+    snr_floor: float = 3.0,
     n_boot: int = 200,
     seed: int = 0,
     default: SliceProfile = DEFAULT_PROFILE,
@@ -822,9 +822,10 @@ def estimate_slice_profile(
     on the counted echoes (the others get factor 0: it leaves them out, as echoes with |F|
     below its threshold), then the chi-square over ALL counted echoes, the same set for every
     member, of the data against the model's Rician mean sqrt(A^2 + sigma^2) (first order in
-    sigma / A, enough at A >= 5 sigma). Summed over voxels and divided by the degrees of
-    freedom it is the set-wide cost; its minimum is refined by a parabola. Voxels the fit flags
-    (too few echoes, failed) for any member are left out of all. Uncertainty: a bootstrap over
+    sigma / A: within 0.01 sigma of the exact mean from A = 3 sigma). Summed over voxels and divided by the degrees of
+    freedom it is the set-wide cost; its minimum is refined by a parabola. A member that
+    over-dephases pushes R2* to its bound: that bounded fit's cost counts against it. Voxels
+    a member leaves with too few echoes to correct, or without signal, are left out of all. Uncertainty: a bootstrap over
     voxels (``n_boot`` resamplings of the per-voxel cost table, seeded): it sees model misfit
     (e.g. errors of the gradient) that the chi-square's curvature, also reported, assumes away;
     neighbouring voxels share their gradient, so where errors are spatially correlated it is a
@@ -847,7 +848,7 @@ def estimate_slice_profile(
     grids, tables, usable = _search(mag[rows], te, k, counted, noise_sigma, names)
     n = int(usable.sum())
     if n < min_voxels:
-        return _fallback(default, n, f"{n} strong-gradient voxels the fit did not flag, {few}")
+        return _fallback(default, n, f"{n} strong-gradient voxels every member fits, {few}")
     costs = [tables[name][usable] for name in names]
     dof = float(np.sum(counted[usable].sum(axis=1) - 2))
     if noise_sigma is None:  # no sigma: reduced chi-square 1 at the best member
@@ -919,7 +920,7 @@ def _strong_voxels(
 
     Echoes are counted by the signal a first fit PREDICTS (the sinc family's middle member),
     not by the measured sample: keeping samples for their own noisy value keeps those the noise
-    pushed up (by most of a sigma near a 5-sigma floor), which reads as less dephasing, a
+    pushed up (by most of a sigma near the floor), which reads as less dephasing, a
     larger N (+3 to +6 % on the simulator at SNR 100)."""
     min_cycles, snr_floor = limits
     finite = np.isfinite(g_dz)
@@ -991,7 +992,7 @@ def _cost_tables(
     grids: Mapping[str, np.ndarray],
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Per-voxel chi-square (n, len(grid)) of each family's members ``grids`` over the counted
-    echoes, and the voxels the fit flagged for no member (n,) bool. sigma None: plain sums of
+    echoes, and the voxels every member could fit (n,) bool. sigma None: plain sums of
     squares. One corrected fit for every (member, voxel) pair: the fit is voxel-wise, so
     stacking the members as voxels is the same fit with one call's overhead, not one each."""
     from t2starmap.b0 import fit_corrected  # b0 may import this module: import when used
@@ -1008,7 +1009,11 @@ def _cost_tables(
         mask=np.ones(factors.shape[0] * n, dtype=bool),
         noise_sigma=sigma,
     )
-    flagged = (fit.too_few.cpu().numpy() | fit.result.failed.cpu().numpy()).reshape(-1, n)
+    # A member that over-dephases drives R2* to its lower bound and the fit reports a
+    # failure: that bounded fit's cost is what the member is worth, so it stays. Left out:
+    # voxels the fit could not correct (too few echoes) or gave no signal for.
+    s0 = fit.result.s0.double().cpu().numpy()
+    flagged = (fit.too_few.cpu().numpy() | ~(s0 > 0)).reshape(-1, n)
     model = _model(fit, te, factors.reshape(-1, n_echo)).reshape(factors.shape)
     if sigma is not None:  # the Rician mean, to first order in sigma / signal
         model = np.sqrt(model * model + sigma * sigma)
