@@ -857,16 +857,29 @@ def estimate_slice_profile(
     n = int(usable.sum())
     if n < min_voxels:
         return _fallback(default, n, f"{n} strong-gradient voxels every member fits, {few}")
-    costs = [tables[name][usable] for name in names]
+    costs = {name: tables[name][usable] for name in names}
     dof = float(np.sum(counted[usable].sum(axis=1) - 2))
-    if noise_sigma is None:  # no sigma: reduced chi-square 1 at the best member
-        scale = dof / min(float(np.min(c.sum(axis=0))) for c in costs)
-        costs = [c * scale for c in costs]
+    return _choose(grids, costs, dof, noise_sigma is None, rng, n_boot, default)
+
+
+def _choose(
+    grids: Mapping[str, np.ndarray],
+    costs: Mapping[str, np.ndarray],
+    dof: float,
+    rescale: bool,
+    rng: np.random.Generator,
+    n_boot: int,
+    default: SliceProfile,
+) -> ProfileEstimate:
+    """Each family's minimum and bootstrap from its per-voxel cost (n, grid), and the family
+    with the lowest reduced chi-square. ``rescale`` (no sigma): scale every cost so that the
+    best member's reduced chi-square is 1."""
+    if rescale:
+        scale = dof / min(float(np.min(c.sum(axis=0))) for c in costs.values())
+        costs = {name: c * scale for name, c in costs.items()}
+    n = next(iter(costs.values())).shape[0]
     weights = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64)
-    found = [
-        _family_fit(name, grids[name], c, weights, dof)
-        for name, c in zip(names, costs, strict=True)
-    ]
+    found = [_family_fit(name, grids[name], c, weights, dof) for name, c in costs.items()]
     fits = tuple(fit for fit, _ in found)
     best = int(np.argmin([fit.reduced_chi2 for fit in fits]))
     if not np.isfinite(fits[best].value_sd_curvature):
