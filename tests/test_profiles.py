@@ -455,8 +455,11 @@ def test_estimated_profile_meets_the_targets(spec: str) -> None:
         assert estimate.chosen is not None and estimate.chosen.family == "sinc"
         tbw, sd = float(estimate.tbw or 0), float(estimate.tbw_sd or 0)
         assert abs(tbw / truth.tbw - 1.0) <= 0.20  # type: ignore[operator]
-        # The uncertainty is honest: the truth within 3 SD (catches a biased selection).
-        assert abs(tbw - truth.tbw) <= 3.0 * sd + 0.01 * truth.tbw  # type: ignore[operator]
+        # The uncertainty is honest: the truth within 3 bootstrap SD, plus 0.5 % for what a
+        # bootstrap over voxels cannot see (the gradient's noise, the field curving within the
+        # slice: 1-3 SD on the simulator). Counting echoes by their measured value, or
+        # comparing with the model instead of its Rician mean, shifts N by 2-3 % and fails.
+        assert abs(tbw - truth.tbw) <= 3.0 * sd + 0.005 * truth.tbw  # type: ignore[operator]
     else:
         assert estimate.chosen is not None and estimate.chosen.family == "gaussian"
         assert estimate.chosen.parameter == pytest.approx(1.0, abs=0.05)
