@@ -193,7 +193,11 @@ def main(argv: list[str] | None = None) -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out is not None:
-        args.out.write_text(text)
+        # Keep the slice-profile section bench_profiles.py records in the same file.
+        marker, keep = "<!-- bench_profiles: begin -->", ""
+        if args.out.exists() and marker in (old := args.out.read_text()):
+            keep = "\n" + old[old.index(marker) :]
+        args.out.write_text(text + keep)
 
 
 if __name__ == "__main__":
