@@ -21,17 +21,15 @@ from __future__ import annotations
 import json
 import math
 import re
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 
 from t2starmap.errors import BadDataError, UsageError
 from t2starmap.layout import EchoSet
-from t2starmap.nifti import Geometry
+from t2starmap.nifti import Geometry, header_geometry, read_volume
 
 #: Relative tolerance on the full-scale value of a phase range.
 RANGE_RTOL = 1e-3
@@ -225,24 +223,16 @@ def phase_to_radians(values: np.ndarray, units: str, where: Path | str) -> np.nd
 
 
 def _read(path: Path, geometry: Geometry) -> np.ndarray:
-    try:
-        img: Any = nib.load(str(path))
-    except Exception as err:  # nibabel raises many kinds for unreadable files
-        raise BadDataError(f"{path}: not a readable NIfTI image ({err})") from err
-    shape = tuple(int(n) for n in img.shape)
+    shape, affine = header_geometry(path)
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
     if shape != geometry.shape:
         raise BadDataError(
             f"{path}: shape {shape} differs from the magnitude echoes {geometry.shape}"
         )
-    if not np.allclose(img.affine, geometry.affine, atol=1e-4):
+    if not np.allclose(affine, geometry.affine, atol=1e-4):
         raise BadDataError(f"{path}: affine differs from the magnitude echoes")
-    try:
-        data = np.asarray(img.dataobj, dtype=np.float64)
-    except (OSError, EOFError, ValueError, zlib.error) as err:
-        raise BadDataError(f"{path}: image data could not be read ({err})") from err
-    return data.reshape(geometry.shape)
+    return read_volume(path, np.float64).reshape(geometry.shape)
 
 
 def load_complex(parts: Parts, geometry: Geometry, magnitude: np.ndarray | None) -> np.ndarray:
