@@ -1,0 +1,95 @@
+"""SIGINT and SIGTERM: how a run stops, and the short sections it finishes first.
+
+SIGINT (Ctrl-C) raises :class:`KeyboardInterrupt` in Python already; :func:`sigterm_raises`
+makes SIGTERM (what SLURM sends before SIGKILL, and ``docker stop``, ``kill``) raise
+:class:`t2starmap.errors.Interrupted`, a subclass of it, so that one clean-up path serves
+both. Only the command line's ``main`` installs it, and puts the previous handler back.
+
+:func:`deferred_signals` runs a block to its end although a signal arrives (publishing one
+participant's outputs, removing what a stopped run created) and acts on the signal after it.
+Signal handlers can only be set from the main thread; elsewhere both are no-ops.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import Any
+
+from t2starmap.errors import Interrupted
+
+log = logging.getLogger("t2starmap")
+
+#: The signals a run stops for.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise Interrupted(signum, signal.Signals(signum).name)
+
+
+@contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`Interrupted` (exit 143); the previous handler
+    is restored afterwards. A SIGTERM that the parent process set to be ignored stays ignored."""
+    if not _in_main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is signal.SIG_IGN:
+        yield
+        return
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _deliver(signum: int, handler: Any) -> None:
+    """Act on ``signum`` as ``handler`` (the handler the block replaced) would have."""
+    if handler is signal.SIG_IGN:
+        return
+    if callable(handler):
+        handler(signum, None)
+        return
+    signal.raise_signal(signum)  # SIG_DFL (or a handler set outside Python): its default
+
+
+@contextmanager
+def deferred_signals(what: str) -> Iterator[None]:
+    """Run the block to its end even when SIGINT or SIGTERM arrive meanwhile; then act on the
+    first that arrived as the handler in place before the block would have (raise
+    KeyboardInterrupt / :class:`Interrupted`). ``what`` names the block in the log line that
+    says why the run does not stop at once. When the block itself raises, that exception
+    goes on and the signal is dropped: the run ends either way."""
+    if not _in_main_thread():
+        yield
+        return
+    received: list[int] = []
+
+    def hold(signum: int, frame: FrameType | None) -> None:
+        if not received:
+            log.warning(
+                "%s received: finishing %s first, then stopping",
+                signal.Signals(signum).name,
+                what,
+            )
+        received.append(signum)
+
+    previous = {s: signal.signal(s, hold) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if received:
+        _deliver(received[0], previous[signal.Signals(received[0])])
