@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from t2starmap.conventions import LABEL_RE
+from t2starmap.conventions import DEFAULT_REPORT_CONVENTION, LABEL_RE
 from t2starmap.errors import InputMissingError, UsageError
 from t2starmap.limits import DEFAULT_METHOD
 from t2starmap.resources import SOURCE_COMMAND_LINE, available_cpus
@@ -39,6 +39,10 @@ class Settings:
     #: where ``nprocs`` came from: ``--nprocs`` or a :mod:`t2starmap.resources` source
     nprocs_source: str = SOURCE_COMMAND_LINE
     work_dir: Path | None = None
+    #: stop at the first echo set that fails, publishing nothing (fMRIPrep's option)
+    stop_on_first_crash: bool = False
+    #: how axial and coronal tiles face on the pages (:mod:`t2starmap.report.planes`)
+    report_convention: str = DEFAULT_REPORT_CONVENTION
 
     def to_json(self) -> str:
         def encode(value: Any) -> Any:
@@ -180,4 +184,6 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
         nprocs=nprocs,
         nprocs_source=nprocs_source,
         work_dir=Path(args.work_dir).resolve() if args.work_dir else None,
+        stop_on_first_crash=bool(getattr(args, "stop_on_first_crash", False)),
+        report_convention=getattr(args, "report_convention", DEFAULT_REPORT_CONVENTION),
     )
