@@ -229,8 +229,8 @@ class _Run:
 
     settings: Settings
     stage: Path
-    device: torch.device
     fit: Callable[[Settings, EchoSet, Geometry, torch.device], SetFit]
+    device: torch.device | None = None  # known once the input is checked
     published: list[PublishedSet] = field(default_factory=list)
     failures: list[SetFailure] = field(default_factory=list)
     published_any: bool = False
@@ -244,14 +244,12 @@ def run_participant(settings: Settings) -> RunResult:
     from t2starmap.estimate import fit_echo_set  # torch: participant level only
 
     with staging_folder(settings.work_dir) as stage:
-        holder: list[_Run] = []
-        with _output_guard(settings, holder):
-            device = _check_input(settings)
-            run = _Run(settings, stage, device, fit_echo_set)
-            holder.append(run)
+        run = _Run(settings, stage, fit_echo_set)
+        with _output_guard(run):
+            run.device = _check_input(settings)
             plan = _plan(settings)
             n_sets = sum(len(p.sets) for p in plan)
-            log.info("%d echo set(s) to fit on %s with %s", n_sets, device, settings.fit_method)
+            log.info("%d echo set(s) to fit on %s with %s", n_sets, run.device, settings.fit_method)
             progress = _Progress(n_sets)
             try:
                 if settings.stop_on_first_crash:  # all or nothing: stage everything first
@@ -271,18 +269,17 @@ def run_participant(settings: Settings) -> RunResult:
 
 
 @contextmanager
-def _output_guard(settings: Settings, holder: list[_Run]) -> Iterator[None]:
+def _output_guard(run: _Run) -> Iterator[None]:
     """Create the output folder; when the run stops before it published anything, remove
     what this created (no empty folder is left behind), except after a failed validation,
     whose log is there. When it stops after publishing, say what is complete."""
-    created = prepare_output(settings.output_dir)
+    created = prepare_output(run.settings.output_dir)
     try:
         yield
     except ValidationError:
         raise
     except BaseException as err:
-        run = holder[0] if holder else None
-        if run is not None and run.published_any:
+        if run.published_any:
             if isinstance(err, KeyboardInterrupt):
                 names = ", ".join(r.name for r in run.published) or "none"
                 log.warning(
@@ -401,6 +398,7 @@ def _stage_set(run: _Run, echo_set: EchoSet, geometry: Geometry) -> _StagedSet:
     page section from the maps and echoes the fit holds."""
     settings = run.settings
     log.info("%s: fitting", echo_set.name)
+    assert run.device is not None, "the input is checked before anything is fitted"
     fitted = run.fit(settings, echo_set, geometry, run.device)
     log.info("%s: writing its maps", echo_set.name)
     files = _write_maps(settings, run.stage, echo_set, geometry, fitted)

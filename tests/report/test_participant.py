@@ -205,3 +205,34 @@ def test_a_page_lists_the_sets_that_failed(tmp_path: Path) -> None:
     assert "echo-3: &lt;truncated&gt;" in text and "65 (bad data)" in text
     assert "sub-06_ses-x" not in text
     assert text.index("Echo sets that failed") < text.index('id="sub-06_run-1"')
+
+
+def test_the_wrapped_field_map_is_cyclic_over_its_wrap_limit(tmp_path: Path) -> None:
+    """+limit and -limit are one frequency: the field map's colour map has one colour at both
+    ends, and its window is the wrap limit, not a percentile of the values."""
+    from matplotlib import colormaps
+
+    [spec] = [m for m in participant.MONTAGES if m.key == "frequency"]
+    ends = colormaps[spec.cmap]([0.0, 1.0])
+    assert np.allclose(ends[0], ends[1], atol=0.02), spec.cmap
+    outcome = synthetic_output(tmp_path)
+    loaded = participant.load_set_maps(tmp_path / "out", outcome)
+    field = np.where(loaded.maps["signal"], 20.0, 0.0).astype(np.float32)
+    shown = replace(
+        loaded, maps={**loaded.maps, "frequency": field}, sidecar={"FieldMapWrapLimit": 62.5}
+    )
+    section = participant.set_section(outcome, shown, tmp_path / "bids")
+    [caption] = [f.caption for f in section.montages if f.alt.startswith("field map")]
+    assert "window ±62.5 Hz" in caption
+
+
+def test_the_correction_is_shown_as_a_difference(tmp_path: Path) -> None:
+    outcome = synthetic_output(tmp_path)
+    loaded = participant.load_set_maps(tmp_path / "out", outcome)
+    uncorrected = loaded.maps["r2star"] + 7.0
+    shown = replace(loaded, maps={**loaded.maps, "r2star_uncorrected": uncorrected})
+    section = participant.set_section(outcome, shown, tmp_path / "bids")
+    alts = [f.alt for f in section.montages]
+    assert "R2* correction (1/s) montage" in alts and "R2* uncorrected" not in " ".join(alts)
+    [caption] = [f.caption for f in section.montages if f.alt.startswith("R2* correction")]
+    assert "corrected minus uncorrected R2*" in caption and "window ±7 s⁻¹" in caption
