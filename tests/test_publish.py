@@ -68,3 +68,28 @@ def test_a_failed_write_undoes_the_whole_publication(
     assert checksums(out) == before
     assert not (out / "sub-01" / "ses-1").exists()
     assert not [p for p in out.rglob(".*")]
+
+
+def test_ctrl_c_during_a_publication_waits_for_its_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real SIGINT while the second of three files is copied: all three are in place, then
+    KeyboardInterrupt."""
+    import os
+    import signal
+
+    out = tmp_path / "out"
+    files = staged(tmp_path / "stage", {"a.json": "a", "b.json": "b", "c.html": "c"})
+    real = shutil.copyfile
+    calls = []
+
+    def copy_then_ctrl_c(source: Path, target: Path) -> object:
+        calls.append(source)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(source, target)
+
+    monkeypatch.setattr(shutil, "copyfile", copy_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        publish(out, Publication("sub-01", files))
+    assert checksums(out).keys() == {"a.json", "b.json", "c.html"}
