@@ -453,3 +453,29 @@ def test_report_convention_reaches_the_page(
     assert participant(example, out, *argv) == 0
     text = (out / "sub-01.html").read_text()
     assert f"the subject&#39;s {side} on the left ({convention} convention)" in text
+
+
+def test_an_unreadable_set_of_an_earlier_run_does_not_block_the_page(
+    example: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two sets on one page, published by two runs (a filter each); the first one's T2* map
+    is damaged in between: the second run still publishes its set and the page, warning."""
+    anat = example / "sub-01" / "anat"
+    for path in sorted(anat.glob("sub-01_echo-*_part-mag_MEGRE.*")):
+        shutil.copy(path, anat / path.name.replace("sub-01_echo-", "sub-01_run-2_echo-"))
+    filters = tmp_path / "filters.json"
+    out = tmp_path / "out"
+    filters.write_text(json.dumps({"run": None}))
+    assert (
+        participant(example, out, "--participant-label", "01", "--bids-filter-file", str(filters))
+        == 0
+    )
+    (out / f"{SETS[0]}_T2starmap.nii.gz").write_bytes(b"damaged")
+    filters.write_text(json.dumps({"run": 2}))
+    assert (
+        participant(example, out, "--participant-label", "01", "--bids-filter-file", str(filters))
+        == 0
+    )
+    assert "sub-01: published earlier, but its maps cannot be read" in capsys.readouterr().err
+    page = (out / "sub-01.html").read_text()
+    assert 'id="sub-01_run-2"' in page and 'id="sub-01"' not in page

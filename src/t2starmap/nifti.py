@@ -200,13 +200,19 @@ class MapImage:
 
 
 def read_map_image(path: Path) -> MapImage:
-    """A written map with its affine and voxel size. Raises OSError/ValueError when unreadable."""
-    img: Any = nib.load(str(path))
-    return MapImage(
-        np.asarray(img.dataobj, dtype=np.float32),
-        np.asarray(img.affine, dtype=np.float64),
-        tuple(float(z) for z in img.header.get_zooms()[:3]),
-    )
+    """A written map with its affine and voxel size. Raises FileNotFoundError when it is not
+    there, BadDataError naming it when it cannot be read."""
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path}: no such map")
+    img = _open(Path(path))
+    try:
+        return MapImage(
+            np.asarray(img.dataobj, dtype=np.float32),
+            np.asarray(img.affine, dtype=np.float64),
+            tuple(float(z) for z in img.header.get_zooms()[:3]),
+        )
+    except (OSError, EOFError, ValueError, zlib.error) as err:
+        raise BadDataError(f"{path}: image data could not be read ({_one_line(err)})") from err
 
 
 def header_geometry(path: Path) -> tuple[tuple[int, ...], np.ndarray]:

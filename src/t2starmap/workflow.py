@@ -481,9 +481,7 @@ def _page_publication(
     ours = {s.record.name for s in staged}
     attempted = ours | {f.name for f in failures}
     earlier = [r for r in on_disk if r.name not in ours]
-    sections = [s.section for s in staged] + pages.earlier_sections(
-        settings.output_dir, settings.bids_dir, earlier, settings.report_convention
-    )
+    sections = [s.section for s in staged] + _earlier_sections(settings, earlier)
     shown_failures = failures + [f for f in failed_before if f.name not in attempted]
     failed = pages.failed_sets(shown_failures, {r.name for r in earlier})
     page_file = pages.page_name(page.subject, page.session)
@@ -502,6 +500,24 @@ def _page_publication(
         page.label, tuple((stage / name, name) for name in [*files, page_file]), tuple(remove)
     )
     return _StagedPage(publication, tuple(s.record for s in staged), tuple(failures))
+
+
+def _earlier_sections(settings: Settings, records: list[PublishedSet]) -> list[pages.Section]:
+    """The page sections of sets earlier runs published; one whose maps cannot be read any
+    more is left out with a warning (it must not keep this run's sets from their page)."""
+    sections = []
+    for record in records:
+        try:
+            sections += pages.earlier_sections(
+                settings.output_dir, settings.bids_dir, [record], settings.report_convention
+            )
+        except (OSError, T2StarError) as err:
+            log.warning(
+                "%s: published earlier, but its maps cannot be read (%s); the page leaves it out",
+                record.name,
+                err,
+            )
+    return sections
 
 
 def _publish(run: _Run, page: _Page, staged: _StagedPage) -> None:
