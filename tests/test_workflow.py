@@ -425,7 +425,7 @@ def test_the_report_draws_the_maps_the_run_holds(
 
 
 def test_a_rerun_removes_the_outputs_its_record_no_longer_lists(
-    example: Path, tmp_path: Path
+    example: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """8 echoes give an RMSE map; a rerun on 2 echoes gives none: the old one would sit
     beside maps it does not belong to, so the rerun removes it."""
@@ -436,7 +436,10 @@ def test_a_rerun_removes_the_outputs_its_record_no_longer_lists(
     for k in range(3, 9):
         for ext in (".nii.gz", ".json"):
             (example / "sub-01" / "anat" / f"sub-01_echo-{k}_part-mag_MEGRE{ext}").unlink()
-    assert participant(example, out, "--participant-label", "01") == 0
+    capsys.readouterr()
+    argv = [str(example), str(out), "participant", "--skip-bids-validation"]
+    assert main([*argv, "--participant-label", "01"]) == 0
+    assert "sub-01: replacing the outputs an earlier run published" in capsys.readouterr().err
     assert not rmse.exists() and not rmse.with_name(rmse.name.replace(".nii.gz", ".json")).exists()
     assert (out / f"{SETS[0]}_T2starmap.nii.gz").is_file()
     assert not [p for p in out.rglob(".*.tmp*") if p.is_file()]
