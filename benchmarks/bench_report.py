@@ -22,7 +22,7 @@ from typing import Any
 from t2starmap.report import participant
 
 # The report tests' synthetic output folder (raw MEGRE, maps and record) serves here too.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "report"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.report.helpers import synthetic_output
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from t2starmap.cli import main
 from t2starmap.simulate import make_slice_phantom, write_slice_megre
-from tests.support.files import checksums
+from tests.support.files import checksums, failure_reasons, images_below
 
 ANAT = Path("sub-01") / "anat"
 
@@ -67,7 +67,8 @@ def test_auto_corrects_where_the_field_changes_across_the_slice(
     gradz = json.loads((out / ANAT / "sub-01_desc-gradz_statmap.json").read_text())
     assert gradz["Units"] == "Hz/mm"
     page = (out / "sub-01.html").read_text()
-    assert "R2* uncorrected (1/s) montage" in page and "gradient (Hz/mm) montage" in page
+    assert "R2* correction (1/s) montage" in page and "gradient (Hz/mm) montage" in page
+    assert "corrected minus uncorrected R2*" in page
 
 
 def test_none_leaves_the_fit_uncorrected(sliced: tuple[Path, object], tmp_path: Path) -> None:
@@ -83,13 +84,21 @@ def test_none_leaves_the_fit_uncorrected(sliced: tuple[Path, object], tmp_path: 
 def test_through_slice_without_phase_is_a_usage_error(
     example: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Each set without phase fails with the reason (exit 64), nothing of it published; with
+    --stop-on-first-crash the run stops at the first and leaves no output folder."""
     before = checksums(example)
     out = tmp_path / "out"
     assert run(example, out, "--b0-correction", "through-slice") == 64
     err = capsys.readouterr().err
-    assert "--b0-correction through-slice" in err and "phase" in err
-    assert len(err.strip().splitlines()) == 1
-    assert not out.exists() and checksums(example) == before
+    [error] = [line for line in err.splitlines() if "ERROR" in line]
+    assert "3 echo set(s): 0 published, 3 failed" in error
+    assert "--b0-correction through-slice" in error and "phase" in error
+    assert images_below(out) == set() and len(failure_reasons(out)) == 3
+    stopped = tmp_path / "stopped"
+    assert run(example, stopped, "--b0-correction", "through-slice", "--stop-on-first-crash") == 64
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "phase" in err
+    assert not stopped.exists() and checksums(example) == before
 
 
 def test_auto_without_phase_says_so_and_fits(example: Path, tmp_path: Path) -> None:
@@ -124,7 +133,8 @@ def test_what_the_correction_cannot_use_is_a_warning_under_auto_and_64_when_aske
     assert sidecar["B0Correction"] == "none" and message in sidecar["B0CorrectionNote"]
     assert any("no field-gradient correction" in w for w in sidecar["Warnings"])
     assert run(bids, tmp_path / "out2", "--b0-correction", "through-slice") == 64
-    assert not (tmp_path / "out2").exists()
+    assert images_below(tmp_path / "out2") == set()
+    assert message in failure_reasons(tmp_path / "out2")["sub-01"]
 
 
 def test_phase_is_not_read_when_nothing_needs_it(tmp_path: Path) -> None:
@@ -140,7 +150,8 @@ def test_phase_is_not_read_when_nothing_needs_it(tmp_path: Path) -> None:
 
 def test_phase_that_follows_no_frequency_under_auto_and_asked(tmp_path: Path) -> None:
     """auto: the run fits, does not correct, and says why in the sidecar and the page;
-    through-slice asked for on such phase: one line, exit 65 (bad data), nothing left."""
+    through-slice asked for on such phase: the set fails with exit 65 (bad data) and its
+    reason, and no map is published."""
     import dataclasses
 
     from t2starmap.simulate_failures import incoherent_phase
@@ -155,5 +166,8 @@ def test_phase_that_follows_no_frequency_under_auto_and_asked(tmp_path: Path) ->
     assert sidecar["B0Correction"] == "none" and sidecar["PhaseVerdict"] == "incoherent"
     assert "follows no frequency" in sidecar["B0CorrectionNote"]
     assert not (out / ANAT / "sub-01_desc-uncorrected_R2starmap.nii.gz").exists()
-    assert run(bids, tmp_path / "out2", "--b0-correction", "through-slice") == 65
-    assert not (tmp_path / "out2").exists()
+    out2 = tmp_path / "out2"
+    assert run(bids, out2, "--b0-correction", "through-slice") == 65
+    assert not list(out2.rglob("*.nii.gz"))
+    (failure,) = (out2 / "logs" / "failures").glob("*.json")
+    assert "follows no frequency" in json.loads(failure.read_text())["reason"]

@@ -161,6 +161,63 @@ def test_interrupt_is_130(
     assert "interrupted" in capsys.readouterr().err
 
 
+def test_sigterm_is_143_and_the_handler_is_restored(
+    example: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A real SIGTERM (what SLURM sends before SIGKILL) stops the run like Ctrl-C: exit 143,
+    one line, no output folder left; the process's own SIGTERM handler is back afterwards."""
+    import os
+    import signal
+
+    def terminate(*args: object, **kwargs: object) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr("t2starmap.workflow.find_echo_sets", terminate)
+    before = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "o"
+    assert main([str(example), str(out), "participant", "--skip-bids-validation"]) == 143
+    err = capsys.readouterr().err
+    assert "terminated (SIGTERM)" in err and "Traceback" not in err
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert not out.exists()
+
+
+def test_a_bare_command_prints_its_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 64
+    err = capsys.readouterr().err
+    assert err.startswith("usage: t2starmap ")
+    assert "BIDS_DIR OUTPUT_DIR participant" in err and "t2starmap --help" in err
+    assert main(["convert"]) == 64
+    err = capsys.readouterr().err
+    assert err.startswith("usage: t2starmap convert ") and "DICOM_DIR BIDS_DIR" in err
+
+
+def test_the_group_level_names_the_participant_options_it_ignores(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "o"
+    argv = [str(tmp_path / "bids"), str(out), "group"]
+    assert main([*argv, "--fit-method", "complex", "--noise-sigma", "3"]) == 66
+    warning = [line for line in capsys.readouterr().err.splitlines() if "WARNING" in line]
+    assert len(warning) == 1
+    assert "--fit-method, --noise-sigma" in warning[0] and "ignored" in warning[0]
+    assert main(argv) == 66
+    assert "WARNING" not in capsys.readouterr().err
+
+
+def test_help_names_the_run_controls_and_the_default_convention(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["--help"]) == 0
+    out = flat(capsys.readouterr().out)
+    assert "--stop-on-first-crash" in out and "run control" in out
+    assert "radiological (default:" in out and "neurological" in out
+    assert "143 terminated (SIGTERM)" in out
+
+
 # --- start-up: no torch where none is needed ---------------------------------------------------
 
 _NO_TORCH = "; assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)"

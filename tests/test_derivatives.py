@@ -151,3 +151,49 @@ def test_source_paths_keep_the_datasets_own_names(tmp_path: Path) -> None:
     link.parent.mkdir(parents=True)
     os.symlink(os.path.relpath(annex, link.parent), link)
     assert bids_path(tmp_path / "bids", link) == "sub-01/anat/sub-01_echo-1_MEGRE.nii.gz"
+
+
+def test_the_field_map_is_described_as_the_field_map_not_as_the_correction() -> None:
+    """With the through-slice correction, the corrected maps say so; the field map says it is
+    the complex fit's frequency; the uncorrected R2* and the magnitude do not claim the
+    correction either."""
+    from t2starmap.fit.limits import ESTIMATION_ALGORITHMS
+
+    complex_fit = ESTIMATION_ALGORITHMS[("complex", "gaussian")]
+    info = {
+        "EstimationAlgorithm": complex_fit + "; then corrected for the through-slice field "
+        "gradient: S(TE) = ...",
+        "FitMethod": "complex",
+        "NoiseModel": "gaussian",
+    }
+    spec = {s.key: s for s in OUTPUTS}
+
+    def algorithm(key: str) -> str:
+        return str(map_sidecar(spec[key], echo_set(), Path("/bids"), info)["EstimationAlgorithm"])
+
+    assert "corrected for the through-slice" in algorithm("r2star")
+    assert algorithm("frequency").startswith("Off-resonance frequency f, a parameter of")
+    assert "corrected" not in algorithm("frequency") and complex_fit in algorithm("frequency")
+    assert algorithm("r2star_uncorrected") == complex_fit
+    assert algorithm("magnitude").startswith("None: the first echo's magnitude")
+    assert algorithm("gradz").startswith("Central differences of the field map")
+
+
+def test_failure_records_round_trip_and_are_selected_by_label(tmp_path: Path) -> None:
+    from t2starmap.atomic import write_text
+    from t2starmap.derivatives import SetFailure, failure_path, load_failures
+
+    failures = [
+        SetFailure({"subject": s, **({"session": x} if x else {})}, "why", 65, "E", None, "t")
+        for s, x in (("01", None), ("02", "1"), ("02", "2"))
+    ]
+    for failure in failures:
+        write_text(failure_path(tmp_path, failure.entities), failure.to_json())
+    assert failure_path(tmp_path, failures[1].entities) == (
+        tmp_path / "logs" / "failures" / "sub-02_ses-1_failure.json"
+    )
+    assert load_failures(tmp_path) == failures
+    assert [f.name for f in load_failures(tmp_path, ["02"], ["2"])] == ["sub-02_ses-2"]
+    (tmp_path / "logs" / "failures" / "sub-03_failure.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"sub-03_failure\.json: not a readable"):
+        load_failures(tmp_path)

@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 
 from t2starmap.cli import main
-
-from .conftest import checksums, files_below
+from tests.support.files import checksums, failure_reasons, files_below, images_below
 
 ANAT = Path("sub-01") / "anat"
 
@@ -97,24 +96,75 @@ def invalid_bids(bids: Path) -> str:
     return "bids-validator"
 
 
-BAD_DATA: list[tuple[Callable[[Path], str], int, bool]] = [
-    # (how to break the copy, exit code, run the validator?)
-    (drop_echo_time, 65, False),
-    (echo_time_in_ms, 65, False),
-    (only_one_echo, 65, False),
-    (mismatched_shapes, 65, False),
-    (mismatched_affine, 65, False),
-    (corrupt_gzip, 65, False),
-    (not_an_image, 65, False),
-    (all_nan, 65, False),
+#: Damage to one echo set (sub-01's): that set fails with the code, the others go on.
+BAD_SET: list[tuple[Callable[[Path], str], int]] = [
+    (drop_echo_time, 65),
+    (echo_time_in_ms, 65),
+    (only_one_echo, 65),
+    (mismatched_shapes, 65),
+    (mismatched_affine, 65),
+    (corrupt_gzip, 65),
+    (not_an_image, 65),
+    (all_nan, 65),
+]
+#: Damage that stops the run before any set: (how, exit code, run the validator?).
+BAD_INPUT: list[tuple[Callable[[Path], str], int, bool]] = [
     (no_megre, 66, False),
     (no_description, 66, False),
     (invalid_bids, 16, True),
 ]
 
 
+def error_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if "ERROR" in line]
+
+
+@pytest.mark.parametrize(("breaker", "code"), BAD_SET, ids=[b[0].__name__ for b in BAD_SET])
+def test_a_bad_set_fails_alone(
+    example: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    breaker: Callable[[Path], str],
+    code: int,
+) -> None:
+    """The damaged set is recorded with its reason and left out; the two others are
+    published with their pages; one error line sums it up; the input is untouched."""
+    expected = breaker(example)
+    before = checksums(example)
+    out = tmp_path / "out"
+    assert main([str(example), str(out), "participant", "--skip-bids-validation"]) == code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    [error] = error_lines(err)
+    assert "3 echo set(s): 2 published, 1 failed: sub-01: " in error and expected in error
+    assert checksums(example) == before
+    assert expected in failure_reasons(out)["sub-01"]
+    images = images_below(out)
+    assert not [f for f in images if f.startswith("sub-01/")]
+    assert len([f for f in images if f.startswith("sub-02/")]) == 2 * 11  # chisq too
+    assert {"sub-01.html", "sub-02_ses-1.html", "sub-02_ses-2.html"} <= files_below(out)
+    assert "Echo sets that failed" in (out / "sub-01.html").read_text()
+
+
+@pytest.mark.parametrize(("breaker", "code"), BAD_SET, ids=[b[0].__name__ for b in BAD_SET])
+def test_stop_on_first_crash_publishes_nothing(
+    example: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    breaker: Callable[[Path], str],
+    code: int,
+) -> None:
+    expected = breaker(example)
+    out = tmp_path / "out"
+    argv = [str(example), str(out), "participant", "--skip-bids-validation"]
+    assert main([*argv, "--stop-on-first-crash"]) == code
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err and len(error_lines(err)) == 1
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(
-    ("breaker", "code", "validate"), BAD_DATA, ids=[b[0].__name__ for b in BAD_DATA]
+    ("breaker", "code", "validate"), BAD_INPUT, ids=[b[0].__name__ for b in BAD_INPUT]
 )
 def test_bad_input(
     example: Path,
@@ -132,7 +182,7 @@ def test_bad_input(
     err = capsys.readouterr().err
     assert expected in err
     assert "Traceback" not in err
-    assert len([line for line in err.splitlines() if "ERROR" in line]) == 1
+    assert len(error_lines(err)) == 1
     assert checksums(example) == before
     if code == 16:  # the validator's full report is kept in the logs
         assert [f for f in files_below(out) if f.startswith("logs/bids-validator_")]
@@ -147,8 +197,11 @@ def test_a_failed_run_leaves_no_folder_it_created(
 ) -> None:
     drop_echo_time(example)
     out = tmp_path.joinpath(*["p"] * parents, "out")
-    assert main([str(example), str(out), "participant", "--skip-bids-validation", "-q"]) == 65
+    argv = [str(example), str(out), "participant", "--skip-bids-validation", "-q"]
+    assert main([*argv, "--stop-on-first-crash"]) == 65
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bids"]
+    assert main([*argv, "--participant-label", "01"]) == 65  # only the failure to record
+    assert images_below(out) == set() and list(failure_reasons(out)) == ["sub-01"]
 
 
 def test_a_failed_run_keeps_an_existing_output_folder(example: Path, tmp_path: Path) -> None:
@@ -156,7 +209,8 @@ def test_a_failed_run_keeps_an_existing_output_folder(example: Path, tmp_path: P
     out.mkdir()
     (out / "mine.txt").write_text("kept")
     drop_echo_time(example)
-    assert main([str(example), str(out), "participant", "--skip-bids-validation", "-q"]) == 65
+    argv = [str(example), str(out), "participant", "--skip-bids-validation", "-q"]
+    assert main([*argv, "--stop-on-first-crash"]) == 65
     assert files_below(out) == {"mine.txt"}
 
 
@@ -271,17 +325,47 @@ def test_group_without_participant_outputs_is_66(
 
 
 def test_failure_keeps_earlier_outputs_intact(example: Path, tmp_path: Path) -> None:
-    """A failing second run must not disturb the complete outputs of a first one."""
+    """A set that fails in a second run keeps the complete outputs a first run published
+    (its page says so), and a third run that succeeds removes the failure record."""
     out = tmp_path / "out"
     assert participant_code(example, out) == 0
-    before = checksums(out / "sub-02")
-    corrupt_gzip_sub02 = (
-        example / "sub-02" / "ses-2" / "anat" / "sub-02_ses-2_echo-5_part-mag_MEGRE.nii.gz"
-    )
-    corrupt_gzip_sub02.write_bytes(corrupt_gzip_sub02.read_bytes()[:100])
+    before = checksums(out / "sub-02" / "ses-2")
+    corrupt = example / "sub-02" / "ses-2" / "anat" / "sub-02_ses-2_echo-5_part-mag_MEGRE.nii.gz"
+    good = corrupt.read_bytes()
+    corrupt.write_bytes(good[:100])
     assert participant_code(example, out) == 65
-    assert checksums(out / "sub-02") == before
+    assert checksums(out / "sub-02" / "ses-2") == before
     assert not [p for p in out.rglob(".*tmp*")]
+    assert list(failure_reasons(out)) == ["sub-02_ses-2"]
+    page = (out / "sub-02_ses-2.html").read_text()
+    assert "kept, shown below" in page and 'id="sub-02_ses-2"' in page
+    corrupt.write_bytes(good)
+    assert participant_code(example, out, "--participant-label", "02") == 0
+    assert failure_reasons(out) == {}
+    assert "Echo sets that failed" not in (out / "sub-02_ses-2.html").read_text()
+
+
+def test_an_unexpected_error_in_one_set_is_recorded_with_its_traceback(
+    example: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug hit by one set (here: the fit raises RuntimeError for sub-01) fails that set
+    with exit 1 and a traceback in its failure record; the others are published."""
+    import t2starmap.estimate
+
+    real = t2starmap.estimate.fit_echo_set
+
+    def flaky(echo_set: object, *args: object) -> object:
+        if echo_set.name == "sub-01":  # type: ignore[attr-defined]
+            raise RuntimeError("boom in the fit")
+        return real(echo_set, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(t2starmap.estimate, "fit_echo_set", flaky)
+    out = tmp_path / "out"
+    assert participant_code(example, out) == 1
+    record = json.loads((out / "logs" / "failures" / "sub-01_failure.json").read_text())
+    assert record["exit_code"] == 1 and "RuntimeError: boom in the fit" in record["reason"]
+    assert "Traceback" in record["traceback"]
+    assert len([f for f in images_below(out) if f.startswith("sub-02/")]) == 22  # chisq too
 
 
 def test_unexpected_error_is_1_with_traceback_only_with_vv(

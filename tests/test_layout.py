@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from t2starmap.errors import BadDataError, InputMissingError, NothingSelectedError
-from t2starmap.layout import Echo, build_echo_set, echo_time_of, find_echo_sets
+from t2starmap.layout import Echo, SetProblem, build_echo_set, echo_time_of, find_echo_sets
 from tests.support.files import SHARED_DATA
 
 
@@ -71,10 +71,42 @@ def test_sessions_and_labels(example: Path) -> None:
     sets = find_echo_sets(example)
     assert [(s.subject, s.session) for s in sets] == [("01", None), ("02", "1"), ("02", "2")]
     assert [s.name for s in find_echo_sets(example, None, ["2"])] == ["sub-02_ses-2"]
-    with pytest.raises(NothingSelectedError, match="sub-05"):
+    with pytest.raises(
+        NothingSelectedError, match=r"sub-05 in the dataset; it has sub-01, sub-02$"
+    ):
         find_echo_sets(example, ["05"])
+    with pytest.raises(NothingSelectedError, match=r"session 9 \(there are ses-1, ses-2\)"):
+        find_echo_sets(example, None, ["9"])
     with pytest.raises(NothingSelectedError):
         find_echo_sets(example, ["01"], ["1"])
+
+
+def test_a_long_list_of_labels_is_cut_short(tmp_path: Path) -> None:
+    (tmp_path / "dataset_description.json").write_text("{}")
+    for k in range(30):
+        (tmp_path / f"sub-{k:02d}").mkdir()
+    with pytest.raises(NothingSelectedError, match=r"sub-11 \(and 18 more\)$"):
+        find_echo_sets(tmp_path, ["99"])
+
+
+def test_sets_that_cannot_be_fitted_are_collected_when_asked(example: Path) -> None:
+    """A set with an echo without EchoTime raises, unless a problems list is given: then it
+    is recorded there and the others are returned."""
+    sidecar = example / "sub-02" / "ses-1" / "anat" / "sub-02_ses-1_echo-3_part-mag_MEGRE.json"
+    meta = json.loads(sidecar.read_text())
+    del meta["EchoTime"]
+    sidecar.write_text(json.dumps(meta))
+    with pytest.raises(BadDataError, match="no EchoTime"):
+        find_echo_sets(example)
+    problems: list[SetProblem] = []
+    assert [s.name for s in find_echo_sets(example, problems=problems)] == [
+        "sub-01",
+        "sub-02_ses-2",
+    ]
+    [problem] = problems
+    assert problem.name == "sub-02_ses-1" and (problem.subject, problem.session) == ("02", "1")
+    assert problem.first_file.name == "sub-02_ses-1_echo-1_part-mag_MEGRE.nii.gz"
+    assert "no EchoTime" in str(problem.error)
 
 
 def test_no_megre_is_input_missing(example: Path) -> None:

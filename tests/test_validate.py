@@ -217,3 +217,15 @@ def test_found_beside_the_interpreter(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     monkeypatch.setattr(sys, "executable", str(beside.parent / "python"))
     assert validate.validator_command() == str(beside)
+
+
+def test_an_issue_reported_twice_is_counted_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The validator may report one issue twice (same code, field and file): it is one
+    error, as the summary lists it once."""
+    twice = {"issues": {"issues": [ISSUES["issues"]["issues"][1]] * 2}}  # type: ignore[index]
+    fake_validator(tmp_path / "bin", f"print(json.dumps({twice!r}))\nsys.exit(16)\n", monkeypatch)
+    report = validate_bids(tmp_path)
+    assert len(report.errors) == 1
+    assert report.summary() == ["SIDECAR_KEY_REQUIRED (EchoTime): sub-01/anat/x_MEGRE.json"]

@@ -379,3 +379,112 @@ def test_fit_status_map_says_why_each_voxel_failed(example: Path, tmp_path: Path
     assert record["status_counts"]["r2star_at_lower_bound"] >= 36
     page = (out / "sub-01.html").read_text()
     assert "Fit status (desc-fitstatus_dseg)" in page and "signal rising with TE" in page
+
+
+def truncate(path: Path) -> None:
+    """Cut an image in half, as an interrupted download leaves it."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_one_truncated_echo_costs_its_set_only(
+    example: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The issue's case: sub-02 ses-2's echo 8 truncated, participant level with
+    --skip-bids-validation: sub-01 and ses-1 are published with their pages, exit 65; the
+    message, the failure record, the page and the group level name the failed set."""
+    truncate(example / "sub-02" / "ses-2" / "anat" / "sub-02_ses-2_echo-8_part-mag_MEGRE.nii.gz")
+    out = tmp_path / "out"
+    assert main([str(example), str(out), "participant", "--skip-bids-validation"]) == 65
+    [error] = [line for line in capsys.readouterr().err.splitlines() if "ERROR" in line]
+    assert "3 echo set(s): 2 published, 1 failed: sub-02_ses-2: " in error
+    assert "sub-02_ses-2_echo-8_part-mag_MEGRE.nii.gz: image data could not be read" in error
+    for name in SETS[:2]:
+        assert {f"{name}_{m}.nii.gz" for m in MAP_NAMES} <= files_below(out)
+        assert (out / f"{name}_record.json").is_file()
+    assert not (out / "sub-02" / "ses-2").exists()
+    assert {"sub-01.html", "sub-02_ses-1.html", "sub-02_ses-2.html"} <= files_below(out)
+    assert "echo-8_part-mag_MEGRE.nii.gz: image data" in (out / "sub-02_ses-2.html").read_text()
+    assert main([str(example), str(out), "group", "-q"]) == 0
+    table = pd.read_csv(out / "group_T2starmap.tsv", sep="\t", keep_default_na=False)
+    assert list(table["status"]) == ["published", "published", "failed"]
+    assert table["failure_reason"].iloc[2].endswith("end-of-stream marker was reached)")
+    page = (out / "group_report.html").read_text()
+    assert "Echo sets that failed" in page and "sub-02 ses-2" in page
+
+
+def test_the_report_draws_the_maps_the_run_holds(
+    example: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run's own sets are drawn from the maps and echoes it holds: reading maps back or
+    echoes again for the report would fail here, and the run does not notice."""
+    from t2starmap.report import participant as pages
+
+    def no(*args: object, **kwargs: object) -> None:
+        raise AssertionError("read back for the report")
+
+    monkeypatch.setattr(pages, "load_set_maps", no)
+    monkeypatch.setattr(pages, "read_echoes", no)
+    out = tmp_path / "out"
+    assert participant(example, out) == 0
+    assert "decay curves" in (out / "sub-02_ses-2.html").read_text()
+
+
+def test_a_rerun_removes_the_outputs_its_record_no_longer_lists(
+    example: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """8 echoes give an RMSE map; a rerun on 2 echoes gives none: the old one would sit
+    beside maps it does not belong to, so the rerun removes it."""
+    out = tmp_path / "out"
+    assert participant(example, out, "--participant-label", "01") == 0
+    rmse = out / f"{SETS[0]}_desc-rmse_statmap.nii.gz"
+    assert rmse.is_file()
+    for k in range(3, 9):
+        for ext in (".nii.gz", ".json"):
+            (example / "sub-01" / "anat" / f"sub-01_echo-{k}_part-mag_MEGRE{ext}").unlink()
+    capsys.readouterr()
+    argv = [str(example), str(out), "participant", "--skip-bids-validation"]
+    assert main([*argv, "--participant-label", "01"]) == 0
+    assert "sub-01: replacing the outputs an earlier run published" in capsys.readouterr().err
+    assert not rmse.exists() and not rmse.with_name(rmse.name.replace(".nii.gz", ".json")).exists()
+    assert (out / f"{SETS[0]}_T2starmap.nii.gz").is_file()
+    assert not [p for p in out.rglob(".*.tmp*") if p.is_file()]
+
+
+@pytest.mark.parametrize(
+    ("convention", "side"), [("radiological", "right"), ("neurological", "left")]
+)
+def test_report_convention_reaches_the_page(
+    example: Path, tmp_path: Path, convention: str, side: str
+) -> None:
+    out = tmp_path / "out"
+    argv = ["--participant-label", "01", "--report-convention", convention]
+    assert participant(example, out, *argv) == 0
+    text = (out / "sub-01.html").read_text()
+    assert f"the subject&#39;s {side} on the left ({convention} convention)" in text
+
+
+def test_an_unreadable_set_of_an_earlier_run_does_not_block_the_page(
+    example: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two sets on one page, published by two runs (a filter each); the first one's T2* map
+    is damaged in between: the second run still publishes its set and the page, warning."""
+    anat = example / "sub-01" / "anat"
+    for path in sorted(anat.glob("sub-01_echo-*_part-mag_MEGRE.*")):
+        shutil.copy(path, anat / path.name.replace("sub-01_echo-", "sub-01_run-2_echo-"))
+    filters = tmp_path / "filters.json"
+    out = tmp_path / "out"
+    filters.write_text(json.dumps({"run": None}))
+    assert (
+        participant(example, out, "--participant-label", "01", "--bids-filter-file", str(filters))
+        == 0
+    )
+    (out / f"{SETS[0]}_T2starmap.nii.gz").write_bytes(b"damaged")
+    filters.write_text(json.dumps({"run": 2}))
+    assert (
+        participant(example, out, "--participant-label", "01", "--bids-filter-file", str(filters))
+        == 0
+    )
+    assert "sub-01: published earlier, but its maps cannot be read" in capsys.readouterr().err
+    page = (out / "sub-01.html").read_text()
+    assert 'id="sub-01_run-2"' in page and 'id="sub-01"' not in page

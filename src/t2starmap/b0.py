@@ -44,6 +44,17 @@ from t2starmap.fit.magnitude import FACTOR_THRESHOLD
 from t2starmap.fit.phase import FieldMap
 from t2starmap.fit.result import MAPS
 from t2starmap.fit.status import Correction
+from t2starmap.profiles import (
+    ProfileEstimate,
+    SliceProfile,
+    dephasing_factor,
+    estimate_slice_profile,
+)
+
+#: The rectangular slice profile: a 3D acquisition's voxel along the slice axis.
+RECTANGLE = SliceProfile(
+    "rect", source="default", origin="(3D acquisition: the voxel is a box along the slice axis)"
+)
 
 __all__ = [
     "FACTOR_THRESHOLD",
@@ -219,7 +230,9 @@ class ThroughSliceCorrection:
     uncorrected fit's values elsewhere in the mask); uncorrected: the plain magnitude fit;
     gradient_hz_per_mm: G along the slice axis (0 where not valid); status: uint8
     :class:`~t2starmap.fit.status.Correction`; thickness_mm, spacing_mm, threshold,
-    wrap_period_hz: what was used; field_method: how the field map was made.
+    wrap_period_hz: what was used; field_method: how the field map was made; profile: the
+    slice profile the dephasing factor came from; profile_estimate: how it was estimated from
+    the data (None when it was given or named by the headers).
     """
 
     corrected: FitResult
@@ -231,6 +244,8 @@ class ThroughSliceCorrection:
     threshold: float
     wrap_period_hz: float | None
     field_method: str = ""
+    profile: SliceProfile = RECTANGLE
+    profile_estimate: ProfileEstimate | None = None
 
 
 def correct_through_slice(
@@ -250,6 +265,7 @@ def correct_through_slice(
     dtype: torch.dtype = torch.float32,
     workers: int | None = None,
     threshold: float = FACTOR_THRESHOLD,
+    profile: SliceProfile | None = None,
 ) -> ThroughSliceCorrection:
     """Through-slice correction of a magnitude volume (X, Y, Z, n_echoes).
 
@@ -260,7 +276,10 @@ def correct_through_slice(
     uncorrected fit's). ``mr_acquisition_type``,
     ``slice_thickness_mm``, ``spacing_between_slices_mm``: the sidecar's MRAcquisitionType,
     SliceThickness and SpacingBetweenSlices (see :func:`slice_geometry`, which raises
-    ValueError when they do not suffice).
+    ValueError when they do not suffice). ``profile``: the slice profile
+    (:mod:`t2starmap.profiles`); None: estimated from the strong-gradient voxels
+    (:func:`~t2starmap.profiles.estimate_slice_profile`, its default when they are too few).
+    A 3D acquisition's voxel is a box along the slice axis: the rectangle, whatever is given.
     """
     mag, te, inside = _checked(magnitude, echo_times, mask, slice_axis, field)
     thickness, spacing = slice_geometry(
@@ -280,10 +299,20 @@ def correct_through_slice(
         wrap_period_hz=field.wrap_period_hz,
     )
     status = _status(inside, bad_field, valid, slice_axis)
+    estimate = None
+    if str(mr_acquisition_type).upper() == "3D":
+        profile = RECTANGLE
+    elif profile is None:
+        sigma = noise_sigma if noise_sigma is not None else uncorrected.noise_sigma
+        estimate = estimate_slice_profile(
+            mag, te, gradient, thickness, valid, sigma, workers=workers
+        )
+        profile = estimate.profile
+    factor = np.abs(dephasing_factor(profile, gradient, thickness, te))
     corr = fit_corrected(
         mag,
         te,
-        sinc_factor(gradient, thickness, te),
+        factor,
         mask=valid,
         noise_sigma=noise_sigma if noise_sigma is not None else uncorrected.noise_sigma,
         noise_coils=uncorrected.noise_coils,
@@ -306,6 +335,8 @@ def correct_through_slice(
         threshold=threshold,
         wrap_period_hz=field.wrap_period_hz,
         field_method=field.method,
+        profile=profile,
+        profile_estimate=estimate,
     )
 
 

@@ -25,7 +25,8 @@ from t2starmap.cliargs import (
     configure_logging,
     log_level,
 )
-from t2starmap.errors import ExitCode, T2StarError, UnknownLevelError
+from t2starmap.conventions import DEFAULT_REPORT_CONVENTION, REPORT_CONVENTIONS
+from t2starmap.errors import ExitCode, Interrupted, T2StarError, UnknownLevelError
 from t2starmap.fit.limits import (
     AUTO_HELP,
     B0_CORRECTIONS,
@@ -33,6 +34,7 @@ from t2starmap.fit.limits import (
     FIT_CHOICES,
     METHOD_HELP,
 )
+from t2starmap.interrupts import sigterm_raises
 
 log = logging.getLogger("t2starmap")
 
@@ -47,7 +49,9 @@ Starting from DICOM? Convert first, then fit:
 
 Exit codes: 0 ok, 1 unexpected error, 16 input failed BIDS validation, 17 unknown analysis
 level, 18 labels/filters select no MEGRE data, 64 usage error, 65 bad data, 66 input missing,
-73 cannot create output, 130 interrupted.
+73 cannot create output, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM). When some echo
+sets fail and the others are published, the code is the worst failure's (1, 66, 65, 64 in
+that order); the failed sets are listed in logs/failures/ and on the pages.
 """
 
 
@@ -113,6 +117,26 @@ def build_parser() -> ArgumentParser:
         help="do not run bids-validator on the input first",
     )
 
+    run = parser.add_argument_group("run control")
+    run.add_argument(
+        "--stop-on-first-crash",
+        "--stop_on_first_crash",
+        action="store_true",
+        help="stop at the first echo set that fails and publish nothing (default: record the "
+        "failed set with its reason, publish the others, and exit with the worst failure's "
+        "code)",
+    )
+    run.add_argument(
+        "--report-convention",
+        "--report_convention",
+        choices=REPORT_CONVENTIONS,
+        default=DEFAULT_REPORT_CONVENTION,
+        help="how the pages show axial and coronal slices: radiological (default: the "
+        "subject's right on the left, as scanner consoles and PACS show them and most "
+        "radiologists read) or neurological (the subject's left on the left, as the pages of "
+        "fMRIPrep and MRIQC); every tile carries its orientation letters either way",
+    )
+
     fitting = parser.add_argument_group("fit options")
     fitting.add_argument(
         "--fit-method",
@@ -137,9 +161,22 @@ def build_parser() -> ArgumentParser:
         choices=B0_CORRECTIONS,
         default="auto",
         help="through-slice: correct R2* for the through-slice gradient of the field map "
-        "(sinc model of a rectangular slice profile; needs phase or real/imaginary parts, "
-        "MRAcquisitionType and SliceThickness); auto (default): through-slice where the set "
-        "has phase or real/imaginary parts, else none",
+        "(the dephasing factor of the slice profile, --slice-profile; needs phase or "
+        "real/imaginary parts that follow a frequency, MRAcquisitionType and SliceThickness); "
+        "auto (default): through-slice where the set's phase allows it, else none (the "
+        "sidecars say why)",
+    )
+    fitting.add_argument(
+        "--slice-profile",
+        "--slice_profile",
+        default="auto",
+        metavar="SPEC",
+        help="slice profile of the through-slice correction: rect, gaussian (FWHM = slice "
+        "thickness; gaussian:W for W thicknesses), sinc:N (small-tip profile of a "
+        "Hanning-windowed sinc pulse of time-bandwidth product N), or a TSV file of the "
+        "measured profile (position in slice thicknesses, amplitude). auto (default): the "
+        "pulse the sidecars name (SliceProfile, Siemens protocol keys), else estimated from "
+        "the set's strong-gradient voxels (sinc:2.7 when they are too few)",
     )
     fitting.add_argument(
         "--noise-coils",
@@ -184,33 +221,56 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
+#: Options that change what the participant level selects, fits or draws, which the group
+#: level cannot honour (dest -> option): given to it, they are named in a warning. Run-control
+#: and performance options (--skip-bids-validation, --nprocs, -w, ...) change nothing there
+#: and pass quietly: scripts often give both levels one option list.
+PARTICIPANT_ONLY = {
+    "bids_filter_file": "--bids-filter-file",
+    "fit_method": "--fit-method",
+    "noise_sigma": "--noise-sigma",
+    "noise_coils": "--noise-coils",
+    "b0_correction": "--b0-correction",
+    "slice_profile": "--slice-profile",
+    "report_convention": "--report-convention",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the app; return its exit code. Errors become one line on stderr and their code."""
+    """Run the app; return its exit code. Errors become one line on stderr and their code.
+    SIGTERM (SLURM, ``docker stop``) stops a run as Ctrl-C does, with exit code 143."""
     arguments = list(sys.argv[1:] if argv is None else argv)
     converting = arguments[:1] == ["convert"]
     verbose = 0
     configure_logging(log_level(verbose, False))  # until the arguments say otherwise
     try:
-        if converting:
-            from t2starmap.convert.cli import build_parser as build_convert_parser
+        with sigterm_raises():
+            if converting:
+                from t2starmap.convert.cli import build_parser as build_convert_parser
 
-            parser, rest = build_convert_parser(), arguments[1:]
-        else:
-            parser, rest = build_parser(), arguments
-        try:
-            args = parser.parse_args(rest)
-        except SystemExit as done:  # --help or --version: printed; nothing to run
-            return int(done.code or 0)
-        verbose = args.verbose
-        configure_logging(log_level(args.verbose, args.quiet))
-        if converting:
-            from t2starmap.convert.cli import run_convert
+                parser, rest = build_convert_parser(), arguments[1:]
+            else:
+                parser, rest = build_parser(), arguments
+            if not rest:  # a bare command: how to use it, not only what is missing
+                sys.stderr.write(parser.format_usage() + _BARE_HINTS[converting])
+                return int(ExitCode.USAGE)
+            try:
+                args = parser.parse_args(rest)
+            except SystemExit as done:  # --help or --version: printed; nothing to run
+                return int(done.code or 0)
+            verbose = args.verbose
+            configure_logging(log_level(args.verbose, args.quiet))
+            if converting:
+                from t2starmap.convert.cli import run_convert
 
-            return run_convert(args)
-        return _participant_or_group(args)
+                return run_convert(args)
+            return _participant_or_group(args, parser)
     except T2StarError as err:
         _report(str(err))
         return int(err.exit_code)
+    except Interrupted as err:
+        _report(f"terminated ({err.name})")
+        return err.exit_code
     except KeyboardInterrupt:
         _report("interrupted")
         return int(ExitCode.INTERRUPTED)
@@ -219,14 +279,46 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(ExitCode.UNEXPECTED)
 
 
+#: What a bare ``t2starmap`` (False) or ``t2starmap convert`` (True) prints after its usage.
+_BARE_HINTS = {
+    False: """
+t2starmap: give the BIDS dataset, an output folder and the analysis level, e.g.
+  t2starmap BIDS_DIR OUTPUT_DIR participant --participant-label 01
+  t2starmap BIDS_DIR OUTPUT_DIR group
+Starting from DICOM: t2starmap convert DICOM_DIR BIDS_DIR --participant-label 01
+Every option and the exit codes: t2starmap --help
+""",
+    True: """
+t2starmap convert: give the DICOM folder, the BIDS folder to create or extend and the
+participant label, e.g.
+  t2starmap convert DICOM_DIR BIDS_DIR --participant-label 01
+Every option: t2starmap convert --help
+""",
+}
+
+
 def _report(message: str, traceback: bool = False) -> None:
     log.error("%s", message, exc_info=traceback)
 
 
-def _participant_or_group(args: argparse.Namespace) -> int:
+def _ignored_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
+    """The participant-level options given (not at their default) to a group-level run."""
+    return [
+        option
+        for dest, option in PARTICIPANT_ONLY.items()
+        if getattr(args, dest, None) != parser.get_default(dest)
+    ]
+
+
+def _participant_or_group(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.analysis_level not in ANALYSIS_LEVELS:
         raise UnknownLevelError(
             f"unknown analysis level {args.analysis_level!r}: use participant or group"
+        )
+    if args.analysis_level == "group" and (ignored := _ignored_options(args, parser)):
+        log.warning(
+            "group level: %s only change(s) the participant level and is ignored here",
+            ", ".join(ignored),
         )
     from t2starmap.settings import settings_from_args
 

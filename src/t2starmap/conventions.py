@@ -23,3 +23,12 @@ def sidecar_path(image: Path) -> Path:
         if image.name.endswith(extension) and len(image.name) > len(extension):
             return image.with_name(image.name[: -len(extension)] + ".json")
     raise ValueError(f"{image}: not a NIfTI file name (*.nii or *.nii.gz)")
+
+
+#: How the pages show axial and coronal tiles (``--report-convention``), default first:
+#: radiological (the subject's right on the left of the image), as scanner consoles and PACS
+#: show images and most radiologists read them; neurological (the subject's left on the
+#: left), as the pages of fMRIPrep and MRIQC show brains. Every tile carries its orientation
+#: letters either way.
+REPORT_CONVENTIONS = ("radiological", "neurological")
+DEFAULT_REPORT_CONVENTION = REPORT_CONVENTIONS[0]

@@ -17,6 +17,7 @@ from typing import Any
 from t2starmap import __version__
 from t2starmap.conventions import BIDS_VERSION, CODE_URL
 from t2starmap.fit import status as fit_status
+from t2starmap.fit.limits import ESTIMATION_ALGORITHMS
 from t2starmap.layout import SET_ENTITIES, EchoSet, SubjectSession
 
 SOURCE_LINK = "raw"  # the DatasetLinks key of the input dataset in ``bids:raw:`` URIs
@@ -235,6 +236,38 @@ def common_acquisition(metadata: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
+#: Outputs the field-gradient correction does not change: their ``EstimationAlgorithm`` is the
+#: fit's alone, or says how they were made, not how R2* was corrected afterwards.
+_BEFORE_CORRECTION = ("r2star_uncorrected", "frequency")
+_GRADIENT_ALGORITHM = (
+    "Central differences of the field map along the slice axis over the slice spacing, "
+    "unwrapped modulo 1/dTE (the complex fit's field map, or the phase of consecutive-echo "
+    "products)"
+)
+_MAGNITUDE_ALGORITHM = "None: the first echo's magnitude as measured"
+
+
+def estimation_algorithm(spec: OutputSpec, fit_info: Mapping[str, Any]) -> str:
+    """The ``EstimationAlgorithm`` of one output: the fit's text (with its correction) for the
+    corrected maps; the fit before correction for the uncorrected R2* and the field map, which
+    comes from the complex fit; how the gradient was taken; nothing estimated for the first
+    echo's magnitude."""
+    full = str(fit_info["EstimationAlgorithm"])
+    if spec.key == "magnitude":
+        return _MAGNITUDE_ALGORITHM
+    if spec.key == "gradz":
+        return _GRADIENT_ALGORITHM
+    if spec.key not in _BEFORE_CORRECTION:
+        return full
+    fit = ESTIMATION_ALGORITHMS.get(
+        (str(fit_info.get("FitMethod")), str(fit_info.get("NoiseModel"))),
+        full.split("; then corrected", 1)[0],
+    )
+    if spec.key == "frequency":
+        return "Off-resonance frequency f, a parameter of the complex fit: " + fit
+    return fit
+
+
 def map_sidecar(
     spec: OutputSpec,
     echo_set: EchoSet,
@@ -251,7 +284,7 @@ def map_sidecar(
         {
             "SkullStripped": False,
             "Sources": [bids_uri(bids_dir, e.path) for e in echo_set.echoes],
-            "EstimationAlgorithm": fit_info["EstimationAlgorithm"],
+            "EstimationAlgorithm": estimation_algorithm(spec, fit_info),
             "EstimationReference": ESTIMATION_REFERENCE,
             "EchoTime": [e.echo_time for e in echo_set.echoes],
             **common_acquisition([e.metadata for e in echo_set.echoes]),
@@ -433,9 +466,93 @@ def load_published(
             record = PublishedSet.from_json(path.read_text(encoding="utf-8"))
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise ValueError(f"{path}: not a readable t2starmap record ({err})") from err
-        if wanted_p is not None and record.subject not in wanted_p:
-            continue
-        if wanted_s is not None and record.session not in wanted_s:
-            continue
-        found.append(record)
+        if _selected(record, wanted_p, wanted_s):
+            found.append(record)
     return sorted(found, key=lambda r: r.name)
+
+
+def record_paths(record: PublishedSet) -> list[str]:
+    """Every file of a published set relative to the output folder: its images, their
+    sidecars, the fit-status levels and the record itself (POSIX)."""
+    paths = []
+    for image in record.files.values():
+        paths += [image, image.removesuffix(".nii.gz") + ".json"]
+        if image.endswith("_dseg.nii.gz"):
+            paths.append(image.removesuffix(".nii.gz") + ".tsv")
+    paths.append(record_path(Path(), record.entities).as_posix())
+    return paths
+
+
+# --- the record of an echo set that failed ---------------------------------------------------
+
+#: Where failure records live: one JSON per echo set that failed, named after the set
+#: (``logs/failures/sub-01_ses-2_failure.json``); a later run that publishes the set removes it.
+FAILURES_DIR = Path("logs") / "failures"
+FAILURE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SetFailure(SubjectSession):
+    """Why one echo set was not published: what the group table, the group page and the
+    participant page list for it (:func:`load_failures`).
+
+    ``reason``: the one-line error message (it names the file); ``exit_code``: the documented
+    code of that error; ``error``: the error's class; ``first_echo``: the set's first echo
+    relative to the input dataset; ``when``: UTC time, ISO 8601; ``traceback``: only for an
+    unexpected error (a bug to report)."""
+
+    entities: Mapping[str, str]
+    reason: str
+    exit_code: int
+    error: str
+    first_echo: str | None
+    when: str
+    traceback: str | None = None
+
+    @property
+    def name(self) -> str:
+        return set_name(self.entities)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["failure_version"] = FAILURE_VERSION
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> SetFailure:
+        data = json.loads(text)
+        if data.pop("failure_version", None) != FAILURE_VERSION:
+            raise ValueError("failure record written by another version of t2starmap")
+        return cls(**data)
+
+
+def failure_path(output_dir: Path, entities: Mapping[str, Any]) -> Path:
+    return Path(output_dir) / FAILURES_DIR / f"{set_name(entities)}_failure.json"
+
+
+def _selected(
+    item: SubjectSession, participants: set[str] | None, sessions: set[str] | None
+) -> bool:
+    if participants is not None and item.subject not in participants:
+        return False
+    return sessions is None or item.session in sessions
+
+
+def load_failures(
+    output_dir: Path,
+    participants: Iterable[str] | None = None,
+    sessions: Iterable[str] | None = None,
+) -> list[SetFailure]:
+    """The failure records under ``output_dir``, optionally only of some participants /
+    sessions, sorted by name. Raises ValueError (naming the file) for one that cannot be read."""
+    wanted_p = set(participants) if participants else None
+    wanted_s = set(sessions) if sessions else None
+    found = []
+    for path in sorted((Path(output_dir) / FAILURES_DIR).glob("*_failure.json")):
+        try:
+            failure = SetFailure.from_json(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{path}: not a readable t2starmap failure record ({err})") from err
+        if _selected(failure, wanted_p, wanted_s):
+            found.append(failure)
+    return sorted(found, key=lambda f: f.name)

@@ -62,6 +62,7 @@ from t2starmap.noise import (
     signal_mask,
 )
 from t2starmap.parts import complex_available, find_parts, load_complex
+from t2starmap.profiles import SliceProfile, parse_slice_profile, profile_from_metadata
 
 log = logging.getLogger("t2starmap")
 
@@ -70,13 +71,16 @@ log = logging.getLogger("t2starmap")
 class Options:
     """What the caller chose for every set: the fit method (one of
     :data:`t2starmap.fit.limits.FIT_CHOICES`), a known noise level and coil count, the
-    through-slice correction (``auto``, ``none``, ``through-slice``), the compute device and
-    the CPU chunk workers."""
+    through-slice correction (``auto``, ``none``, ``through-slice``) and its slice profile
+    (``auto``: the headers', else estimated; or a spec of
+    :func:`t2starmap.profiles.parse_slice_profile`), the compute device and the CPU chunk
+    workers."""
 
     fit_method: str = DEFAULT_METHOD
     noise_sigma: float | None = None
     noise_coils: float | None = None
     b0_correction: str = "auto"
+    slice_profile: str = "auto"
     device: torch.device | str | None = None
     workers: int = 1
 
@@ -421,6 +425,7 @@ def _through_slice(
         return None, {"B0Correction": "none", "B0CorrectionNote": why}
     meta = echo_set.echoes[0].metadata
     try:
+        profile = _profile(options.slice_profile, meta)
         correction = correct_through_slice(
             magnitude,
             echo_set.echo_times,
@@ -434,6 +439,7 @@ def _through_slice(
             mask=mask,
             device=options.device,
             workers=options.workers,
+            profile=profile,
         )
         clock.lap("correction")
     except ValueError as err:
@@ -442,6 +448,14 @@ def _through_slice(
         warnings.add(f"{echo_set.name}: no field-gradient correction: {err}")
         return None, {"B0Correction": "none", "B0CorrectionNote": str(err)}
     return correction, _correction_info(echo_set, correction, mask)
+
+
+def _profile(spec: str, metadata: Mapping[str, Any]) -> SliceProfile | None:
+    """The slice profile given (``spec``), or the one the first echo's sidecar names; None:
+    to be estimated from the data. Raises ValueError for an ill-formed one."""
+    if spec != "auto":
+        return parse_slice_profile(spec)
+    return profile_from_metadata(metadata)
 
 
 def _field(result: FitResult, phase: PhaseAnalysis, echo_set: EchoSet) -> FieldMap | None:
@@ -466,7 +480,7 @@ def _correction_info(
         correction.thickness_mm,
         correction.spacing_mm,
     )
-    return {
+    info: dict[str, Any] = {
         "B0Correction": "through-slice",
         "B0CorrectionReference": list(B0_REFERENCES),
         "B0CorrectionThreshold": correction.threshold,
@@ -474,7 +488,13 @@ def _correction_info(
         "B0FieldMapMethod": correction.field_method,
         "B0SliceThickness": correction.thickness_mm,
         "B0SliceSpacing": correction.spacing_mm,
+        "B0SliceProfile": correction.profile.spec(),
+        "B0SliceProfileSource": correction.profile.describe(),
     }
+    estimate = correction.profile_estimate
+    if estimate is not None:
+        info["B0SliceProfileEstimate"] = estimate.describe()
+    return info
 
 
 def _number(value: Any) -> float | None:

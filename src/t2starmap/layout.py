@@ -13,10 +13,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from t2starmap.errors import InputMissingError, NothingSelectedError
+from t2starmap.errors import BadDataError, InputMissingError, NothingSelectedError
 from t2starmap.fit.limits import check_distinct_echo_times, echo_time_of
 
-__all__ = ["SET_ENTITIES", "Echo", "EchoSet", "build_echo_set", "echo_time_of", "find_echo_sets"]
+__all__ = [
+    "SET_ENTITIES",
+    "Echo",
+    "EchoSet",
+    "SetProblem",
+    "build_echo_set",
+    "echo_time_of",
+    "find_echo_sets",
+]
 
 log = logging.getLogger("t2starmap.layout")
 
@@ -88,6 +96,20 @@ class EchoSet(SubjectSession):
         )
 
 
+@dataclass(frozen=True)
+class SetProblem(SubjectSession):
+    """An echo set that was found but cannot be fitted as it is (an echo without EchoTime,
+    a single echo, two echoes at one echo time): its entities, first file and the error."""
+
+    entities: Mapping[str, str]
+    first_file: Path
+    error: BadDataError
+
+    @property
+    def name(self) -> str:
+        return "_".join(f"{_SHORT[k]}-{v}" for k, v in self.entities.items())
+
+
 def build_echo_set(entities: Mapping[str, str], echoes: Sequence[Echo]) -> EchoSet:
     """Sort by EchoTime; refuse a single echo or two at the same echo time (BadDataError,
     :func:`t2starmap.fit.limits.check_distinct_echo_times`)."""
@@ -149,23 +171,47 @@ def check_images_present(bids_dir: Path, participant_labels: Sequence[str] | Non
         raise InputMissingError(annex_missing_message(missing[0]) + more)
 
 
+#: Most labels listed when a selection names labels the dataset does not have.
+LISTED_LABELS = 12
+
+
+def _listed(prefix: str, labels: Sequence[str]) -> str:
+    """``sub-01, sub-02 (and 3 more)``: the labels a dataset has, for a message."""
+    shown = ", ".join(f"{prefix}{label}" for label in labels[:LISTED_LABELS])
+    more = len(labels) - LISTED_LABELS
+    return (shown + (f" (and {more} more)" if more > 0 else "")) or "none"
+
+
+def _check_participants(bids_dir: Path, participant_labels: Sequence[str] | None) -> None:
+    """NothingSelectedError naming the participants asked for that the dataset lacks, and
+    listing those it has."""
+    if not participant_labels:
+        return
+    present = sorted(p.name[4:] for p in Path(bids_dir).glob("sub-*") if p.is_dir())
+    missing = sorted(set(participant_labels) - set(present))
+    if missing:
+        names = ", ".join("sub-" + m for m in missing)
+        raise NothingSelectedError(
+            f"{bids_dir}: no participant {names} in the dataset; it has {_listed('sub-', present)}"
+        )
+
+
 def find_echo_sets(
     bids_dir: Path,
     participant_labels: Sequence[str] | None = None,
     session_labels: Sequence[str] | None = None,
     filters: Mapping[str, Any] | None = None,
+    problems: list[SetProblem] | None = None,
 ) -> list[EchoSet]:
     """All magnitude MEGRE echo sets selected by labels and filters, in a stable order.
 
-    Raises InputMissingError (the dataset holds no MEGRE at all), NothingSelectedError
-    (labels or filters select none) or BadDataError (a selected set cannot be fitted).
+    Raises InputMissingError (the dataset holds no MEGRE at all) or NothingSelectedError
+    (labels or filters select none; the message lists the participants or sessions there
+    are). A selected set that cannot be fitted (:class:`SetProblem`) raises its
+    BadDataError, unless ``problems`` is a list: then it is appended there and the other
+    sets are returned.
     """
-    if participant_labels:
-        present = {p.name[4:] for p in Path(bids_dir).glob("sub-*") if p.is_dir()}
-        missing = sorted(set(participant_labels) - present)
-        if missing:
-            names = ", ".join("sub-" + m for m in missing)
-            raise NothingSelectedError(f"{bids_dir}: no participant {names} in the dataset")
+    _check_participants(bids_dir, participant_labels)
     layout = _index(bids_dir, participant_labels)
     base = {"suffix": "MEGRE", "extension": [".nii", ".nii.gz"], "return_type": "object"}
     if not layout.get(**base):
@@ -186,27 +232,25 @@ def find_echo_sets(
         files = layout.get(**query)
     except (ValueError, KeyError) as err:  # pybids rejects unknown entities
         raise NothingSelectedError(f"BIDS filter not understood: {err}") from err
-    groups: dict[tuple[tuple[str, str], ...], list[Echo]] = {}
+    groups: dict[tuple[tuple[str, str], ...], list[tuple[Path, Mapping[str, Any]]]] = {}
     for bids_file in files:
         entities = bids_file.get_entities()
         if entities.get("part", "mag") != "mag":
             continue
         set_key = tuple((k, str(entities[k])) for k in SET_ENTITIES if k in entities)
-        path = Path(bids_file.path)
-        metadata = bids_file.get_metadata()
-        groups.setdefault(set_key, []).append(Echo(path, echo_time_of(path, metadata), metadata))
+        groups.setdefault(set_key, []).append((Path(bids_file.path), bids_file.get_metadata()))
     if not groups:
-        what = []
-        if participant_labels:
-            what.append("participant " + " ".join(participant_labels))
-        if session_labels:
-            what.append("session " + " ".join(session_labels))
-        if filters:
-            what.append(f"filters {dict(filters)}")
-        raise NothingSelectedError(
-            f"{bids_dir}: no magnitude MEGRE images match {'; '.join(what) or 'the selection'}"
-        )
-    sets = [build_echo_set(dict(key), echoes) for key, echoes in sorted(groups.items())]
+        raise NothingSelectedError(_nothing_matches(layout, bids_dir, query, filters))
+    sets = []
+    for found, members in sorted(groups.items()):
+        try:
+            echoes = [Echo(path, echo_time_of(path, meta), meta) for path, meta in members]
+            sets.append(build_echo_set(dict(found), echoes))
+        except BadDataError as err:
+            if problems is None:
+                raise
+            first = sorted(path for path, _ in members)[0]
+            problems.append(SetProblem(dict(found), first, err))
     for echo_set in sets:
         log.debug(
             "echo set %s: %d echoes, TE %s s",
@@ -215,3 +259,23 @@ def find_echo_sets(
             echo_set.echo_times,
         )
     return sets
+
+
+def _nothing_matches(
+    layout: Any, bids_dir: Path, query: Mapping[str, Any], filters: Mapping[str, Any] | None
+) -> str:
+    """Why nothing was selected: what was asked for, and the sessions there are."""
+    what = []
+    if query.get("subject"):
+        what.append("participant " + " ".join(query["subject"]))
+    if query.get("session"):
+        who = {"subject": query["subject"]} if query.get("subject") else {}
+        sessions = layout.get_sessions(suffix="MEGRE", **who)
+        what.append(
+            "session "
+            + " ".join(query["session"])
+            + f" (there are {_listed('ses-', sorted(sessions))})"
+        )
+    if filters:
+        what.append(f"filters {dict(filters)}")
+    return f"{bids_dir}: no magnitude MEGRE images match {'; '.join(what) or 'the selection'}"

@@ -1,4 +1,6 @@
-"""Reading echo images and writing maps with nibabel. Errors name the file.
+"""Every image read and write, with nibabel (the only module besides the simulator that uses
+it): echoes, parts and maps, the converter's phase images, and the orientation of an affine.
+Errors name the file.
 
 gzip is most of the cost of reading and writing ``.nii.gz``: it goes through ``isal`` (Intel's
 ISA-L, the same gzip format, about 10x faster to compress at level 1 and 1.3x to decompress)
@@ -133,9 +135,9 @@ def gzip_decompress(data: bytes) -> bytes:
     return gzip.decompress(data)
 
 
-def read_volume(path: Path) -> np.ndarray:
-    """One image's data as float32, scaled as its header says (shape as stored). Raises
-    BadDataError naming the file when it cannot be read or parsed."""
+def read_volume(path: Path, dtype: type[np.floating[Any]] = np.float32) -> np.ndarray:
+    """One image's data as ``dtype`` (float32 unless asked), scaled as its header says (shape
+    as stored). Raises BadDataError naming the file when it cannot be read or parsed."""
     try:
         data = Path(path).read_bytes()
     except OSError as err:
@@ -152,7 +154,7 @@ def read_volume(path: Path) -> np.ndarray:
     except Exception:  # NIfTI-2 and anything else nibabel can read: its own loader
         image = _open(path)
     try:
-        return np.asarray(image.dataobj, dtype=np.float32)
+        return np.asarray(image.dataobj, dtype=dtype)
     except (OSError, EOFError, ValueError, zlib.error) as err:
         raise BadDataError(f"{path}: image data could not be read ({_one_line(err)})") from err
 
@@ -206,6 +208,67 @@ def read_part(path: Path, geometry: Geometry) -> np.ndarray:
 def read_map(path: Path) -> np.ndarray:
     """One written map as float64 (masks compare > 0). Raises OSError/ValueError when unreadable."""
     return np.asarray(nib.load(str(path)).dataobj, dtype=np.float64)  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class MapImage:
+    """A written map as the report shows it: float32 data as stored, affine and voxel size."""
+
+    data: np.ndarray
+    affine: np.ndarray
+    zooms: tuple[float, ...]
+
+
+def read_map_image(path: Path) -> MapImage:
+    """A written map with its affine and voxel size. Raises FileNotFoundError when it is not
+    there, BadDataError naming it when it cannot be read."""
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path}: no such map")
+    img = _open(Path(path))
+    try:
+        return MapImage(
+            np.asarray(img.dataobj, dtype=np.float32),
+            np.asarray(img.affine, dtype=np.float64),
+            tuple(float(z) for z in img.header.get_zooms()[:3]),
+        )
+    except (OSError, EOFError, ValueError, zlib.error) as err:
+        raise BadDataError(f"{path}: image data could not be read ({_one_line(err)})") from err
+
+
+def header_geometry(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
+    """(shape, affine) of an image from its header alone. Raises BadDataError (unreadable) or
+    InputMissingError (a dangling DataLad link) naming the file."""
+    img = _open(Path(path))
+    return tuple(int(n) for n in img.shape), np.asarray(img.affine, dtype=np.float64)
+
+
+def save_like(path: Path, data: np.ndarray, template: Path) -> Path:
+    """Write ``data`` as float32 (no scaling) with the header and affine of the image
+    ``template`` (the converter's phase in radians beside dcm2niix's integers)."""
+    source: Any = nib.load(str(template))
+    out = nib.Nifti1Image(np.asarray(data, dtype=np.float32), source.affine, source.header)
+    out.header.set_data_dtype(np.float32)
+    out.header.set_slope_inter(1.0, 0.0)
+    nib.save(out, str(path))
+    return Path(path)
+
+
+# --- orientation: which voxel axis points where ----------------------------------------------
+
+
+def ras_orientation(affine: np.ndarray) -> np.ndarray:
+    """For each voxel axis of an image: (the world axis nearest to it, +1 or -1), world axes
+    0 = left to right, 1 = posterior to anterior, 2 = inferior to superior (RAS+); the
+    orientation nibabel's ``io_orientation`` gives, shape (3, 2)."""
+    return np.asarray(nib.orientations.io_orientation(np.asarray(affine)), dtype=np.float64)
+
+
+def to_ras(volume: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Reorder the axes of a 3-D volume (flips and transposes only, no resampling) so that
+    they run as near as may be left to right, posterior to anterior, inferior to superior."""
+    if volume.ndim != 3:
+        return volume
+    return np.asarray(nib.orientations.apply_orientation(volume, ras_orientation(affine)))
 
 
 def save_map(path: Path, data: np.ndarray, geometry: Geometry) -> Path:

@@ -804,6 +804,7 @@ def estimate_slice_profile(
     n_boot: int = 200,
     seed: int = 0,
     default: SliceProfile = DEFAULT_PROFILE,
+    workers: int | None = None,
 ) -> ProfileEstimate:
     """The set's slice profile within a one-parameter family, from its strong-gradient voxels.
 
@@ -838,7 +839,8 @@ def estimate_slice_profile(
     share their gradient, and a bias common to all voxels (a noisy gradient, the field
     curving within the slice) is not seen; on the simulator N came out 1-3 SD (< 1.5 %) off.
     Falls back to ``default``, with the reason, when fewer than ``min_voxels`` strong voxels
-    remain or the cost does not change across the family.
+    remain or the cost does not change across the family. ``workers``: the fits' chunk workers
+    (:func:`t2starmap.fit.fit_corrected`).
     """
     if family not in FAMILIES:
         raise ValueError(f"profile family must be one of {FAMILIES}, got {family!r}")
@@ -847,13 +849,15 @@ def estimate_slice_profile(
     mag, te, g = _check_inputs(magnitude, echo_times, gradient_hz_per_mm, thickness_mm, mask)
     rng = np.random.default_rng(seed)
     limits = (min_cycles, snr_floor)
-    rows, counted = _strong_voxels(mag, te, g * thickness_mm, noise_sigma, limits, rng, max_voxels)
+    rows, counted = _strong_voxels(
+        mag, te, g * thickness_mm, noise_sigma, limits, rng, max_voxels, workers
+    )
     few = f"fewer than the {min_voxels} needed ({_STRONG.format(*limits)})"
     if rows.size < min_voxels:
         return _fallback(default, rows.size, f"{rows.size} strong-gradient voxels, {few}")
     names = tuple(FAMILY_GRIDS) if family == "auto" else (family,)
     k = (g[rows] * thickness_mm)[:, None] * te
-    grids, tables, usable = _search(mag[rows], te, k, counted, noise_sigma, names)
+    grids, tables, usable = _search(mag[rows], te, k, counted, noise_sigma, names, workers)
     n = int(usable.sum())
     if n < min_voxels:
         return _fallback(default, n, f"{n} strong-gradient voxels every member fits, {few}")
@@ -935,6 +939,7 @@ def _strong_voxels(
     limits: tuple[float, float],
     rng: np.random.Generator,
     max_voxels: int,
+    workers: int | None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(rows of the strong voxels, their counted echoes (n, E) bool); ``limits``:
     (min_cycles, snr_floor); see the estimator.
@@ -960,7 +965,9 @@ def _strong_voxels(
     from t2starmap.fit import fit_corrected
 
     f = _family_factor("sinc", 0.15, cycles[rows])
-    first = fit_corrected(mag[rows], te, np.where(rough[rows], f, 0.0), noise_sigma=sigma)
+    first = fit_corrected(
+        mag[rows], te, np.where(rough[rows], f, 0.0), noise_sigma=sigma, workers=workers
+    )
     counted = _model(first, te, f) >= floor[rows]
     reach = np.max(np.where(counted, cycles[rows], 0.0), axis=1)
     keep = (reach >= min_cycles) & (counted.sum(axis=1) >= 4)
@@ -981,20 +988,21 @@ def _search(
     counted: np.ndarray,
     sigma: float | None,
     names: Sequence[str],
+    workers: int | None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
     """Each family's grid (coarse + refined, sorted), per-voxel cost on it (n, grid), and
     the voxels no fit flagged (n,). Two batches of fits: the coarse grid, then the points
     around each family's coarse minimum (a parabola over a whole coarse step misplaces a
     sharp minimum, and its height, which decides between families)."""
     coarse = {name: np.asarray(FAMILY_GRIDS[name], dtype=np.float64) for name in names}
-    first, usable = _cost_tables(mag, te, k, counted, sigma, coarse)
+    first, usable = _cost_tables(mag, te, k, counted, sigma, coarse, workers)
     extra = {}
     for name, grid in coarse.items():
         vertex, _, _ = _vertex(first[name][usable].sum(axis=0), grid)
         step = float(grid[1] - grid[0])
         points = np.clip(vertex + step * np.asarray(_REFINE), grid[0], grid[-1])
         extra[name] = np.setdiff1d(np.unique(points), grid)
-    second, usable_too = _cost_tables(mag, te, k, counted, sigma, extra)
+    second, usable_too = _cost_tables(mag, te, k, counted, sigma, extra, workers)
     grids, tables = {}, {}
     for name in names:
         grid = np.concatenate([coarse[name], extra[name]])
@@ -1011,6 +1019,7 @@ def _cost_tables(
     counted: np.ndarray,
     sigma: float | None,
     grids: Mapping[str, np.ndarray],
+    workers: int | None,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Per-voxel chi-square (n, len(grid)) of each family's members ``grids`` over the counted
     echoes, and the voxels every member could fit (n,) bool. sigma None: plain sums of
@@ -1029,6 +1038,7 @@ def _cost_tables(
         np.where(counted, factors, 0.0).reshape(-1, n_echo),
         mask=np.ones(factors.shape[0] * n, dtype=bool),
         noise_sigma=sigma,
+        workers=workers,
     )
     # A member that over-dephases drives R2* to its lower bound and the fit reports a
     # failure: that bounded fit's cost is what the member is worth, so it stays. Left out:

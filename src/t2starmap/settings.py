@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from t2starmap.conventions import LABEL_RE
+from t2starmap.conventions import DEFAULT_REPORT_CONVENTION, LABEL_RE
 from t2starmap.errors import InputMissingError, UsageError
 from t2starmap.fit.limits import DEFAULT_METHOD
 from t2starmap.resources import SOURCE_COMMAND_LINE, available_cpus
@@ -34,11 +34,18 @@ class Settings:
     noise_sigma: float | None = None
     noise_coils: float | None = None
     b0_correction: str = "auto"
+    #: ``auto`` (the headers', else estimated from the data) or a profile spec
+    #: (:func:`t2starmap.profiles.parse_slice_profile`; a table's path made absolute)
+    slice_profile: str = "auto"
     device: str = "auto"
     nprocs: int = 1
     #: where ``nprocs`` came from: ``--nprocs`` or a :mod:`t2starmap.resources` source
     nprocs_source: str = SOURCE_COMMAND_LINE
     work_dir: Path | None = None
+    #: stop at the first echo set that fails, publishing nothing (fMRIPrep's option)
+    stop_on_first_crash: bool = False
+    #: how axial and coronal tiles face on the pages (:mod:`t2starmap.report.planes`)
+    report_convention: str = DEFAULT_REPORT_CONVENTION
 
     def to_json(self) -> str:
         def encode(value: Any) -> Any:
@@ -123,6 +130,26 @@ def read_filter_file(path: Path | None) -> dict[str, Any]:
     return data
 
 
+def check_slice_profile(spec: str) -> str:
+    """``--slice-profile``: ``auto``, or a spec :func:`t2starmap.profiles.parse_slice_profile`
+    reads (a table's path made absolute). UsageError naming the problem otherwise; a table
+    that is not there: InputMissingError."""
+    if spec == "auto":
+        return spec
+    from t2starmap.profiles import parse_slice_profile
+
+    if spec.lower().endswith(".tsv"):
+        table = Path(spec).expanduser()
+        if not table.is_file():
+            raise InputMissingError(f"{spec}: --slice-profile table not found")
+        spec = str(table.resolve())
+    try:
+        parse_slice_profile(spec)
+    except ValueError as err:
+        raise UsageError(f"--slice-profile {spec}: {err}") from err
+    return spec
+
+
 def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
     """Check the arguments that argparse cannot, and freeze them."""
     bids_dir = Path(args.bids_dir).expanduser().resolve()
@@ -176,8 +203,11 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
         noise_sigma=sigma,
         noise_coils=coils,
         b0_correction=getattr(args, "b0_correction", "auto"),
+        slice_profile=check_slice_profile(getattr(args, "slice_profile", "auto")),
         device=args.device,
         nprocs=nprocs,
         nprocs_source=nprocs_source,
         work_dir=Path(args.work_dir).resolve() if args.work_dir else None,
+        stop_on_first_crash=bool(getattr(args, "stop_on_first_crash", False)),
+        report_convention=getattr(args, "report_convention", DEFAULT_REPORT_CONVENTION),
     )

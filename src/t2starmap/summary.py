@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from t2starmap.derivatives import PublishedSet, SetStatistics, set_name
+from t2starmap.derivatives import PublishedSet, SetFailure, SetStatistics, set_name
 
 GROUP_TABLE = "group_T2starmap.tsv"
 
@@ -34,9 +34,15 @@ GROUP_COLUMNS = {
     "r2star_iqr": "Interquartile range of R2* (1/s)",
     "noise_sigma": "Noise SD used by the fit (input units), n/a when unknown",
     "snr": "Median S0 over the same voxels divided by noise_sigma, n/a when unknown",
+    "status": "published: the set's maps are in the output; failed: the last run that tried "
+    "it could not fit it (its numbers are n/a; the maps of an earlier run may still be there, "
+    "in a row of their own)",
+    "failure_reason": "Why the set failed (the error message, naming the file), n/a for a "
+    "published set",
 }
 #: Significant digits written per column (the rest: 6).
 _DIGITS = {"snr": 4}
+PUBLISHED, FAILED = "published", "failed"
 
 
 def set_statistics(
@@ -59,9 +65,20 @@ def set_statistics(
 
 @dataclass(frozen=True)
 class GroupTable:
-    """One row per published echo set, columns :data:`GROUP_COLUMNS` (NaN for n/a)."""
+    """One row per echo set, published or failed, columns :data:`GROUP_COLUMNS` (NaN for
+    n/a); published sets first, each part in name order."""
 
     frame: pd.DataFrame
+
+    @property
+    def published(self) -> pd.DataFrame:
+        """The rows of published sets."""
+        return self.frame[self.frame["status"] == PUBLISHED]
+
+    @property
+    def failed(self) -> pd.DataFrame:
+        """The rows of sets that failed."""
+        return self.frame[self.frame["status"] == FAILED]
 
     def write(self, path: Path) -> str:
         """The TSV text (``n/a`` for missing values); the caller writes it atomically."""
@@ -75,35 +92,56 @@ class GroupTable:
         return str(shown.to_csv(sep="\t", na_rep="n/a", index=False, lineterminator="\n"))
 
 
-def group_table(published: Sequence[PublishedSet]) -> GroupTable:
-    rows = []
-    for record in published:
-        stats = record.statistics
-        nan3 = (np.nan, np.nan, np.nan)
-        t2 = stats.t2star or nan3
-        r2 = stats.r2star or nan3
-        sigma = record.noise_sigma if record.noise_sigma and record.noise_sigma > 0 else None
-        snr = stats.s0_median / sigma if sigma and stats.s0_median is not None else np.nan
-        rest = {k: v for k, v in record.entities.items() if k not in ("subject", "session")}
-        rows.append(
-            {
-                "participant_id": f"sub-{record.subject}",
-                "session_id": f"ses-{record.session}" if record.session else np.nan,
-                "echo_set": set_name(rest) or np.nan,
-                "n_voxels": record.n_voxels,
-                "failed_fraction": float(record.failed_fraction),
-                "t2star_median": t2[1],
-                "t2star_q1": t2[0],
-                "t2star_q3": t2[2],
-                "t2star_iqr": t2[2] - t2[0],
-                "r2star_median": r2[1],
-                "r2star_q1": r2[0],
-                "r2star_q3": r2[2],
-                "r2star_iqr": r2[2] - r2[0],
-                "noise_sigma": float(sigma) if sigma else np.nan,
-                "snr": snr,
-            }
-        )
+def _ids(item: PublishedSet | SetFailure) -> dict[str, object]:
+    rest = {k: v for k, v in item.entities.items() if k not in ("subject", "session")}
+    return {
+        "participant_id": f"sub-{item.subject}",
+        "session_id": f"ses-{item.session}" if item.session else np.nan,
+        "echo_set": set_name(rest) or np.nan,
+    }
+
+
+def _published_row(record: PublishedSet) -> dict[str, object]:
+    stats = record.statistics
+    nan3 = (np.nan, np.nan, np.nan)
+    t2 = stats.t2star or nan3
+    r2 = stats.r2star or nan3
+    sigma = record.noise_sigma if record.noise_sigma and record.noise_sigma > 0 else None
+    snr = stats.s0_median / sigma if sigma and stats.s0_median is not None else np.nan
+    return {
+        **_ids(record),
+        "n_voxels": record.n_voxels,
+        "failed_fraction": float(record.failed_fraction),
+        "t2star_median": t2[1],
+        "t2star_q1": t2[0],
+        "t2star_q3": t2[2],
+        "t2star_iqr": t2[2] - t2[0],
+        "r2star_median": r2[1],
+        "r2star_q1": r2[0],
+        "r2star_q3": r2[2],
+        "r2star_iqr": r2[2] - r2[0],
+        "noise_sigma": float(sigma) if sigma else np.nan,
+        "snr": snr,
+        "status": PUBLISHED,
+        "failure_reason": np.nan,
+    }
+
+
+def group_table(
+    published: Sequence[PublishedSet], failures: Sequence[SetFailure] = ()
+) -> GroupTable:
+    """The group table: a row per published set, then a row per failed set (status
+    ``failed``, its reason, every number n/a)."""
+    rows = [_published_row(r) for r in published]
+    rows += [
+        {**_ids(f), "status": FAILED, "failure_reason": f.reason}
+        for f in sorted(failures, key=lambda f: f.name)
+    ]
     frame = pd.DataFrame(rows, columns=list(GROUP_COLUMNS))
-    frame["n_voxels"] = frame["n_voxels"].astype("int64")
+    frame["n_voxels"] = frame["n_voxels"].astype("Int64")
+    numeric = [c for c in GROUP_COLUMNS if c not in _TEXT_COLUMNS and c != "n_voxels"]
+    frame[numeric] = frame[numeric].astype("float64")
     return GroupTable(frame)
+
+
+_TEXT_COLUMNS = ("participant_id", "session_id", "echo_set", "status", "failure_reason")

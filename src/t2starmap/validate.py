@@ -103,7 +103,11 @@ def validate_bids(path: Path, *, timeout: float = 600.0) -> ValidationReport:
             field=str(item.get("subCode", "") or "").strip(),
         )
         (errors if issue.severity == "error" else warnings).append(issue)
-    return ValidationReport(tuple(errors), tuple(warnings), proc.stdout)
+    # the validator reports some issues more than once (one per rule that finds them): count
+    # each once, as the summary lists it once
+    return ValidationReport(
+        tuple(dict.fromkeys(errors)), tuple(dict.fromkeys(warnings)), proc.stdout
+    )
 
 
 def _first_line(text: object) -> str:

@@ -1,13 +1,27 @@
-"""The only orchestrator: participant level (fit and write maps) and group level (summary).
+"""The only orchestrator: participant level (fit, write maps and pages) and group level.
 
-Participant level runs in three phases so that bad input stops it before anything is written:
-1. find the echo sets and check their metadata and headers;
-2. fit each set and write its maps into a private staging folder (``--work-dir`` or the
-   system temp folder);
-3. publish: copy every staged file into the output atomically, then the settings log.
-A failure in 1 or 2 leaves the output as it was: an output folder the run created is removed
-again (a failed validation keeps it for the validator's log); the input dataset is only ever
-read.
+Participant level:
+1. checks the input (images present, bids-validator unless skipped), finds the echo sets and
+   reads their headers;
+2. takes the sets one participant/session page at a time: fits each set, writes its maps,
+   sidecars and record into a private staging folder (``--work-dir`` or the system temp
+   folder) and draws its report section from the maps it holds (nothing is read back); then
+   the page, which also shows the sets earlier runs published there;
+3. publishes that page's files (:func:`t2starmap.publish.publish`), then goes on to the next.
+
+Each echo set is its own unit: a set that fails (metadata, an unreadable image, bad data
+found while fitting, an unexpected error) is recorded with its reason in a failure record
+(``logs/failures/``) that the pages and the group level list, and the other sets go on; the
+run ends with the exit code of the worst failure (:data:`t2starmap.errors.SEVERITY`) and a
+one-line summary. ``--stop-on-first-crash`` stops at the first failure instead, before
+anything is published, and leaves the output as it was.
+
+The invariant: whenever the run stops (an error, Ctrl-C, SIGTERM), every echo set it
+published is complete: maps, sidecars, record and the page that shows it appear in one
+publication, with signals held off until it is done, and undone if a write fails. What was
+not published is gone with the staging folder; an output folder the run created and
+published nothing into is removed again (a failed validation keeps it for the validator's
+log). The input dataset is only ever read.
 """
 
 from __future__ import annotations
@@ -16,35 +30,44 @@ import logging
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+import traceback
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from t2starmap import derivatives
-from t2starmap.atomic import remove_stale_temporaries, write_json, write_text, write_with
+from t2starmap.atomic import write_json, write_text
 from t2starmap.conventions import sidecar_path
-from t2starmap.derivatives import PublishedSet
+from t2starmap.derivatives import PublishedSet, SetFailure
 from t2starmap.errors import (
     BadDataError,
+    ExitCode,
     InputMissingError,
-    NothingSelectedError,
     OutputError,
+    SetsFailedError,
+    T2StarError,
     UsageError,
     ValidationError,
+    worst,
 )
 from t2starmap.fit import status as fit_status
-from t2starmap.layout import EchoSet, check_images_present, find_echo_sets
+from t2starmap.interrupts import deferred_signals, raise_if_signalled
+from t2starmap.layout import EchoSet, SetProblem, check_images_present, find_echo_sets
 from t2starmap.nifti import Geometry, check_geometry, save_map
-from t2starmap.report import write_group_report, write_participant_reports
-from t2starmap.report.participant import EchoSamples, echo_samples
+from t2starmap.publish import Publication, publish
+from t2starmap.report import participant as pages
+from t2starmap.report import write_group_report
 from t2starmap.settings import Settings
 from t2starmap.summary import GROUP_COLUMNS, GROUP_TABLE, group_table, set_statistics
 
 if TYPE_CHECKING:
-    from t2starmap.estimate import Options, SetFit
+    import torch
+
+    from t2starmap.estimate import SetFit
 
 log = logging.getLogger("t2starmap")
 
@@ -66,30 +89,21 @@ def prepare_output(output_dir: Path) -> Path | None:
     return missing[-1] if missing else None
 
 
-@contextmanager
-def output_folder(output_dir: Path) -> Iterator[None]:
-    """Create the output folder for a run; when the run fails before it published anything
-    (bad data, nothing selected, usage, missing input), remove what this created, so no
-    empty folder is left behind. A validation failure keeps it: its log is there."""
-    created = prepare_output(output_dir)
-    try:
-        yield
-    except (BadDataError, NothingSelectedError, UsageError, InputMissingError):
-        if created is not None:
-            shutil.rmtree(created, ignore_errors=True)
-        raise
-
-
 def write_shared_files(settings: Settings) -> None:
     out = settings.output_dir
     write_json(out / "dataset_description.json", derivatives.dataset_description(settings.bids_dir))
     write_text(out / ".bidsignore", "\n".join(derivatives.BIDSIGNORE) + "\n")
 
 
-def write_settings_log(settings: Settings) -> Path:
+def settings_log_name(settings: Settings) -> str:
+    """``logs/settings_<level>_<who>_<UTC time>.json``, relative to the output folder."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     who = "_".join(f"sub-{p}" for p in settings.participant_labels or ())[:80] or "all"
-    path = settings.output_dir / "logs" / f"settings_{settings.analysis_level}_{who}_{stamp}.json"
+    return f"logs/settings_{settings.analysis_level}_{who}_{stamp}.json"
+
+
+def write_settings_log(settings: Settings) -> Path:
+    path = settings.output_dir / settings_log_name(settings)
     write_text(path, settings.to_json())
     return path
 
@@ -128,130 +142,285 @@ def staging_folder(work_dir: Path | None) -> Iterator[Path]:
     try:
         yield folder
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        with deferred_signals("removing the staging folder"):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
-def _progress(iterable: list[EchoSet]) -> Any:
-    """A progress bar on a terminal, nothing extra otherwise (log lines say where we are)."""
-    if sys.stderr.isatty() and log.isEnabledFor(logging.INFO):
-        from tqdm import tqdm
+class _Progress:
+    """A progress bar over the echo sets on a terminal, nothing otherwise (log lines say where
+    the run is)."""
 
-        return tqdm(iterable, desc="echo sets", unit="set", file=sys.stderr)
-    return iterable
+    def __init__(self, total: int) -> None:
+        self.bar: Any = None
+        if sys.stderr.isatty() and log.isEnabledFor(logging.INFO):
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc="echo sets", unit="set", file=sys.stderr)
+
+    def step(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 # --- participant level -----------------------------------------------------------------------
 
+#: Failed sets named one by one in the final message; the rest are counted.
+SUMMARY_FAILURES = 5
 
-def run_participant(settings: Settings) -> list[PublishedSet]:
-    """Fit every selected echo set, publish maps and records, write the pages."""
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a participant run published, and the echo sets that failed."""
+
+    published: tuple[PublishedSet, ...]
+    failures: tuple[SetFailure, ...]
+
+    def summary(self) -> str:
+        """``3 echo set(s): 2 published, 1 failed: sub-02_ses-2: <reason>``."""
+        n = len(self.published) + len(self.failures)
+        text = f"{n} echo set(s): {len(self.published)} published"
+        if not self.failures:
+            return text
+        named = "; ".join(f"{f.name}: {f.reason}" for f in self.failures[:SUMMARY_FAILURES])
+        more = len(self.failures) - SUMMARY_FAILURES
+        rest = f"; and {more} more (logs/failures/)" if more > 0 else ""
+        return f"{text}, {len(self.failures)} failed: {named}{rest}"
+
+
+@dataclass
+class _Page:
+    """The echo sets of one participant/session page, and those found unfit to fit."""
+
+    subject: str
+    session: str | None
+    sets: list[tuple[EchoSet, Geometry]] = field(default_factory=list)
+    failures: list[SetFailure] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"sub-{self.subject}" + (f"_ses-{self.session}" if self.session else "")
+
+
+@dataclass(frozen=True)
+class _StagedSet:
+    """One fitted set in the staging folder: its record, its files (relative, record last)
+    and its page section, drawn from the maps the run held."""
+
+    record: PublishedSet
+    files: tuple[str, ...]
+    section: pages.Section
+
+
+@dataclass(frozen=True)
+class _StagedPage:
+    """A page ready to publish: what :func:`publish` puts in place, and the records and
+    failure records among it."""
+
+    publication: Publication
+    records: tuple[PublishedSet, ...]
+    failures: tuple[SetFailure, ...]
+
+
+@dataclass
+class _Run:
+    """The state of one participant run: where it stages, how it fits, what it published."""
+
+    settings: Settings
+    stage: Path
+    fit: Callable[[Settings, EchoSet, Geometry, torch.device], SetFit]
+    device: torch.device | None = None  # known once the input is checked
+    published: list[PublishedSet] = field(default_factory=list)
+    failures: list[SetFailure] = field(default_factory=list)
+    published_any: bool = False
+
+
+def run_participant(settings: Settings) -> RunResult:
+    """Fit every selected echo set and publish its maps, record and page, one participant/
+    session page at a time (module docstring). Raises SetsFailedError (the worst failure's
+    exit code) when some sets failed; with ``stop_on_first_crash``, the first set's error
+    before anything is published."""
+    with staging_folder(settings.work_dir) as stage:
+        run = _Run(settings, stage, fit_set)
+        with _output_guard(run):
+            run.device = _check_input(settings)
+            plan = _plan(settings)
+            n_sets = sum(len(p.sets) for p in plan)
+            log.info("%d echo set(s) to fit on %s with %s", n_sets, run.device, settings.fit_method)
+            progress = _Progress(n_sets)
+            try:
+                if settings.stop_on_first_crash:  # all or nothing: stage everything first
+                    staged = [_stage_page(run, page, progress) for page in plan]
+                    for page, publication in zip(plan, staged, strict=True):
+                        _publish(run, page, publication)
+                else:
+                    for page in plan:
+                        _publish(run, page, _stage_page(run, page, progress))
+            finally:
+                progress.close()
+    result = RunResult(tuple(run.published), tuple(run.failures))
+    if run.failures:
+        raise SetsFailedError(result.summary(), worst([f.exit_code for f in run.failures]))
+    log.info("%s", result.summary())
+    return result
+
+
+@contextmanager
+def _output_guard(run: _Run) -> Iterator[None]:
+    """Create the output folder; when the run stops before it published anything, remove
+    what this created (no empty folder is left behind), except after a failed validation,
+    whose log is there. When it stops after publishing, say what is complete."""
+    created = prepare_output(run.settings.output_dir)
+    try:
+        yield
+    except ValidationError:
+        raise
+    except BaseException as err:
+        if run.published_any:
+            if isinstance(err, KeyboardInterrupt):
+                names = ", ".join(r.name for r in run.published) or "none"
+                log.warning(
+                    "stopped; published complete before it: %s (with their pages); the other "
+                    "sets were not published: run again to finish them",
+                    names,
+                )
+        elif created is not None:
+            with deferred_signals("removing the output folder this run created"):
+                shutil.rmtree(created, ignore_errors=True)
+        raise
+
+
+def _check_input(settings: Settings) -> torch.device:
+    """Images present, the validator (unless skipped), the compute device."""
     from t2starmap.fit import resolve_device
 
-    with staging_folder(settings.work_dir) as stage:
-        with output_folder(settings.output_dir):  # nothing published yet
-            check_images_present(settings.bids_dir, settings.participant_labels)
-            if settings.skip_validation:
-                log.info("input validation skipped (--skip-bids-validation)")
-            else:
-                validate_input(settings)
-            device = resolve_device(settings.device)  # settings refused one torch lacks
-            import torch
+    check_images_present(settings.bids_dir, settings.participant_labels)
+    if settings.skip_validation:
+        log.info("input validation skipped (--skip-bids-validation)")
+    else:
+        validate_input(settings)
+    device = resolve_device(settings.device)  # settings refused one torch lacks
+    import torch
 
-            # One torch thread; the fit runs ``nprocs`` chunks at once instead (fit_t2star's
-            # ``workers``): torch's own threads wait for each other at every operation, which
-            # makes them several times slower as soon as another process wants a CPU.
-            torch.set_num_threads(1)
-            echo_sets = find_echo_sets(
-                settings.bids_dir,
-                settings.participant_labels,
-                settings.session_labels,
-                settings.bids_filters,
-            )
-            geometries = [check_geometry(s) for s in echo_sets]
-            _check_unique_outputs(echo_sets)
-            log.info(
-                "%d echo set(s) to fit on %s with %s", len(echo_sets), device, settings.fit_method
-            )
-            staged = []
-            samples: dict[str, EchoSamples] = {}
-            options = _options(settings, device)
-            for echo_set, geometry in zip(_progress(echo_sets), geometries, strict=True):
-                fitted = _fit_set(echo_set, geometry, options)
-                staged.append(_stage(settings, stage, echo_set, geometry, fitted))
-                if fitted.magnitude is not None:  # the report need not read them again
-                    samples[echo_set.name] = echo_samples(fitted.magnitude, fitted.maps)
-                del fitted
-        write_shared_files(settings)
-        published = [_publish(settings, stage, record, files) for record, files in staged]
-    write_settings_log(settings)
-    for record in published:
-        log.info(
-            "%s: %d voxels fitted, %.1f%% failed, %.2f s -> %s",
-            record.name,
-            record.n_voxels,
-            100 * record.failed_fraction,
-            record.seconds or 0.0,
-            record.path(settings.output_dir, "t2star").parent,
-        )
-    write_participant_reports(settings.output_dir, settings.bids_dir, published, samples)
-    return published
+    # One torch thread; the fit runs ``nprocs`` chunks at once instead (fit_t2star's
+    # ``workers``): torch's own threads wait for each other at every operation, which makes
+    # them several times slower as soon as another process wants a CPU.
+    torch.set_num_threads(1)
+    return device
 
 
-def _options(settings: Settings, device: Any) -> Options:
-    from t2starmap.estimate import Options  # torch: participant level only
-
-    return Options(
-        fit_method=settings.fit_method,
-        noise_sigma=settings.noise_sigma,
-        noise_coils=settings.noise_coils,
-        b0_correction=settings.b0_correction,
-        device=device,
-        workers=settings.nprocs,
+def _plan(settings: Settings) -> list[_Page]:
+    """The echo sets by page, their headers read; sets found unfit (metadata, headers) become
+    failures of their page (with ``stop_on_first_crash``, the first one's error is raised)."""
+    problems: list[SetProblem] | None = None if settings.stop_on_first_crash else []
+    echo_sets = find_echo_sets(
+        settings.bids_dir,
+        settings.participant_labels,
+        settings.session_labels,
+        settings.bids_filters,
+        problems,
     )
+    _check_unique_outputs(echo_sets)
+    plan: dict[tuple[str, str | None], _Page] = {}
 
+    def page_of(subject: str, session: str | None) -> _Page:
+        return plan.setdefault((subject, session), _Page(subject, session))
 
-def _fit_set(echo_set: EchoSet, geometry: Geometry, options: Options) -> SetFit:
-    """:func:`t2starmap.estimate.fit_echo_set`, its option errors worded as the command line's
-    flags."""
-    from t2starmap.estimate import OptionError, fit_echo_set
-
-    try:
-        return fit_echo_set(echo_set, geometry, options)
-    except OptionError as err:
-        flag = "--" + err.option.replace("_", "-")
-        worded = f"{err.where}: {flag} {err.value}: {err.reason}"
-        raise (BadDataError(worded) if err.bad_data else UsageError(worded)) from err
-
-
-def _publish(
-    settings: Settings, stage: Path, record: PublishedSet, files: list[Path]
-) -> PublishedSet:
-    """Copy one set's staged files into the output atomically, then write its record."""
-    for path in files:
-        target = settings.output_dir / path.relative_to(stage)
-        remove_stale_temporaries(target)  # left by an earlier, killed run
-        write_with(target, partial(shutil.copyfile, path))
-    write_text(derivatives.record_path(settings.output_dir, record.entities), record.to_json())
-    return record
-
-
-def _check_unique_outputs(echo_sets: list[EchoSet]) -> None:
-    seen: dict[Path, EchoSet] = {}
+    for problem in problems or []:
+        failure = _failure(settings, problem.entities, problem.first_file, problem.error)
+        page_of(problem.subject, problem.session).failures.append(failure)
     for echo_set in echo_sets:
-        path = derivatives.record_path(Path(), echo_set.entities)
-        if path in seen:
-            raise BadDataError(
-                f"{echo_set.echoes[0].path}: echo sets {seen[path].name} and {echo_set.name} "
-                f"differ only in {', '.join(derivatives.dropped_entities(echo_set))}, which "
-                "derivative names cannot carry; select one with --bids-filter-file"
-            )
-        seen[path] = echo_set
+        geometry = _attempt(settings, echo_set, partial(check_geometry, echo_set))
+        page = page_of(echo_set.subject, echo_set.session)
+        if isinstance(geometry, SetFailure):
+            page.failures.append(geometry)
+        else:
+            page.sets.append((echo_set, geometry))
+    return [plan[k] for k in sorted(plan, key=lambda k: (k[0], k[1] or ""))]
 
 
-def _stage(
+def _attempt(settings: Settings, echo_set: EchoSet, action: Callable[[], Any]) -> Any:
+    """``action()``, or the :class:`SetFailure` of ``echo_set`` when it raises (logged as a
+    warning: the other sets go on). Errors that are not the set's (the output cannot be
+    written) and signals go on; so does every error with ``stop_on_first_crash``."""
+    try:
+        return action()
+    except OutputError:
+        raise
+    except Exception as err:
+        if settings.stop_on_first_crash:
+            raise
+        return _failure(settings, echo_set.entities, echo_set.echoes[0].path, err)
+
+
+def _failure(
+    settings: Settings, entities: Any, first: Path | None, err: BaseException
+) -> SetFailure:
+    """The failure record of a set, from its error; logged at once."""
+    expected = isinstance(err, T2StarError)
+    reason = str(err) if expected else f"unexpected error: {type(err).__name__}: {err}"
+    reason = " ".join(reason.split())  # one line
+    failure = SetFailure(
+        entities=dict(entities),
+        reason=reason,
+        exit_code=int(err.exit_code) if isinstance(err, T2StarError) else int(ExitCode.UNEXPECTED),
+        error=type(err).__name__,
+        first_echo=derivatives.bids_path(settings.bids_dir, first) if first else None,
+        when=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
+        traceback=None if expected else "".join(traceback.format_exception(err)),
+    )
+    log.warning(
+        "echo set %s failed, the other sets go on: %s",
+        failure.name,
+        reason,
+        exc_info=err if not expected and log.isEnabledFor(logging.DEBUG) else None,
+    )
+    return failure
+
+
+def _stage_page(run: _Run, page: _Page, progress: _Progress) -> _StagedPage:
+    """Fit and stage every set of ``page``, then its page: what :func:`publish` will put in
+    place together."""
+    staged: list[_StagedSet] = []
+    failures = list(page.failures)
+    for echo_set, geometry in page.sets:
+        outcome = _attempt(run.settings, echo_set, partial(_stage_set, run, echo_set, geometry))
+        (failures if isinstance(outcome, SetFailure) else staged).append(outcome)
+        progress.step()
+    return _page_publication(run, page, staged, failures)
+
+
+def _stage_set(run: _Run, echo_set: EchoSet, geometry: Geometry) -> _StagedSet:
+    """Fit one set; write its maps, sidecars and record into the staging folder; draw its
+    page section from the maps and echoes the fit holds."""
+    settings = run.settings
+    log.info("%s: fitting", echo_set.name)
+    assert run.device is not None, "the input is checked before anything is fitted"
+    fitted = run.fit(settings, echo_set, geometry, run.device)
+    raise_if_signalled()  # a stop whose exception Python dropped (raised in a finalizer)
+    log.info("%s: writing its maps", echo_set.name)
+    files = _write_maps(settings, run.stage, echo_set, geometry, fitted)
+    record = _record(settings, echo_set, fitted)
+    record_file = derivatives.record_path(Path(), record.entities)
+    write_text(run.stage / record_file, record.to_json())
+    log.info("%s: drawing its report", echo_set.name)
+    samples = (
+        pages.echo_samples(fitted.magnitude, fitted.maps) if fitted.magnitude is not None else None
+    )
+    shown = pages.in_memory_maps(fitted.maps, geometry.affine, geometry.zooms, fitted.fit_info)
+    section = pages.set_section(
+        record, shown, settings.bids_dir, samples, settings.report_convention
+    )
+    return _StagedSet(record, (*files, record_file.as_posix()), section)
+
+
+def _write_maps(
     settings: Settings, stage: Path, echo_set: EchoSet, geometry: Geometry, fitted: SetFit
-) -> tuple[PublishedSet, list[Path]]:
-    """Write one set's maps and sidecars under ``stage``; its record (not yet written)."""
+) -> list[str]:
+    """Write one set's maps and sidecars under ``stage``; their paths relative to it."""
     files = []
     for spec in derivatives.OUTPUTS:
         if spec.key not in fitted.maps:
@@ -267,8 +436,37 @@ def _stage(
             levels = image.with_name(image.name.replace(".nii.gz", ".tsv"))
             write_text(levels, fit_status.levels_tsv())
             files.append(levels)
+    return [f.relative_to(stage).as_posix() for f in files]
+
+
+def fit_set(
+    settings: Settings, echo_set: EchoSet, geometry: Geometry, device: torch.device
+) -> SetFit:
+    """:func:`t2starmap.estimate.fit_echo_set` with the options the settings give (torch:
+    participant level only), its option errors worded as the command line's flags."""
+    from t2starmap.estimate import OptionError, Options, fit_echo_set
+
+    options = Options(
+        fit_method=settings.fit_method,
+        noise_sigma=settings.noise_sigma,
+        noise_coils=settings.noise_coils,
+        b0_correction=settings.b0_correction,
+        slice_profile=settings.slice_profile,
+        device=device,
+        workers=settings.nprocs,
+    )
+    try:
+        return fit_echo_set(echo_set, geometry, options)
+    except OptionError as err:
+        flag = "--" + err.option.replace("_", "-")
+        worded = f"{err.where}: {flag} {err.value}: {err.reason}"
+        raise (BadDataError(worded) if err.bad_data else UsageError(worded)) from err
+
+
+def _record(settings: Settings, echo_set: EchoSet, fitted: SetFit) -> PublishedSet:
+    """The record of a fitted set (written beside its maps when published)."""
     maps = fitted.maps
-    record = PublishedSet(
+    return PublishedSet(
         entities=dict(echo_set.entities),
         files=derivatives.output_files(echo_set.entities, fitted.maps),
         sources=tuple(
@@ -298,22 +496,129 @@ def _stage(
         steps=dict(fitted.steps),
         noise_candidates=dict(fitted.noise.candidates),
     )
-    return record, files
+
+
+def _page_publication(
+    run: _Run, page: _Page, staged: list[_StagedSet], failures: list[SetFailure]
+) -> _StagedPage:
+    """Draw the page (this run's sections, the sections of sets earlier runs published there,
+    the failed sets) into the staging folder; list what publishing it writes and removes."""
+    settings, stage = run.settings, run.stage
+    log.info("%s: drawing its page", page.label)
+    on_disk, failed_before = pages.recorded_sets(settings.output_dir, page.subject, page.session)
+    ours = {s.record.name for s in staged}
+    attempted = ours | {f.name for f in failures}
+    earlier = [r for r in on_disk if r.name not in ours]
+    sections = [s.section for s in staged] + _earlier_sections(settings, earlier)
+    shown_failures = failures + [f for f in failed_before if f.name not in attempted]
+    failed = pages.failed_sets(shown_failures, {r.name for r in earlier})
+    page_file = pages.page_name(page.subject, page.session)
+    write_text(stage / page_file, pages.render_page(page.subject, page.session, sections, failed))
+    files = [name for s in staged for name in s.files]
+    for failure in failures:
+        path = derivatives.failure_path(Path(), failure.entities)
+        write_text(stage / path, failure.to_json())
+        files.append(path.as_posix())
+    remove = [derivatives.failure_path(Path(), s.record.entities).as_posix() for s in staged]
+    for old in (r for r in on_disk if r.name in ours):  # outputs the new record no longer has
+        log.info("%s: replacing the outputs an earlier run published", old.name)
+        new = set(next(s.files for s in staged if s.record.name == old.name))
+        remove += [f for f in derivatives.record_paths(old) if f not in new]
+    publication = Publication(
+        page.label, tuple((stage / name, name) for name in [*files, page_file]), tuple(remove)
+    )
+    return _StagedPage(publication, tuple(s.record for s in staged), tuple(failures))
+
+
+def _earlier_sections(settings: Settings, records: list[PublishedSet]) -> list[pages.Section]:
+    """The page sections of sets earlier runs published; one whose maps cannot be read any
+    more is left out with a warning (it must not keep this run's sets from their page)."""
+    sections = []
+    for record in records:
+        try:
+            sections += pages.earlier_sections(
+                settings.output_dir, settings.bids_dir, [record], settings.report_convention
+            )
+        except (OSError, T2StarError) as err:
+            log.warning(
+                "%s: published earlier, but its maps cannot be read (%s); the page leaves it out",
+                record.name,
+                err,
+            )
+    return sections
+
+
+def _publish(run: _Run, page: _Page, staged: _StagedPage) -> None:
+    """Publish one page's files (with the shared files and the settings log the first time)
+    and log what it holds."""
+    raise_if_signalled()
+    settings = run.settings
+    extra = _stage_shared_files(settings, run.stage) if not run.published_any else []
+    publication = staged.publication
+    files = tuple((run.stage / name, name) for name in extra) + publication.files
+    # held signals act once the files are in place AND the run knows they are (else a stop
+    # right after would take the output folder for one it created and published nothing in)
+    with deferred_signals(f"publishing {page.label}"):
+        log.info("%s: publishing", page.label)
+        publish(settings.output_dir, Publication(publication.label, files, publication.remove))
+        run.published_any = True
+        run.published += staged.records
+        run.failures += staged.failures
+    for record in staged.records:
+        log.info(
+            "%s: %d voxels fitted, %.1f%% failed, %.2f s -> %s",
+            record.name,
+            record.n_voxels,
+            100 * record.failed_fraction,
+            record.seconds or 0.0,
+            record.path(settings.output_dir, "t2star").parent,
+        )
+
+
+def _stage_shared_files(settings: Settings, stage: Path) -> list[str]:
+    """The settings log, and ``dataset_description.json`` and ``.bidsignore`` (rewritten in
+    place when present: other jobs into the same output write the same bytes), staged for
+    the run's first publication."""
+    out = settings.output_dir
+    staged = [settings_log_name(settings)]
+    write_text(stage / staged[0], settings.to_json())
+    if (out / "dataset_description.json").exists() and (out / ".bidsignore").exists():
+        write_shared_files(settings)
+        return staged
+    write_json(
+        stage / "dataset_description.json", derivatives.dataset_description(settings.bids_dir)
+    )
+    write_text(stage / ".bidsignore", "\n".join(derivatives.BIDSIGNORE) + "\n")
+    return [*staged, "dataset_description.json", ".bidsignore"]
+
+
+def _check_unique_outputs(echo_sets: list[EchoSet]) -> None:
+    seen: dict[Path, EchoSet] = {}
+    for echo_set in echo_sets:
+        path = derivatives.record_path(Path(), echo_set.entities)
+        if path in seen:
+            raise BadDataError(
+                f"{echo_set.echoes[0].path}: echo sets {seen[path].name} and {echo_set.name} "
+                f"differ only in {', '.join(derivatives.dropped_entities(echo_set))}, which "
+                "derivative names cannot carry; select one with --bids-filter-file"
+            )
+        seen[path] = echo_set
 
 
 # --- group level -----------------------------------------------------------------------------
 
 
 def run_group(settings: Settings) -> Path:
-    """The group table and page from the records of every selected published set."""
+    """The group table and page from the records of every selected published set and the
+    failure records of every selected set that failed."""
     out = settings.output_dir
     try:
-        published = derivatives.load_published(
-            out, settings.participant_labels, settings.session_labels
-        )
+        labels = (settings.participant_labels, settings.session_labels)
+        published = derivatives.load_published(out, *labels)
+        failures = derivatives.load_failures(out, *labels)
     except ValueError as err:
         raise BadDataError(str(err)) from err
-    if not published:
+    if not published and not failures:
         raise InputMissingError(
             f"{out}: no participant-level outputs (*_record.json beside the maps) found"
             + (
@@ -325,11 +630,17 @@ def run_group(settings: Settings) -> Path:
         )
     prepare_output(out)
     write_shared_files(settings)
-    table = group_table(published)
+    table = group_table(published, failures)
     path = out / GROUP_TABLE
     write_text(path, table.write(path))
     write_json(path.with_suffix(".json"), {k: {"Description": v} for k, v in GROUP_COLUMNS.items()})
     write_group_report(out, table)
     write_settings_log(settings)
-    log.info("group summary of %d echo set(s): %s", len(published), path)
+    log.info(
+        "group summary of %d echo set(s), %d published and %d failed: %s",
+        len(published) + len(failures),
+        len(published),
+        len(failures),
+        path,
+    )
     return path

@@ -31,10 +31,17 @@ def phantom() -> Phantom:
 
 
 @pytest.mark.parametrize("vendor", sorted(WRITERS))
-def test_convert_then_fit_recovers_t2star(tmp_path: Path, phantom: Phantom, vendor: str):
+def test_convert_then_fit_recovers_t2star(
+    tmp_path: Path, phantom: Phantom, vendor: str, capsys: pytest.CaptureFixture[str]
+):
     dicom, bids, out = tmp_path / "dicom", tmp_path / "bids", tmp_path / "out"
     WRITERS[vendor](dicom, phantom, voxel=VOXEL)
     assert main(["convert", str(dicom), str(bids), "--participant-label", "01"]) == 0
+    # images and sidecars counted for what they are (not "20 files" for 10 of each)
+    images = len(list((bids / "sub-01" / "anat").glob("*.nii.gz")))
+    assert images == len(list((bids / "sub-01" / "anat").glob("*.json"))) > 0
+    said = f"wrote {images} images and their {images} JSON sidecars to"
+    assert said in capsys.readouterr().err
     assert main([str(bids), str(out), "participant", "--skip-bids-validation"]) == 0
 
     maps = [

@@ -172,7 +172,8 @@ def real_pages(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "plane"),
-    [("sub-ge.html", "Coronal slices 0, 1, 2, 3, 4 of 5"), ("sub-xa.html", "Axial")],
+    # GE's slab runs anterior to posterior: the first (posterior) tile is the file's k = 4
+    [("sub-ge.html", "Coronal slices k = 4, 3, 2, 1, 0 of the file"), ("sub-xa.html", "Axial")],
 )
 def test_real_data_pages_render_without_sideways_scrolling(
     real_pages: Path, tmp_path: Path, name: str, plane: str

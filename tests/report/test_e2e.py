@@ -41,7 +41,8 @@ def test_group_page_links_every_participant(demo_output: Path) -> None:
     assert all((demo_output / link).is_file() for link in found.links)
     assert "(page missing)" not in text
     assert "by session" in text and "exceeds 3.5" in text
-    assert "3 echo set(s) from 2 participant(s)" in text
+    assert "3 echo set(s) published, from 2 participant(s)" in text
+    assert "Echo sets that failed" not in text
 
 
 def test_group_without_participant_outputs_exits_66(tmp_path: Path) -> None:

@@ -37,13 +37,44 @@ def test_select_slices(occupied: range, n: int, expected: list[int]) -> None:
     assert figures.select_slices(mask, n) == expected
 
 
-def test_mosaic_orientation_and_padding() -> None:
+@pytest.mark.parametrize(("convention", "column"), [("neurological", 2), ("radiological", 0)])
+def test_mosaic_orientation_and_padding(convention: str, column: int) -> None:
     vol = np.zeros((3, 2, 3), dtype=np.float32)
     vol[2, 1, 0] = 5  # right, anterior corner of slice 0
-    tiles = figures.mosaic(vol, [0, 1, 2], columns=2)
+    view = figures.View(axis=2, pixel_aspect=1.0, convention=convention)
+    tiles = figures.mosaic(vol, [0, 1, 2], columns=2, view=view)
     assert tiles.shape == (2 * 2, 2 * 3)
-    assert tiles[0, 2] == 5  # top right of the first tile: anterior up, right on the right
+    # anterior up; the subject's right on the right (neurological) or left (radiological)
+    assert tiles[0, column] == 5
     assert np.isnan(tiles[2:, 3:]).all()  # the fourth tile is empty
+
+
+def cielab(rgb: np.ndarray) -> np.ndarray:
+    """sRGB (..., 3) in [0, 1] to CIE L*a*b* (D65)."""
+    linear = np.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
+    xyz = (
+        linear
+        @ np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]).T
+    )
+    xyz = xyz / np.array([0.95047, 1.0, 1.08883])
+    f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16 / 116)
+    return np.stack(
+        [116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1
+    )
+
+
+def test_failed_voxels_take_a_colour_no_map_of_the_page_comes_near() -> None:
+    """The failed colour is at least 50 CIELAB units from every colour of every colour map a
+    montage with the failed overlay uses (cyan was 37 from viridis' teal), and opaque."""
+    from matplotlib import colormaps
+
+    from t2starmap.report.participant import MONTAGES
+
+    failed = cielab(np.array(figures.FAILED_RGBA[:3]))
+    assert figures.FAILED_RGBA[3] == 1.0
+    for cmap in {m.cmap for m in MONTAGES if m.overlay}:
+        colours = cielab(colormaps[cmap](np.linspace(0, 1, 256))[:, :3])
+        assert np.linalg.norm(colours - failed, axis=1).min() > 50, cmap
 
 
 @pytest.mark.parametrize("shape", [(16, 12, 4), (16, 12)])
@@ -63,10 +94,12 @@ def test_montage_draws_the_failed_overlay(shape: tuple[int, ...]) -> None:
     )
     assert_not_blank(plain)
     assert plain.shape == flagged.shape
-    cyan = (flagged[..., 0] < 0.2) & (flagged[..., 1] > 0.8) & (flagged[..., 2] > 0.8)
-    assert cyan.sum() > 50
-    plain_cyan = (plain[..., 0] < 0.2) & (plain[..., 1] > 0.8) & (plain[..., 2] > 0.8)
-    assert plain_cyan.sum() == 0
+
+    def magenta(image: np.ndarray) -> np.ndarray:
+        return (image[..., 0] > 0.9) & (image[..., 1] < 0.1) & (image[..., 2] > 0.9)
+
+    assert magenta(flagged).sum() > 50
+    assert magenta(plain).sum() == 0
 
 
 def test_montage_nan_is_background() -> None:
@@ -164,3 +197,19 @@ def test_colour_bar_label_is_not_cut_off(shape: tuple[int, ...]) -> None:
     bar = fig.axes[1]
     label = bar.yaxis.label.get_window_extent()
     assert label.y0 >= 0 and label.y1 <= fig.bbox.y1 and label.x1 <= fig.bbox.x1
+
+
+def test_tiles_carry_their_file_index_and_orientation_letters() -> None:
+    """Every tile of a montage is labelled with its slice's index in the file (here a file
+    stored inferior-first along k: canonical slice 0 is k = 3) and its edge letters."""
+    view = figures.View(axis=2, pixel_aspect=1.0, file_axis=2, file_flipped=True)
+    volume = np.random.default_rng(0).random((8, 6, 4))
+    fig = figures.montage_figure(volume, [0, 1, 3], vmin=0, vmax=1, cmap="gray", label="x")
+    assert [t.get_text() for t in fig.axes[0].texts] == []  # no file axis: no letters
+    fig = figures.montage_figure(
+        volume, [0, 1, 3], vmin=0, vmax=1, cmap="gray", label="x", view=view
+    )
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert texts[:5] == ["k=3", "A", "P", "R", "L"]
+    assert [t for t in texts if t.startswith("k=")] == ["k=3", "k=2", "k=0"]
+    assert texts.count("R") == texts.count("L") == 3

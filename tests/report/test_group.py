@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from t2starmap.report import group
+from t2starmap.report import figures, group
 from t2starmap.summary import GROUP_COLUMNS, GroupTable
 from tests.report.helpers import assert_self_contained, parse
 
@@ -31,6 +31,7 @@ def rows(
                 "t2star_iqr": 0.01,
                 "noise_sigma": 10.0,
                 "snr": 50.0,
+                "status": "published",
             }
             for i, (m, f, s) in enumerate(zip(medians, failed, sessions, strict=True), start=1)
         ],
@@ -141,3 +142,67 @@ def test_a_study_of_1000_opens_with_the_plots_and_folds_the_table(tmp_path: Path
     assert "<details>" in text  # folded (not open) at this size
     assert "the 40 highest of 1000 echo sets" in text
     assert len(text) < 3_000_000
+
+
+def test_only_t2star_outliers_get_a_diamond_on_the_t2star_plot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A set flagged for its failed fraction alone is listed as flagged, but its median T2*
+    is ordinary: no red diamond on the T2* box plot."""
+    drawn: dict[str, object] = {}
+
+    def capture(groups: object, flagged: object = None, **kwargs: object) -> bytes:
+        drawn["flagged"] = flagged
+        return figures.to_png(figures.Figure(figsize=(1, 1)))
+
+    monkeypatch.setattr(figures, "group_strip_png", capture)
+    medians = [0.020, 0.021, 0.022, 0.0215, 0.0205, 0.045, 0.0212]
+    failed = [0.0, 0.0, 0.0, 0.30, 0.001, 0.0, 0.0]
+    text = group.group_page(rows(medians, failed), tmp_path)
+    assert "2 of 7 echo set(s) flagged." in text
+    assert drawn["flagged"] == {"all": [False, False, False, False, False, True, False]}
+
+
+def test_noise_sigma_is_shown_to_4_significant_digits(tmp_path: Path) -> None:
+    table = rows([0.02, 0.021])
+    table.frame["noise_sigma"] = [16.476712, 1234.5678]
+    cells = table_cells(group.group_page(table, tmp_path))
+    assert [row[5] for row in cells] == ["16.48", "1235"]
+
+
+def test_the_box_plot_axis_starts_at_zero() -> None:
+    """A 0.6 ms spread around 25 ms must look small: the axis runs from 0, not from 24 ms."""
+    fig = figures.group_strip_figure({"all": [24.3, 24.9, 24.6]})
+    low, high = fig.axes[0].get_ylim()
+    assert low == 0.0 and 25.0 < high < 30.0
+    assert figures.strip_limits(np.array([24.3, 24.9])) == (0.0, pytest.approx(1.12 * 24.9))
+
+
+def test_failed_sets_are_rows_of_the_table_and_a_table_of_the_page(tmp_path: Path) -> None:
+    from t2starmap.derivatives import SetFailure
+    from t2starmap.summary import group_table
+
+    from .helpers import synthetic_output
+
+    record = synthetic_output(tmp_path / "a", subject="01")
+    failure = SetFailure(
+        {"subject": "02", "session": "2"},
+        "/data/sub-02_ses-2_echo-8_part-mag_MEGRE.nii.gz: image data could not be read",
+        65,
+        "BadDataError",
+        "sub-02/ses-2/anat/sub-02_ses-2_echo-8_part-mag_MEGRE.nii.gz",
+        "2026-12-02 10:00:00",
+    )
+    table = group_table([record], [failure])
+    frame = table.frame
+    assert list(frame["status"]) == ["published", "failed"]
+    assert frame["failure_reason"].iloc[1].endswith("could not be read")
+    assert pd.isna(frame["t2star_median"].iloc[1]) and pd.isna(frame["n_voxels"].iloc[1])
+    tsv = table.write(tmp_path / "t.tsv").splitlines()
+    assert tsv[0].endswith("\tstatus\tfailure_reason")
+    assert tsv[2].startswith("sub-02\tses-2\tn/a\tn/a\t") and "\tfailed\t/data/" in tsv[2]
+    text = group.group_page(table, tmp_path)
+    assert "Echo sets that failed" in text and "echo-8_part-mag_MEGRE.nii.gz: image" in text
+    assert "1 echo set(s) published, 1 failed" in text
+    assert parse(text).links[0] == "sub-02_ses-2.html"
+    assert len(table_cells(text)) == 2  # the failed set's row, then the published set's

@@ -7,7 +7,7 @@ from importlib import resources
 import pytest
 
 from t2starmap.report.html import Figure, render
-from t2starmap.report.participant import Section
+from t2starmap.report.participant import FailedSet, Section
 
 PNG = "data:image/png;base64,iVBORw0KGgo="
 
@@ -25,6 +25,7 @@ def test_text_is_escaped_everywhere() -> None:
         title="<title>",
         heading="sub-<x>",
         sections=[],
+        failed=[],
     )
     assert "<title>&lt;title&gt;</title>" in page
     assert "sub-&lt;x&gt;: T2* quality report" in page
@@ -37,7 +38,9 @@ def test_text_is_escaped_everywhere() -> None:
         montages=[figure],
         plots=[],
     )
-    page = render("participant.html", title="t", heading="h", sections=[section])
+    failed = FailedSet("sub-01_run-2", "<b>broken</b> & gone", "65", "now", False)
+    page = render("participant.html", title="t", heading="h", sections=[section], failed=[failed])
+    assert "&lt;b&gt;broken&lt;/b&gt; &amp; gone" in page
     assert "&lt;Acme &amp; Co&gt;" in page
     assert "<script>" not in page and "&lt;script&gt;" in page
     assert 'alt="a &#34;quoted&#34; &lt;alt&gt;"' in page
@@ -46,7 +49,7 @@ def test_text_is_escaped_everywhere() -> None:
 
 def test_a_missing_value_is_an_error_not_a_blank() -> None:
     with pytest.raises(Exception, match="heading"):
-        render("participant.html", title="t", sections=[])
+        render("participant.html", title="t", sections=[], failed=[])
 
 
 @pytest.mark.parametrize("uri", ["https://example.org/x.png", "data:image/svg+xml;base64,AA", ""])

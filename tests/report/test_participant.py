@@ -49,8 +49,11 @@ def test_page_content(tmp_path: Path, subject: str, session: str | None) -> None
         "2 × 2 × 2.5",
         "20 × 18 × 5",
         "0.50 s",
-        "failed voxel(s) in cyan",
-        "of 5 (counted from 0, inferior to superior)",
+        "failed voxel(s) in magenta",
+        "Axial slices k = 1, 2, 3 of the file (voxel axis k, 0–4), tiles in order from "
+        "inferior to superior",
+        "radiological convention",
+        "named by their voxel indices (i, j, k) in the file",
         # warnings are shown, escaped
         "only &lt;2&gt; echoes &amp; a warning",
     ):
@@ -161,21 +164,75 @@ def test_page_names() -> None:
     assert re.fullmatch(r"sub-\w+(_ses-\w+)?\.html", participant.page_name("a1", "b2"))
 
 
-def test_echoes_in_memory_give_the_same_page_as_reading_them(tmp_path: Path) -> None:
-    """Handing the report the echoes the fit read (echo_samples) gives the page that reading
-    them from the raw files gives; samples of other voxels are not used."""
+def test_maps_handed_over_give_the_page_that_reading_them_gives(tmp_path: Path) -> None:
+    """The section drawn from the maps and echoes a run holds (in_memory_maps, echo_samples)
+    is the one drawn from the published files and the raw echoes; the samples are used."""
     from t2starmap.nifti import read_volume
 
     outcome = synthetic_output(tmp_path)
     out, bids = tmp_path / "out", tmp_path / "bids"
     loaded = participant.load_set_maps(out, outcome)
+    held = participant.in_memory_maps(
+        {k: (v.astype(np.uint8) if v.dtype == bool else v) for k, v in loaded.maps.items()},
+        loaded.affine,
+        loaded.zooms,
+        loaded.sidecar,
+    )
     stack = np.stack([read_volume(bids / s.path) for s in outcome.sources], axis=-1)
-    samples = participant.echo_samples(stack, loaded.maps)
+    samples = participant.echo_samples(stack, held.maps)
     assert len(samples.voxels) == 3 and samples.signals.shape == (3, len(outcome.sources))
     read = participant.set_section(outcome, loaded, bids)
-    given = participant.set_section(outcome, loaded, bids, samples)
+    given = participant.set_section(outcome, held, bids, samples)
     assert given == read
-    wrong = replace(samples, signals=samples.signals + 1.0, voxels=((0, 0, 0),) * 3)
-    assert participant.set_section(outcome, loaded, bids, wrong) == read
     changed = replace(samples, signals=samples.signals * 0.5)  # the samples are really used
-    assert participant.set_section(outcome, loaded, bids, changed).plots != read.plots
+    assert participant.set_section(outcome, held, bids, changed).plots != read.plots
+
+
+def test_a_page_lists_the_sets_that_failed(tmp_path: Path) -> None:
+    """A failure record of the page's participant/session is listed with its reason and
+    exit code, above the sections; one for another session is not."""
+    from t2starmap.atomic import write_text
+    from t2starmap.derivatives import SetFailure, failure_path
+
+    outcome = synthetic_output(tmp_path, subject="06", run="1")
+    out = tmp_path / "out"
+    for entities in ({"subject": "06", "run": "2"}, {"subject": "06", "session": "x"}):
+        failure = SetFailure(entities, "echo-3: <truncated>", 65, "BadDataError", None, "now")
+        write_text(failure_path(out, entities), failure.to_json())
+    [page] = participant.write_participant_reports(out, tmp_path / "bids", [outcome])
+    text = page.read_text(encoding="utf-8")
+    assert text.count("Echo sets that failed") == 1 and "sub-06_run-2" in text
+    assert "echo-3: &lt;truncated&gt;" in text and "65 (bad data)" in text
+    assert "sub-06_ses-x" not in text
+    assert text.index("Echo sets that failed") < text.index('id="sub-06_run-1"')
+
+
+def test_the_wrapped_field_map_is_cyclic_over_its_wrap_limit(tmp_path: Path) -> None:
+    """+limit and -limit are one frequency: the field map's colour map has one colour at both
+    ends, and its window is the wrap limit, not a percentile of the values."""
+    from matplotlib import colormaps
+
+    [spec] = [m for m in participant.MONTAGES if m.key == "frequency"]
+    ends = colormaps[spec.cmap]([0.0, 1.0])
+    assert np.allclose(ends[0], ends[1], atol=0.02), spec.cmap
+    outcome = synthetic_output(tmp_path)
+    loaded = participant.load_set_maps(tmp_path / "out", outcome)
+    field = np.where(loaded.maps["signal"], 20.0, 0.0).astype(np.float32)
+    shown = replace(
+        loaded, maps={**loaded.maps, "frequency": field}, sidecar={"FieldMapWrapLimit": 62.5}
+    )
+    section = participant.set_section(outcome, shown, tmp_path / "bids")
+    [caption] = [f.caption for f in section.montages if f.alt.startswith("field map")]
+    assert "window ±62.5 Hz" in caption
+
+
+def test_the_correction_is_shown_as_a_difference(tmp_path: Path) -> None:
+    outcome = synthetic_output(tmp_path)
+    loaded = participant.load_set_maps(tmp_path / "out", outcome)
+    uncorrected = loaded.maps["r2star"] + 7.0
+    shown = replace(loaded, maps={**loaded.maps, "r2star_uncorrected": uncorrected})
+    section = participant.set_section(outcome, shown, tmp_path / "bids")
+    alts = [f.alt for f in section.montages]
+    assert "R2* correction (1/s) montage" in alts and "R2* uncorrected" not in " ".join(alts)
+    [caption] = [f.caption for f in section.montages if f.alt.startswith("R2* correction")]
+    assert "corrected minus uncorrected R2*" in caption and "window ±7 s⁻¹" in caption

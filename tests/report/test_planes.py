@@ -60,9 +60,39 @@ def test_the_acquired_plane_is_chosen(
 def test_the_coronal_caption_names_the_slices_and_orientation() -> None:
     view = choose_view(CORONAL, (256, 256, 5))
     assert view.describe([0, 1, 2, 3, 4], 5) == (
-        "Coronal slices 0, 1, 2, 3, 4 of 5 (counted from 0, posterior to anterior), "
-        "superior up, subject's left on the left."
+        "Coronal slices k = 0, 1, 2, 3, 4 of the file (voxel axis k, 0–4), tiles in order "
+        "from posterior to anterior; superior up, the subject's right on the left "
+        "(radiological convention). Each tile is labelled with its k index and carries the "
+        "orientation letters (R/L, A/P, S/I) on its edges."
     )
+    neuro = choose_view(CORONAL, (256, 256, 5), "neurological")
+    assert "the subject's left on the left (neurological convention)" in neuro.describe([0], 5)
+
+
+#: GE's coronal slab: k runs anterior to posterior, so the posterior tile is the file's k = 4
+GE_CORONAL = np.array(
+    [[-1.5, 0.0, 0.0, 0.0], [0.0, 0.0, -5.0, 0.0], [0.0, -1.5, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]]
+)
+
+
+def test_slices_are_named_by_their_index_in_the_file() -> None:
+    """Tiles are ordered posterior to anterior, but each is named by the file's k, which
+    runs the other way here: what a viewer shows as slice 4 is the first, posterior tile."""
+    view = choose_view(GE_CORONAL, (256, 256, 5))
+    assert view.plane == "coronal" and view.file_axis == 2 and view.file_flipped
+    assert "Coronal slices k = 4, 3, 2, 1, 0 of the file" in view.describe([0, 1, 2, 3, 4], 5)
+    assert [view.tile_label(k, 5) for k in (0, 4)] == ["k=4", "k=0"]
+    volume = np.zeros((256, 256, 5))
+    volume[:, :, 4] = 1.0  # the file's last slice: the most posterior one
+    canonical = to_canonical(volume, GE_CORONAL)
+    assert canonical[:, 0, :].all() and not canonical[:, 1:, :].any()
+
+
+def test_sagittal_slices_are_named_by_the_files_i() -> None:
+    view = choose_view(SAGITTAL, (160, 160, 30))
+    assert view.file_axis == 2 and not view.file_flipped
+    assert view.describe([3], 30).startswith("Sagittal slices k = 3 of the file")
+    assert view.edge_letters() == ("S", "I", "A", "P")
 
 
 def test_an_oblique_acquisition_gets_the_nearest_plane_and_a_note() -> None:
@@ -77,19 +107,33 @@ def test_two_dimensional_images_are_shown_flat() -> None:
     assert choose_view(np.eye(4), (64, 54)) is FLAT
 
 
-def test_tiles_are_oriented_for_their_plane() -> None:
-    """In RAS order: coronal tiles superior up, left on the left; sagittal anterior on the left."""
+@pytest.mark.parametrize(
+    ("convention", "left", "letters"),
+    [("radiological", -1, ("S", "I", "R", "L")), ("neurological", 0, ("S", "I", "L", "R"))],
+)
+def test_tiles_are_oriented_for_their_plane(
+    convention: str, left: int, letters: tuple[str, ...]
+) -> None:
+    """In RAS order: coronal tiles superior up, the subject's left on the right
+    (radiological) or on the left (neurological), letters saying so; sagittal tiles
+    anterior on the left in both."""
     volume = np.zeros((3, 4, 5))
     volume[0, 1, 4] = 1.0  # left, superior
     volume[2, 3, 0] = 2.0  # right, anterior, inferior
-    coronal = choose_view(CORONAL, (256, 256, 5))
+    coronal = choose_view(CORONAL, (256, 256, 5), convention)
     assert coronal.plane == "coronal"
     tile = coronal.tile(volume, 1)
-    assert tile.shape == (5, 3) and tile[0, 0] == 1.0  # superior row, leftmost column
-    sagittal_view = choose_view(np.diag([1.0, 1.0, 1.0, 1.0]), (3, 4, 5))
+    assert tile.shape == (5, 3) and tile[0, left] == 1.0  # superior row, the subject's left
+    assert coronal.edge_letters() == letters
+    sagittal_view = choose_view(np.diag([1.0, 1.0, 1.0, 1.0]), (3, 4, 5), convention)
     assert sagittal_view.plane == "sagittal"
     tile = sagittal_view.tile(volume, 2)
     assert tile.shape == (5, 4) and tile[-1, 0] == 2.0  # inferior row, anterior on the left
+
+
+def test_an_unknown_convention_is_refused() -> None:
+    with pytest.raises(ValueError, match="convention"):
+        choose_view(AXIAL, (4, 4, 4), "upside-down")
 
 
 def test_to_canonical_undoes_a_flip() -> None:
@@ -113,3 +157,16 @@ def test_montage_pixels_keep_the_voxel_aspect_ratio() -> None:
     height = white[:, 0].max() - white[:, 0].min() + 1
     width = white[:, 1].max() - white[:, 1].min() + 1
     assert height / width == pytest.approx(1.0, rel=0.05)
+
+
+@pytest.mark.parametrize("convention", ["radiological", "neurological"])
+def test_letters_follow_the_affine(convention: str) -> None:
+    """In an LAS file (i runs to the subject's left), the voxel at the largest i is on the
+    subject's left: it lands on the tile's side whose letter is L, whatever the convention."""
+    volume = np.zeros((10, 8, 3))
+    volume[9, 4, 1] = 1.0
+    view = choose_view(AXIAL, volume.shape, convention)
+    tile = view.tile(to_canonical(volume, AXIAL), 1)
+    _, column = np.argwhere(tile == 1.0)[0]
+    _, _, left, right = view.edge_letters() or ("", "", "", "")
+    assert (left if column < tile.shape[1] / 2 else right) == "L"

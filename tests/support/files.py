@@ -26,3 +26,19 @@ def files_below(root: Path) -> set[str]:
         if root.exists()
         else set()
     )
+
+
+def images_below(root: Path) -> set[str]:
+    """The NIfTI images below root (relative paths): the maps a run published."""
+    return {f for f in files_below(root) if f.endswith((".nii.gz", ".nii"))}
+
+
+def failure_reasons(out: Path) -> dict[str, str]:
+    """Echo set name -> reason, from the failure records of an output folder."""
+    import json
+
+    folder = out / "logs" / "failures"
+    return {
+        p.name.removesuffix("_failure.json"): json.loads(p.read_text())["reason"]
+        for p in sorted(folder.glob("*_failure.json"))
+    }

@@ -18,7 +18,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
 from t2starmap.atomic import write_json
@@ -41,6 +40,7 @@ from t2starmap.errors import (
     UsageError,
 )
 from t2starmap.fit.limits import echo_time_seconds
+from t2starmap.nifti import header_geometry, read_volume, save_like
 
 log = logging.getLogger("t2starmap.convert")
 
@@ -97,7 +97,9 @@ def convert(
         raise OutputError(f"cannot write {target}: {err}") from err
     finally:
         shutil.rmtree(workspace, ignore_errors=True)
-    log.info("wrote %d files to %s", len(final), target / "anat")
+    log.info(
+        "wrote %d images and their %d JSON sidecars to %s", len(final), len(final), target / "anat"
+    )
     return ConvertResult(target, tuple(final), acquisitions)
 
 
@@ -316,10 +318,10 @@ def _write_bids_pair(output: Output, stem: Path, member: Member) -> Path:
     except ValueError as err:
         raise BadDataError(f"{label}: {err}") from err
     nifti = stem.with_name(stem.name + ".nii.gz")
-    image = nib.Nifti1Image.from_filename(output.nifti)
-    if len(image.shape) > 3 and any(n > 1 for n in image.shape[3:]):
-        raise BadDataError(f"dcm2niix wrote a {image.shape} image for one echo of {label}")
-    slices = image.shape[2] if len(image.shape) > 2 else 1
+    shape, _ = header_geometry(output.nifti)
+    if len(shape) > 3 and any(n > 1 for n in shape[3:]):
+        raise BadDataError(f"dcm2niix wrote a {shape} image for one echo of {label}")
+    slices = shape[2] if len(shape) > 2 else 1
     if slices != member.decision.n_slices:
         # e.g. enhanced files holding magnitude and phase frames, which dcm2niix stacks
         raise BadDataError(
@@ -329,14 +331,11 @@ def _write_bids_pair(output: Output, stem: Path, member: Member) -> Path:
     if member.part == "phase":
         try:
             rad = bids.phase_to_radians(
-                np.asarray(image.dataobj, dtype=np.float64), str(meta.get("Manufacturer", ""))
+                read_volume(output.nifti, np.float64), str(meta.get("Manufacturer", ""))
             )
         except ValueError as err:
             raise BadDataError(f"{label}: {err}") from err
-        out = nib.Nifti1Image(rad, image.affine, image.header)
-        out.header.set_data_dtype(np.float32)
-        out.header.set_slope_inter(1.0, 0.0)
-        nib.save(out, nifti)
+        save_like(nifti, rad, output.nifti)
     else:
         os.replace(output.nifti, nifti)
     write_json(stem.with_name(stem.name + ".json"), sidecar)

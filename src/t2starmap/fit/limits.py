@@ -67,9 +67,9 @@ ESTIMATION_ALGORITHMS: Mapping[tuple[str, str], str] = {
     ("loglin", "gaussian"): "Ordinary linear least squares on log signal",
     ("arlo", "gaussian"): "Auto-regression on linear operations (ARLO, Pei et al. 2015)",
     ("through-slice", "any"): "S(TE) = S0 exp(-TE R2*) |F(TE)| fitted with the noise model "
-    "above, started from the uncorrected fit, G the through-slice gradient of the field map and "
-    "F = sinc(pi G dz TE) for a rectangular slice profile of thickness dz; echoes with |F| "
-    "below the threshold left out",
+    "above, started from the uncorrected fit, G the through-slice gradient of the field map "
+    "and F(TE) the normalised Fourier transform of the slice profile (B0SliceProfile) at "
+    "G dz TE, dz the slice thickness; echoes with |F| below the threshold left out",
     ("complex", "gaussian"): "Levenberg-Marquardt least squares of the complex signal "
     "S0 exp(-TE R2*) exp(i(phi0 + 2 pi f TE)) on its real and imaginary parts (Gaussian "
     "noise, no noise floor), from phase-difference and weighted log-linear starts",

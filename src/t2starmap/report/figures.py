@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from matplotlib import patheffects
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
@@ -28,8 +30,12 @@ DPI = 100
 #: Most slices shown in a montage, and tiles per montage row.
 MAX_SLICES = 12
 COLUMNS = 6
-#: Colour of voxels whose fit failed, drawn over every montage (not in any map colour map).
-FAILED_RGBA = (0.0, 1.0, 1.0, 0.85)
+#: Colour of voxels whose fit failed, drawn opaque over every montage: magenta, which no
+#: colour map of the pages (viridis, inferno, grey, RdBu, twilight) comes near (CIELAB
+#: distance above 60 from each of them; cyan was 37 from viridis' teal).
+FAILED_RGBA = (1.0, 0.0, 1.0, 1.0)
+#: Size (points) of the slice label and orientation letters on each tile.
+TILE_TEXT_PT = 7.0
 
 
 def to_png(fig: Figure) -> bytes:
@@ -94,9 +100,10 @@ def montage_figure(
     view: View = AXIAL,
 ) -> Figure:
     """Slices of canonical ``volume`` cut as ``view`` says, in one image with a colour bar
-    labelled ``label``; voxels of ``failed`` (same shape, bool) drawn on top in cyan; NaN
-    voxels are background (black). Each tile is ``tile_in`` inches (``tile_in * DPI`` pixels)
-    wide; its height keeps the voxels' aspect ratio (``view.pixel_aspect``)."""
+    labelled ``label``; voxels of ``failed`` (same shape, bool) drawn on top in
+    :data:`FAILED_RGBA`; NaN voxels are background (black). Each tile is ``tile_in`` inches
+    (``tile_in * DPI`` pixels) wide; its height keeps the voxels' aspect ratio
+    (``view.pixel_aspect``); it carries its slice's file index and orientation letters."""
     tiles = mosaic(volume.astype(np.float32, copy=False), slices, view=view)
     height_px, width_px = tiles.shape
     columns = max(1, min(COLUMNS, len(slices)))
@@ -121,11 +128,54 @@ def montage_figure(
         overlay = np.zeros((*flags.shape, 4), dtype=np.float32)
         overlay[flags] = FAILED_RGBA
         ax.imshow(overlay, interpolation="nearest", aspect=view.pixel_aspect)
+    depth = volume.shape[view.axis] if volume.ndim == 3 else 1
+    tile_shape = (height_px // rows_of(len(slices)), width_px // columns)
+    _annotate_tiles(ax, view, slices, tile_shape, depth)
     bar_ax = fig.add_axes((1.0 - 0.9 * bar_in / width_in, 0.1, 0.12 / width_in, 0.8))
     bar = fig.colorbar(shown, cax=bar_ax)
     bar.set_label(label, color="white", fontsize=9)
     bar.ax.tick_params(colors="white", labelsize=8)
     return fig
+
+
+def rows_of(n_tiles: int, columns: int = COLUMNS) -> int:
+    """Rows of a montage of ``n_tiles`` tiles."""
+    columns = max(1, min(columns, n_tiles))
+    return -(-n_tiles // columns)
+
+
+def _annotate_tiles(
+    ax: Axes,
+    view: View,
+    slices: Sequence[int],
+    tile_shape: tuple[int, int],
+    depth: int,
+) -> None:
+    """Each tile's slice label (its file index, top left) and orientation letters (edge
+    midpoints), white with a black outline so they read on any colour. Nothing for a view
+    without a file axis (a 2-D image shown as stored). ``depth``: slices along the view's
+    axis (needed to turn a flipped canonical index into the file's)."""
+    letters = view.edge_letters()
+    if letters is None:
+        return
+    height, width = tile_shape
+    columns = max(1, min(COLUMNS, len(slices)))
+    style: dict[str, Any] = {
+        "color": "white",
+        "fontsize": TILE_TEXT_PT,
+        "path_effects": [patheffects.withStroke(linewidth=2, foreground="black")],
+    }
+    top, bottom, left, right = letters
+    for i, k in enumerate(slices):
+        r, c = divmod(i, columns)
+        x0, y0 = c * width - 0.5, r * height - 0.5  # the tile's top-left pixel edge
+        xm, ym = x0 + width / 2, y0 + height / 2
+        label = view.tile_label(k, depth)
+        ax.text(x0 + 0.02 * width, y0 + 0.02 * height, label, ha="left", va="top", **style)
+        ax.text(xm, y0 + 0.02 * height, top, ha="center", va="top", **style)
+        ax.text(xm, y0 + 0.98 * height, bottom, ha="center", va="bottom", **style)
+        ax.text(x0 + 0.02 * width, ym, left, ha="left", va="center", **style)
+        ax.text(x0 + 0.98 * width, ym, right, ha="right", va="center", **style)
 
 
 def histogram_counts(
@@ -235,14 +285,33 @@ def decay_figure(
     return fig
 
 
+def strip_limits(values: np.ndarray) -> tuple[float, float]:
+    """The value axis of the group box plot: from 0 (a median T2* is positive) to a little
+    above the largest value, so that differences are seen at their size relative to the
+    values themselves: a spread of 0.6 ms around 25 ms looks small, as it is."""
+    top = float(np.max(values)) if values.size else 1.0
+    return 0.0, max(1.12 * top, 1e-9)
+
+
 def group_strip_png(
     groups: Mapping[str, Sequence[float]],
     flagged: Mapping[str, Sequence[bool]] | None = None,
     *,
     ylabel: str = "median T2* (ms)",
 ) -> bytes:
-    """Box plot with every value drawn as a point, one box per group; flagged points red.
-    NaN values are left out; a group without values gets an empty slot."""
+    """:func:`group_strip_figure` as PNG bytes (same arguments)."""
+    return to_png(group_strip_figure(groups, flagged, ylabel=ylabel))
+
+
+def group_strip_figure(
+    groups: Mapping[str, Sequence[float]],
+    flagged: Mapping[str, Sequence[bool]] | None = None,
+    *,
+    ylabel: str = "median T2* (ms)",
+) -> Figure:
+    """Box plot with every value drawn as a point, one box per group; ``flagged`` points (the
+    outliers of the plotted value) as red diamonds. NaN values are left out; a group without
+    values gets an empty slot. The value axis starts at 0 (:func:`strip_limits`)."""
     names = list(groups)
     fig = Figure(figsize=(max(4.0, 1.6 * len(names) + 1.5), 3.4))
     ax = fig.add_axes((0.16, 0.16, 0.8, 0.78))
@@ -269,16 +338,13 @@ def group_strip_png(
     if labelled:
         ax.legend(fontsize=8, frameon=False)
     finite = np.concatenate([d[np.isfinite(d)] for d in data]) if data else np.array([])
-    if finite.size:  # at least +-10 % of the median shown: tiny spreads must not look large
-        low, high = ax.get_ylim()
-        half = max((high - low) / 2, 0.1 * abs(float(np.median(finite))), 1e-9)
-        centre = (low + high) / 2
-        ax.set_ylim(centre - half, centre + half)
+    if finite.size:
+        ax.set_ylim(*strip_limits(finite))
     else:
         ax.text(0.5, 0.5, "no values", ha="center", va="center", transform=ax.transAxes)
     ax.set_ylabel(ylabel)
     ax.tick_params(labelsize=8)
-    return to_png(fig)
+    return fig
 
 
 #: Most bars in the failed-fraction chart: at study scale only the highest are drawn.

@@ -1,16 +1,18 @@
-"""The group page: per-participant median T2* by session, failed fractions, outliers.
+"""The group page: per-participant median T2* by session, failed fractions, outliers, and
+the echo sets that failed.
 
 Built from the group table (:class:`t2starmap.summary.GroupTable`, made from the records of
-every published set), so it covers every participant output in the folder, whichever runs
-wrote them.
+every published set and the failure records of every set that failed), so it covers every
+participant output in the folder, whichever runs wrote them.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -54,8 +56,8 @@ def robust_z(values: Sequence[float] | np.ndarray) -> np.ndarray:
 
 
 def flag_outliers(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Robust z of median T2* and of the failed fraction per row, and why each row is flagged
-    ("" when it is not)."""
+    """Robust z of median T2* and of the failed fraction per row (published sets), and why
+    each row is flagged ("" when it is not)."""
     t2 = frame["t2star_median"].to_numpy(dtype=np.float64)
     failed = frame["failed_fraction"].to_numpy(dtype=np.float64)
     z_t2, z_failed = robust_z(t2), robust_z(failed)
@@ -98,52 +100,93 @@ class Row:
 HEADER = ("Voxels", "Median T2* (ms)", "IQR (ms)", "Failed (%)", "Noise σ", "SNR", "z (T2*)")
 
 
-def group_page(table: GroupTable, output_dir: Path) -> str:
-    """The group report's HTML. Links point at participant pages beside it."""
-    frame = table.frame
+@dataclass(frozen=True)
+class FailedRow:
+    """One echo set that failed, as the group page lists it."""
+
+    label: str
+    link: str
+    page_exists: bool
+    reason: str
+    earlier_kept: bool
+
+
+def _label(record: Mapping[str, Any]) -> str:
+    return " ".join(
+        [
+            str(record["participant_id"]),
+            *(str(record[k]) for k in ("session_id", "echo_set") if _present(record[k])),
+        ]
+    )
+
+
+def _page_of(record: Mapping[str, Any]) -> str:
+    session = record["session_id"] if _present(record["session_id"]) else None
+    return page_name(
+        str(record["participant_id"]).removeprefix("sub-"),
+        str(session).removeprefix("ses-") if session else None,
+    )
+
+
+def _failed_rows(table: GroupTable, output_dir: Path) -> list[FailedRow]:
+    published = {_label(r) for r in table.published.to_dict("records")}
+    return [
+        FailedRow(
+            _label(r),
+            _page_of(r),
+            (output_dir / _page_of(r)).exists(),
+            str(r["failure_reason"]),
+            _label(r) in published,
+        )
+        for r in table.failed.to_dict("records")
+    ]
+
+
+def _rows(frame: pd.DataFrame, output_dir: Path) -> tuple[list[Row], np.ndarray]:
+    """The table rows of the published sets, and which are T2* outliers (|z| above the
+    threshold, with enough sets)."""
     z_t2, _, reasons = flag_outliers(frame)
-    records = frame.to_dict("records")
-    has_sessions = any(_present(r["session_id"]) for r in records)
-    groups: dict[str, list[float]] = {}
-    flagged: dict[str, list[bool]] = {}
     rows = []
-    for record, z, reason in zip(records, z_t2, reasons, strict=True):
-        session = record["session_id"] if _present(record["session_id"]) else None
-        key = (session or "no session") if has_sessions else "all"
-        groups.setdefault(key, []).append(float(record["t2star_median"]) * 1e3)
-        flagged.setdefault(key, []).append(bool(reason))
-        label = " ".join(
-            [
-                record["participant_id"],
-                *(record[k] for k in ("session_id", "echo_set") if _present(record[k])),
-            ]
-        )
-        name = page_name(
-            str(record["participant_id"]).removeprefix("sub-"),
-            session.removeprefix("ses-") if session else None,
-        )
+    for record, z, reason in zip(frame.to_dict("records"), z_t2, reasons, strict=True):
         cells = [
             str(record["n_voxels"]),
             _number(record["t2star_median"], 1e3, ".1f"),
             _number(record["t2star_iqr"], 1e3, ".1f"),
             _number(record["failed_fraction"], 100, ".2f"),
-            _number(record["noise_sigma"], spec=".6g"),
-            _number(record["snr"]),
+            _number(record["noise_sigma"], spec=".4g"),
+            _number(record["snr"], spec=".3g"),
             f"{z:+.2f}" if np.isfinite(z) else "n/a",
             reason or "-",
         ]
-        rows.append(Row(label, name, (output_dir / name).exists(), cells, bool(reason)))
+        name = _page_of(record)
+        rows.append(Row(_label(record), name, (output_dir / name).exists(), cells, bool(reason)))
+    enough = len(frame) >= MIN_ROWS
+    return rows, enough & (np.nan_to_num(np.abs(z_t2), nan=0.0) > ROBUST_Z_THRESHOLD)
+
+
+def _plots(frame: pd.DataFrame, rows: list[Row], t2_outlier: np.ndarray) -> list[Figure]:
+    """The box plot of median T2* (T2* outliers as red diamonds) and the failed fractions."""
+    has_sessions = any(_present(s) for s in frame["session_id"])
+    groups: dict[str, list[float]] = {}
+    flagged: dict[str, list[bool]] = {}
+    for record, outlier in zip(frame.to_dict("records"), t2_outlier, strict=True):
+        session = record["session_id"] if _present(record["session_id"]) else None
+        key = (session or "no session") if has_sessions else "all"
+        groups.setdefault(key, []).append(float(record["t2star_median"]) * 1e3)
+        flagged.setdefault(key, []).append(bool(outlier))
     strip = figures.group_strip_png(groups, flagged)
     bars = figures.failed_bar_png(
         [r.label for r in rows], frame["failed_fraction"].to_numpy(dtype=np.float64).tolist()
     )
-    plots = [
+    return [
         Figure(
             figures.data_uri(strip),
             "median T2* per echo set",
             "Median T2* within the signal mask, one point per echo set"
             + (", by session" if has_sessions else "")
-            + "; boxes: quartiles; red diamonds: flagged.",
+            + f"; boxes: quartiles; the axis starts at 0 ms. Red diamonds: T2* outliers, sets "
+            f"whose median T2* has a robust z-score beyond ±{ROBUST_Z_THRESHOLD:g} (sets "
+            "flagged only for their failed fraction are not marked here).",
         ),
         Figure(
             figures.data_uri(bars),
@@ -156,13 +199,21 @@ def group_page(table: GroupTable, output_dir: Path) -> str:
             ),
         ),
     ]
+
+
+def group_page(table: GroupTable, output_dir: Path) -> str:
+    """The group report's HTML. Links point at participant pages beside it."""
+    frame = table.published.reset_index(drop=True)
+    rows, t2_outlier = _rows(frame, output_dir)
+    plots = _plots(frame, rows, t2_outlier) if rows else []
     return render(
         "group.html",
         title="T2* group report · t2starmap",
         rows=rows,
+        failed=_failed_rows(table, output_dir),
         header=HEADER,
         plots=plots,
-        n_participants=frame["participant_id"].nunique(),
+        n_participants=table.frame["participant_id"].nunique(),
         enough=len(rows) >= MIN_ROWS,
         min_rows=MIN_ROWS,
         threshold=f"{ROBUST_Z_THRESHOLD:g}",

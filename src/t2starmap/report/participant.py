@@ -1,8 +1,12 @@
 """One HTML page per participant (and session) with a section per echo set.
 
-Works from the records of published sets (:class:`t2starmap.derivatives.PublishedSet`): reads
-their maps back from the written derivatives and the raw echoes from the input, so the page
-shows exactly what was published; nothing here changes a fit.
+A set's section is drawn from its record (:class:`t2starmap.derivatives.PublishedSet`) and its
+maps: for the sets a run fits, the workflow hands over the maps it holds and the echoes it read
+(:func:`set_section` with :class:`SetMaps` and :class:`EchoSamples`), so nothing is read back;
+the sets earlier runs published are read from the output folder and the raw echoes from the
+input (:func:`earlier_sections`). Sets that failed are listed with their reason
+(:class:`t2starmap.derivatives.SetFailure`). Every image is read through
+:mod:`t2starmap.nifti`; nothing here changes a fit or writes anything but the page.
 """
 
 from __future__ import annotations
@@ -17,16 +21,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 
 from t2starmap import derivatives
 from t2starmap.atomic import write_text
 from t2starmap.conventions import sidecar_path
-from t2starmap.derivatives import STATUS_LEVELS, PublishedSet
+from t2starmap.derivatives import STATUS_LEVELS, PublishedSet, SetFailure
+from t2starmap.errors import T2StarError, describe_code
+from t2starmap.nifti import read_map_image, read_volume
 from t2starmap.report import figures
 from t2starmap.report.html import Figure, render
-from t2starmap.report.planes import FLAT, View, choose_view, to_canonical
+from t2starmap.report.planes import DEFAULT_CONVENTION, FLAT, View, choose_view, to_canonical
 from t2starmap.resources import available_cpus
 
 log = logging.getLogger("t2starmap.report")
@@ -39,6 +44,7 @@ R2STAR_WINDOW = (0.0, 200.0)
 ROBUST_TOP = 99.0
 #: T2* quantiles whose voxels get a decay-curve plot.
 CURVE_QUANTILES = (("low", 0.05), ("median", 0.5), ("high", 0.95))
+CURVE_LABELS = tuple(label for label, _ in CURVE_QUANTILES)
 
 #: Most threads that read (decompress) echoes at once.
 READ_THREADS = 4
@@ -69,18 +75,39 @@ def page_name(subject: str, session: str | None) -> str:
 
 @dataclass(frozen=True)
 class SetMaps:
-    """Maps of one echo set as written, in the files' voxel order (X, Y, Z)."""
+    """Maps of one echo set in the files' voxel order (X, Y, Z): float32 maps, bool masks
+    (OUTPUTS keys present), the affine and voxel size they are written with, and the fit's
+    sidecar fields (``FieldMapWrapLimit`` sets the field map's window)."""
 
-    maps: Mapping[str, np.ndarray]  # keys of derivatives.OUTPUTS present; masks as bool
+    maps: Mapping[str, np.ndarray]
     affine: np.ndarray
     zooms: tuple[float, ...]
     sidecar: Mapping[str, Any]
 
 
+_MASKS = frozenset(s.key for s in derivatives.OUTPUTS if s.suffix == "mask")
+
+
+def in_memory_maps(
+    maps: Mapping[str, np.ndarray],
+    affine: np.ndarray,
+    zooms: tuple[float, ...],
+    sidecar: Mapping[str, Any],
+) -> SetMaps:
+    """:class:`SetMaps` of maps a run holds (as it writes them: masks bool, the rest as
+    float32), so that the page shows exactly what is published without reading it back."""
+    shown = {
+        k: (v > 0 if k in _MASKS else v.astype(np.float32, copy=False))
+        for k, v in maps.items()
+        if k in _MAP_KEYS
+    }
+    return SetMaps(shown, np.asarray(affine), tuple(zooms), dict(sidecar))
+
+
 def load_set_maps(output_dir: Path, record: PublishedSet) -> SetMaps:
-    """The published maps of ``record`` (those present) and its T2* sidecar.
-    Raises FileNotFoundError without a T2* map."""
-    masks = {s.key for s in derivatives.OUTPUTS if s.suffix == "mask"}
+    """The published maps of ``record`` (those present) and its T2* sidecar, read from the
+    output folder: for sets that earlier runs published. Raises FileNotFoundError without a
+    T2* map."""
     maps: dict[str, np.ndarray] = {}
     affine: np.ndarray | None = None
     zooms: tuple[float, ...] = ()
@@ -88,12 +115,10 @@ def load_set_maps(output_dir: Path, record: PublishedSet) -> SetMaps:
         path = record.path(output_dir, key)
         if not path.exists():
             continue
-        img: Any = nib.load(str(path))  # a NIfTI image; nibabel's stubs say less
-        data = np.asarray(img.dataobj)
-        maps[key] = data > 0 if key in masks else data.astype(np.float32)
+        image = read_map_image(path)
+        maps[key] = image.data > 0 if key in _MASKS else image.data
         if affine is None:
-            affine = np.asarray(img.affine)
-            zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+            affine, zooms = image.affine, image.zooms
     if affine is None or "t2star" not in maps:
         raise FileNotFoundError(f"no T2* map of {record.name} under {output_dir}")
     sidecar = sidecar_path(record.path(output_dir, "t2star"))
@@ -119,9 +144,8 @@ def representative_voxels(
 
 def _read_volume(path: Path) -> np.ndarray | None:
     try:
-        image: Any = nib.load(str(path))
-        data = np.asarray(image.dataobj, dtype=np.float32)
-    except Exception as err:  # the fit read it; a page without curves is still a page
+        data = read_volume(path)
+    except (T2StarError, OSError) as err:  # the fit read it; a page without curves is a page
         log.warning("%s: not readable for the report (%s)", path, err)
         return None
     return data.reshape(data.shape[:3]) if data.ndim == 4 else data
@@ -154,13 +178,14 @@ def read_echoes(
 
 @dataclass(frozen=True)
 class EchoSamples:
-    """What a set's section shows of the raw echoes, taken from the echoes the fit read
-    instead of reading them again: the magnitudes at ``voxels`` (n_voxels, n_echoes) and the
-    first echo's volume (X, Y, Z), both in the files' voxel order."""
+    """What a set's section shows of the raw echoes: the magnitudes at ``voxels`` (the
+    decay-curve voxels, :func:`representative_voxels`), (n_voxels, n_echoes), and the first
+    echo's volume (X, Y, Z; None when it could not be read), both in the files' voxel order.
+    For a set the run fits, taken from the echoes the fit read (:func:`echo_samples`)."""
 
     voxels: tuple[tuple[int, ...], ...]
     signals: np.ndarray
-    first: np.ndarray
+    first: np.ndarray | None
 
 
 def _masks(maps: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -206,8 +231,10 @@ class Montage:
     ``window``: ``"fixed"`` uses ``fixed`` (the same colours mean the same value on every page);
     ``"robust"`` runs from 0 to the :data:`ROBUST_TOP` percentile inside the mask, printed with
     ``fmt`` and ``unit`` in the caption; ``"symmetric"`` from minus to plus that percentile of
-    the absolute value (signed maps: the field map). ``overlay``: mask the background and mark
-    failed voxels.
+    the absolute value (signed maps: the gradient, the correction); ``"wrap"`` over the wrapped
+    field map's full range, minus to plus ``FieldMapWrapLimit`` (a cyclic colour map: both ends
+    are the same colour, as they are the same frequency). ``overlay``: mask the background and
+    mark failed voxels.
     """
 
     key: str
@@ -236,13 +263,15 @@ MONTAGES = (
     ),
     Montage("r2star", 1.0, "viridis", "R2* (1/s)", "R2*", "fixed", R2STAR_WINDOW, unit=" s⁻¹"),
     Montage(
-        "r2star_uncorrected",
+        "r2star_difference",
         1.0,
-        "viridis",
-        "R2* uncorrected (1/s)",
-        "R2* before the through-slice field-gradient correction (compare with the R2* above)",
-        "fixed",
-        R2STAR_WINDOW,
+        "RdBu_r",
+        "R2* correction (1/s)",
+        "What the through-slice field-gradient correction changed: corrected minus uncorrected "
+        "R2* (blue where it lowered R2*; black where it was not applied: edge slices, mask "
+        "borders, untrusted field; the uncorrected map is desc-uncorrected_R2starmap)",
+        "symmetric",
+        fmt=".3g",
         unit=" s⁻¹",
     ),
     Montage(
@@ -270,10 +299,12 @@ MONTAGES = (
     Montage(
         "frequency",
         1.0,
-        "RdBu_r",
+        "twilight",
         "field map (Hz)",
-        "Off-resonance frequency of the complex fit",
-        "symmetric",
+        "Off-resonance frequency of the complex fit, wrapped (a cyclic colour map: the two ends "
+        "of the window are one colour, as they are one frequency)",
+        "wrap",
+        fmt=".4g",
         unit=" Hz",
     ),
     Montage(
@@ -310,6 +341,8 @@ def _caption(spec: Montage, window: tuple[float, float], echo_time: float, note:
             f"{spec.title}, window ±{window[1]:{spec.fmt}}{spec.unit} (the {ROBUST_TOP:g}th "
             f"percentile of its size in the mask). {note}"
         )
+    if spec.window == "wrap":
+        return f"{spec.title}, window ±{window[1]:{spec.fmt}}{spec.unit}. {note}"
     return (
         f"{spec.title}, window 0–{window[1]:{spec.fmt}}{spec.unit} (the {ROBUST_TOP:g}th "
         f"percentile in the mask). {note}"
@@ -326,13 +359,17 @@ def _montage(
     view: View,
     canon: Callable[[np.ndarray], np.ndarray],
     caption_of: Callable[[Montage, tuple[float, float]], str],
+    wrap_limit: float | None = None,
 ) -> Figure:
-    """One montage of ``values`` (the files' voxel order) as ``spec`` says."""
+    """One montage of ``values`` (the files' voxel order) as ``spec`` says; ``wrap_limit``:
+    the wrapped field map's ``FieldMapWrapLimit`` (Hz), its window."""
     volume = values * spec.factor
     inside = volume[good] if spec.overlay else volume[signal]
     if spec.window == "fixed":
         window = spec.fixed
-    elif spec.window == "symmetric":
+    elif spec.window == "wrap" and wrap_limit:
+        window = (-wrap_limit, wrap_limit)
+    elif spec.window in ("symmetric", "wrap"):
         top = _window(np.abs(inside))[1]
         window = (-top, top)
     else:
@@ -409,52 +446,85 @@ def _tables(
     return acquisition, fit
 
 
+def _shown_maps(
+    maps: Mapping[str, np.ndarray], first_echo: np.ndarray | None
+) -> dict[str, np.ndarray]:
+    """The arrays the montages show: the maps, the measured first echo, the gradient with
+    NaN where it was not estimated, and what the field-gradient correction changed."""
+    shown = dict(maps)
+    if first_echo is not None:
+        shown["echo1"] = first_echo
+    left_out = maps["status"] == NOT_CORRECTED if "status" in maps else None
+    if "gradz" in maps and left_out is not None:  # 0 there means "not estimated", not "flat"
+        shown["gradz"] = np.where(left_out, np.nan, maps["gradz"])
+    if "r2star_uncorrected" in maps:  # black where the correction was not applied
+        difference = maps["r2star"] - maps["r2star_uncorrected"]
+        shown["r2star_difference"] = (
+            difference if left_out is None else np.where(left_out, np.nan, difference)
+        )
+    return shown
+
+
+def _echoes(
+    record: PublishedSet,
+    t2: np.ndarray,
+    good: np.ndarray,
+    bids_dir: Path,
+    given: EchoSamples | None,
+) -> EchoSamples:
+    """The raw echoes the section shows: those handed over, else read from the input."""
+    if given is not None:
+        return given
+    voxels = tuple(v for _, v in representative_voxels(t2, good))
+    sources = [Path(bids_dir) / s.path for s in record.sources]
+    signals, first = read_echoes(sources, voxels)
+    return EchoSamples(voxels, signals, first)
+
+
+def _decay_curves(maps: Mapping[str, np.ndarray], samples: EchoSamples) -> list[figures.DecayCurve]:
+    """The decay-curve voxels, named by their quantile and the file's voxel indices."""
+    return [
+        figures.DecayCurve(
+            f"{label} ({', '.join(str(i) for i in voxel)})",
+            samples.signals[i],
+            float(maps["s0"][voxel]) if "s0" in maps else float("nan"),
+            float(maps["t2star"][voxel]),
+        )
+        for i, (label, voxel) in enumerate(zip(CURVE_LABELS, samples.voxels, strict=False))
+    ]
+
+
 def set_section(
-    record: PublishedSet, loaded: SetMaps, bids_dir: Path, samples: EchoSamples | None = None
+    record: PublishedSet,
+    loaded: SetMaps,
+    bids_dir: Path,
+    samples: EchoSamples | None = None,
+    convention: str = DEFAULT_CONVENTION,
 ) -> Section:
-    """One echo set's tables, montages, histogram and decay curves. The raw echoes come from
-    ``samples`` when they are for the same voxels, else they are read from ``bids_dir``."""
+    """One echo set's tables, montages, histogram and decay curves. ``samples``: the raw
+    echoes the run read (:func:`echo_samples` of the same maps); without them they are read
+    from ``bids_dir``. ``convention``: how axial and coronal tiles face (:mod:`.planes`)."""
     maps = loaded.maps
     signal, failed, good = _masks(maps)
     t2 = maps["t2star"]
     sigma = record.noise_sigma
-
-    voxels = representative_voxels(t2, good)
-    first_echo: np.ndarray | None
-    if samples is not None and samples.voxels == tuple(v for _, v in voxels):
-        signals, first_echo = samples.signals, samples.first
-    else:
-        sources = [Path(bids_dir) / s.path for s in record.sources]
-        signals, first_echo = read_echoes(sources, [v for _, v in voxels])
+    echoes = _echoes(record, t2, good, bids_dir, samples)
 
     def canon(volume: np.ndarray) -> np.ndarray:
         return to_canonical(volume, loaded.affine)
 
     c_signal, c_failed = canon(signal), canon(failed)
-    view = choose_view(loaded.affine, signal.shape) if signal.ndim == 3 else FLAT
+    view = choose_view(loaded.affine, signal.shape, convention) if signal.ndim == 3 else FLAT
     slices = figures.select_slices(c_signal, axis=view.axis)
-    if c_signal.ndim == 3:
-        where = view.describe(slices, c_signal.shape[view.axis])
-    else:
-        where = "The image's single slice, as stored (no orientation applied)."
+    where = view.describe(slices, c_signal.shape[view.axis] if c_signal.ndim == 3 else 1)
     n_failed = int(failed.sum())
-    note = f"{n_failed} failed voxel(s) in cyan." if n_failed else "No voxel failed."
+    note = f"{n_failed} failed voxel(s) in magenta." if n_failed else "No voxel failed."
 
     def caption_of(spec: Montage, window: tuple[float, float]) -> str:
         return _caption(spec, window, record.echo_times[0], note)
 
-    shown_maps = {**maps, "echo1": first_echo} if first_echo is not None else dict(maps)
-    if "gradz" in maps and "status" in maps:  # 0 there means "not estimated", not "flat"
-        shown_maps["gradz"] = np.where(maps["status"] == NOT_CORRECTED, np.nan, maps["gradz"])
-    curves = [
-        figures.DecayCurve(
-            f"{label} ({', '.join(str(i) for i in voxel)})",
-            signals[i],
-            float(maps["s0"][voxel]) if "s0" in maps else float("nan"),
-            float(t2[voxel]),
-        )
-        for i, (label, voxel) in enumerate(voxels)
-    ]
+    shown_maps = _shown_maps(maps, echoes.first)
+    wrap = loaded.sidecar.get("FieldMapWrapLimit")
     # Drawn in a few threads: PNG encoding (zlib) releases the GIL, so one figure is encoded
     # while the next is drawn. Each figure is its own Figure object (no pyplot state).
     with ThreadPoolExecutor(max_workers=_figure_threads()) as pool:
@@ -470,12 +540,15 @@ def set_section(
                 view,
                 canon,
                 caption_of,
+                float(wrap) if isinstance(wrap, int | float) else None,
             )
             for spec in MONTAGES
             if shown_maps.get(spec.key) is not None
         ]
         hist_job = pool.submit(figures.histogram_png, t2[good] * 1e3, window_ms=T2STAR_WINDOW_MS)
-        decay_job = pool.submit(figures.decay_png, record.echo_times, curves, sigma)
+        decay_job = pool.submit(
+            figures.decay_png, record.echo_times, _decay_curves(maps, echoes), sigma
+        )
         montages = [job.result() for job in montage_jobs]
         hist, decay = hist_job.result(), decay_job.result()
     acquisition, fit = _tables(record, loaded, good, n_failed)
@@ -488,53 +561,110 @@ def set_section(
         Figure(
             figures.data_uri(decay),
             "decay curves",
-            "Measured magnitudes (dots) and fitted curves for the voxels (i, j, k) at the "
-            "5th, 50th and 95th percentile of T2*" + ("; dashed: noise level." if sigma else "."),
+            "Measured magnitudes (dots) and fitted curves for the voxels at the 5th, 50th and "
+            "95th percentile of T2*, named by their voxel indices (i, j, k) in the file, as a "
+            "viewer shows them" + ("; dashed: noise level." if sigma else "."),
         ),
     ]
     return Section(record.name, acquisition, fit, record.warnings, where, montages, plots)
+
+
+@dataclass(frozen=True)
+class FailedSet:
+    """What a page says of an echo set that failed: why, when, and whether the outputs of an
+    earlier run are still there (they are shown below it)."""
+
+    name: str
+    reason: str
+    exit_code: str
+    when: str
+    earlier_kept: bool
+
+
+def failed_sets(
+    failures: Sequence[SetFailure], published_names: set[str] | frozenset[str]
+) -> list[FailedSet]:
+    """The page's list of failed sets; ``published_names``: sets whose earlier outputs the
+    page shows."""
+    return [
+        FailedSet(f.name, f.reason, describe_code(f.exit_code), f.when, f.name in published_names)
+        for f in sorted(failures, key=lambda f: f.name)
+    ]
+
+
+def render_page(
+    subject: str, session: str | None, sections: Sequence[Section], failed: Sequence[FailedSet]
+) -> str:
+    """The HTML of one participant/session page: failed sets first, then a section per set."""
+    heading = f"sub-{subject}" + (f" ses-{session}" if session else "")
+    return render(
+        "participant.html",
+        title=f"{heading} · t2starmap",
+        heading=heading,
+        sections=sorted(sections, key=lambda x: x.name),
+        failed=list(failed),
+    )
+
+
+def recorded_sets(
+    output_dir: Path, subject: str, session: str | None
+) -> tuple[list[PublishedSet], list[SetFailure]]:
+    """The records and failure records of one participant/session in the output folder; a
+    record that cannot be read is left out with a warning (the page shows the others)."""
+    try:
+        records = derivatives.load_published(output_dir, [subject])
+    except ValueError as err:
+        log.warning("%s; the page leaves out the sets published earlier", err)
+        records = []
+    try:
+        failures = derivatives.load_failures(output_dir, [subject])
+    except ValueError as err:
+        log.warning("%s; the page leaves out the sets that failed earlier", err)
+        failures = []
+    return (
+        [r for r in records if r.session == session],
+        [f for f in failures if f.session == session],
+    )
+
+
+def earlier_sections(
+    output_dir: Path,
+    bids_dir: Path,
+    records: Sequence[PublishedSet],
+    convention: str = DEFAULT_CONVENTION,
+) -> list[Section]:
+    """Sections of sets published before (``records``), their maps read from the output
+    folder and their echoes from the input."""
+    return [
+        set_section(r, load_set_maps(output_dir, r), bids_dir, convention=convention)
+        for r in records
+    ]
 
 
 def write_participant_reports(
     output_dir: Path,
     bids_dir: Path,
     published: Sequence[PublishedSet],
-    samples: Mapping[str, EchoSamples] | None = None,
+    convention: str = DEFAULT_CONVENTION,
 ) -> list[Path]:
     """Write ``OUTPUT_DIR/sub-<L>[_ses-<S>].html`` for every participant/session among
-    ``published`` (whose maps and records are already written); return the pages written.
-    ``samples``: set name -> :func:`echo_samples` of the echoes this run read (the other
-    sets' echoes are read from ``bids_dir``).
-
-    A page covers every set of its participant/session recorded in the output folder, also
-    those that earlier runs published (jobs split by run or acquisition), so the last job
-    does not drop the others' sections.
-    """
+    ``published`` from what the output folder holds (maps and records already written; the
+    participant run hands its maps over instead, see :mod:`t2starmap.workflow`); return the
+    pages written. A page covers every set of its participant/session recorded in the output
+    folder, also those that other runs published, and lists those that failed."""
     pages = sorted({(r.subject, r.session) for r in published}, key=lambda k: (k[0], k[1] or ""))
     written = []
     for subject, session in pages:
         started = time.perf_counter()
-        ours = [r for r in published if (r.subject, r.session) == (subject, session)]
-        try:
-            recorded = derivatives.load_published(output_dir, [subject])
-        except ValueError as err:
-            log.warning("%s; the page shows this run's echo sets only", err)
-            recorded = []
-        names = {r.name for r in ours}
-        everything = sorted(
-            [*ours, *(r for r in recorded if r.session == session and r.name not in names)],
-            key=lambda r: r.name,
-        )
-        sections = [
-            set_section(r, load_set_maps(output_dir, r), bids_dir, (samples or {}).get(r.name))
-            for r in everything
+        records, failures = recorded_sets(output_dir, subject, session)
+        names = {r.name for r in published}
+        records = [*(r for r in published if (r.subject, r.session) == (subject, session))] + [
+            r for r in records if r.name not in names
         ]
-        heading = f"sub-{subject}" + (f" ses-{session}" if session else "")
+        sections = earlier_sections(output_dir, bids_dir, records, convention)
+        failed = failed_sets(failures, {r.name for r in records})
         target = Path(output_dir) / page_name(subject, session)
-        text = render(
-            "participant.html", title=f"{heading} · t2starmap", heading=heading, sections=sections
-        )
-        write_text(target, text)
+        write_text(target, render_page(subject, session, sections, failed))
         written.append(target)
         log.info("report %s written in %.2f s", target, time.perf_counter() - started)
     return written
