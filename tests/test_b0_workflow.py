@@ -69,6 +69,30 @@ def test_auto_corrects_where_the_field_changes_across_the_slice(
     page = (out / "sub-01.html").read_text()
     assert "R2* correction (1/s) montage" in page and "gradient (Hz/mm) montage" in page
     assert "corrected minus uncorrected R2*" in page
+    # what the run checked and concluded, on the page: the rectangle this phantom excites is
+    # what the estimate finds, drawn as F(TE)
+    assert sidecar["B0SliceProfile"] == "rect" or sidecar["B0SliceProfile"].startswith("sinc:")
+    assert "strong-gradient voxels" in sidecar["B0SliceProfileEstimate"]
+    for row in ("Noise level candidates", "Goodness of fit", "Phase", "Field-gradient correction"):
+        assert f"<th>{row}</th>" in page or f">{row}<" in page, row
+    assert "dephasing factor" in page and "reduced χ² montage" in page
+
+
+def test_a_slice_profile_given_is_used_and_recorded(
+    sliced: tuple[Path, object], tmp_path: Path
+) -> None:
+    bids, _ = sliced
+    out = tmp_path / "out"
+    assert run(bids, out, "--slice-profile", "sinc:2.7") == 0
+    sidecar = json.loads((out / ANAT / "sub-01_R2starmap.json").read_text())
+    assert sidecar["B0SliceProfile"] == "sinc:2.7" and "B0SliceProfileEstimate" not in sidecar
+    assert "source: option" in sidecar["B0SliceProfileSource"]
+    table = tmp_path / "profile.tsv"
+    table.write_text("position\tamplitude\n-0.5\t1\n0\t1\n0.5\t1\n")
+    assert run(bids, tmp_path / "out2", "--slice-profile", str(table)) == 0
+    assert run(bids, tmp_path / "out3", "--slice-profile", "sinc:-1") == 64
+    assert run(bids, tmp_path / "out4", "--slice-profile", str(tmp_path / "none.tsv")) == 66
+    assert not (tmp_path / "out3").exists() and not (tmp_path / "out4").exists()
 
 
 def test_none_leaves_the_fit_uncorrected(sliced: tuple[Path, object], tmp_path: Path) -> None:

@@ -216,6 +216,7 @@ ALLOWED = {
         "t2starmap.fit.limits",
         "t2starmap.derivatives",
         "t2starmap.summary",
+        "t2starmap.profiles",
         "t2starmap.nifti",
         "t2starmap.atomic",
         "t2starmap.conventions",

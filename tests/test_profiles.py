@@ -488,3 +488,19 @@ def test_estimate_falls_back_with_too_few_strong_voxels() -> None:
     assert estimate.profile == P.DEFAULT_PROFILE.with_source("default", estimate.fallback_reason)
     assert "fewer than the 100 needed" in (estimate.fallback_reason or "")
     assert "default" in estimate.describe()
+
+
+def test_a_minimum_at_the_end_of_the_range_is_not_an_estimate() -> None:
+    """A profile no family member reaches (a Gaussian narrower than the narrowest searched width,
+    or a sinc below the searched time-bandwidth products): the cost falls to the end of the
+    range, which is not a minimum; the estimate takes its stated default and says why. The
+    rectangle, the sinc family's end 1/N^2 = 0, stays a member."""
+    c = case("gaussian:0.2")
+    estimate = P.estimate_slice_profile(
+        c.phantom.magnitude, TE, c.gradient, 3.0, c.valid, c.phantom.sigma, family="gaussian"
+    )
+    assert estimate.profile.spec() == P.DEFAULT_PROFILE.spec()
+    assert estimate.profile.source == "default"
+    assert estimate.fallback_reason is not None and "end of the searched range" in (
+        estimate.fallback_reason
+    )

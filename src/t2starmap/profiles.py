@@ -888,6 +888,16 @@ def _choose(
     best = int(np.argmin([fit.reduced_chi2 for fit in fits]))
     if not np.isfinite(fits[best].value_sd_curvature):
         return _fallback(default, n, "the fit's cost does not change across the profile family")
+    chosen = fits[best]
+    if chosen.at_edge and not (chosen.family == "sinc" and chosen.value <= 0):
+        # the rectangle (1/N^2 = 0) is a member; any other end of the range is not a minimum
+        return _fallback(
+            default,
+            n,
+            f"the best {chosen.family} member lies at the end of the searched range "
+            f"({chosen.profile().spec()}, reduced chi-square {chosen.reduced_chi2:.3g}): the "
+            "family does not describe these voxels",
+        )
     boot_best = np.argmin(np.stack([b for _, b in found]), axis=0)
     support = None if len(fits) == 1 else float(np.mean(boot_best == best))
     return ProfileEstimate(fits[best].profile(), fits[best], fits, support, n, None)

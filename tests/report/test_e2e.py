@@ -16,7 +16,8 @@ def test_participant_pages(demo_output: Path) -> None:
     for name in PARTICIPANT_PAGES:
         text = (demo_output / name).read_text(encoding="utf-8")
         found = assert_self_contained(text)
-        assert len(found.images) == 8, name
+        # 7 montages (T2*, R2*, S0, RMSE, chi-square, SE, echo 1), histogram, decay curves
+        assert len(found.images) == 9, name
         assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text), name
         title = name.removesuffix(".html").replace("_", " ")
         assert f"<h1>{title}: T2* quality report</h1>" in text

@@ -285,6 +285,34 @@ def decay_figure(
     return fig
 
 
+def factor_png(
+    echo_times_s: np.ndarray,
+    gradients_hz_per_mm: np.ndarray,
+    factor: np.ndarray,
+    measured_s: Sequence[float],
+    threshold: float,
+) -> bytes:
+    """The through-slice dephasing factor F(TE) of the slice profile the correction used, one
+    line per gradient strength (``factor`` (G, E) over ``echo_times_s``), the set's echo
+    times marked, and the |F| threshold below which an echo is left out."""
+    fig = Figure(figsize=(5.4, 3.4))
+    ax = fig.add_axes((0.13, 0.34, 0.84, 0.6))
+    for g, row, colour in zip(gradients_hz_per_mm, factor, _CURVE_COLOURS, strict=False):
+        ax.plot(echo_times_s * 1e3, row, "-", color=colour, lw=1.3, label=f"G = {g:g} Hz/mm")
+    for te in measured_s:
+        ax.axvline(te * 1e3, color="0.85", lw=0.8, zorder=0)
+    for level in (threshold, -threshold):
+        ax.axhline(level, color="0.5", ls="--", lw=0.8)
+    ax.axhline(0.0, color="0.3", lw=0.6)
+    ax.set_xlabel("echo time (ms); grey: the set's echoes")
+    ax.set_ylabel("F(TE)")
+    ax.set_xlim(0, echo_times_s[-1] * 1e3)
+    ax.set_ylim(min(-0.3, float(np.min(factor)) - 0.05), 1.05)
+    ax.tick_params(labelsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, fontsize=7.5, frameon=False)
+    return to_png(fig)
+
+
 def strip_limits(values: np.ndarray) -> tuple[float, float]:
     """The value axis of the group box plot: from 0 (a median T2* is positive) to a little
     above the largest value, so that differences are seen at their size relative to the

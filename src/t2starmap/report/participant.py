@@ -29,6 +29,7 @@ from t2starmap.conventions import sidecar_path
 from t2starmap.derivatives import STATUS_LEVELS, PublishedSet, SetFailure
 from t2starmap.errors import T2StarError, describe_code
 from t2starmap.nifti import read_map_image, read_volume
+from t2starmap.profiles import factor_curves, parse_slice_profile
 from t2starmap.report import figures
 from t2starmap.report.html import Figure, render
 from t2starmap.report.planes import DEFAULT_CONVENTION, FLAT, View, choose_view, to_canonical
@@ -63,6 +64,7 @@ _MAP_KEYS = (
     "r2star_uncorrected",
     "gradz",
     "status",
+    "chisq",
 )
 #: Fit-status label of voxels the field-gradient correction left out (no gradient there).
 NOT_CORRECTED = next(s.index for s in STATUS_LEVELS if s.name == "not_gradient_corrected")
@@ -247,6 +249,8 @@ class Montage:
     fmt: str = ".4g"
     unit: str = ""
     overlay: bool = True
+    #: mark failed voxels (not on a map that says why they failed)
+    mark_failed: bool = True
 
 
 #: The montages of a set's section, in page order; "echo1" is the measured first echo.
@@ -287,6 +291,20 @@ MONTAGES = (
     ),
     Montage("s0", 1.0, "gray", "S0 (input units)", "S0"),
     Montage("rmse", 1.0, "viridis", "RMSE (input units)", "Root-mean-square residual"),
+    Montage(
+        "chisq",
+        1.0,
+        "magma",
+        "reduced χ²",
+        "Goodness of fit: the reduced chi-square of each voxel's residuals under the fit's noise "
+        "model (about 1 where the decay follows the model; far above it: two T2* pools, fat, a "
+        "bright or dark echo, motion; labelled decay_not_following_model above its p < 0.001 "
+        "point; failed voxels are not marked on this map: its values say why)",
+        "fixed",
+        (0.0, 5.0),
+        fmt=".3g",
+        mark_failed=False,
+    ),
     Montage(
         "t2star_se",
         1e3,
@@ -364,7 +382,7 @@ def _montage(
     """One montage of ``values`` (the files' voxel order) as ``spec`` says; ``wrap_limit``:
     the wrapped field map's ``FieldMapWrapLimit`` (Hz), its window."""
     volume = values * spec.factor
-    inside = volume[good] if spec.overlay else volume[signal]
+    inside = volume[good] if spec.overlay and spec.mark_failed else volume[signal]
     if spec.window == "fixed":
         window = spec.fixed
     elif spec.window == "wrap" and wrap_limit:
@@ -383,7 +401,7 @@ def _montage(
         vmax=window[1],
         cmap=spec.cmap,
         label=spec.label,
-        failed=canonical_failed if spec.overlay else None,
+        failed=canonical_failed if spec.overlay and spec.mark_failed else None,
         view=view,
     )
     return Figure(figures.data_uri(png), f"{spec.label} montage", caption_of(spec, window))
@@ -438,12 +456,85 @@ def _tables(
         ("Voxels in the signal mask", f"{record.n_voxels}"),
         ("Failed", f"{n_failed} voxel(s), {100 * record.failed_fraction:.2f} %"),
         ("Fit status (desc-fitstatus_dseg)", _status_text(record)),
+        *_checks(record, loaded.sidecar),
         (
             "T2* median [IQR] (ms)",
             f"{q[1]:.1f} [{q[0]:.1f}–{q[2]:.1f}]" if q is not None else "no voxel",
         ),
     ]
     return acquisition, fit
+
+
+def _checks(record: PublishedSet, sidecar: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Rows of what the fit checked against the data and what it concluded: the noise level's
+    candidates, the goodness of fit, the phase and the field-gradient correction."""
+    rows = []
+    candidates = sidecar.get("NoiseSigmaCandidates") or record.noise_candidates
+    if candidates:
+        listed = ", ".join(f"{k} {_fmt(v)}" for k, v in candidates.items())
+        note = sidecar.get("NoiseSigmaNote")
+        rows.append(("Noise level candidates", listed + (f"; {note}" if note else "")))
+    if "GoodnessOfFit" in sidecar:
+        misfit = record.status_counts.get("decay_not_following_model", 0)
+        share = 100 * misfit / max(record.n_voxels, 1)
+        rows.append(
+            (
+                "Goodness of fit",
+                f"{sidecar['GoodnessOfFit']}; misfit in {misfit} voxels ({share:.2f} %)",
+            )
+        )
+    if "PhaseVerdict" in sidecar:
+        rows.append(
+            (
+                "Phase",
+                f"{sidecar['PhaseVerdict']}: {sidecar.get('PhaseVerdictNote', '')} "
+                f"(consecutive-echo coherence {_fmt(sidecar.get('PhaseCoherence'), '.3g')})",
+            )
+        )
+    if "B0Correction" in sidecar:
+        rows.append(("Field-gradient correction", _correction_text(sidecar)))
+    return rows
+
+
+def _correction_text(sidecar: Mapping[str, Any]) -> str:
+    if sidecar["B0Correction"] != "through-slice":
+        return f"none: {sidecar.get('B0CorrectionNote', 'not asked for')}"
+    profile = sidecar.get("B0SliceProfileEstimate") or sidecar.get(
+        "B0SliceProfileSource", sidecar.get("B0SliceProfile", "not recorded")
+    )
+    return (
+        f"through-slice in {100 * float(sidecar.get('B0CorrectedFraction', 0.0)):.1f} % of the "
+        f"mask; field map from the {sidecar.get('B0FieldMapMethod', 'phase')}; slice profile "
+        f"{profile}"
+    )
+
+
+#: Gradient strengths (Hz/mm) of the F(TE) plot: weak, typical near air-tissue interfaces,
+#: strong (the frontal sinuses, the abdomen near bowel gas).
+FACTOR_GRADIENTS = (2.0, 5.0, 10.0)
+
+
+def _factor_plot(echo_times: Sequence[float], sidecar: Mapping[str, Any]) -> Figure | None:
+    """The dephasing factor of the slice profile the correction used, or None without one."""
+    spec, thickness = sidecar.get("B0SliceProfile"), sidecar.get("B0SliceThickness")
+    if sidecar.get("B0Correction") != "through-slice" or not spec or not thickness:
+        return None
+    try:
+        profile = parse_slice_profile(str(spec))
+    except (ValueError, OSError):  # a table moved since the run: no plot, the text says it
+        return None
+    fine = np.linspace(0.0, max(echo_times) * 1.05, 200)
+    curves = factor_curves(profile, float(thickness), fine, FACTOR_GRADIENTS)
+    threshold = float(sidecar.get("B0CorrectionThreshold", 0.3))
+    png = figures.factor_png(fine, curves.gradients_hz_per_mm, curves.factor, echo_times, threshold)
+    return Figure(
+        figures.data_uri(png),
+        "dephasing factor",
+        f"F(TE) of the slice profile used ({profile.spec()}, {float(thickness):.3g} mm slices) "
+        f"for field gradients of {', '.join(f'{g:g}' for g in FACTOR_GRADIENTS)} Hz/mm across "
+        f"the slice; echoes with |F| below {threshold:g} (dashed) are left out of the "
+        "corrected fit.",
+    )
 
 
 def _shown_maps(
@@ -521,7 +612,7 @@ def set_section(
     note = f"{n_failed} failed voxel(s) in magenta." if n_failed else "No voxel failed."
 
     def caption_of(spec: Montage, window: tuple[float, float]) -> str:
-        return _caption(spec, window, record.echo_times[0], note)
+        return _caption(spec, window, record.echo_times[0], note if spec.mark_failed else "")
 
     shown_maps = _shown_maps(maps, echoes.first)
     wrap = loaded.sidecar.get("FieldMapWrapLimit")
@@ -566,6 +657,9 @@ def set_section(
             "viewer shows them" + ("; dashed: noise level." if sigma else "."),
         ),
     ]
+    factor = _factor_plot(record.echo_times, loaded.sidecar)
+    if factor is not None:
+        plots.append(factor)
     return Section(record.name, acquisition, fit, record.warnings, where, montages, plots)
 
 
