@@ -1,7 +1,7 @@
 """Tuning table for the fit's two speed knobs, on the benchmark volume of ``bench_fit.py``.
 
     python benchmarks/tune_fit.py --chunks 15 16 17        # chunk sizes 2^k voxels
-    python benchmarks/tune_fit.py --tols 5e-4 2e-3 5e-3    # LM step tolerance
+    python benchmarks/tune_fit.py --tols 1e-4 1e-3 2e-3    # LM step tolerance
 
 Settings are run interleaved, ``--rounds`` times each, in one process (this machine's speed
 drifts by tens of per cent within minutes, so only side-by-side numbers compare). For the

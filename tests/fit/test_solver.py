@@ -162,9 +162,6 @@ def reference() -> dict[str, FitResult]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(solver, "TOL", solver.TOL / 1000)
         patch.setattr(magnitude_module, "MAX_ITER", 10 * magnitude_module.MAX_ITER)
-        patch.setattr(
-            magnitude_module, "MAX_ITER_CORRECTED", 10 * magnitude_module.MAX_ITER_CORRECTED
-        )
         patch.setattr(complex_module, "MAX_ITER", 10 * complex_module.MAX_ITER)
         return _fits(_cases(), torch.float64)
 
