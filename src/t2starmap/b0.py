@@ -299,15 +299,10 @@ def correct_through_slice(
         wrap_period_hz=field.wrap_period_hz,
     )
     status = _status(inside, bad_field, valid, slice_axis)
-    estimate = None
-    if str(mr_acquisition_type).upper() == "3D":
-        profile = RECTANGLE
-    elif profile is None:
-        sigma = noise_sigma if noise_sigma is not None else uncorrected.noise_sigma
-        estimate = estimate_slice_profile(
-            mag, te, gradient, thickness, valid, sigma, workers=workers
-        )
-        profile = estimate.profile
+    sigma = noise_sigma if noise_sigma is not None else uncorrected.noise_sigma
+    profile, estimate = _slice_profile(
+        profile, mr_acquisition_type, mag, te, gradient, thickness, valid, sigma, workers
+    )
     factor = np.abs(dephasing_factor(profile, gradient, thickness, te))
     corr = fit_corrected(
         mag,
@@ -338,6 +333,29 @@ def correct_through_slice(
         profile=profile,
         profile_estimate=estimate,
     )
+
+
+def _slice_profile(
+    given: SliceProfile | None,
+    mr_acquisition_type: str | None,
+    magnitude: np.ndarray,
+    te: np.ndarray,
+    gradient: np.ndarray,
+    thickness: float,
+    valid: np.ndarray,
+    sigma: float | None,
+    workers: int | None,
+) -> tuple[SliceProfile, ProfileEstimate | None]:
+    """The profile the factor comes from: the rectangle for a 3D acquisition (its voxel is a
+    box), else the one given, else estimated from the strong-gradient voxels (with how)."""
+    if str(mr_acquisition_type).upper() == "3D":
+        return RECTANGLE, None
+    if given is not None:
+        return given, None
+    estimate = estimate_slice_profile(
+        magnitude, te, gradient, thickness, valid, sigma, workers=workers
+    )
+    return estimate.profile, estimate
 
 
 def _checked(
