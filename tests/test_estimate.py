@@ -279,3 +279,15 @@ def test_a_bright_second_echo_in_the_prisma_phantom_is_not_a_good_fit(tmp_path: 
     misfit = level_named("decay_not_following_model").index
     low = level_named("r2star_at_lower_bound").index
     assert np.mean(np.isin(got.maps["status"][rising], [misfit, low])) >= 0.9
+
+
+def test_one_noise_level_and_one_mask_whatever_the_method(phase_set: EchoSet) -> None:
+    """The noise level and the mask are the set's, not the method's (they differed: the
+    complex fit took the background's real channel, the magnitude fits the residuals)."""
+    fits = {m: fit(phase_set, fit_method=m, b0_correction="none") for m in ("nlls", "complex")}
+    assert fits["nlls"].noise.sigma == fits["complex"].noise.sigma
+    assert np.array_equal(fits["nlls"].maps["signal"], fits["complex"].maps["signal"])
+    assert (
+        fits["nlls"].fit_info["NoiseSigmaCandidates"]
+        == fits["complex"].fit_info["NoiseSigmaCandidates"]
+    )
