@@ -206,17 +206,14 @@ def sinc_factor(
     thickness_mm: float,
     echo_times: Sequence[float] | np.ndarray,
 ) -> np.ndarray:
-    """|F(TE)| = |sinc(pi G dz TE)|, sinc(x) = sin(x)/x: the signal fraction left by a field
-    gradient G (Hz/mm) across a rectangular slice of thickness dz (mm) at each echo time (s).
-
-    Returns (..., n_echoes) float64, the gradient's shape with the echo axis appended, in
-    [0, 1]. numpy's ``np.sinc`` is the normalised sinc, sin(pi u)/(pi u), so u = G dz TE.
-    """
+    """|F(TE)| = |sinc(pi G dz TE)| of a rectangular slice of thickness dz (mm) in a field
+    gradient G (Hz/mm), at each echo time (s): (..., n_echoes) float64 in [0, 1]. The
+    rectangle's case of :func:`t2starmap.profiles.dephasing_factor`."""
     if not (np.isfinite(thickness_mm) and thickness_mm > 0):
         raise ValueError(f"slice thickness must be a positive number of mm, got {thickness_mm}")
     te = check_echo_times(np.asarray(echo_times, dtype=np.float64))
     g = np.asarray(gradient_hz_per_mm, dtype=np.float64)
-    return np.abs(np.sinc(g[..., None] * float(thickness_mm) * te))
+    return np.abs(dephasing_factor(SliceProfile("rect"), g, float(thickness_mm), te))
 
 
 # --- the driver ------------------------------------------------------------------------------

@@ -5,18 +5,6 @@ from __future__ import annotations
 import math
 
 
-def normal_quantile(p: float) -> float:
-    """z with P(Z > z) = p for a standard normal Z (bisection on erfc; p in (0, 0.5))."""
-    lo, hi = 0.0, 40.0
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if 0.5 * math.erfc(mid / math.sqrt(2.0)) > p:
-            lo = mid
-        else:
-            hi = mid
-    return 0.5 * (lo + hi)
-
-
 def chi2_upper(dof: int, p: float) -> float:
     """The upper-p quantile of chi-square with ``dof`` degrees of freedom: x with
     Q(dof/2, x/2) = p, Q the regularised upper incomplete gamma function (bisection)."""
