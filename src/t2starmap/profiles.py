@@ -866,6 +866,11 @@ def estimate_slice_profile(
     return _choose(grids, costs, dof, noise_sigma is None, rng, n_boot, default)
 
 
+def _a_minimum(fit: FamilyFit) -> bool:
+    """Whether a family's best member is a minimum: inside its range, or the rectangle."""
+    return not fit.at_edge or (fit.family == "sinc" and fit.value <= 0)
+
+
 def _choose(
     grids: Mapping[str, np.ndarray],
     costs: Mapping[str, np.ndarray],
@@ -885,21 +890,24 @@ def _choose(
     weights = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64)
     found = [_family_fit(name, grids[name], c, weights, dof) for name, c in costs.items()]
     fits = tuple(fit for fit, _ in found)
-    best = int(np.argmin([fit.reduced_chi2 for fit in fits]))
-    if not np.isfinite(fits[best].value_sd_curvature):
-        return _fallback(default, n, "the fit's cost does not change across the profile family")
-    chosen = fits[best]
-    if chosen.at_edge and not (chosen.family == "sinc" and chosen.value <= 0):
-        # the rectangle (1/N^2 = 0) is a member; any other end of the range is not a minimum
+    # a member at the end of its range is not a minimum (the rectangle, the sinc family's end
+    # 1/N^2 = 0, is a member): such a family does not describe these voxels
+    inside = [k for k, fit in enumerate(fits) if _a_minimum(fit)]
+    if not inside:
+        ends = ", ".join(f"{fit.profile().spec()} (reduced chi-square {fit.reduced_chi2:.3g})"
+                         for fit in fits)  # fmt: skip
         return _fallback(
             default,
             n,
-            f"the best {chosen.family} member lies at the end of the searched range "
-            f"({chosen.profile().spec()}, reduced chi-square {chosen.reduced_chi2:.3g}): the "
-            "family does not describe these voxels",
+            f"every family's best member lies at the end of the searched range ({ends}): "
+            "none describes these voxels",
         )
-    boot_best = np.argmin(np.stack([b for _, b in found]), axis=0)
-    support = None if len(fits) == 1 else float(np.mean(boot_best == best))
+    best = min(inside, key=lambda k: fits[k].reduced_chi2)
+    if not np.isfinite(fits[best].value_sd_curvature):
+        return _fallback(default, n, "the fit's cost does not change across the profile family")
+    # support: how often the chosen family also wins the bootstrap, among those with a minimum
+    boot_best = np.argmin(np.stack([found[k][1] for k in inside]), axis=0)
+    support = None if len(inside) == 1 else float(np.mean(boot_best == inside.index(best)))
     return ProfileEstimate(fits[best].profile(), fits[best], fits, support, n, None)
 
 
