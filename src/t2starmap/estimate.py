@@ -53,14 +53,7 @@ from t2starmap.fit.result import MISFIT_P
 from t2starmap.fit.status import Correction
 from t2starmap.layout import EchoSet
 from t2starmap.nifti import Geometry, load_magnitude
-from t2starmap.noise import (
-    NoiseEstimate,
-    cross_check,
-    estimate_noise,
-    noise_from_echo_differences,
-    noise_from_residuals,
-    signal_mask,
-)
+from t2starmap.noise import NoiseEstimate, cross_check, noise_candidates, signal_mask
 from t2starmap.parts import complex_available, find_parts, load_complex
 from t2starmap.profiles import SliceProfile, parse_slice_profile, profile_from_metadata
 
@@ -541,14 +534,14 @@ def _noise_level(
             coils,
         )
         return NoiseEstimate(options.noise_sigma, 0, coils=coils, method="given")
-    real = None if signal is None else signal[..., 0].real
-    background = estimate_noise(magnitude[..., 0], real=real, coils=options.noise_coils)
-    differences = noise_from_echo_differences(magnitude, signal=signal, coils=background.coils)
-    if len(echo_set.echoes) >= 3:
-        residuals = noise_from_residuals(magnitude, echo_set.echo_times, workers=options.workers)
-    else:
-        residuals = NoiseEstimate(None, 0, "residuals need at least 3 echoes")
-    estimate = cross_check(background, differences, residuals)
+    candidates = noise_candidates(
+        magnitude,
+        echo_set.echo_times,
+        signal=signal,
+        coils=options.noise_coils,
+        workers=options.workers,
+    )
+    estimate = cross_check(*candidates)
     if estimate.sigma is None:
         warnings.add(
             f"{echo_set.name}: noise level could not be estimated ({estimate.reason}); "
