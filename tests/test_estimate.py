@@ -318,3 +318,32 @@ def test_a_negative_int16_sample_makes_its_voxel_nan_and_failed(tmp_path: Path) 
     assert got.maps["failed"][10, 9, 2] and got.maps["signal"][10, 9, 2]
     assert np.count_nonzero(np.isnan(got.magnitude).any(axis=-1)) == 1
     assert any("1 voxel(s) with NaN/inf or negative" in w for w in got.warnings)
+
+
+def test_maps_are_zero_outside_the_mask(magnitude_set: EchoSet) -> None:
+    got = fit(magnitude_set)
+    outside = ~got.maps["signal"]
+    assert outside.any()
+    for key, value in got.maps.items():
+        assert not np.any(value[outside]), key
+
+
+def test_a_published_map_is_the_fits_own_array_zeroed_outside_the_mask() -> None:
+    """No copy of the fit's maps: the array published is the fit's, 0 set outside the mask."""
+    import torch
+
+    values = torch.arange(1.0, 13.0).reshape(3, 4)
+    mask = np.zeros((3, 4), dtype=bool)
+    mask[1:, 1:3] = True
+    result = estimate.FitResult(  # type: ignore[call-arg]
+        *[values.clone() for _ in range(8)],
+        failed=torch.zeros(3, 4, dtype=torch.bool),
+        reason=torch.zeros(3, 4, dtype=torch.uint8),
+        method="nlls",
+        device="cpu",
+        noise_sigma=None,
+    )
+    published = estimate._map_array(result, "t2star", mask, mask)
+    assert published.dtype == np.float32
+    np.testing.assert_array_equal(published, np.where(mask, values.numpy(), 0.0))
+    assert np.shares_memory(published, result.t2star.numpy())

@@ -573,5 +573,8 @@ def _map_array(result: FitResult, key: str, mask: np.ndarray, failed: np.ndarray
         return mask
     if key == "failed":
         return failed
-    values: torch.Tensor = getattr(result, key)
-    return np.where(mask, values.cpu().numpy(), 0.0).astype(np.float32)
+    values = getattr(result, key).cpu().numpy().astype(np.float32, copy=False)
+    # 0 outside the mask, in place: the fit's own array, which nothing reads after this, is
+    # published as it is (a copy of every map would be most of the run's memory)
+    np.copyto(values, 0.0, where=~mask)
+    return values

@@ -124,7 +124,7 @@ def montage_figure(
         aspect=view.pixel_aspect,
     )
     if failed is not None and failed.any():
-        flags = mosaic(failed.astype(np.float32), slices, view=view) > 0.5
+        flags = mosaic(failed, slices, view=view) > 0.5  # the shown slices only, no copy
         overlay = np.zeros((*flags.shape, 4), dtype=np.float32)
         overlay[flags] = FAILED_RGBA
         ax.imshow(overlay, interpolation="nearest", aspect=view.pixel_aspect)
