@@ -280,8 +280,8 @@ def test_failed_save_leaves_the_old_map_and_no_temporary(
     save_map(target, np.ones((5, 4, 3)), geometry_of())
     before = target.read_bytes()
 
-    def broken_write(path: Path, payload: bytes) -> None:
-        path.write_bytes(payload[: len(payload) // 2])
+    def broken_write(path: Path, image: object, compress: bool) -> None:
+        path.write_bytes(before[: len(before) // 2])
         raise OSError("disk full")
 
     monkeypatch.setattr(nifti, "_write_file", broken_write)
@@ -457,3 +457,15 @@ def test_reading_in_threads_stacks_the_same(tmp_path: Path) -> None:
     threaded = nifti.read_magnitude(echoes, geometry, workers=3).data
     np.testing.assert_array_equal(serial, threaded)
     np.testing.assert_array_equal(serial, np.stack(volumes, axis=-1))
+
+
+def test_a_written_map_is_the_same_bytes_every_time(tmp_path: Path) -> None:
+    """The gzip header carries no file name and no time: one map, one file content."""
+    values = np.random.default_rng(2).uniform(0.0, 1.0, (6, 5, 4))
+    first = save_map(tmp_path / "a" / "map.nii.gz", values, geometry_of())
+    second = save_map(tmp_path / "b" / "map.nii.gz", values, geometry_of())
+    data = first.read_bytes()
+    assert data == second.read_bytes()
+    assert data[:2] == b"\x1f\x8b" and data[4:8] == b"\0\0\0\0"  # MTIME 0
+    assert not data[3] & 0x08  # no FNAME field
+    np.testing.assert_array_equal(read_map(first), values.astype(np.float32))

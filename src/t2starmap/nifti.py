@@ -386,20 +386,36 @@ def to_ras(volume: np.ndarray, affine: np.ndarray) -> np.ndarray:
 def save_map(path: Path, data: np.ndarray, geometry: Geometry) -> Path:
     """Write one map atomically: float maps as float32, boolean masks and label maps (uint8)
     as uint8."""
-    array = data.astype(np.uint8) if data.dtype in (bool, np.uint8) else data.astype(np.float32)
+    kind = np.uint8 if data.dtype in (bool, np.uint8) else np.float32
+    array = data.astype(kind, copy=False)
     img = nib.Nifti1Image(array, geometry.affine)
     img.set_qform(geometry.affine, code=geometry.qform_code or 1)
     img.set_sform(geometry.affine, code=geometry.sform_code or 1)
     img.header.set_zooms(geometry.zooms)
     img.header.set_xyzt_units("mm", "sec")
     img.header.set_data_dtype(array.dtype)
-    raw = img.to_bytes()
-    payload = gzip_compress(raw) if Path(path).name.endswith(".gz") else raw
     with atomic_path(path) as tmp:
-        _write_file(Path(tmp), payload)
+        _write_file(Path(tmp), img, Path(path).name.endswith(".gz"))
     return path
 
 
-def _write_file(path: Path, payload: bytes) -> None:
+def _write_file(path: Path, image: Any, compress: bool) -> None:
+    """Write ``image`` to ``path``, through gzip when ``compress``: nibabel streams it a
+    plane at a time into the compressor (isal when installed), so no copy of the whole
+    image, raw or compressed, is held. The gzip header carries no name and no time: the
+    same map gives the same bytes."""
     with open(path, "wb") as stream:
-        stream.write(payload)
+        if not compress:
+            image.to_stream(stream)
+            return
+        gz: Any
+        if _gzip_lib is not None:
+            gz = _gzip_lib.IGzipFile(
+                filename="", mode="wb", compresslevel=COMPRESS_LEVEL, fileobj=stream, mtime=0
+            )
+        else:
+            gz = gzip.GzipFile(
+                filename="", mode="wb", compresslevel=COMPRESS_LEVEL, fileobj=stream, mtime=0
+            )
+        with gz:
+            image.to_stream(gz)

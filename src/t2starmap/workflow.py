@@ -32,8 +32,9 @@ import sys
 import tempfile
 import traceback
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
@@ -393,40 +394,71 @@ def _stage_page(run: _Run, page: _Page, progress: _Progress) -> _StagedPage:
     return _page_publication(run, page, staged, failures)
 
 
+#: Most threads that write (compress) a set's maps at once, while its page section is drawn.
+WRITE_THREADS = 2
+
+
 def _stage_set(run: _Run, echo_set: EchoSet, geometry: Geometry) -> _StagedSet:
     """Fit one set; write its maps, sidecars and record into the staging folder; draw its
-    page section from the maps and echoes the fit holds."""
+    page section from the maps and echoes the fit holds. The maps are written in threads,
+    those the page does not show first (their memory is freed once they are written, before
+    the section's figures take theirs), the others while the section is drawn (gzip and PNG
+    encoding release the GIL)."""
     settings = run.settings
     log.info("%s: fitting", echo_set.name)
     assert run.device is not None, "the input is checked before anything is fitted"
     fitted = run.fit(settings, echo_set, geometry, run.device)
     raise_if_signalled()  # a stop whose exception Python dropped (raised in a finalizer)
-    log.info("%s: writing its maps", echo_set.name)
-    files = _write_maps(settings, run.stage, echo_set, geometry, fitted)
-    record = _record(settings, echo_set, fitted)
-    record_file = derivatives.record_path(Path(), record.entities)
-    write_text(run.stage / record_file, record.to_json())
-    log.info("%s: drawing its report", echo_set.name)
     samples = (
         pages.echo_samples(fitted.magnitude, fitted.maps) if fitted.magnitude is not None else None
     )
+    fitted = replace(fitted, magnitude=None)  # the echoes' memory is free from here on
+    record = _record(settings, echo_set, fitted)
     shown = pages.in_memory_maps(fitted.maps, geometry.affine, geometry.zooms, fitted.fit_info)
-    section = pages.set_section(
-        record, shown, settings.bids_dir, samples, settings.report_convention
-    )
+    log.info("%s: writing its maps", echo_set.name)
+    threads = max(1, min(WRITE_THREADS, settings.nprocs))
+    with ThreadPoolExecutor(threads, thread_name_prefix="t2starmap-write") as pool:
+        try:
+            files, written = _write_maps(
+                settings, run.stage, echo_set, geometry, fitted, pool, last=set(shown.maps)
+            )
+            del fitted  # the maps not shown are now held by their writes alone
+            record_file = derivatives.record_path(Path(), record.entities)
+            write_text(run.stage / record_file, record.to_json())
+            for key, job in written:
+                if key not in shown.maps:
+                    job.result()
+            log.info("%s: drawing its report", echo_set.name)
+            section = pages.set_section(
+                record, shown, settings.bids_dir, samples, settings.report_convention
+            )
+            for _, job in written:
+                job.result()
+        except BaseException:
+            pool.shutdown(cancel_futures=True)  # an error or a stop: no more maps
+            raise
     return _StagedSet(record, (*files, record_file.as_posix()), section)
 
 
 def _write_maps(
-    settings: Settings, stage: Path, echo_set: EchoSet, geometry: Geometry, fitted: SetFit
-) -> list[str]:
-    """Write one set's maps and sidecars under ``stage``; their paths relative to it."""
+    settings: Settings,
+    stage: Path,
+    echo_set: EchoSet,
+    geometry: Geometry,
+    fitted: SetFit,
+    pool: ThreadPoolExecutor,
+    last: set[str] | frozenset[str] = frozenset(),
+) -> tuple[list[str], list[tuple[str, Future[Path]]]]:
+    """Write one set's sidecars, and start writing its maps in ``pool`` (those in ``last``
+    last), under ``stage``: their paths relative to it, and each map's key and job (which
+    raises what its write raised)."""
     files = []
+    images = []
     for spec in derivatives.OUTPUTS:
         if spec.key not in fitted.maps:
             continue
         image = derivatives.output_path(stage, echo_set.entities, spec, ".nii.gz")
-        save_map(image, fitted.maps[spec.key], geometry)
+        images.append((spec.key, image))
         sidecar = sidecar_path(image)
         write_json(
             sidecar, derivatives.map_sidecar(spec, echo_set, settings.bids_dir, fitted.fit_info)
@@ -436,7 +468,11 @@ def _write_maps(
             levels = image.with_name(image.name.replace(".nii.gz", ".tsv"))
             write_text(levels, fit_status.levels_tsv())
             files.append(levels)
-    return [f.relative_to(stage).as_posix() for f in files]
+    images.sort(key=lambda item: item[0] in last)
+    jobs = [
+        (key, pool.submit(save_map, image, fitted.maps[key], geometry)) for key, image in images
+    ]
+    return [f.relative_to(stage).as_posix() for f in files], jobs
 
 
 def fit_set(
