@@ -40,6 +40,8 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from t2starmap import derivatives
 from t2starmap.atomic import write_json, write_text
 from t2starmap.conventions import sidecar_path
@@ -62,6 +64,7 @@ from t2starmap.nifti import Geometry, check_geometry, save_map
 from t2starmap.publish import Publication, publish
 from t2starmap.report import participant as pages
 from t2starmap.report import write_group_report
+from t2starmap.resources import limit_allocator_arenas, release_free_memory
 from t2starmap.settings import Settings
 from t2starmap.summary import GROUP_COLUMNS, GROUP_TABLE, group_table, set_statistics
 
@@ -310,6 +313,9 @@ def _check_input(settings: Settings) -> torch.device:
     # ``workers``): torch's own threads wait for each other at every operation, which makes
     # them several times slower as soon as another process wants a CPU.
     torch.set_num_threads(1)
+    # glibc gives each thread that allocates its own heap (up to 8 per CPU), which keeps what
+    # it freed: the read, fit, write and figure threads would each hold volume-sized leftovers
+    limit_allocator_arenas(max(2, settings.nprocs))
     return device
 
 
@@ -409,10 +415,13 @@ def _stage_set(run: _Run, echo_set: EchoSet, geometry: Geometry) -> _StagedSet:
     assert run.device is not None, "the input is checked before anything is fitted"
     fitted = run.fit(settings, echo_set, geometry, run.device)
     raise_if_signalled()  # a stop whose exception Python dropped (raised in a finalizer)
-    samples = (
-        pages.echo_samples(fitted.magnitude, fitted.maps) if fitted.magnitude is not None else None
-    )
+    samples = None
+    if fitted.magnitude is not None:
+        samples = pages.echo_samples(fitted.magnitude, fitted.maps)
+        if samples.first is not None:  # int16 echoes: the page draws float32, as it always did
+            samples = replace(samples, first=samples.first.astype(np.float32, copy=False))
     fitted = replace(fitted, magnitude=None)  # the echoes' memory is free from here on
+    release_free_memory()  # and what the fit's threads and temporaries left in the heap
     record = _record(settings, echo_set, fitted)
     shown = pages.in_memory_maps(fitted.maps, geometry.affine, geometry.zooms, fitted.fit_info)
     log.info("%s: writing its maps", echo_set.name)
