@@ -26,10 +26,13 @@ log). The input dataset is only ever read.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import logging
 import shutil
 import sys
 import tempfile
+import threading
 import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -62,8 +65,6 @@ from t2starmap.interrupts import deferred_signals, raise_if_signalled
 from t2starmap.layout import EchoSet, SetProblem, check_images_present, find_echo_sets
 from t2starmap.nifti import Geometry, check_geometry, save_map
 from t2starmap.publish import Publication, publish
-from t2starmap.report import participant as pages
-from t2starmap.report import write_group_report
 from t2starmap.resources import limit_allocator_arenas, release_free_memory
 from t2starmap.settings import Settings
 from t2starmap.summary import GROUP_COLUMNS, GROUP_TABLE, group_table, set_statistics
@@ -72,6 +73,17 @@ if TYPE_CHECKING:
     import torch
 
     from t2starmap.estimate import SetFit
+    from t2starmap.report import participant as pages
+else:
+
+    class _Pages:
+        """:mod:`t2starmap.report.participant`, imported when first used (matplotlib,
+        jinja2 and PIL: most of a second, which :func:`_import_pages_early` hides)."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(importlib.import_module("t2starmap.report.participant"), name)
+
+    pages = _Pages()
 
 log = logging.getLogger("t2starmap")
 
@@ -252,6 +264,7 @@ def run_participant(settings: Settings) -> RunResult:
         with _output_guard(run):
             run.device = _check_input(settings)
             plan = _plan(settings)
+            _import_pages_early()
             n_sets = sum(len(p.sets) for p in plan)
             log.info("%d echo set(s) to fit on %s with %s", n_sets, run.device, settings.fit_method)
             progress = _Progress(n_sets)
@@ -270,6 +283,19 @@ def run_participant(settings: Settings) -> RunResult:
         raise SetsFailedError(result.summary(), worst([f.exit_code for f in run.failures]))
     log.info("%s", result.summary())
     return result
+
+
+def _import_pages_early() -> None:
+    """Import the report's page module in a thread while the first set is read and fitted:
+    the main thread waits on numpy's and torch's threads there (they release the GIL), and
+    the import (matplotlib, PIL, jinja2) takes most of a second. Its errors, if any, come
+    from the import where the page module is first used."""
+
+    def load() -> None:
+        with contextlib.suppress(Exception):  # raised again where the module is used
+            importlib.import_module("t2starmap.report.participant")
+
+    threading.Thread(target=load, name="t2starmap-import", daemon=True).start()
 
 
 @contextmanager
@@ -679,6 +705,8 @@ def run_group(settings: Settings) -> Path:
     path = out / GROUP_TABLE
     write_text(path, table.write(path))
     write_json(path.with_suffix(".json"), {k: {"Description": v} for k, v in GROUP_COLUMNS.items()})
+    from t2starmap.report import write_group_report
+
     write_group_report(out, table)
     write_settings_log(settings)
     log.info(
