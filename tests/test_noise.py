@@ -554,6 +554,28 @@ def test_float32_comparisons_are_those_of_float64() -> None:
             np.testing.assert_array_equal(noise._above(x, shifted), wide > shifted)
 
 
+@pytest.mark.parametrize("dtype", [np.int16, np.uint8])
+def test_integer_comparisons_are_those_of_float64(dtype: type) -> None:
+    info = np.iinfo(dtype)
+    x = np.arange(info.min, info.max + 1, max(1, (info.max - info.min) // 5000)).astype(dtype)
+    x = np.concatenate([x, np.array([info.min, info.max, 0, 1], dtype=dtype)])
+    wide = x.astype(np.float64)
+    for t in (-1e9, info.min - 0.5, -3.0, -2.5, 0.0, 0.5, 7.0, 7.25, 99.999, info.max, 1e9):
+        np.testing.assert_array_equal(noise._below(x, t), wide < t)
+        np.testing.assert_array_equal(noise._above(x, t), wide > t)
+
+
+def test_integer_echoes_are_as_bright_as_their_float32_values() -> None:
+    """The residuals' brightness test compares a float32 echo with the threshold rounded to
+    float32 (59.99999999 is 60 there): int16 echoes must give the same voxels."""
+    column = np.arange(0, 200, dtype=np.int16)
+    for t in (59.99999999, 60.0, 60.00000001, 60.5, 0.2, 150.7):
+        np.testing.assert_array_equal(
+            noise._brighter(column, t), noise._brighter(column.astype(np.float32), t)
+        )
+    assert noise._brighter(column, 59.99999999)[60] == np.False_
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16])
 def test_rows_finite_and_positive(dtype: type) -> None:
     rows = np.array([[1, 2, 3], [0, 2, 3], [1, -2, 3], [4, 5, 6]], dtype=np.float64)

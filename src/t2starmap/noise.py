@@ -148,11 +148,15 @@ class _Sample:
     @classmethod
     def of(cls, values: np.ndarray) -> _Sample:
         if values.size and values.max() < _WHOLE_LIMIT:
-            whole = values.astype(np.int32)
-            if np.array_equal(whole, values):
+            if values.dtype in _TORCH_COUNTS:  # integers: counted as they are
+                counts = torch.bincount(torch.from_numpy(np.ascontiguousarray(values))).numpy()
+            else:
+                whole = values.astype(np.int32)
+                if not np.array_equal(whole, values):
+                    return cls(values.astype(np.float64))
                 counts = np.bincount(whole)
-                levels = np.flatnonzero(counts)
-                return cls(levels.astype(np.float64), counts[levels])
+            levels = np.flatnonzero(counts)
+            return cls(levels.astype(np.float64), counts[levels])
         return cls(values.astype(np.float64, copy=False))
 
     @property
@@ -194,7 +198,10 @@ def _as_float(x: np.ndarray) -> np.ndarray:
 
 
 def _below(x: np.ndarray, top: float) -> np.ndarray:
-    """``x < top`` as compared in float64, without a float64 copy of a float32 ``x``."""
+    """``x < top`` as compared in float64, without a float64 copy of a float32 or integer
+    ``x`` (an integer is below ``top`` when it is below its ceiling)."""
+    if x.dtype.kind in "iu":
+        return _integers_below(x, math.ceil(top))
     if x.dtype == np.float32:
         bound = np.float32(top)
         if float(bound) < top:
@@ -204,13 +211,26 @@ def _below(x: np.ndarray, top: float) -> np.ndarray:
 
 
 def _above(x: np.ndarray, bottom: float) -> np.ndarray:
-    """``x > bottom`` as compared in float64, without a float64 copy of a float32 ``x``."""
+    """``x > bottom`` as compared in float64, without a float64 copy of a float32 or
+    integer ``x`` (an integer is above ``bottom`` when it is above its floor)."""
+    if x.dtype.kind in "iu":
+        return ~_integers_below(x, math.floor(bottom) + 1)
     if x.dtype == np.float32:
         bound = np.float32(bottom)
         if float(bound) > bottom:
             bound = np.nextafter(bound, np.float32(-np.inf))
         return x > bound
     return np.asarray(x, dtype=np.float64) > bottom
+
+
+def _integers_below(x: np.ndarray, bound: int) -> np.ndarray:
+    """``x < bound`` for integer ``x`` and a Python integer ``bound`` beyond its type's range."""
+    info = np.iinfo(x.dtype)
+    if bound > info.max:
+        return np.ones(x.shape, dtype=bool)
+    if bound <= info.min:
+        return np.zeros(x.shape, dtype=bool)
+    return x < x.dtype.type(bound)
 
 
 @dataclass(frozen=True)
@@ -227,7 +247,13 @@ class _Air:
 
     @classmethod
     def of(cls, first_echo: np.ndarray) -> _Air:
-        image = _as_float(np.asarray(first_echo))
+        image = np.asarray(first_echo)
+        if image.dtype in _TORCH_COUNTS:  # integers: all finite, counted as they are
+            values = _Sample.of(image[image > 0])
+            zero_fraction = float(np.count_nonzero(image == 0) / image.size) if image.size else 0.0
+            threshold = values.log_otsu() if values.size >= MIN_BACKGROUND else None
+            return cls(image, values, zero_fraction, threshold)
+        image = _as_float(image)
         finite = image[np.isfinite(image)]
         zero_fraction = float(np.mean(finite == 0)) if finite.size else 0.0
         values = _Sample.of(finite[finite > 0])
@@ -391,8 +417,7 @@ def noise_from_residuals(
         if first.size < MIN_BACKGROUND:
             return NoiseEstimate(None, first.size, "too few voxels for the residuals")
         threshold = first.log_otsu()
-        column = _as_float(flat[:, 0])  # compared as float32 when the echoes are float32
-        usable &= np.where(np.isfinite(column), column, 0.0) > threshold
+        usable &= _brighter(flat[:, 0], threshold)
     else:
         usable &= np.asarray(mask, dtype=bool).reshape(-1)
     index = np.flatnonzero(usable)
@@ -423,6 +448,15 @@ def noise_from_residuals(
     )
 
 
+def _brighter(column: np.ndarray, threshold: float) -> np.ndarray:
+    """``column > threshold`` as a float32 column compares (the threshold rounded to float32,
+    NaN not brighter); integers of up to 16 bits as their float32 values would."""
+    if column.dtype.kind in "iu" and column.dtype.itemsize <= 2:
+        return _above(column, float(np.float32(threshold)))
+    column = _as_float(column)
+    return np.where(np.isfinite(column), column, 0.0) > threshold
+
+
 def _all_finite(flat: np.ndarray) -> np.ndarray:
     """Rows of ``flat`` (n, E) whose every sample is finite, (n,) bool (as
     :func:`_all_positive`)."""
@@ -441,6 +475,8 @@ def _all_positive(flat: np.ndarray) -> np.ndarray:
     return (torch.gt(low, 0) & torch.lt(high, math.inf)).numpy()
 
 
+#: Integer types torch counts (:class:`_Sample`) as they are.
+_TORCH_COUNTS = tuple(np.dtype(t) for t in (np.int8, np.uint8, np.int16, np.int32))
 #: Types whose rows :func:`_row_range` reduces with torch.
 _TORCH_ROWS = tuple(np.dtype(t) for t in (np.float32, np.float64, np.int8, np.uint8, np.int16))
 
@@ -658,7 +694,7 @@ def signal_mask(
             tail = -math.expm1(-(MASK_SNR**2) / 2.0)
             threshold = sigma * math.sqrt(2.0 * _gamma_quantile(np.array([coils]), tail)[0])
         first = data[..., 0]
-        if first.dtype not in (np.float32, np.float64):
+        if first.dtype not in (np.float32, np.float64) and first.dtype.kind not in "iu":
             first = first.astype(np.float64)
         return _above(first, threshold) | nonfinite  # a non-finite first echo: in nonfinite
     first = np.asarray(data[..., 0], dtype=np.float64)
