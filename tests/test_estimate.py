@@ -291,3 +291,71 @@ def test_one_noise_level_and_one_mask_whatever_the_method(phase_set: EchoSet) ->
         fits["nlls"].fit_info["NoiseSigmaCandidates"]
         == fits["complex"].fit_info["NoiseSigmaCandidates"]
     )
+
+
+def _write_stored_as(root: Path, magnitude: np.ndarray, dtype: type) -> EchoSet:
+    """The bundled example's way of writing a set, its echoes stored as ``dtype``."""
+    import nibabel as nib
+
+    anat = _dataset(root) / "sub-01" / "anat"
+    anat.mkdir(parents=True)
+    for k in range(magnitude.shape[-1]):
+        image = nib.Nifti1Image(magnitude[..., k].astype(dtype), np.diag([2.0, 2.0, 2.0, 1.0]))
+        nib.save(image, str(anat / f"sub-01_echo-{k + 1}_MEGRE.nii.gz"))
+        (anat / f"sub-01_echo-{k + 1}_MEGRE.json").write_text(f'{{"EchoTime": {0.003 * (k + 1)}}}')
+    return _one_set(root)
+
+
+def test_int16_echoes_are_kept_as_int16_and_give_the_maps_of_their_values(tmp_path: Path) -> None:
+    """int16 files are stacked as int16 (half the memory): every map, sidecar field and the
+    noise level are those of the same values stored as float32."""
+    magnitude = np.round(make_phantom((20, 18, 4), seed=5, s0=2000.0).magnitude)
+    integers = fit(_write_stored_as(tmp_path / "int16", magnitude, np.int16))
+    floats = fit(_write_stored_as(tmp_path / "float32", magnitude, np.float32))
+    assert integers.magnitude is not None and integers.magnitude.dtype == np.int16
+    assert floats.magnitude is not None and floats.magnitude.dtype == np.float32
+    assert integers.fit_info == floats.fit_info and integers.noise == floats.noise
+    assert integers.maps.keys() == floats.maps.keys()
+    for key, value in floats.maps.items():
+        assert integers.maps[key].dtype == value.dtype, key
+        np.testing.assert_array_equal(integers.maps[key], value, err_msg=key)
+
+
+def test_a_negative_int16_sample_makes_its_voxel_nan_and_failed(tmp_path: Path) -> None:
+    magnitude = np.round(make_phantom((20, 18, 4), seed=5, s0=2000.0).magnitude)
+    magnitude[10, 9, 2, 3] = -7.0
+    got = fit(_write_stored_as(tmp_path, magnitude, np.int16))
+    assert got.magnitude is not None and got.magnitude.dtype == np.float32
+    assert np.all(np.isnan(got.magnitude[10, 9, 2]))
+    assert got.maps["failed"][10, 9, 2] and got.maps["signal"][10, 9, 2]
+    assert np.count_nonzero(np.isnan(got.magnitude).any(axis=-1)) == 1
+    assert any("1 voxel(s) with NaN/inf or negative" in w for w in got.warnings)
+
+
+def test_maps_are_zero_outside_the_mask(magnitude_set: EchoSet) -> None:
+    got = fit(magnitude_set)
+    outside = ~got.maps["signal"]
+    assert outside.any()
+    for key, value in got.maps.items():
+        assert not np.any(value[outside]), key
+
+
+def test_a_published_map_is_the_fits_own_array_zeroed_outside_the_mask() -> None:
+    """No copy of the fit's maps: the array published is the fit's, 0 set outside the mask."""
+    import torch
+
+    values = torch.arange(1.0, 13.0).reshape(3, 4)
+    mask = np.zeros((3, 4), dtype=bool)
+    mask[1:, 1:3] = True
+    result = estimate.FitResult(  # type: ignore[call-arg]
+        *[values.clone() for _ in range(8)],
+        failed=torch.zeros(3, 4, dtype=torch.bool),
+        reason=torch.zeros(3, 4, dtype=torch.uint8),
+        method="nlls",
+        device="cpu",
+        noise_sigma=None,
+    )
+    published = estimate._map_array(result, "t2star", mask, mask)
+    assert published.dtype == np.float32
+    np.testing.assert_array_equal(published, np.where(mask, values.numpy(), 0.0))
+    assert np.shares_memory(published, result.t2star.numpy())

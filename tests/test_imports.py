@@ -267,3 +267,19 @@ def test_only_the_workflow_imports_the_report_and_only_the_cli_the_workflow() ->
         "t2starmap.workflow"
     }
     assert {m for m, t in graph.items() if "t2starmap.workflow" in t} == {"t2starmap.cli"}
+
+
+def test_the_workflow_loads_the_pages_only_when_it_draws_them() -> None:
+    """matplotlib, PIL and jinja2 take most of a second to import: the participant run loads
+    them in a thread while its first set is fitted, so importing the workflow must not."""
+    code = (
+        "import sys, t2starmap.workflow\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('matplotlib', 'jinja2')"
+        " or m == 't2starmap.report.participant')[:3])"
+    )
+    env = {**os.environ, "PYTHONPATH": str(SRC_PACKAGE.parent)}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]", proc.stdout

@@ -280,8 +280,8 @@ def test_failed_save_leaves_the_old_map_and_no_temporary(
     save_map(target, np.ones((5, 4, 3)), geometry_of())
     before = target.read_bytes()
 
-    def broken_write(path: Path, payload: bytes) -> None:
-        path.write_bytes(payload[: len(payload) // 2])
+    def broken_write(path: Path, image: object, compress: bool) -> None:
+        path.write_bytes(before[: len(before) // 2])
         raise OSError("disk full")
 
     monkeypatch.setattr(nifti, "_write_file", broken_write)
@@ -342,3 +342,130 @@ def test_cut_short_gzip_names_the_file(tmp_path: Path) -> None:
     path.write_bytes(path.read_bytes()[:-40])
     with pytest.raises(BadDataError, match=r"echo\.nii\.gz: image data could not be read"):
         nifti.read_volume(path)
+
+
+# --- read_magnitude: the input checks made as the echoes are read ------------------------------
+
+
+def test_every_kind_of_unusable_sample_is_flagged_per_voxel(tmp_path: Path) -> None:
+    """NaN, +inf, -inf and negative samples in any echo flag their voxel, and only theirs;
+    the stack holds the values as read."""
+    volumes = [np.full((4, 3, 2), 100.0, np.float32) for _ in range(3)]
+    volumes[1][0, 0, 0] = np.nan
+    volumes[0][1, 2, 1] = np.inf
+    volumes[2][2, 1, 0] = -np.inf
+    volumes[2][3, 0, 1] = -0.5
+    echoes = echo_set(tmp_path, volumes, (0.004, 0.008, 0.012))
+    read = nifti.read_magnitude(echoes, check_geometry(echoes))
+    assert read.unusable is not None and read.positive
+    assert sorted(zip(*np.nonzero(read.unusable), strict=True)) == [
+        (0, 0, 0),
+        (1, 2, 1),
+        (2, 1, 0),
+        (3, 0, 1),
+    ]
+    np.testing.assert_array_equal(read.data, np.stack(volumes, axis=-1))
+
+
+def test_clean_echoes_flag_nothing(tmp_path: Path) -> None:
+    volumes = [np.full((4, 3, 2), v, np.float32) for v in (0.0, 7.0)]
+    echoes = echo_set(tmp_path, volumes, (0.004, 0.008))
+    read = nifti.read_magnitude(echoes, check_geometry(echoes))
+    assert read.unusable is None and read.positive
+
+
+def test_negative_integers_are_flagged(tmp_path: Path) -> None:
+    volumes = [np.full((4, 3, 2), 50, np.int16) for _ in range(2)]
+    volumes[1][1, 1, 1] = -3
+    echoes = echo_set(tmp_path, volumes, (0.004, 0.008))
+    for integers in (False, True):
+        read = nifti.read_magnitude(echoes, check_geometry(echoes), integers=integers)
+        assert read.unusable is not None
+        assert list(zip(*np.nonzero(read.unusable), strict=True)) == [(1, 1, 1)]
+        assert read.data[1, 1, 1, 1] == -3
+
+
+@pytest.mark.parametrize(
+    ("bright", "positive"),
+    [("usable voxel", True), ("flagged voxel", False), ("nowhere", False)],
+)
+def test_positive_counts_usable_voxels_only(tmp_path: Path, bright: str, positive: bool) -> None:
+    """``positive`` says whether a voxel WITHOUT an unusable sample has a positive sample: a
+    bright voxel that is also flagged does not count."""
+    volumes = [np.zeros((4, 3, 2), np.float32) for _ in range(2)]
+    volumes[0][0, 0, 0] = np.nan
+    if bright == "usable voxel":
+        volumes[1][2, 2, 1] = 10.0
+    elif bright == "flagged voxel":
+        volumes[1][0, 0, 0] = 10.0
+    echoes = echo_set(tmp_path, volumes, (0.004, 0.008))
+    assert nifti.read_magnitude(echoes, check_geometry(echoes)).positive is positive
+
+
+@pytest.mark.parametrize(
+    ("stored", "slope", "stack"),
+    [
+        (np.int16, None, np.int16),
+        (np.uint8, None, np.uint8),
+        (np.int16, 0.5, np.float32),  # scaled: float32 in signal units
+        (np.uint16, None, np.float32),  # torch cannot gather uint16
+        (np.float64, None, np.float32),
+    ],
+)
+def test_integer_stacks_keep_the_stored_type_with_the_same_values(
+    tmp_path: Path, stored: type, slope: float | None, stack: type
+) -> None:
+    rng = np.random.default_rng(4)
+    paths = [
+        write_image(
+            tmp_path / f"e{k}.nii.gz", rng.integers(0, 200, (6, 5, 4)).astype(stored), slope=slope
+        )
+        for k in range(3)
+    ]
+    echoes = build_echo_set(
+        {"subject": "01"}, [Echo(p, 0.004 * (k + 1), {}) for k, p in enumerate(paths)]
+    )
+    geometry = check_geometry(echoes)
+    kept = nifti.read_magnitude(echoes, geometry, integers=True)
+    assert kept.data.dtype == stack
+    floats = load_magnitude(echoes, geometry)
+    assert floats.dtype == np.float32
+    np.testing.assert_array_equal(kept.data.astype(np.float32), floats)
+    for k, path in enumerate(paths):
+        np.testing.assert_array_equal(floats[..., k], np.asarray(nib.load(str(path)).dataobj))
+
+
+def test_echoes_of_different_stored_types_stack_as_float32(tmp_path: Path) -> None:
+    paths = [
+        write_image(tmp_path / "a.nii.gz", np.full((3, 3, 2), 5, np.int16)),
+        write_image(tmp_path / "b.nii.gz", np.full((3, 3, 2), 4, np.uint8)),
+    ]
+    echoes = build_echo_set(
+        {"subject": "01"}, [Echo(paths[0], 0.003, {}), Echo(paths[1], 0.006, {})]
+    )
+    read = nifti.read_magnitude(echoes, check_geometry(echoes), integers=True)
+    assert read.data.dtype == np.float32
+    assert read.data[0, 0, 0].tolist() == [5.0, 4.0]
+
+
+def test_reading_in_threads_stacks_the_same(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    volumes = [rng.uniform(0, 1000, (7, 6, 5)).astype(np.float32) for _ in range(5)]
+    echoes = echo_set(tmp_path, volumes, (0.002, 0.004, 0.006, 0.008, 0.010))
+    geometry = check_geometry(echoes)
+    serial = nifti.read_magnitude(echoes, geometry, workers=1).data
+    threaded = nifti.read_magnitude(echoes, geometry, workers=3).data
+    np.testing.assert_array_equal(serial, threaded)
+    np.testing.assert_array_equal(serial, np.stack(volumes, axis=-1))
+
+
+def test_a_written_map_is_the_same_bytes_every_time(tmp_path: Path) -> None:
+    """The gzip header carries no file name and no time: one map, one file content."""
+    values = np.random.default_rng(2).uniform(0.0, 1.0, (6, 5, 4))
+    first = save_map(tmp_path / "a" / "map.nii.gz", values, geometry_of())
+    second = save_map(tmp_path / "b" / "map.nii.gz", values, geometry_of())
+    data = first.read_bytes()
+    assert data == second.read_bytes()
+    assert data[:2] == b"\x1f\x8b" and data[4:8] == b"\0\0\0\0"  # MTIME 0
+    assert not data[3] & 0x08  # no FNAME field
+    np.testing.assert_array_equal(read_map(first), values.astype(np.float32))

@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from t2starmap import fit_t2star
+from t2starmap import fit_t2star, noise
 from t2starmap.cli import main
 from t2starmap.fit import Failure
 from t2starmap.noise import (
@@ -19,6 +19,7 @@ from t2starmap.noise import (
     NoiseEstimate,
     cross_check,
     estimate_noise,
+    noise_candidates,
     noise_for_fit,
     noise_from_echo_differences,
     noise_from_residuals,
@@ -496,3 +497,163 @@ def test_two_echoes_without_residuals_use_the_differences_when_ghosted() -> None
     chosen = cross_check(background, differences, NoiseEstimate(None, 0, "2 echoes"))
     assert chosen.method == "echo-differences"
     assert chosen.sigma == pytest.approx(sigma, rel=0.25)  # the first pair: ghosts linger
+
+
+# --- the same estimates, cheaper: counts of whole numbers, samples of large volumes -------------
+
+
+def _rounded(magnitude: np.ndarray) -> np.ndarray:
+    return np.round(magnitude).astype(np.float32)
+
+
+@pytest.mark.parametrize("coils", [1, 8])
+def test_counting_whole_numbers_changes_no_estimate(
+    coils: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Integer images are counted per value (one pass instead of sorting every voxel): every
+    field of the estimate equals that of the values themselves."""
+    ph = make_coil_phantom((48, 48, 6), TE_12, coils=coils, s0=300.0, snr=60.0, seed=11)
+    first = _rounded(ph.magnitude[..., 0])
+    counted = estimate_noise(first)
+    monkeypatch.setattr(noise, "_WHOLE_LIMIT", 1)  # nothing is counted: the values are used
+    assert estimate_noise(first) == counted
+    assert counted.sigma == pytest.approx(ph.sigma, rel=0.1)
+
+
+def test_otsu_of_counts_is_otsu_of_the_values() -> None:
+    rng = np.random.default_rng(3)
+    values = np.concatenate([rng.poisson(4, 5000), rng.poisson(300, 3000)]).astype(np.float64)
+    levels, counts = np.unique(values, return_counts=True)
+    assert otsu_threshold(np.log1p(levels), weights=counts) == otsu_threshold(np.log1p(values))
+
+
+def test_a_counted_sample_has_the_statistics_of_its_values() -> None:
+    rng = np.random.default_rng(5)
+    values = rng.integers(1, 40, 2000).astype(np.float32)
+    counted, plain = noise._Sample.of(values), noise._Sample(values.astype(np.float64))
+    assert counted.counts is not None and plain.counts is None
+    assert counted.size == plain.size == 2000 and counted.max() == plain.max()
+    for top in (0.5, 10.0, 10.5, 39.0, 50.0):
+        assert counted.below(top).size == plain.below(top).size
+        assert counted.fraction_above(top) == plain.fraction_above(top)
+    probabilities = (0.25, 0.5, 0.999)
+    assert counted.quantiles(probabilities) == plain.quantiles(probabilities)
+    assert counted.below(20.0).quantiles(probabilities) == plain.below(20.0).quantiles(
+        probabilities
+    )
+    assert counted.log_otsu() == plain.log_otsu()
+
+
+def test_float32_comparisons_are_those_of_float64() -> None:
+    rng = np.random.default_rng(6)
+    x = rng.uniform(0.0, 100.0, 20000).astype(np.float32)
+    for t in (*rng.uniform(0.0, 100.0, 20).tolist(), float(x[7]), float(np.nextafter(x[7], 0))):
+        for shifted in (t, float(np.nextafter(t, 0.0)), float(np.nextafter(t, 200.0))):
+            wide = x.astype(np.float64)
+            np.testing.assert_array_equal(noise._below(x, shifted), wide < shifted)
+            np.testing.assert_array_equal(noise._above(x, shifted), wide > shifted)
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint8])
+def test_integer_comparisons_are_those_of_float64(dtype: type) -> None:
+    info = np.iinfo(dtype)
+    x = np.arange(info.min, info.max + 1, max(1, (info.max - info.min) // 5000)).astype(dtype)
+    x = np.concatenate([x, np.array([info.min, info.max, 0, 1], dtype=dtype)])
+    wide = x.astype(np.float64)
+    for t in (-1e9, info.min - 0.5, -3.0, -2.5, 0.0, 0.5, 7.0, 7.25, 99.999, info.max, 1e9):
+        np.testing.assert_array_equal(noise._below(x, t), wide < t)
+        np.testing.assert_array_equal(noise._above(x, t), wide > t)
+
+
+def test_integer_echoes_are_as_bright_as_their_float32_values() -> None:
+    """The residuals' brightness test compares a float32 echo with the threshold rounded to
+    float32 (59.99999999 is 60 there): int16 echoes must give the same voxels."""
+    column = np.arange(0, 200, dtype=np.int16)
+    for t in (59.99999999, 60.0, 60.00000001, 60.5, 0.2, 150.7):
+        np.testing.assert_array_equal(
+            noise._brighter(column, t), noise._brighter(column.astype(np.float32), t)
+        )
+    assert noise._brighter(column, 59.99999999)[60] == np.False_
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16])
+def test_rows_finite_and_positive(dtype: type) -> None:
+    rows = np.array([[1, 2, 3], [0, 2, 3], [1, -2, 3], [4, 5, 6]], dtype=np.float64)
+    if dtype is not np.int16:
+        rows = np.vstack([rows, [[1, np.nan, 3], [np.inf, 2, 3], [1, -np.inf, 3]]])
+    rows = rows.astype(dtype)
+    np.testing.assert_array_equal(
+        noise._all_positive(rows), np.all(np.isfinite(rows), axis=1) & np.all(rows > 0, axis=1)
+    )
+    np.testing.assert_array_equal(noise._all_finite(rows), np.all(np.isfinite(rows), axis=1))
+
+
+def _candidates_one_by_one(
+    magnitude: np.ndarray, signal: np.ndarray | None = None
+) -> tuple[NoiseEstimate, NoiseEstimate, NoiseEstimate]:
+    real = None if signal is None else signal[..., 0].real
+    background = estimate_noise(magnitude[..., 0], real=real)
+    differences = noise_from_echo_differences(magnitude, signal=signal, coils=background.coils)
+    return background, differences, noise_from_residuals(magnitude, TE_12)
+
+
+def test_the_candidates_together_are_the_candidates_one_by_one() -> None:
+    ph = make_phantom((40, 36, 6), TE_12, s0=400.0, snr=40.0, seed=12)
+    assert noise_candidates(ph.magnitude, TE_12) == _candidates_one_by_one(ph.magnitude)
+    magnitude, signal, _ = _ghosted_phantom(seed=4)
+    together = noise_candidates(magnitude, TE_12, signal=signal)
+    assert together == _candidates_one_by_one(magnitude, signal)
+    assert together[0].method == "real-channel"
+
+
+@pytest.mark.parametrize(("dtype", "s0"), [(np.int16, 3000.0), (np.uint8, 200.0)])
+def test_integer_echoes_give_the_estimates_of_their_float32_values(dtype: type, s0: float) -> None:
+    """The run keeps int16 files as int16: every estimate is that of the same values as
+    float32 (no integer overflow in the differences, the same thresholds)."""
+    ph = make_phantom((40, 36, 6), TE_12, s0=s0, snr=40.0, seed=13)
+    floats = np.minimum(_rounded(ph.magnitude), np.iinfo(dtype).max)
+    integers = floats.astype(dtype)
+    assert noise_candidates(integers, TE_12) == noise_candidates(floats, TE_12)
+    sigma = noise_candidates(floats, TE_12)[0].sigma
+    np.testing.assert_array_equal(signal_mask(integers, sigma), signal_mask(floats, sigma))
+
+
+def test_a_signal_mask_given_its_nonfinite_voxels_is_the_same() -> None:
+    ph = make_phantom((20, 18, 4), TE_12, seed=14)
+    magnitude = ph.magnitude.copy()
+    magnitude[3, 4, 1, 5] = np.nan
+    magnitude[0, 0, 0, 2] = np.inf
+    nonfinite = ~np.all(np.isfinite(magnitude), axis=-1)
+    for sigma in (ph.sigma, None):
+        expected = signal_mask(magnitude, sigma)
+        assert expected[3, 4, 1] and expected[0, 0, 0]
+        np.testing.assert_array_equal(signal_mask(magnitude, sigma, nonfinite=nonfinite), expected)
+
+
+def test_the_local_variance_of_a_large_volume_uses_every_kth_plane(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Above LOCAL_WINDOWS windows, every k-th plane along the third axis: the estimate is
+    that of those planes, within its spread of the whole volume's."""
+    ph = make_phantom((64, 64, 40), TE_12[:3], s0=1000.0, snr=50.0, seed=15, background=0.0)
+    first = ph.magnitude[..., 0]
+    whole = noise._local_variance_sigma(first)
+    monkeypatch.setattr(noise, "LOCAL_WINDOWS", 40_000)  # 62 x 62 x 40 windows: every 4th
+    sampled = noise._local_variance_sigma(first)
+    monkeypatch.setattr(noise, "LOCAL_WINDOWS", 1 << 20)
+    assert sampled == noise._local_variance_sigma(first[:, :, ::4])
+    assert whole[0] is not None and sampled[0] is not None
+    assert sampled[1] < whole[1] / 3
+    assert sampled[0] == pytest.approx(whole[0], rel=0.03)
+    assert whole[0] == pytest.approx(ph.sigma, rel=0.05)
+
+
+def test_the_echo_differences_of_a_large_air_use_a_sample(monkeypatch: pytest.MonkeyPatch) -> None:
+    ph = make_phantom((64, 64, 8), TE_12, s0=1000.0, snr=50.0, seed=16)
+    whole = noise_from_echo_differences(ph.magnitude)
+    monkeypatch.setattr(noise, "SAMPLE_VOXELS", 4000)
+    sampled = noise_from_echo_differences(ph.magnitude)
+    assert whole.n_background > 4 * 4000
+    assert 2000 <= sampled.n_background <= 4000
+    assert sampled.sigma == pytest.approx(whole.sigma, rel=0.05)  # its spread: about 1.5 %
+    assert whole.sigma == pytest.approx(ph.sigma, rel=0.05)

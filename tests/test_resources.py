@@ -1,14 +1,17 @@
-"""CPU count: SLURM, then the cgroup CPU quota (v1 and v2), then the affinity mask."""
+"""CPU count: SLURM, then the cgroup CPU quota (v1 and v2), then the affinity mask; the memory
+the C allocator keeps."""
 
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from t2starmap import resources
 from t2starmap.resources import (
     SOURCE_AFFINITY,
     SOURCE_CGROUP,
@@ -183,3 +186,10 @@ def test_a_real_cgroup_v1_quota_of_one_cpu_sets_the_default_nprocs(tmp_path: Pat
     if affinity_count() > 1:
         assert source == SOURCE_CGROUP
     assert not group.exists()
+
+
+def test_the_allocator_gives_back_what_it_keeps_where_it_is_glibc() -> None:
+    """malloc_trim and M_ARENA_MAX on glibc; elsewhere nothing is done and False said."""
+    glibc = platform.libc_ver()[0] == "glibc"
+    assert resources.release_free_memory() is glibc
+    assert resources.limit_allocator_arenas(8) is glibc

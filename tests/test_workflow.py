@@ -488,3 +488,47 @@ def test_an_unreadable_set_of_an_earlier_run_does_not_block_the_page(
     assert "sub-01: published earlier, but its maps cannot be read" in capsys.readouterr().err
     page = (out / "sub-01.html").read_text()
     assert 'id="sub-01_run-2"' in page and 'id="sub-01"' not in page
+
+
+def test_a_map_that_cannot_be_written_costs_its_set_only(
+    example: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Maps are written in threads while the page section is drawn: a write that fails
+    still fails its set (unexpected error, exit 1), and nothing of that set is published."""
+    from t2starmap import workflow
+
+    original = workflow.save_map
+
+    def failing(path: Path, *args: object) -> Path:
+        if path.name == "sub-02_ses-1_S0map.nii.gz":  # shown on the page: written last
+            raise OSError("disk full")
+        return original(path, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(workflow, "save_map", failing)
+    out = tmp_path / "out"
+    assert participant(example, out) == 1
+    for name in (SETS[0], SETS[2]):
+        assert {f"{name}_{m}.nii.gz" for m in MAP_NAMES} <= files_below(out)
+    assert not (out / "sub-02" / "ses-1").exists()
+    failure = json.loads((out / "logs" / "failures" / "sub-02_ses-1_failure.json").read_text())
+    assert "disk full" in failure["reason"]
+
+
+def test_the_maps_the_page_does_not_show_are_written_before_it_is_drawn(
+    example: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Their memory is free before the figures take theirs."""
+    from t2starmap.report import participant as pages
+
+    work = tmp_path / "work"
+    original = pages.set_section
+    seen: list[set[str]] = []
+
+    def checking(*args: object, **kwargs: object) -> pages.Section:
+        seen.append({p.name.split("_", 1)[1] for p in work.rglob("sub-01_*.nii.gz")})
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pages, "set_section", checking)
+    assert participant(example, tmp_path / "out", "--participant-label", "01", "-w", str(work)) == 0
+    assert len(seen) == 1
+    assert {"desc-stderr_R2starmap.nii.gz", "desc-stderr_S0map.nii.gz"} <= seen[0]

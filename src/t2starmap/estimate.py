@@ -52,15 +52,8 @@ from t2starmap.fit.phase import INCOHERENT, FieldMap, PhaseAnalysis, analyse_pha
 from t2starmap.fit.result import MISFIT_P
 from t2starmap.fit.status import Correction
 from t2starmap.layout import EchoSet
-from t2starmap.nifti import Geometry, load_magnitude
-from t2starmap.noise import (
-    NoiseEstimate,
-    cross_check,
-    estimate_noise,
-    noise_from_echo_differences,
-    noise_from_residuals,
-    signal_mask,
-)
+from t2starmap.nifti import Geometry, read_magnitude
+from t2starmap.noise import NoiseEstimate, cross_check, noise_candidates, signal_mask
 from t2starmap.parts import complex_available, find_parts, load_complex
 from t2starmap.profiles import SliceProfile, parse_slice_profile, profile_from_metadata
 
@@ -126,7 +119,8 @@ class SetFit:
     steps: Mapping[str, float] = field(default_factory=dict)
     warnings: tuple[str, ...] = field(default_factory=tuple)
     #: The stacked echoes the fit read, (*shape, n_echoes) float32 (voxels with an unusable
-    #: sample NaN), so the report need not read them again; None once dropped.
+    #: sample NaN) or, from int16 files and the like, their integer type; so that the report
+    #: need not read them again; None once dropped.
     magnitude: np.ndarray | None = None
 
 
@@ -162,14 +156,14 @@ def fit_echo_set(echo_set: EchoSet, geometry: Geometry, options: Options) -> Set
     first = str(echo_set.echoes[0].path)
     parts = find_parts(echo_set)
     method = _method(options.fit_method, complex_available(parts), first)
-    magnitude = _usable_magnitude(echo_set, geometry, warnings)
+    magnitude, unusable = _usable_magnitude(echo_set, geometry, warnings)
     # the complex signal serves the complex fit, the background's real channel and the field
     # map; none of them wants it with a given sigma, a magnitude fit and no correction
     wanted = method == "complex" or options.noise_sigma is None or options.b0_correction != "none"
     signal = load_complex(parts, geometry, magnitude) if parts is not None and wanted else None
     clock.lap("read")
     noise = _noise_level(options, echo_set, magnitude, signal, warnings)
-    mask = signal_mask(magnitude, noise.sigma, noise.coils)
+    mask = signal_mask(magnitude, noise.sigma, noise.coils, nonfinite=unusable)
     clock.lap("noise")
     if not mask.any():
         raise BadDataError(f"{first}: no voxel of set {echo_set.name} rises above the noise")
@@ -427,7 +421,7 @@ def _through_slice(
     try:
         profile = _profile(options.slice_profile, meta)
         correction = correct_through_slice(
-            magnitude,
+            magnitude.astype(np.float32, copy=False),
             echo_set.echo_times,
             geometry.affine,
             field=field,
@@ -504,23 +498,30 @@ def _number(value: Any) -> float | None:
         return None
 
 
-def _usable_magnitude(echo_set: EchoSet, geometry: Geometry, warnings: _Warnings) -> np.ndarray:
-    """The stacked echoes, voxels with a NaN/inf/negative sample set to NaN (the fit flags
-    them). Raises BadDataError when no voxel is usable."""
-    magnitude = load_magnitude(echo_set, geometry)
-    unusable = ~np.all(np.isfinite(magnitude), axis=-1) | np.any(magnitude < 0, axis=-1)
-    if unusable.all() or not np.any(magnitude[~unusable] > 0):
+def _usable_magnitude(
+    echo_set: EchoSet, geometry: Geometry, warnings: _Warnings
+) -> tuple[np.ndarray, np.ndarray]:
+    """The stacked echoes (float32, or the files' integer type when they are int16 and the
+    like: :func:`t2starmap.nifti.read_magnitude`), voxels with a NaN/inf/negative sample set
+    to NaN (the fit flags them; float32 then), and those voxels (bool): the only ones with
+    a non-finite sample. Raises BadDataError when no voxel is usable."""
+    # checked as they are read; int16 files stay int16 (half the memory; the fits cast)
+    echoes = read_magnitude(echo_set, geometry, integers=True)
+    magnitude, unusable = echoes.data, echoes.unusable
+    if (unusable is not None and unusable.all()) or not echoes.positive:
         raise BadDataError(
             f"{echo_set.echoes[0].path}: no usable signal in set {echo_set.name} (all voxels "
             "are zero, negative or not finite)"
         )
-    if unusable.any():
+    if unusable is not None:
         warnings.add(
             f"{echo_set.name}: {int(unusable.sum())} voxel(s) with NaN/inf or negative "
             "samples are flagged as failed"
         )
+        magnitude = magnitude.astype(np.float32, copy=False)
         magnitude[unusable] = np.nan
-    return magnitude
+        return magnitude, unusable
+    return magnitude, np.zeros(geometry.shape, dtype=bool)
 
 
 def _noise_level(
@@ -541,14 +542,14 @@ def _noise_level(
             coils,
         )
         return NoiseEstimate(options.noise_sigma, 0, coils=coils, method="given")
-    real = None if signal is None else signal[..., 0].real
-    background = estimate_noise(magnitude[..., 0], real=real, coils=options.noise_coils)
-    differences = noise_from_echo_differences(magnitude, signal=signal, coils=background.coils)
-    if len(echo_set.echoes) >= 3:
-        residuals = noise_from_residuals(magnitude, echo_set.echo_times, workers=options.workers)
-    else:
-        residuals = NoiseEstimate(None, 0, "residuals need at least 3 echoes")
-    estimate = cross_check(background, differences, residuals)
+    candidates = noise_candidates(
+        magnitude,
+        echo_set.echo_times,
+        signal=signal,
+        coils=options.noise_coils,
+        workers=options.workers,
+    )
+    estimate = cross_check(*candidates)
     if estimate.sigma is None:
         warnings.add(
             f"{echo_set.name}: noise level could not be estimated ({estimate.reason}); "
@@ -572,5 +573,8 @@ def _map_array(result: FitResult, key: str, mask: np.ndarray, failed: np.ndarray
         return mask
     if key == "failed":
         return failed
-    values: torch.Tensor = getattr(result, key)
-    return np.where(mask, values.cpu().numpy(), 0.0).astype(np.float32)
+    values = getattr(result, key).cpu().numpy().astype(np.float32, copy=False)
+    # 0 outside the mask, in place: the fit's own array, which nothing reads after this, is
+    # published as it is (a copy of every map would be most of the run's memory)
+    np.copyto(values, 0.0, where=~mask)
+    return values

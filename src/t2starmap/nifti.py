@@ -135,9 +135,9 @@ def gzip_decompress(data: bytes) -> bytes:
     return gzip.decompress(data)
 
 
-def read_volume(path: Path, dtype: type[np.floating[Any]] = np.float32) -> np.ndarray:
-    """One image's data as ``dtype`` (float32 unless asked), scaled as its header says (shape
-    as stored). Raises BadDataError naming the file when it cannot be read or parsed."""
+def _image_from_file(path: Path) -> Any:
+    """The nibabel image of ``path``, its data still bytes in memory (gzip undone here, with
+    isal when installed). Raises BadDataError naming the file."""
     try:
         data = Path(path).read_bytes()
     except OSError as err:
@@ -150,39 +150,151 @@ def read_volume(path: Path, dtype: type[np.floating[Any]] = np.float32) -> np.nd
     else:
         raw = data
     try:
-        image = nib.Nifti1Image.from_bytes(raw)
+        return nib.Nifti1Image.from_bytes(raw)
     except Exception:  # NIfTI-2 and anything else nibabel can read: its own loader
-        image = _open(path)
+        return _open(path)
+
+
+def _stored(path: Path, image: Any, dtype: type[np.floating[Any]]) -> np.ndarray:
+    """The data of ``image`` as stored (int16 stays int16) when the header's scaling is the
+    identity, which gives the same values as nibabel's scaled read cast to ``dtype``; else
+    nibabel's scaled read as ``dtype``. Raises BadDataError naming the file."""
     try:
-        return np.asarray(image.dataobj, dtype=dtype)
+        proxy = image.dataobj
+        identity = getattr(proxy, "slope", None) == 1 and getattr(proxy, "inter", None) == 0
+        stored = np.dtype(getattr(proxy, "dtype", np.float64))
+        exact = stored.kind == "f" or (stored.kind in "iub" and stored.itemsize <= 4)
+        if identity and exact and hasattr(proxy, "get_unscaled"):
+            return np.asarray(proxy.get_unscaled())
+        return np.asarray(proxy, dtype=dtype)
     except (OSError, EOFError, ValueError, zlib.error) as err:
         raise BadDataError(f"{path}: image data could not be read ({_one_line(err)})") from err
+
+
+def read_volume(path: Path, dtype: type[np.floating[Any]] = np.float32) -> np.ndarray:
+    """One image's data as ``dtype`` (float32 unless asked), scaled as its header says (shape
+    as stored). Raises BadDataError naming the file when it cannot be read or parsed."""
+    return _stored(path, _image_from_file(path), dtype).astype(dtype, copy=False)
 
 
 def read_volumes(paths: Sequence[Path], workers: int | None = None) -> list[np.ndarray]:
     """:func:`read_volume` of each path, in order, decompressed in up to ``workers`` threads
     (default: :data:`READ_THREADS`, at most the CPUs this process may use)."""
-    if workers is None:
-        workers = min(READ_THREADS, available_cpus(os.environ)[0])
-    workers = max(1, min(workers, len(paths)))
+    workers = _read_workers(workers, len(paths))
     if workers == 1:
         return [read_volume(p) for p in paths]
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="t2starmap-read") as pool:
         return list(pool.map(read_volume, paths))
 
 
-def load_magnitude(echo_set: EchoSet, geometry: Geometry) -> np.ndarray:
-    """Stack the echoes: float32 array (*shape, n_echoes), echoes in the set's (TE) order."""
-    out = np.empty((*geometry.shape, len(echo_set.echoes)), dtype=np.float32)
-    volumes = read_volumes([echo.path for echo in echo_set.echoes])
-    for k, (echo, data) in enumerate(zip(echo_set.echoes, volumes, strict=True)):
+def _read_workers(workers: int | None, n_files: int) -> int:
+    if workers is None:
+        workers = min(READ_THREADS, available_cpus(os.environ)[0])
+    return max(1, min(workers, n_files))
+
+
+@dataclass(frozen=True)
+class MagnitudeEchoes:
+    """The stacked echoes of a set, and what reading them found out in the same pass.
+
+    data: (*shape, n_echoes) float32, echoes in the set's (TE) order, as the files hold them.
+    unusable: (*shape) bool, voxels with a NaN, inf or negative sample in any echo; None when
+        there is none (the usual case: integer images cannot hold NaN).
+    positive: whether a voxel without such a sample has a positive sample.
+    """
+
+    data: np.ndarray
+    unusable: np.ndarray | None
+    positive: bool
+
+
+#: Integer types a stack of echoes may keep (:func:`read_magnitude`'s ``integers``): those
+#: torch gathers and casts (no uint16), exact in float32.
+STACK_INTEGERS = (np.dtype(np.int8), np.dtype(np.uint8), np.dtype(np.int16))
+
+
+def read_magnitude(
+    echo_set: EchoSet, geometry: Geometry, workers: int | None = None, *, integers: bool = False
+) -> MagnitudeEchoes:
+    """Read and stack the echoes, checking every sample as it is read (one pass over the
+    data, on the stored integers where the header does not scale them): see
+    :class:`MagnitudeEchoes`. Echoes are decompressed in up to ``workers`` threads (default
+    as :func:`read_volumes`), each written straight into the stack. ``integers``: when
+    every echo is stored unscaled as one of :data:`STACK_INTEGERS` (scanners write int16),
+    the stack keeps that type instead of float32: the same values in half the memory or
+    less. Raises BadDataError naming the file."""
+    paths = [echo.path for echo in echo_set.echoes]
+    kind = _stack_type(paths) if integers else np.dtype(np.float32)
+    out = np.empty((*geometry.shape, len(paths)), dtype=kind)
+
+    def read_one(k: int) -> tuple[np.ndarray | None, bool]:
+        data = _stored(paths[k], _image_from_file(paths[k]), np.float32)
         if data.size != out[..., k].size:
             raise BadDataError(
-                f"{echo.path}: image data holds {data.size} voxels, its header says "
+                f"{paths[k]}: image data holds {data.size} voxels, its header says "
                 f"{out[..., k].size}"
             )
-        out[..., k] = data.reshape(geometry.shape)
-    return out
+        if kind.kind != "f" and data.dtype.newbyteorder("=") != kind:
+            raise BadDataError(f"{paths[k]}: the image changed while it was read")
+        data = data.reshape(geometry.shape)
+        _copy_into(out[..., k], data)
+        return _unusable_samples(data)
+
+    workers = _read_workers(workers, len(paths))
+    if workers == 1:
+        checks = [read_one(k) for k in range(len(paths))]
+    else:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="t2starmap-read") as pool:
+            checks = list(pool.map(read_one, range(len(paths))))
+    flagged = [bad for bad, _ in checks if bad is not None]
+    if not flagged:
+        return MagnitudeEchoes(out, None, any(positive for _, positive in checks))
+    unusable = np.logical_or.reduce(flagged)
+    positive = any(bool(np.any((out[..., k] > 0) & ~unusable)) for k in range(out.shape[-1]))
+    return MagnitudeEchoes(out, unusable, positive)
+
+
+def _stack_type(paths: Sequence[Path]) -> np.dtype[Any]:
+    """The type of the stack of these echoes with ``integers``: their stored type when it is
+    one of :data:`STACK_INTEGERS` for all of them, unscaled; else float32 (headers only)."""
+    kinds = set()
+    for path in paths:
+        image = _open(path)  # the header only; nibabel moves its scaling onto the data proxy
+        proxy = image.dataobj
+        if getattr(proxy, "slope", None) != 1 or getattr(proxy, "inter", None) != 0:
+            return np.dtype(np.float32)
+        kinds.add(np.dtype(image.get_data_dtype()).newbyteorder("="))
+    kind = kinds.pop() if len(kinds) == 1 else None
+    return kind if kind in STACK_INTEGERS else np.dtype(np.float32)
+
+
+def _copy_into(target: np.ndarray, data: np.ndarray) -> None:
+    """``target[...] = data`` (cast to its dtype), one plane of the middle axis at a time for
+    3-D volumes: NIfTI data run along the first axis, the stack along the last, and copying
+    plane by plane keeps both sides in the CPU caches (3.4x faster at 256x256x176)."""
+    if data.ndim != 3:
+        target[...] = data
+        return
+    for j in range(data.shape[1]):
+        target[:, j, :] = data[:, j, :]
+
+
+def _unusable_samples(data: np.ndarray) -> tuple[np.ndarray | None, bool]:
+    """(voxels holding NaN, inf or a negative value, None when there are none; whether a
+    value is positive, among the others when there are none), from the min and max alone
+    in the usual case."""
+    low, high = data.min(initial=0), data.max(initial=0)
+    if data.dtype.kind in "iub" or (low >= 0 and high < np.inf):
+        if low >= 0:
+            return None, bool(high > 0)
+        return data < 0, bool(high > 0)
+    return ~((data >= 0) & (data < np.inf)), bool(high > 0)
+
+
+def load_magnitude(echo_set: EchoSet, geometry: Geometry) -> np.ndarray:
+    """Stack the echoes: float32 array (*shape, n_echoes), echoes in the set's (TE) order
+    (:func:`read_magnitude`'s ``data``)."""
+    return read_magnitude(echo_set, geometry).data
 
 
 def read_part(path: Path, geometry: Geometry) -> np.ndarray:
@@ -274,20 +386,36 @@ def to_ras(volume: np.ndarray, affine: np.ndarray) -> np.ndarray:
 def save_map(path: Path, data: np.ndarray, geometry: Geometry) -> Path:
     """Write one map atomically: float maps as float32, boolean masks and label maps (uint8)
     as uint8."""
-    array = data.astype(np.uint8) if data.dtype in (bool, np.uint8) else data.astype(np.float32)
+    kind = np.uint8 if data.dtype in (bool, np.uint8) else np.float32
+    array = data.astype(kind, copy=False)
     img = nib.Nifti1Image(array, geometry.affine)
     img.set_qform(geometry.affine, code=geometry.qform_code or 1)
     img.set_sform(geometry.affine, code=geometry.sform_code or 1)
     img.header.set_zooms(geometry.zooms)
     img.header.set_xyzt_units("mm", "sec")
     img.header.set_data_dtype(array.dtype)
-    raw = img.to_bytes()
-    payload = gzip_compress(raw) if Path(path).name.endswith(".gz") else raw
     with atomic_path(path) as tmp:
-        _write_file(Path(tmp), payload)
+        _write_file(Path(tmp), img, Path(path).name.endswith(".gz"))
     return path
 
 
-def _write_file(path: Path, payload: bytes) -> None:
+def _write_file(path: Path, image: Any, compress: bool) -> None:
+    """Write ``image`` to ``path``, through gzip when ``compress``: nibabel streams it a
+    plane at a time into the compressor (isal when installed), so no copy of the whole
+    image, raw or compressed, is held. The gzip header carries no name and no time: the
+    same map gives the same bytes."""
     with open(path, "wb") as stream:
-        stream.write(payload)
+        if not compress:
+            image.to_stream(stream)
+            return
+        gz: Any
+        if _gzip_lib is not None:
+            gz = _gzip_lib.IGzipFile(
+                filename="", mode="wb", compresslevel=COMPRESS_LEVEL, fileobj=stream, mtime=0
+            )
+        else:
+            gz = gzip.GzipFile(
+                filename="", mode="wb", compresslevel=COMPRESS_LEVEL, fileobj=stream, mtime=0
+            )
+        with gz:
+            image.to_stream(gz)

@@ -1,4 +1,5 @@
-"""How many CPUs this process may use: SLURM's allocation, the cgroup CPU quota, the affinity.
+"""How many CPUs this process may use: SLURM's allocation, the cgroup CPU quota, the affinity;
+and the memory glibc's allocator keeps after numpy has freed it.
 
 ``os.sched_getaffinity`` sees ``taskset`` and cpusets but not a CPU quota, which is how
 ``docker/podman run --cpus N`` and many batch systems limit a job; so the quota is read from
@@ -12,6 +13,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 #: Where each count came from, as recorded in the settings log.
 SOURCE_SLURM = "SLURM_CPUS_PER_TASK"
@@ -159,3 +161,42 @@ def available_cpus(
         if allowed < affinity:
             return allowed, SOURCE_CGROUP
     return affinity, SOURCE_AFFINITY
+
+
+# --- memory the C allocator keeps ------------------------------------------------------------
+
+#: glibc's mallopt parameter for the most malloc arenas (malloc.h).
+_M_ARENA_MAX = -8
+
+
+def _glibc() -> Any:
+    """The C library when it is glibc (its malloc_trim and mallopt), else None."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    if libc is None or not hasattr(libc, "malloc_trim") or not hasattr(libc, "mallopt"):
+        return None
+    return libc
+
+
+def release_free_memory() -> bool:
+    """Hand the C allocator's free memory back to the system (glibc's ``malloc_trim``; False
+    and nothing done elsewhere). numpy's arrays below glibc's mmap threshold, which rises to
+    32 MB after the first large array is freed, stay in the heap of the thread that allocated
+    them once freed: after a step that made many volume-sized temporaries in several threads,
+    the process holds far more than it uses."""
+    libc = _glibc()
+    return bool(libc is not None and libc.malloc_trim(0) >= 0)
+
+
+def limit_allocator_arenas(arenas: int = 2) -> bool:
+    """At most ``arenas`` glibc malloc arenas from now on (``mallopt(M_ARENA_MAX)``; False and
+    nothing done elsewhere): threads then reuse each other's freed memory instead of each
+    growing its own heap."""
+    libc = _glibc()
+    return bool(libc is not None and libc.mallopt(_M_ARENA_MAX, arenas) == 1)

@@ -26,18 +26,24 @@ log). The input dataset is only ever read.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import logging
 import shutil
 import sys
 import tempfile
+import threading
 import traceback
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from t2starmap import derivatives
 from t2starmap.atomic import write_json, write_text
@@ -59,8 +65,7 @@ from t2starmap.interrupts import deferred_signals, raise_if_signalled
 from t2starmap.layout import EchoSet, SetProblem, check_images_present, find_echo_sets
 from t2starmap.nifti import Geometry, check_geometry, save_map
 from t2starmap.publish import Publication, publish
-from t2starmap.report import participant as pages
-from t2starmap.report import write_group_report
+from t2starmap.resources import limit_allocator_arenas, release_free_memory
 from t2starmap.settings import Settings
 from t2starmap.summary import GROUP_COLUMNS, GROUP_TABLE, group_table, set_statistics
 
@@ -68,6 +73,17 @@ if TYPE_CHECKING:
     import torch
 
     from t2starmap.estimate import SetFit
+    from t2starmap.report import participant as pages
+else:
+
+    class _Pages:
+        """:mod:`t2starmap.report.participant`, imported when first used (matplotlib,
+        jinja2 and PIL: most of a second, which :func:`_import_pages_early` hides)."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(importlib.import_module("t2starmap.report.participant"), name)
+
+    pages = _Pages()
 
 log = logging.getLogger("t2starmap")
 
@@ -248,6 +264,7 @@ def run_participant(settings: Settings) -> RunResult:
         with _output_guard(run):
             run.device = _check_input(settings)
             plan = _plan(settings)
+            _import_pages_early()
             n_sets = sum(len(p.sets) for p in plan)
             log.info("%d echo set(s) to fit on %s with %s", n_sets, run.device, settings.fit_method)
             progress = _Progress(n_sets)
@@ -266,6 +283,19 @@ def run_participant(settings: Settings) -> RunResult:
         raise SetsFailedError(result.summary(), worst([f.exit_code for f in run.failures]))
     log.info("%s", result.summary())
     return result
+
+
+def _import_pages_early() -> None:
+    """Import the report's page module in a thread while the first set is read and fitted:
+    the main thread waits on numpy's and torch's threads there (they release the GIL), and
+    the import (matplotlib, PIL, jinja2) takes most of a second. Its errors, if any, come
+    from the import where the page module is first used."""
+
+    def load() -> None:
+        with contextlib.suppress(Exception):  # raised again where the module is used
+            importlib.import_module("t2starmap.report.participant")
+
+    threading.Thread(target=load, name="t2starmap-import", daemon=True).start()
 
 
 @contextmanager
@@ -309,6 +339,9 @@ def _check_input(settings: Settings) -> torch.device:
     # ``workers``): torch's own threads wait for each other at every operation, which makes
     # them several times slower as soon as another process wants a CPU.
     torch.set_num_threads(1)
+    # glibc gives each thread that allocates its own heap (up to 8 per CPU), which keeps what
+    # it freed: the read, fit, write and figure threads would each hold volume-sized leftovers
+    limit_allocator_arenas(max(2, settings.nprocs))
     return device
 
 
@@ -393,40 +426,74 @@ def _stage_page(run: _Run, page: _Page, progress: _Progress) -> _StagedPage:
     return _page_publication(run, page, staged, failures)
 
 
+#: Most threads that write (compress) a set's maps at once, while its page section is drawn.
+WRITE_THREADS = 2
+
+
 def _stage_set(run: _Run, echo_set: EchoSet, geometry: Geometry) -> _StagedSet:
     """Fit one set; write its maps, sidecars and record into the staging folder; draw its
-    page section from the maps and echoes the fit holds."""
+    page section from the maps and echoes the fit holds. The maps are written in threads,
+    those the page does not show first (their memory is freed once they are written, before
+    the section's figures take theirs), the others while the section is drawn (gzip and PNG
+    encoding release the GIL)."""
     settings = run.settings
     log.info("%s: fitting", echo_set.name)
     assert run.device is not None, "the input is checked before anything is fitted"
     fitted = run.fit(settings, echo_set, geometry, run.device)
     raise_if_signalled()  # a stop whose exception Python dropped (raised in a finalizer)
-    log.info("%s: writing its maps", echo_set.name)
-    files = _write_maps(settings, run.stage, echo_set, geometry, fitted)
+    samples = None
+    if fitted.magnitude is not None:
+        samples = pages.echo_samples(fitted.magnitude, fitted.maps)
+        if samples.first is not None:  # int16 echoes: the page draws float32, as it always did
+            samples = replace(samples, first=samples.first.astype(np.float32, copy=False))
+    fitted = replace(fitted, magnitude=None)  # the echoes' memory is free from here on
+    release_free_memory()  # and what the fit's threads and temporaries left in the heap
     record = _record(settings, echo_set, fitted)
-    record_file = derivatives.record_path(Path(), record.entities)
-    write_text(run.stage / record_file, record.to_json())
-    log.info("%s: drawing its report", echo_set.name)
-    samples = (
-        pages.echo_samples(fitted.magnitude, fitted.maps) if fitted.magnitude is not None else None
-    )
     shown = pages.in_memory_maps(fitted.maps, geometry.affine, geometry.zooms, fitted.fit_info)
-    section = pages.set_section(
-        record, shown, settings.bids_dir, samples, settings.report_convention
-    )
+    log.info("%s: writing its maps", echo_set.name)
+    threads = max(1, min(WRITE_THREADS, settings.nprocs))
+    with ThreadPoolExecutor(threads, thread_name_prefix="t2starmap-write") as pool:
+        try:
+            files, written = _write_maps(
+                settings, run.stage, echo_set, geometry, fitted, pool, last=set(shown.maps)
+            )
+            del fitted  # the maps not shown are now held by their writes alone
+            record_file = derivatives.record_path(Path(), record.entities)
+            write_text(run.stage / record_file, record.to_json())
+            for key, job in written:
+                if key not in shown.maps:
+                    job.result()
+            log.info("%s: drawing its report", echo_set.name)
+            section = pages.set_section(
+                record, shown, settings.bids_dir, samples, settings.report_convention
+            )
+            for _, job in written:
+                job.result()
+        except BaseException:
+            pool.shutdown(cancel_futures=True)  # an error or a stop: no more maps
+            raise
     return _StagedSet(record, (*files, record_file.as_posix()), section)
 
 
 def _write_maps(
-    settings: Settings, stage: Path, echo_set: EchoSet, geometry: Geometry, fitted: SetFit
-) -> list[str]:
-    """Write one set's maps and sidecars under ``stage``; their paths relative to it."""
+    settings: Settings,
+    stage: Path,
+    echo_set: EchoSet,
+    geometry: Geometry,
+    fitted: SetFit,
+    pool: ThreadPoolExecutor,
+    last: set[str] | frozenset[str] = frozenset(),
+) -> tuple[list[str], list[tuple[str, Future[Path]]]]:
+    """Write one set's sidecars, and start writing its maps in ``pool`` (those in ``last``
+    last), under ``stage``: their paths relative to it, and each map's key and job (which
+    raises what its write raised)."""
     files = []
+    images = []
     for spec in derivatives.OUTPUTS:
         if spec.key not in fitted.maps:
             continue
         image = derivatives.output_path(stage, echo_set.entities, spec, ".nii.gz")
-        save_map(image, fitted.maps[spec.key], geometry)
+        images.append((spec.key, image))
         sidecar = sidecar_path(image)
         write_json(
             sidecar, derivatives.map_sidecar(spec, echo_set, settings.bids_dir, fitted.fit_info)
@@ -436,7 +503,11 @@ def _write_maps(
             levels = image.with_name(image.name.replace(".nii.gz", ".tsv"))
             write_text(levels, fit_status.levels_tsv())
             files.append(levels)
-    return [f.relative_to(stage).as_posix() for f in files]
+    images.sort(key=lambda item: item[0] in last)
+    jobs = [
+        (key, pool.submit(save_map, image, fitted.maps[key], geometry)) for key, image in images
+    ]
+    return [f.relative_to(stage).as_posix() for f in files], jobs
 
 
 def fit_set(
@@ -634,6 +705,8 @@ def run_group(settings: Settings) -> Path:
     path = out / GROUP_TABLE
     write_text(path, table.write(path))
     write_json(path.with_suffix(".json"), {k: {"Description": v} for k, v in GROUP_COLUMNS.items()})
+    from t2starmap.report import write_group_report
+
     write_group_report(out, table)
     write_settings_log(settings)
     log.info(

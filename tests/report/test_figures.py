@@ -162,6 +162,29 @@ def test_histogram_counts_values_above_the_window_in_an_overflow_bar() -> None:
     assert_not_blank(decode(figures.histogram_png(values, window_ms=(0.0, 100.0))))
 
 
+def test_histogram_counts_are_those_of_the_clipped_finite_values() -> None:
+    """Counted without copies of the values: the same as clipping the finite values below
+    the window's top into it, the window's edges and infinities included."""
+    rng = np.random.default_rng(1)
+    values = np.concatenate(
+        [rng.uniform(-20.0, 130.0, 5000), [0.0, 100.0, 100.0, -5.0, 50.0, np.inf, -np.inf, np.nan]]
+    )
+    finite = values[np.isfinite(values)]
+    below_top = finite[finite < 100.0]
+    expected, expected_edges = np.histogram(np.clip(below_top, 0.0, 100.0), 80, (0.0, 100.0))
+    counts, edges, over = figures.histogram_counts(values, (0.0, 100.0), 80)
+    np.testing.assert_array_equal(counts, expected)
+    np.testing.assert_array_equal(edges, expected_edges)
+    assert over == finite.size - below_top.size
+
+
+def test_the_histogram_leaves_the_values_it_is_given_alone() -> None:
+    values = np.random.default_rng(2).uniform(1.0, 90.0, 1001)
+    kept = values.copy()
+    figures.histogram_png(values)
+    np.testing.assert_array_equal(values, kept)
+
+
 def test_decay_legend_is_outside_the_data() -> None:
     te = np.linspace(0.003, 0.04, 8)
     curves = [

@@ -163,7 +163,7 @@ def labels(
     known); ``mask``: bool, the voxels fitted; ``correction``: the :class:`Correction` outcome
     of each voxel when a field-gradient correction ran (None: none ran)."""
     bits = np.zeros(mask.shape, dtype=np.uint8) if reason is None else np.asarray(reason)
-    out = np.where(mask, GOOD.index, NOT_FITTED.index).astype(np.uint8)
+    out = np.where(mask, np.uint8(GOOD.index), np.uint8(NOT_FITTED.index))
     if correction is not None:
         out[mask & np.isin(correction, [int(c) for c in NOT_CORRECTED.corrections])] = (
             NOT_CORRECTED.index
