@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import pstats
 import shutil
@@ -218,7 +219,11 @@ def main() -> None:
     sources = [str(Path(s).resolve()) for s in args.src]
     cache = Path(args.cache) / f"{args.shape}x{args.echoes}"
     started = time.perf_counter()
-    bids, sigma = make_dataset(cache, shape, args.echoes)  # type: ignore[arg-type]
+    # Made in a process of its own: a child's ru_maxrss starts at its parent's peak (Linux
+    # keeps it across fork and exec), so a parent that held the volume would raise every
+    # measured peak to its own.
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        bids, sigma = pool.apply(make_dataset, (cache, shape, args.echoes))
     print(f"data set {bids} ready in {time.perf_counter() - started:.0f} s")
     echo_bytes = int(np.prod(shape)) * args.echoes * 4
     bare_env = {**os.environ, "PYTHONPATH": sources[0]}

@@ -270,3 +270,25 @@ def test_voxels_left_with_one_echo_are_flagged_and_uncorrected() -> None:
     np.testing.assert_array_equal(
         out.corrected.r2star.numpy()[few], out.uncorrected.r2star.numpy()[few]
     )
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+@pytest.mark.parametrize("kind", ["rect", "sinc"])
+def test_the_factor_is_computed_where_the_correction_applies_alone(
+    workers: int, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """|F| at the voxels corrected, in chunks on threads: the whole-volume values there, 0
+    elsewhere."""
+    from t2starmap.profiles import SliceProfile, dephasing_factor
+
+    monkeypatch.setattr(b0, "FACTOR_CHUNK", 37)
+    rng = np.random.default_rng(3)
+    gradient = rng.normal(0.0, 20.0, (9, 8, 5))
+    valid = rng.random((9, 8, 5)) < 0.6
+    profile = SliceProfile(kind, parameter=2.7 if kind == "sinc" else None)
+    te = np.asarray(DEFAULT_ECHO_TIMES)
+    got = b0._factor_where(valid, profile, gradient, 2.5, te, workers)
+    whole = np.abs(dephasing_factor(profile, gradient, 2.5, te))
+    assert got.shape == (*valid.shape, te.size)
+    np.testing.assert_array_equal(got[valid], whole[valid])
+    assert not got[~valid].any()

@@ -857,7 +857,8 @@ def estimate_slice_profile(
         return _fallback(default, rows.size, f"{rows.size} strong-gradient voxels, {few}")
     names = tuple(FAMILY_GRIDS) if family == "auto" else (family,)
     k = (g[rows] * thickness_mm)[:, None] * te
-    grids, tables, usable = _search(mag[rows], te, k, counted, noise_sigma, names, workers)
+    strong = np.asarray(mag[rows], dtype=np.float64)
+    grids, tables, usable = _search(strong, te, k, counted, noise_sigma, names, workers)
     n = int(usable.sum())
     if n < min_voxels:
         return _fallback(default, n, f"{n} strong-gradient voxels every member fits, {few}")
@@ -928,8 +929,9 @@ def _check_inputs(
     thickness_mm: float,
     mask: np.ndarray | None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(magnitude (n, E) float64, TE (E,), G (n,) with NaN where it is not to be used)."""
-    mag = np.asarray(magnitude, dtype=np.float64)
+    """(magnitude (n, E) in its own type, not copied; TE (E,); G (n,) float64 with NaN where
+    it is not to be used)."""
+    mag = np.asarray(magnitude)
     te = np.asarray(echo_times, dtype=np.float64).reshape(-1)
     if mag.ndim < 1 or mag.shape[-1] != te.size:
         raise ValueError(f"magnitude's last axis must hold the {te.size} echoes")
@@ -968,13 +970,18 @@ def _strong_voxels(
     larger N (+3 to +6 % on the simulator at SNR 100)."""
     min_cycles, snr_floor = limits
     finite = np.isfinite(g_dz)
-    cycles = np.abs(np.where(finite, g_dz, 0.0))[:, None] * te
+    # The whole volume is screened in the magnitude's own type, one echo at a time: the
+    # largest cycles a rough echo reaches is |G dz| times its largest such TE (a product with
+    # the same factor keeps the order), no (n, E) float64 table.
     if sigma is None:
         floor = 0.05 * mag.max(axis=1, keepdims=True)
     else:
         floor = np.full((mag.shape[0], 1), snr_floor * sigma)
     rough = mag >= 0.6 * floor
-    reach = np.max(np.where(rough, cycles, 0.0), axis=1)
+    te_reach = np.zeros(mag.shape[0])
+    for j, t in enumerate(te):
+        np.maximum(te_reach, np.where(rough[:, j], t, 0.0), out=te_reach)
+    reach = np.abs(np.where(finite, g_dz, 0.0)) * te_reach
     rows = np.nonzero(finite & (reach >= min_cycles) & (rough.sum(axis=1) >= 4))[0]
     if rows.size > max_voxels:
         rows = np.sort(rng.choice(rows, size=max_voxels, replace=False))
@@ -982,12 +989,17 @@ def _strong_voxels(
         return rows, np.zeros((0, te.size), dtype=bool)
     from t2starmap.fit import fit_corrected
 
-    f = _family_factor("sinc", 0.15, cycles[rows])
+    cycles = np.abs(g_dz[rows])[:, None] * te
+    f = _family_factor("sinc", 0.15, cycles)
     first = fit_corrected(
-        mag[rows], te, np.where(rough[rows], f, 0.0), noise_sigma=sigma, workers=workers
+        np.asarray(mag[rows], dtype=np.float64),
+        te,
+        np.where(rough[rows], f, 0.0),
+        noise_sigma=sigma,
+        workers=workers,
     )
     counted = _model(first, te, f) >= floor[rows]
-    reach = np.max(np.where(counted, cycles[rows], 0.0), axis=1)
+    reach = np.max(np.where(counted, cycles, 0.0), axis=1)
     keep = (reach >= min_cycles) & (counted.sum(axis=1) >= 4)
     return rows[keep], counted[keep]
 
