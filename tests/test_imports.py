@@ -139,18 +139,23 @@ def test_no_import_cycles() -> None:
     assert not found, f"import cycles between t2starmap modules:\n{shown}"
 
 
+def absolute_imports(path: Path) -> list[str]:
+    """The modules a source file imports by absolute name, wherever the import stands."""
+    names: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names.append(node.module or "")
+    return names
+
+
 def test_no_module_imports_the_tests() -> None:
     """Test support (the synthetic DICOM writers) is not shipped: src must not need it."""
     offenders = []
     for path in sorted(SRC_PACKAGE.rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0:
-                names = [node.module or ""]
-            else:
-                continue
-            offenders += [f"{path}: {n}" for n in names if n.split(".")[0] == "tests"]
+        names = absolute_imports(path)
+        offenders += [f"{path}: {n}" for n in names if n.split(".")[0] == "tests"]
     assert not offenders, offenders
 
 
@@ -164,14 +169,8 @@ def test_every_image_goes_through_nifti_py() -> None:
     for path in sorted(SRC_PACKAGE.rglob("*.py")):
         if path.relative_to(SRC_PACKAGE).as_posix() in NIBABEL_MODULES:
             continue
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0:
-                names = [node.module or ""]
-            else:
-                continue
-            offenders += [f"{path}: {n}" for n in names if n.split(".")[0] == "nibabel"]
+        names = absolute_imports(path)
+        offenders += [f"{path}: {n}" for n in names if n.split(".")[0] == "nibabel"]
     assert not offenders, offenders
 
 
