@@ -21,13 +21,11 @@ marker lines) or appends it.
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
+from bench_b0 import _best  # beside this script
 
 from t2starmap import b0
 from t2starmap import profiles as P
@@ -120,15 +118,6 @@ def noise_floor(shape: tuple[int, int, int], snr: float) -> list[str]:
             cells.append(f"{100 * np.median(error):+.2f} / {100 * np.median(np.abs(error)):.2f}")
         rows.append(f"| {spec} | {snr:.0f} | " + " | ".join(cells) + " |")
     return rows
-
-
-def _best(fn: Callable[[], Any], repeats: int = 3) -> float:
-    best = np.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return float(best)
 
 
 def timing(shape: tuple[int, int, int]) -> list[str]:

@@ -396,15 +396,11 @@ class PublishedSet(SubjectSession):
         return Path(output_dir) / self.files[key]
 
     def to_json(self) -> str:
-        data = asdict(self)
-        data["record_version"] = RECORD_VERSION
-        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+        return _versioned_json(asdict(self), "record_version", RECORD_VERSION)
 
     @classmethod
     def from_json(cls, text: str) -> PublishedSet:
-        data = json.loads(text)
-        if data.pop("record_version", None) != RECORD_VERSION:
-            raise ValueError("record written by another version of t2starmap")
+        data = _unversioned(text, "record_version", RECORD_VERSION, "record")
         stats = data.pop("statistics")
         return cls(
             **{
@@ -514,16 +510,24 @@ class SetFailure(SubjectSession):
         return set_name(self.entities)
 
     def to_json(self) -> str:
-        data = asdict(self)
-        data["failure_version"] = FAILURE_VERSION
-        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+        return _versioned_json(asdict(self), "failure_version", FAILURE_VERSION)
 
     @classmethod
     def from_json(cls, text: str) -> SetFailure:
-        data = json.loads(text)
-        if data.pop("failure_version", None) != FAILURE_VERSION:
-            raise ValueError("failure record written by another version of t2starmap")
-        return cls(**data)
+        return cls(**_unversioned(text, "failure_version", FAILURE_VERSION, "failure record"))
+
+
+def _versioned_json(data: dict[str, Any], key: str, version: int) -> str:
+    """A record's JSON text, its format version under ``key``."""
+    return json.dumps({**data, key: version}, indent=2, sort_keys=True) + "\n"
+
+
+def _unversioned(text: str, key: str, version: int, what: str) -> dict[str, Any]:
+    """A record's fields from its JSON text; ValueError when ``key`` is not ``version``."""
+    data: dict[str, Any] = json.loads(text)
+    if data.pop(key, None) != version:
+        raise ValueError(f"{what} written by another version of t2starmap")
+    return data
 
 
 def failure_path(output_dir: Path, entities: Mapping[str, Any]) -> Path:
