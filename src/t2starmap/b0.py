@@ -270,14 +270,14 @@ def correct_through_slice(
     ``field``: the field map and the voxels where it is not to be trusted
     (:class:`~t2starmap.fit.phase.FieldMap`). ``uncorrected``: the plain fit of the same
     voxels; voxels that cannot be corrected keep its values, and the corrected fit starts from
-    it, with its noise model (noise-aware when it was; ``noise_sigma`` None: the
-    uncorrected fit's). ``mr_acquisition_type``,
-    ``slice_thickness_mm``, ``spacing_between_slices_mm``: the sidecar's MRAcquisitionType,
-    SliceThickness and SpacingBetweenSlices (see :func:`slice_geometry`, which raises
-    ValueError when they do not suffice). ``profile``: the slice profile
-    (:mod:`t2starmap.profiles`); None: estimated from the strong-gradient voxels
-    (:func:`~t2starmap.profiles.estimate_slice_profile`, its default when they are too few).
-    A 3D acquisition's voxel is a box along the slice axis: the rectangle, whatever is given.
+    it, with its noise model (noise-aware when it was; ``noise_sigma`` None: the uncorrected
+    fit's). ``mr_acquisition_type``, ``slice_thickness_mm``, ``spacing_between_slices_mm``:
+    the sidecar's MRAcquisitionType, SliceThickness and SpacingBetweenSlices (see
+    :func:`slice_geometry`, which raises ValueError when they do not suffice). ``profile``:
+    the slice profile (:mod:`t2starmap.profiles`); None: estimated from the strong-gradient
+    voxels (:func:`~t2starmap.profiles.estimate_slice_profile`, its default when they are too
+    few). A 3D acquisition's voxel is a box along the slice axis: the rectangle, whatever is
+    given.
     """
     mag, te, inside = _checked(magnitude, echo_times, mask, slice_axis, field)
     thickness, spacing = slice_geometry(
@@ -289,33 +289,20 @@ def correct_through_slice(
     )
     bad_field = np.asarray(field.untrusted, dtype=bool)
     gradient, valid = through_slice_gradient(
-        field.frequency_hz,
-        inside & ~bad_field,
-        affine,
-        slice_axis,
-        spacing,
+        field.frequency_hz, inside & ~bad_field, affine, slice_axis, spacing,
         wrap_period_hz=field.wrap_period_hz,
-    )
+    )  # fmt: skip
     status = _status(inside, bad_field, valid, slice_axis)
     sigma = noise_sigma if noise_sigma is not None else uncorrected.noise_sigma
     profile, estimate = _slice_profile(
         profile, mr_acquisition_type, mag, te, gradient, thickness, valid, sigma, workers
     )
-    factor = _factor_where(valid, profile, gradient, thickness, te, workers)
     corr = fit_corrected(
-        mag,
-        te,
-        factor,
-        mask=valid,
-        noise_sigma=noise_sigma if noise_sigma is not None else uncorrected.noise_sigma,
-        noise_coils=uncorrected.noise_coils,
-        noise_aware=uncorrected.noise_model != "gaussian",
-        start=uncorrected,
-        device=device,
-        dtype=dtype,
-        workers=workers,
-        threshold=threshold,
-    )
+        mag, te, _factor_where(valid, profile, gradient, thickness, te, workers), mask=valid,
+        noise_sigma=sigma, noise_coils=uncorrected.noise_coils,
+        noise_aware=uncorrected.noise_model != "gaussian", start=uncorrected,
+        device=device, dtype=dtype, workers=workers, threshold=threshold,
+    )  # fmt: skip
     status[valid & corr.too_few.cpu().numpy()] = Correction.FEW_ECHOES
     use = torch.as_tensor(status == Correction.CORRECTED)
     return ThroughSliceCorrection(
