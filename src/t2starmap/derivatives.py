@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from t2starmap import __version__
 from t2starmap.conventions import BIDS_VERSION, CODE_URL
@@ -451,20 +451,12 @@ def load_published(
 
     Raises ValueError (naming the file) for a record that cannot be read.
     """
-    wanted_p = set(participants) if participants else None
-    wanted_s = set(sessions) if sessions else None
-    found = []
     pattern = f"*_{RECORD.suffix}.json"
-    for path in sorted(Path(output_dir).glob(f"sub-*/anat/{pattern}")) + sorted(
-        Path(output_dir).glob(f"sub-*/ses-*/anat/{pattern}")
-    ):
-        try:
-            record = PublishedSet.from_json(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise ValueError(f"{path}: not a readable t2starmap record ({err})") from err
-        if _selected(record, wanted_p, wanted_s):
-            found.append(record)
-    return sorted(found, key=lambda r: r.name)
+    root = Path(output_dir)
+    paths = sorted(root.glob(f"sub-*/anat/{pattern}")) + sorted(
+        root.glob(f"sub-*/ses-*/anat/{pattern}")
+    )
+    return _load(paths, PublishedSet.from_json, "record", participants, sessions)
 
 
 def record_paths(record: PublishedSet) -> list[str]:
@@ -549,14 +541,30 @@ def load_failures(
 ) -> list[SetFailure]:
     """The failure records under ``output_dir``, optionally only of some participants /
     sessions, sorted by name. Raises ValueError (naming the file) for one that cannot be read."""
+    paths = sorted((Path(output_dir) / FAILURES_DIR).glob("*_failure.json"))
+    return _load(paths, SetFailure.from_json, "failure record", participants, sessions)
+
+
+_Named = TypeVar("_Named", PublishedSet, SetFailure)
+
+
+def _load(
+    paths: Iterable[Path],
+    read: Callable[[str], _Named],
+    what: str,
+    participants: Iterable[str] | None,
+    sessions: Iterable[str] | None,
+) -> list[_Named]:
+    """The records read from ``paths`` by ``read`` of the participants / sessions asked for
+    (None: all), sorted by name; ValueError naming the file that cannot be read."""
     wanted_p = set(participants) if participants else None
     wanted_s = set(sessions) if sessions else None
     found = []
-    for path in sorted((Path(output_dir) / FAILURES_DIR).glob("*_failure.json")):
+    for path in paths:
         try:
-            failure = SetFailure.from_json(path.read_text(encoding="utf-8"))
+            item = read(path.read_text(encoding="utf-8"))
         except (OSError, ValueError, KeyError, TypeError) as err:
-            raise ValueError(f"{path}: not a readable t2starmap failure record ({err})") from err
-        if _selected(failure, wanted_p, wanted_s):
-            found.append(failure)
-    return sorted(found, key=lambda f: f.name)
+            raise ValueError(f"{path}: not a readable t2starmap {what} ({err})") from err
+        if _selected(item, wanted_p, wanted_s):
+            found.append(item)
+    return sorted(found, key=lambda item: item.name)
