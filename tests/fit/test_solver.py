@@ -3,6 +3,8 @@ against float64 solutions run to a far tighter tolerance."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 import torch
@@ -43,6 +45,14 @@ def test_layout_rows() -> None:
     assert rows == list(range(5, 14))
 
 
+def _normal_and_gradient(
+    residual: Callable[[torch.Tensor, int], torch.Tensor], point: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """J^T J and J^T r of voxel ``k``'s residual at ``point``, J by autograd."""
+    jac = torch.autograd.functional.jacobian(lambda p: residual(p, k), point)
+    return jac.T @ jac, jac.T @ residual(point, k)
+
+
 def test_models_state_matches_autograd() -> None:
     """The normal matrix and gradient each model forms are J^T W J and J^T W r of its cost
     (with the weights held), computed here by autograd in float64."""
@@ -68,12 +78,7 @@ def test_models_state_matches_autograd() -> None:
             return (p[0] * f - y[:, k]) * w[:, k].sqrt()
 
         for k in range(n):
-            jac = torch.autograd.functional.jacobian(
-                lambda p, k=k: residual(p, k),  # type: ignore[misc]
-                point[:, k],
-            )
-            normal = jac.T @ jac
-            grad = jac.T @ residual(point[:, k], k)
+            normal, grad = _normal_and_gradient(residual, point[:, k], k)
             got = state[[2, 3, 4], k]
             torch.testing.assert_close(got, torch.stack([normal[0, 0], normal[0, 1], normal[1, 1]]))
             torch.testing.assert_close(state[[5, 6], k], grad)
@@ -108,12 +113,7 @@ def test_complex_model_state_matches_autograd() -> None:
 
         layout = model.layout
         for k in range(n):
-            jac = torch.autograd.functional.jacobian(
-                lambda q, k=k: residual(q, k),  # type: ignore[misc]
-                point[:, k],
-            )
-            normal = jac.T @ jac
-            grad = jac.T @ residual(point[:, k], k)
+            normal, grad = _normal_and_gradient(residual, point[:, k], k)
             first = 0
             for b, size in enumerate(layout.blocks):
                 for i in range(size):
