@@ -43,8 +43,6 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from t2starmap import derivatives
 from t2starmap.atomic import write_json, write_text
 from t2starmap.conventions import sidecar_path
@@ -441,11 +439,9 @@ def _stage_set(run: _Run, echo_set: EchoSet, geometry: Geometry) -> _StagedSet:
     assert run.device is not None, "the input is checked before anything is fitted"
     fitted = run.fit(settings, echo_set, geometry, run.device)
     raise_if_signalled()  # a stop whose exception Python dropped (raised in a finalizer)
-    samples = None
-    if fitted.magnitude is not None:
-        samples = pages.echo_samples(fitted.magnitude, fitted.maps)
-        if samples.first is not None:  # int16 echoes: the page draws float32, as it always did
-            samples = replace(samples, first=samples.first.astype(np.float32, copy=False))
+    samples = (
+        pages.echo_samples(fitted.magnitude, fitted.maps) if fitted.magnitude is not None else None
+    )
     fitted = replace(fitted, magnitude=None)  # the echoes' memory is free from here on
     release_free_memory()  # and what the fit's threads and temporaries left in the heap
     record = _record(settings, echo_set, fitted)

@@ -188,6 +188,21 @@ def test_maps_handed_over_give_the_page_that_reading_them_gives(tmp_path: Path) 
     assert participant.set_section(outcome, held, bids, changed).plots != read.plots
 
 
+def test_the_first_echo_of_integer_echoes_is_sampled_as_float32(tmp_path: Path) -> None:
+    """int16 echoes stay int16 in memory; the page's first echo is their float32 values, as
+    when the file was read as float (a float64 montage of it would cost twice the memory)."""
+    outcome = synthetic_output(tmp_path)
+    loaded = participant.load_set_maps(tmp_path / "out", outcome)
+    shape = loaded.maps["t2star"].shape
+    stack = np.random.default_rng(0).integers(0, 3000, (*shape, 4)).astype(np.int16)
+    samples = participant.echo_samples(stack, loaded.maps)
+    assert samples.first is not None and samples.first.dtype == np.float32
+    np.testing.assert_array_equal(samples.first, stack[..., 0])
+    floats = participant.echo_samples(stack.astype(np.float32), loaded.maps)
+    assert floats.first is not None and floats.first.dtype == np.float32
+    assert not np.shares_memory(floats.first, stack)
+
+
 def test_a_page_lists_the_sets_that_failed(tmp_path: Path) -> None:
     """A failure record of the page's participant/session is listed with its reason and
     exit code, above the sections; one for another session is not."""

@@ -199,13 +199,15 @@ def _masks(maps: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.n
 
 def echo_samples(magnitude: np.ndarray, maps: Mapping[str, np.ndarray]) -> EchoSamples:
     """The :class:`EchoSamples` of a set from its stacked echoes (X, Y, Z, n_echoes) and its
-    maps as written (float32 maps, bool masks; the keys of :func:`load_set_maps`)."""
+    maps as written (float32 maps, bool masks; the keys of :func:`load_set_maps`). The first
+    echo is kept as float32 when the echoes are integers (int16 files stay int16 in memory):
+    the page draws float32 whatever the file held."""
     good = _masks(maps)[2]
     voxels = tuple(v for _, v in representative_voxels(maps["t2star"], good))
     signals = np.array([magnitude[v] for v in voxels], dtype=np.float64)
-    return EchoSamples(
-        voxels, signals.reshape(len(voxels), magnitude.shape[-1]), magnitude[..., 0].copy()
-    )
+    first = magnitude[..., 0]
+    first = first.astype(np.float32) if first.dtype.kind in "iu" else first.copy()
+    return EchoSamples(voxels, signals.reshape(len(voxels), magnitude.shape[-1]), first)
 
 
 def _figure_threads() -> int:
