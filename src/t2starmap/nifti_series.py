@@ -35,7 +35,7 @@ def series_geometry(paths: Sequence[Path], n_echoes: int) -> Geometry:
     for path in paths[1:]:
         other = _open(Path(path))
         other_shape = tuple(int(n) for n in other.shape)
-        if other_shape[:3] != shape[:3] or (other_shape + (1,))[3] != shape[3]:
+        if other_shape[:3] != shape[:3] or (*other_shape, 1)[3] != shape[3]:
             raise BadDataError(
                 f"{path}: shape {other_shape} differs from {first.name} {shape}; every echo "
                 "must have the same shape and number of volumes"

@@ -83,9 +83,11 @@ def echo_moments(echoes: Sequence[np.ndarray], volumes: np.ndarray | None = None
     parts = []
     for x in echoes:
         parts.append(_one_echo(x if volumes is None else x[:, volumes]))
-    stacked = [np.stack([p[i] for p in parts], axis=1) for i in range(7)]
+    mean, log_mean, sq_dev, log_sq_dev, mean_square, diff_var, bad = (
+        np.stack([p[i] for p in parts], axis=1) for i in range(7)
+    )
     n = echoes[0].shape[1] if volumes is None else int(np.count_nonzero(volumes))
-    return EchoMoments(*stacked, n_volumes=n)
+    return EchoMoments(mean, log_mean, sq_dev, log_sq_dev, mean_square, diff_var, bad, n)
 
 
 def volume_moments(echoes: Sequence[np.ndarray], start: int, stop: int) -> EchoMoments:

@@ -109,9 +109,10 @@ def combine(
     ``used`` echoes, weights TE exp(-TE/T2*) (``t2star`` (V,) or (V, T): Posse's ``t2s``) or
     TE x temporal SNR (``snr`` (V, E): Poser's ``paid``). Where the weights sum to 0, the
     plain mean; 0 where ``used`` is 0. Computed :data:`ROWS` voxels at a time."""
+    n_rows = len(used)
     out = np.zeros(echoes[0].shape, dtype=np.float32)
-    for a in range(0, out.shape[0], ROWS):
-        b = min(a + ROWS, out.shape[0])
+    for a in range(0, n_rows, ROWS):
+        b = min(a + ROWS, n_rows)
         ws = _weights(
             te, used[a:b], None if t2star is None else t2star[a:b],
             None if snr is None else snr[a:b],
@@ -133,10 +134,11 @@ def rmse(
 ) -> np.ndarray:
     """RMS over each voxel's first ``used`` echoes of the data minus S0 exp(-TE/T2*) (the full
     maps), (V, T) float32; NaN where ``used`` is 0. :data:`ROWS` voxels at a time."""
+    n_rows = len(used)
     out = np.zeros(echoes[0].shape, dtype=np.float32)
     n = np.where(used > 0, used, np.nan).astype(np.float32)
-    for a in range(0, out.shape[0], ROWS):
-        b = min(a + ROWS, out.shape[0])
+    for a in range(0, n_rows, ROWS):
+        b = min(a + ROWS, n_rows)
         t2, s0 = maps.t2star[a:b], maps.s0[a:b]
         for k, x in enumerate(echoes):
             with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
