@@ -8,23 +8,24 @@ maps are made. The standard-error, variance and fit-status maps are not written 
 
 from __future__ import annotations
 
+import logging
 import sys
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
 
 from t2starmap.fit import adaptive_mask as am
 from t2starmap.fit import bold, combine
-from t2starmap.t2smap_cli import T2smapSettings
 from t2starmap.t2smap_outputs import Stage
-from t2starmap.t2smap_workflow import (
-    TS_ROWS,
-    Run,
-    log,
-    write_combination,
-    write_maps,
-    write_rmse,
-)
+from t2starmap.t2smap_write import Run, write_combination, write_maps, write_rmse
+
+if TYPE_CHECKING:
+    from t2starmap.t2smap_cli import T2smapSettings
+
+log = logging.getLogger("t2starmap.t2smap")
+#: Fit rows (voxels x volumes) per block: bounds the temporaries.
+TS_ROWS = 1 << 18
 
 
 def _fit_block(

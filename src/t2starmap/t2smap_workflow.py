@@ -12,41 +12,37 @@ The maths is in :mod:`t2starmap.fit.adaptive_mask`, :mod:`t2starmap.fit.bold` an
 from __future__ import annotations
 
 import logging
-import sys
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from t2starmap import __version__
 from t2starmap.errors import UsageError
 from t2starmap.fit import adaptive_mask as am
 from t2starmap.fit import bold, combine
-from t2starmap.fit.status import Failure, labels, levels_tsv
-from t2starmap.nifti import Geometry
+from t2starmap.fit.status import Failure
 from t2starmap.nifti_series import read_echo_series, read_mask, series_geometry
-from t2starmap.t2smap_cli import T2smapSettings
-from t2starmap.t2smap_outputs import Stage, tsv
+from t2starmap.t2smap_outputs import Stage
+from t2starmap.t2smap_ts import ts_mode
+from t2starmap.t2smap_write import (
+    Run,
+    description,
+    expand,
+    write_combination,
+    write_fit_quality,
+    write_maps,
+    write_rmse,
+)
+
+if TYPE_CHECKING:
+    from t2starmap.t2smap_cli import T2smapSettings
 
 log = logging.getLogger("t2starmap.t2smap")
 
-#: Fit rows (voxels x volumes) per block of ``--fitmode ts``: bounds its temporaries.
-TS_ROWS = 1 << 18
 #: nilearn's compute_epi_mask cut-offs: the threshold is the largest gap in the sorted
 #: first-echo means between these fractions.
 EPI_MASK_CUTOFFS = (0.2, 0.85)
-
-
-@dataclass
-class Run:
-    """The data of one run: each echo's samples inside ``mask`` (V, T) float32, the 3-D mask,
-    the geometry of a volume and of the series, echo times in s."""
-
-    echoes: list[np.ndarray]
-    mask: np.ndarray
-    geometry3: Geometry
-    geometry4: Geometry
-    te: np.ndarray
 
 
 def epi_mask(first_echo_mean: np.ndarray) -> np.ndarray:
@@ -144,8 +140,6 @@ def run_t2smap(s: T2smapSettings) -> dict[str, Path]:
         if s.fitmode == "all":
             _all_mode(s, run, moments, count, stage)
         else:
-            from t2starmap.t2smap_ts import ts_mode
-
             ts_mode(s, run, count, stage)
         stage.json("data description json", description(s))
         placed = stage.publish()
@@ -168,97 +162,3 @@ def _all_mode(
     used = am.echoes_used(count)
     write_combination(s, stage, run, used, full.t2star)
     write_rmse(stage, run, used, full)
-
-
-def expand(values: np.ndarray, sel: np.ndarray) -> np.ndarray:
-    """Values of the ``sel`` voxels as (V, ...) with zeros elsewhere."""
-    out = np.zeros(sel.shape + values.shape[1:], dtype=values.dtype)
-    out[sel] = values
-    return out
-
-
-def write_maps(
-    stage: Stage, run: Run, full: combine.FinalMaps, lim: combine.FinalMaps, sel: np.ndarray
-) -> None:
-    """T2*, R2*, S0 and the limited maps (3-D, or 4-D for ``ts``)."""
-    geometry = run.geometry3 if full.t2star.ndim == 1 else run.geometry4
-    stage.image("t2star img", full.t2star.astype(np.float32), run.mask, geometry)
-    with np.errstate(divide="ignore"):
-        r2 = np.where(full.t2star > 0, 1.0 / full.t2star, 0.0).astype(np.float32)
-    stage.image("r2star img", r2, run.mask, geometry)
-    del r2
-    stage.image("s0 img", full.s0.astype(np.float32), run.mask, geometry)
-    stage.image(
-        "limited t2star img", expand(lim.t2star, sel).astype(np.float32), run.mask, geometry
-    )
-    stage.image("limited s0 img", expand(lim.s0, sel).astype(np.float32), run.mask, geometry)
-
-
-def write_fit_quality(
-    s: T2smapSettings, stage: Stage, run: Run, fit: bold.DecayFit, sel: np.ndarray
-) -> None:
-    """Failures (curvefit, nlls), standard errors, the fit-status map, and with
-    ``--verbose`` the variances and covariance (T2* in s^2)."""
-    g = run.geometry3
-    if s.fittype != "loglin":
-        stage.image("fit failures img", (fit.failed & sel).astype(np.uint8), run.mask, g)
-    t2 = np.where(sel, fit.t2star, 0.0)
-    se_t2 = np.sqrt(np.where(sel, fit.t2star_var, 0.0))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        se_r2 = np.nan_to_num(np.where(t2 > 0, se_t2 / (t2 * t2), 0.0))
-    stage.image("t2star stderr img", se_t2.astype(np.float32), run.mask, g)
-    stage.image("r2star stderr img", se_r2.astype(np.float32), run.mask, g)
-    se_s0 = np.sqrt(np.where(sel, fit.s0_var, 0.0)).astype(np.float32)
-    stage.image("s0 stderr img", se_s0, run.mask, g)
-    stage.image("fit status img", labels(fit.reason, sel), run.mask, g)
-    stage.text("fit status tsv", levels_tsv())
-    if s.verbose:
-        for key, values in (
-            ("t2star variance img", fit.t2star_var),
-            ("s0 variance img", fit.s0_var),
-            ("t2star-s0 covariance img", fit.covar),
-        ):
-            stage.image(key, np.where(sel, values, 0.0).astype(np.float32), run.mask, g)
-
-
-def write_combination(
-    s: T2smapSettings, stage: Stage, run: Run, used: np.ndarray, t2star: np.ndarray
-) -> None:
-    """The optimally combined series of every volume (excluded ones too)."""
-    if s.combmode == "paid":
-        m = bold.echo_moments(run.echoes)
-        snr = combine.temporal_snr(m.mean, m.sq_dev, m.n_volumes)
-        optcom = combine.combine(run.echoes, run.te, used, snr=snr)
-    else:
-        optcom = combine.combine(run.echoes, run.te, used, t2star=t2star)
-    stage.image("combined img", optcom, run.mask, run.geometry4)
-
-
-def write_rmse(stage: Stage, run: Run, used: np.ndarray, full: combine.FinalMaps) -> None:
-    """The RMSE map (mean over volumes) and the per-volume table over voxels."""
-    per_volume = combine.rmse(run.echoes, run.te, used, full)
-    stage.text("confounds tsv", tsv(combine.RMSE_COLUMNS, combine.rmse_table(per_volume)))
-    with np.errstate(invalid="ignore"):
-        mean = np.nan_to_num(per_volume.mean(axis=1), nan=0.0)
-    stage.image("rmse img", mean.astype(np.float32), run.mask, run.geometry3)
-
-
-def description(s: T2smapSettings) -> dict[str, object]:
-    """dataset_description.json: a BIDS derivative, generated by t2starmap's t2smap."""
-    return {
-        "Name": "t2smap Outputs",
-        "BIDSVersion": "1.10.0",
-        "DatasetType": "derivative",
-        "GeneratedBy": [
-            {
-                "Name": "t2starmap t2smap",
-                "Version": __version__,
-                "Description": "T2* and S0 of multi-echo BOLD and the optimal combination of "
-                f"its echoes (tedana's t2smap algorithm; --fittype {s.fittype}, --fitmode "
-                f"{s.fitmode}, --combmode {s.combmode})",
-                "CodeURL": "https://github.com/t2starmap/t2starmap",
-                "Command": s.command,
-                "Python": sys.version.split()[0],
-            }
-        ],
-    }
