@@ -399,6 +399,18 @@ def save_map(path: Path, data: np.ndarray, geometry: Geometry) -> Path:
     return path
 
 
+def save_series(path: Path, data: np.ndarray, geometry: Geometry) -> Path:
+    """Write an image atomically with ``data``'s own dtype (int16 echo series of the
+    simulator and the tests; the maps go through :func:`save_map`)."""
+    img = nib.Nifti1Image(np.asarray(data), geometry.affine)
+    img.header.set_zooms(geometry.zooms)
+    img.header.set_xyzt_units("mm", "sec")
+    img.header.set_data_dtype(np.asarray(data).dtype)
+    with atomic_path(path) as tmp:
+        _write_file(Path(tmp), img, Path(path).name.endswith(".gz"))
+    return path
+
+
 def _write_file(path: Path, image: Any, compress: bool) -> None:
     """Write ``image`` to ``path``, through gzip when ``compress``: nibabel streams it a
     plane at a time into the compressor (isal when installed), so no copy of the whole

@@ -243,13 +243,13 @@ def fit_nlls(m: EchoMoments, te: np.ndarray, inside: np.ndarray, sigma: float,
     """Ours: the noise-aware (Rician) fit of the temporal mean of M^2 over all echoes, in the
     voxels ``inside`` (V,) bool, ``sigma`` the thermal noise of one sample (see the module).
     Standard errors: the fit's for one sample over sqrt(T)."""
-    from t2starmap.fit.magnitude import fit_t2star
+    from t2starmap.fit.bold_nlls import fit_second_moment
 
     out = _empty(inside.size)
     sel = np.flatnonzero(inside)
-    res = fit_t2star(
-        np.sqrt(m.mean_square[sel]).astype(np.float32), te, method="nlls",
-        noise_sigma=float(sigma), device=how.device, workers=how.workers,
+    res = fit_second_moment(
+        np.sqrt(m.mean_square[sel]).astype(np.float32), te, sigma,
+        device=how.device, workers=how.workers,
     )  # fmt: skip
     s0 = res.s0.cpu().numpy().astype(np.float64)
     r2 = res.r2star.cpu().numpy().astype(np.float64)
@@ -274,16 +274,16 @@ def _rician_table(n: int = 400) -> tuple[np.ndarray, np.ndarray]:
 
 
 def temporal_noise(m: EchoMoments, inside: np.ndarray) -> float:
-    """The thermal noise sigma of one sample: per voxel and echo the half mean squared
-    volume-to-volume difference (slow drifts removed), divided by the Rician variance factor
-    its mean / sd ratio implies (0.43 on the noise floor, 1 at high SNR); per voxel the
-    smallest over the echoes (physiological noise grows with the signal: the quietest echo
-    holds the least); the median over the voxels ``inside``. NaN with one volume."""
+    """The thermal noise sigma of one sample, from the last echo (the least signal, so the
+    least physiological noise, which grows with the signal): per voxel the half mean squared
+    volume-to-volume difference (slow drifts removed) over the Rician variance factor its
+    mean / sd ratio implies (0.43 on the noise floor, 1 at high SNR); the median over the
+    voxels ``inside``. NaN with one volume."""
     ratio_table, var_table = _rician_table()
-    dv = m.diff_var[inside]
+    dv = m.diff_var[inside, -1]
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.abs(m.mean[inside]) / np.sqrt(dv)
+        ratio = np.abs(m.mean[inside, -1]) / np.sqrt(dv)
     factor = np.interp(np.nan_to_num(ratio, nan=0.0), ratio_table, var_table)
-    per_voxel = np.sqrt(dv / factor).min(axis=1)
+    per_voxel = np.sqrt(dv / factor)
     per_voxel = per_voxel[np.isfinite(per_voxel) & (per_voxel > 0)]
     return float(np.median(per_voxel)) if per_voxel.size else float("nan")
