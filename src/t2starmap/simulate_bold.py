@@ -51,7 +51,7 @@ def _regions(shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     csf = brain & (r2 <= 0.12)
     front = (grids[0] / 0.7) ** 2 + ((grids[1] - 0.45) / 0.25) ** 2 + ((grids[2] + 0.3) / 0.3) ** 2
     dropout = brain & (front <= 1.0) & ~csf
-    return brain, csf, dropout
+    return np.asarray(brain), np.asarray(csf), np.asarray(dropout)
 
 
 def make_bold_run(

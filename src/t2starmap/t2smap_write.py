@@ -44,16 +44,14 @@ def write_maps(
 ) -> None:
     """T2*, R2*, S0 and the limited maps (3-D, or 4-D for ``ts``)."""
     geometry = run.geometry3 if full.t2star.ndim == 1 else run.geometry4
-    stage.image("t2star img", full.t2star.astype(np.float32), run.mask, geometry)
+    stage.image("t2star img", full.t2star, run.mask, geometry)
     with np.errstate(divide="ignore"):
-        r2 = np.where(full.t2star > 0, 1.0 / full.t2star, 0.0).astype(np.float32)
+        r2 = np.where(full.t2star > 0, 1.0 / full.t2star, 0.0)
     stage.image("r2star img", r2, run.mask, geometry)
     del r2
-    stage.image("s0 img", full.s0.astype(np.float32), run.mask, geometry)
-    stage.image(
-        "limited t2star img", expand(lim.t2star, sel).astype(np.float32), run.mask, geometry
-    )
-    stage.image("limited s0 img", expand(lim.s0, sel).astype(np.float32), run.mask, geometry)
+    stage.image("s0 img", full.s0, run.mask, geometry)
+    stage.image("limited t2star img", expand(lim.t2star, sel), run.mask, geometry)
+    stage.image("limited s0 img", expand(lim.s0, sel), run.mask, geometry)
 
 
 def write_fit_quality(
@@ -68,9 +66,9 @@ def write_fit_quality(
     se_t2 = np.sqrt(np.where(sel, fit.t2star_var, 0.0))
     with np.errstate(divide="ignore", invalid="ignore"):
         se_r2 = np.nan_to_num(np.where(t2 > 0, se_t2 / (t2 * t2), 0.0))
-    stage.image("t2star stderr img", se_t2.astype(np.float32), run.mask, g)
-    stage.image("r2star stderr img", se_r2.astype(np.float32), run.mask, g)
-    se_s0 = np.sqrt(np.where(sel, fit.s0_var, 0.0)).astype(np.float32)
+    stage.image("t2star stderr img", se_t2, run.mask, g)
+    stage.image("r2star stderr img", se_r2, run.mask, g)
+    se_s0 = np.sqrt(np.where(sel, fit.s0_var, 0.0))
     stage.image("s0 stderr img", se_s0, run.mask, g)
     stage.image("fit status img", labels(fit.reason, sel), run.mask, g)
     stage.text("fit status tsv", levels_tsv())
@@ -80,7 +78,7 @@ def write_fit_quality(
             ("s0 variance img", fit.s0_var),
             ("t2star-s0 covariance img", fit.covar),
         ):
-            stage.image(key, np.where(sel, values, 0.0).astype(np.float32), run.mask, g)
+            stage.image(key, np.where(sel, values, 0.0), run.mask, g)
 
 
 def write_combination(
@@ -102,7 +100,7 @@ def write_rmse(stage: Stage, run: Run, used: np.ndarray, full: combine.FinalMaps
     stage.text("confounds tsv", tsv(combine.RMSE_COLUMNS, combine.rmse_table(per_volume)))
     with np.errstate(invalid="ignore"):
         mean = np.nan_to_num(per_volume.mean(axis=1), nan=0.0)
-    stage.image("rmse img", mean.astype(np.float32), run.mask, run.geometry3)
+    stage.image("rmse img", mean, run.mask, run.geometry3)
 
 
 def description(s: T2smapSettings) -> dict[str, object]:

@@ -63,7 +63,21 @@ def fit_second_moment(
     te = torch.as_tensor(te_np, dtype=how.dtype, device=how.device)[:, None]
     vox = dispatch.voxels([root_mean_square], te_np.size, None)
     maps, reason = dispatch.run_chunks(vox, partial(_kernel, te=te, sigma=float(sigma)), MAPS, how)
+    t2star, r2star, s0, rmse, t2star_se, r2star_se, s0_se, chisq = (maps[k] for k in MAPS)
     return FitResult(
-        **maps, failed=reason != 0, reason=reason, method="nlls", device=str(how.device),
-        noise_sigma=float(sigma), noise_model="rician", solver_runs=1,
-    )  # fmt: skip
+        t2star,
+        r2star,
+        s0,
+        rmse,
+        t2star_se,
+        r2star_se,
+        s0_se,
+        chisq,
+        failed=reason != 0,
+        reason=reason,
+        method="nlls",
+        device=str(how.device),
+        noise_sigma=float(sigma),
+        noise_model="rician",
+        solver_runs=1,
+    )
