@@ -78,14 +78,16 @@ def make_bold_run(
     bold = 0.3 * np.sin(2 * np.pi * 0.05 * t)  # a task-like R2* change, 1/s
     r2 = np.where(brain, 1.0 / np.where(brain, t2, 1.0), 0.0)
     echoes = np.empty((*shape, n_volumes, tes.size), dtype=np.int16)
-    for k, tk in enumerate(tes):
-        clean = (
-            s0[..., None] * (1.0 + wave) * np.exp(-tk * (r2[..., None] + bold * brain[..., None]))
-        )
-        noisy = np.hypot(
-            clean + rng.normal(0.0, sigma, clean.shape), rng.normal(0.0, sigma, clean.shape)
-        )
-        echoes[..., k] = np.clip(np.rint(noisy), 0, np.iinfo(np.int16).max).astype(np.int16)
+    block = max(1, (1 << 22) // max(int(np.prod(shape)), 1))  # bounded temporaries
+    for a in range(0, n_volumes, block):
+        b = min(a + block, n_volumes)
+        for k, tk in enumerate(tes):
+            rate = r2[..., None] + bold[a:b] * brain[..., None]
+            clean = s0[..., None] * (1.0 + wave[a:b]) * np.exp(-tk * rate)
+            noisy = np.hypot(
+                clean + rng.normal(0.0, sigma, clean.shape), rng.normal(0.0, sigma, clean.shape)
+            )
+            echoes[..., a:b, k] = np.clip(np.rint(noisy), 0, np.iinfo(np.int16).max)
     return BoldRun(echoes, t2, s0, brain, dropout, tes, float(sigma))
 
 
