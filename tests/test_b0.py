@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from t2starmap import b0
+from t2starmap.b0 import correction as b0
 from t2starmap.fit import FitResult, fit_complex, fit_t2star, frequency_limit
 from t2starmap.fit.phase import FieldMap, analyse_phase
 from t2starmap.fit.status import Correction as Status
-from t2starmap.simulate import DEFAULT_ECHO_TIMES, SlicePhantom, make_slice_phantom
+from t2starmap.sim.phantoms import DEFAULT_ECHO_TIMES, SlicePhantom, make_slice_phantom
 
 TE = np.asarray(DEFAULT_ECHO_TIMES)
 
@@ -279,7 +279,7 @@ def test_the_factor_is_computed_where_the_correction_applies_alone(
 ) -> None:
     """|F| at the voxels corrected, in chunks on threads: the whole-volume values there, 0
     elsewhere."""
-    from t2starmap.profiles import SliceProfile, dephasing_factor
+    from t2starmap.b0.profiles import SliceProfile, dephasing_factor
 
     monkeypatch.setattr(b0, "FACTOR_CHUNK", 37)
     rng = np.random.default_rng(3)

@@ -10,8 +10,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from t2starmap.cli import main
-from t2starmap.simulate import make_slice_phantom, write_slice_megre
+from t2starmap.cli.run import main
+from t2starmap.sim.phantoms import make_slice_phantom, write_slice_megre
 from tests.support.files import checksums, failure_reasons, images_below
 
 ANAT = Path("sub-01") / "anat"
@@ -178,7 +178,7 @@ def test_phase_that_follows_no_frequency_under_auto_and_asked(tmp_path: Path) ->
     reason, and no map is published."""
     import dataclasses
 
-    from t2starmap.simulate_failures import incoherent_phase
+    from t2starmap.sim.failures import incoherent_phase
 
     ph = make_slice_phantom((20, 20, 5), snr=100.0, seed=5)
     signal = incoherent_phase(ph.magnitude * np.exp(1j * ph.phase), seed=1)

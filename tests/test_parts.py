@@ -10,10 +10,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from t2starmap.errors import BadDataError, ExitCode, UsageError
-from t2starmap.layout import Echo, EchoSet, build_echo_set, find_echo_sets
-from t2starmap.nifti import check_geometry, load_magnitude
-from t2starmap.parts import (
+from t2starmap.bids.layout import Echo, EchoSet, build_echo_set, find_echo_sets
+from t2starmap.bids.nifti import check_geometry, load_magnitude
+from t2starmap.bids.parts import (
     Parts,
     choose_method,
     complex_available,
@@ -21,6 +20,7 @@ from t2starmap.parts import (
     load_complex,
     phase_to_radians,
 )
+from t2starmap.errors import BadDataError, ExitCode, UsageError
 from tests.conftest import SHARED_DATA
 
 SHAPE = (4, 3, 2)
@@ -272,7 +272,7 @@ def test_real_parts_of_converted_scanner_data(tmp_path: Path) -> None:
     """GE real/imag and Siemens phase as ``t2starmap convert`` writes them: |real + i imag|
     equals the magnitude (within 1 % over the bright voxels), Siemens phase is in radians and
     its complex signal has the magnitude's modulus."""
-    from t2starmap.cli import main
+    from t2starmap.cli.run import main
 
     bids = tmp_path / "bids"
     for label, folder in (("ge", "ge-mr750-kidney-megre"), ("ph", "siemens-prisma-megre-phantom")):

@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from t2starmap import b0
-from t2starmap import profiles as P
+from t2starmap.b0 import correction as b0
+from t2starmap.b0 import profiles as P
+from t2starmap.b0.profiles import SliceProfile, parse_slice_profile
 from t2starmap.fit import fit_complex, fit_corrected
 from t2starmap.fit.phase import FieldMap
-from t2starmap.profiles import SliceProfile, parse_slice_profile
-from t2starmap.simulate import SlicePhantom, make_slice_phantom
+from t2starmap.sim.phantoms import SlicePhantom, make_slice_phantom
 from tests.support.files import SHARED_DATA
 
 TE = np.linspace(0.003, 0.043, 11)  # the echoes: 11, 3-43 ms

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from t2starmap import b0
+from t2starmap.b0 import correction as b0
 from t2starmap.fit import fit_corrected, fit_t2star
-from t2starmap.simulate import DEFAULT_ECHO_TIMES, add_rician_noise
+from t2starmap.sim.phantoms import DEFAULT_ECHO_TIMES, add_rician_noise
 
 TE = np.asarray(DEFAULT_ECHO_TIMES)
 

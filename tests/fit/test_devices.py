@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from t2starmap import b0
+from t2starmap.b0 import correction as b0
 from t2starmap.fit import FitResult, fit_complex, fit_corrected, fit_t2star
 from t2starmap.fit.limits import MAGNITUDE_METHODS
 from t2starmap.fit.phase import analyse_phase
-from t2starmap.simulate import make_slice_phantom
+from t2starmap.sim.phantoms import make_slice_phantom
 
 PHANTOM = make_slice_phantom((16, 16, 5), snr=60.0, seed=12, samples=16)
 TE = PHANTOM.echo_times

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from t2starmap.conventions import LABEL_RE, sidecar_path
+from t2starmap.bids.conventions import LABEL_RE, sidecar_path
 from t2starmap.errors import BadDataError
 from t2starmap.fit import check_echo_times as fit_check_echo_times
 from t2starmap.fit import limits

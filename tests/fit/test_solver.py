@@ -11,11 +11,11 @@ import torch
 
 import t2starmap.fit.complex as complex_module
 import t2starmap.fit.magnitude as magnitude_module
-from t2starmap import b0
+from t2starmap.b0 import correction as b0
 from t2starmap.fit import FitResult, fit_complex, fit_corrected, fit_t2star, solver
 from t2starmap.fit.models import Complex, Exponential
 from t2starmap.fit.solver import Layout, levenberg_marquardt
-from t2starmap.simulate import add_rician_noise, decay
+from t2starmap.sim.phantoms import add_rician_noise, decay
 
 TE = np.linspace(0.002, 0.040, 11)
 

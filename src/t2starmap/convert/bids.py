@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from t2starmap import __version__
-from t2starmap.atomic import write_json, write_text
-from t2starmap.conventions import BIDS_VERSION, CODE_URL, LABEL_RE
+from t2starmap.bids.atomic import write_json, write_text
+from t2starmap.bids.conventions import BIDS_VERSION, CODE_URL, LABEL_RE
 from t2starmap.fit.limits import echo_time_seconds
 
 # Sidecar keys that identify a person, a place or a date (dcm2niix's ``-ba y`` already drops

@@ -23,7 +23,7 @@ Methods (``method=``):
                    raise :class:`EchoSpacingError`.
 
 :func:`fit_corrected` fits S0 exp(-TE R2*) |F(TE)| with |F| known per voxel and echo (the
-through-slice dephasing, :mod:`t2starmap.b0`), with the same noise models.
+through-slice dephasing, :mod:`t2starmap.b0.correction`), with the same noise models.
 
 Goodness of fit (``FitResult.chisq``, ``Failure.MISFIT``): the Levenberg-Marquardt fits
 minimise the cost they are tested on, so its chi-square follows the null distribution where
@@ -442,7 +442,7 @@ _KERNELS: Mapping[str, Callable[..., _Maps]] = {
 # --- the through-slice corrected fit: the same models times a known factor ---------------------
 
 #: Echoes where |F(TE)| falls below this are left out of the corrected fit (see
-#: :data:`t2starmap.b0.FACTOR_THRESHOLD` for the choice).
+#: :data:`t2starmap.b0.correction.FACTOR_THRESHOLD` for the choice).
 FACTOR_THRESHOLD = 0.3
 #: Fewest echoes the corrected fit keeps; below it the voxel is fitted without the factor.
 MIN_ECHOES = 2

@@ -1,10 +1,10 @@
 """Slice profiles and the through-slice dephasing factor F(TE) they give.
 
 Pure numpy (the one exception: :func:`read_profile_table` reads a TSV file; the estimation
-calls the corrected fit of :mod:`t2starmap.b0`). No logging, no printing. Units: echo times in
-s, field gradients in Hz/mm (the field's change along the slice axis, as
-:func:`t2starmap.b0.through_slice_gradient` gives it), lengths in mm, positions through the
-slice ``x`` in slice thicknesses. Echo axis last.
+calls the corrected fit of :mod:`t2starmap.b0.correction`). No logging, no printing. Units:
+echo times in s, field gradients in Hz/mm (the field's change along the slice axis, as
+:func:`t2starmap.b0.correction.through_slice_gradient` gives it), lengths in mm, positions
+through the slice ``x`` in slice thicknesses. Echo axis last.
 
 Physics. A 2D acquisition excites a slice whose transverse magnetisation across the slice is
 the profile p(x). A field gradient G along the slice axis makes the spins at x precess at
@@ -563,9 +563,9 @@ def effective_thickness(
     slice-select gradient G_s during the pulse: dz G_s / (G_s + polarity G), G_s in Hz/mm.
 
     ``gradient_hz_per_mm``: (...) G along the slice axis, the sign that of increasing slice
-    index (:func:`t2starmap.b0.through_slice_gradient`); ``slice_gradient_mt_per_m``: |G_s| in
-    mT/m (> 0); ``polarity``: +1 when the slice-select gradient points along increasing slice
-    index, -1 against it. A background gradient with the slice gradient's sign compresses the
+    index (:func:`t2starmap.b0.correction.through_slice_gradient`); ``slice_gradient_mt_per_m``:
+    |G_s| in mT/m (> 0); ``polarity``: +1 when the slice-select gradient points along increasing
+    slice index, -1 against it. A background gradient with the slice gradient's sign compresses the
     slice (less dephasing), one against it stretches it (more). The profile's shape is scaled,
     not changed, and the dephasing then follows F(G dz_eff TE) (the rephasing lobe undoes only
     G_s; time from the pulse's centre); the signal also scales by dz_eff / dz, the spins the

@@ -13,7 +13,7 @@ dz), the signal is S(TE) = S0 exp(-TE R2*) F(TE) with
 (Fernandez-Seara & Wehrli, MRM 2000;43:625). Fitting the plain exponential to such data reads
 the sinc's extra decay as R2*. Real slice profiles are not rectangular, which changes F (Hirsch
 & Preibisch, MRM 2013;70:1085 model the profile itself); the rectangle is what this module
-assumes, and :mod:`t2starmap.simulate` measures what a smooth profile costs.
+assumes, and :mod:`t2starmap.sim.phantoms` measures what a smooth profile costs.
 
 The steps:
 
@@ -39,18 +39,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from t2starmap.b0.profiles import (
+    ProfileEstimate,
+    SliceProfile,
+    dephasing_factor,
+    estimate_slice_profile,
+)
 from t2starmap.fit import FitResult, check_echo_times, fit_corrected
 from t2starmap.fit.dispatch import default_workers, map_chunks
 from t2starmap.fit.magnitude import FACTOR_THRESHOLD
 from t2starmap.fit.phase import FieldMap
 from t2starmap.fit.result import MAPS
 from t2starmap.fit.status import Correction
-from t2starmap.profiles import (
-    ProfileEstimate,
-    SliceProfile,
-    dephasing_factor,
-    estimate_slice_profile,
-)
 
 #: The rectangular slice profile: a 3D acquisition's voxel along the slice axis.
 RECTANGLE = SliceProfile(
@@ -209,7 +209,7 @@ def sinc_factor(
 ) -> np.ndarray:
     """|F(TE)| = |sinc(pi G dz TE)| of a rectangular slice of thickness dz (mm) in a field
     gradient G (Hz/mm), at each echo time (s): (..., n_echoes) float64 in [0, 1]. The
-    rectangle's case of :func:`t2starmap.profiles.dephasing_factor`."""
+    rectangle's case of :func:`t2starmap.b0.profiles.dephasing_factor`."""
     if not (np.isfinite(thickness_mm) and thickness_mm > 0):
         raise ValueError(f"slice thickness must be a positive number of mm, got {thickness_mm}")
     te = check_echo_times(np.asarray(echo_times, dtype=np.float64))
@@ -274,8 +274,8 @@ def correct_through_slice(
     fit's). ``mr_acquisition_type``, ``slice_thickness_mm``, ``spacing_between_slices_mm``:
     the sidecar's MRAcquisitionType, SliceThickness and SpacingBetweenSlices (see
     :func:`slice_geometry`, which raises ValueError when they do not suffice). ``profile``:
-    the slice profile (:mod:`t2starmap.profiles`); None: estimated from the strong-gradient
-    voxels (:func:`~t2starmap.profiles.estimate_slice_profile`, its default when they are too
+    the slice profile (:mod:`t2starmap.b0.profiles`); None: estimated from the strong-gradient
+    voxels (:func:`~t2starmap.b0.profiles.estimate_slice_profile`, its default when they are too
     few). A 3D acquisition's voxel is a box along the slice axis: the rectangle, whatever is
     given.
     """

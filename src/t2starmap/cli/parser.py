@@ -1,6 +1,6 @@
 """Parser pieces both command lines share (``t2starmap`` and ``t2starmap convert``).
 
-Kept apart from :mod:`t2starmap.cli` so that :mod:`t2starmap.convert.cli` does not import the
+Kept apart from :mod:`t2starmap.cli.run` so that :mod:`t2starmap.cli.convert` does not import the
 module that dispatches to it. No torch here.
 """
 

@@ -26,7 +26,7 @@ __all__ = [
     "find_echo_sets",
 ]
 
-log = logging.getLogger("t2starmap.layout")
+log = logging.getLogger("t2starmap.bids.layout")
 
 #: Entities that distinguish echo sets, in BIDS file-name order (MEGRE minus echo and part).
 SET_ENTITIES = (

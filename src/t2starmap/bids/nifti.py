@@ -23,9 +23,9 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from t2starmap.atomic import atomic_path
+from t2starmap.bids.atomic import atomic_path
+from t2starmap.bids.layout import EchoSet, annex_missing_message
 from t2starmap.errors import BadDataError, InputMissingError
-from t2starmap.layout import EchoSet, annex_missing_message
 from t2starmap.resources import available_cpus
 
 try:  # optional speed-up; the same bytes format

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from t2starmap import __version__
-from t2starmap.conventions import BIDS_VERSION, CODE_URL
+from t2starmap.bids.conventions import BIDS_VERSION, CODE_URL
+from t2starmap.bids.layout import SET_ENTITIES, EchoSet, SubjectSession
 from t2starmap.fit import status as fit_status
 from t2starmap.fit.limits import ESTIMATION_ALGORITHMS
-from t2starmap.layout import SET_ENTITIES, EchoSet, SubjectSession
 
 SOURCE_LINK = "raw"  # the DatasetLinks key of the input dataset in ``bids:raw:`` URIs
 ESTIMATION_REFERENCE = (

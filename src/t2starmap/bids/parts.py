@@ -1,7 +1,7 @@
 """The phase, or real and imaginary, parts beside the magnitude echoes of an echo set.
 
 BIDS MEGRE stores the parts of one echo as files that differ only in ``part-<mag|phase|real|
-imag>``. An echo set (:mod:`t2starmap.layout`) holds the magnitude files; here their sibling
+imag>``. An echo set (:mod:`t2starmap.bids.layout`) holds the magnitude files; here their sibling
 parts are found by replacing ``part-mag`` in each file name (a magnitude file without a
 ``part`` entity has no parts), checked, and loaded into one complex array.
 
@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from t2starmap.bids.layout import EchoSet
+from t2starmap.bids.nifti import Geometry, read_part
 from t2starmap.errors import BadDataError, UsageError
-from t2starmap.layout import EchoSet
-from t2starmap.nifti import Geometry, read_part
 
 #: Relative tolerance on the full-scale value of a phase range.
 RANGE_RTOL = 1e-3
@@ -226,7 +226,7 @@ def load_complex(parts: Parts, geometry: Geometry, magnitude: np.ndarray | None)
     """The complex signal, complex64 (*shape, n_echoes), echoes in the set's (TE) order.
 
     real/imag parts: real + i imag. Phase: ``magnitude`` (the set's magnitude echoes,
-    (*shape, n_echoes), as :func:`t2starmap.nifti.load_magnitude` gives them) times
+    (*shape, n_echoes), as :func:`t2starmap.bids.nifti.load_magnitude` gives them) times
     exp(i phase). Raises BadDataError naming the file (shape, affine, units, unreadable)."""
     n_echo = len(parts.files)
     out = np.empty((*geometry.shape, n_echo), dtype=np.complex64)
