@@ -12,7 +12,7 @@ R2* 20-60 1/s, field change across the slice 0-24 Hz, field curving within the s
 The gradient comes from the complex fit's field map (wrapped, noisy), as in a run. "steep":
 voxels whose field changes >= 12 Hz across the slice; "flat": none. Errors are median
 |R2*/truth - 1| over the voxels whose gradient is valid (not the edge slices). Estimate:
-:func:`t2starmap.b0.profiles.estimate_slice_profile` (family "auto": Hanning sinc or Gaussian,
+:func:`t2starmap.b0.profile_fit.estimate_slice_profile` (family "auto": Hanning sinc or Gaussian,
 the lower chi-square wins), its parameter +- the bootstrap SD over voxels. Timings: best of 3,
 one torch thread, CPU. ``--out FILE`` replaces this script's section of FILE (between its
 marker lines) or appends it.

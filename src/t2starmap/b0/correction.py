@@ -39,12 +39,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from t2starmap.b0.profiles import (
-    ProfileEstimate,
-    SliceProfile,
-    dephasing_factor,
-    estimate_slice_profile,
-)
+from t2starmap.b0.profile_fit import ProfileEstimate, estimate_slice_profile
+from t2starmap.b0.profiles import SliceProfile, dephasing_factor
 from t2starmap.fit import FitResult, check_echo_times, fit_corrected
 from t2starmap.fit.dispatch import default_workers, map_chunks
 from t2starmap.fit.magnitude import FACTOR_THRESHOLD
@@ -275,7 +271,7 @@ def correct_through_slice(
     the sidecar's MRAcquisitionType, SliceThickness and SpacingBetweenSlices (see
     :func:`slice_geometry`, which raises ValueError when they do not suffice). ``profile``:
     the slice profile (:mod:`t2starmap.b0.profiles`); None: estimated from the strong-gradient
-    voxels (:func:`~t2starmap.b0.profiles.estimate_slice_profile`, its default when they are too
+    voxels (:func:`~t2starmap.b0.profile_fit.estimate_slice_profile`, its default when they are too
     few). A 3D acquisition's voxel is a box along the slice axis: the rectangle, whatever is
     given.
     """

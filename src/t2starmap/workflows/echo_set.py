@@ -35,11 +35,12 @@ import torch
 from t2starmap import __version__
 from t2starmap.b0.correction import REFERENCES as B0_REFERENCES
 from t2starmap.b0.correction import ThroughSliceCorrection, correct_through_slice
-from t2starmap.b0.profiles import SliceProfile, parse_slice_profile, profile_from_metadata
+from t2starmap.b0.profiles import SliceProfile, parse_slice_profile
 from t2starmap.bids.layout import EchoSet
 from t2starmap.bids.nifti import Geometry, read_magnitude
 from t2starmap.bids.outputs import REQUIRED_KEYS, UNCERTAINTY_KEYS
 from t2starmap.bids.parts import complex_available, find_parts, load_complex
+from t2starmap.bids.slice_headers import profile_from_metadata
 from t2starmap.errors import BadDataError, UsageError
 from t2starmap.fit import (
     T2STAR_MAX,
