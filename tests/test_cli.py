@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from t2starmap import __version__
+from t2starmap.cli.parser import METHOD_HELP
 from t2starmap.cli.run import main
-from t2starmap.fit.limits import METHOD_HELP
 
 from .conftest import REPO, checksums, files_below
 

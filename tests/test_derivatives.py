@@ -157,7 +157,7 @@ def test_the_field_map_is_described_as_the_field_map_not_as_the_correction() -> 
     """With the through-slice correction, the corrected maps say so; the field map says it is
     the complex fit's frequency; the uncorrected R2* and the magnitude do not claim the
     correction either."""
-    from t2starmap.fit.limits import ESTIMATION_ALGORITHMS
+    from t2starmap.bids.outputs import ESTIMATION_ALGORITHMS
 
     complex_fit = ESTIMATION_ALGORITHMS[("complex", "gaussian")]
     info = {

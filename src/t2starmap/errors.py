@@ -107,6 +107,12 @@ class SetsFailedError(T2StarError):
         self.exit_code = ExitCode(exit_code)
 
 
+class EchoSpacingError(ValueError):
+    """A method that needs evenly spaced echoes (ARLO) was given unevenly spaced ones. A
+    ValueError of the fitting API (``t2starmap.fit`` re-exports it); the echo-set workflow
+    reports it as bad data."""
+
+
 class Interrupted(KeyboardInterrupt):
     """A signal that asks the run to stop, raised as an exception so that the same clean-up
     runs as for Ctrl-C (a subclass of KeyboardInterrupt: ``except Exception`` never swallows

@@ -20,6 +20,8 @@ from typing import NoReturn
 from t2starmap import __version__
 from t2starmap.bids.conventions import DEFAULT_REPORT_CONVENTION, REPORT_CONVENTIONS
 from t2starmap.cli.parser import (
+    AUTO_HELP,
+    METHOD_HELP,
     TRACEBACK_VERBOSITY,
     ArgumentParser,
     add_other_options,
@@ -27,13 +29,7 @@ from t2starmap.cli.parser import (
     log_level,
 )
 from t2starmap.errors import ExitCode, Interrupted, T2StarError, UnknownLevelError
-from t2starmap.fit.limits import (
-    AUTO_HELP,
-    B0_CORRECTIONS,
-    DEFAULT_METHOD,
-    FIT_CHOICES,
-    METHOD_HELP,
-)
+from t2starmap.fit.limits import B0_CORRECTIONS, DEFAULT_METHOD, FIT_CHOICES
 from t2starmap.interrupts import sigterm_raises
 
 log = logging.getLogger("t2starmap")
@@ -56,7 +52,7 @@ that order); the failed sets are listed in logs/failures/ and on the pages.
 
 
 def _methods_help() -> str:
-    """Every fit method with its one line from :data:`t2starmap.fit.limits.METHOD_HELP`."""
+    """Every fit method with its one line from :data:`t2starmap.cli.parser.METHOD_HELP`."""
     parts = []
     for name, text in [*METHOD_HELP.items(), ("auto", AUTO_HELP)]:
         label = f"{name} (default)" if name == DEFAULT_METHOD else name

@@ -49,6 +49,7 @@ from functools import partial
 import numpy as np
 import torch
 
+from t2starmap.errors import EchoSpacingError
 from t2starmap.fit import dispatch, starts
 from t2starmap.fit.limits import DEFAULT_METHOD, METHODS, SPACING_RTOL
 from t2starmap.fit.models import Exponential
@@ -77,10 +78,6 @@ DEFAULT_CUDA_CHUNK = 1 << 22
 #: the mask was unconverged after 10 steps (their R2* up to 20 % off at the 99th percentile),
 #: 1.6 % after 20, for 1.45x the fit's time there.
 MAX_ITER = 20
-
-
-class EchoSpacingError(ValueError):
-    """A method that needs evenly spaced echoes (ARLO) was given unevenly spaced ones."""
 
 
 def check_even_spacing(sorted_te: np.ndarray) -> float:

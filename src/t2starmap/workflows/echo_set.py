@@ -38,7 +38,7 @@ from t2starmap.b0.correction import ThroughSliceCorrection, correct_through_slic
 from t2starmap.b0.profiles import SliceProfile, parse_slice_profile
 from t2starmap.bids.layout import EchoSet
 from t2starmap.bids.nifti import Geometry, read_magnitude
-from t2starmap.bids.outputs import REQUIRED_KEYS, UNCERTAINTY_KEYS
+from t2starmap.bids.outputs import ESTIMATION_ALGORITHMS, REQUIRED_KEYS, UNCERTAINTY_KEYS
 from t2starmap.bids.parts import complex_available, find_parts, load_complex
 from t2starmap.bids.slice_headers import profile_from_metadata
 from t2starmap.errors import BadDataError, UsageError
@@ -52,7 +52,7 @@ from t2starmap.fit import (
     frequency_limit,
 )
 from t2starmap.fit import status as fit_status
-from t2starmap.fit.limits import DEFAULT_METHOD, ESTIMATION_ALGORITHMS
+from t2starmap.fit.limits import DEFAULT_METHOD
 from t2starmap.fit.phase import INCOHERENT, FieldMap, PhaseAnalysis, analyse_phase
 from t2starmap.fit.result import MISFIT_P
 from t2starmap.fit.status import Correction
