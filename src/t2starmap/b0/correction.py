@@ -41,6 +41,7 @@ import torch
 
 from t2starmap.b0.profile_fit import ProfileEstimate, estimate_slice_profile
 from t2starmap.b0.profiles import SliceProfile, dephasing_factor
+from t2starmap.errors import NotApplicableError
 from t2starmap.fit import FitResult, check_echo_times, fit_corrected
 from t2starmap.fit.dispatch import default_workers, map_chunks
 from t2starmap.fit.magnitude import FACTOR_THRESHOLD
@@ -98,8 +99,8 @@ def slice_geometry(
     ``mr_acquisition_type`` "2D": thickness is ``slice_thickness_mm`` (the sidecar's
     SliceThickness, required), spacing ``spacing_between_slices_mm`` (SpacingBetweenSlices) or,
     without it, the length of the affine's ``slice_axis`` column. "3D": both are the voxel size
-    along the slice axis (the affine's column). Raises ValueError for a missing or unknown
-    acquisition type, a missing SliceThickness for 2D, or non-positive sizes.
+    along the slice axis (the affine's column). Raises NotApplicableError for a missing or
+    unknown acquisition type, a missing SliceThickness for 2D, or non-positive sizes.
     """
     a = np.asarray(affine, dtype=np.float64)
     if a.shape != (4, 4) or not np.all(np.isfinite(a)):
@@ -112,16 +113,20 @@ def slice_geometry(
         thickness, spacing = voxel, voxel
     elif kind == "2D":
         if slice_thickness_mm is None:
-            raise ValueError("2D acquisition without SliceThickness: no through-slice correction")
+            raise NotApplicableError(
+                "2D acquisition without SliceThickness: no through-slice correction"
+            )
         thickness = float(slice_thickness_mm)
         spacing = voxel if spacing_between_slices_mm is None else float(spacing_between_slices_mm)
     else:
-        raise ValueError(
+        raise NotApplicableError(
             f"MRAcquisitionType must be '2D' or '3D' for a through-slice correction, "
             f"got {mr_acquisition_type!r}"
         )
     if not (np.isfinite(thickness) and thickness > 0 and np.isfinite(spacing) and spacing > 0):
-        raise ValueError(f"slice thickness {thickness} mm and spacing {spacing} mm must be > 0")
+        raise NotApplicableError(
+            f"slice thickness {thickness} mm and spacing {spacing} mm must be > 0"
+        )
     return thickness, spacing
 
 
@@ -387,7 +392,7 @@ def _checked(
     if mag.shape[-1] != te.size:
         raise ValueError(f"magnitude has {mag.shape[-1]} echoes but {te.size} echo times")
     if te.size < 3:
-        raise ValueError(
+        raise NotApplicableError(
             f"a through-slice correction needs at least 3 echoes, got {te.size}: with two the "
             "decay and the dephasing cannot be told apart"
         )
@@ -396,7 +401,7 @@ def _checked(
     if inside.shape != spatial:
         raise ValueError(f"mask shape {inside.shape} does not match the magnitude {spatial}")
     if spatial[slice_axis] < 3:
-        raise ValueError(
+        raise NotApplicableError(
             f"a through-slice correction needs at least 3 slices, got {spatial[slice_axis]}"
         )
     for name, value in (("field map", field.frequency_hz), ("field trust", field.untrusted)):

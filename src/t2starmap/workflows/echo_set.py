@@ -41,7 +41,7 @@ from t2starmap.bids.nifti import Geometry, read_magnitude
 from t2starmap.bids.outputs import ESTIMATION_ALGORITHMS, REQUIRED_KEYS, UNCERTAINTY_KEYS
 from t2starmap.bids.parts import complex_available, find_parts, load_complex
 from t2starmap.bids.slice_headers import profile_from_metadata
-from t2starmap.errors import BadDataError, UsageError
+from t2starmap.errors import BadDataError, NotApplicableError, UsageError
 from t2starmap.fit import (
     T2STAR_MAX,
     T2STAR_MIN,
@@ -259,8 +259,6 @@ def _fit(
         )
     except EchoSpacingError as err:
         raise OptionError(first, "fit_method", options.fit_method, str(err)) from err
-    except ValueError as err:
-        raise BadDataError(f"{first}: {err}") from err
 
 
 def _method(requested: str, has_parts: bool, where: str) -> str:
@@ -438,7 +436,7 @@ def _through_slice(
             profile=profile,
         )
         clock.lap("correction")
-    except ValueError as err:
+    except NotApplicableError as err:
         if asked == "through-slice":
             raise OptionError(first, "b0_correction", asked, str(err)) from err
         warnings.add(f"{echo_set.name}: no field-gradient correction: {err}")
@@ -448,10 +446,13 @@ def _through_slice(
 
 def _profile(spec: str, metadata: Mapping[str, Any]) -> SliceProfile | None:
     """The slice profile given (``spec``), or the one the first echo's sidecar names; None:
-    to be estimated from the data. Raises ValueError for an ill-formed one."""
-    if spec != "auto":
-        return parse_slice_profile(spec)
-    return profile_from_metadata(metadata)
+    to be estimated from the data. Raises NotApplicableError for an ill-formed one."""
+    try:
+        if spec != "auto":
+            return parse_slice_profile(spec)
+        return profile_from_metadata(metadata)
+    except ValueError as err:
+        raise NotApplicableError(str(err)) from err
 
 
 def _field(result: FitResult, phase: PhaseAnalysis, echo_set: EchoSet) -> FieldMap | None:
