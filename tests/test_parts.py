@@ -14,13 +14,12 @@ from t2starmap.bids.layout import Echo, EchoSet, build_echo_set, find_echo_sets
 from t2starmap.bids.nifti import check_geometry, load_magnitude
 from t2starmap.bids.parts import (
     Parts,
-    choose_method,
     complex_available,
     find_parts,
     load_complex,
     phase_to_radians,
 )
-from t2starmap.errors import BadDataError, ExitCode, UsageError
+from t2starmap.errors import BadDataError, ExitCode
 from tests.conftest import SHARED_DATA
 
 SHAPE = (4, 3, 2)
@@ -251,17 +250,6 @@ def test_phase_needs_the_magnitude() -> None:
 
 
 # --- the method decision -----------------------------------------------------------------------
-
-
-def test_choose_method() -> None:
-    parts = Parts(kind="real-imag", files=())
-    assert choose_method("auto", parts, "set", "nlls") == "complex"
-    assert choose_method("auto", None, "set", "nlls") == "nlls"
-    assert choose_method("complex", parts, "set", "nlls") == "complex"
-    assert choose_method("wls", parts, "set", "nlls") == "wls"
-    with pytest.raises(UsageError, match="sub-01: --fit-method complex needs") as info:
-        choose_method("complex", None, "sub-01", "nlls")
-    assert info.value.exit_code == ExitCode.USAGE
 
 
 # --- real data -----------------------------------------------------------------------------------

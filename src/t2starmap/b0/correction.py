@@ -21,7 +21,8 @@ The steps:
    spacing from SpacingBetweenSlices or the affine; 3D: the voxel size along the slice axis).
 2. :func:`through_slice_gradient`: G from the field map by central differences between the
    neighbouring slices, with a local unwrapping rule for the wrapped field of a complex fit.
-3. :func:`sinc_factor`: |F(TE)| per voxel and echo.
+3. the dephasing factor |F(TE)| per voxel and echo of the slice profile
+   (:func:`t2starmap.b0.profiles.dephasing_factor`; given, named by the headers or estimated).
 4. :func:`t2starmap.fit.fit_corrected`: the fit of S0 exp(-TE R2*) |F(TE)| (the magnitude
    model times a known factor, in the one solver), dropping echoes where |F| <
    ``FACTOR_THRESHOLD``, started from the uncorrected fit.
@@ -59,7 +60,6 @@ __all__ = [
     "REFERENCES",
     "ThroughSliceCorrection",
     "correct_through_slice",
-    "sinc_factor",
     "slice_geometry",
     "through_slice_gradient",
 ]
@@ -201,21 +201,6 @@ def _unwrap(difference: np.ndarray, period: float | None) -> np.ndarray:
 
 
 # --- the factor ------------------------------------------------------------------------------
-
-
-def sinc_factor(
-    gradient_hz_per_mm: np.ndarray | torch.Tensor,
-    thickness_mm: float,
-    echo_times: Sequence[float] | np.ndarray,
-) -> np.ndarray:
-    """|F(TE)| = |sinc(pi G dz TE)| of a rectangular slice of thickness dz (mm) in a field
-    gradient G (Hz/mm), at each echo time (s): (..., n_echoes) float64 in [0, 1]. The
-    rectangle's case of :func:`t2starmap.b0.profiles.dephasing_factor`."""
-    if not (np.isfinite(thickness_mm) and thickness_mm > 0):
-        raise ValueError(f"slice thickness must be a positive number of mm, got {thickness_mm}")
-    te = check_echo_times(np.asarray(echo_times, dtype=np.float64))
-    g = np.asarray(gradient_hz_per_mm, dtype=np.float64)
-    return np.abs(dephasing_factor(SliceProfile("rect"), g, float(thickness_mm), te))
 
 
 # --- the driver ------------------------------------------------------------------------------

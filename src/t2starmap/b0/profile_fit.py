@@ -57,8 +57,8 @@ def _family_factor(family: str, v: float, k: np.ndarray) -> np.ndarray:
     if family == "gaussian":
         return gaussian_factor(v, k)
     if v <= 0:
-        return np.abs(np.sinc(k))
-    return np.abs(sinc_envelope(1.0 / math.sqrt(v), k * math.sqrt(v)))
+        return np.asarray(np.abs(np.sinc(k)))
+    return np.asarray(np.abs(sinc_envelope(1.0 / math.sqrt(v), k * math.sqrt(v))))
 
 
 @dataclass(frozen=True)
@@ -365,7 +365,7 @@ def _model(fit: Any, te: np.ndarray, factor: np.ndarray) -> np.ndarray:
     """S0 exp(-TE R2*) |F| of a :class:`t2starmap.fit.CorrectedFit`, (n, E) float64."""
     r2 = fit.result.r2star.double().cpu().numpy()
     s0 = fit.result.s0.double().cpu().numpy()
-    return s0[:, None] * np.exp(-te * r2[:, None]) * factor
+    return np.asarray(s0[:, None] * np.exp(-te * r2[:, None]) * factor)
 
 
 def _search(

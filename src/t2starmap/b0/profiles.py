@@ -388,7 +388,7 @@ def profile_shape(profile: SliceProfile, x: np.ndarray | Sequence[float]) -> np.
     xt, pt = _table_arrays(profile)
     p = np.interp(u, xt, pt, left=0.0, right=0.0)
     p = np.where(u == xt[0], 0.5 * pt[0], np.where(u == xt[-1], 0.5 * pt[-1], p))
-    return p / _trapezoid(pt, xt)
+    return np.asarray(p / _trapezoid(pt, xt))
 
 
 def sinc_envelope(tbw: float, s: np.ndarray) -> np.ndarray:
@@ -441,18 +441,18 @@ def numeric_factor(profile: SliceProfile, k: np.ndarray | Sequence[float]) -> np
     re = np.interp(a, grid_k, centred.real[: n_half + 1], right=0.0)
     im = np.interp(a, grid_k, centred.imag[: n_half + 1], right=0.0)
     middle = 0.5 * (lo + hi)  # F(-k) = conj F(k) for a real profile; then shift back
-    return (re + 1j * np.where(kk < 0, -im, im)) * np.exp(2j * np.pi * kk * middle)
+    return np.asarray((re + 1j * np.where(kk < 0, -im, im)) * np.exp(2j * np.pi * kk * middle))
 
 
 def gaussian_factor(width2: float, k: np.ndarray) -> np.ndarray:
     """F of a Gaussian profile of squared FWHM ``width2`` (slice thicknesses^2)."""
-    return np.exp(-(math.pi**2) * width2 * k * k / (4.0 * _LN2))
+    return np.asarray(np.exp(-(math.pi**2) * width2 * k * k / (4.0 * _LN2)))
 
 
 def _closed_form(profile: SliceProfile, k: np.ndarray) -> np.ndarray:
     """F(k) of the analytic kinds (module docstring), real float64."""
     if profile.kind == "rect":
-        return np.sinc(k)
+        return np.asarray(np.sinc(k))
     if profile.kind == "gaussian":
         return gaussian_factor((profile.fwhm or 1.0) ** 2, k)
     tbw = float(profile.parameter or 1.0)

@@ -120,13 +120,6 @@ def check_geometry(echo_set: EchoSet) -> Geometry:
     )
 
 
-def gzip_compress(raw: bytes, level: int = COMPRESS_LEVEL) -> bytes:
-    """gzip bytes of ``raw`` (isal when installed, else zlib)."""
-    if _gzip_lib is not None:
-        return bytes(_gzip_lib.compress(raw, level))
-    return gzip.compress(raw, level)
-
-
 def gzip_decompress(data: bytes) -> bytes:
     """The bytes of every gzip member of ``data``. Raises OSError/EOFError/zlib.error when
     the stream is damaged or cut short."""

@@ -29,7 +29,7 @@ import numpy as np
 
 from t2starmap.bids.layout import EchoSet
 from t2starmap.bids.nifti import Geometry, read_part
-from t2starmap.errors import BadDataError, UsageError
+from t2starmap.errors import BadDataError
 
 #: Relative tolerance on the full-scale value of a phase range.
 RANGE_RTOL = 1e-3
@@ -176,20 +176,6 @@ def _phase_units(path: Path) -> str:
 def complex_available(parts: Parts | None) -> bool:
     """Whether the complex fit can run on a set whose parts :func:`find_parts` returned."""
     return parts is not None
-
-
-def choose_method(requested: str, parts: Parts | None, where: str, magnitude_default: str) -> str:
-    """The fit method for one echo set: ``"complex"`` needs parts (UsageError, exit 64, naming
-    ``where`` when there are none); ``"auto"`` is ``"complex"`` when parts exist, else
-    ``magnitude_default``; any other method is kept."""
-    if requested == "complex" and not complex_available(parts):
-        raise UsageError(
-            f"{where}: --fit-method complex needs part-phase or part-real/part-imag files "
-            "beside the part-mag echoes; there are none"
-        )
-    if requested == "auto":
-        return "complex" if complex_available(parts) else magnitude_default
-    return requested
 
 
 def phase_to_radians(values: np.ndarray, units: str, where: Path | str) -> np.ndarray:
