@@ -42,7 +42,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from t2starmap.simulate_bold import BoldRun, make_bold_run, write_bold_run
+from t2starmap.sim.bold import BoldRun, make_bold_run, write_bold_run
 
 REPO = Path(__file__).resolve().parents[1]
 ME_EPI = REPO.parent / "shared" / "data" / "me-epi"

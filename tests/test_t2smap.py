@@ -10,10 +10,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from t2starmap.bids.t2smap_outputs import OUTPUTS, file_name
 from t2starmap.cli import main as app_main
-from t2starmap.simulate_bold import BoldRun, make_bold_run, write_bold_run
-from t2starmap.t2smap_cli import main
-from t2starmap.t2smap_outputs import OUTPUTS, file_name
+from t2starmap.cli.t2smap import main
+from t2starmap.sim.bold import BoldRun, make_bold_run, write_bold_run
 from tests.support.files import SHARED_DATA, checksums
 
 BIDS_CORE = [

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from t2starmap.cli.t2smap import build_parser, echo_times_seconds, main, parse_volume_indices
 from t2starmap.errors import UsageError
-from t2starmap.simulate_bold import BoldRun, make_bold_run, write_bold_run
-from t2starmap.t2smap_cli import build_parser, echo_times_seconds, main, parse_volume_indices
+from t2starmap.sim.bold import BoldRun, make_bold_run, write_bold_run
 
 Synthetic = tuple[BoldRun, list[Path], Path]
 

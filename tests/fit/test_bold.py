@@ -9,7 +9,7 @@ from scipy.optimize import curve_fit
 
 from t2starmap.fit import bold
 from t2starmap.fit.status import Failure
-from t2starmap.simulate_bold import BoldRun, make_bold_run
+from t2starmap.sim.bold import BoldRun, make_bold_run
 
 TE = np.array([0.012, 0.028, 0.044, 0.060])
 

@@ -39,7 +39,7 @@ def check_mask_types(methods: Sequence[str]) -> tuple[str, ...]:
 def base_count(bad: np.ndarray) -> np.ndarray:
     """Leading echoes without a NaN or non-positive sample. ``bad`` (V, E) bool -> (V,) int16."""
     good = ~np.asarray(bad, dtype=bool)
-    return np.cumprod(good, axis=1).sum(axis=1).astype(np.int16)
+    return np.asarray(np.cumprod(good, axis=1).sum(axis=1), dtype=np.int16)
 
 
 def dropout_thresholds(means: np.ndarray) -> np.ndarray:
@@ -65,7 +65,7 @@ def decay_count(means: np.ndarray) -> np.ndarray:
     """Echoes up to the first one whose mean is not below the previous echo's, (V,) int16."""
     rising = np.diff(means, axis=1) >= 0
     first_rise = np.argmax(rising, axis=1) + 1
-    return np.where(rising.any(axis=1), first_rise, means.shape[1]).astype(np.int16)
+    return np.asarray(np.where(rising.any(axis=1), first_rise, means.shape[1]), dtype=np.int16)
 
 
 def adaptive_mask(means: np.ndarray, bad: np.ndarray, methods: Sequence[str]) -> np.ndarray:
@@ -77,7 +77,7 @@ def adaptive_mask(means: np.ndarray, bad: np.ndarray, methods: Sequence[str]) ->
         counts.append(dropout_count(means, dropout_thresholds(means)))
     if "decay" in kinds:
         counts.append(decay_count(means))
-    return np.minimum.reduce(counts).astype(np.int16)
+    return np.asarray(np.minimum.reduce(counts), dtype=np.int16)
 
 
 def echoes_used(count: np.ndarray) -> np.ndarray:

@@ -15,14 +15,16 @@ import itertools
 import logging
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from t2starmap import __version__
-from t2starmap.cliargs import ArgumentParser, configure_logging
+from t2starmap.cli.parser import ArgumentParser, configure_logging
 from t2starmap.errors import ExitCode, InputMissingError, Interrupted, T2StarError, UsageError
 from t2starmap.interrupts import sigterm_raises
+
+if TYPE_CHECKING:
+    from t2starmap.workflows.t2smap import T2smapSettings
 
 log = logging.getLogger("t2starmap.t2smap")
 
@@ -168,29 +170,6 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
-@dataclass(frozen=True)
-class T2smapSettings:
-    """One run, checked: echo files and times (s, ascending), mask, volumes, fit and output."""
-
-    data: tuple[Path, ...]
-    tes: tuple[float, ...]
-    out_dir: Path
-    prefix: str
-    convention: str
-    verbose: bool
-    overwrite: bool
-    mask: Path | None
-    masktype: tuple[str, ...]
-    dummy_scans: int
-    exclude: tuple[int, ...]
-    fittype: str
-    fitmode: str
-    combmode: str
-    workers: int | None
-    device: str
-    command: str
-
-
 def echo_times_seconds(values: Sequence[float]) -> tuple[float, ...]:
     """Echo times in s: all in (0, 1) are seconds; all >= 1 milliseconds (a warning, as
     tedana's); anything else a UsageError."""
@@ -239,6 +218,8 @@ def _check_files(args: argparse.Namespace) -> None:
 
 def settings_from_args(args: argparse.Namespace, command: str) -> T2smapSettings:
     """The checked settings; UsageError / InputMissingError before anything is touched."""
+    from t2starmap.workflows.t2smap import T2smapSettings
+
     _check_files(args)
     tes = echo_times_seconds(args.tes)
     if len(args.data) not in (1, len(tes)):
@@ -319,7 +300,7 @@ def _run(arguments: list[str]) -> int:
         logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
     )
     settings = settings_from_args(args, "t2smap " + " ".join(arguments))
-    from t2starmap.t2smap_workflow import run_t2smap  # torch: only past the checks
+    from t2starmap.workflows.t2smap import run_t2smap  # torch: only past the checks
 
     run_t2smap(settings)
     return int(ExitCode.OK)

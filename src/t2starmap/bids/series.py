@@ -1,6 +1,6 @@
 """The 4-D echo series of multi-echo BOLD (``t2starmap t2smap``): their shared geometry, the
-mask, the samples inside it. Reads through :mod:`t2starmap.nifti` (the one module that uses
-nibabel); maps are written with :func:`t2starmap.nifti.save_map`."""
+mask, the samples inside it. Reads through :mod:`t2starmap.bids.nifti` (the one module that uses
+nibabel); maps are written with :func:`t2starmap.bids.nifti.save_map`."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from t2starmap.bids.nifti import Geometry, _image_from_file, _open, _stored, read_volume
 from t2starmap.errors import BadDataError
-from t2starmap.nifti import Geometry, _image_from_file, _open, _stored, read_volume
 
 
 def series_geometry(paths: Sequence[Path], n_echoes: int) -> Geometry:

@@ -3,29 +3,28 @@
 read the echo series inside the mask -> drop dummy scans -> temporal moments of the volumes
 not excluded -> adaptive mask -> decay fit (one per voxel, or per voxel and volume) ->
 floors and limited maps -> optimal combination of every volume -> RMSE -> files (staged,
-then moved into place together; see :mod:`t2starmap.t2smap_outputs`).
+then moved into place together; see :mod:`t2starmap.bids.t2smap_outputs`).
 
 The maths is in :mod:`t2starmap.fit.adaptive_mask`, :mod:`t2starmap.fit.bold` and
-:mod:`t2starmap.fit.combine`; images are read in :mod:`t2starmap.nifti_series`.
+:mod:`t2starmap.fit.combine`; images are read in :mod:`t2starmap.bids.series`.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from t2starmap.bids.series import read_echo_series, read_mask, series_geometry
+from t2starmap.bids.t2smap_outputs import Stage
 from t2starmap.errors import UsageError
 from t2starmap.fit import adaptive_mask as am
 from t2starmap.fit import bold, combine
 from t2starmap.fit.status import Failure
-from t2starmap.nifti_series import read_echo_series, read_mask, series_geometry
-from t2starmap.t2smap_outputs import Stage
-from t2starmap.t2smap_ts import ts_mode
-from t2starmap.t2smap_write import (
+from t2starmap.workflows.t2smap_ts import ts_mode
+from t2starmap.workflows.t2smap_write import (
     Run,
     description,
     expand,
@@ -35,8 +34,29 @@ from t2starmap.t2smap_write import (
     write_rmse,
 )
 
-if TYPE_CHECKING:
-    from t2starmap.t2smap_cli import T2smapSettings
+
+@dataclass(frozen=True)
+class T2smapSettings:
+    """One run, checked: echo files and times (s, ascending), mask, volumes, fit and output."""
+
+    data: tuple[Path, ...]
+    tes: tuple[float, ...]
+    out_dir: Path
+    prefix: str
+    convention: str
+    verbose: bool
+    overwrite: bool
+    mask: Path | None
+    masktype: tuple[str, ...]
+    dummy_scans: int
+    exclude: tuple[int, ...]
+    fittype: str
+    fitmode: str
+    combmode: str
+    workers: int | None
+    device: str
+    command: str
+
 
 log = logging.getLogger("t2starmap.t2smap")
 

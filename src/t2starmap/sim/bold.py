@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from t2starmap.nifti import Geometry, save_map, save_series
+from t2starmap.bids.nifti import Geometry, save_map, save_series
 
 DEFAULT_TES = (0.012, 0.028, 0.044, 0.060)
 #: T2* ranges (s) of the regions.

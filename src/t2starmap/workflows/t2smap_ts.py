@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm import tqdm
 
+from t2starmap.bids.t2smap_outputs import Stage
 from t2starmap.fit import adaptive_mask as am
 from t2starmap.fit import bold, combine
-from t2starmap.t2smap_outputs import Stage
-from t2starmap.t2smap_write import Run, write_combination, write_maps, write_rmse
+from t2starmap.workflows.t2smap_write import Run, write_combination, write_maps, write_rmse
 
 if TYPE_CHECKING:
-    from t2starmap.t2smap_cli import T2smapSettings
+    from t2starmap.workflows.t2smap import T2smapSettings
 
 log = logging.getLogger("t2starmap.t2smap")
 #: Fit rows (voxels x volumes) per block: bounds the temporaries.

@@ -3,7 +3,7 @@ ours), the staging folder every file is written to first, and the registry.
 
 Every file is written into a hidden staging folder inside the output folder and moved into
 place (``os.replace``, one file at a time) only once all of them exist: a failed run leaves no
-output behind. Images go through :func:`t2starmap.nifti.save_map`.
+output behind. Images go through :func:`t2starmap.bids.nifti.save_map`.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from t2starmap.bids.nifti import Geometry, save_map
+from t2starmap.bids.series import unmask
 from t2starmap.errors import OutputError, UsageError
-from t2starmap.nifti import Geometry, save_map
-from t2starmap.nifti_series import unmask
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The files of a ``t2starmap t2smap`` run that both fit modes write: the maps, their
 quality, the optimal combination, the RMSE and the dataset description (see
-:mod:`t2starmap.t2smap_workflow`)."""
+:mod:`t2starmap.workflows.t2smap`)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from t2starmap import __version__
+from t2starmap.bids.nifti import Geometry
+from t2starmap.bids.t2smap_outputs import Stage, tsv
 from t2starmap.fit import bold, combine
 from t2starmap.fit.status import labels, levels_tsv
-from t2starmap.nifti import Geometry
-from t2starmap.t2smap_outputs import Stage, tsv
 
 if TYPE_CHECKING:
-    from t2starmap.t2smap_cli import T2smapSettings
+    from t2starmap.workflows.t2smap import T2smapSettings
 
 
 @dataclass
