@@ -284,8 +284,32 @@ for k in range(2):
 """
 
 
+def full_mask(work: Path, brain_mask: Path) -> Path:
+    """An all-ones mask of the run's field of view: every voxel fitted (the issue's 49 M
+    fits), written with the project's writer."""
+    from t2starmap.bids.nifti import Geometry, save_map
+
+    img = nib.load(str(brain_mask))
+    path = work / "fov-mask.nii.gz"
+    shape = tuple(int(n) for n in img.shape)
+    zooms = tuple(float(z) for z in img.header.get_zooms())  # type: ignore[attr-defined]
+    save_map(path, np.ones(shape, bool), Geometry(shape, img.affine, zooms, 1, 1))  # type: ignore[attr-defined]
+    return path
+
+
+#: ``--fitmode ts`` rows: (label, fit type, mask: "brain" or "fov", extra arguments).
+TS_ROWS = (
+    ("loglin, brain mask", "loglin", "brain", ()),
+    ("loglin, whole field of view", "loglin", "fov", ()),
+    ("curvefit, brain mask, --n-threads 1", "curvefit", "brain", ()),
+    ("curvefit, brain mask, --n-threads -1", "curvefit", "brain", ("--n-threads", "-1")),
+)
+
+
 def part_ts(work: Path, busy: bool) -> None:
     run, paths, mask = synthetic(work, *REALISTIC)
+    masks = {"brain": mask, "fov": full_mask(work, mask)}
+    fits = {"brain": int(run.brain.sum()) * 300, "fov": run.brain.size * 300}
     float_mb = run.echoes.size * 4 / 2**20
     (work / "base").mkdir(exist_ok=True)
     for loaded in (False, True) if busy else (False,):
@@ -293,31 +317,33 @@ def part_ts(work: Path, busy: bool) -> None:
             base = timed([sys.executable, "-c", _BASELINE, *map(str, paths), str(work / "base")])
             header(
                 f"--fitmode ts{' (one busy process)' if loaded else ''}, 64x64x40, 4 echoes, "
-                f"300 volumes ({run.brain.sum() * 300 / 1e6:.0f} M fits in the brain mask); "
-                f"read 4 echoes + write two 4-D maps: {base[0]:.1f} s"
+                f"300 volumes; read 4 echoes + write two 4-D maps: {base[0]:.1f} s; float32 "
+                f"echoes {float_mb:.0f} MB"
             )
-            for fittype in ("loglin", "curvefit"):
-                t = timed(
-                    ours(
-                        paths,
-                        run.te,
-                        mask,
-                        work / f"ts-{fittype}",
-                        "--fitmode",
-                        "ts",
-                        "--fittype",
-                        fittype,
-                        "--overwrite",
-                    )
+            for label, fittype, where, extra in TS_ROWS:
+                out = work / f"ts-{fittype}-{where}"
+                command = ours(
+                    paths,
+                    run.te,
+                    masks[where],
+                    out,
+                    "--fitmode",
+                    "ts",
+                    "--fittype",
+                    fittype,
+                    "--overwrite",
+                    *extra,
                 )
+                t = timed(command)
+                name = f"{label} ({fits[where] / 1e6:.0f} M fits)"
                 row(
-                    f"{fittype}: wall / baseline",
+                    f"{name}: wall / baseline",
                     f"{t[0]:.1f} s = {t[0] / base[0]:.1f}x",
                     "<= 3x",
                     t[0] / base[0] <= 3,
                 )
                 row(
-                    f"{fittype}: peak MB / float32 echoes ({float_mb:.0f} MB)",
+                    f"{name}: peak MB / float32 echoes",
                     f"{t[1]:.0f} = {t[1] / float_mb:.2f}x",
                     "<= 2.5x",
                     t[1] / float_mb <= 2.5,
