@@ -253,3 +253,36 @@ def test_real_me_epi_loglin_is_tedanas_definition(tmp_path: Path) -> None:
         beta = np.linalg.lstsq(x, y, rcond=None)[0]
         if beta[1] > 0:
             assert t2[v] == pytest.approx(1 / beta[1], rel=1e-4)
+
+
+def test_nlls_leaves_voxels_without_signal_empty(synthetic: Synthetic, tmp_path: Path) -> None:
+    """Voxels whose every sample is 0 (outside the scanner's field, masked by a converter)
+    are not fitted: T2* 0 and status 'not fitted', not a floor value."""
+    run, paths, mask = synthetic
+    zeroed = []
+    for k, path in enumerate(paths):
+        img = nib.load(str(path))
+        data = np.asarray(img.dataobj).copy()
+        data[:4] = 0
+        zeroed.append(tmp_path / f"echo{k}.nii.gz")
+        nib.save(nib.Nifti1Image(data, img.affine, img.header), str(zeroed[-1]))
+    everything = tmp_path / "fov.nii.gz"
+    mask_img = nib.load(str(mask))
+    nib.save(nib.Nifti1Image(np.ones(run.brain.shape, np.uint8), mask_img.affine), str(everything))
+    args = [
+        "-d",
+        *map(str, zeroed),
+        "-e",
+        *map(str, run.te),
+        "--mask",
+        str(everything),
+        "--out-dir",
+        str(tmp_path / "o"),
+        "--fittype",
+        "nlls",
+        "--quiet",
+    ]
+    assert main(args) == 0
+    assert np.all(_load(tmp_path / "o" / "T2starmap.nii.gz")[:4] == 0)
+    assert np.all(_load(tmp_path / "o" / "desc-fitstatus_dseg.nii.gz")[:4] == 0)
+    assert np.all(_load(tmp_path / "o" / "T2starmap.nii.gz")[8:][run.brain[8:]] > 0)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from t2starmap.cli.t2smap import build_parser, echo_times_seconds, main, parse_volume_indices
@@ -98,7 +97,7 @@ def test_usage_errors(
     assert main(args) == code
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and words in err[0] and "Traceback" not in err[0]
-    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    assert not (tmp_path / "out").exists()  # nothing created, or removed again
 
 
 def test_missing_input_is_66(
@@ -121,7 +120,7 @@ def test_bad_images_are_65_and_leave_nothing(
     args[args.index(str(paths[2]))] = str(broken)
     assert main(args) == 65
     assert "broken.nii.gz" in capsys.readouterr().err
-    assert list((tmp_path / "out").iterdir()) == []  # the stage was removed
+    assert not (tmp_path / "out").exists()  # the stage and the folder it made were removed
     other = make_bold_run((8, 8, 5), 6, seed=1)
     wrong = write_bold_run(tmp_path / "other", other)
     args = _args(small, tmp_path / "out2", "--quiet")
@@ -173,4 +172,4 @@ def test_single_volume_nlls_cannot_measure_noise(tmp_path: Path) -> None:
         "--quiet",
     ]
     assert main(args) == 64
-    assert np.all([not p.name.startswith(".") for p in (tmp_path / "o").iterdir()])
+    assert not (tmp_path / "o").exists()

@@ -94,7 +94,9 @@ def read_echo_series(
 
 def unmask(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Values of the voxels inside ``mask`` ((V,) or (V, T)) put back into the mask's volume;
-    0 outside."""
+    0 outside (a view, not a copy, when the mask holds every voxel)."""
+    if mask.all():
+        return values.reshape(mask.shape + values.shape[1:])
     out = np.zeros(mask.shape + values.shape[1:], dtype=values.dtype)
     out[mask] = values
     return out

@@ -84,6 +84,7 @@ class Stage:
     def __init__(self, out_dir: Path, prefix: str, convention: str, overwrite: bool) -> None:
         if not overwrite and (found := existing_outputs(out_dir, prefix, convention)):
             raise UsageError(f"{found[0]}: already exists; use --overwrite to replace it")
+        self.created = not out_dir.exists()
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
             self.folder = Path(tempfile.mkdtemp(prefix=".t2smap-", dir=out_dir))
@@ -100,7 +101,9 @@ class Stage:
     def image(self, key: str, values: np.ndarray, mask: np.ndarray, geometry: Geometry) -> None:
         """``values`` of the mask's voxels ((V,) or (V, T)) as an image; floats are written as
         float32, clipped to its finite range."""
-        if values.dtype.kind == "f":
+        if values.dtype.kind == "f" and not (
+            values.dtype == np.float32 and np.isfinite(values).all()
+        ):  # a copy only where needed: 4-D maps are the largest arrays of a run
             top = float(np.finfo(np.float32).max)
             values = np.clip(values, -top, top).astype(np.float32, copy=False)
         save_map(self.path(key), unmask(values, mask), geometry)
@@ -128,7 +131,11 @@ class Stage:
         return placed
 
     def discard(self) -> None:
+        """Remove the stage, and the output folder when this run created it and left it
+        empty (a failed run leaves nothing behind)."""
         shutil.rmtree(self.folder, ignore_errors=True)
+        if self.created and not any(self.out_dir.iterdir()):
+            self.out_dir.rmdir()
 
 
 def tsv(columns: tuple[str, ...], rows: np.ndarray) -> str:

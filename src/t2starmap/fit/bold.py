@@ -92,7 +92,8 @@ def echo_moments(echoes: Sequence[np.ndarray], volumes: np.ndarray | None = None
 
 def volume_moments(echoes: Sequence[np.ndarray], start: int, stop: int) -> EchoMoments:
     """Moments of single volumes ``start:stop`` as (V * (stop - start), E) rows, volume-minor
-    (row v * n + t): the moments ``fitmode ts`` fits."""
+    (row v * n + t): the moments ``fitmode ts`` fits (the sums of squared deviations 0, no
+    volume-to-volume difference: one array of zeros and one of NaN shared)."""
     mean = np.stack([x[:, start:stop].reshape(-1) for x in echoes], axis=1).astype(np.float64)
     zeros = np.zeros_like(mean)
     return EchoMoments(
@@ -101,7 +102,7 @@ def volume_moments(echoes: Sequence[np.ndarray], start: int, stop: int) -> EchoM
         sq_dev=zeros,
         log_sq_dev=zeros,
         mean_square=mean * mean,
-        diff_var=np.full_like(mean, np.nan),
+        diff_var=np.broadcast_to(np.nan, mean.shape),
         bad=np.isnan(mean) | (mean <= 0),
         n_volumes=1,
     )
@@ -141,15 +142,17 @@ def _empty(n: int) -> dict[str, np.ndarray]:
 
 
 def _to_t2star(out: dict[str, np.ndarray], sel: np.ndarray, s0: np.ndarray, r2: np.ndarray,
-               cov: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:  # fmt: skip
-    """Store (S0, R2*) and their covariance (var S0, var R2*, cov) as (T2*, S0): T2* = 1/R2*,
-    var T2* = var R2* / R2*^4, cov(T2*, S0) = -cov / R2*^2 (the delta method; exact for the
-    linearised covariance)."""
-    var_s0, var_r2, cov_sr = cov
+               cov: tuple[np.ndarray, np.ndarray, np.ndarray] | None) -> None:  # fmt: skip
+    """Store (S0, R2*) and their covariance (var S0, var R2*, cov; None: left 0) as (T2*, S0):
+    T2* = 1/R2*, var T2* = var R2* / R2*^4, cov(T2*, S0) = -cov / R2*^2 (the delta method;
+    exact for the linearised covariance)."""
     with np.errstate(divide="ignore", invalid="ignore"):
         t2 = 1.0 / r2
         out["t2star"][sel] = t2
         out["s0"][sel] = s0
+        if cov is None:
+            return
+        var_s0, var_r2, cov_sr = cov
         out["t2star_var"][sel] = np.nan_to_num(var_r2 * t2**4, nan=0.0, posinf=0.0)
         out["s0_var"][sel] = np.nan_to_num(var_s0, nan=0.0, posinf=0.0)
         out["covar"][sel] = np.nan_to_num(-cov_sr * t2 * t2, nan=0.0, posinf=0.0, neginf=0.0)
@@ -166,29 +169,32 @@ def _inverse2(a11: np.ndarray, a12: np.ndarray, a22: np.ndarray, scale: np.ndarr
     return np.nan_to_num(a22 * f), np.nan_to_num(a11 * f), np.nan_to_num(-a12 * f)
 
 
-def fit_loglin(m: EchoMoments, te: np.ndarray, used: np.ndarray) -> DecayFit:
+def fit_loglin(
+    m: EchoMoments, te: np.ndarray, used: np.ndarray, *, covariance: bool = True
+) -> DecayFit:
     """tedana's ``loglin``: OLS of log(|S| + 1) on (1, -TE) over the first ``used`` echoes of
-    all samples. Its covariance: s^2 (X^T X)^-1, s^2 the residual variance of the logs over
-    all samples."""
+    all samples (its pseudo-inverse applied to the temporal means of the logs). Its covariance
+    (unless ``covariance`` is False: zeros): s^2 (X^T X)^-1, s^2 the residual variance of the
+    logs over all samples."""
     out = _empty(used.size)
     n_t = m.n_volumes
     for k, sel in _groups(used):
         tk = te[:k]
         x = np.stack([np.ones(k), -tk], axis=1)
         y = m.log_mean[sel, :k]
-        beta = np.linalg.lstsq(x, y.T, rcond=None)[0]  # (2, n)
-        resid = y - (x @ beta).T
-        ssr = n_t * np.square(resid).sum(axis=1) + m.log_sq_dev[sel, :k].sum(axis=1)
-        dof = k * n_t - 2
-        s2 = ssr / dof if dof > 0 else np.zeros_like(ssr)
-        var_a, var_b, cov_ab = _inverse2(
-            np.full(sel.size, float(n_t * k)),
-            np.full(sel.size, -float(n_t * tk.sum())),
-            np.full(sel.size, float(n_t * (tk * tk).sum())),
-            s2,
-        )
+        beta = np.linalg.pinv(x) @ y.T  # (2, n)
         s0 = np.exp(beta[0])
-        _to_t2star(out, sel, s0, beta[1], (s0 * s0 * var_a, var_b, s0 * cov_ab))
+        cov = None
+        if covariance:
+            resid = y - (x @ beta).T
+            ssr = n_t * np.square(resid).sum(axis=1) + m.log_sq_dev[sel, :k].sum(axis=1)
+            dof = k * n_t - 2
+            s2 = ssr / dof if dof > 0 else np.zeros_like(ssr)
+            xtx = n_t * (x.T @ x)
+            full = [np.full(sel.size, v) for v in (xtx[0, 0], xtx[0, 1], xtx[1, 1])]
+            var_a, var_b, cov_ab = _inverse2(full[0], full[1], full[2], s2)
+            cov = (s0 * s0 * var_a, var_b, s0 * cov_ab)
+        _to_t2star(out, sel, s0, beta[1], cov)
         out["reason"][sel] = _rate_bits(beta[1])
     return DecayFit(**out)
 
@@ -212,10 +218,13 @@ def _decay_normal(s0: np.ndarray, r2: np.ndarray, tk: np.ndarray) -> tuple[np.nd
     return a11, a12, a22, s0[:, None] * e
 
 
-def fit_curvefit(m: EchoMoments, te: np.ndarray, used: np.ndarray, how: Compute) -> DecayFit:
+def fit_curvefit(
+    m: EchoMoments, te: np.ndarray, used: np.ndarray, how: Compute, *, covariance: bool = True
+) -> DecayFit:
     """tedana's ``curvefit``: least squares of S0 exp(-TE R2*) over the first ``used`` echoes of
     all samples, by the project's Levenberg-Marquardt fit of the temporal means. Its
-    covariance is curve_fit's: s^2 (J^T J)^-1 over all samples, s^2 = SSR / (k T - 2)."""
+    covariance (unless ``covariance`` is False: zeros) is curve_fit's: s^2 (J^T J)^-1 over
+    all samples, s^2 = SSR / (k T - 2)."""
     from t2starmap.fit.magnitude import fit_t2star
 
     out = _empty(used.size)
@@ -228,11 +237,14 @@ def fit_curvefit(m: EchoMoments, te: np.ndarray, used: np.ndarray, how: Compute)
         )  # fmt: skip
         s0 = res.s0.cpu().numpy().astype(np.float64)
         r2 = res.r2star.cpu().numpy().astype(np.float64)
-        a11, a12, a22, model = _decay_normal(s0, r2, tk)
-        ssr = n_t * np.square(m.mean[sel, :k] - model).sum(axis=1) + m.sq_dev[sel, :k].sum(1)
-        dof = k * n_t - 2
-        s2 = ssr / (n_t * dof) if dof > 0 else np.zeros_like(ssr)
-        _to_t2star(out, sel, s0, r2, _inverse2(a11, a12, a22, s2))
+        cov = None
+        if covariance:
+            a11, a12, a22, model = _decay_normal(s0, r2, tk)
+            ssr = n_t * np.square(m.mean[sel, :k] - model).sum(axis=1) + m.sq_dev[sel, :k].sum(1)
+            dof = k * n_t - 2
+            s2 = ssr / (n_t * dof) if dof > 0 else np.zeros_like(ssr)
+            cov = _inverse2(a11, a12, a22, s2)
+        _to_t2star(out, sel, s0, r2, cov)
         out["reason"][sel] = res.reason.cpu().numpy()
         out["failed"][sel] = (out["reason"][sel] & FAILED_BITS) != 0
     return DecayFit(**out)

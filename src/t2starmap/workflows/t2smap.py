@@ -143,7 +143,7 @@ def _fit(
 def fitted_voxels(s: T2smapSettings, count: np.ndarray, fit: bold.DecayFit) -> np.ndarray:
     """The voxels with maps: tedana's (adaptive mask >= 1); for nlls those it could fit."""
     if s.fittype == "nlls":
-        return (fit.reason & int(Failure.BAD_INPUT)) == 0
+        return np.asarray(((fit.reason & int(Failure.BAD_INPUT)) == 0) & (fit.t2star > 0))
     return count > 0
 
 

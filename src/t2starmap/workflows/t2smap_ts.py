@@ -33,9 +33,9 @@ def _fit_block(
 ) -> bold.DecayFit:
     how = bold.Compute(s.device, s.workers)
     if s.fittype == "loglin":
-        return bold.fit_loglin(m, te, am.echoes_used(count))
+        return bold.fit_loglin(m, te, am.echoes_used(count), covariance=False)
     if s.fittype == "curvefit":
-        return bold.fit_curvefit(m, te, am.echoes_used(count), how)
+        return bold.fit_curvefit(m, te, am.echoes_used(count), how, covariance=False)
     return bold.fit_nlls(m, te, np.asarray(~m.bad.all(axis=1)), sigma, how)
 
 
