@@ -25,6 +25,7 @@ DEFAULT_TES = (0.012, 0.028, 0.044, 0.060)
 BRAIN_T2STAR = (0.030, 0.060)
 CSF_T2STAR = (0.100, 0.150)
 DROPOUT_T2STAR = (0.003, 0.009)
+BRAIN_RADIUS = 0.89
 
 
 @dataclass(frozen=True)
@@ -43,13 +44,14 @@ class BoldRun:
 
 
 def _regions(shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(brain, csf, dropout) bool: an ellipsoid filling ~70 % of each axis; a central core;
-    a blob at the front-bottom edge (where sinus dropout sits)."""
+    """(brain, csf, dropout) bool: an ellipsoid filling :data:`BRAIN_RADIUS` of each axis
+    (a third of the box: 19 k voxels of 48x48x24); a central core; a blob at the
+    front-bottom edge (where sinus dropout sits)."""
     grids = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
-    r2 = sum(g * g for g in grids) / 0.7**2
+    r2 = sum(g * g for g in grids) / BRAIN_RADIUS**2
     brain = r2 <= 1.0
-    csf = brain & (r2 <= 0.12)
-    front = (grids[0] / 0.7) ** 2 + ((grids[1] - 0.45) / 0.25) ** 2 + ((grids[2] + 0.3) / 0.3) ** 2
+    csf = brain & (r2 <= 0.08)
+    front = (grids[0] / 0.7) ** 2 + ((grids[1] - 0.6) / 0.25) ** 2 + ((grids[2] + 0.3) / 0.3) ** 2
     dropout = brain & (front <= 1.0) & ~csf
     return np.asarray(brain), np.asarray(csf), np.asarray(dropout)
 

@@ -12,6 +12,7 @@ The maths is in :mod:`t2starmap.fit.adaptive_mask`, :mod:`t2starmap.fit.bold` an
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -147,9 +148,16 @@ def fitted_voxels(s: T2smapSettings, count: np.ndarray, fit: bold.DecayFit) -> n
     return count > 0
 
 
+def _load_solver() -> None:
+    """Import the solver's modules (and torch); a later import waits for this one."""
+    import t2starmap.fit.bold_nlls  # noqa: F401  (imports fit.magnitude and torch)
+
+
 def run_t2smap(s: T2smapSettings) -> dict[str, Path]:
     """Run ``t2smap`` with settings ``s``; return the files written by registry key."""
     stage = Stage(s.out_dir, s.prefix, s.convention, s.overwrite)
+    if s.fittype != "loglin":  # torch loads (seconds) while the echoes are read
+        threading.Thread(target=_load_solver, name="t2smap-import", daemon=True).start()
     try:
         run = load(s)
         volumes = fit_volumes(s, run.echoes[0].shape[1])
