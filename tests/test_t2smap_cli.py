@@ -5,9 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from t2starmap.cli.t2smap import build_parser, echo_times_seconds, main, parse_volume_indices
+from t2starmap.cli.t2smap import (
+    build_parser,
+    echo_times_seconds,
+    main,
+    parse_volume_indices,
+    settings_from_args,
+)
 from t2starmap.errors import UsageError
 from t2starmap.sim.bold import BoldRun, make_bold_run, write_bold_run
 
@@ -173,3 +180,16 @@ def test_single_volume_nlls_cannot_measure_noise(tmp_path: Path) -> None:
     ]
     assert main(args) == 64
     assert not (tmp_path / "o").exists()
+
+
+def test_excluded_volumes_are_counted_before_the_dummy_scans(small: Synthetic) -> None:
+    """tedana's --exclude indices are of the whole series: after 3 dummy scans, index 5 is the
+    kept data's volume 2, and an index among the dummy scans excludes nothing more."""
+    from t2starmap.workflows.t2smap import fit_volumes
+
+    args = build_parser().parse_args(
+        _args(small, Path("o"), "--dummy-scans", "3", "--exclude", "1,5,6")
+    )
+    keep = fit_volumes(settings_from_args(args, "t2smap"), 37)
+    assert keep is not None
+    assert np.flatnonzero(~keep).tolist() == [2, 3]
