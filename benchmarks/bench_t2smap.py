@@ -139,8 +139,10 @@ def parity_case(
     inside = load(mask) > 0
     for fittype in ("loglin", "curvefit"):
         a, b = work / f"{label}-ours-{fittype}", work / f"{label}-tedana-{fittype}"
-        t_ours = timed(ours(paths, te, mask, a, "--fittype", fittype, "--verbose"))
-        t_ted = timed(tedana(exe, paths, te, mask, b, "--fittype", fittype, "--verbose"))
+        t_ours = timed(ours(paths, te, mask, a, "--fittype", fittype, "--verbose", "--overwrite"))
+        t_ted = timed(
+            tedana(exe, paths, te, mask, b, "--fittype", fittype, "--verbose", "--overwrite")
+        )
         count_a = load(a / "desc-adaptiveGoodSignal_mask.nii.gz")[inside]
         count_b = load(b / "desc-adaptiveGoodSignal_mask.nii.gz")[inside]
         sel = count_b > 0
