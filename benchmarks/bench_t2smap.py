@@ -35,12 +35,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from bench_busy import Busy  # the script's own folder is on sys.path
 
 from t2starmap.sim.bold import BoldRun, make_bold_run, write_bold_run
 
@@ -49,19 +49,6 @@ ME_EPI = REPO.parent / "shared" / "data" / "me-epi"
 ME_EPI_TE = (0.0145, 0.0385, 0.0625)
 SMALL = ((48, 48, 24), 40)
 REALISTIC = ((64, 64, 40), 300)
-
-
-class Busy:
-    """One competing busy process while the block runs."""
-
-    def __enter__(self) -> Busy:
-        self.process = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-        time.sleep(0.5)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.process.kill()
-        self.process.wait()
 
 
 def timed(command: Sequence[str]) -> tuple[float, float]:
@@ -76,14 +63,11 @@ def timed(command: Sequence[str]) -> tuple[float, float]:
     return float(wall), float(kb) / 1024
 
 
-def ours(
+def t2smap_args(
     paths: Sequence[Path], te: Sequence[float], mask: Path, out: Path, *extra: str
 ) -> list[str]:
+    """The arguments both programs take (tedana's names), quiet."""
     return [
-        sys.executable,
-        "-m",
-        "t2starmap",
-        "t2smap",
         "-d",
         *map(str, paths),
         "-e",
@@ -95,24 +79,18 @@ def ours(
         "--quiet",
         *extra,
     ]
+
+
+def ours(
+    paths: Sequence[Path], te: Sequence[float], mask: Path, out: Path, *extra: str
+) -> list[str]:
+    return [sys.executable, "-m", "t2starmap", "t2smap", *t2smap_args(paths, te, mask, out, *extra)]
 
 
 def tedana(
     exe: str, paths: Sequence[Path], te: Sequence[float], mask: Path, out: Path, *extra: str
 ) -> list[str]:
-    return [
-        exe,
-        "-d",
-        *map(str, paths),
-        "-e",
-        *map(str, te),
-        "--mask",
-        str(mask),
-        "--out-dir",
-        str(out),
-        "--quiet",
-        *extra,
-    ]
+    return [exe, *t2smap_args(paths, te, mask, out, *extra)]
 
 
 def load(path: Path) -> np.ndarray:

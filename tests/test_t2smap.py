@@ -13,7 +13,7 @@ import pytest
 from t2starmap.bids.t2smap_outputs import OUTPUTS, file_name
 from t2starmap.cli import main as app_main
 from t2starmap.cli.t2smap import main
-from t2starmap.sim.bold import BoldRun, make_bold_run, write_bold_run
+from tests.support.bold import Synthetic, t2smap_args, written_run
 from tests.support.files import SHARED_DATA, checksums
 
 BIDS_CORE = [
@@ -31,30 +31,9 @@ BIDS_CORE = [
 ]
 
 
-Synthetic = tuple[BoldRun, list[Path], Path]
-
-
 @pytest.fixture(scope="module")
-def synthetic(tmp_path_factory: pytest.TempPathFactory) -> tuple[BoldRun, list[Path], Path]:
-    run = make_bold_run((20, 20, 10), 40, seed=2)
-    folder = tmp_path_factory.mktemp("bold")
-    return run, write_bold_run(folder, run), folder / "mask.nii.gz"
-
-
-def _args(synthetic: tuple[BoldRun, list[Path], Path], out: Path, *extra: str) -> list[str]:
-    run, paths, mask = synthetic
-    return [
-        "-d",
-        *map(str, paths),
-        "-e",
-        *map(str, run.te),
-        "--mask",
-        str(mask),
-        "--out-dir",
-        str(out),
-        "--quiet",
-        *extra,
-    ]
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Synthetic:
+    return written_run(tmp_path_factory, (20, 20, 10), 40, seed=2)
 
 
 def _load(path: Path) -> np.ndarray:
@@ -67,7 +46,7 @@ def test_each_fittype_writes_tedanas_files_and_finds_t2star(
 ) -> None:
     run = synthetic[0]
     before = checksums(synthetic[1][0].parent)
-    assert main(_args(synthetic, tmp_path, "--fittype", fittype, "--verbose")) == 0
+    assert main(t2smap_args(synthetic, tmp_path, "--fittype", fittype, "--verbose")) == 0
     assert checksums(synthetic[1][0].parent) == before  # the input is never modified
     names = {p.name for p in tmp_path.iterdir()}
     for stem in BIDS_CORE:
@@ -97,8 +76,8 @@ def test_nlls_gives_t2star_where_tedanas_mask_drops_it(
     synthetic: Synthetic, tmp_path: Path
 ) -> None:
     run = synthetic[0]
-    assert main(_args(synthetic, tmp_path / "l")) == 0
-    assert main(_args(synthetic, tmp_path / "n", "--fittype", "nlls")) == 0
+    assert main(t2smap_args(synthetic, tmp_path / "l")) == 0
+    assert main(t2smap_args(synthetic, tmp_path / "n", "--fittype", "nlls")) == 0
     drop = run.dropout
     assert np.mean(_load(tmp_path / "l" / "T2starmap.nii.gz")[drop] == 0) > 0.5
     t2 = _load(tmp_path / "n" / "T2starmap.nii.gz")[drop]
@@ -107,7 +86,7 @@ def test_nlls_gives_t2star_where_tedanas_mask_drops_it(
 
 
 def test_orig_convention_and_prefix(synthetic: Synthetic, tmp_path: Path) -> None:
-    assert main(_args(synthetic, tmp_path, "--convention", "orig", "--prefix", "sub-01")) == 0
+    assert main(t2smap_args(synthetic, tmp_path, "--convention", "orig", "--prefix", "sub-01")) == 0
     for key in ("t2star img", "s0 img", "combined img", "adaptive mask img", "registry json"):
         assert (tmp_path / file_name(key, "sub-01", "orig")).exists()
     assert (tmp_path / "sub-01_t2svG.nii.gz").exists()
@@ -118,7 +97,7 @@ def test_ts_mode_writes_4d_maps_equal_to_per_volume_fits(
     synthetic: Synthetic, tmp_path: Path
 ) -> None:
     run = synthetic[0]
-    assert main(_args(synthetic, tmp_path, "--fitmode", "ts", "--fittype", "curvefit")) == 0
+    assert main(t2smap_args(synthetic, tmp_path, "--fitmode", "ts", "--fittype", "curvefit")) == 0
     t2 = _load(tmp_path / "T2starmap.nii.gz")
     assert t2.shape == (*run.brain.shape, 40)
     good = run.brain & ~run.dropout
@@ -128,7 +107,7 @@ def test_ts_mode_writes_4d_maps_equal_to_per_volume_fits(
 
 
 def test_paid_dummy_scans_exclude_and_masktypes(synthetic: Synthetic, tmp_path: Path) -> None:
-    args = _args(
+    args = t2smap_args(
         synthetic,
         tmp_path,
         "--combmode",
@@ -153,8 +132,8 @@ def test_paid_dummy_scans_exclude_and_masktypes(synthetic: Synthetic, tmp_path: 
 def test_exclusion_changes_the_fit_not_the_combined_length(
     synthetic: Synthetic, tmp_path: Path
 ) -> None:
-    assert main(_args(synthetic, tmp_path / "a")) == 0
-    assert main(_args(synthetic, tmp_path / "b", "--exclude", "0:20")) == 0
+    assert main(t2smap_args(synthetic, tmp_path / "a")) == 0
+    assert main(t2smap_args(synthetic, tmp_path / "b", "--exclude", "0:20")) == 0
     a, b = (_load(tmp_path / x / "T2starmap.nii.gz") for x in "ab")
     assert not np.array_equal(a, b)
     assert _load(tmp_path / "b" / "desc-optcom_bold.nii.gz").shape[3] == 40
@@ -198,7 +177,7 @@ def test_z_concatenated_single_file(synthetic: Synthetic, tmp_path: Path) -> Non
         )
         == 0
     )
-    assert main(_args(synthetic, tmp_path / "s")) == 0
+    assert main(t2smap_args(synthetic, tmp_path / "s")) == 0
     np.testing.assert_array_equal(
         _load(tmp_path / "z" / "T2starmap.nii.gz"), _load(tmp_path / "s" / "T2starmap.nii.gz")
     )
@@ -207,7 +186,7 @@ def test_z_concatenated_single_file(synthetic: Synthetic, tmp_path: Path) -> Non
 def test_dispatched_from_the_app_and_version(
     synthetic: Synthetic, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert app_main(["t2smap", *_args(synthetic, tmp_path)]) == 0
+    assert app_main(["t2smap", *t2smap_args(synthetic, tmp_path)]) == 0
     assert (tmp_path / "T2starmap.nii.gz").exists()
     assert main(["-v"]) == 0
     assert "t2smap" in capsys.readouterr().out

@@ -16,31 +16,13 @@ from t2starmap.cli.t2smap import (
     settings_from_args,
 )
 from t2starmap.errors import UsageError
-from t2starmap.sim.bold import BoldRun, make_bold_run, write_bold_run
-
-Synthetic = tuple[BoldRun, list[Path], Path]
+from t2starmap.sim.bold import make_bold_run, write_bold_run
+from tests.support.bold import Synthetic, t2smap_args, written_run
 
 
 @pytest.fixture(scope="module")
-def small(tmp_path_factory: pytest.TempPathFactory) -> tuple[BoldRun, list[Path], Path]:
-    run = make_bold_run((8, 8, 4), 6, seed=1)
-    folder = tmp_path_factory.mktemp("small")
-    return run, write_bold_run(folder, run), folder / "mask.nii.gz"
-
-
-def _args(small: Synthetic, out: Path, *extra: str) -> list[str]:
-    run, paths, mask = small
-    return [
-        "-d",
-        *map(str, paths),
-        "-e",
-        *map(str, run.te),
-        "--mask",
-        str(mask),
-        "--out-dir",
-        str(out),
-        *extra,
-    ]
+def small(tmp_path_factory: pytest.TempPathFactory) -> Synthetic:
+    return written_run(tmp_path_factory, (8, 8, 4), 6, seed=1)
 
 
 def test_tedanas_defaults() -> None:
@@ -95,7 +77,7 @@ def test_usage_errors(
     code: int,
     words: str,
 ) -> None:
-    args = _args(small, tmp_path / "out", "--quiet")
+    args = t2smap_args(small, tmp_path / "out", "--quiet")
     if extra[0] == "-e":
         i = args.index("-e")
         args = args[:i] + args[i + 5 :] + extra
@@ -110,7 +92,7 @@ def test_usage_errors(
 def test_missing_input_is_66(
     small: Synthetic, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = _args(small, tmp_path / "out")
+    args = t2smap_args(small, tmp_path / "out")
     args[1] = str(tmp_path / "nowhere.nii.gz")
     assert main(args) == 66
     assert "nowhere.nii.gz" in capsys.readouterr().err
@@ -123,17 +105,17 @@ def test_bad_images_are_65_and_leave_nothing(
     _, paths, mask = small
     broken = tmp_path / "broken.nii.gz"
     broken.write_bytes(b"not an image")
-    args = _args(small, tmp_path / "out", "--quiet")
+    args = t2smap_args(small, tmp_path / "out", "--quiet")
     args[args.index(str(paths[2]))] = str(broken)
     assert main(args) == 65
     assert "broken.nii.gz" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # the stage and the folder it made were removed
     other = make_bold_run((8, 8, 5), 6, seed=1)
     wrong = write_bold_run(tmp_path / "other", other)
-    args = _args(small, tmp_path / "out2", "--quiet")
+    args = t2smap_args(small, tmp_path / "out2", "--quiet")
     args[args.index(str(mask))] = str(tmp_path / "other" / "mask.nii.gz")
     assert main(args) == 65
-    args = _args(small, tmp_path / "out3", "--quiet")
+    args = t2smap_args(small, tmp_path / "out3", "--quiet")
     args[args.index(str(paths[1]))] = str(wrong[1])
     assert main(args) == 65
     assert "differs" in capsys.readouterr().err
@@ -143,18 +125,18 @@ def test_existing_outputs_need_overwrite(
     small: Synthetic, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "out"
-    assert main(_args(small, out, "--quiet")) == 0
+    assert main(t2smap_args(small, out, "--quiet")) == 0
     stamp = (out / "T2starmap.nii.gz").stat().st_mtime_ns
-    assert main(_args(small, out, "--quiet")) == 64
+    assert main(t2smap_args(small, out, "--quiet")) == 64
     assert "--overwrite" in capsys.readouterr().err
     assert (out / "T2starmap.nii.gz").stat().st_mtime_ns == stamp
-    assert main(_args(small, out, "--quiet", "--overwrite")) == 0
+    assert main(t2smap_args(small, out, "--quiet", "--overwrite")) == 0
 
 
 def test_unwritable_output_is_73(small: Synthetic, tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    assert main(_args(small, blocker / "out", "--quiet")) == 73
+    assert main(t2smap_args(small, blocker / "out", "--quiet")) == 73
 
 
 def test_bare_command_prints_usage(capsys: pytest.CaptureFixture[str]) -> None:
@@ -188,7 +170,7 @@ def test_excluded_volumes_are_counted_before_the_dummy_scans(small: Synthetic) -
     from t2starmap.workflows.t2smap import fit_volumes
 
     args = build_parser().parse_args(
-        _args(small, Path("o"), "--dummy-scans", "3", "--exclude", "1,5,6")
+        t2smap_args(small, Path("o"), "--dummy-scans", "3", "--exclude", "1,5,6")
     )
     keep = fit_volumes(settings_from_args(args, "t2smap"), 37)
     assert keep is not None
