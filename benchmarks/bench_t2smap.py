@@ -178,6 +178,18 @@ def synthetic(
     return run, sorted(folder.glob("echo-*_bold.nii.gz")), folder / "mask.nii.gz"
 
 
+def pair(
+    exe: str, case: tuple[BoldRun, list[Path], Path], out: Path, ours_fit: str, tedana_fit: str
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """(ours, tedana) (wall s, peak MB) of one run, each with its fit type."""
+    run, paths, mask = case
+    a = timed(ours(paths, run.te, mask, out / "ours", "--fittype", ours_fit, "--overwrite"))
+    b = timed(
+        tedana(exe, paths, run.te, mask, out / "tedana", "--fittype", tedana_fit, "--overwrite")
+    )
+    return a, b
+
+
 def part_speed(exe: str | None, work: Path, busy: bool) -> None:
     if exe is None:
         print("\nspeed: no tedana t2smap found; skipped")
@@ -187,30 +199,11 @@ def part_speed(exe: str | None, work: Path, busy: bool) -> None:
     for loaded in (False, True) if busy else (False,):
         with Busy() if loaded else _Quiet():
             tag = " (one busy process)" if loaded else ""
-            a = timed(
-                ours(
-                    small[1],
-                    small[0].te,
-                    small[2],
-                    work / "s-o",
-                    "--fittype",
-                    "curvefit",
-                    "--overwrite",
-                )
+            a, b = pair(exe, small, work / "speed-small", "curvefit", "curvefit")
+            header(
+                f"speed{tag}: curvefit, small run 48x48x24 ({small[0].brain.sum()} brain "
+                "voxels), 4 echoes, 40 volumes"
             )
-            b = timed(
-                tedana(
-                    exe,
-                    small[1],
-                    small[0].te,
-                    small[2],
-                    work / "s-t",
-                    "--fittype",
-                    "curvefit",
-                    "--overwrite",
-                )
-            )
-            header(f"speed{tag}: curvefit, small run 48x48x24, 4 echoes, 40 volumes")
             row(
                 "ours / tedana wall s",
                 f"{a[0]:.1f} / {b[0]:.1f} = {b[0] / a[0]:.0f}x faster",
@@ -218,29 +211,7 @@ def part_speed(exe: str | None, work: Path, busy: bool) -> None:
                 b[0] / a[0] >= 30,
             )
             row("peak MB ours / tedana", f"{a[1]:.0f} / {b[1]:.0f}", "-", None)
-            c = timed(
-                ours(
-                    real[1],
-                    real[0].te,
-                    real[2],
-                    work / "r-o",
-                    "--fittype",
-                    "curvefit",
-                    "--overwrite",
-                )
-            )
-            d = timed(
-                tedana(
-                    exe,
-                    real[1],
-                    real[0].te,
-                    real[2],
-                    work / "r-t",
-                    "--fittype",
-                    "loglin",
-                    "--overwrite",
-                )
-            )
+            c, d = pair(exe, real, work / "speed-real", "curvefit", "loglin")
             header(f"speed{tag}: our curvefit vs tedana's loglin, 64x64x40, 4 echoes, 300 volumes")
             row("wall s ours / tedana", f"{c[0]:.1f} / {d[0]:.1f}", "ours <= tedana", c[0] <= d[0])
             row("peak MB ours / tedana", f"{c[1]:.0f} / {d[1]:.0f}", "ours < tedana", c[1] < d[1])

@@ -50,6 +50,18 @@ def build_parser() -> ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _add_data_and_output(parser)
+    _add_masking(parser)
+    _add_fitting(parser)
+    other = parser.add_argument_group("other options")
+    other.add_argument("-h", "--help", action="help", help="show this help and exit")
+    other.add_argument("--quiet", action="store_true", help="only warnings and errors")
+    other.add_argument("-v", "--version", action="version", version=f"t2smap {__version__}")
+    return parser
+
+
+def _add_data_and_output(parser: ArgumentParser) -> None:
+    """tedana's required arguments and output control."""
     req = parser.add_argument_group("Required Arguments")
     req.add_argument(
         "-d",
@@ -90,6 +102,10 @@ def build_parser() -> ArgumentParser:
         "--verbose", action="store_true", help="also write the variance and covariance maps"
     )
     out.add_argument("--overwrite", "-f", action="store_true", help="replace existing files")
+
+
+def _add_masking(parser: ArgumentParser) -> None:
+    """tedana's temporal and spatial masking."""
     masking = parser.add_argument_group("Temporal and Spatial Masking")
     masking.add_argument(
         "--mask",
@@ -119,6 +135,10 @@ def build_parser() -> ArgumentParser:
         help="0-based volume indices left out of the mask and fit but kept "
         "in the combination: '0,5,10', '5:10' (end-exclusive), mixed",
     )
+
+
+def _add_fitting(parser: ArgumentParser) -> None:
+    """The decay fit, the combination, performance (tedana's, and ``nlls``, ``--device``)."""
     decay = parser.add_argument_group("Decay Model Fitting and Optimal Combination")
     decay.add_argument(
         "--fittype",
@@ -163,11 +183,6 @@ def build_parser() -> ArgumentParser:
         help="auto (default): CUDA when torch sees a GPU",
     )
     perf.add_argument("--debug", action="store_true", help="debug messages")
-    other = parser.add_argument_group("other options")
-    other.add_argument("-h", "--help", action="help", help="show this help and exit")
-    other.add_argument("--quiet", action="store_true", help="only warnings and errors")
-    other.add_argument("-v", "--version", action="version", version=f"t2smap {__version__}")
-    return parser
 
 
 def echo_times_seconds(values: Sequence[float]) -> tuple[float, ...]:
