@@ -130,3 +130,12 @@ def test_nlls_fits_the_dropout_region(dropout_run: BoldRun) -> None:
     assert np.median(err[~drop]) < 0.01
     loglin = bold.fit_loglin(m, run.te, np.full(truth.size, 4))
     assert np.median(np.abs(loglin.t2star[drop] / truth[drop] - 1)) > 0.5  # what nlls fixes
+
+
+def test_moments_in_row_blocks_equal_one_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    echoes, _ = _series(50, 6)
+    whole = bold.echo_moments(echoes)
+    monkeypatch.setattr(bold, "ROWS", 7)
+    blocks = bold.echo_moments(echoes)
+    for name in ("mean", "log_mean", "sq_dev", "log_sq_dev", "mean_square", "diff_var", "bad"):
+        np.testing.assert_array_equal(getattr(blocks, name), getattr(whole, name))

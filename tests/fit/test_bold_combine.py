@@ -87,3 +87,14 @@ def test_rmse_of_an_exact_decay_is_zero_and_its_table() -> None:
     assert table[0, 0] == pytest.approx(per_volume[:, 0].mean(), rel=1e-5)
     assert table[0, -1] == pytest.approx(per_volume[:, 0].max(), rel=1e-5)
     assert np.isnan(combine.rmse(echoes, TE, np.array([0, 2]), combine.FinalMaps(t2, s0))[0]).all()
+
+
+def test_rmse_table_in_several_steps_equals_one_pass() -> None:
+    rng = np.random.default_rng(1)
+    per_volume = rng.uniform(0, 10, (5000, 1000)).astype(np.float32)  # 2 steps of volumes
+    per_volume[3] = np.nan  # a voxel without an RMSE is left out of every column
+    table = combine.rmse_table(per_volume)
+    good = np.delete(per_volume, 3, axis=0).astype(np.float64)
+    np.testing.assert_allclose(table[:, 0], good.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(table[:, 5], np.median(good, 0), rtol=1e-6)
+    np.testing.assert_allclose(table[:, -1], good.max(0), rtol=1e-6)

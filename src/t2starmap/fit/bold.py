@@ -56,18 +56,19 @@ class EchoMoments:
     n_volumes: int
 
 
-def _one_echo(x: np.ndarray) -> tuple[np.ndarray, ...]:
-    """The moments of one echo's (V, T) samples (see :class:`EchoMoments`)."""
+#: Voxel rows whose moments are formed at a time: bounds the (rows, T) temporaries.
+ROWS = 1 << 14
+
+
+def _one_block(x: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The moments of one block of an echo's (n, T) samples (see :class:`EchoMoments`)."""
     mean = x.mean(axis=1, dtype=np.float64)
     logs = np.log1p(np.abs(x, dtype=np.float32))
     log_mean = logs.mean(axis=1, dtype=np.float64)
-    log_sq_dev = np.square(logs - log_mean[:, None].astype(np.float32)).sum(
-        axis=1, dtype=np.float64
-    )
-    del logs
+    logs -= log_mean[:, None].astype(np.float32)
+    log_sq_dev = np.square(logs).sum(axis=1, dtype=np.float64)
     dev = x - mean[:, None].astype(np.float32)
     sq_dev = np.square(dev).sum(axis=1, dtype=np.float64)
-    del dev
     mean_square = np.square(x, dtype=np.float32).mean(axis=1, dtype=np.float64)
     if x.shape[1] > 1:
         diff_var = np.square(np.diff(x, axis=1)).mean(axis=1, dtype=np.float64) / 2.0
@@ -75,6 +76,12 @@ def _one_echo(x: np.ndarray) -> tuple[np.ndarray, ...]:
         diff_var = np.full(x.shape[0], np.nan)
     bad = np.isnan(x).any(axis=1) | (x <= 0).any(axis=1)
     return mean, log_mean, sq_dev, log_sq_dev, mean_square, diff_var, bad
+
+
+def _one_echo(x: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The moments of one echo's (V, T) samples, :data:`ROWS` voxels at a time."""
+    blocks = [_one_block(x[a : a + ROWS]) for a in range(0, max(x.shape[0], 1), ROWS)]
+    return tuple(np.concatenate([b[i] for b in blocks]) for i in range(7))
 
 
 def echo_moments(echoes: Sequence[np.ndarray], volumes: np.ndarray | None = None) -> EchoMoments:
@@ -91,18 +98,17 @@ def echo_moments(echoes: Sequence[np.ndarray], volumes: np.ndarray | None = None
 
 
 def volume_moments(echoes: Sequence[np.ndarray], start: int, stop: int) -> EchoMoments:
-    """Moments of single volumes ``start:stop`` as (V * (stop - start), E) rows, volume-minor
-    (row v * n + t): the moments ``fitmode ts`` fits (the sums of squared deviations 0, no
-    volume-to-volume difference: one array of zeros and one of NaN shared)."""
-    mean = np.stack([x[:, start:stop].reshape(-1) for x in echoes], axis=1).astype(np.float64)
-    zeros = np.zeros_like(mean)
+    """Moments of single volumes ``start:stop`` as (V * (stop - start), E) float32 rows,
+    volume-minor (row v * n + t): the moments ``fitmode ts`` fits (the sums of squared
+    deviations 0 and the volume-to-volume differences NaN, as views)."""
+    mean = np.stack([x[:, start:stop].reshape(-1) for x in echoes], axis=1)
     return EchoMoments(
         mean=mean,
         log_mean=np.log1p(np.abs(mean)),
-        sq_dev=zeros,
-        log_sq_dev=zeros,
+        sq_dev=np.broadcast_to(np.float32(0.0), mean.shape),
+        log_sq_dev=np.broadcast_to(np.float32(0.0), mean.shape),
         mean_square=mean * mean,
-        diff_var=np.broadcast_to(np.nan, mean.shape),
+        diff_var=np.broadcast_to(np.float32(np.nan), mean.shape),
         bad=np.isnan(mean) | (mean <= 0),
         n_volumes=1,
     )

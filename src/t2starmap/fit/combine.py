@@ -150,9 +150,17 @@ def rmse(
 
 
 def rmse_table(per_volume: np.ndarray) -> np.ndarray:
-    """(T, 9) the :data:`RMSE_COLUMNS` of each volume over the voxels with an RMSE."""
-    good = per_volume[np.isfinite(per_volume).all(axis=1)]
-    if good.shape[0] == 0:
-        return np.full((per_volume.shape[1], len(RMSE_COLUMNS)), np.nan)
-    pct = np.percentile(good, _PERCENTILES, axis=0)
-    return np.column_stack([good.mean(axis=0), good.std(axis=0), pct.T])
+    """(T, 9) the :data:`RMSE_COLUMNS` of each volume over the voxels with an RMSE (a few
+    volumes at a time: the percentiles sort a copy)."""
+    good = np.flatnonzero(np.isfinite(per_volume).all(axis=1))
+    n_vol = per_volume.shape[1]
+    out = np.full((n_vol, len(RMSE_COLUMNS)), np.nan)
+    if good.size == 0:
+        return out
+    step = max(1, (1 << 22) // good.size)  # about 32 MB of float64 at a time
+    for a in range(0, n_vol, step):
+        part = per_volume[good, a : a + step].astype(np.float64)
+        out[a : a + step, 0] = part.mean(axis=0)
+        out[a : a + step, 1] = part.std(axis=0)
+        out[a : a + step, 2:] = np.percentile(part, _PERCENTILES, axis=0).T
+    return out

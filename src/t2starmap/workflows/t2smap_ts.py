@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("t2starmap.t2smap")
 #: Fit rows (voxels x volumes) per block: bounds the temporaries.
-TS_ROWS = 1 << 18
+TS_ROWS = 1 << 20
 
 
 def _fit_block(

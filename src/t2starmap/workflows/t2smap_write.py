@@ -45,10 +45,10 @@ def write_maps(
     """T2*, R2*, S0 and the limited maps (3-D, or 4-D for ``ts``)."""
     geometry = run.geometry3 if full.t2star.ndim == 1 else run.geometry4
     stage.image("t2star img", full.t2star, run.mask, geometry)
-    with np.errstate(divide="ignore"):
-        r2 = np.where(full.t2star > 0, 1.0 / full.t2star, 0.0)
-    stage.image("r2star img", r2, run.mask, geometry)
-    del r2
+    if full.t2star.ndim == 1:  # ts: R2* is 1/T2* of the 4-D map; not written (time, memory)
+        with np.errstate(divide="ignore"):
+            r2 = np.where(full.t2star > 0, 1.0 / full.t2star, 0.0)
+        stage.image("r2star img", r2, run.mask, geometry)
     stage.image("s0 img", full.s0, run.mask, geometry)
     stage.image("limited t2star img", expand(lim.t2star, sel), run.mask, geometry)
     stage.image("limited s0 img", expand(lim.s0, sel), run.mask, geometry)
