@@ -3,7 +3,8 @@ temporaries), then the same floors, combination and RMSE as one fit per voxel, w
 
 Memory: the echoes (V, T) float32 each, the 4-D T2* and S0 (float32), and one block of fits.
 The echoes are released once the combination and the RMSE are written, before the limited
-maps are made. The standard-error, variance and fit-status maps are not written in this mode.
+maps are made. The R2*, standard-error, variance and fit-status maps are not written in this
+mode.
 """
 
 from __future__ import annotations
