@@ -142,8 +142,12 @@ def _rate_bits(r2: np.ndarray) -> np.ndarray:
     return (low * int(Failure.R2STAR_LOW) + high * int(Failure.R2STAR_HIGH)).astype(np.uint8)
 
 
-def _empty(n: int) -> dict[str, np.ndarray]:
-    z = {k: np.zeros(n) for k in ("t2star", "s0", "t2star_var", "s0_var", "covar")}
+def _empty(n: int, covariance: bool = True) -> dict[str, np.ndarray]:
+    """The result arrays of a fit of n voxels; without ``covariance`` its three arrays are
+    read-only zeros (views: ``fitmode ts`` fits a million rows at a time)."""
+    z = {k: np.zeros(n) for k in ("t2star", "s0")}
+    for k in ("t2star_var", "s0_var", "covar"):
+        z[k] = np.zeros(n) if covariance else np.broadcast_to(0.0, (n,))
     return {**z, "reason": np.zeros(n, np.uint8), "failed": np.zeros(n, bool)}
 
 
@@ -182,7 +186,7 @@ def fit_loglin(
     all samples (its pseudo-inverse applied to the temporal means of the logs). Its covariance
     (unless ``covariance`` is False: zeros): s^2 (X^T X)^-1, s^2 the residual variance of the
     logs over all samples."""
-    out = _empty(used.size)
+    out = _empty(used.size, covariance)
     n_t = m.n_volumes
     for k, sel in _groups(used):
         tk = te[:k]
@@ -233,7 +237,7 @@ def fit_curvefit(
     all samples, s^2 = SSR / (k T - 2)."""
     from t2starmap.fit.magnitude import fit_t2star
 
-    out = _empty(used.size)
+    out = _empty(used.size, covariance)
     n_t = m.n_volumes
     for k, sel in _groups(used):
         tk = te[:k]

@@ -69,6 +69,14 @@ def limited(maps: FinalMaps, count: np.ndarray) -> FinalMaps:
     return FinalMaps(t2, s0)
 
 
+def _rows(t2star: np.ndarray | None) -> int:
+    """Voxel rows per block: :data:`ROWS`, or fewer with per-volume T2* (rows x volumes
+    weights in float64 for each echo)."""
+    if t2star is None or t2star.ndim == 1:
+        return ROWS
+    return max(1, (1 << 18) // max(t2star.shape[1], 1))
+
+
 def _weights(
     te: np.ndarray, used: np.ndarray, t2star: np.ndarray | None, snr: np.ndarray | None
 ) -> list[np.ndarray]:
@@ -111,8 +119,9 @@ def combine(
     plain mean; 0 where ``used`` is 0. Computed :data:`ROWS` voxels at a time."""
     n_rows = len(used)
     out = np.zeros(echoes[0].shape, dtype=np.float32)
-    for a in range(0, n_rows, ROWS):
-        b = min(a + ROWS, n_rows)
+    step = _rows(t2star)
+    for a in range(0, n_rows, step):
+        b = min(a + step, n_rows)
         ws = _weights(
             te, used[a:b], None if t2star is None else t2star[a:b],
             None if snr is None else snr[a:b],
@@ -137,8 +146,9 @@ def rmse(
     n_rows = len(used)
     out = np.zeros(echoes[0].shape, dtype=np.float32)
     n = np.where(used > 0, used, np.nan).astype(np.float32)
-    for a in range(0, n_rows, ROWS):
-        b = min(a + ROWS, n_rows)
+    step = _rows(maps.t2star)
+    for a in range(0, n_rows, step):
+        b = min(a + step, n_rows)
         t2, s0 = maps.t2star[a:b], maps.s0[a:b]
         for k, x in enumerate(echoes):
             with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
