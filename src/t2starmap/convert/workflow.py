@@ -1,10 +1,11 @@
-"""DICOM folder -> BIDS MEGRE files for one participant (and session): the only orchestrator.
+"""DICOM folder -> BIDS files for one participant (and session): the only orchestrator.
 
 Order of work: check the arguments against the file system; read every header and decide
-which series are ME-GRE (nothing written yet); convert each part of each acquisition with
-dcm2niix in a temporary folder inside the target (so the final move is a rename); rename to
-BIDS, clean the sidecars, put phase in radians; move the participant (or session) folder into
-place and add the participant to ``participants.tsv``. The DICOM folder is only read.
+which series are ME-GRE (``anat``), ME-EPI (``func``) or field maps (``fmap``), nothing
+written yet; convert each part of each acquisition with dcm2niix in a temporary folder inside
+the target (so the final move is a rename); rename to BIDS, clean the sidecars, put phase in
+radians; move the participant (or session) folder into place and add the participant to
+``participants.tsv``. The DICOM folder is only read.
 """
 
 from __future__ import annotations
@@ -24,15 +25,10 @@ from t2starmap.atomic import write_json
 from t2starmap.conventions import sidecar_path
 from t2starmap.convert import bids
 from t2starmap.convert.dcm2niix import Output, run_dcm2niix
+from t2starmap.convert.outputs import datatype_fields, target_for
+from t2starmap.convert.plan import Acquisition, Member, plan_acquisitions
 from t2starmap.convert.scan import scan_dicom_dir
-from t2starmap.convert.series import (
-    Acquisition,
-    Decision,
-    Member,
-    classify_series,
-    group_series,
-    plan_acquisitions,
-)
+from t2starmap.convert.series import Decision, classify_series, group_series
 from t2starmap.errors import (
     BadDataError,
     InputMissingError,
@@ -61,12 +57,14 @@ def convert(
     session: str | None = None,
     *,
     overwrite: bool = False,
+    task_label: str | None = None,
 ) -> ConvertResult:
-    """Convert the ME-GRE series under ``dicom_dir`` into ``bids_dir`` as ``sub-<subject>``.
+    """Convert the ME-GRE, ME-EPI and field-map series under ``dicom_dir`` into ``bids_dir``
+    as ``sub-<subject>``; ``task_label`` names the task of every ME-EPI run.
 
-    Raises InputMissingError (no DICOM, no ME-GRE series), BadDataError (ME-GRE series that
-    cannot be converted), UsageError (labels, folders, existing participant without
-    ``overwrite``), OutputError (the target cannot be written).
+    Raises InputMissingError (no DICOM, nothing to convert), BadDataError (series that cannot
+    be converted), UsageError (labels, folders, existing participant without ``overwrite``),
+    OutputError (the target cannot be written).
     """
     dicom_dir = Path(dicom_dir).absolute()
     bids_dir = Path(bids_dir).absolute()
@@ -79,7 +77,7 @@ def convert(
         # DICOM in BIDS_DIR/sourcedata/ is the BIDS way; inside the folder written is not
         raise UsageError(f"DICOM folder {dicom_dir} is inside {target}, which would be written")
 
-    acquisitions = find_acquisitions(dicom_dir)
+    acquisitions = find_acquisitions(dicom_dir, task_label=task_label)
 
     parent = bids_dir if bids_dir.exists() else bids_dir.parent
     try:
@@ -89,17 +87,17 @@ def convert(
         raise OutputError(f"cannot write in {parent}: {err.strerror}") from err
     try:
         tree = workspace / "tree"
-        built = tree / target.relative_to(bids_dir) / "anat"
+        built = tree / target.relative_to(bids_dir)
         files = _build(acquisitions, workspace, built, subject, session)
-        final = [target / "anat" / f.name for f in files]
+        final = [target / f.relative_to(built) for f in files]
         _move_into_place(tree, workspace, bids_dir, target, subject, overwrite)
     except OSError as err:
         raise OutputError(f"cannot write {target}: {err}") from err
     finally:
         shutil.rmtree(workspace, ignore_errors=True)
-    log.info(
-        "wrote %d images and their %d JSON sidecars to %s", len(final), len(final), target / "anat"
-    )
+    for folder in sorted({f.parent for f in final}):
+        n = sum(1 for f in final if f.parent == folder)
+        log.info("wrote %d images and their %d JSON sidecars to %s", n, n, folder)
     return ConvertResult(target, tuple(final), acquisitions)
 
 
@@ -150,7 +148,7 @@ def _check_target(
         raise UsageError(f"{target} already exists: use --overwrite to replace it")
 
 
-def find_acquisitions(dicom_dir: Path) -> tuple[Acquisition, ...]:
+def find_acquisitions(dicom_dir: Path, *, task_label: str | None = None) -> tuple[Acquisition, ...]:
     """Read the headers under ``dicom_dir`` and plan the acquisitions to convert; log the rest."""
     scan = scan_dicom_dir(dicom_dir)
     for path, why in scan.corrupt:
@@ -167,33 +165,53 @@ def find_acquisitions(dicom_dir: Path) -> tuple[Acquisition, ...]:
     decisions = [classify_series(s) for s in group_series(scan.images)]
     for d in decisions:
         _log_decision(d)
-    plan = plan_acquisitions(decisions)
+    plan = plan_acquisitions(decisions, task_label=task_label)
     for series, why in plan.skipped:
         log.warning("skipped %s: %s", series.label(), why)
+    for acquisition in plan.acquisitions:
+        _log_acquisition(acquisition)
     if not plan.acquisitions:
         refused = [d for d in decisions if d.refused]
-        found = "; ".join(f"{d.series.label()}: {d.reason}" for d in decisions)
+        found = "; ".join(f"{d.series.label()}: {d.reason or 'unpaired'}" for d in decisions)
+        what = "multi-echo gradient-echo series, multi-echo EPI or field map"
         if refused:
-            raise BadDataError(
-                f"no complete multi-echo gradient-echo series in {dicom_dir}: {found}"
-            )
-        raise InputMissingError(f"no multi-echo gradient-echo series in {dicom_dir}; found {found}")
+            raise BadDataError(f"no complete {what} in {dicom_dir}: {found}")
+        raise InputMissingError(f"no {what} in {dicom_dir}; found {found}")
     return plan.acquisitions
+
+
+def _log_acquisition(acquisition: Acquisition) -> None:
+    """Say where a field map goes and why it has no IntendedFor."""
+    if acquisition.datatype != "fmap":
+        return
+    series = ", ".join(m.decision.series.label() for m in acquisition.members)
+    kind = "phasediff" if any(map(acquisition.is_phasediff, acquisition.members)) else "phase1/2"
+    log.info(
+        "%s: a dual-echo field map (magnitude1/2 + %s), written to fmap/ and not fitted as "
+        "ME-GRE; no IntendedFor: the headers do not say which runs it was acquired for "
+        "(add IntendedFor or B0FieldIdentifier by hand)",
+        series,
+        kind,
+    )
 
 
 def _log_decision(d: Decision) -> None:
     if d.accepted:
         extra = f", {d.dropped} scanner-made map image(s) left out" if d.dropped else ""
+        if d.datatype == "func":
+            extra = f", {d.n_volumes} volumes" + extra
         log.info(
-            "%s: ME-GRE, %d echoes (%s ms), %s%s",
+            "%s: %s, %d echo%s (%s ms), %s%s",
             d.series.label(),
+            d.kind,
             len(d.echo_times),
+            "" if len(d.echo_times) == 1 else "es",
             ", ".join(f"{t:g}" for t in d.echo_times),
             "/".join(d.parts),
             extra,
         )
     elif d.refused:
-        log.warning("refused %s: ME-GRE but %s", d.series.label(), d.reason)
+        log.warning("refused %s: %s but %s", d.series.label(), d.kind, d.reason)
     else:
         log.info("skipped %s: %s", d.series.label(), d.reason)
 
@@ -201,18 +219,18 @@ def _log_decision(d: Decision) -> None:
 def _build(
     acquisitions: tuple[Acquisition, ...],
     workspace: Path,
-    anat: Path,
+    root: Path,
     subject: str,
     session: str | None,
 ) -> list[Path]:
-    """Convert every acquisition into ``anat``; one that fails is left out whole (warned)."""
-    anat.mkdir(parents=True)
+    """Convert every acquisition into its datatype's folder under ``root``; one that fails is
+    left out whole (warned)."""
     written: list[Path] = []
     failed: list[str] = []
     for a_index, acquisition in enumerate(acquisitions):
         try:
             written.extend(
-                _convert_acquisition(acquisition, workspace / f"a{a_index}", anat, subject, session)
+                _convert_acquisition(acquisition, workspace / f"a{a_index}", root, subject, session)
             )
         except BadDataError as err:
             log.warning("%s", err)
@@ -223,47 +241,61 @@ def _build(
 
 
 def _convert_acquisition(
-    acquisition: Acquisition, work: Path, anat: Path, subject: str, session: str | None
+    acquisition: Acquisition, work: Path, root: Path, subject: str, session: str | None
 ) -> list[Path]:
-    """All parts and echoes of one acquisition, moved into ``anat`` only when all succeeded."""
+    """All parts and echoes of one acquisition, moved into ``root/<datatype>`` only when all
+    succeeded."""
     staged = work / "bids"
     staged.mkdir(parents=True)
     done = []
     for m_index, member in enumerate(acquisition.members):
         outputs = _dcm2niix_member(member, work / f"m{m_index}")
-        by_echo = _match_echoes(outputs, acquisition, member)
+        by_echo = _match_echoes(outputs, member)
         for echo, output in by_echo.items():
-            stem = bids.bids_stem(
-                subject,
-                session=session,
-                acq=acquisition.acq,
-                run=acquisition.run,
-                echo=echo,
-                part=member.part,
-            )
-            done.append(_write_bids_pair(output, staged / stem, member))
+            target = target_for(acquisition, member, echo, subject, session)
+            done.append(_write_bids_pair(output, staged / target.stem, acquisition, member))
+    folder = root / acquisition.datatype
+    folder.mkdir(parents=True, exist_ok=True)
     written = []
     for nifti in done:
         sidecar = sidecar_path(nifti)
-        os.replace(sidecar, anat / sidecar.name)
-        os.replace(nifti, anat / nifti.name)
-        written.append(anat / nifti.name)
+        os.replace(sidecar, folder / sidecar.name)
+        os.replace(nifti, folder / nifti.name)
+        written.append(folder / nifti.name)
     return written
 
 
-def _dcm2niix_member(member: Member, work: Path) -> list[Output]:
-    """Stage the member's files as symbolic links and convert them.
+def _dcm2niix_groups(member: Member) -> list[list[Path]]:
+    """The member's files in the groups dcm2niix converts together.
 
-    Classic files go to dcm2niix together (it stacks the slices). Enhanced multi-frame files
-    hold whole volumes and go one per call: dcm2niix v1.0.20260724 mis-scales all but the
-    first of several enhanced files converted together when it decides to save floats.
+    Classic files go together (dcm2niix stacks the slices and volumes). Enhanced
+    multi-frame ME-GRE files hold whole volumes and go one per call: dcm2niix v1.0.20260724
+    mis-scales all but the first of several enhanced files converted together when it decides
+    to save floats. Enhanced EPI files hold one volume each: the files of one echo go together
+    (a 4-D image), a file holding several echoes alone (dcm2niix splits its echoes).
     """
-    files = member.decision.files_for(member.part)
-    enhanced = any(im.frame is not None for im in member.decision.images)
-    groups = [[f] for f in files] if enhanced else [list(files)]
+    decision = member.decision
+    files = decision.files_for(member.part)
+    if not any(im.frame is not None for im in decision.images):
+        return [list(files)]
+    if decision.datatype != "func":
+        return [[f] for f in files]
+    tes: dict[Path, set[float]] = {}
+    for im in decision.images:
+        if im.part == member.part:
+            tes.setdefault(im.path, set()).add(round(im.echo_time or 0.0, 3))
+    groups: dict[tuple[float, ...], list[Path]] = {}
+    for path in files:
+        key = tuple(sorted(tes[path]))
+        groups.setdefault(key if len(key) == 1 else (len(groups) + 1e9,), []).append(path)
+    return list(groups.values())
+
+
+def _dcm2niix_member(member: Member, work: Path) -> list[Output]:
+    """Stage the member's files as symbolic links and convert them, group by group."""
     label = f"{member.decision.series.label()} ({member.part})"
     outputs: list[Output] = []
-    for g_index, group in enumerate(groups):
+    for g_index, group in enumerate(_dcm2niix_groups(member)):
         stage = work / f"dicom{g_index}"
         stage.mkdir(parents=True)
         for i, path in enumerate(group):
@@ -276,11 +308,10 @@ def _dcm2niix_member(member: Member, work: Path) -> list[Output]:
     return outputs
 
 
-def _match_echoes(
-    outputs: list[Output], acquisition: Acquisition, member: Member
-) -> dict[int, Output]:
+def _match_echoes(outputs: list[Output], member: Member) -> dict[int, Output]:
+    """dcm2niix's outputs by echo index (1-based) of the member's own echo times."""
     label = f"{member.decision.series.label()} ({member.part})"
-    tes = acquisition.echo_times
+    tes = member.decision.echo_times
     tolerance = 0.01 if len(tes) < 2 else min(0.01, min(np.diff(tes)) / 4)
     by_echo: dict[int, Output] = {}
     for output in outputs:
@@ -310,24 +341,34 @@ def _match_echoes(
     return dict(sorted(by_echo.items()))
 
 
-def _write_bids_pair(output: Output, stem: Path, member: Member) -> Path:
+def _check_shape(shape: tuple[int, ...], decision: Decision, label: str) -> None:
+    """One 3-D volume per echo (a 4-D run for EPI) with the series' slices and volumes."""
+    volumes = shape[3] if len(shape) > 3 else 1
+    if (len(shape) > 4 and any(n > 1 for n in shape[4:])) or volumes != decision.n_volumes:
+        raise BadDataError(
+            f"dcm2niix wrote a {shape} image for one echo of {label}, the series has "
+            f"{decision.n_volumes} volume(s)"
+        )
+    slices = shape[2] if len(shape) > 2 else 1
+    if slices != decision.n_slices:
+        # e.g. enhanced files holding magnitude and phase frames, which dcm2niix stacks
+        raise BadDataError(
+            f"dcm2niix wrote {slices} slices for one echo of {label}, the series has "
+            f"{decision.n_slices}: not converted (mixed image kinds in one file?)"
+        )
+
+
+def _write_bids_pair(output: Output, stem: Path, acquisition: Acquisition, member: Member) -> Path:
     meta = bids.load_json(output.sidecar)
     label = f"{member.decision.series.label()} ({member.part})"
     try:
         sidecar = bids.clean_sidecar(meta, part=member.part)
+        sidecar.update(datatype_fields(acquisition, member, sidecar))
     except ValueError as err:
         raise BadDataError(f"{label}: {err}") from err
     nifti = stem.with_name(stem.name + ".nii.gz")
     shape, _ = header_geometry(output.nifti)
-    if len(shape) > 3 and any(n > 1 for n in shape[3:]):
-        raise BadDataError(f"dcm2niix wrote a {shape} image for one echo of {label}")
-    slices = shape[2] if len(shape) > 2 else 1
-    if slices != member.decision.n_slices:
-        # e.g. enhanced files holding magnitude and phase frames, which dcm2niix stacks
-        raise BadDataError(
-            f"dcm2niix wrote {slices} slices for one echo of {label}, the series has "
-            f"{member.decision.n_slices}: not converted (mixed image kinds in one file?)"
-        )
+    _check_shape(tuple(shape), member.decision, label)
     if member.part == "phase":
         try:
             rad = bids.phase_to_radians(
