@@ -22,7 +22,8 @@ from pathlib import Path
 from t2starmap.convert import dcm2niix as d2n
 from t2starmap.convert import workflow
 from t2starmap.convert.scan import scan_dicom_dir
-from t2starmap.convert.series import classify_series, group_series, plan_acquisitions
+from t2starmap.convert.plan import plan_acquisitions
+from t2starmap.convert.series import classify_series, group_series
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT = REPO.parent / "shared/data/dicom/ge-mr750-kidney-megre"

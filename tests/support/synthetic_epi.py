@@ -7,8 +7,8 @@ Each writer lays the images out as dcm2niix's documentation describes the vendor
   (0029,1010) carries NumberOfImagesInMosaic, SliceNormalVector and MosaicRefAcqTimes (the
   slice times), and every file its EchoTime and EchoNumbers. ``phase=True`` adds the phase
   as series N+1 (ImageType ``P``), as the CMRR sequence saves it;
-- :func:`write_enhanced_epi`: an enhanced multi-frame (Siemens XA-like) series, one file per
-  volume and echo, one frame per slice, EffectiveEchoTime and TemporalPositionIndex per frame;
+- :func:`write_enhanced_epi`: an enhanced multi-frame (Philips-like) series, one file per
+  echo holding every volume, EffectiveEchoTime and TemporalPositionIndex per frame;
 - :func:`write_ge_epi`: GE product multi-echo EPI (hyperMEPI): one file per slice, volume and
   echo, with valid EchoTime and EchoNumbers per image (GE's research sequences write neither,
   which dcm2niix cannot convert either);
@@ -39,6 +39,7 @@ from tests.support.synthetic_dicom import (
     ENHANCED_MR_IMAGE_STORAGE,
     MR_IMAGE_STORAGE,
     _base,
+    _ClassicSeries,
     _geometry,
     _mag_to_int,
     _save,
@@ -76,7 +77,6 @@ def _epi_header(ds: Dataset, *, scanning: str, variant: str, name: str | None) -
     ds.MRAcquisitionType = "2D"
     ds.RepetitionTime = TR_MS
     ds.FlipAngle = 70
-    ds.PhaseEncodingDirection = "COL"
     ds.InPlanePhaseEncodingDirection = "COL"
 
 
@@ -194,3 +194,256 @@ def _clock(ms: float) -> str:
     hours, rest = divmod(total, 3600)
     minutes, seconds = divmod(rest, 60)
     return f"{int(hours):02d}{int(minutes):02d}{seconds:09.6f}"
+
+
+# --- one file per slice: GE and Philips ---------------------------------------------------------
+
+
+def _classic_epi(
+    root: Path, phantom: Phantom, n_volumes: int, vendor: dict[str, object], voxel: float
+) -> list[Path]:
+    """One file per (volume, echo, slice): the layout of GE and Philips classic exports."""
+    nz, ne = phantom.magnitude.shape[2:]
+    number, protocol = int(vendor["number"]), str(vendor["protocol"])  # type: ignore[call-overload]
+    uid = _uid(vendor["study"], protocol, number)
+    written, instance = [], 0
+    for v in range(n_volumes):
+        for e in range(ne):
+            volume = expected_volume(phantom, v, e, n_volumes)
+            for k in range(nz):
+                instance += 1
+                ds = _base(
+                    sop_class=MR_IMAGE_STORAGE, study=str(vendor["study"]), series_uid=uid,
+                    series_number=number, description=protocol,
+                    manufacturer=str(vendor["manufacturer"]), instance=instance,
+                )  # fmt: skip
+                _epi_header(ds, scanning=str(vendor["scanning"]), variant="SK", name=None)
+                ds.ImageType = list(vendor["image_type"])  # type: ignore[call-overload]
+                ds.EchoTime = round(float(phantom.echo_times[e]) * 1000, 4)
+                ds.EchoNumbers = e + 1
+                ds.EchoTrainLength = 1
+                ds.TemporalPositionIdentifier = v + 1
+                ds.NumberOfTemporalPositions = n_volumes
+                ds.AcquisitionNumber = 1
+                ds.AcquisitionTime = _clock(v * TR_MS + _slice_times(nz)[k])
+                _geometry(ds, k, voxel)
+                stored = _slice_image(volume, k)
+                extra = vendor["extra"]
+                assert callable(extra)
+                stored = extra(ds, stored, v, e, k)
+                _set_pixels(ds, stored, signed=False)
+                name = f"{vendor['prefix']}{instance:05d}{vendor['suffix']}"
+                written.append(_save(ds, Path(root) / f"{vendor['folder']}{number}" / name))
+    return written
+
+
+def _ge_private(ds: Dataset, stored: np.ndarray, v: int, e: int, k: int) -> np.ndarray:
+    ge = ds.private_block(0x0019, "GEMS_ACQU_01", create=True)
+    ge.add_new(0x9C, "LO", "research/hyperMEPI")
+    ge.add_new(0x9E, "SH", "EPI")
+    parm = ds.private_block(0x0043, "GEMS_PARM_01", create=True)
+    parm.add_new(0x2F, "SS", 0)
+    return stored
+
+
+def write_ge_epi(
+    root: Path,
+    phantom: Phantom,
+    *,
+    n_volumes: int = 4,
+    series_number: int = 5,
+    protocol: str = "ME-EPI rest",
+    voxel: float = 2.0,
+    study: str = "study",
+) -> list[Path]:
+    """GE product multi-echo EPI: ScanningSequence ``EP\\GR``, files without extension."""
+    vendor = {
+        "number": series_number, "protocol": protocol, "study": study,
+        "manufacturer": "GE MEDICAL SYSTEMS", "scanning": "EP\\GR",
+        "image_type": ["ORIGINAL", "PRIMARY", "EPI", "NONE"], "extra": _ge_private,
+        "folder": "ge", "prefix": "i", "suffix": "",
+    }  # fmt: skip
+    return _classic_epi(root, phantom, n_volumes, vendor, voxel)
+
+
+def _philips_scale(ds: Dataset, stored: np.ndarray, v: int, e: int, k: int) -> np.ndarray:
+    """A RescaleSlope per file, as Philips writes it; the stored value is value / slope."""
+    philips = ds.private_block(0x2001, "Philips Imaging DD 001", create=True)
+    philips.add_new(0x20, "LO", "FEEPI")
+    slope = 0.5 + 0.05 * ((v + k + e) % 5)
+    ds.RescaleSlope = f"{slope:.6g}"
+    ds.RescaleIntercept = 0
+    ds.RescaleType = "normalized"
+    return _mag_to_int(stored / slope)
+
+
+def write_philips_epi(
+    root: Path,
+    phantom: Phantom,
+    *,
+    n_volumes: int = 4,
+    series_number: int = 601,
+    protocol: str = "FE_EPI multiecho",
+    voxel: float = 2.0,
+    study: str = "study",
+) -> list[Path]:
+    """Philips classic FE-EPI: ScanningSequence ``GR``; the technique name ``FEEPI`` only in
+    private tag (2001,1020); every file its own RescaleSlope."""
+    vendor = {
+        "number": series_number, "protocol": protocol, "study": study,
+        "manufacturer": "Philips Medical Systems", "scanning": "GR",
+        "image_type": ["ORIGINAL", "PRIMARY", "M_FFE", "M", "FFE"], "extra": _philips_scale,
+        "folder": "philips", "prefix": "IM_", "suffix": ".dcm",
+    }  # fmt: skip
+    return _classic_epi(root, phantom, n_volumes, vendor, voxel)
+
+
+# --- enhanced multi-frame --------------------------------------------------------------------
+
+
+def _item(**fields: object) -> DicomSequence:
+    ds = Dataset()
+    for key, value in fields.items():
+        setattr(ds, key, value)
+    return DicomSequence([ds])
+
+
+def _enhanced_frame(te_ms: float, k: int, v: int, voxel: float) -> Dataset:
+    frame = Dataset()
+    frame.MREchoSequence = _item(EffectiveEchoTime=te_ms)
+    frame.PlanePositionSequence = _item(ImagePositionPatient=[0.0, 0.0, float(k * voxel)])
+    frame.FrameContentSequence = _item(
+        InStackPositionNumber=k + 1, StackID="1", TemporalPositionIndex=v + 1,
+        DimensionIndexValues=[1, v + 1, k + 1],
+        FrameAcquisitionDateTime="20240102" + _clock(v * TR_MS + _slice_times(99)[k % 99]),
+    )  # fmt: skip
+    frame.MRImageFrameTypeSequence = _item(
+        FrameType=["ORIGINAL", "PRIMARY", "M", "NONE"], ComplexImageComponent="MAGNITUDE",
+        AcquisitionContrast="UNKNOWN", PixelPresentation="MONOCHROME",
+        VolumetricProperties="VOLUME", VolumeBasedCalculationTechnique="NONE",
+    )  # fmt: skip
+    frame.PixelValueTransformationSequence = _item(
+        RescaleSlope=1, RescaleIntercept=0, RescaleType="US"
+    )
+    return frame
+
+
+def write_enhanced_epi(
+    root: Path,
+    phantom: Phantom,
+    *,
+    n_volumes: int = 4,
+    series_number: int = 20,
+    protocol: str = "FEEPI ME enhanced",
+    voxel: float = 2.0,
+    study: str = "study",
+) -> list[Path]:
+    """Enhanced multi-frame ME-EPI (Philips-like): one file per echo holding every volume
+    (frames ordered by volume, then slice; TemporalPositionIndex a dimension),
+    EchoPlanarPulseSequence YES.
+
+    dcm2niix v1.0.20260724 orders the frames of a multi-volume enhanced file by their
+    DimensionIndexValues only for Philips; with another manufacturer it sorts them by
+    position, mixing volumes and slices (shape right, values wrong). It also converts every
+    enhanced file on its own: a run exported as one file per volume (Siemens XA) comes out as
+    one image per volume, which the converter refuses.
+    """
+    nz, ne = phantom.magnitude.shape[2:]
+    uid = _uid(study, protocol, series_number)
+    written = []
+    for e in range(ne):
+        ds = _base(
+            sop_class=ENHANCED_MR_IMAGE_STORAGE, study=study, series_uid=uid,
+            series_number=series_number, description=protocol,
+            manufacturer="Philips Medical Systems", instance=e + 1,
+        )  # fmt: skip
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "NONE"]
+        ds.EchoPulseSequence = "GRADIENT"
+        ds.EchoPlanarPulseSequence = "YES"
+        ds.PulseSequenceName = "FEEPI"
+        ds.MRAcquisitionType = "2D"
+        ds.ComplexImageComponent = "MAGNITUDE"
+        ds.NumberOfFrames = nz * n_volumes
+        ds.EchoNumbers = e + 1
+        te_ms = round(float(phantom.echo_times[e]) * 1000, 4)
+        shared = Dataset()
+        shared.PixelMeasuresSequence = _item(
+            PixelSpacing=[voxel, voxel], SliceThickness=voxel, SpacingBetweenSlices=voxel
+        )
+        shared.PlaneOrientationSequence = _item(ImageOrientationPatient=[1, 0, 0, 0, 1, 0])
+        shared.MRTimingAndRelatedParametersSequence = _item(
+            RepetitionTime=TR_MS, FlipAngle=70, EchoTrainLength=1
+        )
+        ds.SharedFunctionalGroupsSequence = DicomSequence([shared])
+        ds.PerFrameFunctionalGroupsSequence = DicomSequence(
+            [_enhanced_frame(te_ms, k, v, voxel) for v in range(n_volumes) for k in range(nz)]
+        )
+        pointers = []
+        # StackID, TemporalPositionIndex, InStackPositionNumber: dcm2niix orders the frames by
+        # these values, the last varying fastest (slices within a volume)
+        for tag in (0x00209056, 0x00209128, 0x00209057):
+            item = Dataset()
+            item.DimensionIndexPointer = tag
+            item.FunctionalGroupPointer = 0x00209111  # FrameContentSequence
+            pointers.append(item)
+        ds.DimensionIndexSequence = DicomSequence(pointers)
+        frames = [
+            _slice_image(expected_volume(phantom, v, e, n_volumes), k)
+            for v in range(n_volumes)
+            for k in range(nz)
+        ]
+        _set_pixels(ds, np.stack(frames), signed=False)
+        path = Path(root) / f"{series_number}_{protocol}" / f"{e + 1:04d}_{uid}.dcm"
+        written.append(_save(ds, path))
+    return written
+
+
+# --- Siemens dual-echo field map -------------------------------------------------------------
+
+
+def write_siemens_fieldmap(
+    root: Path,
+    phantom: Phantom,
+    *,
+    series_number: int = 30,
+    protocol: str = "gre_field_mapping",
+    voxel: float = 2.0,
+    study: str = "study",
+) -> list[Path]:
+    """Siemens gre_field_mapping (``*fm2d2r``) from a 2-echo phantom with phase: series N the
+    magnitude of both echoes, series N+1 the phase difference (echo 2 minus echo 1, wrapped)
+    at the second echo time, 12-bit as Siemens stores phase."""
+    nz, ne = phantom.magnitude.shape[2:]
+    if ne != 2 or phantom.phase is None:
+        raise ValueError("a field map needs a 2-echo phantom with phase")
+    difference = fieldmap_difference(phantom)
+    written = []
+    for number, letter in ((series_number, "M"), (series_number + 1, "P")):
+        series = _ClassicSeries(
+            study=study, uid=_uid(study, protocol, number), number=number, description=protocol,
+            manufacturer="SIEMENS", scanning="GR", variant="SP", sequence_name="*fm2d2r",
+            n_echoes=2, acquisition_type="2D", voxel=voxel,
+        )  # fmt: skip
+        echoes = (0, 1) if letter == "M" else (1,)
+        instance = 0
+        for e in echoes:
+            for k in range(nz):
+                instance += 1
+                ds = series.image(instance, float(phantom.echo_times[e]) * 1000, e + 1, k)
+                ds.ImageType = ["ORIGINAL", "PRIMARY", letter, "ND"]
+                if letter == "M":
+                    stored = _mag_to_int(_slice_image(phantom.magnitude[..., e], k))
+                else:
+                    ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = 2, -4096, "US"
+                    wrapped = _slice_image(difference, k)
+                    stored = np.clip(np.rint((wrapped + math.pi) / (2 * math.pi) * 4096), 0, 4095)
+                _set_pixels(ds, stored, signed=False)
+                path = Path(root) / f"{number:02d}_{protocol}" / f"MR.{number}.{instance}.IMA"
+                written.append(_save(ds, path))
+    return written
+
+
+def fieldmap_difference(phantom: Phantom) -> np.ndarray:
+    """The phase difference (rad, wrapped) a converted ``phasediff`` should hold, (x, y, z)."""
+    assert phantom.phase is not None
+    return np.angle(np.exp(1j * (phantom.phase[..., 1] - phantom.phase[..., 0])))

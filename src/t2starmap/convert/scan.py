@@ -230,6 +230,15 @@ def _sequence_names(ds: Any) -> tuple[str, ...]:
     return tuple(str(n) for n in names if isinstance(n, str | bytes) and str(n))
 
 
+def _scanning_sequence(ds: Any) -> tuple[str, ...]:
+    """ScanningSequence, with ``EP`` added where enhanced DICOM says EchoPlanarPulseSequence
+    YES (enhanced files have no ScanningSequence)."""
+    scanning = _strs(ds.get("ScanningSequence"))
+    if str(ds.get("EchoPlanarPulseSequence", "")).strip().upper() == "YES" and "EP" not in scanning:
+        scanning = (*scanning, "EP")
+    return scanning
+
+
 def _common(path: Path, ds: Any) -> dict[str, Any]:
     manufacturer = str(ds.get("Manufacturer", ""))
     expected = None
@@ -242,7 +251,7 @@ def _common(path: Path, ds: Any) -> dict[str, Any]:
         "series_description": str(ds.get("SeriesDescription", "")),
         "protocol_name": str(ds.get("ProtocolName", "")),
         "manufacturer": manufacturer,
-        "scanning_sequence": _strs(ds.get("ScanningSequence")),
+        "scanning_sequence": _scanning_sequence(ds),
         "sequence_variant": _strs(ds.get("SequenceVariant")),
         "echo_pulse_sequence": str(ds.get("EchoPulseSequence", "")),
         "sequence_names": _sequence_names(ds),

@@ -1,0 +1,189 @@
+"""Multi-echo EPI and field maps end to end: synthetic DICOM of each vendor's layout ->
+``t2starmap convert`` (dcm2niix) -> func/ and fmap/, validator clean, the values kept."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from t2starmap.cli import main
+from t2starmap.simulate import Phantom, make_phantom
+from tests.convert.helpers import VOXEL, LogRecords
+from tests.support import synthetic_dicom, synthetic_epi
+from tests.support.synthetic_dicom import FAKE_PATIENT
+
+VOLUMES = 3
+ECHO_TIMES = (0.012, 0.030, 0.048)
+
+# participant label -> (writer, task label, tolerance of the stored values)
+VENDORS: dict[str, tuple[Callable[..., list[Path]], str, float]] = {
+    "mosaic": (synthetic_epi.write_siemens_mosaic, "cmrrmbep2dMErest", 0.0),
+    "enhanced": (synthetic_epi.write_enhanced_epi, "FEEPIMEenhanced", 0.0),
+    "ge": (synthetic_epi.write_ge_epi, "MEEPIrest", 0.0),
+    "philips": (synthetic_epi.write_philips_epi, "FEEPImultiecho", 0.5),  # value / slope rounded
+}
+
+
+@pytest.fixture(scope="module")
+def phantom() -> Phantom:
+    return make_phantom(
+        (12, 10, 5), ECHO_TIMES, t2star_range=(0.02, 0.08), seed=21, with_phase=True
+    )
+
+
+@pytest.fixture(scope="module")
+def fmap_phantom() -> Phantom:
+    return make_phantom((12, 10, 5), (0.00519, 0.00765), seed=22, with_phase=True)
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory: pytest.TempPathFactory, phantom: Phantom, fmap_phantom: Phantom):
+    """One dataset: a participant per EPI layout (the mosaic with its phase series), one
+    with ME-GRE, an EPI run and a field map side by side."""
+    root = tmp_path_factory.mktemp("epi")
+    bids, logs = root / "bids", {}
+    for label, (writer, _, _) in VENDORS.items():
+        kwargs = {"phase": True} if label == "mosaic" else {}
+        writer(root / label, phantom, n_volumes=VOLUMES, voxel=VOXEL, **kwargs)
+    mixed = root / "mixed"
+    synthetic_dicom.write_siemens_classic(mixed, phantom, voxel=VOXEL)
+    synthetic_epi.write_siemens_mosaic(mixed, phantom, n_volumes=VOLUMES, voxel=VOXEL)
+    synthetic_epi.write_siemens_fieldmap(mixed, fmap_phantom, voxel=VOXEL)
+    for label in (*VENDORS, "mixed"):
+        handler = LogRecords()
+        logger = logging.getLogger("t2starmap.convert")
+        logger.addHandler(handler)
+        try:
+            rc = main(["convert", str(root / label), str(bids), "--participant-label", label])
+        finally:
+            logger.removeHandler(handler)
+        assert rc == 0, handler.text()
+        logs[label] = handler.text()
+    return bids, logs
+
+
+def _sidecar(path: Path) -> dict:
+    return json.loads(path.with_name(path.name.replace(".nii.gz", ".json")).read_text())
+
+
+@pytest.mark.parametrize("label", sorted(VENDORS))
+def test_every_layout_becomes_one_4d_run_per_echo_with_its_values(converted, phantom, label):
+    bids, _ = converted
+    _, task, tolerance = VENDORS[label]
+    func = bids / f"sub-{label}" / "func"
+    part = "_part-mag" if label == "mosaic" else ""
+    names = sorted(p.name for p in func.glob("*_bold.nii.gz"))
+    expected = [f"sub-{label}_task-{task}_echo-{k}{part}_bold.nii.gz" for k in (1, 2, 3)]
+    if label == "mosaic":
+        expected += [n.replace("_part-mag", "_part-phase") for n in expected]
+    assert names == sorted(expected)
+    for k, te in enumerate(ECHO_TIMES, start=1):
+        path = func / f"sub-{label}_task-{task}_echo-{k}{part}_bold.nii.gz"
+        image = nib.Nifti1Image.from_filename(path)
+        assert image.shape == (12, 10, 5, VOLUMES)
+        data = np.asarray(image.dataobj, dtype=np.float64)
+        i, j, kk = synthetic_dicom.phantom_index(image.affine, image.shape, VOXEL)
+        for v in range(VOLUMES):
+            truth = synthetic_epi.expected_volume(phantom, v, k - 1, VOLUMES)[i, j, kk]
+            assert np.max(np.abs(data[..., v] - truth)) <= tolerance + 1e-3, (label, k, v)
+        meta = _sidecar(path)
+        assert math.isclose(meta["EchoTime"], te, abs_tol=1e-7)
+        assert meta["RepetitionTime"] == pytest.approx(synthetic_epi.TR_MS / 1000)
+        assert meta["TaskName"] == synthetic_epi_protocol(label)
+        text = json.dumps(meta)
+        assert not [v for v in FAKE_PATIENT.values() if len(v) > 3 and v in text]
+
+
+def synthetic_epi_protocol(label: str) -> str:
+    writer = VENDORS[label][0]
+    default = writer.__kwdefaults__["protocol"]  # type: ignore[index]
+    return str(default)
+
+
+def test_epi_phase_is_in_radians_and_matches_the_phantom(converted, phantom):
+    func = converted[0] / "sub-mosaic" / "func"
+    for k in (1, 2, 3):
+        path = func / f"sub-mosaic_task-cmrrmbep2dMErest_echo-{k}_part-phase_bold.nii.gz"
+        image = nib.Nifti1Image.from_filename(path)
+        data = np.asarray(image.dataobj, dtype=np.float64)
+        assert data.shape[3] == VOLUMES and np.abs(data).max() <= math.pi
+        assert _sidecar(path)["Units"] == "rad"
+        i, j, kk = synthetic_dicom.phantom_index(image.affine, image.shape, VOXEL)
+        assert phantom.phase is not None
+        truth = phantom.phase[..., k - 1][i, j, kk]
+        error = np.angle(np.exp(1j * (data[..., 0] - truth)))
+        assert np.max(np.abs(error)) <= 2 * math.pi / 4096 + 1e-4
+
+
+def test_fieldmap_goes_to_fmap_beside_megre_and_bold(converted, fmap_phantom):
+    bids, logs = converted
+    sub = bids / "sub-mixed"
+    assert sorted(p.name for p in (sub / "fmap").glob("*.nii.gz")) == [
+        "sub-mixed_magnitude1.nii.gz",
+        "sub-mixed_magnitude2.nii.gz",
+        "sub-mixed_phasediff.nii.gz",
+    ]
+    assert len(list((sub / "anat").glob("*_MEGRE.nii.gz"))) == 6
+    assert len(list((sub / "func").glob("*_bold.nii.gz"))) == 3
+    phasediff = sub / "fmap" / "sub-mixed_phasediff.nii.gz"
+    meta = _sidecar(phasediff)
+    assert (meta["EchoTime1"], meta["EchoTime2"], meta["Units"]) == (0.00519, 0.00765, "rad")
+    assert "IntendedFor" not in meta
+    image = nib.Nifti1Image.from_filename(phasediff)
+    data = np.asarray(image.dataobj, dtype=np.float64)
+    i, j, k = synthetic_dicom.phantom_index(image.affine, image.shape, VOXEL)
+    truth = synthetic_epi.fieldmap_difference(fmap_phantom)[i, j, k]
+    assert np.max(np.abs(np.angle(np.exp(1j * (data - truth))))) <= 2 * math.pi / 4096 + 1e-4
+    for n, te in ((1, 0.00519), (2, 0.00765)):
+        assert _sidecar(sub / "fmap" / f"sub-mixed_magnitude{n}.nii.gz")["EchoTime"] == te
+    assert "a dual-echo field map (magnitude1/2 + phasediff), written to fmap/" in logs["mixed"]
+    assert "no IntendedFor" in logs["mixed"]
+
+
+def test_the_validator_accepts_the_dataset(converted):
+    from t2starmap.validate import validate_bids
+
+    report = validate_bids(converted[0])
+    assert report.ok, [str(e) for e in report.errors]
+
+
+@pytest.mark.slow
+def test_participant_level_fits_the_megre_and_leaves_func_and_fmap(converted, tmp_path):
+    out = tmp_path / "out"
+    argv = [str(converted[0]), str(out), "participant", "--participant-label", "mixed"]
+    assert main([*argv, "--skip-bids-validation", "-q"]) == 0
+    maps = [p.name for p in out.rglob("*_T2starmap.nii.gz") if "_desc-" not in p.name]
+    assert maps == ["sub-mixed_T2starmap.nii.gz"]
+    assert not [p for p in out.rglob("*") if p.parent.name in ("func", "fmap")]
+
+
+def test_task_label_option_and_single_echo_epi_skipped(tmp_path, phantom, convert_log):
+    dicom, bids = tmp_path / "dicom", tmp_path / "bids"
+    synthetic_epi.write_ge_epi(dicom, phantom, n_volumes=2, voxel=VOXEL)
+    single = make_phantom((12, 10, 5), (0.030,), seed=3)
+    synthetic_epi.write_ge_epi(dicom, single, n_volumes=2, series_number=9, protocol="sbref")
+    argv = ["convert", str(dicom), str(bids), "--participant-label", "01"]
+    assert main([*argv, "--task-label", "rest"]) == 0
+    names = sorted(p.name for p in (bids / "sub-01" / "func").glob("*.nii.gz"))
+    assert names == [f"sub-01_task-rest_echo-{k}_bold.nii.gz" for k in (1, 2, 3)]
+    assert _sidecar(bids / "sub-01" / "func" / names[0])["TaskName"] == "rest"
+    log = convert_log.text()
+    assert "skipped series 9 'sbref': single-echo EPI (TE 30 ms): one echo time gives no T2*" in log
+    assert main([*argv, "--task-label", "rest_1", "--overwrite"]) == 64
+
+
+def test_a_run_stopped_early_is_refused_and_nothing_written(tmp_path, phantom, capsys):
+    dicom, bids = tmp_path / "dicom", tmp_path / "bids"
+    files = synthetic_epi.write_siemens_mosaic(dicom, phantom, n_volumes=2, voxel=VOXEL)
+    files[-1].unlink()  # the last echo of the last volume never arrived
+    assert main(["convert", str(dicom), str(bids), "--participant-label", "01"]) == 65
+    err = capsys.readouterr().err
+    assert "refused series 10 'cmrr_mbep2d_ME_rest': ME-EPI but echoes hold different" in err
+    assert not bids.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["dicom"]
