@@ -21,8 +21,8 @@ from pathlib import Path
 
 from t2starmap.convert import dcm2niix as d2n
 from t2starmap.convert import workflow
-from t2starmap.convert.scan import scan_dicom_dir
 from t2starmap.convert.plan import plan_acquisitions
+from t2starmap.convert.scan import scan_dicom_dir
 from t2starmap.convert.series import classify_series, group_series
 
 REPO = Path(__file__).resolve().parents[1]
