@@ -73,7 +73,7 @@ def test_all_vendors_convert_with_expected_names(session):
 
 def test_skipped_series_are_logged_with_number_and_reason(session):
     log = session[2].text()
-    assert "skipped series 20 'epi_series': EPI" in log
+    assert "skipped series 20 'epi_series': single-echo EPI (TE 5 ms)" in log
     assert "skipped series 21 'spin_echo_series': spin echo" in log
     assert "skipped series 22 'single_echo_series': single echo time (5 ms)" in log
     assert "skipped series 23 'derived_series': derived image" in log
@@ -258,7 +258,9 @@ def test_no_megre_series_lists_what_was_found(tmp_path, capsys):
     synthetic_dicom.write_other_series(dicom, "single_echo", series_number=6)
     err = _run_bad(dicom, tmp_path / "bids", 66, capsys, "--participant-label", "01")
     assert "no multi-echo gradient-echo series" in err
-    assert "series 5 'epi_series': EPI" in err and "series 6 'single_echo_series'" in err
+    assert (
+        "series 5 'epi_series': single-echo EPI" in err and "series 6 'single_echo_series'" in err
+    )
 
 
 @pytest.mark.parametrize("label", ["../x", "a_b", "01 02", ""])
