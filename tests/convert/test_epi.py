@@ -13,8 +13,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from t2starmap.cli import main
-from t2starmap.simulate import Phantom, make_phantom
+from t2starmap.cli.run import main
+from t2starmap.sim.phantoms import Phantom, make_phantom
 from tests.convert.helpers import VOXEL, LogRecords
 from tests.support import synthetic_dicom, synthetic_epi
 from tests.support.synthetic_dicom import FAKE_PATIENT
@@ -148,7 +148,7 @@ def test_fieldmap_goes_to_fmap_beside_megre_and_bold(converted, fmap_phantom):
 
 
 def test_the_validator_accepts_the_dataset(converted):
-    from t2starmap.validate import validate_bids
+    from t2starmap.bids.validate import validate_bids
 
     report = validate_bids(converted[0])
     assert report.ok, [str(e) for e in report.errors]

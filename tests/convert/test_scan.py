@@ -28,7 +28,7 @@ from t2starmap.convert.scan import (
     scan_dicom_dir,
 )
 from t2starmap.convert.series import ImageHeader
-from t2starmap.simulate import Phantom
+from t2starmap.sim.phantoms import Phantom
 from tests.convert.helpers import SHARED_DICOM, VOXEL
 from tests.support import synthetic_dicom
 
@@ -448,7 +448,7 @@ def test_real_file_size_check_to_the_byte(tmp_path: Path, folder: str) -> None:
 
 def test_mosaic_slices_from_the_siemens_tag_or_the_csa_header(tmp_path: Path) -> None:
     from t2starmap.convert.scan import csa_item
-    from t2starmap.simulate import make_phantom
+    from t2starmap.sim.phantoms import make_phantom
     from tests.support import synthetic_epi
 
     phantom = make_phantom((6, 4, 5), (0.01, 0.03), seed=1)
@@ -469,7 +469,7 @@ def test_mosaic_slices_from_the_siemens_tag_or_the_csa_header(tmp_path: Path) ->
 
 
 def test_enhanced_echo_planar_flag_reads_as_epi(tmp_path: Path) -> None:
-    from t2starmap.simulate import make_phantom
+    from t2starmap.sim.phantoms import make_phantom
     from tests.support import synthetic_epi
 
     phantom = make_phantom((6, 4, 3), (0.01, 0.03), seed=1)

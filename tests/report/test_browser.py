@@ -152,7 +152,7 @@ def real_pages(tmp_path_factory: pytest.TempPathFactory) -> Path:
     3-echo phantom (magnitude and phase), converted from the shared DICOM and run with
     --fit-method auto. (The Siemens XA30 2-echo set once served here; it is a field map,
     which the converter writes to fmap/ and the participant level does not fit.)"""
-    from t2starmap.cli import main
+    from t2starmap.cli.run import main
     from tests.support.files import SHARED_DATA
 
     root = tmp_path_factory.mktemp("real")

@@ -34,7 +34,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
-from t2starmap.simulate import Phantom
+from t2starmap.sim.phantoms import Phantom
 from tests.support.synthetic_dicom import (
     ENHANCED_MR_IMAGE_STORAGE,
     MR_IMAGE_STORAGE,
