@@ -306,19 +306,31 @@ def classify_series(series: Series) -> Decision:
     if len(all_tes) < 2 and not (fieldmap and parts == ("phase",)):
         te = f"{all_tes[0]:g} ms" if all_tes else "none"
         return Decision(series, False, f"single echo time ({te})", dropped=dropped)
-    found = Decision(
+    found = _found(series, images, dropped, parts, all_tes, "fmap" if fieldmap else "anat")
+    problem = _completeness_problem(images, parts, echo_sets, all_tes)
+    if problem:
+        return dataclasses.replace(found, accepted=False, reason=problem, refused=True)
+    return dataclasses.replace(found, n_slices=len({_slice_key(im) for im in images}))
+
+
+def _found(
+    series: Series,
+    images: tuple[ImageHeader, ...],
+    dropped: int,
+    parts: tuple[str, ...],
+    all_tes: Sequence[float],
+    datatype: str,
+) -> Decision:
+    """The accepted decision, before the completeness checks add counts or a refusal."""
+    return Decision(
         series,
         True,
         parts=parts,
         echo_times=tuple(all_tes),
         images=images,
         dropped=dropped,
-        datatype="fmap" if fieldmap else "anat",
+        datatype=datatype,
     )
-    problem = _completeness_problem(images, parts, echo_sets, all_tes)
-    if problem:
-        return dataclasses.replace(found, accepted=False, reason=problem, refused=True)
-    return dataclasses.replace(found, n_slices=len({_slice_key(im) for im in images}))
 
 
 def _echo_sets(
@@ -340,15 +352,7 @@ def _classify_epi(series: Series, images: tuple[ImageHeader, ...], dropped: int)
     if len(all_tes) < 2:
         why = f"single-echo EPI (TE {all_tes[0]:g} ms): one echo time gives no T2*"
         return Decision(series, False, why, dropped=dropped, datatype="func")
-    found = Decision(
-        series,
-        True,
-        parts=parts,
-        echo_times=tuple(all_tes),
-        images=images,
-        dropped=dropped,
-        datatype="func",
-    )
+    found = _found(series, images, dropped, parts, all_tes, "func")
     problem, volumes = _epi_volumes(images, parts, echo_sets, all_tes)
     if problem:
         return dataclasses.replace(found, accepted=False, reason=problem, refused=True)
