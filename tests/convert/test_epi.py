@@ -187,3 +187,19 @@ def test_a_run_stopped_early_is_refused_and_nothing_written(tmp_path, phantom, c
     err = capsys.readouterr().err
     assert "refused series 10 'cmrr_mbep2d_ME_rest': ME-EPI but echoes hold different" in err
     assert not bids.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["dicom"]
+
+
+def test_ge_research_echoes_without_echo_times_are_refused(tmp_path, phantom, capsys):
+    """GE research multi-echo EPI: every image says the first TE and echo number 1, only the
+    private echo count (0019,107E) says there were three: refused (exit 65), not 'single echo'."""
+    import pydicom
+
+    dicom = tmp_path / "dicom"
+    for path in synthetic_epi.write_ge_epi(dicom, phantom, n_volumes=2, voxel=VOXEL):
+        ds = pydicom.dcmread(path)
+        ds.EchoTime, ds.EchoNumbers = 12.0, 1
+        ds.private_block(0x0019, "GEMS_ACQU_01").add_new(0x7E, "SS", 3)
+        ds.save_as(path, enforce_file_format=True)
+    assert main(["convert", str(dicom), str(tmp_path / "bids"), "--participant-label", "1"]) == 65
+    assert "GE says 3 echoes but every image has TE 12 ms" in capsys.readouterr().err
+    assert not (tmp_path / "bids").exists()

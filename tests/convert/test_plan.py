@@ -111,6 +111,18 @@ def test_single_echo_epi_is_skipped_with_its_reason():
     assert d.reason == "single-echo EPI (TE 30 ms): one echo time gives no T2*"
 
 
+def test_ge_research_multi_echo_epi_without_echo_times_is_refused():
+    # GE's research multi-echo EPI writes the first echo's EchoTime and echo number 1 in every
+    # image; only its private echo count (0019,107E) says there were three
+    ims = [
+        dataclasses.replace(im, echo_time=12.0, echo_number=1, expected_echoes=3)
+        for im in epi(mosaic=None)
+    ]
+    d = decide(ims)
+    assert d.refused and not d.accepted
+    assert "GE says 3 echoes but every image has TE 12 ms" in d.reason
+
+
 @pytest.mark.parametrize("mosaic", [36, None])
 def test_a_run_stopped_in_the_middle_of_a_volume_is_refused(mosaic):
     ims = epi(mosaic=mosaic)[:-1]  # the last echo of the last volume is missing

@@ -350,6 +350,13 @@ def _classify_epi(series: Series, images: tuple[ImageHeader, ...], dropped: int)
         return Decision(series, False, "EPI without EchoTime in the headers", dropped=dropped)
     parts, echo_sets, all_tes = _echo_sets(images)
     if len(all_tes) < 2:
+        expected = max((im.expected_echoes or 1 for im in images), default=1)
+        if expected > 1:  # GE research sequences: one EchoTime, EchoNumbers 1 for every echo
+            why = (
+                f"GE says {expected} echoes but every image has TE {all_tes[0]:g} ms and "
+                "echo number 1: its echoes cannot be told apart (dcm2niix issue 359)"
+            )
+            return Decision(series, False, why, refused=True, dropped=dropped, datatype="func")
         why = f"single-echo EPI (TE {all_tes[0]:g} ms): one echo time gives no T2*"
         return Decision(series, False, why, dropped=dropped, datatype="func")
     found = _found(series, images, dropped, parts, all_tes, "func")
