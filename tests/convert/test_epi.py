@@ -46,7 +46,7 @@ def fmap_phantom() -> Phantom:
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory: pytest.TempPathFactory, phantom: Phantom, fmap_phantom: Phantom):
     """One dataset: a participant per EPI layout (the mosaic with its phase series), one
-    with ME-GRE, an EPI run and a field map side by side."""
+    with ME-GRE, two EPI runs and a field map side by side, the field map shimmed as run 1."""
     root = tmp_path_factory.mktemp("epi")
     bids, logs = root / "bids", {}
     for label, (writer, _, _) in VENDORS.items():
@@ -54,8 +54,14 @@ def converted(tmp_path_factory: pytest.TempPathFactory, phantom: Phantom, fmap_p
         writer(root / label, phantom, n_volumes=VOLUMES, voxel=VOXEL, **kwargs)
     mixed = root / "mixed"
     synthetic_dicom.write_siemens_classic(mixed, phantom, voxel=VOXEL)
-    synthetic_epi.write_siemens_mosaic(mixed, phantom, n_volumes=VOLUMES, voxel=VOXEL)
-    synthetic_epi.write_siemens_fieldmap(mixed, fmap_phantom, voxel=VOXEL)
+    shim, other = (-2204, 1453, 3300, 186, -49, 3, 9, 290), (-2204, 1453, 3300, 180, -49, 3, 9, 0)
+    for number, setting in ((10, shim), (12, other)):
+        run = synthetic_epi.write_siemens_mosaic(
+            mixed, phantom, n_volumes=VOLUMES, voxel=VOXEL, series_number=number
+        )
+        synthetic_epi.set_shim(run, setting)
+    fmap = synthetic_epi.write_siemens_fieldmap(mixed, fmap_phantom, voxel=VOXEL)
+    synthetic_epi.set_shim(fmap, shim)
     for label in (*VENDORS, "mixed"):
         handler = LogRecords()
         logger = logging.getLogger("t2starmap.convert")
@@ -131,20 +137,28 @@ def test_fieldmap_goes_to_fmap_beside_megre_and_bold(converted, fmap_phantom):
         "sub-mixed_phasediff.nii.gz",
     ]
     assert len(list((sub / "anat").glob("*_MEGRE.nii.gz"))) == 6
-    assert len(list((sub / "func").glob("*_bold.nii.gz"))) == 3
+    assert len(list((sub / "func").glob("*_bold.nii.gz"))) == 6
     phasediff = sub / "fmap" / "sub-mixed_phasediff.nii.gz"
     meta = _sidecar(phasediff)
     assert (meta["EchoTime1"], meta["EchoTime2"], meta["Units"]) == (0.00519, 0.00765, "rad")
-    assert "IntendedFor" not in meta
+    # intended for run 1 only: run 2 was acquired with another shim
+    run1 = [f"bids::sub-mixed/func/sub-mixed_task-cmrrmbep2dMErest_run-1_echo-{k}_bold.nii.gz"
+            for k in (1, 2, 3)]  # fmt: skip
+    assert meta["IntendedFor"] == run1
+    assert all((bids / uri[len("bids::") :]).is_file() for uri in run1)
     image = nib.Nifti1Image.from_filename(phasediff)
     data = np.asarray(image.dataobj, dtype=np.float64)
     i, j, k = synthetic_dicom.phantom_index(image.affine, image.shape, VOXEL)
     truth = synthetic_epi.fieldmap_difference(fmap_phantom)[i, j, k]
     assert np.max(np.abs(np.angle(np.exp(1j * (data - truth))))) <= 2 * math.pi / 4096 + 1e-4
     for n, te in ((1, 0.00519), (2, 0.00765)):
-        assert _sidecar(sub / "fmap" / f"sub-mixed_magnitude{n}.nii.gz")["EchoTime"] == te
+        magnitude = _sidecar(sub / "fmap" / f"sub-mixed_magnitude{n}.nii.gz")
+        assert magnitude["EchoTime"] == te and magnitude["IntendedFor"] == run1
     assert "a dual-echo field map (magnitude1/2 + phasediff), written to fmap/" in logs["mixed"]
-    assert "no IntendedFor" in logs["mixed"]
+    assert (
+        "sub-mixed: IntendedFor the 3 BOLD image(s) acquired with the same shim "
+        "(ShimSetting -2204, 1453, 3300, 186, -49, 3, 9, 290)"
+    ) in logs["mixed"]
 
 
 def test_the_validator_accepts_the_dataset(converted):
@@ -203,3 +217,32 @@ def test_ge_research_echoes_without_echo_times_are_refused(tmp_path, phantom, ca
     assert main(["convert", str(dicom), str(tmp_path / "bids"), "--participant-label", "1"]) == 65
     assert "GE says 3 echoes but every image has TE 12 ms" in capsys.readouterr().err
     assert not (tmp_path / "bids").exists()
+
+
+@pytest.mark.parametrize(
+    ("fmap_shim", "run_shim", "said"),
+    [
+        (None, None, "its sidecars carry no single ShimSetting"),
+        ((1, 2, 3, 4, 5, 6, 7, 8), (1, 2, 3, 4, 5, 6, 7, 9), "no BOLD run of this conversion"),
+    ],
+)
+def test_no_intended_for_without_a_shared_shim(
+    tmp_path, phantom, fmap_phantom, convert_log, fmap_shim, run_shim, said
+):
+    dicom, bids = tmp_path / "dicom", tmp_path / "bids"
+    run = synthetic_epi.write_siemens_mosaic(dicom, phantom, n_volumes=2, voxel=VOXEL)
+    fmap = synthetic_epi.write_siemens_fieldmap(dicom, fmap_phantom, voxel=VOXEL)
+    if fmap_shim is not None:
+        synthetic_epi.set_shim(fmap, fmap_shim)
+        synthetic_epi.set_shim(run, run_shim)
+    assert main(["convert", str(dicom), str(bids), "--participant-label", "01"]) == 0
+    for path in (bids / "sub-01" / "fmap").glob("*.json"):
+        assert "IntendedFor" not in json.loads(path.read_text())
+    assert f"sub-01: no IntendedFor: {said}" in convert_log.text()
+
+
+def test_help_names_the_new_outputs(capsys):
+    assert main(["convert", "--help"]) == 0
+    text = capsys.readouterr().out
+    for needle in ("--task-label", "func/*_task-<label>", "fmap/*_magnitude1", "ShimSetting"):
+        assert needle in text, needle

@@ -136,6 +136,7 @@ def test_dual_echo_field_maps_go_to_fmap(converted, label):
         f"series {number} " in logs[label]
         and "written to fmap/ and not fitted as ME-GRE" in logs[label]
     )
+    assert f"sub-{label}: no IntendedFor: this conversion has no BOLD run" in logs[label]
 
 
 def test_participants_and_validator(converted):

@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pydicom
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
@@ -104,6 +105,31 @@ def csa_header(tags: dict[str, tuple[str, Sequence[str]]]) -> bytes:
             out += struct.pack("<4i", len(data), len(data), 77, len(data))
             out += data + b"\x00" * (-len(data) % 4)
     return bytes(out)
+
+
+SHIM_KEYS = (
+    "sGRADSPEC.asGPAData[0].lOffsetX",
+    "sGRADSPEC.asGPAData[0].lOffsetY",
+    "sGRADSPEC.asGPAData[0].lOffsetZ",
+    *(f"sGRADSPEC.alShimCurrent[{i}]" for i in range(5)),
+)
+
+
+def add_shim(ds: Dataset, shim: Sequence[int]) -> None:
+    """The CSA series header (0029,1020) with the protocol's shim currents, where dcm2niix
+    reads ``ShimSetting`` (8 values: the gradient offsets X, Y, Z and 5 shim currents)."""
+    lines = [f"{key}\t = \t{value}" for key, value in zip(SHIM_KEYS, shim, strict=True)]
+    text = "### ASCCONV BEGIN ###\n" + "\n".join(lines) + "\n### ASCCONV END ###\n"
+    block = ds.private_block(0x0029, "SIEMENS CSA HEADER", create=True)
+    block.add_new(0x20, "OB", csa_header({"MrPhoenixProtocol": ("UN", [text])}))
+
+
+def set_shim(files: Sequence[Path], shim: Sequence[int]) -> None:
+    """Give already written Siemens files the shim of :func:`add_shim`."""
+    for path in files:
+        ds = pydicom.dcmread(path)
+        add_shim(ds, shim)
+        ds.save_as(path, enforce_file_format=True)
 
 
 def _mosaic(volume: np.ndarray) -> tuple[np.ndarray, int]:

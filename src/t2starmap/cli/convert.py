@@ -25,7 +25,8 @@ Convert the multi-echo series in a folder of DICOM files into a BIDS dataset:
                                        (4-D; EchoTime in s, RepetitionTime, TaskName)
   dual-echo GRE field map (Siemens gre_field_mapping, *fm2d2r)
                                     -> fmap/*_magnitude1, *_magnitude2, *_phasediff
-                                       (EchoTime1/EchoTime2; no IntendedFor)
+                                       (EchoTime1/EchoTime2; IntendedFor the BOLD runs
+                                       acquired with the same ShimSetting, if any)
 Phase is written in radians (Units "rad"). Every other series (single-echo EPI, spin echo,
 scanner-made maps ...) is listed in the log as skipped, with the reason."""
 

@@ -27,6 +27,7 @@ from t2starmap.bids.echo_times import echo_time_seconds
 from t2starmap.bids.nifti import header_geometry, read_volume, save_like
 from t2starmap.convert import bids
 from t2starmap.convert.dcm2niix import Output, run_dcm2niix
+from t2starmap.convert.fieldmaps import add_intended_for
 from t2starmap.convert.outputs import datatype_fields, target_for
 from t2starmap.convert.plan import Acquisition, Member, plan_acquisitions
 from t2starmap.convert.scan import scan_dicom_dir
@@ -88,8 +89,9 @@ def convert(
     try:
         tree = workspace / "tree"
         built = tree / target.relative_to(bids_dir)
-        files = _build(acquisitions, workspace, built, subject, session)
-        final = [target / f.relative_to(built) for f in files]
+        results = _build(acquisitions, workspace, built, subject, session)
+        add_intended_for(results, target.relative_to(bids_dir).as_posix())
+        final = [target / f.relative_to(built) for _, files in results for f in files]
         _move_into_place(tree, workspace, bids_dir, target, subject, overwrite)
     except OSError as err:
         raise OutputError(f"cannot write {target}: {err}") from err
@@ -181,15 +183,13 @@ def find_acquisitions(dicom_dir: Path, *, task_label: str | None = None) -> tupl
 
 
 def _log_acquisition(acquisition: Acquisition) -> None:
-    """Say where a field map goes and why it has no IntendedFor."""
+    """Say where a field map goes, and that it is not ME-GRE."""
     if acquisition.datatype != "fmap":
         return
     series = ", ".join(m.decision.series.label() for m in acquisition.members)
     kind = "phasediff" if any(map(acquisition.is_phasediff, acquisition.members)) else "phase1/2"
     log.info(
-        "%s: a dual-echo field map (magnitude1/2 + %s), written to fmap/ and not fitted as "
-        "ME-GRE; no IntendedFor: the headers do not say which runs it was acquired for "
-        "(add IntendedFor or B0FieldIdentifier by hand)",
+        "%s: a dual-echo field map (magnitude1/2 + %s), written to fmap/ and not fitted as ME-GRE",
         series,
         kind,
     )
@@ -222,16 +222,16 @@ def _build(
     root: Path,
     subject: str,
     session: str | None,
-) -> list[Path]:
+) -> list[tuple[Acquisition, list[Path]]]:
     """Convert every acquisition into its datatype's folder under ``root``; one that fails is
-    left out whole (warned)."""
-    written: list[Path] = []
+    left out whole (warned). Returns each converted acquisition with its images."""
+    written: list[tuple[Acquisition, list[Path]]] = []
     failed: list[str] = []
     for a_index, acquisition in enumerate(acquisitions):
+        work = workspace / f"a{a_index}"
         try:
-            written.extend(
-                _convert_acquisition(acquisition, workspace / f"a{a_index}", root, subject, session)
-            )
+            files = _convert_acquisition(acquisition, work, root, subject, session)
+            written.append((acquisition, files))
         except BadDataError as err:
             log.warning("%s", err)
             failed.append(str(err))
