@@ -9,6 +9,7 @@ import pytest
 
 from t2starmap.convert.plan import plan_acquisitions
 from t2starmap.convert.series import ImageHeader, classify_series, group_series
+from tests.convert.helpers import header
 
 
 def epi(
@@ -24,52 +25,39 @@ def epi(
     """Headers of an EPI run: with ``mosaic``, one image per (volume, echo) tiling every
     slice (Siemens); without, one image per (volume, echo, slice) (GE, Philips)."""
     slices = [0] if mosaic else list(range(n_slices))
-    out = []
-    for v in range(volumes):
-        for e, te in enumerate(tes):
-            for k in slices:
-                out.append(
-                    ImageHeader(
-                        path=Path(f"/dicom/{uid}/{v}_{e}_{k}.dcm"),
-                        series_uid=uid,
-                        series_number=number,
-                        series_description=protocol,
-                        protocol_name=protocol,
-                        manufacturer="SIEMENS",
-                        image_type=("ORIGINAL", "PRIMARY", "M" if part == "mag" else "P", "ND"),
-                        scanning_sequence=("EP",),
-                        sequence_names=("epfid2d1_64",),
-                        echo_time=te,
-                        echo_number=e + 1,
-                        part=part,
-                        position=(0.0, 0.0, 2.0 * k),
-                        orientation=(1, 0, 0, 0, 1, 0),
-                        rows=64,
-                        columns=64,
-                        mosaic_slices=mosaic,
-                    )
-                )
-    return out
+    return [
+        header(
+            uid,
+            number,
+            protocol,
+            part,
+            f"{v}_{e}_{k}",
+            scanning_sequence=("EP",),
+            sequence_names=("epfid2d1_64",),
+            echo_time=te,
+            echo_number=e + 1,
+            position=(0.0, 0.0, 2.0 * k),
+            mosaic_slices=mosaic,
+        )
+        for v in range(volumes)
+        for e, te in enumerate(tes)
+        for k in slices
+    ]
 
 
 def gre(uid: str, number: int, tes: tuple[float, ...], part: str, name: str) -> list[ImageHeader]:
     """A classic GRE series: one image per (echo, slice), 3 slices."""
     return [
-        ImageHeader(
-            path=Path(f"/dicom/{uid}/{e}_{k}.dcm"),
-            series_uid=uid,
-            series_number=number,
-            series_description=name,
-            protocol_name=name,
-            image_type=("ORIGINAL", "PRIMARY", "M" if part == "mag" else "P", "ND"),
+        header(
+            uid,
+            number,
+            name,
+            part,
+            f"{e}_{k}",
             scanning_sequence=("GR",),
-            sequence_names=("*fm2d2r" if "field" in name else "*fl3d6r",),
             echo_time=te,
-            part=part,
             position=(0.0, 0.0, 3.0 * k),
-            orientation=(1, 0, 0, 0, 1, 0),
-            rows=64,
-            columns=64,
+            sequence_names=("*fm2d2r" if "field" in name else "*fl3d6r",),
         )
         for e, te in enumerate(tes)
         for k in range(3)

@@ -16,6 +16,7 @@ from t2starmap.convert.series import (
     part_from_headers,
     sequence_kind,
 )
+from tests.convert.helpers import header
 
 
 def images(
@@ -28,29 +29,18 @@ def images(
     **fields: object,
 ) -> list[ImageHeader]:
     """One header per (echo, slice), like a classic series."""
-    out = []
-    for e, te in enumerate(tes):
-        for k in range(n_slices):
-            header = ImageHeader(
-                path=Path(f"/dicom/{uid}/{e}_{k}.dcm"),
-                series_uid=uid,
-                series_number=number,
-                series_description=protocol,
-                protocol_name=protocol,
-                manufacturer="SIEMENS",
-                image_type=("ORIGINAL", "PRIMARY", "M" if part == "mag" else "P", "ND"),
-                scanning_sequence=("GR",),
-                sequence_names=("*fl3d6r",),
-                echo_time=te,
-                echo_number=e + 1,
-                part=part,
-                position=(0.0, 0.0, 2.0 * k),
-                orientation=(1, 0, 0, 0, 1, 0),
-                rows=64,
-                columns=64,
-            )
-            out.append(dataclasses.replace(header, **fields))  # type: ignore[arg-type]
-    return out
+
+    def one(e: int, te: float, k: int) -> ImageHeader:
+        own = {
+            "scanning_sequence": ("GR",),
+            "sequence_names": ("*fl3d6r",),
+            "echo_time": te,
+            "echo_number": e + 1,
+            "position": (0.0, 0.0, 2.0 * k),
+        }
+        return header(uid, number, protocol, part, f"{e}_{k}", **{**own, **fields})
+
+    return [one(e, te, k) for e, te in enumerate(tes) for k in range(n_slices)]
 
 
 def decide(ims: list[ImageHeader]):

@@ -341,7 +341,7 @@ def _enhanced_frame(te_ms: float, k: int, v: int, voxel: float) -> Dataset:
     frame.FrameContentSequence = _item(
         InStackPositionNumber=k + 1, StackID="1", TemporalPositionIndex=v + 1,
         DimensionIndexValues=[1, v + 1, k + 1],
-        FrameAcquisitionDateTime="20240102" + _clock(v * TR_MS + _slice_times(99)[k % 99]),
+        FrameAcquisitionDateTime="20240102" + _clock(v * TR_MS + 10.0 * k),
     )  # fmt: skip
     frame.MRImageFrameTypeSequence = _item(
         FrameType=["ORIGINAL", "PRIMARY", "M", "NONE"], ComplexImageComponent="MAGNITUDE",
@@ -352,6 +352,27 @@ def _enhanced_frame(te_ms: float, k: int, v: int, voxel: float) -> Dataset:
         RescaleSlope=1, RescaleIntercept=0, RescaleType="US"
     )
     return frame
+
+
+def _enhanced_shared(ds: Dataset, voxel: float) -> None:
+    """What every frame shares (spacing, orientation, timing), and the frame dimensions:
+    stack, volume (TemporalPositionIndex), slice (InStackPositionNumber)."""
+    shared = Dataset()
+    shared.PixelMeasuresSequence = _item(
+        PixelSpacing=[voxel, voxel], SliceThickness=voxel, SpacingBetweenSlices=voxel
+    )
+    shared.PlaneOrientationSequence = _item(ImageOrientationPatient=[1, 0, 0, 0, 1, 0])
+    shared.MRTimingAndRelatedParametersSequence = _item(
+        RepetitionTime=TR_MS, FlipAngle=70, EchoTrainLength=1
+    )
+    ds.SharedFunctionalGroupsSequence = DicomSequence([shared])
+    pointers = []
+    for tag in (0x00209056, 0x00209128, 0x00209057):
+        item = Dataset()
+        item.DimensionIndexPointer = tag
+        item.FunctionalGroupPointer = 0x00209111  # FrameContentSequence
+        pointers.append(item)
+    ds.DimensionIndexSequence = DicomSequence(pointers)
 
 
 def write_enhanced_epi(
@@ -392,27 +413,10 @@ def write_enhanced_epi(
         ds.NumberOfFrames = nz * n_volumes
         ds.EchoNumbers = e + 1
         te_ms = round(float(phantom.echo_times[e]) * 1000, 4)
-        shared = Dataset()
-        shared.PixelMeasuresSequence = _item(
-            PixelSpacing=[voxel, voxel], SliceThickness=voxel, SpacingBetweenSlices=voxel
-        )
-        shared.PlaneOrientationSequence = _item(ImageOrientationPatient=[1, 0, 0, 0, 1, 0])
-        shared.MRTimingAndRelatedParametersSequence = _item(
-            RepetitionTime=TR_MS, FlipAngle=70, EchoTrainLength=1
-        )
-        ds.SharedFunctionalGroupsSequence = DicomSequence([shared])
+        _enhanced_shared(ds, voxel)
         ds.PerFrameFunctionalGroupsSequence = DicomSequence(
             [_enhanced_frame(te_ms, k, v, voxel) for v in range(n_volumes) for k in range(nz)]
         )
-        pointers = []
-        # StackID, TemporalPositionIndex, InStackPositionNumber: dcm2niix orders the frames by
-        # these values, the last varying fastest (slices within a volume)
-        for tag in (0x00209056, 0x00209128, 0x00209057):
-            item = Dataset()
-            item.DimensionIndexPointer = tag
-            item.FunctionalGroupPointer = 0x00209111  # FrameContentSequence
-            pointers.append(item)
-        ds.DimensionIndexSequence = DicomSequence(pointers)
         frames = [
             _slice_image(expected_volume(phantom, v, e, n_volumes), k)
             for v in range(n_volumes)
