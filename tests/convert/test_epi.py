@@ -22,13 +22,23 @@ from tests.support.synthetic_dicom import FAKE_PATIENT
 VOLUMES = 3
 ECHO_TIMES = (0.012, 0.030, 0.048)
 
-# participant label -> (writer, task label, tolerance of the stored values)
-VENDORS: dict[str, tuple[Callable[..., list[Path]], str, float]] = {
-    "mosaic": (synthetic_epi.write_siemens_mosaic, "cmrrmbep2dMErest", 0.0),
-    "enhanced": (synthetic_epi.write_enhanced_epi, "FEEPIMEenhanced", 0.0),
-    "ge": (synthetic_epi.write_ge_epi, "MEEPIrest", 0.0),
-    "philips": (synthetic_epi.write_philips_epi, "FEEPImultiecho", 0.5),  # value / slope rounded
-}
+# participant label -> (writer, its options, task label, protocol, tolerance of the values)
+VENDORS: dict[str, tuple[Callable[..., list[Path]], dict, str, str, float]] = {
+    "mosaic": (
+        synthetic_epi.write_siemens_mosaic, {"phase": True}, "cmrrmbep2dMErest",
+        "cmrr_mbep2d_ME_rest", 0.0,
+    ),
+    "enhanced": (
+        synthetic_epi.write_enhanced_epi, {}, "FEEPIMEenhanced", "FEEPI ME enhanced", 0.0
+    ),
+    "xa": (
+        synthetic_epi.write_enhanced_epi, {"per_volume": True, "protocol": "ep2d_me_xa"},
+        "ep2dmexa", "ep2d_me_xa", 0.0,
+    ),
+    "ge": (synthetic_epi.write_ge_epi, {}, "MEEPIrest", "ME-EPI rest", 0.0),
+    # Philips stores value / slope rounded, with a slope of 0.5 to 0.7 per file
+    "philips": (synthetic_epi.write_philips_epi, {}, "FEEPImultiecho", "FE_EPI multiecho", 0.5),
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +59,8 @@ def converted(tmp_path_factory: pytest.TempPathFactory, phantom: Phantom, fmap_p
     with ME-GRE, two EPI runs and a field map side by side, the field map shimmed as run 1."""
     root = tmp_path_factory.mktemp("epi")
     bids, logs = root / "bids", {}
-    for label, (writer, _, _) in VENDORS.items():
-        kwargs = {"phase": True} if label == "mosaic" else {}
-        writer(root / label, phantom, n_volumes=VOLUMES, voxel=VOXEL, **kwargs)
+    for label, (writer, options, _, _, _) in VENDORS.items():
+        writer(root / label, phantom, n_volumes=VOLUMES, voxel=VOXEL, **options)
     mixed = root / "mixed"
     synthetic_dicom.write_siemens_classic(mixed, phantom, voxel=VOXEL)
     shim, other = (-2204, 1453, 3300, 186, -49, 3, 9, 290), (-2204, 1453, 3300, 180, -49, 3, 9, 0)
@@ -82,7 +91,7 @@ def _sidecar(path: Path) -> dict:
 @pytest.mark.parametrize("label", sorted(VENDORS))
 def test_every_layout_becomes_one_4d_run_per_echo_with_its_values(converted, phantom, label):
     bids, _ = converted
-    _, task, tolerance = VENDORS[label]
+    _, _, task, protocol, tolerance = VENDORS[label]
     func = bids / f"sub-{label}" / "func"
     part = "_part-mag" if label == "mosaic" else ""
     names = sorted(p.name for p in func.glob("*_bold.nii.gz"))
@@ -102,15 +111,9 @@ def test_every_layout_becomes_one_4d_run_per_echo_with_its_values(converted, pha
         meta = _sidecar(path)
         assert math.isclose(meta["EchoTime"], te, abs_tol=1e-7)
         assert meta["RepetitionTime"] == pytest.approx(synthetic_epi.TR_MS / 1000)
-        assert meta["TaskName"] == synthetic_epi_protocol(label)
+        assert meta["TaskName"] == protocol
         text = json.dumps(meta)
         assert not [v for v in FAKE_PATIENT.values() if len(v) > 3 and v in text]
-
-
-def synthetic_epi_protocol(label: str) -> str:
-    writer = VENDORS[label][0]
-    default = writer.__kwdefaults__["protocol"]  # type: ignore[index]
-    return str(default)
 
 
 def test_epi_phase_is_in_radians_and_matches_the_phantom(converted, phantom):

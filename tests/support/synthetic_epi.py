@@ -7,8 +7,9 @@ Each writer lays the images out as dcm2niix's documentation describes the vendor
   (0029,1010) carries NumberOfImagesInMosaic, SliceNormalVector and MosaicRefAcqTimes (the
   slice times), and every file its EchoTime and EchoNumbers. ``phase=True`` adds the phase
   as series N+1 (ImageType ``P``), as the CMRR sequence saves it;
-- :func:`write_enhanced_epi`: an enhanced multi-frame (Philips-like) series, one file per
-  echo holding every volume, EffectiveEchoTime and TemporalPositionIndex per frame;
+- :func:`write_enhanced_epi`: an enhanced multi-frame series, one file per echo holding every
+  volume (Philips-like) or one file per volume and echo (Siemens XA-like), EffectiveEchoTime
+  and TemporalPositionIndex per frame;
 - :func:`write_ge_epi`: GE product multi-echo EPI (hyperMEPI): one file per slice, volume and
   echo, with valid EchoTime and EchoNumbers per image (GE's research sequences write neither,
   which dcm2niix cannot convert either);
@@ -384,48 +385,62 @@ def write_enhanced_epi(
     protocol: str = "FEEPI ME enhanced",
     voxel: float = 2.0,
     study: str = "study",
+    per_volume: bool = False,
 ) -> list[Path]:
-    """Enhanced multi-frame ME-EPI (Philips-like): one file per echo holding every volume
-    (frames ordered by volume, then slice; TemporalPositionIndex a dimension),
-    EchoPlanarPulseSequence YES.
+    """Enhanced multi-frame ME-EPI, EchoPlanarPulseSequence YES, EffectiveEchoTime and
+    TemporalPositionIndex per frame, in one of two layouts:
 
-    dcm2niix v1.0.20260724 orders the frames of a multi-volume enhanced file by their
-    DimensionIndexValues only for Philips; with another manufacturer it sorts them by
-    position, mixing volumes and slices (shape right, values wrong). It also converts every
-    enhanced file on its own: a run exported as one file per volume (Siemens XA) comes out as
-    one image per volume, which the converter refuses.
+    - Philips-like (default): one file per echo holding every volume, frames ordered by
+      volume, then slice. dcm2niix v1.0.20260724 orders such frames by their
+      DimensionIndexValues only for Philips; with another manufacturer it sorts them by
+      position, mixing volumes and slices (shape right, values wrong);
+    - Siemens XA-like (``per_volume``): one file per volume and echo, named so that the file
+      names run backwards in time. dcm2niix converts every enhanced file on its own, so the
+      converter stacks the volumes itself, in the order of their acquisition times.
     """
-    nz, ne = phantom.magnitude.shape[2:]
+    ne = phantom.magnitude.shape[3]
     uid = _uid(study, protocol, series_number)
+    groups = [[v] for v in range(n_volumes)] if per_volume else [list(range(n_volumes))]
     written = []
-    for e in range(ne):
-        ds = _base(
-            sop_class=ENHANCED_MR_IMAGE_STORAGE, study=study, series_uid=uid,
-            series_number=series_number, description=protocol,
-            manufacturer="Philips Medical Systems", instance=e + 1,
-        )  # fmt: skip
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "NONE"]
-        ds.EchoPulseSequence = "GRADIENT"
-        ds.EchoPlanarPulseSequence = "YES"
-        ds.PulseSequenceName = "FEEPI"
-        ds.MRAcquisitionType = "2D"
-        ds.ComplexImageComponent = "MAGNITUDE"
-        ds.NumberOfFrames = nz * n_volumes
-        ds.EchoNumbers = e + 1
-        te_ms = round(float(phantom.echo_times[e]) * 1000, 4)
-        _enhanced_shared(ds, voxel)
-        ds.PerFrameFunctionalGroupsSequence = DicomSequence(
-            [_enhanced_frame(te_ms, k, v, voxel) for v in range(n_volumes) for k in range(nz)]
-        )
-        frames = [
-            _slice_image(expected_volume(phantom, v, e, n_volumes), k)
-            for v in range(n_volumes)
-            for k in range(nz)
-        ]
-        _set_pixels(ds, np.stack(frames), signed=False)
-        path = Path(root) / f"{series_number}_{protocol}" / f"{e + 1:04d}_{uid}.dcm"
-        written.append(_save(ds, path))
+    for volumes in groups:
+        for e in range(ne):
+            instance = len(written) + 1
+            ds = _base(
+                sop_class=ENHANCED_MR_IMAGE_STORAGE, study=study, series_uid=uid,
+                series_number=series_number, description=protocol, instance=instance,
+                manufacturer="Siemens Healthineers" if per_volume else "Philips Medical Systems",
+            )  # fmt: skip
+            _enhanced_image(ds, phantom, e, volumes, n_volumes, voxel)
+            ds.PulseSequenceName = "*epfid2d1_64" if per_volume else "FEEPI"
+            name = f"{n_volumes - volumes[0]:04d}_e{e + 1}.dcm" if per_volume else f"e{e + 1}.dcm"
+            written.append(_save(ds, Path(root) / f"{series_number}_{protocol}" / name))
     return written
+
+
+def _enhanced_image(
+    ds: Dataset, phantom: Phantom, e: int, volumes: list[int], n_volumes: int, voxel: float
+) -> None:
+    """Echo ``e`` of ``volumes`` as the frames of one enhanced file (volume, then slice)."""
+    nz = phantom.magnitude.shape[2]
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "NONE"]
+    ds.EchoPulseSequence = "GRADIENT"
+    ds.EchoPlanarPulseSequence = "YES"
+    ds.MRAcquisitionType = "2D"
+    ds.ComplexImageComponent = "MAGNITUDE"
+    ds.NumberOfFrames = nz * len(volumes)
+    ds.EchoNumbers = e + 1
+    ds.AcquisitionDateTime = "20240102" + _clock(volumes[0] * TR_MS)
+    te_ms = round(float(phantom.echo_times[e]) * 1000, 4)
+    _enhanced_shared(ds, voxel)
+    ds.PerFrameFunctionalGroupsSequence = DicomSequence(
+        [_enhanced_frame(te_ms, k, v, voxel) for v in volumes for k in range(nz)]
+    )
+    frames = [
+        _slice_image(expected_volume(phantom, v, e, n_volumes), k)
+        for v in volumes
+        for k in range(nz)
+    ]
+    _set_pixels(ds, np.stack(frames), signed=False)
 
 
 # --- Siemens dual-echo field map -------------------------------------------------------------

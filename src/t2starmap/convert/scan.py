@@ -273,6 +273,7 @@ def _classic_header(path: Path, ds: Any) -> ImageHeader:
         **_common(path, ds),
         image_type=image_type,
         mosaic_slices=mosaic_slices(ds, image_type),
+        acquired=_acquired(ds),
         echo_time=_float(ds.get("EchoTime")),
         echo_number=_int(_first(ds.get("EchoNumbers"))),
         part=part_from_headers(image_type, str(ds.get("ComplexImageComponent", "")), ge_type),
@@ -327,6 +328,15 @@ def csa_item(csa: bytes, name: str) -> str | None:
     return None
 
 
+def _acquired(ds: Any, frame_time: Any = None) -> str:
+    """When an image (or frame) was acquired, as DICOM date-time text (sorts in time order)."""
+    for value in (frame_time, ds.get("AcquisitionDateTime")):
+        if value:
+            return str(value)
+    date, time = ds.get("AcquisitionDate"), ds.get("AcquisitionTime")
+    return f"{date or ''}{time or ''}"
+
+
 def _first(value: Any) -> Any:
     if value is None or isinstance(value, str | int | float):
         return value
@@ -364,6 +374,8 @@ def _enhanced_headers(path: Path, ds: Any) -> list[ImageHeader]:
             if frame_type_item
             else str(ds.get("ComplexImageComponent", ""))
         )
+        content = _functional(ds, frame, "FrameContentSequence")
+        frame_time = content.get("FrameAcquisitionDateTime") if content else None
         position = position_item.get("ImagePositionPatient") if position_item else None
         orientation = orientation_item.get("ImageOrientationPatient") if orientation_item else None
         out.append(
@@ -376,6 +388,7 @@ def _enhanced_headers(path: Path, ds: Any) -> list[ImageHeader]:
                 position=tuple(float(x) for x in position) if position else None,  # type: ignore[arg-type]
                 orientation=tuple(float(x) for x in orientation) if orientation else None,
                 frame=index,
+                acquired=_acquired(ds, frame_time),
             )
         )
     return out

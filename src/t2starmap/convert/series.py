@@ -83,6 +83,8 @@ class ImageHeader:
     PulseSequenceName, GE's private names), used only to recognise EPI and gradient echo.
     ``expected_echoes`` is a vendor's own count of echoes where it writes one (GE), else None.
     ``mosaic_slices`` is the number of slices tiled into a Siemens mosaic (None otherwise).
+    ``acquired`` is when the image (frame) was acquired, DICOM date-time text that sorts in
+    time order (FrameAcquisitionDateTime, AcquisitionDateTime or AcquisitionDate + Time).
     """
 
     path: Path
@@ -107,6 +109,7 @@ class ImageHeader:
     modality: str = "MR"
     expected_echoes: int | None = None
     mosaic_slices: int | None = None
+    acquired: str = ""
 
 
 @dataclass(frozen=True)

@@ -26,12 +26,13 @@ from t2starmap.bids.conventions import sidecar_path
 from t2starmap.bids.echo_times import echo_time_seconds
 from t2starmap.bids.nifti import header_geometry, read_volume, save_like
 from t2starmap.convert import bids
-from t2starmap.convert.dcm2niix import Output, run_dcm2niix
+from t2starmap.convert.dcm2niix import Output
 from t2starmap.convert.fieldmaps import add_intended_for
 from t2starmap.convert.outputs import datatype_fields, target_for
 from t2starmap.convert.plan import Acquisition, Member, plan_acquisitions
 from t2starmap.convert.scan import scan_dicom_dir
 from t2starmap.convert.series import Decision, classify_series, group_series
+from t2starmap.convert.staging import convert_member
 from t2starmap.errors import (
     BadDataError,
     InputMissingError,
@@ -249,7 +250,7 @@ def _convert_acquisition(
     staged.mkdir(parents=True)
     done = []
     for m_index, member in enumerate(acquisition.members):
-        outputs = _dcm2niix_member(member, work / f"m{m_index}")
+        outputs = convert_member(member, work / f"m{m_index}")
         by_echo = _match_echoes(outputs, member)
         for echo, output in by_echo.items():
             target = target_for(acquisition, member, echo, subject, session)
@@ -263,49 +264,6 @@ def _convert_acquisition(
         os.replace(nifti, folder / nifti.name)
         written.append(folder / nifti.name)
     return written
-
-
-def _dcm2niix_groups(member: Member) -> list[list[Path]]:
-    """The member's files in the groups dcm2niix converts together.
-
-    Classic files go together (dcm2niix stacks the slices and volumes). Enhanced
-    multi-frame ME-GRE files hold whole volumes and go one per call: dcm2niix v1.0.20260724
-    mis-scales all but the first of several enhanced files converted together when it decides
-    to save floats. Enhanced EPI files hold one volume each: the files of one echo go together
-    (a 4-D image), a file holding several echoes alone (dcm2niix splits its echoes).
-    """
-    decision = member.decision
-    files = decision.files_for(member.part)
-    if not any(im.frame is not None for im in decision.images):
-        return [list(files)]
-    if decision.datatype != "func":
-        return [[f] for f in files]
-    tes: dict[Path, set[float]] = {}
-    for im in decision.images:
-        if im.part == member.part:
-            tes.setdefault(im.path, set()).add(round(im.echo_time or 0.0, 3))
-    groups: dict[tuple[float, ...], list[Path]] = {}
-    for path in files:
-        key = tuple(sorted(tes[path]))
-        groups.setdefault(key if len(key) == 1 else (len(groups) + 1e9,), []).append(path)
-    return list(groups.values())
-
-
-def _dcm2niix_member(member: Member, work: Path) -> list[Output]:
-    """Stage the member's files as symbolic links and convert them, group by group."""
-    label = f"{member.decision.series.label()} ({member.part})"
-    outputs: list[Output] = []
-    for g_index, group in enumerate(_dcm2niix_groups(member)):
-        stage = work / f"dicom{g_index}"
-        stage.mkdir(parents=True)
-        for i, path in enumerate(group):
-            link = stage / f"{i:06d}.dcm"
-            try:
-                link.symlink_to(path)
-            except OSError:  # a file system without symbolic links: copy
-                shutil.copyfile(path, link)
-        outputs.extend(run_dcm2niix(stage, work / f"nifti{g_index}", label=label))
-    return outputs
 
 
 def _match_echoes(outputs: list[Output], member: Member) -> dict[int, Output]:
