@@ -498,5 +498,5 @@ def test_concatenate_volumes_keeps_stored_values_or_scales(tmp_path: Path) -> No
     assert np.allclose(np.asarray(mixed.dataobj)[..., 1], volumes[1] * 0.5 + 0.25, atol=0.05)
     assert np.array_equal(np.asarray(mixed.dataobj)[..., 0], volumes[0])
     nib.save(nib.Nifti1Image(volumes[2], np.diag([2.0, 2.0, 4.0, 1.0])), paths[2])
-    with pytest.raises(BadDataError, match="v2.nii.gz: its grid differs"):
+    with pytest.raises(BadDataError, match=r"v2\.nii\.gz: its grid differs"):
         concatenate_volumes(paths, tmp_path / "bad.nii.gz")
