@@ -30,13 +30,16 @@ from t2starmap.fit.limits import (
     SPACING_RTOL,
     T2STAR_MAX,
     T2STAR_MIN,
+    Method,
+    NoiseModel,
+    NoiseName,
     check_echo_times,
 )
 from t2starmap.fit.status import Failure
 
 if TYPE_CHECKING:
     from t2starmap.fit.complex import fit_complex, frequency_limit
-    from t2starmap.fit.dispatch import resolve_device
+    from t2starmap.fit.dispatch import Compute, resolve_device
     from t2starmap.fit.magnitude import (
         CorrectedFit,
         check_even_spacing,
@@ -53,10 +56,14 @@ __all__ = [
     "SPACING_RTOL",
     "T2STAR_MAX",
     "T2STAR_MIN",
+    "Compute",
     "CorrectedFit",
     "EchoSpacingError",
     "Failure",
     "FitResult",
+    "Method",
+    "NoiseModel",
+    "NoiseName",
     "check_echo_times",
     "check_even_spacing",
     "fit_complex",
@@ -71,6 +78,7 @@ _LAZY = {
     "fit_complex": "complex",
     "frequency_limit": "complex",
     "resolve_device": "dispatch",
+    "Compute": "dispatch",
     "CorrectedFit": "magnitude",
     "check_even_spacing": "magnitude",
     "fit_corrected": "magnitude",

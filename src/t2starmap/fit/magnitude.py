@@ -51,7 +51,15 @@ import torch
 
 from t2starmap.errors import EchoSpacingError
 from t2starmap.fit import dispatch, starts
-from t2starmap.fit.limits import DEFAULT_METHOD, METHODS, SPACING_RTOL
+from t2starmap.fit.dispatch import Compute
+from t2starmap.fit.limits import (
+    DEFAULT_METHOD,
+    METHODS,
+    SPACING_RTOL,
+    Method,
+    NoiseModel,
+    check_echo_times,
+)
 from t2starmap.fit.models import Exponential
 from t2starmap.fit.result import (
     MAPS,
@@ -111,47 +119,27 @@ class Echoes:
     distinct: bool
 
 
-@dataclass(frozen=True)
-class Noise:
-    """The noise model of a magnitude fit: ``sigma`` per channel (None: unknown; the Gaussian
-    fit then, standard errors from the residuals) and the effective coil count L."""
-
-    sigma: float | None
-    coils: float = 1.0
-
-    @property
-    def model(self) -> str:
-        if self.sigma is None:
-            return "gaussian"
-        return "rician" if self.coils == 1.0 else "noncentral-chi"
-
-
 def fit_t2star(
     signal: np.ndarray | torch.Tensor,
     echo_times: Sequence[float] | np.ndarray | torch.Tensor,
     *,
-    method: str = DEFAULT_METHOD,
+    method: Method = DEFAULT_METHOD,
     mask: np.ndarray | torch.Tensor | None = None,
-    device: str | torch.device | None = None,
-    noise_sigma: float | None = None,
-    dtype: torch.dtype = torch.float32,
-    chunk_size: int | None = None,
-    noise_coils: float = 1.0,
-    workers: int | None = None,
+    noise: NoiseModel = NoiseModel(),
+    compute: Compute = Compute(),
+    bipolar: bool = False,
 ) -> FitResult:
     """Fit S0 and R2* in every voxel of ``signal`` (shape (..., n_echoes), echoes LAST).
 
     ``echo_times``: (n_echoes,) in seconds, any order (sorted here). ``mask``: (...) bool,
-    voxels to fit; default all. ``device``: see :func:`~t2starmap.fit.dispatch.resolve_device`.
-    ``noise_sigma``: the noise standard deviation of each real/imaginary channel, in signal
-    units; it makes the default fit noise-aware and sets the standard errors. ``dtype``:
-    compute precision (float32 default; float64 for reference computations). ``chunk_size``:
-    voxels per chunk (default ``DEFAULT_CHUNK`` on the CPU, ``DEFAULT_CUDA_CHUNK`` on a GPU).
-    ``noise_coils``: the effective number L >= 1 of coils of a root-sum-of-squares magnitude
-    (1 for Rician data), used by the noise-aware fit. ``workers``: chunks fitted at once on
-    the CPU, each in a thread of its own with one torch thread (default: the CPUs this
-    process may use; see :mod:`t2starmap.fit.dispatch`); the maps do not depend on it.
-    ``method="complex"`` takes a complex signal (:func:`t2starmap.fit.complex.fit_complex`).
+    voxels to fit; default all. ``noise``: what is known of the noise
+    (:class:`~t2starmap.fit.limits.NoiseModel`): with its ``sigma`` the default fit is
+    noise-aware (Rician, or noncentral chi for ``coils`` > 1) and the standard errors come
+    from sigma; without, Gaussian and from the residuals. ``compute``: device, precision,
+    chunk size and CPU workers (:class:`~t2starmap.fit.dispatch.Compute`); the maps do not
+    depend on it. ``method="complex"`` takes a complex signal
+    (:func:`t2starmap.fit.complex.fit_complex`, with ``bipolar`` for a bipolar read-out);
+    ``bipolar`` with a magnitude method is an error.
 
     Input validity is judged per voxel, here and not by the caller: a voxel with any NaN, inf
     or negative sample, or fewer than two positive ones, has ``failed`` True, ``reason``
@@ -160,25 +148,22 @@ def fit_t2star(
     """
     if method not in METHODS:
         raise ValueError(f"unknown fit method {method!r}; choose one of {', '.join(METHODS)}")
-    if not (np.isfinite(noise_coils) and noise_coils >= 1.0):
-        raise ValueError(f"noise coils must be a number >= 1, got {noise_coils!r}")
     if method == "complex":
         from t2starmap.fit.complex import fit_complex
 
         return fit_complex(
-            signal, echo_times, mask=mask, device=device, noise_sigma=noise_sigma, dtype=dtype,
-            chunk_size=chunk_size, workers=workers,
-        )  # fmt: skip
-    dispatch.check_noise_sigma(noise_sigma)
-    how = dispatch.plan(device, dtype, chunk_size, workers, (DEFAULT_CHUNK, DEFAULT_CUDA_CHUNK))
-    te_np = dispatch.check_echo_times(echo_times)
+            signal, echo_times, mask=mask, noise=noise, compute=compute, bipolar=bipolar
+        )
+    if bipolar:
+        raise ValueError(f"bipolar is a property of the complex fit, not of {method!r}")
+    how = dispatch.plan(compute, (DEFAULT_CHUNK, DEFAULT_CUDA_CHUNK))
+    te_np = check_echo_times(echo_times)
     order = np.argsort(te_np, kind="stable")
     if method == "arlo":
         check_even_spacing(te_np[order])
     vox = dispatch.voxels([signal], te_np.size, mask)
-    noise = Noise(noise_sigma, float(noise_coils) if noise_sigma is not None else 1.0)
-    if method == "nlls-gaussian" or (method == "nlls" and noise_sigma is None):
-        noise = Noise(noise_sigma)
+    if method == "nlls-gaussian" or (method == "nlls" and noise.name == "gaussian"):
+        noise = noise.gaussian()
         name = "gaussian"
     else:
         name = "rician" if method == "nlls" else method
@@ -191,8 +176,8 @@ def fit_t2star(
         reason=reason,
         method=method,
         device=str(how.device),
-        noise_sigma=noise_sigma,
-        noise_model=noise.model if name == "rician" else "gaussian",
+        noise_sigma=noise.sigma,
+        noise_model=noise.name if name == "rician" else "gaussian",
         noise_coils=noise.coils if name == "rician" else 1.0,
         solver_runs=1 if name in ("rician", "gaussian") else 0,
     )
@@ -255,7 +240,7 @@ def _distinct_positive_echoes(positive: torch.Tensor, te: torch.Tensor) -> torch
 def _kernel_loglinear(
     rows: tuple[torch.Tensor, ...],
     echoes: Echoes,
-    noise: Noise,
+    noise: NoiseModel,
     order: Sequence[int],
     weights: Callable[[torch.Tensor], torch.Tensor],
 ) -> _Maps:
@@ -320,7 +305,7 @@ def _chi2(
 
 
 def _kernel_arlo(
-    rows: tuple[torch.Tensor, ...], echoes: Echoes, noise: Noise, order: Sequence[int]
+    rows: tuple[torch.Tensor, ...], echoes: Echoes, noise: NoiseModel, order: Sequence[int]
 ) -> _Maps:
     """ARLO, echoes evenly spaced (checked); S0 by least squares given R2*; standard errors of
     the magnitude model at the reported rate, as for the Gaussian fit."""
@@ -343,7 +328,7 @@ def _kernel_arlo(
 
 
 def _kernel_gaussian(
-    rows: tuple[torch.Tensor, ...], echoes: Echoes, noise: Noise, order: Sequence[int]
+    rows: tuple[torch.Tensor, ...], echoes: Echoes, noise: NoiseModel, order: Sequence[int]
 ) -> _Maps:
     yn, usable, scale = prepare(echo_major(rows[0], order), echoes, 0.0)
     te = echoes.te
@@ -380,7 +365,7 @@ def _normal(fit: Solution) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 def _kernel_rician(
-    rows: tuple[torch.Tensor, ...], echoes: Echoes, noise: Noise, order: Sequence[int]
+    rows: tuple[torch.Tensor, ...], echoes: Echoes, noise: NoiseModel, order: Sequence[int]
 ) -> _Maps:
     """Noise-aware fit: IRLS of M^2 - 2 L sigma^2 against P exp(-2 TE R2*), P = S0^2."""
     assert noise.sigma is not None
@@ -464,14 +449,9 @@ def fit_corrected(
     factor: np.ndarray | torch.Tensor,
     *,
     mask: np.ndarray | torch.Tensor | None = None,
-    noise_sigma: float | None = None,
-    noise_coils: float = 1.0,
-    noise_aware: bool = False,
+    noise: NoiseModel = NoiseModel(floor=False),
     start: FitResult | None = None,
-    device: str | torch.device | None = None,
-    dtype: torch.dtype = torch.float32,
-    chunk_size: int | None = None,
-    workers: int | None = None,
+    compute: Compute = Compute(),
     threshold: float = FACTOR_THRESHOLD,
 ) -> CorrectedFit:
     """Fit S(TE) = S0 exp(-TE R2*) |F(TE)| in every voxel, F known (``factor``).
@@ -479,8 +459,9 @@ def fit_corrected(
     ``magnitude``: (..., n_echoes); ``factor``: the same shape, F (signed; |F| is used) or |F|;
     ``echo_times``: (n_echoes,) s. Echoes with |F| < ``threshold`` are left out; a voxel left
     with fewer than ``MIN_ECHOES`` is fitted with F = 1 on all echoes and flagged ``too_few``.
-    ``noise_aware`` (needs ``noise_sigma``): the noise-aware model of :func:`fit_t2star`'s
-    ``nlls`` with |F|^2 on S0^2 exp(-2 TE R2*); else Gaussian least squares. ``start``: a fit
+    ``noise``: with a ``sigma`` and ``floor`` True, the noise-aware model of
+    :func:`fit_t2star`'s ``nlls`` with |F|^2 on S0^2 exp(-2 TE R2*); else Gaussian least
+    squares (the default: ``floor`` False). ``compute``: as for :func:`fit_t2star`. ``start``: a fit
     of the same voxels without the factor; LM starts from it, or from the log-linear fit of
     M / |F| (weights M^2, kept echoes) where that is closer (lower cost). Standard errors and
     flags as in :func:`fit_t2star` (residual variance over the kept echoes - 2 without a
@@ -488,17 +469,16 @@ def fit_corrected(
     """
     if not (0.0 <= threshold < 1.0):
         raise ValueError(f"the |F| threshold must be in [0, 1), got {threshold}")
-    if noise_aware and noise_sigma is None:
-        raise ValueError("the noise-aware corrected fit needs a noise sigma")
-    dispatch.check_noise_sigma(noise_sigma)
-    how = dispatch.plan(device, dtype, chunk_size, workers, (DEFAULT_CHUNK, DEFAULT_CUDA_CHUNK))
-    te_np = dispatch.check_echo_times(echo_times)
+    noise_aware = noise.name != "gaussian"
+    if not noise_aware:
+        noise = noise.gaussian()
+    how = dispatch.plan(compute, (DEFAULT_CHUNK, DEFAULT_CUDA_CHUNK))
+    te_np = check_echo_times(echo_times)
     order = np.argsort(te_np, kind="stable")
     signals: list[np.ndarray | torch.Tensor] = [magnitude, torch.as_tensor(factor).abs()]
     if start is not None:
         signals.append(torch.stack([start.s0.cpu(), start.r2star.cpu()], -1))
     vox = dispatch.voxels(signals, te_np.size, mask)
-    noise = Noise(noise_sigma, float(noise_coils) if noise_aware else 1.0)
     kernel = partial(
         _kernel_corrected, echoes=_echoes(te_np, order, how), noise=noise,
         order=[int(k) for k in order], noise_aware=noise_aware, threshold=threshold,
@@ -510,8 +490,8 @@ def fit_corrected(
         reason=reason,
         method="through-slice",
         device=str(how.device),
-        noise_sigma=noise_sigma,
-        noise_model=noise.model if noise_aware else "gaussian",
+        noise_sigma=noise.sigma,
+        noise_model=noise.name,
         noise_coils=noise.coils,
         solver_runs=1,
     )
@@ -522,7 +502,7 @@ def fit_corrected(
 def _kernel_corrected(
     rows: tuple[torch.Tensor, ...],
     echoes: Echoes,
-    noise: Noise,
+    noise: NoiseModel,
     order: Sequence[int],
     noise_aware: bool,
     threshold: float,
