@@ -491,20 +491,20 @@ def test_enhanced_file_mixing_magnitude_and_phase_is_refused(tmp_path, tiny_phan
 def test_acquisition_failing_in_dcm2niix_is_left_out_whole(
     tmp_path, tiny_phantom, capsys, monkeypatch
 ):
-    from t2starmap.convert import workflow
+    from t2starmap.convert import staging
     from t2starmap.errors import BadDataError
 
     dicom, bids = tmp_path / "dicom", tmp_path / "bids"
     synthetic_dicom.write_siemens_classic(dicom, tiny_phantom, series_number=2, protocol="first")
     synthetic_dicom.write_siemens_classic(dicom, tiny_phantom, series_number=10, protocol="second")
-    real = workflow.run_dcm2niix
+    real = staging.run_dcm2niix
 
     def flaky(source, out_dir, *, label, **kwargs):
         if label == "series 11 'second' (phase)":  # after its magnitude was converted
             raise BadDataError(f"dcm2niix could not convert {label} (exit 1): simulated")
         return real(source, out_dir, label=label, **kwargs)
 
-    monkeypatch.setattr(workflow, "run_dcm2niix", flaky)
+    monkeypatch.setattr(staging, "run_dcm2niix", flaky)
     assert main(["convert", str(dicom), str(bids), "--participant-label", "01"]) == 0
     assert "dcm2niix could not convert series 11 'second' (phase)" in capsys.readouterr().err
     names = sorted(p.name for p in (bids / "sub-01" / "anat").iterdir())
