@@ -30,6 +30,7 @@ from bench_b0 import _best  # beside this script
 from t2starmap.b0 import correction as b0
 from t2starmap.b0 import profile_fit as PF
 from t2starmap.b0 import profiles as P
+from t2starmap.b0.profile_result import ProfileEstimate
 from t2starmap.fit import NoiseModel, fit_complex, fit_corrected, fit_t2star
 from t2starmap.fit.phase import FieldMap
 from t2starmap.sim.phantoms import SlicePhantom, make_slice_phantom
@@ -65,7 +66,7 @@ def _corrected(
     return fit.result.r2star.numpy()
 
 
-def _estimate_text(est: PF.ProfileEstimate) -> str:
+def _estimate_text(est: ProfileEstimate) -> str:
     c = est.chosen
     if c is None:
         return f"default {est.profile.spec()} ({est.n_voxels} voxels)"

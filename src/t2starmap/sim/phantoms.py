@@ -19,11 +19,11 @@ import numpy as np
 from t2starmap.b0.profiles import (
     SIMULATOR_SINC_TAIL,
     SliceProfile,
-    parse_slice_profile,
     profile_shape,
     profile_support,
 )
 from t2starmap.bids.conventions import BIDS_VERSION
+from t2starmap.bids.slice_profiles import parse_slice_profile
 
 DEFAULT_ECHO_TIMES = tuple(float(t) for t in np.linspace(0.002, 0.040, 11))
 
@@ -392,7 +392,7 @@ class SlicePhantom:
 
 #: The profiles the simulator had before :mod:`t2starmap.b0.profiles`; their sampling is kept
 #: exactly as it was (the same arrays, bit for bit). Every other profile comes through
-#: :func:`t2starmap.b0.profiles.parse_slice_profile` or as a SliceProfile.
+#: :func:`t2starmap.bids.slice_profiles.parse_slice_profile` or as a SliceProfile.
 SLICE_PROFILES = ("rect", "gaussian")
 
 
