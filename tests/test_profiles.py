@@ -20,7 +20,7 @@ from t2starmap.bids import slice_headers as H
 from t2starmap.bids.slice_profiles import format_profile_table, parse_slice_profile
 from t2starmap.fit import NoiseModel, fit_complex, fit_corrected
 from t2starmap.fit.phase import FieldMap
-from t2starmap.sim.phantoms import SlicePhantom, make_slice_phantom
+from t2starmap.sim.slices import SlicePhantom, make_slice_phantom
 
 TE = np.linspace(0.003, 0.043, 11)  # the echoes: 11, 3-43 ms
 ANALYTIC = ["rect", "gaussian", "gaussian:1.3", "sinc:2", "sinc:2.7", "sinc:4", "sinc:10"]
