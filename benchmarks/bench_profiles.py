@@ -4,7 +4,7 @@ what the estimate costs against the complex fit.
 
     python benchmarks/bench_profiles.py [--out benchmarks/B0.md] [--shape 48 48 8]
 
-Data: :func:`t2starmap.sim.phantoms.make_slice_phantom` with each profile (rect, Gaussian of
+Data: :func:`t2starmap.sim.slices.make_slice_phantom` with each profile (rect, Gaussian of
 FWHM = thickness, Hanning-windowed sinc pulses of time-bandwidth product 2, 2.7, 3, 4): the
 complex signal integrated over 256 positions through each 3 mm slice with the profile as
 weight (its tails and sidelobes included; never the closed-form F), 11 echoes TE 3-43 ms,
@@ -30,9 +30,10 @@ from bench_b0 import _best  # beside this script
 from t2starmap.b0 import correction as b0
 from t2starmap.b0 import profile_fit as PF
 from t2starmap.b0 import profiles as P
+from t2starmap.b0.profile_result import ProfileEstimate
 from t2starmap.fit import NoiseModel, fit_complex, fit_corrected, fit_t2star
 from t2starmap.fit.phase import FieldMap
-from t2starmap.sim.phantoms import SlicePhantom, make_slice_phantom
+from t2starmap.sim.slices import SlicePhantom, make_slice_phantom
 
 TE = np.linspace(0.003, 0.043, 11)
 SPECS = ("rect", "gaussian", "sinc:2", "sinc:2.7", "sinc:3", "sinc:4")
@@ -65,7 +66,7 @@ def _corrected(
     return fit.result.r2star.numpy()
 
 
-def _estimate_text(est: PF.ProfileEstimate) -> str:
+def _estimate_text(est: ProfileEstimate) -> str:
     c = est.chosen
     if c is None:
         return f"default {est.profile.spec()} ({est.n_voxels} voxels)"

@@ -14,7 +14,8 @@ from t2starmap.fit import Compute, FitResult, NoiseModel, fit_complex, fit_t2sta
 from t2starmap.fit.limits import Method
 from t2starmap.fit.phase import FieldMap, analyse_phase
 from t2starmap.fit.status import Correction as Status
-from t2starmap.sim.phantoms import DEFAULT_ECHO_TIMES, SlicePhantom, make_slice_phantom
+from t2starmap.sim.phantoms import DEFAULT_ECHO_TIMES
+from t2starmap.sim.slices import SlicePhantom, make_slice_phantom
 from tests.support.factors import rect_factor
 
 TE = np.asarray(DEFAULT_ECHO_TIMES)

@@ -15,11 +15,12 @@ from t2starmap.b0 import correction as b0
 from t2starmap.b0 import profile_fit as PF
 from t2starmap.b0 import profiles as P
 from t2starmap.b0.profile_fit import ProfileSearch
-from t2starmap.b0.profiles import SliceProfile, parse_slice_profile
+from t2starmap.b0.profiles import SliceProfile
 from t2starmap.bids import slice_headers as H
+from t2starmap.bids.slice_profiles import format_profile_table, parse_slice_profile
 from t2starmap.fit import NoiseModel, fit_complex, fit_corrected
 from t2starmap.fit.phase import FieldMap
-from t2starmap.sim.phantoms import SlicePhantom, make_slice_phantom
+from t2starmap.sim.slices import SlicePhantom, make_slice_phantom
 
 TE = np.linspace(0.003, 0.043, 11)  # the echoes: 11, 3-43 ms
 ANALYTIC = ["rect", "gaussian", "gaussian:1.3", "sinc:2", "sinc:2.7", "sinc:4", "sinc:10"]
@@ -208,9 +209,7 @@ def test_table_round_trip_gives_the_profile_s_factor(tmp_path: Path) -> None:
     truth = SliceProfile("sinc", 3.0)
     x = np.linspace(-3.0, 3.0, 1201)
     path = tmp_path / "sinc3.tsv"
-    path.write_text(
-        "# a simulated profile\n" + P.format_profile_table(x, P.profile_shape(truth, x))
-    )
+    path.write_text("# a simulated profile\n" + format_profile_table(x, P.profile_shape(truth, x)))
     table = parse_slice_profile(str(path))
     assert table.kind == "table" and table.origin == str(path) and table.symmetric
     np.testing.assert_array_equal(table.positions, x)  # exact: repr round trip

@@ -12,7 +12,7 @@ import torch
 from t2starmap.fit import Compute, FitResult, NoiseModel, fit_complex, fit_corrected, fit_t2star
 from t2starmap.fit.limits import MAGNITUDE_METHODS
 from t2starmap.fit.phase import analyse_phase
-from t2starmap.sim.phantoms import make_slice_phantom
+from t2starmap.sim.slices import make_slice_phantom
 from tests.support.factors import rect_factor
 
 PHANTOM = make_slice_phantom((16, 16, 5), snr=60.0, seed=12, samples=16)

@@ -11,7 +11,7 @@ import pytest
 from t2starmap.fit import NoiseModel, fit_complex, frequency_limit
 from t2starmap.fit.phase import BIPOLAR, COHERENT, INCOHERENT, analyse_phase
 from t2starmap.sim.failures import bipolar, incoherent_phase, spatial_offset
-from t2starmap.sim.phantoms import SlicePhantom, make_slice_phantom
+from t2starmap.sim.slices import SlicePhantom, make_slice_phantom
 
 
 @pytest.fixture(scope="module")

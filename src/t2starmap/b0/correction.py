@@ -40,12 +40,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from t2starmap.b0.profile_fit import ProfileEstimate, estimate_slice_profile
+from t2starmap.b0.profile_fit import estimate_slice_profile
+from t2starmap.b0.profile_result import ProfileEstimate
 from t2starmap.b0.profiles import SliceProfile, dephasing_factor
 from t2starmap.errors import NotApplicableError
 from t2starmap.fit import FitResult, NoiseModel, check_echo_times, fit_corrected
+from t2starmap.fit.corrected import FACTOR_THRESHOLD
 from t2starmap.fit.dispatch import Compute, default_workers, map_chunks
-from t2starmap.fit.magnitude import FACTOR_THRESHOLD
 from t2starmap.fit.phase import FieldMap
 from t2starmap.fit.result import MAPS
 from t2starmap.fit.status import Correction

@@ -425,6 +425,16 @@ def save_map(path: Path, data: np.ndarray, geometry: Geometry) -> Path:
     return path
 
 
+def write_image(path: Path | str, data: np.ndarray, affine: np.ndarray) -> Path:
+    """Write ``data`` as it is (its own dtype) with ``affine`` and mm / s units, gzipped by the
+    ``.gz`` suffix: the simulator's writer of raw datasets (not atomic; maps go through
+    :func:`save_map`)."""
+    image = nib.Nifti1Image(np.ascontiguousarray(data), affine)
+    image.header.set_xyzt_units("mm", "sec")
+    nib.save(image, str(path))
+    return Path(path)
+
+
 def _write_file(path: Path, image: Any, compress: bool) -> None:
     """Write ``image`` to ``path``, through gzip when ``compress``: nibabel streams it a
     plane at a time into the compressor (isal when installed), so no copy of the whole

@@ -35,12 +35,13 @@ import torch
 from t2starmap import __version__
 from t2starmap.b0.correction import REFERENCES as B0_REFERENCES
 from t2starmap.b0.correction import SliceGeometry, ThroughSliceCorrection, correct_through_slice
-from t2starmap.b0.profiles import SliceProfile, parse_slice_profile
+from t2starmap.b0.profiles import SliceProfile
 from t2starmap.bids.layout import EchoSet
 from t2starmap.bids.nifti import Geometry, read_magnitude
 from t2starmap.bids.outputs import ESTIMATION_ALGORITHMS, REQUIRED_KEYS, UNCERTAINTY_KEYS
 from t2starmap.bids.parts import complex_available, find_parts, load_complex
 from t2starmap.bids.slice_headers import profile_from_metadata
+from t2starmap.bids.slice_profiles import parse_slice_profile
 from t2starmap.errors import BadDataError, NotApplicableError, UsageError
 from t2starmap.fit import (
     T2STAR_MAX,
@@ -69,7 +70,7 @@ class Options:
     :data:`t2starmap.fit.limits.FIT_CHOICES`), a known noise level and coil count, the
     through-slice correction (``auto``, ``none``, ``through-slice``) and its slice profile
     (``auto``: the headers', else estimated; or a spec of
-    :func:`t2starmap.b0.profiles.parse_slice_profile`), the compute device and the CPU chunk
+    :func:`t2starmap.bids.slice_profiles.parse_slice_profile`), the compute device and the CPU chunk
     workers."""
 
     fit_method: str = DEFAULT_METHOD
