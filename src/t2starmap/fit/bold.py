@@ -27,11 +27,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from t2starmap.fit.limits import T2STAR_MAX, T2STAR_MIN
 from t2starmap.fit.status import Failure
+
+if TYPE_CHECKING:
+    from t2starmap.fit import dispatch
 
 FIT_TYPES = ("loglin", "curvefit", "nlls")
 #: Failure bits that make a curvefit voxel a failure in tedana's sense (its fit map).
@@ -212,10 +216,17 @@ def fit_loglin(
 @dataclass(frozen=True)
 class Compute:
     """Where the Levenberg-Marquardt fits run: ``device`` ("auto", "cpu", "cuda") and chunk
-    ``workers`` (None: the CPUs available)."""
+    ``workers`` (None: the CPUs available). Torch-free, so that the workflow makes it without
+    loading torch (a loglin run never does); :meth:`torch` is the solver's own
+    :class:`t2starmap.fit.dispatch.Compute`."""
 
     device: str = "auto"
     workers: int | None = None
+
+    def torch(self) -> dispatch.Compute:
+        from t2starmap.fit.dispatch import Compute as TorchCompute
+
+        return TorchCompute(device=self.device, workers=self.workers)
 
 
 def _decay_normal(s0: np.ndarray, r2: np.ndarray, tk: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -243,7 +254,7 @@ def fit_curvefit(
         tk = te[:k]
         res = fit_t2star(
             m.mean[sel, :k].astype(np.float32), tk, method="nlls-gaussian",
-            device=how.device, workers=how.workers,
+            compute=how.torch(),
         )  # fmt: skip
         s0 = res.s0.cpu().numpy().astype(np.float64)
         r2 = res.r2star.cpu().numpy().astype(np.float64)
@@ -269,10 +280,7 @@ def fit_nlls(m: EchoMoments, te: np.ndarray, inside: np.ndarray, sigma: float,
 
     out = _empty(inside.size)
     sel = np.flatnonzero(inside)
-    res = fit_second_moment(
-        np.sqrt(m.mean_square[sel]).astype(np.float32), te, sigma,
-        device=how.device, workers=how.workers,
-    )  # fmt: skip
+    res = fit_second_moment(np.sqrt(m.mean_square[sel]).astype(np.float32), te, sigma, how.torch())
     s0 = res.s0.cpu().numpy().astype(np.float64)
     r2 = res.r2star.cpu().numpy().astype(np.float64)
     root_t = np.sqrt(m.n_volumes)

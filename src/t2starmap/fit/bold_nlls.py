@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from t2starmap.fit import dispatch, starts
-from t2starmap.fit.magnitude import Echoes, _rician_maps, prepare
+from t2starmap.fit.limits import NoiseModel, check_echo_times
+from t2starmap.fit.magnitude import Echoes, prepare, rician_maps
 from t2starmap.fit.models import Exponential
 from t2starmap.fit.result import MAPS, FitResult
 from t2starmap.fit.solver import levenberg_marquardt
@@ -35,34 +36,33 @@ CHUNK = 1 << 16
 def _kernel(
     rows: tuple[torch.Tensor, ...], te: torch.Tensor, sigma: float
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    y = rows[0].T.contiguous()  # (E, n)
-    yn, usable, scale = prepare(y, Echoes(te, True), sigma)
-    sn2 = (sigma / scale) ** 2
-    neg_z = torch.addcmul(2.0 * sn2, yn, yn, value=-1.0)
+    chunk = prepare(rows[0].T.contiguous(), Echoes(te, True), sigma)  # (E, n)
+    sn2 = (sigma / chunk.scale) ** 2
+    neg_z = torch.addcmul(2.0 * sn2, chunk.yn, chunk.yn, value=-1.0)
     z = neg_z.neg().clamp_min(0.0)
     p0, r2 = starts.loglinear(z, 2.0 * te, z * z)
     model = Exponential(2.0 * te, factor=False, noise_aware=True, max_iter=MAX_ITER)
     fit = levenberg_marquardt(model, (neg_z, sn2), torch.stack([p0, r2]))
-    return _rician_maps(fit, te, yn, None, scale, usable, sn2, 1.0, yn.shape[0])
+    return rician_maps(fit, te, chunk, None, sn2, 1.0, chunk.yn.shape[0])
 
 
 def fit_second_moment(
     root_mean_square: np.ndarray,
     echo_times: Sequence[float] | np.ndarray,
     sigma: float,
-    *,
-    device: str = "auto",
-    workers: int | None = None,
+    compute: dispatch.Compute,
 ) -> FitResult:
     """Fit every row of ``root_mean_square`` (V, E): sqrt of the temporal mean of M^2 per
-    echo, echo times ascending in s, ``sigma`` the noise of one sample. The maps and Failure
-    bits as :func:`t2starmap.fit.fit_t2star` gives them (standard errors for one sample)."""
-    dispatch.check_noise_sigma(sigma)
-    te_np = dispatch.check_echo_times(echo_times)
-    how = dispatch.plan(device, torch.float32, None, workers, (CHUNK, CHUNK * 64))
+    echo, echo times ascending in s, ``sigma`` the noise of one sample (checked as a
+    :class:`~t2starmap.fit.limits.NoiseModel`'s). The maps and Failure bits as
+    :func:`t2starmap.fit.fit_t2star` gives them (standard errors for one sample)."""
+    noise = NoiseModel(float(sigma))
+    te_np = check_echo_times(echo_times)
+    how = dispatch.plan(compute, (CHUNK, CHUNK * 64))
     te = torch.as_tensor(te_np, dtype=how.dtype, device=how.device)[:, None]
     vox = dispatch.voxels([root_mean_square], te_np.size, None)
-    maps, reason = dispatch.run_chunks(vox, partial(_kernel, te=te, sigma=float(sigma)), MAPS, how)
+    kernel = partial(_kernel, te=te, sigma=float(sigma))
+    maps, reason = dispatch.run_chunks(vox, kernel, MAPS, how)
     t2star, r2star, s0, rmse, t2star_se, r2star_se, s0_se, chisq = (maps[k] for k in MAPS)
     return FitResult(
         t2star,
@@ -77,7 +77,7 @@ def fit_second_moment(
         reason=reason,
         method="nlls",
         device=str(how.device),
-        noise_sigma=float(sigma),
+        noise_sigma=noise.sigma,
         noise_model="rician",
         solver_runs=1,
     )

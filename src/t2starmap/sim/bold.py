@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from t2starmap.bids.nifti import Geometry, save_map, save_series
+from t2starmap.bids.nifti import Geometry, save_map, write_image
 
 DEFAULT_TES = (0.012, 0.028, 0.044, 0.060)
 #: T2* ranges (s) of the regions.
@@ -99,12 +99,12 @@ def write_bold_run(folder: Path, run: BoldRun, voxel_size: float = 3.0) -> list[
     folder.mkdir(parents=True, exist_ok=True)
     shape = run.echoes.shape[:3]
     affine = np.diag([voxel_size] * 3 + [1.0])
-    g4 = Geometry((*shape, run.echoes.shape[3]), affine, (voxel_size,) * 3 + (run.tr,), 1, 1)
+    zooms = (voxel_size,) * 3 + (run.tr,)
     g3 = Geometry(tuple(shape), affine, (voxel_size,) * 3, 1, 1)
     paths = []
     for k in range(run.te.size):
         path = folder / f"echo-{k + 1}_bold.nii.gz"
-        save_series(path, np.ascontiguousarray(run.echoes[..., k]), g4)
+        write_image(path, run.echoes[..., k], affine, zooms)
         paths.append(path)
     save_map(folder / "mask.nii.gz", run.brain, g3)
     return paths
