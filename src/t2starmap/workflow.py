@@ -60,7 +60,13 @@ from t2starmap.errors import (
 )
 from t2starmap.fit import status as fit_status
 from t2starmap.interrupts import deferred_signals, raise_if_signalled
-from t2starmap.layout import EchoSet, SetProblem, check_images_present, find_echo_sets
+from t2starmap.layout import (
+    EchoSet,
+    SetProblem,
+    check_images_present,
+    check_labels,
+    find_echo_sets,
+)
 from t2starmap.nifti import Geometry, check_geometry, save_map
 from t2starmap.publish import Publication, publish
 from t2starmap.resources import limit_allocator_arenas, release_free_memory
@@ -147,17 +153,36 @@ def validate_input(settings: Settings) -> None:
 
 @contextmanager
 def staging_folder(work_dir: Path | None) -> Iterator[Path]:
+    """A private folder in ``work_dir`` (the system temp folder when None), removed on every
+    way out, and with it the folders above it that this call created (``-w /x/deep/work``)
+    once they are empty: another run may share them, and keeps what it still uses."""
+    created: list[Path] = []
+    if work_dir is not None:
+        created = [p for p in (work_dir, *work_dir.parents) if not p.exists()]
     try:
         if work_dir is not None:
             work_dir.mkdir(parents=True, exist_ok=True)
         folder = Path(tempfile.mkdtemp(prefix="t2starmap-", dir=work_dir))
     except OSError as err:
+        _remove_empty(created)
         raise OutputError(f"{work_dir}: cannot create a work folder ({err})") from err
     try:
         yield folder
     finally:
         with deferred_signals("removing the staging folder"):
             shutil.rmtree(folder, ignore_errors=True)
+            _remove_empty(created)
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (deepest first) while they are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except FileNotFoundError:
+            continue
+        except OSError:  # not empty: another run's files are in it
+            return
 
 
 class _Progress:
@@ -325,6 +350,8 @@ def _check_input(settings: Settings) -> torch.device:
     """Images present, the validator (unless skipped), the compute device."""
     from t2starmap.fit import resolve_device
 
+    # the labels first, as every usage check: the validator takes seconds to minutes
+    check_labels(settings.bids_dir, settings.participant_labels, settings.session_labels)
     check_images_present(settings.bids_dir, settings.participant_labels)
     if settings.skip_validation:
         log.info("input validation skipped (--skip-bids-validation)")
