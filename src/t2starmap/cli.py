@@ -317,8 +317,9 @@ def _participant_or_group(args: argparse.Namespace, parser: argparse.ArgumentPar
         )
     if args.analysis_level == "group" and (ignored := _ignored_options(args, parser)):
         log.warning(
-            "group level: %s only change(s) the participant level and is ignored here",
+            "group level: %s %s only the participant level; ignored here",
             ", ".join(ignored),
+            "changes" if len(ignored) == 1 else "change",
         )
     from t2starmap.settings import settings_from_args
 
@@ -333,5 +334,7 @@ def _participant_or_group(args: argparse.Namespace, parser: argparse.ArgumentPar
 
 
 def run() -> NoReturn:
-    """Console-script entry point."""
-    sys.exit(main())
+    """The console script of installs made before :mod:`t2starmap.entry` took its place."""
+    from t2starmap.entry import run as entry_run
+
+    entry_run()
