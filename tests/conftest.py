@@ -14,14 +14,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.support.files import EXAMPLE, REPO, SHARED_DATA, checksums, files_below
+from tests.support.files import (
+    EXAMPLE,
+    REPO,
+    SHARED_DATA,
+    checksums,
+    files_below,
+    missing_data_reason,
+)
 
 __all__ = ["EXAMPLE", "REPO", "SHARED_DATA", "checksums", "files_below"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device; torch sees none")
-    skip_real = pytest.mark.skip(reason=f"real scanner data not found at {SHARED_DATA}")
+    skip_real = pytest.mark.skip(reason=missing_data_reason(SHARED_DATA))
     for item in items:
         if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip_gpu)
