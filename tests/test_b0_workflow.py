@@ -195,3 +195,23 @@ def test_phase_that_follows_no_frequency_under_auto_and_asked(tmp_path: Path) ->
     assert not list(out2.rglob("*.nii.gz"))
     (failure,) = (out2 / "logs" / "failures").glob("*.json")
     assert "follows no frequency" in json.loads(failure.read_text())["reason"]
+
+
+def test_every_input_that_shaped_an_output_is_among_its_sources(tmp_path: Path) -> None:
+    """The phase files are read for the noise, the phase checks and the field map: the
+    sidecars' Sources and the record list them beside the magnitude echoes; a run that does
+    not open them (given sigma, magnitude fit, no correction) does not."""
+    bids = tmp_path / "bids"
+    write_slice_megre(bids, make_slice_phantom((12, 12, 5), snr=100.0, seed=2))
+    mags = sorted(p.name for p in (bids / ANAT).glob("*part-mag*.nii.gz"))
+    phases = sorted(p.name for p in (bids / ANAT).glob("*part-phase*.nii.gz"))
+    assert len(mags) == len(phases) >= 3
+    for extra, listed in (([], phases), (["--noise-sigma", "10", "--b0-correction", "none"], [])):
+        out = tmp_path / f"out{len(extra)}"
+        assert run(bids, out, *extra) == 0
+        sidecar = json.loads((out / ANAT / "sub-01_R2starmap.json").read_text())
+        names = [uri.rsplit("/", 1)[1] for uri in sidecar["Sources"]]
+        assert sorted(names) == sorted(mags + listed), extra
+        assert all(uri.startswith("bids:raw:sub-01/anat/") for uri in sidecar["Sources"])
+        record = json.loads((out / ANAT / "sub-01_record.json").read_text())
+        assert sorted(Path(p).name for p in record["part_sources"]) == listed

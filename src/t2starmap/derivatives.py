@@ -273,8 +273,11 @@ def map_sidecar(
     echo_set: EchoSet,
     bids_dir: Path,
     fit_info: Mapping[str, Any],
+    parts: Sequence[Path] = (),
 ) -> dict[str, Any]:
-    """Sidecar of one output image. ``fit_info``: method, algorithm, device, noise fields."""
+    """Sidecar of one output image. ``fit_info``: method, algorithm, device, noise fields;
+    ``parts``: the phase or real/imaginary files read besides the magnitude echoes (they are
+    among its ``Sources``)."""
     sidecar: dict[str, Any] = {"Description": spec.description}
     if spec.units is not None:
         sidecar["Units"] = spec.units
@@ -283,7 +286,9 @@ def map_sidecar(
     sidecar.update(
         {
             "SkullStripped": False,
-            "Sources": [bids_uri(bids_dir, e.path) for e in echo_set.echoes],
+            "Sources": [
+                bids_uri(bids_dir, p) for p in [*(e.path for e in echo_set.echoes), *parts]
+            ],
             "EstimationAlgorithm": estimation_algorithm(spec, fit_info),
             "EstimationReference": ESTIMATION_REFERENCE,
             "EchoTime": [e.echo_time for e in echo_set.echoes],
@@ -381,6 +386,9 @@ class PublishedSet(SubjectSession):
     #: Seconds per step of reading and fitting the set (read, noise, phase, fit,
     #: correction, maps).
     steps: Mapping[str, float] = field(default_factory=dict)
+    #: The phase or real/imaginary files read besides the magnitude echoes (paths relative
+    #: to the input dataset): with ``sources``, every input that shaped an output.
+    part_sources: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -407,6 +415,7 @@ class PublishedSet(SubjectSession):
                 **data,
                 "sources": tuple(Source(**s) for s in data["sources"]),
                 "warnings": tuple(data["warnings"]),
+                "part_sources": tuple(data.get("part_sources", ())),
                 "statistics": SetStatistics(
                     t2star=_triple(stats["t2star"]),
                     r2star=_triple(stats["r2star"]),

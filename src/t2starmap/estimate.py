@@ -27,6 +27,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -54,7 +55,7 @@ from t2starmap.fit.status import Correction
 from t2starmap.layout import EchoSet
 from t2starmap.nifti import Geometry, read_magnitude
 from t2starmap.noise import NoiseEstimate, cross_check, noise_candidates, signal_mask
-from t2starmap.parts import complex_available, find_parts, load_complex
+from t2starmap.parts import Parts, complex_available, find_parts, load_complex
 from t2starmap.profiles import SliceProfile, parse_slice_profile, profile_from_metadata
 
 log = logging.getLogger("t2starmap")
@@ -118,6 +119,8 @@ class SetFit:
     solver_runs: int = 0
     steps: Mapping[str, float] = field(default_factory=dict)
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    #: The phase or real/imaginary files read (echo by echo): none when nothing needed them.
+    part_files: tuple[Path, ...] = ()
     #: The stacked echoes the fit read, (*shape, n_echoes) float32 (voxels with an unusable
     #: sample NaN) or, from int16 files and the like, their integer type; so that the report
     #: need not read them again; None once dropped.
@@ -197,9 +200,15 @@ def fit_echo_set(echo_set: EchoSet, geometry: Geometry, options: Options) -> Set
         seconds=time.perf_counter() - started,
         solver_runs=final.solver_runs,
         steps=dict(clock),
+        part_files=_read_parts(parts) if signal is not None else (),
         warnings=tuple(warnings),
         magnitude=magnitude,
     )
+
+
+def _read_parts(parts: Parts | None) -> tuple[Path, ...]:
+    """The files of ``parts``, echo by echo."""
+    return () if parts is None else tuple(p for echo in parts.files for p in echo)
 
 
 def _phase(

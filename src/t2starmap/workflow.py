@@ -519,7 +519,10 @@ def _write_maps(
         images.append((spec.key, image))
         sidecar = sidecar_path(image)
         write_json(
-            sidecar, derivatives.map_sidecar(spec, echo_set, settings.bids_dir, fitted.fit_info)
+            sidecar,
+            derivatives.map_sidecar(
+                spec, echo_set, settings.bids_dir, fitted.fit_info, fitted.part_files
+            ),
         )
         files += [image, sidecar]
         if spec.key == "status":  # its levels, beside it
@@ -589,6 +592,7 @@ def _record(settings: Settings, echo_set: EchoSet, fitted: SetFit) -> PublishedS
         solver_runs=fitted.solver_runs,
         steps=dict(fitted.steps),
         noise_candidates=dict(fitted.noise.candidates),
+        part_sources=tuple(derivatives.bids_path(settings.bids_dir, p) for p in fitted.part_files),
     )
 
 
