@@ -71,7 +71,7 @@ from t2starmap.nifti import Geometry, check_geometry, save_map
 from t2starmap.publish import Publication, publish
 from t2starmap.resources import limit_allocator_arenas, release_free_memory
 from t2starmap.settings import Settings
-from t2starmap.summary import GROUP_COLUMNS, GROUP_TABLE, group_table, set_statistics
+from t2starmap.summary import GROUP_TABLE, group_sidecar, group_table, set_statistics
 
 if TYPE_CHECKING:
     import torch
@@ -110,9 +110,8 @@ def prepare_output(output_dir: Path) -> Path | None:
 
 
 def write_shared_files(settings: Settings) -> None:
-    out = settings.output_dir
-    write_json(out / "dataset_description.json", derivatives.dataset_description(settings.bids_dir))
-    write_text(out / ".bidsignore", "\n".join(derivatives.BIDSIGNORE) + "\n")
+    for name, text in derivatives.shared_files(settings.bids_dir).items():
+        write_text(settings.output_dir / name, text)
 
 
 def settings_log_name(settings: Settings) -> str:
@@ -674,20 +673,19 @@ def _publish(run: _Run, page: _Page, staged: _StagedPage) -> None:
 
 
 def _stage_shared_files(settings: Settings, stage: Path) -> list[str]:
-    """The settings log, and ``dataset_description.json`` and ``.bidsignore`` (rewritten in
-    place when present: other jobs into the same output write the same bytes), staged for
-    the run's first publication."""
+    """The settings log, and the shared files (``dataset_description.json``, ``.bidsignore``,
+    ``README.md``; rewritten in place when all are present: other jobs into the same output
+    write the same bytes), staged for the run's first publication."""
     out = settings.output_dir
     staged = [settings_log_name(settings)]
     write_text(stage / staged[0], settings.to_json())
-    if (out / "dataset_description.json").exists() and (out / ".bidsignore").exists():
+    shared = derivatives.shared_files(settings.bids_dir)
+    if all((out / name).exists() for name in shared):
         write_shared_files(settings)
         return staged
-    write_json(
-        stage / "dataset_description.json", derivatives.dataset_description(settings.bids_dir)
-    )
-    write_text(stage / ".bidsignore", "\n".join(derivatives.BIDSIGNORE) + "\n")
-    return [*staged, "dataset_description.json", ".bidsignore"]
+    for name, text in shared.items():
+        write_text(stage / name, text)
+    return [*staged, *shared]
 
 
 def _check_unique_outputs(echo_sets: list[EchoSet]) -> None:
@@ -731,7 +729,7 @@ def run_group(settings: Settings) -> Path:
     table = group_table(published, failures)
     path = out / GROUP_TABLE
     write_text(path, table.write(path))
-    write_json(path.with_suffix(".json"), {k: {"Description": v} for k, v in GROUP_COLUMNS.items()})
+    write_json(path.with_suffix(".json"), group_sidecar())
     from t2starmap.report import write_group_report
 
     write_group_report(out, table)
