@@ -3,7 +3,7 @@ choice of the |F| threshold, and the cost of the correction against the complex 
 
     python benchmarks/bench_b0.py [--out benchmarks/B0.md] [--shape 96 96 16]
 
-Data: :func:`t2starmap.simulate.make_slice_phantom`, which integrates the complex signal over
+Data: :func:`t2starmap.sim.phantoms.make_slice_phantom`, which integrates the complex signal over
 128 (rect) or 256 (gaussian) positions through each slice of a field that curves within the
 slice (not the closed-form sinc); 2D slices of 3 mm, 11 echoes TE 2-40 ms, R2* 20-60 1/s,
 complex Gaussian noise. The field map comes from the complex fit of the simulated signal (so it
@@ -27,11 +27,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from t2starmap import b0
+from t2starmap.b0 import correction as b0
 from t2starmap.fit import fit_complex, fit_t2star
 from t2starmap.fit.phase import FieldMap, analyse_phase
 from t2starmap.fit.status import Correction
-from t2starmap.simulate import SlicePhantom, make_slice_phantom
+from t2starmap.sim.phantoms import SlicePhantom, make_slice_phantom
 
 THRESHOLDS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
 

@@ -34,7 +34,7 @@ import torch
 
 from t2starmap.fit import fit_t2star
 from t2starmap.resources import available_cpus
-from t2starmap.simulate import make_phantom, write_bids_example
+from t2starmap.sim.phantoms import make_phantom, write_bids_example
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 MAP_KEYS = ("t2star", "r2star", "s0", "rmse", "t2star_se", "r2star_se", "s0_se", "failed")

@@ -40,7 +40,7 @@ import torch
 
 import t2starmap
 from t2starmap.fit import T2STAR_MAX, T2STAR_MIN, fit_t2star
-from t2starmap.simulate import add_rician_noise, decay
+from t2starmap.sim.phantoms import add_rician_noise, decay
 
 HERE = Path(__file__).resolve().parent
 SHAPE = (192, 192, 64)

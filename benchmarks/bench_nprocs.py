@@ -4,7 +4,7 @@ from the phase differences, corrected fit) and for ``--fit-method complex``.
 
     .venv/bin/python benchmarks/bench_nprocs.py [--shape 128 128 24] [--rounds 2] [--nprocs 2]
 
-Data: :func:`t2starmap.simulate.make_slice_phantom` (magnitude + phase, 11 echoes, SNR 100)
+Data: :func:`t2starmap.sim.phantoms.make_slice_phantom` (magnitude + phase, 11 echoes, SNR 100)
 written as BIDS; runs with ``--noise-sigma`` (the phantom has no air), validation skipped,
 settings interleaved ``--rounds`` times in fresh processes; the median of each step. Target
 (issue 17): on 2 quiet cores, N = 2 makes the complex fit and the corrected fit >= 1.5x faster.
@@ -32,10 +32,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from t2starmap import b0
+from t2starmap.b0 import correction as b0
 from t2starmap.fit import fit_complex, fit_t2star
 from t2starmap.fit.phase import analyse_phase
-from t2starmap.simulate import SlicePhantom, make_slice_phantom, write_slice_megre
+from t2starmap.sim.phantoms import SlicePhantom, make_slice_phantom, write_slice_megre
 
 STEPS = ("read", "noise", "phase", "fit", "correction", "maps")
 

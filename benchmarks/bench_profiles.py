@@ -4,7 +4,7 @@ what the estimate costs against the complex fit.
 
     python benchmarks/bench_profiles.py [--out benchmarks/B0.md] [--shape 48 48 8]
 
-Data: :func:`t2starmap.simulate.make_slice_phantom` with each profile (rect, Gaussian of
+Data: :func:`t2starmap.sim.phantoms.make_slice_phantom` with each profile (rect, Gaussian of
 FWHM = thickness, Hanning-windowed sinc pulses of time-bandwidth product 2, 2.7, 3, 4): the
 complex signal integrated over 256 positions through each 3 mm slice with the profile as
 weight (its tails and sidelobes included; never the closed-form F), 11 echoes TE 3-43 ms,
@@ -12,7 +12,7 @@ R2* 20-60 1/s, field change across the slice 0-24 Hz, field curving within the s
 The gradient comes from the complex fit's field map (wrapped, noisy), as in a run. "steep":
 voxels whose field changes >= 12 Hz across the slice; "flat": none. Errors are median
 |R2*/truth - 1| over the voxels whose gradient is valid (not the edge slices). Estimate:
-:func:`t2starmap.profiles.estimate_slice_profile` (family "auto": Hanning sinc or Gaussian,
+:func:`t2starmap.b0.profile_fit.estimate_slice_profile` (family "auto": Hanning sinc or Gaussian,
 the lower chi-square wins), its parameter +- the bootstrap SD over voxels. Timings: best of 3,
 one torch thread, CPU. ``--out FILE`` replaces this script's section of FILE (between its
 marker lines) or appends it.
@@ -27,11 +27,11 @@ import numpy as np
 import torch
 from bench_b0 import _best  # beside this script
 
-from t2starmap import b0
-from t2starmap import profiles as P
+from t2starmap.b0 import correction as b0
+from t2starmap.b0 import profiles as P
 from t2starmap.fit import fit_complex, fit_corrected, fit_t2star
 from t2starmap.fit.phase import FieldMap
-from t2starmap.simulate import SlicePhantom, make_slice_phantom
+from t2starmap.sim.phantoms import SlicePhantom, make_slice_phantom
 
 TE = np.linspace(0.003, 0.043, 11)
 SPECS = ("rect", "gaussian", "sinc:2", "sinc:2.7", "sinc:3", "sinc:4")

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from t2starmap import fit_t2star
-from t2starmap.simulate import add_rician_noise, decay
+from t2starmap.sim.phantoms import add_rician_noise, decay
 
 HERE = Path(__file__).resolve().parent
 TE = np.linspace(0.003, 0.060, 12)

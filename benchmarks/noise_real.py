@@ -39,7 +39,7 @@ import nibabel as nib
 import numpy as np
 
 from t2starmap import fit_t2star
-from t2starmap.cli import main as cli_main
+from t2starmap.cli.run import main as cli_main
 from t2starmap.noise import (
     estimate_noise,
     noise_for_fit,
@@ -47,7 +47,7 @@ from t2starmap.noise import (
     otsu_threshold,
     signal_mask,
 )
-from t2starmap.simulate import Phantom, make_coil_phantom
+from t2starmap.sim.phantoms import Phantom, make_coil_phantom
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data"

@@ -6,11 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from t2starmap import b0
+from t2starmap.b0 import correction as b0
+from t2starmap.b0.profiles import SliceProfile, dephasing_factor
+from t2starmap.errors import NotApplicableError
 from t2starmap.fit import FitResult, fit_complex, fit_t2star, frequency_limit
 from t2starmap.fit.phase import FieldMap, analyse_phase
 from t2starmap.fit.status import Correction as Status
-from t2starmap.simulate import DEFAULT_ECHO_TIMES, SlicePhantom, make_slice_phantom
+from t2starmap.sim.phantoms import DEFAULT_ECHO_TIMES, SlicePhantom, make_slice_phantom
+from tests.support.factors import rect_factor
 
 TE = np.asarray(DEFAULT_ECHO_TIMES)
 
@@ -187,10 +190,10 @@ def test_field_map_input_with_failed_voxels_and_3d_geometry() -> None:
     assert np.median(_error(out.uncorrected, ph.r2star)[steep]) > 0.15
 
 
-def test_sinc_factor_against_a_numerical_integral() -> None:
+def test_rect_factor_against_a_numerical_integral() -> None:
     gradient = np.array([0.0, 2.0, 5.0, 9.0, 14.0])  # Hz/mm
     thickness = 3.0
-    factor = b0.sinc_factor(gradient, thickness, TE)
+    factor = rect_factor(gradient, thickness, TE)
     assert factor.shape == (5, TE.size)
     z = (np.arange(4000) + 0.5) / 4000 * thickness - thickness / 2  # midpoint rule
     phase = 2j * np.pi * gradient[:, None, None] * z[None, None, :] * TE[None, :, None]
@@ -201,7 +204,7 @@ def test_sinc_factor_against_a_numerical_integral() -> None:
 
 def test_simulated_signal_follows_the_sinc_for_a_linear_field() -> None:
     ph = make_slice_phantom((8, 4, 5), snr=None, curvature_hz_per_mm2=0.0, samples=512)
-    factor = b0.sinc_factor(ph.gradient_hz_per_mm, ph.slice_thickness_mm, ph.echo_times)
+    factor = rect_factor(ph.gradient_hz_per_mm, ph.slice_thickness_mm, ph.echo_times)
     decay = ph.s0[..., None] * np.exp(-ph.echo_times * ph.r2star[..., None])
     np.testing.assert_allclose(ph.magnitude / decay, factor, atol=2e-5)
 
@@ -223,7 +226,7 @@ def test_geometry_2d_and_3d() -> None:
 def test_missing_metadata_is_a_clear_error(
     kind: str | None, thickness: float | None, match: str
 ) -> None:
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(NotApplicableError, match=match):
         b0.slice_geometry(kind, np.eye(4), slice_thickness_mm=thickness)
 
 
@@ -248,7 +251,7 @@ def test_bad_input_raises() -> None:
     with pytest.raises(ValueError, match="mask shape"):
         b0.through_slice_gradient(np.zeros((4, 4, 5)), np.ones((4, 4, 4), bool), np.eye(4))
     with pytest.raises(ValueError, match="thickness"):
-        b0.sinc_factor(np.zeros(3), 0.0, TE)
+        dephasing_factor(SliceProfile("rect"), np.zeros(3), 0.0, TE)
 
 
 def test_voxels_left_with_one_echo_are_flagged_and_uncorrected() -> None:
@@ -279,7 +282,7 @@ def test_the_factor_is_computed_where_the_correction_applies_alone(
 ) -> None:
     """|F| at the voxels corrected, in chunks on threads: the whole-volume values there, 0
     elsewhere."""
-    from t2starmap.profiles import SliceProfile, dephasing_factor
+    from t2starmap.b0.profiles import SliceProfile, dephasing_factor
 
     monkeypatch.setattr(b0, "FACTOR_CHUNK", 37)
     rng = np.random.default_rng(3)

@@ -104,7 +104,7 @@ def test_a_stop_while_the_app_is_imported_is_its_code_and_one_line(
 ) -> None:
     """A signal before the command line's modules are loaded (numpy takes a fifth of a
     second, more under load): the code and one line, not death by the signal (exit -2)."""
-    from t2starmap import entry
+    from t2starmap.cli import entry
 
     def load_slowly() -> object:
         os.kill(os.getpid(), signum)  # lands while "importing"
@@ -128,8 +128,8 @@ def test_a_run_started_with_sigint_ignored_is_not_stopped_by_it(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from t2starmap import workflow
-    from t2starmap.cli import main
+    from t2starmap.cli.run import main
+    from t2starmap.workflows import participant as workflow
 
     real_publish = workflow.publish
 

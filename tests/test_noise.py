@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from t2starmap import fit_t2star, noise
-from t2starmap.cli import main
+from t2starmap.cli.run import main
 from t2starmap.fit import Failure
 from t2starmap.noise import (
     MIN_BACKGROUND,
@@ -26,7 +26,7 @@ from t2starmap.noise import (
     otsu_threshold,
     signal_mask,
 )
-from t2starmap.simulate import decay, make_coil_phantom, make_phantom
+from t2starmap.sim.phantoms import decay, make_coil_phantom, make_phantom
 from tests.conftest import SHARED_DATA
 
 TE_12 = np.linspace(0.003, 0.060, 12)

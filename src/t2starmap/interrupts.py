@@ -59,15 +59,10 @@ def raise_if_signalled() -> None:
         raise Interrupted(signum, signal.Signals(signum).name)
 
 
-def acted_on() -> None:
-    """The run is stopping for the signal: nothing is pending any more."""
-    _PENDING.clear()
-
-
 def install_stop_handlers() -> None:
     """From now on SIGINT raises KeyboardInterrupt and SIGTERM :class:`Interrupted` (each also
     remembered for :func:`raise_if_signalled`), for good; an ignored one stays ignored. For the
-    program's entry point, before its heavy imports (:mod:`t2starmap.entry`)."""
+    program's entry point, before its heavy imports (:mod:`t2starmap.cli.entry`)."""
     if not _in_main_thread():
         return
     for s in STOP_SIGNALS:

@@ -404,10 +404,10 @@ def test_matches_an_independent_fit_on_ge_kidney_data(tmp_path) -> None:
     """GE MR750 kidney, 12 echoes, real/imag parts: on 300 seeded bright voxels (first-echo
     SNR > 10) the median |relative difference| of R2* against scipy is <= 2 %, of f <= 2 Hz."""
     pytest.importorskip("scipy")
-    from t2starmap.cli import main
-    from t2starmap.layout import find_echo_sets
-    from t2starmap.nifti import check_geometry, load_magnitude
-    from t2starmap.parts import find_parts, load_complex
+    from t2starmap.bids.layout import find_echo_sets
+    from t2starmap.bids.nifti import check_geometry, load_magnitude
+    from t2starmap.bids.parts import find_parts, load_complex
+    from t2starmap.cli.run import main
     from tests.conftest import SHARED_DATA
 
     source = SHARED_DATA / "dicom" / "ge-mr750-kidney-megre"

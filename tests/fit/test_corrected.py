@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from t2starmap import b0
 from t2starmap.fit import fit_corrected, fit_t2star
-from t2starmap.simulate import DEFAULT_ECHO_TIMES, add_rician_noise
+from t2starmap.sim.phantoms import DEFAULT_ECHO_TIMES, add_rician_noise
+from tests.support.factors import rect_factor
 
 TE = np.asarray(DEFAULT_ECHO_TIMES)
 
@@ -18,7 +18,7 @@ def test_fit_corrected_recovers_the_truth_on_the_model(device: str) -> None:
     r2 = rng.uniform(10.0, 80.0, 200)
     s0 = rng.uniform(200.0, 2000.0, 200)
     gradient = rng.uniform(0.0, 10.0, 200)
-    factor = b0.sinc_factor(gradient, 3.0, TE)
+    factor = rect_factor(gradient, 3.0, TE)
     signal = s0[:, None] * np.exp(-TE * r2[:, None]) * factor
     out = fit_corrected(signal, TE, factor, dtype=torch.float64, device=device)
     assert out.result.device.startswith(device)
@@ -43,7 +43,7 @@ def test_start_from_the_uncorrected_fit_reaches_the_same_solution() -> None:
     M / |F|), the corrected fit reaches the same solution: the start changes the path only."""
     rng = np.random.default_rng(8)
     r2 = rng.uniform(15.0, 60.0, 300)
-    factor = b0.sinc_factor(rng.uniform(0.0, 8.0, 300), 3.0, TE)
+    factor = rect_factor(rng.uniform(0.0, 8.0, 300), 3.0, TE)
     clean = 1000.0 * np.exp(-TE * r2[:, None]) * factor
     signal, _ = add_rician_noise(clean, 10.0, rng)
     plain = fit_t2star(signal, TE, method="nlls-gaussian", dtype=torch.float64)
@@ -62,7 +62,7 @@ def test_noise_aware_corrected_fit_removes_the_floor_bias() -> None:
     rng = np.random.default_rng(9)
     n = 4000
     r2 = np.full(n, 60.0)
-    factor = b0.sinc_factor(np.full(n, 4.0), 3.0, TE)
+    factor = rect_factor(np.full(n, 4.0), 3.0, TE)
     clean = 150.0 * np.exp(-TE * r2[:, None]) * factor
     signal, _ = add_rician_noise(clean, 10.0, rng)
     gaussian = fit_corrected(signal, TE, factor, noise_sigma=10.0)

@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from t2starmap import b0
 from t2starmap.fit import FitResult, fit_complex, fit_corrected, fit_t2star
 from t2starmap.fit.limits import MAGNITUDE_METHODS
 from t2starmap.fit.phase import analyse_phase
-from t2starmap.simulate import make_slice_phantom
+from t2starmap.sim.phantoms import make_slice_phantom
+from tests.support.factors import rect_factor
 
 PHANTOM = make_slice_phantom((16, 16, 5), snr=60.0, seed=12, samples=16)
 TE = PHANTOM.echo_times
 SIGNAL = (PHANTOM.magnitude * np.exp(1j * PHANTOM.phase)).astype(np.complex64)
-FACTOR = b0.sinc_factor(PHANTOM.gradient_hz_per_mm, 3.0, TE)
+FACTOR = rect_factor(PHANTOM.gradient_hz_per_mm, 3.0, TE)
 
 FITS: dict[str, Callable[[str], FitResult]] = {
     **{

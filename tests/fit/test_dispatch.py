@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from t2starmap.fit import dispatch, fit_t2star
-from t2starmap.simulate import make_phantom
+from t2starmap.sim.phantoms import make_phantom
 
 
 def test_workers_each_run_one_torch_thread_and_leave_the_callers_alone() -> None:

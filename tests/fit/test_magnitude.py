@@ -1,4 +1,4 @@
-"""The fitting engine on seeded synthetic data with known truth (see t2starmap.simulate).
+"""The fitting engine on seeded synthetic data with known truth (see t2starmap.sim.phantoms).
 
 Every test that fits runs once per compute device (the ``device`` fixture of conftest: "cpu",
 and "cuda" where torch sees a GPU); the maps are moved to the CPU before they are checked.
@@ -24,7 +24,7 @@ from t2starmap.fit import (
     resolve_device,
 )
 from t2starmap.fit.models import Exponential
-from t2starmap.simulate import add_rician_noise, decay, make_phantom
+from t2starmap.sim.phantoms import add_rician_noise, decay, make_phantom
 
 MAPS = ("t2star", "r2star", "s0", "rmse", "t2star_se", "r2star_se", "s0_se")
 TE_11 = np.linspace(0.002, 0.040, 11)

@@ -8,7 +8,7 @@ import pytest
 
 from t2starmap.fit import Failure, fit_complex, fit_t2star
 from t2starmap.fit.result import misfit_limit
-from t2starmap.simulate_failures import decays
+from t2starmap.sim.failures import decays
 
 TE = np.linspace(0.002, 0.027, 12)
 N = 3000

@@ -10,8 +10,8 @@ import pytest
 
 from t2starmap.fit import fit_complex, frequency_limit
 from t2starmap.fit.phase import BIPOLAR, COHERENT, INCOHERENT, analyse_phase
-from t2starmap.simulate import SlicePhantom, make_slice_phantom
-from t2starmap.simulate_failures import bipolar, incoherent_phase, spatial_offset
+from t2starmap.sim.failures import bipolar, incoherent_phase, spatial_offset
+from t2starmap.sim.phantoms import SlicePhantom, make_slice_phantom
 
 
 @pytest.fixture(scope="module")

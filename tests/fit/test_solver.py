@@ -11,11 +11,11 @@ import torch
 
 import t2starmap.fit.complex as complex_module
 import t2starmap.fit.magnitude as magnitude_module
-from t2starmap import b0
 from t2starmap.fit import FitResult, fit_complex, fit_corrected, fit_t2star, solver
 from t2starmap.fit.models import Complex, Exponential
 from t2starmap.fit.solver import Layout, levenberg_marquardt
-from t2starmap.simulate import add_rician_noise, decay
+from t2starmap.sim.phantoms import add_rician_noise, decay
+from tests.support.factors import rect_factor
 
 TE = np.linspace(0.002, 0.040, 11)
 
@@ -138,7 +138,7 @@ def _cases() -> dict[str, tuple[object, ...]]:
     phase = rng.uniform(-np.pi, np.pi, (n, 1)) + 2 * np.pi * rng.uniform(-50, 50, (n, 1)) * TE
     noise = rng.standard_normal(clean.shape) + 1j * rng.standard_normal(clean.shape)
     signal = (clean * np.exp(1j * phase) + 20.0 * noise).astype(np.complex64)
-    factor = b0.sinc_factor(rng.uniform(0, 8, n), 3.0, TE)
+    factor = rect_factor(rng.uniform(0, 8, n), 3.0, TE)
     dephased, _ = add_rician_noise(clean * factor, 20.0, rng)
     return {"magnitude": magnitude, "complex": signal, "dephased": dephased, "factor": factor}
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from t2starmap.errors import EchoSpacingError
 from t2starmap.fit.limits import (
     DEFAULT_METHOD,
     MAGNITUDE_METHODS,
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
     from t2starmap.fit.dispatch import resolve_device
     from t2starmap.fit.magnitude import (
         CorrectedFit,
-        EchoSpacingError,
         check_even_spacing,
         fit_corrected,
         fit_t2star,
@@ -72,7 +72,6 @@ _LAZY = {
     "frequency_limit": "complex",
     "resolve_device": "dispatch",
     "CorrectedFit": "magnitude",
-    "EchoSpacingError": "magnitude",
     "check_even_spacing": "magnitude",
     "fit_corrected": "magnitude",
     "fit_t2star": "magnitude",

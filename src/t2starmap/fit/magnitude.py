@@ -23,7 +23,7 @@ Methods (``method=``):
                    raise :class:`EchoSpacingError`.
 
 :func:`fit_corrected` fits S0 exp(-TE R2*) |F(TE)| with |F| known per voxel and echo (the
-through-slice dephasing, :mod:`t2starmap.b0`), with the same noise models.
+through-slice dephasing, :mod:`t2starmap.b0.correction`), with the same noise models.
 
 Goodness of fit (``FitResult.chisq``, ``Failure.MISFIT``): the Levenberg-Marquardt fits
 minimise the cost they are tested on, so its chi-square follows the null distribution where
@@ -49,6 +49,7 @@ from functools import partial
 import numpy as np
 import torch
 
+from t2starmap.errors import EchoSpacingError
 from t2starmap.fit import dispatch, starts
 from t2starmap.fit.limits import DEFAULT_METHOD, METHODS, SPACING_RTOL
 from t2starmap.fit.models import Exponential
@@ -77,10 +78,6 @@ DEFAULT_CUDA_CHUNK = 1 << 22
 #: the mask was unconverged after 10 steps (their R2* up to 20 % off at the 99th percentile),
 #: 1.6 % after 20, for 1.45x the fit's time there.
 MAX_ITER = 20
-
-
-class EchoSpacingError(ValueError):
-    """A method that needs evenly spaced echoes (ARLO) was given unevenly spaced ones."""
 
 
 def check_even_spacing(sorted_te: np.ndarray) -> float:
@@ -442,7 +439,7 @@ _KERNELS: Mapping[str, Callable[..., _Maps]] = {
 # --- the through-slice corrected fit: the same models times a known factor ---------------------
 
 #: Echoes where |F(TE)| falls below this are left out of the corrected fit (see
-#: :data:`t2starmap.b0.FACTOR_THRESHOLD` for the choice).
+#: :data:`t2starmap.b0.correction.FACTOR_THRESHOLD` for the choice).
 FACTOR_THRESHOLD = 0.3
 #: Fewest echoes the corrected fit keeps; below it the voxel is fitted without the factor.
 MIN_ECHOES = 2

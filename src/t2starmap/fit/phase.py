@@ -195,8 +195,10 @@ def _bright(
     first = np.abs(np.asarray(torch.as_tensor(signal)[..., 0].cpu().numpy()))
     usable = inside & ((bits & int(Failure.BAD_INPUT)) == 0) & np.isfinite(first)
     if sigma is not None:
-        return usable & (first > 10.0 * sigma)
-    return usable & (first > np.median(first[usable])) if usable.any() else usable
+        return np.asarray(usable & (first > 10.0 * sigma))
+    if not usable.any():
+        return np.asarray(usable)
+    return np.asarray(usable & (first > np.median(first[usable])))
 
 
 def _verdict(maps: dict[str, np.ndarray], bright: np.ndarray, wrap: float) -> PhaseAnalysis:

@@ -1,12 +1,12 @@
 """One HTML page per participant (and session) with a section per echo set.
 
-A set's section is drawn from its record (:class:`t2starmap.derivatives.PublishedSet`) and its
+A set's section is drawn from its record (:class:`t2starmap.bids.outputs.PublishedSet`) and its
 maps: for the sets a run fits, the workflow hands over the maps it holds and the echoes it read
 (:func:`set_section` with :class:`SetMaps` and :class:`EchoSamples`), so nothing is read back;
 the sets earlier runs published are read from the output folder and the raw echoes from the
 input (:func:`earlier_sections`). Sets that failed are listed with their reason
-(:class:`t2starmap.derivatives.SetFailure`). Every image is read through
-:mod:`t2starmap.nifti`; nothing here changes a fit or writes anything but the page.
+(:class:`t2starmap.bids.outputs.SetFailure`). Every image is read through
+:mod:`t2starmap.bids.nifti`; nothing here changes a fit or writes anything but the page.
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from t2starmap import derivatives
-from t2starmap.atomic import write_text
-from t2starmap.conventions import sidecar_path
-from t2starmap.derivatives import STATUS_LEVELS, PublishedSet, SetFailure
+from t2starmap.b0.profiles import factor_curves, parse_slice_profile
+from t2starmap.bids import outputs as derivatives
+from t2starmap.bids.atomic import write_text
+from t2starmap.bids.conventions import sidecar_path
+from t2starmap.bids.nifti import read_map_image, read_volume
+from t2starmap.bids.outputs import STATUS_LEVELS, PublishedSet, SetFailure
 from t2starmap.errors import T2StarError, describe_code
-from t2starmap.nifti import read_map_image, read_volume
-from t2starmap.profiles import factor_curves, parse_slice_profile
 from t2starmap.report import figures
 from t2starmap.report.html import Figure, render
 from t2starmap.report.planes import DEFAULT_CONVENTION, FLAT, View, choose_view, to_canonical
@@ -745,9 +745,9 @@ def write_participant_reports(
 ) -> list[Path]:
     """Write ``OUTPUT_DIR/sub-<L>[_ses-<S>].html`` for every participant/session among
     ``published`` from what the output folder holds (maps and records already written; the
-    participant run hands its maps over instead, see :mod:`t2starmap.workflow`); return the
-    pages written. A page covers every set of its participant/session recorded in the output
-    folder, also those that other runs published, and lists those that failed."""
+    participant run hands its maps over instead, see :mod:`t2starmap.workflows.participant`);
+    return the pages written. A page covers every set of its participant/session recorded in the
+    output folder, also those that other runs published, and lists those that failed."""
     pages = sorted({(r.subject, r.session) for r in published}, key=lambda k: (k[0], k[1] or ""))
     written = []
     for subject, session in pages:

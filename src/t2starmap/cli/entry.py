@@ -19,7 +19,7 @@ from t2starmap.interrupts import STOP_SIGNALS, install_stop_handlers
 
 
 def _load_main() -> Callable[[Sequence[str] | None], int]:
-    from t2starmap.cli import main
+    from t2starmap.cli.run import main
 
     return main
 

@@ -6,7 +6,7 @@ the caller words it). Imports torch (through :mod:`t2starmap.fit`): only partici
 needs it.
 
 Which fit: ``Options.fit_method``; ``auto`` is ``complex`` when the set has part-phase or
-part-real/imag files beside its magnitude echoes (:mod:`t2starmap.parts`), else the default.
+part-real/imag files beside its magnitude echoes (:mod:`t2starmap.bids.parts`), else the default.
 Each model runs once: the fit the method asks for, then, where the through-slice correction
 runs, the corrected fit started from it. The correction's field map is the complex fit's when
 there is one, else the closed form from the phase differences (:mod:`t2starmap.fit.phase`):
@@ -34,10 +34,15 @@ import numpy as np
 import torch
 
 from t2starmap import __version__
-from t2starmap.b0 import REFERENCES as B0_REFERENCES
-from t2starmap.b0 import ThroughSliceCorrection, correct_through_slice
-from t2starmap.derivatives import REQUIRED_KEYS, UNCERTAINTY_KEYS
-from t2starmap.errors import BadDataError, UsageError
+from t2starmap.b0.correction import REFERENCES as B0_REFERENCES
+from t2starmap.b0.correction import ThroughSliceCorrection, correct_through_slice
+from t2starmap.b0.profiles import SliceProfile, parse_slice_profile
+from t2starmap.bids.layout import EchoSet
+from t2starmap.bids.nifti import Geometry, read_magnitude
+from t2starmap.bids.outputs import ESTIMATION_ALGORITHMS, REQUIRED_KEYS, UNCERTAINTY_KEYS
+from t2starmap.bids.parts import Parts, complex_available, find_parts, load_complex
+from t2starmap.bids.slice_headers import profile_from_metadata
+from t2starmap.errors import BadDataError, NotApplicableError, UsageError
 from t2starmap.fit import (
     T2STAR_MAX,
     T2STAR_MIN,
@@ -48,15 +53,11 @@ from t2starmap.fit import (
     frequency_limit,
 )
 from t2starmap.fit import status as fit_status
-from t2starmap.fit.limits import DEFAULT_METHOD, ESTIMATION_ALGORITHMS
+from t2starmap.fit.limits import DEFAULT_METHOD
 from t2starmap.fit.phase import INCOHERENT, FieldMap, PhaseAnalysis, analyse_phase
 from t2starmap.fit.result import MISFIT_P
 from t2starmap.fit.status import Correction
-from t2starmap.layout import EchoSet
-from t2starmap.nifti import Geometry, read_magnitude
 from t2starmap.noise import NoiseEstimate, cross_check, noise_candidates, signal_mask
-from t2starmap.parts import Parts, complex_available, find_parts, load_complex
-from t2starmap.profiles import SliceProfile, parse_slice_profile, profile_from_metadata
 
 log = logging.getLogger("t2starmap")
 
@@ -67,7 +68,7 @@ class Options:
     :data:`t2starmap.fit.limits.FIT_CHOICES`), a known noise level and coil count, the
     through-slice correction (``auto``, ``none``, ``through-slice``) and its slice profile
     (``auto``: the headers', else estimated; or a spec of
-    :func:`t2starmap.profiles.parse_slice_profile`), the compute device and the CPU chunk
+    :func:`t2starmap.b0.profiles.parse_slice_profile`), the compute device and the CPU chunk
     workers."""
 
     fit_method: str = DEFAULT_METHOD
@@ -267,8 +268,6 @@ def _fit(
         )
     except EchoSpacingError as err:
         raise OptionError(first, "fit_method", options.fit_method, str(err)) from err
-    except ValueError as err:
-        raise BadDataError(f"{first}: {err}") from err
 
 
 def _method(requested: str, has_parts: bool, where: str) -> str:
@@ -406,7 +405,8 @@ def _through_slice(
     clock: _Clock,
 ) -> tuple[ThroughSliceCorrection | None, dict[str, Any]]:
     """The through-slice field-gradient correction when ``b0_correction`` asks for it and the
-    set allows it (:mod:`t2starmap.b0`), and what the sidecars say about it. ``auto`` without
+    set allows it (:mod:`t2starmap.b0.correction`), and what the sidecars say about it.
+    ``auto`` without
     what it needs (phase that follows a model, slice metadata, 3 echoes, 3 slices): no
     correction, a note or warning that says why; ``through-slice`` without it: an
     OptionError (exit 65 when the phase is at fault)."""
@@ -445,7 +445,7 @@ def _through_slice(
             profile=profile,
         )
         clock.lap("correction")
-    except ValueError as err:
+    except NotApplicableError as err:
         if asked == "through-slice":
             raise OptionError(first, "b0_correction", asked, str(err)) from err
         warnings.add(f"{echo_set.name}: no field-gradient correction: {err}")
@@ -455,10 +455,13 @@ def _through_slice(
 
 def _profile(spec: str, metadata: Mapping[str, Any]) -> SliceProfile | None:
     """The slice profile given (``spec``), or the one the first echo's sidecar names; None:
-    to be estimated from the data. Raises ValueError for an ill-formed one."""
-    if spec != "auto":
-        return parse_slice_profile(spec)
-    return profile_from_metadata(metadata)
+    to be estimated from the data. Raises NotApplicableError for an ill-formed one."""
+    try:
+        if spec != "auto":
+            return parse_slice_profile(spec)
+        return profile_from_metadata(metadata)
+    except ValueError as err:
+        raise NotApplicableError(str(err)) from err
 
 
 def _field(result: FitResult, phase: PhaseAnalysis, echo_set: EchoSet) -> FieldMap | None:
@@ -511,7 +514,7 @@ def _usable_magnitude(
     echo_set: EchoSet, geometry: Geometry, warnings: _Warnings
 ) -> tuple[np.ndarray, np.ndarray]:
     """The stacked echoes (float32, or the files' integer type when they are int16 and the
-    like: :func:`t2starmap.nifti.read_magnitude`), voxels with a NaN/inf/negative sample set
+    like: :func:`t2starmap.bids.nifti.read_magnitude`), voxels with a NaN/inf/negative sample set
     to NaN (the fit flags them; float32 then), and those voxels (bool): the only ones with
     a non-finite sample. Raises BadDataError when no voxel is usable."""
     # checked as they are read; int16 files stay int16 (half the memory; the fits cast)

@@ -2,7 +2,7 @@
 
 Everything here is seeded: the same arguments give the same arrays on every machine.
 Units: echo times and T2* in seconds; S0 and noise sigma in arbitrary signal units.
-Regenerate the bundled example with ``python -m t2starmap.simulate bids_example``.
+Regenerate the bundled example with ``python -m t2starmap.sim.phantoms bids_example``.
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from t2starmap.conventions import BIDS_VERSION
-from t2starmap.profiles import (
+from t2starmap.b0.profiles import (
     SIMULATOR_SINC_TAIL,
     SliceProfile,
     parse_slice_profile,
     profile_shape,
     profile_support,
 )
+from t2starmap.bids.conventions import BIDS_VERSION
 
 DEFAULT_ECHO_TIMES = tuple(float(t) for t in np.linspace(0.002, 0.040, 11))
 
@@ -327,14 +327,14 @@ def write_bids_example(
                 "DatasetType": "raw",
                 "License": "CC0",
                 "Authors": ["t2starmap simulator"],
-                "GeneratedBy": [{"Name": "t2starmap.simulate"}],
+                "GeneratedBy": [{"Name": "t2starmap.sim.phantoms"}],
             },
             indent=2,
         )
         + "\n"
     )
     (root / "README").write_text(
-        "Simulated multi-echo gradient-echo data made by t2starmap.simulate (seeded).\n"
+        "Simulated multi-echo gradient-echo data made by t2starmap.sim.phantoms (seeded).\n"
         "Each echo set is an ellipsoid with known S0 and T2* in Rician noise; the true\n"
         "maps are in truth/ (listed in .bidsignore).\n"
     )
@@ -370,7 +370,7 @@ class SlicePhantom:
     the field change across the slice; mask: the object (here every voxel); echo_times (s);
     sigma: noise SD per real/imaginary channel (0: noise-free); affine: voxel to mm;
     slice_thickness_mm, slice_spacing_mm; profile: the profile's spelling ("rect", "gaussian",
-    "sinc:2.7", a table's file); slice_profile: the :class:`t2starmap.profiles.SliceProfile`.
+    "sinc:2.7", a table's file); slice_profile: the :class:`t2starmap.b0.profiles.SliceProfile`.
     """
 
     magnitude: np.ndarray
@@ -390,9 +390,9 @@ class SlicePhantom:
     slice_profile: SliceProfile | None = None
 
 
-#: The profiles the simulator had before :mod:`t2starmap.profiles`; their sampling is kept
+#: The profiles the simulator had before :mod:`t2starmap.b0.profiles`; their sampling is kept
 #: exactly as it was (the same arrays, bit for bit). Every other profile comes through
-#: :func:`t2starmap.profiles.parse_slice_profile` or as a SliceProfile.
+#: :func:`t2starmap.b0.profiles.parse_slice_profile` or as a SliceProfile.
 SLICE_PROFILES = ("rect", "gaussian")
 
 
@@ -426,9 +426,9 @@ def make_slice_phantom(
     t)) / sum_j p_j, the u_j evenly spaced through the profile; phi0 = 0.3 rad; complex
     Gaussian noise of SD s0 / ``snr`` per channel (``snr`` None: none). ``profile``: "rect"
     covers the slice (midpoint rule); "gaussian" (FWHM = thickness) is sampled over +-1.5
-    thicknesses; any other (a :class:`~t2starmap.profiles.SliceProfile` or its spelling, e.g.
-    "sinc:2.7", a .tsv file) by :func:`t2starmap.profiles.profile_shape` over
-    +-:func:`~t2starmap.profiles.profile_support` thicknesses, sidelobes included (a sinc:
+    thicknesses; any other (a :class:`~t2starmap.b0.profiles.SliceProfile` or its spelling, e.g.
+    "sinc:2.7", a .tsv file) by :func:`t2starmap.b0.profiles.profile_shape` over
+    +-:func:`~t2starmap.b0.profiles.profile_support` thicknesses, sidelobes included (a sinc:
     1/2 + 4/N, its F within 7e-4 of the whole profile's): for "sinc:N" the numerical
     small-tip profile of the pulse; the closed-form F is never used here. About 20 samples
     per cycle of G x sampled width x last TE keep the integral within 1e-3.
@@ -550,7 +550,7 @@ def write_slice_megre(root: Path, phantom: SlicePhantom, subject: str = "01") ->
                     "Name": "t2starmap simulated through-slice dephasing",
                     "BIDSVersion": BIDS_VERSION,
                     "DatasetType": "raw",
-                    "GeneratedBy": [{"Name": "t2starmap.simulate"}],
+                    "GeneratedBy": [{"Name": "t2starmap.sim.phantoms"}],
                 },
                 indent=2,
             )
