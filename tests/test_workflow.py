@@ -59,7 +59,13 @@ def test_exact_output_files(example_run: Path) -> None:
     logs = {f for f in found if f.startswith("logs/")}
     pages = {"sub-01.html", "sub-02_ses-1.html", "sub-02_ses-2.html", "group_report.html"}
     assert found - logs == maps | top | pages
-    assert len(logs) == 2 and all(f.endswith(".json") for f in logs)
+    citations = {
+        f"logs/CITATION{label}{ext}"
+        for label in ("", "_sub-01", "_sub-02_ses-1", "_sub-02_ses-2")
+        for ext in (".md", ".bib", ".html")
+    }
+    assert citations <= logs
+    assert len(logs - citations) == 2 and all(f.endswith(".json") for f in logs - citations)
     assert len(MAP_NAMES) == len(REQUIRED_KEYS)
 
 

@@ -477,6 +477,11 @@ class PublishedSet(SubjectSession):
     #: The phase or real/imaginary files read besides the magnitude echoes (paths relative
     #: to the input dataset): with ``sources``, every input that shaped an output.
     part_sources: tuple[str, ...] = ()
+    #: The fit's fields of the map sidecars (method, noise, phase, correction, references):
+    #: what the methods paragraph (``logs/CITATION.md``) is written from.
+    methods: Mapping[str, Any] = field(default_factory=dict)
+    #: Name -> version of the software that fitted the set (t2starmap, Python, PyTorch, ...).
+    software: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:

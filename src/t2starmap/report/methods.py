@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from t2starmap.bids.outputs import PublishedSet
+from t2starmap.bids.outputs import ESTIMATION_REFERENCE, PublishedSet
 from t2starmap.report.html import render
 
 #: How each ``NoiseSigmaMethod`` chose the noise level, as a clause of the paragraph.
@@ -85,8 +85,8 @@ def _acquisition(record: PublishedSet) -> str:
     where = f", {field}{scanner}".rstrip() if (field or scanner) else ""
     parts = ""
     if record.part_sources:
-        kinds = "phase" if any("part-phase" in p for p in record.part_sources) else "real and imaginary"
-        parts = f" and their {kinds} images"
+        phase = any("part-phase" in p for p in record.part_sources)
+        parts = f" and their {'phase' if phase else 'real and imaginary'} images"
     return (
         f"{len(times)} magnitude echoes of a multi-echo gradient-echo acquisition (TE "
         f"{times[0] * 1e3:.2f}-{times[-1] * 1e3:.2f} ms{where}){parts}"
@@ -102,33 +102,37 @@ def _noise(methods: Mapping[str, Any], record: PublishedSet) -> str:
     text = f"The noise standard deviation, sigma = {record.noise_sigma:.4g} (image units), {how}"
     candidates = {k: v for k, v in record.noise_candidates.items() if k != code}
     if candidates:
-        listed = ", ".join(f"{k} {v:.4g}" for k, v in candidates.items())
+        listed = ", ".join(f"{k} {v:.4g}" for k, v in sorted(candidates.items()))
         text += f"; the other estimates were {listed}"
-    note = methods.get("NoiseSigmaNote")
-    return text + (f" ({note})." if note else ".")
+    note = str(methods.get("NoiseSigmaNote") or "")
+    return text + "." + (f" {note[:1].upper()}{note[1:]}." if note else "")
 
 
-def _fit(methods: Mapping[str, Any], record: PublishedSet, references: list[str]) -> str:
+def _fit(methods: Mapping[str, Any], record: PublishedSet) -> str:
     algorithm = str(methods.get("EstimationAlgorithm") or record.algorithm).split("; then")[0]
     coils = f", {record.noise_coils:g} effective coil(s)" if record.noise_sigma else ""
     return (
         f"Each of the {record.n_voxels} voxels of the signal mask was fitted with the "
         f"mono-exponential decay S(TE) = S0 exp(-TE R2*): {algorithm[0].lower()}{algorithm[1:]} "
-        f"(method {record.fit_method}, {record.noise_model} noise model{coils})"
-        f"{_cites(references, methods.get('EstimationReference'))}."
+        f"(method {record.fit_method}, {record.noise_model} noise model{coils})."
     )
 
 
 def _flags(methods: Mapping[str, Any], record: PublishedSet) -> str:
-    low, high = methods.get("T2starRange", (None, None))
-    bounds = f"T2* was bounded to {low * 1e3:g} ms-{high:g} s; " if low and high else ""
-    test = methods.get("GoodnessOfFit")
-    judged = f"the goodness of fit was judged by the {test}; " if test and "not" not in test[:4] else ""
-    return (
-        f"{bounds[:1].upper()}{bounds[1:]}{judged}"
-        f"{100 * record.failed_fraction:.1f} % of the mask was flagged as failed "
-        "(a bound reached, no convergence, unusable input or a decay not following the model)."
-    ).capitalize().replace("t2*", "T2*")
+    """The bounds, the goodness-of-fit test and the share of failed voxels."""
+    clauses = []
+    bounds = methods.get("T2starRange")
+    if isinstance(bounds, list | tuple) and len(bounds) == 2:
+        clauses.append(f"T2* was bounded to {bounds[0] * 1e3:g} ms-{bounds[1]:g} s")
+    test = str(methods.get("GoodnessOfFit") or "")
+    if test and not test.startswith("not assessed"):
+        clauses.append(f"the goodness of fit was judged by the {test}")
+    clauses.append(
+        f"{100 * record.failed_fraction:.1f} % of the mask was flagged as failed (a bound "
+        "reached, no convergence, unusable input or a decay not following the model)"
+    )
+    text = "; ".join(clauses)
+    return text[0].upper() + text[1:] + "."
 
 
 def _phase_and_correction(methods: Mapping[str, Any], references: list[str]) -> list[str]:
@@ -138,20 +142,19 @@ def _phase_and_correction(methods: Mapping[str, Any], references: list[str]) -> 
         sentences.append(f"The phase was judged {methods['PhaseVerdict']}: {note}.")
     if methods.get("B0Correction") == "through-slice":
         fraction = methods.get("B0CorrectedFraction")
-        share = f"; {100 * fraction:.0f} % of the mask was corrected" if fraction is not None else ""
+        share = "" if fraction is None else f"; {100 * fraction:.0f} % of the mask was corrected"
         sentences.append(
             "R2* was corrected for the through-slice gradient of the field"
             f"{_cites(references, methods.get('B0CorrectionReference'))} (field map from "
-            f"{methods.get('B0FieldMapMethod', 'the complex fit')}, slice profile "
-            f"{methods.get('B0SliceProfileSource') or methods.get('B0SliceProfile')}, echoes "
-            f"whose dephasing factor fell below {methods.get('B0CorrectionThreshold')} left "
-            f"out{share})."
+            f"{methods.get('B0FieldMapMethod', 'the complex fit')}; echoes whose dephasing "
+            f"factor fell below {methods.get('B0CorrectionThreshold')} left out{share})."
         )
+        profile = methods.get("B0SliceProfileSource") or methods.get("B0SliceProfile")
+        if profile:
+            sentences.append(f"The slice profile of the correction was {profile}.")
     else:
         why = methods.get("B0CorrectionNote")
-        sentences.append(
-            "No field-gradient correction was applied" + (f": {why}." if why else ".")
-        )
+        sentences.append("No field-gradient correction was applied" + (f": {why}." if why else "."))
     return sentences
 
 
@@ -165,9 +168,10 @@ def _software(record: PublishedSet, methods: Mapping[str, Any]) -> str:
 def set_methods(record: PublishedSet, references: list[str]) -> SetMethods:
     """The paragraph of one published set; new references are appended to ``references``."""
     methods = record.methods
+    software = _cites(references, methods.get("EstimationReference", ESTIMATION_REFERENCE))
     sentences = [
-        f"T2*, R2* and S0 maps were computed with t2starmap from {_acquisition(record)}.",
-        _fit(methods, record, references),
+        f"T2*, R2* and S0 maps were computed with t2starmap{software} from {_acquisition(record)}.",
+        _fit(methods, record),
         _noise(methods, record),
         _flags(methods, record),
         *_phase_and_correction(methods, references),

@@ -71,7 +71,8 @@ from t2starmap.errors import (
 )
 from t2starmap.fit import status as fit_status
 from t2starmap.interrupts import deferred_signals, raise_if_signalled
-from t2starmap.resources import limit_allocator_arenas, release_free_memory
+from t2starmap.resources import limit_allocator_arenas, release_free_memory, software_versions
+from t2starmap.workflows.methods import stage_page_citation, write_output_citation
 
 if TYPE_CHECKING:
     import torch
@@ -300,6 +301,8 @@ def run_participant(settings: Settings) -> RunResult:
                         _publish(run, page, _stage_page(run, page, progress))
             finally:
                 progress.close()
+            if run.published_any:
+                write_output_citation(settings.output_dir)
     result = RunResult(tuple(run.published), tuple(run.failures))
     if run.failures:
         raise SetsFailedError(result.summary(), worst([f.exit_code for f in run.failures]))
@@ -592,6 +595,8 @@ def _record(settings: Settings, echo_set: EchoSet, fitted: SetFit) -> PublishedS
         steps=dict(fitted.steps),
         noise_candidates=dict(fitted.noise.candidates),
         part_sources=tuple(derivatives.bids_path(settings.bids_dir, p) for p in fitted.part_files),
+        methods=dict(fitted.fit_info),
+        software=software_versions(),
     )
 
 
@@ -610,8 +615,11 @@ def _page_publication(
     shown_failures = failures + [f for f in failed_before if f.name not in attempted]
     failed = pages.failed_sets(shown_failures, {r.name for r in earlier})
     page_file = pages.page_name(page.subject, page.session)
-    write_text(stage / page_file, pages.render_page(page.subject, page.session, sections, failed))
+    shown = [s.record for s in staged] + earlier
+    page_html = pages.render_page(page.subject, page.session, sections, failed, shown)
+    write_text(stage / page_file, page_html)
     files = [name for s in staged for name in s.files]
+    files += stage_page_citation(stage, page.label, shown)
     for failure in failures:
         path = derivatives.failure_path(Path(), failure.entities)
         write_text(stage / path, failure.to_json())
@@ -733,6 +741,7 @@ def run_group(settings: Settings) -> Path:
     from t2starmap.report import write_group_report
 
     write_group_report(out, table)
+    write_output_citation(out)
     write_settings_log(settings)
     log.info(
         "group summary of %d echo set(s), %d published and %d failed: %s",
