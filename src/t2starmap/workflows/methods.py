@@ -1,11 +1,11 @@
 """The methods paragraphs a participant run and the group level write (``logs/CITATION*``).
 
 A participant/session page publishes ``logs/CITATION_sub-<L>[_ses-<S>].md`` (and ``.bib``,
-``.html``) for the sets it shows, with its other files; ``logs/CITATION.md`` (and ``.bib``,
-``.html``) covers every set published in the output folder, rewritten after each participant
-run and by the group level (concurrent participant runs may each leave out the other's sets:
-the group level's covers all). The text comes from the records alone
-(:mod:`t2starmap.report.methods`).
+``.html``) for the sets it shows, with its other files. ``logs/CITATION.md`` (and ``.bib``,
+``.html``) is, as fMRIPrep's, the last participant run's: the sets it published (from the
+records it holds: a study's thousandth task does not read 999 records); the group level
+rewrites it for every set published in the output folder. The text comes from the records
+alone (:mod:`t2starmap.report.methods`).
 """
 
 from __future__ import annotations
@@ -42,18 +42,23 @@ def stage_page_citation(stage: Path, label: str, records: Sequence[PublishedSet]
     return names
 
 
-def write_output_citation(output_dir: Path) -> list[Path]:
-    """``logs/CITATION.{md,bib,html}`` for every set published in ``output_dir`` (none when
-    there is none; a warning, not an error, when a record cannot be read)."""
+def write_output_citation(
+    output_dir: Path, records: Sequence[PublishedSet] | None = None
+) -> list[Path]:
+    """``logs/CITATION.{md,bib,html}`` for ``records``, by default every set published in
+    ``output_dir`` (nothing when there is none; a warning, not an error, when a record cannot
+    be read)."""
     from t2starmap.report.methods import citation_files
 
-    try:
-        records = outputs.load_published(output_dir)
-    except ValueError as err:
-        log.warning("logs/CITATION.md not written: %s", err)
-        return []
+    title = "t2starmap: methods of the echo sets this run published"
+    if records is None:
+        title = "t2starmap: methods of every published echo set"
+        try:
+            records = outputs.load_published(output_dir)
+        except ValueError as err:
+            log.warning("logs/CITATION.md not written: %s", err)
+            return []
     written = []
-    title = "t2starmap: methods of every published echo set"
     for extension, text in (citation_files(records, title) if records else {}).items():
         written.append(write_text(output_dir / LOGS / f"CITATION{extension}", text))
     if written:

@@ -301,8 +301,8 @@ def run_participant(settings: Settings) -> RunResult:
                         _publish(run, page, _stage_page(run, page, progress))
             finally:
                 progress.close()
-            if run.published_any:
-                write_output_citation(settings.output_dir)
+            if run.published:
+                write_output_citation(settings.output_dir, run.published)
     result = RunResult(tuple(run.published), tuple(run.failures))
     if run.failures:
         raise SetsFailedError(result.summary(), worst([f.exit_code for f in run.failures]))
