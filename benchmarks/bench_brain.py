@@ -65,7 +65,7 @@ import sys, json, numpy as np, torch
 from pathlib import Path
 torch.set_num_threads(1)  # as the app: 2 chunk workers of one torch thread each
 from t2starmap.bids.nifti import Geometry, read_volumes, save_map
-from t2starmap.fit import fit_t2star
+from t2starmap.fit import Compute, NoiseModel, fit_t2star
 bids, out, sigma = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
 echoes = sorted(bids.rglob("*_MEGRE.nii.gz"))
 te = [json.loads(p.with_name(p.name[:-7] + ".json").read_text())["EchoTime"] for p in echoes]
@@ -76,7 +76,9 @@ geometry = Geometry(tuple(header.shape), np.asarray(header.affine),
 data = np.empty((*geometry.shape, len(echoes)), dtype=np.float32)
 for k, volume in enumerate(read_volumes(echoes)):
     data[..., k] = volume
-result = fit_t2star(data, te, mask=data[..., 0] > 5 * sigma, noise_sigma=sigma, workers=2)
+result = fit_t2star(
+    data, te, mask=data[..., 0] > 5 * sigma, noise=NoiseModel(sigma), compute=Compute(workers=2)
+)
 del data
 out.mkdir(parents=True, exist_ok=True)
 maps = ("t2star", "r2star", "s0", "rmse", "t2star_se", "r2star_se", "s0_se", "chisq")

@@ -7,12 +7,15 @@ import pytest
 import torch
 
 from t2starmap.b0 import correction as b0
+from t2starmap.b0.correction import SliceGeometry
 from t2starmap.b0.profiles import SliceProfile, dephasing_factor
 from t2starmap.errors import NotApplicableError
-from t2starmap.fit import FitResult, fit_complex, fit_t2star, frequency_limit
+from t2starmap.fit import Compute, FitResult, NoiseModel, fit_complex, fit_t2star, frequency_limit
+from t2starmap.fit.limits import Method
 from t2starmap.fit.phase import FieldMap, analyse_phase
 from t2starmap.fit.status import Correction as Status
-from t2starmap.sim.phantoms import DEFAULT_ECHO_TIMES, SlicePhantom, make_slice_phantom
+from t2starmap.sim.phantoms import DEFAULT_ECHO_TIMES
+from t2starmap.sim.slices import SlicePhantom, make_slice_phantom
 from tests.support.factors import rect_factor
 
 TE = np.asarray(DEFAULT_ECHO_TIMES)
@@ -22,24 +25,30 @@ def correct(
     magnitude: np.ndarray,
     field: FieldMap,
     te: np.ndarray,
-    affine: np.ndarray,
+    slices: SliceGeometry,
     *,
-    method: str = "nlls-gaussian",
+    method: Method = "nlls-gaussian",
     noise_sigma: float | None = None,
     dtype: torch.dtype = torch.float32,
-    **kwargs: object,
+    threshold: float = b0.FACTOR_THRESHOLD,
 ) -> b0.ThroughSliceCorrection:
     """The correction as the app runs it: the uncorrected fit first, then the corrected one
     started from it."""
-    uncorrected = fit_t2star(magnitude, te, method=method, noise_sigma=noise_sigma, dtype=dtype)
+    uncorrected = fit_t2star(
+        magnitude,
+        te,
+        method=method,
+        noise=NoiseModel(sigma=noise_sigma),
+        compute=Compute(dtype=dtype),
+    )
     return b0.correct_through_slice(
         magnitude,
         te,
-        affine,
+        slices,
         field=field,
         uncorrected=uncorrected,
-        dtype=dtype,
-        **kwargs,  # type: ignore[arg-type]
+        compute=Compute(dtype=dtype),
+        threshold=threshold,
     )
 
 
@@ -60,7 +69,9 @@ def correction(phantom: SlicePhantom, request: pytest.FixtureRequest) -> b0.Thro
     """The correction with the field map of the complex fit, and with the closed form."""
     signal = phantom.magnitude * np.exp(1j * phantom.phase)
     if request.param == "complex fit":
-        field = FieldMap.from_fit(fit_complex(signal, TE, noise_sigma=phantom.sigma), TE)
+        field = FieldMap.from_fit(
+            fit_complex(signal, TE, noise=NoiseModel(sigma=phantom.sigma)), TE
+        )
     else:
         found = analyse_phase(signal, TE, noise_sigma=phantom.sigma).field_map()
         assert found is not None
@@ -70,9 +81,7 @@ def correction(phantom: SlicePhantom, request: pytest.FixtureRequest) -> b0.Thro
         phantom.magnitude,
         field,
         phantom.echo_times,
-        phantom.affine,
-        mr_acquisition_type="2D",
-        slice_thickness_mm=phantom.slice_thickness_mm,
+        SliceGeometry(phantom.affine, 2, "2D", phantom.slice_thickness_mm),
         noise_sigma=phantom.sigma,
     )
 
@@ -175,9 +184,7 @@ def test_field_map_input_with_failed_voxels_and_3d_geometry() -> None:
         ph.magnitude,
         known_field(ph.frequency_hz, failed),
         ph.echo_times,
-        ph.affine,
-        mr_acquisition_type="3D",
-        slice_thickness_mm=99.0,
+        SliceGeometry(ph.affine, 2, "3D", 99.0),
         dtype=torch.float64,
     )
     assert (out.thickness_mm, out.spacing_mm) == (3.0, 3.0) and out.wrap_period_hz is None
@@ -231,9 +238,7 @@ def test_missing_metadata_is_a_clear_error(
 
 
 def _run(mag: np.ndarray, field: np.ndarray, te: np.ndarray) -> None:
-    correct(
-        mag, known_field(field), te, np.eye(4), mr_acquisition_type="2D", slice_thickness_mm=1.0
-    )
+    correct(mag, known_field(field), te, SliceGeometry(np.eye(4), 2, "2D", 1.0))
 
 
 def test_bad_input_raises() -> None:
@@ -260,9 +265,7 @@ def test_voxels_left_with_one_echo_are_flagged_and_uncorrected() -> None:
         ph.magnitude,
         known_field(ph.frequency_hz),
         ph.echo_times,
-        ph.affine,
-        mr_acquisition_type="2D",
-        slice_thickness_mm=3.0,
+        SliceGeometry(ph.affine, 2, "2D", 3.0),
         threshold=0.995,  # only the first echo (TE 2 ms) keeps |F| >= 0.995 where dF >= 12 Hz
     )
     inner = out.status[:, :, 1:-1]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from t2starmap.cli.run import main
-from t2starmap.sim.phantoms import make_slice_phantom, write_slice_megre
+from t2starmap.sim.slices import make_slice_phantom, write_slice_megre
 from tests.support.files import checksums, failure_reasons, images_below
 
 ANAT = Path("sub-01") / "anat"

@@ -12,12 +12,8 @@ from t2starmap.bids.layout import EchoSet, find_echo_sets
 from t2starmap.bids.nifti import check_geometry
 from t2starmap.fit import dispatch
 from t2starmap.fit.status import GOOD, NOT_CORRECTED, NOT_FITTED, level_named
-from t2starmap.sim.phantoms import (
-    make_phantom,
-    make_slice_phantom,
-    write_megre,
-    write_slice_megre,
-)
+from t2starmap.sim.phantoms import make_phantom, write_megre
+from t2starmap.sim.slices import make_slice_phantom, write_slice_megre
 from t2starmap.workflows import echo_set as estimate
 from t2starmap.workflows.echo_set import OptionError, Options, fit_echo_set
 

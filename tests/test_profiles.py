@@ -14,11 +14,13 @@ import pytest
 from t2starmap.b0 import correction as b0
 from t2starmap.b0 import profile_fit as PF
 from t2starmap.b0 import profiles as P
-from t2starmap.b0.profiles import SliceProfile, parse_slice_profile
+from t2starmap.b0.profile_fit import ProfileSearch
+from t2starmap.b0.profiles import SliceProfile
 from t2starmap.bids import slice_headers as H
-from t2starmap.fit import fit_complex, fit_corrected
+from t2starmap.bids.slice_profiles import format_profile_table, parse_slice_profile
+from t2starmap.fit import NoiseModel, fit_complex, fit_corrected
 from t2starmap.fit.phase import FieldMap
-from t2starmap.sim.phantoms import SlicePhantom, make_slice_phantom
+from t2starmap.sim.slices import SlicePhantom, make_slice_phantom
 
 TE = np.linspace(0.003, 0.043, 11)  # the issue's echoes: 11, 3-43 ms
 ANALYTIC = ["rect", "gaussian", "gaussian:1.3", "sinc:2", "sinc:2.7", "sinc:4", "sinc:10"]
@@ -207,9 +209,7 @@ def test_table_round_trip_gives_the_profile_s_factor(tmp_path: Path) -> None:
     truth = SliceProfile("sinc", 3.0)
     x = np.linspace(-3.0, 3.0, 1201)
     path = tmp_path / "sinc3.tsv"
-    path.write_text(
-        "# a simulated profile\n" + P.format_profile_table(x, P.profile_shape(truth, x))
-    )
+    path.write_text("# a simulated profile\n" + format_profile_table(x, P.profile_shape(truth, x)))
     table = parse_slice_profile(str(path))
     assert table.kind == "table" and table.origin == str(path) and table.symmetric
     np.testing.assert_array_equal(table.positions, x)  # exact: repr round trip
@@ -319,7 +319,9 @@ def case(spec: str, snr: float = 100.0) -> Case:
     gradient from the complex fit's field map, as in a run (cached per profile)."""
     if (spec, snr) not in _CASES:
         ph = make_slice_phantom((24, 24, 6), TE, snr=snr, seed=11, profile=spec, samples=256)
-        cfit = fit_complex(ph.magnitude * np.exp(1j * ph.phase), TE, noise_sigma=ph.sigma)
+        cfit = fit_complex(
+            ph.magnitude * np.exp(1j * ph.phase), TE, noise=NoiseModel(sigma=ph.sigma)
+        )
         field = FieldMap.from_fit(cfit, TE)
         gradient, valid = b0.through_slice_gradient(
             field.frequency_hz, ph.mask & ~field.untrusted, ph.affine, 2,
@@ -333,7 +335,13 @@ def r2_errors(c: Case, profile: SliceProfile) -> tuple[float, float]:
     """Median |R2*/truth - 1| where the field changes >= 12 Hz across the slice, and where it
     does not change, with ``profile`` in the corrected fit."""
     factor = np.abs(P.dephasing_factor(profile, c.gradient, 3.0, TE))
-    fit = fit_corrected(c.phantom.magnitude, TE, factor, mask=c.valid, noise_sigma=c.phantom.sigma)
+    fit = fit_corrected(
+        c.phantom.magnitude,
+        TE,
+        factor,
+        mask=c.valid,
+        noise=NoiseModel(sigma=c.phantom.sigma, floor=False),
+    )
     error = np.abs(fit.result.r2star.numpy() / c.phantom.r2star - 1.0)
     steep = c.valid & (c.phantom.field_change_hz >= 12.0)
     flat = c.valid & (c.phantom.field_change_hz == 0.0)
@@ -387,14 +395,28 @@ def test_estimated_profile_meets_the_targets(spec: str) -> None:
 def test_estimate_one_family_and_without_sigma() -> None:
     c = case("sinc:3")
     only = PF.estimate_slice_profile(
-        c.phantom.magnitude, TE, c.gradient, 3.0, c.valid, c.phantom.sigma, family="sinc"
+        c.phantom.magnitude,
+        TE,
+        c.gradient,
+        3.0,
+        c.valid,
+        c.phantom.sigma,
+        search=ProfileSearch(family="sinc"),
     )
     assert len(only.fits) == 1 and only.support is None
     assert only.chosen is not None and only.chosen.cost.shape == only.chosen.grid.shape
     blind = PF.estimate_slice_profile(c.phantom.magnitude, TE, c.gradient, 3.0, c.valid, None)
     assert blind.tbw == pytest.approx(3.0, rel=0.1)
     with pytest.raises(ValueError, match="family"):
-        PF.estimate_slice_profile(c.phantom.magnitude, TE, c.gradient, 3.0, c.valid, 1.0, "box")
+        PF.estimate_slice_profile(
+            c.phantom.magnitude,
+            TE,
+            c.gradient,
+            3.0,
+            c.valid,
+            1.0,
+            search=ProfileSearch(family="box"),
+        )
 
 
 def test_estimate_falls_back_with_too_few_strong_voxels() -> None:
@@ -416,7 +438,13 @@ def test_a_minimum_at_the_end_of_the_range_is_not_an_estimate() -> None:
     rectangle, the sinc family's end 1/N^2 = 0, stays a member."""
     c = case("gaussian:0.2")
     estimate = PF.estimate_slice_profile(
-        c.phantom.magnitude, TE, c.gradient, 3.0, c.valid, c.phantom.sigma, family="gaussian"
+        c.phantom.magnitude,
+        TE,
+        c.gradient,
+        3.0,
+        c.valid,
+        c.phantom.sigma,
+        search=ProfileSearch(family="gaussian"),
     )
     assert estimate.profile.spec() == PF.DEFAULT_PROFILE.spec()
     assert estimate.profile.source == "default"

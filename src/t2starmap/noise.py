@@ -52,6 +52,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
+from t2starmap.fit import Compute
+
 MIN_BACKGROUND = 100
 #: Largest effective coil count accepted from a background; a larger one means the darkest
 #: class of the image is tissue, not air.
@@ -424,7 +426,9 @@ def noise_from_residuals(
     index = index[:: max(1, -(-index.size // max_voxels))]
     if index.size < MIN_BACKGROUND:
         return NoiseEstimate(None, int(index.size), "too few voxels for the residuals")
-    result = fit_t2star(flat[index], te, method="wls", dtype=torch.float64, workers=workers)
+    result = fit_t2star(
+        flat[index], te, method="wls", compute=Compute(dtype=torch.float64, workers=workers)
+    )
     ok = ~result.failed.numpy()
     ssr = result.rmse.numpy() ** 2 * n_echo
     last = result.s0.numpy() * np.exp(-te.max() * result.r2star.numpy())

@@ -19,7 +19,7 @@ from t2starmap.bids.outputs import (
 )
 from t2starmap.cli.run import main
 from t2starmap.report.methods import NOISE_METHODS, bibtex, citation, citation_files, markdown
-from t2starmap.sim.phantoms import make_slice_phantom, write_slice_megre
+from t2starmap.sim.slices import make_slice_phantom, write_slice_megre
 
 REF_A = (
     "Fernandez-Seara MA, Wehrli FW. Postprocessing technique to correct for background "

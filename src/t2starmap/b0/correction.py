@@ -40,12 +40,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from t2starmap.b0.profile_fit import ProfileEstimate, estimate_slice_profile
+from t2starmap.b0.profile_fit import estimate_slice_profile
+from t2starmap.b0.profile_result import ProfileEstimate
 from t2starmap.b0.profiles import SliceProfile, dephasing_factor
 from t2starmap.errors import NotApplicableError
-from t2starmap.fit import FitResult, check_echo_times, fit_corrected
-from t2starmap.fit.dispatch import default_workers, map_chunks
-from t2starmap.fit.magnitude import FACTOR_THRESHOLD
+from t2starmap.fit import FitResult, NoiseModel, check_echo_times, fit_corrected
+from t2starmap.fit.corrected import FACTOR_THRESHOLD
+from t2starmap.fit.dispatch import Compute, default_workers, map_chunks
 from t2starmap.fit.phase import FieldMap
 from t2starmap.fit.result import MAPS
 from t2starmap.fit.status import Correction
@@ -58,6 +59,7 @@ RECTANGLE = SliceProfile(
 __all__ = [
     "FACTOR_THRESHOLD",
     "REFERENCES",
+    "SliceGeometry",
     "ThroughSliceCorrection",
     "correct_through_slice",
     "slice_geometry",
@@ -232,62 +234,74 @@ class ThroughSliceCorrection:
     profile_estimate: ProfileEstimate | None = None
 
 
+@dataclass(frozen=True)
+class SliceGeometry:
+    """The slices of a set, as the correction needs them, in one object.
+
+    ``affine``: the image's 4x4 voxel-to-mm matrix; ``slice_axis``: the voxel axis (0-2) the
+    slices are stacked along; ``mr_acquisition_type``, ``thickness_mm``, ``spacing_mm``: the
+    sidecar's MRAcquisitionType, SliceThickness and SpacingBetweenSlices (see
+    :func:`slice_geometry`); ``profile``: the slice profile (:mod:`t2starmap.b0.profiles`;
+    None: estimated from the strong-gradient voxels,
+    :func:`~t2starmap.b0.profile_fit.estimate_slice_profile`). A 3D acquisition's voxel is a
+    box along the slice axis: the rectangle, whatever profile is given.
+    """
+
+    affine: np.ndarray
+    slice_axis: int = 2
+    mr_acquisition_type: str | None = None
+    thickness_mm: float | None = None
+    spacing_mm: float | None = None
+    profile: SliceProfile | None = None
+
+    def sizes(self) -> tuple[float, float]:
+        """(thickness, spacing) in mm: :func:`slice_geometry`."""
+        return slice_geometry(
+            self.mr_acquisition_type,
+            self.affine,
+            self.slice_axis,
+            slice_thickness_mm=self.thickness_mm,
+            spacing_between_slices_mm=self.spacing_mm,
+        )
+
+
 def correct_through_slice(
     magnitude: np.ndarray,
     echo_times: Sequence[float] | np.ndarray,
-    affine: np.ndarray,
+    slices: SliceGeometry,
     *,
     field: FieldMap,
     uncorrected: FitResult,
-    mr_acquisition_type: str | None,
-    slice_thickness_mm: float | None = None,
-    spacing_between_slices_mm: float | None = None,
-    slice_axis: int = 2,
     mask: np.ndarray | None = None,
-    noise_sigma: float | None = None,
-    device: str | torch.device | None = None,
-    dtype: torch.dtype = torch.float32,
-    workers: int | None = None,
+    compute: Compute = Compute(),
     threshold: float = FACTOR_THRESHOLD,
-    profile: SliceProfile | None = None,
 ) -> ThroughSliceCorrection:
     """Through-slice correction of a magnitude volume (X, Y, Z, n_echoes).
 
     ``field``: the field map and the voxels where it is not to be trusted
     (:class:`~t2starmap.fit.phase.FieldMap`). ``uncorrected``: the plain fit of the same
     voxels; voxels that cannot be corrected keep its values, and the corrected fit starts from
-    it, with its noise model (noise-aware when it was; ``noise_sigma`` None: the uncorrected
-    fit's). ``mr_acquisition_type``, ``slice_thickness_mm``, ``spacing_between_slices_mm``:
-    the sidecar's MRAcquisitionType, SliceThickness and SpacingBetweenSlices (see
-    :func:`slice_geometry`, which raises ValueError when they do not suffice). ``profile``:
-    the slice profile (:mod:`t2starmap.b0.profiles`); None: estimated from the strong-gradient
-    voxels (:func:`~t2starmap.b0.profile_fit.estimate_slice_profile`, its default when they are too
-    few). A 3D acquisition's voxel is a box along the slice axis: the rectangle, whatever is
-    given.
+    it, with its noise model (noise-aware when it was). ``slices``: the slice geometry and
+    profile (:class:`SliceGeometry`; :func:`slice_geometry` raises NotApplicableError when the
+    metadata do not suffice). ``compute``: as for :func:`t2starmap.fit.fit_t2star`.
     """
-    mag, te, inside = _checked(magnitude, echo_times, mask, slice_axis, field)
-    thickness, spacing = slice_geometry(
-        mr_acquisition_type,
-        affine,
-        slice_axis,
-        slice_thickness_mm=slice_thickness_mm,
-        spacing_between_slices_mm=spacing_between_slices_mm,
-    )
+    axis = slices.slice_axis
+    mag, te, inside = _checked(magnitude, echo_times, mask, axis, field)
+    thickness, spacing = slices.sizes()
     bad_field = np.asarray(field.untrusted, dtype=bool)
     gradient, valid = through_slice_gradient(
-        field.frequency_hz, inside & ~bad_field, affine, slice_axis, spacing,
+        field.frequency_hz, inside & ~bad_field, slices.affine, axis, spacing,
         wrap_period_hz=field.wrap_period_hz,
     )  # fmt: skip
-    status = _status(inside, bad_field, valid, slice_axis)
-    sigma = noise_sigma if noise_sigma is not None else uncorrected.noise_sigma
-    profile, estimate = _slice_profile(
-        profile, mr_acquisition_type, mag, te, gradient, thickness, valid, sigma, workers
+    status = _status(inside, bad_field, valid, axis)
+    noise = NoiseModel(
+        uncorrected.noise_sigma, uncorrected.noise_coils, uncorrected.noise_model != "gaussian"
     )
+    workers = compute.workers
+    profile, estimate = _slice_profile(slices, mag, te, gradient, valid, noise.sigma, workers)
     corr = fit_corrected(
         mag, te, _factor_where(valid, profile, gradient, thickness, te, workers), mask=valid,
-        noise_sigma=sigma, noise_coils=uncorrected.noise_coils,
-        noise_aware=uncorrected.noise_model != "gaussian", start=uncorrected,
-        device=device, dtype=dtype, workers=workers, threshold=threshold,
+        noise=noise, start=uncorrected, compute=compute, threshold=threshold,
     )  # fmt: skip
     status[valid & corr.too_few.cpu().numpy()] = Correction.FEW_ECHOES
     use = torch.as_tensor(status == Correction.CORRECTED)
@@ -339,22 +353,21 @@ def _factor_where(
 
 
 def _slice_profile(
-    given: SliceProfile | None,
-    mr_acquisition_type: str | None,
+    slices: SliceGeometry,
     magnitude: np.ndarray,
     te: np.ndarray,
     gradient: np.ndarray,
-    thickness: float,
     valid: np.ndarray,
     sigma: float | None,
     workers: int | None,
 ) -> tuple[SliceProfile, ProfileEstimate | None]:
     """The profile the factor comes from: the rectangle for a 3D acquisition (its voxel is a
     box), else the one given, else estimated from the strong-gradient voxels (with how)."""
-    if str(mr_acquisition_type).upper() == "3D":
+    if str(slices.mr_acquisition_type).upper() == "3D":
         return RECTANGLE, None
-    if given is not None:
-        return given, None
+    if slices.profile is not None:
+        return slices.profile, None
+    thickness = slices.sizes()[0]
     estimate = estimate_slice_profile(
         magnitude, te, gradient, thickness, valid, sigma, workers=workers
     )

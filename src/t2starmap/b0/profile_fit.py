@@ -15,20 +15,19 @@ from typing import Any
 
 import numpy as np
 
+from t2starmap.b0.profile_result import FamilyFit, ProfileEstimate
 from t2starmap.b0.profiles import (
-    TBW_RANGE,
-    WIDTH_RANGE,
     SliceProfile,
     gaussian_factor,
     sinc_envelope,
 )
+from t2starmap.fit import Compute, NoiseModel
 
 __all__ = [
     "DEFAULT_PROFILE",
     "FAMILIES",
     "FAMILY_GRIDS",
-    "FamilyFit",
-    "ProfileEstimate",
+    "ProfileSearch",
     "estimate_slice_profile",
 ]
 
@@ -62,87 +61,40 @@ def _family_factor(family: str, v: float, k: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class FamilyFit:
-    """One family's search in :func:`estimate_slice_profile`.
+class ProfileSearch:
+    """How :func:`estimate_slice_profile` searches, in one object.
 
-    family: "sinc" (parameter: the time-bandwidth product N, searched as v = 1/N^2; v = 0 is
-    the rectangle, N = inf) or "gaussian" (parameter: the FWHM W in slice thicknesses,
-    searched as v = W^2). grid, cost: (n,) the v tried and the set-wide reduced chi-square at
-    each. value, value_sd: v at the minimum (parabola through the lowest grid point and its
-    neighbours) and its SD from a bootstrap over voxels; value_sd_curvature: the SD the
-    curvature of the chi-square gives, scaled by the reduced chi-square when that exceeds 1.
-    parameter, parameter_sd: N or W, SD by the delta method. reduced_chi2: at the minimum.
-    at_edge: the minimum is on an end of the grid that is not a family member's limit (the
-    smooth end for sinc, either end for gaussian): the truth may lie beyond."""
+    ``family``: "sinc" (Hanning-windowed sinc, time-bandwidth product N), "gaussian" (FWHM W)
+    or "auto", both, keeping the one with the lower reduced chi-square (:data:`FAMILY_GRIDS`
+    for what is searched).
 
-    family: str
-    grid: np.ndarray
-    cost: np.ndarray
-    value: float
-    value_sd: float
-    value_sd_curvature: float
-    parameter: float
-    parameter_sd: float
-    reduced_chi2: float
-    at_edge: bool
+    Voxels: strong where the dephasing reaches k = |G| dz TE >= ``min_cycles`` at an echo
+    whose signal, PREDICTED by a first fit, is >= ``snr_floor`` sigma (the family members
+    differ by 10-50 % in F there), with at least 4 such "counted" echoes; at most
+    ``max_voxels`` (a subset drawn with ``seed``; 1000 give N to 0.4 % at SNR 100 and cost a
+    third to half of the complex fit of a 96 x 96 x 16 set; the cost does not grow with the
+    set). Fewer than ``min_voxels``: ``default``, with the reason.
 
-    def profile(self) -> SliceProfile:
-        """The member found (source "estimated"); sinc beyond N = 30 is the rectangle."""
-        origin = f"{self.family} family, {self.parameter:.3g} +- {self.parameter_sd:.2g}"
-        if self.family == "gaussian":
-            width = min(max(self.parameter, WIDTH_RANGE[0]), WIDTH_RANGE[1])
-            return SliceProfile("gaussian", width, source="estimated", origin=origin)
-        if self.parameter > TBW_RANGE[1]:
-            return SliceProfile("rect", source="estimated", origin=origin)
-        tbw = max(self.parameter, TBW_RANGE[0])
-        return SliceProfile("sinc", tbw, source="estimated", origin=origin)
+    Uncertainty: a bootstrap over voxels (``n_boot`` resamplings of the per-voxel cost table,
+    seeded): it sees model misfit (e.g. errors of the gradient) that the chi-square's
+    curvature, also reported, assumes away. It is still a lower bound: neighbouring voxels
+    share their gradient, and a bias common to all voxels (a noisy gradient, the field
+    curving within the slice) is not seen; on the simulator N came out 1-3 SD (< 1.5 %) off.
+    Raises ValueError for an unknown family.
+    """
 
+    family: str = "auto"
+    min_voxels: int = 100
+    max_voxels: int = 1000
+    min_cycles: float = 0.5
+    snr_floor: float = 3.0
+    n_boot: int = 200
+    seed: int = 0
+    default: SliceProfile = DEFAULT_PROFILE
 
-@dataclass(frozen=True)
-class ProfileEstimate:
-    """:func:`estimate_slice_profile`'s result.
-
-    profile: the estimated profile (source "estimated") or, on a fallback, the default
-    (source "default", the reason as its origin). chosen: the family kept (lowest reduced
-    chi-square), None on a fallback; fits: every family searched (empty when it fell back
-    before fitting); support: the fraction of the bootstrap resamplings in which the chosen
-    family also has the lowest cost (None with one family). n_voxels: voxels used;
-    fallback_reason: why the default was taken, else None."""
-
-    profile: SliceProfile
-    chosen: FamilyFit | None
-    fits: tuple[FamilyFit, ...]
-    support: float | None
-    n_voxels: int
-    fallback_reason: str | None
-
-    @property
-    def tbw(self) -> float | None:
-        """The estimated time-bandwidth product (inf: the rectangle), when sinc was chosen."""
-        return self.chosen.parameter if self.chosen and self.chosen.family == "sinc" else None
-
-    @property
-    def tbw_sd(self) -> float | None:
-        """Its standard uncertainty (bootstrap over voxels), when sinc was chosen."""
-        return self.chosen.parameter_sd if self.chosen and self.chosen.family == "sinc" else None
-
-    def describe(self) -> str:
-        """One line for the sidecar."""
-        if self.chosen is None:
-            return f"{self.profile.spec()} (default: {self.fallback_reason})"
-        c = self.chosen
-        if c.family == "sinc" and c.value <= 0:
-            found = f"the rectangle end of the sinc family (1/N^2 = 0, SD {c.value_sd:.2g})"
-        else:
-            name = "time-bandwidth product" if c.family == "sinc" else "FWHM / thickness"
-            found = f"{c.family} family, {name} {c.parameter:.3g} +- {c.parameter_sd:.2g}"
-        support = "" if self.support is None else f"; family kept in {self.support:.0%}"
-        edge = "; at the end of the searched range" if c.at_edge else ""
-        return (
-            f"{self.profile.spec()} estimated from {self.n_voxels} strong-gradient voxels: "
-            f"{found} (SD: bootstrap over voxels{support}), reduced chi-square "
-            f"{c.reduced_chi2:.3g}{edge}"
-        )
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f"profile family must be one of {FAMILIES}, got {self.family!r}")
 
 
 def estimate_slice_profile(
@@ -152,33 +104,18 @@ def estimate_slice_profile(
     thickness_mm: float,
     mask: np.ndarray | None,
     noise_sigma: float | None,
-    family: str = "auto",
+    search: ProfileSearch = ProfileSearch(),
     *,
-    min_voxels: int = 100,
-    max_voxels: int = 1000,
-    min_cycles: float = 0.5,
-    snr_floor: float = 3.0,
-    n_boot: int = 200,
-    seed: int = 0,
-    default: SliceProfile = DEFAULT_PROFILE,
     workers: int | None = None,
 ) -> ProfileEstimate:
-    """The set's slice profile within a one-parameter family, from its strong-gradient voxels.
+    """The set's slice profile within a one-parameter family, from its strong-gradient voxels
+    (how: ``search``, :class:`ProfileSearch`).
 
     ``magnitude``: (..., E); ``echo_times``: (E,) s; ``gradient_hz_per_mm``: (...) G along the
     slice axis; ``thickness_mm``: dz; ``mask``: (...) bool, voxels whose gradient is to be
     trusted (None: all with a finite, non-zero G); ``noise_sigma``: the magnitude's noise SD
     (None: echoes count from 5 % of the voxel's brightest, the cost is scaled by its own
-    residual variance and the Rician correction is off); ``family``: "sinc" (Hanning-windowed
-    sinc, time-bandwidth product N), "gaussian" (FWHM W) or "auto", both, keeping the one
-    with the lower reduced chi-square (:data:`FAMILY_GRIDS` for what is searched).
-
-    Voxels: strong where the dephasing reaches k = |G| dz TE >= ``min_cycles`` at an echo
-    whose signal, PREDICTED by a first fit, is >= ``snr_floor`` sigma (the family members
-    differ by 10-50 % in F there), with at least 4 such "counted" echoes; at most
-    ``max_voxels`` (a seeded random subset; 1000 give N to 0.4 % at SNR 100 and cost a
-    third to half of the complex fit of a 96 x 96 x 16 set; the cost does not grow with the
-    set).
+    residual variance and the Rician correction is off).
 
     Cost: for each member, :func:`t2starmap.fit.fit_corrected` on the counted echoes (the
     others get factor 0, so it leaves them out as it does echoes with |F| below its
@@ -188,40 +125,31 @@ def estimate_slice_profile(
     the degrees of freedom it is the set-wide cost; its minimum is refined by a parabola. A
     member that over-dephases pushes R2* to its bound: that bounded fit's cost counts against
     it. Voxels a member leaves with too few echoes to correct, or without signal, are left
-    out of all members.
-
-    Uncertainty: a bootstrap over voxels (``n_boot`` resamplings of the per-voxel cost table,
-    seeded): it sees model misfit (e.g. errors of the gradient) that the chi-square's
-    curvature, also reported, assumes away. It is still a lower bound: neighbouring voxels
-    share their gradient, and a bias common to all voxels (a noisy gradient, the field
-    curving within the slice) is not seen; on the simulator N came out 1-3 SD (< 1.5 %) off.
-    Falls back to ``default``, with the reason, when fewer than ``min_voxels`` strong voxels
-    remain or the cost does not change across the family. ``workers``: the fits' chunk workers
-    (:func:`t2starmap.fit.fit_corrected`).
+    out of all members. Falls back to the search's default when the cost does not change
+    across the family. ``workers``: the fits' chunk workers.
     """
-    if family not in FAMILIES:
-        raise ValueError(f"profile family must be one of {FAMILIES}, got {family!r}")
     if noise_sigma is not None and not (math.isfinite(noise_sigma) and noise_sigma > 0):
         raise ValueError(f"noise sigma must be a positive number, got {noise_sigma!r}")
     mag, te, g = _check_inputs(magnitude, echo_times, gradient_hz_per_mm, thickness_mm, mask)
-    rng = np.random.default_rng(seed)
-    limits = (min_cycles, snr_floor)
+    s = search
+    rng = np.random.default_rng(s.seed)
+    limits = (s.min_cycles, s.snr_floor)
     rows, counted = _strong_voxels(
-        mag, te, g * thickness_mm, noise_sigma, limits, rng, max_voxels, workers
+        mag, te, g * thickness_mm, noise_sigma, limits, rng, s.max_voxels, workers
     )
-    few = f"fewer than the {min_voxels} needed ({_STRONG.format(*limits)})"
-    if rows.size < min_voxels:
-        return _fallback(default, rows.size, f"{rows.size} strong-gradient voxels, {few}")
-    names = tuple(FAMILY_GRIDS) if family == "auto" else (family,)
+    few = f"fewer than the {s.min_voxels} needed ({_STRONG.format(*limits)})"
+    if rows.size < s.min_voxels:
+        return _fallback(s.default, rows.size, f"{rows.size} strong-gradient voxels, {few}")
+    names = tuple(FAMILY_GRIDS) if s.family == "auto" else (s.family,)
     k = (g[rows] * thickness_mm)[:, None] * te
     strong = np.asarray(mag[rows], dtype=np.float64)
     grids, tables, usable = _search(strong, te, k, counted, noise_sigma, names, workers)
     n = int(usable.sum())
-    if n < min_voxels:
-        return _fallback(default, n, f"{n} strong-gradient voxels every member fits, {few}")
+    if n < s.min_voxels:
+        return _fallback(s.default, n, f"{n} strong-gradient voxels every member fits, {few}")
     costs = {name: tables[name][usable] for name in names}
     dof = float(np.sum(counted[usable].sum(axis=1) - 2))
-    return _choose(grids, costs, dof, noise_sigma is None, rng, n_boot, default)
+    return _choose(grids, costs, dof, noise_sigma is None, rng, s.n_boot, s.default)
 
 
 def _a_minimum(fit: FamilyFit) -> bool:
@@ -352,8 +280,8 @@ def _strong_voxels(
         np.asarray(mag[rows], dtype=np.float64),
         te,
         np.where(rough[rows], f, 0.0),
-        noise_sigma=sigma,
-        workers=workers,
+        noise=NoiseModel(sigma=sigma, floor=False),
+        compute=Compute(workers=workers),
     )
     counted = _model(first, te, f) >= floor[rows]
     reach = np.max(np.where(counted, cycles, 0.0), axis=1)
@@ -424,8 +352,8 @@ def _cost_tables(
         te,
         np.where(counted, factors, 0.0).reshape(-1, n_echo),
         mask=np.ones(factors.shape[0] * n, dtype=bool),
-        noise_sigma=sigma,
-        workers=workers,
+        noise=NoiseModel(sigma=sigma, floor=False),
+        compute=Compute(workers=workers),
     )
     # A member that over-dephases drives R2* to its lower bound and the fit reports a
     # failure: that bounded fit's cost is what the member is worth, so it stays. Left out:

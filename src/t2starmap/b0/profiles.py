@@ -1,7 +1,8 @@
 """Slice profiles and the through-slice dephasing factor F(TE) they give.
 
-Pure numpy (the one exception: :func:`read_profile_table` reads a TSV file). The profile
-estimated from the data is in :mod:`t2starmap.b0.profile_fit`, the profile the headers name in
+Pure numpy, no file I/O. The profile estimated from the data is in
+:mod:`t2starmap.b0.profile_fit`; a profile's spelling (``--slice-profile``, a TSV table) is read
+by :mod:`t2starmap.bids.slice_profiles`, the profile the headers name by
 :mod:`t2starmap.bids.slice_headers`. No logging, no printing. Units:
 echo times in s, field gradients in Hz/mm (the field's change along the slice axis, as
 :func:`t2starmap.b0.correction.through_slice_gradient` gives it), lengths in mm, positions
@@ -51,7 +52,6 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -62,15 +62,15 @@ __all__ = [
     "WIDTH_RANGE",
     "FactorCurves",
     "SliceProfile",
+    "check_table",
+    "check_tbw",
+    "check_width",
     "dephasing_factor",
     "factor_curves",
-    "format_profile_table",
     "gaussian_factor",
     "numeric_factor",
-    "parse_slice_profile",
     "profile_shape",
     "profile_support",
-    "read_profile_table",
     "sinc_envelope",
 ]
 
@@ -80,8 +80,6 @@ KINDS = ("rect", "gaussian", "sinc", "table")
 TBW_RANGE = (1.0, 30.0)
 #: FWHMs accepted for ``gaussian:W``, in slice thicknesses.
 WIDTH_RANGE = (0.2, 5.0)
-#: gamma / (2 pi) of 1H: a gradient of 1 mT/m changes the frequency by this many Hz per mm.
-GAMMA_BAR_HZ_PER_MT_M_MM = 42.577478
 _LN2 = math.log(2.0)
 # Numerical transform: profile sampled at most 1/256 slice thickness apart, zero-padded to 2^18
 # points: F tabulated every 1/1024 cycle per thickness (or closer) up to 128 (or more), then
@@ -126,15 +124,15 @@ class SliceProfile:
                 "header:<field>, estimated, default"
             )
         if self.kind == "sinc":
-            _check_tbw(self.parameter)
+            check_tbw(self.parameter)
         elif self.kind == "gaussian" and self.parameter is not None:
-            _check_width(self.parameter)
+            check_width(self.parameter)
         elif self.parameter is not None:
             raise ValueError(f"slice profile {self.kind!r} takes no parameter")
         if self.kind == "table":
             if self.positions is None or self.amplitudes is None:
                 raise ValueError("a table slice profile needs positions and amplitudes")
-            _check_table(np.asarray(self.positions), np.asarray(self.amplitudes), "table")
+            check_table(np.asarray(self.positions), np.asarray(self.amplitudes), "table")
         elif self.positions is not None or self.amplitudes is not None:
             raise ValueError(f"slice profile {self.kind!r} takes no table")
 
@@ -189,7 +187,7 @@ class SliceProfile:
         return dataclasses.replace(self, source=source, origin=origin)
 
 
-def _check_tbw(tbw: float | None) -> float:
+def check_tbw(tbw: float | None) -> float:
     lo, hi = TBW_RANGE
     if tbw is None or not isinstance(tbw, (int, float)) or not math.isfinite(tbw):
         raise ValueError(f"slice profile sinc needs a finite time-bandwidth product, got {tbw!r}")
@@ -200,7 +198,7 @@ def _check_tbw(tbw: float | None) -> float:
     return float(tbw)
 
 
-def _check_width(width: float | None) -> float:
+def check_width(width: float | None) -> float:
     lo, hi = WIDTH_RANGE
     if width is None or not isinstance(width, (int, float)) or not math.isfinite(width):
         raise ValueError(f"slice profile gaussian: FWHM must be a finite number, got {width!r}")
@@ -211,19 +209,7 @@ def _check_width(width: float | None) -> float:
     return float(width)
 
 
-def _number(text: str, spec: str, what: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(
-            f"slice profile {spec!r}: {what} {text.strip()!r} is not a number"
-        ) from None
-    if not value > 0:
-        raise ValueError(f"slice profile {spec!r}: the {what} must be > 0")
-    return value
-
-
-def _check_table(x: np.ndarray, p: np.ndarray, where: str) -> None:
+def check_table(x: np.ndarray, p: np.ndarray, where: str) -> None:
     if x.ndim != 1 or x.shape != p.shape or x.size < 3:
         raise ValueError(f"{where}: a slice profile table needs at least 3 (position, amplitude)")
     if not (np.all(np.isfinite(x)) and np.all(np.isfinite(p))):
@@ -244,107 +230,6 @@ def _table_arrays(profile: SliceProfile) -> tuple[np.ndarray, np.ndarray]:
 def _trapezoid(p: np.ndarray, x: np.ndarray) -> float:
     """Trapezoidal integral of p(x) (numpy < 2 has no ``np.trapezoid``)."""
     return float(np.sum((p[1:] + p[:-1]) * np.diff(x)) / 2.0)
-
-
-# --- parsing ---------------------------------------------------------------------------------
-
-
-def parse_slice_profile(spec: str, *, source: str = "option") -> SliceProfile:
-    """A :class:`SliceProfile` from its ``--slice-profile`` spelling: ``rect``, ``gaussian``
-    (FWHM = slice thickness), ``gaussian:W`` (FWHM W slice thicknesses), ``sinc:N`` (N the
-    time-bandwidth product) or the path of a ``.tsv`` file (see
-    :func:`read_profile_table`). Kinds are case-insensitive. Raises ValueError with a one-line
-    message naming what is wrong (and, for a file, the file and line)."""
-    text = str(spec).strip()
-    kind, _, arg = text.partition(":")
-    kind = kind.strip().lower()
-    if kind == "rect" or (kind == "gaussian" and not arg.strip()):
-        if arg.strip():
-            raise ValueError(
-                f"slice profile {text!r}: rect takes no parameter (its width is the slice "
-                "thickness)"
-            )
-        return SliceProfile(kind, source=source)
-    if kind == "gaussian":
-        width = _number(arg, text, "FWHM (slice thicknesses)")
-        return SliceProfile("gaussian", _check_width(width), source=source)
-    if kind == "sinc":
-        if not arg.strip():
-            raise ValueError(
-                f"slice profile {text!r} needs the pulse's time-bandwidth product, e.g. sinc:2.7"
-            )
-        tbw = _number(arg, text, "time-bandwidth product")
-        return SliceProfile("sinc", _check_tbw(tbw), source=source)
-    if text.lower().endswith(".tsv"):
-        positions, amplitudes = read_profile_table(text)
-        return SliceProfile(
-            "table",
-            source=source,
-            positions=tuple(float(v) for v in positions),
-            amplitudes=tuple(float(v) for v in amplitudes),
-            origin=text,
-        )
-    raise ValueError(
-        f"unknown slice profile {text!r}: expected rect, gaussian[:<FWHM>], sinc:<time-bandwidth "
-        "product> or a .tsv file (position in slice thicknesses, amplitude)"
-    )
-
-
-def read_profile_table(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """(positions, amplitudes) of a profile TSV: two tab- or space-separated columns, position
-    in slice thicknesses (strictly increasing) and amplitude (signed; its scale does not
-    matter). Blank lines and lines starting with ``#`` are skipped; a first line that is not
-    numeric is a header. At least 3 rows, positive area. The one function here that reads a
-    file. Raises ValueError naming the file and line."""
-    name = str(path)
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"slice profile file {name}: cannot be read ({exc})") from None
-    rows: list[tuple[float, float]] = []
-    header_allowed = True
-    for number, line in enumerate(lines, start=1):
-        fields = line.split()
-        if not fields or fields[0].startswith("#"):
-            continue
-        if len(fields) != 2:
-            raise ValueError(
-                f"slice profile file {name} line {number}: expected 2 columns (position, "
-                f"amplitude), got {len(fields)}"
-            )
-        try:
-            row = (float(fields[0]), float(fields[1]))
-        except ValueError:
-            if header_allowed:
-                header_allowed = False
-                continue
-            raise ValueError(
-                f"slice profile file {name} line {number}: {line.strip()!r} is not two numbers"
-            ) from None
-        header_allowed = False
-        if not (math.isfinite(row[0]) and math.isfinite(row[1])):
-            raise ValueError(f"slice profile file {name} line {number}: not finite")
-        if rows and row[0] <= rows[-1][0]:
-            raise ValueError(
-                f"slice profile file {name} line {number}: position {row[0]:g} does not "
-                f"increase (previous {rows[-1][0]:g})"
-            )
-        rows.append(row)
-    if len(rows) < 3:
-        raise ValueError(f"slice profile file {name}: {len(rows)} rows, at least 3 needed")
-    table = np.asarray(rows, dtype=np.float64)
-    _check_table(table[:, 0], table[:, 1], f"slice profile file {name}")
-    return table[:, 0], table[:, 1]
-
-
-def format_profile_table(positions: np.ndarray, amplitudes: np.ndarray) -> str:
-    """The text of a profile TSV that :func:`read_profile_table` reads back: a header line,
-    then one ``position<TAB>amplitude`` row per point (17 significant digits: exact)."""
-    x = np.asarray(positions, dtype=np.float64).reshape(-1)
-    p = np.asarray(amplitudes, dtype=np.float64).reshape(-1)
-    _check_table(x, p, "format_profile_table")
-    rows = "".join(f"{a!r}\t{b!r}\n" for a, b in zip(x.tolist(), p.tolist(), strict=True))
-    return "position\tamplitude\n" + rows
 
 
 # --- the profile and its transform -----------------------------------------------------------

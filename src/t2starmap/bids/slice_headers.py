@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from t2starmap.b0.profiles import SliceProfile, parse_slice_profile
+from t2starmap.b0.profiles import SliceProfile
+from t2starmap.bids.slice_profiles import parse_slice_profile
 
 __all__ = ["SIEMENS_PULSE_NAMES", "profile_from_metadata"]
 

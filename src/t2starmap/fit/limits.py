@@ -8,7 +8,10 @@ rules for echo times read from files in :mod:`t2starmap.bids.echo_times`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -20,9 +23,13 @@ MAX_ECHO_TIME = 1.0
 #: Relative tolerance on the echo spacing for ``arlo``.
 SPACING_RTOL = 1e-3
 
-#: The fit methods; the first is the default (their help: :data:`t2starmap.cli.parser.METHOD_HELP`).
-METHODS = ("nlls", "nlls-gaussian", "wls", "loglin", "arlo", "complex")
-DEFAULT_METHOD = METHODS[0]
+#: A fit method; the first is the default (their help: :data:`t2starmap.cli.parser.METHOD_HELP`).
+Method = Literal["nlls", "nlls-gaussian", "wls", "loglin", "arlo", "complex"]
+METHODS: tuple[Method, ...] = get_args(Method)
+DEFAULT_METHOD: Method = METHODS[0]
+#: The noise model a fit used: Gaussian (no noise floor modelled), Rician (one channel) or
+#: noncentral chi (a root-sum-of-squares image of L coils).
+NoiseName = Literal["gaussian", "rician", "noncentral-chi"]
 #: ``--fit-method`` choices: the methods, and ``auto`` (complex where phase or real/imaginary
 #: parts exist, else the default).
 FIT_CHOICES = (*METHODS, "auto")
@@ -33,14 +40,52 @@ B0_CORRECTIONS = ("auto", "none", "through-slice")
 MAGNITUDE_METHODS = tuple(m for m in METHODS if m != "complex")
 
 
-def check_echo_times(echo_times: Sequence[float] | np.ndarray) -> np.ndarray:
+@dataclass(frozen=True)
+class NoiseModel:
+    """What a fit is told about the noise of its data, in one object.
+
+    ``sigma``: the noise SD of each real/imaginary channel in signal units (None: unknown; the
+    fit is then Gaussian and its standard errors come from the residuals). ``coils``: the
+    effective coil count L >= 1 of a root-sum-of-squares magnitude (1: Rician; complex data
+    have no coil count). ``floor``: whether a magnitude fit models the noise floor (the
+    noise-aware fit) where sigma is known; False: Gaussian least squares, sigma setting only
+    the standard errors and the tests against noise. Raises ValueError for a sigma that is not
+    a positive finite number or a coil count below 1.
+    """
+
+    sigma: float | None = None
+    coils: float = 1.0
+    floor: bool = True
+
+    def __post_init__(self) -> None:
+        if self.sigma is not None and not (math.isfinite(self.sigma) and self.sigma > 0):
+            raise ValueError(f"noise sigma must be a positive number, got {self.sigma!r}")
+        if not (math.isfinite(self.coils) and self.coils >= 1.0):
+            raise ValueError(f"noise coils must be a number >= 1, got {self.coils!r}")
+
+    @property
+    def name(self) -> NoiseName:
+        """The model a magnitude fit uses under this noise."""
+        if self.sigma is None or not self.floor:
+            return "gaussian"
+        return "rician" if self.coils == 1.0 else "noncentral-chi"
+
+    def gaussian(self) -> NoiseModel:
+        """The same noise level with no floor modelled (and so no coil count)."""
+        return NoiseModel(self.sigma, 1.0, floor=False)
+
+
+def check_echo_times(echo_times: Sequence[float] | np.ndarray | Any) -> np.ndarray:
     """Echo times given to the fit, as float64 seconds (n_echoes,); refuse what cannot be right.
 
     Raises ValueError when they are not 1-D, not finite, negative, above ``MAX_ECHO_TIME``
     (milliseconds given for seconds), or when fewer than two distinct values are present.
     Repeated echo times are allowed here (the fit averages them); files are stricter
-    (:func:`check_distinct_echo_times`).
+    (:func:`t2starmap.bids.echo_times.check_distinct_echo_times`). A torch tensor is taken as
+    its values (without loading torch here).
     """
+    if hasattr(echo_times, "detach"):  # a torch tensor, on any device
+        echo_times = echo_times.detach().cpu().numpy()
     te = np.asarray(echo_times, dtype=np.float64)
     if te.ndim != 1:
         raise ValueError(f"echo times must be 1-D, got shape {te.shape}")

@@ -23,12 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from t2starmap.b0.profiles import factor_curves, parse_slice_profile
+from t2starmap.b0.profiles import factor_curves
 from t2starmap.bids import outputs as derivatives
 from t2starmap.bids.atomic import write_text
 from t2starmap.bids.conventions import sidecar_path
 from t2starmap.bids.nifti import read_map_image, read_volume
 from t2starmap.bids.outputs import STATUS_LEVELS, PublishedSet, SetFailure
+from t2starmap.bids.slice_profiles import parse_slice_profile
 from t2starmap.errors import T2StarError, describe_code
 from t2starmap.report import figures
 from t2starmap.report.html import Figure, render

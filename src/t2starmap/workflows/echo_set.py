@@ -28,32 +28,35 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 
 from t2starmap import __version__
 from t2starmap.b0.correction import REFERENCES as B0_REFERENCES
-from t2starmap.b0.correction import ThroughSliceCorrection, correct_through_slice
-from t2starmap.b0.profiles import SliceProfile, parse_slice_profile
+from t2starmap.b0.correction import SliceGeometry, ThroughSliceCorrection, correct_through_slice
+from t2starmap.b0.profiles import SliceProfile
 from t2starmap.bids.layout import EchoSet
 from t2starmap.bids.nifti import Geometry, read_magnitude
 from t2starmap.bids.outputs import ESTIMATION_ALGORITHMS, REQUIRED_KEYS, UNCERTAINTY_KEYS
 from t2starmap.bids.parts import Parts, complex_available, find_parts, load_complex
 from t2starmap.bids.slice_headers import profile_from_metadata
+from t2starmap.bids.slice_profiles import parse_slice_profile
 from t2starmap.errors import BadDataError, NotApplicableError, UsageError
 from t2starmap.fit import (
     T2STAR_MAX,
     T2STAR_MIN,
+    Compute,
     EchoSpacingError,
     FitResult,
+    NoiseModel,
     fit_complex,
     fit_t2star,
     frequency_limit,
 )
 from t2starmap.fit import status as fit_status
-from t2starmap.fit.limits import DEFAULT_METHOD
+from t2starmap.fit.limits import DEFAULT_METHOD, METHODS, Method
 from t2starmap.fit.phase import INCOHERENT, FieldMap, PhaseAnalysis, analyse_phase
 from t2starmap.fit.result import MISFIT_P
 from t2starmap.fit.status import Correction
@@ -68,7 +71,7 @@ class Options:
     :data:`t2starmap.fit.limits.FIT_CHOICES`), a known noise level and coil count, the
     through-slice correction (``auto``, ``none``, ``through-slice``) and its slice profile
     (``auto``: the headers', else estimated; or a spec of
-    :func:`t2starmap.b0.profiles.parse_slice_profile`), the compute device and the CPU chunk
+    :func:`t2starmap.bids.slice_profiles.parse_slice_profile`), the compute device and the CPU chunk
     workers."""
 
     fit_method: str = DEFAULT_METHOD
@@ -78,6 +81,11 @@ class Options:
     slice_profile: str = "auto"
     device: torch.device | str | None = None
     workers: int = 1
+
+    @property
+    def compute(self) -> Compute:
+        """Where and how every fit of the set runs."""
+        return Compute(device=self.device, workers=self.workers)
 
 
 class OptionError(UsageError):
@@ -218,7 +226,7 @@ def _phase(
     signal: np.ndarray | None,
     mask: np.ndarray,
     noise: NoiseEstimate,
-    method: str,
+    method: Method,
     warnings: _Warnings,
 ) -> PhaseAnalysis | None:
     """The phase checks of a set with phase, when a fit or the correction will use the phase
@@ -228,8 +236,7 @@ def _phase(
         return None
     phase = analyse_phase(
         signal, echo_set.echo_times, mask=mask, noise_sigma=noise.sigma,
-        device=options.device, workers=options.workers,
-    )  # fmt: skip
+        compute=options.compute)  # fmt: skip
     if phase.verdict == INCOHERENT:
         warnings.add(f"{echo_set.name}: {phase.reason}: no field map can be made from it")
     elif phase.bipolar:
@@ -242,7 +249,7 @@ def _fit(
     echo_set: EchoSet,
     magnitude: np.ndarray,
     signal: np.ndarray | None,
-    method: str,
+    method: Method,
     mask: np.ndarray,
     noise: NoiseEstimate,
     phase: PhaseAnalysis | None,
@@ -252,25 +259,22 @@ def _fit(
     try:
         if method == "complex" and signal is not None:
             return fit_complex(
-                signal, echo_set.echo_times, mask=mask, device=options.device,
-                noise_sigma=noise.sigma, workers=options.workers,
-                bipolar=phase is not None and phase.bipolar,
+                signal, echo_set.echo_times, mask=mask, noise=NoiseModel(noise.sigma),
+                compute=options.compute, bipolar=phase is not None and phase.bipolar,
             )  # fmt: skip
         return fit_t2star(
             magnitude,
             echo_set.echo_times,
             method=method,
             mask=mask,
-            device=options.device,
-            noise_sigma=noise.sigma,
-            noise_coils=noise.coils,
-            workers=options.workers,
+            noise=NoiseModel(sigma=noise.sigma, coils=noise.coils),
+            compute=options.compute,
         )
     except EchoSpacingError as err:
         raise OptionError(first, "fit_method", options.fit_method, str(err)) from err
 
 
-def _method(requested: str, has_parts: bool, where: str) -> str:
+def _method(requested: str, has_parts: bool, where: str) -> Method:
     """The fit method for one set: ``complex`` needs parts; ``auto`` is ``complex`` when
     parts exist, else the default."""
     if requested == "complex" and not has_parts:
@@ -283,7 +287,9 @@ def _method(requested: str, has_parts: bool, where: str) -> str:
         )
     if requested == "auto":
         return "complex" if has_parts else DEFAULT_METHOD
-    return requested
+    if requested not in METHODS:
+        raise OptionError(where, "fit_method", requested, f"choose one of {', '.join(METHODS)}")
+    return cast(Method, requested)
 
 
 def _maps(
@@ -432,17 +438,18 @@ def _through_slice(
         correction = correct_through_slice(
             magnitude.astype(np.float32, copy=False),
             echo_set.echo_times,
-            geometry.affine,
+            SliceGeometry(
+                geometry.affine,
+                mr_acquisition_type=meta.get("MRAcquisitionType"),
+                thickness_mm=_number(meta.get("SliceThickness")),
+                spacing_mm=_number(meta.get("SpacingBetweenSlices")),
+                slice_axis=geometry.slice_axis,
+                profile=profile,
+            ),
             field=field,
             uncorrected=result,
-            mr_acquisition_type=meta.get("MRAcquisitionType"),
-            slice_thickness_mm=_number(meta.get("SliceThickness")),
-            spacing_between_slices_mm=_number(meta.get("SpacingBetweenSlices")),
-            slice_axis=geometry.slice_axis,
             mask=mask,
-            device=options.device,
-            workers=options.workers,
-            profile=profile,
+            compute=options.compute,
         )
         clock.lap("correction")
     except NotApplicableError as err:
