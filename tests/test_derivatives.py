@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from t2starmap.bids.dataset_files import dataset_description
 from t2starmap.bids.layout import Echo, EchoSet
 from t2starmap.bids.outputs import (
     OUTPUTS,
@@ -17,7 +18,6 @@ from t2starmap.bids.outputs import (
     Source,
     bids_path,
     common_acquisition,
-    dataset_description,
     load_published,
     map_sidecar,
     output_files,

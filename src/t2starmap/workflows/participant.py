@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 from t2starmap.bids import outputs as derivatives
 from t2starmap.bids.atomic import write_json, write_text
 from t2starmap.bids.conventions import sidecar_path
+from t2starmap.bids.dataset_files import shared_files
 from t2starmap.bids.layout import (
     EchoSet,
     SetProblem,
@@ -111,7 +112,7 @@ def prepare_output(output_dir: Path) -> Path | None:
 
 
 def write_shared_files(settings: Settings) -> None:
-    for name, text in derivatives.shared_files(settings.bids_dir).items():
+    for name, text in shared_files(settings.bids_dir).items():
         write_text(settings.output_dir / name, text)
 
 
@@ -687,7 +688,7 @@ def _stage_shared_files(settings: Settings, stage: Path) -> list[str]:
     out = settings.output_dir
     staged = [settings_log_name(settings)]
     write_text(stage / staged[0], settings.to_json())
-    shared = derivatives.shared_files(settings.bids_dir)
+    shared = shared_files(settings.bids_dir)
     if all((out / name).exists() for name in shared):
         write_shared_files(settings)
         return staged
