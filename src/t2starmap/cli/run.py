@@ -313,8 +313,9 @@ def _participant_or_group(args: argparse.Namespace, parser: argparse.ArgumentPar
         )
     if args.analysis_level == "group" and (ignored := _ignored_options(args, parser)):
         log.warning(
-            "group level: %s only change(s) the participant level and is ignored here",
+            "group level: %s %s only the participant level; ignored here",
             ", ".join(ignored),
+            "changes" if len(ignored) == 1 else "change",
         )
     from t2starmap.config import settings_from_args
 
@@ -332,5 +333,6 @@ def _participant_or_group(args: argparse.Namespace, parser: argparse.ArgumentPar
 
 
 def run() -> NoReturn:
-    """Console-script entry point."""
+    """The console script of installs made before :mod:`t2starmap.cli.entry` took its place
+    (that one installs the stop handlers before this module's imports)."""
     sys.exit(main())

@@ -46,11 +46,18 @@ from typing import TYPE_CHECKING, Any
 from t2starmap.bids import outputs as derivatives
 from t2starmap.bids.atomic import write_json, write_text
 from t2starmap.bids.conventions import sidecar_path
-from t2starmap.bids.layout import EchoSet, SetProblem, check_images_present, find_echo_sets
+from t2starmap.bids.dataset_files import shared_files
+from t2starmap.bids.layout import (
+    EchoSet,
+    SetProblem,
+    check_images_present,
+    check_labels,
+    find_echo_sets,
+)
 from t2starmap.bids.nifti import Geometry, check_geometry, save_map
 from t2starmap.bids.outputs import PublishedSet, SetFailure
 from t2starmap.bids.publish import Publication, publish
-from t2starmap.bids.summary import GROUP_COLUMNS, GROUP_TABLE, group_table, set_statistics
+from t2starmap.bids.summary import GROUP_TABLE, group_sidecar, group_table, set_statistics
 from t2starmap.config import Settings
 from t2starmap.errors import (
     BadDataError,
@@ -65,7 +72,8 @@ from t2starmap.errors import (
 )
 from t2starmap.fit import status as fit_status
 from t2starmap.interrupts import deferred_signals, raise_if_signalled
-from t2starmap.resources import limit_allocator_arenas, release_free_memory
+from t2starmap.resources import limit_allocator_arenas, release_free_memory, software_versions
+from t2starmap.workflows.methods import stage_page_citation, write_output_citation
 
 if TYPE_CHECKING:
     import torch
@@ -104,9 +112,8 @@ def prepare_output(output_dir: Path) -> Path | None:
 
 
 def write_shared_files(settings: Settings) -> None:
-    out = settings.output_dir
-    write_json(out / "dataset_description.json", derivatives.dataset_description(settings.bids_dir))
-    write_text(out / ".bidsignore", "\n".join(derivatives.BIDSIGNORE) + "\n")
+    for name, text in shared_files(settings.bids_dir).items():
+        write_text(settings.output_dir / name, text)
 
 
 def settings_log_name(settings: Settings) -> str:
@@ -147,17 +154,36 @@ def validate_input(settings: Settings) -> None:
 
 @contextmanager
 def staging_folder(work_dir: Path | None) -> Iterator[Path]:
+    """A private folder in ``work_dir`` (the system temp folder when None), removed on every
+    way out, and with it the folders above it that this call created (``-w /x/deep/work``)
+    once they are empty: another run may share them, and keeps what it still uses."""
+    created: list[Path] = []
+    if work_dir is not None:
+        created = [p for p in (work_dir, *work_dir.parents) if not p.exists()]
     try:
         if work_dir is not None:
             work_dir.mkdir(parents=True, exist_ok=True)
         folder = Path(tempfile.mkdtemp(prefix="t2starmap-", dir=work_dir))
     except OSError as err:
+        _remove_empty(created)
         raise OutputError(f"{work_dir}: cannot create a work folder ({err})") from err
     try:
         yield folder
     finally:
         with deferred_signals("removing the staging folder"):
             shutil.rmtree(folder, ignore_errors=True)
+            _remove_empty(created)
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (deepest first) while they are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except FileNotFoundError:
+            continue
+        except OSError:  # not empty: another run's files are in it
+            return
 
 
 class _Progress:
@@ -276,6 +302,8 @@ def run_participant(settings: Settings) -> RunResult:
                         _publish(run, page, _stage_page(run, page, progress))
             finally:
                 progress.close()
+            if run.published:
+                write_output_citation(settings.output_dir, run.published)
     result = RunResult(tuple(run.published), tuple(run.failures))
     if run.failures:
         raise SetsFailedError(result.summary(), worst([f.exit_code for f in run.failures]))
@@ -325,6 +353,8 @@ def _check_input(settings: Settings) -> torch.device:
     """Images present, the validator (unless skipped), the compute device."""
     from t2starmap.fit import resolve_device
 
+    # the labels first, as every usage check: the validator takes seconds to minutes
+    check_labels(settings.bids_dir, settings.participant_labels, settings.session_labels)
     check_images_present(settings.bids_dir, settings.participant_labels)
     if settings.skip_validation:
         log.info("input validation skipped (--skip-bids-validation)")
@@ -492,7 +522,10 @@ def _write_maps(
         images.append((spec.key, image))
         sidecar = sidecar_path(image)
         write_json(
-            sidecar, derivatives.map_sidecar(spec, echo_set, settings.bids_dir, fitted.fit_info)
+            sidecar,
+            derivatives.map_sidecar(
+                spec, echo_set, settings.bids_dir, fitted.fit_info, fitted.part_files
+            ),
         )
         files += [image, sidecar]
         if spec.key == "status":  # its levels, beside it
@@ -562,6 +595,9 @@ def _record(settings: Settings, echo_set: EchoSet, fitted: SetFit) -> PublishedS
         solver_runs=fitted.solver_runs,
         steps=dict(fitted.steps),
         noise_candidates=dict(fitted.noise.candidates),
+        part_sources=tuple(derivatives.bids_path(settings.bids_dir, p) for p in fitted.part_files),
+        methods=dict(fitted.fit_info),
+        software=software_versions(),
     )
 
 
@@ -580,8 +616,11 @@ def _page_publication(
     shown_failures = failures + [f for f in failed_before if f.name not in attempted]
     failed = pages.failed_sets(shown_failures, {r.name for r in earlier})
     page_file = pages.page_name(page.subject, page.session)
-    write_text(stage / page_file, pages.render_page(page.subject, page.session, sections, failed))
+    shown = [s.record for s in staged] + earlier
+    page_html = pages.render_page(page.subject, page.session, sections, failed, shown)
+    write_text(stage / page_file, page_html)
     files = [name for s in staged for name in s.files]
+    files += stage_page_citation(stage, page.label, shown)
     for failure in failures:
         path = derivatives.failure_path(Path(), failure.entities)
         write_text(stage / path, failure.to_json())
@@ -643,20 +682,19 @@ def _publish(run: _Run, page: _Page, staged: _StagedPage) -> None:
 
 
 def _stage_shared_files(settings: Settings, stage: Path) -> list[str]:
-    """The settings log, and ``dataset_description.json`` and ``.bidsignore`` (rewritten in
-    place when present: other jobs into the same output write the same bytes), staged for
-    the run's first publication."""
+    """The settings log, and the shared files (``dataset_description.json``, ``.bidsignore``,
+    ``README.md``; rewritten in place when all are present: other jobs into the same output
+    write the same bytes), staged for the run's first publication."""
     out = settings.output_dir
     staged = [settings_log_name(settings)]
     write_text(stage / staged[0], settings.to_json())
-    if (out / "dataset_description.json").exists() and (out / ".bidsignore").exists():
+    shared = shared_files(settings.bids_dir)
+    if all((out / name).exists() for name in shared):
         write_shared_files(settings)
         return staged
-    write_json(
-        stage / "dataset_description.json", derivatives.dataset_description(settings.bids_dir)
-    )
-    write_text(stage / ".bidsignore", "\n".join(derivatives.BIDSIGNORE) + "\n")
-    return [*staged, "dataset_description.json", ".bidsignore"]
+    for name, text in shared.items():
+        write_text(stage / name, text)
+    return [*staged, *shared]
 
 
 def _check_unique_outputs(echo_sets: list[EchoSet]) -> None:
@@ -700,10 +738,11 @@ def run_group(settings: Settings) -> Path:
     table = group_table(published, failures)
     path = out / GROUP_TABLE
     write_text(path, table.write(path))
-    write_json(path.with_suffix(".json"), {k: {"Description": v} for k, v in GROUP_COLUMNS.items()})
+    write_json(path.with_suffix(".json"), group_sidecar())
     from t2starmap.report import write_group_report
 
     write_group_report(out, table)
+    write_output_citation(out)
     write_settings_log(settings)
     log.info(
         "group summary of %d echo set(s), %d published and %d failed: %s",
