@@ -70,6 +70,7 @@ from t2starmap.bids import nifti
 from t2starmap.cli import run as cli
 from t2starmap.workflows import echo_set as estimate
 from t2starmap.workflows import participant as workflow
+from t2starmap.workflows import staging
 from t2starmap.report import participant, figures
 import t2starmap.bids.layout as layout
 totals["import t2starmap"] = time.perf_counter() - t - totals["import torch"]
@@ -80,7 +81,7 @@ wrap(estimate, "noise_candidates", "noise: candidates")
 wrap(estimate, "signal_mask", "signal mask")
 wrap(estimate, "fit_t2star", "fit")
 wrap(estimate, "fit_echo_set", "fit_echo_set (all of read..fit)")
-wrap(workflow, "save_map", "write maps (staging)")
+wrap(staging, "save_map", "write maps (staging)")
 wrap(workflow, "_publish", "publish (copy)")
 wrap(participant, "load_set_maps", "report: read maps")
 wrap(participant, "read_echoes", "report: read echoes")

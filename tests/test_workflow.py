@@ -502,16 +502,16 @@ def test_a_map_that_cannot_be_written_costs_its_set_only(
 ) -> None:
     """Maps are written in threads while the page section is drawn: a write that fails
     still fails its set (unexpected error, exit 1), and nothing of that set is published."""
-    from t2starmap.workflows import participant as workflow
+    from t2starmap.workflows import staging
 
-    original = workflow.save_map
+    original = staging.save_map
 
     def failing(path: Path, *args: object) -> Path:
         if path.name == "sub-02_ses-1_S0map.nii.gz":  # shown on the page: written last
             raise OSError("disk full")
         return original(path, *args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(workflow, "save_map", failing)
+    monkeypatch.setattr(staging, "save_map", failing)
     out = tmp_path / "out"
     assert participant(example, out) == 1
     for name in (SETS[0], SETS[2]):

@@ -320,14 +320,13 @@ def _participant_or_group(args: argparse.Namespace, parser: argparse.ArgumentPar
     from t2starmap.config import settings_from_args
 
     settings = settings_from_args(args, environ=os.environ)
-    from t2starmap.workflows.participant import (  # torch: only past the checks
-        run_group,
-        run_participant,
-    )
-
     if settings.analysis_level == "participant":
+        from t2starmap.workflows.participant import run_participant  # torch: past the checks
+
         run_participant(settings)
     else:
+        from t2starmap.workflows.group import run_group
+
         run_group(settings)
     return int(ExitCode.OK)
 
