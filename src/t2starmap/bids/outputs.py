@@ -11,10 +11,13 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from t2starmap.bids.layout import SET_ENTITIES, EchoSet
 from t2starmap.fit import status as fit_status
+
+if TYPE_CHECKING:
+    from t2starmap.fit.phase import PhaseAnalysis
 
 #: (method, noise model) -> the ``EstimationAlgorithm`` text of the map sidecars.
 ESTIMATION_ALGORITHMS: Mapping[tuple[str, str], str] = {
@@ -294,6 +297,19 @@ def estimation_algorithm(spec: OutputSpec, fit_info: Mapping[str, Any]) -> str:
     if spec.key == "frequency":
         return "Off-resonance frequency f, a parameter of the complex fit: " + fit
     return fit
+
+
+def phase_sidecar(phase: PhaseAnalysis) -> dict[str, object]:
+    """What the map sidecars say about a set's phase (:func:`t2starmap.fit.phase.analyse_phase`)."""
+    return {
+        "PhaseVerdict": phase.verdict,
+        "PhaseVerdictNote": phase.reason,
+        "PhaseCoherence": round(phase.coherence, 4),
+        "PhaseParityCoherence": round(phase.parity_coherence, 4),
+        "PhaseTrustedFraction": round(phase.trusted_share, 4),
+        "BipolarReadout": phase.bipolar,
+        "BipolarOffsetMedian": round(phase.offset_rad, 4),
+    }
 
 
 def map_sidecar(
