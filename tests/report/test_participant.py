@@ -98,7 +98,7 @@ def test_sets_of_one_session_share_a_page(tmp_path: Path) -> None:
     [page] = participant.write_participant_reports(tmp_path / "out", tmp_path / "bids", runs)
     text = page.read_text(encoding="utf-8")
     assert page.name == "sub-04.html"
-    assert text.count("<section") == 2
+    assert text.count('<section id="sub-') == 2 and text.count('<section id="methods"') == 1
     assert '<a href="#sub-04_run-1">' in text and 'id="sub-04_run-2"' in text
 
 
@@ -109,7 +109,7 @@ def test_a_page_keeps_sets_that_earlier_runs_published(tmp_path: Path) -> None:
     participant.write_participant_reports(out, bids, [first])
     [page] = participant.write_participant_reports(out, bids, [second])
     text = page.read_text(encoding="utf-8")
-    assert text.count("<section") == 2
+    assert text.count('<section id="sub-') == 2 and text.count('<section id="methods"') == 1
     assert text.index('id="sub-05_run-1"') < text.index('id="sub-05_run-2"')
     earlier = text[: text.index('id="sub-05_run-2"')]
     # what the earlier run recorded: its time, warnings, noise model and source metadata
@@ -207,7 +207,7 @@ def test_a_page_lists_the_sets_that_failed(tmp_path: Path) -> None:
     """A failure record of the page's participant/session is listed with its reason and
     exit code, above the sections; one for another session is not."""
     from t2starmap.bids.atomic import write_text
-    from t2starmap.bids.outputs import SetFailure, failure_path
+    from t2starmap.bids.records import SetFailure, failure_path
 
     outcome = synthetic_output(tmp_path, subject="06", run="1")
     out = tmp_path / "out"

@@ -1,7 +1,7 @@
 """Group-level numbers: per-set statistics of the maps and the group table.
 
 The statistics of a set are computed once, from the maps as published, and kept in its record
-(:class:`t2starmap.bids.outputs.SetStatistics`); the group level reads records, not maps.
+(:class:`t2starmap.bids.records.SetStatistics`); the group level reads records, not maps.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from t2starmap.bids.outputs import PublishedSet, SetFailure, SetStatistics, set_name
+from t2starmap.bids.outputs import set_name
+from t2starmap.bids.records import PublishedSet, SetFailure, SetStatistics
 
 GROUP_TABLE = "group_T2starmap.tsv"
 
@@ -24,7 +25,7 @@ GROUP_COLUMNS = {
     "echo_set": "Entities of the echo set, as in the map file names",
     "n_voxels": "Voxels in the signal mask",
     "failed_fraction": "Fraction of signal-mask voxels whose fit failed",
-    "t2star_median": "Median T2* (s) over signal-mask voxels that did not fail",
+    "t2star_median": "Median T2* (s; the pages show ms) over signal-mask voxels that did not fail",
     "t2star_q1": "25th percentile of T2* (s), same voxels",
     "t2star_q3": "75th percentile of T2* (s), same voxels",
     "t2star_iqr": "Interquartile range of T2* (s), same voxels",
@@ -40,6 +41,27 @@ GROUP_COLUMNS = {
     "failure_reason": "Why the set failed (the error message, naming the file), n/a for a "
     "published set",
 }
+#: Units of the group table's columns that have units. T2* is in seconds here, as in the
+#: maps; the pages show it in milliseconds.
+GROUP_UNITS = {
+    **{f"t2star_{q}": "s" for q in ("median", "q1", "q3", "iqr")},
+    **{f"r2star_{q}": "1/s" for q in ("median", "q1", "q3", "iqr")},
+    "noise_sigma": "arbitrary",
+}
+
+
+def group_sidecar() -> dict[str, dict[str, str]]:
+    """The group table's JSON sidecar: every column's ``Description``, and ``Units`` where it
+    has units."""
+    return {
+        column: {
+            "Description": text,
+            **({"Units": GROUP_UNITS[column]} if column in GROUP_UNITS else {}),
+        }
+        for column, text in GROUP_COLUMNS.items()
+    }
+
+
 #: Significant digits written per column (the rest: 6).
 _DIGITS = {"snr": 4}
 PUBLISHED, FAILED = "published", "failed"

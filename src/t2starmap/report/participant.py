@@ -1,11 +1,11 @@
 """One HTML page per participant (and session) with a section per echo set.
 
-A set's section is drawn from its record (:class:`t2starmap.bids.outputs.PublishedSet`) and its
+A set's section is drawn from its record (:class:`t2starmap.bids.records.PublishedSet`) and its
 maps: for the sets a run fits, the workflow hands over the maps it holds and the echoes it read
 (:func:`set_section` with :class:`SetMaps` and :class:`EchoSamples`), so nothing is read back;
 the sets earlier runs published are read from the output folder and the raw echoes from the
 input (:func:`earlier_sections`). Sets that failed are listed with their reason
-(:class:`t2starmap.bids.outputs.SetFailure`). Every image is read through
+(:class:`t2starmap.bids.records.SetFailure`). Every image is read through
 :mod:`t2starmap.bids.nifti`; nothing here changes a fit or writes anything but the page.
 """
 
@@ -28,11 +28,13 @@ from t2starmap.bids import outputs as derivatives
 from t2starmap.bids.atomic import write_text
 from t2starmap.bids.conventions import sidecar_path
 from t2starmap.bids.nifti import read_map_image, read_volume
-from t2starmap.bids.outputs import STATUS_LEVELS, PublishedSet, SetFailure
+from t2starmap.bids.outputs import STATUS_LEVELS
+from t2starmap.bids.records import PublishedSet, SetFailure, load_failures, load_published
 from t2starmap.bids.slice_profiles import parse_slice_profile
 from t2starmap.errors import T2StarError, describe_code
 from t2starmap.report import figures
 from t2starmap.report.html import Figure, render
+from t2starmap.report.methods import citation
 from t2starmap.report.planes import DEFAULT_CONVENTION, FLAT, View, choose_view, to_canonical
 from t2starmap.resources import available_cpus
 
@@ -690,16 +692,24 @@ def failed_sets(
 
 
 def render_page(
-    subject: str, session: str | None, sections: Sequence[Section], failed: Sequence[FailedSet]
+    subject: str,
+    session: str | None,
+    sections: Sequence[Section],
+    failed: Sequence[FailedSet],
+    records: Sequence[PublishedSet] = (),
 ) -> str:
-    """The HTML of one participant/session page: failed sets first, then a section per set."""
+    """The HTML of one participant/session page: failed sets first, then a section per set,
+    then the methods paragraphs of ``records`` (the sets shown), to cite."""
     heading = f"sub-{subject}" + (f" ses-{session}" if session else "")
+    label = f"sub-{subject}" + (f"_ses-{session}" if session else "")
     return render(
         "participant.html",
         title=f"{heading} · t2starmap",
         heading=heading,
         sections=sorted(sections, key=lambda x: x.name),
         failed=list(failed),
+        citation=citation(records) if records else None,
+        citation_file=f"logs/CITATION_{label}.md",
     )
 
 
@@ -709,12 +719,12 @@ def recorded_sets(
     """The records and failure records of one participant/session in the output folder; a
     record that cannot be read is left out with a warning (the page shows the others)."""
     try:
-        records = derivatives.load_published(output_dir, [subject])
+        records = load_published(output_dir, [subject])
     except ValueError as err:
         log.warning("%s; the page leaves out the sets published earlier", err)
         records = []
     try:
-        failures = derivatives.load_failures(output_dir, [subject])
+        failures = load_failures(output_dir, [subject])
     except ValueError as err:
         log.warning("%s; the page leaves out the sets that failed earlier", err)
         failures = []
@@ -761,7 +771,7 @@ def write_participant_reports(
         sections = earlier_sections(output_dir, bids_dir, records, convention)
         failed = failed_sets(failures, {r.name for r in records})
         target = Path(output_dir) / page_name(subject, session)
-        write_text(target, render_page(subject, session, sections, failed))
+        write_text(target, render_page(subject, session, sections, failed, records))
         written.append(target)
         log.info("report %s written in %.2f s", target, time.perf_counter() - started)
     return written
