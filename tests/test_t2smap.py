@@ -265,3 +265,15 @@ def test_nlls_leaves_voxels_without_signal_empty(synthetic: Synthetic, tmp_path:
     assert np.all(_load(tmp_path / "o" / "T2starmap.nii.gz")[:4] == 0)
     assert np.all(_load(tmp_path / "o" / "desc-fitstatus_dseg.nii.gz")[:4] == 0)
     assert np.all(_load(tmp_path / "o" / "T2starmap.nii.gz")[8:][run.brain[8:]] > 0)
+
+
+@pytest.mark.parametrize("fittype", ["loglin", "nlls"])
+def test_ts_mode_other_fit_types(synthetic: Synthetic, tmp_path: Path, fittype: str) -> None:
+    run = synthetic[0]
+    args = t2smap_args(synthetic, tmp_path, "--fitmode", "ts", "--fittype", fittype)
+    assert main(args) == 0
+    t2 = _load(tmp_path / "T2starmap.nii.gz")
+    good = run.brain & ~run.dropout
+    assert t2.shape == (*run.brain.shape, 40)
+    assert np.median(np.abs(t2[good] / run.t2star[good][:, None] - 1)) < 0.15
+    assert not (tmp_path / "R2starmap.nii.gz").exists()  # not written in ts mode
