@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from t2starmap.bids.func_layout import run_name
 from t2starmap.bids.layout import SET_ENTITIES, EchoSet
 from t2starmap.fit import status as fit_status
 
@@ -191,7 +192,11 @@ UNCERTAINTY_KEYS = ("t2star_se", "r2star_se", "s0_se")
 
 
 def set_name(entities: Mapping[str, Any]) -> str:
-    """Set entities as in a derivative file name (``sub-01_ses-1_run-2``)."""
+    """Set entities as in a derivative file name (``sub-01_ses-1_run-2``); a BOLD run's
+    (``datatype: func``) with its task and direction
+    (:func:`t2starmap.bids.func_layout.run_name`)."""
+    if entities.get("datatype") == "func":
+        return run_name(entities)
     return "_".join(f"{_SHORT[k]}-{entities[k]}" for k in OUTPUT_ENTITIES if k in entities)
 
 
