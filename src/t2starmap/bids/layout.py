@@ -107,6 +107,10 @@ class SetProblem(SubjectSession):
 
     @property
     def name(self) -> str:
+        if self.entities.get("datatype") == "func":  # a multi-echo BOLD run's
+            from t2starmap.bids.func_layout import run_name
+
+            return run_name(self.entities)
         return "_".join(f"{_SHORT[k]}-{v}" for k, v in self.entities.items())
 
 
