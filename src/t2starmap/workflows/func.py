@@ -18,6 +18,8 @@ from __future__ import annotations
 import logging
 import shlex
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -84,11 +86,25 @@ def stage_bold_run(
         device=str(device),
         command=shlex.join(["t2starmap", "participant", bold_run.name]),
     )
+    log.info("%s: %d echoes, %d volumes, fit %s", bold_run.name, len(paths), n_volumes, fittype)
     try:
-        placed = run_t2smap(s)
+        with _quiet(logging.getLogger("t2starmap.t2smap")):
+            placed = run_t2smap(s)
         return _place(settings, stage, bold_run, placed, _fit_fields(fittype, n_volumes), tr)
     finally:
         shutil.rmtree(private, ignore_errors=True)
+
+
+@contextmanager
+def _quiet(logger: logging.Logger) -> Iterator[None]:
+    """``t2smap``'s own log lines speak of its command (``--mask``, the private folder it
+    wrote): errors only while the participant level runs it."""
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _fit_fields(fittype: str, n_volumes: int) -> dict[str, Any]:
