@@ -12,39 +12,28 @@ is a :class:`t2starmap.bids.layout.SetProblem`.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from t2starmap.bids.echo_times import check_distinct_echo_times, echo_time_of
-from t2starmap.bids.layout import Echo, SetProblem, SubjectSession
+from t2starmap.bids.layout import (
+    BOLD_ENTITIES,
+    Echo,
+    SetProblem,
+    SubjectSession,
+    _index,
+    run_name,
+)
 from t2starmap.errors import BadDataError, NothingSelectedError
 
 __all__ = ["BOLD_ENTITIES", "BoldRun", "BoldSearch", "SkippedRun", "find_bold_runs", "run_name"]
 
 log = logging.getLogger("t2starmap.bids.func_layout")
 
-#: Entities that distinguish runs, in BIDS file-name order (bold minus echo and part), with
-#: their short names. ``datatype`` (always ``func``) marks the entities as a func run's.
-BOLD_ENTITIES = {
-    "subject": "sub",
-    "session": "ses",
-    "task": "task",
-    "acquisition": "acq",
-    "ceagent": "ce",
-    "reconstruction": "rec",
-    "direction": "dir",
-    "run": "run",
-}
 #: The ``desc`` of fMRIPrep's motion-corrected per-echo outputs.
 PREPROC = "preproc"
-
-
-def run_name(entities: Mapping[str, Any]) -> str:
-    """``sub-01_ses-1_task-rest_run-1``: a run's entities as in a file name."""
-    return "_".join(f"{short}-{entities[k]}" for k, short in BOLD_ENTITIES.items() if k in entities)
 
 
 @dataclass(frozen=True)
@@ -96,26 +85,6 @@ class BoldSearch:
     runs: list[BoldRun] = field(default_factory=list)
     problems: list[SetProblem] = field(default_factory=list)
     skipped: list[SkippedRun] = field(default_factory=list)
-
-
-def _index(bids_dir: Path, participant_labels: Sequence[str] | None) -> Any:
-    """A pybids layout (``desc`` understood) with metadata indexed for BOLD files only."""
-    from bids import BIDSLayout
-    from bids.layout.index import BIDSLayoutIndexer
-    from bids.layout.validation import DEFAULT_LOCATIONS_TO_IGNORE
-
-    ignore = [*DEFAULT_LOCATIONS_TO_IGNORE, re.compile(r"^/derivatives")]
-    if participant_labels:
-        wanted = "|".join(re.escape(label) for label in participant_labels)
-        ignore.append(re.compile(rf"^/sub-(?!(?:{wanted})(?:/|$))"))
-    indexer = BIDSLayoutIndexer(validate=False, ignore=ignore, suffix="bold")
-    return BIDSLayout(
-        str(bids_dir),
-        validate=False,
-        derivatives=False,
-        config=["bids", "derivatives"],
-        indexer=indexer,
-    )
 
 
 def _query(
@@ -189,7 +158,7 @@ def find_bold_runs(
     """The multi-echo BOLD runs selected by labels and ``filters`` (PyBIDS entity filters, the
     filter file's ``"bold"`` key), in a stable order. None is no error here: a dataset may
     hold MEGRE only. NothingSelectedError when pybids rejects a filter."""
-    layout = _index(bids_dir, participant_labels)
+    layout = _index(bids_dir, participant_labels, "bold", ("bids", "derivatives"))
     try:
         files = layout.get(**_query(participant_labels, session_labels, filters))
     except (ValueError, KeyError) as err:  # pybids rejects unknown entities

@@ -3,7 +3,7 @@
 
 Files go to ``sub-<s>[/ses-<t>]/func/`` and are named as fMRIPrep names its multi-echo
 derivatives, without a space entity (native space): ``<run>_T2starmap.nii.gz`` and so on,
-``<run>`` being the run's entities (:func:`t2starmap.bids.func_layout.run_name`).
+``<run>`` being the run's entities (:func:`t2starmap.bids.layout.run_name`).
 """
 
 from __future__ import annotations

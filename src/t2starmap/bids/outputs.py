@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from t2starmap.bids.func_layout import run_name
-from t2starmap.bids.layout import SET_ENTITIES, EchoSet
+from t2starmap.bids.layout import SET_ENTITIES, EchoSet, run_name
 from t2starmap.fit import status as fit_status
 
 if TYPE_CHECKING:
@@ -194,7 +193,7 @@ UNCERTAINTY_KEYS = ("t2star_se", "r2star_se", "s0_se")
 def set_name(entities: Mapping[str, Any]) -> str:
     """Set entities as in a derivative file name (``sub-01_ses-1_run-2``); a BOLD run's
     (``datatype: func``) with its task and direction
-    (:func:`t2starmap.bids.func_layout.run_name`)."""
+    (:func:`t2starmap.bids.layout.run_name`)."""
     if entities.get("datatype") == "func":
         return run_name(entities)
     return "_".join(f"{_SHORT[k]}-{entities[k]}" for k in OUTPUT_ENTITIES if k in entities)
