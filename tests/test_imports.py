@@ -208,7 +208,7 @@ ALLOWED = {
     "t2starmap.fit": ("t2starmap.fit", "t2starmap.errors", "t2starmap.resources"),
     "t2starmap.b0": ("t2starmap.fit", "t2starmap.profiles"),
     "t2starmap.profiles": ("t2starmap.fit",),
-    "t2starmap.noise": ("t2starmap.fit",),
+    "t2starmap.noise": ("t2starmap.noise", "t2starmap.fit"),
     "t2starmap.report": (
         "t2starmap.report",
         "t2starmap.fit.status",
