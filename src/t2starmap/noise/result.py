@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class NoiseEstimate:
@@ -33,3 +35,10 @@ class NoiseEstimate:
     outlier_fraction: float = 0.0
     #: Every estimate the choice was made from: method -> sigma (:func:`cross_check`).
     candidates: Mapping[str, float] = field(default_factory=dict)
+    #: What each candidate is to the choice: method -> "estimate", "upper bound", "lower
+    #: bound", "upper bound (rejected: ghosts)", or "upper bound (fewer than 6 echoes)".
+    bounds: Mapping[str, str] = field(default_factory=dict)
+    #: The smooth noise map (the image's spatial shape, image units) the fit is to use where
+    #: the noise is not uniform (parallel imaging), else None; ``sigma`` is then its median
+    #: over the tissue it was measured in.
+    sigma_map: np.ndarray | None = field(default=None, repr=False, compare=False)
