@@ -29,6 +29,8 @@ CORRECTED_FIT_FIELDS = {
     "NoiseSigma",
     "NoiseSigmaMethod",
     "NoiseSigmaCandidates",
+    "NoiseSigmaBounds",
+    "NoiseSigmaMap",
     "NoiseCoils",
     "ComputeDevice",
     "T2starRange",

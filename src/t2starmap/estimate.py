@@ -53,7 +53,7 @@ from t2starmap.fit.result import MISFIT_P
 from t2starmap.fit.status import Correction
 from t2starmap.layout import EchoSet
 from t2starmap.nifti import Geometry, read_magnitude
-from t2starmap.noise import NoiseEstimate, cross_check, noise_candidates, signal_mask
+from t2starmap.noise import NoiseEstimate, all_candidates, cross_check, signal_mask
 from t2starmap.parts import complex_available, find_parts, load_complex
 from t2starmap.profiles import SliceProfile, parse_slice_profile, profile_from_metadata
 
@@ -163,17 +163,20 @@ def fit_echo_set(echo_set: EchoSet, geometry: Geometry, options: Options) -> Set
     signal = load_complex(parts, geometry, magnitude) if parts is not None and wanted else None
     clock.lap("read")
     noise = _noise_level(options, echo_set, magnitude, signal, warnings)
-    mask = signal_mask(magnitude, noise.sigma, noise.coils, nonfinite=unusable)
+    # a noise map (parallel imaging): the fits see echoes of uniform noise
+    gain = _noise_gain(noise)
+    scaled, scaled_signal = _scaled(magnitude, gain), _scaled(signal, gain)
+    mask = signal_mask(scaled, noise.sigma, noise.coils, nonfinite=unusable)
     clock.lap("noise")
     if not mask.any():
         raise BadDataError(f"{first}: no voxel of set {echo_set.name} rises above the noise")
-    phase = _phase(options, echo_set, signal, mask, noise, method, warnings)
+    phase = _phase(options, echo_set, scaled_signal, mask, noise, method, warnings)
     if phase is not None:
         clock.lap("phase")
-    result = _fit(options, echo_set, magnitude, signal, method, mask, noise, phase)
+    result = _fit(options, echo_set, scaled, scaled_signal, method, mask, noise, phase)
     clock.lap("fit")
     correction, b0_info = _through_slice(
-        options, echo_set, geometry, magnitude, phase, result, mask, warnings, clock
+        options, echo_set, geometry, scaled, phase, result, mask, warnings, clock
     )
     if phase is not None:
         b0_info = {**phase.sidecar(), **b0_info}
@@ -181,6 +184,10 @@ def fit_echo_set(echo_set: EchoSet, geometry: Geometry, options: Options) -> Set
     n_voxels = int(mask.sum())
     failed = final.failed.cpu().numpy() & mask
     maps, counts = _maps(echo_set, final, result, correction, magnitude, mask, noise, warnings)
+    if gain is not None:  # back to image units where the noise map scaled the echoes
+        for key in _IMAGE_UNITS:
+            if key in maps:
+                maps[key] = (maps[key] * gain).astype(np.float32)
     fit_info, algorithm = _fit_info(echo_set, result, noise, b0_info, correction, warnings)
     clock.lap("maps")
     return SetFit(
@@ -200,6 +207,29 @@ def fit_echo_set(echo_set: EchoSet, geometry: Geometry, options: Options) -> Set
         warnings=tuple(warnings),
         magnitude=magnitude,
     )
+
+
+#: The maps in image units: multiplied back by the noise map's gain (:func:`_noise_gain`).
+_IMAGE_UNITS = ("s0", "s0_se", "rmse")
+
+
+def _noise_gain(noise: NoiseEstimate) -> np.ndarray | None:
+    """sigma_map / sigma (float32, the image's shape) where the noise is not uniform: the
+    echoes are divided by it before the fits, so that the noise is sigma everywhere (R2* and
+    T2* do not change with a voxel's scale; S0, its SE and the RMSE are multiplied back);
+    None where one sigma holds."""
+    if noise.sigma_map is None or noise.sigma is None:
+        return None
+    return np.asarray(noise.sigma_map / noise.sigma, dtype=np.float32)
+
+
+def _scaled(echoes: np.ndarray | None, gain: np.ndarray | None) -> Any:
+    """``echoes`` (..., E) divided by ``gain`` (...) voxel by voxel; as they are without."""
+    if echoes is None or gain is None:
+        return echoes
+    if echoes.dtype.kind == "c":
+        return echoes / gain[..., None]
+    return (echoes / gain[..., None]).astype(np.float32)
 
 
 def _phase(
@@ -361,6 +391,9 @@ def _fit_info(
         info["NoiseSigmaNote"] = noise.reason
     if noise.candidates:
         info["NoiseSigmaCandidates"] = dict(noise.candidates)
+    if noise.bounds:
+        info["NoiseSigmaBounds"] = dict(noise.bounds)
+    info["NoiseSigmaMap"] = noise.sigma_map is not None
     if _misfit_tested(fit, len(echo_set.echoes)):
         info["GoodnessOfFit"] = (
             f"reduced chi-square of the residuals under the {fit.noise_model} noise model; "
@@ -542,14 +575,14 @@ def _noise_level(
             coils,
         )
         return NoiseEstimate(options.noise_sigma, 0, coils=coils, method="given")
-    candidates = noise_candidates(
+    found = all_candidates(
         magnitude,
         echo_set.echo_times,
         signal=signal,
         coils=options.noise_coils,
         workers=options.workers,
     )
-    estimate = cross_check(*candidates)
+    estimate = cross_check(found.background, found.differences, found.residuals, found.thermal)
     if estimate.sigma is None:
         warnings.add(
             f"{echo_set.name}: noise level could not be estimated ({estimate.reason}); "

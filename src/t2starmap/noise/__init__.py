@@ -44,7 +44,14 @@ bright voxels 40 (the tissue is quieter than the air there: see :func:`noise_for
 
 from t2starmap.noise.air import noise_from_echo_differences
 from t2starmap.noise.background import MAX_COILS, SINGLE_COIL, estimate_noise
-from t2starmap.noise.choose import GHOST_RATIO, cross_check, noise_candidates, noise_for_fit
+from t2starmap.noise.choose import (
+    GHOST_RATIO,
+    Candidates,
+    all_candidates,
+    cross_check,
+    noise_candidates,
+    noise_for_fit,
+)
 from t2starmap.noise.local import _local_variance_sigma
 from t2starmap.noise.mask import FALLBACK_FRACTION, MASK_SNR, signal_mask
 from t2starmap.noise.result import NoiseEstimate
@@ -67,6 +74,7 @@ __all__ = [
     "MAX_COILS",
     "MIN_BACKGROUND",
     "SINGLE_COIL",
+    "Candidates",
     "NoiseEstimate",
     "_Sample",
     "_above",
@@ -75,6 +83,7 @@ __all__ = [
     "_below",
     "_brighter",
     "_local_variance_sigma",
+    "all_candidates",
     "cross_check",
     "estimate_noise",
     "noise_candidates",

@@ -13,6 +13,7 @@ noise of the voxel estimates alone would give the smoothed map. Pure numpy, no I
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,7 +76,7 @@ def _kernel_matrix(n: int, sd: float) -> np.ndarray:
     return np.exp(-0.5 * ((x[:, None] - x[None, :]) / sd) ** 2)
 
 
-def _smoother(shape: tuple[int, ...], power: int = 1):  # type: ignore[no-untyped-def]
+def _smoother(shape: tuple[int, ...], power: int = 1) -> Callable[[np.ndarray], np.ndarray]:
     """x (shape) -> its Gaussian smoothing over the first two axes (kernel to ``power``)."""
     sd = SMOOTH_FRACTION * max(shape[0], shape[1])
     k0, k1 = _kernel_matrix(shape[0], sd) ** power, _kernel_matrix(shape[1], sd) ** power

@@ -29,9 +29,10 @@ def thermal_estimate(
 ) -> NoiseEstimate:
     """The tissue's thermal sigma: ``across-model`` from the complex ``signal`` (..., E) when
     given and enough of its voxels are coherent (the even echoes' offset fitted for a
-    ``bipolar`` train, or where too few are coherent without it), else ``residual-floor`` from the magnitude fit's
-    ``magnitude_residuals`` (:func:`t2starmap.noise.tissue.tissue_residuals`). ``shape``:
-    the image's spatial shape. sigma None (and why) when neither can be had."""
+    ``bipolar`` train, or where too few are coherent without it), else ``residual-floor``
+    from the magnitude fit's ``magnitude_residuals``
+    (:func:`t2starmap.noise.tissue.tissue_residuals`). ``shape``: the image's spatial shape.
+    sigma None (and why) when neither can be had."""
     te = np.asarray(echo_times, dtype=np.float64)
     why = ""
     if signal is not None:
