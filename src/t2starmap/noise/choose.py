@@ -105,6 +105,10 @@ ACROSS = "across-model"
 #: noise (0.1 % expected; 0.1-0.2 % on the simulator's clean and SENSE backgrounds, 0.6-8 %
 #: with ghosts) has a ghost tail.
 GHOST_OUTLIERS = 0.005
+#: A background above this many times the echo differences (1.0-1.1 on the simulator's clean
+#: and SENSE sets, 1.2-1.6 with ghosts that change by echo) is suspect of ghosts: a magnitude
+#: floor below it is then believed.
+SUSPECT_RATIO = 1.2
 
 
 def cross_check(
@@ -128,7 +132,7 @@ def cross_check(
        an upper bound;
     2. a thermal estimate within ``AGREE`` of a clean background, without a noise map, or
        below it but from the magnitude (whose floor can take misfit for decay) while the
-       background has no ghost tail (``GHOST_OUTLIERS``): the
+       background is not suspect of ghosts (``GHOST_OUTLIERS``, ``SUSPECT_RATIO``): the
        background is used as before (:func:`noise_for_fit`); a thermal estimate that
        disagrees otherwise or found the noise not uniform, or a ghosted background: the
        thermal estimate (with its noise map);
@@ -187,21 +191,27 @@ def _choice(
     """Steps 1-3 of :func:`cross_check`, before the cap."""
     usable = thermal.sigma is not None and bounds.get(thermal.method) == ESTIMATE
     if not ghosted:
-        base = noise_for_fit(background if background.sigma is not None else differences, residuals)
-        if not usable or base.sigma is None:
+        reference = background if background.sigma is not None else differences
+        base = noise_for_fit(reference, residuals)
+        if not usable or base.sigma is None or reference.sigma is None:
             return base
-        assert thermal.sigma is not None and background.sigma is not None
-        ratio = thermal.sigma / background.sigma
+        assert thermal.sigma is not None
+        ratio = thermal.sigma / reference.sigma
         agrees = abs(ratio - 1.0) <= AGREE and thermal.sigma_map is None
         # below a clean background without a ghost tail, only the residual across the
         # complex model is trusted: the magnitude's floor can extrapolate misfit below noise
-        tail = background.outlier_fraction > GHOST_OUTLIERS
-        if agrees or (ratio < 1.0 and thermal.method != ACROSS and not tail):
+        suspect = background.outlier_fraction > GHOST_OUTLIERS or (
+            differences.sigma is not None
+            and background.sigma is not None
+            and background.sigma > SUSPECT_RATIO * differences.sigma
+        )
+        if agrees or (ratio < 1.0 and thermal.method != ACROSS and not suspect):
             why = f"the tissue's thermal noise {thermal.sigma:.4g} ({ratio:.2f} x): kept"
             return replace(base, reason="; ".join(r for r in (base.reason, why) if r))
         why = (
-            f"the tissue's thermal noise ({thermal.sigma:.4g}) is {ratio:.2f} x the "
-            f"background's ({background.sigma:.4g}): the noise is not uniform, the tissue's is used"
+            f"the tissue's thermal noise ({thermal.sigma:.4g}) is {ratio:.2f} x the air's "
+            f"{reference.method} ({reference.sigma:.4g}): the noise is not uniform, the "
+            "tissue's is used"
         )
         return replace(thermal, reason=f"{why}; {thermal.reason}")
     assert background.sigma is not None and differences.sigma is not None
