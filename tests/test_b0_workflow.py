@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 from t2starmap.cli import main
+from t2starmap.fit.result import misfit_limit
+from t2starmap.fit.status import GOOD, NOT_CORRECTED, level_named
 from t2starmap.simulate import make_slice_phantom, write_slice_megre
 from tests.support.files import checksums, failure_reasons, images_below
 
@@ -195,3 +197,25 @@ def test_phase_that_follows_no_frequency_under_auto_and_asked(tmp_path: Path) ->
     assert not list(out2.rglob("*.nii.gz"))
     (failure,) = (out2 / "logs" / "failures").glob("*.json")
     assert "follows no frequency" in json.loads(failure.read_text())["reason"]
+
+
+def test_the_fit_status_map_is_the_corrected_fits(
+    sliced: tuple[Path, object], tmp_path: Path
+) -> None:
+    """Where the field changes across the slice the uncorrected decay is no exponential (its
+    fit is misfit there); the corrected one is. The published fit-status map labels misfit
+    only where the corrected fit's reduced chi-square (the published desc-chisq map) exceeds
+    its limit, and wherever it exceeds the largest limit (a voxel's corrected fit may use
+    fewer echoes: its degrees of freedom, so its limit, vary), among the voxels no other
+    failure label claims (issue 27)."""
+    bids, phantom = sliced
+    out = tmp_path / "out"
+    assert run(bids, out) == 0
+    status = load(out / ANAT / "sub-01_desc-fitstatus_dseg.nii.gz")
+    chisq = load(out / ANAT / "sub-01_desc-chisq_statmap.nii.gz")
+    dof = len(phantom.echo_times) - 2  # type: ignore[attr-defined]
+    misfit = status == level_named("decay_not_following_model").index
+    judged = misfit | np.isin(status, [GOOD.index, NOT_CORRECTED.index])
+    assert judged.sum() > 500 and misfit.sum() > 20
+    assert np.all(chisq[misfit] > misfit_limit(dof) * (1 - 1e-6))
+    assert np.all(misfit[judged & (chisq > misfit_limit(1) * (1 + 1e-6))])
