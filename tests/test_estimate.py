@@ -31,6 +31,8 @@ CORRECTED_FIT_FIELDS = {
     "NoiseSigmaCandidates",
     "NoiseSigmaBounds",
     "NoiseSigmaMap",
+    "FitFailedFraction",
+    "MisfitFraction",
     "NoiseCoils",
     "ComputeDevice",
     "T2starRange",

@@ -118,8 +118,9 @@ OUTPUTS: tuple[OutputSpec, ...] = (
         "mask",
         "failed",
         None,
-        "Voxels whose fit hit a bound, did not converge, had unusable input or whose decay "
-        "does not follow the model (desc-fitstatus_dseg says which)",
+        "Voxels whose fit failed: it hit a bound, did not converge or had unusable input "
+        "(desc-fitstatus_dseg says which); voxels whose decay does not follow the model have "
+        "an estimate and are not in it (label decay_not_following_model there)",
     ),
     OutputSpec(
         "status",
@@ -362,6 +363,7 @@ class PublishedSet(SubjectSession):
     files: Mapping[str, str]
     sources: tuple[Source, ...]
     n_voxels: int
+    #: Mask share whose fit failed (no usable estimate).
     failed_fraction: float
     noise_sigma: float | None
     noise_model: str
@@ -378,6 +380,9 @@ class PublishedSet(SubjectSession):
     solver_runs: int = 0
     #: Every noise-level estimate the choice was made from: method -> sigma.
     noise_candidates: Mapping[str, float] = field(default_factory=dict)
+    #: Mask share whose decay does not follow the model: an estimate exists (its SE inflated),
+    #: not a failure; in the set statistics.
+    misfit_fraction: float = 0.0
     #: Seconds per step of reading and fitting the set (read, noise, phase, fit,
     #: correction, maps).
     steps: Mapping[str, float] = field(default_factory=dict)

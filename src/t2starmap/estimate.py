@@ -107,7 +107,10 @@ class SetFit:
     maps: Mapping[str, np.ndarray]
     fit_info: Mapping[str, Any]
     n_voxels: int
+    #: Mask share whose fit failed (no usable estimate), and whose decay does not follow the
+    #: model (an estimate exists, its SE inflated): apart (:mod:`t2starmap.fit.status`).
     failed_fraction: float
+    misfit_fraction: float
     noise: NoiseEstimate
     status_counts: Mapping[str, int]
     noise_model: str
@@ -181,20 +184,18 @@ def fit_echo_set(echo_set: EchoSet, geometry: Geometry, options: Options) -> Set
     if phase is not None:
         b0_info = {**phase.sidecar(), **b0_info}
     final = result if correction is None else correction.corrected
-    n_voxels = int(mask.sum())
-    failed = final.failed.cpu().numpy() & mask
     maps, counts = _maps(echo_set, final, result, correction, magnitude, mask, noise, warnings)
-    if gain is not None:  # back to image units where the noise map scaled the echoes
-        for key in _IMAGE_UNITS:
-            if key in maps:
-                maps[key] = (maps[key] * gain).astype(np.float32)
+    _to_image_units(maps, gain)
     fit_info, algorithm = _fit_info(echo_set, result, noise, b0_info, correction, warnings)
+    shares = _shares(final.reason.cpu().numpy(), mask)
+    fit_info.update({"FitFailedFraction": shares[0], "MisfitFraction": shares[1]})
     clock.lap("maps")
     return SetFit(
         maps=maps,
         fit_info=fit_info,
-        n_voxels=n_voxels,
-        failed_fraction=float(failed.sum() / max(n_voxels, 1)),
+        n_voxels=int(mask.sum()),
+        failed_fraction=shares[0],
+        misfit_fraction=shares[1],
         noise=noise,
         status_counts=counts,
         noise_model=result.noise_model,
@@ -211,6 +212,22 @@ def fit_echo_set(echo_set: EchoSet, geometry: Geometry, options: Options) -> Set
 
 #: The maps in image units: multiplied back by the noise map's gain (:func:`_noise_gain`).
 _IMAGE_UNITS = ("s0", "s0_se", "rmse")
+
+
+def _shares(reason: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+    """(share of the mask whose fit failed, share whose decay does not follow the model)."""
+    size = max(int(mask.sum()), 1)
+    failed = fit_status.fit_failed(reason) & mask
+    return float(failed.sum() / size), float((fit_status.misfit(reason) & mask).sum() / size)
+
+
+def _to_image_units(maps: dict[str, np.ndarray], gain: np.ndarray | None) -> None:
+    """Back to image units, in place, where the noise map scaled the echoes."""
+    if gain is None:
+        return
+    for key in _IMAGE_UNITS:
+        if key in maps:
+            maps[key] = (maps[key] * gain).astype(np.float32)
 
 
 def _noise_gain(noise: NoiseEstimate) -> np.ndarray | None:
@@ -320,7 +337,7 @@ def _maps(
 ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """The arrays to publish (OUTPUTS key -> array) and the voxel count of each fit-status
     label; warns of what is left out and of failure reasons shared by many voxels."""
-    failed = result.failed.cpu().numpy() & mask
+    failed = fit_status.fit_failed(result.reason.cpu().numpy()) & mask
     keys = [k for k in REQUIRED_KEYS if k != "status"]
     if len(echo_set.echoes) == 2:
         keys.remove("rmse")

@@ -546,6 +546,7 @@ def _record(settings: Settings, echo_set: EchoSet, fitted: SetFit) -> PublishedS
         ),
         n_voxels=fitted.n_voxels,
         failed_fraction=fitted.failed_fraction,
+        misfit_fraction=fitted.misfit_fraction,
         noise_sigma=fitted.noise.sigma,
         noise_model=fitted.noise_model,
         noise_coils=float(fitted.fit_info["NoiseCoils"]),
@@ -633,10 +634,11 @@ def _publish(run: _Run, page: _Page, staged: _StagedPage) -> None:
         run.failures += staged.failures
     for record in staged.records:
         log.info(
-            "%s: %d voxels fitted, %.1f%% failed, %.2f s -> %s",
+            "%s: %d voxels fitted, %.1f%% failed, %.1f%% misfit, %.2f s -> %s",
             record.name,
             record.n_voxels,
             100 * record.failed_fraction,
+            100 * record.misfit_fraction,
             record.seconds or 0.0,
             record.path(settings.output_dir, "t2star").parent,
         )
