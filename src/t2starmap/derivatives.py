@@ -151,7 +151,9 @@ OUTPUTS: tuple[OutputSpec, ...] = (
         "fieldmap",
         "megre",
         "Hz",
-        "Off-resonance frequency f of the complex fit S0 exp(-TE R2*) exp(i(phi0 + 2 pi f TE))",
+        "Off-resonance frequency f (wrapped into +-FieldMapWrapLimit): the complex fit's "
+        "S0 exp(-TE R2*) exp(i(phi0 + 2 pi f TE)), or the field map the through-slice "
+        "correction was computed from (B0FieldMapMethod says how it was made)",
         datatype="fmap",
         optional=True,
     ),
@@ -265,6 +267,9 @@ def estimation_algorithm(spec: OutputSpec, fit_info: Mapping[str, Any]) -> str:
         full.split("; then corrected", 1)[0],
     )
     if spec.key == "frequency":
+        made = str(fit_info.get("B0FieldMapMethod", "complex fit"))
+        if "complex fit" not in made:
+            return f"Off-resonance frequency f from the {made} (closed form, per voxel)"
         return "Off-resonance frequency f, a parameter of the complex fit: " + fit
     return fit
 

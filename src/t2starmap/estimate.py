@@ -366,6 +366,10 @@ def _maps(
         maps["gradz"] = np.where(mask, correction.gradient_hz_per_mm, 0.0).astype(np.float32)
     if uncorrected.frequency is not None:
         maps["frequency"] = _map_array(uncorrected, "frequency", mask, failed)
+    elif correction is not None and correction.field_hz is not None:
+        # the field map the correction used, made without a complex fit: published too
+        maps["frequency"] = np.where(mask, correction.field_hz, 0.0).astype(np.float32)
+    if "frequency" in maps:
         maps["magnitude"] = np.nan_to_num(magnitude[..., 0]).astype(np.float32)
     return maps, counts
 
@@ -430,6 +434,8 @@ def _fit_info(
         # f is only known modulo 1/dTE (1/(2 dTE) for a bipolar train): the map is wrapped
         bipolar = bool(b0_info.get("BipolarReadout", False))
         info["FieldMapWrapLimit"] = frequency_limit(np.asarray(echo_set.echo_times), bipolar)
+    elif correction is not None and correction.field_hz is not None and correction.wrap_period_hz:
+        info["FieldMapWrapLimit"] = correction.wrap_period_hz / 2.0  # the published field map
     if warnings:
         info["Warnings"] = list(warnings)
     return info, algorithm

@@ -322,8 +322,9 @@ MONTAGES = (
         1.0,
         "twilight",
         "field map (Hz)",
-        "Off-resonance frequency of the complex fit, wrapped (a cyclic colour map: the two ends "
-        "of the window are one colour, as they are one frequency)",
+        "Off-resonance frequency (the complex fit's, or the field map the through-slice "
+        "correction used), wrapped (a cyclic colour map: the two ends of the window are one "
+        "colour, as they are one frequency)",
         "wrap",
         fmt=".4g",
         unit=" Hz",
