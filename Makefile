@@ -7,6 +7,8 @@ PY := $(VENV)/bin/python
 # override with e.g. `make TORCH_SPEC='torch>=2.2' test` to let pip choose.
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
+# The numeric floors are type-checked strictly (no untyped defs, no Any returned).
+STRICT_PACKAGES := -p t2starmap.fit -p t2starmap.b0
 
 .PHONY: demo test lint bench clean
 
@@ -26,6 +28,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks run.py
 	$(PY) -m ruff format --check src tests benchmarks run.py
 	$(PY) -m mypy
+	$(PY) -m mypy --strict $(STRICT_PACKAGES)
 
 test: lint
 	$(PY) -m pytest

@@ -3,7 +3,7 @@ choice of the |F| threshold, and the cost of the correction against the complex 
 
     python benchmarks/bench_b0.py [--out benchmarks/B0.md] [--shape 96 96 16]
 
-Data: :func:`t2starmap.simulate.make_slice_phantom`, which integrates the complex signal over
+Data: :func:`t2starmap.sim.slices.make_slice_phantom`, which integrates the complex signal over
 128 (rect) or 256 (gaussian) positions through each slice of a field that curves within the
 slice (not the closed-form sinc); 2D slices of 3 mm, 11 echoes TE 2-40 ms, R2* 20-60 1/s,
 complex Gaussian noise. The field map comes from the complex fit of the simulated signal (so it
@@ -27,11 +27,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from t2starmap import b0
-from t2starmap.fit import fit_complex, fit_t2star
+from t2starmap.b0 import correction as b0
+from t2starmap.b0.correction import SliceGeometry
+from t2starmap.fit import NoiseModel, fit_complex, fit_t2star
 from t2starmap.fit.phase import FieldMap, analyse_phase
 from t2starmap.fit.status import Correction
-from t2starmap.simulate import SlicePhantom, make_slice_phantom
+from t2starmap.sim.slices import SlicePhantom, make_slice_phantom
 
 THRESHOLDS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
 
@@ -40,7 +41,7 @@ def _field(ph: SlicePhantom, source: str) -> FieldMap:
     signal = ph.magnitude * np.exp(1j * ph.phase)
     if source == "complex fit":
         return FieldMap.from_fit(
-            fit_complex(signal, ph.echo_times, noise_sigma=ph.sigma), ph.echo_times
+            fit_complex(signal, ph.echo_times, noise=NoiseModel(sigma=ph.sigma)), ph.echo_times
         )
     found = analyse_phase(signal, ph.echo_times, noise_sigma=ph.sigma).field_map()
     assert found is not None
@@ -53,15 +54,15 @@ def _correct(
     source: str = "phase differences",
     method: str = "nlls",
 ) -> b0.ThroughSliceCorrection:
-    uncorrected = fit_t2star(ph.magnitude, ph.echo_times, method=method, noise_sigma=ph.sigma)
+    uncorrected = fit_t2star(
+        ph.magnitude, ph.echo_times, method=method, noise=NoiseModel(sigma=ph.sigma)
+    )
     return b0.correct_through_slice(
         ph.magnitude,
         ph.echo_times,
-        ph.affine,
+        SliceGeometry(ph.affine, mr_acquisition_type="2D", thickness_mm=ph.slice_thickness_mm),
         field=_field(ph, source),
         uncorrected=uncorrected,
-        mr_acquisition_type="2D",
-        slice_thickness_mm=ph.slice_thickness_mm,
         threshold=threshold,
     )
 
@@ -163,18 +164,16 @@ def main(argv: list[str] | None = None) -> None:
     ph = make_slice_phantom(shape, snr=100.0, seed=9, samples=64)
     signal = ph.magnitude * np.exp(1j * ph.phase)
     te = ph.echo_times
-    plain = fit_t2star(ph.magnitude, te, noise_sigma=ph.sigma)
+    plain = fit_t2star(ph.magnitude, te, noise=NoiseModel(sigma=ph.sigma))
 
     def correction() -> None:
         field = analyse_phase(signal, te, noise_sigma=ph.sigma).field_map()
         assert field is not None
-        b0.correct_through_slice(
-            ph.magnitude, te, ph.affine, field=field, uncorrected=plain,
-            mr_acquisition_type="2D", slice_thickness_mm=3.0,
-        )  # fmt: skip
+        slices = SliceGeometry(ph.affine, mr_acquisition_type="2D", thickness_mm=3.0)
+        b0.correct_through_slice(ph.magnitude, te, slices, field=field, uncorrected=plain)
 
-    t_complex = _best(lambda: fit_complex(signal, te, noise_sigma=ph.sigma))
-    t_plain = _best(lambda: fit_t2star(ph.magnitude, te, noise_sigma=ph.sigma))
+    t_complex = _best(lambda: fit_complex(signal, te, noise=NoiseModel(sigma=ph.sigma)))
+    t_plain = _best(lambda: fit_t2star(ph.magnitude, te, noise=NoiseModel(sigma=ph.sigma)))
     t_corr = _best(correction)
     t_field = _best(lambda: analyse_phase(signal, te, noise_sigma=ph.sigma).field_map())
     n = int(np.prod(shape))

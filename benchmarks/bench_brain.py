@@ -1,14 +1,14 @@
 """Brain-scale participant runs: time, peak memory and where the time goes, side by side.
 
 Makes (once, cached) a one-participant BIDS dataset of int16 echoes with the project's
-simulator (:mod:`t2starmap.simulate`'s ellipsoid: T2* 5-100 ms, S0 3000 +-10 %, Rician noise
+simulator (:mod:`t2starmap.sim.phantoms`'s ellipsoid: T2* 5-100 ms, S0 3000 +-10 %, Rician noise
 at SNR 50, 1 mm voxels), written slab by slab so that 512x512x256x12 fits in memory. Then,
 interleaved ``--repeats`` times, each a fresh process:
 
 * bare: ``python -c "import torch, nibabel"`` (the memory floor);
-* baseline: read the echoes with :func:`t2starmap.nifti.read_volumes` and stack them,
+* baseline: read the echoes with :func:`t2starmap.bids.nifti.read_volumes` and stack them,
   ``fit_t2star`` (default nlls, the phantom's sigma, 2 chunk workers of one torch thread) on
-  the first echo above 5 sigma, write 10 maps with :func:`t2starmap.nifti.save_map` (isal),
+  the first echo above 5 sigma, write 10 maps with :func:`t2starmap.bids.nifti.save_map` (isal),
   one after another; with ``--baseline-src`` (default: this checkout);
 * run: ``python -m t2starmap BIDS OUT participant --skip-bids-validation`` for each ``--src``;
 * with ``--busy`` the same again with one competing busy process (``bench_busy.Busy``).
@@ -46,7 +46,7 @@ import nibabel as nib
 import numpy as np
 from bench_busy import Busy  # beside this script
 
-from t2starmap.simulate import (
+from t2starmap.sim.phantoms import (
     EXAMPLE_ECHO_TIMES,
     _object_truth,
     add_rician_noise,
@@ -64,8 +64,8 @@ BASELINE = """
 import sys, json, numpy as np, torch
 from pathlib import Path
 torch.set_num_threads(1)  # as the app: 2 chunk workers of one torch thread each
-from t2starmap.nifti import Geometry, read_volumes, save_map
-from t2starmap.fit import fit_t2star
+from t2starmap.bids.nifti import Geometry, read_volumes, save_map
+from t2starmap.fit import Compute, NoiseModel, fit_t2star
 bids, out, sigma = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
 echoes = sorted(bids.rglob("*_MEGRE.nii.gz"))
 te = [json.loads(p.with_name(p.name[:-7] + ".json").read_text())["EchoTime"] for p in echoes]
@@ -76,7 +76,9 @@ geometry = Geometry(tuple(header.shape), np.asarray(header.affine),
 data = np.empty((*geometry.shape, len(echoes)), dtype=np.float32)
 for k, volume in enumerate(read_volumes(echoes)):
     data[..., k] = volume
-result = fit_t2star(data, te, mask=data[..., 0] > 5 * sigma, noise_sigma=sigma, workers=2)
+result = fit_t2star(
+    data, te, mask=data[..., 0] > 5 * sigma, noise=NoiseModel(sigma), compute=Compute(workers=2)
+)
 del data
 out.mkdir(parents=True, exist_ok=True)
 maps = ("t2star", "r2star", "s0", "rmse", "t2star_se", "r2star_se", "s0_se", "chisq")

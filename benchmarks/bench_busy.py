@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from t2starmap.fit import fit_t2star
+from t2starmap.fit import Compute, NoiseModel, fit_t2star
 from t2starmap.resources import available_cpus
-from t2starmap.simulate import make_phantom, write_bids_example
+from t2starmap.sim.phantoms import make_phantom, write_bids_example
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 MAP_KEYS = ("t2star", "r2star", "s0", "rmse", "t2star_se", "r2star_se", "s0_se", "failed")
@@ -74,8 +74,8 @@ def bench_fit(shape: tuple[int, ...], repeats: int) -> None:
                     phantom.magnitude,
                     phantom.echo_times,
                     mask=phantom.mask,
-                    noise_sigma=phantom.sigma,
-                    workers=workers,
+                    noise=NoiseModel(sigma=phantom.sigma),
+                    compute=Compute(workers=workers),
                 )
                 times[name].setdefault(phase, []).append(time.perf_counter() - started)
                 if reference is None:

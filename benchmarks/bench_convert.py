@@ -32,7 +32,7 @@ def _synthetic_ge(root: Path) -> Path:
     # The synthetic DICOM writers are test support, not part of the installed package: they
     # are imported from the repository's tests/ package, so its root goes on the path.
     sys.path.insert(0, str(REPO))
-    from t2starmap.simulate import make_phantom
+    from t2starmap.sim.phantoms import make_phantom
     from tests.support.synthetic_dicom import write_ge_classic
 
     echo_times = tuple(0.0046 + 0.004612 * k for k in range(12))

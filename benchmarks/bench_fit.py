@@ -39,8 +39,8 @@ import numpy as np
 import torch
 
 import t2starmap
-from t2starmap.fit import T2STAR_MAX, T2STAR_MIN, fit_t2star
-from t2starmap.simulate import add_rician_noise, decay
+from t2starmap.fit import T2STAR_MAX, T2STAR_MIN, Compute, NoiseModel, fit_t2star
+from t2starmap.sim.phantoms import add_rician_noise, decay
 
 HERE = Path(__file__).resolve().parent
 SHAPE = (192, 192, 64)
@@ -101,7 +101,9 @@ def gpu_note(signal: torch.Tensor, repeats: int) -> str:
     on_gpu = signal.cuda()
 
     def run() -> object:
-        result = fit_t2star(on_gpu, TE, noise_sigma=SIGMA, device="cuda")
+        result = fit_t2star(
+            on_gpu, TE, noise=NoiseModel(sigma=SIGMA), compute=Compute(device="cuda")
+        )
         torch.cuda.synchronize()
         return result
 
@@ -192,7 +194,7 @@ def memory_child() -> None:
     volume = magnitude.reshape(*MEMORY_SHAPE, MEMORY_ECHOES)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     start_t = time.perf_counter()
-    result = fit_t2star(volume, te, noise_sigma=SIGMA)
+    result = fit_t2star(volume, te, noise=NoiseModel(sigma=SIGMA))
     seconds = time.perf_counter() - start_t
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(
@@ -337,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label}: {seconds:.3f} s (first call {first_seconds[label]:.2f} s)", flush=True)
         return row
 
-    default = t2starmap_row("t2starmap default (nlls, Rician)", noise_sigma=SIGMA)
+    default = t2starmap_row("t2starmap default (nlls, Rician)", noise=NoiseModel(SIGMA))
     rows.append(default)
     rows.append(t2starmap_row("t2starmap nlls-gaussian", method="nlls-gaussian"))
     rows.append(t2starmap_row("t2starmap wls", method="wls"))

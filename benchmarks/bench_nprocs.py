@@ -4,7 +4,7 @@ from the phase differences, corrected fit) and for ``--fit-method complex``.
 
     .venv/bin/python benchmarks/bench_nprocs.py [--shape 128 128 24] [--rounds 2] [--nprocs 2]
 
-Data: :func:`t2starmap.simulate.make_slice_phantom` (magnitude + phase, 11 echoes, SNR 100)
+Data: :func:`t2starmap.sim.slices.make_slice_phantom` (magnitude + phase, 11 echoes, SNR 100)
 written as BIDS; runs with ``--noise-sigma`` (the phantom has no air), validation skipped,
 settings interleaved ``--rounds`` times in fresh processes; the median of each step. Target
 (issue 17): on 2 quiet cores, N = 2 makes the complex fit and the corrected fit >= 1.5x faster.
@@ -32,10 +32,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from t2starmap import b0
-from t2starmap.fit import fit_complex, fit_t2star
+from t2starmap.b0 import correction as b0
+from t2starmap.b0.correction import SliceGeometry
+from t2starmap.fit import Compute, NoiseModel, fit_complex, fit_t2star
 from t2starmap.fit.phase import analyse_phase
-from t2starmap.simulate import SlicePhantom, make_slice_phantom, write_slice_megre
+from t2starmap.sim.slices import SlicePhantom, make_slice_phantom, write_slice_megre
 
 STEPS = ("read", "noise", "phase", "fit", "correction", "maps")
 
@@ -117,20 +118,25 @@ def in_process(ph: SlicePhantom, args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     signal = ph.magnitude * np.exp(1j * ph.phase)
     te, sigma = ph.echo_times, ph.sigma
-    plain = fit_t2star(ph.magnitude, te, noise_sigma=sigma)
+    plain = fit_t2star(ph.magnitude, te, noise=NoiseModel(sigma=sigma))
     field = analyse_phase(signal, te, noise_sigma=sigma).field_map()
     assert field is not None
 
     def correction(workers: int) -> None:
+        slices = SliceGeometry(
+            ph.affine, mr_acquisition_type="2D", thickness_mm=ph.slice_thickness_mm
+        )
         b0.correct_through_slice(
-            ph.magnitude, te, ph.affine, field=field, uncorrected=plain,
-            mr_acquisition_type="2D", slice_thickness_mm=ph.slice_thickness_mm, workers=workers,
+            ph.magnitude, te, slices, field=field, uncorrected=plain,
+            compute=Compute(workers=workers),
         )  # fmt: skip
 
     fits: dict[str, Callable[[int], object]] = {
-        "complex fit": lambda w: fit_complex(signal, te, noise_sigma=sigma, workers=w),
+        "complex fit": lambda w: fit_complex(
+            signal, te, noise=NoiseModel(sigma=sigma), compute=Compute(workers=w)
+        ),
         "field map with the phase checks": lambda w: analyse_phase(
-            signal, te, noise_sigma=sigma, workers=w
+            signal, te, noise_sigma=sigma, compute=Compute(workers=w)
         ),
         "correction (profile estimate, factor, corrected fit)": correction,
     }

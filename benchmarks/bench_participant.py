@@ -1,7 +1,7 @@
 """A whole participant run against the read-and-write baseline, and where its time goes.
 
 Makes a temporary BIDS dataset (one participant, 192x192x64 int16, 11 echoes, from
-``t2starmap.simulate``), then, interleaved ``--repeats`` times:
+``t2starmap.sim.phantoms``), then, interleaved ``--repeats`` times:
 
 * baseline: a fresh python that reads the 11 echoes and writes 10 float32 images with nibabel;
 * run: a fresh ``python -m t2starmap BIDS OUT participant --skip-bids-validation`` (default fit,
@@ -33,7 +33,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from t2starmap.simulate import DEFAULT_ECHO_TIMES, make_phantom
+from t2starmap.sim.phantoms import DEFAULT_ECHO_TIMES, make_phantom
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -65,9 +65,13 @@ def wrap(module, name, label):
             totals[label] += time.perf_counter() - t
     setattr(module, name, timed)
 t = time.perf_counter(); import torch; totals["import torch"] = time.perf_counter() - t
-from t2starmap import cli, workflow, estimate, nifti, noise
+from t2starmap import noise
+from t2starmap.bids import nifti
+from t2starmap.cli import run as cli
+from t2starmap.workflows import echo_set as estimate
+from t2starmap.workflows import participant as workflow
 from t2starmap.report import participant, figures
-import t2starmap.layout as layout
+import t2starmap.bids.layout as layout
 totals["import t2starmap"] = time.perf_counter() - t - totals["import torch"]
 wrap(workflow, "find_echo_sets", "pybids indexing")
 wrap(workflow, "check_geometry", "read headers")

@@ -4,7 +4,7 @@ what the estimate costs against the complex fit.
 
     python benchmarks/bench_profiles.py [--out benchmarks/B0.md] [--shape 48 48 8]
 
-Data: :func:`t2starmap.simulate.make_slice_phantom` with each profile (rect, Gaussian of
+Data: :func:`t2starmap.sim.slices.make_slice_phantom` with each profile (rect, Gaussian of
 FWHM = thickness, Hanning-windowed sinc pulses of time-bandwidth product 2, 2.7, 3, 4): the
 complex signal integrated over 256 positions through each 3 mm slice with the profile as
 weight (its tails and sidelobes included; never the closed-form F), 11 echoes TE 3-43 ms,
@@ -12,7 +12,7 @@ R2* 20-60 1/s, field change across the slice 0-24 Hz, field curving within the s
 The gradient comes from the complex fit's field map (wrapped, noisy), as in a run. "steep":
 voxels whose field changes >= 12 Hz across the slice; "flat": none. Errors are median
 |R2*/truth - 1| over the voxels whose gradient is valid (not the edge slices). Estimate:
-:func:`t2starmap.profiles.estimate_slice_profile` (family "auto": Hanning sinc or Gaussian,
+:func:`t2starmap.b0.profile_fit.estimate_slice_profile` (family "auto": Hanning sinc or Gaussian,
 the lower chi-square wins), its parameter +- the bootstrap SD over voxels. Timings: best of 3,
 one torch thread, CPU. ``--out FILE`` replaces this script's section of FILE (between its
 marker lines) or appends it.
@@ -27,11 +27,13 @@ import numpy as np
 import torch
 from bench_b0 import _best  # beside this script
 
-from t2starmap import b0
-from t2starmap import profiles as P
-from t2starmap.fit import fit_complex, fit_corrected, fit_t2star
+from t2starmap.b0 import correction as b0
+from t2starmap.b0 import profile_fit as PF
+from t2starmap.b0 import profiles as P
+from t2starmap.b0.profile_result import ProfileEstimate
+from t2starmap.fit import NoiseModel, fit_complex, fit_corrected, fit_t2star
 from t2starmap.fit.phase import FieldMap
-from t2starmap.simulate import SlicePhantom, make_slice_phantom
+from t2starmap.sim.slices import SlicePhantom, make_slice_phantom
 
 TE = np.linspace(0.003, 0.043, 11)
 SPECS = ("rect", "gaussian", "sinc:2", "sinc:2.7", "sinc:3", "sinc:4")
@@ -39,7 +41,7 @@ BEGIN, END = "<!-- bench_profiles: begin -->", "<!-- bench_profiles: end -->"
 
 
 def _gradient(ph: SlicePhantom) -> tuple[np.ndarray, np.ndarray]:
-    cfit = fit_complex(ph.magnitude * np.exp(1j * ph.phase), TE, noise_sigma=ph.sigma)
+    cfit = fit_complex(ph.magnitude * np.exp(1j * ph.phase), TE, noise=NoiseModel(sigma=ph.sigma))
     field = FieldMap.from_fit(cfit, TE)
     return b0.through_slice_gradient(
         field.frequency_hz, ph.mask & ~field.untrusted, ph.affine, 2,
@@ -58,11 +60,13 @@ def _corrected(
     ph: SlicePhantom, gradient: np.ndarray, valid: np.ndarray, profile: P.SliceProfile
 ) -> np.ndarray:
     factor = np.abs(P.dephasing_factor(profile, gradient, ph.slice_thickness_mm, TE))
-    fit = fit_corrected(ph.magnitude, TE, factor, mask=valid, noise_sigma=ph.sigma)
+    fit = fit_corrected(
+        ph.magnitude, TE, factor, mask=valid, noise=NoiseModel(sigma=ph.sigma, floor=False)
+    )
     return fit.result.r2star.numpy()
 
 
-def _estimate_text(est: P.ProfileEstimate) -> str:
+def _estimate_text(est: ProfileEstimate) -> str:
     c = est.chosen
     if c is None:
         return f"default {est.profile.spec()} ({est.n_voxels} voxels)"
@@ -82,8 +86,10 @@ def accuracy(shape: tuple[int, int, int], snr: float) -> list[str]:
     for spec in SPECS:
         ph = make_slice_phantom(shape, TE, snr=snr, seed=7, profile=spec, samples=256)
         gradient, valid = _gradient(ph)
-        plain = fit_t2star(ph.magnitude, TE, method="nlls-gaussian", noise_sigma=ph.sigma)
-        est = P.estimate_slice_profile(
+        plain = fit_t2star(
+            ph.magnitude, TE, method="nlls-gaussian", noise=NoiseModel(sigma=ph.sigma)
+        )
+        est = PF.estimate_slice_profile(
             ph.magnitude, TE, gradient, ph.slice_thickness_mm, valid, ph.sigma
         )
         cells = []
@@ -112,7 +118,7 @@ def noise_floor(shape: tuple[int, int, int], snr: float) -> list[str]:
         cells = []
         for aware in (False, True):
             fit = fit_corrected(
-                ph.magnitude, TE, factor, mask=valid, noise_sigma=ph.sigma, noise_aware=aware
+                ph.magnitude, TE, factor, mask=valid, noise=NoiseModel(sigma=ph.sigma, floor=aware)
             )
             error = fit.result.r2star.numpy()[steep] / ph.r2star[steep] - 1.0
             cells.append(f"{100 * np.median(error):+.2f} / {100 * np.median(np.abs(error)):.2f}")
@@ -126,13 +132,13 @@ def timing(shape: tuple[int, int, int]) -> list[str]:
     signal = ph.magnitude * np.exp(1j * ph.phase)
     gradient, valid = _gradient(ph)
     profile = P.SliceProfile("sinc", 2.7)
-    t_complex = _best(lambda: fit_complex(signal, TE, noise_sigma=ph.sigma))
+    t_complex = _best(lambda: fit_complex(signal, TE, noise=NoiseModel(sigma=ph.sigma)))
     t_given = _best(lambda: _corrected(ph, gradient, valid, profile))
     t_rect = _best(lambda: _corrected(ph, gradient, valid, P.SliceProfile("rect")))
     t_est = _best(
-        lambda: P.estimate_slice_profile(ph.magnitude, TE, gradient, 3.0, valid, ph.sigma)
+        lambda: PF.estimate_slice_profile(ph.magnitude, TE, gradient, 3.0, valid, ph.sigma)
     )
-    est = P.estimate_slice_profile(ph.magnitude, TE, gradient, 3.0, valid, ph.sigma)
+    est = PF.estimate_slice_profile(ph.magnitude, TE, gradient, 3.0, valid, ph.sigma)
     n = int(np.prod(shape))
     return [
         f"### Time ({shape[0]} x {shape[1]} x {shape[2]} = {n} voxels, 11 echoes, sinc:2.7, CPU, "

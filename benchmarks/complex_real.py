@@ -23,9 +23,9 @@ Fits compared, each on the whole volume:
 
 * the app's default fit as the participant run does it (without the through-slice correction,
   which the reference does not have either; a second row with it):
-  :func:`t2starmap.estimate.fit_echo_set` with the participant run's
-  :class:`t2starmap.estimate.Options` (``fit_method="nlls"``), so the noise level comes from
-  the app's own pipeline and the mask is the app's;
+  :func:`t2starmap.workflows.echo_set.fit_echo_set` with the participant run's
+  :class:`t2starmap.workflows.echo_set.Options` (``fit_method="nlls"``), so the noise level comes
+  from the app's own pipeline and the mask is the app's;
 * the same entry point with ``nlls-gaussian`` and with ``complex``;
 * tedana's t2smap fits, ``tedana.decay.fit_decay`` with ``loglin`` (the app's mask) and
   ``curvefit`` (the reference subset only: it runs at ~1-2 k voxels/s, its whole-volume time
@@ -60,13 +60,13 @@ import torch
 from scipy.optimize import least_squares
 
 from t2starmap import __version__
-from t2starmap.cli import main as t2starmap_main
-from t2starmap.estimate import Options, SetFit, fit_echo_set
+from t2starmap.bids.layout import EchoSet, find_echo_sets
+from t2starmap.bids.nifti import check_geometry, load_magnitude
+from t2starmap.bids.parts import find_parts, load_complex
+from t2starmap.cli.run import main as t2starmap_main
 from t2starmap.fit import resolve_device
-from t2starmap.layout import EchoSet, find_echo_sets
-from t2starmap.nifti import check_geometry, load_magnitude
 from t2starmap.noise import otsu_threshold
-from t2starmap.parts import find_parts, load_complex
+from t2starmap.workflows.echo_set import Options, SetFit, fit_echo_set
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DICOM = HERE.parent.parent / "shared" / "data" / "dicom" / "ge-mr750-kidney-megre"

@@ -16,9 +16,9 @@ import argparse
 
 import numpy as np
 
-from t2starmap.fit import fit_t2star
+from t2starmap.fit import NoiseModel, fit_t2star
 from t2starmap.noise import NoiseEstimate, all_candidates, cross_check
-from t2starmap.simulate_body import BodySet, make_body_set
+from t2starmap.sim.body import BodySet, make_body_set
 
 EFFECTS = {
     "clean": {},
@@ -78,7 +78,7 @@ def bias_rows() -> list[str]:
         cells = []
         for sigma in (chosen.sigma, truth):
             r2 = fit_t2star(
-                body.magnitude, body.echo_times, mask=body.mask, noise_sigma=sigma
+                body.magnitude, body.echo_times, mask=body.mask, noise=NoiseModel(sigma=sigma)
             ).r2star.numpy()
             for lo, hi in ((60, 150), (150, 400)):
                 where = mono & (body.r2star >= lo) & (body.r2star < hi)

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from t2starmap import fit_t2star
-from t2starmap.simulate import add_rician_noise, decay
+from t2starmap.fit import Compute, NoiseModel
+from t2starmap.sim.phantoms import add_rician_noise, decay
 
 HERE = Path(__file__).resolve().parent
 TE = np.linspace(0.003, 0.060, 12)
@@ -65,12 +66,14 @@ def main() -> None:
     y = torch.as_tensor(magnitude, dtype=torch.float64)
     te = torch.as_tensor(TE)
     ones: Weights = lambda p, f: torch.ones_like(f)  # noqa: E731
-    start = fit_t2star(magnitude, TE, method="nlls-gaussian", dtype=torch.float64)
+    start = fit_t2star(magnitude, TE, method="nlls-gaussian", compute=Compute(dtype=torch.float64))
     r0, p0 = 1.0 / start.t2star, start.s0
 
     rows: dict[str, tuple[np.ndarray, str]] = {}
     rows["gaussian (nlls-gaussian)"] = (
-        fit_t2star(magnitude, TE, method="nlls-gaussian", noise_sigma=SIGMA).t2star.numpy(),
+        fit_t2star(
+            magnitude, TE, method="nlls-gaussian", noise=NoiseModel(sigma=SIGMA)
+        ).t2star.numpy(),
         "none",
     )
 
@@ -81,7 +84,7 @@ def main() -> None:
     _, r = weighted_exp_fit(y, te, above_floor, r0.clone(), p=p0.clone())
     rows["truncation (echoes with fitted A > 2 sigma, at least 3)"] = ((1.0 / r).numpy(), "none")
     rows["rician-m2 IRLS (t2starmap default)"] = (
-        fit_t2star(magnitude, TE, noise_sigma=SIGMA).t2star.numpy(),
+        fit_t2star(magnitude, TE, noise=NoiseModel(sigma=SIGMA)).t2star.numpy(),
         "none",
     )
     _, r = weighted_exp_fit(y * y - 2 * SIGMA**2, 2 * te, ones, r0.clone())

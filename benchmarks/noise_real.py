@@ -39,7 +39,8 @@ import nibabel as nib
 import numpy as np
 
 from t2starmap import fit_t2star
-from t2starmap.cli import main as cli_main
+from t2starmap.cli.run import main as cli_main
+from t2starmap.fit import NoiseModel
 from t2starmap.noise import (
     estimate_noise,
     noise_for_fit,
@@ -47,7 +48,7 @@ from t2starmap.noise import (
     otsu_threshold,
     signal_mask,
 )
-from t2starmap.simulate import Phantom, make_coil_phantom
+from t2starmap.sim.phantoms import Phantom, make_coil_phantom
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data"
@@ -161,8 +162,8 @@ def synthetic_bias() -> list[str]:
         assert est.sigma is not None
         rows.append(
             f"| {coils} | {est.sigma / ph.sigma:.3f} | {est.coils:.2f} | "
-            f"{median_bias(ph, noise_sigma=est.sigma, noise_coils=est.coils)} | "
-            f"{median_bias(ph, noise_sigma=est.sigma)} | "
+            f"{median_bias(ph, noise=NoiseModel(est.sigma, est.coils))} | "
+            f"{median_bias(ph, noise=NoiseModel(est.sigma))} | "
             f"{median_bias(ph, method='nlls-gaussian')} |"
         )
     return rows
@@ -201,14 +202,14 @@ def complex_comparison(kept: dict[str, tuple], n_voxels: int) -> list[str]:
     z = real[0] + 1j * imag[0]
     mask = signal_mask(magnitude, estimate.sigma, estimate.coils)
     aware = fit_t2star(
-        magnitude, te, mask=mask, noise_sigma=estimate.sigma, noise_coils=estimate.coils
+        magnitude, te, mask=mask, noise=NoiseModel(sigma=estimate.sigma, coils=estimate.coils)
     )
     gauss = fit_t2star(magnitude, te, mask=mask, method="nlls-gaussian")
     reference = estimate_noise(magnitude[..., 0], real=real[0][..., 0])
-    with_reference = fit_t2star(magnitude, te, mask=mask, noise_sigma=reference.sigma)
+    with_reference = fit_t2star(magnitude, te, mask=mask, noise=NoiseModel(sigma=reference.sigma))
     tissue = noise_for_fit(estimate, noise_from_residuals(magnitude, te))
     with_tissue = fit_t2star(
-        magnitude, te, mask=mask, noise_sigma=tissue.sigma, noise_coils=tissue.coils
+        magnitude, te, mask=mask, noise=NoiseModel(sigma=tissue.sigma, coils=tissue.coils)
     )
     r2_aware = aware.r2star.numpy()
     r2_gauss = gauss.r2star.numpy()

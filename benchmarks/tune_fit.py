@@ -20,11 +20,12 @@ from bench_fit import SHAPE, SIGMA, TE, make_volume
 
 import t2starmap.fit.solver as solver
 from t2starmap import fit as fit_module
+from t2starmap.fit import NoiseModel
 
 
 def timed(signal: torch.Tensor, **kwargs: int) -> tuple[float, fit_module.FitResult]:
     start = time.perf_counter()
-    result = fit_module.fit_t2star(signal, TE, noise_sigma=SIGMA, **kwargs)
+    result = fit_module.fit_t2star(signal, TE, **kwargs, noise=NoiseModel(sigma=SIGMA))
     return time.perf_counter() - start, result
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from t2starmap.cli import main as t2starmap
+from t2starmap.cli.run import main as t2starmap
 
 HERE = Path(__file__).resolve().parent
 WIDTH, HEIGHT, OUT_WIDTH = 1280, 3000, 960

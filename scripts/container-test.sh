@@ -149,7 +149,7 @@ echo "image user: $user"
 # documentation tells Docker users to.
 ro_opts=(--read-only --read-only-tmpfs=false --tmpfs /tmp:rw,mode=1777,size=512m --network none)
 bids="$repo/bids_example"
-[[ -f $bids/dataset_description.json ]] || fail "$bids missing (python -m t2starmap.simulate bids_example)"
+[[ -f $bids/dataset_description.json ]] || fail "$bids missing (python -m t2starmap.sim.phantoms bids_example)"
 out="$scratch/out" work="$scratch/work"
 mkdir -p "$out" "$work"
 chown "${user%%:*}" "$out" "$work"
@@ -247,7 +247,7 @@ else
 import sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[2])
-from t2starmap.simulate import EXAMPLE_ECHO_TIMES, make_phantom
+from t2starmap.sim.phantoms import EXAMPLE_ECHO_TIMES, make_phantom
 try:
     from tests.support.synthetic_dicom import write_siemens_classic as writer
 except ImportError as err:

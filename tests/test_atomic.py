@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from t2starmap.atomic import atomic_path, write_json, write_text
+from t2starmap.bids.atomic import atomic_path, write_json, write_text
 
 
 def test_write_replaces_whole_file(tmp_path: Path) -> None:

@@ -6,11 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from t2starmap import b0
-from t2starmap.fit import FitResult, fit_complex, fit_t2star, frequency_limit
+from t2starmap.b0 import correction as b0
+from t2starmap.b0.correction import SliceGeometry
+from t2starmap.b0.profiles import SliceProfile, dephasing_factor
+from t2starmap.errors import NotApplicableError
+from t2starmap.fit import Compute, FitResult, NoiseModel, fit_complex, fit_t2star, frequency_limit
+from t2starmap.fit.limits import Method
 from t2starmap.fit.phase import FieldMap, analyse_phase
 from t2starmap.fit.status import Correction as Status
-from t2starmap.simulate import DEFAULT_ECHO_TIMES, SlicePhantom, make_slice_phantom
+from t2starmap.sim.phantoms import DEFAULT_ECHO_TIMES
+from t2starmap.sim.slices import SlicePhantom, make_slice_phantom
+from tests.support.factors import rect_factor
 
 TE = np.asarray(DEFAULT_ECHO_TIMES)
 
@@ -19,24 +25,30 @@ def correct(
     magnitude: np.ndarray,
     field: FieldMap,
     te: np.ndarray,
-    affine: np.ndarray,
+    slices: SliceGeometry,
     *,
-    method: str = "nlls-gaussian",
+    method: Method = "nlls-gaussian",
     noise_sigma: float | None = None,
     dtype: torch.dtype = torch.float32,
-    **kwargs: object,
+    threshold: float = b0.FACTOR_THRESHOLD,
 ) -> b0.ThroughSliceCorrection:
     """The correction as the app runs it: the uncorrected fit first, then the corrected one
     started from it."""
-    uncorrected = fit_t2star(magnitude, te, method=method, noise_sigma=noise_sigma, dtype=dtype)
+    uncorrected = fit_t2star(
+        magnitude,
+        te,
+        method=method,
+        noise=NoiseModel(sigma=noise_sigma),
+        compute=Compute(dtype=dtype),
+    )
     return b0.correct_through_slice(
         magnitude,
         te,
-        affine,
+        slices,
         field=field,
         uncorrected=uncorrected,
-        dtype=dtype,
-        **kwargs,  # type: ignore[arg-type]
+        compute=Compute(dtype=dtype),
+        threshold=threshold,
     )
 
 
@@ -57,7 +69,9 @@ def correction(phantom: SlicePhantom, request: pytest.FixtureRequest) -> b0.Thro
     """The correction with the field map of the complex fit, and with the closed form."""
     signal = phantom.magnitude * np.exp(1j * phantom.phase)
     if request.param == "complex fit":
-        field = FieldMap.from_fit(fit_complex(signal, TE, noise_sigma=phantom.sigma), TE)
+        field = FieldMap.from_fit(
+            fit_complex(signal, TE, noise=NoiseModel(sigma=phantom.sigma)), TE
+        )
     else:
         found = analyse_phase(signal, TE, noise_sigma=phantom.sigma).field_map()
         assert found is not None
@@ -67,9 +81,7 @@ def correction(phantom: SlicePhantom, request: pytest.FixtureRequest) -> b0.Thro
         phantom.magnitude,
         field,
         phantom.echo_times,
-        phantom.affine,
-        mr_acquisition_type="2D",
-        slice_thickness_mm=phantom.slice_thickness_mm,
+        SliceGeometry(phantom.affine, 2, "2D", phantom.slice_thickness_mm),
         noise_sigma=phantom.sigma,
     )
 
@@ -172,9 +184,7 @@ def test_field_map_input_with_failed_voxels_and_3d_geometry() -> None:
         ph.magnitude,
         known_field(ph.frequency_hz, failed),
         ph.echo_times,
-        ph.affine,
-        mr_acquisition_type="3D",
-        slice_thickness_mm=99.0,
+        SliceGeometry(ph.affine, 2, "3D", 99.0),
         dtype=torch.float64,
     )
     assert (out.thickness_mm, out.spacing_mm) == (3.0, 3.0) and out.wrap_period_hz is None
@@ -187,10 +197,10 @@ def test_field_map_input_with_failed_voxels_and_3d_geometry() -> None:
     assert np.median(_error(out.uncorrected, ph.r2star)[steep]) > 0.15
 
 
-def test_sinc_factor_against_a_numerical_integral() -> None:
+def test_rect_factor_against_a_numerical_integral() -> None:
     gradient = np.array([0.0, 2.0, 5.0, 9.0, 14.0])  # Hz/mm
     thickness = 3.0
-    factor = b0.sinc_factor(gradient, thickness, TE)
+    factor = rect_factor(gradient, thickness, TE)
     assert factor.shape == (5, TE.size)
     z = (np.arange(4000) + 0.5) / 4000 * thickness - thickness / 2  # midpoint rule
     phase = 2j * np.pi * gradient[:, None, None] * z[None, None, :] * TE[None, :, None]
@@ -201,7 +211,7 @@ def test_sinc_factor_against_a_numerical_integral() -> None:
 
 def test_simulated_signal_follows_the_sinc_for_a_linear_field() -> None:
     ph = make_slice_phantom((8, 4, 5), snr=None, curvature_hz_per_mm2=0.0, samples=512)
-    factor = b0.sinc_factor(ph.gradient_hz_per_mm, ph.slice_thickness_mm, ph.echo_times)
+    factor = rect_factor(ph.gradient_hz_per_mm, ph.slice_thickness_mm, ph.echo_times)
     decay = ph.s0[..., None] * np.exp(-ph.echo_times * ph.r2star[..., None])
     np.testing.assert_allclose(ph.magnitude / decay, factor, atol=2e-5)
 
@@ -223,14 +233,12 @@ def test_geometry_2d_and_3d() -> None:
 def test_missing_metadata_is_a_clear_error(
     kind: str | None, thickness: float | None, match: str
 ) -> None:
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(NotApplicableError, match=match):
         b0.slice_geometry(kind, np.eye(4), slice_thickness_mm=thickness)
 
 
 def _run(mag: np.ndarray, field: np.ndarray, te: np.ndarray) -> None:
-    correct(
-        mag, known_field(field), te, np.eye(4), mr_acquisition_type="2D", slice_thickness_mm=1.0
-    )
+    correct(mag, known_field(field), te, SliceGeometry(np.eye(4), 2, "2D", 1.0))
 
 
 def test_bad_input_raises() -> None:
@@ -248,7 +256,7 @@ def test_bad_input_raises() -> None:
     with pytest.raises(ValueError, match="mask shape"):
         b0.through_slice_gradient(np.zeros((4, 4, 5)), np.ones((4, 4, 4), bool), np.eye(4))
     with pytest.raises(ValueError, match="thickness"):
-        b0.sinc_factor(np.zeros(3), 0.0, TE)
+        dephasing_factor(SliceProfile("rect"), np.zeros(3), 0.0, TE)
 
 
 def test_voxels_left_with_one_echo_are_flagged_and_uncorrected() -> None:
@@ -257,9 +265,7 @@ def test_voxels_left_with_one_echo_are_flagged_and_uncorrected() -> None:
         ph.magnitude,
         known_field(ph.frequency_hz),
         ph.echo_times,
-        ph.affine,
-        mr_acquisition_type="2D",
-        slice_thickness_mm=3.0,
+        SliceGeometry(ph.affine, 2, "2D", 3.0),
         threshold=0.995,  # only the first echo (TE 2 ms) keeps |F| >= 0.995 where dF >= 12 Hz
     )
     inner = out.status[:, :, 1:-1]
@@ -279,7 +285,7 @@ def test_the_factor_is_computed_where_the_correction_applies_alone(
 ) -> None:
     """|F| at the voxels corrected, in chunks on threads: the whole-volume values there, 0
     elsewhere."""
-    from t2starmap.profiles import SliceProfile, dephasing_factor
+    from t2starmap.b0.profiles import SliceProfile, dephasing_factor
 
     monkeypatch.setattr(b0, "FACTOR_CHUNK", 37)
     rng = np.random.default_rng(3)

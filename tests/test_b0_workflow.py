@@ -11,11 +11,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from t2starmap.cli import main
+from t2starmap.cli.run import main
 from t2starmap.fit.result import misfit_limit
 from t2starmap.fit.status import GOOD, NOT_CORRECTED, level_named
-from t2starmap.simulate import make_slice_phantom, write_slice_megre
-from t2starmap.simulate_failures import bipolar
+from t2starmap.sim.failures import bipolar
+from t2starmap.sim.slices import make_slice_phantom, write_slice_megre
 from tests.support.files import checksums, failure_reasons, images_below
 
 ANAT = Path("sub-01") / "anat"
@@ -182,7 +182,7 @@ def test_phase_that_follows_no_frequency_under_auto_and_asked(tmp_path: Path) ->
     reason, and no map is published."""
     import dataclasses
 
-    from t2starmap.simulate_failures import incoherent_phase
+    from t2starmap.sim.failures import incoherent_phase
 
     ph = make_slice_phantom((20, 20, 5), snr=100.0, seed=5)
     signal = incoherent_phase(ph.magnitude * np.exp(1j * ph.phase), seed=1)
@@ -199,6 +199,29 @@ def test_phase_that_follows_no_frequency_under_auto_and_asked(tmp_path: Path) ->
     assert not list(out2.rglob("*.nii.gz"))
     (failure,) = (out2 / "logs" / "failures").glob("*.json")
     assert "follows no frequency" in json.loads(failure.read_text())["reason"]
+
+
+@pytest.mark.parametrize("step", ["correction", "fit"])
+def test_a_bug_in_the_numerics_is_an_unexpected_error_not_bad_data_or_a_note(
+    sliced: tuple[Path, object], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
+    """Only the data errors the numerics raise where they check the data (NotApplicableError,
+    BadDataError) become a note or exit 65; any other ValueError is a bug: exit 1, recorded
+    as unexpected with its traceback, never a quiet "no correction" under ``auto``."""
+    from t2starmap.workflows import echo_set
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ValueError("index 7 out of range (a planted bug)")
+
+    target = "correct_through_slice" if step == "correction" else "fit_t2star"
+    monkeypatch.setattr(echo_set, target, broken)
+    bids, _ = sliced
+    out = tmp_path / "out"
+    assert run(bids, out) == 1
+    reason = failure_reasons(out)["sub-01"]
+    assert reason.startswith("unexpected error: ValueError: index 7"), reason
+    record = json.loads((out / "logs" / "failures" / "sub-01_failure.json").read_text())
+    assert "Traceback" in record["traceback"]
 
 
 def test_the_fit_status_map_is_the_corrected_fits(

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from t2starmap import __version__
-from t2starmap.cli import main
-from t2starmap.fit.limits import METHOD_HELP
+from t2starmap.cli.parser import METHOD_HELP
+from t2starmap.cli.run import main
 
 from .conftest import REPO, checksums, files_below
 
@@ -104,7 +104,7 @@ def test_usage_errors_are_64_before_anything_is_created_or_validated(
 ) -> None:
     NoCuda(monkeypatch)
     validated: list[Path] = []
-    monkeypatch.setattr("t2starmap.validate.validate_bids", lambda p, **k: validated.append(p))
+    monkeypatch.setattr("t2starmap.bids.validate.validate_bids", lambda p, **k: validated.append(p))
     (tmp_path / "bad.json").write_text("{not json")
     before = checksums(example)
     out = tmp_path / "o"
@@ -155,7 +155,7 @@ def test_interrupt_is_130(
     def interrupt(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("t2starmap.workflow.find_echo_sets", interrupt)
+    monkeypatch.setattr("t2starmap.workflows.participant.find_echo_sets", interrupt)
     argv = [str(example), str(tmp_path / "o"), "participant", "--skip-bids-validation"]
     assert main(argv) == 130
     assert "interrupted" in capsys.readouterr().err
@@ -175,7 +175,7 @@ def test_sigterm_is_143_and_the_handler_is_restored(
     def terminate(*args: object, **kwargs: object) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
-    monkeypatch.setattr("t2starmap.workflow.find_echo_sets", terminate)
+    monkeypatch.setattr("t2starmap.workflows.participant.find_echo_sets", terminate)
     before = signal.getsignal(signal.SIGTERM)
     out = tmp_path / "o"
     assert main([str(example), str(out), "participant", "--skip-bids-validation"]) == 143
@@ -234,7 +234,7 @@ def python(code: str) -> subprocess.CompletedProcess[str]:
     "argv", [["--help"], ["--version"], ["convert", "--help"]], ids=lambda a: " ".join(a)
 )
 def test_help_and_version_import_no_torch(argv: list[str]) -> None:
-    code = f"import sys; from t2starmap.cli import main; assert main({argv!r}) == 0" + _NO_TORCH
+    code = f"import sys; from t2starmap.cli.run import main; assert main({argv!r}) == 0" + _NO_TORCH
     proc = python(code)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip()
@@ -243,13 +243,13 @@ def test_help_and_version_import_no_torch(argv: list[str]) -> None:
 @pytest.mark.parametrize(
     "module",
     [
-        "t2starmap.layout",
+        "t2starmap.bids.layout",
         "t2starmap.fit.limits",
-        "t2starmap.settings",
-        "t2starmap.nifti",
-        "t2starmap.derivatives",
+        "t2starmap.config",
+        "t2starmap.bids.nifti",
+        "t2starmap.bids.outputs",
         "t2starmap.report",
-        "t2starmap.convert.cli",
+        "t2starmap.cli.convert",
         "t2starmap.convert.workflow",
     ],
 )
@@ -260,8 +260,8 @@ def test_modules_import_without_torch(module: str) -> None:
 
 def test_usage_checks_import_torch_only_for_cuda(example: Path, tmp_path: Path) -> None:
     code = (
-        "import sys; from t2starmap.cli import build_parser; "
-        "from t2starmap.settings import settings_from_args; "
+        "import sys; from t2starmap.cli.run import build_parser; "
+        "from t2starmap.config import settings_from_args; "
         f"a = build_parser().parse_args([{str(example)!r}, {str(tmp_path)!r}, 'participant', "
         "'--device', 'cpu']); settings_from_args(a, environ={})" + _NO_TORCH
     )
@@ -277,7 +277,9 @@ def test_a_convert_run_imports_no_torch(tmp_path: Path) -> None:
         "--participant-label",
         "01",
     ]
-    code = f"import sys; from t2starmap.cli import main; assert main({argv!r}) == 66" + _NO_TORCH
+    code = (
+        f"import sys; from t2starmap.cli.run import main; assert main({argv!r}) == 66" + _NO_TORCH
+    )
     proc = python(code)
     assert proc.returncode == 0, proc.stderr
     assert "no-dicom" in proc.stderr

@@ -20,8 +20,8 @@ from pathlib import Path
 import nibabel as nib
 import pytest
 
-from t2starmap.simulate import write_bids_example
-from t2starmap.validate import validate_bids
+from t2starmap.bids.validate import validate_bids
+from t2starmap.sim.phantoms import write_bids_example
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from t2starmap.cli import main
+from t2starmap.cli.run import main
 from tests.support.files import EXAMPLE, checksums
 
 ANAT = Path("sub-01") / "anat"

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from t2starmap.derivatives import (
+from t2starmap.bids.layout import Echo, EchoSet
+from t2starmap.bids.outputs import (
     OUTPUTS,
     PublishedSet,
     SetStatistics,
@@ -21,7 +22,6 @@ from t2starmap.derivatives import (
     output_path,
     record_path,
 )
-from t2starmap.layout import Echo, EchoSet
 
 
 def echo_set(**entities: str) -> EchoSet:
@@ -157,7 +157,7 @@ def test_the_field_map_is_described_as_the_field_map_not_as_the_correction() -> 
     """With the through-slice correction, the corrected maps say so; the field map says it is
     the complex fit's frequency; the uncorrected R2* and the magnitude do not claim the
     correction either."""
-    from t2starmap.fit.limits import ESTIMATION_ALGORITHMS
+    from t2starmap.bids.outputs import ESTIMATION_ALGORITHMS
 
     complex_fit = ESTIMATION_ALGORITHMS[("complex", "gaussian")]
     info = {
@@ -180,8 +180,8 @@ def test_the_field_map_is_described_as_the_field_map_not_as_the_correction() -> 
 
 
 def test_failure_records_round_trip_and_are_selected_by_label(tmp_path: Path) -> None:
-    from t2starmap.atomic import write_text
-    from t2starmap.derivatives import SetFailure, failure_path, load_failures
+    from t2starmap.bids.atomic import write_text
+    from t2starmap.bids.outputs import SetFailure, failure_path, load_failures
 
     failures = [
         SetFailure({"subject": s, **({"session": x} if x else {})}, "why", 65, "E", None, "t")

@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from t2starmap.cli import main
+from t2starmap.cli.run import main
 from tests.support.files import checksums, failure_reasons, files_below, images_below
 
 ANAT = Path("sub-01") / "anat"
@@ -350,16 +350,16 @@ def test_an_unexpected_error_in_one_set_is_recorded_with_its_traceback(
 ) -> None:
     """A bug hit by one set (here: the fit raises RuntimeError for sub-01) fails that set
     with exit 1 and a traceback in its failure record; the others are published."""
-    import t2starmap.estimate
+    import t2starmap.workflows.echo_set
 
-    real = t2starmap.estimate.fit_echo_set
+    real = t2starmap.workflows.echo_set.fit_echo_set
 
     def flaky(echo_set: object, *args: object) -> object:
         if echo_set.name == "sub-01":  # type: ignore[attr-defined]
             raise RuntimeError("boom in the fit")
         return real(echo_set, *args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(t2starmap.estimate, "fit_echo_set", flaky)
+    monkeypatch.setattr(t2starmap.workflows.echo_set, "fit_echo_set", flaky)
     out = tmp_path / "out"
     assert participant_code(example, out) == 1
     record = json.loads((out / "logs" / "failures" / "sub-01_failure.json").read_text())
@@ -377,7 +377,7 @@ def test_unexpected_error_is_1_with_traceback_only_with_vv(
     def boom(*args: object, **kwargs: object) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr("t2starmap.workflow.find_echo_sets", boom)
+    monkeypatch.setattr("t2starmap.workflows.participant.find_echo_sets", boom)
     argv = [str(example), str(tmp_path / "o"), "participant", "--skip-bids-validation"]
     for extra, traceback in (([], False), (["-v"], False), (["-vv"], True), (["-v", "-v"], True)):
         assert main([*argv, *extra]) == 1

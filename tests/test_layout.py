@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from t2starmap.bids.layout import Echo, SetProblem, build_echo_set, echo_time_of, find_echo_sets
 from t2starmap.errors import BadDataError, InputMissingError, NothingSelectedError
-from t2starmap.layout import Echo, SetProblem, build_echo_set, echo_time_of, find_echo_sets
 from tests.support.files import SHARED_DATA
 
 

@@ -1,4 +1,4 @@
-"""Reading echo sets and writing maps (t2starmap.nifti): geometry checks, errors that name the
+"""Reading echo sets and writing maps (t2starmap.bids.nifti): geometry checks, errors that name the
 file, echo order and dtype, header round trip, atomic writes."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from t2starmap import nifti
+from t2starmap.bids import nifti
+from t2starmap.bids.layout import Echo, EchoSet, build_echo_set
+from t2starmap.bids.nifti import Geometry, check_geometry, load_magnitude, read_map, save_map
 from t2starmap.errors import BadDataError
-from t2starmap.layout import Echo, EchoSet, build_echo_set
-from t2starmap.nifti import Geometry, check_geometry, load_magnitude, read_map, save_map
 
 ZOOMS = (2.0, 2.5, 3.0)
 AFFINE = np.array(

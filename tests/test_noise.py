@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from t2starmap import fit_t2star, noise
-from t2starmap.cli import main
-from t2starmap.fit import Failure
+from t2starmap.cli.run import main
+from t2starmap.fit import Failure, NoiseModel
 from t2starmap.noise import (
     MIN_BACKGROUND,
     NoiseEstimate,
@@ -26,7 +26,7 @@ from t2starmap.noise import (
     otsu_threshold,
     signal_mask,
 )
-from t2starmap.simulate import decay, make_coil_phantom, make_phantom
+from t2starmap.sim.phantoms import decay, make_coil_phantom, make_phantom
 from tests.conftest import SHARED_DATA
 
 TE_12 = np.linspace(0.003, 0.060, 12)
@@ -218,7 +218,10 @@ def test_default_fit_unbiased_with_estimated_sigma_and_coils(coils: int) -> None
     estimate = estimate_noise(ph.magnitude[..., 0])
     assert estimate.sigma is not None, estimate.reason
     aware = fit_t2star(
-        ph.magnitude, TE_12, mask=ph.mask, noise_sigma=estimate.sigma, noise_coils=estimate.coils
+        ph.magnitude,
+        TE_12,
+        mask=ph.mask,
+        noise=NoiseModel(sigma=estimate.sigma, coils=estimate.coils),
     )
     plain = fit_t2star(ph.magnitude, TE_12, mask=ph.mask, method="nlls-gaussian")
     assert aware.noise_model == "noncentral-chi"
@@ -412,7 +415,9 @@ def test_ge_default_fit_agrees_with_a_complex_fit(real_bids: Path) -> None:
     chosen = noise_for_fit(estimate_noise(magnitude[..., 0]), noise_from_residuals(magnitude, te))
     assert chosen.sigma is not None
     mask = signal_mask(magnitude, chosen.sigma, chosen.coils)
-    fit = fit_t2star(magnitude, te, mask=mask, noise_sigma=chosen.sigma, noise_coils=chosen.coils)
+    fit = fit_t2star(
+        magnitude, te, mask=mask, noise=NoiseModel(sigma=chosen.sigma, coils=chosen.coils)
+    )
     r2 = fit.r2star.numpy()
     # misfit voxels count too: the comparison is of the maps as published
     failed = (fit.reason.numpy() & np.uint8(0xFF ^ int(Failure.MISFIT))) != 0

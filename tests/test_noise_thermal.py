@@ -8,13 +8,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from t2starmap.fit import Failure, fit_t2star
+from t2starmap.fit import Failure, NoiseModel, fit_t2star
 from t2starmap.noise import NoiseEstimate, all_candidates, cross_check
 from t2starmap.noise.across import across_residuals
 from t2starmap.noise.floor import Residuals, thermal_floor
 from t2starmap.noise.spatial import noise_map
-from t2starmap.simulate_body import BodySet, make_body_set
-from t2starmap.simulate_failures import bipolar
+from t2starmap.sim.body import BodySet, make_body_set
+from t2starmap.sim.failures import bipolar
 
 #: The effects of issue 27, alone and together (SENSE R = 2; R = 3 below).
 EFFECTS = {
@@ -170,7 +170,9 @@ def test_r2star_with_the_sigma_chosen_on_mono_exponential_voxels() -> None:
     flags at most 3 % of them."""
     body = make_body_set((64, 64, 4), misfit=0.3, seed=7)
     estimate = chosen(body, True)
-    result = fit_t2star(body.magnitude, body.echo_times, mask=body.mask, noise_sigma=estimate.sigma)
+    result = fit_t2star(
+        body.magnitude, body.echo_times, mask=body.mask, noise=NoiseModel(sigma=estimate.sigma)
+    )
     r2 = result.r2star.numpy()
     mono = body.mask & (body.kind == 0)
     for (lo, hi), limit in (((60, 150), 0.02), ((150, 400), 0.03)):

@@ -10,17 +10,16 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from t2starmap.errors import BadDataError, ExitCode, UsageError
-from t2starmap.layout import Echo, EchoSet, build_echo_set, find_echo_sets
-from t2starmap.nifti import check_geometry, load_magnitude
-from t2starmap.parts import (
+from t2starmap.bids.layout import Echo, EchoSet, build_echo_set, find_echo_sets
+from t2starmap.bids.nifti import check_geometry, load_magnitude
+from t2starmap.bids.parts import (
     Parts,
-    choose_method,
     complex_available,
     find_parts,
     load_complex,
     phase_to_radians,
 )
+from t2starmap.errors import BadDataError, ExitCode
 from tests.conftest import SHARED_DATA
 
 SHAPE = (4, 3, 2)
@@ -253,17 +252,6 @@ def test_phase_needs_the_magnitude() -> None:
 # --- the method decision -----------------------------------------------------------------------
 
 
-def test_choose_method() -> None:
-    parts = Parts(kind="real-imag", files=())
-    assert choose_method("auto", parts, "set", "nlls") == "complex"
-    assert choose_method("auto", None, "set", "nlls") == "nlls"
-    assert choose_method("complex", parts, "set", "nlls") == "complex"
-    assert choose_method("wls", parts, "set", "nlls") == "wls"
-    with pytest.raises(UsageError, match="sub-01: --fit-method complex needs") as info:
-        choose_method("complex", None, "sub-01", "nlls")
-    assert info.value.exit_code == ExitCode.USAGE
-
-
 # --- real data -----------------------------------------------------------------------------------
 
 
@@ -272,7 +260,7 @@ def test_real_parts_of_converted_scanner_data(tmp_path: Path) -> None:
     """GE real/imag and Siemens phase as ``t2starmap convert`` writes them: |real + i imag|
     equals the magnitude (within 1 % over the bright voxels), Siemens phase is in radians and
     its complex signal has the magnitude's modulus."""
-    from t2starmap.cli import main
+    from t2starmap.cli.run import main
 
     bids = tmp_path / "bids"
     for label, folder in (("ge", "ge-mr750-kidney-megre"), ("ph", "siemens-prisma-megre-phantom")):

@@ -11,13 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from t2starmap import b0
-from t2starmap import profiles as P
-from t2starmap.fit import fit_complex, fit_corrected
+from t2starmap.b0 import correction as b0
+from t2starmap.b0 import profile_fit as PF
+from t2starmap.b0 import profiles as P
+from t2starmap.b0.profile_fit import ProfileSearch
+from t2starmap.b0.profiles import SliceProfile
+from t2starmap.bids import slice_headers as H
+from t2starmap.bids.slice_profiles import format_profile_table, parse_slice_profile
+from t2starmap.fit import NoiseModel, fit_complex, fit_corrected
 from t2starmap.fit.phase import FieldMap
-from t2starmap.profiles import SliceProfile, parse_slice_profile
-from t2starmap.simulate import SlicePhantom, make_slice_phantom
-from tests.support.files import SHARED_DATA
+from t2starmap.sim.slices import SlicePhantom, make_slice_phantom
 
 TE = np.linspace(0.003, 0.043, 11)  # the issue's echoes: 11, 3-43 ms
 ANALYTIC = ["rect", "gaussian", "gaussian:1.3", "sinc:2", "sinc:2.7", "sinc:4", "sinc:10"]
@@ -206,9 +209,7 @@ def test_table_round_trip_gives_the_profile_s_factor(tmp_path: Path) -> None:
     truth = SliceProfile("sinc", 3.0)
     x = np.linspace(-3.0, 3.0, 1201)
     path = tmp_path / "sinc3.tsv"
-    path.write_text(
-        "# a simulated profile\n" + P.format_profile_table(x, P.profile_shape(truth, x))
-    )
+    path.write_text("# a simulated profile\n" + format_profile_table(x, P.profile_shape(truth, x)))
     table = parse_slice_profile(str(path))
     assert table.kind == "table" and table.origin == str(path) and table.symmetric
     np.testing.assert_array_equal(table.positions, x)  # exact: repr round trip
@@ -253,108 +254,26 @@ def test_factor_curves_for_the_page() -> None:
     assert "sinc:2.7" in curves.label and curves.thickness_mm == 3.0
 
 
-# --- slice-select gradient: stretching and polarity (Soellradl et al. 2020) --------------------
-
-
-def small_tip_signal(tbw: float, duration: float, dz: float, g_slice: float, g: float) -> complex:
-    """A small-tip excitation stepped through: during the pulse the spins at z precess at
-    (g_slice + g) z Hz, the rephasing lobe undoes g_slice only, and the background g keeps
-    acting until TE = 4.5 ms after the pulse's centre. Returns the integrated signal."""
-    te = 0.0045
-    t = np.linspace(-duration / 2, duration / 2, 801)
-    b = reference_envelope(tbw, t / duration)
-    z = np.linspace(-4.0, 4.0, 4001) * dz
-    # M(z) after the pulse = sum_t b(t) exp(-2 pi i (g_slice + g) z (T/2 - t)) dt
-    phase_pulse = np.exp(-2j * np.pi * (g_slice + g) * z[:, None] * (duration / 2 - t))
-    m = phase_pulse @ b
-    m *= np.exp(2j * np.pi * g_slice * z * duration / 2)  # the slice rephaser
-    m *= np.exp(-2j * np.pi * g * z * (te - duration / 2))  # free precession to TE
-    return complex(np.sum(m))
-
-
-@pytest.mark.parametrize("polarity", [1, -1])
-def test_stretched_thickness_matches_a_small_tip_excitation(polarity: int) -> None:
-    tbw, duration, dz = 2.7, 0.002, 3.0
-    gs_hz = P.slice_select_gradient_hz_per_mm(tbw, duration, dz)
-    assert gs_hz == pytest.approx(450.0)  # 2.7 / (2 ms x 3 mm)
-    gs_mt = gs_hz / P.GAMMA_BAR_HZ_PER_MT_M_MM
-    assert gs_mt == pytest.approx(10.569, rel=1e-3)
-    g = 45.0  # Hz/mm: 10 % of the slice gradient (k = 0.6 at TE 4.5 ms), to make it plain
-    measured = abs(small_tip_signal(tbw, duration, dz, polarity * gs_hz, g)) / abs(
-        small_tip_signal(tbw, duration, dz, polarity * gs_hz, 0.0)
-    )
-    dz_eff = P.effective_thickness(dz, g, gs_mt, polarity)
-    assert dz_eff == pytest.approx(dz * gs_hz / (gs_hz + polarity * g))
-    predicted = abs(P.dephasing_factor(SliceProfile("sinc", tbw), g, dz_eff, [0.0045])[0])
-    unstretched = abs(P.dephasing_factor(SliceProfile("sinc", tbw), g, dz, [0.0045])[0])
-    # The stretched slice also holds dz_eff / dz as many spins: a TE-independent factor the
-    # fit's S0 takes up, so only the shape F(G dz_eff TE) matters for R2*.
-    assert measured == pytest.approx(predicted * dz_eff / dz, abs=2e-3)
-    assert abs(measured - unstretched) > 0.02  # the stretch matters here
-
-
-def test_stretching_refuses_what_is_no_slice() -> None:
-    with pytest.raises(ValueError, match="half"):
-        P.effective_thickness(3.0, np.array([1.0, 300.0]), 10.0)
-    with pytest.raises(ValueError, match="polarity"):
-        P.effective_thickness(3.0, 1.0, 10.0, polarity=0)
-
-
 # --- what headers say --------------------------------------------------------------------------
 
 
 def test_profile_from_metadata() -> None:
-    assert P.profile_from_metadata({"EchoTime": 0.01, "MRAcquisitionType": "2D"}) is None
-    own = P.profile_from_metadata({"SliceProfile": "sinc:3.1"})
+    assert H.profile_from_metadata({"EchoTime": 0.01, "MRAcquisitionType": "2D"}) is None
+    own = H.profile_from_metadata({"SliceProfile": "sinc:3.1"})
     assert own == SliceProfile("sinc", 3.1, "header:SliceProfile", origin="sinc:3.1")
     siemens = {
         "MRAcquisitionType": "2D",
         "sTXSPEC.aRFPULSE[0].tName": "SRFExcit",
         "sTXSPEC.ucRFPulseType": 2,
     }
-    found = P.profile_from_metadata(siemens)
+    found = H.profile_from_metadata(siemens)
     assert found is not None and found.tbw == 2.7 and found.source.startswith("header:sTXSPEC")
-    fast = P.profile_from_metadata({**siemens, "sTXSPEC.ucRFPulseType": 1})
+    fast = H.profile_from_metadata({**siemens, "sTXSPEC.ucRFPulseType": 1})
     assert fast is not None and fast.tbw == 2.0
-    assert P.profile_from_metadata({**siemens, "MRAcquisitionType": "3D"}) is None
-    assert P.profile_from_metadata({**siemens, "sTXSPEC.aRFPULSE[0].tName": "01GreFCE"}) is None
+    assert H.profile_from_metadata({**siemens, "MRAcquisitionType": "3D"}) is None
+    assert H.profile_from_metadata({**siemens, "sTXSPEC.aRFPULSE[0].tName": "01GreFCE"}) is None
     with pytest.raises(ValueError, match="SliceProfile"):
-        P.profile_from_metadata({"SliceProfile": "measured.tsv"})
-
-
-def test_siemens_protocol_text_is_read() -> None:
-    text = (
-        "### ASCCONV BEGIN ###\n"
-        'sTXSPEC.aRFPULSE[0].tName\t = \t""SRFExcit""\n'
-        "sTXSPEC.ucRFPulseType\t = \t0x2\n"
-        "sTXSPEC.aRFPULSE[0].flAmplitude\t = \t107.2\n"
-        "### ASCCONV END ###\n"
-    )
-    fields = P.siemens_rf_fields(text)
-    assert fields == {"sTXSPEC.aRFPULSE[0].tName": "SRFExcit", "sTXSPEC.ucRFPulseType": 2}
-
-
-@pytest.mark.realdata
-@pytest.mark.parametrize(
-    ("series", "name", "rf_type", "kind"),
-    [
-        ("siemens-prisma-megre-phantom/mag", "SRFExcit", 1, "3D"),
-        ("siemens-fieldmap-dual-echo/2_gre_field_magph", "01GreFCE", 2, "2D"),
-    ],
-)
-def test_real_siemens_headers_name_their_pulse(
-    series: str, name: str, rf_type: int, kind: str
-) -> None:
-    # What the DICOM's own protocol says: the pulse's name and the RF pulse type exist; a
-    # 3D slab and a pulse we have no source for give no profile.
-    import pydicom
-
-    path = sorted((SHARED_DATA / "dicom" / series).iterdir())[0]
-    header = pydicom.dcmread(path, stop_before_pixels=True)
-    text = bytes(header[0x0029, 0x1020].value).decode("latin-1")
-    fields = P.siemens_rf_fields(text)
-    assert fields == {"sTXSPEC.aRFPULSE[0].tName": name, "sTXSPEC.ucRFPulseType": rf_type}
-    assert P.profile_from_metadata({**fields, "MRAcquisitionType": kind}) is None
+        H.profile_from_metadata({"SliceProfile": "measured.tsv"})
 
 
 # --- the simulator with profiles ---------------------------------------------------------------
@@ -400,7 +319,9 @@ def case(spec: str, snr: float = 100.0) -> Case:
     gradient from the complex fit's field map, as in a run (cached per profile)."""
     if (spec, snr) not in _CASES:
         ph = make_slice_phantom((24, 24, 6), TE, snr=snr, seed=11, profile=spec, samples=256)
-        cfit = fit_complex(ph.magnitude * np.exp(1j * ph.phase), TE, noise_sigma=ph.sigma)
+        cfit = fit_complex(
+            ph.magnitude * np.exp(1j * ph.phase), TE, noise=NoiseModel(sigma=ph.sigma)
+        )
         field = FieldMap.from_fit(cfit, TE)
         gradient, valid = b0.through_slice_gradient(
             field.frequency_hz, ph.mask & ~field.untrusted, ph.affine, 2,
@@ -414,7 +335,13 @@ def r2_errors(c: Case, profile: SliceProfile) -> tuple[float, float]:
     """Median |R2*/truth - 1| where the field changes >= 12 Hz across the slice, and where it
     does not change, with ``profile`` in the corrected fit."""
     factor = np.abs(P.dephasing_factor(profile, c.gradient, 3.0, TE))
-    fit = fit_corrected(c.phantom.magnitude, TE, factor, mask=c.valid, noise_sigma=c.phantom.sigma)
+    fit = fit_corrected(
+        c.phantom.magnitude,
+        TE,
+        factor,
+        mask=c.valid,
+        noise=NoiseModel(sigma=c.phantom.sigma, floor=False),
+    )
     error = np.abs(fit.result.r2star.numpy() / c.phantom.r2star - 1.0)
     steep = c.valid & (c.phantom.field_change_hz >= 12.0)
     flat = c.valid & (c.phantom.field_change_hz == 0.0)
@@ -433,7 +360,7 @@ def test_given_profile_meets_the_targets(spec: str) -> None:
 def test_rectangle_stays_as_it_was() -> None:
     c = case("rect")
     assert r2_errors(c, SliceProfile("rect"))[0] <= 0.02
-    estimate = P.estimate_slice_profile(
+    estimate = PF.estimate_slice_profile(
         c.phantom.magnitude, TE, c.gradient, 3.0, c.valid, c.phantom.sigma
     )
     assert estimate.profile.kind == "rect" or (estimate.tbw or 0) > 12
@@ -443,7 +370,7 @@ def test_rectangle_stays_as_it_was() -> None:
 @pytest.mark.parametrize("spec", ["gaussian", "sinc:2", "sinc:3", "sinc:4"])
 def test_estimated_profile_meets_the_targets(spec: str) -> None:
     c = case(spec)
-    estimate = P.estimate_slice_profile(
+    estimate = PF.estimate_slice_profile(
         c.phantom.magnitude, TE, c.gradient, 3.0, c.valid, c.phantom.sigma
     )
     assert estimate.fallback_reason is None and estimate.n_voxels >= 100
@@ -467,25 +394,39 @@ def test_estimated_profile_meets_the_targets(spec: str) -> None:
 
 def test_estimate_one_family_and_without_sigma() -> None:
     c = case("sinc:3")
-    only = P.estimate_slice_profile(
-        c.phantom.magnitude, TE, c.gradient, 3.0, c.valid, c.phantom.sigma, family="sinc"
+    only = PF.estimate_slice_profile(
+        c.phantom.magnitude,
+        TE,
+        c.gradient,
+        3.0,
+        c.valid,
+        c.phantom.sigma,
+        search=ProfileSearch(family="sinc"),
     )
     assert len(only.fits) == 1 and only.support is None
     assert only.chosen is not None and only.chosen.cost.shape == only.chosen.grid.shape
-    blind = P.estimate_slice_profile(c.phantom.magnitude, TE, c.gradient, 3.0, c.valid, None)
+    blind = PF.estimate_slice_profile(c.phantom.magnitude, TE, c.gradient, 3.0, c.valid, None)
     assert blind.tbw == pytest.approx(3.0, rel=0.1)
     with pytest.raises(ValueError, match="family"):
-        P.estimate_slice_profile(c.phantom.magnitude, TE, c.gradient, 3.0, c.valid, 1.0, "box")
+        PF.estimate_slice_profile(
+            c.phantom.magnitude,
+            TE,
+            c.gradient,
+            3.0,
+            c.valid,
+            1.0,
+            search=ProfileSearch(family="box"),
+        )
 
 
 def test_estimate_falls_back_with_too_few_strong_voxels() -> None:
     ph = make_slice_phantom((16, 16, 5), TE, snr=100.0, seed=2, profile="sinc:3", samples=64,
                             max_gradient_hz_per_mm=0.5)  # fmt: skip
-    estimate = P.estimate_slice_profile(
+    estimate = PF.estimate_slice_profile(
         ph.magnitude, TE, ph.gradient_hz_per_mm.astype(np.float64), 3.0, None, ph.sigma
     )
     assert estimate.chosen is None and estimate.fits == ()
-    assert estimate.profile == P.DEFAULT_PROFILE.with_source("default", estimate.fallback_reason)
+    assert estimate.profile == PF.DEFAULT_PROFILE.with_source("default", estimate.fallback_reason)
     assert "fewer than the 100 needed" in (estimate.fallback_reason or "")
     assert "default" in estimate.describe()
 
@@ -496,10 +437,16 @@ def test_a_minimum_at_the_end_of_the_range_is_not_an_estimate() -> None:
     range, which is not a minimum; the estimate takes its stated default and says why. The
     rectangle, the sinc family's end 1/N^2 = 0, stays a member."""
     c = case("gaussian:0.2")
-    estimate = P.estimate_slice_profile(
-        c.phantom.magnitude, TE, c.gradient, 3.0, c.valid, c.phantom.sigma, family="gaussian"
+    estimate = PF.estimate_slice_profile(
+        c.phantom.magnitude,
+        TE,
+        c.gradient,
+        3.0,
+        c.valid,
+        c.phantom.sigma,
+        search=ProfileSearch(family="gaussian"),
     )
-    assert estimate.profile.spec() == P.DEFAULT_PROFILE.spec()
+    assert estimate.profile.spec() == PF.DEFAULT_PROFILE.spec()
     assert estimate.profile.source == "default"
     assert estimate.fallback_reason is not None and "end of the searched range" in (
         estimate.fallback_reason

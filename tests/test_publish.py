@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from t2starmap.bids.publish import Publication, publish
 from t2starmap.errors import OutputError
-from t2starmap.publish import Publication, publish
 from tests.support.files import checksums
 
 

@@ -39,7 +39,7 @@ def published_files(root: Path) -> set[str]:
 
 
 def run_example(out: Path) -> None:
-    from t2starmap.cli import main
+    from t2starmap.cli.run import main
 
     for level in ("participant", "group"):
         assert main([str(EXAMPLE), str(out), level, "--skip-bids-validation", "-q"]) == 0

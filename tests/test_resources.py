@@ -138,8 +138,8 @@ CPU_V1 = Path("/sys/fs/cgroup/cpu")
 
 _CHILD = """
 import sys
-from t2starmap.cli import build_parser
-from t2starmap.settings import settings_from_args
+from t2starmap.cli.run import build_parser
+from t2starmap.config import settings_from_args
 args = build_parser().parse_args([sys.argv[1], sys.argv[2], "participant"])
 settings = settings_from_args(args, environ={})
 print(settings.nprocs, settings.nprocs_source, sep="|")

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from t2starmap.cli import build_parser
+from t2starmap.cli.run import build_parser
+from t2starmap.config import clean_labels, read_filter_file, settings_from_args
 from t2starmap.errors import InputMissingError, UsageError
 from t2starmap.resources import SOURCE_COMMAND_LINE, SOURCE_SLURM, available_cpus
-from t2starmap.settings import clean_labels, read_filter_file, settings_from_args
 
 
 def settings(example: Path, out: Path, *extra: str, environ: dict[str, str] | None = None):

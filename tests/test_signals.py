@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from t2starmap.nifti import read_map
-from t2starmap.simulate import write_bids_example
+from t2starmap.bids.nifti import read_map
+from t2starmap.sim.phantoms import write_bids_example
 from tests.support.files import checksums
 
 pytestmark = pytest.mark.slow

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from t2starmap.simulate import DEFAULT_ECHO_TIMES, add_rician_noise, decay, make_phantom
+from t2starmap.sim.phantoms import DEFAULT_ECHO_TIMES, add_rician_noise, decay, make_phantom
 
 
 def test_seeded_and_reproducible() -> None:
@@ -63,7 +63,7 @@ def test_phase_when_asked() -> None:
 
 # --- multi-coil root-sum-of-squares phantoms (issue 11) --------------------------------------
 
-from t2starmap.simulate import coil_sensitivities, make_coil_phantom  # noqa: E402
+from t2starmap.sim.phantoms import coil_sensitivities, make_coil_phantom  # noqa: E402
 
 
 def test_coil_phantom_seeded_and_shaped() -> None:
@@ -117,7 +117,7 @@ def test_ghost_zero_corners_and_no_air() -> None:
 
 
 def test_slice_phantom_is_seeded_and_has_its_truth() -> None:
-    from t2starmap.simulate import make_slice_phantom
+    from t2starmap.sim.slices import make_slice_phantom
 
     a = make_slice_phantom((8, 6, 4), seed=2, samples=16)
     b = make_slice_phantom((8, 6, 4), seed=2, samples=16)
@@ -136,7 +136,7 @@ def test_slice_phantom_is_seeded_and_has_its_truth() -> None:
 
 
 def test_slice_phantom_without_gradient_is_the_plain_decay() -> None:
-    from t2starmap.simulate import make_slice_phantom
+    from t2starmap.sim.slices import make_slice_phantom
 
     ph = make_slice_phantom((8, 3, 3), snr=None, samples=32, offset_hz=40.0)
     te = ph.echo_times
@@ -152,7 +152,7 @@ def test_slice_phantom_without_gradient_is_the_plain_decay() -> None:
 
 
 def test_gaussian_profile_differs_from_the_rectangle() -> None:
-    from t2starmap.simulate import make_slice_phantom
+    from t2starmap.sim.slices import make_slice_phantom
 
     rect = make_slice_phantom((6, 2, 3), snr=None, samples=64)
     gauss = make_slice_phantom((6, 2, 3), snr=None, samples=256, profile="gaussian")
@@ -163,10 +163,10 @@ def test_gaussian_profile_differs_from_the_rectangle() -> None:
 
 
 def test_slice_dataset_is_found_with_its_phase(tmp_path: Path) -> None:
-    from t2starmap.layout import find_echo_sets
-    from t2starmap.nifti import check_geometry, load_magnitude
-    from t2starmap.parts import find_parts, load_complex, sidecar_of
-    from t2starmap.simulate import make_slice_phantom, write_slice_megre
+    from t2starmap.bids.layout import find_echo_sets
+    from t2starmap.bids.nifti import check_geometry, load_magnitude
+    from t2starmap.bids.parts import find_parts, load_complex, sidecar_of
+    from t2starmap.sim.slices import make_slice_phantom, write_slice_megre
 
     ph = make_slice_phantom((6, 5, 4), seed=4, samples=8, echo_times=(0.004, 0.009, 0.014))
     written = write_slice_megre(tmp_path, ph, "07")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from t2starmap.simulate_failures import (
+from t2starmap.sim.failures import (
     bipolar,
     decays,
     fat_signal,

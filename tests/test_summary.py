@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from t2starmap.derivatives import PublishedSet, SetStatistics, Source
-from t2starmap.summary import GROUP_COLUMNS, group_table, set_statistics
+from t2starmap.bids.outputs import PublishedSet, SetStatistics, Source
+from t2starmap.bids.summary import GROUP_COLUMNS, group_table, set_statistics
 
 
 def record(

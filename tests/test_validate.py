@@ -1,4 +1,4 @@
-"""bids-validator through t2starmap.validate: the real validator on the bundled example and on
+"""bids-validator through t2starmap.bids.validate: the real validator on the bundled example and on
 broken copies of it; a fake validator script for the command line, the JSON parsing and the
 failures (not installed, crashed, hung)."""
 
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from t2starmap import validate
-from t2starmap.validate import (
+from t2starmap.bids import validate
+from t2starmap.bids.validate import (
     VALIDATOR,
     ValidationIssue,
     ValidationReport,

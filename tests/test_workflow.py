@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from t2starmap.cli import main
-from t2starmap.derivatives import REQUIRED_KEYS
+from t2starmap.bids.outputs import REQUIRED_KEYS
+from t2starmap.cli.run import main
 
 from .conftest import EXAMPLE, checksums, files_below
 
@@ -90,7 +90,7 @@ def test_sidecars_describe_the_maps(example_run: Path) -> None:
 
 
 def test_output_passes_the_validator(example_run: Path) -> None:
-    from t2starmap.validate import validate_bids
+    from t2starmap.bids.validate import validate_bids
 
     report = validate_bids(example_run)
     assert report.ok, [str(e) for e in report.errors]
@@ -504,7 +504,7 @@ def test_a_map_that_cannot_be_written_costs_its_set_only(
 ) -> None:
     """Maps are written in threads while the page section is drawn: a write that fails
     still fails its set (unexpected error, exit 1), and nothing of that set is published."""
-    from t2starmap import workflow
+    from t2starmap.workflows import participant as workflow
 
     original = workflow.save_map
 

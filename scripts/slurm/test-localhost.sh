@@ -133,7 +133,7 @@ step "synthetic dataset: $n_participants participants"
 bids=$state/bids out=$state/out
 "$repo/.venv/bin/python" - "$bids" "$n_participants" <<'PY'
 import sys
-from t2starmap.simulate import write_bids_example
+from t2starmap.sim.phantoms import write_bids_example
 labels = [f"{k:02d}" for k in range(1, int(sys.argv[2]) + 1)]
 write_bids_example(sys.argv[1], dict.fromkeys(labels, (None,)), first_seed=101,
                    name="t2starmap SLURM test")

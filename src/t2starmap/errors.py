@@ -107,6 +107,19 @@ class SetsFailedError(T2StarError):
         self.exit_code = ExitCode(exit_code)
 
 
+class EchoSpacingError(ValueError):
+    """A method that needs evenly spaced echoes (ARLO) was given unevenly spaced ones. A
+    ValueError of the fitting API (``t2starmap.fit`` re-exports it); the echo-set workflow
+    reports it as bad data."""
+
+
+class NotApplicableError(ValueError):
+    """The data do not allow a step (the through-slice correction of a set without slice
+    metadata, with fewer than 3 echoes or slices, or with an ill-formed sidecar profile). The
+    step's caller decides: skip it with a note (``auto``), or refuse the set. Any other
+    ValueError from the numeric core is a bug, not bad data."""
+
+
 class Interrupted(KeyboardInterrupt):
     """A signal that asks the run to stop, raised as an exception so that the same clean-up
     runs as for Ctrl-C (a subclass of KeyboardInterrupt: ``except Exception`` never swallows

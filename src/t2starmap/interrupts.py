@@ -59,11 +59,6 @@ def raise_if_signalled() -> None:
         raise Interrupted(signum, signal.Signals(signum).name)
 
 
-def acted_on() -> None:
-    """The run is stopping for the signal: nothing is pending any more."""
-    _PENDING.clear()
-
-
 @contextmanager
 def sigterm_raises() -> Iterator[None]:
     """Within the block, SIGTERM raises :class:`Interrupted` (exit 143) and SIGINT

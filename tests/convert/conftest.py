@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from t2starmap.simulate import Phantom, make_phantom
+from t2starmap.sim.phantoms import Phantom, make_phantom
 from tests.convert.helpers import VOXEL, LogRecords
 from tests.support import synthetic_dicom
 

@@ -13,8 +13,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from t2starmap.cli import main
-from t2starmap.simulate import Phantom
+from t2starmap.cli.run import main
+from t2starmap.sim.phantoms import Phantom
 from tests.convert.helpers import VOXEL, LogRecords, checksums
 from tests.support import synthetic_dicom
 
@@ -160,7 +160,7 @@ def test_input_left_untouched(session):
 
 
 def test_result_passes_bids_validator(session):
-    from t2starmap.validate import validate_bids
+    from t2starmap.bids.validate import validate_bids
 
     report = validate_bids(session[1])
     assert report.ok, [str(e) for e in report.errors]
@@ -433,7 +433,7 @@ def test_parallel_conversions_into_one_new_dataset(tmp_path, siemens_dicom):
 
 
 def test_repeated_protocol_becomes_runs(tmp_path, tiny_phantom):
-    from t2starmap.validate import validate_bids
+    from t2starmap.bids.validate import validate_bids
 
     dicom, bids = tmp_path / "dicom", tmp_path / "bids"
     synthetic_dicom.write_siemens_classic(dicom, tiny_phantom, series_number=2)

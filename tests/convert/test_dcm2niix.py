@@ -18,7 +18,7 @@ import pytest
 from t2starmap.convert import dcm2niix as d2n
 from t2starmap.convert.dcm2niix import DCM2NIIX_FLAGS, Output, dcm2niix_command, run_dcm2niix
 from t2starmap.errors import BadDataError
-from t2starmap.simulate import Phantom
+from t2starmap.sim.phantoms import Phantom
 from tests.convert.helpers import VOXEL, LogRecords, checksums
 from tests.support import synthetic_dicom
 

@@ -9,8 +9,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from t2starmap.cli import main
-from t2starmap.simulate import Phantom, make_phantom
+from t2starmap.cli.run import main
+from t2starmap.sim.phantoms import Phantom, make_phantom
 from tests.convert.helpers import VOXEL
 from tests.support import synthetic_dicom
 

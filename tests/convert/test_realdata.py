@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from t2starmap.cli import main
+from t2starmap.cli.run import main
 from tests.convert.helpers import SHARED_DICOM, LogRecords, checksums
 
 pytestmark = [
@@ -108,7 +108,7 @@ def test_single_echo_phase_difference_series_are_skipped(converted):
 
 
 def test_participants_and_validator(converted):
-    from t2starmap.validate import validate_bids
+    from t2starmap.bids.validate import validate_bids
 
     bids = converted[0]
     rows = (bids / "participants.tsv").read_text().splitlines()

@@ -28,7 +28,7 @@ from t2starmap.convert.scan import (
     scan_dicom_dir,
 )
 from t2starmap.convert.series import ImageHeader
-from t2starmap.simulate import Phantom
+from t2starmap.sim.phantoms import Phantom
 from tests.convert.helpers import SHARED_DICOM, VOXEL
 from tests.support import synthetic_dicom
 

@@ -9,8 +9,10 @@ import torch
 from t2starmap.fit import (
     T2STAR_MAX,
     T2STAR_MIN,
+    Compute,
     Failure,
     FitResult,
+    NoiseModel,
     fit_complex,
     fit_t2star,
     frequency_limit,
@@ -65,7 +67,7 @@ def test_noiseless_signal_recovered_exactly(te: np.ndarray) -> None:
     """float64, no noise: every parameter back to rounding, |f| up to 0.95 of 1 / (2 dTE_min)."""
     t = truth(500, te, seed=1)
     signal = model(t["s0"], t["r2"], t["phi"], t["f"], te)
-    result = fit_complex(signal, te, dtype=torch.float64)
+    result = fit_complex(signal, te, compute=Compute(dtype=torch.float64))
     np.testing.assert_allclose(result.s0.numpy(), t["s0"], rtol=1e-6)
     np.testing.assert_allclose(result.r2star.numpy(), t["r2"], rtol=1e-6)
     np.testing.assert_allclose(result.t2star.numpy(), 1 / t["r2"], rtol=1e-6)
@@ -81,7 +83,7 @@ def test_frequency_at_the_echo_spacing_limit() -> None:
     f = np.array([-0.99, -0.9, 0.9, 0.99]) * limit
     n = f.size
     signal = noisy(model(np.full(n, 1000.0), np.full(n, 40.0), np.zeros(n), f, TE), 10.0, 3)
-    result = fit_complex(signal, TE, noise_sigma=10.0)
+    result = fit_complex(signal, TE, noise=NoiseModel(sigma=10.0))
     np.testing.assert_allclose(result.frequency.numpy(), f, atol=0.5)
     assert np.all(np.abs(result.r2star.numpy() - 40.0) < 4 * result.r2star_se.numpy())
     assert not result.failed.any()
@@ -91,7 +93,7 @@ def test_accuracy_with_noise() -> None:
     """SNR 50 on S0: median |relative error| of R2* and |f error| small, nothing flagged."""
     t = truth(4000, TE, seed=2)
     signal = noisy(model(t["s0"], t["r2"], t["phi"], t["f"], TE), 20.0, 4)
-    result = fit_complex(signal, TE, noise_sigma=20.0)
+    result = fit_complex(signal, TE, noise=NoiseModel(sigma=20.0))
     r2_err = np.abs(result.r2star.numpy() / t["r2"] - 1)
     f_err = np.abs(result.frequency.numpy() - t["f"])
     assert np.median(r2_err) < 0.05, np.median(r2_err)
@@ -114,7 +116,7 @@ def monte_carlo() -> tuple[FitResult, FitResult]:
     r2 = np.repeat(MC_R2, MC_DRAWS)
     clean = model(np.full(n, 1000.0), r2, np.ones(n), np.full(n, 30.0), TE)
     signal = noisy(clean, 20.0, seed=7)
-    return fit_complex(signal, TE, noise_sigma=20.0), fit_complex(signal, TE)
+    return fit_complex(signal, TE, noise=NoiseModel(sigma=20.0)), fit_complex(signal, TE)
 
 
 @pytest.mark.parametrize("known_sigma", [True, False], ids=["sigma", "residual"])
@@ -140,7 +142,7 @@ def test_unbiased_where_magnitude_fits_are_not() -> None:
     n = 4000
     clean = model(np.full(n, 200.0), np.full(n, 100.0), np.zeros(n), np.full(n, 12.0), TE)
     signal = noisy(clean, 20.0, seed=11)
-    result = fit_complex(signal, TE, noise_sigma=20.0)
+    result = fit_complex(signal, TE, noise=NoiseModel(sigma=20.0))
     gauss = fit_t2star(np.abs(signal), TE, method="nlls-gaussian")
     assert abs(result.r2star.numpy().mean() / 100.0 - 1) < 0.01
     assert gauss.r2star.numpy().mean() / 100.0 - 1 < -0.10
@@ -163,8 +165,10 @@ def test_bipolar_offsets_are_flagged(known_sigma: bool) -> None:
     clean = model(t["s0"], t["r2"], t["phi"], t["f"], TE)
     offset = np.where(np.arange(TE.size) % 2 == 0, 0.3, -0.3)
     sigma = 20.0 if known_sigma else None
-    bipolar = fit_complex(noisy(clean * np.exp(1j * offset), 20.0, 6), TE, noise_sigma=sigma)
-    monopolar = fit_complex(noisy(clean, 20.0, 6), TE, noise_sigma=sigma)
+    bipolar = fit_complex(
+        noisy(clean * np.exp(1j * offset), 20.0, 6), TE, noise=NoiseModel(sigma=sigma)
+    )
+    monopolar = fit_complex(noisy(clean, 20.0, 6), TE, noise=NoiseModel(sigma=sigma))
     flagged = (bipolar.reason.numpy() & Failure.PHASE_MODEL) > 0
     assert flagged.mean() > 0.95, flagged.mean()
     assert bipolar.failed.numpy()[flagged].all()
@@ -212,8 +216,8 @@ def test_special_voxel_flagged_and_neighbours_unaffected(case: str) -> None:
     t = truth(3, TE, seed=9)
     good = noisy(model(t["s0"], t["r2"], t["phi"], t["f"], TE), 20.0, 10)
     batch = np.stack([good[0], special.astype(np.complex64), good[1], good[2]])
-    together = fit_complex(batch, TE, noise_sigma=20.0)
-    alone = fit_complex(good, TE, noise_sigma=20.0)
+    together = fit_complex(batch, TE, noise=NoiseModel(sigma=20.0))
+    alone = fit_complex(good, TE, noise=NoiseModel(sigma=20.0))
     for name in MAPS:
         value = getattr(together, name).numpy()
         assert np.all(np.isfinite(value)), (name, value)
@@ -233,7 +237,7 @@ def test_rising_signal_stops_at_the_bound(n_echo: int) -> None:
     flagged for the low rate (and as a decay the model cannot follow), not as unconverged."""
     te = TE[:n_echo]
     rising = model(np.array([100.0]), np.array([-40.0]), np.array([0.2]), np.array([5.0]), te)
-    result = fit_complex(rising.astype(np.complex64), te, noise_sigma=2.0)
+    result = fit_complex(rising.astype(np.complex64), te, noise=NoiseModel(sigma=2.0))
     assert result.reason.tolist() == [Failure.R2STAR_LOW | Failure.MISFIT]
     assert result.r2star.item() == pytest.approx(1.0 / T2STAR_MAX)
 
@@ -256,23 +260,23 @@ def test_two_echoes_fit_exactly() -> None:
     """Four numbers, four parameters: exact, no residual to estimate the noise from."""
     te = np.array([0.004, 0.009])
     signal = model(np.array([700.0, 300.0]), np.array([50.0, 120.0]), [0.3, -2.0], [15, -60], te)
-    result = fit_complex(signal, te, dtype=torch.float64)
+    result = fit_complex(signal, te, compute=Compute(dtype=torch.float64))
     np.testing.assert_allclose(result.r2star.numpy(), [50.0, 120.0], rtol=1e-6)
     np.testing.assert_allclose(result.frequency.numpy(), [15.0, -60.0], atol=1e-4)
     assert not result.failed.any() and not result.r2star_se.any()
-    assert (fit_complex(signal, te, noise_sigma=5.0).r2star_se > 0).all()
+    assert (fit_complex(signal, te, noise=NoiseModel(sigma=5.0)).r2star_se > 0).all()
 
 
 def test_unsorted_echoes_mask_and_chunks() -> None:
     t = truth(300, TE, seed=14)
     signal = noisy(model(t["s0"], t["r2"], t["phi"], t["f"], TE), 20.0, 15).reshape(10, 30, -1)
-    whole = fit_complex(signal, TE, noise_sigma=20.0)
+    whole = fit_complex(signal, TE, noise=NoiseModel(sigma=20.0))
     perm = np.random.default_rng(0).permutation(TE.size)
-    shuffled = fit_complex(signal[..., perm], TE[perm], noise_sigma=20.0)
-    chunked = fit_complex(signal, TE, noise_sigma=20.0, chunk_size=37)
+    shuffled = fit_complex(signal[..., perm], TE[perm], noise=NoiseModel(sigma=20.0))
+    chunked = fit_complex(signal, TE, noise=NoiseModel(sigma=20.0), compute=Compute(chunk_size=37))
     mask = np.zeros((10, 30), bool)
     mask[2:7, 5:20] = True
-    masked = fit_complex(signal, TE, noise_sigma=20.0, mask=mask)
+    masked = fit_complex(signal, TE, mask=mask, noise=NoiseModel(sigma=20.0))
     # Equal up to float32 rounding (sums over echoes in another order, or vectorised across
     # a chunk of another length), which may move an LM stop by about one step of < TOL: in
     # a noisy voxel LM converges slowly, so compare in units of each map's standard error.
@@ -328,8 +332,8 @@ def test_input_is_never_modified() -> None:
 def test_fit_t2star_complex_method() -> None:
     t = truth(40, TE, seed=18)
     signal = noisy(model(t["s0"], t["r2"], t["phi"], t["f"], TE), 20.0, 19)
-    result = fit_t2star(signal, TE, method="complex", noise_sigma=20.0)
-    direct = fit_complex(signal, TE, noise_sigma=20.0)
+    result = fit_t2star(signal, TE, method="complex", noise=NoiseModel(sigma=20.0))
+    direct = fit_complex(signal, TE, noise=NoiseModel(sigma=20.0))
     assert result.method == "complex" and result.noise_sigma == 20.0
     assert result.frequency is not None and result.phase0 is not None
     torch.testing.assert_close(result.frequency, direct.frequency)
@@ -344,8 +348,10 @@ def test_device(device: str) -> None:
     """Each device matches a float64 CPU reference (float32 rounding)."""
     t = truth(3000, TE, seed=20)
     signal = noisy(model(t["s0"], t["r2"], t["phi"], t["f"], TE), 20.0, 21)
-    result = fit_complex(signal, TE, noise_sigma=20.0, device=device)
-    reference = fit_complex(signal, TE, noise_sigma=20.0, dtype=torch.float64)
+    result = fit_complex(signal, TE, noise=NoiseModel(sigma=20.0), compute=Compute(device=device))
+    reference = fit_complex(
+        signal, TE, noise=NoiseModel(sigma=20.0), compute=Compute(dtype=torch.float64)
+    )
     assert result.device.startswith(device) and result.r2star.device.type == device
     ok = ~reference.failed
     r2 = result.r2star.cpu()[ok] / reference.r2star[ok] - 1
@@ -361,14 +367,26 @@ def test_device(device: str) -> None:
         (np.ones((2, 3), complex), [0.01, 0.02, 0.02], {}, "distinct echo times"),
         (np.ones((2, 3), complex), [0.01, 0.02], {}, "3 echoes on its last axis"),
         (np.ones((2, 3), complex), [10, 20, 30], {}, "milliseconds"),
-        (np.ones((2, 3), complex), [0.01, 0.02, 0.03], {"noise_sigma": -1.0}, "noise sigma"),
-        (np.ones((2, 3), complex), [0.01, 0.02, 0.03], {"chunk_size": 0}, "chunk_size"),
+        (np.ones((2, 3), complex), [0.01, 0.02, 0.03], {"noise": "sigma -1"}, "noise sigma"),
+        (
+            np.ones((2, 3), complex),
+            [0.01, 0.02, 0.03],
+            {"compute": Compute(chunk_size=0)},
+            "chunk_size",
+        ),
         (np.ones((2, 3), complex), [0.01, 0.02, 0.03], {"mask": np.ones(3)}, "mask shape"),
-        (np.ones((2, 3), complex), [0.01, 0.02, 0.03], {"dtype": torch.float16}, "dtype"),
+        (
+            np.ones((2, 3), complex),
+            [0.01, 0.02, 0.03],
+            {"compute": Compute(dtype=torch.float16)},
+            "dtype",
+        ),
     ],
 )
 def test_bad_arguments(signal: np.ndarray, te: list[float], kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
+        if kwargs.get("noise") == "sigma -1":  # the object refuses it as it is made
+            kwargs["noise"] = NoiseModel(sigma=-1.0)
         fit_complex(signal, te, **kwargs)
 
 
@@ -404,10 +422,10 @@ def test_matches_an_independent_fit_on_ge_kidney_data(tmp_path) -> None:
     """GE MR750 kidney, 12 echoes, real/imag parts: on 300 seeded bright voxels (first-echo
     SNR > 10) the median |relative difference| of R2* against scipy is <= 2 %, of f <= 2 Hz."""
     pytest.importorskip("scipy")
-    from t2starmap.cli import main
-    from t2starmap.layout import find_echo_sets
-    from t2starmap.nifti import check_geometry, load_magnitude
-    from t2starmap.parts import find_parts, load_complex
+    from t2starmap.bids.layout import find_echo_sets
+    from t2starmap.bids.nifti import check_geometry, load_magnitude
+    from t2starmap.bids.parts import find_parts, load_complex
+    from t2starmap.cli.run import main
     from tests.conftest import SHARED_DATA
 
     source = SHARED_DATA / "dicom" / "ge-mr750-kidney-megre"
@@ -423,7 +441,7 @@ def test_matches_an_independent_fit_on_ge_kidney_data(tmp_path) -> None:
     sigma = float(1.4826 * np.median(np.abs(background - np.median(background))))
     bright = np.flatnonzero(first / sigma > 10)
     subset = np.random.default_rng(0).choice(bright, 300, replace=False)
-    result = fit_complex(x[subset], te, noise_sigma=sigma)
+    result = fit_complex(x[subset], te, noise=NoiseModel(sigma=sigma))
     reference = np.array([scipy_reference(x[i].astype(np.complex128), te) for i in subset])
     r2_diff = np.abs(result.r2star.numpy() / reference[:, 1] - 1)
     alias = 1 / np.diff(te).min()

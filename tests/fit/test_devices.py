@@ -9,34 +9,32 @@ import numpy as np
 import pytest
 import torch
 
-from t2starmap import b0
-from t2starmap.fit import FitResult, fit_complex, fit_corrected, fit_t2star
+from t2starmap.fit import Compute, FitResult, NoiseModel, fit_complex, fit_corrected, fit_t2star
 from t2starmap.fit.limits import MAGNITUDE_METHODS
 from t2starmap.fit.phase import analyse_phase
-from t2starmap.simulate import make_slice_phantom
+from t2starmap.sim.slices import make_slice_phantom
+from tests.support.factors import rect_factor
 
 PHANTOM = make_slice_phantom((16, 16, 5), snr=60.0, seed=12, samples=16)
 TE = PHANTOM.echo_times
 SIGNAL = (PHANTOM.magnitude * np.exp(1j * PHANTOM.phase)).astype(np.complex64)
-FACTOR = b0.sinc_factor(PHANTOM.gradient_hz_per_mm, 3.0, TE)
+FACTOR = rect_factor(PHANTOM.gradient_hz_per_mm, 3.0, TE)
 
+NOISE = NoiseModel(sigma=PHANTOM.sigma)
 FITS: dict[str, Callable[[str], FitResult]] = {
     **{
         f"magnitude {m}": (lambda device, m=m: fit_t2star(  # type: ignore[misc]
-            PHANTOM.magnitude, TE, method=m, noise_sigma=PHANTOM.sigma, device=device
-        ))
+            PHANTOM.magnitude, TE, method=m, noise=NOISE, compute=Compute(device=device)))
         for m in MAGNITUDE_METHODS
     },
-    "complex": lambda device: fit_complex(SIGNAL, TE, noise_sigma=PHANTOM.sigma, device=device),
+    "complex": lambda device: fit_complex(SIGNAL, TE, noise=NOISE, compute=Compute(device=device)),
     "complex bipolar": lambda device: fit_complex(
-        SIGNAL, TE, noise_sigma=PHANTOM.sigma, device=device, bipolar=True
-    ),
+        SIGNAL, TE, noise=NOISE, compute=Compute(device=device), bipolar=True),
     "corrected gaussian": lambda device: fit_corrected(
-        PHANTOM.magnitude, TE, FACTOR, noise_sigma=PHANTOM.sigma, device=device
-    ).result,
+        PHANTOM.magnitude, TE, FACTOR, noise=NOISE.gaussian(),
+        compute=Compute(device=device)).result,
     "corrected noise-aware": lambda device: fit_corrected(
-        PHANTOM.magnitude, TE, FACTOR, noise_sigma=PHANTOM.sigma, noise_aware=True, device=device
-    ).result,
+        PHANTOM.magnitude, TE, FACTOR, noise=NOISE, compute=Compute(device=device)).result,
 }  # fmt: skip
 _CPU: dict[str, FitResult] = {}
 
@@ -62,8 +60,8 @@ def test_every_model_on_every_device(device: str, name: str) -> None:
 
 
 def test_the_phase_checks_on_every_device(device: str) -> None:
-    got = analyse_phase(SIGNAL, TE, noise_sigma=PHANTOM.sigma, device=device)
-    reference = analyse_phase(SIGNAL, TE, noise_sigma=PHANTOM.sigma, device="cpu")
+    got = analyse_phase(SIGNAL, TE, noise_sigma=PHANTOM.sigma, compute=Compute(device=device))
+    reference = analyse_phase(SIGNAL, TE, noise_sigma=PHANTOM.sigma, compute=Compute(device="cpu"))
     assert got.verdict == reference.verdict
     np.testing.assert_allclose(
         got.maps["frequency"], reference.maps["frequency"], rtol=1e-4, atol=1e-3

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from t2starmap.fit import dispatch, fit_t2star
-from t2starmap.simulate import make_phantom
+from t2starmap.fit import NoiseModel, dispatch, fit_t2star
+from t2starmap.sim.phantoms import make_phantom
 
 
 def test_workers_each_run_one_torch_thread_and_leave_the_callers_alone() -> None:
@@ -31,9 +31,9 @@ def test_api_default_workers_are_the_cpus_the_process_may_use(
 ) -> None:
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")
     assert dispatch.default_workers() == 3
-    how = dispatch.plan("cpu", torch.float32, None, None, (100, 1000))
+    how = dispatch.plan(dispatch.Compute("cpu"), (100, 1000))
     assert (how.workers, how.chunk_size) == (3, 100)
-    assert dispatch.plan("cpu", torch.float32, 7, 1, (100, 1000)).workers == 1
+    assert dispatch.plan(dispatch.Compute("cpu", chunk_size=7, workers=1), (100, 1000)).workers == 1
 
 
 def test_fit_t2star_without_workers_uses_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -47,7 +47,7 @@ def test_fit_t2star_without_workers_uses_the_default(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(dispatch, "map_chunks", recording)
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "2")
     ph = make_phantom((10, 10, 2), seed=1)
-    fit_t2star(ph.magnitude, ph.echo_times, noise_sigma=ph.sigma)
+    fit_t2star(ph.magnitude, ph.echo_times, noise=NoiseModel(sigma=ph.sigma))
     assert calls == [2]
 
 
@@ -60,10 +60,8 @@ def test_fit_t2star_without_workers_uses_the_default(monkeypatch: pytest.MonkeyP
     ],
 )
 def test_plan_refuses_bad_arguments(kwargs: dict[str, object], message: str) -> None:
-    args = {"device": "cpu", "dtype": torch.float32, "chunk_size": None, "workers": None}
-    args.update(kwargs)
     with pytest.raises(ValueError, match=message):
-        dispatch.plan(defaults=(1, 1), **args)  # type: ignore[arg-type]
+        dispatch.plan(dispatch.Compute(device="cpu", **kwargs), defaults=(1, 1))  # type: ignore[arg-type]
 
 
 def test_voxels_inside_the_mask_in_chunks() -> None:

@@ -10,17 +10,19 @@ from typing import Any
 import numpy as np
 import pytest
 
-from t2starmap.conventions import LABEL_RE, sidecar_path
-from t2starmap.errors import BadDataError
-from t2starmap.fit import check_echo_times as fit_check_echo_times
-from t2starmap.fit import limits
-from t2starmap.fit.limits import (
+from t2starmap.bids.conventions import LABEL_RE, sidecar_path
+from t2starmap.bids.echo_times import (
     DUPLICATE_ECHO_TIME,
     check_distinct_echo_times,
-    check_echo_times,
     echo_time_of,
     echo_time_seconds,
 )
+from t2starmap.bids.outputs import ESTIMATION_ALGORITHMS
+from t2starmap.cli.parser import METHOD_HELP
+from t2starmap.errors import BadDataError
+from t2starmap.fit import check_echo_times as fit_check_echo_times
+from t2starmap.fit import limits
+from t2starmap.fit.limits import check_echo_times
 from tests.conftest import SHARED_DATA
 
 
@@ -113,11 +115,12 @@ def test_fit_echo_times_allow_zero_and_repeats() -> None:
 def test_every_method_has_help_and_estimation_algorithm_text() -> None:
     assert limits.DEFAULT_METHOD == limits.METHODS[0] == "nlls"
     assert set(limits.METHODS) == {"nlls", "nlls-gaussian", "wls", "loglin", "arlo", "complex"}
-    assert all(limits.METHOD_HELP[m].strip() for m in limits.METHODS)
+    assert all(METHOD_HELP[m].strip() for m in limits.METHODS)
+    assert set(METHOD_HELP) == set(limits.METHODS)
     for method in limits.METHODS:
-        assert limits.ESTIMATION_ALGORITHMS[(method, "gaussian")]
-    assert "Rician" in limits.ESTIMATION_ALGORITHMS[("nlls", "rician")]
-    assert "noncentral chi" in limits.ESTIMATION_ALGORITHMS[("nlls", "noncentral-chi")]
+        assert ESTIMATION_ALGORITHMS[(method, "gaussian")]
+    assert "Rician" in ESTIMATION_ALGORITHMS[("nlls", "rician")]
+    assert "noncentral chi" in ESTIMATION_ALGORITHMS[("nlls", "noncentral-chi")]
     assert (*limits.METHODS, "auto") == limits.FIT_CHOICES
 
 

@@ -1,4 +1,4 @@
-"""The fitting engine on seeded synthetic data with known truth (see t2starmap.simulate).
+"""The fitting engine on seeded synthetic data with known truth (see t2starmap.sim.phantoms).
 
 Every test that fits runs once per compute device (the ``device`` fixture of conftest: "cpu",
 and "cuda" where torch sees a GPU); the maps are moved to the CPU before they are checked.
@@ -19,12 +19,15 @@ from t2starmap.fit import (
     METHODS,
     T2STAR_MAX,
     T2STAR_MIN,
+    Compute,
     EchoSpacingError,
     Failure,
+    NoiseModel,
+    fit_complex,
     resolve_device,
 )
 from t2starmap.fit.models import Exponential
-from t2starmap.simulate import add_rician_noise, decay, make_phantom
+from t2starmap.sim.phantoms import add_rician_noise, decay, make_phantom
 
 MAPS = ("t2star", "r2star", "s0", "rmse", "t2star_se", "r2star_se", "s0_se")
 TE_11 = np.linspace(0.002, 0.040, 11)
@@ -45,7 +48,8 @@ def on_cpu(result: FitResult) -> FitResult:
 def fit(device: str, *args: object, **kwargs: object) -> FitResult:
     """``fit_t2star`` on ``device``; checks the maps were computed there, returns them on the
     CPU."""
-    result = fit_t2star(*args, device=device, **kwargs)  # type: ignore[arg-type]
+    compute = dataclasses.replace(kwargs.pop("compute", Compute()), device=device)  # type: ignore[type-var]
+    result = fit_t2star(*args, **kwargs, compute=compute)  # type: ignore[arg-type]
     assert result.device.startswith(device), result.device
     places = {name: value.device.type for name, value in tensors(result).items()}
     assert set(MAPS) <= set(places) and set(places.values()) == {device}, places
@@ -72,7 +76,9 @@ def test_accuracy_against_known_truth(device: str) -> None:
     ph = make_phantom((48, 48, 8), seed=3)
     errors = {}
     for method, sigma in [("nlls", ph.sigma), ("nlls", None), ("loglin", None)]:
-        result = fit(device, ph.magnitude, ph.echo_times, method=method, noise_sigma=sigma)
+        result = fit(
+            device, ph.magnitude, ph.echo_times, method=method, noise=NoiseModel(sigma=sigma)
+        )
         errors[(method, sigma is not None)] = float(
             np.median(np.abs(rel_err(result, ph.t2star, ph.mask)))
         )
@@ -88,8 +94,10 @@ def test_noise_floor_bias_rician_vs_gaussian(device: str) -> None:
     the noise-aware default; the Gaussian fit of the same data is clearly biased (long)."""
     te = np.linspace(0.003, 0.060, 12)
     ph = make_phantom((64, 64, 8), te, t2star_range=(0.020, 0.060), snr=10.0, seed=11)
-    noise_aware = fit(device, ph.magnitude, te, noise_sigma=ph.sigma)
-    gaussian = fit(device, ph.magnitude, te, method="nlls-gaussian", noise_sigma=ph.sigma)
+    noise_aware = fit(device, ph.magnitude, te, noise=NoiseModel(sigma=ph.sigma))
+    gaussian = fit(
+        device, ph.magnitude, te, method="nlls-gaussian", noise=NoiseModel(sigma=ph.sigma)
+    )
     assert noise_aware.noise_model == "rician"
     assert gaussian.noise_model == "gaussian"
     bias_rician = float(np.median(rel_err(noise_aware, ph.t2star, ph.mask)))
@@ -103,7 +111,7 @@ def test_noise_floor_bias_rician_vs_gaussian(device: str) -> None:
 
 def test_without_noise_level_default_falls_back_to_gaussian(device: str) -> None:
     ph = make_phantom((16, 16, 4), seed=1)
-    aware = fit(device, ph.magnitude, ph.echo_times, noise_sigma=ph.sigma)
+    aware = fit(device, ph.magnitude, ph.echo_times, noise=NoiseModel(sigma=ph.sigma))
     plain = fit(device, ph.magnitude, ph.echo_times)
     explicit = fit(device, ph.magnitude, ph.echo_times, method="nlls-gaussian")
     assert (aware.noise_model, aware.noise_sigma) == ("rician", ph.sigma)
@@ -122,7 +130,7 @@ def monte_carlo(device: str) -> tuple[FitResult, float]:
     """2000 noise draws at SNR 50 of each T2* in 10-80 ms, 11 echoes TE 2-40 ms, fitted once."""
     magnitude = draws(MC_T2STAR, MC_DRAWS, TE_11, snr=50.0, seed=7)
     sigma = 1000.0 / 50.0
-    return fit(device, magnitude, TE_11, noise_sigma=sigma), sigma
+    return fit(device, magnitude, TE_11, noise=NoiseModel(sigma=sigma)), sigma
 
 
 def test_standard_errors_are_calibrated(monte_carlo: tuple[FitResult, float]) -> None:
@@ -185,7 +193,11 @@ def test_arlo_exact_on_noiseless_decay(device: str) -> None:
     te = np.linspace(0.002, 0.040, 11)
     truth = np.array([0.01, 0.03, 0.08])
     result = fit(
-        device, decay(np.full(3, 500.0), truth, te), te, method="arlo", dtype=torch.float64
+        device,
+        decay(np.full(3, 500.0), truth, te),
+        te,
+        method="arlo",
+        compute=Compute(dtype=torch.float64),
     )
     np.testing.assert_allclose(result.t2star.numpy(), truth, rtol=2e-3)
 
@@ -243,8 +255,8 @@ def test_special_voxel_flagged_and_neighbours_unaffected(
     good, _ = add_rician_noise(decay(np.full(3, 1000.0), GOOD_T2STAR, TE_11), 20.0, rng)
     batch = np.stack([good[0], special, good[1], good[2]])
     sigma = 20.0
-    together = fit(device, batch, TE_11, method=method, noise_sigma=sigma)
-    alone = fit(device, good, TE_11, method=method, noise_sigma=sigma)
+    together = fit(device, batch, TE_11, method=method, noise=NoiseModel(sigma=sigma))
+    alone = fit(device, good, TE_11, method=method, noise=NoiseModel(sigma=sigma))
     for name in MAPS:
         value = getattr(together, name).numpy()
         assert np.all(np.isfinite(value)) and np.all(value >= 0), (name, value)
@@ -260,13 +272,13 @@ def test_two_echoes_fit_exactly(device: str) -> None:
     truth = np.array([0.01, 0.02, 0.05])
     signal = decay(np.full(3, 700.0), truth, te)
     for method in ("nlls", "nlls-gaussian", "wls", "loglin"):
-        result = fit(device, signal, te, method=method, dtype=torch.float64)
+        result = fit(device, signal, te, method=method, compute=Compute(dtype=torch.float64))
         np.testing.assert_allclose(result.t2star.numpy(), truth, rtol=1e-6, err_msg=method)
         np.testing.assert_allclose(result.s0.numpy(), 700.0, rtol=1e-6, err_msg=method)
         assert not result.failed.any()
         # Nothing is left to estimate a residual variance from.
         assert not result.t2star_se.any()
-    with_sigma = fit(device, signal, te, noise_sigma=5.0)
+    with_sigma = fit(device, signal, te, noise=NoiseModel(sigma=5.0))
     assert (with_sigma.t2star_se > 0).all()
     # The noise-aware fit matches sqrt(A^2 + 2 sigma^2) to M: still exact with two echoes.
     assert with_sigma.noise_model == "rician" and not with_sigma.failed.any()
@@ -277,9 +289,15 @@ def test_two_echoes_fit_exactly(device: str) -> None:
 def test_unsorted_echo_times_give_the_sorted_result(device: str, method: str) -> None:
     ph = make_phantom((8, 8, 2), seed=2)
     perm = np.random.default_rng(1).permutation(ph.echo_times.size)
-    ordered = fit(device, ph.magnitude, ph.echo_times, method=method, noise_sigma=ph.sigma)
+    ordered = fit(
+        device, ph.magnitude, ph.echo_times, method=method, noise=NoiseModel(sigma=ph.sigma)
+    )
     shuffled = fit(
-        device, ph.magnitude[..., perm], ph.echo_times[perm], method=method, noise_sigma=ph.sigma
+        device,
+        ph.magnitude[..., perm],
+        ph.echo_times[perm],
+        method=method,
+        noise=NoiseModel(sigma=ph.sigma),
     )
     for name in MAPS:
         torch.testing.assert_close(getattr(shuffled, name), getattr(ordered, name))
@@ -287,7 +305,9 @@ def test_unsorted_echo_times_give_the_sorted_result(device: str, method: str) ->
 
 def test_mask_leaves_outside_zero_and_shapes_follow_signal(device: str) -> None:
     ph = make_phantom((12, 10, 3), seed=5)
-    result = fit(device, ph.magnitude, ph.echo_times, mask=ph.mask, noise_sigma=ph.sigma)
+    result = fit(
+        device, ph.magnitude, ph.echo_times, mask=ph.mask, noise=NoiseModel(sigma=ph.sigma)
+    )
     for name in MAPS:
         value = getattr(result, name)
         assert value.shape == ph.mask.shape and value.dtype == torch.float32
@@ -297,8 +317,14 @@ def test_mask_leaves_outside_zero_and_shapes_follow_signal(device: str) -> None:
 
 def test_chunking_does_not_change_results(device: str) -> None:
     ph = make_phantom((10, 10, 3), seed=6)
-    whole = fit(device, ph.magnitude, ph.echo_times, noise_sigma=ph.sigma)
-    chunked = fit(device, ph.magnitude, ph.echo_times, noise_sigma=ph.sigma, chunk_size=37)
+    whole = fit(device, ph.magnitude, ph.echo_times, noise=NoiseModel(sigma=ph.sigma))
+    chunked = fit(
+        device,
+        ph.magnitude,
+        ph.echo_times,
+        noise=NoiseModel(sigma=ph.sigma),
+        compute=Compute(chunk_size=37),
+    )
     # Up to float32 rounding, in the object (noise-only air does not converge and may wander).
     good = torch.from_numpy(ph.mask)
     assert torch.equal(chunked.failed[good], whole.failed[good])
@@ -317,14 +343,17 @@ def test_input_is_never_modified(device: str, method: str) -> None:
     signal[0, 0, 0, 3] = np.nan
     for given in (signal, torch.from_numpy(signal.copy()), signal[:1, :1, :1]):
         before = torch.as_tensor(given).clone().numpy()
-        fit(device, given, ph.echo_times, method=method, noise_sigma=ph.sigma)
+        fit(device, given, ph.echo_times, method=method, noise=NoiseModel(sigma=ph.sigma))
         np.testing.assert_array_equal(torch.as_tensor(given).numpy(), before)
 
 
 def test_float64_and_torch_input(device: str) -> None:
     ph = make_phantom((6, 6, 2), seed=8)
     result = fit(
-        device, torch.from_numpy(ph.magnitude), torch.tensor(ph.echo_times), dtype=torch.float64
+        device,
+        torch.from_numpy(ph.magnitude),
+        torch.tensor(ph.echo_times),
+        compute=Compute(dtype=torch.float64),
     )
     assert result.t2star.dtype == torch.float64
 
@@ -342,16 +371,46 @@ def test_methods_listed_for_the_cli() -> None:
     ("kwargs", "message"),
     [
         ({"method": "adam"}, "unknown fit method"),
-        ({"noise_sigma": 0.0}, "noise sigma"),
-        ({"noise_sigma": float("nan")}, "noise sigma"),
-        ({"chunk_size": 0}, "chunk_size"),
+        ({"noise": {"sigma": 0.0}}, "noise sigma"),
+        ({"noise": {"sigma": float("nan")}}, "noise sigma"),
+        ({"noise": {"coils": 0.5}}, "noise coils"),
+        ({"compute": Compute(chunk_size=0)}, "chunk_size"),
         ({"mask": np.ones((2, 2), bool)}, "mask shape"),
+        ({"bipolar": True}, "bipolar is a property of the complex fit"),
     ],
 )
 def test_bad_arguments(device: str, kwargs: dict[str, object], message: str) -> None:
     signal = np.ones((3, 4), np.float32)
     with pytest.raises(ValueError, match=message):
+        if isinstance(kwargs.get("noise"), dict):  # the noise object refuses it as it is made
+            kwargs = {**kwargs, "noise": NoiseModel(**kwargs["noise"])}  # type: ignore[arg-type]
         fit(device, signal, [0.001, 0.002, 0.003, 0.004], **kwargs)  # type: ignore[arg-type]
+
+
+def test_complex_through_fit_t2star_passes_bipolar_and_refuses_coils() -> None:
+    """``fit_t2star(method="complex")`` is ``fit_complex`` with every argument passed on: on
+    data whose even echoes carry a phase offset, ``bipolar`` changes the fit, both ways."""
+    rng = np.random.default_rng(5)
+    te = 0.003 + 0.004 * np.arange(8)
+    n = 200
+    r2 = rng.uniform(20.0, 80.0, n)[:, None]
+    even = (np.arange(8) % 2 == 1)[None, :]
+    phase = 2 * np.pi * rng.uniform(-40, 40, n)[:, None] * te + 1.5 * even
+    clean = 1000.0 * np.exp(-te * r2) * np.exp(1j * phase)
+    signal = clean + 5.0 * (
+        rng.standard_normal(clean.shape) + 1j * rng.standard_normal(clean.shape)
+    )
+    signal = signal.astype(np.complex64)
+    noise = NoiseModel(5.0)
+    fits = {}
+    for bipolar in (False, True):
+        via = fit_t2star(signal, te, method="complex", noise=noise, bipolar=bipolar)
+        direct = fit_complex(signal, te, noise=noise, bipolar=bipolar)
+        assert torch.equal(via.r2star, direct.r2star) and torch.equal(via.reason, direct.reason)
+        fits[bipolar] = np.median(np.abs(via.r2star.numpy() / r2[:, 0] - 1.0))
+    assert fits[True] < 0.02 < fits[False], fits  # the offset, modelled or not
+    with pytest.raises(ValueError, match="no coil count"):
+        fit_t2star(signal, te, method="complex", noise=NoiseModel(5.0, coils=4.0))
 
 
 def test_echo_count_mismatch(device: str) -> None:
@@ -387,10 +446,13 @@ def test_voxels_still_iterating_are_gathered_without_changing_results(
     rng = np.random.default_rng(4)
     truth = np.exp(rng.uniform(np.log(0.004), np.log(0.15), 400))
     signal, _ = add_rician_noise(decay(np.full(truth.shape, 1000.0), truth, TE_11), 60.0, rng)
-    together = fit(device, signal, TE_11, noise_sigma=60.0)
+    together = fit(device, signal, TE_11, noise=NoiseModel(sigma=60.0))
     assert sizes[0] == truth.size and min(sizes) < truth.size // 2, sizes
     sizes.clear()
-    alone = [fit(device, signal[k : k + 1], TE_11, noise_sigma=60.0) for k in range(0, 400, 7)]
+    alone = [
+        fit(device, signal[k : k + 1], TE_11, noise=NoiseModel(sigma=60.0))
+        for k in range(0, 400, 7)
+    ]
     assert max(sizes) == 1
     for name in MAPS:
         expected = np.concatenate([getattr(r, name).numpy() for r in alone])
@@ -405,7 +467,7 @@ def test_log_linear_standard_errors_are_calibrated(device: str, method: str) -> 
     understate an ordinary log-linear fit's spread by up to 2-3x)."""
     t2stars = np.array([0.020, 0.040, 0.080])
     magnitude = draws(t2stars, MC_DRAWS, TE_11, snr=50.0, seed=13)
-    result = fit(device, magnitude, TE_11, method=method, noise_sigma=20.0)
+    result = fit(device, magnitude, TE_11, method=method, noise=NoiseModel(sigma=20.0))
     values = result.t2star.numpy().reshape(len(t2stars), MC_DRAWS)
     se = result.t2star_se.numpy().reshape(len(t2stars), MC_DRAWS)
     ratio = np.median(se, axis=1) / values.std(axis=1)
@@ -422,8 +484,8 @@ def test_cuda_matches_cpu_on_every_map(method: str) -> None:
     the object (median relative difference <= 1e-4, 99th percentile <= 5e-3: the two stop
     their iterations at slightly different points), and the failure flags nearly everywhere."""
     ph = make_phantom((24, 24, 6), seed=12)
-    cpu = fit("cpu", ph.magnitude, ph.echo_times, method=method, noise_sigma=ph.sigma)
-    gpu = fit("cuda", ph.magnitude, ph.echo_times, method=method, noise_sigma=ph.sigma)
+    cpu = fit("cpu", ph.magnitude, ph.echo_times, method=method, noise=NoiseModel(sigma=ph.sigma))
+    gpu = fit("cuda", ph.magnitude, ph.echo_times, method=method, noise=NoiseModel(sigma=ph.sigma))
     inside = ph.mask & ~cpu.failed.numpy() & ~gpu.failed.numpy()
     assert inside.sum() > 0.9 * ph.mask.sum()
     for name in MAPS:
@@ -461,7 +523,7 @@ def chi_draws(t2stars: np.ndarray, n: int, te: np.ndarray, snr: float, coils: in
 def chi_monte_carlo() -> tuple[FitResult, np.ndarray]:
     """2000 draws at SNR 20 of each T2* in 10-80 ms, 8 coils, 11 echoes TE 2-40 ms."""
     magnitude, sigma = chi_draws(MC_T2STAR, MC_DRAWS, TE_11, snr=20.0, coils=8, seed=13)
-    return fit_t2star(magnitude, TE_11, noise_sigma=sigma, noise_coils=8), magnitude
+    return fit_t2star(magnitude, TE_11, noise=NoiseModel(sigma=sigma, coils=8)), magnitude
 
 
 def test_noncentral_chi_standard_errors_are_calibrated(
@@ -486,7 +548,7 @@ def test_noncentral_chi_unbiased_where_one_coil_is_not(
     values = result.t2star.numpy().reshape(len(MC_T2STAR), MC_DRAWS)
     bias = np.median(values, axis=1) / MC_T2STAR - 1.0
     assert np.all(np.abs(bias) <= 0.02), bias.round(4)
-    rician = fit_t2star(magnitude, TE_11, noise_sigma=result.noise_sigma)
+    rician = fit_t2star(magnitude, TE_11, noise=NoiseModel(sigma=result.noise_sigma))
     assert rician.noise_model == "rician" and rician.noise_coils == 1.0
     wrong = np.median(rician.t2star.numpy().reshape(len(MC_T2STAR), MC_DRAWS), axis=1)
     assert wrong[-1] / MC_T2STAR[-1] - 1.0 > 0.03, wrong / MC_T2STAR - 1.0
@@ -494,18 +556,20 @@ def test_noncentral_chi_unbiased_where_one_coil_is_not(
 
 def test_noise_coils_one_is_the_rician_fit_and_gaussian_ignores_it() -> None:
     ph = make_phantom((12, 12, 3), seed=2)
-    default = fit_t2star(ph.magnitude, ph.echo_times, noise_sigma=ph.sigma)
-    one = fit_t2star(ph.magnitude, ph.echo_times, noise_sigma=ph.sigma, noise_coils=1)
+    default = fit_t2star(ph.magnitude, ph.echo_times, noise=NoiseModel(sigma=ph.sigma))
+    one = fit_t2star(ph.magnitude, ph.echo_times, noise=NoiseModel(sigma=ph.sigma, coils=1))
     torch.testing.assert_close(default.t2star, one.t2star, rtol=0, atol=0)
     assert (one.noise_model, one.noise_coils) == ("rician", 1.0)
-    plain = fit_t2star(ph.magnitude, ph.echo_times, method="nlls-gaussian", noise_coils=8)
+    plain = fit_t2star(
+        ph.magnitude, ph.echo_times, method="nlls-gaussian", noise=NoiseModel(coils=8)
+    )
     assert (plain.noise_model, plain.noise_coils) == ("gaussian", 1.0)
 
 
 @pytest.mark.parametrize("coils", [0.5, 0.0, float("nan"), float("inf"), -2.0])
 def test_bad_noise_coils(coils: float) -> None:
     with pytest.raises(ValueError, match="noise coils"):
-        fit_t2star(np.ones((2, 3)), [0.01, 0.02, 0.03], noise_sigma=1.0, noise_coils=coils)
+        fit_t2star(np.ones((2, 3)), [0.01, 0.02, 0.03], noise=NoiseModel(sigma=1.0, coils=coils))
 
 
 # --- why each voxel failed: the Failure bits of ``reason`` -----------------------------------
@@ -562,7 +626,7 @@ def test_planted_failures_carry_their_reason(device: str, method: str, sigma: fl
     never with the opposite clamp."""
     cases = planted_voxels(seed=11)
     batch = np.concatenate([voxels for voxels, _ in cases.values()])
-    result = fit(device, batch, TE_FLAGS, method=method, noise_sigma=sigma)
+    result = fit(device, batch, TE_FLAGS, method=method, noise=NoiseModel(sigma=sigma))
     assert result.reason is not None and result.reason.dtype == torch.uint8
     reason = result.reason.numpy().reshape(len(cases), -1)
     clamps = int(Failure.R2STAR_LOW | Failure.R2STAR_HIGH)
@@ -583,7 +647,7 @@ def test_s0_nonpositive_flagged(device: str, method: str, sigma: float | None) -
     them the same voxels must not carry the bit."""
     rng = np.random.default_rng(12)
     floor = rng.uniform(0.2, 0.9, (4, TE_FLAGS.size)).astype(np.float32) * 5.0
-    result = fit(device, floor, TE_FLAGS, method=method, noise_sigma=sigma)
+    result = fit(device, floor, TE_FLAGS, method=method, noise=NoiseModel(sigma=sigma))
     assert result.reason is not None
     nonpositive = (result.reason.numpy() & Failure.S0_NONPOSITIVE) > 0
     if method == "nlls" and sigma is not None:
@@ -607,9 +671,9 @@ def test_not_converged_when_lm_is_cut_short(
     t2 = rng.uniform(0.005, 0.05, 64)
     signal, _ = add_rician_noise(decay(np.full(t2.shape, 1000.0), t2, TE_11), 20.0, rng)
     monkeypatch.setattr(fit_module, "MAX_ITER", 0)
-    cut = fit(device, signal, TE_11, method=method, noise_sigma=sigma)
+    cut = fit(device, signal, TE_11, method=method, noise=NoiseModel(sigma=sigma))
     monkeypatch.undo()
-    full = fit(device, signal, TE_11, method=method, noise_sigma=sigma)
+    full = fit(device, signal, TE_11, method=method, noise=NoiseModel(sigma=sigma))
     assert cut.reason is not None and full.reason is not None
     not_converged = (cut.reason.numpy() & Failure.NOT_CONVERGED) > 0
     assert not (full.reason.numpy() & Failure.NOT_CONVERGED).any()
@@ -647,7 +711,9 @@ def test_failed_is_reason_nonzero_on_a_phantom(device: str, method: str) -> None
     if method == "complex":
         assert ph.phase is not None
         signal = np.where(np.isfinite(magnitude), magnitude * np.exp(1j * ph.phase), np.nan)
-    result = fit(device, signal, ph.echo_times, method=method, mask=mask, noise_sigma=ph.sigma)
+    result = fit(
+        device, signal, ph.echo_times, method=method, mask=mask, noise=NoiseModel(sigma=ph.sigma)
+    )
     assert result.reason is not None and result.reason.dtype == torch.uint8
     reason = result.reason.numpy()
     assert reason.shape == ph.mask.shape
@@ -665,10 +731,16 @@ def test_chunk_workers_give_the_same_maps(method: str) -> None:
     another, with a mask and a partial last chunk; torch's thread count is restored."""
     phantom = make_phantom((23, 19, 7), seed=4)
     sigma = phantom.sigma if method == "nlls" else None
-    kwargs = dict(mask=phantom.mask, noise_sigma=sigma, chunk_size=97)
-    serial = fit_t2star(phantom.magnitude, phantom.echo_times, method=method, workers=1, **kwargs)
+    noise = NoiseModel(sigma)
+    serial = fit_t2star(
+        phantom.magnitude, phantom.echo_times, method=method, mask=phantom.mask, noise=noise,
+        compute=Compute(chunk_size=97, workers=1),
+    )  # fmt: skip
     threads = torch.get_num_threads()
-    parallel = fit_t2star(phantom.magnitude, phantom.echo_times, method=method, workers=3, **kwargs)
+    parallel = fit_t2star(
+        phantom.magnitude, phantom.echo_times, method=method, mask=phantom.mask, noise=noise,
+        compute=Compute(chunk_size=97, workers=3),
+    )  # fmt: skip
     assert torch.get_num_threads() == threads
     for key, value in tensors(serial).items():
         assert torch.equal(value, tensors(parallel)[key]), key
@@ -676,4 +748,4 @@ def test_chunk_workers_give_the_same_maps(method: str) -> None:
 
 def test_workers_must_be_positive() -> None:
     with pytest.raises(ValueError, match="workers must be at least 1"):
-        fit_t2star(np.ones((2, 3)), [0.01, 0.02, 0.03], workers=0)
+        fit_t2star(np.ones((2, 3)), [0.01, 0.02, 0.03], compute=Compute(workers=0))

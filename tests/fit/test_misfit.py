@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from t2starmap.fit import Failure, fit_complex, fit_t2star
+from t2starmap.fit import Failure, NoiseModel, fit_complex, fit_t2star
 from t2starmap.fit.result import misfit_limit
-from t2starmap.simulate_failures import decays
+from t2starmap.sim.failures import decays
 
 TE = np.linspace(0.002, 0.027, 12)
 N = 3000
@@ -17,9 +17,9 @@ N = 3000
 def misfit_share(kind: str, method: str = "nlls") -> float:
     signal, magnitude, _ = decays(kind, N, TE, seed=1)
     if method == "complex":
-        result = fit_complex(signal.astype(np.complex64), TE, noise_sigma=5.0)
+        result = fit_complex(signal.astype(np.complex64), TE, noise=NoiseModel(sigma=5.0))
     else:
-        result = fit_t2star(magnitude, TE, method=method, noise_sigma=5.0)
+        result = fit_t2star(magnitude, TE, method=method, noise=NoiseModel(sigma=5.0))
     return float(((result.reason.numpy() & Failure.MISFIT) > 0).mean())
 
 
@@ -38,25 +38,27 @@ def test_standard_errors_stay_calibrated_on_mono_exponential_voxels() -> None:
     """Inflating the SE by sqrt(chisq) where it exceeds 1 keeps the z-scores of good voxels at
     SD 0.9-1.1; on misfit voxels the SE grows with the misfit."""
     _, magnitude, t2 = decays("mono", N, TE, seed=2)
-    result = fit_t2star(magnitude, TE, noise_sigma=5.0)
+    result = fit_t2star(magnitude, TE, noise=NoiseModel(sigma=5.0))
     z = (result.r2star.numpy() - 1.0 / t2) / result.r2star_se.numpy()
     assert 0.9 <= z.std() <= 1.1, z.std()
     _, fat, _ = decays("fat", N, TE, seed=2)
-    misfit = fit_t2star(fat, TE, noise_sigma=5.0)
+    misfit = fit_t2star(fat, TE, noise=NoiseModel(sigma=5.0))
     assert np.median(misfit.chisq.numpy()) > 10.0
-    plain = fit_t2star(fat, TE, noise_sigma=5.0)
+    plain = fit_t2star(fat, TE, noise=NoiseModel(sigma=5.0))
     assert np.all(misfit.r2star_se.numpy() >= plain.r2star_se.numpy() * 0.999)
 
 
 def test_chisq_is_about_one_where_the_model_holds_and_zero_where_untested() -> None:
     _, magnitude, _ = decays("mono", N, TE, seed=3)
-    result = fit_t2star(magnitude, TE, method="nlls-gaussian", noise_sigma=5.0)
+    result = fit_t2star(magnitude, TE, method="nlls-gaussian", noise=NoiseModel(sigma=5.0))
     assert 0.9 <= float(np.median(result.chisq.numpy())) <= 1.05
     untested = fit_t2star(magnitude, TE, method="nlls-gaussian")  # no noise level
     assert not untested.chisq.any() and not (untested.reason.numpy() & Failure.MISFIT).any()
-    closed = fit_t2star(magnitude, TE, method="wls", noise_sigma=5.0)  # does not minimise it
+    closed = fit_t2star(
+        magnitude, TE, method="wls", noise=NoiseModel(sigma=5.0)
+    )  # does not minimise it
     assert not closed.chisq.any()
-    two = fit_t2star(magnitude[:, :2], TE[:2], noise_sigma=5.0)  # no degree of freedom
+    two = fit_t2star(magnitude[:, :2], TE[:2], noise=NoiseModel(sigma=5.0))  # no degree of freedom
     assert not two.chisq.any()
 
 
@@ -76,6 +78,6 @@ def test_the_false_alarm_rate_is_one_in_a_thousand_at_every_echo_count(
     lookup flags every voxel of a 3-echo set (issue 27)."""
     te = np.linspace(0.002, 0.027, n_echoes)
     _, magnitude, _ = decays("mono", 20_000, te, seed=11)
-    result = fit_t2star(magnitude, te, method=method, noise_sigma=5.0)
+    result = fit_t2star(magnitude, te, method=method, noise=NoiseModel(sigma=5.0))
     rate = float(((result.reason.numpy() & Failure.MISFIT) > 0).mean())
     assert 0.0003 <= rate <= 0.003, rate

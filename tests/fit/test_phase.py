@@ -8,10 +8,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from t2starmap.fit import fit_complex, frequency_limit
+from t2starmap.fit import NoiseModel, fit_complex, frequency_limit
 from t2starmap.fit.phase import BIPOLAR, COHERENT, INCOHERENT, analyse_phase
-from t2starmap.simulate import SlicePhantom, make_slice_phantom
-from t2starmap.simulate_failures import bipolar, incoherent_phase, spatial_offset
+from t2starmap.sim.failures import bipolar, incoherent_phase, spatial_offset
+from t2starmap.sim.slices import SlicePhantom, make_slice_phantom
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_bipolar_read_out_detected_and_its_field_from_same_parity_echoes(
     field = found.field_map()
     assert field is not None and "same-parity" in field.method
     assert field.wrap_period_hz == pytest.approx(frequency_limit(te))  # 1 / (2 dTE)
-    odd_even = fit_complex(signal, te, noise_sigma=phantom.sigma, bipolar=True)
+    odd_even = fit_complex(signal, te, bipolar=True, noise=NoiseModel(sigma=phantom.sigma))
     assert odd_even.frequency is not None
     error = wrapped(field.frequency_hz - odd_even.frequency.numpy(), field.wrap_period_hz)
     assert np.median(np.abs(error[~field.untrusted])) <= 2.0
@@ -84,8 +84,8 @@ def test_the_bipolar_complex_model_fits_a_bipolar_train(phantom: SlicePhantom) -
     signal = bipolar(complex_of(phantom), 1.0).astype(np.complex64)
     te, sigma = phantom.echo_times, phantom.sigma
     flat = phantom.field_change_hz == 0.0  # no through-slice dephasing: a clean decay
-    mono = fit_complex(signal, te, noise_sigma=sigma)
-    odd_even = fit_complex(signal, te, noise_sigma=sigma, bipolar=True)
+    mono = fit_complex(signal, te, noise=NoiseModel(sigma=sigma))
+    odd_even = fit_complex(signal, te, bipolar=True, noise=NoiseModel(sigma=sigma))
     assert np.mean(mono.failed.numpy()[flat]) > 0.9
     assert np.mean(odd_even.failed.numpy()[flat]) < 0.05
     error = np.abs(odd_even.r2star.numpy() / phantom.r2star - 1.0)[flat]

@@ -11,11 +11,19 @@ import torch
 
 import t2starmap.fit.complex as complex_module
 import t2starmap.fit.magnitude as magnitude_module
-from t2starmap import b0
-from t2starmap.fit import FitResult, fit_complex, fit_corrected, fit_t2star, solver
+from t2starmap.fit import (
+    Compute,
+    FitResult,
+    NoiseModel,
+    fit_complex,
+    fit_corrected,
+    fit_t2star,
+    solver,
+)
 from t2starmap.fit.models import Complex, Exponential
 from t2starmap.fit.solver import Layout, levenberg_marquardt
-from t2starmap.simulate import add_rician_noise, decay
+from t2starmap.sim.phantoms import add_rician_noise, decay
+from tests.support.factors import rect_factor
 
 TE = np.linspace(0.002, 0.040, 11)
 
@@ -138,7 +146,7 @@ def _cases() -> dict[str, tuple[object, ...]]:
     phase = rng.uniform(-np.pi, np.pi, (n, 1)) + 2 * np.pi * rng.uniform(-50, 50, (n, 1)) * TE
     noise = rng.standard_normal(clean.shape) + 1j * rng.standard_normal(clean.shape)
     signal = (clean * np.exp(1j * phase) + 20.0 * noise).astype(np.complex64)
-    factor = b0.sinc_factor(rng.uniform(0, 8, n), 3.0, TE)
+    factor = rect_factor(rng.uniform(0, 8, n), 3.0, TE)
     dephased, _ = add_rician_noise(clean * factor, 20.0, rng)
     return {"magnitude": magnitude, "complex": signal, "dephased": dephased, "factor": factor}
 
@@ -146,11 +154,19 @@ def _cases() -> dict[str, tuple[object, ...]]:
 def _fits(data: dict[str, np.ndarray], dtype: torch.dtype) -> dict[str, FitResult]:
     m = data["magnitude"]
     return {
-        "gaussian": fit_t2star(m, TE, method="nlls-gaussian", dtype=dtype),
-        "noise-aware": fit_t2star(m, TE, noise_sigma=20.0, dtype=dtype),
-        "complex": fit_complex(data["complex"], TE, noise_sigma=20.0, dtype=dtype),
+        "gaussian": fit_t2star(m, TE, method="nlls-gaussian", compute=Compute(dtype=dtype)),
+        "noise-aware": fit_t2star(
+            m, TE, noise=NoiseModel(sigma=20.0), compute=Compute(dtype=dtype)
+        ),
+        "complex": fit_complex(
+            data["complex"], TE, noise=NoiseModel(sigma=20.0), compute=Compute(dtype=dtype)
+        ),
         "corrected": fit_corrected(
-            data["dephased"], TE, data["factor"], noise_sigma=20.0, noise_aware=True, dtype=dtype
+            data["dephased"],
+            TE,
+            data["factor"],
+            noise=NoiseModel(sigma=20.0, floor=True),
+            compute=Compute(dtype=dtype),
         ).result,
     }
 
@@ -182,9 +198,16 @@ def test_a_voxel_stops_on_its_own(reference: dict[str, FitResult]) -> None:
     """Each voxel stops when its own step is small: fitting one voxel alone or among others
     gives the same numbers (the gathering of voxels still iterating changes nothing)."""
     data = _cases()
-    whole = fit_t2star(data["magnitude"], TE, noise_sigma=20.0, workers=1)
+    whole = fit_t2star(
+        data["magnitude"], TE, noise=NoiseModel(sigma=20.0), compute=Compute(workers=1)
+    )
     for k in (0, 17, 803):
-        alone = fit_t2star(data["magnitude"][k : k + 1], TE, noise_sigma=20.0, workers=1)
+        alone = fit_t2star(
+            data["magnitude"][k : k + 1],
+            TE,
+            noise=NoiseModel(sigma=20.0),
+            compute=Compute(workers=1),
+        )
         torch.testing.assert_close(alone.r2star[0], whole.r2star[k], rtol=1e-5, atol=0)
 
 

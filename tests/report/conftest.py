@@ -14,7 +14,7 @@ from tests.support.files import EXAMPLE
 def demo_output(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The bundled example run as two participant runs into one folder, then the group level:
     the merged-runs case, through the command line entry point."""
-    from t2starmap.cli import main
+    from t2starmap.cli.run import main
 
     root = tmp_path_factory.mktemp("demo")
     bids = root / "bids"

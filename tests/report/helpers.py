@@ -11,14 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
-from t2starmap import derivatives
-from t2starmap.atomic import write_json, write_text
-from t2starmap.conventions import sidecar_path
-from t2starmap.derivatives import PublishedSet, Source
-from t2starmap.layout import Echo, build_echo_set
-from t2starmap.nifti import Geometry, save_map
-from t2starmap.simulate import EXAMPLE_ECHO_TIMES, make_phantom, truth_maps, write_megre
-from t2starmap.summary import set_statistics
+from t2starmap.bids import outputs as derivatives
+from t2starmap.bids.atomic import write_json, write_text
+from t2starmap.bids.conventions import sidecar_path
+from t2starmap.bids.layout import Echo, build_echo_set
+from t2starmap.bids.nifti import Geometry, save_map
+from t2starmap.bids.outputs import PublishedSet, Source
+from t2starmap.bids.summary import set_statistics
+from t2starmap.sim.phantoms import EXAMPLE_ECHO_TIMES, make_phantom, truth_maps, write_megre
 
 FIT_INFO = {
     "EstimationAlgorithm": "simulated truth",

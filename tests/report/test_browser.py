@@ -150,7 +150,7 @@ def test_the_checks_catch_a_leaky_page(tmp_path: Path) -> None:
 def real_pages(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The GE coronal kidney slab (real/imaginary parts: complex fit) and the Siemens XA30
     2-echo set, converted from the shared DICOM and run with --fit-method auto."""
-    from t2starmap.cli import main
+    from t2starmap.cli.run import main
     from tests.support.files import SHARED_DATA
 
     root = tmp_path_factory.mktemp("real")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from t2starmap.cli import main
+from t2starmap.cli.run import main
 from tests.report.helpers import assert_self_contained
 
 PARTICIPANT_PAGES = ("sub-01.html", "sub-02_ses-1.html", "sub-02_ses-2.html")

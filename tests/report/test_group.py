@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from t2starmap.bids.summary import GROUP_COLUMNS, GroupTable
 from t2starmap.report import figures, group
-from t2starmap.summary import GROUP_COLUMNS, GroupTable
 from tests.report.helpers import assert_self_contained, parse
 
 
@@ -179,8 +179,8 @@ def test_the_box_plot_axis_starts_at_zero() -> None:
 
 
 def test_failed_sets_are_rows_of_the_table_and_a_table_of_the_page(tmp_path: Path) -> None:
-    from t2starmap.derivatives import SetFailure
-    from t2starmap.summary import group_table
+    from t2starmap.bids.outputs import SetFailure
+    from t2starmap.bids.summary import group_table
 
     from .helpers import synthetic_output
 

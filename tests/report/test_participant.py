@@ -171,7 +171,7 @@ def test_page_names() -> None:
 def test_maps_handed_over_give_the_page_that_reading_them_gives(tmp_path: Path) -> None:
     """The section drawn from the maps and echoes a run holds (in_memory_maps, echo_samples)
     is the one drawn from the published files and the raw echoes; the samples are used."""
-    from t2starmap.nifti import read_volume
+    from t2starmap.bids.nifti import read_volume
 
     outcome = synthetic_output(tmp_path)
     out, bids = tmp_path / "out", tmp_path / "bids"
@@ -210,8 +210,8 @@ def test_the_first_echo_of_integer_echoes_is_sampled_as_float32(tmp_path: Path) 
 def test_a_page_lists_the_sets_that_failed(tmp_path: Path) -> None:
     """A failure record of the page's participant/session is listed with its reason and
     exit code, above the sections; one for another session is not."""
-    from t2starmap.atomic import write_text
-    from t2starmap.derivatives import SetFailure, failure_path
+    from t2starmap.bids.atomic import write_text
+    from t2starmap.bids.outputs import SetFailure, failure_path
 
     outcome = synthetic_output(tmp_path, subject="06", run="1")
     out = tmp_path / "out"

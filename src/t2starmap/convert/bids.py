@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from t2starmap import __version__
-from t2starmap.atomic import write_json, write_text
-from t2starmap.conventions import BIDS_VERSION, CODE_URL, LABEL_RE
-from t2starmap.fit.limits import echo_time_seconds
+from t2starmap.bids.atomic import write_json, write_text
+from t2starmap.bids.conventions import BIDS_VERSION, CODE_URL, LABEL_RE
+from t2starmap.bids.echo_times import echo_time_seconds
 
 # Sidecar keys that identify a person, a place or a date (dcm2niix's ``-ba y`` already drops
 # the patient's name, ID and birth date; these go as well).
@@ -103,7 +103,7 @@ def clean_sidecar(meta: Mapping[str, Any], *, part: str) -> dict[str, Any]:
     """The dcm2niix sidecar without identifying fields, EchoTime a number in s, phase Units.
 
     Raises ValueError when EchoTime is missing or breaks
-    :func:`t2starmap.fit.limits.echo_time_seconds` (not a positive number of seconds).
+    :func:`t2starmap.bids.echo_times.echo_time_seconds` (not a positive number of seconds).
     """
     out = {k: v for k, v in meta.items() if k not in _PHI_KEYS and not _PHI_KEY_PATTERN.search(k)}
     if "EchoTime" not in out:

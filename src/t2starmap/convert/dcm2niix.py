@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from t2starmap.conventions import sidecar_path
+from t2starmap.bids.conventions import sidecar_path
 from t2starmap.errors import BadDataError
 
 log = logging.getLogger("t2starmap.convert")

@@ -20,8 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from t2starmap.atomic import write_json
-from t2starmap.conventions import sidecar_path
+from t2starmap.bids.atomic import write_json
+from t2starmap.bids.conventions import sidecar_path
+from t2starmap.bids.echo_times import echo_time_seconds
+from t2starmap.bids.nifti import header_geometry, read_volume, save_like
 from t2starmap.convert import bids
 from t2starmap.convert.dcm2niix import Output, run_dcm2niix
 from t2starmap.convert.scan import scan_dicom_dir
@@ -39,8 +41,6 @@ from t2starmap.errors import (
     OutputError,
     UsageError,
 )
-from t2starmap.fit.limits import echo_time_seconds
-from t2starmap.nifti import header_geometry, read_volume, save_like
 
 log = logging.getLogger("t2starmap.convert")
 

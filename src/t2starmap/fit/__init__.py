@@ -11,7 +11,8 @@ Rooms, one concern each (``docs/architecture.md`` has the picture):
 * :mod:`~t2starmap.fit.starts`: closed-form fits and starting points;
 * :mod:`~t2starmap.fit.result`: :class:`FitResult` and the one derivation of the maps;
 * :mod:`~t2starmap.fit.dispatch`: device, chunks and chunk workers;
-* :mod:`~t2starmap.fit.magnitude`, :mod:`~t2starmap.fit.complex`: the entry points.
+* :mod:`~t2starmap.fit.magnitude`, :mod:`~t2starmap.fit.complex`,
+  :mod:`~t2starmap.fit.corrected`: the entry points.
 
 Importing this package loads no torch; the names below that need it load it on first use
 (so the command line, the layout and the pages can read the torch-free rooms).
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from t2starmap.errors import EchoSpacingError
 from t2starmap.fit.limits import (
     DEFAULT_METHOD,
     MAGNITUDE_METHODS,
@@ -29,20 +31,18 @@ from t2starmap.fit.limits import (
     SPACING_RTOL,
     T2STAR_MAX,
     T2STAR_MIN,
+    Method,
+    NoiseModel,
+    NoiseName,
     check_echo_times,
 )
 from t2starmap.fit.status import Failure
 
 if TYPE_CHECKING:
     from t2starmap.fit.complex import fit_complex, frequency_limit
-    from t2starmap.fit.dispatch import resolve_device
-    from t2starmap.fit.magnitude import (
-        CorrectedFit,
-        EchoSpacingError,
-        check_even_spacing,
-        fit_corrected,
-        fit_t2star,
-    )
+    from t2starmap.fit.corrected import CorrectedFit, fit_corrected
+    from t2starmap.fit.dispatch import Compute, resolve_device
+    from t2starmap.fit.magnitude import check_even_spacing, fit_t2star
     from t2starmap.fit.result import FitResult
 
 __all__ = [
@@ -53,10 +53,14 @@ __all__ = [
     "SPACING_RTOL",
     "T2STAR_MAX",
     "T2STAR_MIN",
+    "Compute",
     "CorrectedFit",
     "EchoSpacingError",
     "Failure",
     "FitResult",
+    "Method",
+    "NoiseModel",
+    "NoiseName",
     "check_echo_times",
     "check_even_spacing",
     "fit_complex",
@@ -71,10 +75,10 @@ _LAZY = {
     "fit_complex": "complex",
     "frequency_limit": "complex",
     "resolve_device": "dispatch",
-    "CorrectedFit": "magnitude",
-    "EchoSpacingError": "magnitude",
+    "Compute": "dispatch",
+    "CorrectedFit": "corrected",
     "check_even_spacing": "magnitude",
-    "fit_corrected": "magnitude",
+    "fit_corrected": "corrected",
     "fit_t2star": "magnitude",
     "FitResult": "result",
 }

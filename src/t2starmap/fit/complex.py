@@ -42,6 +42,8 @@ import numpy as np
 import torch
 
 from t2starmap.fit import dispatch, starts
+from t2starmap.fit.dispatch import Compute
+from t2starmap.fit.limits import NoiseModel, check_echo_times
 from t2starmap.fit.models import R2_MAX, Complex
 from t2starmap.fit.result import (
     MAPS,
@@ -75,7 +77,7 @@ _PHASE_MAPS = ("frequency", "phase0", "frequency_se", "phase0_se")
 def frequency_limit(echo_times: Sequence[float] | np.ndarray, bipolar: bool = False) -> float:
     """The largest |f| in Hz the echo sampling resolves, 1 / (2 dTE_min); half that for a
     bipolar train, whose frequency comes from echoes of the same parity."""
-    te = np.sort(dispatch.check_echo_times(np.array(echo_times, dtype=np.float64)))
+    te = np.sort(check_echo_times(np.array(echo_times, dtype=np.float64)))
     return float(0.5 / np.diff(te).min()) / (2.0 if bipolar else 1.0)
 
 
@@ -84,11 +86,8 @@ def fit_complex(
     echo_times: Sequence[float] | np.ndarray | torch.Tensor,
     *,
     mask: np.ndarray | torch.Tensor | None = None,
-    device: str | torch.device | None = None,
-    noise_sigma: float | None = None,
-    dtype: torch.dtype = torch.float32,
-    chunk_size: int | None = None,
-    workers: int | None = None,
+    noise: NoiseModel = NoiseModel(),
+    compute: Compute = Compute(),
     bipolar: bool = False,
 ) -> FitResult:
     """Fit S0, R2*, f and phi0 in every voxel of a complex ``signal`` (..., n_echoes); with
@@ -96,15 +95,20 @@ def fit_complex(
     known modulo 1 / (2 dTE) only: ``frequency_limit(te, bipolar=True)``).
 
     ``echo_times``: (n_echoes,) distinct, in seconds, any order (sorted here). ``mask``: (...)
-    bool, voxels to fit (default all). ``noise_sigma``: the noise SD of each real/imaginary
-    channel in signal units (sets the standard errors and the phase check). ``dtype``: the real
-    compute precision (float32 default, float64 for reference computations). ``workers``: as
-    for :func:`t2starmap.fit.fit_t2star`. Raises ValueError for a real-valued signal, repeated
-    echo times or mismatched shapes. The result's ``method`` is "complex".
+    bool, voxels to fit (default all). ``noise``: its ``sigma``, the noise SD of each
+    real/imaginary channel in signal units, sets the standard errors and the phase check
+    (complex data have no noise floor and no coil count: ``coils`` must be 1). ``compute``: as
+    for :func:`t2starmap.fit.fit_t2star` (``dtype`` the real compute precision). Raises
+    ValueError for a real-valued signal, a coil count, repeated echo times or mismatched
+    shapes. The result's ``method`` is "complex".
     """
-    dispatch.check_noise_sigma(noise_sigma)
-    how = dispatch.plan(device, dtype, chunk_size, workers, (DEFAULT_CHUNK, DEFAULT_CUDA_CHUNK))
-    te_np = dispatch.check_echo_times(echo_times)
+    if noise.coils != 1.0:
+        raise ValueError(
+            f"the complex fit takes the complex signal, which has no coil count: got {noise.coils}"
+        )
+    noise_sigma = noise.sigma
+    how = dispatch.plan(compute, (DEFAULT_CHUNK, DEFAULT_CUDA_CHUNK))
+    te_np = check_echo_times(echo_times)
     if np.unique(te_np).size != te_np.size:
         raise ValueError(f"the complex fit needs distinct echo times, got {te_np.tolist()}")
     if not torch.as_tensor(signal).is_complex():
@@ -114,7 +118,7 @@ def fit_complex(
         )
     vox = dispatch.voxels([signal], te_np.size, mask)
     order = [int(k) for k in np.argsort(te_np, kind="stable")]
-    te = torch.as_tensor(te_np[order], dtype=dtype, device=how.device)[:, None]
+    te = torch.as_tensor(te_np[order], dtype=how.dtype, device=how.device)[:, None]
     kernel = partial(
         _kernel, te=te, order=order, sigma=noise_sigma, bipolar=bipolar,
         thresholds=phase_thresholds(te_np.size, 3 if bipolar else 2),

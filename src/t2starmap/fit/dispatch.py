@@ -24,8 +24,6 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from t2starmap.fit.limits import check_echo_times as _check_echo_times
-
 _T = TypeVar("_T")
 
 
@@ -48,12 +46,18 @@ def default_workers() -> int:
     return available_cpus(os.environ)[0]
 
 
-def check_echo_times(echo_times: Sequence[float] | np.ndarray | torch.Tensor) -> np.ndarray:
-    """Echo times as float64 seconds (n_echoes,): :func:`t2starmap.fit.limits.check_echo_times`,
-    which also takes tensors here. Raises ValueError."""
-    if isinstance(echo_times, torch.Tensor):
-        echo_times = echo_times.detach().cpu().numpy()
-    return _check_echo_times(echo_times)
+@dataclass(frozen=True)
+class Compute:
+    """Where and how a fit runs, in one object; the maps do not depend on it (beyond the
+    device's rounding). ``device``: see :func:`resolve_device`; ``dtype``: the compute
+    precision (float32, or float64 for reference computations); ``chunk_size``: voxels per
+    chunk (None: the fit's default for the device); ``workers``: chunks fitted at once on the
+    CPU, each in a thread with one torch thread (None: :func:`default_workers`)."""
+
+    device: str | torch.device | None = None
+    dtype: torch.dtype = torch.float32
+    chunk_size: int | None = None
+    workers: int | None = None
 
 
 @dataclass(frozen=True)
@@ -66,23 +70,18 @@ class Plan:
     workers: int
 
 
-def plan(
-    device: str | torch.device | None,
-    dtype: torch.dtype,
-    chunk_size: int | None,
-    workers: int | None,
-    defaults: tuple[int, int],
-) -> Plan:
-    """Check the arguments every fit shares and settle them: ``chunk_size`` None is the fit's
+def plan(compute: Compute, defaults: tuple[int, int]) -> Plan:
+    """Check what every fit shares and settle it: ``chunk_size`` None is the fit's
     ``defaults`` (CPU, CUDA) for the device; ``workers`` None is :func:`default_workers` on the
     CPU (a GPU runs one chunk at a time). Raises ValueError."""
+    dtype, chunk_size, workers = compute.dtype, compute.chunk_size, compute.workers
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
     if chunk_size is not None and chunk_size < 1:
         raise ValueError("chunk_size must be positive")
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers!r}")
-    dev = resolve_device(device)
+    dev = resolve_device(compute.device)
     if chunk_size is None:
         chunk_size = defaults[1] if dev.type == "cuda" else defaults[0]
     if dev.type != "cpu":
@@ -90,11 +89,6 @@ def plan(
     elif workers is None:
         workers = default_workers()
     return Plan(dev, dtype, chunk_size, workers)
-
-
-def check_noise_sigma(noise_sigma: float | None) -> None:
-    if noise_sigma is not None and not (np.isfinite(noise_sigma) and noise_sigma > 0):
-        raise ValueError(f"noise sigma must be a positive number, got {noise_sigma!r}")
 
 
 @dataclass(frozen=True)

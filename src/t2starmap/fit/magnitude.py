@@ -22,8 +22,9 @@ Methods (``method=``):
                    evenly spaced echoes; S0 by least squares given R2*. Unevenly spaced echoes
                    raise :class:`EchoSpacingError`.
 
-:func:`fit_corrected` fits S0 exp(-TE R2*) |F(TE)| with |F| known per voxel and echo (the
-through-slice dephasing, :mod:`t2starmap.b0`), with the same noise models.
+:func:`t2starmap.fit.corrected.fit_corrected` fits S0 exp(-TE R2*) |F(TE)| with |F| known per
+voxel and echo (the through-slice dephasing, :mod:`t2starmap.b0.correction`), with the same
+noise models and kernels.
 
 Goodness of fit (``FitResult.chisq``, ``Failure.MISFIT``): the Levenberg-Marquardt fits
 minimise the cost they are tested on, so its chi-square follows the null distribution where
@@ -49,8 +50,17 @@ from functools import partial
 import numpy as np
 import torch
 
+from t2starmap.errors import EchoSpacingError
 from t2starmap.fit import dispatch, starts
-from t2starmap.fit.limits import DEFAULT_METHOD, METHODS, SPACING_RTOL
+from t2starmap.fit.dispatch import Compute
+from t2starmap.fit.limits import (
+    DEFAULT_METHOD,
+    METHODS,
+    SPACING_RTOL,
+    Method,
+    NoiseModel,
+    check_echo_times,
+)
 from t2starmap.fit.models import Exponential
 from t2starmap.fit.result import (
     MAPS,
@@ -62,7 +72,7 @@ from t2starmap.fit.result import (
     noise_variance,
     reported_rate,
 )
-from t2starmap.fit.solver import Solution, gt, levenberg_marquardt, lt, tiny
+from t2starmap.fit.solver import Solution, gt, levenberg_marquardt, tiny
 
 #: Voxels per chunk on the CPU: big enough that per-operation overhead stays small, small
 #: enough that a chunk's few echo-by-voxel temporaries stay in the CPU caches. Chosen with
@@ -77,10 +87,6 @@ DEFAULT_CUDA_CHUNK = 1 << 22
 #: the mask was unconverged after 10 steps (their R2* up to 20 % off at the 99th percentile),
 #: 1.6 % after 20, for 1.45x the fit's time there.
 MAX_ITER = 20
-
-
-class EchoSpacingError(ValueError):
-    """A method that needs evenly spaced echoes (ARLO) was given unevenly spaced ones."""
 
 
 def check_even_spacing(sorted_te: np.ndarray) -> float:
@@ -114,47 +120,27 @@ class Echoes:
     distinct: bool
 
 
-@dataclass(frozen=True)
-class Noise:
-    """The noise model of a magnitude fit: ``sigma`` per channel (None: unknown; the Gaussian
-    fit then, standard errors from the residuals) and the effective coil count L."""
-
-    sigma: float | None
-    coils: float = 1.0
-
-    @property
-    def model(self) -> str:
-        if self.sigma is None:
-            return "gaussian"
-        return "rician" if self.coils == 1.0 else "noncentral-chi"
-
-
 def fit_t2star(
     signal: np.ndarray | torch.Tensor,
     echo_times: Sequence[float] | np.ndarray | torch.Tensor,
     *,
-    method: str = DEFAULT_METHOD,
+    method: Method = DEFAULT_METHOD,
     mask: np.ndarray | torch.Tensor | None = None,
-    device: str | torch.device | None = None,
-    noise_sigma: float | None = None,
-    dtype: torch.dtype = torch.float32,
-    chunk_size: int | None = None,
-    noise_coils: float = 1.0,
-    workers: int | None = None,
+    noise: NoiseModel = NoiseModel(),
+    compute: Compute = Compute(),
+    bipolar: bool = False,
 ) -> FitResult:
     """Fit S0 and R2* in every voxel of ``signal`` (shape (..., n_echoes), echoes LAST).
 
     ``echo_times``: (n_echoes,) in seconds, any order (sorted here). ``mask``: (...) bool,
-    voxels to fit; default all. ``device``: see :func:`~t2starmap.fit.dispatch.resolve_device`.
-    ``noise_sigma``: the noise standard deviation of each real/imaginary channel, in signal
-    units; it makes the default fit noise-aware and sets the standard errors. ``dtype``:
-    compute precision (float32 default; float64 for reference computations). ``chunk_size``:
-    voxels per chunk (default ``DEFAULT_CHUNK`` on the CPU, ``DEFAULT_CUDA_CHUNK`` on a GPU).
-    ``noise_coils``: the effective number L >= 1 of coils of a root-sum-of-squares magnitude
-    (1 for Rician data), used by the noise-aware fit. ``workers``: chunks fitted at once on
-    the CPU, each in a thread of its own with one torch thread (default: the CPUs this
-    process may use; see :mod:`t2starmap.fit.dispatch`); the maps do not depend on it.
-    ``method="complex"`` takes a complex signal (:func:`t2starmap.fit.complex.fit_complex`).
+    voxels to fit; default all. ``noise``: what is known of the noise
+    (:class:`~t2starmap.fit.limits.NoiseModel`): with its ``sigma`` the default fit is
+    noise-aware (Rician, or noncentral chi for ``coils`` > 1) and the standard errors come
+    from sigma; without, Gaussian and from the residuals. ``compute``: device, precision,
+    chunk size and CPU workers (:class:`~t2starmap.fit.dispatch.Compute`); the maps do not
+    depend on it. ``method="complex"`` takes a complex signal
+    (:func:`t2starmap.fit.complex.fit_complex`, with ``bipolar`` for a bipolar read-out);
+    ``bipolar`` with a magnitude method is an error.
 
     Input validity is judged per voxel, here and not by the caller: a voxel with any NaN, inf
     or negative sample, or fewer than two positive ones, has ``failed`` True, ``reason``
@@ -163,29 +149,26 @@ def fit_t2star(
     """
     if method not in METHODS:
         raise ValueError(f"unknown fit method {method!r}; choose one of {', '.join(METHODS)}")
-    if not (np.isfinite(noise_coils) and noise_coils >= 1.0):
-        raise ValueError(f"noise coils must be a number >= 1, got {noise_coils!r}")
     if method == "complex":
         from t2starmap.fit.complex import fit_complex
 
         return fit_complex(
-            signal, echo_times, mask=mask, device=device, noise_sigma=noise_sigma, dtype=dtype,
-            chunk_size=chunk_size, workers=workers,
-        )  # fmt: skip
-    dispatch.check_noise_sigma(noise_sigma)
-    how = dispatch.plan(device, dtype, chunk_size, workers, (DEFAULT_CHUNK, DEFAULT_CUDA_CHUNK))
-    te_np = dispatch.check_echo_times(echo_times)
+            signal, echo_times, mask=mask, noise=noise, compute=compute, bipolar=bipolar
+        )
+    if bipolar:
+        raise ValueError(f"bipolar is a property of the complex fit, not of {method!r}")
+    how = dispatch.plan(compute, (DEFAULT_CHUNK, DEFAULT_CUDA_CHUNK))
+    te_np = check_echo_times(echo_times)
     order = np.argsort(te_np, kind="stable")
     if method == "arlo":
         check_even_spacing(te_np[order])
     vox = dispatch.voxels([signal], te_np.size, mask)
-    noise = Noise(noise_sigma, float(noise_coils) if noise_sigma is not None else 1.0)
-    if method == "nlls-gaussian" or (method == "nlls" and noise_sigma is None):
-        noise = Noise(noise_sigma)
+    if method == "nlls-gaussian" or (method == "nlls" and noise.name == "gaussian"):
+        noise = noise.gaussian()
         name = "gaussian"
     else:
         name = "rician" if method == "nlls" else method
-    echoes = _echoes(te_np, order, how)
+    echoes = echoes_on(te_np, order, how)
     kernel = partial(_KERNELS[name], echoes=echoes, noise=noise, order=[int(k) for k in order])
     maps, reason = dispatch.run_chunks(vox, kernel, MAPS, how)
     return FitResult(
@@ -194,14 +177,14 @@ def fit_t2star(
         reason=reason,
         method=method,
         device=str(how.device),
-        noise_sigma=noise_sigma,
-        noise_model=noise.model if name == "rician" else "gaussian",
+        noise_sigma=noise.sigma,
+        noise_model=noise.name if name == "rician" else "gaussian",
         noise_coils=noise.coils if name == "rician" else 1.0,
         solver_runs=1 if name in ("rician", "gaussian") else 0,
     )
 
 
-def _echoes(te_np: np.ndarray, order: np.ndarray, how: dispatch.Plan) -> Echoes:
+def echoes_on(te_np: np.ndarray, order: np.ndarray, how: dispatch.Plan) -> Echoes:
     return Echoes(
         te=torch.as_tensor(te_np[order], dtype=how.dtype, device=how.device)[:, None],
         distinct=bool(np.unique(te_np).size == te_np.size),
@@ -218,7 +201,7 @@ def echo_major(rows: torch.Tensor, order: Sequence[int]) -> torch.Tensor:
 # Each takes the chunk's rows (n, E), returns the maps (n,) and the Failure bits (n,), as
 # whole numbers in the compute dtype (see derive).
 
-_Maps = tuple[dict[str, torch.Tensor], torch.Tensor]
+Maps = tuple[dict[str, torch.Tensor], torch.Tensor]
 
 
 def prepare(
@@ -258,10 +241,10 @@ def _distinct_positive_echoes(positive: torch.Tensor, te: torch.Tensor) -> torch
 def _kernel_loglinear(
     rows: tuple[torch.Tensor, ...],
     echoes: Echoes,
-    noise: Noise,
+    noise: NoiseModel,
     order: Sequence[int],
     weights: Callable[[torch.Tensor], torch.Tensor],
-) -> _Maps:
+) -> Maps:
     yn, usable, scale = prepare(echo_major(rows[0], order), echoes, 0.0)
     w = weights(yn)
     s0n, r2 = starts.loglinear(yn, echoes.te, w)
@@ -281,7 +264,7 @@ def _loglinear_maps(
     usable: torch.Tensor,
     scale: torch.Tensor,
     sigma: float | None,
-) -> _Maps:
+) -> Maps:
     """Standard errors of a (weighted) straight-line fit of log S, then :func:`derive`.
 
     The sandwich covariance with Var(log S_k) = sigma^2 / A_k^2 (A_k the fitted signal):
@@ -323,8 +306,8 @@ def _chi2(
 
 
 def _kernel_arlo(
-    rows: tuple[torch.Tensor, ...], echoes: Echoes, noise: Noise, order: Sequence[int]
-) -> _Maps:
+    rows: tuple[torch.Tensor, ...], echoes: Echoes, noise: NoiseModel, order: Sequence[int]
+) -> Maps:
     """ARLO, echoes evenly spaced (checked); S0 by least squares given R2*; standard errors of
     the magnitude model at the reported rate, as for the Gaussian fit."""
     yn, usable, scale = prepare(echo_major(rows[0], order), echoes, 0.0)
@@ -346,20 +329,20 @@ def _kernel_arlo(
 
 
 def _kernel_gaussian(
-    rows: tuple[torch.Tensor, ...], echoes: Echoes, noise: Noise, order: Sequence[int]
-) -> _Maps:
+    rows: tuple[torch.Tensor, ...], echoes: Echoes, noise: NoiseModel, order: Sequence[int]
+) -> Maps:
     yn, usable, scale = prepare(echo_major(rows[0], order), echoes, 0.0)
     te = echoes.te
     s0n, r2 = starts.loglinear(yn, te, starts.signal_weights(yn))
     model = Exponential(te, factor=False, noise_aware=False, max_iter=MAX_ITER)
     fit = levenberg_marquardt(model, (yn.neg_(),), torch.stack([s0n, r2]))  # yn not needed after
-    return _gaussian_maps(fit, scale, usable, noise.sigma, yn.shape[0])
+    return gaussian_maps(fit, scale, usable, noise.sigma, yn.shape[0])
 
 
-def _gaussian_maps(
+def gaussian_maps(
     fit: Solution, scale: torch.Tensor, usable: torch.Tensor, sigma: float | None,
     n_echo: torch.Tensor | int,
-) -> _Maps:  # fmt: skip
+) -> Maps:  # fmt: skip
     """Maps of a Gaussian LM fit: standard errors var (J^T J)^-1 from what LM formed at the
     solution, var sigma^2 or the residual estimate with ``n_echo`` - 2 degrees of freedom
     (``n_echo``: the echoes fitted, per voxel where some were left out)."""
@@ -383,8 +366,8 @@ def _normal(fit: Solution) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 def _kernel_rician(
-    rows: tuple[torch.Tensor, ...], echoes: Echoes, noise: Noise, order: Sequence[int]
-) -> _Maps:
+    rows: tuple[torch.Tensor, ...], echoes: Echoes, noise: NoiseModel, order: Sequence[int]
+) -> Maps:
     """Noise-aware fit: IRLS of M^2 - 2 L sigma^2 against P exp(-2 TE R2*), P = S0^2."""
     assert noise.sigma is not None
     yn, usable, scale = prepare(echo_major(rows[0], order), echoes, noise.sigma)
@@ -394,13 +377,13 @@ def _kernel_rician(
     neg_z = torch.addcmul(2.0 * noise.coils * sn2, yn, yn, value=-1.0)
     model = Exponential(2.0 * te, factor=False, noise_aware=True, max_iter=MAX_ITER)
     fit = levenberg_marquardt(model, (neg_z, noise.coils * sn2), torch.stack([s0n * s0n, r2]))
-    return _rician_maps(fit, te, yn, None, scale, usable, sn2, noise.coils, yn.shape[0])
+    return rician_maps(fit, te, yn, None, scale, usable, sn2, noise.coils, yn.shape[0])
 
 
-def _rician_maps(
+def rician_maps(
     fit: Solution, te: torch.Tensor, yn: torch.Tensor, g: torch.Tensor | None, scale: torch.Tensor,
     usable: torch.Tensor, sn2: torch.Tensor, coils: float, n_echo: torch.Tensor | int,
-) -> _Maps:  # fmt: skip
+) -> Maps:  # fmt: skip
     """Maps of a noise-aware fit. Generalised least-squares covariance of (P, R2*) for
     Var(M^2) = 4 s^2 (A^2 + L s^2): LM's weights are 1 / (A^2 + L s^2), so it is 4 s^2 times
     the inverse of what LM formed there. RMSE of M against the magnitude the model predicts,
@@ -430,155 +413,10 @@ def _rician_maps(
     )
 
 
-_KERNELS: Mapping[str, Callable[..., _Maps]] = {
+_KERNELS: Mapping[str, Callable[..., Maps]] = {
     "loglin": partial(_kernel_loglinear, weights=_positive),
     "wls": partial(_kernel_loglinear, weights=starts.signal_weights),
     "gaussian": _kernel_gaussian,
     "rician": _kernel_rician,
     "arlo": _kernel_arlo,
 }
-
-
-# --- the through-slice corrected fit: the same models times a known factor ---------------------
-
-#: Echoes where |F(TE)| falls below this are left out of the corrected fit (see
-#: :data:`t2starmap.b0.FACTOR_THRESHOLD` for the choice).
-FACTOR_THRESHOLD = 0.3
-#: Fewest echoes the corrected fit keeps; below it the voxel is fitted without the factor.
-MIN_ECHOES = 2
-
-
-@dataclass(frozen=True)
-class CorrectedFit:
-    """:func:`fit_corrected`'s result. ``result``: the maps (``method`` "through-slice");
-    ``echoes_kept``: (...) int, echoes the fit used (0 outside the mask); ``too_few``: (...)
-    bool, fewer than ``MIN_ECHOES`` echoes had |F| >= the threshold, so the voxel was fitted
-    without the factor (its maps are the uncorrected model's)."""
-
-    result: FitResult
-    echoes_kept: torch.Tensor
-    too_few: torch.Tensor
-    threshold: float
-
-
-def fit_corrected(
-    magnitude: np.ndarray | torch.Tensor,
-    echo_times: Sequence[float] | np.ndarray | torch.Tensor,
-    factor: np.ndarray | torch.Tensor,
-    *,
-    mask: np.ndarray | torch.Tensor | None = None,
-    noise_sigma: float | None = None,
-    noise_coils: float = 1.0,
-    noise_aware: bool = False,
-    start: FitResult | None = None,
-    device: str | torch.device | None = None,
-    dtype: torch.dtype = torch.float32,
-    chunk_size: int | None = None,
-    workers: int | None = None,
-    threshold: float = FACTOR_THRESHOLD,
-) -> CorrectedFit:
-    """Fit S(TE) = S0 exp(-TE R2*) |F(TE)| in every voxel, F known (``factor``).
-
-    ``magnitude``: (..., n_echoes); ``factor``: the same shape, F (signed; |F| is used) or |F|;
-    ``echo_times``: (n_echoes,) s. Echoes with |F| < ``threshold`` are left out; a voxel left
-    with fewer than ``MIN_ECHOES`` is fitted with F = 1 on all echoes and flagged ``too_few``.
-    ``noise_aware`` (needs ``noise_sigma``): the noise-aware model of :func:`fit_t2star`'s
-    ``nlls`` with |F|^2 on S0^2 exp(-2 TE R2*); else Gaussian least squares. ``start``: a fit
-    of the same voxels without the factor; LM starts from it, or from the log-linear fit of
-    M / |F| (weights M^2, kept echoes) where that is closer (lower cost). Standard errors and
-    flags as in :func:`fit_t2star` (residual variance over the kept echoes - 2 without a
-    noise level).
-    """
-    if not (0.0 <= threshold < 1.0):
-        raise ValueError(f"the |F| threshold must be in [0, 1), got {threshold}")
-    if noise_aware and noise_sigma is None:
-        raise ValueError("the noise-aware corrected fit needs a noise sigma")
-    dispatch.check_noise_sigma(noise_sigma)
-    how = dispatch.plan(device, dtype, chunk_size, workers, (DEFAULT_CHUNK, DEFAULT_CUDA_CHUNK))
-    te_np = dispatch.check_echo_times(echo_times)
-    order = np.argsort(te_np, kind="stable")
-    signals: list[np.ndarray | torch.Tensor] = [magnitude, torch.as_tensor(factor).abs()]
-    if start is not None:
-        signals.append(torch.stack([start.s0.cpu(), start.r2star.cpu()], -1))
-    vox = dispatch.voxels(signals, te_np.size, mask)
-    noise = Noise(noise_sigma, float(noise_coils) if noise_aware else 1.0)
-    kernel = partial(
-        _kernel_corrected, echoes=_echoes(te_np, order, how), noise=noise,
-        order=[int(k) for k in order], noise_aware=noise_aware, threshold=threshold,
-    )  # fmt: skip
-    maps, reason = dispatch.run_chunks(vox, kernel, (*MAPS, "kept", "too_few"), how)
-    result = FitResult(
-        **{k: maps[k] for k in MAPS},
-        failed=reason != 0,
-        reason=reason,
-        method="through-slice",
-        device=str(how.device),
-        noise_sigma=noise_sigma,
-        noise_model=noise.model if noise_aware else "gaussian",
-        noise_coils=noise.coils,
-        solver_runs=1,
-    )
-    kept = maps["kept"].round().to(torch.int64)
-    return CorrectedFit(result, kept, maps["too_few"] > 0.5, threshold)
-
-
-def _kernel_corrected(
-    rows: tuple[torch.Tensor, ...],
-    echoes: Echoes,
-    noise: Noise,
-    order: Sequence[int],
-    noise_aware: bool,
-    threshold: float,
-) -> _Maps:
-    """One chunk: rows (magnitude (n, E), |F| (n, E)[, start (n, 2): S0, R2*])."""
-    te = echoes.te
-    yn, usable, scale = prepare(echo_major(rows[0], order), echoes, noise.sigma or 0.0)
-    f = echo_major(rows[1], order).nan_to_num_(nan=0.0).clamp_(0.0, 1.0)
-    keep = torch.ge(f, threshold, out=torch.empty_like(f))
-    few = lt(keep.sum(0), MIN_ECHOES - 0.5)
-    f = torch.lerp(f, torch.ones_like(f), few)  # too few echoes: no factor, every echo
-    keep = torch.lerp(keep, torch.ones_like(keep), few)
-    n_kept = keep.sum(0)
-    g = f * keep
-    small = max(threshold, tiny(yn))
-    candidates = [starts.loglinear(yn / f.clamp_min(small), te, keep * starts.signal_weights(yn))]
-    if len(rows) > 2:
-        candidates.append((rows[2][:, 0] / scale, rows[2][:, 1]))
-    if noise_aware:
-        assert noise.sigma is not None
-        sn2 = (noise.sigma / scale) ** 2
-        neg_z = torch.addcmul(2.0 * noise.coils * sn2, yn, yn, value=-1.0).mul_(keep)
-        model = Exponential(2.0 * te, factor=True, noise_aware=True, max_iter=MAX_ITER)
-        data: tuple[torch.Tensor, ...] = (neg_z, g * g, noise.coils * sn2)
-        points = [torch.stack([s0 * s0, r2]) for s0, r2 in candidates]
-    else:
-        model = Exponential(te, factor=True, noise_aware=False, max_iter=MAX_ITER)
-        data = ((yn * keep).neg_(), g)
-        points = [torch.stack([s0, r2]) for s0, r2 in candidates]
-    fit = levenberg_marquardt(model, data, best_start(model, data, points))
-    if noise_aware:
-        maps, bits = _rician_maps(fit, te, yn, g * g, scale, usable, sn2, noise.coils, n_kept)
-    else:
-        maps, bits = _gaussian_maps(fit, scale, usable, noise.sigma, n_kept)
-    maps["kept"] = n_kept * usable
-    maps["too_few"] = few * usable
-    return maps, bits
-
-
-def best_start(
-    model: Exponential, data: tuple[torch.Tensor, ...], points: Sequence[torch.Tensor]
-) -> torch.Tensor:
-    """Per voxel, the candidate start (each (P, n)) with the lowest cost under ``model``."""
-    best = points[0].clamp(model.low, model.high)
-    if len(points) == 1:
-        return best
-    cost = model.evaluate(data, best, None)[0][model.layout.cost]
-    for other in points[1:]:
-        other = torch.nan_to_num(other, nan=0.0, posinf=0.0, neginf=0.0).clamp(
-            model.low, model.high
-        )
-        trial = model.evaluate(data, other, None)[0][model.layout.cost]
-        better = lt(trial, cost)
-        best = torch.lerp(best, other, better)
-        cost = torch.lerp(cost, trial, better)
-    return best

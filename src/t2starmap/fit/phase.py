@@ -47,6 +47,8 @@ from t2starmap.fit.complex import (
     prepare,
     start,
 )
+from t2starmap.fit.dispatch import Compute
+from t2starmap.fit.limits import NoiseModel, check_echo_times
 from t2starmap.fit.models import Complex
 from t2starmap.fit.result import FitResult
 from t2starmap.fit.solver import lt
@@ -159,16 +161,15 @@ def analyse_phase(
     *,
     mask: np.ndarray | None = None,
     noise_sigma: float | None = None,
-    device: str | torch.device | None = None,
-    workers: int | None = None,
+    compute: Compute = Compute(),
 ) -> PhaseAnalysis:
     """The phase checks of a complex ``signal`` (..., E), echoes ascending in ``echo_times``
     (s), in every voxel of ``mask`` (others untrusted), and the set's verdict (see the module
     docstring). Needs 3 echoes for any check (with 2, one frequency always fits: coherent);
     4 for the bipolar one."""
-    dispatch.check_noise_sigma(noise_sigma)
-    how = dispatch.plan(device, torch.float32, None, workers, (DEFAULT_CHUNK, DEFAULT_CUDA_CHUNK))
-    te_np = dispatch.check_echo_times(np.asarray(echo_times, dtype=np.float64))
+    NoiseModel(noise_sigma)  # checks it
+    how = dispatch.plan(compute, (DEFAULT_CHUNK, DEFAULT_CUDA_CHUNK))
+    te_np = check_echo_times(np.asarray(echo_times, dtype=np.float64))
     if np.unique(te_np).size != te_np.size:
         raise ValueError(f"a field map needs distinct echo times, got {te_np.tolist()}")
     vox = dispatch.voxels([signal], te_np.size, mask)
@@ -195,8 +196,10 @@ def _bright(
     first = np.abs(np.asarray(torch.as_tensor(signal)[..., 0].cpu().numpy()))
     usable = inside & ((bits & int(Failure.BAD_INPUT)) == 0) & np.isfinite(first)
     if sigma is not None:
-        return usable & (first > 10.0 * sigma)
-    return usable & (first > np.median(first[usable])) if usable.any() else usable
+        return np.asarray(usable & (first > 10.0 * sigma))
+    if not usable.any():
+        return np.asarray(usable)
+    return np.asarray(usable & (first > np.median(first[usable])))
 
 
 def _verdict(maps: dict[str, np.ndarray], bright: np.ndarray, wrap: float) -> PhaseAnalysis:

@@ -8,8 +8,8 @@ written down here and nowhere else:
   estimate): ``MISFIT`` means the model is inadequate there (an estimate exists, its SE
   inflated), counted apart (:func:`fit_failed`, :func:`misfit`);
 * :class:`Correction`, the per-voxel outcome of the through-slice field-gradient correction
-  (:mod:`t2starmap.b0`); a voxel it did not correct keeps its uncorrected fit, which is not a
-  failure;
+  (:mod:`t2starmap.b0.correction`); a voxel it did not correct keeps its uncorrected fit,
+  which is not a failure;
 * :data:`LEVELS`, the labels of the published fit-status map (``desc-fitstatus_dseg``, its
   ``.tsv`` beside it): index, BIDS name, what it means, advice for a warning, and the Failure
   bit or Correction outcomes behind it. A voxel with several reasons gets the label of the

@@ -60,7 +60,7 @@ def tissue_residuals(
     :func:`t2starmap.noise.floor.thermal_floor`: magnitude minus the ``wls`` model, its
     Jacobian model * (1, -TE), the model as the amplitude, in the voxels above
     ``_FLOOR_SNR``; None when refused)."""
-    from t2starmap.fit import fit_t2star
+    from t2starmap.fit import Compute, fit_t2star
 
     data = np.asarray(magnitude)  # float64 only for the voxels fitted (a volume is large)
     te = np.asarray(echo_times, dtype=np.float64)
@@ -74,7 +74,8 @@ def tissue_residuals(
     if index.size < MIN_BACKGROUND:
         return NoiseEstimate(None, int(index.size), "too few voxels for the residuals"), None
     rows = flat[index].astype(np.float64)
-    result = fit_t2star(rows, te, method="wls", dtype=torch.float64, workers=workers)
+    compute = Compute(dtype=torch.float64, workers=workers)
+    result = fit_t2star(rows, te, method="wls", compute=compute)
     ok = ~result.failed.numpy()
     model = result.s0.numpy()[:, None] * np.exp(-te * result.r2star.numpy()[:, None])
     ssr = result.rmse.numpy() ** 2 * n_echo

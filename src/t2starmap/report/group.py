@@ -1,7 +1,7 @@
 """The group page: per-participant median T2* by session, failed fractions, outliers, and
 the echo sets that failed.
 
-Built from the group table (:class:`t2starmap.summary.GroupTable`, made from the records of
+Built from the group table (:class:`t2starmap.bids.summary.GroupTable`, made from the records of
 every published set and the failure records of every set that failed), so it covers every
 participant output in the folder, whichever runs wrote them.
 """
@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from t2starmap.atomic import write_text
+from t2starmap.bids.atomic import write_text
+from t2starmap.bids.summary import GroupTable
 from t2starmap.report import figures
 from t2starmap.report.html import Figure, render
 from t2starmap.report.participant import page_name
-from t2starmap.summary import GroupTable
 
 log = logging.getLogger("t2starmap.report")
 

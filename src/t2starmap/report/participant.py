@@ -1,12 +1,12 @@
 """One HTML page per participant (and session) with a section per echo set.
 
-A set's section is drawn from its record (:class:`t2starmap.derivatives.PublishedSet`) and its
+A set's section is drawn from its record (:class:`t2starmap.bids.outputs.PublishedSet`) and its
 maps: for the sets a run fits, the workflow hands over the maps it holds and the echoes it read
 (:func:`set_section` with :class:`SetMaps` and :class:`EchoSamples`), so nothing is read back;
 the sets earlier runs published are read from the output folder and the raw echoes from the
 input (:func:`earlier_sections`). Sets that failed are listed with their reason
-(:class:`t2starmap.derivatives.SetFailure`). Every image is read through
-:mod:`t2starmap.nifti`; nothing here changes a fit or writes anything but the page.
+(:class:`t2starmap.bids.outputs.SetFailure`). Every image is read through
+:mod:`t2starmap.bids.nifti`; nothing here changes a fit or writes anything but the page.
 """
 
 from __future__ import annotations
@@ -23,17 +23,18 @@ from typing import Any
 
 import numpy as np
 
-from t2starmap import derivatives
-from t2starmap.atomic import write_text
-from t2starmap.conventions import sidecar_path
-from t2starmap.derivatives import STATUS_LEVELS, PublishedSet, SetFailure
+from t2starmap.b0.profiles import factor_curves
+from t2starmap.bids import outputs as derivatives
+from t2starmap.bids.atomic import write_text
+from t2starmap.bids.conventions import sidecar_path
+from t2starmap.bids.nifti import read_map_image, read_volume
+from t2starmap.bids.outputs import STATUS_LEVELS, PublishedSet, SetFailure
+from t2starmap.bids.slice_profiles import parse_slice_profile
 from t2starmap.errors import T2StarError, describe_code
-from t2starmap.nifti import read_map_image, read_volume
-from t2starmap.profiles import factor_curves, parse_slice_profile
 from t2starmap.report import figures
 from t2starmap.report.html import Figure, render
 from t2starmap.report.planes import DEFAULT_CONVENTION, FLAT, View, choose_view, to_canonical
-from t2starmap.report.statusmap import status_png
+from t2starmap.report.statusmap import MISFIT_NAME, misfit_mask, overlay_note, status_png
 from t2starmap.resources import available_cpus
 
 log = logging.getLogger("t2starmap.report")
@@ -413,29 +414,6 @@ def _montage(
     return Figure(figures.data_uri(png), f"{spec.label} montage", caption_of(spec, window))
 
 
-MISFIT_NAME = "decay_not_following_model"
-_MISFIT_INDEX = next(s.index for s in STATUS_LEVELS if s.name == MISFIT_NAME)
-
-
-def _misfit_mask(maps: Mapping[str, np.ndarray], good: np.ndarray) -> np.ndarray:
-    """Voxels whose fit stands but whose decay does not follow the model (from the fit-status
-    map; none without one)."""
-    if "status" not in maps:
-        return np.zeros_like(good)
-    return good & (maps["status"] == _MISFIT_INDEX)
-
-
-def _overlay_note(n_failed: int, n_misfit: int) -> str:
-    failed = f"{n_failed} failed voxel(s) in magenta" if n_failed else "no voxel failed"
-    misfit = (
-        f"{n_misfit} voxel(s) whose decay does not follow the model in orange (their estimate "
-        "is shown in the fit-status map's legend as misfit, not failed)"
-        if n_misfit
-        else "no misfit"
-    )
-    return f"{failed[0].upper()}{failed[1:]}; {misfit}."
-
-
 def _status_figure(
     record: PublishedSet,
     maps: Mapping[str, np.ndarray],
@@ -666,8 +644,8 @@ def set_section(
     slices = figures.select_slices(c_signal, axis=view.axis)
     where = view.describe(slices, c_signal.shape[view.axis] if c_signal.ndim == 3 else 1)
     n_failed = int(failed.sum())
-    misfit = _misfit_mask(maps, signal & ~failed)
-    note = _overlay_note(n_failed, int(misfit.sum()))
+    misfit = misfit_mask(maps, signal & ~failed)
+    note = overlay_note(n_failed, int(misfit.sum()))
 
     def caption_of(spec: Montage, window: tuple[float, float]) -> str:
         return _caption(spec, window, record.echo_times[0], note if spec.mark_failed else "")
@@ -807,9 +785,9 @@ def write_participant_reports(
 ) -> list[Path]:
     """Write ``OUTPUT_DIR/sub-<L>[_ses-<S>].html`` for every participant/session among
     ``published`` from what the output folder holds (maps and records already written; the
-    participant run hands its maps over instead, see :mod:`t2starmap.workflow`); return the
-    pages written. A page covers every set of its participant/session recorded in the output
-    folder, also those that other runs published, and lists those that failed."""
+    participant run hands its maps over instead, see :mod:`t2starmap.workflows.participant`);
+    return the pages written. A page covers every set of its participant/session recorded in the
+    output folder, also those that other runs published, and lists those that failed."""
     pages = sorted({(r.subject, r.session) for r in published}, key=lambda k: (k[0], k[1] or ""))
     written = []
     for subject, session in pages:

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from t2starmap.conventions import DEFAULT_REPORT_CONVENTION, REPORT_CONVENTIONS
-from t2starmap.nifti import ras_orientation, slice_axis, to_ras
+from t2starmap.bids.conventions import DEFAULT_REPORT_CONVENTION, REPORT_CONVENTIONS
+from t2starmap.bids.nifti import ras_orientation, slice_axis, to_ras
 
 #: Tilt (degrees) of the slice axis from the nearest world axis above which a caption says
 #: the acquisition is oblique.
@@ -37,7 +37,7 @@ OBLIQUE_DEGREES = 5.0
 PLANES = ("sagittal", "coronal", "axial")
 _COUNTED = ("left to right", "posterior to anterior", "inferior to superior")
 _UP = ("superior up", "superior up", "anterior up")
-#: The display conventions of axial and coronal tiles (:mod:`t2starmap.conventions` says
+#: The display conventions of axial and coronal tiles (:mod:`t2starmap.bids.conventions` says
 #: why radiological is the default); sagittal tiles are the same in both.
 CONVENTIONS = REPORT_CONVENTIONS
 RADIOLOGICAL, NEUROLOGICAL = "radiological", "neurological"

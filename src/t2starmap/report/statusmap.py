@@ -7,13 +7,13 @@ out light blue, outside the mask black: the same colours as the montages' overla
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from t2starmap.fit.status import LEVELS, Level
+from t2starmap.fit.status import LEVELS, Level, level_named
 from t2starmap.report.figures import AXIAL, FAILED_RGBA, MISFIT_RGBA, mosaic, to_png
 from t2starmap.report.planes import View
 
@@ -67,3 +67,27 @@ def status_png(
 def _legend_text(level: Level, counts: dict[str, int]) -> str:
     kind = "failed" if level.failure else ("misfit" if level.bit else "fit")
     return f"{level.name} ({kind}): {counts.get(level.name, 0)}"
+
+
+MISFIT_NAME = "decay_not_following_model"
+_MISFIT_INDEX = level_named(MISFIT_NAME).index
+
+
+def misfit_mask(maps: Mapping[str, np.ndarray], good: np.ndarray) -> np.ndarray:
+    """Voxels whose fit stands but whose decay does not follow the model (from the fit-status
+    map; none without one)."""
+    if "status" not in maps:
+        return np.zeros_like(good)
+    return good & (maps["status"] == _MISFIT_INDEX)
+
+
+def overlay_note(n_failed: int, n_misfit: int) -> str:
+    """The montages' caption note: failed voxels in magenta, misfit ones in orange."""
+    failed = f"{n_failed} failed voxel(s) in magenta" if n_failed else "no voxel failed"
+    misfit = (
+        f"{n_misfit} voxel(s) whose decay does not follow the model in orange (their estimate "
+        "is shown in the fit-status map's legend as misfit, not failed)"
+        if n_misfit
+        else "no misfit"
+    )
+    return f"{failed[0].upper()}{failed[1:]}; {misfit}."

@@ -15,10 +15,35 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from t2starmap import __version__
-from t2starmap.conventions import BIDS_VERSION, CODE_URL
+from t2starmap.bids.conventions import BIDS_VERSION, CODE_URL
+from t2starmap.bids.layout import SET_ENTITIES, EchoSet, SubjectSession
 from t2starmap.fit import status as fit_status
-from t2starmap.fit.limits import ESTIMATION_ALGORITHMS
-from t2starmap.layout import SET_ENTITIES, EchoSet, SubjectSession
+
+#: (method, noise model) -> the ``EstimationAlgorithm`` text of the map sidecars.
+ESTIMATION_ALGORITHMS: Mapping[tuple[str, str], str] = {
+    ("nlls", "rician"): "Noise-aware least squares: the squared magnitude fitted to its Rician "
+    "expectation S0^2 exp(-2 TE R2*) + 2 sigma^2 by iteratively reweighted Levenberg-Marquardt "
+    "from a weighted log-linear start",
+    ("nlls", "noncentral-chi"): "Noise-aware least squares for a root-sum-of-squares image of "
+    "L coils: the squared magnitude fitted to its noncentral chi expectation "
+    "S0^2 exp(-2 TE R2*) + 2 L sigma^2 by iteratively reweighted Levenberg-Marquardt from a "
+    "weighted log-linear start",
+    ("nlls", "gaussian"): "Levenberg-Marquardt least squares on (S0, R2*) from a weighted "
+    "log-linear start (no noise level known, so no noise-floor correction)",
+    ("nlls-gaussian", "gaussian"): "Levenberg-Marquardt least squares on (S0, R2*) from a "
+    "weighted log-linear start",
+    ("wls", "gaussian"): "Weighted (S^2) linear least squares on log signal",
+    ("loglin", "gaussian"): "Ordinary linear least squares on log signal",
+    ("arlo", "gaussian"): "Auto-regression on linear operations (ARLO, Pei et al. 2015)",
+    ("through-slice", "any"): "S(TE) = S0 exp(-TE R2*) |F(TE)| fitted with the noise model "
+    "above, started from the uncorrected fit, G the through-slice gradient of the field map "
+    "and F(TE) the normalised Fourier transform of the slice profile (B0SliceProfile) at "
+    "G dz TE, dz the slice thickness; echoes with |F| below the threshold left out",
+    ("complex", "gaussian"): "Levenberg-Marquardt least squares of the complex signal "
+    "S0 exp(-TE R2*) exp(i(phi0 + 2 pi f TE)) on its real and imaginary parts (Gaussian "
+    "noise, no noise floor), from phase-difference and weighted log-linear starts",
+}
+
 
 SOURCE_LINK = "raw"  # the DatasetLinks key of the input dataset in ``bids:raw:`` URIs
 ESTIMATION_REFERENCE = (

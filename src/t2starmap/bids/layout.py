@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from t2starmap.bids.echo_times import check_distinct_echo_times, echo_time_of
 from t2starmap.errors import BadDataError, InputMissingError, NothingSelectedError
-from t2starmap.fit.limits import check_distinct_echo_times, echo_time_of
 
 __all__ = [
     "SET_ENTITIES",
@@ -26,7 +26,7 @@ __all__ = [
     "find_echo_sets",
 ]
 
-log = logging.getLogger("t2starmap.layout")
+log = logging.getLogger("t2starmap.bids.layout")
 
 #: Entities that distinguish echo sets, in BIDS file-name order (MEGRE minus echo and part).
 SET_ENTITIES = (
@@ -112,7 +112,7 @@ class SetProblem(SubjectSession):
 
 def build_echo_set(entities: Mapping[str, str], echoes: Sequence[Echo]) -> EchoSet:
     """Sort by EchoTime; refuse a single echo or two at the same echo time (BadDataError,
-    :func:`t2starmap.fit.limits.check_distinct_echo_times`)."""
+    :func:`t2starmap.bids.echo_times.check_distinct_echo_times`)."""
     name = "_".join(f"{_SHORT[k]}-{v}" for k, v in entities.items())
     order = check_distinct_echo_times(name, [e.path for e in echoes], [e.echo_time for e in echoes])
     return EchoSet(entities=dict(entities), echoes=tuple(echoes[k] for k in order))

@@ -18,22 +18,18 @@ from pathlib import Path
 from typing import NoReturn
 
 from t2starmap import __version__
-from t2starmap.cliargs import (
+from t2starmap.bids.conventions import DEFAULT_REPORT_CONVENTION, REPORT_CONVENTIONS
+from t2starmap.cli.parser import (
+    AUTO_HELP,
+    METHOD_HELP,
     TRACEBACK_VERBOSITY,
     ArgumentParser,
     add_other_options,
     configure_logging,
     log_level,
 )
-from t2starmap.conventions import DEFAULT_REPORT_CONVENTION, REPORT_CONVENTIONS
 from t2starmap.errors import ExitCode, Interrupted, T2StarError, UnknownLevelError
-from t2starmap.fit.limits import (
-    AUTO_HELP,
-    B0_CORRECTIONS,
-    DEFAULT_METHOD,
-    FIT_CHOICES,
-    METHOD_HELP,
-)
+from t2starmap.fit.limits import B0_CORRECTIONS, DEFAULT_METHOD, FIT_CHOICES
 from t2starmap.interrupts import sigterm_raises
 
 log = logging.getLogger("t2starmap")
@@ -56,7 +52,7 @@ that order); the failed sets are listed in logs/failures/ and on the pages.
 
 
 def _methods_help() -> str:
-    """Every fit method with its one line from :data:`t2starmap.fit.limits.METHOD_HELP`."""
+    """Every fit method with its one line from :data:`t2starmap.cli.parser.METHOD_HELP`."""
     parts = []
     for name, text in [*METHOD_HELP.items(), ("auto", AUTO_HELP)]:
         label = f"{name} (default)" if name == DEFAULT_METHOD else name
@@ -246,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with sigterm_raises():
             if converting:
-                from t2starmap.convert.cli import build_parser as build_convert_parser
+                from t2starmap.cli.convert import build_parser as build_convert_parser
 
                 parser, rest = build_convert_parser(), arguments[1:]
             else:
@@ -261,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             verbose = args.verbose
             configure_logging(log_level(args.verbose, args.quiet))
             if converting:
-                from t2starmap.convert.cli import run_convert
+                from t2starmap.cli.convert import run_convert
 
                 return run_convert(args)
             return _participant_or_group(args, parser)
@@ -320,10 +316,13 @@ def _participant_or_group(args: argparse.Namespace, parser: argparse.ArgumentPar
             "group level: %s only change(s) the participant level and is ignored here",
             ", ".join(ignored),
         )
-    from t2starmap.settings import settings_from_args
+    from t2starmap.config import settings_from_args
 
     settings = settings_from_args(args, environ=os.environ)
-    from t2starmap.workflow import run_group, run_participant  # torch: only past the checks
+    from t2starmap.workflows.participant import (  # torch: only past the checks
+        run_group,
+        run_participant,
+    )
 
     if settings.analysis_level == "participant":
         run_participant(settings)

@@ -1,7 +1,7 @@
 """The phase, or real and imaginary, parts beside the magnitude echoes of an echo set.
 
 BIDS MEGRE stores the parts of one echo as files that differ only in ``part-<mag|phase|real|
-imag>``. An echo set (:mod:`t2starmap.layout`) holds the magnitude files; here their sibling
+imag>``. An echo set (:mod:`t2starmap.bids.layout`) holds the magnitude files; here their sibling
 parts are found by replacing ``part-mag`` in each file name (a magnitude file without a
 ``part`` entity has no parts), checked, and loaded into one complex array.
 
@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from t2starmap.errors import BadDataError, UsageError
-from t2starmap.layout import EchoSet
-from t2starmap.nifti import Geometry, read_part
+from t2starmap.bids.layout import EchoSet
+from t2starmap.bids.nifti import Geometry, read_part
+from t2starmap.errors import BadDataError
 
 #: Relative tolerance on the full-scale value of a phase range.
 RANGE_RTOL = 1e-3
@@ -178,20 +178,6 @@ def complex_available(parts: Parts | None) -> bool:
     return parts is not None
 
 
-def choose_method(requested: str, parts: Parts | None, where: str, magnitude_default: str) -> str:
-    """The fit method for one echo set: ``"complex"`` needs parts (UsageError, exit 64, naming
-    ``where`` when there are none); ``"auto"`` is ``"complex"`` when parts exist, else
-    ``magnitude_default``; any other method is kept."""
-    if requested == "complex" and not complex_available(parts):
-        raise UsageError(
-            f"{where}: --fit-method complex needs part-phase or part-real/part-imag files "
-            "beside the part-mag echoes; there are none"
-        )
-    if requested == "auto":
-        return "complex" if complex_available(parts) else magnitude_default
-    return requested
-
-
 def phase_to_radians(values: np.ndarray, units: str, where: Path | str) -> np.ndarray:
     """Phase ``values`` with their ``Units`` ("rad" or "arbitrary") -> radians, float32.
 
@@ -226,7 +212,7 @@ def load_complex(parts: Parts, geometry: Geometry, magnitude: np.ndarray | None)
     """The complex signal, complex64 (*shape, n_echoes), echoes in the set's (TE) order.
 
     real/imag parts: real + i imag. Phase: ``magnitude`` (the set's magnitude echoes,
-    (*shape, n_echoes), as :func:`t2starmap.nifti.load_magnitude` gives them) times
+    (*shape, n_echoes), as :func:`t2starmap.bids.nifti.load_magnitude` gives them) times
     exp(i phase). Raises BadDataError naming the file (shape, affine, units, unreadable)."""
     n_echo = len(parts.files)
     out = np.empty((*geometry.shape, n_echo), dtype=np.complex64)

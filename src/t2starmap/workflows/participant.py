@@ -7,7 +7,7 @@ Participant level:
    sidecars and record into a private staging folder (``--work-dir`` or the system temp
    folder) and draws its report section from the maps it holds (nothing is read back); then
    the page, which also shows the sets earlier runs published there;
-3. publishes that page's files (:func:`t2starmap.publish.publish`), then goes on to the next.
+3. publishes that page's files (:func:`t2starmap.bids.publish.publish`), then goes on to the next.
 
 Each echo set is its own unit: a set that fails (metadata, an unreadable image, bad data
 found while fitting, an unexpected error) is recorded with its reason in a failure record
@@ -43,10 +43,15 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from t2starmap import derivatives
-from t2starmap.atomic import write_json, write_text
-from t2starmap.conventions import sidecar_path
-from t2starmap.derivatives import PublishedSet, SetFailure
+from t2starmap.bids import outputs as derivatives
+from t2starmap.bids.atomic import write_json, write_text
+from t2starmap.bids.conventions import sidecar_path
+from t2starmap.bids.layout import EchoSet, SetProblem, check_images_present, find_echo_sets
+from t2starmap.bids.nifti import Geometry, check_geometry, save_map
+from t2starmap.bids.outputs import PublishedSet, SetFailure
+from t2starmap.bids.publish import Publication, publish
+from t2starmap.bids.summary import GROUP_COLUMNS, GROUP_TABLE, group_table, set_statistics
+from t2starmap.config import Settings
 from t2starmap.errors import (
     BadDataError,
     ExitCode,
@@ -60,18 +65,13 @@ from t2starmap.errors import (
 )
 from t2starmap.fit import status as fit_status
 from t2starmap.interrupts import deferred_signals, raise_if_signalled
-from t2starmap.layout import EchoSet, SetProblem, check_images_present, find_echo_sets
-from t2starmap.nifti import Geometry, check_geometry, save_map
-from t2starmap.publish import Publication, publish
 from t2starmap.resources import limit_allocator_arenas, release_free_memory
-from t2starmap.settings import Settings
-from t2starmap.summary import GROUP_COLUMNS, GROUP_TABLE, group_table, set_statistics
 
 if TYPE_CHECKING:
     import torch
 
-    from t2starmap.estimate import SetFit
     from t2starmap.report import participant as pages
+    from t2starmap.workflows.echo_set import SetFit
 else:
 
     class _Pages:
@@ -125,7 +125,7 @@ def write_settings_log(settings: Settings) -> Path:
 def validate_input(settings: Settings) -> None:
     """Run bids-validator on the input; exit 16 with one line per distinct problem, the full
     report written to ``OUTPUT_DIR/logs/``."""
-    from t2starmap.validate import validate_bids
+    from t2starmap.bids.validate import validate_bids
 
     log.info(
         "validating %s with bids-validator (skip with --skip-bids-validation)", settings.bids_dir
@@ -509,9 +509,9 @@ def _write_maps(
 def fit_set(
     settings: Settings, echo_set: EchoSet, geometry: Geometry, device: torch.device
 ) -> SetFit:
-    """:func:`t2starmap.estimate.fit_echo_set` with the options the settings give (torch:
+    """:func:`t2starmap.workflows.echo_set.fit_echo_set` with the options the settings give (torch:
     participant level only), its option errors worded as the command line's flags."""
-    from t2starmap.estimate import OptionError, Options, fit_echo_set
+    from t2starmap.workflows.echo_set import OptionError, Options, fit_echo_set
 
     options = Options(
         fit_method=settings.fit_method,

@@ -1,8 +1,8 @@
 """``t2starmap convert DICOM_DIR BIDS_DIR --participant-label L``: the command line.
 
-``t2starmap.cli.main`` parses with :func:`build_parser` and calls :func:`run_convert`, which
+``t2starmap.cli.run.main`` parses with :func:`build_parser` and calls :func:`run_convert`, which
 checks the labels and runs :func:`t2starmap.convert.workflow.convert`; failures are raised as
-:mod:`t2starmap.errors` exceptions, which ``t2starmap.cli.main`` turns into exit codes.
+:mod:`t2starmap.errors` exceptions, which ``t2starmap.cli.run.main`` turns into exit codes.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from t2starmap.cliargs import ArgumentParser, add_other_options
+from t2starmap.cli.parser import ArgumentParser, add_other_options
 from t2starmap.convert.bids import check_label
 from t2starmap.errors import ExitCode, UsageError
 

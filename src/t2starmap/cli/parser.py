@@ -1,6 +1,6 @@
 """Parser pieces both command lines share (``t2starmap`` and ``t2starmap convert``).
 
-Kept apart from :mod:`t2starmap.cli` so that :mod:`t2starmap.convert.cli` does not import the
+Kept apart from :mod:`t2starmap.cli.run` so that :mod:`t2starmap.cli.convert` does not import the
 module that dispatches to it. No torch here.
 """
 
@@ -12,6 +12,22 @@ import sys
 from typing import Any, NoReturn
 
 from t2starmap.errors import UsageError
+from t2starmap.fit.limits import DEFAULT_METHOD
+
+#: Fit method (:data:`t2starmap.fit.limits.METHODS`) -> one line of help for ``--fit-method``.
+METHOD_HELP: dict[str, str] = {
+    "nlls": "noise-aware (Rician) least squares when the noise level is known or estimated, "
+    "else Gaussian",
+    "nlls-gaussian": "plain Levenberg-Marquardt least squares",
+    "wls": "weighted log-linear",
+    "loglin": "ordinary log-linear",
+    "arlo": "auto-regression on linear operations (evenly spaced echoes only)",
+    "complex": "complex-domain least squares on magnitude and phase (needs part-phase or "
+    "part-real + part-imag); also gives a field map",
+}
+#: The help of ``--fit-method auto``.
+AUTO_HELP = "complex where part-phase or part-real/imag files exist, else " + DEFAULT_METHOD
+
 
 #: ``-v`` count -> log level; more than two ``-v`` is the same as two.
 VERBOSITY_LEVELS = (logging.INFO, logging.DEBUG, logging.DEBUG)

@@ -23,9 +23,9 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from t2starmap.atomic import atomic_path
+from t2starmap.bids.atomic import atomic_path
+from t2starmap.bids.layout import EchoSet, annex_missing_message
 from t2starmap.errors import BadDataError, InputMissingError
-from t2starmap.layout import EchoSet, annex_missing_message
 from t2starmap.resources import available_cpus
 
 try:  # optional speed-up; the same bytes format
@@ -118,13 +118,6 @@ def check_geometry(echo_set: EchoSet) -> Geometry:
         qform_code=int(header["qform_code"]) if "qform_code" in header else 1,
         sform_code=int(header["sform_code"]) if "sform_code" in header else 1,
     )
-
-
-def gzip_compress(raw: bytes, level: int = COMPRESS_LEVEL) -> bytes:
-    """gzip bytes of ``raw`` (isal when installed, else zlib)."""
-    if _gzip_lib is not None:
-        return bytes(_gzip_lib.compress(raw, level))
-    return gzip.compress(raw, level)
 
 
 def gzip_decompress(data: bytes) -> bytes:
@@ -397,6 +390,16 @@ def save_map(path: Path, data: np.ndarray, geometry: Geometry) -> Path:
     with atomic_path(path) as tmp:
         _write_file(Path(tmp), img, Path(path).name.endswith(".gz"))
     return path
+
+
+def write_image(path: Path | str, data: np.ndarray, affine: np.ndarray) -> Path:
+    """Write ``data`` as it is (its own dtype) with ``affine`` and mm / s units, gzipped by the
+    ``.gz`` suffix: the simulator's writer of raw datasets (not atomic; maps go through
+    :func:`save_map`)."""
+    image = nib.Nifti1Image(np.ascontiguousarray(data), affine)
+    image.header.set_xyzt_units("mm", "sec")
+    nib.save(image, str(path))
+    return Path(path)
 
 
 def _write_file(path: Path, image: Any, compress: bool) -> None:

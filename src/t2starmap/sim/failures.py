@@ -11,7 +11,7 @@ here, so that the tests can show it is noticed:
 * backgrounds that are not noise (:func:`ghosted`: copies of the object shifted along the
   phase-encoding axis, as motion and aliasing make them).
 
-Units as in :mod:`t2starmap.simulate`: TE and T2* in s, frequencies in Hz, field in T.
+Units as in :mod:`t2starmap.sim.phantoms`: TE and T2* in s, frequencies in Hz, field in T.
 """
 
 from __future__ import annotations

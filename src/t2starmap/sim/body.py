@@ -2,7 +2,7 @@
 
 Everything that makes a body set's residuals larger than its noise, each switchable, seeded:
 
-* parallel imaging: ``coils`` receive coils (:func:`t2starmap.simulate.coil_sensitivities`),
+* parallel imaging: ``coils`` receive coils (:func:`t2starmap.sim.phantoms.coil_sensitivities`),
   k-space undersampled by ``acceleration`` (R) along the second axis and unfolded by SENSE
   (least squares over the aliased voxels). The unfolded noise is complex Gaussian of SD
   sigma_c sqrt([(C^H C)^-1]_rr): the g-factor map, computed exactly (``sigma_map``);
@@ -11,10 +11,10 @@ Everything that makes a body set's residuals larger than its noise, each switcha
   amplitude and phase drawn anew at every echo; they decay with the object;
 * motion-like jitter: at each echo the object moves by a random fraction of a voxel;
 * decays that are not mono-exponential, in patches (:data:`BODY_KINDS`): two pools, water with
-  fat, a dark first echo (:func:`t2starmap.simulate_failures.decays`' kinds).
+  fat, a dark first echo (:func:`t2starmap.sim.failures.decays`' kinds).
 
 R2* spans 20-400 1/s along the first axis. A smooth off-resonance (+-40 Hz) and phase.
-Units as in :mod:`t2starmap.simulate`.
+Units as in :mod:`t2starmap.sim.phantoms`.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from t2starmap.simulate import coil_sensitivities
-from t2starmap.simulate_failures import fat_signal
+from t2starmap.sim.failures import fat_signal
+from t2starmap.sim.phantoms import coil_sensitivities
 
 #: Echo times of the GE body series: 4.6 ms + 4.612 ms steps, 12 echoes (s).
 BODY_ECHO_TIMES = tuple(0.0046 + 0.004612 * k for k in range(12))

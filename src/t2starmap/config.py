@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from t2starmap.conventions import DEFAULT_REPORT_CONVENTION, LABEL_RE
+from t2starmap.bids.conventions import DEFAULT_REPORT_CONVENTION, LABEL_RE
 from t2starmap.errors import InputMissingError, UsageError
 from t2starmap.fit.limits import DEFAULT_METHOD
 from t2starmap.resources import SOURCE_COMMAND_LINE, available_cpus
@@ -35,7 +35,7 @@ class Settings:
     noise_coils: float | None = None
     b0_correction: str = "auto"
     #: ``auto`` (the headers', else estimated from the data) or a profile spec
-    #: (:func:`t2starmap.profiles.parse_slice_profile`; a table's path made absolute)
+    #: (:func:`t2starmap.bids.slice_profiles.parse_slice_profile`; a table's path made absolute)
     slice_profile: str = "auto"
     device: str = "auto"
     nprocs: int = 1
@@ -131,12 +131,13 @@ def read_filter_file(path: Path | None) -> dict[str, Any]:
 
 
 def check_slice_profile(spec: str) -> str:
-    """``--slice-profile``: ``auto``, or a spec :func:`t2starmap.profiles.parse_slice_profile`
-    reads (a table's path made absolute). UsageError naming the problem otherwise; a table
+    """``--slice-profile``: ``auto``, or a spec
+    :func:`t2starmap.bids.slice_profiles.parse_slice_profile` reads (a table's path made
+    absolute). UsageError naming the problem otherwise; a table
     that is not there: InputMissingError."""
     if spec == "auto":
         return spec
-    from t2starmap.profiles import parse_slice_profile
+    from t2starmap.bids.slice_profiles import parse_slice_profile
 
     if spec.lower().endswith(".tsv"):
         table = Path(spec).expanduser()

@@ -3,7 +3,7 @@
 A :class:`Publication` is what one participant/session page covers in one run: the maps,
 sidecars and records of its echo sets that were fitted, the failure records of those that
 failed, and the page itself. :func:`publish` copies them into the output folder, each file
-atomically (:mod:`t2starmap.atomic`), in the order given (a set's record after its maps, the
+atomically (:mod:`t2starmap.bids.atomic`), in the order given (a set's record after its maps, the
 page last), and removes what they make stale (the failure record of a set now published, files
 an earlier record of the same set listed that the new one does not).
 
@@ -12,8 +12,8 @@ signal takes effect once every file is in place. When a write fails (a full disk
 made read-only), everything the publication wrote is removed again and every file it replaced
 or removed is put back, and it raises OutputError (exit 73). Files replaced or removed are
 first moved aside under a hidden temporary name beside them, the name pattern of
-:func:`t2starmap.atomic.atomic_path`, so what a SIGKILLed run leaves is swept by the next run
-of the same participant (:func:`t2starmap.atomic.remove_stale_temporaries`).
+:func:`t2starmap.bids.atomic.atomic_path`, so what a SIGKILLed run leaves is swept by the next run
+of the same participant (:func:`t2starmap.bids.atomic.remove_stale_temporaries`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from t2starmap.atomic import remove_stale_temporaries, write_with
+from t2starmap.bids.atomic import remove_stale_temporaries, write_with
 from t2starmap.errors import OutputError
 from t2starmap.interrupts import deferred_signals
 

@@ -6,7 +6,7 @@ the caller words it). Imports torch (through :mod:`t2starmap.fit`): only partici
 needs it.
 
 Which fit: ``Options.fit_method``; ``auto`` is ``complex`` when the set has part-phase or
-part-real/imag files beside its magnitude echoes (:mod:`t2starmap.parts`), else the default.
+part-real/imag files beside its magnitude echoes (:mod:`t2starmap.bids.parts`), else the default.
 Each model runs once: the fit the method asks for, then, where the through-slice correction
 runs, the corrected fit started from it. The correction's field map is the complex fit's when
 there is one, else the closed form from the phase differences (:mod:`t2starmap.fit.phase`):
@@ -27,35 +27,40 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 
 from t2starmap import __version__
-from t2starmap.b0 import REFERENCES as B0_REFERENCES
-from t2starmap.b0 import ThroughSliceCorrection, correct_through_slice
-from t2starmap.derivatives import REQUIRED_KEYS, UNCERTAINTY_KEYS
-from t2starmap.errors import BadDataError, UsageError
+from t2starmap.b0.correction import REFERENCES as B0_REFERENCES
+from t2starmap.b0.correction import SliceGeometry, ThroughSliceCorrection, correct_through_slice
+from t2starmap.b0.profiles import SliceProfile
+from t2starmap.bids.layout import EchoSet
+from t2starmap.bids.nifti import Geometry, read_magnitude
+from t2starmap.bids.outputs import ESTIMATION_ALGORITHMS, REQUIRED_KEYS, UNCERTAINTY_KEYS
+from t2starmap.bids.parts import complex_available, find_parts, load_complex
+from t2starmap.bids.slice_headers import profile_from_metadata
+from t2starmap.bids.slice_profiles import parse_slice_profile
+from t2starmap.errors import BadDataError, NotApplicableError, UsageError
 from t2starmap.fit import (
     T2STAR_MAX,
     T2STAR_MIN,
+    Compute,
     EchoSpacingError,
     FitResult,
+    NoiseModel,
     fit_complex,
     fit_t2star,
     frequency_limit,
 )
 from t2starmap.fit import status as fit_status
-from t2starmap.fit.limits import DEFAULT_METHOD, ESTIMATION_ALGORITHMS
+from t2starmap.fit.limits import DEFAULT_METHOD, METHODS, Method
 from t2starmap.fit.phase import INCOHERENT, FieldMap, PhaseAnalysis, analyse_phase
 from t2starmap.fit.result import MISFIT_P
 from t2starmap.fit.status import Correction
-from t2starmap.layout import EchoSet
-from t2starmap.nifti import Geometry, read_magnitude
 from t2starmap.noise import NoiseEstimate, all_candidates, cross_check, signal_mask
-from t2starmap.parts import complex_available, find_parts, load_complex
-from t2starmap.profiles import SliceProfile, parse_slice_profile, profile_from_metadata
+from t2starmap.noise.gain import noise_gain, scaled_echoes, to_image_units
 
 log = logging.getLogger("t2starmap")
 
@@ -66,7 +71,7 @@ class Options:
     :data:`t2starmap.fit.limits.FIT_CHOICES`), a known noise level and coil count, the
     through-slice correction (``auto``, ``none``, ``through-slice``) and its slice profile
     (``auto``: the headers', else estimated; or a spec of
-    :func:`t2starmap.profiles.parse_slice_profile`), the compute device and the CPU chunk
+    :func:`t2starmap.bids.slice_profiles.parse_slice_profile`), the compute device and the CPU chunk
     workers."""
 
     fit_method: str = DEFAULT_METHOD
@@ -76,6 +81,11 @@ class Options:
     slice_profile: str = "auto"
     device: torch.device | str | None = None
     workers: int = 1
+
+    @property
+    def compute(self) -> Compute:
+        """Where and how every fit of the set runs."""
+        return Compute(device=self.device, workers=self.workers)
 
 
 class OptionError(UsageError):
@@ -167,8 +177,8 @@ def fit_echo_set(echo_set: EchoSet, geometry: Geometry, options: Options) -> Set
     clock.lap("read")
     noise = _noise_level(options, echo_set, magnitude, signal, warnings)
     # a noise map (parallel imaging): the fits see echoes of uniform noise
-    gain = _noise_gain(noise)
-    scaled, scaled_signal = _scaled(magnitude, gain), _scaled(signal, gain)
+    gain = noise_gain(noise)
+    scaled, scaled_signal = scaled_echoes(magnitude, gain), scaled_echoes(signal, gain)
     mask = signal_mask(scaled, noise.sigma, noise.coils, nonfinite=unusable)
     clock.lap("noise")
     if not mask.any():
@@ -185,7 +195,7 @@ def fit_echo_set(echo_set: EchoSet, geometry: Geometry, options: Options) -> Set
         b0_info = {**phase.sidecar(), **b0_info}
     final = result if correction is None else correction.corrected
     maps, counts = _maps(echo_set, final, result, correction, magnitude, mask, noise, warnings)
-    _to_image_units(maps, gain)
+    to_image_units(maps, gain)
     fit_info, algorithm = _fit_info(echo_set, result, noise, b0_info, correction, warnings)
     shares = _shares(final.reason.cpu().numpy(), mask)
     fit_info.update({"FitFailedFraction": shares[0], "MisfitFraction": shares[1]})
@@ -210,43 +220,11 @@ def fit_echo_set(echo_set: EchoSet, geometry: Geometry, options: Options) -> Set
     )
 
 
-#: The maps in image units: multiplied back by the noise map's gain (:func:`_noise_gain`).
-_IMAGE_UNITS = ("s0", "s0_se", "rmse")
-
-
 def _shares(reason: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
     """(share of the mask whose fit failed, share whose decay does not follow the model)."""
     size = max(int(mask.sum()), 1)
     failed = fit_status.fit_failed(reason) & mask
     return float(failed.sum() / size), float((fit_status.misfit(reason) & mask).sum() / size)
-
-
-def _to_image_units(maps: dict[str, np.ndarray], gain: np.ndarray | None) -> None:
-    """Back to image units, in place, where the noise map scaled the echoes."""
-    if gain is None:
-        return
-    for key in _IMAGE_UNITS:
-        if key in maps:
-            maps[key] = (maps[key] * gain).astype(np.float32)
-
-
-def _noise_gain(noise: NoiseEstimate) -> np.ndarray | None:
-    """sigma_map / sigma (float32, the image's shape) where the noise is not uniform: the
-    echoes are divided by it before the fits, so that the noise is sigma everywhere (R2* and
-    T2* do not change with a voxel's scale; S0, its SE and the RMSE are multiplied back);
-    None where one sigma holds."""
-    if noise.sigma_map is None or noise.sigma is None:
-        return None
-    return np.asarray(noise.sigma_map / noise.sigma, dtype=np.float32)
-
-
-def _scaled(echoes: np.ndarray | None, gain: np.ndarray | None) -> Any:
-    """``echoes`` (..., E) divided by ``gain`` (...) voxel by voxel; as they are without."""
-    if echoes is None or gain is None:
-        return echoes
-    if echoes.dtype.kind == "c":
-        return echoes / gain[..., None]
-    return (echoes / gain[..., None]).astype(np.float32)
 
 
 def _phase(
@@ -255,7 +233,7 @@ def _phase(
     signal: np.ndarray | None,
     mask: np.ndarray,
     noise: NoiseEstimate,
-    method: str,
+    method: Method,
     warnings: _Warnings,
 ) -> PhaseAnalysis | None:
     """The phase checks of a set with phase, when a fit or the correction will use the phase
@@ -265,8 +243,7 @@ def _phase(
         return None
     phase = analyse_phase(
         signal, echo_set.echo_times, mask=mask, noise_sigma=noise.sigma,
-        device=options.device, workers=options.workers,
-    )  # fmt: skip
+        compute=options.compute)  # fmt: skip
     if phase.verdict == INCOHERENT:
         warnings.add(f"{echo_set.name}: {phase.reason}: no field map can be made from it")
     elif phase.bipolar:
@@ -279,7 +256,7 @@ def _fit(
     echo_set: EchoSet,
     magnitude: np.ndarray,
     signal: np.ndarray | None,
-    method: str,
+    method: Method,
     mask: np.ndarray,
     noise: NoiseEstimate,
     phase: PhaseAnalysis | None,
@@ -289,27 +266,22 @@ def _fit(
     try:
         if method == "complex" and signal is not None:
             return fit_complex(
-                signal, echo_set.echo_times, mask=mask, device=options.device,
-                noise_sigma=noise.sigma, workers=options.workers,
-                bipolar=phase is not None and phase.bipolar,
+                signal, echo_set.echo_times, mask=mask, noise=NoiseModel(noise.sigma),
+                compute=options.compute, bipolar=phase is not None and phase.bipolar,
             )  # fmt: skip
         return fit_t2star(
             magnitude,
             echo_set.echo_times,
             method=method,
             mask=mask,
-            device=options.device,
-            noise_sigma=noise.sigma,
-            noise_coils=noise.coils,
-            workers=options.workers,
+            noise=NoiseModel(sigma=noise.sigma, coils=noise.coils),
+            compute=options.compute,
         )
     except EchoSpacingError as err:
         raise OptionError(first, "fit_method", options.fit_method, str(err)) from err
-    except ValueError as err:
-        raise BadDataError(f"{first}: {err}") from err
 
 
-def _method(requested: str, has_parts: bool, where: str) -> str:
+def _method(requested: str, has_parts: bool, where: str) -> Method:
     """The fit method for one set: ``complex`` needs parts; ``auto`` is ``complex`` when
     parts exist, else the default."""
     if requested == "complex" and not has_parts:
@@ -322,7 +294,9 @@ def _method(requested: str, has_parts: bool, where: str) -> str:
         )
     if requested == "auto":
         return "complex" if has_parts else DEFAULT_METHOD
-    return requested
+    if requested not in METHODS:
+        raise OptionError(where, "fit_method", requested, f"choose one of {', '.join(METHODS)}")
+    return cast(Method, requested)
 
 
 def _maps(
@@ -453,7 +427,8 @@ def _through_slice(
     clock: _Clock,
 ) -> tuple[ThroughSliceCorrection | None, dict[str, Any]]:
     """The through-slice field-gradient correction when ``b0_correction`` asks for it and the
-    set allows it (:mod:`t2starmap.b0`), and what the sidecars say about it. ``auto`` without
+    set allows it (:mod:`t2starmap.b0.correction`), and what the sidecars say about it.
+    ``auto`` without
     what it needs (phase that follows a model, slice metadata, 3 echoes, 3 slices): no
     correction, a note or warning that says why; ``through-slice`` without it: an
     OptionError (exit 65 when the phase is at fault)."""
@@ -479,20 +454,21 @@ def _through_slice(
         correction = correct_through_slice(
             magnitude.astype(np.float32, copy=False),
             echo_set.echo_times,
-            geometry.affine,
+            SliceGeometry(
+                geometry.affine,
+                mr_acquisition_type=meta.get("MRAcquisitionType"),
+                thickness_mm=_number(meta.get("SliceThickness")),
+                spacing_mm=_number(meta.get("SpacingBetweenSlices")),
+                slice_axis=geometry.slice_axis,
+                profile=profile,
+            ),
             field=field,
             uncorrected=result,
-            mr_acquisition_type=meta.get("MRAcquisitionType"),
-            slice_thickness_mm=_number(meta.get("SliceThickness")),
-            spacing_between_slices_mm=_number(meta.get("SpacingBetweenSlices")),
-            slice_axis=geometry.slice_axis,
             mask=mask,
-            device=options.device,
-            workers=options.workers,
-            profile=profile,
+            compute=options.compute,
         )
         clock.lap("correction")
-    except ValueError as err:
+    except NotApplicableError as err:
         if asked == "through-slice":
             raise OptionError(first, "b0_correction", asked, str(err)) from err
         warnings.add(f"{echo_set.name}: no field-gradient correction: {err}")
@@ -502,10 +478,13 @@ def _through_slice(
 
 def _profile(spec: str, metadata: Mapping[str, Any]) -> SliceProfile | None:
     """The slice profile given (``spec``), or the one the first echo's sidecar names; None:
-    to be estimated from the data. Raises ValueError for an ill-formed one."""
-    if spec != "auto":
-        return parse_slice_profile(spec)
-    return profile_from_metadata(metadata)
+    to be estimated from the data. Raises NotApplicableError for an ill-formed one."""
+    try:
+        if spec != "auto":
+            return parse_slice_profile(spec)
+        return profile_from_metadata(metadata)
+    except ValueError as err:
+        raise NotApplicableError(str(err)) from err
 
 
 def _field(result: FitResult, phase: PhaseAnalysis, echo_set: EchoSet) -> FieldMap | None:
@@ -558,7 +537,7 @@ def _usable_magnitude(
     echo_set: EchoSet, geometry: Geometry, warnings: _Warnings
 ) -> tuple[np.ndarray, np.ndarray]:
     """The stacked echoes (float32, or the files' integer type when they are int16 and the
-    like: :func:`t2starmap.nifti.read_magnitude`), voxels with a NaN/inf/negative sample set
+    like: :func:`t2starmap.bids.nifti.read_magnitude`), voxels with a NaN/inf/negative sample set
     to NaN (the fit flags them; float32 then), and those voxels (bool): the only ones with
     a non-finite sample. Raises BadDataError when no voxel is usable."""
     # checked as they are read; int16 files stay int16 (half the memory; the fits cast)

@@ -13,7 +13,7 @@ dz), the signal is S(TE) = S0 exp(-TE R2*) F(TE) with
 (Fernandez-Seara & Wehrli, MRM 2000;43:625). Fitting the plain exponential to such data reads
 the sinc's extra decay as R2*. Real slice profiles are not rectangular, which changes F (Hirsch
 & Preibisch, MRM 2013;70:1085 model the profile itself); the rectangle is what this module
-assumes, and :mod:`t2starmap.simulate` measures what a smooth profile costs.
+assumes, and :mod:`t2starmap.sim.phantoms` measures what a smooth profile costs.
 
 The steps:
 
@@ -21,7 +21,8 @@ The steps:
    spacing from SpacingBetweenSlices or the affine; 3D: the voxel size along the slice axis).
 2. :func:`through_slice_gradient`: G from the field map by central differences between the
    neighbouring slices, with a local unwrapping rule for the wrapped field of a complex fit.
-3. :func:`sinc_factor`: |F(TE)| per voxel and echo.
+3. the dephasing factor |F(TE)| per voxel and echo of the slice profile
+   (:func:`t2starmap.b0.profiles.dephasing_factor`; given, named by the headers or estimated).
 4. :func:`t2starmap.fit.fit_corrected`: the fit of S0 exp(-TE R2*) |F(TE)| (the magnitude
    model times a known factor, in the one solver), dropping echoes where |F| <
    ``FACTOR_THRESHOLD``, started from the uncorrected fit.
@@ -39,18 +40,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from t2starmap.fit import FitResult, check_echo_times, fit_corrected
-from t2starmap.fit.dispatch import default_workers, map_chunks
-from t2starmap.fit.magnitude import FACTOR_THRESHOLD
+from t2starmap.b0.profile_fit import estimate_slice_profile
+from t2starmap.b0.profile_result import ProfileEstimate
+from t2starmap.b0.profiles import SliceProfile, dephasing_factor
+from t2starmap.errors import NotApplicableError
+from t2starmap.fit import FitResult, NoiseModel, check_echo_times, fit_corrected
+from t2starmap.fit.corrected import FACTOR_THRESHOLD
+from t2starmap.fit.dispatch import Compute, default_workers, map_chunks
 from t2starmap.fit.phase import FieldMap
 from t2starmap.fit.result import MAPS
 from t2starmap.fit.status import Correction
-from t2starmap.profiles import (
-    ProfileEstimate,
-    SliceProfile,
-    dephasing_factor,
-    estimate_slice_profile,
-)
 
 #: The rectangular slice profile: a 3D acquisition's voxel along the slice axis.
 RECTANGLE = SliceProfile(
@@ -60,9 +59,9 @@ RECTANGLE = SliceProfile(
 __all__ = [
     "FACTOR_THRESHOLD",
     "REFERENCES",
+    "SliceGeometry",
     "ThroughSliceCorrection",
     "correct_through_slice",
-    "sinc_factor",
     "slice_geometry",
     "through_slice_gradient",
 ]
@@ -102,8 +101,8 @@ def slice_geometry(
     ``mr_acquisition_type`` "2D": thickness is ``slice_thickness_mm`` (the sidecar's
     SliceThickness, required), spacing ``spacing_between_slices_mm`` (SpacingBetweenSlices) or,
     without it, the length of the affine's ``slice_axis`` column. "3D": both are the voxel size
-    along the slice axis (the affine's column). Raises ValueError for a missing or unknown
-    acquisition type, a missing SliceThickness for 2D, or non-positive sizes.
+    along the slice axis (the affine's column). Raises NotApplicableError for a missing or
+    unknown acquisition type, a missing SliceThickness for 2D, or non-positive sizes.
     """
     a = np.asarray(affine, dtype=np.float64)
     if a.shape != (4, 4) or not np.all(np.isfinite(a)):
@@ -116,16 +115,20 @@ def slice_geometry(
         thickness, spacing = voxel, voxel
     elif kind == "2D":
         if slice_thickness_mm is None:
-            raise ValueError("2D acquisition without SliceThickness: no through-slice correction")
+            raise NotApplicableError(
+                "2D acquisition without SliceThickness: no through-slice correction"
+            )
         thickness = float(slice_thickness_mm)
         spacing = voxel if spacing_between_slices_mm is None else float(spacing_between_slices_mm)
     else:
-        raise ValueError(
+        raise NotApplicableError(
             f"MRAcquisitionType must be '2D' or '3D' for a through-slice correction, "
             f"got {mr_acquisition_type!r}"
         )
     if not (np.isfinite(thickness) and thickness > 0 and np.isfinite(spacing) and spacing > 0):
-        raise ValueError(f"slice thickness {thickness} mm and spacing {spacing} mm must be > 0")
+        raise NotApplicableError(
+            f"slice thickness {thickness} mm and spacing {spacing} mm must be > 0"
+        )
     return thickness, spacing
 
 
@@ -202,21 +205,6 @@ def _unwrap(difference: np.ndarray, period: float | None) -> np.ndarray:
 # --- the factor ------------------------------------------------------------------------------
 
 
-def sinc_factor(
-    gradient_hz_per_mm: np.ndarray | torch.Tensor,
-    thickness_mm: float,
-    echo_times: Sequence[float] | np.ndarray,
-) -> np.ndarray:
-    """|F(TE)| = |sinc(pi G dz TE)| of a rectangular slice of thickness dz (mm) in a field
-    gradient G (Hz/mm), at each echo time (s): (..., n_echoes) float64 in [0, 1]. The
-    rectangle's case of :func:`t2starmap.profiles.dephasing_factor`."""
-    if not (np.isfinite(thickness_mm) and thickness_mm > 0):
-        raise ValueError(f"slice thickness must be a positive number of mm, got {thickness_mm}")
-    te = check_echo_times(np.asarray(echo_times, dtype=np.float64))
-    g = np.asarray(gradient_hz_per_mm, dtype=np.float64)
-    return np.abs(dephasing_factor(SliceProfile("rect"), g, float(thickness_mm), te))
-
-
 # --- the driver ------------------------------------------------------------------------------
 
 
@@ -249,62 +237,74 @@ class ThroughSliceCorrection:
     field_hz: np.ndarray | None = None
 
 
+@dataclass(frozen=True)
+class SliceGeometry:
+    """The slices of a set, as the correction needs them, in one object.
+
+    ``affine``: the image's 4x4 voxel-to-mm matrix; ``slice_axis``: the voxel axis (0-2) the
+    slices are stacked along; ``mr_acquisition_type``, ``thickness_mm``, ``spacing_mm``: the
+    sidecar's MRAcquisitionType, SliceThickness and SpacingBetweenSlices (see
+    :func:`slice_geometry`); ``profile``: the slice profile (:mod:`t2starmap.b0.profiles`;
+    None: estimated from the strong-gradient voxels,
+    :func:`~t2starmap.b0.profile_fit.estimate_slice_profile`). A 3D acquisition's voxel is a
+    box along the slice axis: the rectangle, whatever profile is given.
+    """
+
+    affine: np.ndarray
+    slice_axis: int = 2
+    mr_acquisition_type: str | None = None
+    thickness_mm: float | None = None
+    spacing_mm: float | None = None
+    profile: SliceProfile | None = None
+
+    def sizes(self) -> tuple[float, float]:
+        """(thickness, spacing) in mm: :func:`slice_geometry`."""
+        return slice_geometry(
+            self.mr_acquisition_type,
+            self.affine,
+            self.slice_axis,
+            slice_thickness_mm=self.thickness_mm,
+            spacing_between_slices_mm=self.spacing_mm,
+        )
+
+
 def correct_through_slice(
     magnitude: np.ndarray,
     echo_times: Sequence[float] | np.ndarray,
-    affine: np.ndarray,
+    slices: SliceGeometry,
     *,
     field: FieldMap,
     uncorrected: FitResult,
-    mr_acquisition_type: str | None,
-    slice_thickness_mm: float | None = None,
-    spacing_between_slices_mm: float | None = None,
-    slice_axis: int = 2,
     mask: np.ndarray | None = None,
-    noise_sigma: float | None = None,
-    device: str | torch.device | None = None,
-    dtype: torch.dtype = torch.float32,
-    workers: int | None = None,
+    compute: Compute = Compute(),
     threshold: float = FACTOR_THRESHOLD,
-    profile: SliceProfile | None = None,
 ) -> ThroughSliceCorrection:
     """Through-slice correction of a magnitude volume (X, Y, Z, n_echoes).
 
     ``field``: the field map and the voxels where it is not to be trusted
     (:class:`~t2starmap.fit.phase.FieldMap`). ``uncorrected``: the plain fit of the same
     voxels; voxels that cannot be corrected keep its values, and the corrected fit starts from
-    it, with its noise model (noise-aware when it was; ``noise_sigma`` None: the uncorrected
-    fit's). ``mr_acquisition_type``, ``slice_thickness_mm``, ``spacing_between_slices_mm``:
-    the sidecar's MRAcquisitionType, SliceThickness and SpacingBetweenSlices (see
-    :func:`slice_geometry`, which raises ValueError when they do not suffice). ``profile``:
-    the slice profile (:mod:`t2starmap.profiles`); None: estimated from the strong-gradient
-    voxels (:func:`~t2starmap.profiles.estimate_slice_profile`, its default when they are too
-    few). A 3D acquisition's voxel is a box along the slice axis: the rectangle, whatever is
-    given.
+    it, with its noise model (noise-aware when it was). ``slices``: the slice geometry and
+    profile (:class:`SliceGeometry`; :func:`slice_geometry` raises NotApplicableError when the
+    metadata do not suffice). ``compute``: as for :func:`t2starmap.fit.fit_t2star`.
     """
-    mag, te, inside = _checked(magnitude, echo_times, mask, slice_axis, field)
-    thickness, spacing = slice_geometry(
-        mr_acquisition_type,
-        affine,
-        slice_axis,
-        slice_thickness_mm=slice_thickness_mm,
-        spacing_between_slices_mm=spacing_between_slices_mm,
-    )
+    axis = slices.slice_axis
+    mag, te, inside = _checked(magnitude, echo_times, mask, axis, field)
+    thickness, spacing = slices.sizes()
     bad_field = np.asarray(field.untrusted, dtype=bool)
     gradient, valid = through_slice_gradient(
-        field.frequency_hz, inside & ~bad_field, affine, slice_axis, spacing,
+        field.frequency_hz, inside & ~bad_field, slices.affine, axis, spacing,
         wrap_period_hz=field.wrap_period_hz,
     )  # fmt: skip
-    status = _status(inside, bad_field, valid, slice_axis)
-    sigma = noise_sigma if noise_sigma is not None else uncorrected.noise_sigma
-    profile, estimate = _slice_profile(
-        profile, mr_acquisition_type, mag, te, gradient, thickness, valid, sigma, workers
+    status = _status(inside, bad_field, valid, axis)
+    noise = NoiseModel(
+        uncorrected.noise_sigma, uncorrected.noise_coils, uncorrected.noise_model != "gaussian"
     )
+    workers = compute.workers
+    profile, estimate = _slice_profile(slices, mag, te, gradient, valid, noise.sigma, workers)
     corr = fit_corrected(
         mag, te, _factor_where(valid, profile, gradient, thickness, te, workers), mask=valid,
-        noise_sigma=sigma, noise_coils=uncorrected.noise_coils,
-        noise_aware=uncorrected.noise_model != "gaussian", start=uncorrected,
-        device=device, dtype=dtype, workers=workers, threshold=threshold,
+        noise=noise, start=uncorrected, compute=compute, threshold=threshold,
     )  # fmt: skip
     status[valid & corr.too_few.cpu().numpy()] = Correction.FEW_ECHOES
     use = torch.as_tensor(status == Correction.CORRECTED)
@@ -357,22 +357,21 @@ def _factor_where(
 
 
 def _slice_profile(
-    given: SliceProfile | None,
-    mr_acquisition_type: str | None,
+    slices: SliceGeometry,
     magnitude: np.ndarray,
     te: np.ndarray,
     gradient: np.ndarray,
-    thickness: float,
     valid: np.ndarray,
     sigma: float | None,
     workers: int | None,
 ) -> tuple[SliceProfile, ProfileEstimate | None]:
     """The profile the factor comes from: the rectangle for a 3D acquisition (its voxel is a
     box), else the one given, else estimated from the strong-gradient voxels (with how)."""
-    if str(mr_acquisition_type).upper() == "3D":
+    if str(slices.mr_acquisition_type).upper() == "3D":
         return RECTANGLE, None
-    if given is not None:
-        return given, None
+    if slices.profile is not None:
+        return slices.profile, None
+    thickness = slices.sizes()[0]
     estimate = estimate_slice_profile(
         magnitude, te, gradient, thickness, valid, sigma, workers=workers
     )
@@ -395,7 +394,7 @@ def _checked(
     if mag.shape[-1] != te.size:
         raise ValueError(f"magnitude has {mag.shape[-1]} echoes but {te.size} echo times")
     if te.size < 3:
-        raise ValueError(
+        raise NotApplicableError(
             f"a through-slice correction needs at least 3 echoes, got {te.size}: with two the "
             "decay and the dephasing cannot be told apart"
         )
@@ -404,7 +403,7 @@ def _checked(
     if inside.shape != spatial:
         raise ValueError(f"mask shape {inside.shape} does not match the magnitude {spatial}")
     if spatial[slice_axis] < 3:
-        raise ValueError(
+        raise NotApplicableError(
             f"a through-slice correction needs at least 3 slices, got {spatial[slice_axis]}"
         )
     for name, value in (("field map", field.frequency_hz), ("field trust", field.untrusted)):

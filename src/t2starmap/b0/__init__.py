@@ -1,0 +1,1 @@
+"""The field-gradient (through-slice) correction and the slice profiles it needs."""

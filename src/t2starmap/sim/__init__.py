@@ -1,0 +1,1 @@
+"""Synthetic phantoms with known truth, and the failure modes real data show."""

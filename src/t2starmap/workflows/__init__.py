@@ -1,0 +1,1 @@
+"""The orchestrators: one echo set, the participant and group levels."""
