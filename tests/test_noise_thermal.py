@@ -12,6 +12,7 @@ from t2starmap.fit import Failure, NoiseModel, fit_t2star
 from t2starmap.noise import NoiseEstimate, all_candidates, cross_check
 from t2starmap.noise.across import across_residuals
 from t2starmap.noise.floor import Residuals, thermal_floor
+from t2starmap.noise.gain import noise_gain, scaled_echoes, to_image_units
 from t2starmap.noise.spatial import noise_map
 from t2starmap.sim.body import BodySet, make_body_set
 from t2starmap.sim.failures import bipolar
@@ -229,3 +230,35 @@ def test_a_clean_background_the_thermal_estimate_agrees_with_is_kept() -> None:
     assert floor_below.method == "background-quantiles"  # misfit can pull a magnitude floor down
     across_below = cross_check(background, differences, residuals, _e(8.0, "across-model"))
     assert across_below.method == "across-model" and "not uniform" in across_below.reason
+
+
+# --- the simulator and the noise gain ----------------------------------------------------------
+
+
+def test_the_body_simulator_noise_is_its_sigma_map() -> None:
+    """Noise-free and noisy draws of one seed differ by complex Gaussian noise of SD
+    ``sigma_map`` in every part of the image (SENSE R 2: the g-factor map)."""
+    noisy = make_body_set((32, 32, 2), acceleration=2, sigma=8.0, seed=1)
+    clean = make_body_set((32, 32, 2), acceleration=2, sigma=1e-9, seed=1)
+    noise = (noisy.signal - clean.signal) / noisy.sigma_map[..., None]
+    assert np.std(noise.real) == pytest.approx(1.0, rel=0.03)
+    assert np.std(noise.imag) == pytest.approx(1.0, rel=0.03)
+    assert noisy.sigma_map.min() >= 8.0 - 1e-9 and noisy.sigma_map.max() > 1.1 * 8.0
+    assert make_body_set((32, 32, 2), seed=1).sigma_map == pytest.approx(8.0)
+
+
+def test_a_noise_map_scales_the_echoes_and_the_maps_back() -> None:
+    gain_map = np.array([[1.0, 2.0], [0.5, 4.0]])
+    noise = NoiseEstimate(8.0, 100, sigma_map=8.0 * gain_map)
+    gain = noise_gain(noise)
+    assert gain is not None and gain.dtype == np.float32
+    echoes = np.arange(2 * 2 * 3, dtype=np.int16).reshape(2, 2, 3) + 1
+    scaled = scaled_echoes(echoes, gain)
+    assert scaled.dtype == np.float32
+    np.testing.assert_allclose(scaled * gain_map[..., None], echoes, rtol=1e-6)
+    maps = {"s0": np.ones((2, 2), np.float32), "r2star": np.ones((2, 2), np.float32)}
+    to_image_units(maps, gain)
+    np.testing.assert_allclose(maps["s0"], gain_map)
+    np.testing.assert_array_equal(maps["r2star"], 1.0)  # a rate does not scale
+    assert noise_gain(NoiseEstimate(8.0, 100)) is None
+    assert scaled_echoes(echoes, None) is echoes

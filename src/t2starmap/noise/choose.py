@@ -44,15 +44,8 @@ def all_candidates(
     when known; the echo differences with the coils that gives), one ``wls`` fit of the
     tissue for the last two (3 echoes or more). magnitude: (..., n_echoes); signal: the same
     shape, complex, or None; ``bipolar``: the read-out is (the even echoes' phase offset)."""
-    _check_coils(coils)
     data = np.asarray(magnitude)
-    air = _Air.of(np.ascontiguousarray(data[..., 0]))
-    real = None if signal is None else signal[..., 0].real
-    background = _background_estimate(air, real, coils, True)
-    if data.shape[-1] < 2:
-        differences = NoiseEstimate(None, 0, "echo differences need at least 2 echoes")
-    else:
-        differences = _differences(data, air, signal, background.coils)
+    background, differences = _air(data, signal, coils)
     if data.shape[-1] < 3:
         none = NoiseEstimate(None, 0, "residuals need at least 3 echoes")
         return Candidates(background, differences, none, none)
@@ -73,20 +66,28 @@ def noise_candidates(
 ) -> tuple[NoiseEstimate, NoiseEstimate, NoiseEstimate]:
     """(background, differences, residuals) of :func:`all_candidates` without the thermal
     estimate: what :func:`cross_check` chose from before it (benchmarks, tests)."""
-    _check_coils(coils)
     data = np.asarray(magnitude)
-    air = _Air.of(np.ascontiguousarray(data[..., 0]))
-    real = None if signal is None else signal[..., 0].real
-    background = _background_estimate(air, real, coils, True)
-    if data.shape[-1] < 2:
-        differences = NoiseEstimate(None, 0, "echo differences need at least 2 echoes")
-    else:
-        differences = _differences(data, air, signal, background.coils)
+    background, differences = _air(data, signal, coils)
     if data.shape[-1] >= 3:
         residuals = noise_from_residuals(data, echo_times, workers=workers)
     else:
         residuals = NoiseEstimate(None, 0, "residuals need at least 3 echoes")
     return background, differences, residuals
+
+
+def _air(
+    data: np.ndarray, signal: np.ndarray | None, coils: float | None
+) -> tuple[NoiseEstimate, NoiseEstimate]:
+    """(the first echo's background, the echo differences in its air), the air worked out
+    once: with the real channel when the complex ``signal`` is given and ``coils`` when
+    known; the differences with the coils the background gives."""
+    _check_coils(coils)
+    air = _Air.of(np.ascontiguousarray(data[..., 0]))
+    real = None if signal is None else signal[..., 0].real
+    background = _background_estimate(air, real, coils, True)
+    if data.shape[-1] < 2:
+        return background, NoiseEstimate(None, 0, "echo differences need at least 2 echoes")
+    return background, _differences(data, air, signal, background.coils)
 
 
 #: A background sigma above this many times the echo differences' is ghosts, not noise. On the
