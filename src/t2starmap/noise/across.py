@@ -80,9 +80,9 @@ def across_residuals(
     voxels of ``signal`` (..., E) complex: every echo finite and non-zero, the first echo's
     magnitude above its Otsu threshold (of log(1 + value)), every k-th so that at most
     ``max_voxels`` are used (the MAD of 20 000 spreads by 0.5 %; the demodulation of 50 000
-    took 0.5 s of the GE kidney set's noise step), demodulated coherence at least ``MIN_COHERENCE``. ``offset``:
-    the even echoes' offset fitted too (a bipolar read-out). (None, why) when fewer than
-    ``MIN_BACKGROUND`` voxels remain or no degree of freedom."""
+    took 0.5 s of the GE kidney set's noise step), demodulated coherence at least
+    ``MIN_COHERENCE``. ``offset``: the even echoes' offset fitted too (a bipolar read-out).
+    (None, why) when fewer than ``MIN_BACKGROUND`` voxels remain or no degree of freedom."""
     te = np.asarray(echo_times, dtype=np.float64)
     params = 3 if offset else 2
     if te.size <= params:
