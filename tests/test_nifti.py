@@ -469,3 +469,34 @@ def test_a_written_map_is_the_same_bytes_every_time(tmp_path: Path) -> None:
     assert data[:2] == b"\x1f\x8b" and data[4:8] == b"\0\0\0\0"  # MTIME 0
     assert not data[3] & 0x08  # no FNAME field
     np.testing.assert_array_equal(read_map(first), values.astype(np.float32))
+
+
+def test_concatenate_volumes_keeps_stored_values_or_scales(tmp_path: Path) -> None:
+    """The converter's enhanced EPI volumes, one file each, joined along a 4th axis."""
+    import nibabel as nib
+
+    from t2starmap.bids.nifti import concatenate_volumes
+
+    rng = np.random.default_rng(0)
+    affine = np.diag([2.0, 2.0, 3.0, 1.0])
+    volumes = [rng.integers(0, 4000, size=(4, 3, 2)).astype(np.int16) for _ in range(3)]
+    paths = []
+    for i, data in enumerate(volumes):
+        paths.append(tmp_path / f"v{i}.nii.gz")
+        nib.save(nib.Nifti1Image(data, affine), paths[-1])
+    out = concatenate_volumes(paths, tmp_path / "run.nii.gz")
+    joined = nib.load(out)
+    assert joined.shape == (4, 3, 2, 3) and joined.get_data_dtype() == np.int16
+    assert np.array_equal(np.asarray(joined.dataobj), np.stack(volumes, axis=3))
+    assert np.allclose(joined.affine, affine)
+    scaled = nib.Nifti1Image(volumes[1] * 0.5 + 0.25, affine)  # float data stored as int16
+    scaled.set_data_dtype(np.int16)
+    nib.save(scaled, paths[1])
+    assert nib.load(paths[1]).header.get_slope_inter() != (1.0, 0.0)
+    mixed = nib.load(concatenate_volumes(paths, tmp_path / "mixed.nii.gz"))
+    assert mixed.get_data_dtype() == np.float32
+    assert np.allclose(np.asarray(mixed.dataobj)[..., 1], volumes[1] * 0.5 + 0.25, atol=0.05)
+    assert np.array_equal(np.asarray(mixed.dataobj)[..., 0], volumes[0])
+    nib.save(nib.Nifti1Image(volumes[2], np.diag([2.0, 2.0, 4.0, 1.0])), paths[2])
+    with pytest.raises(BadDataError, match=r"v2\.nii\.gz: its grid differs"):
+        concatenate_volumes(paths, tmp_path / "bad.nii.gz")

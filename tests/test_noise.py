@@ -279,8 +279,11 @@ REAL_SETS = {
 
 
 def first_echo(bids: Path, label: str, part: str) -> np.ndarray | None:
-    """The shortest-TE image of ``part`` of participant ``label``, or None."""
+    """The shortest-TE image of ``part`` of participant ``label``, or None. The dual-echo field
+    maps are converted to fmap/: their first magnitude is ``magnitude1``."""
     files = sorted((bids / f"sub-{label}" / "anat").glob(f"*_part-{part}_MEGRE.nii.gz"))
+    if not files and part == "mag":
+        files = sorted((bids / f"sub-{label}" / "fmap").glob("*_magnitude1.nii.gz"))
     if not files:
         return None
     times = [

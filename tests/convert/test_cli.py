@@ -73,7 +73,7 @@ def test_all_vendors_convert_with_expected_names(session):
 
 def test_skipped_series_are_logged_with_number_and_reason(session):
     log = session[2].text()
-    assert "skipped series 20 'epi_series': EPI" in log
+    assert "skipped series 20 'epi_series': single-echo EPI (TE 5 ms)" in log
     assert "skipped series 21 'spin_echo_series': spin echo" in log
     assert "skipped series 22 'single_echo_series': single echo time (5 ms)" in log
     assert "skipped series 23 'derived_series': derived image" in log
@@ -258,7 +258,9 @@ def test_no_megre_series_lists_what_was_found(tmp_path, capsys):
     synthetic_dicom.write_other_series(dicom, "single_echo", series_number=6)
     err = _run_bad(dicom, tmp_path / "bids", 66, capsys, "--participant-label", "01")
     assert "no multi-echo gradient-echo series" in err
-    assert "series 5 'epi_series': EPI" in err and "series 6 'single_echo_series'" in err
+    assert (
+        "series 5 'epi_series': single-echo EPI" in err and "series 6 'single_echo_series'" in err
+    )
 
 
 @pytest.mark.parametrize("label", ["../x", "a_b", "01 02", ""])
@@ -489,20 +491,20 @@ def test_enhanced_file_mixing_magnitude_and_phase_is_refused(tmp_path, tiny_phan
 def test_acquisition_failing_in_dcm2niix_is_left_out_whole(
     tmp_path, tiny_phantom, capsys, monkeypatch
 ):
-    from t2starmap.convert import workflow
+    from t2starmap.convert import staging
     from t2starmap.errors import BadDataError
 
     dicom, bids = tmp_path / "dicom", tmp_path / "bids"
     synthetic_dicom.write_siemens_classic(dicom, tiny_phantom, series_number=2, protocol="first")
     synthetic_dicom.write_siemens_classic(dicom, tiny_phantom, series_number=10, protocol="second")
-    real = workflow.run_dcm2niix
+    real = staging.run_dcm2niix
 
     def flaky(source, out_dir, *, label, **kwargs):
         if label == "series 11 'second' (phase)":  # after its magnitude was converted
             raise BadDataError(f"dcm2niix could not convert {label} (exit 1): simulated")
         return real(source, out_dir, label=label, **kwargs)
 
-    monkeypatch.setattr(workflow, "run_dcm2niix", flaky)
+    monkeypatch.setattr(staging, "run_dcm2niix", flaky)
     assert main(["convert", str(dicom), str(bids), "--participant-label", "01"]) == 0
     assert "dcm2niix could not convert series 11 'second' (phase)" in capsys.readouterr().err
     names = sorted(p.name for p in (bids / "sub-01" / "anat").iterdir())

@@ -1,7 +1,8 @@
 """Conversion of the real scanner data in ``../shared/data/dicom`` (skipped without it).
 
 One BIDS dataset, one participant per vendor data set: expected names, echo counts,
-EchoTime values, phase in radians, validator clean, the DICOM left as it was.
+EchoTime values, phase in radians, validator clean, the DICOM left as it was. The two
+Siemens gre_field_mapping sets are field maps (fmap/), the others ME-GRE (anat/).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ pytestmark = [
     ),
 ]
 
-# participant label -> (folder, echo times in s, parts)
+# participant label -> (folder, echo times in s, parts); the field maps' parts are fmap suffixes
 CASES = {
     "phantom": ("siemens-prisma-megre-phantom", (0.004, 0.010, 0.016), ("mag", "phase")),
     "ge": (
@@ -32,9 +33,11 @@ CASES = {
         tuple(round(0.0046 + 0.004612 * k, 6) for k in range(12)),
         ("mag", "real", "imag"),
     ),
-    "fmap": ("siemens-fieldmap-dual-echo", (0.00519, 0.00765), ("mag",)),
-    "xa": ("siemens-xa30-enhanced-dual-echo", (0.010, 0.01246), ("mag",)),
+    "fmap": ("siemens-fieldmap-dual-echo", (0.00519, 0.00765), ("phasediff",)),
+    "xa": ("siemens-xa30-enhanced-dual-echo", (0.010, 0.01246), ("phasediff",)),
 }
+MEGRE = ("phantom", "ge")
+FIELDMAPS = ("fmap", "xa")
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +60,7 @@ def converted(tmp_path_factory: pytest.TempPathFactory):
     return bids, logs, before
 
 
-@pytest.mark.parametrize("label", sorted(CASES))
+@pytest.mark.parametrize("label", sorted(MEGRE))
 def test_names_echo_times_and_parts(converted, label):
     bids, _, _ = converted
     _, echo_times, parts = CASES[label]
@@ -101,10 +104,39 @@ def test_ge_magnitude_matches_real_and_imaginary(converted):
     assert 0.9 < ratio < 1.1
 
 
-def test_single_echo_phase_difference_series_are_skipped(converted):
-    _, logs, _ = converted
-    assert "skipped series 3 'gre_field_magph': single echo time (7.65 ms)" in logs["fmap"]
-    assert "skipped series 9 'gre_field_mapping': single echo time (12.46 ms)" in logs["xa"]
+@pytest.mark.parametrize("label", sorted(FIELDMAPS))
+def test_dual_echo_field_maps_go_to_fmap(converted, label):
+    bids, logs, _ = converted
+    _, (te1, te2), _ = CASES[label]
+    sub = bids / f"sub-{label}"
+    assert not (sub / "anat").exists()
+    assert sorted(p.name for p in (sub / "fmap").iterdir()) == sorted(
+        f"sub-{label}_{suffix}{ext}"
+        for suffix in ("magnitude1", "magnitude2", "phasediff")
+        for ext in (".json", ".nii.gz")
+    )
+    meta = json.loads((sub / "fmap" / f"sub-{label}_phasediff.json").read_text())
+    assert math.isclose(meta["EchoTime1"], te1, abs_tol=2e-6)
+    assert math.isclose(meta["EchoTime2"], te2, abs_tol=2e-6)
+    assert meta["Units"] == "rad" and "IntendedFor" not in meta
+    assert "PatientName" not in meta and "InstitutionName" not in meta
+    for n, te in ((1, te1), (2, te2)):
+        magnitude = json.loads((sub / "fmap" / f"sub-{label}_magnitude{n}.json").read_text())
+        assert math.isclose(magnitude["EchoTime"], te, abs_tol=2e-6)
+    phase = np.asarray(
+        nib.Nifti1Image.from_filename(sub / "fmap" / f"sub-{label}_phasediff.nii.gz").dataobj
+    )
+    assert (
+        phase.dtype == np.float32
+        and -math.pi <= phase.min() < -3.0
+        and 3.0 < phase.max() <= math.pi
+    )
+    number = {"fmap": 3, "xa": 9}[label]
+    assert (
+        f"series {number} " in logs[label]
+        and "written to fmap/ and not fitted as ME-GRE" in logs[label]
+    )
+    assert f"sub-{label}: no IntendedFor: this conversion has no BOLD run" in logs[label]
 
 
 def test_participants_and_validator(converted):
@@ -124,7 +156,7 @@ def test_dicom_left_untouched(converted):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("label", sorted(CASES))
+@pytest.mark.parametrize("label", sorted(MEGRE))
 def test_participant_level_runs_on_the_result(converted, tmp_path, label):
     bids = converted[0]
     out = tmp_path / "out"
@@ -136,3 +168,10 @@ def test_participant_level_runs_on_the_result(converted, tmp_path, label):
     assert maps, sorted(p.name for p in out.rglob("*"))
     data = np.asarray(nib.Nifti1Image.from_filename(maps[0]).dataobj, dtype=np.float64)
     assert np.isfinite(data).any()
+
+
+@pytest.mark.slow
+def test_participant_level_refuses_a_field_map_only_participant(converted, tmp_path):
+    """Field maps are not MEGRE: a participant with nothing else has no echo set to fit."""
+    argv = [str(converted[0]), str(tmp_path / "out"), "participant", "--participant-label"]
+    assert main([*argv, "fmap", "--skip-bids-validation", "-q"]) == 18

@@ -122,7 +122,7 @@ def test_philips_phase_and_derived_maps_in_one_series(
 def test_other_series_read_like_any_image(tmp_path: Path) -> None:
     synthetic_dicom.write_other_series(tmp_path, "epi", series_number=5, shape=(6, 4, 2))
     headers = scan_dicom_dir(tmp_path).images
-    assert len(headers) == 4
+    assert len(headers) == 2  # one echo, two slices
     assert {h.scanning_sequence for h in headers} == {("EP",)}
     assert {h.sequence_names for h in headers} == {("*epfid2d1_64",)}
     assert {(h.rows, h.columns) for h in headers} == {(4, 6)}
@@ -444,3 +444,38 @@ def test_real_file_size_check_to_the_byte(tmp_path: Path, folder: str) -> None:
     assert counts is not None
     available, expected = int(counts[1]), int(counts[2])
     assert available == expected - 2
+
+
+def test_mosaic_slices_from_the_siemens_tag_or_the_csa_header(tmp_path: Path) -> None:
+    from t2starmap.convert.scan import csa_item
+    from t2starmap.sim.phantoms import make_phantom
+    from tests.support import synthetic_epi
+
+    phantom = make_phantom((6, 4, 5), (0.01, 0.03), seed=1)
+    files = synthetic_epi.write_siemens_mosaic(tmp_path, phantom, n_volumes=1)
+    assert {h.mosaic_slices for h in scan_dicom_dir(tmp_path).images} == {5}
+    ds = pydicom.dcmread(files[0])
+    csa = ds[0x0029, 0x1010].value
+    assert csa_item(csa, "NumberOfImagesInMosaic") == "5"
+    assert csa_item(csa, "SliceNormalVector") == "0.0"
+    assert csa_item(csa, "Missing") is None and csa_item(b"garbage", "x") is None
+    del ds[0x0019, 0x100A]  # without Siemens' own tag the CSA header still says it
+    ds.save_as(files[0], enforce_file_format=True)
+    (header,) = read_image_headers(files[0])
+    assert header.mosaic_slices == 5
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND"]  # not a mosaic: no count
+    ds.save_as(files[0], enforce_file_format=True)
+    assert read_image_headers(files[0])[0].mosaic_slices is None
+
+
+def test_enhanced_echo_planar_flag_reads_as_epi(tmp_path: Path) -> None:
+    from t2starmap.sim.phantoms import make_phantom
+    from tests.support import synthetic_epi
+
+    phantom = make_phantom((6, 4, 3), (0.01, 0.03), seed=1)
+    files = synthetic_epi.write_enhanced_epi(tmp_path, phantom, n_volumes=2)
+    ds = pydicom.dcmread(files[0])
+    del ds.PulseSequenceName  # only EchoPlanarPulseSequence YES says EPI now
+    ds.save_as(files[0], enforce_file_format=True)
+    headers = read_image_headers(files[0])
+    assert len(headers) == 6 and {h.scanning_sequence for h in headers} == {("EP",)}

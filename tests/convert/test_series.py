@@ -7,16 +7,16 @@ from pathlib import Path
 
 import pytest
 
+from t2starmap.convert.plan import plan_acquisitions, sanitize_label
 from t2starmap.convert.series import (
     ImageHeader,
     classify_series,
     derived_reason,
     group_series,
     part_from_headers,
-    plan_acquisitions,
-    sanitize_label,
     sequence_kind,
 )
+from tests.convert.helpers import header
 
 
 def images(
@@ -29,29 +29,18 @@ def images(
     **fields: object,
 ) -> list[ImageHeader]:
     """One header per (echo, slice), like a classic series."""
-    out = []
-    for e, te in enumerate(tes):
-        for k in range(n_slices):
-            header = ImageHeader(
-                path=Path(f"/dicom/{uid}/{e}_{k}.dcm"),
-                series_uid=uid,
-                series_number=number,
-                series_description=protocol,
-                protocol_name=protocol,
-                manufacturer="SIEMENS",
-                image_type=("ORIGINAL", "PRIMARY", "M" if part == "mag" else "P", "ND"),
-                scanning_sequence=("GR",),
-                sequence_names=("*fl3d6r",),
-                echo_time=te,
-                echo_number=e + 1,
-                part=part,
-                position=(0.0, 0.0, 2.0 * k),
-                orientation=(1, 0, 0, 0, 1, 0),
-                rows=64,
-                columns=64,
-            )
-            out.append(dataclasses.replace(header, **fields))  # type: ignore[arg-type]
-    return out
+
+    def one(e: int, te: float, k: int) -> ImageHeader:
+        own = {
+            "scanning_sequence": ("GR",),
+            "sequence_names": ("*fl3d6r",),
+            "echo_time": te,
+            "echo_number": e + 1,
+            "position": (0.0, 0.0, 2.0 * k),
+        }
+        return header(uid, number, protocol, part, f"{e}_{k}", **{**own, **fields})
+
+    return [one(e, te, k) for e, te in enumerate(tes) for k in range(n_slices)]
 
 
 def decide(ims: list[ImageHeader]):
@@ -128,7 +117,10 @@ def test_echo_times_are_sorted_whatever_the_file_order():
 @pytest.mark.parametrize(
     ("changes", "reason"),
     [
-        ({"scanning_sequence": ("EP",), "sequence_names": ("*epfid2d1",)}, "EPI"),
+        (
+            {"scanning_sequence": ("EP",), "sequence_names": ("*epfid2d1",), "tes": (30.0,)},
+            "single-echo EPI (TE 30 ms)",
+        ),
         ({"scanning_sequence": ("SE",), "sequence_names": ("*tse2d1",)}, "spin echo"),
         ({"image_type": ("DERIVED", "PRIMARY", "T2_STAR")}, "derived"),
         ({"modality": "CT"}, "not MR"),
@@ -148,12 +140,16 @@ def test_single_echo_is_skipped():
     assert "field map" not in d.reason
 
 
-def test_a_phase_difference_map_says_so():
-    d = decide(images(tes=(7.65,), part="phase", protocol="gre_field_mapping"))
-    assert not d.accepted
-    assert d.reason == (
-        "single echo time (7.65 ms): a phase-difference field map, not multi-echo data"
-    )
+def test_a_phase_difference_map_is_a_field_map_by_its_sequence_name():
+    d = decide(images(tes=(7.65,), part="phase", sequence_names=("*fm2d2r",)))
+    assert d.accepted and d.datatype == "fmap" and d.kind == "field map"
+    assert d.echo_times == (7.65,) and d.n_slices == 3
+    magnitude = decide(images(tes=(5.19, 7.65), sequence_names=("*fm2d2r",)))
+    assert magnitude.accepted and magnitude.datatype == "fmap"
+    # the protocol name alone does not make a field map: a single echo time is skipped
+    named = decide(images(tes=(7.65,), part="phase", protocol="gre_field_mapping"))
+    assert not named.accepted and named.reason == "single echo time (7.65 ms)"
+    assert decide(images()).datatype == "anat"
 
 
 def test_maps_inside_a_series_are_dropped_not_the_series():

@@ -148,15 +148,17 @@ def test_the_checks_catch_a_leaky_page(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def real_pages(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The GE coronal kidney slab (real/imaginary parts: complex fit) and the Siemens XA30
-    2-echo set, converted from the shared DICOM and run with --fit-method auto."""
+    """The GE coronal kidney slab (real/imaginary parts: complex fit) and the Siemens Prisma
+    3-echo phantom (magnitude and phase), converted from the shared DICOM and run with
+    --fit-method auto. (The Siemens XA30 2-echo set once served here; it is a field map,
+    which the converter writes to fmap/ and the participant level does not fit.)"""
     from t2starmap.cli.run import main
     from tests.support.files import SHARED_DATA
 
     root = tmp_path_factory.mktemp("real")
     for folder, label in (
         ("ge-mr750-kidney-megre", "ge"),
-        ("siemens-xa30-enhanced-dual-echo", "xa"),
+        ("siemens-prisma-megre-phantom", "prisma"),
     ):
         source = SHARED_DATA / "dicom" / folder
         assert (
@@ -173,7 +175,7 @@ def real_pages(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize(
     ("name", "plane"),
     # GE's slab runs anterior to posterior: the first (posterior) tile is the file's k = 4
-    [("sub-ge.html", "Coronal slices k = 4, 3, 2, 1, 0 of the file"), ("sub-xa.html", "Axial")],
+    [("sub-ge.html", "Coronal slices k = 4, 3, 2, 1, 0 of the file"), ("sub-prisma.html", "Axial")],
 )
 def test_real_data_pages_render_without_sideways_scrolling(
     real_pages: Path, tmp_path: Path, name: str, plane: str

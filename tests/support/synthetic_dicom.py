@@ -489,10 +489,11 @@ def write_other_series(
     echo_times_ms: Sequence[float] = (5.0, 10.0),
     study: str = "study",
 ) -> list[Path]:
-    """A small series that is NOT ME-GRE: ``epi``, ``spin_echo``, ``single_echo`` or ``derived``
-    (a scanner-made T2* map, ImageType DERIVED)."""
+    """A small series that is not converted: ``epi`` (single-echo EPI), ``spin_echo``,
+    ``single_echo`` or ``derived`` (a scanner-made T2* map, ImageType DERIVED)."""
     settings = {
-        "epi": ("EP", "SK", "*epfid2d1_64", ["ORIGINAL", "PRIMARY", "M", "ND"], echo_times_ms),
+        # single-echo EPI: a multi-echo EPI run is converted (tests.support.synthetic_epi)
+        "epi": ("EP", "SK", "*epfid2d1_64", ["ORIGINAL", "PRIMARY", "M", "ND"], echo_times_ms[:1]),
         "spin_echo": ("SE", "SK", "*tse2d1_5", ["ORIGINAL", "PRIMARY", "M", "ND"], echo_times_ms),
         "single_echo": (
             "GR",

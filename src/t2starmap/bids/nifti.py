@@ -358,6 +358,39 @@ def save_like(path: Path, data: np.ndarray, template: Path) -> Path:
     return Path(path)
 
 
+def concatenate_volumes(paths: Sequence[Path], out: Path) -> Path:
+    """The images ``paths`` (3-D, or 4-D runs) joined in order along a 4th axis into ``out``
+    (the converter's enhanced EPI volumes, one file each). Values stay as stored when every
+    file has the stored type of the first and no scaling, else become float32 (scaled). Raises
+    BadDataError naming the file whose grid differs from the first's."""
+    images = [_open(Path(p)) for p in paths]
+    first = images[0]
+    for path, image in zip(paths, images, strict=True):
+        if image.shape[:3] != first.shape[:3] or not np.allclose(image.affine, first.affine):
+            raise BadDataError(f"{path}: its grid differs from that of {paths[0]}")
+    raw = all(
+        image.get_data_dtype() == first.get_data_dtype() and _scaling(image) == (1.0, 0.0)
+        for image in images
+    )
+    arrays = [
+        np.asanyarray(image.dataobj.get_unscaled() if raw else image.get_fdata(dtype=np.float32))
+        for image in images
+    ]
+    data = np.concatenate([a.reshape(*a.shape[:3], -1) for a in arrays], axis=3)
+    joined = nib.Nifti1Image(data, first.affine, first.header)
+    if not raw:
+        joined.header.set_data_dtype(np.float32)
+        joined.header.set_slope_inter(1.0, 0.0)
+    nib.save(joined, str(out))
+    return Path(out)
+
+
+def _scaling(image: Any) -> tuple[float, float]:
+    """(slope, intercept) of a loaded image: nibabel keeps them on the data proxy."""
+    proxy = image.dataobj
+    return float(getattr(proxy, "slope", 1.0)), float(getattr(proxy, "inter", 0.0))
+
+
 # --- orientation: which voxel axis points where ----------------------------------------------
 
 

@@ -78,16 +78,19 @@ def bids_stem(
     subject: str,
     *,
     session: str | None = None,
+    task: str | None = None,
     acq: str | None = None,
     run: int | None = None,
-    echo: int,
-    part: str,
+    echo: int | None = None,
+    part: str | None = None,
     suffix: str = "MEGRE",
 ) -> str:
-    """``sub-01_ses-1_acq-x_run-1_echo-2_part-mag_MEGRE``: entities in the BIDS order."""
+    """``sub-01_ses-1_task-x_acq-y_run-1_echo-2_part-mag_MEGRE``: entities in the BIDS order
+    (those that are None left out)."""
     entities: list[tuple[str, str | int | None]] = [
         ("sub", subject),
         ("ses", session),
+        ("task", task),
         ("acq", acq),
         ("run", run),
         ("echo", echo),
@@ -149,14 +152,14 @@ def phase_to_radians(data: np.ndarray, manufacturer: str) -> np.ndarray:
 
 def dataset_description() -> dict[str, Any]:
     return {
-        "Name": "MEGRE data converted from DICOM by t2starmap",
+        "Name": "Multi-echo data converted from DICOM by t2starmap",
         "BIDSVersion": BIDS_VERSION,
         "DatasetType": "raw",
         "GeneratedBy": [
             {
                 "Name": "t2starmap convert",
                 "Version": __version__,
-                "Description": "DICOM to BIDS MEGRE with dcm2niix",
+                "Description": "DICOM to BIDS (MEGRE, multi-echo BOLD, field maps) with dcm2niix",
                 "CodeURL": CODE_URL,
             }
         ],
@@ -164,8 +167,9 @@ def dataset_description() -> dict[str, Any]:
 
 
 README_TEXT = (
-    "Multi-echo gradient-echo (MEGRE) data converted from DICOM by `t2starmap convert`\n"
-    "(dcm2niix, anonymised sidecars). Fit T2* maps with:\n\n"
+    "Multi-echo gradient-echo (anat/*_MEGRE), multi-echo BOLD (func/*_echo-<k>_bold) and\n"
+    "field-map (fmap/) data converted from DICOM by `t2starmap convert` (dcm2niix,\n"
+    "anonymised sidecars). Fit T2* maps of the MEGRE data with:\n\n"
     "    t2starmap BIDS_DIR OUTPUT_DIR participant\n"
 )
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -229,6 +230,15 @@ def _sequence_names(ds: Any) -> tuple[str, ...]:
     return tuple(str(n) for n in names if isinstance(n, str | bytes) and str(n))
 
 
+def _scanning_sequence(ds: Any) -> tuple[str, ...]:
+    """ScanningSequence, with ``EP`` added where enhanced DICOM says EchoPlanarPulseSequence
+    YES (enhanced files have no ScanningSequence)."""
+    scanning = _strs(ds.get("ScanningSequence"))
+    if str(ds.get("EchoPlanarPulseSequence", "")).strip().upper() == "YES" and "EP" not in scanning:
+        scanning = (*scanning, "EP")
+    return scanning
+
+
 def _common(path: Path, ds: Any) -> dict[str, Any]:
     manufacturer = str(ds.get("Manufacturer", ""))
     expected = None
@@ -241,7 +251,7 @@ def _common(path: Path, ds: Any) -> dict[str, Any]:
         "series_description": str(ds.get("SeriesDescription", "")),
         "protocol_name": str(ds.get("ProtocolName", "")),
         "manufacturer": manufacturer,
-        "scanning_sequence": _strs(ds.get("ScanningSequence")),
+        "scanning_sequence": _scanning_sequence(ds),
         "sequence_variant": _strs(ds.get("SequenceVariant")),
         "echo_pulse_sequence": str(ds.get("EchoPulseSequence", "")),
         "sequence_names": _sequence_names(ds),
@@ -262,12 +272,69 @@ def _classic_header(path: Path, ds: Any) -> ImageHeader:
     return ImageHeader(
         **_common(path, ds),
         image_type=image_type,
+        mosaic_slices=mosaic_slices(ds, image_type),
+        acquired=_acquired(ds),
         echo_time=_float(ds.get("EchoTime")),
         echo_number=_int(_first(ds.get("EchoNumbers"))),
         part=part_from_headers(image_type, str(ds.get("ComplexImageComponent", "")), ge_type),
         position=tuple(float(x) for x in position) if position else None,  # type: ignore[arg-type]
         orientation=tuple(float(x) for x in orientation) if orientation else None,
     )
+
+
+def mosaic_slices(ds: Any, image_type: tuple[str, ...]) -> int | None:
+    """Slices tiled into a Siemens mosaic: (0019,100A), else the CSA image header's
+    NumberOfImagesInMosaic; None for an image that is not a mosaic (or says no count)."""
+    if "MOSAIC" not in (t.strip().upper() for t in image_type):
+        return None
+    count = _int(_private(ds, 0x0019, 0x100A))
+    if count:
+        return count
+    csa = _private(ds, 0x0029, 0x1010)
+    if isinstance(csa, bytes):
+        text = csa_item(csa, "NumberOfImagesInMosaic")
+        number = _float(text)
+        return int(number) if number else None
+    return None
+
+
+def csa_item(csa: bytes, name: str) -> str | None:
+    """The first item of tag ``name`` in a Siemens CSA2 header (``SV10``), or None.
+
+    Layout (as nibabel and dcm2niix read it): 'SV10', 4 bytes, tag count, 77; per tag a
+    64-byte name, VM, VR, syngo type, item count, 77; per item four int32 (the second is the
+    length) and the text, padded to 4 bytes.
+    """
+    if not csa.startswith(b"SV10") or len(csa) < 16:
+        return None
+    (n_tags,) = struct.unpack_from("<I", csa, 8)
+    pos = 16
+    for _ in range(min(n_tags, 512)):
+        if pos + 84 > len(csa):
+            return None
+        raw, _vm, _vr, _dt, n_items, _ = struct.unpack_from("<64si4s3i", csa, pos)
+        pos += 84
+        first = None
+        for _item in range(max(n_items, 0)):
+            if pos + 16 > len(csa):
+                return None
+            length = struct.unpack_from("<4i", csa, pos)[1]
+            pos += 16
+            if first is None and length > 0:
+                first = csa[pos : pos + length].split(b"\x00")[0].decode("latin-1").strip()
+            pos += max(length, 0) + (-max(length, 0) % 4)
+        if raw.split(b"\x00")[0].decode("latin-1") == name:
+            return first
+    return None
+
+
+def _acquired(ds: Any, frame_time: Any = None) -> str:
+    """When an image (or frame) was acquired, as DICOM date-time text (sorts in time order)."""
+    for value in (frame_time, ds.get("AcquisitionDateTime")):
+        if value:
+            return str(value)
+    date, time = ds.get("AcquisitionDate"), ds.get("AcquisitionTime")
+    return f"{date or ''}{time or ''}"
 
 
 def _first(value: Any) -> Any:
@@ -307,6 +374,8 @@ def _enhanced_headers(path: Path, ds: Any) -> list[ImageHeader]:
             if frame_type_item
             else str(ds.get("ComplexImageComponent", ""))
         )
+        content = _functional(ds, frame, "FrameContentSequence")
+        frame_time = content.get("FrameAcquisitionDateTime") if content else None
         position = position_item.get("ImagePositionPatient") if position_item else None
         orientation = orientation_item.get("ImageOrientationPatient") if orientation_item else None
         out.append(
@@ -319,6 +388,7 @@ def _enhanced_headers(path: Path, ds: Any) -> list[ImageHeader]:
                 position=tuple(float(x) for x in position) if position else None,  # type: ignore[arg-type]
                 orientation=tuple(float(x) for x in orientation) if orientation else None,
                 frame=index,
+                acquired=_acquired(ds, frame_time),
             )
         )
     return out

@@ -1,4 +1,4 @@
-"""Which DICOM series are multi-echo gradient echo, and how they become BIDS acquisitions.
+"""Which DICOM series are multi-echo gradient echo, multi-echo EPI or field maps.
 
 Everything here is pure: it works on :class:`ImageHeader` records (one per DICOM image, or
 one per frame of an enhanced multi-frame file) that :mod:`t2starmap.convert.scan` reads, and
@@ -8,25 +8,32 @@ The decisions, in order (see :func:`classify_series`):
 
 1. scanner-made maps inside a series (``DERIVED`` image types, T2*/R2*/B0 maps) are dropped;
    a series made only of them is skipped;
-2. the sequence must be gradient echo: not EPI, not spin echo;
-3. two or more distinct echo times;
+2. EPI with two or more echo times is multi-echo BOLD (``func``): every echo must hold the
+   same slices and the same number of volumes; single-echo EPI is skipped;
+3. otherwise the sequence must be gradient echo (not spin echo); a Siemens field-mapping
+   sequence (``*fm2d2r``) is a field map (``fmap``): its magnitude pair and its single-echo
+   phase difference are kept; any other gradient echo needs two or more distinct echo times
+   (``anat``, ME-GRE);
 4. every echo has every slice (no gaps in the slice positions, no echo numbers missing).
 
-:func:`plan_acquisitions` then pairs magnitude with phase/real/imaginary series of one
-acquisition (Siemens writes them as two series) and gives each acquisition its BIDS entities.
+:func:`t2starmap.convert.plan.plan_acquisitions` then pairs the series into acquisitions.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 PARTS = ("mag", "phase", "real", "imag")
 """BIDS ``part`` labels, magnitude first."""
+
+# Siemens' field-mapping sequence (gre_field_mapping) names itself *fm2d2r (2D) or *fm3d2r.
+_FIELDMAP_NAME = re.compile(r"(?:^|\*)fm[23]d\d", re.IGNORECASE)
 
 # Echo times are compared after rounding to this many decimals of a millisecond: scanners
 # write "4.6" in one file and "4.6000000001" in the next.
@@ -75,6 +82,9 @@ class ImageHeader:
     ``sequence_names`` every name the scanner gives the pulse sequence (SequenceName,
     PulseSequenceName, GE's private names), used only to recognise EPI and gradient echo.
     ``expected_echoes`` is a vendor's own count of echoes where it writes one (GE), else None.
+    ``mosaic_slices`` is the number of slices tiled into a Siemens mosaic (None otherwise).
+    ``acquired`` is when the image (frame) was acquired, DICOM date-time text that sorts in
+    time order (FrameAcquisitionDateTime, AcquisitionDateTime or AcquisitionDate + Time).
     """
 
     path: Path
@@ -98,6 +108,8 @@ class ImageHeader:
     frame: int | None = None
     modality: str = "MR"
     expected_echoes: int | None = None
+    mosaic_slices: int | None = None
+    acquired: str = ""
 
 
 @dataclass(frozen=True)
@@ -133,13 +145,16 @@ class Series:
 class Decision:
     """Outcome of :func:`classify_series`.
 
-    accepted: True for a complete ME-GRE series.
+    accepted: True for a complete ME-GRE, ME-EPI or field-map series.
     reason: why it was skipped ('' when accepted).
-    refused: True when the series IS ME-GRE but cannot be converted (incomplete): the user
-        has to hear about it as a warning, not in the list of ordinary skipped series.
+    refused: True when the series IS one of those but cannot be converted (incomplete): the
+        user has to hear about it as a warning, not in the list of ordinary skipped series.
+    datatype: the BIDS folder it belongs in: ``anat`` (ME-GRE), ``func`` (ME-EPI) or
+        ``fmap`` (a field map's magnitude pair or phase difference).
     parts: the parts it holds, in :data:`PARTS` order.
     echo_times: distinct echo times in ms, ascending.
     n_slices: slices per echo.
+    n_volumes: volumes per echo (1 but for EPI).
     images: the images to convert (derived maps inside the series left out).
     dropped: how many images were left out as scanner-made maps.
     """
@@ -153,45 +168,17 @@ class Decision:
     n_slices: int = 0
     images: tuple[ImageHeader, ...] = ()
     dropped: int = 0
+    datatype: str = "anat"
+    n_volumes: int = 1
+
+    @property
+    def kind(self) -> str:
+        """How the log names what the series is."""
+        return {"anat": "ME-GRE", "func": "ME-EPI", "fmap": "field map"}[self.datatype]
 
     def files_for(self, part: str) -> tuple[Path, ...]:
         """The files holding ``part`` images (each file once, in series order)."""
         return tuple(dict.fromkeys(im.path for im in self.images if im.part == part))
-
-
-@dataclass(frozen=True)
-class Member:
-    """One part of an acquisition and the series it comes from."""
-
-    decision: Decision
-    part: str
-
-
-@dataclass(frozen=True)
-class Acquisition:
-    """One ME-GRE acquisition: BIDS entities shared by all its files, and its parts.
-
-    ``acq`` and ``run`` are None when not needed; ``echo_times`` (ms, ascending) gives the
-    echo index: echo k is ``echo_times[k - 1]``.
-    """
-
-    members: tuple[Member, ...]
-    echo_times: tuple[float, ...]
-    acq: str | None = None
-    run: int | None = None
-    protocol_label: str = ""
-
-    @property
-    def parts(self) -> tuple[str, ...]:
-        return tuple(m.part for m in self.members)
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What :func:`plan_acquisitions` makes of the accepted series."""
-
-    acquisitions: tuple[Acquisition, ...]
-    skipped: tuple[tuple[Series, str], ...] = field(default_factory=tuple)
 
 
 # --- single images -----------------------------------------------------------------------------
@@ -294,8 +281,13 @@ def _image_order(image: ImageHeader) -> tuple[str, float, int]:
 # --- one series --------------------------------------------------------------------------------
 
 
+def is_fieldmap_sequence(sequence_names: Sequence[str]) -> bool:
+    """Whether a sequence name is Siemens' dual-echo field mapping (``*fm2d2r``, ``*fm3d2r``)."""
+    return any(_FIELDMAP_NAME.search(name) for name in sequence_names)
+
+
 def classify_series(series: Series) -> Decision:
-    """Decide whether ``series`` is a complete multi-echo gradient-echo series."""
+    """Decide whether ``series`` is a complete ME-GRE, ME-EPI or field-map series."""
     first = series.first
     if first.modality and first.modality.upper() != "MR":
         return Decision(series, False, f"modality {first.modality}, not MR")
@@ -304,48 +296,111 @@ def classify_series(series: Series) -> Decision:
     if not images:
         return Decision(series, False, derived_reason(first.image_type), dropped=dropped)
     kind = sequence_kind(first.scanning_sequence, first.echo_pulse_sequence, first.sequence_names)
+    if kind == "epi":
+        return _classify_epi(series, images, dropped)
     if kind != "gre":
-        what = {"epi": "EPI", "se": "spin echo", "unknown": "not recognisably gradient echo"}
+        what = {"se": "spin echo", "unknown": "not recognisably gradient echo"}
         detail = "\\".join(first.scanning_sequence) or first.echo_pulse_sequence or "none"
         return Decision(series, False, f"{what[kind]} (ScanningSequence {detail})", dropped=dropped)
     if any(im.echo_time is None for im in images):
         return Decision(series, False, "no EchoTime in the headers", dropped=dropped)
-    parts = tuple(p for p in PARTS if any(im.part == p for im in images))
-    echo_sets = {
-        p: sorted({te_key(im.echo_time or 0.0) for im in images if im.part == p}) for p in parts
-    }
-    all_tes = sorted({te for tes in echo_sets.values() for te in tes})
-    if len(all_tes) < 2:
+    parts, echo_sets, all_tes = _echo_sets(images)
+    fieldmap = is_fieldmap_sequence(first.sequence_names)
+    if len(all_tes) < 2 and not (fieldmap and parts == ("phase",)):
         te = f"{all_tes[0]:g} ms" if all_tes else "none"
-        why = f"single echo time ({te})"
-        if parts == ("phase",):  # e.g. Siemens gre_field_mapping's second series
-            why += ": a phase-difference field map, not multi-echo data"
-        return Decision(series, False, why, dropped=dropped)
-    accepted = Decision(
-        series, True, parts=parts, echo_times=tuple(all_tes), images=images, dropped=dropped
-    )
+        return Decision(series, False, f"single echo time ({te})", dropped=dropped)
+    found = _found(series, images, dropped, parts, all_tes, "fmap" if fieldmap else "anat")
     problem = _completeness_problem(images, parts, echo_sets, all_tes)
     if problem:
-        return Decision(
-            series,
-            False,
-            problem,
-            refused=True,
-            parts=parts,
-            echo_times=tuple(all_tes),
-            images=images,
-            dropped=dropped,
-        )
-    n_slices = len({_slice_key(im) for im in images})
+        return dataclasses.replace(found, accepted=False, reason=problem, refused=True)
+    return dataclasses.replace(found, n_slices=len({_slice_key(im) for im in images}))
+
+
+def _found(
+    series: Series,
+    images: tuple[ImageHeader, ...],
+    dropped: int,
+    parts: tuple[str, ...],
+    all_tes: Sequence[float],
+    datatype: str,
+) -> Decision:
+    """The accepted decision, before the completeness checks add counts or a refusal."""
     return Decision(
         series,
         True,
         parts=parts,
-        echo_times=accepted.echo_times,
-        n_slices=n_slices,
+        echo_times=tuple(all_tes),
         images=images,
         dropped=dropped,
+        datatype=datatype,
     )
+
+
+def _echo_sets(
+    images: Sequence[ImageHeader],
+) -> tuple[tuple[str, ...], dict[str, list[float]], list[float]]:
+    """The parts present, each part's echo times and all echo times (ms, ascending)."""
+    parts = tuple(p for p in PARTS if any(im.part == p for im in images))
+    echo_sets = {
+        p: sorted({te_key(im.echo_time or 0.0) for im in images if im.part == p}) for p in parts
+    }
+    return parts, echo_sets, sorted({te for tes in echo_sets.values() for te in tes})
+
+
+def _classify_epi(series: Series, images: tuple[ImageHeader, ...], dropped: int) -> Decision:
+    """Multi-echo EPI: two or more echo times, each with the same slices and volumes."""
+    if any(im.echo_time is None for im in images):
+        return Decision(series, False, "EPI without EchoTime in the headers", dropped=dropped)
+    parts, echo_sets, all_tes = _echo_sets(images)
+    if len(all_tes) < 2:
+        expected = max((im.expected_echoes or 1 for im in images), default=1)
+        if expected > 1:  # GE research sequences: one EchoTime, EchoNumbers 1 for every echo
+            why = (
+                f"GE says {expected} echoes but every image has TE {all_tes[0]:g} ms and "
+                "echo number 1: its echoes cannot be told apart (dcm2niix issue 359)"
+            )
+            return Decision(series, False, why, refused=True, dropped=dropped, datatype="func")
+        why = f"single-echo EPI (TE {all_tes[0]:g} ms): one echo time gives no T2*"
+        return Decision(series, False, why, dropped=dropped, datatype="func")
+    found = _found(series, images, dropped, parts, all_tes, "func")
+    problem, volumes = _epi_volumes(images, parts, echo_sets, all_tes)
+    if problem:
+        return dataclasses.replace(found, accepted=False, reason=problem, refused=True)
+    mosaic = {im.mosaic_slices for im in images}
+    n_slices = mosaic.pop() if len(mosaic) == 1 and None not in mosaic else None
+    if n_slices is None:
+        n_slices = len({_slice_key(im) for im in images})
+    return dataclasses.replace(found, n_slices=n_slices, n_volumes=volumes)
+
+
+def _epi_volumes(
+    images: Sequence[ImageHeader],
+    parts: Sequence[str],
+    echo_sets: Mapping[str, Sequence[float]],
+    all_tes: Sequence[float],
+) -> tuple[str, int]:
+    """(why the run is incomplete or '', volumes per echo): every (part, echo, slice) must
+    have the same number of images, one per volume (a mosaic holds every slice at once)."""
+    counts: dict[tuple[str, float, tuple[float, ...]], int] = defaultdict(int)
+    for im in images:
+        counts[(im.part, te_key(im.echo_time or 0.0), _slice_key(im))] += 1
+    slices = {key[2] for key in counts}
+    volumes: dict[tuple[str, float], set[int]] = defaultdict(set)
+    for part in parts:
+        if list(echo_sets[part]) != list(all_tes):
+            missing = ", ".join(f"{te:g}" for te in all_tes if te not in echo_sets[part])
+            return f"{part} images lack echo time(s) {missing} ms", 0
+        for te in all_tes:
+            for key in slices:
+                volumes[(part, te)].add(counts.get((part, te, key), 0))
+    per_echo = {key: max(n) for key, n in volumes.items()}
+    if any(len(n) > 1 for n in volumes.values()) or len(set(per_echo.values())) > 1:
+        detail = ", ".join(
+            f"{part} {te:g} ms: {min(n)}" + (f"-{max(n)}" if len(n) > 1 else "")
+            for (part, te), n in volumes.items()
+        )
+        return f"echoes hold different numbers of volumes ({detail}; run stopped early?)", 0
+    return "", next(iter(per_echo.values()))
 
 
 def _slice_key(image: ImageHeader) -> tuple[float, ...]:
@@ -427,99 +482,3 @@ def _slice_gap(images: Sequence[ImageHeader], part: str) -> str:
     if missing:
         return f"{part} images lack {missing} slice(s) inside the stack (uneven slice spacing)"
     return ""
-
-
-# --- acquisitions ------------------------------------------------------------------------------
-
-
-def sanitize_label(text: str) -> str:
-    """A BIDS label (letters and digits only) from free text such as a protocol name."""
-    return re.sub(r"[^A-Za-z0-9]", "", text)
-
-
-def plan_acquisitions(decisions: Sequence[Decision]) -> Plan:
-    """Pair accepted series into acquisitions and give them ``acq``/``run`` entities.
-
-    A series holding magnitude images starts an acquisition; a series holding only phase
-    (or real/imaginary) images joins the magnitude series with the same protocol, echo times
-    and geometry that lacks those parts, the nearest earlier one first (Siemens writes
-    magnitude as series N and phase as series N+1, sometimes both with the same number).
-    Several acquisitions get ``acq-<protocol>`` labels when their protocols differ and
-    ``run-<n>`` (in series order) where a protocol repeats.
-    """
-    accepted = sorted((d for d in decisions if d.accepted), key=_decision_order)
-    primaries = [[Member(d, p) for p in d.parts] for d in accepted if "mag" in d.parts]
-    skipped: list[tuple[Series, str]] = []
-    for decision in accepted:
-        if "mag" in decision.parts:
-            continue
-        home, why = _find_partner(decision, primaries)
-        if home is None:
-            skipped.append((decision.series, why))
-            continue
-        home.extend(Member(decision, p) for p in decision.parts)
-    if not primaries:
-        return Plan((), tuple(skipped))
-    labels = [
-        sanitize_label(_protocol(m[0].decision)) or f"series{m[0].decision.series.number}"
-        for m in primaries
-    ]
-    distinct = list(dict.fromkeys(labels))
-    acquisitions: list[Acquisition] = []
-    for members, label in zip(primaries, labels, strict=True):
-        same = [i for i, lab in enumerate(labels) if lab == label]
-        run = same.index(len(acquisitions)) + 1 if len(same) > 1 else None
-        ordered = tuple(sorted(members, key=lambda m: PARTS.index(m.part)))
-        acquisitions.append(
-            Acquisition(
-                members=ordered,
-                echo_times=members[0].decision.echo_times,
-                acq=label if len(distinct) > 1 else None,
-                run=run,
-                protocol_label=label,
-            )
-        )
-    return Plan(tuple(acquisitions), tuple(skipped))
-
-
-def _decision_order(d: Decision) -> tuple[int, str]:
-    number = d.series.number
-    return (number if number is not None else 1 << 30, d.series.uid)
-
-
-def _protocol(decision: Decision) -> str:
-    return decision.series.first.protocol_name or decision.series.first.series_description
-
-
-def _geometry(decision: Decision) -> tuple[int, int, int]:
-    first = decision.series.first
-    return (first.rows, first.columns, decision.n_slices)
-
-
-def _find_partner(
-    decision: Decision, primaries: list[list[Member]]
-) -> tuple[list[Member] | None, str]:
-    candidates = [
-        members
-        for members in primaries
-        if _protocol(members[0].decision) == _protocol(decision)
-        and _geometry(members[0].decision) == _geometry(decision)
-        and not set(decision.parts) & {m.part for m in members}
-    ]
-    what = "/".join(decision.parts)
-    if not candidates:
-        return None, f"{what} images without a matching magnitude series"
-    matching = [m for m in candidates if m[0].decision.echo_times == decision.echo_times]
-    if not matching:
-        nearest = candidates[-1][0].decision.series
-        return None, (
-            f"{what} echo times differ from those of the magnitude "
-            f"{nearest.label()} (missing echoes?)"
-        )
-    own = decision.series.number or 0
-
-    def distance(members: list[Member]) -> tuple[bool, int]:
-        number = members[0].decision.series.number or 0
-        return (number > own, abs(own - number))  # the nearest earlier series first
-
-    return min(matching, key=distance), ""

@@ -1,10 +1,11 @@
-"""DICOM folder -> BIDS MEGRE files for one participant (and session): the only orchestrator.
+"""DICOM folder -> BIDS files for one participant (and session): the only orchestrator.
 
 Order of work: check the arguments against the file system; read every header and decide
-which series are ME-GRE (nothing written yet); convert each part of each acquisition with
-dcm2niix in a temporary folder inside the target (so the final move is a rename); rename to
-BIDS, clean the sidecars, put phase in radians; move the participant (or session) folder into
-place and add the participant to ``participants.tsv``. The DICOM folder is only read.
+which series are ME-GRE (``anat``), ME-EPI (``func``) or field maps (``fmap``), nothing
+written yet; convert each part of each acquisition with dcm2niix in a temporary folder inside
+the target (so the final move is a rename); rename to BIDS, clean the sidecars, put phase in
+radians; move the participant (or session) folder into place and add the participant to
+``participants.tsv``. The DICOM folder is only read.
 """
 
 from __future__ import annotations
@@ -25,16 +26,13 @@ from t2starmap.bids.conventions import sidecar_path
 from t2starmap.bids.echo_times import echo_time_seconds
 from t2starmap.bids.nifti import header_geometry, read_volume, save_like
 from t2starmap.convert import bids
-from t2starmap.convert.dcm2niix import Output, run_dcm2niix
+from t2starmap.convert.dcm2niix import Output
+from t2starmap.convert.fieldmaps import add_intended_for
+from t2starmap.convert.outputs import datatype_fields, target_for
+from t2starmap.convert.plan import Acquisition, Member, plan_acquisitions
 from t2starmap.convert.scan import scan_dicom_dir
-from t2starmap.convert.series import (
-    Acquisition,
-    Decision,
-    Member,
-    classify_series,
-    group_series,
-    plan_acquisitions,
-)
+from t2starmap.convert.series import Decision, classify_series, group_series
+from t2starmap.convert.staging import convert_member
 from t2starmap.errors import (
     BadDataError,
     InputMissingError,
@@ -61,12 +59,14 @@ def convert(
     session: str | None = None,
     *,
     overwrite: bool = False,
+    task_label: str | None = None,
 ) -> ConvertResult:
-    """Convert the ME-GRE series under ``dicom_dir`` into ``bids_dir`` as ``sub-<subject>``.
+    """Convert the ME-GRE, ME-EPI and field-map series under ``dicom_dir`` into ``bids_dir``
+    as ``sub-<subject>``; ``task_label`` names the task of every ME-EPI run.
 
-    Raises InputMissingError (no DICOM, no ME-GRE series), BadDataError (ME-GRE series that
-    cannot be converted), UsageError (labels, folders, existing participant without
-    ``overwrite``), OutputError (the target cannot be written).
+    Raises InputMissingError (no DICOM, nothing to convert), BadDataError (series that cannot
+    be converted), UsageError (labels, folders, existing participant without ``overwrite``),
+    OutputError (the target cannot be written).
     """
     dicom_dir = Path(dicom_dir).absolute()
     bids_dir = Path(bids_dir).absolute()
@@ -79,7 +79,7 @@ def convert(
         # DICOM in BIDS_DIR/sourcedata/ is the BIDS way; inside the folder written is not
         raise UsageError(f"DICOM folder {dicom_dir} is inside {target}, which would be written")
 
-    acquisitions = find_acquisitions(dicom_dir)
+    acquisitions = find_acquisitions(dicom_dir, task_label=task_label)
 
     parent = bids_dir if bids_dir.exists() else bids_dir.parent
     try:
@@ -89,17 +89,18 @@ def convert(
         raise OutputError(f"cannot write in {parent}: {err.strerror}") from err
     try:
         tree = workspace / "tree"
-        built = tree / target.relative_to(bids_dir) / "anat"
-        files = _build(acquisitions, workspace, built, subject, session)
-        final = [target / "anat" / f.name for f in files]
+        built = tree / target.relative_to(bids_dir)
+        results = _build(acquisitions, workspace, built, subject, session)
+        add_intended_for(results, target.relative_to(bids_dir).as_posix())
+        final = [target / f.relative_to(built) for _, files in results for f in files]
         _move_into_place(tree, workspace, bids_dir, target, subject, overwrite)
     except OSError as err:
         raise OutputError(f"cannot write {target}: {err}") from err
     finally:
         shutil.rmtree(workspace, ignore_errors=True)
-    log.info(
-        "wrote %d images and their %d JSON sidecars to %s", len(final), len(final), target / "anat"
-    )
+    for folder in sorted({f.parent for f in final}):
+        n = sum(1 for f in final if f.parent == folder)
+        log.info("wrote %d images and their %d JSON sidecars to %s", n, n, folder)
     return ConvertResult(target, tuple(final), acquisitions)
 
 
@@ -150,7 +151,7 @@ def _check_target(
         raise UsageError(f"{target} already exists: use --overwrite to replace it")
 
 
-def find_acquisitions(dicom_dir: Path) -> tuple[Acquisition, ...]:
+def find_acquisitions(dicom_dir: Path, *, task_label: str | None = None) -> tuple[Acquisition, ...]:
     """Read the headers under ``dicom_dir`` and plan the acquisitions to convert; log the rest."""
     scan = scan_dicom_dir(dicom_dir)
     for path, why in scan.corrupt:
@@ -167,33 +168,51 @@ def find_acquisitions(dicom_dir: Path) -> tuple[Acquisition, ...]:
     decisions = [classify_series(s) for s in group_series(scan.images)]
     for d in decisions:
         _log_decision(d)
-    plan = plan_acquisitions(decisions)
+    plan = plan_acquisitions(decisions, task_label=task_label)
     for series, why in plan.skipped:
         log.warning("skipped %s: %s", series.label(), why)
+    for acquisition in plan.acquisitions:
+        _log_acquisition(acquisition)
     if not plan.acquisitions:
         refused = [d for d in decisions if d.refused]
-        found = "; ".join(f"{d.series.label()}: {d.reason}" for d in decisions)
+        found = "; ".join(f"{d.series.label()}: {d.reason or 'unpaired'}" for d in decisions)
+        what = "multi-echo gradient-echo series, multi-echo EPI or field map"
         if refused:
-            raise BadDataError(
-                f"no complete multi-echo gradient-echo series in {dicom_dir}: {found}"
-            )
-        raise InputMissingError(f"no multi-echo gradient-echo series in {dicom_dir}; found {found}")
+            raise BadDataError(f"no complete {what} in {dicom_dir}: {found}")
+        raise InputMissingError(f"no {what} in {dicom_dir}; found {found}")
     return plan.acquisitions
+
+
+def _log_acquisition(acquisition: Acquisition) -> None:
+    """Say where a field map goes, and that it is not ME-GRE."""
+    if acquisition.datatype != "fmap":
+        return
+    series = ", ".join(m.decision.series.label() for m in acquisition.members)
+    kind = "phasediff" if any(map(acquisition.is_phasediff, acquisition.members)) else "phase1/2"
+    log.info(
+        "%s: a dual-echo field map (magnitude1/2 + %s), written to fmap/ and not fitted as ME-GRE",
+        series,
+        kind,
+    )
 
 
 def _log_decision(d: Decision) -> None:
     if d.accepted:
         extra = f", {d.dropped} scanner-made map image(s) left out" if d.dropped else ""
+        if d.datatype == "func":
+            extra = f", {d.n_volumes} volumes" + extra
         log.info(
-            "%s: ME-GRE, %d echoes (%s ms), %s%s",
+            "%s: %s, %d echo%s (%s ms), %s%s",
             d.series.label(),
+            d.kind,
             len(d.echo_times),
+            "" if len(d.echo_times) == 1 else "es",
             ", ".join(f"{t:g}" for t in d.echo_times),
             "/".join(d.parts),
             extra,
         )
     elif d.refused:
-        log.warning("refused %s: ME-GRE but %s", d.series.label(), d.reason)
+        log.warning("refused %s: %s but %s", d.series.label(), d.kind, d.reason)
     else:
         log.info("skipped %s: %s", d.series.label(), d.reason)
 
@@ -201,19 +220,19 @@ def _log_decision(d: Decision) -> None:
 def _build(
     acquisitions: tuple[Acquisition, ...],
     workspace: Path,
-    anat: Path,
+    root: Path,
     subject: str,
     session: str | None,
-) -> list[Path]:
-    """Convert every acquisition into ``anat``; one that fails is left out whole (warned)."""
-    anat.mkdir(parents=True)
-    written: list[Path] = []
+) -> list[tuple[Acquisition, list[Path]]]:
+    """Convert every acquisition into its datatype's folder under ``root``; one that fails is
+    left out whole (warned). Returns each converted acquisition with its images."""
+    written: list[tuple[Acquisition, list[Path]]] = []
     failed: list[str] = []
     for a_index, acquisition in enumerate(acquisitions):
+        work = workspace / f"a{a_index}"
         try:
-            written.extend(
-                _convert_acquisition(acquisition, workspace / f"a{a_index}", anat, subject, session)
-            )
+            files = _convert_acquisition(acquisition, work, root, subject, session)
+            written.append((acquisition, files))
         except BadDataError as err:
             log.warning("%s", err)
             failed.append(str(err))
@@ -223,64 +242,34 @@ def _build(
 
 
 def _convert_acquisition(
-    acquisition: Acquisition, work: Path, anat: Path, subject: str, session: str | None
+    acquisition: Acquisition, work: Path, root: Path, subject: str, session: str | None
 ) -> list[Path]:
-    """All parts and echoes of one acquisition, moved into ``anat`` only when all succeeded."""
+    """All parts and echoes of one acquisition, moved into ``root/<datatype>`` only when all
+    succeeded."""
     staged = work / "bids"
     staged.mkdir(parents=True)
     done = []
     for m_index, member in enumerate(acquisition.members):
-        outputs = _dcm2niix_member(member, work / f"m{m_index}")
-        by_echo = _match_echoes(outputs, acquisition, member)
+        outputs = convert_member(member, work / f"m{m_index}")
+        by_echo = _match_echoes(outputs, member)
         for echo, output in by_echo.items():
-            stem = bids.bids_stem(
-                subject,
-                session=session,
-                acq=acquisition.acq,
-                run=acquisition.run,
-                echo=echo,
-                part=member.part,
-            )
-            done.append(_write_bids_pair(output, staged / stem, member))
+            target = target_for(acquisition, member, echo, subject, session)
+            done.append(_write_bids_pair(output, staged / target.stem, acquisition, member))
+    folder = root / acquisition.datatype
+    folder.mkdir(parents=True, exist_ok=True)
     written = []
     for nifti in done:
         sidecar = sidecar_path(nifti)
-        os.replace(sidecar, anat / sidecar.name)
-        os.replace(nifti, anat / nifti.name)
-        written.append(anat / nifti.name)
+        os.replace(sidecar, folder / sidecar.name)
+        os.replace(nifti, folder / nifti.name)
+        written.append(folder / nifti.name)
     return written
 
 
-def _dcm2niix_member(member: Member, work: Path) -> list[Output]:
-    """Stage the member's files as symbolic links and convert them.
-
-    Classic files go to dcm2niix together (it stacks the slices). Enhanced multi-frame files
-    hold whole volumes and go one per call: dcm2niix v1.0.20260724 mis-scales all but the
-    first of several enhanced files converted together when it decides to save floats.
-    """
-    files = member.decision.files_for(member.part)
-    enhanced = any(im.frame is not None for im in member.decision.images)
-    groups = [[f] for f in files] if enhanced else [list(files)]
+def _match_echoes(outputs: list[Output], member: Member) -> dict[int, Output]:
+    """dcm2niix's outputs by echo index (1-based) of the member's own echo times."""
     label = f"{member.decision.series.label()} ({member.part})"
-    outputs: list[Output] = []
-    for g_index, group in enumerate(groups):
-        stage = work / f"dicom{g_index}"
-        stage.mkdir(parents=True)
-        for i, path in enumerate(group):
-            link = stage / f"{i:06d}.dcm"
-            try:
-                link.symlink_to(path)
-            except OSError:  # a file system without symbolic links: copy
-                shutil.copyfile(path, link)
-        outputs.extend(run_dcm2niix(stage, work / f"nifti{g_index}", label=label))
-    return outputs
-
-
-def _match_echoes(
-    outputs: list[Output], acquisition: Acquisition, member: Member
-) -> dict[int, Output]:
-    label = f"{member.decision.series.label()} ({member.part})"
-    tes = acquisition.echo_times
+    tes = member.decision.echo_times
     tolerance = 0.01 if len(tes) < 2 else min(0.01, min(np.diff(tes)) / 4)
     by_echo: dict[int, Output] = {}
     for output in outputs:
@@ -310,24 +299,34 @@ def _match_echoes(
     return dict(sorted(by_echo.items()))
 
 
-def _write_bids_pair(output: Output, stem: Path, member: Member) -> Path:
+def _check_shape(shape: tuple[int, ...], decision: Decision, label: str) -> None:
+    """One 3-D volume per echo (a 4-D run for EPI) with the series' slices and volumes."""
+    volumes = shape[3] if len(shape) > 3 else 1
+    if (len(shape) > 4 and any(n > 1 for n in shape[4:])) or volumes != decision.n_volumes:
+        raise BadDataError(
+            f"dcm2niix wrote a {shape} image for one echo of {label}, the series has "
+            f"{decision.n_volumes} volume(s)"
+        )
+    slices = shape[2] if len(shape) > 2 else 1
+    if slices != decision.n_slices:
+        # e.g. enhanced files holding magnitude and phase frames, which dcm2niix stacks
+        raise BadDataError(
+            f"dcm2niix wrote {slices} slices for one echo of {label}, the series has "
+            f"{decision.n_slices}: not converted (mixed image kinds in one file?)"
+        )
+
+
+def _write_bids_pair(output: Output, stem: Path, acquisition: Acquisition, member: Member) -> Path:
     meta = bids.load_json(output.sidecar)
     label = f"{member.decision.series.label()} ({member.part})"
     try:
         sidecar = bids.clean_sidecar(meta, part=member.part)
+        sidecar.update(datatype_fields(acquisition, member, sidecar))
     except ValueError as err:
         raise BadDataError(f"{label}: {err}") from err
     nifti = stem.with_name(stem.name + ".nii.gz")
     shape, _ = header_geometry(output.nifti)
-    if len(shape) > 3 and any(n > 1 for n in shape[3:]):
-        raise BadDataError(f"dcm2niix wrote a {shape} image for one echo of {label}")
-    slices = shape[2] if len(shape) > 2 else 1
-    if slices != member.decision.n_slices:
-        # e.g. enhanced files holding magnitude and phase frames, which dcm2niix stacks
-        raise BadDataError(
-            f"dcm2niix wrote {slices} slices for one echo of {label}, the series has "
-            f"{member.decision.n_slices}: not converted (mixed image kinds in one file?)"
-        )
+    _check_shape(tuple(shape), member.decision, label)
     if member.part == "phase":
         try:
             rad = bids.phase_to_radians(

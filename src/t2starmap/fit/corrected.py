@@ -123,7 +123,8 @@ def _kernel_corrected(
 ) -> Maps:
     """One chunk: rows (magnitude (n, E), |F| (n, E)[, start (n, 2): S0, R2*])."""
     te = echoes.te
-    yn, usable, scale = prepare(echo_major(rows[0], order), echoes, noise.sigma or 0.0)
+    chunk = prepare(echo_major(rows[0], order), echoes, noise.sigma or 0.0)
+    yn, usable, scale = chunk
     f = echo_major(rows[1], order).nan_to_num_(nan=0.0).clamp_(0.0, 1.0)
     keep = torch.ge(f, threshold, out=torch.empty_like(f))
     few = lt(keep.sum(0), MIN_ECHOES - 0.5)
@@ -148,7 +149,7 @@ def _kernel_corrected(
         points = [torch.stack([s0, r2]) for s0, r2 in candidates]
     fit = levenberg_marquardt(model, data, best_start(model, data, points))
     if noise_aware:
-        maps, bits = rician_maps(fit, te, yn, g * g, scale, usable, sn2, noise.coils, n_kept)
+        maps, bits = rician_maps(fit, te, chunk, g * g, sn2, noise.coils, n_kept)
     else:
         maps, bits = gaussian_maps(fit, scale, usable, noise.sigma, n_kept)
     maps["kept"] = n_kept * usable

@@ -46,6 +46,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -163,11 +164,7 @@ def fit_t2star(
     if method == "arlo":
         check_even_spacing(te_np[order])
     vox = dispatch.voxels([signal], te_np.size, mask)
-    if method == "nlls-gaussian" or (method == "nlls" and noise.name == "gaussian"):
-        noise = noise.gaussian()
-        name = "gaussian"
-    else:
-        name = "rician" if method == "nlls" else method
+    name, noise = _kernel_for(method, noise)
     echoes = echoes_on(te_np, order, how)
     kernel = partial(_KERNELS[name], echoes=echoes, noise=noise, order=[int(k) for k in order])
     maps, reason = dispatch.run_chunks(vox, kernel, MAPS, how)
@@ -182,6 +179,14 @@ def fit_t2star(
         noise_coils=noise.coils if name == "rician" else 1.0,
         solver_runs=1 if name in ("rician", "gaussian") else 0,
     )
+
+
+def _kernel_for(method: Method, noise: NoiseModel) -> tuple[str, NoiseModel]:
+    """The kernel a magnitude method runs under ``noise`` (the name in ``_KERNELS``), and the
+    noise it runs with: ``nlls`` without a floor to model is the Gaussian fit."""
+    if method == "nlls-gaussian" or (method == "nlls" and noise.name == "gaussian"):
+        return "gaussian", noise.gaussian()
+    return ("rician" if method == "nlls" else method), noise
 
 
 def echoes_on(te_np: np.ndarray, order: np.ndarray, how: dispatch.Plan) -> Echoes:
@@ -204,9 +209,15 @@ def echo_major(rows: torch.Tensor, order: Sequence[int]) -> torch.Tensor:
 Maps = tuple[dict[str, torch.Tensor], torch.Tensor]
 
 
-def prepare(
-    y: torch.Tensor, echoes: Echoes, floor: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+class Chunk(NamedTuple):
+    """A chunk ready to fit: ``yn`` (E, n) in units of ``scale``, ``usable`` and ``scale`` (n,)."""
+
+    yn: torch.Tensor
+    usable: torch.Tensor
+    scale: torch.Tensor
+
+
+def prepare(y: torch.Tensor, echoes: Echoes, floor: float) -> Chunk:
     """Clean a chunk (E, n): (yn = y / scale with non-finite samples set to 0, usable, scale).
 
     usable (n,): all samples finite and non-negative (a magnitude cannot be negative), and at
@@ -227,7 +238,7 @@ def prepare(
         else:
             usable = usable * _distinct_positive_echoes(y > 0, echoes.te).to(y.dtype)
     scale = torch.maximum(high, low.neg_()).clamp_min_(max(floor, tiny(y)))
-    return y.div_(scale), usable, scale
+    return Chunk(y.div_(scale), usable, scale)
 
 
 def _distinct_positive_echoes(positive: torch.Tensor, te: torch.Tensor) -> torch.Tensor:
@@ -370,19 +381,20 @@ def _kernel_rician(
 ) -> Maps:
     """Noise-aware fit: IRLS of M^2 - 2 L sigma^2 against P exp(-2 TE R2*), P = S0^2."""
     assert noise.sigma is not None
-    yn, usable, scale = prepare(echo_major(rows[0], order), echoes, noise.sigma)
+    chunk = prepare(echo_major(rows[0], order), echoes, noise.sigma)
+    yn, _, scale = chunk
     te = echoes.te
     s0n, r2 = starts.loglinear(yn, te, starts.signal_weights(yn))
     sn2 = (noise.sigma / scale) ** 2  # (n,) noise variance in these units, <= 1
     neg_z = torch.addcmul(2.0 * noise.coils * sn2, yn, yn, value=-1.0)
     model = Exponential(2.0 * te, factor=False, noise_aware=True, max_iter=MAX_ITER)
     fit = levenberg_marquardt(model, (neg_z, noise.coils * sn2), torch.stack([s0n * s0n, r2]))
-    return rician_maps(fit, te, yn, None, scale, usable, sn2, noise.coils, yn.shape[0])
+    return rician_maps(fit, te, chunk, None, sn2, noise.coils, yn.shape[0])
 
 
 def rician_maps(
-    fit: Solution, te: torch.Tensor, yn: torch.Tensor, g: torch.Tensor | None, scale: torch.Tensor,
-    usable: torch.Tensor, sn2: torch.Tensor, coils: float, n_echo: torch.Tensor | int,
+    fit: Solution, te: torch.Tensor, chunk: Chunk, g: torch.Tensor | None, sn2: torch.Tensor,
+    coils: float, n_echo: torch.Tensor | int,
 ) -> Maps:  # fmt: skip
     """Maps of a noise-aware fit. Generalised least-squares covariance of (P, R2*) for
     Var(M^2) = 4 s^2 (A^2 + L s^2): LM's weights are 1 / (A^2 + L s^2), so it is 4 s^2 times
@@ -390,6 +402,7 @@ def rician_maps(
     sqrt(A^2 + 2 L sigma^2): what the fit matched (so two echoes still fit exactly) and, at
     any SNR, the RMS of a Rician (noncentral chi) magnitude. ``g``: the known factor (applied
     to A^2), None for 1; its echoes with g = 0 are left out of the RMSE."""
+    yn, usable, scale = chunk
     r2_se, p_se = inverse_diagonal_sqrt(*_normal(fit), 4.0 * sn2)
     p = fit.point[0]
     s0n = torch.sqrt(p.clamp_min(0.0))
