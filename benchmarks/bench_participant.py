@@ -70,25 +70,28 @@ from t2starmap.bids import nifti
 from t2starmap.cli import run as cli
 from t2starmap.workflows import echo_set as estimate
 from t2starmap.workflows import participant as workflow
+from t2starmap.workflows import staging
 from t2starmap.report import participant, figures
 import t2starmap.bids.layout as layout
 totals["import t2starmap"] = time.perf_counter() - t - totals["import torch"]
 wrap(workflow, "find_echo_sets", "pybids indexing")
 wrap(workflow, "check_geometry", "read headers")
-wrap(estimate, "load_magnitude", "read echoes")
-wrap(estimate, "estimate_noise", "noise: background")
-wrap(estimate, "noise_from_residuals", "noise: residual fit")
+wrap(estimate, "read_magnitude", "read echoes")
+wrap(estimate, "all_candidates", "noise: candidates")
 wrap(estimate, "signal_mask", "signal mask")
 wrap(estimate, "fit_t2star", "fit")
 wrap(estimate, "fit_echo_set", "fit_echo_set (all of read..fit)")
-wrap(workflow, "save_map", "write maps (staging)")
+wrap(staging, "save_map", "write maps (staging)")
 wrap(workflow, "_publish", "publish (copy)")
 wrap(participant, "load_set_maps", "report: read maps")
 wrap(participant, "read_echoes", "report: read echoes")
 wrap(figures, "montage_png", "report: montages")
 wrap(figures, "histogram_png", "report: histogram")
 wrap(figures, "decay_png", "report: decay plot")
-wrap(workflow, "write_participant_reports", "report (all)")
+wrap(participant, "set_section", "report: set sections")
+wrap(participant, "render_page", "report: page HTML")
+wrap(workflow, "stage_page_citation", "methods paragraphs: pages")
+wrap(workflow, "write_output_citation", "methods paragraphs: logs/CITATION")
 code = cli.main(sys.argv[1:])
 totals["total (in process)"] = time.perf_counter() - started
 print(json.dumps(dict(totals)))

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-_ENTRY = "import sys; sys.argv[0] = 't2starmap'; from t2starmap.cli.run import run; run()"
+_ENTRY = "import sys; sys.argv[0] = 't2starmap'; from t2starmap.cli.entry import run; run()"
 TARGET_RATIO = 2.5
 
 COMMANDS = {

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -222,6 +223,54 @@ def test_a_bug_in_the_numerics_is_an_unexpected_error_not_bad_data_or_a_note(
     assert reason.startswith("unexpected error: ValueError: index 7"), reason
     record = json.loads((out / "logs" / "failures" / "sub-01_failure.json").read_text())
     assert "Traceback" in record["traceback"]
+
+
+def test_every_input_that_shaped_an_output_is_among_its_sources(tmp_path: Path) -> None:
+    """The phase files are read for the noise, the phase checks and the field map: the
+    sidecars' Sources and the record list them beside the magnitude echoes; a run that does
+    not open them (given sigma, magnitude fit, no correction) does not."""
+    bids = tmp_path / "bids"
+    write_slice_megre(bids, make_slice_phantom((12, 12, 5), snr=100.0, seed=2))
+    mags = sorted(p.name for p in (bids / ANAT).glob("*part-mag*.nii.gz"))
+    phases = sorted(p.name for p in (bids / ANAT).glob("*part-phase*.nii.gz"))
+    assert len(mags) == len(phases) >= 3
+    for extra, listed in (([], phases), (["--noise-sigma", "10", "--b0-correction", "none"], [])):
+        out = tmp_path / f"out{len(extra)}"
+        assert run(bids, out, *extra) == 0
+        sidecar = json.loads((out / ANAT / "sub-01_R2starmap.json").read_text())
+        names = [uri.rsplit("/", 1)[1] for uri in sidecar["Sources"]]
+        assert sorted(names) == sorted(mags + listed), extra
+        assert all(uri.startswith("bids:raw:sub-01/anat/") for uri in sidecar["Sources"])
+        record = json.loads((out / ANAT / "sub-01_record.json").read_text())
+        assert sorted(Path(p).name for p in record["part_sources"]) == listed
+
+
+def test_nprocs_reaches_the_reading_of_echoes_and_parts(
+    sliced: tuple[Path, object], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--nprocs N``: the magnitude echoes and the phase are read in N threads (at most 4),
+    so that reading scales with the fit; the maps are the same bytes."""
+    from t2starmap.workflows import echo_set
+
+    seen: list[tuple[str, int]] = []
+    read, combine = echo_set.read_magnitude, echo_set.load_complex
+
+    def read_magnitude(*args: Any, **kwargs: Any) -> Any:
+        seen.append(("magnitude", args[2]))
+        return read(*args, **kwargs)
+
+    def load_complex(*args: Any) -> Any:
+        seen.append(("parts", args[3]))
+        return combine(*args)
+
+    monkeypatch.setattr(echo_set, "read_magnitude", read_magnitude)
+    monkeypatch.setattr(echo_set, "load_complex", load_complex)
+    bids, _ = sliced
+    for n in (1, 2, 7):
+        assert run(bids, tmp_path / f"out{n}", "--nprocs", str(n)) == 0
+    assert seen == [(kind, n) for n in (1, 2, 4) for kind in ("magnitude", "parts")]
+    t2 = [load(tmp_path / f"out{n}" / ANAT / "sub-01_T2starmap.nii.gz") for n in (1, 2, 7)]
+    assert t2[0].tobytes() == t2[1].tobytes() == t2[2].tobytes()
 
 
 def test_the_fit_status_map_is_the_corrected_fits(

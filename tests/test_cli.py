@@ -203,7 +203,11 @@ def test_the_group_level_names_the_participant_options_it_ignores(
     assert main([*argv, "--fit-method", "complex", "--noise-sigma", "3"]) == 66
     warning = [line for line in capsys.readouterr().err.splitlines() if "WARNING" in line]
     assert len(warning) == 1
-    assert "--fit-method, --noise-sigma" in warning[0] and "ignored" in warning[0]
+    assert warning[0].endswith(
+        "group level: --fit-method, --noise-sigma change only the participant level; ignored here"
+    )
+    assert main([*argv, "--fit-method", "complex"]) == 66
+    assert "--fit-method changes only the participant level" in capsys.readouterr().err
     assert main(argv) == 66
     assert "WARNING" not in capsys.readouterr().err
 

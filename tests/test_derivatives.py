@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from t2starmap.bids.dataset_files import dataset_description
 from t2starmap.bids.layout import Echo, EchoSet
 from t2starmap.bids.outputs import (
     OUTPUTS,
@@ -15,7 +18,6 @@ from t2starmap.bids.outputs import (
     Source,
     bids_path,
     common_acquisition,
-    dataset_description,
     load_published,
     map_sidecar,
     output_files,
@@ -98,6 +100,7 @@ def record(subject: str = "01", session: str | None = None, run: str | None = No
         statistics=SetStatistics((0.01, 0.02, 0.03), (33.0, 50.0, 100.0), 1e3),
         seconds=1.5,
         warnings=("a <warning>",),
+        part_sources=("sub-01/anat/x_echo-1_part-phase_MEGRE.nii.gz",),
     )
 
 
@@ -112,6 +115,11 @@ def test_a_record_round_trips_through_its_file(tmp_path: Path) -> None:
         "sub-01/ses-a/anat/sub-01_ses-a_run-2_T2starmap.nii.gz"
     )
     assert original.name == "sub-01_ses-a_run-2"
+    # a record written before part_sources existed reads as one without parts
+    data = json.loads(original.to_json())
+    del data["part_sources"]
+    path.write_text(json.dumps(data))
+    assert load_published(tmp_path) == [replace(original, part_sources=())]
 
 
 def test_load_published_selects_participants_and_sessions(tmp_path: Path) -> None:

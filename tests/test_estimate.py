@@ -263,11 +263,11 @@ def test_a_bright_second_echo_in_the_prisma_phantom_is_not_a_good_fit(tmp_path: 
     least 90 % of them are flagged (issue 18)."""
     from t2starmap.bids.nifti import load_magnitude
     from t2starmap.cli.run import main
-    from tests.conftest import SHARED_DATA
+    from tests.support.files import SHARED_DATA, missing_data_reason
 
     source = SHARED_DATA / "dicom" / "siemens-prisma-megre-phantom"
     if not source.is_dir():
-        pytest.skip(f"{source} is absent (real data: ../shared/data)")
+        pytest.skip(missing_data_reason(source))
     assert main(["convert", str(source), str(tmp_path / "bids"), "--participant-label", "p"]) == 0
     echo_set = _one_set(tmp_path / "bids")
     magnitude = load_magnitude(echo_set, check_geometry(echo_set))

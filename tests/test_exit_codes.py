@@ -10,12 +10,14 @@ import gzip
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
 import pytest
 
 from t2starmap.cli.run import main
+from t2starmap.workflows import participant as workflow
 from tests.support.files import checksums, failure_reasons, files_below, images_below
 
 ANAT = Path("sub-01") / "anat"
@@ -387,10 +389,84 @@ def test_unexpected_error_is_1_with_traceback_only_with_vv(
 
 def test_work_dir_is_cleaned(example: Path, tmp_path: Path) -> None:
     work = tmp_path / "scratch"
+    work.mkdir()  # the user's: it stays, empty
     assert (
         participant_code(example, tmp_path / "o", "-w", str(work), "--participant-label", "01") == 0
     )
     assert work.is_dir() and not any(work.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("extra", "code"),
+    [
+        (["--participant-label", "01"], 0),
+        (["--participant-label", "07"], 18),
+        (["--participant-label", "01", "--fit-method", "complex"], 64),
+    ],
+    ids=["published", "unknown participant", "set failed"],
+)
+def test_a_work_dir_the_run_created_is_removed_with_its_parents(
+    example: Path, tmp_path: Path, extra: list[str], code: int
+) -> None:
+    work = tmp_path / "x" / "deep" / "work"
+    assert participant_code(example, tmp_path / "o", "-w", str(work), *extra) == code
+    assert sorted(p.name for p in tmp_path.iterdir()) == (
+        ["bids", "o"] if code in (0, 64) else ["bids"]
+    )
+
+
+def test_a_work_dir_another_run_uses_keeps_its_files(example: Path, tmp_path: Path) -> None:
+    work = tmp_path / "shared" / "work"
+    other = work / "t2starmap-other-run"  # made while this run was running
+    real_fit = workflow.fit_set
+
+    def fit_beside_another_run(*args: Any) -> Any:
+        other.mkdir(exist_ok=True)
+        return real_fit(*args)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(workflow, "fit_set", fit_beside_another_run)
+        assert (
+            participant_code(example, tmp_path / "o", "-w", str(work), "--participant-label", "01")
+            == 0
+        )
+    assert [p.name for p in work.iterdir()] == [other.name]
+
+
+@pytest.mark.parametrize("where", ["work", "derivatives/work", "."])
+def test_a_work_dir_inside_the_input_is_64_and_nothing_is_created(
+    example: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str
+) -> None:
+    before = checksums(example)
+    out = tmp_path / "o"
+    assert participant_code(example, out, "-w", str(example / where)) == 64
+    err = capsys.readouterr().err
+    assert "work folder" in err and "inside the input dataset" in err
+    assert len(err.strip().splitlines()) == 1
+    assert checksums(example) == before and not (example / "work").exists()
+    assert not (example / "derivatives").exists() and not out.exists()
+
+
+def test_unknown_labels_are_18_before_the_validator_runs(
+    example: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def no_validator(settings: object) -> None:
+        raise AssertionError("the validator ran before the labels were checked")
+
+    monkeypatch.setattr(workflow, "validate_input", no_validator)
+    bids, out = str(example), str(tmp_path / "o")
+    assert run_code([bids, out, "participant", "--participant-label", "07"]) == 18
+    assert "no participant sub-07" in capsys.readouterr().err
+    assert run_code([bids, out, "participant", "--session-label", "9"]) == 18
+    assert "no session ses-9" in capsys.readouterr().err
+    assert (
+        run_code([bids, out, "participant", "--participant-label", "01", "--session-label", "1"])
+        == 18
+    )
+    assert not (tmp_path / "o").exists()
 
 
 def test_a_dicom_folder_as_bids_dir_says_to_convert_first(

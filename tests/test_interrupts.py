@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -73,3 +75,72 @@ def test_a_stop_python_drops_in_a_finalizer_is_raised_at_the_next_checkpoint(
             raise_if_signalled()
         raise_if_signalled()  # acted on: nothing pending any more
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_an_ignored_signal_stays_ignored_silently(caplog: pytest.LogCaptureFixture) -> None:
+    """``nohup``, ``cmd &`` in a script: SIGINT starts ignored, and a deferred block must not
+    take it up (log "... then stopping" and then not stop)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the autouse fixture puts it back
+    done = []
+    with sigterm_raises(), deferred_signals("a test block"):
+        os.kill(os.getpid(), signal.SIGINT)
+        done.append("the block")
+    done.append("after it")
+    assert done == ["the block", "after it"]
+    assert "SIGINT" not in caplog.text
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
+@pytest.mark.parametrize(
+    ("signum", "code", "line"),
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated (SIGTERM)")],
+)
+def test_a_stop_while_the_app_is_imported_is_its_code_and_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    signum: int,
+    code: int,
+    line: str,
+) -> None:
+    """A signal before the command line's modules are loaded (numpy takes a fifth of a
+    second, more under load): the code and one line, not death by the signal (exit -2)."""
+    from t2starmap.cli import entry
+
+    def load_slowly() -> object:
+        os.kill(os.getpid(), signum)  # lands while "importing"
+        raise AssertionError("the signal did not stop the import")
+
+    monkeypatch.setattr(entry, "_load_main", load_slowly)
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            entry.run()
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+    assert stopped.value.code == code
+    assert capsys.readouterr().err == f"t2starmap ERROR: {line}\n"
+
+
+def test_a_run_started_with_sigint_ignored_is_not_stopped_by_it(
+    example: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from t2starmap.cli.run import main
+    from t2starmap.workflows import participant as workflow
+
+    real_publish = workflow.publish
+
+    def publish_and_get_sigint(*args: Any) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        real_publish(*args)
+
+    monkeypatch.setattr(workflow, "publish", publish_and_get_sigint)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the autouse fixture puts it back
+    out = tmp_path / "out"
+    argv = [str(example), str(out), "participant", "--skip-bids-validation"]
+    assert main([*argv, "--participant-label", "01"]) == 0
+    assert "SIGINT" not in capsys.readouterr().err
+    assert (out / "sub-01.html").is_file()

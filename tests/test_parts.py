@@ -106,6 +106,24 @@ def test_phase_in_radians_times_magnitude(tmp_path: Path) -> None:
     np.testing.assert_allclose(load(echo_set), x, rtol=1e-5)
 
 
+@pytest.mark.parametrize("kinds", [("real", "imag"), ("phase",)])
+def test_the_parts_are_the_same_read_in_threads(tmp_path: Path, kinds: tuple[str, ...]) -> None:
+    """Each echo is read and combined into its own slot: the same bytes in 1 or 3 threads;
+    a file that cannot be read is named whichever thread reads it."""
+    echo_set, _ = dataset(tmp_path, kinds)
+    parts = find_parts(echo_set)
+    assert parts is not None
+    geometry = check_geometry(echo_set)
+    magnitude = load_magnitude(echo_set, geometry)
+    alone = load_complex(parts, geometry, magnitude, workers=1)
+    threaded = load_complex(parts, geometry, magnitude, workers=3)
+    assert alone.tobytes() == threaded.tobytes()
+    broken = tmp_path / "sub-01" / "anat" / f"{name(2, kinds[0])}.nii.gz"
+    broken.write_bytes(b"not nifti")
+    with pytest.raises(BadDataError, match=f"{broken.name}.*not a readable NIfTI"):
+        load_complex(parts, geometry, magnitude, workers=3)
+
+
 def test_real_imag_preferred_over_phase(tmp_path: Path) -> None:
     echo_set, _ = dataset(tmp_path, ("real", "imag", "phase"))
     parts = find_parts(echo_set)

@@ -25,7 +25,7 @@ EXAMPLE = REPO / "bids_example"
 VOLATILE_SUFFIXES = (".html",)
 VOLATILE_DIRS = ("logs",)
 #: Fields of the records that depend on the machine and the moment.
-VOLATILE_RECORD_FIELDS = ("seconds", "steps")
+VOLATILE_RECORD_FIELDS = ("seconds", "steps", "software")
 
 
 def published_files(root: Path) -> set[str]:

@@ -53,12 +53,19 @@ def test_exact_output_files(example_run: Path) -> None:
     names = MAP_NAMES + ASSESSED
     maps = {f"{s}_{m}{ext}" for s in SETS for m in names for ext in (".nii.gz", ".json")}
     maps |= {f"{s}_record.json" for s in SETS} | {f"{s}_desc-fitstatus_dseg.tsv" for s in SETS}
-    top = {"dataset_description.json", ".bidsignore", "group_T2starmap.tsv", "group_T2starmap.json"}
+    top = {"dataset_description.json", ".bidsignore", "README.md"}
+    top |= {"group_T2starmap.tsv", "group_T2starmap.json"}
     found = files_below(example_run)
     logs = {f for f in found if f.startswith("logs/")}
     pages = {"sub-01.html", "sub-02_ses-1.html", "sub-02_ses-2.html", "group_report.html"}
     assert found - logs == maps | top | pages
-    assert len(logs) == 2 and all(f.endswith(".json") for f in logs)
+    citations = {
+        f"logs/CITATION{label}{ext}"
+        for label in ("", "_sub-01", "_sub-02_ses-1", "_sub-02_ses-2")
+        for ext in (".md", ".bib", ".html")
+    }
+    assert citations <= logs
+    assert len(logs - citations) == 2 and all(f.endswith(".json") for f in logs - citations)
     assert len(MAP_NAMES) == len(REQUIRED_KEYS)
 
 
@@ -504,16 +511,16 @@ def test_a_map_that_cannot_be_written_costs_its_set_only(
 ) -> None:
     """Maps are written in threads while the page section is drawn: a write that fails
     still fails its set (unexpected error, exit 1), and nothing of that set is published."""
-    from t2starmap.workflows import participant as workflow
+    from t2starmap.workflows import staging
 
-    original = workflow.save_map
+    original = staging.save_map
 
     def failing(path: Path, *args: object) -> Path:
         if path.name == "sub-02_ses-1_S0map.nii.gz":  # shown on the page: written last
             raise OSError("disk full")
         return original(path, *args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(workflow, "save_map", failing)
+    monkeypatch.setattr(staging, "save_map", failing)
     out = tmp_path / "out"
     assert participant(example, out) == 1
     for name in (SETS[0], SETS[2]):
@@ -541,3 +548,46 @@ def test_the_maps_the_page_does_not_show_are_written_before_it_is_drawn(
     assert participant(example, tmp_path / "out", "--participant-label", "01", "-w", str(work)) == 0
     assert len(seen) == 1
     assert {"desc-stderr_R2starmap.nii.gz", "desc-stderr_S0map.nii.gz"} <= seen[0]
+
+
+@pytest.mark.slow
+def test_the_output_validates_without_a_warning(example: Path, tmp_path: Path) -> None:
+    """bids-validator on the output of both levels: no error and no warning (the fit-status
+    levels' description column defined, a README, the input's authors, SpatialReference of
+    masks and labels); with one author in the input, only the validator's reminder that
+    there is one is left."""
+    from t2starmap.bids.validate import validate_bids
+
+    description = json.loads((example / "dataset_description.json").read_text())
+    description["Authors"] = ["A. Author", "B. Author"]
+    (example / "dataset_description.json").write_text(json.dumps(description))
+    out = tmp_path / "out"
+    assert participant(example, out) == 0
+    assert main([str(example), str(out), "group", "-q"]) == 0
+    report = validate_bids(out)
+    assert report.errors == () and report.warnings == (), [str(w) for w in report.warnings]
+    assert json.loads((out / "dataset_description.json").read_text())["Authors"] == [
+        "A. Author",
+        "B. Author",
+    ]
+    description["Authors"] = ["A. Author"]
+    (example / "dataset_description.json").write_text(json.dumps(description))
+    shutil.rmtree(out)
+    assert participant(example, out, "--participant-label", "01") == 0
+    assert [w.code for w in validate_bids(out).warnings] == ["TOO_FEW_AUTHORS"]
+
+
+def test_the_group_table_says_its_units(example: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert participant(example, out, "--participant-label", "01") == 0
+    assert main([str(example), str(out), "group", "-q"]) == 0
+    columns = json.loads((out / "group_T2starmap.json").read_text())
+    table = pd.read_csv(out / "group_T2starmap.tsv", sep="\t")
+    assert list(columns) == list(table.columns)
+    assert (
+        columns["t2star_median"]["Units"] == "s" and "ms" in columns["t2star_median"]["Description"]
+    )
+    assert columns["r2star_iqr"]["Units"] == "1/s"
+    assert "Units" not in columns["status"]
+    t2star, r2star = table.loc[0, "t2star_median"], table.loc[0, "r2star_median"]
+    assert 0.005 < t2star < 0.2 and t2star * r2star == pytest.approx(1, rel=0.3)

@@ -50,7 +50,7 @@ logs=$out/logs/slurm
 mkdir -p "$logs"
 
 export T2S_BIDS_DIR=$bids T2S_OUTPUT_DIR=$out T2S_MODE=$mode T2S_SIF=$sif T2S_CMD=$cmd \
-    T2S_GPU=$gpu T2S_ARGS=$args T2S_STATUS_DIR=$logs
+    T2S_GPU=$gpu T2S_ARGS=$args T2S_STATUS_DIR=$logs T2S_TASKS=$n
 [[ -n $scratch ]] && export T2S_SCRATCH=$scratch
 gres=()
 ((gpu)) && gres=(--gres=gpu:1)
@@ -62,10 +62,12 @@ array_id=${array_id%%;*}
 echo "participant array job $array_id: $n tasks" >&2
 group_id=""
 if ((group)); then
-    group_id=$(sbatch --parsable --export=ALL \
-        --dependency="afterok:$array_id" --kill-on-invalid-dep=yes \
+    # afterany, not afterok: a participant with one failed echo set exits 65 although its
+    # other sets are published; the group job summarises what was published and lists what
+    # failed (group.sbatch).
+    group_id=$(sbatch --parsable --export=ALL --dependency="afterany:$array_id" \
         --output="$logs/group_%j.log" "${sbatch_extra[@]}" "$here/group.sbatch")
     group_id=${group_id%%;*}
-    echo "group job $group_id (runs after every participant task succeeded)" >&2
+    echo "group job $group_id (runs once every participant task has ended)" >&2
 fi
 printf '%s\t%s\n' "$array_id" "$group_id"

@@ -5,10 +5,11 @@
 #
 # Installs slurm-wlm and munge when missing, starts a private munged (own key and socket) and a
 # private slurmctld + slurmd (own config, ports 16817/16818, state under $T2S_SLURM_STATE),
-# writes a synthetic BIDS dataset with four participants, submits it with submit.sh in native
-# mode (the repository's .venv, made with the Makefile when missing), waits for the array and
-# the group job, then checks every task's recorded exit code, every participant's maps and the
-# group TSV. Stops the daemons it started, by PID, whatever happens. Exit 0 only when all passed.
+# writes a synthetic BIDS dataset with four participants (the last with a second echo set with
+# an echo of another shape: that task publishes its good set and exits 65), submits it with submit.sh
+# in native mode (the repository's .venv, made with the Makefile when missing), waits for the
+# array and the group job, then checks every task's recorded exit code, that the group job ran
+# all the same and listed the failed task, every participant's maps and the group TSV. Stops the daemons it started, by PID, whatever happens. Exit 0 only when all passed.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -135,8 +136,19 @@ bids=$state/bids out=$state/out
 import sys
 from t2starmap.sim.phantoms import write_bids_example
 labels = [f"{k:02d}" for k in range(1, int(sys.argv[2]) + 1)]
-write_bids_example(sys.argv[1], dict.fromkeys(labels, (None,)), first_seed=101,
-                   name="t2starmap SLURM test")
+root = write_bids_example(sys.argv[1], dict.fromkeys(labels, (None,)), first_seed=101,
+                          name="t2starmap SLURM test")
+# the last participant: a second echo set (run-2) with an echo of another shape (valid BIDS,
+# bad data for a fit: exit 65), which fails alone
+import shutil
+import nibabel as nib
+import numpy as np
+anat = root / f"sub-{labels[-1]}" / "anat"
+for path in sorted(anat.glob("*_MEGRE.*")):
+    shutil.copy(path, anat / path.name.replace("_echo-", "_run-2_echo-"))
+broken = next(anat.glob("*_run-2_echo-2_*MEGRE.nii.gz"))
+image = nib.load(broken)
+nib.save(nib.Nifti1Image(np.asarray(image.dataobj)[:-2], image.affine), broken)
 PY
 cat "$bids/participants.tsv"
 
@@ -162,11 +174,18 @@ step "check"
 status=$out/logs/slurm
 n_exit=$(cat "$status"/task-"${array_id}"_*.exit 2>/dev/null | wc -l)
 ((n_exit == n_participants)) || fail "$n_exit task exit codes recorded, expected $n_participants"
-bad=$(awk -F '\t' '$3 != 0' "$status"/task-"${array_id}"_*.exit)
-[[ -z $bad ]] || fail "participant tasks failed (task, participant, exit code, node): $bad"
+last=$(printf %02d "$n_participants")
+bad=$(awk -F '\t' '$3 != 0 { print $1 "/" $2 "/" $3 }' "$status"/task-"${array_id}"_*.exit)
+[[ $bad == "$n_participants/$last/65" ]] \
+    || fail "expected only task $n_participants (sub-$last, one set truncated) to exit 65, got: $bad"
 cat "$status/exit_codes.tsv" 2>/dev/null || fail "no exit_codes.tsv (the group job did not run)"
 group_rc=$(cut -f3 "$status/group_${group_id}.exit")
 [[ $group_rc == 0 ]] || fail "group job exit $group_rc"
+cat "$status/failed_tasks.tsv"
+[[ $(tail -n +2 "$status/failed_tasks.tsv") == "$n_participants"$'\t'"$last"$'\t65' ]] \
+    || fail "failed_tasks.tsv does not list task $n_participants alone"
+grep -q "1 participant task(s) failed" "$out"/logs/slurm/group_"${group_id}".log \
+    || fail "the group job's log does not list the failed task"
 for k in $(seq -f %02g 1 "$n_participants"); do
     for suffix in T2starmap R2starmap S0map desc-rmse_statmap desc-signal_mask desc-failed_mask; do
         [[ -f $out/sub-$k/anat/sub-${k}_${suffix}.nii.gz && -f $out/sub-$k/anat/sub-${k}_${suffix}.json ]] \
@@ -188,7 +207,8 @@ PY
 tsv=$out/group_T2starmap.tsv
 [[ -f $tsv ]] || fail "no group TSV"
 rows=$(($(wc -l < "$tsv") - 1))
-((rows == n_participants)) || fail "group TSV has $rows rows, expected $n_participants"
+((rows == n_participants + 1)) || fail "group TSV has $rows rows, expected $n_participants + 1 failed"
+grep -q "run-2.*failed" "$tsv" || fail "the failed run-2 set is not a failed row of the group TSV"
 for k in $(seq -f %02g 1 "$n_participants"); do
     grep -q "sub-$k\|^$k" "$tsv" || fail "sub-$k missing from the group TSV"
 done

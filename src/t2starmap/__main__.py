@@ -1,5 +1,5 @@
 """``python -m t2starmap`` runs the BIDS-App."""
 
-from t2starmap.cli.run import run
+from t2starmap.cli.entry import run
 
 run()

@@ -151,8 +151,14 @@ def check_slice_profile(spec: str) -> str:
     return spec
 
 
-def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
-    """Check the arguments that argparse cannot, and freeze them."""
+def _inside(folder: Path, dataset: Path) -> bool:
+    """Whether ``folder`` (resolved) is ``dataset`` or below it."""
+    return folder == dataset or dataset in folder.parents
+
+
+def check_folders(args: argparse.Namespace) -> tuple[Path, Path, Path | None]:
+    """The input, output and work folders, resolved: the input a BIDS dataset (participant
+    level), neither the output (outside ``derivatives/``) nor the work folder inside it."""
     bids_dir = Path(args.bids_dir).expanduser().resolve()
     output_dir = Path(args.output_dir).expanduser().resolve()
     if args.analysis_level == "participant":
@@ -169,13 +175,25 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
                 f"{args.bids_dir}: not a BIDS dataset (no dataset_description.json)"
             )
     derivatives_dir = bids_dir / "derivatives"
-    inside = output_dir == bids_dir or bids_dir in output_dir.parents
-    if inside and derivatives_dir not in output_dir.parents:
+    if _inside(output_dir, bids_dir) and derivatives_dir not in output_dir.parents:
         raise UsageError(
             f"output folder {args.output_dir} is inside the input dataset {args.bids_dir}: "
             f"choose a folder outside it, or one under its derivatives/ folder (e.g. "
             f"{derivatives_dir / 't2starmap'})"
         )
+    work_dir = Path(args.work_dir).expanduser().resolve() if args.work_dir else None
+    if work_dir is not None and _inside(work_dir, bids_dir):
+        raise UsageError(
+            f"work folder {args.work_dir} is inside the input dataset {args.bids_dir}: the "
+            "input is never written to (its validation would fail on the scratch files); "
+            "choose a folder outside it"
+        )
+    return bids_dir, output_dir, work_dir
+
+
+def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
+    """Check the arguments that argparse cannot, and freeze them."""
+    bids_dir, output_dir, work_dir = check_folders(args)
     if args.nprocs is not None:
         nprocs, nprocs_source = args.nprocs, SOURCE_COMMAND_LINE
         if nprocs < 1:
@@ -208,7 +226,7 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
         device=args.device,
         nprocs=nprocs,
         nprocs_source=nprocs_source,
-        work_dir=Path(args.work_dir).resolve() if args.work_dir else None,
+        work_dir=work_dir,
         stop_on_first_crash=bool(getattr(args, "stop_on_first_crash", False)),
         report_convention=getattr(args, "report_convention", DEFAULT_REPORT_CONVENTION),
     )

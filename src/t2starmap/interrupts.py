@@ -59,6 +59,17 @@ def raise_if_signalled() -> None:
         raise Interrupted(signum, signal.Signals(signum).name)
 
 
+def install_stop_handlers() -> None:
+    """From now on SIGINT raises KeyboardInterrupt and SIGTERM :class:`Interrupted` (each also
+    remembered for :func:`raise_if_signalled`), for good; an ignored one stays ignored. For the
+    program's entry point, before its heavy imports (:mod:`t2starmap.cli.entry`)."""
+    if not _in_main_thread():
+        return
+    for s in STOP_SIGNALS:
+        if signal.getsignal(s) is not signal.SIG_IGN:
+            signal.signal(s, _raise_stop)
+
+
 @contextmanager
 def sigterm_raises() -> Iterator[None]:
     """Within the block, SIGTERM raises :class:`Interrupted` (exit 143) and SIGINT
@@ -108,7 +119,8 @@ def deferred_signals(what: str) -> Iterator[None]:
     first that arrived as the handler in place before the block would have (raise
     KeyboardInterrupt / :class:`Interrupted`). ``what`` names the block in the log line that
     says why the run does not stop at once. When the block itself raises, that exception
-    goes on and the signal is dropped: the run ends either way."""
+    goes on and the signal is dropped: the run ends either way. A signal ignored when the
+    block starts (``nohup``, ``cmd &`` in a script) stays ignored, silently."""
     if not _in_main_thread():
         yield
         return
@@ -123,7 +135,10 @@ def deferred_signals(what: str) -> Iterator[None]:
             )
         received.append(signum)
 
-    previous = {s: signal.signal(s, hold) for s in STOP_SIGNALS}
+    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    for s, handler in previous.items():
+        if handler is not signal.SIG_IGN:
+            signal.signal(s, hold)
     try:
         yield
     finally:

@@ -200,3 +200,27 @@ def limit_allocator_arenas(arenas: int = 2) -> bool:
     growing its own heap."""
     libc = _glibc()
     return bool(libc is not None and libc.mallopt(_M_ARENA_MAX, arenas) == 1)
+
+
+#: The software a record names (name -> distribution), beside the Python version.
+SOFTWARE = (
+    ("t2starmap", "t2starmap"),
+    ("PyTorch", "torch"),
+    ("NumPy", "numpy"),
+    ("nibabel", "nibabel"),
+)
+
+
+def software_versions() -> dict[str, str]:
+    """Name -> version of the software that fits and writes the maps, from the installed
+    distributions' metadata (nothing is imported); a distribution not installed is left out."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"Python": platform.python_version()}
+    for name, distribution in SOFTWARE:
+        try:
+            found[name] = version(distribution)
+        except PackageNotFoundError:
+            continue
+    return found

@@ -17,12 +17,11 @@ import pytest
 
 from t2starmap.cli.run import main
 from tests.convert.helpers import SHARED_DICOM, LogRecords, checksums
+from tests.support.files import missing_data_reason
 
 pytestmark = [
     pytest.mark.realdata,
-    pytest.mark.skipif(
-        not SHARED_DICOM.is_dir(), reason=f"real DICOM data not found at {SHARED_DICOM}"
-    ),
+    pytest.mark.skipif(not SHARED_DICOM.is_dir(), reason=missing_data_reason(SHARED_DICOM)),
 ]
 
 # participant label -> (folder, echo times in s, parts); the field maps' parts are fmap suffixes

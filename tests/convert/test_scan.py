@@ -31,6 +31,7 @@ from t2starmap.convert.series import ImageHeader
 from t2starmap.sim.phantoms import Phantom
 from tests.convert.helpers import SHARED_DICOM, VOXEL
 from tests.support import synthetic_dicom
+from tests.support.files import missing_data_reason
 
 
 def ms(phantom: Phantom) -> list[float]:
@@ -425,9 +426,7 @@ REAL_FOLDERS = [
 
 
 @pytest.mark.realdata
-@pytest.mark.skipif(
-    not SHARED_DICOM.is_dir(), reason=f"real DICOM data not found at {SHARED_DICOM}"
-)
+@pytest.mark.skipif(not SHARED_DICOM.is_dir(), reason=missing_data_reason(SHARED_DICOM))
 @pytest.mark.parametrize("folder", REAL_FOLDERS)
 def test_real_file_size_check_to_the_byte(tmp_path: Path, folder: str) -> None:
     """A real scanner file passes whole and is caught two bytes short, with the available

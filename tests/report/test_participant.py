@@ -102,7 +102,7 @@ def test_sets_of_one_session_share_a_page(tmp_path: Path) -> None:
     [page] = participant.write_participant_reports(tmp_path / "out", tmp_path / "bids", runs)
     text = page.read_text(encoding="utf-8")
     assert page.name == "sub-04.html"
-    assert text.count("<section") == 2
+    assert text.count('<section id="sub-') == 2 and text.count('<section id="methods"') == 1
     assert '<a href="#sub-04_run-1">' in text and 'id="sub-04_run-2"' in text
 
 
@@ -113,7 +113,7 @@ def test_a_page_keeps_sets_that_earlier_runs_published(tmp_path: Path) -> None:
     participant.write_participant_reports(out, bids, [first])
     [page] = participant.write_participant_reports(out, bids, [second])
     text = page.read_text(encoding="utf-8")
-    assert text.count("<section") == 2
+    assert text.count('<section id="sub-') == 2 and text.count('<section id="methods"') == 1
     assert text.index('id="sub-05_run-1"') < text.index('id="sub-05_run-2"')
     earlier = text[: text.index('id="sub-05_run-2"')]
     # what the earlier run recorded: its time, warnings, noise model and source metadata

@@ -66,6 +66,11 @@ def test_the_coronal_caption_names_the_slices_and_orientation() -> None:
         "orientation letters (R/L, A/P, S/I) on its edges."
     )
     neuro = choose_view(CORONAL, (256, 256, 5), "neurological")
+    assert (
+        choose_view(CORONAL, (256, 256, 1))
+        .describe([0], 1)
+        .startswith("Coronal slice k = 0, the file's only one; superior up, ")
+    )
     assert "the subject's left on the left (neurological convention)" in neuro.describe([0], 5)
 
 

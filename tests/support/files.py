@@ -3,11 +3,33 @@
 from __future__ import annotations
 
 import hashlib
+import os
+from collections.abc import Mapping
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "bids_example"
-SHARED_DATA = REPO.parent / "shared" / "data"
+
+#: The environment variable that points the real-data tests at the shared scanner data.
+DATA_VARIABLE = "T2STARMAP_TEST_DATA"
+
+
+def real_data_folder(environ: Mapping[str, str]) -> Path:
+    """Where the real scanner data are: ``$T2STARMAP_TEST_DATA`` when set, else
+    ``../shared/data`` beside the repository (the project's machines)."""
+    given = environ.get(DATA_VARIABLE)
+    return Path(given).expanduser().resolve() if given else REPO.parent / "shared" / "data"
+
+
+SHARED_DATA = real_data_folder(os.environ)
+
+
+def missing_data_reason(path: Path) -> str:
+    """The skip reason of a real-data test whose data are not at ``path``."""
+    return (
+        f"real scanner data not found at {path} (set {DATA_VARIABLE} to the shared data's "
+        "folder; default ../shared/data beside the repository)"
+    )
 
 
 def checksums(root: Path) -> dict[str, str]:

@@ -196,6 +196,31 @@ def _check_participants(bids_dir: Path, participant_labels: Sequence[str] | None
         )
 
 
+def check_labels(
+    bids_dir: Path,
+    participant_labels: Sequence[str] | None,
+    session_labels: Sequence[str] | None,
+) -> None:
+    """NothingSelectedError (exit 18) when the labels name participants the dataset lacks, or
+    sessions none of the selected participants has, from the folder names alone: cheap
+    enough to run before the validator."""
+    _check_participants(bids_dir, participant_labels)
+    if not session_labels:
+        return
+    subjects = (
+        [Path(bids_dir) / f"sub-{label}" for label in participant_labels]
+        if participant_labels
+        else sorted(Path(bids_dir).glob("sub-*"))
+    )
+    present = sorted({p.name[4:] for s in subjects for p in s.glob("ses-*") if p.is_dir()})
+    if not set(session_labels) & set(present):
+        names = ", ".join("ses-" + s for s in session_labels)
+        raise NothingSelectedError(
+            f"{bids_dir}: no session {names} in the selected participants; there are "
+            f"{_listed('ses-', present)}"
+        )
+
+
 def find_echo_sets(
     bids_dir: Path,
     participant_labels: Sequence[str] | None = None,

@@ -173,14 +173,16 @@ def read_volume(path: Path, dtype: type[np.floating[Any]] = np.float32) -> np.nd
 def read_volumes(paths: Sequence[Path], workers: int | None = None) -> list[np.ndarray]:
     """:func:`read_volume` of each path, in order, decompressed in up to ``workers`` threads
     (default: :data:`READ_THREADS`, at most the CPUs this process may use)."""
-    workers = _read_workers(workers, len(paths))
+    workers = read_workers(workers, len(paths))
     if workers == 1:
         return [read_volume(p) for p in paths]
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="t2starmap-read") as pool:
         return list(pool.map(read_volume, paths))
 
 
-def _read_workers(workers: int | None, n_files: int) -> int:
+def read_workers(workers: int | None, n_files: int) -> int:
+    """Threads that read ``n_files`` files: ``workers`` (default :data:`READ_THREADS`, at most
+    the CPUs this process may use), at most one per file."""
     if workers is None:
         workers = min(READ_THREADS, available_cpus(os.environ)[0])
     return max(1, min(workers, n_files))
@@ -233,7 +235,7 @@ def read_magnitude(
         _copy_into(out[..., k], data)
         return _unusable_samples(data)
 
-    workers = _read_workers(workers, len(paths))
+    workers = read_workers(workers, len(paths))
     if workers == 1:
         checks = [read_one(k) for k in range(len(paths))]
     else:

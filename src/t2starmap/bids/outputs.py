@@ -14,8 +14,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from t2starmap import __version__
-from t2starmap.bids.conventions import BIDS_VERSION, CODE_URL
 from t2starmap.bids.layout import SET_ENTITIES, EchoSet, SubjectSession
 from t2starmap.fit import status as fit_status
 
@@ -60,17 +58,6 @@ _SHORT = {
     "reconstruction": "rec",
     "run": "run",
 }
-#: Listed in the output's .bidsignore: statistic maps the schema has no suffix for, and the
-#: app's own files.
-BIDSIGNORE = (
-    "*_statmap.nii.gz",
-    "*_statmap.json",
-    "*_record.json",
-    "logs",
-    "group_*",
-    "*.html",
-    "figures",
-)
 
 
 @dataclass(frozen=True)
@@ -304,17 +291,26 @@ def map_sidecar(
     echo_set: EchoSet,
     bids_dir: Path,
     fit_info: Mapping[str, Any],
+    parts: Sequence[Path] = (),
 ) -> dict[str, Any]:
-    """Sidecar of one output image. ``fit_info``: method, algorithm, device, noise fields."""
+    """Sidecar of one output image. ``fit_info``: method, algorithm, device, noise fields;
+    ``parts``: the phase or real/imaginary files read besides the magnitude echoes (they are
+    among its ``Sources``)."""
     sidecar: dict[str, Any] = {"Description": spec.description}
     if spec.units is not None:
         sidecar["Units"] = spec.units
     if spec.suffix == "mask":
         sidecar["Type"] = "ROI"  # the schema's only fitting value for these masks
+    if spec.suffix in ("mask", "dseg"):  # in the voxels of the echoes they come from
+        sidecar["SpatialReference"] = bids_uri(bids_dir, echo_set.echoes[0].path)
+    if spec.suffix == "dseg":  # this sidecar is the levels TSV's too: its extra column
+        sidecar["description"] = {"Description": DSEG_DESCRIPTION_COLUMN}
     sidecar.update(
         {
             "SkullStripped": False,
-            "Sources": [bids_uri(bids_dir, e.path) for e in echo_set.echoes],
+            "Sources": [
+                bids_uri(bids_dir, p) for p in [*(e.path for e in echo_set.echoes), *parts]
+            ],
             "EstimationAlgorithm": estimation_algorithm(spec, fit_info),
             "EstimationReference": ESTIMATION_REFERENCE,
             "EchoTime": [e.echo_time for e in echo_set.echoes],
@@ -325,29 +321,8 @@ def map_sidecar(
     return sidecar
 
 
-def dataset_description(bids_dir: Path) -> dict[str, Any]:
-    """Identical for every run into the same output from the same input (concurrent jobs
-    rewrite it with the same bytes)."""
-    generated_by: dict[str, Any] = {
-        "Name": "t2starmap",
-        "Version": __version__,
-        "Description": "Voxel-wise mono-exponential T2*/R2*/S0 fit of multi-echo GRE data",
-        "CodeURL": CODE_URL,
-    }
-    container = os.environ.get("T2STARMAP_CONTAINER_TYPE")
-    if container:
-        generated_by["Container"] = {
-            "Type": container,
-            "Tag": os.environ.get("T2STARMAP_CONTAINER_TAG", f"t2starmap:{__version__}"),
-        }
-    return {
-        "Name": "t2starmap: T2*, R2* and S0 maps",
-        "BIDSVersion": BIDS_VERSION,
-        "DatasetType": "derivative",
-        "GeneratedBy": [generated_by],
-        "SourceDatasets": [{"URL": f"bids:{SOURCE_LINK}:"}],
-        "DatasetLinks": {SOURCE_LINK: Path(bids_dir).resolve().as_uri()},
-    }
+#: The ``description`` column of the fit-status levels (``desc-fitstatus_dseg.tsv``).
+DSEG_DESCRIPTION_COLUMN = "What the label means: why the fit of a voxel is or is not to be trusted"
 
 
 # --- the record of a published echo set ------------------------------------------------------
@@ -416,6 +391,14 @@ class PublishedSet(SubjectSession):
     #: Seconds per step of reading and fitting the set (read, noise, phase, fit,
     #: correction, maps).
     steps: Mapping[str, float] = field(default_factory=dict)
+    #: The phase or real/imaginary files read besides the magnitude echoes (paths relative
+    #: to the input dataset): with ``sources``, every input that shaped an output.
+    part_sources: tuple[str, ...] = ()
+    #: The fit's fields of the map sidecars (method, noise, phase, correction, references):
+    #: what the methods paragraph (``logs/CITATION.md``) is written from.
+    methods: Mapping[str, Any] = field(default_factory=dict)
+    #: Name -> version of the software that fitted the set (t2starmap, Python, PyTorch, ...).
+    software: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -442,6 +425,7 @@ class PublishedSet(SubjectSession):
                 **data,
                 "sources": tuple(Source(**s) for s in data["sources"]),
                 "warnings": tuple(data["warnings"]),
+                "part_sources": tuple(data.get("part_sources", ())),
                 "statistics": SetStatistics(
                     t2star=_triple(stats["t2star"]),
                     r2star=_triple(stats["r2star"]),

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from t2starmap.bids.layout import EchoSet
-from t2starmap.bids.nifti import Geometry, read_part
+from t2starmap.bids.nifti import Geometry, read_part, read_workers
 from t2starmap.errors import BadDataError
 
 #: Relative tolerance on the full-scale value of a phase range.
@@ -208,22 +209,40 @@ def phase_to_radians(values: np.ndarray, units: str, where: Path | str) -> np.nd
     )
 
 
-def load_complex(parts: Parts, geometry: Geometry, magnitude: np.ndarray | None) -> np.ndarray:
+def load_complex(
+    parts: Parts,
+    geometry: Geometry,
+    magnitude: np.ndarray | None,
+    workers: int | None = None,
+) -> np.ndarray:
     """The complex signal, complex64 (*shape, n_echoes), echoes in the set's (TE) order.
 
     real/imag parts: real + i imag. Phase: ``magnitude`` (the set's magnitude echoes,
     (*shape, n_echoes), as :func:`t2starmap.bids.nifti.load_magnitude` gives them) times
-    exp(i phase). Raises BadDataError naming the file (shape, affine, units, unreadable)."""
+    exp(i phase). Echoes are read and combined in up to ``workers`` threads (default as
+    :func:`t2starmap.bids.nifti.read_volumes`; decompression and numpy release the GIL),
+    each into its own slot: the same values whatever the count. Raises BadDataError naming
+    the file (shape, affine, units, unreadable)."""
     n_echo = len(parts.files)
     out = np.empty((*geometry.shape, n_echo), dtype=np.complex64)
     if parts.kind == "phase" and (magnitude is None or magnitude.shape != out.shape):
         got = None if magnitude is None else magnitude.shape
         raise ValueError(f"phase parts need the magnitude echoes {out.shape}, got {got}")
-    for k, paths in enumerate(parts.files):
+
+    def combine(k: int) -> None:
+        paths = parts.files[k]
         if parts.kind == "real-imag":
             out[..., k] = read_part(paths[0], geometry) + 1j * read_part(paths[1], geometry)
         else:
             assert magnitude is not None
             rad = phase_to_radians(read_part(paths[0], geometry), parts.units[k], paths[0])
             out[..., k] = magnitude[..., k] * np.exp(1j * rad.astype(np.float64))
+
+    workers = read_workers(workers, n_echo)
+    if workers == 1:
+        for k in range(n_echo):
+            combine(k)
+    else:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="t2starmap-read") as pool:
+            list(pool.map(combine, range(n_echo)))
     return out

@@ -26,8 +26,8 @@ GROUP_COLUMNS = {
     "failed_fraction": "Fraction of signal-mask voxels whose fit failed (no usable estimate)",
     "misfit_fraction": "Fraction of signal-mask voxels whose decay does not follow the model "
     "(an estimate exists, its SE inflated; not failed, and in the statistics)",
-    "t2star_median": "Median T2* (s) over signal-mask voxels whose fit did not fail (misfit "
-    "voxels included)",
+    "t2star_median": "Median T2* (s; the pages show ms) over signal-mask voxels whose fit did "
+    "not fail (misfit voxels included)",
     "t2star_q1": "25th percentile of T2* (s), same voxels",
     "t2star_q3": "75th percentile of T2* (s), same voxels",
     "t2star_iqr": "Interquartile range of T2* (s), same voxels",
@@ -43,6 +43,27 @@ GROUP_COLUMNS = {
     "failure_reason": "Why the set failed (the error message, naming the file), n/a for a "
     "published set",
 }
+#: Units of the group table's columns that have units. T2* is in seconds here, as in the
+#: maps; the pages show it in milliseconds.
+GROUP_UNITS = {
+    **{f"t2star_{q}": "s" for q in ("median", "q1", "q3", "iqr")},
+    **{f"r2star_{q}": "1/s" for q in ("median", "q1", "q3", "iqr")},
+    "noise_sigma": "arbitrary",
+}
+
+
+def group_sidecar() -> dict[str, dict[str, str]]:
+    """The group table's JSON sidecar: every column's ``Description``, and ``Units`` where it
+    has units."""
+    return {
+        column: {
+            "Description": text,
+            **({"Units": GROUP_UNITS[column]} if column in GROUP_UNITS else {}),
+        }
+        for column, text in GROUP_COLUMNS.items()
+    }
+
+
 #: Significant digits written per column (the rest: 6).
 _DIGITS = {"snr": 4}
 PUBLISHED, FAILED = "published", "failed"

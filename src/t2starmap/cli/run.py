@@ -313,24 +313,25 @@ def _participant_or_group(args: argparse.Namespace, parser: argparse.ArgumentPar
         )
     if args.analysis_level == "group" and (ignored := _ignored_options(args, parser)):
         log.warning(
-            "group level: %s only change(s) the participant level and is ignored here",
+            "group level: %s %s only the participant level; ignored here",
             ", ".join(ignored),
+            "changes" if len(ignored) == 1 else "change",
         )
     from t2starmap.config import settings_from_args
 
     settings = settings_from_args(args, environ=os.environ)
-    from t2starmap.workflows.participant import (  # torch: only past the checks
-        run_group,
-        run_participant,
-    )
-
     if settings.analysis_level == "participant":
+        from t2starmap.workflows.participant import run_participant  # torch: past the checks
+
         run_participant(settings)
     else:
+        from t2starmap.workflows.group import run_group
+
         run_group(settings)
     return int(ExitCode.OK)
 
 
 def run() -> NoReturn:
-    """Console-script entry point."""
+    """The console script of installs made before :mod:`t2starmap.cli.entry` took its place
+    (that one installs the stop handlers before this module's imports)."""
     sys.exit(main())

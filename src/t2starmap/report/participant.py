@@ -33,6 +33,7 @@ from t2starmap.bids.slice_profiles import parse_slice_profile
 from t2starmap.errors import T2StarError, describe_code
 from t2starmap.report import figures
 from t2starmap.report.html import Figure, render
+from t2starmap.report.methods import citation
 from t2starmap.report.planes import DEFAULT_CONVENTION, FLAT, View, choose_view, to_canonical
 from t2starmap.report.statusmap import MISFIT_NAME, misfit_mask, overlay_note, status_png
 from t2starmap.resources import available_cpus
@@ -729,16 +730,24 @@ def failed_sets(
 
 
 def render_page(
-    subject: str, session: str | None, sections: Sequence[Section], failed: Sequence[FailedSet]
+    subject: str,
+    session: str | None,
+    sections: Sequence[Section],
+    failed: Sequence[FailedSet],
+    records: Sequence[PublishedSet] = (),
 ) -> str:
-    """The HTML of one participant/session page: failed sets first, then a section per set."""
+    """The HTML of one participant/session page: failed sets first, then a section per set,
+    then the methods paragraphs of ``records`` (the sets shown), to cite."""
     heading = f"sub-{subject}" + (f" ses-{session}" if session else "")
+    label = f"sub-{subject}" + (f"_ses-{session}" if session else "")
     return render(
         "participant.html",
         title=f"{heading} · t2starmap",
         heading=heading,
         sections=sorted(sections, key=lambda x: x.name),
         failed=list(failed),
+        citation=citation(records) if records else None,
+        citation_file=f"logs/CITATION_{label}.md",
     )
 
 
@@ -800,7 +809,7 @@ def write_participant_reports(
         sections = earlier_sections(output_dir, bids_dir, records, convention)
         failed = failed_sets(failures, {r.name for r in records})
         target = Path(output_dir) / page_name(subject, session)
-        write_text(target, render_page(subject, session, sections, failed))
+        write_text(target, render_page(subject, session, sections, failed, records))
         written.append(target)
         log.info("report %s written in %.2f s", target, time.perf_counter() - started)
     return written

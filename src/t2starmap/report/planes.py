@@ -111,11 +111,16 @@ class View:
             side = "the subject's right on the left (radiological convention)"
         else:
             side = "the subject's left on the left (neurological convention)"
+        if depth == 1:
+            where = f"{self.plane.capitalize()} slice {letter} = 0, the file's only one; "
+        else:
+            where = (
+                f"{self.plane.capitalize()} slices {letter} = {indices} of the file (voxel "
+                f"axis {letter}, 0–{depth - 1}), tiles in order from {_COUNTED[self.axis]}; "
+            )
         text = (
-            f"{self.plane.capitalize()} slices {letter} = {indices} of the file (voxel axis "
-            f"{letter}, 0–{depth - 1}), tiles in order from {_COUNTED[self.axis]}; "
-            f"{_UP[self.axis]}, {side}. Each tile is labelled with its {letter} index and "
-            "carries the orientation letters (R/L, A/P, S/I) on its edges."
+            f"{where}{_UP[self.axis]}, {side}. Each tile is labelled with its {letter} index "
+            "and carries the orientation letters (R/L, A/P, S/I) on its edges."
         )
         if self.oblique_degrees > OBLIQUE_DEGREES:
             text += (

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -49,25 +50,36 @@ class BodySet:
     echo_times: np.ndarray
 
 
+@dataclass(frozen=True)
+class Effects:
+    """What makes the residuals larger than the noise (:func:`make_body_set`): SENSE factor
+    ``acceleration`` R (1: none) with ``coils`` coils; ``ghosts`` ghost copies of
+    ``ghost_level`` each; ``jitter``, the largest per-echo shift of the object (voxels);
+    ``misfit``, the share of 4 x 4 in-plane patches that are not mono-exponential (equal
+    shares of two pools, fat, dark first echo)."""
+
+    acceleration: int = 1
+    coils: int = 8
+    ghosts: int = 0
+    ghost_level: float = 0.06
+    jitter: float = 0.0
+    misfit: float = 0.0
+
+
 def make_body_set(
     shape: Sequence[int] = (64, 64, 3),
     echo_times: Sequence[float] = BODY_ECHO_TIMES,
     *,
     s0: float = 400.0,
     sigma: float = 8.0,
-    acceleration: int = 1,
-    coils: int = 8,
-    ghosts: int = 0,
-    ghost_level: float = 0.06,
-    jitter: float = 0.0,
-    misfit: float = 0.0,
     seed: int = 0,
+    **effects: Any,
 ) -> BodySet:
     """A body-like set (module docstring). sigma: the coil noise SD, scaled so that a fully
-    sampled image has SD ``sigma``; acceleration: SENSE factor R (1: none); ghosts: number of
-    ghost copies; jitter: the largest per-echo shift of the object (voxels); misfit: the
-    share of 4 x 4 in-plane patches that are not mono-exponential (equal shares of two
-    pools, fat, dark first echo)."""
+    sampled image has SD ``sigma``; ``effects``: the fields of :class:`Effects` by name."""
+    chosen = Effects(**effects)
+    acceleration, coils, misfit = chosen.acceleration, chosen.coils, chosen.misfit
+    ghosts, ghost_level, jitter = chosen.ghosts, chosen.ghost_level, chosen.jitter
     rng = np.random.default_rng(seed)
     te = np.asarray(echo_times, dtype=np.float64)
     shape = tuple(int(n) for n in shape)

@@ -27,6 +27,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
@@ -37,9 +38,9 @@ from t2starmap.b0.correction import REFERENCES as B0_REFERENCES
 from t2starmap.b0.correction import SliceGeometry, ThroughSliceCorrection, correct_through_slice
 from t2starmap.b0.profiles import SliceProfile
 from t2starmap.bids.layout import EchoSet
-from t2starmap.bids.nifti import Geometry, read_magnitude
+from t2starmap.bids.nifti import READ_THREADS, Geometry, read_magnitude
 from t2starmap.bids.outputs import ESTIMATION_ALGORITHMS, REQUIRED_KEYS, UNCERTAINTY_KEYS
-from t2starmap.bids.parts import complex_available, find_parts, load_complex
+from t2starmap.bids.parts import Parts, complex_available, find_parts, load_complex
 from t2starmap.bids.slice_headers import profile_from_metadata
 from t2starmap.bids.slice_profiles import parse_slice_profile
 from t2starmap.errors import BadDataError, NotApplicableError, UsageError
@@ -131,6 +132,8 @@ class SetFit:
     solver_runs: int = 0
     steps: Mapping[str, float] = field(default_factory=dict)
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    #: The phase or real/imaginary files read (echo by echo): none when nothing needed them.
+    part_files: tuple[Path, ...] = ()
     #: The stacked echoes the fit read, (*shape, n_echoes) float32 (voxels with an unusable
     #: sample NaN) or, from int16 files and the like, their integer type; so that the report
     #: need not read them again; None once dropped.
@@ -164,20 +167,22 @@ def fit_echo_set(echo_set: EchoSet, geometry: Geometry, options: Options) -> Set
     """Read, check and fit one set. Raises BadDataError naming the first echo, OptionError
     for an option the set cannot honour."""
     started = time.perf_counter()
-    clock = _Clock()
-    warnings = _Warnings()
+    clock, warnings = _Clock(), _Warnings()
     first = str(echo_set.echoes[0].path)
     parts = find_parts(echo_set)
     method = _method(options.fit_method, complex_available(parts), first)
-    magnitude, unusable = _usable_magnitude(echo_set, geometry, warnings)
+    magnitude, unusable = _usable_magnitude(echo_set, geometry, warnings, _read_threads(options))
     # the complex signal serves the complex fit, the background's real channel and the field
     # map; none of them wants it with a given sigma, a magnitude fit and no correction
     wanted = method == "complex" or options.noise_sigma is None or options.b0_correction != "none"
-    signal = load_complex(parts, geometry, magnitude) if parts is not None and wanted else None
+    signal = (
+        load_complex(parts, geometry, magnitude, _read_threads(options))
+        if parts is not None and wanted
+        else None
+    )
     clock.lap("read")
     noise = _noise_level(options, echo_set, magnitude, signal, warnings)
-    # a noise map (parallel imaging): the fits see echoes of uniform noise
-    gain = noise_gain(noise)
+    gain = noise_gain(noise)  # a noise map (parallel imaging): the fits see uniform noise
     scaled, scaled_signal = scaled_echoes(magnitude, gain), scaled_echoes(signal, gain)
     mask = signal_mask(scaled, noise.sigma, noise.coils, nonfinite=unusable)
     clock.lap("noise")
@@ -197,8 +202,7 @@ def fit_echo_set(echo_set: EchoSet, geometry: Geometry, options: Options) -> Set
     maps, counts = _maps(echo_set, final, result, correction, magnitude, mask, noise, warnings)
     to_image_units(maps, gain)
     fit_info, algorithm = _fit_info(echo_set, result, noise, b0_info, correction, warnings)
-    shares = _shares(final.reason.cpu().numpy(), mask)
-    fit_info.update({"FitFailedFraction": shares[0], "MisfitFraction": shares[1]})
+    shares = _shares(final.reason.cpu().numpy(), mask, fit_info)
     clock.lap("maps")
     return SetFit(
         maps=maps,
@@ -215,16 +219,31 @@ def fit_echo_set(echo_set: EchoSet, geometry: Geometry, options: Options) -> Set
         seconds=time.perf_counter() - started,
         solver_runs=final.solver_runs,
         steps=dict(clock),
+        part_files=_read_parts(parts) if signal is not None else (),
         warnings=tuple(warnings),
         magnitude=magnitude,
     )
 
 
-def _shares(reason: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
-    """(share of the mask whose fit failed, share whose decay does not follow the model)."""
+def _shares(reason: np.ndarray, mask: np.ndarray, fit_info: dict[str, Any]) -> tuple[float, float]:
+    """(share of the mask whose fit failed, share whose decay does not follow the model),
+    also put in ``fit_info`` (the sidecars) as FitFailedFraction and MisfitFraction."""
     size = max(int(mask.sum()), 1)
-    failed = fit_status.fit_failed(reason) & mask
-    return float(failed.sum() / size), float((fit_status.misfit(reason) & mask).sum() / size)
+    failed = float((fit_status.fit_failed(reason) & mask).sum() / size)
+    misfit = float((fit_status.misfit(reason) & mask).sum() / size)
+    fit_info.update({"FitFailedFraction": failed, "MisfitFraction": misfit})
+    return failed, misfit
+
+
+def _read_threads(options: Options) -> int:
+    """Threads that read the echoes: the fit's workers (``--nprocs``), at most
+    :data:`t2starmap.bids.nifti.READ_THREADS`."""
+    return max(1, min(options.workers, READ_THREADS))
+
+
+def _read_parts(parts: Parts | None) -> tuple[Path, ...]:
+    """The files of ``parts``, echo by echo."""
+    return () if parts is None else tuple(p for echo in parts.files for p in echo)
 
 
 def _phase(
@@ -534,14 +553,14 @@ def _number(value: Any) -> float | None:
 
 
 def _usable_magnitude(
-    echo_set: EchoSet, geometry: Geometry, warnings: _Warnings
+    echo_set: EchoSet, geometry: Geometry, warnings: _Warnings, workers: int = 1
 ) -> tuple[np.ndarray, np.ndarray]:
     """The stacked echoes (float32, or the files' integer type when they are int16 and the
     like: :func:`t2starmap.bids.nifti.read_magnitude`), voxels with a NaN/inf/negative sample set
     to NaN (the fit flags them; float32 then), and those voxels (bool): the only ones with
     a non-finite sample. Raises BadDataError when no voxel is usable."""
     # checked as they are read; int16 files stay int16 (half the memory; the fits cast)
-    echoes = read_magnitude(echo_set, geometry, integers=True)
+    echoes = read_magnitude(echo_set, geometry, workers, integers=True)
     magnitude, unusable = echoes.data, echoes.unusable
     if (unusable is not None and unusable.all()) or not echoes.positive:
         raise BadDataError(

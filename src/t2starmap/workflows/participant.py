@@ -1,4 +1,5 @@
-"""The only orchestrator: participant level (fit, write maps and pages) and group level.
+"""The participant level: fit, write maps and pages, publish them (the group level is
+:mod:`t2starmap.workflows.group`; one set's staging :mod:`t2starmap.workflows.staging`).
 
 Participant level:
 1. checks the input (images present, bids-validator unless skipped), finds the echo sets and
@@ -30,157 +31,58 @@ import contextlib
 import importlib
 import logging
 import shutil
-import sys
-import tempfile
 import threading
 import traceback
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from t2starmap.bids import outputs as derivatives
-from t2starmap.bids.atomic import write_json, write_text
-from t2starmap.bids.conventions import sidecar_path
-from t2starmap.bids.layout import EchoSet, SetProblem, check_images_present, find_echo_sets
-from t2starmap.bids.nifti import Geometry, check_geometry, save_map
+from t2starmap.bids.atomic import write_text
+from t2starmap.bids.dataset_files import shared_files
+from t2starmap.bids.layout import (
+    EchoSet,
+    SetProblem,
+    check_images_present,
+    check_labels,
+    find_echo_sets,
+)
+from t2starmap.bids.nifti import Geometry, check_geometry
 from t2starmap.bids.outputs import PublishedSet, SetFailure
 from t2starmap.bids.publish import Publication, publish
-from t2starmap.bids.summary import GROUP_COLUMNS, GROUP_TABLE, group_table, set_statistics
 from t2starmap.config import Settings
 from t2starmap.errors import (
     BadDataError,
     ExitCode,
-    InputMissingError,
     OutputError,
     SetsFailedError,
     T2StarError,
-    UsageError,
     ValidationError,
     worst,
 )
-from t2starmap.fit import status as fit_status
 from t2starmap.interrupts import deferred_signals, raise_if_signalled
-from t2starmap.resources import limit_allocator_arenas, release_free_memory
+from t2starmap.resources import limit_allocator_arenas
+from t2starmap.workflows.lazy_pages import pages
+from t2starmap.workflows.methods import stage_page_citation, write_output_citation
+from t2starmap.workflows.outputs import (
+    Progress,
+    prepare_output,
+    settings_log_name,
+    staging_folder,
+    validate_input,
+    write_shared_files,
+)
+from t2starmap.workflows.staging import Run, StagedSet, fit_set, stage_set
 
 if TYPE_CHECKING:
     import torch
 
-    from t2starmap.report import participant as pages
-    from t2starmap.workflows.echo_set import SetFit
-else:
-
-    class _Pages:
-        """:mod:`t2starmap.report.participant`, imported when first used (matplotlib,
-        jinja2 and PIL: most of a second, which :func:`_import_pages_early` hides)."""
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(importlib.import_module("t2starmap.report.participant"), name)
-
-    pages = _Pages()
-
 log = logging.getLogger("t2starmap")
 
-# --- shared by both levels -------------------------------------------------------------------
-
-
-def prepare_output(output_dir: Path) -> Path | None:
-    """Create the output folder (exit 73 when impossible); return the topmost folder this
-    call created (None when the output folder existed)."""
-    missing = [p for p in (output_dir, *output_dir.parents) if not p.exists()]
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=output_dir, prefix=".write-test-"):
-            pass
-    except OSError as err:
-        raise OutputError(
-            f"{output_dir}: cannot create or write the output folder ({err})"
-        ) from err
-    return missing[-1] if missing else None
-
-
-def write_shared_files(settings: Settings) -> None:
-    out = settings.output_dir
-    write_json(out / "dataset_description.json", derivatives.dataset_description(settings.bids_dir))
-    write_text(out / ".bidsignore", "\n".join(derivatives.BIDSIGNORE) + "\n")
-
-
-def settings_log_name(settings: Settings) -> str:
-    """``logs/settings_<level>_<who>_<UTC time>.json``, relative to the output folder."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    who = "_".join(f"sub-{p}" for p in settings.participant_labels or ())[:80] or "all"
-    return f"logs/settings_{settings.analysis_level}_{who}_{stamp}.json"
-
-
-def write_settings_log(settings: Settings) -> Path:
-    path = settings.output_dir / settings_log_name(settings)
-    write_text(path, settings.to_json())
-    return path
-
-
-def validate_input(settings: Settings) -> None:
-    """Run bids-validator on the input; exit 16 with one line per distinct problem, the full
-    report written to ``OUTPUT_DIR/logs/``."""
-    from t2starmap.bids.validate import validate_bids
-
-    log.info(
-        "validating %s with bids-validator (skip with --skip-bids-validation)", settings.bids_dir
-    )
-    try:
-        report = validate_bids(settings.bids_dir)
-    except (RuntimeError, OSError) as err:
-        raise ValidationError(f"{settings.bids_dir}: could not run bids-validator ({err})") from err
-    if not report.ok:
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-        full = settings.output_dir / "logs" / f"bids-validator_{stamp}.json"
-        write_text(full, report.raw)
-        lines = "\n".join(f"  {line}" for line in report.summary())
-        raise ValidationError(
-            f"{settings.bids_dir}: bids-validator found {len(report.errors)} error(s):\n"
-            f"{lines}\nFix them, or run with --skip-bids-validation; the full report is {full}"
-        )
-
-
-@contextmanager
-def staging_folder(work_dir: Path | None) -> Iterator[Path]:
-    try:
-        if work_dir is not None:
-            work_dir.mkdir(parents=True, exist_ok=True)
-        folder = Path(tempfile.mkdtemp(prefix="t2starmap-", dir=work_dir))
-    except OSError as err:
-        raise OutputError(f"{work_dir}: cannot create a work folder ({err})") from err
-    try:
-        yield folder
-    finally:
-        with deferred_signals("removing the staging folder"):
-            shutil.rmtree(folder, ignore_errors=True)
-
-
-class _Progress:
-    """A progress bar over the echo sets on a terminal, nothing otherwise (log lines say where
-    the run is)."""
-
-    def __init__(self, total: int) -> None:
-        self.bar: Any = None
-        if sys.stderr.isatty() and log.isEnabledFor(logging.INFO):
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, desc="echo sets", unit="set", file=sys.stderr)
-
-    def step(self) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-# --- participant level -----------------------------------------------------------------------
 
 #: Failed sets named one by one in the final message; the rest are counted.
 SUMMARY_FAILURES = 5
@@ -220,16 +122,6 @@ class _Page:
 
 
 @dataclass(frozen=True)
-class _StagedSet:
-    """One fitted set in the staging folder: its record, its files (relative, record last)
-    and its page section, drawn from the maps the run held."""
-
-    record: PublishedSet
-    files: tuple[str, ...]
-    section: pages.Section
-
-
-@dataclass(frozen=True)
 class _StagedPage:
     """A page ready to publish: what :func:`publish` puts in place, and the records and
     failure records among it."""
@@ -239,33 +131,20 @@ class _StagedPage:
     failures: tuple[SetFailure, ...]
 
 
-@dataclass
-class _Run:
-    """The state of one participant run: where it stages, how it fits, what it published."""
-
-    settings: Settings
-    stage: Path
-    fit: Callable[[Settings, EchoSet, Geometry, torch.device], SetFit]
-    device: torch.device | None = None  # known once the input is checked
-    published: list[PublishedSet] = field(default_factory=list)
-    failures: list[SetFailure] = field(default_factory=list)
-    published_any: bool = False
-
-
 def run_participant(settings: Settings) -> RunResult:
     """Fit every selected echo set and publish its maps, record and page, one participant/
     session page at a time (module docstring). Raises SetsFailedError (the worst failure's
     exit code) when some sets failed; with ``stop_on_first_crash``, the first set's error
     before anything is published."""
     with staging_folder(settings.work_dir) as stage:
-        run = _Run(settings, stage, fit_set)
+        run = Run(settings, stage, fit_set)
         with _output_guard(run):
             run.device = _check_input(settings)
             plan = _plan(settings)
             _import_pages_early()
             n_sets = sum(len(p.sets) for p in plan)
             log.info("%d echo set(s) to fit on %s with %s", n_sets, run.device, settings.fit_method)
-            progress = _Progress(n_sets)
+            progress = Progress(n_sets)
             try:
                 if settings.stop_on_first_crash:  # all or nothing: stage everything first
                     staged = [_stage_page(run, page, progress) for page in plan]
@@ -276,6 +155,8 @@ def run_participant(settings: Settings) -> RunResult:
                         _publish(run, page, _stage_page(run, page, progress))
             finally:
                 progress.close()
+            if run.published:
+                write_output_citation(settings.output_dir, run.published)
     result = RunResult(tuple(run.published), tuple(run.failures))
     if run.failures:
         raise SetsFailedError(result.summary(), worst([f.exit_code for f in run.failures]))
@@ -297,7 +178,7 @@ def _import_pages_early() -> None:
 
 
 @contextmanager
-def _output_guard(run: _Run) -> Iterator[None]:
+def _output_guard(run: Run) -> Iterator[None]:
     """Create the output folder; when the run stops before it published anything, remove
     what this created (no empty folder is left behind), except after a failed validation,
     whose log is there. When it stops after publishing, say what is complete."""
@@ -325,6 +206,8 @@ def _check_input(settings: Settings) -> torch.device:
     """Images present, the validator (unless skipped), the compute device."""
     from t2starmap.fit import resolve_device
 
+    # the labels first, as every usage check: the validator takes seconds to minutes
+    check_labels(settings.bids_dir, settings.participant_labels, settings.session_labels)
     check_images_present(settings.bids_dir, settings.participant_labels)
     if settings.skip_validation:
         log.info("input validation skipped (--skip-bids-validation)")
@@ -412,162 +295,20 @@ def _failure(
     return failure
 
 
-def _stage_page(run: _Run, page: _Page, progress: _Progress) -> _StagedPage:
+def _stage_page(run: Run, page: _Page, progress: Progress) -> _StagedPage:
     """Fit and stage every set of ``page``, then its page: what :func:`publish` will put in
     place together."""
-    staged: list[_StagedSet] = []
+    staged: list[StagedSet] = []
     failures = list(page.failures)
     for echo_set, geometry in page.sets:
-        outcome = _attempt(run.settings, echo_set, partial(_stage_set, run, echo_set, geometry))
+        outcome = _attempt(run.settings, echo_set, partial(stage_set, run, echo_set, geometry))
         (failures if isinstance(outcome, SetFailure) else staged).append(outcome)
         progress.step()
     return _page_publication(run, page, staged, failures)
 
 
-#: Most threads that write (compress) a set's maps at once, while its page section is drawn.
-WRITE_THREADS = 2
-
-
-def _stage_set(run: _Run, echo_set: EchoSet, geometry: Geometry) -> _StagedSet:
-    """Fit one set; write its maps, sidecars and record into the staging folder; draw its
-    page section from the maps and echoes the fit holds. The maps are written in threads,
-    those the page does not show first (their memory is freed once they are written, before
-    the section's figures take theirs), the others while the section is drawn (gzip and PNG
-    encoding release the GIL)."""
-    settings = run.settings
-    log.info("%s: fitting", echo_set.name)
-    assert run.device is not None, "the input is checked before anything is fitted"
-    fitted = run.fit(settings, echo_set, geometry, run.device)
-    raise_if_signalled()  # a stop whose exception Python dropped (raised in a finalizer)
-    samples = (
-        pages.echo_samples(fitted.magnitude, fitted.maps) if fitted.magnitude is not None else None
-    )
-    fitted = replace(fitted, magnitude=None)  # the echoes' memory is free from here on
-    release_free_memory()  # and what the fit's threads and temporaries left in the heap
-    record = _record(settings, echo_set, fitted)
-    shown = pages.in_memory_maps(fitted.maps, geometry.affine, geometry.zooms, fitted.fit_info)
-    log.info("%s: writing its maps", echo_set.name)
-    threads = max(1, min(WRITE_THREADS, settings.nprocs))
-    with ThreadPoolExecutor(threads, thread_name_prefix="t2starmap-write") as pool:
-        try:
-            files, written = _write_maps(
-                settings, run.stage, echo_set, geometry, fitted, pool, last=set(shown.maps)
-            )
-            del fitted  # the maps not shown are now held by their writes alone
-            record_file = derivatives.record_path(Path(), record.entities)
-            write_text(run.stage / record_file, record.to_json())
-            for key, job in written:
-                if key not in shown.maps:
-                    job.result()
-            log.info("%s: drawing its report", echo_set.name)
-            section = pages.set_section(
-                record, shown, settings.bids_dir, samples, settings.report_convention
-            )
-            for _, job in written:
-                job.result()
-        except BaseException:
-            pool.shutdown(cancel_futures=True)  # an error or a stop: no more maps
-            raise
-    return _StagedSet(record, (*files, record_file.as_posix()), section)
-
-
-def _write_maps(
-    settings: Settings,
-    stage: Path,
-    echo_set: EchoSet,
-    geometry: Geometry,
-    fitted: SetFit,
-    pool: ThreadPoolExecutor,
-    last: set[str] | frozenset[str] = frozenset(),
-) -> tuple[list[str], list[tuple[str, Future[Path]]]]:
-    """Write one set's sidecars, and start writing its maps in ``pool`` (those in ``last``
-    last), under ``stage``: their paths relative to it, and each map's key and job (which
-    raises what its write raised)."""
-    files = []
-    images = []
-    for spec in derivatives.OUTPUTS:
-        if spec.key not in fitted.maps:
-            continue
-        image = derivatives.output_path(stage, echo_set.entities, spec, ".nii.gz")
-        images.append((spec.key, image))
-        sidecar = sidecar_path(image)
-        write_json(
-            sidecar, derivatives.map_sidecar(spec, echo_set, settings.bids_dir, fitted.fit_info)
-        )
-        files += [image, sidecar]
-        if spec.key == "status":  # its levels, beside it
-            levels = image.with_name(image.name.replace(".nii.gz", ".tsv"))
-            write_text(levels, fit_status.levels_tsv())
-            files.append(levels)
-    images.sort(key=lambda item: item[0] in last)
-    jobs = [
-        (key, pool.submit(save_map, image, fitted.maps[key], geometry)) for key, image in images
-    ]
-    return [f.relative_to(stage).as_posix() for f in files], jobs
-
-
-def fit_set(
-    settings: Settings, echo_set: EchoSet, geometry: Geometry, device: torch.device
-) -> SetFit:
-    """:func:`t2starmap.workflows.echo_set.fit_echo_set` with the options the settings give (torch:
-    participant level only), its option errors worded as the command line's flags."""
-    from t2starmap.workflows.echo_set import OptionError, Options, fit_echo_set
-
-    options = Options(
-        fit_method=settings.fit_method,
-        noise_sigma=settings.noise_sigma,
-        noise_coils=settings.noise_coils,
-        b0_correction=settings.b0_correction,
-        slice_profile=settings.slice_profile,
-        device=device,
-        workers=settings.nprocs,
-    )
-    try:
-        return fit_echo_set(echo_set, geometry, options)
-    except OptionError as err:
-        flag = "--" + err.option.replace("_", "-")
-        worded = f"{err.where}: {flag} {err.value}: {err.reason}"
-        raise (BadDataError(worded) if err.bad_data else UsageError(worded)) from err
-
-
-def _record(settings: Settings, echo_set: EchoSet, fitted: SetFit) -> PublishedSet:
-    """The record of a fitted set (written beside its maps when published)."""
-    maps = fitted.maps
-    return PublishedSet(
-        entities=dict(echo_set.entities),
-        files=derivatives.output_files(echo_set.entities, fitted.maps),
-        sources=tuple(
-            derivatives.Source(
-                derivatives.bids_path(settings.bids_dir, e.path),
-                e.echo_time,
-                {k: e.metadata[k] for k in derivatives.SOURCE_FIELDS if k in e.metadata},
-            )
-            for e in echo_set.echoes
-        ),
-        n_voxels=fitted.n_voxels,
-        failed_fraction=fitted.failed_fraction,
-        misfit_fraction=fitted.misfit_fraction,
-        noise_sigma=fitted.noise.sigma,
-        noise_model=fitted.noise_model,
-        noise_coils=float(fitted.fit_info["NoiseCoils"]),
-        noise_method=fitted.noise.method or "none",
-        status_counts=dict(fitted.status_counts),
-        fit_method=fitted.fit_method,
-        algorithm=fitted.algorithm,
-        device=fitted.device,
-        statistics=set_statistics(
-            maps["t2star"], maps["r2star"], maps["s0"], maps["signal"] & ~maps["failed"]
-        ),
-        seconds=fitted.seconds,
-        warnings=fitted.warnings,
-        solver_runs=fitted.solver_runs,
-        steps=dict(fitted.steps),
-        noise_candidates=dict(fitted.noise.candidates),
-    )
-
-
 def _page_publication(
-    run: _Run, page: _Page, staged: list[_StagedSet], failures: list[SetFailure]
+    run: Run, page: _Page, staged: list[StagedSet], failures: list[SetFailure]
 ) -> _StagedPage:
     """Draw the page (this run's sections, the sections of sets earlier runs published there,
     the failed sets) into the staging folder; list what publishing it writes and removes."""
@@ -581,8 +322,11 @@ def _page_publication(
     shown_failures = failures + [f for f in failed_before if f.name not in attempted]
     failed = pages.failed_sets(shown_failures, {r.name for r in earlier})
     page_file = pages.page_name(page.subject, page.session)
-    write_text(stage / page_file, pages.render_page(page.subject, page.session, sections, failed))
+    shown = [s.record for s in staged] + earlier
+    page_html = pages.render_page(page.subject, page.session, sections, failed, shown)
+    write_text(stage / page_file, page_html)
     files = [name for s in staged for name in s.files]
+    files += stage_page_citation(stage, page.label, shown)
     for failure in failures:
         path = derivatives.failure_path(Path(), failure.entities)
         write_text(stage / path, failure.to_json())
@@ -616,7 +360,7 @@ def _earlier_sections(settings: Settings, records: list[PublishedSet]) -> list[p
     return sections
 
 
-def _publish(run: _Run, page: _Page, staged: _StagedPage) -> None:
+def _publish(run: Run, page: _Page, staged: _StagedPage) -> None:
     """Publish one page's files (with the shared files and the settings log the first time)
     and log what it holds."""
     raise_if_signalled()
@@ -645,20 +389,19 @@ def _publish(run: _Run, page: _Page, staged: _StagedPage) -> None:
 
 
 def _stage_shared_files(settings: Settings, stage: Path) -> list[str]:
-    """The settings log, and ``dataset_description.json`` and ``.bidsignore`` (rewritten in
-    place when present: other jobs into the same output write the same bytes), staged for
-    the run's first publication."""
+    """The settings log, and the shared files (``dataset_description.json``, ``.bidsignore``,
+    ``README.md``; rewritten in place when all are present: other jobs into the same output
+    write the same bytes), staged for the run's first publication."""
     out = settings.output_dir
     staged = [settings_log_name(settings)]
     write_text(stage / staged[0], settings.to_json())
-    if (out / "dataset_description.json").exists() and (out / ".bidsignore").exists():
+    shared = shared_files(settings.bids_dir)
+    if all((out / name).exists() for name in shared):
         write_shared_files(settings)
         return staged
-    write_json(
-        stage / "dataset_description.json", derivatives.dataset_description(settings.bids_dir)
-    )
-    write_text(stage / ".bidsignore", "\n".join(derivatives.BIDSIGNORE) + "\n")
-    return [*staged, "dataset_description.json", ".bidsignore"]
+    for name, text in shared.items():
+        write_text(stage / name, text)
+    return [*staged, *shared]
 
 
 def _check_unique_outputs(echo_sets: list[EchoSet]) -> None:
@@ -672,46 +415,3 @@ def _check_unique_outputs(echo_sets: list[EchoSet]) -> None:
                 "derivative names cannot carry; select one with --bids-filter-file"
             )
         seen[path] = echo_set
-
-
-# --- group level -----------------------------------------------------------------------------
-
-
-def run_group(settings: Settings) -> Path:
-    """The group table and page from the records of every selected published set and the
-    failure records of every selected set that failed."""
-    out = settings.output_dir
-    try:
-        labels = (settings.participant_labels, settings.session_labels)
-        published = derivatives.load_published(out, *labels)
-        failures = derivatives.load_failures(out, *labels)
-    except ValueError as err:
-        raise BadDataError(str(err)) from err
-    if not published and not failures:
-        raise InputMissingError(
-            f"{out}: no participant-level outputs (*_record.json beside the maps) found"
-            + (
-                " for the selected participants/sessions"
-                if settings.participant_labels or settings.session_labels
-                else ""
-            )
-            + "; run the participant level first"
-        )
-    prepare_output(out)
-    write_shared_files(settings)
-    table = group_table(published, failures)
-    path = out / GROUP_TABLE
-    write_text(path, table.write(path))
-    write_json(path.with_suffix(".json"), {k: {"Description": v} for k, v in GROUP_COLUMNS.items()})
-    from t2starmap.report import write_group_report
-
-    write_group_report(out, table)
-    write_settings_log(settings)
-    log.info(
-        "group summary of %d echo set(s), %d published and %d failed: %s",
-        len(published) + len(failures),
-        len(published),
-        len(failures),
-        path,
-    )
-    return path
