@@ -13,17 +13,13 @@ from t2starmap.bids.dataset_files import dataset_description
 from t2starmap.bids.layout import Echo, EchoSet
 from t2starmap.bids.outputs import (
     OUTPUTS,
-    PublishedSet,
-    SetStatistics,
-    Source,
     bids_path,
     common_acquisition,
-    load_published,
     map_sidecar,
     output_files,
     output_path,
-    record_path,
 )
+from t2starmap.bids.records import PublishedSet, SetStatistics, Source, load_published, record_path
 
 
 def echo_set(**entities: str) -> EchoSet:
@@ -189,7 +185,7 @@ def test_the_field_map_is_described_as_the_field_map_not_as_the_correction() -> 
 
 def test_failure_records_round_trip_and_are_selected_by_label(tmp_path: Path) -> None:
     from t2starmap.bids.atomic import write_text
-    from t2starmap.bids.outputs import SetFailure, failure_path, load_failures
+    from t2starmap.bids.records import SetFailure, failure_path, load_failures
 
     failures = [
         SetFailure({"subject": s, **({"session": x} if x else {})}, "why", 65, "E", None, "t")

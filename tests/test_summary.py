@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from t2starmap.bids.outputs import PublishedSet, SetStatistics, Source
+from t2starmap.bids.records import PublishedSet, SetStatistics, Source
 from t2starmap.bids.summary import GROUP_COLUMNS, group_table, set_statistics
 
 

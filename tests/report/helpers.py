@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 
 from t2starmap.bids import outputs as derivatives
+from t2starmap.bids import records
 from t2starmap.bids.atomic import write_json, write_text
 from t2starmap.bids.conventions import sidecar_path
 from t2starmap.bids.layout import Echo, build_echo_set
 from t2starmap.bids.nifti import Geometry, save_map
-from t2starmap.bids.outputs import PublishedSet, Source
+from t2starmap.bids.records import PublishedSet, Source
 from t2starmap.bids.summary import set_statistics
 from t2starmap.sim.phantoms import EXAMPLE_ECHO_TIMES, make_phantom, truth_maps, write_megre
 
@@ -93,7 +94,7 @@ def synthetic_output(
         seconds=0.5,
         warnings=("only <2> echoes & a warning",),
     )
-    write_text(derivatives.record_path(root / "out", record.entities), record.to_json())
+    write_text(records.record_path(root / "out", record.entities), record.to_json())
     return record
 
 

@@ -179,7 +179,7 @@ def test_the_box_plot_axis_starts_at_zero() -> None:
 
 
 def test_failed_sets_are_rows_of_the_table_and_a_table_of_the_page(tmp_path: Path) -> None:
-    from t2starmap.bids.outputs import SetFailure
+    from t2starmap.bids.records import SetFailure
     from t2starmap.bids.summary import group_table
 
     from .helpers import synthetic_output

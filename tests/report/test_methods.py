@@ -9,14 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from t2starmap.bids.outputs import (
-    ESTIMATION_REFERENCE,
-    PublishedSet,
-    SetStatistics,
-    Source,
-    load_published,
-    output_files,
-)
+from t2starmap.bids.outputs import ESTIMATION_REFERENCE, output_files
+from t2starmap.bids.records import PublishedSet, SetStatistics, Source, load_published
 from t2starmap.cli.run import main
 from t2starmap.report.methods import NOISE_METHODS, bibtex, citation, citation_files, markdown
 from t2starmap.sim.slices import make_slice_phantom, write_slice_megre

@@ -211,7 +211,7 @@ def test_a_page_lists_the_sets_that_failed(tmp_path: Path) -> None:
     """A failure record of the page's participant/session is listed with its reason and
     exit code, above the sections; one for another session is not."""
     from t2starmap.bids.atomic import write_text
-    from t2starmap.bids.outputs import SetFailure, failure_path
+    from t2starmap.bids.records import SetFailure, failure_path
 
     outcome = synthetic_output(tmp_path, subject="06", run="1")
     out = tmp_path / "out"

@@ -1,7 +1,7 @@
 """Group-level numbers: per-set statistics of the maps and the group table.
 
 The statistics of a set are computed once, from the maps as published, and kept in its record
-(:class:`t2starmap.bids.outputs.SetStatistics`); the group level reads records, not maps.
+(:class:`t2starmap.bids.records.SetStatistics`); the group level reads records, not maps.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from t2starmap.bids.outputs import PublishedSet, SetFailure, SetStatistics, set_name
+from t2starmap.bids.outputs import set_name
+from t2starmap.bids.records import PublishedSet, SetFailure, SetStatistics
 
 GROUP_TABLE = "group_T2starmap.tsv"
 

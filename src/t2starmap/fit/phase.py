@@ -139,18 +139,6 @@ class PhaseAnalysis:
             "phase differences",
         )
 
-    def sidecar(self) -> dict[str, object]:
-        """What the map sidecars say about the phase."""
-        return {
-            "PhaseVerdict": self.verdict,
-            "PhaseVerdictNote": self.reason,
-            "PhaseCoherence": round(self.coherence, 4),
-            "PhaseParityCoherence": round(self.parity_coherence, 4),
-            "PhaseTrustedFraction": round(self.trusted_share, 4),
-            "BipolarReadout": self.bipolar,
-            "BipolarOffsetMedian": round(self.offset_rad, 4),
-        }
-
 
 _MAPS = ("frequency", "frequency_parity", "coherence", "parity_coherence", "offset", "bipolar_bad")
 

@@ -1,7 +1,7 @@
 """The methods paragraph to cite: what was done to each published echo set, from its record.
 
 As fMRIPrep's ``logs/CITATION.md``: one paragraph per echo set, written from the set's record
-(:class:`t2starmap.bids.outputs.PublishedSet`: the fit's sidecar fields in ``methods``, the
+(:class:`t2starmap.bids.records.PublishedSet`: the fit's sidecar fields in ``methods``, the
 software in ``software``), never by hand: the fit and noise model, how the noise level was
 chosen, the phase verdict, the field-gradient correction applied or why not, the slice
 profile, the software versions, and the references the sidecars name, numbered. Rendered as
@@ -15,7 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from t2starmap.bids.outputs import ESTIMATION_REFERENCE, PublishedSet
+from t2starmap.bids.outputs import ESTIMATION_REFERENCE
+from t2starmap.bids.records import PublishedSet
 from t2starmap.report.html import render
 
 #: How each ``NoiseSigmaMethod`` chose the noise level, as a clause of the paragraph.

@@ -1,11 +1,11 @@
 """One HTML page per participant (and session) with a section per echo set.
 
-A set's section is drawn from its record (:class:`t2starmap.bids.outputs.PublishedSet`) and its
+A set's section is drawn from its record (:class:`t2starmap.bids.records.PublishedSet`) and its
 maps: for the sets a run fits, the workflow hands over the maps it holds and the echoes it read
 (:func:`set_section` with :class:`SetMaps` and :class:`EchoSamples`), so nothing is read back;
 the sets earlier runs published are read from the output folder and the raw echoes from the
 input (:func:`earlier_sections`). Sets that failed are listed with their reason
-(:class:`t2starmap.bids.outputs.SetFailure`). Every image is read through
+(:class:`t2starmap.bids.records.SetFailure`). Every image is read through
 :mod:`t2starmap.bids.nifti`; nothing here changes a fit or writes anything but the page.
 """
 
@@ -28,7 +28,8 @@ from t2starmap.bids import outputs as derivatives
 from t2starmap.bids.atomic import write_text
 from t2starmap.bids.conventions import sidecar_path
 from t2starmap.bids.nifti import read_map_image, read_volume
-from t2starmap.bids.outputs import STATUS_LEVELS, PublishedSet, SetFailure
+from t2starmap.bids.outputs import STATUS_LEVELS
+from t2starmap.bids.records import PublishedSet, SetFailure, load_failures, load_published
 from t2starmap.bids.slice_profiles import parse_slice_profile
 from t2starmap.errors import T2StarError, describe_code
 from t2starmap.report import figures
@@ -757,12 +758,12 @@ def recorded_sets(
     """The records and failure records of one participant/session in the output folder; a
     record that cannot be read is left out with a warning (the page shows the others)."""
     try:
-        records = derivatives.load_published(output_dir, [subject])
+        records = load_published(output_dir, [subject])
     except ValueError as err:
         log.warning("%s; the page leaves out the sets published earlier", err)
         records = []
     try:
-        failures = derivatives.load_failures(output_dir, [subject])
+        failures = load_failures(output_dir, [subject])
     except ValueError as err:
         log.warning("%s; the page leaves out the sets that failed earlier", err)
         failures = []

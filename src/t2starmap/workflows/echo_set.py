@@ -39,7 +39,12 @@ from t2starmap.b0.correction import SliceGeometry, ThroughSliceCorrection, corre
 from t2starmap.b0.profiles import SliceProfile
 from t2starmap.bids.layout import EchoSet
 from t2starmap.bids.nifti import READ_THREADS, Geometry, read_magnitude
-from t2starmap.bids.outputs import ESTIMATION_ALGORITHMS, REQUIRED_KEYS, UNCERTAINTY_KEYS
+from t2starmap.bids.outputs import (
+    ESTIMATION_ALGORITHMS,
+    REQUIRED_KEYS,
+    UNCERTAINTY_KEYS,
+    phase_sidecar,
+)
 from t2starmap.bids.parts import Parts, complex_available, find_parts, load_complex
 from t2starmap.bids.slice_headers import profile_from_metadata
 from t2starmap.bids.slice_profiles import parse_slice_profile
@@ -197,7 +202,7 @@ def fit_echo_set(echo_set: EchoSet, geometry: Geometry, options: Options) -> Set
         options, echo_set, geometry, scaled, phase, result, mask, warnings, clock
     )
     if phase is not None:
-        b0_info = {**phase.sidecar(), **b0_info}
+        b0_info = {**phase_sidecar(phase), **b0_info}
     final = result if correction is None else correction.corrected
     maps, counts = _maps(echo_set, final, result, correction, magnitude, mask, noise, warnings)
     to_image_units(maps, gain)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from t2starmap.bids import outputs as derivatives
+from t2starmap.bids import records
 from t2starmap.bids.atomic import write_json, write_text
 from t2starmap.bids.summary import GROUP_TABLE, group_sidecar, group_table
 from t2starmap.config import Settings
@@ -26,8 +26,8 @@ def run_group(settings: Settings) -> Path:
     out = settings.output_dir
     try:
         labels = (settings.participant_labels, settings.session_labels)
-        published = derivatives.load_published(out, *labels)
-        failures = derivatives.load_failures(out, *labels)
+        published = records.load_published(out, *labels)
+        failures = records.load_failures(out, *labels)
     except ValueError as err:
         raise BadDataError(str(err)) from err
     if not published and not failures:

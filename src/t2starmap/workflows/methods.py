@@ -14,9 +14,8 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from t2starmap.bids import outputs
 from t2starmap.bids.atomic import write_text
-from t2starmap.bids.outputs import PublishedSet
+from t2starmap.bids.records import PublishedSet, load_published
 
 log = logging.getLogger("t2starmap")
 
@@ -54,7 +53,7 @@ def write_output_citation(
     if records is None:
         title = "t2starmap: methods of every published echo set"
         try:
-            records = outputs.load_published(output_dir)
+            records = load_published(output_dir)
         except ValueError as err:
             log.warning("logs/CITATION.md not written: %s", err)
             return []

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from t2starmap.bids import outputs as derivatives
+from t2starmap.bids import records
 from t2starmap.bids.atomic import write_text
 from t2starmap.bids.dataset_files import shared_files
 from t2starmap.bids.layout import (
@@ -52,8 +53,8 @@ from t2starmap.bids.layout import (
     find_echo_sets,
 )
 from t2starmap.bids.nifti import Geometry, check_geometry
-from t2starmap.bids.outputs import PublishedSet, SetFailure
 from t2starmap.bids.publish import Publication, publish
+from t2starmap.bids.records import PublishedSet, SetFailure
 from t2starmap.config import Settings
 from t2starmap.errors import (
     BadDataError,
@@ -328,14 +329,14 @@ def _page_publication(
     files = [name for s in staged for name in s.files]
     files += stage_page_citation(stage, page.label, shown)
     for failure in failures:
-        path = derivatives.failure_path(Path(), failure.entities)
+        path = records.failure_path(Path(), failure.entities)
         write_text(stage / path, failure.to_json())
         files.append(path.as_posix())
-    remove = [derivatives.failure_path(Path(), s.record.entities).as_posix() for s in staged]
+    remove = [records.failure_path(Path(), s.record.entities).as_posix() for s in staged]
     for old in (r for r in on_disk if r.name in ours):  # outputs the new record no longer has
         log.info("%s: replacing the outputs an earlier run published", old.name)
         new = set(next(s.files for s in staged if s.record.name == old.name))
-        remove += [f for f in derivatives.record_paths(old) if f not in new]
+        remove += [f for f in records.record_paths(old) if f not in new]
     publication = Publication(
         page.label, tuple((stage / name, name) for name in [*files, page_file]), tuple(remove)
     )
@@ -407,7 +408,7 @@ def _stage_shared_files(settings: Settings, stage: Path) -> list[str]:
 def _check_unique_outputs(echo_sets: list[EchoSet]) -> None:
     seen: dict[Path, EchoSet] = {}
     for echo_set in echo_sets:
-        path = derivatives.record_path(Path(), echo_set.entities)
+        path = records.record_path(Path(), echo_set.entities)
         if path in seen:
             raise BadDataError(
                 f"{echo_set.echoes[0].path}: echo sets {seen[path].name} and {echo_set.name} "

@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from t2starmap.bids import outputs as derivatives
+from t2starmap.bids import records
 from t2starmap.bids.atomic import write_json, write_text
 from t2starmap.bids.conventions import sidecar_path
 from t2starmap.bids.layout import (
     EchoSet,
 )
 from t2starmap.bids.nifti import Geometry, save_map
-from t2starmap.bids.outputs import PublishedSet, SetFailure
+from t2starmap.bids.records import PublishedSet, SetFailure
 from t2starmap.bids.summary import set_statistics
 from t2starmap.config import Settings
 from t2starmap.errors import (
@@ -91,7 +92,7 @@ def stage_set(run: Run, echo_set: EchoSet, geometry: Geometry) -> StagedSet:
                 settings, run.stage, echo_set, geometry, fitted, pool, last=set(shown.maps)
             )
             del fitted  # the maps not shown are now held by their writes alone
-            record_file = derivatives.record_path(Path(), record.entities)
+            record_file = records.record_path(Path(), record.entities)
             write_text(run.stage / record_file, record.to_json())
             for key, job in written:
                 if key not in shown.maps:
@@ -177,10 +178,10 @@ def record_of(settings: Settings, echo_set: EchoSet, fitted: SetFit) -> Publishe
         entities=dict(echo_set.entities),
         files=derivatives.output_files(echo_set.entities, fitted.maps),
         sources=tuple(
-            derivatives.Source(
+            records.Source(
                 derivatives.bids_path(settings.bids_dir, e.path),
                 e.echo_time,
-                {k: e.metadata[k] for k in derivatives.SOURCE_FIELDS if k in e.metadata},
+                {k: e.metadata[k] for k in records.SOURCE_FIELDS if k in e.metadata},
             )
             for e in echo_set.echoes
         ),
