@@ -184,6 +184,7 @@ def test_every_image_goes_through_nifti_py() -> None:
         "t2starmap.fit.limits",
         "t2starmap.fit.status",
         "t2starmap.bids.outputs",
+        "t2starmap.workflows.t2smap",
     ],
 )
 def test_module_loads_without_torch(module: str) -> None:

@@ -427,11 +427,19 @@ def save_map(path: Path, data: np.ndarray, geometry: Geometry) -> Path:
     return path
 
 
-def write_image(path: Path | str, data: np.ndarray, affine: np.ndarray) -> Path:
+def write_image(
+    path: Path | str,
+    data: np.ndarray,
+    affine: np.ndarray,
+    zooms: tuple[float, ...] | None = None,
+) -> Path:
     """Write ``data`` as it is (its own dtype) with ``affine`` and mm / s units, gzipped by the
     ``.gz`` suffix: the simulator's writer of raw datasets (not atomic; maps go through
-    :func:`save_map`)."""
+    :func:`save_map`). ``zooms``: voxel sizes and, for a 4-D series, the repetition time
+    (default: from the affine, TR 1)."""
     image = nib.Nifti1Image(np.ascontiguousarray(data), affine)
+    if zooms is not None:
+        image.header.set_zooms(zooms)
     image.header.set_xyzt_units("mm", "sec")
     nib.save(image, str(path))
     return Path(path)

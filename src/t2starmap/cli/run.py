@@ -236,6 +236,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the app; return its exit code. Errors become one line on stderr and their code.
     SIGTERM (SLURM, ``docker stop``) stops a run as Ctrl-C does, with exit code 143."""
     arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["t2smap"]:  # tedana's command: its own parser, logging and codes
+        from t2starmap.cli.t2smap import main as t2smap_main
+
+        return t2smap_main(arguments[1:])
     converting = arguments[:1] == ["convert"]
     verbose = 0
     configure_logging(log_level(verbose, False))  # until the arguments say otherwise

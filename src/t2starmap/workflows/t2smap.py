@@ -1,0 +1,192 @@
+"""The ``t2starmap t2smap`` run: echoes in, tedana's maps (and ours) out.
+
+read the echo series inside the mask -> drop dummy scans -> temporal moments of the volumes
+not excluded -> adaptive mask -> decay fit (one per voxel, or per voxel and volume) ->
+floors and limited maps -> optimal combination of every volume -> RMSE -> files (staged,
+then moved into place together; see :mod:`t2starmap.bids.t2smap_outputs`).
+
+The maths is in :mod:`t2starmap.fit.adaptive_mask`, :mod:`t2starmap.fit.bold` and
+:mod:`t2starmap.fit.combine`; images are read in :mod:`t2starmap.bids.series`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from t2starmap.bids.series import read_echo_series, read_mask, series_geometry
+from t2starmap.bids.t2smap_outputs import Stage
+from t2starmap.errors import UsageError
+from t2starmap.fit import adaptive_mask as am
+from t2starmap.fit import bold, combine
+from t2starmap.fit.status import Failure
+from t2starmap.workflows.t2smap_ts import ts_mode
+from t2starmap.workflows.t2smap_write import (
+    Run,
+    description,
+    expand,
+    write_combination,
+    write_fit_quality,
+    write_maps,
+    write_rmse,
+)
+
+
+@dataclass(frozen=True)
+class T2smapSettings:
+    """One run, checked: echo files and times (s, ascending), mask, volumes, fit and output."""
+
+    data: tuple[Path, ...]
+    tes: tuple[float, ...]
+    out_dir: Path
+    prefix: str
+    convention: str
+    verbose: bool
+    overwrite: bool
+    mask: Path | None
+    masktype: tuple[str, ...]
+    dummy_scans: int
+    exclude: tuple[int, ...]
+    fittype: str
+    fitmode: str
+    combmode: str
+    workers: int | None
+    device: str
+    command: str
+
+
+log = logging.getLogger("t2starmap.t2smap")
+
+#: nilearn's compute_epi_mask cut-offs: the threshold is the largest gap in the sorted
+#: first-echo means between these fractions.
+EPI_MASK_CUTOFFS = (0.2, 0.85)
+
+
+def epi_mask(first_echo_mean: np.ndarray) -> np.ndarray:
+    """The mask tedana computes without ``--mask`` (nilearn's compute_epi_mask, without its
+    morphological opening): above the middle of the largest gap between sorted first-echo
+    means, between the 20th and 85th percentile of them."""
+    values = np.sort(first_echo_mean.ravel())
+    lo, hi = (int(f * values.size) for f in EPI_MASK_CUTOFFS)
+    part = values[lo:hi]
+    if part.size < 2:
+        return first_echo_mean > 0
+    gap = int(np.argmax(np.diff(part)))
+    return first_echo_mean >= 0.5 * (part[gap] + part[gap + 1])
+
+
+def load(s: T2smapSettings) -> Run:
+    """The echo series inside the mask, dummy scans dropped. BadDataError / UsageError."""
+    geometry = series_geometry(s.data, len(s.tes))
+    shape3 = tuple(geometry.shape[:3])
+    geometry3 = replace(geometry, shape=shape3, zooms=geometry.zooms[:3])
+    mask = read_mask(s.mask, geometry) if s.mask else np.ones(shape3, dtype=bool)
+    log.info("reading %d echo file(s), %d voxels in the mask", len(s.data), int(mask.sum()))
+    echoes = read_echo_series(s.data, len(s.tes), geometry, mask)
+    if s.mask is None:
+        log.warning("no --mask: computing one from the first echo (give one when you can)")
+        inside = epi_mask(echoes[0].mean(axis=1))
+        mask = np.zeros(shape3, dtype=bool)
+        mask.reshape(-1)[np.flatnonzero(inside)] = True
+        echoes = [x[inside] for x in echoes]
+    n_volumes = echoes[0].shape[1]
+    if s.dummy_scans >= n_volumes:
+        raise UsageError(f"--dummy-scans {s.dummy_scans}: the data have {n_volumes} volumes")
+    if s.dummy_scans:
+        log.warning("removing the first %d volumes as dummy scans", s.dummy_scans)
+        echoes = [np.ascontiguousarray(x[:, s.dummy_scans :]) for x in echoes]
+    geometry4 = replace(geometry, shape=(*shape3, n_volumes - s.dummy_scans))
+    return Run(echoes, mask, geometry3, geometry4, np.asarray(s.tes, dtype=np.float64))
+
+
+def fit_volumes(s: T2smapSettings, n_volumes: int) -> np.ndarray | None:
+    """The volumes the mask and fit use (bool (T,)), None for all: ``--exclude`` indices after
+    the dummy scans, shifted to the data kept. UsageError for an index past the data."""
+    if not s.exclude:
+        return None
+    shifted = [i - s.dummy_scans for i in s.exclude if i >= s.dummy_scans]
+    if not shifted:
+        log.warning("every --exclude index is a dummy scan")
+        return None
+    if max(shifted) >= n_volumes:
+        raise UsageError(
+            f"--exclude index {max(shifted) + s.dummy_scans} is past the last volume "
+            f"({n_volumes + s.dummy_scans} volumes)"
+        )
+    keep = np.ones(n_volumes, dtype=bool)
+    keep[shifted] = False
+    if not keep.any():
+        raise UsageError("--exclude leaves no volume to fit")
+    log.info("excluding %d volume(s) from the adaptive mask and the fit", len(shifted))
+    return keep
+
+
+def _fit(
+    s: T2smapSettings, m: bold.EchoMoments, te: np.ndarray, count: np.ndarray
+) -> bold.DecayFit:
+    how = bold.Compute(s.device, s.workers)
+    if s.fittype == "loglin":
+        return bold.fit_loglin(m, te, am.echoes_used(count))
+    if s.fittype == "curvefit":
+        return bold.fit_curvefit(m, te, am.echoes_used(count), how)
+    inside = np.asarray(~m.bad.all(axis=1))
+    sigma = bold.temporal_noise(m, inside)
+    if not np.isfinite(sigma):
+        raise UsageError("--fittype nlls needs at least two volumes to measure the noise")
+    log.info("nlls: thermal noise sigma %.4g (temporal, Rician-corrected)", sigma)
+    return bold.fit_nlls(m, te, inside, sigma, how)
+
+
+def fitted_voxels(s: T2smapSettings, count: np.ndarray, fit: bold.DecayFit) -> np.ndarray:
+    """The voxels with maps: tedana's (adaptive mask >= 1); for nlls those it could fit."""
+    if s.fittype == "nlls":
+        return np.asarray(((fit.reason & int(Failure.BAD_INPUT)) == 0) & (fit.t2star > 0))
+    return count > 0
+
+
+def _load_solver() -> None:
+    """Import the solver's modules (and torch); a later import waits for this one."""
+    import t2starmap.fit.bold_nlls  # noqa: F401  (imports fit.magnitude and torch)
+
+
+def run_t2smap(s: T2smapSettings) -> dict[str, Path]:
+    """Run ``t2smap`` with settings ``s``; return the files written by registry key."""
+    stage = Stage(s.out_dir, s.prefix, s.convention, s.overwrite)
+    if s.fittype != "loglin":  # torch loads (seconds) while the echoes are read
+        threading.Thread(target=_load_solver, name="t2smap-import", daemon=True).start()
+    try:
+        run = load(s)
+        volumes = fit_volumes(s, run.echoes[0].shape[1])
+        moments = bold.echo_moments(run.echoes, volumes)
+        count = am.adaptive_mask(moments.mean, moments.bad, s.masktype)
+        log.info("adaptive mask: voxels by good echoes %s", np.bincount(count).tolist())
+        stage.image("adaptive mask img", count.astype(np.uint8), run.mask, run.geometry3)
+        if s.fitmode == "all":
+            _all_mode(s, run, moments, count, stage)
+        else:
+            ts_mode(s, run, count, stage)
+        stage.json("data description json", description(s))
+        placed = stage.publish()
+    except BaseException:
+        stage.discard()
+        raise
+    log.info("wrote %d files to %s", len(placed), s.out_dir)
+    return placed
+
+
+def _all_mode(
+    s: T2smapSettings, run: Run, m: bold.EchoMoments, count: np.ndarray, stage: Stage
+) -> None:
+    fit = _fit(s, m, run.te, count)
+    sel = fitted_voxels(s, count, fit)
+    maps = combine.floor_maps(fit.t2star[sel].copy(), fit.s0[sel].copy(), run.te)
+    full = combine.FinalMaps(expand(maps.t2star, sel), expand(maps.s0, sel))
+    write_maps(stage, run, full, combine.limited(maps, count[sel]), sel)
+    write_fit_quality(s, stage, run, fit, sel)
+    used = am.echoes_used(count)
+    write_combination(s, stage, run, used, full.t2star)
+    write_rmse(stage, run, used, full)
