@@ -77,7 +77,7 @@ totals["import t2starmap"] = time.perf_counter() - t - totals["import torch"]
 wrap(workflow, "find_echo_sets", "pybids indexing")
 wrap(workflow, "check_geometry", "read headers")
 wrap(estimate, "read_magnitude", "read echoes")
-wrap(estimate, "noise_candidates", "noise: candidates")
+wrap(estimate, "all_candidates", "noise: candidates")
 wrap(estimate, "signal_mask", "signal mask")
 wrap(estimate, "fit_t2star", "fit")
 wrap(estimate, "fit_echo_set", "fit_echo_set (all of read..fit)")

@@ -3,6 +3,7 @@ data from the project's integrating simulator, and its refusals."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,9 @@ import numpy as np
 import pytest
 
 from t2starmap.cli.run import main
+from t2starmap.fit.result import misfit_limit
+from t2starmap.fit.status import GOOD, NOT_CORRECTED, level_named
+from t2starmap.sim.failures import bipolar
 from t2starmap.sim.slices import make_slice_phantom, write_slice_megre
 from tests.support.files import checksums, failure_reasons, images_below
 
@@ -267,3 +271,55 @@ def test_nprocs_reaches_the_reading_of_echoes_and_parts(
     assert seen == [(kind, n) for n in (1, 2, 4) for kind in ("magnitude", "parts")]
     t2 = [load(tmp_path / f"out{n}" / ANAT / "sub-01_T2starmap.nii.gz") for n in (1, 2, 7)]
     assert t2[0].tobytes() == t2[1].tobytes() == t2[2].tobytes()
+
+
+def test_the_fit_status_map_is_the_corrected_fits(
+    sliced: tuple[Path, object], tmp_path: Path
+) -> None:
+    """Where the field changes across the slice the uncorrected decay is no exponential (its
+    fit is misfit there); the corrected one is. The published fit-status map labels misfit
+    only where the corrected fit's reduced chi-square (the published desc-chisq map) exceeds
+    its limit, and wherever it exceeds the largest limit (a voxel's corrected fit may use
+    fewer echoes: its degrees of freedom, so its limit, vary), among the voxels no other
+    failure label claims (issue 27)."""
+    bids, phantom = sliced
+    out = tmp_path / "out"
+    assert run(bids, out) == 0
+    status = load(out / ANAT / "sub-01_desc-fitstatus_dseg.nii.gz")
+    chisq = load(out / ANAT / "sub-01_desc-chisq_statmap.nii.gz")
+    dof = len(phantom.echo_times) - 2  # type: ignore[attr-defined]
+    misfit = status == level_named("decay_not_following_model").index
+    judged = misfit | np.isin(status, [GOOD.index, NOT_CORRECTED.index])
+    assert judged.sum() > 500 and misfit.sum() > 20
+    assert np.all(chisq[misfit] > misfit_limit(dof) * (1 - 1e-6))
+    assert np.all(misfit[judged & (chisq > misfit_limit(1) * (1 + 1e-6))])
+
+
+@pytest.mark.parametrize("readout", ["monopolar", "bipolar"])
+def test_the_field_map_the_correction_used_is_published(tmp_path: Path, readout: str) -> None:
+    """Issue 27: the default magnitude fit builds its field map from the phase differences
+    (of same-parity echoes for a bipolar read-out); the run publishes it in fmap/ with its
+    magnitude, in Hz, and says how it was made."""
+    phantom = make_slice_phantom((24, 24, 6), snr=100.0, seed=3)
+    if readout == "bipolar":
+        signal = bipolar(phantom.magnitude * np.exp(1j * phantom.phase), 1.0)
+        phantom = dataclasses.replace(phantom, phase=np.angle(signal).astype(np.float32))
+    bids = tmp_path / "bids"
+    write_slice_megre(bids, phantom)
+    out = tmp_path / "out"
+    assert run(bids, out) == 0
+    fmap = out / "sub-01" / "fmap"
+    [field_path] = sorted(fmap.glob("*_fieldmap.nii.gz"))
+    assert sorted(fmap.glob("*_magnitude.nii.gz"))
+    sidecar = json.loads(field_path.with_name(field_path.name[:-7] + ".json").read_text())
+    assert sidecar["Units"] == "Hz" and sidecar["FitMethod"] == "nlls"
+    method = sidecar["B0FieldMapMethod"]
+    assert method.startswith("phase differences")
+    assert ("same-parity" in method) == (readout == "bipolar")
+    assert method in sidecar["EstimationAlgorithm"]
+    field = load(field_path)
+    period = 2.0 * sidecar["FieldMapWrapLimit"]
+    inner = np.zeros(field.shape, dtype=bool)
+    inner[4:-4, 4:-4, :] = True
+    error = (field - phantom.frequency_hz + period / 2) % period - period / 2
+    assert np.median(np.abs(error[inner & phantom.mask])) < 2.0

@@ -25,6 +25,11 @@ CORRECTED_FIT_FIELDS = {
     "NoiseSigma",
     "NoiseSigmaMethod",
     "NoiseSigmaCandidates",
+    "NoiseSigmaBounds",
+    "NoiseSigmaMap",
+    "FitFailedFraction",
+    "MisfitFraction",
+    "FieldMapWrapLimit",
     "NoiseCoils",
     "ComputeDevice",
     "T2starRange",
@@ -355,3 +360,38 @@ def test_a_published_map_is_the_fits_own_array_zeroed_outside_the_mask() -> None
     assert published.dtype == np.float32
     np.testing.assert_array_equal(published, np.where(mask, values.numpy(), 0.0))
     assert np.shares_memory(published, result.t2star.numpy())
+
+
+def _body_set(root: Path) -> EchoSet:
+    """The body simulator under SENSE R 3 (the noise 2x and more across the tissue) written as
+    part-mag and part-phase echoes (rad)."""
+    from t2starmap.bids.nifti import write_image
+    from t2starmap.sim.body import make_body_set
+
+    body = make_body_set((48, 48, 2), acceleration=3, sigma=4.0, seed=2)
+    anat = _dataset(root) / "sub-01" / "anat"
+    anat.mkdir(parents=True)
+    affine = np.diag([2.0, 2.0, 4.0, 1.0])
+    for k, te in enumerate(body.echo_times, start=1):
+        for part, data in (("mag", body.magnitude), ("phase", np.angle(body.signal))):
+            stem = anat / f"sub-01_echo-{k}_part-{part}_MEGRE"
+            write_image(f"{stem}.nii.gz", data[..., k - 1].astype(np.float32), affine)
+            units = ', "Units": "rad"' if part == "phase" else ""
+            Path(f"{stem}.json").write_text(f'{{"EchoTime": {te}{units}}}')
+    return _one_set(root)
+
+
+def test_a_noise_map_is_used_by_the_fit_and_the_maps_stay_in_image_units(tmp_path: Path) -> None:
+    """Issue 27: where the noise is not uniform, the fit uses the smooth noise map (recorded
+    in the sidecar), and S0 comes out in the image's units as with one sigma given."""
+    echo_set = _body_set(tmp_path / "bids")
+    mapped = fit(echo_set, b0_correction="none")
+    assert mapped.fit_info["NoiseSigmaMap"] is True, mapped.fit_info.get("NoiseSigmaNote")
+    assert mapped.noise.sigma_map is not None
+    given = fit(echo_set, b0_correction="none", noise_sigma=mapped.noise.sigma, noise_coils=1.0)
+    assert given.fit_info["NoiseSigmaMap"] is False
+    both = mapped.maps["signal"] & given.maps["signal"]
+    ratio = mapped.maps["s0"][both] / given.maps["s0"][both]
+    assert np.median(ratio) == pytest.approx(1.0, abs=0.02)
+    r2 = mapped.maps["r2star"][both] / given.maps["r2star"][both]
+    assert np.median(r2) == pytest.approx(1.0, abs=0.02)

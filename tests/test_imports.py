@@ -275,7 +275,6 @@ def test_the_top_level_is_only_the_base_and_the_floors() -> None:
         "config",
         "errors",
         "interrupts",
-        "noise",
         "resources",
     ], flat
 

@@ -523,7 +523,7 @@ def test_counting_whole_numbers_changes_no_estimate(
     ph = make_coil_phantom((48, 48, 6), TE_12, coils=coils, s0=300.0, snr=60.0, seed=11)
     first = _rounded(ph.magnitude[..., 0])
     counted = estimate_noise(first)
-    monkeypatch.setattr(noise, "_WHOLE_LIMIT", 1)  # nothing is counted: the values are used
+    monkeypatch.setattr(noise.samples, "_WHOLE_LIMIT", 1)  # nothing is counted: the values are used
     assert estimate_noise(first) == counted
     assert counted.sigma == pytest.approx(ph.sigma, rel=0.1)
 
@@ -646,9 +646,9 @@ def test_the_local_variance_of_a_large_volume_uses_every_kth_plane(
     ph = make_phantom((64, 64, 40), TE_12[:3], s0=1000.0, snr=50.0, seed=15, background=0.0)
     first = ph.magnitude[..., 0]
     whole = noise._local_variance_sigma(first)
-    monkeypatch.setattr(noise, "LOCAL_WINDOWS", 40_000)  # 62 x 62 x 40 windows: every 4th
+    monkeypatch.setattr(noise.local, "LOCAL_WINDOWS", 40_000)  # 62 x 62 x 40 windows: every 4th
     sampled = noise._local_variance_sigma(first)
-    monkeypatch.setattr(noise, "LOCAL_WINDOWS", 1 << 20)
+    monkeypatch.setattr(noise.local, "LOCAL_WINDOWS", 1 << 20)
     assert sampled == noise._local_variance_sigma(first[:, :, ::4])
     assert whole[0] is not None and sampled[0] is not None
     assert sampled[1] < whole[1] / 3
@@ -659,7 +659,7 @@ def test_the_local_variance_of_a_large_volume_uses_every_kth_plane(
 def test_the_echo_differences_of_a_large_air_use_a_sample(monkeypatch: pytest.MonkeyPatch) -> None:
     ph = make_phantom((64, 64, 8), TE_12, s0=1000.0, snr=50.0, seed=16)
     whole = noise_from_echo_differences(ph.magnitude)
-    monkeypatch.setattr(noise, "SAMPLE_VOXELS", 4000)
+    monkeypatch.setattr(noise.air, "SAMPLE_VOXELS", 4000)
     sampled = noise_from_echo_differences(ph.magnitude)
     assert whole.n_background > 4 * 4000
     assert 2000 <= sampled.n_background <= 4000

@@ -379,10 +379,19 @@ def test_fit_status_map_says_why_each_voxel_failed(example: Path, tmp_path: Path
     assert fast_codes <= {code["r2star_at_upper_bound"], code["not_converged"]}
     failed = np.asarray(nib.load(out / f"{SETS[0]}_desc-failed_mask.nii.gz").dataobj) > 0
     signal = np.asarray(nib.load(out / f"{SETS[0]}_desc-signal_mask.nii.gz").dataobj) > 0
-    fine = (code["not_fitted"], code["good"], code["not_gradient_corrected"])
+    # misfit is not failure (issue 27): an estimate exists there
+    fine = (
+        code["not_fitted"],
+        code["good"],
+        code["not_gradient_corrected"],
+        code["decay_not_following_model"],
+    )
     assert np.array_equal(failed, ~np.isin(status, fine) & signal)
-    assert np.array_equal(status == code["not_fitted"], ~signal)
     record = json.loads((out / f"{SETS[0]}_record.json").read_text())
+    misfit = int((status == code["decay_not_following_model"]).sum())
+    assert record["misfit_fraction"] == misfit / signal.sum()
+    assert record["failed_fraction"] == failed.sum() / signal.sum()
+    assert np.array_equal(status == code["not_fitted"], ~signal)
     assert record["status_counts"]["r2star_at_lower_bound"] >= 36
     page = (out / "sub-01.html").read_text()
     assert "Fit status (desc-fitstatus_dseg)" in page and "signal rising with TE" in page

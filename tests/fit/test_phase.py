@@ -38,6 +38,17 @@ def test_coherent_phase_gives_the_field_from_consecutive_echoes(phantom: SlicePh
     assert np.median(np.abs(error[~field.untrusted])) < 2.0
 
 
+@pytest.mark.parametrize(("offset", "verdict"), [(0.12, COHERENT), (0.45, BIPOLAR)])
+def test_a_small_odd_even_offset_is_not_a_bipolar_read_out(
+    phantom: SlicePhantom, offset: float, verdict: str
+) -> None:
+    """Real monopolar GE phase shows odd/even offsets of 0.11-0.13 rad (noise and fat folded
+    into |psi|): coherent, not bipolar; 0.45 rad is (``BIPOLAR_OFFSET`` 0.3; issue 27)."""
+    signal = bipolar(complex_of(phantom), offset).astype(np.complex64)
+    found = analyse_phase(signal, phantom.echo_times, noise_sigma=phantom.sigma)
+    assert found.verdict == verdict, (found.offset_rad, found.reason)
+
+
 @pytest.mark.parametrize("offset", ["constant", "varying"])
 def test_bipolar_read_out_detected_and_its_field_from_same_parity_echoes(
     phantom: SlicePhantom, offset: str

@@ -16,8 +16,9 @@ def test_participant_pages(demo_output: Path) -> None:
     for name in PARTICIPANT_PAGES:
         text = (demo_output / name).read_text(encoding="utf-8")
         found = assert_self_contained(text)
-        # 7 montages (T2*, R2*, S0, RMSE, chi-square, SE, echo 1), histogram, decay curves
-        assert len(found.images) == 9, name
+        # the fit-status map, 7 montages (T2*, R2*, S0, RMSE, chi-square, SE, echo 1),
+        # histogram, decay curves
+        assert len(found.images) == 10, name
         assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text), name
         title = name.removesuffix(".html").replace("_", " ")
         assert f"<h1>{title}: T2* quality report</h1>" in text
@@ -31,6 +32,9 @@ def test_participant_pages(demo_output: Path) -> None:
             '<th scope="row">Compute device</th><td>cpu</td>',
             "fixed window 0–100 ms",
             "No warnings were raised.",
+            "fit-status map",
+            "Fit failed (no usable estimate)",
+            "Decay not following the model (estimate kept, SE inflated)",
         ):
             assert needle in text, (name, needle)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -10,8 +11,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from matplotlib.image import imread
 
+from t2starmap.fit.status import level_named
 from t2starmap.report import participant
+from t2starmap.report.statusmap import STATUS_RGB, status_png
 from tests.report.helpers import assert_self_contained, synthetic_output
 
 
@@ -33,7 +37,7 @@ def test_page_content(tmp_path: Path, subject: str, session: str | None) -> None
     assert pages == [tmp_path / "out" / expected]
     text = pages[0].read_text(encoding="utf-8")
     found = assert_self_contained(text)
-    assert len(found.images) == 8  # 6 montages, histogram, decay curves
+    assert len(found.images) == 9  # the fit-status map, 6 montages, histogram, decay curves
     for needle in (
         "fixed window 0–100 ms",
         "T2* (ms) montage",
@@ -68,9 +72,9 @@ def test_missing_optional_maps_and_no_failures(tmp_path: Path) -> None:
     )
     [page] = participant.write_participant_reports(tmp_path / "out", tmp_path / "bids", [outcome])
     text = page.read_text(encoding="utf-8")
-    assert len(assert_self_contained(text).images) == 6
+    assert len(assert_self_contained(text).images) == 7
     assert "SE of T2*" not in text
-    assert "No voxel failed." in text
+    assert "No voxel failed; no misfit." in text
     assert "No warnings were raised." in text
 
 
@@ -85,7 +89,7 @@ def test_degenerate_sets_still_give_a_page(
     outcome = synthetic_output(tmp_path, shape=shape, failed_fraction=failed_fraction)
     [page] = participant.write_participant_reports(tmp_path / "out", tmp_path / "bids", [outcome])
     text = page.read_text(encoding="utf-8")
-    assert len(assert_self_contained(text).images) == 8
+    assert len(assert_self_contained(text).images) == 9
     assert " × ".join(str(n) for n in shape) in text
     assert ("single slice" in text) == (len(shape) == 2)
     if failed_fraction == 1.0:
@@ -251,3 +255,50 @@ def test_the_correction_is_shown_as_a_difference(tmp_path: Path) -> None:
     assert "R2* correction (1/s) montage" in alts and "R2* uncorrected" not in " ".join(alts)
     [caption] = [f.caption for f in section.montages if f.alt.startswith("R2* correction")]
     assert "corrected minus uncorrected R2*" in caption and "window ±7 s⁻¹" in caption
+
+
+def test_misfit_is_counted_and_coloured_apart_from_failure(tmp_path: Path) -> None:
+    """Issue 27: voxels whose decay does not follow the model have an estimate; the page
+    counts them apart from the failed ones, draws them in their own colour, draws the
+    fit-status map with its legend, and keeps them in the histogram."""
+    outcome = synthetic_output(tmp_path, failed_fraction=0.05)
+    status_path = outcome.path(tmp_path / "out", "status")
+    image = nib.load(status_path)
+    status = np.asarray(image.dataobj)
+    signal = np.asarray(nib.load(outcome.path(tmp_path / "out", "signal")).dataobj) > 0
+    misfit = signal & (status == 0) & (np.arange(status.size).reshape(status.shape) % 4 == 0)
+    status = np.where(signal & (status == 0), 1, status)  # good
+    status[misfit] = level_named("decay_not_following_model").index
+    nib.save(nib.Nifti1Image(status.astype(np.uint8), image.affine), status_path)
+    counts = {"good": int((status == 1).sum()), "decay_not_following_model": int(misfit.sum())}
+    outcome = replace(
+        outcome, status_counts=counts, misfit_fraction=float(misfit.sum() / signal.sum())
+    )
+    [page] = participant.write_participant_reports(tmp_path / "out", tmp_path / "bids", [outcome])
+    text = page.read_text(encoding="utf-8")
+    assert f"{int(misfit.sum())} voxel(s) whose decay does not follow the model in orange" in text
+    assert "Decay not following the model (estimate kept, SE inflated)" in text
+    assert f"{int(misfit.sum())} voxel(s), {100 * outcome.misfit_fraction:.2f} %" in text
+    assert "fit-status map" in text and "failed voxel(s) in magenta" in text
+    good = int(
+        (
+            signal
+            & ~np.asarray(nib.load(outcome.path(tmp_path / "out", "failed")).dataobj).astype(bool)
+        ).sum()
+    )
+    assert (
+        f"T2* of the {good} signal-mask voxels whose fit did not fail ({int(misfit.sum())}" in text
+    )
+
+
+def test_the_status_map_is_drawn_in_its_colours_with_a_legend() -> None:
+    status = np.zeros((6, 6, 1), dtype=np.uint8)
+    status[1:5, 1:5] = 1
+    status[2, 2] = level_named("decay_not_following_model").index
+    status[3, 3] = level_named("not_converged").index
+    png = status_png(status, [0], {"good": 14, "decay_not_following_model": 1, "not_converged": 1})
+    picture = imread(io.BytesIO(png))[..., :3]
+    for name in ("good", "decay_not_following_model", "not_converged"):
+        colour = np.asarray(STATUS_RGB[name])
+        assert np.any(np.all(np.abs(picture - colour) < 0.02, axis=-1)), name
+    assert STATUS_RGB["decay_not_following_model"] != STATUS_RGB["not_converged"]

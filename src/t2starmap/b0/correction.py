@@ -216,7 +216,8 @@ class ThroughSliceCorrection:
     uncorrected fit's values elsewhere in the mask); uncorrected: the plain magnitude fit;
     gradient_hz_per_mm: G along the slice axis (0 where not valid); status: uint8
     :class:`~t2starmap.fit.status.Correction`; thickness_mm, spacing_mm, threshold,
-    wrap_period_hz: what was used; field_method: how the field map was made; profile: the
+    wrap_period_hz: what was used; field_method: how the field map was made (``field_hz``,
+    the map itself); profile: the
     slice profile the dephasing factor came from; profile_estimate: how it was estimated from
     the data (None when it was given or named by the headers).
     """
@@ -232,6 +233,8 @@ class ThroughSliceCorrection:
     field_method: str = ""
     profile: SliceProfile = RECTANGLE
     profile_estimate: ProfileEstimate | None = None
+    #: The field map the gradient was taken from (Hz, wrapped modulo ``wrap_period_hz``).
+    field_hz: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -317,6 +320,7 @@ def correct_through_slice(
         field_method=field.method,
         profile=profile,
         profile_estimate=estimate,
+        field_hz=np.asarray(field.frequency_hz, dtype=np.float32),
     )
 
 

@@ -132,8 +132,9 @@ OUTPUTS: tuple[OutputSpec, ...] = (
         "mask",
         "failed",
         None,
-        "Voxels whose fit hit a bound, did not converge, had unusable input or whose decay "
-        "does not follow the model (desc-fitstatus_dseg says which)",
+        "Voxels whose fit failed: it hit a bound, did not converge or had unusable input "
+        "(desc-fitstatus_dseg says which); voxels whose decay does not follow the model have "
+        "an estimate and are not in it (label decay_not_following_model there)",
     ),
     OutputSpec(
         "status",
@@ -164,7 +165,9 @@ OUTPUTS: tuple[OutputSpec, ...] = (
         "fieldmap",
         "megre",
         "Hz",
-        "Off-resonance frequency f of the complex fit S0 exp(-TE R2*) exp(i(phi0 + 2 pi f TE))",
+        "Off-resonance frequency f (wrapped into +-FieldMapWrapLimit): the complex fit's "
+        "S0 exp(-TE R2*) exp(i(phi0 + 2 pi f TE)), or the field map the through-slice "
+        "correction was computed from (B0FieldMapMethod says how it was made)",
         datatype="fmap",
         optional=True,
     ),
@@ -299,6 +302,9 @@ def estimation_algorithm(spec: OutputSpec, fit_info: Mapping[str, Any]) -> str:
         full.split("; then corrected", 1)[0],
     )
     if spec.key == "frequency":
+        made = str(fit_info.get("B0FieldMapMethod", "complex fit"))
+        if "complex fit" not in made:
+            return f"Off-resonance frequency f from the {made} (closed form, per voxel)"
         return "Off-resonance frequency f, a parameter of the complex fit: " + fit
     return fit
 

@@ -75,6 +75,9 @@ class PublishedSet(SubjectSession):
     solver_runs: int = 0
     #: Every noise-level estimate the choice was made from: method -> sigma.
     noise_candidates: Mapping[str, float] = field(default_factory=dict)
+    #: Mask share whose decay does not follow the model: an estimate exists (its SE inflated),
+    #: not a failure; in the set statistics.
+    misfit_fraction: float = 0.0
     #: Seconds per step of reading and fitting the set (read, noise, phase, fit,
     #: correction, maps).
     steps: Mapping[str, float] = field(default_factory=dict)

@@ -24,8 +24,11 @@ GROUP_COLUMNS = {
     "session_id": "Session (ses-<label>), n/a without sessions",
     "echo_set": "Entities of the echo set, as in the map file names",
     "n_voxels": "Voxels in the signal mask",
-    "failed_fraction": "Fraction of signal-mask voxels whose fit failed",
-    "t2star_median": "Median T2* (s; the pages show ms) over signal-mask voxels that did not fail",
+    "failed_fraction": "Fraction of signal-mask voxels whose fit failed (no usable estimate)",
+    "misfit_fraction": "Fraction of signal-mask voxels whose decay does not follow the model "
+    "(an estimate exists, its SE inflated; not failed, and in the statistics)",
+    "t2star_median": "Median T2* (s; the pages show ms) over signal-mask voxels whose fit did "
+    "not fail (misfit voxels included)",
     "t2star_q1": "25th percentile of T2* (s), same voxels",
     "t2star_q3": "75th percentile of T2* (s), same voxels",
     "t2star_iqr": "Interquartile range of T2* (s), same voxels",
@@ -134,6 +137,7 @@ def _published_row(record: PublishedSet) -> dict[str, object]:
         **_ids(record),
         "n_voxels": record.n_voxels,
         "failed_fraction": float(record.failed_fraction),
+        "misfit_fraction": float(record.misfit_fraction),
         "t2star_median": t2[1],
         "t2star_q1": t2[0],
         "t2star_q3": t2[2],

@@ -4,7 +4,9 @@ Torch-free (the pages and the derivatives read it without loading torch). Three 
 written down here and nowhere else:
 
 * :class:`Failure`, the bits every fit sets per voxel (``FitResult.reason``); ``failed`` is
-  ``reason != 0``;
+  ``reason != 0``; of those, only :data:`FIT_FAILED` bits mean the fit failed (no usable
+  estimate): ``MISFIT`` means the model is inadequate there (an estimate exists, its SE
+  inflated), counted apart (:func:`fit_failed`, :func:`misfit`);
 * :class:`Correction`, the per-voxel outcome of the through-slice field-gradient correction
   (:mod:`t2starmap.b0.correction`); a voxel it did not correct keeps its uncorrected fit,
   which is not a failure;
@@ -39,6 +41,29 @@ class Failure(enum.IntFlag):
     MISFIT = 64  # residuals improbably large for the noise: the decay does not follow the model
 
 
+#: The bits that mean the fit failed: no usable estimate. MISFIT is not among them: the model
+#: is inadequate there (two pools, fat, a bright or dark echo), the estimate exists.
+FIT_FAILED = int(
+    Failure.R2STAR_LOW
+    | Failure.R2STAR_HIGH
+    | Failure.NOT_CONVERGED
+    | Failure.BAD_INPUT
+    | Failure.S0_NONPOSITIVE
+    | Failure.PHASE_MODEL
+)
+
+
+def fit_failed(reason: np.ndarray) -> np.ndarray:
+    """Voxels whose fit failed (a :data:`FIT_FAILED` bit), bool, from ``reason`` (uint8)."""
+    return (np.asarray(reason) & FIT_FAILED) != 0
+
+
+def misfit(reason: np.ndarray) -> np.ndarray:
+    """Voxels whose fit stands but whose decay does not follow the model (MISFIT alone)."""
+    bits = np.asarray(reason)
+    return ((bits & int(Failure.MISFIT)) != 0) & ((bits & FIT_FAILED) == 0)
+
+
 class Correction(enum.IntEnum):
     """Per-voxel outcome of the through-slice correction (uint8 map; 0 outside the mask)."""
 
@@ -63,7 +88,9 @@ CORRECTION_REASONS: Mapping[Correction, str] = {
 class Level:
     """One label of the fit-status map. ``bit``: the :class:`Failure` bit it stands for (0 for
     the labels that are not failures); ``corrections``: the :class:`Correction` outcomes it
-    stands for. ``advice`` is added to the warning when many voxels share it."""
+    stands for. ``advice`` is added to the warning when many voxels share it. ``failure``:
+    the fit failed there (False for a good fit, an uncorrected one and the misfit label:
+    an estimate exists)."""
 
     index: int
     name: str
@@ -71,6 +98,10 @@ class Level:
     advice: str = ""
     bit: int = 0
     corrections: tuple[Correction, ...] = ()
+
+    @property
+    def failure(self) -> bool:
+        return bool(self.bit & FIT_FAILED)
 
 
 NOT_FITTED = Level(0, "not_fitted", "outside the signal mask: not fitted")

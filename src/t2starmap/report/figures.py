@@ -34,6 +34,9 @@ COLUMNS = 6
 #: colour map of the pages (viridis, inferno, grey, RdBu, twilight) comes near (CIELAB
 #: distance above 60 from each of them; cyan was 37 from viridis' teal).
 FAILED_RGBA = (1.0, 0.0, 1.0, 1.0)
+#: Colour of voxels whose decay does not follow the model (an estimate exists, not a failure):
+#: orange, apart from magenta and from the viridis, grey and twilight maps it is drawn over.
+MISFIT_RGBA = (1.0, 0.55, 0.0, 1.0)
 #: Size (points) of the slice label and orientation letters on each tile.
 TILE_TEXT_PT = 7.0
 
@@ -98,12 +101,14 @@ def montage_figure(
     failed: np.ndarray | None = None,
     tile_in: float = 1.75,
     view: View = AXIAL,
+    misfit: np.ndarray | None = None,
 ) -> Figure:
     """Slices of canonical ``volume`` cut as ``view`` says, in one image with a colour bar
     labelled ``label``; voxels of ``failed`` (same shape, bool) drawn on top in
-    :data:`FAILED_RGBA`; NaN voxels are background (black). Each tile is ``tile_in`` inches
-    (``tile_in * DPI`` pixels) wide; its height keeps the voxels' aspect ratio
-    (``view.pixel_aspect``); it carries its slice's file index and orientation letters."""
+    :data:`FAILED_RGBA`, of ``misfit`` in :data:`MISFIT_RGBA`; NaN voxels are background
+    (black). Each tile is ``tile_in`` inches (``tile_in * DPI`` pixels) wide; its height
+    keeps the voxels' aspect ratio (``view.pixel_aspect``); it carries its slice's file index
+    and orientation letters."""
     tiles = mosaic(volume.astype(np.float32, copy=False), slices, view=view)
     height_px, width_px = tiles.shape
     columns = max(1, min(COLUMNS, len(slices)))
@@ -123,11 +128,12 @@ def montage_figure(
         interpolation="nearest",
         aspect=view.pixel_aspect,
     )
-    if failed is not None and failed.any():
-        flags = mosaic(failed, slices, view=view) > 0.5  # the shown slices only, no copy
-        overlay = np.zeros((*flags.shape, 4), dtype=np.float32)
-        overlay[flags] = FAILED_RGBA
-        ax.imshow(overlay, interpolation="nearest", aspect=view.pixel_aspect)
+    for marked, rgba in ((misfit, MISFIT_RGBA), (failed, FAILED_RGBA)):
+        if marked is not None and marked.any():
+            flags = mosaic(marked, slices, view=view) > 0.5  # the shown slices only, no copy
+            overlay = np.zeros((*flags.shape, 4), dtype=np.float32)
+            overlay[flags] = rgba
+            ax.imshow(overlay, interpolation="nearest", aspect=view.pixel_aspect)
     depth = volume.shape[view.axis] if volume.ndim == 3 else 1
     tile_shape = (height_px // rows_of(len(slices)), width_px // columns)
     _annotate_tiles(ax, view, slices, tile_shape, depth)

@@ -36,6 +36,7 @@ from t2starmap.report import figures
 from t2starmap.report.html import Figure, render
 from t2starmap.report.methods import citation
 from t2starmap.report.planes import DEFAULT_CONVENTION, FLAT, View, choose_view, to_canonical
+from t2starmap.report.statusmap import MISFIT_NAME, misfit_mask, overlay_note, status_png
 from t2starmap.resources import available_cpus
 
 log = logging.getLogger("t2starmap.report")
@@ -324,8 +325,9 @@ MONTAGES = (
         1.0,
         "twilight",
         "field map (Hz)",
-        "Off-resonance frequency of the complex fit, wrapped (a cyclic colour map: the two ends "
-        "of the window are one colour, as they are one frequency)",
+        "Off-resonance frequency (the complex fit's, or the field map the through-slice "
+        "correction used), wrapped (a cyclic colour map: the two ends of the window are one "
+        "colour, as they are one frequency)",
         "wrap",
         fmt=".4g",
         unit=" Hz",
@@ -383,6 +385,7 @@ def _montage(
     canon: Callable[[np.ndarray], np.ndarray],
     caption_of: Callable[[Montage, tuple[float, float]], str],
     wrap_limit: float | None = None,
+    canonical_misfit: np.ndarray | None = None,
 ) -> Figure:
     """One montage of ``values`` (the files' voxel order) as ``spec`` says; ``wrap_limit``:
     the wrapped field map's ``FieldMapWrapLimit`` (Hz), its window."""
@@ -407,9 +410,30 @@ def _montage(
         cmap=spec.cmap,
         label=spec.label,
         failed=canonical_failed if spec.overlay and spec.mark_failed else None,
+        misfit=canonical_misfit if spec.overlay and spec.mark_failed else None,
         view=view,
     )
     return Figure(figures.data_uri(png), f"{spec.label} montage", caption_of(spec, window))
+
+
+def _status_figure(
+    record: PublishedSet,
+    maps: Mapping[str, np.ndarray],
+    canon: Callable[[np.ndarray], np.ndarray],
+    slices: Sequence[int],
+    view: View,
+) -> Figure | None:
+    """The fit-status map with its legend, or None without one."""
+    if "status" not in maps:
+        return None
+    png = status_png(canon(maps["status"]), slices, dict(record.status_counts), view=view)
+    return Figure(
+        figures.data_uri(png),
+        "fit-status map",
+        "Fit status (desc-fitstatus_dseg): why each voxel's fit is or is not to be trusted. "
+        "Failed labels have no usable estimate; decay_not_following_model (orange) has one, "
+        "with an inflated standard error; counts are voxels of the signal mask.",
+    )
 
 
 def _status_text(record: PublishedSet) -> str:
@@ -459,7 +483,15 @@ def _tables(
             else "not recorded",
         ),
         ("Voxels in the signal mask", f"{record.n_voxels}"),
-        ("Failed", f"{n_failed} voxel(s), {100 * record.failed_fraction:.2f} %"),
+        (
+            "Fit failed (no usable estimate)",
+            f"{n_failed} voxel(s), {100 * record.failed_fraction:.2f} %",
+        ),
+        (
+            "Decay not following the model (estimate kept, SE inflated)",
+            f"{record.status_counts.get(MISFIT_NAME, 0)} voxel(s), "
+            f"{100 * record.misfit_fraction:.2f} %",
+        ),
         ("Fit status (desc-fitstatus_dseg)", _status_text(record)),
         *_checks(record, loaded.sidecar),
         (
@@ -614,7 +646,8 @@ def set_section(
     slices = figures.select_slices(c_signal, axis=view.axis)
     where = view.describe(slices, c_signal.shape[view.axis] if c_signal.ndim == 3 else 1)
     n_failed = int(failed.sum())
-    note = f"{n_failed} failed voxel(s) in magenta." if n_failed else "No voxel failed."
+    misfit = misfit_mask(maps, signal & ~failed)
+    note = overlay_note(n_failed, int(misfit.sum()))
 
     def caption_of(spec: Montage, window: tuple[float, float]) -> str:
         return _caption(spec, window, record.echo_times[0], note if spec.mark_failed else "")
@@ -637,6 +670,7 @@ def set_section(
                 canon,
                 caption_of,
                 float(wrap) if isinstance(wrap, int | float) else None,
+                canon(misfit),
             )
             for spec in MONTAGES
             if shown_maps.get(spec.key) is not None
@@ -645,14 +679,19 @@ def set_section(
         decay_job = pool.submit(
             figures.decay_png, record.echo_times, _decay_curves(maps, echoes), sigma
         )
+        status_job = pool.submit(_status_figure, record, maps, canon, slices, view)
         montages = [job.result() for job in montage_jobs]
         hist, decay = hist_job.result(), decay_job.result()
+        if (status := status_job.result()) is not None:
+            montages.insert(0, status)
     acquisition, fit = _tables(record, loaded, good, n_failed)
     plots = [
         Figure(
             figures.data_uri(hist),
             "T2* histogram",
-            f"T2* of the {int(good.sum())} signal-mask voxels whose fit did not fail.",
+            f"T2* of the {int(good.sum())} signal-mask voxels whose fit did not fail "
+            f"({int(misfit.sum())} of them with a decay that does not follow the model: "
+            "included, as in the record's statistics).",
         ),
         Figure(
             figures.data_uri(decay),

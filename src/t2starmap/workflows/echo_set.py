@@ -65,7 +65,8 @@ from t2starmap.fit.limits import DEFAULT_METHOD, METHODS, Method
 from t2starmap.fit.phase import INCOHERENT, FieldMap, PhaseAnalysis, analyse_phase
 from t2starmap.fit.result import MISFIT_P
 from t2starmap.fit.status import Correction
-from t2starmap.noise import NoiseEstimate, cross_check, noise_candidates, signal_mask
+from t2starmap.noise import NoiseEstimate, all_candidates, cross_check, signal_mask
+from t2starmap.noise.gain import noise_gain, scaled_echoes, to_image_units
 
 log = logging.getLogger("t2starmap")
 
@@ -122,7 +123,10 @@ class SetFit:
     maps: Mapping[str, np.ndarray]
     fit_info: Mapping[str, Any]
     n_voxels: int
+    #: Mask share whose fit failed (no usable estimate), and whose decay does not follow the
+    #: model (an estimate exists, its SE inflated): apart (:mod:`t2starmap.fit.status`).
     failed_fraction: float
+    misfit_fraction: float
     noise: NoiseEstimate
     status_counts: Mapping[str, int]
     noise_model: str
@@ -168,8 +172,7 @@ def fit_echo_set(echo_set: EchoSet, geometry: Geometry, options: Options) -> Set
     """Read, check and fit one set. Raises BadDataError naming the first echo, OptionError
     for an option the set cannot honour."""
     started = time.perf_counter()
-    clock = _Clock()
-    warnings = _Warnings()
+    clock, warnings = _Clock(), _Warnings()
     first = str(echo_set.echoes[0].path)
     parts = find_parts(echo_set)
     method = _method(options.fit_method, complex_available(parts), first)
@@ -184,31 +187,34 @@ def fit_echo_set(echo_set: EchoSet, geometry: Geometry, options: Options) -> Set
     )
     clock.lap("read")
     noise = _noise_level(options, echo_set, magnitude, signal, warnings)
-    mask = signal_mask(magnitude, noise.sigma, noise.coils, nonfinite=unusable)
+    gain = noise_gain(noise)  # a noise map (parallel imaging): the fits see uniform noise
+    scaled, scaled_signal = scaled_echoes(magnitude, gain), scaled_echoes(signal, gain)
+    mask = signal_mask(scaled, noise.sigma, noise.coils, nonfinite=unusable)
     clock.lap("noise")
     if not mask.any():
         raise BadDataError(f"{first}: no voxel of set {echo_set.name} rises above the noise")
-    phase = _phase(options, echo_set, signal, mask, noise, method, warnings)
+    phase = _phase(options, echo_set, scaled_signal, mask, noise, method, warnings)
     if phase is not None:
         clock.lap("phase")
-    result = _fit(options, echo_set, magnitude, signal, method, mask, noise, phase)
+    result = _fit(options, echo_set, scaled, scaled_signal, method, mask, noise, phase)
     clock.lap("fit")
     correction, b0_info = _through_slice(
-        options, echo_set, geometry, magnitude, phase, result, mask, warnings, clock
+        options, echo_set, geometry, scaled, phase, result, mask, warnings, clock
     )
     if phase is not None:
         b0_info = {**phase_sidecar(phase), **b0_info}
     final = result if correction is None else correction.corrected
-    n_voxels = int(mask.sum())
-    failed = final.failed.cpu().numpy() & mask
     maps, counts = _maps(echo_set, final, result, correction, magnitude, mask, noise, warnings)
+    to_image_units(maps, gain)
     fit_info, algorithm = _fit_info(echo_set, result, noise, b0_info, correction, warnings)
+    shares = _shares(final.reason.cpu().numpy(), mask, fit_info)
     clock.lap("maps")
     return SetFit(
         maps=maps,
         fit_info=fit_info,
-        n_voxels=n_voxels,
-        failed_fraction=float(failed.sum() / max(n_voxels, 1)),
+        n_voxels=int(mask.sum()),
+        failed_fraction=shares[0],
+        misfit_fraction=shares[1],
         noise=noise,
         status_counts=counts,
         noise_model=result.noise_model,
@@ -222,6 +228,16 @@ def fit_echo_set(echo_set: EchoSet, geometry: Geometry, options: Options) -> Set
         warnings=tuple(warnings),
         magnitude=magnitude,
     )
+
+
+def _shares(reason: np.ndarray, mask: np.ndarray, fit_info: dict[str, Any]) -> tuple[float, float]:
+    """(share of the mask whose fit failed, share whose decay does not follow the model),
+    also put in ``fit_info`` (the sidecars) as FitFailedFraction and MisfitFraction."""
+    size = max(int(mask.sum()), 1)
+    failed = float((fit_status.fit_failed(reason) & mask).sum() / size)
+    misfit = float((fit_status.misfit(reason) & mask).sum() / size)
+    fit_info.update({"FitFailedFraction": failed, "MisfitFraction": misfit})
+    return failed, misfit
 
 
 def _read_threads(options: Options) -> int:
@@ -319,7 +335,7 @@ def _maps(
 ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """The arrays to publish (OUTPUTS key -> array) and the voxel count of each fit-status
     label; warns of what is left out and of failure reasons shared by many voxels."""
-    failed = result.failed.cpu().numpy() & mask
+    failed = fit_status.fit_failed(result.reason.cpu().numpy()) & mask
     keys = [k for k in REQUIRED_KEYS if k != "status"]
     if len(echo_set.echoes) == 2:
         keys.remove("rmse")
@@ -348,6 +364,10 @@ def _maps(
         maps["gradz"] = np.where(mask, correction.gradient_hz_per_mm, 0.0).astype(np.float32)
     if uncorrected.frequency is not None:
         maps["frequency"] = _map_array(uncorrected, "frequency", mask, failed)
+    elif correction is not None and correction.field_hz is not None:
+        # the field map the correction used, made without a complex fit: published too
+        maps["frequency"] = np.where(mask, correction.field_hz, 0.0).astype(np.float32)
+    if "frequency" in maps:
         maps["magnitude"] = np.nan_to_num(magnitude[..., 0]).astype(np.float32)
     return maps, counts
 
@@ -390,6 +410,9 @@ def _fit_info(
         info["NoiseSigmaNote"] = noise.reason
     if noise.candidates:
         info["NoiseSigmaCandidates"] = dict(noise.candidates)
+    if noise.bounds:
+        info["NoiseSigmaBounds"] = dict(noise.bounds)
+    info["NoiseSigmaMap"] = noise.sigma_map is not None
     if _misfit_tested(fit, len(echo_set.echoes)):
         info["GoodnessOfFit"] = (
             f"reduced chi-square of the residuals under the {fit.noise_model} noise model; "
@@ -409,6 +432,8 @@ def _fit_info(
         # f is only known modulo 1/dTE (1/(2 dTE) for a bipolar train): the map is wrapped
         bipolar = bool(b0_info.get("BipolarReadout", False))
         info["FieldMapWrapLimit"] = frequency_limit(np.asarray(echo_set.echo_times), bipolar)
+    elif correction is not None and correction.field_hz is not None and correction.wrap_period_hz:
+        info["FieldMapWrapLimit"] = correction.wrap_period_hz / 2.0  # the published field map
     if warnings:
         info["Warnings"] = list(warnings)
     return info, algorithm
@@ -576,14 +601,14 @@ def _noise_level(
             coils,
         )
         return NoiseEstimate(options.noise_sigma, 0, coils=coils, method="given")
-    candidates = noise_candidates(
+    found = all_candidates(
         magnitude,
         echo_set.echo_times,
         signal=signal,
         coils=options.noise_coils,
         workers=options.workers,
     )
-    estimate = cross_check(*candidates)
+    estimate = cross_check(found.background, found.differences, found.residuals, found.thermal)
     if estimate.sigma is None:
         warnings.add(
             f"{echo_set.name}: noise level could not be estimated ({estimate.reason}); "

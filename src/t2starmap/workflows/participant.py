@@ -448,10 +448,11 @@ def _publish(run: Run, label: str, staged: _StagedPage) -> None:
         run.bold_published += staged.bold
     for record in staged.records:
         log.info(
-            "%s: %d voxels fitted, %.1f%% failed, %.2f s -> %s",
+            "%s: %d voxels fitted, %.1f%% failed, %.1f%% misfit, %.2f s -> %s",
             record.name,
             record.n_voxels,
             100 * record.failed_fraction,
+            100 * record.misfit_fraction,
             record.seconds or 0.0,
             record.path(settings.output_dir, "t2star").parent,
         )

@@ -189,6 +189,7 @@ def record_of(settings: Settings, echo_set: EchoSet, fitted: SetFit) -> Publishe
         ),
         n_voxels=fitted.n_voxels,
         failed_fraction=fitted.failed_fraction,
+        misfit_fraction=fitted.misfit_fraction,
         noise_sigma=fitted.noise.sigma,
         noise_model=fitted.noise_model,
         noise_coils=float(fitted.fit_info["NoiseCoils"]),

@@ -1,0 +1,276 @@
+"""The candidates, and the choice of the noise level to fit with."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from t2starmap.noise.air import _differences
+from t2starmap.noise.background import _Air, _background_estimate, _check_coils
+from t2starmap.noise.result import NoiseEstimate
+from t2starmap.noise.thermal import thermal_estimate
+from t2starmap.noise.tissue import noise_from_residuals, tissue_residuals
+
+#: Tissue residuals below this many times the background's sigma: the noise is not uniform.
+_NONUNIFORM = 0.9
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Every estimate :func:`cross_check` chooses from: the first echo's ``background``
+    (:func:`estimate_noise`), the echo ``differences`` in its air, the tissue's
+    ``residuals`` (an upper bound) and its ``thermal`` noise
+    (:func:`t2starmap.noise.thermal.thermal_estimate`)."""
+
+    background: NoiseEstimate
+    differences: NoiseEstimate
+    residuals: NoiseEstimate
+    thermal: NoiseEstimate
+
+
+def all_candidates(
+    magnitude: np.ndarray,
+    echo_times: Sequence[float] | np.ndarray,
+    *,
+    signal: np.ndarray | None = None,
+    coils: float | None = None,
+    bipolar: bool = False,
+    workers: int | None = 1,
+) -> Candidates:
+    """The estimates of :class:`Candidates`, the first echo's background worked out once for
+    the first two (with its real channel when the complex ``signal`` is given and ``coils``
+    when known; the echo differences with the coils that gives), one ``wls`` fit of the
+    tissue for the last two (3 echoes or more). magnitude: (..., n_echoes); signal: the same
+    shape, complex, or None; ``bipolar``: the read-out is (the even echoes' phase offset)."""
+    data = np.asarray(magnitude)
+    background, differences = _air(data, signal, coils)
+    if data.shape[-1] < 3:
+        none = NoiseEstimate(None, 0, "residuals need at least 3 echoes")
+        return Candidates(background, differences, none, none)
+    residuals, tissue = tissue_residuals(data, echo_times, workers=workers)
+    thermal = thermal_estimate(
+        data.shape[:-1], echo_times, signal=signal, magnitude_residuals=tissue, bipolar=bipolar
+    )
+    return Candidates(background, differences, residuals, thermal)
+
+
+def noise_candidates(
+    magnitude: np.ndarray,
+    echo_times: Sequence[float] | np.ndarray,
+    *,
+    signal: np.ndarray | None = None,
+    coils: float | None = None,
+    workers: int | None = 1,
+) -> tuple[NoiseEstimate, NoiseEstimate, NoiseEstimate]:
+    """(background, differences, residuals) of :func:`all_candidates` without the thermal
+    estimate: what :func:`cross_check` chose from before it (benchmarks, tests)."""
+    data = np.asarray(magnitude)
+    background, differences = _air(data, signal, coils)
+    if data.shape[-1] >= 3:
+        residuals = noise_from_residuals(data, echo_times, workers=workers)
+    else:
+        residuals = NoiseEstimate(None, 0, "residuals need at least 3 echoes")
+    return background, differences, residuals
+
+
+def _air(
+    data: np.ndarray, signal: np.ndarray | None, coils: float | None
+) -> tuple[NoiseEstimate, NoiseEstimate]:
+    """(the first echo's background, the echo differences in its air), the air worked out
+    once: with the real channel when the complex ``signal`` is given and ``coils`` when
+    known; the differences with the coils the background gives."""
+    _check_coils(coils)
+    air = _Air.of(np.ascontiguousarray(data[..., 0]))
+    real = None if signal is None else signal[..., 0].real
+    background = _background_estimate(air, real, coils, True)
+    if data.shape[-1] < 2:
+        return background, NoiseEstimate(None, 0, "echo differences need at least 2 echoes")
+    return background, _differences(data, air, signal, background.coils)
+
+
+#: A background sigma above this many times the echo differences' is ghosts, not noise. On the
+#: shared sets the ratio is 4.5 for the GE kidney (ghosted: NOTES.md), 1.3 for the Siemens
+#: field map, 1.6 for the clean Prisma phantom and 2.3 for the XA30 field map (no ground truth:
+#: left alone); 2.5 acts only on clear ghosting.
+GHOST_RATIO = 2.5
+
+
+#: A thermal estimate within this fraction of a clean background's: the noise is uniform, and
+#: the background (more voxels, no model) keeps the choice it had before the thermal one.
+AGREE = 0.1
+UPPER, ESTIMATE, CROSS = "upper bound", "estimate", "cross-check"
+ACROSS = "across-model"
+#: A background with more than this share of its voxels above the 99.9 % point of its fitted
+#: noise (0.1 % expected; 0.1-0.2 % on the simulator's clean and SENSE backgrounds, 0.6-8 %
+#: with ghosts) has a ghost tail.
+GHOST_OUTLIERS = 0.005
+#: A background above this many times the echo differences (1.0-1.1 on the simulator's clean
+#: and SENSE sets, 1.2-1.6 with ghosts that change by echo) is suspect of ghosts: a magnitude
+#: floor below it is then believed.
+SUSPECT_RATIO = 1.2
+
+
+def cross_check(
+    background: NoiseEstimate,
+    differences: NoiseEstimate,
+    residuals: NoiseEstimate,
+    thermal: NoiseEstimate | None = None,
+) -> NoiseEstimate:
+    """The noise level to fit with: the one rule set, from estimates that fail in opposite
+    ways. Every candidate is kept (``candidates``), with what it is to the choice
+    (``bounds``), and the reason (``reason``).
+
+    Ghosts, motion and signal in the air push the ``background`` (:func:`estimate_noise`,
+    first echo) up; the echo ``differences`` in the same air cancel ghosts that repeat from
+    echo to echo (a cross-check); model misfit pushes the tissue's ``residuals`` up (an upper
+    bound, always); the ``thermal`` noise of the tissue
+    (:func:`t2starmap.noise.thermal.thermal_estimate`) is what neither ghosts nor misfit
+    reach, with 6 echoes or more (an estimate; with fewer, an upper bound). The choice:
+
+    1. a background more than ``GHOST_RATIO`` times the differences is ghosted: rejected, and
+       an upper bound;
+    2. a thermal estimate within ``AGREE`` of a clean background, without a noise map, or
+       below it but from the magnitude (whose floor can take misfit for decay) while the
+       background is not suspect of ghosts (``GHOST_OUTLIERS``, ``SUSPECT_RATIO``): the
+       background is used as before (:func:`noise_for_fit`); a thermal estimate that
+       disagrees otherwise or found the noise not uniform, or a ghosted background: the
+       thermal estimate (with its noise map);
+    3. no thermal estimate: a clean background (:func:`noise_for_fit`); a ghosted one: the
+       residuals, else the differences;
+    4. never above an upper bound: the least of them caps the choice (its map scaled)."""
+    thermal = thermal or NoiseEstimate(None, 0, "not estimated")
+    everything = (background, differences, residuals, thermal)
+    candidates = {e.method: float(e.sigma) for e in everything if e.sigma is not None and e.method}
+    ghosted = (
+        background.sigma is not None
+        and differences.sigma is not None
+        and background.sigma > GHOST_RATIO * differences.sigma
+    )
+    bounds = _bounds(background, differences, residuals, thermal, ghosted)
+    chosen = _choice(background, differences, residuals, thermal, ghosted, bounds)
+    chosen = _capped(chosen, {m: candidates[m] for m, b in bounds.items() if b.startswith(UPPER)})
+    return replace(
+        chosen,
+        coils=background.coils if background.sigma is not None else chosen.coils,
+        zero_fraction=background.zero_fraction,
+        outlier_fraction=background.outlier_fraction,
+        candidates=candidates,
+        bounds=bounds,
+    )
+
+
+def _bounds(
+    background: NoiseEstimate,
+    differences: NoiseEstimate,
+    residuals: NoiseEstimate,
+    thermal: NoiseEstimate,
+    ghosted: bool,
+) -> dict[str, str]:
+    """What each candidate with a sigma is to the choice (:func:`cross_check`)."""
+    out = {}
+    if background.sigma is not None:
+        out[background.method] = f"{UPPER} (rejected: ghosts)" if ghosted else ESTIMATE
+    if differences.sigma is not None:
+        out[differences.method] = CROSS
+    if residuals.sigma is not None:
+        out[residuals.method] = UPPER
+    if thermal.sigma is not None:
+        out[thermal.method] = thermal.bounds.get(thermal.method, ESTIMATE)
+    return out
+
+
+def _choice(
+    background: NoiseEstimate,
+    differences: NoiseEstimate,
+    residuals: NoiseEstimate,
+    thermal: NoiseEstimate,
+    ghosted: bool,
+    bounds: dict[str, str],
+) -> NoiseEstimate:
+    """Steps 1-3 of :func:`cross_check`, before the cap."""
+    usable = thermal.sigma is not None and bounds.get(thermal.method) == ESTIMATE
+    if not ghosted:
+        reference = background if background.sigma is not None else differences
+        base = noise_for_fit(reference, residuals)
+        if not usable or base.sigma is None or reference.sigma is None:
+            return base
+        assert thermal.sigma is not None
+        ratio = thermal.sigma / reference.sigma
+        agrees = abs(ratio - 1.0) <= AGREE and thermal.sigma_map is None
+        # below a clean background without a ghost tail, only the residual across the
+        # complex model is trusted: the magnitude's floor can extrapolate misfit below noise
+        suspect = background.outlier_fraction > GHOST_OUTLIERS or (
+            differences.sigma is not None
+            and background.sigma is not None
+            and background.sigma > SUSPECT_RATIO * differences.sigma
+        )
+        if agrees or (ratio < 1.0 and thermal.method != ACROSS and not suspect):
+            why = f"the tissue's thermal noise {thermal.sigma:.4g} ({ratio:.2f} x): kept"
+            return replace(base, reason="; ".join(r for r in (base.reason, why) if r))
+        why = (
+            f"the tissue's thermal noise ({thermal.sigma:.4g}) is {ratio:.2f} x the air's "
+            f"{reference.method} ({reference.sigma:.4g}): the noise is not uniform, the "
+            "tissue's is used"
+        )
+        return replace(thermal, reason=f"{why}; {thermal.reason}")
+    assert background.sigma is not None and differences.sigma is not None
+    why = (
+        f"the first echo's background gives sigma {background.sigma:.4g}, "
+        f"{background.sigma / differences.sigma:.1f} x what the echo differences in the same "
+        f"air give ({differences.sigma:.4g}): ghosts, not noise; not used"
+    )
+    if usable:
+        return replace(thermal, reason=f"{why}; {thermal.reason}")
+    chosen = residuals if residuals.sigma is not None else differences
+    source = (
+        "the tissue's fit residuals are used (an upper bound on its noise)"
+        if chosen is residuals
+        else "the echo differences are used"
+    )
+    return replace(chosen, reason=f"{why}; {source}")
+
+
+def _capped(chosen: NoiseEstimate, upper: dict[str, float]) -> NoiseEstimate:
+    """``chosen``, or the least of the ``upper`` bounds (method -> sigma) where it exceeds it
+    (a noise map scaled down alike)."""
+    if chosen.sigma is None or not upper:
+        return chosen
+    method, cap = min(upper.items(), key=lambda item: item[1])
+    if chosen.sigma <= cap or method == chosen.method:
+        return chosen
+    scaled = None if chosen.sigma_map is None else chosen.sigma_map * (cap / chosen.sigma)
+    why = f"{chosen.method} sigma {chosen.sigma:.4g} is above the {method} upper bound {cap:.4g}"
+    return replace(
+        chosen,
+        sigma=cap,
+        reason=f"{chosen.reason}; {why}: capped there" if chosen.reason else f"{why}: capped",
+        sigma_map=scaled,
+    )
+
+
+def noise_for_fit(background: NoiseEstimate, residuals: NoiseEstimate) -> NoiseEstimate:
+    """The noise level to fit with: ``background`` (from :func:`estimate_noise`), unless the
+    tissue's own residuals (:func:`noise_from_residuals`, an upper bound on the tissue's noise)
+    are below ``_NONUNIFORM`` times its sigma. Then the noise is not uniform (parallel imaging,
+    intensity correction: the GE kidney background is a mixture of noise levels) and the
+    tissue's sigma is the one that sets its noise floor; the background's coils are kept.
+    Either input may have sigma None; the other is then returned."""
+    if residuals.sigma is None or (
+        background.sigma is not None and residuals.sigma >= _NONUNIFORM * background.sigma
+    ):
+        return background
+    if background.sigma is None:
+        return residuals
+    return NoiseEstimate(
+        residuals.sigma,
+        residuals.n_background,
+        f"the fit residuals of bright tissue give sigma {residuals.sigma:.4g}, below the "
+        f"{background.method} sigma {background.sigma:.4g} of the background: the noise is "
+        f"not uniform and the tissue's is used (coils {background.coils:.3g} kept)",
+        coils=background.coils,
+        method="residuals",
+        zero_fraction=background.zero_fraction,
+        outlier_fraction=background.outlier_fraction,
+    )

@@ -1,0 +1,186 @@
+"""The thermal noise in tissue: the part of a residual's variance that does not decay with the
+signal.
+
+A fit's residual in bright tissue carries the thermal noise and more: model misfit (fat, two
+pools), motion and ghosts of the object that change from echo to echo (respiration). All of
+that more is a share of the signal, so it decays with it, echo by echo; the thermal noise
+does not. So, from residuals whose model is linear to first order (:class:`Residuals`: each
+residual, the Jacobian of its model, the signal level at each echo):
+
+1. each residual is scaled by 1 / sqrt(1 - h) (h its leverage, the hat matrix's diagonal):
+   under noise alone it then has the variance sigma^2 at every echo, whatever the fit took;
+2. a voxel whose residual sum of squares exceeds the upper ``_TRIM_P`` point of chi-square
+   (its E - p degrees of freedom) times a first estimate is left out (gross misfit), twice;
+3. per echo, the robust variance v_k of the scaled residuals over the kept voxels (the MAD);
+4. with ``MIN_ECHOES_FLOOR`` echoes or more, v_k = sigma^2 + c m_k (m_k the mean squared
+   signal at echo k, c >= 0) fitted by least squares: sigma^2 is the intercept, the part
+   that does not decay (held within [0, mean v_k]); with fewer, the pooled median over the
+   voxels (misfit is not told from noise then: an upper bound).
+
+Each voxel's own intercept (the same fit over its own echoes, against its own signal's
+square) is unbiased where the excess there decays as that signal does: smoothed over the image, it
+gives the noise map of parallel imaging (:mod:`t2starmap.noise.spatial`).
+
+Pure numpy, no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from t2starmap.noise.samples import _MAD_TO_SD
+
+#: Echoes from which the decaying part is fitted and taken out (below: the pooled median).
+MIN_ECHOES_FLOOR = 6
+#: A voxel whose residual sum of squares lies above this upper point of its chi-square (times
+#: the current sigma^2) is gross misfit and left out.
+_TRIM_P = 1e-3
+#: Leverages above this are left out (a residual with no freedom left says nothing).
+_MAX_LEVERAGE = 0.98
+
+
+@dataclass(frozen=True)
+class Residuals:
+    """Residuals of a fit linear to first order in its parameters, voxel by voxel.
+
+    residual: (n, E) each echo's residual (the imaginary part across a complex model, or
+    magnitude minus model); design: (n, E, p) the model's Jacobian at the solution (its
+    columns as the fit saw them); amplitude: (n, E) the signal level at each echo (the
+    decaying part scales with its square); index: (n,) where each voxel lies in the flattened
+    image (for the noise map)."""
+
+    residual: np.ndarray
+    design: np.ndarray
+    amplitude: np.ndarray
+    index: np.ndarray
+
+
+@dataclass(frozen=True)
+class Floor:
+    """What :func:`thermal_floor` found. sigma: the thermal noise SD (None when refused, with
+    ``reason``); pooled: the median-based SD over the kept voxels (noise and what decays);
+    decaying: the share of the mean residual variance that decays with the signal; per_echo:
+    (E,) the robust SD of each echo's scaled residuals; n_voxels: voxels kept; voxel_variance:
+    (n_kept,) each kept voxel's own intercept (unbiased, noisy); index: (n_kept,) their
+    flattened positions; dof: E - p."""
+
+    sigma: float | None
+    pooled: float
+    decaying: float
+    per_echo: np.ndarray
+    n_voxels: int
+    voxel_variance: np.ndarray
+    index: np.ndarray
+    dof: int
+    reason: str = ""
+
+
+def leverage(design: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(h, ok): the hat matrix diagonal of each voxel's least-squares design (n, E, p) as
+    (n, E), and the voxels whose normal matrix is well conditioned (n,) bool."""
+    gram = np.einsum("nep,neq->npq", design, design)
+    scale = np.sqrt(np.einsum("npp->np", gram)).clip(1e-300)
+    unit = gram / scale[:, :, None] / scale[:, None, :]
+    ok = np.linalg.det(unit) > 1e-10  # unit diagonal: the determinant is 1 at best
+    unit[~ok] = np.eye(design.shape[2])
+    inverse = np.linalg.inv(unit) / scale[:, :, None] / scale[:, None, :]
+    h = np.einsum("nep,npq,neq->ne", design, inverse, design)
+    return h, ok & np.all(np.isfinite(h), axis=1)
+
+
+def thermal_floor(residuals: Residuals, min_voxels: int) -> Floor:
+    """The thermal noise SD from ``residuals`` (module docstring); refused (sigma None) with
+    fewer than ``min_voxels`` usable voxels or no degree of freedom."""
+    r, amplitude = residuals.residual, residuals.amplitude
+    n_echo, n_params = r.shape[1], residuals.design.shape[2]
+    dof = n_echo - n_params
+    empty = np.zeros(0)
+    if dof < 1:
+        return Floor(None, 0.0, 0.0, empty, 0, empty, empty.astype(int), dof, "no freedom")
+    h, ok = leverage(residuals.design)
+    ok &= np.all(h < _MAX_LEVERAGE, axis=1) & np.all(np.isfinite(r), axis=1)
+    scaled = r[ok] / np.sqrt(1.0 - h[ok])
+    amplitude, index = amplitude[ok], residuals.index[ok]
+    if scaled.shape[0] < min_voxels:
+        why = f"too few voxels for the residual floor ({scaled.shape[0]} < {min_voxels})"
+        return Floor(None, 0.0, 0.0, empty, scaled.shape[0], empty, empty.astype(int), dof, why)
+    ssr = np.einsum("ne,ne->n", r[ok], r[ok])
+    median_chi2 = _chi2_median(dof)
+    keep = np.ones(ssr.size, dtype=bool)
+    for _ in range(2):
+        pooled2 = float(np.median(ssr[keep])) / median_chi2
+        keep = ssr <= _chi2_upper(dof, _TRIM_P) * pooled2
+    if int(keep.sum()) < min_voxels:
+        keep = np.ones(ssr.size, dtype=bool)
+    pooled2 = float(np.median(ssr[keep])) / median_chi2
+    scaled, amplitude, index = scaled[keep], amplitude[keep], index[keep]
+    centre = np.median(scaled, axis=0)
+    per_echo = _MAD_TO_SD * np.median(np.abs(scaled - centre), axis=0)
+    weights = _intercept_weights(np.mean(amplitude * amplitude, axis=0), per_echo**2)
+    if weights is None:
+        sigma2 = pooled2
+        voxel = np.mean(scaled * scaled, axis=1)
+    else:
+        sigma2 = float(np.clip(weights @ per_echo**2, 0.0, np.mean(per_echo**2)))
+        voxel = _voxel_intercepts(scaled * scaled, amplitude * amplitude)
+    total = float(np.mean(per_echo**2))
+    return Floor(
+        math.sqrt(sigma2) if sigma2 > 0 else None,
+        math.sqrt(pooled2),
+        max(0.0, 1.0 - sigma2 / total) if total > 0 else 0.0,
+        per_echo,
+        int(keep.sum()),
+        voxel,
+        index,
+        dof,
+        "" if sigma2 > 0 else "the residuals leave no part that does not decay",
+    )
+
+
+def _intercept_weights(power: np.ndarray, variance: np.ndarray) -> np.ndarray | None:
+    """The weights w (E,) with w @ v = the intercept a of v_k = a + c m_k fitted by least
+    squares, m_k = ``power`` (mean squared signal per echo), each echo weighted by the inverse
+    square of its measured variance (the spread of a variance estimate grows with it).
+    Reweighting by the fitted variance is unstable where the excess does not follow m_k (an
+    early echo's phase error on the GE kidney set): it oscillates, or, held above the least
+    measured variance, gives sigma 16.7 where the late echoes' variance is flat at 36^2 and
+    a fit with 26-28 is unbiased against the complex reference; the measured weights give
+    27.7 there. None with fewer than ``MIN_ECHOES_FLOOR`` echoes, a
+    signal that does not change, or a slope c <= 0 (nothing decays: the pooled median is the
+    estimate)."""
+    if power.size < MIN_ECHOES_FLOOR or not np.ptp(power) > 0:
+        return None
+    m = power / power.max()
+    design = np.stack([np.ones_like(m), m], axis=1)
+    w = 1.0 / np.clip(variance, 1e-3 * float(np.mean(variance)), None) ** 2
+    normal = design.T @ (design * w[:, None])
+    solve = np.linalg.solve(normal, (design * w[:, None]).T)  # (2, E)
+    if not float(solve[1] @ variance) > 0:
+        return None
+    return np.asarray(solve[0])
+
+
+def _voxel_intercepts(squares: np.ndarray, power: np.ndarray) -> np.ndarray:
+    """Each voxel's intercept a_v of squares_vk = a_v + c_v power_vk by least squares over
+    its echoes (n,): its own signal's decay, which the ghosts of tissue like it share."""
+    m = power / np.clip(power.max(axis=1, keepdims=True), 1e-300, None)
+    n_echo = m.shape[1]
+    s1, sm, smm = float(n_echo), m.sum(axis=1), (m * m).sum(axis=1)
+    sy, smy = squares.sum(axis=1), (m * squares).sum(axis=1)
+    det = s1 * smm - sm * sm
+    ok = det > 1e-6 * s1 * smm
+    intercept = (smm * sy - sm * smy) / np.where(ok, det, 1.0)
+    return np.where(ok, intercept, squares.mean(axis=1))
+
+
+def _chi2_median(dof: int) -> float:
+    return _chi2_upper(dof, 0.5)
+
+
+def _chi2_upper(dof: int, p: float) -> float:
+    from t2starmap.fit.stats import chi2_upper
+
+    return chi2_upper(dof, p)

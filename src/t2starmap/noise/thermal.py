@@ -1,0 +1,93 @@
+"""The tissue's thermal noise: the floor of the residual across the complex model where the set
+has phase, else of the magnitude fit's residuals (:mod:`t2starmap.noise.floor`), with a smooth
+noise map where the data show the noise is not uniform (:mod:`t2starmap.noise.spatial`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from t2starmap.noise.across import across_residuals
+from t2starmap.noise.floor import MIN_ECHOES_FLOOR, Floor, Residuals, thermal_floor
+from t2starmap.noise.result import NoiseEstimate
+from t2starmap.noise.samples import MIN_BACKGROUND
+from t2starmap.noise.spatial import noise_map
+
+#: A map is not used where more than this share of the residual variance decays with the
+#: signal: ghosts overlapping the tissue then shape it more than the noise does.
+MAP_MAX_DECAYING = 0.2
+
+
+def thermal_estimate(
+    shape: tuple[int, ...],
+    echo_times: Sequence[float] | np.ndarray,
+    *,
+    signal: np.ndarray | None,
+    magnitude_residuals: Residuals | None,
+    bipolar: bool = False,
+) -> NoiseEstimate:
+    """The tissue's thermal sigma: ``across-model`` from the complex ``signal`` (..., E) when
+    given and enough of its voxels are coherent (the even echoes' offset fitted for a
+    ``bipolar`` train, or where too few are coherent without it), else ``residual-floor``
+    from the magnitude fit's ``magnitude_residuals``
+    (:func:`t2starmap.noise.tissue.tissue_residuals`). ``shape``: the image's spatial shape.
+    sigma None (and why) when neither can be had."""
+    te = np.asarray(echo_times, dtype=np.float64)
+    why = ""
+    if signal is not None:
+        residuals, why = across_residuals(signal, te, offset=bipolar)
+        if residuals is None and not bipolar and te.size > 3:  # an unknown bipolar train?
+            residuals, _ = across_residuals(signal, te, offset=True)
+        if residuals is not None:
+            floor = thermal_floor(residuals, MIN_BACKGROUND)
+            if floor.sigma is not None:
+                return _estimate(floor, "across-model", shape)
+            why = floor.reason
+    if magnitude_residuals is None:
+        return NoiseEstimate(None, 0, why or "no residuals of bright tissue")
+    floor = thermal_floor(magnitude_residuals, MIN_BACKGROUND)
+    if floor.sigma is None:
+        return NoiseEstimate(None, floor.n_voxels, floor.reason)
+    estimate = _estimate(floor, "residual-floor", shape)
+    if why:
+        return NoiseEstimate(
+            estimate.sigma, estimate.n_background, f"{why}; {estimate.reason}",
+            coils=1.0, method=estimate.method, bounds=estimate.bounds,
+            sigma_map=estimate.sigma_map,
+        )  # fmt: skip
+    return estimate
+
+
+def _estimate(floor: Floor, method: str, shape: tuple[int, ...]) -> NoiseEstimate:
+    """The NoiseEstimate of a floor, with its map when the noise is not uniform."""
+    assert floor.sigma is not None
+    n_echo = floor.per_echo.size
+    how = (
+        f"the part of the residual variance that does not decay with the signal "
+        f"({100 * floor.decaying:.0f} % does) over {floor.n_voxels} voxels"
+        if n_echo >= MIN_ECHOES_FLOOR
+        else f"the median residual over {floor.n_voxels} voxels (fewer than "
+        f"{MIN_ECHOES_FLOOR} echoes: misfit is not told from noise)"
+    )
+    sigma, sigma_map = floor.sigma, None
+    found = noise_map(shape, floor.index, floor.voxel_variance) if n_echo >= 3 else None
+    if found is not None and found.nonuniform:
+        if floor.decaying <= MAP_MAX_DECAYING:
+            sigma_map = found.sigma
+            sigma = float(np.median(sigma_map.reshape(-1)[floor.index]))
+            how += (
+                f"; the noise is not uniform (its smooth map spans {100 * found.spread:.0f} % "
+                f"of its median, chance {100 * found.chance:.0f} %): the map is used"
+            )
+        else:
+            how += (
+                f"; its smooth map spans {100 * found.spread:.0f} % of its median, but "
+                f"{100 * floor.decaying:.0f} % of the residual variance decays with the "
+                "signal (ghosts over the tissue): the map is not used"
+            )
+    role = "estimate" if n_echo >= MIN_ECHOES_FLOOR else "upper bound (fewer than 6 echoes)"
+    return NoiseEstimate(
+        sigma, floor.n_voxels, f"sigma from {how}", coils=1.0, method=method,
+        bounds={method: role}, sigma_map=sigma_map,
+    )  # fmt: skip
