@@ -55,13 +55,13 @@ FIT_FAILED = int(
 
 def fit_failed(reason: np.ndarray) -> np.ndarray:
     """Voxels whose fit failed (a :data:`FIT_FAILED` bit), bool, from ``reason`` (uint8)."""
-    return (np.asarray(reason) & FIT_FAILED) != 0
+    return np.asarray((np.asarray(reason) & FIT_FAILED) != 0)
 
 
 def misfit(reason: np.ndarray) -> np.ndarray:
     """Voxels whose fit stands but whose decay does not follow the model (MISFIT alone)."""
     bits = np.asarray(reason)
-    return ((bits & int(Failure.MISFIT)) != 0) & ((bits & FIT_FAILED) == 0)
+    return np.asarray(((bits & int(Failure.MISFIT)) != 0) & ((bits & FIT_FAILED) == 0))
 
 
 class Correction(enum.IntEnum):
