@@ -68,7 +68,7 @@ def test_failed_voxels_take_a_colour_no_map_of_the_page_comes_near() -> None:
     montage with the failed overlay uses (cyan was 37 from viridis' teal), and opaque."""
     from matplotlib import colormaps
 
-    from t2starmap.report.participant import MONTAGES
+    from t2starmap.report.sections import MONTAGES
 
     failed = cielab(np.array(figures.FAILED_RGBA[:3]))
     assert figures.FAILED_RGBA[3] == 1.0
