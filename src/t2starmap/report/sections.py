@@ -205,46 +205,49 @@ def _caption(spec: Montage, window: tuple[float, float], echo_time: float, note:
     )
 
 
-def _montage(
-    spec: Montage,
-    values: np.ndarray,
-    signal: np.ndarray,
-    good: np.ndarray,
-    canonical_failed: np.ndarray,
-    slices: Sequence[int],
-    view: View,
-    canon: Callable[[np.ndarray], np.ndarray],
-    caption_of: Callable[[Montage, tuple[float, float]], str],
-    wrap_limit: float | None = None,
-    canonical_misfit: np.ndarray | None = None,
-) -> Figure:
-    """One montage of ``values`` (the files' voxel order) as ``spec`` says; ``wrap_limit``:
-    the wrapped field map's ``FieldMapWrapLimit`` (Hz), its window."""
+@dataclass(frozen=True)
+class _Grid:
+    """What every montage of one section shares: the signal mask and the voxels whose fit did
+    not fail (the files' voxel order), the failed and misfit voxels (canonical order), the
+    slices and how they are cut, the canonical reordering, the caption writer and the wrapped
+    field map's ``FieldMapWrapLimit`` (Hz, its window)."""
+
+    signal: np.ndarray
+    good: np.ndarray
+    failed: np.ndarray
+    misfit: np.ndarray
+    slices: Sequence[int]
+    view: View
+    canon: Callable[[np.ndarray], np.ndarray]
+    caption_of: Callable[[Montage, tuple[float, float]], str]
+    wrap_limit: float | None
+
+
+def _montage(spec: Montage, values: np.ndarray, grid: _Grid) -> Figure:
+    """One montage of ``values`` (the files' voxel order) as ``spec`` says."""
     volume = values * spec.factor
-    inside = volume[good] if spec.overlay and spec.mark_failed else volume[signal]
+    marked = spec.overlay and spec.mark_failed
+    inside = volume[grid.good] if marked else volume[grid.signal]
     if spec.window == "fixed":
         window = spec.fixed
-    elif spec.window == "wrap" and wrap_limit:
-        window = (-wrap_limit, wrap_limit)
+    elif spec.window == "wrap" and grid.wrap_limit:
+        window = (-grid.wrap_limit, grid.wrap_limit)
     elif spec.window in ("symmetric", "wrap"):
         top = _window(np.abs(inside))[1]
         window = (-top, top)
     else:
         window = _window(inside)
     if spec.overlay:  # a fitted map: outside the signal mask is background, not zero
-        volume = np.where(signal, volume, np.nan)
+        volume = np.where(grid.signal, volume, np.nan)
     png = figures.montage_png(
-        canon(volume),
-        slices,
-        vmin=window[0],
-        vmax=window[1],
-        cmap=spec.cmap,
-        label=spec.label,
-        failed=canonical_failed if spec.overlay and spec.mark_failed else None,
-        misfit=canonical_misfit if spec.overlay and spec.mark_failed else None,
-        view=view,
+        grid.canon(volume),
+        grid.slices,
+        figures.Scale(window[0], window[1], spec.cmap, spec.label),
+        failed=grid.failed if marked else None,
+        misfit=grid.misfit if marked else None,
+        view=grid.view,
     )
-    return Figure(figures.data_uri(png), f"{spec.label} montage", caption_of(spec, window))
+    return Figure(figures.data_uri(png), f"{spec.label} montage", grid.caption_of(spec, window))
 
 
 def _status_figure(
@@ -354,64 +357,74 @@ def set_section(
     echoes the run read (:func:`echo_samples` of the same maps); without them they are read
     from ``bids_dir``. ``convention``: how axial and coronal tiles face (:mod:`.planes`)."""
     maps = loaded.maps
-    signal, failed, good = masks_of(maps)
-    t2 = maps["t2star"]
-    sigma = record.noise_sigma
-    echoes = _echoes(record, t2, good, bids_dir, samples)
-
-    def canon(volume: np.ndarray) -> np.ndarray:
-        return to_canonical(volume, loaded.affine)
-
-    c_signal, c_failed = canon(signal), canon(failed)
-    view = choose_view(loaded.affine, signal.shape, convention) if signal.ndim == 3 else FLAT
-    slices = figures.select_slices(c_signal, axis=view.axis)
-    where = view.describe(slices, c_signal.shape[view.axis] if c_signal.ndim == 3 else 1)
-    n_failed = int(failed.sum())
-    misfit = misfit_mask(maps, signal & ~failed)
-    note = overlay_note(n_failed, int(misfit.sum()))
-
-    def caption_of(spec: Montage, window: tuple[float, float]) -> str:
-        return _caption(spec, window, record.echo_times[0], note if spec.mark_failed else "")
-
+    _, failed, good = masks_of(maps)
+    echoes = _echoes(record, maps["t2star"], good, bids_dir, samples)
+    grid, where = _grid(record, loaded, convention)
     shown_maps = _shown_maps(maps, echoes.first)
-    wrap = loaded.sidecar.get("FieldMapWrapLimit")
     # Drawn in a few threads: PNG encoding (zlib) releases the GIL, so one figure is encoded
     # while the next is drawn. Each figure is its own Figure object (no pyplot state).
     with ThreadPoolExecutor(max_workers=_figure_threads()) as pool:
         montage_jobs = [
-            pool.submit(
-                _montage,
-                spec,
-                shown_maps[spec.key],
-                signal,
-                good,
-                c_failed,
-                slices,
-                view,
-                canon,
-                caption_of,
-                float(wrap) if isinstance(wrap, int | float) else None,
-                canon(misfit),
-            )
+            pool.submit(_montage, spec, shown_maps[spec.key], grid)
             for spec in MONTAGES
             if shown_maps.get(spec.key) is not None
         ]
-        hist_job = pool.submit(figures.histogram_png, t2[good] * 1e3, window_ms=T2STAR_WINDOW_MS)
-        decay_job = pool.submit(
-            figures.decay_png, record.echo_times, _decay_curves(maps, echoes), sigma
-        )
-        status_job = pool.submit(_status_figure, record, maps, canon, slices, view)
+        plot_jobs = pool.submit(_plots, record, maps, echoes, good, int(grid.misfit.sum()))
+        status_job = pool.submit(_status_figure, record, maps, grid.canon, grid.slices, grid.view)
         montages = [job.result() for job in montage_jobs]
-        hist, decay = hist_job.result(), decay_job.result()
+        plots = plot_jobs.result()
         if (status := status_job.result()) is not None:
             montages.insert(0, status)
-    acquisition, fit = set_tables(record, loaded, good, n_failed)
-    plots = [
+    acquisition, fit = set_tables(record, loaded, good, int(failed.sum()))
+    factor = _factor_plot(record.echo_times, loaded.sidecar)
+    if factor is not None:
+        plots.append(factor)
+    return Section(record.name, acquisition, fit, record.warnings, where, montages, plots)
+
+
+def _grid(record: PublishedSet, loaded: SetMaps, convention: str) -> tuple[_Grid, str]:
+    """What the section's montages share, and the sentence that says which slices they show."""
+    maps = loaded.maps
+    signal, failed, good = masks_of(maps)
+
+    def canon(volume: np.ndarray) -> np.ndarray:
+        return to_canonical(volume, loaded.affine)
+
+    c_signal = canon(signal)
+    view = choose_view(loaded.affine, signal.shape, convention) if signal.ndim == 3 else FLAT
+    slices = figures.select_slices(c_signal, axis=view.axis)
+    where = view.describe(slices, c_signal.shape[view.axis] if c_signal.ndim == 3 else 1)
+    misfit = misfit_mask(maps, signal & ~failed)
+    note = overlay_note(int(failed.sum()), int(misfit.sum()))
+
+    def caption_of(spec: Montage, window: tuple[float, float]) -> str:
+        return _caption(spec, window, record.echo_times[0], note if spec.mark_failed else "")
+
+    wrap = loaded.sidecar.get("FieldMapWrapLimit")
+    wrap_limit = float(wrap) if isinstance(wrap, int | float) else None
+    grid = _Grid(
+        signal, good, canon(failed), canon(misfit), slices, view, canon, caption_of, wrap_limit
+    )
+    return grid, where
+
+
+def _plots(
+    record: PublishedSet,
+    maps: Mapping[str, np.ndarray],
+    echoes: EchoSamples,
+    good: np.ndarray,
+    n_misfit: int,
+) -> list[Figure]:
+    """The section's T2* histogram and decay curves."""
+    sigma = record.noise_sigma
+    hist = figures.histogram_png(maps["t2star"][good] * 1e3, window_ms=T2STAR_WINDOW_MS)
+    decay = figures.decay_png(record.echo_times, _decay_curves(maps, echoes), sigma)
+    return [
         Figure(
             figures.data_uri(hist),
             "T2* histogram",
             f"T2* of the {int(good.sum())} signal-mask voxels whose fit did not fail "
-            f"({int(misfit.sum())} of them with a decay that does not follow the model: "
+            f"({n_misfit} of them with a decay that does not follow the model: "
             "included, as in the record's statistics).",
         ),
         Figure(
@@ -422,7 +435,3 @@ def set_section(
             "viewer shows them" + ("; dashed: noise level." if sigma else "."),
         ),
     ]
-    factor = _factor_plot(record.echo_times, loaded.sidecar)
-    if factor is not None:
-        plots.append(factor)
-    return Section(record.name, acquisition, fit, record.warnings, where, montages, plots)
