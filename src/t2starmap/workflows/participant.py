@@ -373,7 +373,11 @@ def _publish(run: Run, page: _Page, staged: _StagedPage) -> None:
     # right after would take the output folder for one it created and published nothing in)
     with deferred_signals(f"publishing {page.label}"):
         log.info("%s: publishing", page.label)
-        publish(settings.output_dir, Publication(publication.label, files, publication.remove))
+        shared = frozenset(shared_files(settings.bids_dir))  # other runs may write them too
+        publish(
+            settings.output_dir,
+            Publication(publication.label, files, publication.remove, shared),
+        )
         run.published_any = True
         run.published += staged.records
         run.failures += staged.failures
