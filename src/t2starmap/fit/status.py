@@ -27,6 +27,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+#: False-alarm rate per voxel of the goodness-of-fit test (``Failure.MISFIT``) for data that
+#: follow the model with the noise level given.
+MISFIT_P = 1e-3
+
 
 class Failure(enum.IntFlag):
     """The bits of ``FitResult.reason`` (uint8); what each means for each fit:
