@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 # The numeric floors are type-checked strictly (no untyped defs, no Any returned).
-STRICT_PACKAGES := -p t2starmap.fit -p t2starmap.b0
+STRICT_PACKAGES := -p t2starmap.fit -p t2starmap.b0 -p t2starmap.noise
 
 .PHONY: demo test lint bench clean
 

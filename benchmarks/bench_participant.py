@@ -71,7 +71,7 @@ from t2starmap.cli import run as cli
 from t2starmap.workflows import echo_set as estimate
 from t2starmap.workflows import participant as workflow
 from t2starmap.workflows import staging
-from t2starmap.report import participant, figures
+from t2starmap.report import participant, figures, sections
 import t2starmap.bids.layout as layout
 totals["import t2starmap"] = time.perf_counter() - t - totals["import torch"]
 wrap(workflow, "find_echo_sets", "pybids indexing")
@@ -84,7 +84,7 @@ wrap(estimate, "fit_echo_set", "fit_echo_set (all of read..fit)")
 wrap(staging, "save_map", "write maps (staging)")
 wrap(workflow, "_publish", "publish (copy)")
 wrap(participant, "load_set_maps", "report: read maps")
-wrap(participant, "read_echoes", "report: read echoes")
+wrap(sections, "read_echoes", "report: read echoes")
 wrap(figures, "montage_png", "report: montages")
 wrap(figures, "histogram_png", "report: histogram")
 wrap(figures, "decay_png", "report: decay plot")

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from t2starmap.report import participant
+from t2starmap.report import participant, sections
 
 # The report tests' synthetic output folder (raw MEGRE, maps and record) serves here too.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -54,16 +54,16 @@ def main() -> None:
             best: dict[str, float] | None = None
             for _ in range(args.repeats):
                 totals: dict[str, float] = defaultdict(float)
-                originals = (participant.load_set_maps, participant.read_echoes)
+                originals = (participant.load_set_maps, sections.read_echoes)
                 participant.load_set_maps = timed("maps", totals, originals[0])
-                participant.read_echoes = timed("echoes", totals, originals[1])
+                sections.read_echoes = timed("echoes", totals, originals[1])
                 started = time.perf_counter()
                 try:
                     pages = participant.write_participant_reports(
                         root / "out", root / "bids", [outcome]
                     )
                 finally:
-                    participant.load_set_maps, participant.read_echoes = originals
+                    participant.load_set_maps, sections.read_echoes = originals
                 totals["total"] = time.perf_counter() - started
                 if best is None or totals["total"] < best["total"]:
                     best = dict(totals)

@@ -209,13 +209,15 @@ def test_a_bug_in_the_numerics_is_an_unexpected_error_not_bad_data_or_a_note(
     """Only the data errors the numerics raise where they check the data (NotApplicableError,
     BadDataError) become a note or exit 65; any other ValueError is a bug: exit 1, recorded
     as unexpected with its traceback, never a quiet "no correction" under ``auto``."""
-    from t2starmap.workflows import echo_set
+    from t2starmap.workflows import echo_set, set_correction
 
     def broken(*args: object, **kwargs: object) -> None:
         raise ValueError("index 7 out of range (a planted bug)")
 
-    target = "correct_through_slice" if step == "correction" else "fit_t2star"
-    monkeypatch.setattr(echo_set, target, broken)
+    if step == "correction":
+        monkeypatch.setattr(set_correction, "correct_through_slice", broken)
+    else:
+        monkeypatch.setattr(echo_set, "fit_t2star", broken)
     bids, _ = sliced
     out = tmp_path / "out"
     assert run(bids, out) == 1

@@ -93,3 +93,27 @@ def test_ctrl_c_during_a_publication_waits_for_its_end(
     with pytest.raises(KeyboardInterrupt):
         publish(out, Publication("sub-01", files))
     assert checksums(out).keys() == {"a.json", "b.json", "c.html"}
+
+
+def test_a_shared_files_temporaries_are_not_swept_as_stale(tmp_path: Path) -> None:
+    """Runs of other participants write ``dataset_description.json`` into the same output at
+    the same time: a temporary file beside it may be theirs, in flight, and must survive
+    (removing it made a concurrent run fail with exit 73). A participant's own file's
+    temporaries are left by a killed run of that participant, and go."""
+    out, stage = tmp_path / "out", tmp_path / "stage"
+    (out / "sub-01").mkdir(parents=True)
+    stage.mkdir()
+    for name in ("dataset_description.json", "own.json"):
+        (stage / name).write_text("{}")
+    in_flight = out / ".dataset_description.json.abcd1234.tmp.json"
+    in_flight.write_text("another run's")
+    stale = out / "sub-01" / ".own.json.abcd1234.tmp.json"
+    stale.write_text("a killed run's")
+    files = (
+        (stage / "dataset_description.json", "dataset_description.json"),
+        (stage / "own.json", "sub-01/own.json"),
+    )
+    publish(out, Publication("sub-01", files, shared=frozenset({"dataset_description.json"})))
+    assert in_flight.read_text() == "another run's"
+    assert not stale.exists()
+    assert (out / "dataset_description.json").read_text() == "{}"

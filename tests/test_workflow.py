@@ -435,12 +435,13 @@ def test_the_report_draws_the_maps_the_run_holds(
     """A run's own sets are drawn from the maps and echoes it holds: reading maps back or
     echoes again for the report would fail here, and the run does not notice."""
     from t2starmap.report import participant as pages
+    from t2starmap.report import sections
 
     def no(*args: object, **kwargs: object) -> None:
         raise AssertionError("read back for the report")
 
-    monkeypatch.setattr(pages, "load_set_maps", no)
-    monkeypatch.setattr(pages, "read_echoes", no)
+    monkeypatch.setattr(pages, "load_set_maps", no)  # where the page reads earlier sets' maps
+    monkeypatch.setattr(sections, "read_echoes", no)  # where a section reads echoes
     out = tmp_path / "out"
     assert participant(example, out) == 0
     assert "decay curves" in (out / "sub-02_ses-2.html").read_text()

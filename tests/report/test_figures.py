@@ -68,7 +68,7 @@ def test_failed_voxels_take_a_colour_no_map_of_the_page_comes_near() -> None:
     montage with the failed overlay uses (cyan was 37 from viridis' teal), and opaque."""
     from matplotlib import colormaps
 
-    from t2starmap.report.participant import MONTAGES
+    from t2starmap.report.sections import MONTAGES
 
     failed = cielab(np.array(figures.FAILED_RGBA[:3]))
     assert figures.FAILED_RGBA[3] == 1.0
@@ -85,11 +85,11 @@ def test_montage_draws_the_failed_overlay(shape: tuple[int, ...]) -> None:
     failed[2:6, 2:6] = True
     slices = figures.select_slices(np.ones(shape, dtype=bool))
     plain = decode(
-        figures.montage_png(volume, slices, vmin=0, vmax=100, cmap="inferno", label="T2* (ms)")
+        figures.montage_png(volume, slices, figures.Scale(0, 100, "inferno", "T2* (ms)"))
     )
     flagged = decode(
         figures.montage_png(
-            volume, slices, vmin=0, vmax=100, cmap="inferno", label="T2* (ms)", failed=failed
+            volume, slices, figures.Scale(0, 100, "inferno", "T2* (ms)"), failed=failed
         )
     )
     assert_not_blank(plain)
@@ -104,7 +104,7 @@ def test_montage_draws_the_failed_overlay(shape: tuple[int, ...]) -> None:
 
 def test_montage_nan_is_background() -> None:
     volume = np.full((10, 10, 2), np.nan)
-    png = figures.montage_png(volume, [0, 1], vmin=0, vmax=1, cmap="gray", label="x")
+    png = figures.montage_png(volume, [0, 1], figures.Scale(0, 1, "gray", "x"))
     image = decode(png)
     left = image[:, : image.shape[1] // 2, :3]
     assert np.allclose(left, 0.0)  # all black, no colour-mapped garbage
@@ -214,7 +214,7 @@ def test_colour_bar_label_is_not_cut_off(shape: tuple[int, ...]) -> None:
     volume = np.random.default_rng(0).random(shape)
     slices = figures.select_slices(np.ones(shape, dtype=bool))
     fig = figures.montage_figure(
-        volume * 1e5, slices, vmin=0, vmax=1e5, cmap="viridis", label="SE of S0 (input units)"
+        volume * 1e5, slices, figures.Scale(0, 1e5, "viridis", "SE of S0 (input units)")
     )
     figures.FigureCanvasAgg(fig).draw()
     bar = fig.axes[1]
@@ -227,11 +227,9 @@ def test_tiles_carry_their_file_index_and_orientation_letters() -> None:
     stored inferior-first along k: canonical slice 0 is k = 3) and its edge letters."""
     view = figures.View(axis=2, pixel_aspect=1.0, file_axis=2, file_flipped=True)
     volume = np.random.default_rng(0).random((8, 6, 4))
-    fig = figures.montage_figure(volume, [0, 1, 3], vmin=0, vmax=1, cmap="gray", label="x")
+    fig = figures.montage_figure(volume, [0, 1, 3], figures.Scale(0, 1, "gray", "x"))
     assert [t.get_text() for t in fig.axes[0].texts] == []  # no file axis: no letters
-    fig = figures.montage_figure(
-        volume, [0, 1, 3], vmin=0, vmax=1, cmap="gray", label="x", view=view
-    )
+    fig = figures.montage_figure(volume, [0, 1, 3], figures.Scale(0, 1, "gray", "x"), view=view)
     texts = [t.get_text() for t in fig.axes[0].texts]
     assert texts[:5] == ["k=3", "A", "P", "R", "L"]
     assert [t for t in texts if t.startswith("k=")] == ["k=3", "k=2", "k=0"]

@@ -14,7 +14,7 @@ import pytest
 from matplotlib.image import imread
 
 from t2starmap.fit.status import level_named
-from t2starmap.report import participant
+from t2starmap.report import maps, participant, sections
 from t2starmap.report.statusmap import STATUS_RGB, status_png
 from tests.report.helpers import assert_self_contained, synthetic_output
 
@@ -138,18 +138,18 @@ def test_representative_voxels_pick_low_median_high() -> None:
     t2 = np.arange(1, 101, dtype=np.float64).reshape(10, 10) / 1000
     good = np.ones_like(t2, dtype=bool)
     good[0, 0] = False  # excluded voxels are never picked
-    picked = dict(participant.representative_voxels(t2, good))
+    picked = dict(maps.representative_voxels(t2, good))
     assert set(picked) == {"low", "median", "high"}
     assert t2[picked["low"]] < t2[picked["median"]] < t2[picked["high"]]
     assert abs(t2[picked["median"]] - np.median(t2[good])) <= 0.0005
-    assert participant.representative_voxels(t2, np.zeros_like(good)) == []
+    assert maps.representative_voxels(t2, np.zeros_like(good)) == []
 
 
 def test_decay_voxels_come_from_the_raw_echoes(tmp_path: Path) -> None:
     outcome = synthetic_output(tmp_path)
     voxel = (10, 9, 2)
     paths = [tmp_path / "bids" / s.path for s in outcome.sources]
-    signals, first = participant.read_echoes(paths, [voxel])
+    signals, first = maps.read_echoes(paths, [voxel])
     raw = [np.asarray(nib.load(p).dataobj)[voxel] for p in paths]
     assert np.allclose(signals[0], raw)
     assert first is not None and first.shape == (20, 18, 5)
@@ -175,34 +175,34 @@ def test_maps_handed_over_give_the_page_that_reading_them_gives(tmp_path: Path) 
 
     outcome = synthetic_output(tmp_path)
     out, bids = tmp_path / "out", tmp_path / "bids"
-    loaded = participant.load_set_maps(out, outcome)
-    held = participant.in_memory_maps(
+    loaded = maps.load_set_maps(out, outcome)
+    held = maps.in_memory_maps(
         {k: (v.astype(np.uint8) if v.dtype == bool else v) for k, v in loaded.maps.items()},
         loaded.affine,
         loaded.zooms,
         loaded.sidecar,
     )
     stack = np.stack([read_volume(bids / s.path) for s in outcome.sources], axis=-1)
-    samples = participant.echo_samples(stack, held.maps)
+    samples = maps.echo_samples(stack, held.maps)
     assert len(samples.voxels) == 3 and samples.signals.shape == (3, len(outcome.sources))
-    read = participant.set_section(outcome, loaded, bids)
-    given = participant.set_section(outcome, held, bids, samples)
+    read = sections.set_section(outcome, loaded, bids)
+    given = sections.set_section(outcome, held, bids, samples)
     assert given == read
     changed = replace(samples, signals=samples.signals * 0.5)  # the samples are really used
-    assert participant.set_section(outcome, held, bids, changed).plots != read.plots
+    assert sections.set_section(outcome, held, bids, changed).plots != read.plots
 
 
 def test_the_first_echo_of_integer_echoes_is_sampled_as_float32(tmp_path: Path) -> None:
     """int16 echoes stay int16 in memory; the page's first echo is their float32 values, as
     when the file was read as float (a float64 montage of it would cost twice the memory)."""
     outcome = synthetic_output(tmp_path)
-    loaded = participant.load_set_maps(tmp_path / "out", outcome)
+    loaded = maps.load_set_maps(tmp_path / "out", outcome)
     shape = loaded.maps["t2star"].shape
     stack = np.random.default_rng(0).integers(0, 3000, (*shape, 4)).astype(np.int16)
-    samples = participant.echo_samples(stack, loaded.maps)
+    samples = maps.echo_samples(stack, loaded.maps)
     assert samples.first is not None and samples.first.dtype == np.float32
     np.testing.assert_array_equal(samples.first, stack[..., 0])
-    floats = participant.echo_samples(stack.astype(np.float32), loaded.maps)
+    floats = maps.echo_samples(stack.astype(np.float32), loaded.maps)
     assert floats.first is not None and floats.first.dtype == np.float32
     assert not np.shares_memory(floats.first, stack)
 
@@ -231,26 +231,26 @@ def test_the_wrapped_field_map_is_cyclic_over_its_wrap_limit(tmp_path: Path) -> 
     ends, and its window is the wrap limit, not a percentile of the values."""
     from matplotlib import colormaps
 
-    [spec] = [m for m in participant.MONTAGES if m.key == "frequency"]
+    [spec] = [m for m in sections.MONTAGES if m.key == "frequency"]
     ends = colormaps[spec.cmap]([0.0, 1.0])
     assert np.allclose(ends[0], ends[1], atol=0.02), spec.cmap
     outcome = synthetic_output(tmp_path)
-    loaded = participant.load_set_maps(tmp_path / "out", outcome)
+    loaded = maps.load_set_maps(tmp_path / "out", outcome)
     field = np.where(loaded.maps["signal"], 20.0, 0.0).astype(np.float32)
     shown = replace(
         loaded, maps={**loaded.maps, "frequency": field}, sidecar={"FieldMapWrapLimit": 62.5}
     )
-    section = participant.set_section(outcome, shown, tmp_path / "bids")
+    section = sections.set_section(outcome, shown, tmp_path / "bids")
     [caption] = [f.caption for f in section.montages if f.alt.startswith("field map")]
     assert "window ±62.5 Hz" in caption
 
 
 def test_the_correction_is_shown_as_a_difference(tmp_path: Path) -> None:
     outcome = synthetic_output(tmp_path)
-    loaded = participant.load_set_maps(tmp_path / "out", outcome)
+    loaded = maps.load_set_maps(tmp_path / "out", outcome)
     uncorrected = loaded.maps["r2star"] + 7.0
     shown = replace(loaded, maps={**loaded.maps, "r2star_uncorrected": uncorrected})
-    section = participant.set_section(outcome, shown, tmp_path / "bids")
+    section = sections.set_section(outcome, shown, tmp_path / "bids")
     alts = [f.alt for f in section.montages]
     assert "R2* correction (1/s) montage" in alts and "R2* uncorrected" not in " ".join(alts)
     [caption] = [f.caption for f in section.montages if f.alt.startswith("R2* correction")]

@@ -153,9 +153,7 @@ def test_montage_pixels_keep_the_voxel_aspect_ratio() -> None:
     affine = np.diag([1.0, 2.0, 3.0, 1.0])
     volume = np.ones((20, 10, 10), dtype=np.float32)
     view = choose_view(affine, volume.shape)
-    png = figures.montage_png(
-        volume, [0], vmin=0, vmax=1, cmap="gray", label="x", view=view, tile_in=3.0
-    )
+    png = figures.montage_png(volume, [0], figures.Scale(0, 1, "gray", "x"), view=view, tile_in=3.0)
     image = imread(io.BytesIO(png), format="png")
     white = np.argwhere(image[..., :3].min(axis=-1) > 0.95)
     white = white[white[:, 1] < 300]  # the picture, not the colour bar

@@ -58,7 +58,6 @@ RECTANGLE = SliceProfile(
 
 __all__ = [
     "FACTOR_THRESHOLD",
-    "REFERENCES",
     "SliceGeometry",
     "ThroughSliceCorrection",
     "correct_through_slice",
@@ -67,7 +66,7 @@ __all__ = [
 ]
 
 #: Echoes where the modelled |F(TE)| falls below ``FACTOR_THRESHOLD`` (0.3, defined with the
-#: corrected fit in :mod:`t2starmap.fit.magnitude`) are left out. Near the sinc's first zero
+#: corrected fit in :mod:`t2starmap.fit.corrected`) are left out. Near the sinc's first zero
 #: (pi G dz TE = pi) |F| is small and steep: an error of G (noise, a field not linear across
 #: the slice, a slice profile that is not rectangular) changes |F| by a large factor there.
 #: d ln|F| / d ln G = x cot x - 1 is -1.6 at |F| = 0.5 (x = 1.90 rad), -3.4 at 0.3 (x = 2.36),
@@ -76,14 +75,6 @@ __all__ = [
 #: across 3 mm, TE to 40 ms) the threshold hardly matters from 0 to 0.3 (median R2* error
 #: 2.10-2.16 % at SNR 100, 7.17-7.32 % at SNR 30) and costs above it (2.28 % and 7.68 % at
 #: 0.5): 0.3 is the most robust value that costs nothing measurable.
-#: What the sidecars cite for the correction.
-REFERENCES = (
-    "Fernandez-Seara MA, Wehrli FW. Postprocessing technique to correct for background gradients "
-    "in image-based R2* measurements. Magn Reson Med 2000;44:358-366",
-    "Hirsch NM, Preibisch C. T2* mapping with background gradient correction using different "
-    "excitation pulse shapes. AJNR Am J Neuroradiol 2013;34:E65-E68",
-)
-
 
 # --- geometry --------------------------------------------------------------------------------
 

@@ -13,11 +13,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from t2starmap import __version__
 from t2starmap.bids.layout import SET_ENTITIES, EchoSet, run_name
 from t2starmap.fit import status as fit_status
+from t2starmap.fit.limits import T2STAR_MAX, T2STAR_MIN
+from t2starmap.fit.status import MISFIT_P
 
 if TYPE_CHECKING:
+    from t2starmap.b0.correction import ThroughSliceCorrection
     from t2starmap.fit.phase import PhaseAnalysis
+    from t2starmap.fit.result import FitResult
+    from t2starmap.noise.result import NoiseEstimate
+
+#: What the sidecars cite for the correction.
+B0_REFERENCES = (
+    "Fernandez-Seara MA, Wehrli FW. Postprocessing technique to correct for background gradients "
+    "in image-based R2* measurements. Magn Reson Med 2000;44:358-366",
+    "Hirsch NM, Preibisch C. T2* mapping with background gradient correction using different "
+    "excitation pulse shapes. AJNR Am J Neuroradiol 2013;34:E65-E68",
+)
 
 #: (method, noise model) -> the ``EstimationAlgorithm`` text of the map sidecars.
 ESTIMATION_ALGORITHMS: Mapping[tuple[str, str], str] = {
@@ -307,6 +321,88 @@ def estimation_algorithm(spec: OutputSpec, fit_info: Mapping[str, Any]) -> str:
             return f"Off-resonance frequency f from the {made} (closed form, per voxel)"
         return "Off-resonance frequency f, a parameter of the complex fit: " + fit
     return fit
+
+
+def misfit_tested(fit: FitResult, n_echoes: int) -> bool:
+    """Whether the goodness of fit was assessed: a noise level, a solver fit (the closed forms
+    do not minimise what it tests) and a degree of freedom."""
+    return fit.noise_sigma is not None and fit.solver_runs > 0 and n_echoes >= 3
+
+
+def fit_sidecar(
+    n_echoes: int,
+    fit: FitResult,
+    noise: NoiseEstimate,
+    b0_info: Mapping[str, Any],
+    correction: ThroughSliceCorrection | None,
+    warnings: list[str],
+) -> tuple[dict[str, Any], str]:
+    """The fit's fields for the map sidecars, and the ``EstimationAlgorithm`` text. ``fit``:
+    the fit before any field-gradient correction (its method and noise model); ``b0_info``:
+    the correction's and the phase's fields, with ``FieldMapWrapLimit`` where a field map
+    was made."""
+    algorithm = ESTIMATION_ALGORITHMS.get((fit.method, fit.noise_model), fit.method)
+    if correction is not None:
+        algorithm += (
+            "; then corrected for the through-slice field gradient: "
+            + ESTIMATION_ALGORITHMS[("through-slice", "any")]
+        )
+    info: dict[str, Any] = {
+        "EstimationAlgorithm": algorithm,
+        "FitMethod": fit.method,
+        "NoiseModel": fit.noise_model,
+        "NoiseSigma": fit.noise_sigma,
+        "NoiseSigmaMethod": noise.method or "none",
+        "NoiseCoils": fit.noise_coils,
+        "ComputeDevice": fit.device,
+        "T2starRange": [T2STAR_MIN, T2STAR_MAX],
+        "SoftwareName": "t2starmap",
+        "SoftwareVersion": __version__,
+    }
+    if noise.reason:
+        info["NoiseSigmaNote"] = noise.reason
+    if noise.candidates:
+        info["NoiseSigmaCandidates"] = dict(noise.candidates)
+    if noise.bounds:
+        info["NoiseSigmaBounds"] = dict(noise.bounds)
+    info["NoiseSigmaMap"] = noise.sigma_map is not None
+    if misfit_tested(fit, n_echoes):
+        info["GoodnessOfFit"] = (
+            f"reduced chi-square of the residuals under the {fit.noise_model} noise model; "
+            f"misfit where above its p < {MISFIT_P:g} point (desc-chisq_statmap)"
+        )
+        info["StandardErrorInflation"] = "sqrt(reduced chi-square) where it exceeds 1"
+    else:
+        info["GoodnessOfFit"] = "not assessed: " + (
+            "no noise level"
+            if fit.noise_sigma is None
+            else "a closed-form fit"
+            if fit.solver_runs == 0
+            else "only 2 echoes"
+        )
+    info.update(b0_info)
+    if warnings:
+        info["Warnings"] = list(warnings)
+    return info, algorithm
+
+
+def correction_sidecar(correction: ThroughSliceCorrection, fraction: float) -> dict[str, Any]:
+    """What the sidecars say about a correction that ran in ``fraction`` of the mask."""
+    info: dict[str, Any] = {
+        "B0Correction": "through-slice",
+        "B0CorrectionReference": list(B0_REFERENCES),
+        "B0CorrectionThreshold": correction.threshold,
+        "B0CorrectedFraction": fraction,
+        "B0FieldMapMethod": correction.field_method,
+        "B0SliceThickness": correction.thickness_mm,
+        "B0SliceSpacing": correction.spacing_mm,
+        "B0SliceProfile": correction.profile.spec(),
+        "B0SliceProfileSource": correction.profile.describe(),
+    }
+    estimate = correction.profile_estimate
+    if estimate is not None:
+        info["B0SliceProfileEstimate"] = estimate.describe()
+    return info
 
 
 def phase_sidecar(phase: PhaseAnalysis) -> dict[str, object]:

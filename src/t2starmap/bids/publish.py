@@ -38,11 +38,14 @@ log = logging.getLogger("t2starmap")
 class Publication:
     """What one page's publication writes: ``files``, (staged file, target relative to the
     output folder) in writing order; ``remove``, targets (relative) to delete; ``label``
-    names it in messages (``sub-01_ses-2``)."""
+    names it in messages (``sub-01_ses-2``); ``shared``, the targets other runs into the same
+    output may be writing at the same moment (``dataset_description.json``): their temporary
+    files are never swept as stale."""
 
     label: str
     files: tuple[tuple[Path, str], ...]
     remove: tuple[str, ...] = ()
+    shared: frozenset[str] = frozenset()
 
 
 class _Undo:
@@ -67,9 +70,10 @@ class _Undo:
             folder.mkdir(exist_ok=True)
             self.folders.append(folder)
 
-    def put(self, source: Path, target: Path) -> None:
+    def put(self, source: Path, target: Path, shared: bool = False) -> None:
         self._make_parents(target)
-        remove_stale_temporaries(target)  # left by an earlier, killed run
+        if not shared:  # a shared file's temporaries may be another run's, in flight
+            remove_stale_temporaries(target)  # left by an earlier, killed run
         old = self._aside(target) if target.exists() else None
         self.steps.append((target, old, True))
         write_with(target, partial(shutil.copyfile, source))
@@ -101,7 +105,7 @@ def publish(output_dir: Path, publication: Publication) -> None:
         undo = _Undo()
         try:
             for source, relative in publication.files:
-                undo.put(source, output_dir / relative)
+                undo.put(source, output_dir / relative, relative in publication.shared)
             for relative in publication.remove:
                 undo.delete(output_dir / relative)
         except BaseException as err:

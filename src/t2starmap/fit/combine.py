@@ -74,7 +74,7 @@ def _rows(t2star: np.ndarray | None) -> int:
     weights in float64 for each echo)."""
     if t2star is None or t2star.ndim == 1:
         return ROWS
-    return max(1, (1 << 18) // max(t2star.shape[1], 1))
+    return max(1, (1 << 18) // max(int(t2star.shape[1]), 1))
 
 
 def _weights(

@@ -15,13 +15,10 @@ import torch
 from t2starmap.fit.limits import T2STAR_MAX, T2STAR_MIN
 from t2starmap.fit.solver import gt, lt, tiny
 from t2starmap.fit.stats import chi2_upper
-from t2starmap.fit.status import Failure
+from t2starmap.fit.status import MISFIT_P, Failure
 
 #: The maps every fit gives, (n,) per chunk.
 MAPS = ("t2star", "r2star", "s0", "rmse", "t2star_se", "r2star_se", "s0_se", "chisq")
-#: False-alarm rate per voxel of the goodness-of-fit test (``Failure.MISFIT``) for data that
-#: follow the model with the noise level given.
-MISFIT_P = 1e-3
 
 
 @dataclass(frozen=True)

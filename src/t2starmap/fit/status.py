@@ -27,6 +27,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+#: False-alarm rate per voxel of the goodness-of-fit test (``Failure.MISFIT``) for data that
+#: follow the model with the noise level given.
+MISFIT_P = 1e-3
+
 
 class Failure(enum.IntFlag):
     """The bits of ``FitResult.reason`` (uint8); what each means for each fit:
@@ -55,13 +59,13 @@ FIT_FAILED = int(
 
 def fit_failed(reason: np.ndarray) -> np.ndarray:
     """Voxels whose fit failed (a :data:`FIT_FAILED` bit), bool, from ``reason`` (uint8)."""
-    return (np.asarray(reason) & FIT_FAILED) != 0
+    return np.asarray((np.asarray(reason) & FIT_FAILED) != 0)
 
 
 def misfit(reason: np.ndarray) -> np.ndarray:
     """Voxels whose fit stands but whose decay does not follow the model (MISFIT alone)."""
     bits = np.asarray(reason)
-    return ((bits & int(Failure.MISFIT)) != 0) & ((bits & FIT_FAILED) == 0)
+    return np.asarray(((bits & int(Failure.MISFIT)) != 0) & ((bits & FIT_FAILED) == 0))
 
 
 class Correction(enum.IntEnum):

@@ -73,7 +73,7 @@ class _Air:
     def candidates(self) -> np.ndarray:
         """The background candidates: (first's shape) bool, positive and below the threshold."""
         assert self.threshold is not None
-        return (self.first > 0) & _below(self.first, self.threshold)
+        return np.asarray((self.first > 0) & _below(self.first, self.threshold))
 
 
 def estimate_noise(

@@ -173,7 +173,7 @@ def _voxel_intercepts(squares: np.ndarray, power: np.ndarray) -> np.ndarray:
     det = s1 * smm - sm * sm
     ok = det > 1e-6 * s1 * smm
     intercept = (smm * sy - sm * smy) / np.where(ok, det, 1.0)
-    return np.where(ok, intercept, squares.mean(axis=1))
+    return np.asarray(np.where(ok, intercept, squares.mean(axis=1)))
 
 
 def _chi2_median(dof: int) -> float:

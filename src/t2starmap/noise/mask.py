@@ -41,9 +41,11 @@ def signal_mask(
         first = data[..., 0]
         if first.dtype not in (np.float32, np.float64) and first.dtype.kind not in "iu":
             first = first.astype(np.float64)
-        return _above(first, threshold) | nonfinite  # a non-finite first echo: in nonfinite
+        return np.asarray(
+            _above(first, threshold) | nonfinite
+        )  # a non-finite first echo: in nonfinite
     first = np.asarray(data[..., 0], dtype=np.float64)
     finite_first = np.where(np.isfinite(first), first, 0.0)
     positive = finite_first[finite_first > 0]
     threshold = FALLBACK_FRACTION * float(np.percentile(positive, 99)) if positive.size else 0.0
-    return (finite_first > threshold) | nonfinite
+    return np.asarray((finite_first > threshold) | nonfinite)

@@ -128,7 +128,7 @@ def _integers_below(x: np.ndarray, bound: int) -> np.ndarray:
         return np.ones(x.shape, dtype=bool)
     if bound <= info.min:
         return np.zeros(x.shape, dtype=bool)
-    return x < x.dtype.type(bound)
+    return np.asarray(x < x.dtype.type(bound))
 
 
 def _brighter(column: np.ndarray, threshold: float) -> np.ndarray:
@@ -144,7 +144,7 @@ def _all_finite(flat: np.ndarray) -> np.ndarray:
     """Rows of ``flat`` (n, E) whose every sample is finite, (n,) bool (as
     :func:`_all_positive`)."""
     if flat.dtype not in _TORCH_ROWS:
-        return np.all(np.isfinite(flat), axis=1)
+        return np.asarray(np.all(np.isfinite(flat), axis=1))
     low, high = _row_range(flat)
     return (torch.isfinite(low) & torch.isfinite(high)).numpy()
 
@@ -153,7 +153,7 @@ def _all_positive(flat: np.ndarray) -> np.ndarray:
     """Rows of ``flat`` (n, E) whose every sample is finite and positive, (n,) bool; from
     each row's least and largest sample (a NaN makes both NaN)."""
     if flat.dtype not in _TORCH_ROWS:
-        return np.all(np.isfinite(flat), axis=1) & np.all(flat > 0, axis=1)
+        return np.asarray(np.all(np.isfinite(flat), axis=1) & np.all(flat > 0, axis=1))
     low, high = _row_range(flat)
     return (torch.gt(low, 0) & torch.lt(high, math.inf)).numpy()
 

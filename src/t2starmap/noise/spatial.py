@@ -102,13 +102,13 @@ class _Grid:
         axes."""
         k0 = _kernel_matrix(self.coarse[0], self.sd) ** power
         k1 = _kernel_matrix(self.coarse[1], self.sd) ** power
-        return np.einsum("ai,bj,ijk->abk", k0, k1, x, optimize=True)
+        return np.asarray(np.einsum("ai,bj,ijk->abk", k0, k1, x, optimize=True))
 
     def spread(self, coarse: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         """The coarse map at every voxel of ``shape``: bilinear between block centres."""
         w0 = _interpolation(shape[0], self.coarse[0], self.block)
         w1 = _interpolation(shape[1], self.coarse[1], self.block)
-        return np.einsum("ai,bj,ijk->abk", w0, w1, coarse, optimize=True).reshape(shape)
+        return np.asarray(np.einsum("ai,bj,ijk->abk", w0, w1, coarse, optimize=True)).reshape(shape)
 
 
 def _interpolation(n: int, n_coarse: int, block: int) -> np.ndarray:

@@ -85,26 +85,34 @@ def mosaic(
     return out
 
 
-def montage_png(volume: np.ndarray, slices: Sequence[int], **options: Any) -> bytes:
+@dataclass(frozen=True)
+class Scale:
+    """How a montage maps values to colours: the window ``vmin``..``vmax``, the colour map and
+    the colour bar's label."""
+
+    vmin: float
+    vmax: float
+    cmap: str
+    label: str
+
+
+def montage_png(volume: np.ndarray, slices: Sequence[int], scale: Scale, **options: Any) -> bytes:
     """:func:`montage_figure` as PNG bytes (same arguments)."""
-    return to_png(montage_figure(volume, slices, **options))
+    return to_png(montage_figure(volume, slices, scale, **options))
 
 
 def montage_figure(
     volume: np.ndarray,
     slices: Sequence[int],
+    scale: Scale,
     *,
-    vmin: float,
-    vmax: float,
-    cmap: str,
-    label: str,
     failed: np.ndarray | None = None,
     tile_in: float = 1.75,
     view: View = AXIAL,
     misfit: np.ndarray | None = None,
 ) -> Figure:
-    """Slices of canonical ``volume`` cut as ``view`` says, in one image with a colour bar
-    labelled ``label``; voxels of ``failed`` (same shape, bool) drawn on top in
+    """Slices of canonical ``volume`` cut as ``view`` says, coloured as ``scale`` says, in one
+    image with a colour bar; voxels of ``failed`` (same shape, bool) drawn on top in
     :data:`FAILED_RGBA`, of ``misfit`` in :data:`MISFIT_RGBA`; NaN voxels are background
     (black). Each tile is ``tile_in`` inches (``tile_in * DPI`` pixels) wide; its height
     keeps the voxels' aspect ratio (``view.pixel_aspect``); it carries its slice's file index
@@ -117,14 +125,14 @@ def montage_figure(
     width_in = image_w + bar_in
     picture_in = image_w * height_px * view.pixel_aspect / width_px
     # the colour bar spans 80 % of the height: tall enough for its label at 9 pt
-    height_in = max(1.2, picture_in, 0.09 * len(label) + 0.5)
+    height_in = max(1.2, picture_in, 0.09 * len(scale.label) + 0.5)
     fig = Figure(figsize=(width_in, height_in), facecolor="black")
     ax = fig.add_axes((0.0, 0.0, image_w / width_in, 1.0))
     ax.set_axis_off()
     shown = ax.imshow(
         np.ma.masked_invalid(tiles),
-        cmap=cmap,
-        norm=Normalize(vmin=vmin, vmax=vmax),
+        cmap=scale.cmap,
+        norm=Normalize(vmin=scale.vmin, vmax=scale.vmax),
         interpolation="nearest",
         aspect=view.pixel_aspect,
     )
@@ -139,7 +147,7 @@ def montage_figure(
     _annotate_tiles(ax, view, slices, tile_shape, depth)
     bar_ax = fig.add_axes((1.0 - 0.9 * bar_in / width_in, 0.1, 0.12 / width_in, 0.8))
     bar = fig.colorbar(shown, cax=bar_ax)
-    bar.set_label(label, color="white", fontsize=9)
+    bar.set_label(scale.label, color="white", fontsize=9)
     bar.ax.tick_params(colors="white", labelsize=8)
     return fig
 

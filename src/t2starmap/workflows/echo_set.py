@@ -31,82 +31,35 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
-import torch
 
-from t2starmap import __version__
-from t2starmap.b0.correction import REFERENCES as B0_REFERENCES
-from t2starmap.b0.correction import SliceGeometry, ThroughSliceCorrection, correct_through_slice
-from t2starmap.b0.profiles import SliceProfile
+from t2starmap.b0.correction import ThroughSliceCorrection
 from t2starmap.bids.layout import EchoSet
 from t2starmap.bids.nifti import READ_THREADS, Geometry, read_magnitude
 from t2starmap.bids.outputs import (
-    ESTIMATION_ALGORITHMS,
     REQUIRED_KEYS,
     UNCERTAINTY_KEYS,
+    fit_sidecar,
+    misfit_tested,
     phase_sidecar,
 )
 from t2starmap.bids.parts import Parts, complex_available, find_parts, load_complex
-from t2starmap.bids.slice_headers import profile_from_metadata
-from t2starmap.bids.slice_profiles import parse_slice_profile
-from t2starmap.errors import BadDataError, NotApplicableError, UsageError
+from t2starmap.errors import BadDataError
 from t2starmap.fit import (
-    T2STAR_MAX,
-    T2STAR_MIN,
-    Compute,
     EchoSpacingError,
     FitResult,
     NoiseModel,
     fit_complex,
     fit_t2star,
-    frequency_limit,
 )
 from t2starmap.fit import status as fit_status
 from t2starmap.fit.limits import DEFAULT_METHOD, METHODS, Method
-from t2starmap.fit.phase import INCOHERENT, FieldMap, PhaseAnalysis, analyse_phase
-from t2starmap.fit.result import MISFIT_P
-from t2starmap.fit.status import Correction
+from t2starmap.fit.phase import INCOHERENT, PhaseAnalysis, analyse_phase
 from t2starmap.noise import NoiseEstimate, all_candidates, cross_check, signal_mask
 from t2starmap.noise.gain import noise_gain, scaled_echoes, to_image_units
+from t2starmap.workflows.set_correction import through_slice, wrap_limit
+from t2starmap.workflows.set_options import Clock, OptionError, Options, Warnings
 
 log = logging.getLogger("t2starmap")
-
-
-@dataclass(frozen=True)
-class Options:
-    """What the caller chose for every set: the fit method (one of
-    :data:`t2starmap.fit.limits.FIT_CHOICES`), a known noise level and coil count, the
-    through-slice correction (``auto``, ``none``, ``through-slice``) and its slice profile
-    (``auto``: the headers', else estimated; or a spec of
-    :func:`t2starmap.bids.slice_profiles.parse_slice_profile`), the compute device and the CPU chunk
-    workers."""
-
-    fit_method: str = DEFAULT_METHOD
-    noise_sigma: float | None = None
-    noise_coils: float | None = None
-    b0_correction: str = "auto"
-    slice_profile: str = "auto"
-    device: torch.device | str | None = None
-    workers: int = 1
-
-    @property
-    def compute(self) -> Compute:
-        """Where and how every fit of the set runs."""
-        return Compute(device=self.device, workers=self.workers)
-
-
-class OptionError(UsageError):
-    """An option (``option``, an :class:`Options` field) this set cannot honour; exit 64, or
-    65 (``bad_data``) when the data, not the option, are at fault. The caller words it:
-    ``where``, the option, its ``value``, and ``reason``."""
-
-    def __init__(
-        self, where: str, option: str, value: Any, reason: str, bad_data: bool = False
-    ) -> None:
-        super().__init__(f"{where}: {option} {value}: {reason}")
-        self.where, self.option, self.value, self.reason = where, option, value, reason
-        self.bad_data = bad_data
-        if bad_data:
-            self.exit_code = BadDataError.exit_code
 
 
 @dataclass(frozen=True)
@@ -145,46 +98,16 @@ class SetFit:
     magnitude: np.ndarray | None = None
 
 
-class _Clock(dict[str, float]):
-    """Seconds spent in each named step of one set (read, noise, fit, field map, correction,
-    maps), in the order they ran."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._last = time.perf_counter()
-
-    def lap(self, step: str) -> None:
-        """The time since the last lap (or since the clock was made) goes to ``step``."""
-        now = time.perf_counter()
-        self[step] = self.get(step, 0.0) + now - self._last
-        self._last = now
-
-
-class _Warnings(list[str]):
-    """The set's warnings: logged, and kept for the sidecars and the record."""
-
-    def add(self, message: str) -> None:
-        log.warning("%s", message)
-        self.append(message)
-
-
 def fit_echo_set(echo_set: EchoSet, geometry: Geometry, options: Options) -> SetFit:
     """Read, check and fit one set. Raises BadDataError naming the first echo, OptionError
     for an option the set cannot honour."""
     started = time.perf_counter()
-    clock, warnings = _Clock(), _Warnings()
+    clock, warnings = Clock(), Warnings()
     first = str(echo_set.echoes[0].path)
     parts = find_parts(echo_set)
     method = _method(options.fit_method, complex_available(parts), first)
     magnitude, unusable = _usable_magnitude(echo_set, geometry, warnings, _read_threads(options))
-    # the complex signal serves the complex fit, the background's real channel and the field
-    # map; none of them wants it with a given sigma, a magnitude fit and no correction
-    wanted = method == "complex" or options.noise_sigma is None or options.b0_correction != "none"
-    signal = (
-        load_complex(parts, geometry, magnitude, _read_threads(options))
-        if parts is not None and wanted
-        else None
-    )
+    signal = _complex_signal(options, method, parts, geometry, magnitude)
     clock.lap("read")
     noise = _noise_level(options, echo_set, magnitude, signal, warnings)
     gain = noise_gain(noise)  # a noise map (parallel imaging): the fits see uniform noise
@@ -198,15 +121,20 @@ def fit_echo_set(echo_set: EchoSet, geometry: Geometry, options: Options) -> Set
         clock.lap("phase")
     result = _fit(options, echo_set, scaled, scaled_signal, method, mask, noise, phase)
     clock.lap("fit")
-    correction, b0_info = _through_slice(
-        options, echo_set, geometry, scaled, phase, result, mask, warnings, clock
+    correction, b0_info = through_slice(
+        options, echo_set, geometry, scaled, phase, result, mask, warnings
     )
+    if correction is not None:
+        clock.lap("correction")
     if phase is not None:
         b0_info = {**phase_sidecar(phase), **b0_info}
     final = result if correction is None else correction.corrected
     maps, counts = _maps(echo_set, final, result, correction, magnitude, mask, noise, warnings)
     to_image_units(maps, gain)
-    fit_info, algorithm = _fit_info(echo_set, result, noise, b0_info, correction, warnings)
+    b0_info = {**b0_info, **wrap_limit(echo_set, result, correction, b0_info)}
+    fit_info, algorithm = fit_sidecar(
+        len(echo_set.echoes), result, noise, b0_info, correction, warnings
+    )
     shares = _shares(final.reason.cpu().numpy(), mask, fit_info)
     clock.lap("maps")
     return SetFit(
@@ -258,7 +186,7 @@ def _phase(
     mask: np.ndarray,
     noise: NoiseEstimate,
     method: Method,
-    warnings: _Warnings,
+    warnings: Warnings,
 ) -> PhaseAnalysis | None:
     """The phase checks of a set with phase, when a fit or the correction will use the phase
     (:func:`t2starmap.fit.phase.analyse_phase`); a warning for phase that follows no
@@ -331,7 +259,7 @@ def _maps(
     magnitude: np.ndarray,
     mask: np.ndarray,
     noise: NoiseEstimate,
-    warnings: _Warnings,
+    warnings: Warnings,
 ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """The arrays to publish (OUTPUTS key -> array) and the voxel count of each fit-status
     label; warns of what is left out and of failure reasons shared by many voxels."""
@@ -350,7 +278,7 @@ def _maps(
                 f"{echo_set.name}: only 2 echoes: the fit is exact, so no RMSE map is written"
             )
     maps = {k: _map_array(result, k, mask, failed) for k in keys}
-    if _misfit_tested(result, len(echo_set.echoes)):
+    if misfit_tested(result, len(echo_set.echoes)):
         maps["chisq"] = _map_array(result, "chisq", mask, failed)
     maps["status"] = labels = fit_status.labels(
         result.reason.cpu().numpy(), mask, None if correction is None else correction.status
@@ -372,193 +300,24 @@ def _maps(
     return maps, counts
 
 
-def _misfit_tested(fit: FitResult, n_echoes: int) -> bool:
-    """Whether the goodness of fit was assessed: a noise level, a solver fit (the closed forms
-    do not minimise what it tests) and a degree of freedom."""
-    return fit.noise_sigma is not None and fit.solver_runs > 0 and n_echoes >= 3
-
-
-def _fit_info(
-    echo_set: EchoSet,
-    fit: FitResult,
-    noise: NoiseEstimate,
-    b0_info: Mapping[str, Any],
-    correction: ThroughSliceCorrection | None,
-    warnings: list[str],
-) -> tuple[dict[str, Any], str]:
-    """The fit's fields for the map sidecars, and the ``EstimationAlgorithm`` text. ``fit``:
-    the fit before any field-gradient correction (its method and noise model)."""
-    algorithm = ESTIMATION_ALGORITHMS.get((fit.method, fit.noise_model), fit.method)
-    if correction is not None:
-        algorithm += (
-            "; then corrected for the through-slice field gradient: "
-            + ESTIMATION_ALGORITHMS[("through-slice", "any")]
-        )
-    info: dict[str, Any] = {
-        "EstimationAlgorithm": algorithm,
-        "FitMethod": fit.method,
-        "NoiseModel": fit.noise_model,
-        "NoiseSigma": fit.noise_sigma,
-        "NoiseSigmaMethod": noise.method or "none",
-        "NoiseCoils": fit.noise_coils,
-        "ComputeDevice": fit.device,
-        "T2starRange": [T2STAR_MIN, T2STAR_MAX],
-        "SoftwareName": "t2starmap",
-        "SoftwareVersion": __version__,
-    }
-    if noise.reason:
-        info["NoiseSigmaNote"] = noise.reason
-    if noise.candidates:
-        info["NoiseSigmaCandidates"] = dict(noise.candidates)
-    if noise.bounds:
-        info["NoiseSigmaBounds"] = dict(noise.bounds)
-    info["NoiseSigmaMap"] = noise.sigma_map is not None
-    if _misfit_tested(fit, len(echo_set.echoes)):
-        info["GoodnessOfFit"] = (
-            f"reduced chi-square of the residuals under the {fit.noise_model} noise model; "
-            f"misfit where above its p < {MISFIT_P:g} point (desc-chisq_statmap)"
-        )
-        info["StandardErrorInflation"] = "sqrt(reduced chi-square) where it exceeds 1"
-    else:
-        info["GoodnessOfFit"] = "not assessed: " + (
-            "no noise level"
-            if fit.noise_sigma is None
-            else "a closed-form fit"
-            if fit.solver_runs == 0
-            else "only 2 echoes"
-        )
-    info.update(b0_info)
-    if fit.frequency is not None:
-        # f is only known modulo 1/dTE (1/(2 dTE) for a bipolar train): the map is wrapped
-        bipolar = bool(b0_info.get("BipolarReadout", False))
-        info["FieldMapWrapLimit"] = frequency_limit(np.asarray(echo_set.echo_times), bipolar)
-    elif correction is not None and correction.field_hz is not None and correction.wrap_period_hz:
-        info["FieldMapWrapLimit"] = correction.wrap_period_hz / 2.0  # the published field map
-    if warnings:
-        info["Warnings"] = list(warnings)
-    return info, algorithm
-
-
-def _through_slice(
+def _complex_signal(
     options: Options,
-    echo_set: EchoSet,
+    method: Method,
+    parts: Parts | None,
     geometry: Geometry,
     magnitude: np.ndarray,
-    phase: PhaseAnalysis | None,
-    result: FitResult,
-    mask: np.ndarray,
-    warnings: _Warnings,
-    clock: _Clock,
-) -> tuple[ThroughSliceCorrection | None, dict[str, Any]]:
-    """The through-slice field-gradient correction when ``b0_correction`` asks for it and the
-    set allows it (:mod:`t2starmap.b0.correction`), and what the sidecars say about it.
-    ``auto`` without
-    what it needs (phase that follows a model, slice metadata, 3 echoes, 3 slices): no
-    correction, a note or warning that says why; ``through-slice`` without it: an
-    OptionError (exit 65 when the phase is at fault)."""
-    asked = options.b0_correction
-    first = str(echo_set.echoes[0].path)
-    if asked == "none":
-        return None, {"B0Correction": "none", "B0CorrectionNote": "not asked for"}
-    if phase is None:
-        why = "the set has no phase or real/imaginary parts to measure the field with"
-        if asked == "through-slice":
-            raise OptionError(first, "b0_correction", asked, why)
-        log.info("%s: no field-gradient correction: %s", echo_set.name, why)
-        return None, {"B0Correction": "none", "B0CorrectionNote": why}
-    field = _field(result, phase, echo_set)
-    if field is None:
-        why = f"{phase.reason}, so no field map can be made from it"
-        if asked == "through-slice":
-            raise OptionError(first, "b0_correction", asked, why, bad_data=True)
-        return None, {"B0Correction": "none", "B0CorrectionNote": why}
-    meta = echo_set.echoes[0].metadata
-    try:
-        profile = _profile(options.slice_profile, meta)
-        correction = correct_through_slice(
-            magnitude.astype(np.float32, copy=False),
-            echo_set.echo_times,
-            SliceGeometry(
-                geometry.affine,
-                mr_acquisition_type=meta.get("MRAcquisitionType"),
-                thickness_mm=_number(meta.get("SliceThickness")),
-                spacing_mm=_number(meta.get("SpacingBetweenSlices")),
-                slice_axis=geometry.slice_axis,
-                profile=profile,
-            ),
-            field=field,
-            uncorrected=result,
-            mask=mask,
-            compute=options.compute,
-        )
-        clock.lap("correction")
-    except NotApplicableError as err:
-        if asked == "through-slice":
-            raise OptionError(first, "b0_correction", asked, str(err)) from err
-        warnings.add(f"{echo_set.name}: no field-gradient correction: {err}")
-        return None, {"B0Correction": "none", "B0CorrectionNote": str(err)}
-    return correction, _correction_info(echo_set, correction, mask)
-
-
-def _profile(spec: str, metadata: Mapping[str, Any]) -> SliceProfile | None:
-    """The slice profile given (``spec``), or the one the first echo's sidecar names; None:
-    to be estimated from the data. Raises NotApplicableError for an ill-formed one."""
-    try:
-        if spec != "auto":
-            return parse_slice_profile(spec)
-        return profile_from_metadata(metadata)
-    except ValueError as err:
-        raise NotApplicableError(str(err)) from err
-
-
-def _field(result: FitResult, phase: PhaseAnalysis, echo_set: EchoSet) -> FieldMap | None:
-    """The complex fit's field map when there is one (its phase checks per voxel), else the
-    closed form of the phase analysis; None for phase that follows no frequency."""
-    if phase.verdict == INCOHERENT:
+) -> np.ndarray | None:
+    """The complex signal where something wants it: the complex fit, the background's real
+    channel and the field map; none of them with a given sigma, a magnitude fit and no
+    correction."""
+    wanted = method == "complex" or options.noise_sigma is None or options.b0_correction != "none"
+    if parts is None or not wanted:
         return None
-    if result.frequency is not None:
-        return FieldMap.from_fit(result, echo_set.echo_times, phase.bipolar)
-    return phase.field_map()
-
-
-def _correction_info(
-    echo_set: EchoSet, correction: ThroughSliceCorrection, mask: np.ndarray
-) -> dict[str, Any]:
-    """What the sidecars say about a correction that ran."""
-    fraction = float((correction.status == Correction.CORRECTED)[mask].mean())
-    log.info(
-        "%s: through-slice correction in %.1f%% of the mask (slices %.3g mm, spacing %.3g mm)",
-        echo_set.name,
-        100 * fraction,
-        correction.thickness_mm,
-        correction.spacing_mm,
-    )
-    info: dict[str, Any] = {
-        "B0Correction": "through-slice",
-        "B0CorrectionReference": list(B0_REFERENCES),
-        "B0CorrectionThreshold": correction.threshold,
-        "B0CorrectedFraction": fraction,
-        "B0FieldMapMethod": correction.field_method,
-        "B0SliceThickness": correction.thickness_mm,
-        "B0SliceSpacing": correction.spacing_mm,
-        "B0SliceProfile": correction.profile.spec(),
-        "B0SliceProfileSource": correction.profile.describe(),
-    }
-    estimate = correction.profile_estimate
-    if estimate is not None:
-        info["B0SliceProfileEstimate"] = estimate.describe()
-    return info
-
-
-def _number(value: Any) -> float | None:
-    try:
-        return None if value is None else float(value)
-    except (TypeError, ValueError):
-        return None
+    return load_complex(parts, geometry, magnitude, _read_threads(options))
 
 
 def _usable_magnitude(
-    echo_set: EchoSet, geometry: Geometry, warnings: _Warnings, workers: int = 1
+    echo_set: EchoSet, geometry: Geometry, warnings: Warnings, workers: int = 1
 ) -> tuple[np.ndarray, np.ndarray]:
     """The stacked echoes (float32, or the files' integer type when they are int16 and the
     like: :func:`t2starmap.bids.nifti.read_magnitude`), voxels with a NaN/inf/negative sample set
@@ -588,7 +347,7 @@ def _noise_level(
     echo_set: EchoSet,
     magnitude: np.ndarray,
     signal: np.ndarray | None,
-    warnings: _Warnings,
+    warnings: Warnings,
 ) -> NoiseEstimate:
     """The noise level every fit of the set uses, whatever the method (module docstring);
     sigma None when none can be had."""

@@ -441,7 +441,11 @@ def _publish(run: Run, label: str, staged: _StagedPage) -> None:
     # right after would take the output folder for one it created and published nothing in)
     with deferred_signals(f"publishing {label}"):
         log.info("%s: publishing", label)
-        publish(settings.output_dir, Publication(publication.label, files, publication.remove))
+        shared = frozenset(shared_files(settings.bids_dir))  # other runs may write them too
+        publish(
+            settings.output_dir,
+            Publication(publication.label, files, publication.remove, shared),
+        )
         run.published_any = True
         run.published += staged.records
         run.failures += staged.failures
