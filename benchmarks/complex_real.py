@@ -164,7 +164,7 @@ def app_fit(
         device=resolve_device("auto"),
         workers=threads,
     )
-    geometry = check_geometry(echo_set)
+    geometry = check_geometry(echo_set.paths)
     return timed(lambda: fit_echo_set(echo_set, geometry, options))
 
 
@@ -295,8 +295,8 @@ def main() -> None:
 
 def read(echo_set: EchoSet) -> tuple[np.ndarray, np.ndarray]:
     """Magnitude (x, y, z, n_echoes) float32 and complex signal (same shape) of the set."""
-    geometry = check_geometry(echo_set)
-    magnitude = load_magnitude(echo_set, geometry)
+    geometry = check_geometry(echo_set.paths)
+    magnitude = load_magnitude(echo_set.paths, geometry)
     parts = find_parts(echo_set)
     if parts is None:
         sys.exit(f"{echo_set.echoes[0].path}: no real/imag or phase parts beside the magnitude")
@@ -307,7 +307,7 @@ def run(bids_dir: Path, args: argparse.Namespace) -> list[str]:
     """Fit everything, return the Markdown lines."""
     out: list[str] = []
     (echo_set,) = find_echo_sets(bids_dir)
-    geometry = check_geometry(echo_set)
+    geometry = check_geometry(echo_set.paths)
     (magnitude, signal), t_read = timed(lambda: read(echo_set))
     te = np.asarray(echo_set.echo_times)
     sigma_ref = background_sigma(signal)

@@ -83,7 +83,7 @@ def phase_set(tmp_path_factory: pytest.TempPathFactory) -> EchoSet:
 
 
 def fit(echo_set: EchoSet, **options: object) -> estimate.SetFit:
-    return fit_echo_set(echo_set, check_geometry(echo_set), Options(**options))  # type: ignore[arg-type]
+    return fit_echo_set(echo_set, check_geometry(echo_set.paths), Options(**options))  # type: ignore[arg-type]
 
 
 def test_a_magnitude_set_takes_one_solver_run(magnitude_set: EchoSet) -> None:
@@ -270,7 +270,7 @@ def test_a_bright_second_echo_in_the_prisma_phantom_is_not_a_good_fit(tmp_path: 
         pytest.skip(missing_data_reason(source))
     assert main(["convert", str(source), str(tmp_path / "bids"), "--participant-label", "p"]) == 0
     echo_set = _one_set(tmp_path / "bids")
-    magnitude = load_magnitude(echo_set, check_geometry(echo_set))
+    magnitude = load_magnitude(echo_set.paths, check_geometry(echo_set.paths))
     got = fit(echo_set)
     sigma = got.noise.sigma
     assert sigma is not None

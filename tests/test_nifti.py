@@ -67,7 +67,7 @@ def test_geometry_of_a_consistent_set(tmp_path: Path) -> None:
         data = np.zeros((5, 4, 3), np.int16)
         paths.append(write_image(tmp_path / f"e{k}.nii.gz", data, qform_code=1, sform_code=2))
     echoes = [Echo(p, 0.005 * (k + 1), {}) for k, p in enumerate(paths)]
-    geometry = check_geometry(build_echo_set({"subject": "01"}, echoes))
+    geometry = check_geometry(build_echo_set({"subject": "01"}, echoes).paths)
     assert geometry.shape == (5, 4, 3)
     np.testing.assert_allclose(geometry.affine, AFFINE)
     assert geometry.affine.dtype == np.float64
@@ -80,7 +80,7 @@ def test_shape_mismatch_names_the_file(tmp_path: Path) -> None:
     second = write_image(tmp_path / "sub-01_echo-2_MEGRE.nii.gz", np.zeros((5, 4, 2), np.float32))
     echoes = build_echo_set({"subject": "01"}, [Echo(first, 0.004, {}), Echo(second, 0.008, {})])
     with pytest.raises(BadDataError, match="shape") as caught:
-        check_geometry(echoes)
+        check_geometry(echoes.paths)
     message = str(caught.value)
     assert message.startswith(str(second)), message
     assert "(5, 4, 2)" in message and "(5, 4, 3)" in message and "\n" not in message
@@ -95,7 +95,7 @@ def test_affine_mismatch_names_the_file(tmp_path: Path) -> None:
     )
     echoes = build_echo_set({"subject": "01"}, [Echo(first, 0.004, {}), Echo(second, 0.008, {})])
     with pytest.raises(BadDataError, match="affine differs") as caught:
-        check_geometry(echoes)
+        check_geometry(echoes.paths)
     assert str(caught.value).startswith(str(second))
 
 
@@ -105,17 +105,17 @@ def test_affine_rounding_below_tolerance_is_accepted(tmp_path: Path) -> None:
     first = write_image(tmp_path / "a.nii.gz", np.zeros((5, 4, 3), np.float32))
     second = write_image(tmp_path / "b.nii.gz", np.zeros((5, 4, 3), np.float32), nudged)
     echoes = build_echo_set({"subject": "01"}, [Echo(first, 0.004, {}), Echo(second, 0.008, {})])
-    assert check_geometry(echoes).shape == (5, 4, 3)
+    assert check_geometry(echoes.paths).shape == (5, 4, 3)
 
 
 def test_4d_with_one_volume_is_one_echo(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     volumes = [rng.uniform(0, 100, (5, 4, 3, 1)).astype(np.float32) for _ in range(2)]
     echoes = echo_set(tmp_path, volumes, (0.004, 0.008))
-    geometry = check_geometry(echoes)
+    geometry = check_geometry(echoes.paths)
     assert geometry.shape == (5, 4, 3)
     assert geometry.zooms == pytest.approx(ZOOMS)
-    stacked = load_magnitude(echoes, geometry)
+    stacked = load_magnitude(echoes.paths, geometry)
     assert stacked.shape == (5, 4, 3, 2)
     np.testing.assert_array_equal(stacked[..., 1], volumes[1][..., 0])
 
@@ -124,17 +124,17 @@ def test_4d_with_one_volume_is_one_echo(tmp_path: Path) -> None:
 def test_not_one_volume_per_echo_is_refused(tmp_path: Path, shape: tuple[int, ...]) -> None:
     volumes = [np.zeros(shape, np.float32)] * 2
     with pytest.raises(BadDataError, match="one 3-D volume per echo") as caught:
-        check_geometry(echo_set(tmp_path, volumes, (0.004, 0.008)))
+        check_geometry(echo_set(tmp_path, volumes, (0.004, 0.008)).paths)
     assert str(caught.value).startswith(str(tmp_path / "sub-01_echo-1_MEGRE.nii.gz"))
 
 
 def test_2d_images_load_and_save(tmp_path: Path) -> None:
     volumes = constant_volumes((6, 5), (300.0, 200.0, 100.0))
     echoes = echo_set(tmp_path, volumes, (0.004, 0.008, 0.012))
-    geometry = check_geometry(echoes)
+    geometry = check_geometry(echoes.paths)
     assert geometry.shape == (6, 5)
     assert geometry.zooms == pytest.approx(ZOOMS[:2])
-    stacked = load_magnitude(echoes, geometry)
+    stacked = load_magnitude(echoes.paths, geometry)
     assert stacked.shape == (6, 5, 3)
     assert stacked[0, 0].tolist() == [300.0, 200.0, 100.0]
     out = save_map(tmp_path / "out" / "map.nii.gz", stacked[..., 0] / 1000.0, geometry)
@@ -151,7 +151,7 @@ def test_not_a_nifti_names_the_file(tmp_path: Path) -> None:
     bad.write_bytes(gzip.compress(b"this is not a nifti file"))
     echoes = build_echo_set({"subject": "01"}, [Echo(good, 0.004, {}), Echo(bad, 0.008, {})])
     with pytest.raises(BadDataError, match="not a readable NIfTI image") as caught:
-        check_geometry(echoes)
+        check_geometry(echoes.paths)
     assert str(caught.value).startswith(str(bad))
 
 
@@ -169,9 +169,9 @@ def test_truncated_image_data_names_the_file(tmp_path: Path, suffix: str) -> Non
     echoes = build_echo_set(
         {"subject": "01"}, [Echo(p, 0.004 * (k + 1), {}) for k, p in enumerate(paths)]
     )
-    geometry = check_geometry(echoes)
+    geometry = check_geometry(echoes.paths)
     with pytest.raises(BadDataError) as caught:
-        load_magnitude(echoes, geometry)
+        load_magnitude(echoes.paths, geometry)
     message = str(caught.value)
     assert message.startswith(str(paths[1])), message
     assert "\n" not in message
@@ -185,7 +185,7 @@ def test_echoes_stacked_in_echo_time_order(tmp_path: Path) -> None:
     volumes = constant_volumes((3, 3, 2), (100.0, 300.0, 200.0))
     echoes = echo_set(tmp_path, volumes, (0.012, 0.004, 0.008))
     assert echoes.echo_times == (0.004, 0.008, 0.012)
-    stacked = load_magnitude(echoes, check_geometry(echoes))
+    stacked = load_magnitude(echoes.paths, check_geometry(echoes.paths))
     assert stacked.dtype == np.float32
     assert stacked.shape == (3, 3, 2, 3)
     assert stacked[1, 2, 1].tolist() == [300.0, 200.0, 100.0]
@@ -202,7 +202,7 @@ def test_integer_data_are_scaled_to_float32(tmp_path: Path) -> None:
     echoes = build_echo_set(
         {"subject": "01"}, [Echo(paths[0], 0.003, {}), Echo(paths[1], 0.006, {})]
     )
-    stacked = load_magnitude(echoes, check_geometry(echoes))
+    stacked = load_magnitude(echoes.paths, check_geometry(echoes.paths))
     assert stacked.dtype == np.float32
     np.testing.assert_array_equal(stacked[..., 0], raw * 0.5)
     np.testing.assert_array_equal(stacked[..., 1], raw * 1.0)
@@ -256,11 +256,9 @@ def test_zero_form_codes_are_written_as_scanner(tmp_path: Path) -> None:
 
 def test_geometry_of_a_set_round_trips_through_save(tmp_path: Path) -> None:
     echoes = echo_set(tmp_path, constant_volumes((5, 4, 3), (10.0, 5.0)), (0.004, 0.008))
-    geometry = check_geometry(echoes)
+    geometry = check_geometry(echoes.paths)
     out = save_map(tmp_path / "out" / "map.nii.gz", np.ones(geometry.shape), geometry)
-    again = check_geometry(
-        build_echo_set({"subject": "01"}, [Echo(out, 0.0, {}), echoes.echoes[1]])
-    )
+    again = check_geometry([out, echoes.echoes[1].path])
     assert again.shape == geometry.shape and again.zooms == pytest.approx(geometry.zooms)
     np.testing.assert_allclose(again.affine, geometry.affine, atol=1e-5)
 
@@ -356,7 +354,7 @@ def test_every_kind_of_unusable_sample_is_flagged_per_voxel(tmp_path: Path) -> N
     volumes[2][2, 1, 0] = -np.inf
     volumes[2][3, 0, 1] = -0.5
     echoes = echo_set(tmp_path, volumes, (0.004, 0.008, 0.012))
-    read = nifti.read_magnitude(echoes, check_geometry(echoes))
+    read = nifti.read_magnitude(echoes.paths, check_geometry(echoes.paths))
     assert read.unusable is not None and read.positive
     assert sorted(zip(*np.nonzero(read.unusable), strict=True)) == [
         (0, 0, 0),
@@ -370,7 +368,7 @@ def test_every_kind_of_unusable_sample_is_flagged_per_voxel(tmp_path: Path) -> N
 def test_clean_echoes_flag_nothing(tmp_path: Path) -> None:
     volumes = [np.full((4, 3, 2), v, np.float32) for v in (0.0, 7.0)]
     echoes = echo_set(tmp_path, volumes, (0.004, 0.008))
-    read = nifti.read_magnitude(echoes, check_geometry(echoes))
+    read = nifti.read_magnitude(echoes.paths, check_geometry(echoes.paths))
     assert read.unusable is None and read.positive
 
 
@@ -379,7 +377,7 @@ def test_negative_integers_are_flagged(tmp_path: Path) -> None:
     volumes[1][1, 1, 1] = -3
     echoes = echo_set(tmp_path, volumes, (0.004, 0.008))
     for integers in (False, True):
-        read = nifti.read_magnitude(echoes, check_geometry(echoes), integers=integers)
+        read = nifti.read_magnitude(echoes.paths, check_geometry(echoes.paths), integers=integers)
         assert read.unusable is not None
         assert list(zip(*np.nonzero(read.unusable), strict=True)) == [(1, 1, 1)]
         assert read.data[1, 1, 1, 1] == -3
@@ -399,7 +397,7 @@ def test_positive_counts_usable_voxels_only(tmp_path: Path, bright: str, positiv
     elif bright == "flagged voxel":
         volumes[1][0, 0, 0] = 10.0
     echoes = echo_set(tmp_path, volumes, (0.004, 0.008))
-    assert nifti.read_magnitude(echoes, check_geometry(echoes)).positive is positive
+    assert nifti.read_magnitude(echoes.paths, check_geometry(echoes.paths)).positive is positive
 
 
 @pytest.mark.parametrize(
@@ -425,10 +423,10 @@ def test_integer_stacks_keep_the_stored_type_with_the_same_values(
     echoes = build_echo_set(
         {"subject": "01"}, [Echo(p, 0.004 * (k + 1), {}) for k, p in enumerate(paths)]
     )
-    geometry = check_geometry(echoes)
-    kept = nifti.read_magnitude(echoes, geometry, integers=True)
+    geometry = check_geometry(echoes.paths)
+    kept = nifti.read_magnitude(echoes.paths, geometry, integers=True)
     assert kept.data.dtype == stack
-    floats = load_magnitude(echoes, geometry)
+    floats = load_magnitude(echoes.paths, geometry)
     assert floats.dtype == np.float32
     np.testing.assert_array_equal(kept.data.astype(np.float32), floats)
     for k, path in enumerate(paths):
@@ -443,7 +441,7 @@ def test_echoes_of_different_stored_types_stack_as_float32(tmp_path: Path) -> No
     echoes = build_echo_set(
         {"subject": "01"}, [Echo(paths[0], 0.003, {}), Echo(paths[1], 0.006, {})]
     )
-    read = nifti.read_magnitude(echoes, check_geometry(echoes), integers=True)
+    read = nifti.read_magnitude(echoes.paths, check_geometry(echoes.paths), integers=True)
     assert read.data.dtype == np.float32
     assert read.data[0, 0, 0].tolist() == [5.0, 4.0]
 
@@ -452,9 +450,9 @@ def test_reading_in_threads_stacks_the_same(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
     volumes = [rng.uniform(0, 1000, (7, 6, 5)).astype(np.float32) for _ in range(5)]
     echoes = echo_set(tmp_path, volumes, (0.002, 0.004, 0.006, 0.008, 0.010))
-    geometry = check_geometry(echoes)
-    serial = nifti.read_magnitude(echoes, geometry, workers=1).data
-    threaded = nifti.read_magnitude(echoes, geometry, workers=3).data
+    geometry = check_geometry(echoes.paths)
+    serial = nifti.read_magnitude(echoes.paths, geometry, workers=1).data
+    threaded = nifti.read_magnitude(echoes.paths, geometry, workers=3).data
     np.testing.assert_array_equal(serial, threaded)
     np.testing.assert_array_equal(serial, np.stack(volumes, axis=-1))
 

@@ -79,8 +79,8 @@ def dataset(
 def load(echo_set: EchoSet) -> np.ndarray:
     parts = find_parts(echo_set)
     assert parts is not None
-    geometry = check_geometry(echo_set)
-    return load_complex(parts, geometry, load_magnitude(echo_set, geometry))
+    geometry = check_geometry(echo_set.paths)
+    return load_complex(parts, geometry, load_magnitude(echo_set.paths, geometry))
 
 
 # --- finding and loading -----------------------------------------------------------------------
@@ -113,8 +113,8 @@ def test_the_parts_are_the_same_read_in_threads(tmp_path: Path, kinds: tuple[str
     echo_set, _ = dataset(tmp_path, kinds)
     parts = find_parts(echo_set)
     assert parts is not None
-    geometry = check_geometry(echo_set)
-    magnitude = load_magnitude(echo_set, geometry)
+    geometry = check_geometry(echo_set.paths)
+    magnitude = load_magnitude(echo_set.paths, geometry)
     alone = load_complex(parts, geometry, magnitude, workers=1)
     threaded = load_complex(parts, geometry, magnitude, workers=3)
     assert alone.tobytes() == threaded.tobytes()
@@ -287,8 +287,8 @@ def test_real_parts_of_converted_scanner_data(tmp_path: Path) -> None:
     for echo_set in find_echo_sets(bids):
         parts = find_parts(echo_set)
         assert parts is not None
-        geometry = check_geometry(echo_set)
-        magnitude = load_magnitude(echo_set, geometry)
+        geometry = check_geometry(echo_set.paths)
+        magnitude = load_magnitude(echo_set.paths, geometry)
         x = load_complex(parts, geometry, magnitude)
         bright = magnitude[..., 0] > np.percentile(magnitude[..., 0], 75)
         ratio = np.abs(x[bright]) / np.maximum(magnitude[bright], 1e-6)

@@ -177,7 +177,7 @@ def test_slice_dataset_is_found_with_its_phase(tmp_path: Path) -> None:
     sidecar = sidecar_of(parts.files[0][0])
     assert sidecar["MRAcquisitionType"] == "2D" and sidecar["SliceThickness"] == 3.0
     assert sidecar["SpacingBetweenSlices"] == 3.0
-    geometry = check_geometry(echo_set)
-    magnitude = load_magnitude(echo_set, geometry)
+    geometry = check_geometry(echo_set.paths)
+    magnitude = load_magnitude(echo_set.paths, geometry)
     z = load_complex(parts, geometry, magnitude)
     np.testing.assert_allclose(z, ph.magnitude * np.exp(1j * ph.phase), rtol=1e-5, atol=1e-3)

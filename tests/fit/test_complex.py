@@ -431,10 +431,10 @@ def test_matches_an_independent_fit_on_ge_kidney_data(tmp_path) -> None:
     source = SHARED_DATA / "dicom" / "ge-mr750-kidney-megre"
     assert main(["convert", str(source), str(tmp_path), "--participant-label", "ge"]) == 0
     (echo_set,) = find_echo_sets(tmp_path)
-    geometry = check_geometry(echo_set)
+    geometry = check_geometry(echo_set.paths)
     parts = find_parts(echo_set)
     assert parts is not None
-    x = load_complex(parts, geometry, load_magnitude(echo_set, geometry)).reshape(-1, 12)
+    x = load_complex(parts, geometry, load_magnitude(echo_set.paths, geometry)).reshape(-1, 12)
     te = np.asarray(echo_set.echo_times)
     first = np.abs(x[:, 0])
     background = x[(first > 0) & (first < np.percentile(first[first > 0], 30))].real.ravel()

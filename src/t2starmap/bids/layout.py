@@ -97,6 +97,11 @@ class EchoSet(SubjectSession):
     echoes: tuple[Echo, ...]
 
     @property
+    def paths(self) -> tuple[Path, ...]:
+        """The echoes' image files, in ascending echo time."""
+        return tuple(echo.path for echo in self.echoes)
+
+    @property
     def echo_times(self) -> tuple[float, ...]:
         return tuple(e.echo_time for e in self.echoes)
 

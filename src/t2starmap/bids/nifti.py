@@ -24,7 +24,7 @@ import nibabel as nib
 import numpy as np
 
 from t2starmap.bids.atomic import atomic_path
-from t2starmap.bids.layout import EchoSet, annex_missing_message
+from t2starmap.bids.layout import annex_missing_message
 from t2starmap.errors import BadDataError, InputMissingError
 from t2starmap.resources import available_cpus
 
@@ -91,23 +91,24 @@ def _spatial_shape(path: Path, shape: tuple[int, ...]) -> tuple[int, ...]:
     return shape
 
 
-def check_geometry(echo_set: EchoSet) -> Geometry:
-    """Read the headers only; every echo must share shape and affine. Raises BadDataError."""
-    first = echo_set.echoes[0].path
+def check_geometry(paths: Sequence[Path]) -> Geometry:
+    """Read the headers only of one set's echo images (``paths``); every echo must share shape
+    and affine. Raises BadDataError."""
+    first = paths[0]
     img = _open(first)
     shape = _spatial_shape(first, tuple(int(n) for n in img.shape))
     affine = np.asarray(img.affine, dtype=np.float64)
-    for echo in echo_set.echoes[1:]:
-        other = _open(echo.path)
-        other_shape = _spatial_shape(echo.path, tuple(int(n) for n in other.shape))
+    for path in paths[1:]:
+        other = _open(path)
+        other_shape = _spatial_shape(path, tuple(int(n) for n in other.shape))
         if other_shape != shape:
             raise BadDataError(
-                f"{echo.path}: shape {other_shape} differs from {first.name} {shape}; "
+                f"{path}: shape {other_shape} differs from {first.name} {shape}; "
                 "all echoes of a set must share shape and affine"
             )
         if not np.allclose(other.affine, affine, atol=1e-4):
             raise BadDataError(
-                f"{echo.path}: affine differs from {first.name}; all echoes of a set must "
+                f"{path}: affine differs from {first.name}; all echoes of a set must "
                 "share shape and affine"
             )
     header = img.header
@@ -209,7 +210,7 @@ STACK_INTEGERS = (np.dtype(np.int8), np.dtype(np.uint8), np.dtype(np.int16))
 
 
 def read_magnitude(
-    echo_set: EchoSet, geometry: Geometry, workers: int | None = None, *, integers: bool = False
+    paths: Sequence[Path], geometry: Geometry, workers: int | None = None, *, integers: bool = False
 ) -> MagnitudeEchoes:
     """Read and stack the echoes, checking every sample as it is read (one pass over the
     data, on the stored integers where the header does not scale them): see
@@ -218,7 +219,6 @@ def read_magnitude(
     every echo is stored unscaled as one of :data:`STACK_INTEGERS` (scanners write int16),
     the stack keeps that type instead of float32: the same values in half the memory or
     less. Raises BadDataError naming the file."""
-    paths = [echo.path for echo in echo_set.echoes]
     kind = _stack_type(paths) if integers else np.dtype(np.float32)
     out = np.empty((*geometry.shape, len(paths)), dtype=kind)
 
@@ -286,10 +286,10 @@ def _unusable_samples(data: np.ndarray) -> tuple[np.ndarray | None, bool]:
     return ~((data >= 0) & (data < np.inf)), bool(high > 0)
 
 
-def load_magnitude(echo_set: EchoSet, geometry: Geometry) -> np.ndarray:
+def load_magnitude(paths: Sequence[Path], geometry: Geometry) -> np.ndarray:
     """Stack the echoes: float32 array (*shape, n_echoes), echoes in the set's (TE) order
     (:func:`read_magnitude`'s ``data``)."""
-    return read_magnitude(echo_set, geometry).data
+    return read_magnitude(paths, geometry).data
 
 
 def read_part(path: Path, geometry: Geometry) -> np.ndarray:

@@ -324,7 +324,7 @@ def _usable_magnitude(
     to NaN (the fit flags them; float32 then), and those voxels (bool): the only ones with
     a non-finite sample. Raises BadDataError when no voxel is usable."""
     # checked as they are read; int16 files stay int16 (half the memory; the fits cast)
-    echoes = read_magnitude(echo_set, geometry, workers, integers=True)
+    echoes = read_magnitude(echo_set.paths, geometry, workers, integers=True)
     magnitude, unusable = echoes.data, echoes.unusable
     if (unusable is not None and unusable.all()) or not echoes.positive:
         raise BadDataError(

@@ -316,7 +316,7 @@ def _plan(settings: Settings) -> tuple[list[_Page], BoldSearch]:
         failure = _failure(settings, problem.entities, problem.first_file, problem.error)
         page_of(problem.subject, problem.session).failures.append(failure)
     for echo_set in echo_sets:
-        geometry = _attempt(settings, echo_set, partial(check_geometry, echo_set))
+        geometry = _attempt(settings, echo_set, partial(check_geometry, echo_set.paths))
         page = page_of(echo_set.subject, echo_set.session)
         if isinstance(geometry, SetFailure):
             page.failures.append(geometry)
