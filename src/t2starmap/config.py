@@ -29,6 +29,8 @@ class Settings:
     participant_labels: tuple[str, ...] | None = None
     session_labels: tuple[str, ...] | None = None
     bids_filters: Mapping[str, Any] = field(default_factory=dict)
+    #: the filter file's ``bold`` entity filters (multi-echo BOLD runs)
+    bold_filters: Mapping[str, Any] = field(default_factory=dict)
     skip_validation: bool = False
     fit_method: str = DEFAULT_METHOD
     noise_sigma: float | None = None
@@ -106,28 +108,43 @@ def holds_dicom(folder: Path) -> bool:
     return False
 
 
+#: The data-type keys of a filter file (fMRIPrep style): MEGRE echo sets, BOLD runs.
+FILTER_KEYS = ("megre", "bold")
+
+
 def read_filter_file(path: Path | None) -> dict[str, Any]:
-    """PyBIDS-style entity filters. Accepts ``{"megre": {...}}`` (fMRIPrep style, keyed by
-    data type) or a flat ``{entity: value}`` mapping."""
+    """The MEGRE entity filters of a PyBIDS-style filter file (:func:`read_filter_sections`)."""
+    return read_filter_sections(path)["megre"]
+
+
+def read_filter_sections(path: Path | None) -> dict[str, dict[str, Any]]:
+    """PyBIDS-style entity filters by data type (``megre``, ``bold``). Accepts
+    ``{"megre": {...}, "bold": {...}}`` (fMRIPrep style, keyed by data type; a type not named
+    is not filtered) or a flat ``{entity: value}`` mapping (for both)."""
     if path is None:
-        return {}
+        return {key: {} for key in FILTER_KEYS}
     if not path.is_file():
         raise InputMissingError(f"{path}: BIDS filter file not found")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise UsageError(f"{path}: not a readable JSON filter file ({err})") from err
-    if isinstance(data, dict) and isinstance(data.get("megre"), dict):
-        data = data["megre"]
     if not isinstance(data, dict):
         raise UsageError(f"{path}: a BIDS filter file holds a JSON object of entity filters")
-    for key in ("suffix", "extension", "subject", "session"):
-        if key in data:
-            raise UsageError(
-                f"{path}: filter on {key!r} is not allowed here (use --participant-label / "
-                "--session-label for subjects and sessions)"
-            )
-    return data
+    if any(isinstance(data.get(key), dict) for key in FILTER_KEYS):
+        sections = {key: data.get(key, {}) for key in FILTER_KEYS}
+    else:
+        sections = {key: data for key in FILTER_KEYS}
+    for name, section in sections.items():
+        if not isinstance(section, dict):
+            raise UsageError(f"{path}: {name!r} holds a JSON object of entity filters")
+        for key in ("suffix", "extension", "subject", "session"):
+            if key in section:
+                raise UsageError(
+                    f"{path}: filter on {key!r} is not allowed here (use --participant-label / "
+                    "--session-label for subjects and sessions)"
+                )
+    return sections
 
 
 def check_slice_profile(spec: str) -> str:
@@ -208,7 +225,7 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
         raise UsageError(f"--noise-sigma must be positive, got {sigma}")
     participant_labels = clean_labels(args.participant_label, "sub-")
     session_labels = clean_labels(args.session_label, "ses-")
-    bids_filters = read_filter_file(args.bids_filter_file)
+    filters = read_filter_sections(args.bids_filter_file)
     check_device(args.device)
     return Settings(
         bids_dir=bids_dir,
@@ -216,7 +233,8 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
         analysis_level=args.analysis_level,
         participant_labels=participant_labels,
         session_labels=session_labels,
-        bids_filters=bids_filters,
+        bids_filters=filters["megre"],
+        bold_filters=filters["bold"],
         skip_validation=bool(args.skip_bids_validation),
         fit_method=args.fit_method,
         noise_sigma=sigma,

@@ -172,15 +172,26 @@ def test_the_validator_accepts_the_dataset(converted):
 
 
 @pytest.mark.slow
-def test_participant_level_fits_the_megre_and_leaves_func_and_fmap(converted, tmp_path):
+def test_participant_level_fits_the_megre_and_the_bold_runs(converted, tmp_path):
+    """The converted dataset end to end: the ME-GRE set into anat/, both multi-echo BOLD
+    runs into func/ (issue 28 part 2), the input's field maps left alone."""
     out = tmp_path / "out"
     argv = [str(converted[0]), str(out), "participant", "--participant-label", "mixed"]
     assert main([*argv, "--skip-bids-validation", "-q"]) == 0
-    maps = [p.name for p in out.rglob("*_T2starmap.nii.gz") if "_desc-" not in p.name]
-    assert maps == ["sub-mixed_T2starmap.nii.gz"]
-    # nothing of the BOLD runs or of the input's field maps; the field map the ME-GRE fit's
-    # through-slice correction used is published in fmap/ as its own (issue 27)
-    made = [p.name for p in out.rglob("*") if p.parent.name in ("func", "fmap")]
+    anat = [p.name for p in out.rglob("anat/*_T2starmap.nii.gz") if "_desc-" not in p.name]
+    assert anat == ["sub-mixed_T2starmap.nii.gz"]
+    inputs = sorted((converted[0] / "sub-mixed" / "func").glob("*_echo-1_bold.nii.gz"))
+    runs = [p.name.replace("_echo-1_bold.nii.gz", "") for p in inputs]
+    assert len(runs) == 2
+    func = sorted(
+        p.name
+        for p in (out / "sub-mixed" / "func").glob("*_T2starmap.nii.gz")
+        if "_desc-" not in p.name
+    )
+    assert func == [f"{run}_T2starmap.nii.gz" for run in runs]
+    # the input's field maps are not fitted; the field map the ME-GRE fit's through-slice
+    # correction used is published in fmap/ as its own (issue 27)
+    made = [p.name for p in out.rglob("*") if p.parent.name == "fmap"]
     assert all(n.startswith("sub-mixed_desc-megre_") for n in made), made
 
 

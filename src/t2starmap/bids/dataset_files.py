@@ -13,11 +13,16 @@ from t2starmap import __version__
 from t2starmap.bids.conventions import BIDS_VERSION, CODE_URL
 from t2starmap.bids.outputs import SOURCE_LINK
 
-#: Listed in the output's .bidsignore: statistic maps the schema has no suffix for, and the
-#: app's own files.
+#: Listed in the output's .bidsignore: statistic maps the schema has no suffix for, the
+#: parametric maps of BOLD runs in ``func/`` (named as fMRIPrep names them; the schema knows
+#: T2starmap, R2starmap and S0map in ``anat/`` only), and the app's own files.
 BIDSIGNORE = (
     "*_statmap.nii.gz",
     "*_statmap.json",
+    "**/func/*starmap.nii.gz",
+    "**/func/*starmap.json",
+    "**/func/*_S0map.nii.gz",
+    "**/func/*_S0map.json",
     "*_record.json",
     "logs",
     "group_*",

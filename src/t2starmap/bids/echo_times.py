@@ -49,7 +49,7 @@ def echo_time_of(path: Path, metadata: Mapping[str, Any]) -> float:
 
     Raises BadDataError naming the file (see :func:`echo_time_seconds` for the rules)."""
     if "EchoTime" not in metadata:
-        raise BadDataError(f"{path}: the sidecar has no EchoTime (required for MEGRE)")
+        raise BadDataError(f"{path}: the sidecar has no EchoTime (required for multi-echo data)")
     try:
         return echo_time_seconds(metadata["EchoTime"])
     except ValueError as err:

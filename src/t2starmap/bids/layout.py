@@ -55,6 +55,18 @@ _SHORT = {
 }
 
 
+#: Entities that distinguish multi-echo BOLD runs, in BIDS file-name order (bold minus echo
+#: and part), with their short names (:mod:`t2starmap.bids.func_layout`).
+BOLD_ENTITIES = {
+    key: {**_SHORT, "direction": "dir"}[key] for key in (*SET_ENTITIES[:6], "direction", "run")
+}
+
+
+def run_name(entities: Mapping[str, Any]) -> str:
+    """``sub-01_ses-1_task-rest_run-1``: a BOLD run's entities as in a file name."""
+    return "_".join(f"{short}-{entities[k]}" for k, short in BOLD_ENTITIES.items() if k in entities)
+
+
 @dataclass(frozen=True)
 class Echo:
     path: Path
@@ -112,6 +124,8 @@ class SetProblem(SubjectSession):
 
     @property
     def name(self) -> str:
+        if self.entities.get("datatype") == "func":  # a multi-echo BOLD run's
+            return run_name(self.entities)
         return "_".join(f"{_SHORT[k]}-{v}" for k, v in self.entities.items())
 
 
@@ -133,10 +147,16 @@ def _query_value(value: Any) -> Any:
     return value
 
 
-def _index(bids_dir: Path, participant_labels: Sequence[str] | None) -> Any:
+def _index(
+    bids_dir: Path,
+    participant_labels: Sequence[str] | None,
+    suffix: str = "MEGRE",
+    config: Sequence[str] = ("bids",),
+) -> Any:
     """A pybids layout of the dataset. With participant labels, the other participants'
     folders are not even walked (one job of a SLURM array must not index hundreds of
-    participants), and metadata is indexed for MEGRE files only."""
+    participants), and metadata is indexed for ``suffix`` files only. ``config``: pybids'
+    entity configurations (``derivatives`` adds ``desc`` and ``space``)."""
     from bids import BIDSLayout
     from bids.layout.index import BIDSLayoutIndexer
     from bids.layout.validation import DEFAULT_LOCATIONS_TO_IGNORE
@@ -145,8 +165,10 @@ def _index(bids_dir: Path, participant_labels: Sequence[str] | None) -> Any:
     if participant_labels:
         wanted = "|".join(re.escape(label) for label in participant_labels)
         ignore.append(re.compile(rf"^/sub-(?!(?:{wanted})(?:/|$))"))
-    indexer = BIDSLayoutIndexer(validate=False, ignore=ignore, suffix="MEGRE")
-    return BIDSLayout(str(bids_dir), validate=False, derivatives=False, indexer=indexer)
+    indexer = BIDSLayoutIndexer(validate=False, ignore=ignore, suffix=suffix)
+    return BIDSLayout(
+        str(bids_dir), validate=False, derivatives=False, config=list(config), indexer=indexer
+    )
 
 
 def annex_missing_message(path: Path) -> str:

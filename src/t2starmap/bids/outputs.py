@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from t2starmap import __version__
-from t2starmap.bids.layout import SET_ENTITIES, EchoSet
+from t2starmap.bids.layout import SET_ENTITIES, EchoSet, run_name
 from t2starmap.fit import status as fit_status
 from t2starmap.fit.limits import T2STAR_MAX, T2STAR_MIN
 from t2starmap.fit.status import MISFIT_P
@@ -208,7 +208,11 @@ UNCERTAINTY_KEYS = ("t2star_se", "r2star_se", "s0_se")
 
 
 def set_name(entities: Mapping[str, Any]) -> str:
-    """Set entities as in a derivative file name (``sub-01_ses-1_run-2``)."""
+    """Set entities as in a derivative file name (``sub-01_ses-1_run-2``); a BOLD run's
+    (``datatype: func``) with its task and direction
+    (:func:`t2starmap.bids.layout.run_name`)."""
+    if entities.get("datatype") == "func":
+        return run_name(entities)
     return "_".join(f"{_SHORT[k]}-{entities[k]}" for k in OUTPUT_ENTITIES if k in entities)
 
 

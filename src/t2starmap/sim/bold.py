@@ -12,6 +12,7 @@ Units: echo times and T2* in s, S0 and sigma in signal units.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,4 +108,33 @@ def write_bold_run(folder: Path, run: BoldRun, voxel_size: float = 3.0) -> list[
         write_image(path, run.echoes[..., k], affine, zooms)
         paths.append(path)
     save_map(folder / "mask.nii.gz", run.brain, g3)
+    return paths
+
+
+def write_bold_bids(
+    root: Path, name: str, run: BoldRun, task: str, desc: str | None = None
+) -> list[Path]:
+    """A run as BIDS writes it into the dataset ``root``:
+    ``sub-<s>[/ses-<t>]/func/<name>_echo-<k>[_desc-<desc>]_bold.nii.gz`` (4-D int16) with
+    ``EchoTime`` in each echo's sidecar, and ``RepetitionTime`` and ``TaskName`` in the
+    dataset's ``task-<task>[_desc-<desc>]_bold.json``, which every echo inherits. ``name``: the
+    run's entities (``sub-01_ses-1_task-rest_run-1``); returns the echo files."""
+    parts = dict(part.split("-", 1) for part in name.split("_"))
+    func = root / f"sub-{parts['sub']}"
+    if "ses" in parts:
+        func = func / f"ses-{parts['ses']}"
+    func = func / "func"
+    func.mkdir(parents=True, exist_ok=True)
+    affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    tail = f"_desc-{desc}_bold" if desc else "_bold"
+    paths = []
+    for k in range(run.te.size):
+        path = func / f"{name}_echo-{k + 1}{tail}.nii.gz"
+        write_image(path, run.echoes[..., k], affine, (3.0, 3.0, 3.0, run.tr))
+        path.with_name(path.name.replace(".nii.gz", ".json")).write_text(
+            json.dumps({"EchoTime": float(run.te[k])}), encoding="utf-8"
+        )
+        paths.append(path)
+    shared = {"RepetitionTime": run.tr, "TaskName": task}
+    (root / f"task-{task}{tail}.json").write_text(json.dumps(shared), encoding="utf-8")
     return paths

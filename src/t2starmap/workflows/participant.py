@@ -45,6 +45,7 @@ from t2starmap.bids import outputs as derivatives
 from t2starmap.bids import records
 from t2starmap.bids.atomic import write_text
 from t2starmap.bids.dataset_files import shared_files
+from t2starmap.bids.func_layout import BoldRun, BoldSearch, find_bold_runs
 from t2starmap.bids.layout import (
     EchoSet,
     SetProblem,
@@ -59,6 +60,8 @@ from t2starmap.config import Settings
 from t2starmap.errors import (
     BadDataError,
     ExitCode,
+    InputMissingError,
+    NothingSelectedError,
     OutputError,
     SetsFailedError,
     T2StarError,
@@ -67,6 +70,7 @@ from t2starmap.errors import (
 )
 from t2starmap.interrupts import deferred_signals, raise_if_signalled
 from t2starmap.resources import limit_allocator_arenas
+from t2starmap.workflows.func import stage_bold_run
 from t2starmap.workflows.lazy_pages import pages
 from t2starmap.workflows.methods import stage_page_citation, write_output_citation
 from t2starmap.workflows.outputs import (
@@ -95,11 +99,19 @@ class RunResult:
 
     published: tuple[PublishedSet, ...]
     failures: tuple[SetFailure, ...]
+    #: the names of the multi-echo BOLD runs published
+    bold_published: tuple[str, ...] = ()
 
     def summary(self) -> str:
-        """``3 echo set(s): 2 published, 1 failed: sub-02_ses-2: <reason>``."""
-        n = len(self.published) + len(self.failures)
-        text = f"{n} echo set(s): {len(self.published)} published"
+        """``3 echo set(s): 2 published, 1 failed: sub-02_ses-2: <reason>`` (``echo set(s)
+        and BOLD run(s)`` when there were BOLD runs)."""
+        published = len(self.published) + len(self.bold_published)
+        n = published + len(self.failures)
+        bold = self.bold_published or any(
+            f.entities.get("datatype") == "func" for f in self.failures
+        )
+        what = "echo set(s) and BOLD run(s)" if bold else "echo set(s)"
+        text = f"{n} {what}: {published} published"
         if not self.failures:
             return text
         named = "; ".join(f"{f.name}: {f.reason}" for f in self.failures[:SUMMARY_FAILURES])
@@ -130,6 +142,8 @@ class _StagedPage:
     publication: Publication
     records: tuple[PublishedSet, ...]
     failures: tuple[SetFailure, ...]
+    #: the names of the BOLD runs among it
+    bold: tuple[str, ...] = ()
 
 
 def run_participant(settings: Settings) -> RunResult:
@@ -141,28 +155,67 @@ def run_participant(settings: Settings) -> RunResult:
         run = Run(settings, stage, fit_set)
         with _output_guard(run):
             run.device = _check_input(settings)
-            plan = _plan(settings)
+            plan, bold = _plan(settings)
             _import_pages_early()
             n_sets = sum(len(p.sets) for p in plan)
             log.info("%d echo set(s) to fit on %s with %s", n_sets, run.device, settings.fit_method)
-            progress = Progress(n_sets)
+            if bold.runs:
+                log.info("%d multi-echo BOLD run(s) to fit", len(bold.runs))
+            progress = Progress(n_sets + len(bold.runs))
             try:
-                if settings.stop_on_first_crash:  # all or nothing: stage everything first
-                    staged = [_stage_page(run, page, progress) for page in plan]
-                    for page, publication in zip(plan, staged, strict=True):
-                        _publish(run, page, publication)
-                else:
-                    for page in plan:
-                        _publish(run, page, _stage_page(run, page, progress))
+                _stage_and_publish(run, plan, bold, progress)
             finally:
                 progress.close()
             if run.published:
                 write_output_citation(settings.output_dir, run.published)
-    result = RunResult(tuple(run.published), tuple(run.failures))
+    result = RunResult(tuple(run.published), tuple(run.failures), tuple(run.bold_published))
     if run.failures:
         raise SetsFailedError(result.summary(), worst([f.exit_code for f in run.failures]))
     log.info("%s", result.summary())
     return result
+
+
+def _stage_and_publish(run: Run, plan: list[_Page], bold: BoldSearch, progress: Progress) -> None:
+    """Each page, then each BOLD run (and each BOLD run found unfit), staged and published
+    one at a time; with ``stop_on_first_crash`` all are staged before any is published."""
+    units: list[tuple[str, Callable[[], _StagedPage]]] = [
+        (page.label, partial(_stage_page, run, page, progress)) for page in plan
+    ]
+    units += [(b.name, partial(_stage_bold, run, b, progress)) for b in bold.runs]
+    for problem in bold.problems:
+        failure = _failure(run.settings, problem.entities, problem.first_file, problem.error)
+        units.append((problem.name, partial(_failure_publication, run, failure)))
+    if run.settings.stop_on_first_crash:  # all or nothing: stage everything first
+        staged = [(label, stage()) for label, stage in units]
+        for label, publication in staged:
+            _publish(run, label, publication)
+    else:
+        for label, stage in units:
+            _publish(run, label, stage())
+
+
+def _stage_bold(run: Run, bold_run: BoldRun, progress: Progress) -> _StagedPage:
+    """Fit and stage one BOLD run: its files, or its failure record (a run of its own)."""
+    log.info("%s: fitting the multi-echo BOLD run", bold_run.name)
+    assert run.device is not None, "the input is checked before anything is fitted"
+    files = _attempt(
+        run.settings,
+        bold_run,
+        partial(stage_bold_run, run.settings, run.stage, bold_run, run.device),
+    )
+    progress.step()
+    if isinstance(files, SetFailure):
+        return _failure_publication(run, files)
+    remove = (records.failure_path(Path(), bold_run.entities).as_posix(),)
+    placed = tuple((run.stage / name, name) for name in files)
+    return _StagedPage(Publication(bold_run.name, placed, remove), (), (), (bold_run.name,))
+
+
+def _failure_publication(run: Run, failure: SetFailure) -> _StagedPage:
+    """A BOLD run's failure record, staged as a publication of its own."""
+    path = records.failure_path(Path(), failure.entities).as_posix()
+    write_text(run.stage / path, failure.to_json())
+    return _StagedPage(Publication(failure.name, ((run.stage / path, path),)), (), (failure,))
 
 
 def _import_pages_early() -> None:
@@ -227,17 +280,32 @@ def _check_input(settings: Settings) -> torch.device:
     return device
 
 
-def _plan(settings: Settings) -> list[_Page]:
+def _plan(settings: Settings) -> tuple[list[_Page], BoldSearch]:
     """The echo sets by page, their headers read; sets found unfit (metadata, headers) become
-    failures of their page (with ``stop_on_first_crash``, the first one's error is raised)."""
-    problems: list[SetProblem] | None = None if settings.stop_on_first_crash else []
-    echo_sets = find_echo_sets(
+    failures of their page (with ``stop_on_first_crash``, the first one's error is raised).
+    And the multi-echo BOLD runs: a dataset without MEGRE is fine when it holds BOLD runs."""
+    bold = find_bold_runs(
         settings.bids_dir,
         settings.participant_labels,
         settings.session_labels,
-        settings.bids_filters,
-        problems,
+        settings.bold_filters,
     )
+    if settings.stop_on_first_crash and bold.problems:
+        raise bold.problems[0].error
+    problems: list[SetProblem] | None = None if settings.stop_on_first_crash else []
+    try:
+        echo_sets = find_echo_sets(
+            settings.bids_dir,
+            settings.participant_labels,
+            settings.session_labels,
+            settings.bids_filters,
+            problems,
+        )
+    except (InputMissingError, NothingSelectedError) as err:
+        if not (bold.runs or bold.problems):
+            raise
+        log.info("no MEGRE echo set to fit: %s", err)
+        echo_sets = []
     _check_unique_outputs(echo_sets)
     plan: dict[tuple[str, str | None], _Page] = {}
 
@@ -254,10 +322,10 @@ def _plan(settings: Settings) -> list[_Page]:
             page.failures.append(geometry)
         else:
             page.sets.append((echo_set, geometry))
-    return [plan[k] for k in sorted(plan, key=lambda k: (k[0], k[1] or ""))]
+    return [plan[k] for k in sorted(plan, key=lambda k: (k[0], k[1] or ""))], bold
 
 
-def _attempt(settings: Settings, echo_set: EchoSet, action: Callable[[], Any]) -> Any:
+def _attempt(settings: Settings, echo_set: EchoSet | BoldRun, action: Callable[[], Any]) -> Any:
     """``action()``, or the :class:`SetFailure` of ``echo_set`` when it raises (logged as a
     warning: the other sets go on). Errors that are not the set's (the output cannot be
     written) and signals go on; so does every error with ``stop_on_first_crash``."""
@@ -361,9 +429,9 @@ def _earlier_sections(settings: Settings, records: list[PublishedSet]) -> list[p
     return sections
 
 
-def _publish(run: Run, page: _Page, staged: _StagedPage) -> None:
-    """Publish one page's files (with the shared files and the settings log the first time)
-    and log what it holds."""
+def _publish(run: Run, label: str, staged: _StagedPage) -> None:
+    """Publish one page's (or BOLD run's) files (with the shared files and the settings log
+    the first time) and log what it holds."""
     raise_if_signalled()
     settings = run.settings
     extra = _stage_shared_files(settings, run.stage) if not run.published_any else []
@@ -371,8 +439,8 @@ def _publish(run: Run, page: _Page, staged: _StagedPage) -> None:
     files = tuple((run.stage / name, name) for name in extra) + publication.files
     # held signals act once the files are in place AND the run knows they are (else a stop
     # right after would take the output folder for one it created and published nothing in)
-    with deferred_signals(f"publishing {page.label}"):
-        log.info("%s: publishing", page.label)
+    with deferred_signals(f"publishing {label}"):
+        log.info("%s: publishing", label)
         shared = frozenset(shared_files(settings.bids_dir))  # other runs may write them too
         publish(
             settings.output_dir,
@@ -381,6 +449,7 @@ def _publish(run: Run, page: _Page, staged: _StagedPage) -> None:
         run.published_any = True
         run.published += staged.records
         run.failures += staged.failures
+        run.bold_published += staged.bold
     for record in staged.records:
         log.info(
             "%s: %d voxels fitted, %.1f%% failed, %.1f%% misfit, %.2f s -> %s",

@@ -50,6 +50,8 @@ class Run:
     published: list[PublishedSet] = field(default_factory=list)
     failures: list[SetFailure] = field(default_factory=list)
     published_any: bool = False
+    #: names of the multi-echo BOLD runs published
+    bold_published: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,143 @@
+"""One multi-echo BOLD run of a participant run, staged: fitted with the ``t2starmap t2smap``
+numerics (:func:`t2starmap.workflows.t2smap.run_t2smap`, into a private folder of the
+staging folder), its files renamed into ``sub-<s>[/ses-<t>]/func/`` with their sidecars.
+Nothing here is published (:mod:`t2starmap.workflows.participant` does that, one run per
+publication).
+
+The fit: the noise-aware NLLS (``--fittype nlls`` of ``t2smap``): a Rician likelihood, with
+the thermal noise measured from the volumes, so echoes on the noise floor (signal dropout
+near sinuses) do not bias T2* long, as tedana's default log-linear fit does; the same
+reasoning as the MEGRE default. A run of one volume cannot give the noise: it gets tedana's
+``curvefit`` (Gaussian least squares), said in the sidecars and the log. The mask is the one
+``t2smap`` computes from the first echo without ``--mask`` (no brain extraction), then
+tedana's adaptive mask (``dropout``).
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from t2starmap.bids.atomic import write_json
+from t2starmap.bids.conventions import sidecar_path
+from t2starmap.bids.func_layout import BoldRun
+from t2starmap.bids.func_outputs import FUNC_EXTRAS, FUNC_OUTPUTS, func_sidecar, func_target
+from t2starmap.bids.series import series_geometry
+from t2starmap.config import Settings
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger("t2starmap")
+
+#: The fit of runs with two or more volumes, and of runs with one.
+FUNC_FIT = "nlls"
+ONE_VOLUME_FIT = "curvefit"
+#: ``EstimationAlgorithm`` by fit type.
+ALGORITHMS = {
+    "nlls": "Mono-exponential decay S0 exp(-TE/T2*) fitted to each voxel's echo means over "
+    "volumes by maximum likelihood under Rician noise, the noise level measured from the "
+    "volumes (t2starmap t2smap --fittype nlls)",
+    "curvefit": "Mono-exponential decay S0 exp(-TE/T2*) fitted to each voxel's echo means by "
+    "least squares (tedana's curvefit; t2starmap t2smap --fittype curvefit)",
+}
+
+
+def stage_bold_run(
+    settings: Settings, stage: Path, bold_run: BoldRun, device: torch.device
+) -> list[str]:
+    """Fit ``bold_run`` and write its files under ``stage`` (:data:`FUNC_OUTPUTS` with their
+    sidecars, :data:`FUNC_EXTRAS`); their paths relative to ``stage``, in writing order.
+    BadDataError for echoes that cannot be read or fitted."""
+    from t2starmap.workflows.t2smap import T2smapSettings, run_t2smap
+
+    paths = tuple(e.path for e in bold_run.echoes)
+    geometry = series_geometry(paths, len(paths))
+    n_volumes = geometry.shape[3]
+    fittype = FUNC_FIT if n_volumes >= 2 else ONE_VOLUME_FIT
+    if fittype != FUNC_FIT:
+        log.warning(
+            "%s: one volume, no noise level to measure: fitted by %s", bold_run.name, fittype
+        )
+    tr = bold_run.repetition_time or float(geometry.zooms[3])
+    private = stage / ".func" / bold_run.name
+    private.mkdir(parents=True, exist_ok=True)
+    s = T2smapSettings(
+        data=paths,
+        tes=bold_run.echo_times,
+        out_dir=private,
+        prefix=bold_run.name,
+        convention="bids",
+        verbose=False,
+        overwrite=True,
+        mask=None,
+        masktype=("dropout",),
+        dummy_scans=0,
+        exclude=(),
+        fittype=fittype,
+        fitmode="all",
+        combmode="t2s",
+        workers=settings.nprocs,
+        device=str(device),
+        command=shlex.join(["t2starmap", "participant", bold_run.name]),
+    )
+    log.info("%s: %d echoes, %d volumes, fit %s", bold_run.name, len(paths), n_volumes, fittype)
+    try:
+        with _quiet(logging.getLogger("t2starmap.t2smap")):
+            placed = run_t2smap(s)
+        return _place(settings, stage, bold_run, placed, _fit_fields(fittype, n_volumes), tr)
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+
+
+@contextmanager
+def _quiet(logger: logging.Logger) -> Iterator[None]:
+    """``t2smap``'s own log lines speak of its command (``--mask``, the private folder it
+    wrote): errors only while the participant level runs it."""
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _fit_fields(fittype: str, n_volumes: int) -> dict[str, Any]:
+    return {
+        "EstimationAlgorithm": ALGORITHMS[fittype],
+        "FitType": fittype,
+        "NumberOfVolumes": n_volumes,
+        "MaskMethod": "computed from the first echo's mean (no brain extraction), then "
+        "tedana's adaptive mask (dropout)",
+    }
+
+
+def _place(
+    settings: Settings,
+    stage: Path,
+    bold_run: BoldRun,
+    placed: dict[str, Path],
+    fit: dict[str, Any],
+    tr: float,
+) -> list[str]:
+    """Move the kept t2smap files to their published names under ``stage``; sidecars."""
+    files = []
+    for output in FUNC_OUTPUTS:
+        if output.key not in placed:
+            continue
+        target = func_target(bold_run, output.key)
+        (stage / target).parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(placed[output.key], stage / target)
+        sidecar = sidecar_path(Path(target))
+        write_json(stage / sidecar, func_sidecar(output, bold_run, settings.bids_dir, fit, tr))
+        files += [target, sidecar.as_posix()]
+    for key in FUNC_EXTRAS:
+        target = func_target(bold_run, key)
+        shutil.move(placed[key], stage / target)
+        files.append(target)
+    return files

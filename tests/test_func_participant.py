@@ -1,0 +1,222 @@
+"""The participant level on multi-echo BOLD (issue 28 section 2): runs found beside MEGRE and
+fitted with the t2smap numerics, their func/ outputs and sidecars, a single-echo run skipped,
+a bad run failing alone, fMRIPrep's desc-preproc echoes as input, the bids-validator, and the
+real me-epi data."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from t2starmap.bids.nifti import write_image
+from t2starmap.cli.run import main
+from t2starmap.cli.t2smap import main as t2smap_main
+from t2starmap.sim.bold import BoldRun, make_bold_run, write_bold_bids
+from tests.support.files import EXAMPLE, SHARED_DATA, checksums
+
+SHAPE = (20, 20, 10)
+N_VOLUMES = 12
+GOOD = "sub-01/func/sub-01_task-rest"
+#: Every image a fitted run publishes (each with a JSON sidecar), and the status levels.
+IMAGES = (
+    "T2starmap",
+    "R2starmap",
+    "S0map",
+    "desc-stderr_T2starmap",
+    "desc-stderr_R2starmap",
+    "desc-stderr_S0map",
+    "desc-adaptiveGoodSignal_mask",
+    "desc-decayFitFailures_mask",
+    "desc-fitstatus_dseg",
+    "desc-optcom_bold",
+)
+
+
+def _files(out: Path, run: str) -> set[str]:
+    folder = out / Path(run).parent
+    stem = Path(run).name
+    return {p.name for p in folder.glob(f"{stem}_*")} if folder.is_dir() else set()
+
+
+def _expected(run: str) -> set[str]:
+    stem = Path(run).name
+    names = {f"{stem}_{m}.nii.gz" for m in IMAGES} | {f"{stem}_{m}.json" for m in IMAGES}
+    return names | {f"{stem}_desc-fitstatus_dseg.tsv"}
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, BoldRun, int]:
+    """MEGRE (the example) + a good 4-echo BOLD run + a single-echo run + a run whose second
+    echo has another shape; one validated participant run: (input, output, truth, exit)."""
+    root = tmp_path_factory.mktemp("mixed") / "bids"
+    shutil.copytree(EXAMPLE, root)
+    truth = make_bold_run(SHAPE, N_VOLUMES, seed=1)
+    write_bold_bids(root, "sub-01_task-rest", truth, "rest")
+    write_bold_bids(root, "sub-02_ses-1_task-single", make_bold_run(SHAPE, 6, te=(0.03,)), "single")
+    bad = write_bold_bids(root, "sub-02_ses-2_task-bad", make_bold_run(SHAPE, 6, seed=3), "bad")
+    small = nib.load(bad[1]).get_fdata()[:-2].astype(np.int16)
+    write_image(bad[1], small, np.diag([3.0, 3.0, 3.0, 1.0]), (3.0, 3.0, 3.0, 2.0))
+    before = checksums(root)
+    out = root.parent / "out"
+    code = main([str(root), str(out), "participant", "-q"])
+    assert checksums(root) == before, "the input dataset was modified"
+    return root, out, truth, code
+
+
+def test_bad_run_fails_alone(mixed: tuple[Path, Path, BoldRun, int]) -> None:
+    _, out, _, code = mixed
+    assert code == 65  # the worst failure: bad data
+    failure = json.loads(
+        (out / "logs" / "failures" / "sub-02_ses-2_task-bad_failure.json").read_text()
+    )
+    assert "sub-02_ses-2_task-bad_echo-2_bold.nii.gz" in failure["reason"]
+    assert "shape" in failure["reason"]
+    assert failure["exit_code"] == 65
+    assert _files(out, "sub-02/ses-2/func/sub-02_ses-2_task-bad") == set()
+    # the others went on: the good run and every MEGRE set
+    assert _files(out, GOOD) == _expected(GOOD)
+    for anat in ("sub-01/anat", "sub-02/ses-1/anat", "sub-02/ses-2/anat"):
+        assert list((out / anat).glob("*_T2starmap.nii.gz")), anat
+
+
+def test_single_echo_run_is_skipped(mixed: tuple[Path, Path, BoldRun, int]) -> None:
+    _, out, _, _ = mixed
+    assert not (out / "sub-02" / "ses-1" / "func").exists()
+    assert not list((out / "logs" / "failures").glob("*single*"))
+
+
+def test_maps_match_the_truth(mixed: tuple[Path, Path, BoldRun, int]) -> None:
+    _, out, truth, _ = mixed
+    t2 = np.asarray(nib.load(out / f"{GOOD}_T2starmap.nii.gz").get_fdata())
+    r2 = np.asarray(nib.load(out / f"{GOOD}_R2starmap.nii.gz").get_fdata())
+    count = np.asarray(nib.load(out / f"{GOOD}_desc-adaptiveGoodSignal_mask.nii.gz").get_fdata())
+    judged = (count == 4) & truth.brain & ~truth.dropout & (t2 > 0)
+    assert judged.sum() > 500
+    error = np.abs(t2[judged] - truth.t2star[judged]) / truth.t2star[judged]
+    assert np.median(error) < 0.05
+    np.testing.assert_allclose(r2[judged] * t2[judged], 1.0, rtol=1e-4)
+
+
+def test_optcom_is_the_series(mixed: tuple[Path, Path, BoldRun, int]) -> None:
+    _, out, truth, _ = mixed
+    img = nib.load(out / f"{GOOD}_desc-optcom_bold.nii.gz")
+    assert img.shape == (*SHAPE, N_VOLUMES)
+    assert img.header.get_zooms()[3] == pytest.approx(truth.tr)
+    data = np.asarray(img.dataobj, dtype=np.float64)
+    first = truth.echoes[..., 0].astype(np.float64)
+    last = truth.echoes[..., -1].astype(np.float64)
+    inside = data[..., 0] > 0
+    # a weighted mean of the echoes: between the last and the first echo in every voxel
+    assert np.all(data[inside] <= first[inside] + 1e-3)
+    assert np.all(data[inside] >= last[inside] - 1e-3)
+
+
+def test_sidecars(mixed: tuple[Path, Path, BoldRun, int]) -> None:
+    _, out, truth, _ = mixed
+    t2 = json.loads((out / f"{GOOD}_T2starmap.json").read_text())
+    assert t2["Units"] == "s"
+    assert t2["SkullStripped"] is False
+    assert t2["MotionCorrected"] is False
+    assert "not motion-corrected" in t2["Description"]
+    assert t2["Sources"] == [
+        f"bids:raw:sub-01/func/sub-01_task-rest_echo-{k}_bold.nii.gz" for k in range(1, 5)
+    ]
+    assert t2["EchoTime"] == pytest.approx(list(truth.te))
+    assert t2["FitType"] == "nlls"
+    assert json.loads((out / f"{GOOD}_R2starmap.json").read_text())["Units"] == "1/s"
+    assert json.loads((out / f"{GOOD}_S0map.json").read_text())["Units"] == "arbitrary"
+    optcom = json.loads((out / f"{GOOD}_desc-optcom_bold.json").read_text())
+    assert optcom["RepetitionTime"] == pytest.approx(truth.tr)  # inherited from the root
+    assert optcom["TaskName"] == "rest"
+    for name in IMAGES:
+        assert "SkullStripped" in json.loads((out / f"{GOOD}_{name}.json").read_text()), name
+
+
+def test_output_passes_the_validator(mixed: tuple[Path, Path, BoldRun, int]) -> None:
+    from t2starmap.bids.validate import validate_bids
+
+    report = validate_bids(mixed[1])
+    assert report.ok, [str(e) for e in report.errors]
+
+
+def test_preprocessed_echoes_are_fitted_instead_of_raw(tmp_path: Path) -> None:
+    """A BOLD-only dataset (no MEGRE) with fMRIPrep's desc-preproc echoes beside the raw ones."""
+    root = tmp_path / "bids"
+    shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns("sub-*"))
+    write_bold_bids(root, "sub-03_task-rest", make_bold_run(SHAPE, 6, seed=4), "rest")
+    write_bold_bids(root, "sub-03_task-rest", make_bold_run(SHAPE, 6, seed=5), "rest", "preproc")
+    out = tmp_path / "out"
+    assert main([str(root), str(out), "participant", "-q", "--skip-bids-validation"]) == 0
+    run = "sub-03/func/sub-03_task-rest"
+    assert _files(out, run) == _expected(run)
+    sidecar = json.loads((out / f"{run}_T2starmap.json").read_text())
+    assert sidecar["MotionCorrected"] is True
+    assert all("desc-preproc" in s for s in sidecar["Sources"])
+
+
+@pytest.mark.realdata
+def test_real_me_epi_equals_the_t2smap_command(tmp_path: Path) -> None:
+    """tedana's three-echo test data put into a BIDS dataset: the participant level's maps are
+    those of ``t2starmap t2smap --fittype nlls`` (no mask) on the same echoes, and plausible."""
+    folder = SHARED_DATA / "me-epi"
+    te = (0.0145, 0.0385, 0.0625)
+    root = tmp_path / "bids"
+    shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns("sub-*"))
+    func = root / "sub-01" / "func"
+    func.mkdir(parents=True)
+    for k, echo_time in enumerate(te, start=1):
+        shutil.copy(folder / f"echo{k}.nii.gz", func / f"sub-01_task-rest_echo-{k}_bold.nii.gz")
+        sidecar = func / f"sub-01_task-rest_echo-{k}_bold.json"
+        sidecar.write_text(json.dumps({"EchoTime": echo_time}))
+    shared = {"RepetitionTime": 2.0, "TaskName": "rest"}
+    (root / "task-rest_bold.json").write_text(json.dumps(shared))
+    out = tmp_path / "out"
+    assert main([str(root), str(out), "participant", "-q"]) == 0
+    echoes = [str(folder / f"echo{k}.nii.gz") for k in (1, 2, 3)]
+    command = tmp_path / "t2smap"
+    args = ["-d", *echoes, "-e", *map(str, te), "--fittype", "nlls", "--out-dir", str(command)]
+    assert t2smap_main([*args, "--quiet"]) == 0
+    run = out / "sub-01" / "func" / "sub-01_task-rest"
+    for ours, theirs in (("T2starmap", "T2starmap"), ("desc-optcom_bold", "desc-optcom_bold")):
+        a = np.asarray(nib.load(f"{run}_{ours}.nii.gz").get_fdata())
+        b = np.asarray(nib.load(command / f"{theirs}.nii.gz").get_fdata())
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    t2 = np.asarray(nib.load(f"{run}_T2starmap.nii.gz").get_fdata())
+    mask = np.asarray(nib.load(folder / "mask.nii.gz").get_fdata()) > 0
+    fitted = mask & (t2 > 0)
+    assert fitted.sum() > 0.3 * mask.sum()  # the first-echo mask is tighter than tedana's
+    assert 0.03 < float(np.median(t2[fitted])) < 0.09  # brain with CSF at 3 T
+
+
+def _bold_only(tmp_path: Path) -> Path:
+    """A BOLD-only dataset: a good run (rest) and one whose echo 2 lacks EchoTime (motor)."""
+    root = tmp_path / "bids"
+    shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns("sub-*"))
+    write_bold_bids(root, "sub-01_task-rest", make_bold_run(SHAPE, 6, seed=6), "rest")
+    write_bold_bids(root, "sub-01_task-motor", make_bold_run(SHAPE, 6, seed=7), "motor")
+    (root / "sub-01" / "func" / "sub-01_task-motor_echo-2_bold.json").write_text("{}")
+    return root
+
+
+def test_run_without_echo_time_fails_alone(tmp_path: Path) -> None:
+    root = _bold_only(tmp_path)
+    out = tmp_path / "out"
+    assert main([str(root), str(out), "participant", "-q", "--skip-bids-validation"]) == 65
+    failure = json.loads((out / "logs" / "failures" / "sub-01_task-motor_failure.json").read_text())
+    assert "sub-01_task-motor_echo-2_bold.nii.gz" in failure["reason"]
+    assert "EchoTime" in failure["reason"]
+    assert _files(out, "sub-01/func/sub-01_task-rest") == _expected("sub-01/func/sub-01_task-rest")
+    assert _files(out, "sub-01/func/sub-01_task-motor") == set()
+
+
+def test_stop_on_first_crash_publishes_nothing(tmp_path: Path) -> None:
+    root = _bold_only(tmp_path)
+    out = tmp_path / "out"
+    args = [str(root), str(out), "participant", "-q", "--skip-bids-validation"]
+    assert main([*args, "--stop-on-first-crash"]) == 65
+    assert not out.exists()
