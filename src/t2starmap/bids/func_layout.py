@@ -21,10 +21,12 @@ from t2starmap.bids.echo_times import check_distinct_echo_times, echo_time_of
 from t2starmap.bids.layout import (
     BOLD_ENTITIES,
     Echo,
+    Members,
     SetProblem,
     SubjectSession,
     _index,
     run_name,
+    selection_query,
 )
 from t2starmap.errors import BadDataError, NothingSelectedError
 
@@ -94,25 +96,14 @@ def _query(
 ) -> dict[str, Any]:
     from bids.layout import Query
 
-    query: dict[str, Any] = {
+    base = {
         "suffix": "bold",
         "datatype": "func",
         "extension": [".nii", ".nii.gz"],
         "space": Query.NONE,
         "return_type": "object",
     }
-    if participant_labels:
-        query["subject"] = list(participant_labels)
-    if session_labels:
-        query["session"] = list(session_labels)
-    for key, value in (filters or {}).items():
-        values = value if isinstance(value, list) else [value]
-        picked = [Query.NONE if v is None else Query.ANY if v == "*" else v for v in values]
-        query[key] = picked if isinstance(value, list) else picked[0]
-    return query
-
-
-Members = list[tuple[Path, Mapping[str, Any]]]
+    return selection_query(base, participant_labels, session_labels, filters)
 
 
 def _groups(files: Sequence[Any]) -> dict[tuple[tuple[str, str], ...], Members]:

@@ -248,6 +248,10 @@ def check_labels(
         )
 
 
+#: One set's (image, sidecar metadata) pairs.
+Members = list[tuple[Path, Mapping[str, Any]]]
+
+
 def find_echo_sets(
     bids_dir: Path,
     participant_labels: Sequence[str] | None = None,
@@ -271,26 +275,12 @@ def find_echo_sets(
             names = ", ".join("sub-" + m for m in participant_labels)
             raise NothingSelectedError(f"{bids_dir}: {names} hold(s) no MEGRE images")
         raise InputMissingError(f"{bids_dir}: the dataset holds no MEGRE images (*_MEGRE.nii[.gz])")
-    query: dict[str, Any] = dict(base)
-    if participant_labels:
-        query["subject"] = list(participant_labels)
-    if session_labels:
-        query["session"] = list(session_labels)
-    for key, value in (filters or {}).items():
-        query[key] = (
-            [_query_value(v) for v in value] if isinstance(value, list) else (_query_value(value))
-        )
+    query = selection_query(base, participant_labels, session_labels, filters)
     try:
         files = layout.get(**query)
     except (ValueError, KeyError) as err:  # pybids rejects unknown entities
         raise NothingSelectedError(f"BIDS filter not understood: {err}") from err
-    groups: dict[tuple[tuple[str, str], ...], list[tuple[Path, Mapping[str, Any]]]] = {}
-    for bids_file in files:
-        entities = bids_file.get_entities()
-        if entities.get("part", "mag") != "mag":
-            continue
-        set_key = tuple((k, str(entities[k])) for k in SET_ENTITIES if k in entities)
-        groups.setdefault(set_key, []).append((Path(bids_file.path), bids_file.get_metadata()))
+    groups = _magnitude_groups(files)
     if not groups:
         raise NothingSelectedError(_nothing_matches(layout, bids_dir, query, filters))
     sets = []
@@ -304,13 +294,44 @@ def find_echo_sets(
             first = sorted(path for path, _ in members)[0]
             problems.append(SetProblem(dict(found), first, err))
     for echo_set in sets:
-        log.debug(
-            "echo set %s: %d echoes, TE %s s",
-            echo_set.name,
-            len(echo_set.echoes),
-            echo_set.echo_times,
-        )
+        log.debug("echo set %s: %d echoes, TE %s s", *_described(echo_set))
     return sets
+
+
+def _described(echo_set: EchoSet) -> tuple[str, int, tuple[float, ...]]:
+    return echo_set.name, len(echo_set.echoes), echo_set.echo_times
+
+
+def selection_query(
+    base: Mapping[str, Any],
+    participant_labels: Sequence[str] | None,
+    session_labels: Sequence[str] | None,
+    filters: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """A pybids query: ``base`` narrowed to the labels and to the filter file's entities
+    (``null`` means "entity absent", ``"*"`` "any value")."""
+    query: dict[str, Any] = dict(base)
+    if participant_labels:
+        query["subject"] = list(participant_labels)
+    if session_labels:
+        query["session"] = list(session_labels)
+    for key, value in (filters or {}).items():
+        query[key] = (
+            [_query_value(v) for v in value] if isinstance(value, list) else _query_value(value)
+        )
+    return query
+
+
+def _magnitude_groups(files: Sequence[Any]) -> dict[tuple[tuple[str, str], ...], Members]:
+    """The magnitude files (no ``part``, or ``part-mag``) grouped by their set's entities."""
+    groups: dict[tuple[tuple[str, str], ...], Members] = {}
+    for bids_file in files:
+        entities = bids_file.get_entities()
+        if entities.get("part", "mag") != "mag":
+            continue
+        set_key = tuple((k, str(entities[k])) for k in SET_ENTITIES if k in entities)
+        groups.setdefault(set_key, []).append((Path(bids_file.path), bids_file.get_metadata()))
+    return groups
 
 
 def _nothing_matches(
