@@ -117,3 +117,12 @@ def test_a_shared_files_temporaries_are_not_swept_as_stale(tmp_path: Path) -> No
     assert in_flight.read_text() == "another run's"
     assert not stale.exists()
     assert (out / "dataset_description.json").read_text() == "{}"
+
+
+def test_the_shared_files_names_are_the_files_written(tmp_path: Path) -> None:
+    """The names a publication keeps from its sweep are those the runs write at the root."""
+    from t2starmap.bids.dataset_files import SHARED_FILES, shared_files
+    from t2starmap.sim.phantoms import write_bids_example
+
+    bids = write_bids_example(tmp_path / "bids", {"01": (None,)}, shape=(4, 4, 3))
+    assert tuple(shared_files(bids)) == SHARED_FILES

@@ -61,6 +61,11 @@ def dataset_description(bids_dir: Path) -> dict[str, Any]:
     return description
 
 
+#: The files at the output's root that every run into it writes (the same bytes from the same
+#: input): their names, known without reading the input.
+SHARED_FILES = ("dataset_description.json", ".bidsignore", "README.md")
+
+
 def shared_files(bids_dir: Path) -> dict[str, str]:
     """The files at the output's root, name -> text: the same bytes from every run into the
     same output from the same input (concurrent jobs rewrite them in place)."""

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 from t2starmap.bids import outputs as derivatives
 from t2starmap.bids import records
 from t2starmap.bids.atomic import write_text
-from t2starmap.bids.dataset_files import shared_files
+from t2starmap.bids.dataset_files import SHARED_FILES, shared_files
 from t2starmap.bids.func_layout import BoldRun, BoldSearch, find_bold_runs
 from t2starmap.bids.layout import (
     EchoSet,
@@ -441,7 +441,7 @@ def _publish(run: Run, label: str, staged: _StagedPage) -> None:
     # right after would take the output folder for one it created and published nothing in)
     with deferred_signals(f"publishing {label}"):
         log.info("%s: publishing", label)
-        shared = frozenset(shared_files(settings.bids_dir))  # other runs may write them too
+        shared = frozenset(SHARED_FILES)  # other runs may be writing them too
         publish(
             settings.output_dir,
             Publication(publication.label, files, publication.remove, shared),
