@@ -16,7 +16,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
 from t2starmap import __version__
 from t2starmap.cli.parser import ArgumentParser, configure_logging
@@ -321,6 +321,9 @@ def _run(arguments: list[str]) -> int:
     return int(ExitCode.OK)
 
 
-def run() -> NoReturn:
-    """Console-script entry point (``t2starmap-t2smap``)."""
-    sys.exit(main())
+def run() -> None:
+    """The console script as installed before it moved to
+    :func:`t2starmap.cli.entry.run_t2smap` (an install made then still calls this)."""
+    from t2starmap.cli.entry import run_t2smap
+
+    run_t2smap()
