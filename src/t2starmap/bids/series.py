@@ -4,7 +4,7 @@ nibabel); maps are written with :func:`t2starmap.bids.nifti.save_map`."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +71,10 @@ def read_mask(path: Path, geometry: Geometry) -> np.ndarray:
     return np.asarray(data != 0)
 
 
+#: y rows of a z-slab copied at once by :func:`voxel_rows`.
+SLAB_ROWS = 8
+
+
 def read_echo_series(
     paths: Sequence[Path], n_echoes: int, geometry: Geometry, mask: np.ndarray
 ) -> list[np.ndarray]:
@@ -87,8 +91,33 @@ def read_echo_series(
             data[:, :, k * nz : (k + 1) * nz] for k in range(n_echoes)
         ]  # fmt: skip
         for part in parts:
-            out.append(np.asarray(part[mask], dtype=np.float32))
+            out.append(voxel_rows(part, mask))
         del data, parts
+    return out
+
+
+def voxel_rows(data: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``data[mask]`` of a 4-D series as (V, T) float32, a z-slab at a time when ``data`` is
+    Fortran-ordered (as NIfTI stores it, time slowest): the rows want time fastest, and
+    numpy's boolean index transposes the whole series with strides that miss the cache
+    (2-5x slower than slab by slab)."""
+    if data.ndim != 4 or not data.flags.f_contiguous:
+        return np.asarray(data[mask], dtype=np.float32)
+    nx, ny, nz, nt = data.shape
+    out = np.empty((int(np.count_nonzero(mask)), nt), dtype=np.float32)
+    stored = data.T  # (T, z, y, x), C-ordered
+    if mask.all():
+        out4 = out.reshape(nx, ny, nz, nt)
+        for k in range(nz):
+            for y in range(0, ny, SLAB_ROWS):  # a few rows at a time: in the cache
+                out4[:, y : y + SLAB_ROWS, k, :] = stored[:, k, y : y + SLAB_ROWS].T
+        return out
+    rows = (np.cumsum(mask.ravel()) - 1).reshape(mask.shape)
+    for k in range(nz):
+        inside = mask[:, :, k]
+        if inside.any():
+            slab = np.ascontiguousarray(stored[:, k].T, dtype=np.float32)  # (x, y, T)
+            out[rows[:, :, k][inside]] = slab[inside]
     return out
 
 
@@ -100,3 +129,28 @@ def unmask(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
     out = np.zeros(mask.shape + values.shape[1:], dtype=values.dtype)
     out[mask] = values
     return out
+
+
+#: Volumes of a 4-D map gathered from the voxel rows at a time by :func:`series_volumes`.
+VOLUME_BLOCK = 16
+
+
+def series_volumes(values: np.ndarray, mask: np.ndarray) -> Iterator[np.ndarray]:
+    """The 3-D float32 volumes of a 4-D map given as voxel rows ``values`` (V, T) inside
+    ``mask``, 0 outside, in time order; floats clipped to float32's finite range. A few
+    volumes' columns are gathered at once (rows of :data:`VOLUME_BLOCK` values, a cache line
+    each): the series is never held in the file's order."""
+    top = float(np.finfo(np.float32).max)
+    full = bool(mask.all())
+    for a in range(0, values.shape[1], VOLUME_BLOCK):
+        block = values[:, a : a + VOLUME_BLOCK]
+        if not (block.dtype == np.float32 and np.isfinite(block).all()):
+            block = np.clip(block, -top, top)
+        block = np.ascontiguousarray(block.T, dtype=np.float32)  # (volumes, V)
+        for row in block:
+            if full:
+                yield row.reshape(mask.shape)
+            else:
+                volume = np.zeros(mask.shape, dtype=np.float32)
+                volume[mask] = row
+                yield volume

@@ -319,11 +319,3 @@ def _run(arguments: list[str]) -> int:
 
     run_t2smap(settings)
     return int(ExitCode.OK)
-
-
-def run() -> None:
-    """The console script as installed before it moved to
-    :func:`t2starmap.cli.entry.run_t2smap` (an install made then still calls this)."""
-    from t2starmap.cli.entry import run_t2smap
-
-    run_t2smap()
