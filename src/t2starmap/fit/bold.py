@@ -102,6 +102,21 @@ def echo_moments(echoes: Sequence[np.ndarray], volumes: np.ndarray | None = None
     return EchoMoments(mean, log_mean, sq_dev, log_sq_dev, mean_square, diff_var, bad, n)
 
 
+def echo_means(
+    echoes: Sequence[np.ndarray], volumes: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, bad) of :func:`echo_moments` alone, (V, E) each: what the adaptive mask needs
+    (``fitmode ts`` fits the volumes, not the moments)."""
+    mean = np.zeros((echoes[0].shape[0], len(echoes)))
+    bad = np.zeros(mean.shape, dtype=bool)
+    for k, x in enumerate(echoes):
+        for a in range(0, x.shape[0], ROWS):
+            block = x[a : a + ROWS] if volumes is None else x[a : a + ROWS, volumes]
+            mean[a : a + ROWS, k] = block.mean(axis=1, dtype=np.float64)
+            bad[a : a + ROWS, k] = np.isnan(block).any(axis=1) | (block <= 0).any(axis=1)
+    return mean, bad
+
+
 def volume_moments(echoes: Sequence[np.ndarray], start: int, stop: int) -> EchoMoments:
     """Moments of single volumes ``start:stop`` as (V * (stop - start), E) float32 rows,
     volume-minor (row v * n + t): the moments ``fitmode ts`` fits (the sums of squared

@@ -161,8 +161,12 @@ def run_t2smap(s: T2smapSettings) -> dict[str, Path]:
     try:
         run = load(s)
         volumes = fit_volumes(s, run.echoes[0].shape[1])
-        moments = bold.echo_moments(run.echoes, volumes)
-        count = am.adaptive_mask(moments.mean, moments.bad, s.masktype)
+        if s.fitmode == "all":
+            moments = bold.echo_moments(run.echoes, volumes)
+            mean, bad = moments.mean, moments.bad
+        else:  # the volumes are fitted, not the moments
+            mean, bad = bold.echo_means(run.echoes, volumes)
+        count = am.adaptive_mask(mean, bad, s.masktype)
         log.info("adaptive mask: voxels by good echoes %s", np.bincount(count).tolist())
         stage.image("adaptive mask img", count.astype(np.uint8), run.mask, run.geometry3)
         if s.fitmode == "all":
