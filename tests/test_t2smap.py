@@ -162,6 +162,10 @@ def test_without_mask_and_milliseconds(synthetic: Synthetic, tmp_path: Path) -> 
     assert main(args) == 0
     count = _load(tmp_path / "desc-adaptiveGoodSignal_mask.nii.gz")
     assert (count > 0).sum() > 0.8 * (run.brain & ~run.dropout).sum()
+    assert ((count > 0) & ~run.brain).sum() < 0.05 * (count > 0).sum()  # in the right place
+    t2 = _load(tmp_path / "T2starmap.nii.gz")
+    good = (count > 1) & run.brain & ~run.dropout
+    assert np.median(np.abs(t2[good] / run.t2star[good] - 1)) < 0.03
 
 
 def test_z_concatenated_single_file(synthetic: Synthetic, tmp_path: Path) -> None:

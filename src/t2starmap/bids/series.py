@@ -71,16 +71,17 @@ def read_mask(path: Path, geometry: Geometry) -> np.ndarray:
     return np.asarray(data != 0)
 
 
-#: y rows of a z-slab copied at once by :func:`voxel_rows`.
-SLAB_ROWS = 8
+#: Voxel columns of a slab transposed at once by :func:`voxel_rows` (a block in the cache).
+SLAB_COLUMNS = 512
 
 
 def read_echo_series(
     paths: Sequence[Path], n_echoes: int, geometry: Geometry, mask: np.ndarray
 ) -> list[np.ndarray]:
-    """Each echo's samples inside ``mask`` as (V, T) float32, echoes in the order given (one
-    z-concatenated file is split). Files are read one at a time: at most one whole echo
-    besides the masked samples is in memory. Raises BadDataError naming the file."""
+    """Each echo's samples inside ``mask`` as (V, T) float32, voxels in the file's order (see
+    :func:`voxel_rows`), echoes in the order given (one z-concatenated file is split). Files
+    are read one at a time: at most one whole echo besides the masked samples is in memory.
+    Raises BadDataError naming the file."""
     out: list[np.ndarray] = []
     nz = geometry.shape[2]
     for path in paths:
@@ -97,38 +98,41 @@ def read_echo_series(
 
 
 def voxel_rows(data: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """``data[mask]`` of a 4-D series as (V, T) float32, a z-slab at a time when ``data`` is
-    Fortran-ordered (as NIfTI stores it, time slowest): the rows want time fastest, and
-    numpy's boolean index transposes the whole series with strides that miss the cache
-    (2-5x slower than slab by slab)."""
+    """The samples of a 4-D series inside ``mask`` as (V, T) float32 rows, voxels in the
+    file's order: x fastest, then y, then z (numpy's ``data.transpose(2, 1, 0, 3)[mask.T]``).
+    NIfTI stores a series Fortran-ordered (x fastest, time slowest), so each z-slab's rows
+    are one 2-D transpose of contiguous memory, done a cache-sized block at a time; numpy's
+    boolean index of the whole series misses the cache (2-5x slower). :func:`unmask` and
+    :func:`series_volumes` put the rows back."""
+    inside = mask.T  # (z, y, x)
     if data.ndim != 4 or not data.flags.f_contiguous:
-        return np.asarray(data[mask], dtype=np.float32)
-    nx, ny, nz, nt = data.shape
-    out = np.empty((int(np.count_nonzero(mask)), nt), dtype=np.float32)
-    stored = data.T  # (T, z, y, x), C-ordered
-    if mask.all():
-        out4 = out.reshape(nx, ny, nz, nt)
-        for k in range(nz):
-            for y in range(0, ny, SLAB_ROWS):  # a few rows at a time: in the cache
-                out4[:, y : y + SLAB_ROWS, k, :] = stored[:, k, y : y + SLAB_ROWS].T
-        return out
-    rows = (np.cumsum(mask.ravel()) - 1).reshape(mask.shape)
-    for k in range(nz):
-        inside = mask[:, :, k]
-        if inside.any():
-            slab = np.ascontiguousarray(stored[:, k].T, dtype=np.float32)  # (x, y, T)
-            out[rows[:, :, k][inside]] = slab[inside]
+        return np.asarray(data.transpose(2, 1, 0, 3)[inside], dtype=np.float32)
+    nt = data.shape[3]
+    stored = data.T.reshape(nt, inside.shape[0], -1)  # (T, z, y * x), C-ordered
+    counts = np.count_nonzero(inside.reshape(inside.shape[0], -1), axis=1)
+    out = np.empty((int(counts.sum()), nt), dtype=np.float32)
+    start = 0
+    for k, n in enumerate(counts.tolist()):
+        if n:
+            where = inside[k].reshape(-1)
+            slab = stored[:, k] if n == where.size else stored[:, k, where]  # (T, n)
+            for a in range(0, n, SLAB_COLUMNS):
+                out[start + a : start + min(a + SLAB_COLUMNS, n)] = slab[:, a : a + SLAB_COLUMNS].T
+            start += n
     return out
 
 
 def unmask(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Values of the voxels inside ``mask`` ((V,) or (V, T)) put back into the mask's volume;
-    0 outside (a view, not a copy, when the mask holds every voxel)."""
-    if mask.all():
-        return values.reshape(mask.shape + values.shape[1:])
-    out = np.zeros(mask.shape + values.shape[1:], dtype=values.dtype)
-    out[mask] = values
-    return out
+    """Values of the voxels inside ``mask`` ((V,) or (V, T), voxels in the file's order, see
+    :func:`voxel_rows`) put back into the mask's volume (x, y, z[, T]); 0 outside (a view,
+    not a copy, when the mask holds every voxel; Fortran-ordered for (V,) values)."""
+    inside = mask.T
+    if inside.all():
+        out = values.reshape(inside.shape + values.shape[1:])
+    else:
+        out = np.zeros(inside.shape + values.shape[1:], dtype=values.dtype)
+        out[inside] = values
+    return out.transpose(2, 1, 0, *range(3, out.ndim))
 
 
 #: Volumes of a 4-D map gathered from the voxel rows at a time by :func:`series_volumes`.
@@ -137,11 +141,13 @@ VOLUME_BLOCK = 16
 
 def series_volumes(values: np.ndarray, mask: np.ndarray) -> Iterator[np.ndarray]:
     """The 3-D float32 volumes of a 4-D map given as voxel rows ``values`` (V, T) inside
-    ``mask``, 0 outside, in time order; floats clipped to float32's finite range. A few
-    volumes' columns are gathered at once (rows of :data:`VOLUME_BLOCK` values, a cache line
-    each): the series is never held in the file's order."""
+    ``mask`` (voxels in the file's order, see :func:`voxel_rows`), 0 outside, in time order;
+    floats clipped to float32's finite range. A few volumes' columns are gathered at once
+    (rows of :data:`VOLUME_BLOCK` values, a cache line each): the series is never held in
+    the file's order."""
     top = float(np.finfo(np.float32).max)
-    full = bool(mask.all())
+    inside = mask.T
+    full = bool(inside.all())
     for a in range(0, values.shape[1], VOLUME_BLOCK):
         block = values[:, a : a + VOLUME_BLOCK]
         if not (block.dtype == np.float32 and np.isfinite(block).all()):
@@ -149,8 +155,8 @@ def series_volumes(values: np.ndarray, mask: np.ndarray) -> Iterator[np.ndarray]
         block = np.ascontiguousarray(block.T, dtype=np.float32)  # (volumes, V)
         for row in block:
             if full:
-                yield row.reshape(mask.shape)
+                volume = row.reshape(inside.shape)
             else:
-                volume = np.zeros(mask.shape, dtype=np.float32)
-                volume[mask] = row
-                yield volume
+                volume = np.zeros(inside.shape, dtype=np.float32)
+                volume[inside] = row
+            yield volume.T  # (x, y, z), Fortran-ordered: the file's bytes as they are

@@ -90,8 +90,9 @@ def load(s: T2smapSettings) -> Run:
     if s.mask is None:
         log.warning("no --mask: computing one from the first echo (give one when you can)")
         inside = epi_mask(echoes[0].mean(axis=1))
-        mask = np.zeros(shape3, dtype=bool)
-        mask.reshape(-1)[np.flatnonzero(inside)] = True
+        in_file_order = np.zeros(shape3[::-1], dtype=bool)  # the rows' voxel order
+        in_file_order.reshape(-1)[np.flatnonzero(inside)] = True
+        mask = in_file_order.T
         echoes = [x[inside] for x in echoes]
     n_volumes = echoes[0].shape[1]
     if s.dummy_scans >= n_volumes:
