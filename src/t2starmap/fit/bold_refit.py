@@ -105,10 +105,14 @@ def _golden(
 
     width = float(np.max(b - a, initial=0.0))
     steps = int(np.ceil(np.log(TOL / max(width, TOL)) / np.log(_PHI)))
-    for _ in range(steps):
-        c, d = b - _PHI * (b - a), a + _PHI * (b - a)
-        left = at(c)[1] <= at(d)[1]  # the minimum lies in [a, d]
+    c, d = b - _PHI * (b - a), a + _PHI * (b - a)
+    fc, fd = at(c)[1], at(d)[1]
+    for _ in range(steps):  # one new point a step: the other inner point is kept
+        left = fc <= fd  # the minimum lies in [a, d]: d moves to c, a new c
         a, b = np.where(left, a, c), np.where(left, d, b)
+        c, d = np.where(left, b - _PHI * (b - a), d), np.where(left, c, a + _PHI * (b - a))
+        fx = at(np.where(left, c, d))[1]
+        fc, fd = np.where(left, fx, fd), np.where(left, fc, fx)
     candidates = np.stack([a, 0.5 * (a + b), b])
     found = [at(x) for x in candidates]
     pick = np.argmin(np.stack([np.nan_to_num(cst, nan=np.inf) for _, cst in found]), axis=0)
