@@ -46,7 +46,7 @@ def _files(out: Path, run: str) -> set[str]:
 def _expected(run: str) -> set[str]:
     stem = Path(run).name
     names = {f"{stem}_{m}.nii.gz" for m in IMAGES} | {f"{stem}_{m}.json" for m in IMAGES}
-    return names | {f"{stem}_desc-fitstatus_dseg.tsv"}
+    return names | {f"{stem}_desc-fitstatus_dseg.tsv", f"{stem}_record.json"}
 
 
 @pytest.fixture(scope="module")

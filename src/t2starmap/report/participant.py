@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from t2starmap.bids.atomic import write_text
+from t2starmap.bids.func_records import PublishedRun, load_published_runs
 from t2starmap.bids.records import PublishedSet, SetFailure, load_failures, load_published
 from t2starmap.errors import describe_code
+from t2starmap.report.func_section import load_run_maps, run_section
 from t2starmap.report.html import render
 from t2starmap.report.maps import echo_samples, in_memory_maps, load_set_maps
 from t2starmap.report.methods import citation
@@ -37,8 +39,10 @@ __all__ = [
     "failed_sets",
     "in_memory_maps",
     "page_name",
+    "recorded_runs",
     "recorded_sets",
     "render_page",
+    "run_sections",
     "set_section",
     "write_participant_reports",
 ]
@@ -59,6 +63,8 @@ class FailedSet:
     exit_code: str
     when: str
     earlier_kept: bool
+    #: "Echo set" (MEGRE) or "BOLD run"
+    kind: str = "Echo set"
 
 
 def failed_sets(
@@ -67,9 +73,38 @@ def failed_sets(
     """The page's list of failed sets; ``published_names``: sets whose earlier outputs the
     page shows."""
     return [
-        FailedSet(f.name, f.reason, describe_code(f.exit_code), f.when, f.name in published_names)
+        FailedSet(
+            f.name,
+            f.reason,
+            describe_code(f.exit_code),
+            f.when,
+            f.name in published_names,
+            "BOLD run" if f.entities.get("datatype") == "func" else "Echo set",
+        )
         for f in sorted(failures, key=lambda f: f.name)
     ]
+
+
+def _failed_words(failed: Sequence[FailedSet]) -> dict[str, str]:
+    """The failed list's heading, count noun and first column, by what failed."""
+    kinds = {f.kind for f in failed}
+    if kinds == {"BOLD run"}:
+        return {
+            "failed_heading": "BOLD runs that failed",
+            "failed_what": "BOLD run(s)",
+            "failed_column": "BOLD run",
+        }
+    if "BOLD run" in kinds:
+        return {
+            "failed_heading": "Echo sets and BOLD runs that failed",
+            "failed_what": "echo set(s) and BOLD run(s)",
+            "failed_column": "Echo set or BOLD run",
+        }
+    return {
+        "failed_heading": "Echo sets that failed",
+        "failed_what": "echo set(s)",
+        "failed_column": "Echo set",
+    }
 
 
 def render_page(
@@ -87,8 +122,9 @@ def render_page(
         "participant.html",
         title=f"{heading} · t2starmap",
         heading=heading,
-        sections=sorted(sections, key=lambda x: x.name),
+        sections=sorted(sections, key=lambda x: (x.kind != "Echo set", x.name)),
         failed=list(failed),
+        **_failed_words(failed),
         citation=citation(records) if records else None,
         citation_file=f"logs/CITATION_{label}.md",
     )
@@ -113,6 +149,25 @@ def recorded_sets(
         [r for r in records if r.session == session],
         [f for f in failures if f.session == session],
     )
+
+
+def recorded_runs(output_dir: Path, subject: str, session: str | None) -> list[PublishedRun]:
+    """The records of the BOLD runs of one participant/session in the output folder; when one
+    cannot be read, none (with a warning: the page shows the rest)."""
+    try:
+        runs = load_published_runs(output_dir, [subject])
+    except ValueError as err:
+        log.warning("%s; the page leaves out the BOLD runs published earlier", err)
+        return []
+    return [r for r in runs if r.session == session]
+
+
+def run_sections(
+    folder: Path, records: Sequence[PublishedRun], convention: str = DEFAULT_CONVENTION
+) -> list[Section]:
+    """Sections of BOLD runs whose maps are under ``folder`` (the staging folder for runs this
+    run fitted, the output folder for runs published before)."""
+    return [run_section(r, load_run_maps(folder, r), convention) for r in records]
 
 
 def earlier_sections(
