@@ -199,6 +199,19 @@ def test_real_me_epi_equals_the_t2smap_command(tmp_path: Path) -> None:
     fitted = mask & (t2 > 0)
     assert fitted.sum() > 0.3 * mask.sum()  # the first-echo mask is tighter than tedana's
     assert 0.03 < float(np.median(t2[fitted])) < 0.09  # brain with CSF at 3 T
+    # the record and the page section (5 volumes: a tSNR, noisy)
+    record = _record(out, "sub-01/func/sub-01_task-rest")
+    count = np.asarray(nib.load(f"{run}_desc-adaptiveGoodSignal_mask.nii.gz").dataobj)
+    assert record.n_voxels == int((count >= 1).sum())
+    assert record.tsnr is not None and record.tsnr.n_voxels > 0.9 * record.n_voxels
+    assert 0.5 < record.tsnr.ratio < 2.0
+    page = (out / "sub-01.html").read_text()
+    assert "<h2>BOLD run sub-01_task-rest</h2>" in page and 'alt="tSNR histogram"' in page
+    if CHROMIUM is not None:  # the real run's page in a browser, where one is installed
+        probed, requests, console = load_and_probe(out / "sub-01.html", tmp_path)
+        n = page.count("<img ")
+        assert probed.get("images") == f"{n}/{n}" and probed.get("overflow") == "0"
+        assert requests == [] and console == []
 
 
 def _bold_only(tmp_path: Path) -> Path:
@@ -211,10 +224,17 @@ def _bold_only(tmp_path: Path) -> Path:
     return root
 
 
-def test_run_without_echo_time_fails_alone(tmp_path: Path) -> None:
+def test_run_without_echo_time_fails_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     root = _bold_only(tmp_path)
     out = tmp_path / "out"
     assert main([str(root), str(out), "participant", "-q", "--skip-bids-validation"]) == 65
+    err = capsys.readouterr().err
+    assert "run sub-01_task-motor failed, the other sets and runs go on" in err
+    assert "echo set sub-01_task-motor" not in err  # a run is called a run
+    assert "2 BOLD run(s): 1 published, 1 failed: sub-01_task-motor" in err
+    assert "echo set(s)" not in err  # there is none
     failure = json.loads((out / "logs" / "failures" / "sub-01_task-motor_failure.json").read_text())
     assert "sub-01_task-motor_echo-2_bold.nii.gz" in failure["reason"]
     assert "EchoTime" in failure["reason"]

@@ -56,10 +56,11 @@ def run_group(settings: Settings) -> Path:
     write_settings_log(settings)
     n_runs = len(runs) + sum(f.entities.get("datatype") == "func" for f in failures)
     n_sets = len(published) + len(failures) + len(runs) - n_runs
+    what = [f"{n_sets} echo set(s)"] if n_sets or not n_runs else []
+    what += [f"{n_runs} BOLD run(s)"] if n_runs else []
     log.info(
-        "group summary of %d echo set(s)%s, %d published and %d failed: %s",
-        n_sets,
-        f" and {n_runs} BOLD run(s)" if n_runs else "",
+        "group summary of %s, %d published and %d failed: %s",
+        " and ".join(what),
         len(published) + len(runs),
         len(failures),
         path,

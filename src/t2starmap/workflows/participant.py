@@ -112,7 +112,8 @@ class RunResult:
             f.entities.get("datatype") == "func" for f in self.failures
         )
         n_sets = published + len(self.failures) - n_runs
-        what = f"{n_sets} echo set(s)" + (f" and {n_runs} BOLD run(s)" if n_runs else "")
+        parts = [f"{n_sets} echo set(s)"] if n_sets or not n_runs else []
+        what = " and ".join(parts + ([f"{n_runs} BOLD run(s)"] if n_runs else []))
         text = f"{what}: {published} published"
         if not self.failures:
             return text
