@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -401,3 +402,26 @@ def test_page_with_runs_renders_in_chromium(
     assert probed.get("images") == f"{n}/{n}"
     assert probed.get("overflow") == "0", "wider than the window"
     assert requests == [] and console == []
+
+
+def test_run_record_counts_failed_voxels(tmp_path: Path) -> None:
+    """A block whose signal rises with TE (the echoes reversed there) fails its fit: the
+    record's failed fraction and failure counts are those of the published status map."""
+    truth = make_bold_run(SHAPE, 6, seed=8)
+    echoes = truth.echoes.copy()
+    echoes[6:12, 6:12, 3:7] = echoes[6:12, 6:12, 3:7, :, ::-1]
+    root = tmp_path / "bids"
+    shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns("sub-*"))
+    write_bold_bids(root, "sub-04_task-rest", replace(truth, echoes=echoes), "rest")
+    out = tmp_path / "out"
+    assert main([str(root), str(out), "participant", "-q", "--skip-bids-validation"]) == 0
+    run = "sub-04/func/sub-04_task-rest"
+    record = _record(out, run)
+    fitted = _image(out / f"{run}_desc-adaptiveGoodSignal_mask.nii.gz") >= 1
+    status = _image(out / f"{run}_desc-fitstatus_dseg.nii.gz")
+    failed = np.isin(status, [lv.index for lv in LEVELS if lv.failure]) & fitted
+    assert failed[6:12, 6:12, 3:7].sum() > 20  # the reversed block
+    assert record.failed_fraction == pytest.approx(failed.sum() / fitted.sum())
+    assert record.status_counts["r2star_at_lower_bound"] == int((status == 3).sum()) > 20
+    page = (out / "sub-04.html").read_text()
+    assert "r2star_at_lower_bound: " in page  # the failure reasons, counted
