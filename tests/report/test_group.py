@@ -294,7 +294,6 @@ def test_bold_runs_have_a_table_of_their_own(tmp_path: Path) -> None:
             "61.5",
             "50.2 (echo 2)",
             "1.23",
-            "-",
         ]
     ]
     # the run is not among the MEGRE outliers and distributions

@@ -104,9 +104,9 @@ def fraction_bars_png(
     names = [labels[int(i)] for i in keep]
     f, m = f[keep], m[keep]
     n = len(names)
-    height = max(1.8, 0.42 * n + 1.0)
+    height = max(2.0, 0.42 * n + 1.3)  # the legend sits above the bars
     fig = Figure(figsize=(6.0, height))
-    ax = fig.add_axes((0.32, 0.75 / height, 0.62, 1 - 1.1 / height))
+    ax = fig.add_axes((0.32, 0.75 / height, 0.62, 1 - 1.4 / height))
     y = np.arange(n)
     ax.barh(y - 0.2, f, height=0.38, color="#c44e52", label="failed (no estimate)")
     ax.barh(y + 0.2, m, height=0.38, color="#dd8452", label="misfit (estimate, SE inflated)")
@@ -114,12 +114,12 @@ def fraction_bars_png(
     ax.invert_yaxis()
     ax.set_xlabel("voxels (% of signal mask)")
     if total > n:
-        ax.set_title(f"the {n} highest of {total} echo sets", fontsize=9)
+        ax.set_xlabel(f"voxels (% of signal mask); the {n} highest of {total} echo sets")
     top = max(1.0, float(max(f.max(initial=0), m.max(initial=0))) * 1.3)
     ax.set_xlim(0, top)
     for offset, values in ((-0.2, f), (0.2, m)):
         for row, value in enumerate(values):
             ax.text(value + 0.01 * top, row + offset, f"{value:.2f} %", va="center", fontsize=7)
-    ax.legend(fontsize=7.5, frameon=False, loc="lower right")
+    ax.legend(fontsize=7.5, frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2)
     ax.tick_params(labelsize=8)
     return to_png(fig)
