@@ -85,28 +85,6 @@ def failed_sets(
     ]
 
 
-def _failed_words(failed: Sequence[FailedSet]) -> dict[str, str]:
-    """The failed list's heading, count noun and first column, by what failed."""
-    kinds = {f.kind for f in failed}
-    if kinds == {"BOLD run"}:
-        return {
-            "failed_heading": "BOLD runs that failed",
-            "failed_what": "BOLD run(s)",
-            "failed_column": "BOLD run",
-        }
-    if "BOLD run" in kinds:
-        return {
-            "failed_heading": "Echo sets and BOLD runs that failed",
-            "failed_what": "echo set(s) and BOLD run(s)",
-            "failed_column": "Echo set or BOLD run",
-        }
-    return {
-        "failed_heading": "Echo sets that failed",
-        "failed_what": "echo set(s)",
-        "failed_column": "Echo set",
-    }
-
-
 def render_page(
     subject: str,
     session: str | None,
@@ -124,7 +102,6 @@ def render_page(
         heading=heading,
         sections=sorted(sections, key=lambda x: (x.kind != "Echo set", x.name)),
         failed=list(failed),
-        **_failed_words(failed),
         citation=citation(records) if records else None,
         citation_file=f"logs/CITATION_{label}.md",
     )

@@ -5,16 +5,21 @@ staged (drawn from their files in the staging folder) and of those earlier runs 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from t2starmap.bids import records
 from t2starmap.bids.func_records import PublishedRun, run_record_files
+from t2starmap.bids.records import PublishedSet
 from t2starmap.errors import T2StarError
 from t2starmap.workflows.func import StagedRun
 from t2starmap.workflows.lazy_pages import pages
 
 log = logging.getLogger("t2starmap")
+
+_Record = TypeVar("_Record", PublishedSet, PublishedRun)
 
 
 @dataclass(frozen=True)
@@ -43,7 +48,9 @@ def runs_part(
     ours = {s.record.name for s in staged}
     earlier = [r for r in on_disk if r.name not in ours]
     sections = pages.run_sections(stage, [s.record for s in staged], convention)
-    sections += _earlier(output_dir, earlier, convention)
+    sections += readable_sections(
+        earlier, lambda r: pages.run_sections(output_dir, [r], convention)
+    )
     files = [name for s in staged for name in s.files]
     remove = [records.failure_path(Path(), s.record.entities).as_posix() for s in staged]
     for old in (r for r in on_disk if r.name in ours):
@@ -53,13 +60,16 @@ def runs_part(
     return RunsPart(sections, files, remove, {r.name for r in earlier})
 
 
-def _earlier(output_dir: Path, runs: list[PublishedRun], convention: str) -> list[pages.Section]:
-    """Sections of runs published earlier; one whose maps cannot be read is left out with a
-    warning (it must not keep this run's sets and runs from their page)."""
+def readable_sections(
+    records: Sequence[_Record], draw: Callable[[_Record], list[pages.Section]]
+) -> list[pages.Section]:
+    """``draw(record)`` for each record published earlier (an echo set or a BOLD run); one
+    whose maps cannot be read any more is left out with a warning (it must not keep this
+    run's sets and runs from their page)."""
     sections = []
-    for record in runs:
+    for record in records:
         try:
-            sections += pages.run_sections(output_dir, [record], convention)
+            sections += draw(record)
         except (OSError, T2StarError) as err:
             log.warning(
                 "%s: published earlier, but its maps cannot be read (%s); the page leaves it out",

@@ -72,7 +72,7 @@ from t2starmap.errors import (
 from t2starmap.interrupts import deferred_signals, raise_if_signalled
 from t2starmap.resources import limit_allocator_arenas
 from t2starmap.workflows.func import StagedRun, stage_bold_run
-from t2starmap.workflows.func_pages import log_published_run, runs_part
+from t2starmap.workflows.func_pages import log_published_run, readable_sections, runs_part
 from t2starmap.workflows.lazy_pages import pages
 from t2starmap.workflows.methods import stage_page_citation, write_output_citation
 from t2starmap.workflows.outputs import (
@@ -411,21 +411,9 @@ def _page_publication(
 
 
 def _earlier_sections(settings: Settings, records: list[PublishedSet]) -> list[pages.Section]:
-    """The page sections of sets earlier runs published; one whose maps cannot be read any
-    more is left out with a warning (it must not keep this run's sets from their page)."""
-    sections = []
-    for record in records:
-        try:
-            sections += pages.earlier_sections(
-                settings.output_dir, settings.bids_dir, [record], settings.report_convention
-            )
-        except (OSError, T2StarError) as err:
-            log.warning(
-                "%s: published earlier, but its maps cannot be read (%s); the page leaves it out",
-                record.name,
-                err,
-            )
-    return sections
+    """The page sections of sets earlier runs published (those whose maps can be read)."""
+    out, bids, convention = settings.output_dir, settings.bids_dir, settings.report_convention
+    return readable_sections(records, lambda r: pages.earlier_sections(out, bids, [r], convention))
 
 
 def _publish(run: Run, label: str, staged: _StagedPage) -> None:
