@@ -11,6 +11,7 @@ record, so no 4-D series is read here.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +43,8 @@ RAW_STATEMENT = (
 )
 PREPROC_STATEMENT = "The echoes are fMRIPrep's motion-corrected echoes (desc-preproc)."
 KIND = "BOLD run"
+#: Threads that draw a run's figures (the MEGRE sections use as many).
+FIGURE_THREADS = 2
 _FAILED = tuple(level.index for level in fit_status.LEVELS if level.failure)
 _MISFIT = fit_status.level_named(MISFIT_NAME).index
 
@@ -245,6 +248,16 @@ def _tsnr_rows(record: PublishedRun) -> list[tuple[str, str]]:
     ]
 
 
+def _t2star_histogram(t2star: np.ndarray, good: np.ndarray) -> Figure:
+    png = figures.histogram_png(t2star[good] * 1e3, window_ms=T2STAR_WINDOW_MS)
+    return Figure(
+        figures.data_uri(png),
+        "T2* histogram",
+        f"T2* of the {int(good.sum())} voxels with at least one good echo whose fit did not "
+        "fail (as in the record's statistics).",
+    )
+
+
 def run_section(
     record: PublishedRun, loaded: SetMaps, convention: str = DEFAULT_CONVENTION
 ) -> Section:
@@ -253,19 +266,14 @@ def run_section(
     maps = dict(loaded.maps)
     fitted, failed, _ = _masks(maps)
     lay = _layout(loaded, fitted, convention)
-    montages = _mask_figures(record, maps, lay) + _map_montages(record, maps, lay)
-    good = fitted & ~failed
-    hist = figures.histogram_png(maps["t2star"][good] * 1e3, window_ms=T2STAR_WINDOW_MS)
-    plots = [
-        Figure(
-            figures.data_uri(hist),
-            "T2* histogram",
-            f"T2* of the {int(good.sum())} voxels with at least one good echo whose fit did "
-            "not fail (as in the record's statistics).",
-        )
-    ]
-    if (tsnr := _tsnr_figure(record)) is not None:
-        plots.insert(0, tsnr)
+    # drawn in two threads, as a MEGRE set's section: PNG encoding releases the GIL
+    with ThreadPoolExecutor(max_workers=FIGURE_THREADS) as pool:
+        masks = pool.submit(_mask_figures, record, maps, lay)
+        tsnr = pool.submit(_tsnr_figure, record)
+        hist = pool.submit(_t2star_histogram, maps["t2star"], fitted & ~failed)
+        montages = _map_montages(record, maps, lay)
+        montages = masks.result() + montages
+        plots = [f for f in (tsnr.result(), hist.result()) if f is not None]
     acquisition, fit = _tables(record, loaded)
     share = {k: v / max(record.n_voxels, 1) for k, v in record.status_counts.items()}
     warnings = [*record.warnings, *fit_status.warnings(share)]
