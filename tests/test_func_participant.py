@@ -425,3 +425,41 @@ def test_run_record_counts_failed_voxels(tmp_path: Path) -> None:
     assert record.status_counts["r2star_at_lower_bound"] == int((status == 3).sum()) > 20
     page = (out / "sub-04.html").read_text()
     assert "r2star_at_lower_bound: " in page  # the failure reasons, counted
+
+
+def test_pages_rewritten_from_the_output_keep_their_runs(
+    mixed: tuple[Path, Path, BoldRun, int], tmp_path: Path
+) -> None:
+    """write_participant_reports (pages from what the output folder holds) draws the BOLD
+    runs recorded there beside the MEGRE sets, as the participant run did."""
+    from t2starmap.report.participant import write_participant_reports
+
+    root, published, _, _ = mixed
+    out = tmp_path / "out"
+    shutil.copytree(published, out)
+    (out / "sub-01.html").unlink()
+    [page] = write_participant_reports(
+        out, root, [r for r in load_published(out) if r.subject == "01"]
+    )
+    text = page.read_text()
+    assert "<h2>Echo set sub-01</h2>" in text and "<h2>BOLD run sub-01_task-rest</h2>" in text
+    assert 'alt="tSNR histogram"' in text
+
+
+def test_rerun_replaces_runs_and_clears_their_failures(tmp_path: Path) -> None:
+    """A second run after the failed run's sidecar is fixed: both runs on the one page, each
+    once; the failure record gone; the first run's files replaced, none left over."""
+    root = _bold_only(tmp_path)
+    out = tmp_path / "out"
+    args = [str(root), str(out), "participant", "-q", "--skip-bids-validation"]
+    assert main(args) == 65
+    assert "sub-01_task-motor" in (out / "sub-01.html").read_text()  # listed as failed
+    sidecar = root / "sub-01" / "func" / "sub-01_task-motor_echo-2_bold.json"
+    sidecar.write_text(json.dumps({"EchoTime": 0.028}))
+    assert main(args) == 0
+    assert not list((out / "logs" / "failures").glob("*motor*"))
+    page = (out / "sub-01.html").read_text()
+    for name in ("sub-01_task-motor", "sub-01_task-rest"):
+        assert page.count(f"<h2>BOLD run {name}</h2>") == 1, name
+        assert _files(out, f"sub-01/func/{name}") == _expected(f"sub-01/func/{name}")
+    assert "that failed" not in page
