@@ -171,7 +171,8 @@ def write_participant_reports(
     ``published`` from what the output folder holds (maps and records already written; the
     participant run hands its maps over instead, see :mod:`t2starmap.workflows.participant`);
     return the pages written. A page covers every set of its participant/session recorded in the
-    output folder, also those that other runs published, and lists those that failed."""
+    output folder, also those that other runs published, and the BOLD runs recorded there, and
+    lists those that failed."""
     pages = sorted({(r.subject, r.session) for r in published}, key=lambda k: (k[0], k[1] or ""))
     written = []
     for subject, session in pages:
@@ -181,8 +182,10 @@ def write_participant_reports(
         records = [*(r for r in published if (r.subject, r.session) == (subject, session))] + [
             r for r in records if r.name not in names
         ]
+        runs = recorded_runs(output_dir, subject, session)
         sections = earlier_sections(output_dir, bids_dir, records, convention)
-        failed = failed_sets(failures, {r.name for r in records})
+        sections += run_sections(output_dir, runs, convention)
+        failed = failed_sets(failures, {r.name for r in records} | {r.name for r in runs})
         target = Path(output_dir) / page_name(subject, session)
         write_text(target, render_page(subject, session, sections, failed, records))
         written.append(target)
