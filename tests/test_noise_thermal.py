@@ -93,7 +93,7 @@ def test_the_floor_refuses_too_few_voxels_and_no_freedom() -> None:
 @pytest.mark.parametrize("effect", list(EFFECTS))
 def test_with_phase_the_sigma_used_is_the_thermal_noise(effect: str, seed: int) -> None:
     """Within 15 % of the tissue's true sigma (median over its voxels) for each effect alone;
-    within 25 % for all of them together (0.83-1.19 over seeds 0-5: ghosts drawn anew at
+    within 25 % for all of them together (0.95-1.19 over seeds 0-5: ghosts drawn anew at
     each echo scatter the per-echo variances the floor is fitted to;
     ``benchmarks/noise_body.py``)."""
     body = make_body_set(**EFFECTS[effect], seed=seed)
@@ -139,6 +139,19 @@ def test_a_smooth_noise_map_where_sense_makes_the_noise_non_uniform() -> None:
     assert 0.85 <= float(np.median(ratio)) <= 1.15
     flat = body.sigma_map[body.mask] / float(np.median(body.sigma_map[body.mask]))
     assert np.median(np.abs(np.log(ratio))) < np.median(np.abs(np.log(flat)))
+
+
+@pytest.mark.parametrize("seed", [0, 2])
+def test_a_noise_map_under_ghosts_sense_misfit_and_jitter_together(seed: int) -> None:
+    """SENSE R = 3 with ghosts that change by echo, misfit and jitter, with phase: a third of
+    the residual variance decays with the signal, yet each voxel's intercept leaves it out:
+    the map is used and its median is the truth's within 15 % (one sigma: 0.79-0.85)."""
+    body = make_body_set(
+        (64, 66, 3), acceleration=3, sigma=4.0, ghosts=6, misfit=0.3, jitter=0.3, seed=seed
+    )
+    estimate = chosen(body, True)
+    assert estimate.sigma_map is not None, estimate.reason
+    assert abs(float(np.median(used_over_true(body, estimate))) - 1) <= 0.15
 
 
 def test_uniform_noise_makes_no_map() -> None:
