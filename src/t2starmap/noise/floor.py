@@ -120,14 +120,17 @@ def thermal_floor(residuals: Residuals, min_voxels: int) -> Floor:
     scaled, amplitude, index = scaled[keep], amplitude[keep], index[keep]
     centre = np.median(scaled, axis=0)
     per_echo = _MAD_TO_SD * np.median(np.abs(scaled - centre), axis=0)
+    total = float(np.mean(per_echo**2))
     weights = _intercept_weights(np.mean(amplitude * amplitude, axis=0), per_echo**2)
     if weights is None:
         sigma2 = pooled2
         voxel = np.mean(scaled * scaled, axis=1)
     else:
-        sigma2 = float(np.clip(weights @ per_echo**2, 0.0, np.mean(per_echo**2)))
-        voxel = _voxel_intercepts(scaled * scaled, amplitude * amplitude)
-    total = float(np.mean(per_echo**2))
+        sigma2 = float(np.clip(weights @ per_echo**2, 0.0, total))
+        # the pooled fit's echo weights: an echo whose variance the ghosts of that echo
+        # raised for every voxel alike counts as little in each voxel's own fit
+        echo_weights = 1.0 / np.clip(per_echo**2, 1e-3 * total, None) ** 2
+        voxel = _voxel_intercepts(scaled * scaled, amplitude * amplitude, echo_weights)
     return Floor(
         math.sqrt(sigma2) if sigma2 > 0 else None,
         math.sqrt(pooled2),
@@ -164,13 +167,20 @@ def _intercept_weights(power: np.ndarray, variance: np.ndarray) -> np.ndarray | 
     return np.asarray(solve[0])
 
 
-def _voxel_intercepts(squares: np.ndarray, power: np.ndarray) -> np.ndarray:
+def _voxel_intercepts(
+    squares: np.ndarray, power: np.ndarray, echo_weights: np.ndarray | None = None
+) -> np.ndarray:
     """Each voxel's intercept a_v of squares_vk = a_v + c_v power_vk by least squares over
-    its echoes (n,): its own signal's decay, which the ghosts of tissue like it share."""
+    its echoes (n,): its own signal's decay, which the ghosts of tissue like it share.
+    ``echo_weights`` (E,): each echo's weight (default equal). Ghosts drawn anew at each
+    echo raise that echo's variance in every voxel at once: unweighted, the error they leave
+    in the intercepts is common to all voxels and survives the smoothing (the map of a body
+    simulator with ghosts alone came out 1.13-1.19 x the truth on seeds 6-11; weighted as the
+    pooled fit weights its echoes, 0.96-1.11 on seeds 0-11)."""
     m = power / np.clip(power.max(axis=1, keepdims=True), 1e-300, None)
-    n_echo = m.shape[1]
-    s1, sm, smm = float(n_echo), m.sum(axis=1), (m * m).sum(axis=1)
-    sy, smy = squares.sum(axis=1), (m * squares).sum(axis=1)
+    w = np.ones(m.shape[1]) if echo_weights is None else echo_weights / echo_weights.mean()
+    s1, sm, smm = float(w.sum()), m @ w, (m * m) @ w
+    sy, smy = squares @ w, (m * squares) @ w
     det = s1 * smm - sm * sm
     ok = det > 1e-6 * s1 * smm
     intercept = (smm * sy - sm * smy) / np.where(ok, det, 1.0)
