@@ -164,6 +164,44 @@ def test_ghosts_that_change_by_echo_do_not_raise_a_noise_map(seed: int) -> None:
     assert abs(float(np.median(used_over_true(body, estimate))) - 1) <= 0.15, estimate.reason
 
 
+@pytest.mark.parametrize("seed", [0, 5])
+def test_magnitude_only_a_noise_map_from_the_echoes_each_voxel_keeps(seed: int) -> None:
+    """SENSE R = 3, magnitude only: few voxels stay above the floor's SNR to the last echo
+    (one end of the R2* range, whose noise is 1.3 x the tissue's median); the map is made
+    from each voxel's echoes above it, and its median is the truth's within 10 % (one sigma
+    from the bright end alone: 1.22)."""
+    body = make_body_set((64, 66, 3), acceleration=3, sigma=4.0, seed=seed)
+    estimate = chosen(body, False)
+    assert estimate.sigma_map is not None, estimate.reason
+    assert abs(float(np.median(used_over_true(body, estimate))) - 1) <= 0.10
+
+
+def test_the_floor_counts_only_the_echoes_a_voxel_kept() -> None:
+    """Half the voxels fitted on their first 4 echoes only, the echoes left out holding
+    garbage (1e6): nothing of them reaches sigma, and each residual's leverage is that of
+    its own fit (4 echoes: about 0.5, not the 0.17 of 12); a voxel left with fewer than
+    p + 1 echoes is left out."""
+    rng = np.random.default_rng(3)
+    n, te = 4000, np.linspace(0.005, 0.06, 12)
+    amplitude = 300.0 * np.exp(-te * rng.uniform(20, 80, (n, 1)))
+    kept = np.ones((n, te.size), dtype=bool)
+    kept[::2, 4:] = False
+    kept[1, 3:] = False  # 3 echoes for 2 parameters: one degree of freedom, kept
+    kept[3, 2:] = False  # 2 echoes: none, left out
+    design = amplitude[:, :, None] * np.stack([np.ones_like(te), te], axis=1)[None]
+    own = np.where(kept[:, :, None], design, 0.0)
+    noise = 3.0 * rng.standard_normal((n, te.size))
+    gram = np.einsum("nep,neq->npq", own, own)
+    gram[3] = np.eye(2)  # no fit
+    coef = np.linalg.solve(gram, np.einsum("nep,ne->np", own, noise)[:, :, None])[:, :, 0]
+    residual = np.where(kept, noise - np.einsum("nep,np->ne", own, coef), 1e6)
+    floor = thermal_floor(Residuals(residual, design, amplitude, np.arange(n), kept), 100)
+    assert floor.sigma == pytest.approx(3.0, rel=0.05)
+    assert 3 not in floor.index and 1 in floor.index
+    short = ~kept[floor.index].all(axis=1)  # their own intercepts, the noise map's input
+    assert float(np.mean(floor.voxel_variance[short])) == pytest.approx(9.0, rel=0.1)
+
+
 def test_uniform_noise_makes_no_map() -> None:
     body = make_body_set(misfit=0.3, seed=4)
     found = all_candidates(body.magnitude, body.echo_times, signal=body.signal)
