@@ -234,3 +234,18 @@ def test_tiles_carry_their_file_index_and_orientation_letters() -> None:
     assert texts[:5] == ["k=3", "A", "P", "R", "L"]
     assert [t for t in texts if t.startswith("k=")] == ["k=3", "k=2", "k=0"]
     assert texts.count("R") == texts.count("L") == 3
+
+
+def test_montages_are_compressed_fast_and_losslessly() -> None:
+    """The montages' PNGs use zlib level MONTAGE_COMPRESSION (speed): the same pixels as
+    Pillow's default level."""
+    from PIL import Image
+
+    volume = np.random.default_rng(0).uniform(0, 1, (16, 16, 3)).astype(np.float32)
+    fig = figures.montage_figure(volume, [0, 1, 2], figures.Scale(0, 1, "viridis", "x"))
+    fast, default = figures.to_png(fig, figures.MONTAGE_COMPRESSION), figures.to_png(fig)
+    assert figures.MONTAGE_COMPRESSION <= 3
+    pixels = [np.asarray(Image.open(io.BytesIO(png))) for png in (fast, default)]
+    assert np.array_equal(pixels[0], pixels[1])
+    shown = figures.montage_png(volume, [0, 1, 2], figures.Scale(0, 1, "viridis", "x"))
+    assert shown == fast

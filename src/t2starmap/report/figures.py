@@ -41,10 +41,19 @@ MISFIT_RGBA = (1.0, 0.55, 0.0, 1.0)
 TILE_TEXT_PT = 7.0
 
 
-def to_png(fig: Figure) -> bytes:
+#: zlib level of the slice montages' PNGs (a page draws a dozen): level 1 encodes a GE
+#: kidney T2* montage in 11 ms instead of 29 ms (Pillow's default 6), 3 % larger; maps are
+#: flat enough that the higher levels find little more.
+MONTAGE_COMPRESSION = 1
+
+
+def to_png(fig: Figure, compress_level: int | None = None) -> bytes:
+    """``fig`` as PNG bytes at :data:`DPI`; ``compress_level``: zlib's 0-9 (None: Pillow's
+    default)."""
     FigureCanvasAgg(fig)
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI)
+    pil = None if compress_level is None else {"compress_level": compress_level}
+    fig.savefig(buffer, format="png", dpi=DPI, pil_kwargs=pil)
     return buffer.getvalue()
 
 
@@ -98,7 +107,7 @@ class Scale:
 
 def montage_png(volume: np.ndarray, slices: Sequence[int], scale: Scale, **options: Any) -> bytes:
     """:func:`montage_figure` as PNG bytes (same arguments)."""
-    return to_png(montage_figure(volume, slices, scale, **options))
+    return to_png(montage_figure(volume, slices, scale, **options), MONTAGE_COMPRESSION)
 
 
 def montage_figure(
