@@ -101,12 +101,14 @@ def stage_bold_run(
         command=shlex.join(["t2starmap", "participant", bold_run.name]),
     )
     log.info("%s: %d echoes, %d volumes, fit %s", bold_run.name, len(paths), n_volumes, fittype)
+    notes: dict[str, Any] = {}
     try:
         with _quiet(logging.getLogger("t2starmap.t2smap")):
-            placed = run_t2smap(s)
+            placed = run_t2smap(s, notes)
         fit = RunFit(fittype, ALGORITHMS[fittype], tr, None, warnings)
         record = run_record(bold_run, settings.bids_dir, placed, geometry, fit)
-        files = _place(settings, stage, bold_run, placed, _fit_fields(fittype, n_volumes), tr)
+        fields = {**_fit_fields(fittype, n_volumes), **notes}
+        files = _place(settings, stage, bold_run, placed, fields, tr)
         record = replace(record, seconds=time.perf_counter() - started)
         record_file = run_record_path(Path(), bold_run.entities)
         write_text(stage / record_file, record.to_json())

@@ -23,6 +23,7 @@ from t2starmap.bids.t2smap_outputs import Stage
 from t2starmap.errors import UsageError
 from t2starmap.fit import adaptive_mask as am
 from t2starmap.fit import bold, combine
+from t2starmap.fit.bold_sigma import choose_noise, describe
 from t2starmap.fit.status import Failure
 from t2starmap.workflows.t2smap_ts import ts_mode
 from t2starmap.workflows.t2smap_write import (
@@ -127,19 +128,28 @@ def fit_volumes(s: T2smapSettings, n_volumes: int) -> np.ndarray | None:
 
 
 def _fit(
-    s: T2smapSettings, m: bold.EchoMoments, te: np.ndarray, count: np.ndarray
-) -> bold.DecayFit:
+    s: T2smapSettings, m: bold.EchoMoments, run: Run, count: np.ndarray
+) -> tuple[bold.DecayFit, dict[str, object]]:
+    """The decay fit, and what the provenance records of it (the noise sigma of nlls)."""
     how = bold.Compute(s.device, s.workers)
     if s.fittype == "loglin":
-        return bold.fit_loglin(m, te, am.echoes_used(count))
+        return bold.fit_loglin(m, run.te, am.echoes_used(count)), {}
     if s.fittype == "curvefit":
-        return bold.fit_curvefit(m, te, am.echoes_used(count), how)
+        return bold.fit_curvefit(m, run.te, am.echoes_used(count), how), {}
     inside = np.asarray(~m.bad.all(axis=1))
-    sigma = bold.temporal_noise(m, inside)
-    if not np.isfinite(sigma):
+    # The rows follow the C order of the transposed mask (voxel_rows): the grid's True cells.
+    noise = choose_noise(m.mean[:, -1], m.diff_var[:, -1], inside, run.mask.T, m.n_volumes)
+    if not np.isfinite(noise.median):
         raise UsageError("--fittype nlls needs at least two volumes to measure the noise")
-    log.info("nlls: thermal noise sigma %.4g (temporal, Rician-corrected)", sigma)
-    return bold.fit_nlls(m, te, inside, sigma, how)
+    log.info(
+        "nlls: thermal noise sigma %.4g (temporal, Rician-corrected), %s; real variation "
+        "across the image %.3f",
+        noise.median,
+        "per voxel" if noise.per_voxel else "one for the run",
+        noise.excess,
+    )
+    sigma = noise.sigma if noise.per_voxel else noise.median
+    return bold.fit_nlls(m, run.te, inside, sigma, how), describe(noise)
 
 
 def fitted_voxels(s: T2smapSettings, count: np.ndarray, fit: bold.DecayFit) -> np.ndarray:
@@ -154,8 +164,10 @@ def _load_solver() -> None:
     import t2starmap.fit.bold_nlls  # noqa: F401  (imports fit.magnitude and torch)
 
 
-def run_t2smap(s: T2smapSettings) -> dict[str, Path]:
-    """Run ``t2smap`` with settings ``s``; return the files written by registry key."""
+def run_t2smap(s: T2smapSettings, notes: dict[str, object] | None = None) -> dict[str, Path]:
+    """Run ``t2smap`` with settings ``s``; return the files written by registry key.
+    ``notes``, when given, receives what the fit records beyond the settings (the noise sigma
+    of nlls: :func:`t2starmap.fit.bold_sigma.describe`), as dataset_description.json does."""
     stage = Stage(s.out_dir, s.prefix, s.convention, s.overwrite)
     if s.fittype != "loglin":  # torch loads (seconds) while the echoes are read
         threading.Thread(target=_load_solver, name="t2smap-import", daemon=True).start()
@@ -170,23 +182,26 @@ def run_t2smap(s: T2smapSettings) -> dict[str, Path]:
         count = am.adaptive_mask(mean, bad, s.masktype)
         log.info("adaptive mask: voxels by good echoes %s", np.bincount(count).tolist())
         stage.image("adaptive mask img", count.astype(np.uint8), run.mask, run.geometry3)
+        fitted: dict[str, object] = {}
         if s.fitmode == "all":
-            _all_mode(s, run, moments, count, stage)
+            fitted = _all_mode(s, run, moments, count, stage)
         else:
             ts_mode(s, run, count, stage)
-        stage.json("data description json", description(s))
+        stage.json("data description json", description(s, fitted))
         placed = stage.publish()
     except BaseException:
         stage.discard()
         raise
     log.info("wrote %d files to %s", len(placed), s.out_dir)
+    if notes is not None:
+        notes.update(fitted)
     return placed
 
 
 def _all_mode(
     s: T2smapSettings, run: Run, m: bold.EchoMoments, count: np.ndarray, stage: Stage
-) -> None:
-    fit = _fit(s, m, run.te, count)
+) -> dict[str, object]:
+    fit, fitted = _fit(s, m, run, count)
     sel = fitted_voxels(s, count, fit)
     maps = combine.floor_maps(fit.t2star[sel].copy(), fit.s0[sel].copy(), run.te)
     full = combine.FinalMaps(expand(maps.t2star, sel), expand(maps.s0, sel))
@@ -195,3 +210,4 @@ def _all_mode(
     used = am.echoes_used(count)
     write_combination(s, stage, run, used, full.t2star)
     write_rmse(stage, run, used, full)
+    return fitted
