@@ -25,13 +25,15 @@ class Run:
     """The data of one run: each echo's samples inside ``mask`` (V, T) float32, voxels in the
     file's order (:func:`t2starmap.bids.series.voxel_rows`; every (V, ...) array of the run
     follows it), the 3-D mask,
-    the geometry of a volume and of the series, echo times in s."""
+    the geometry of a volume and of the series, echo times in s; ``phase``: each echo's phase
+    (V, T) float32 rad where ``--phase`` gave it, else None."""
 
     echoes: list[np.ndarray]
     mask: np.ndarray
     geometry3: Geometry
     geometry4: Geometry
     te: np.ndarray
+    phase: list[np.ndarray] | None = None
 
 
 def expand(values: np.ndarray, sel: np.ndarray) -> np.ndarray:
@@ -62,7 +64,7 @@ def write_fit_quality(
     """Failures (curvefit, nlls), standard errors, the fit-status map, and with
     ``--verbose`` the variances and covariance (T2* in s^2)."""
     g = run.geometry3
-    if s.fittype != "loglin":
+    if s.fittype != "loglin" or run.phase is not None:
         stage.image("fit failures img", (fit.failed & sel).astype(np.uint8), run.mask, g)
     t2 = np.where(sel, fit.t2star, 0.0)
     se_t2 = np.sqrt(np.where(sel, fit.t2star_var, 0.0))
