@@ -17,8 +17,10 @@ import numpy as np
 from matplotlib import patheffects
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+from PIL import Image
 
 from t2starmap.report.planes import View
 
@@ -41,10 +43,23 @@ MISFIT_RGBA = (1.0, 0.55, 0.0, 1.0)
 TILE_TEXT_PT = 7.0
 
 
+#: zlib level of the pages' PNGs: 1 encodes a brain-sized montage 3x faster than the default
+#: 6, for 5-10 % more bytes (benchmarks/RESULTS_PARTICIPANT.md).
+PNG_COMPRESS_LEVEL = 1
+
+
 def to_png(fig: Figure) -> bytes:
-    FigureCanvasAgg(fig)
+    """``fig`` drawn once at :data:`DPI` and encoded by Pillow: RGB when every pixel is opaque
+    (the pages' figures), RGBA otherwise. (``savefig`` would draw it a second time and
+    encode the alpha channel at zlib's default level.)"""
+    fig.set_dpi(DPI)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    rgba = np.asarray(canvas.buffer_rgba())
+    opaque = bool((rgba[..., 3] == 255).all())
+    image = Image.fromarray(np.ascontiguousarray(rgba[..., :3]) if opaque else rgba)
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI)
+    image.save(buffer, format="png", compress_level=PNG_COMPRESS_LEVEL)
     return buffer.getvalue()
 
 
@@ -129,19 +144,15 @@ def montage_figure(
     fig = Figure(figsize=(width_in, height_in), facecolor="black")
     ax = fig.add_axes((0.0, 0.0, image_w / width_in, 1.0))
     ax.set_axis_off()
-    shown = ax.imshow(
-        np.ma.masked_invalid(tiles),
-        cmap=scale.cmap,
-        norm=Normalize(vmin=scale.vmin, vmax=scale.vmax),
-        interpolation="nearest",
-        aspect=view.pixel_aspect,
-    )
-    for marked, rgba in ((misfit, MISFIT_RGBA), (failed, FAILED_RGBA)):
+    # coloured here, overlays included, and drawn as one RGBA image: one resampling instead of
+    # one per layer (NaN takes the colour map's "bad" colour, transparent over black)
+    shown = ScalarMappable(Normalize(vmin=scale.vmin, vmax=scale.vmax), scale.cmap)
+    rgba = shown.to_rgba(np.ma.masked_invalid(tiles), bytes=True)
+    for marked, colour in ((misfit, MISFIT_RGBA), (failed, FAILED_RGBA)):
         if marked is not None and marked.any():
             flags = mosaic(marked, slices, view=view) > 0.5  # the shown slices only, no copy
-            overlay = np.zeros((*flags.shape, 4), dtype=np.float32)
-            overlay[flags] = rgba
-            ax.imshow(overlay, interpolation="nearest", aspect=view.pixel_aspect)
+            rgba[flags] = np.round(np.asarray(colour) * 255)
+    ax.imshow(rgba, interpolation="nearest", aspect=view.pixel_aspect)
     depth = volume.shape[view.axis] if volume.ndim == 3 else 1
     tile_shape = (height_px // rows_of(len(slices)), width_px // columns)
     _annotate_tiles(ax, view, slices, tile_shape, depth)
