@@ -8,6 +8,7 @@ Units: echo times in s on input, shown in ms; T2* in s on input, shown in ms.
 from __future__ import annotations
 
 import base64
+import functools
 import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -52,10 +53,21 @@ def to_png(fig: Figure) -> bytes:
     """``fig`` drawn once at :data:`DPI` and encoded by Pillow: RGB when every pixel is opaque
     (the pages' figures), RGBA otherwise. (``savefig`` would draw it a second time and
     encode the alpha channel at zlib's default level.)"""
+    return encode_png(draw_rgba(fig))
+
+
+def draw_rgba(fig: Figure) -> np.ndarray:
+    """``fig`` drawn at :data:`DPI`: (height, width, 4) uint8, straight (not premultiplied)
+    alpha, a copy of the canvas' buffer."""
     fig.set_dpi(DPI)
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
-    rgba = np.asarray(canvas.buffer_rgba())
+    return np.array(canvas.buffer_rgba())
+
+
+def encode_png(rgba: np.ndarray) -> bytes:
+    """PNG bytes of (height, width, 4) uint8 pixels: RGB when every pixel is opaque, at zlib
+    level :data:`PNG_COMPRESS_LEVEL`."""
     opaque = bool((rgba[..., 3] == 255).all())
     image = Image.fromarray(np.ascontiguousarray(rgba[..., :3]) if opaque else rgba)
     buffer = io.BytesIO()
@@ -112,8 +124,68 @@ class Scale:
 
 
 def montage_png(volume: np.ndarray, slices: Sequence[int], scale: Scale, **options: Any) -> bytes:
-    """:func:`montage_figure` as PNG bytes (same arguments)."""
-    return to_png(montage_figure(volume, slices, scale, **options))
+    """:func:`montage_figure` as PNG bytes (same arguments). The tiles' slice labels and
+    orientation letters are drawn once per layout (:func:`annotation_layer`; the montages of
+    a page section share theirs) and laid over the montage drawn without them: drawing 60
+    outlined texts costs more than the montage itself."""
+    layout = montage_layout(volume, slices, scale, options.get("tile_in", 1.75), **_view(options))
+    fig = montage_figure(volume, slices, scale, annotate=False, **options)
+    rgba = draw_rgba(fig)
+    layer = annotation_layer(layout)
+    if layer is not None:
+        where, colour, alpha = layer
+        under = rgba[where][:, :3].astype(np.uint16)
+        rgba[where[0], where[1], :3] = (colour * alpha + under * (255 - alpha) + 127) // 255
+    return encode_png(rgba)
+
+
+def _view(options: Mapping[str, Any]) -> dict[str, View]:
+    return {"view": options["view"]} if "view" in options else {}
+
+
+@dataclass(frozen=True)
+class MontageLayout:
+    """Where a montage's parts go: the figure's size (inches), the image axes' and the colour
+    bar's rectangles (figure fractions), the mosaic's shape (pixels of data), the view, the
+    slices and their count along the view's axis (``depth``)."""
+
+    size_in: tuple[float, float]
+    image_rect: tuple[float, float, float, float]
+    bar_rect: tuple[float, float, float, float]
+    mosaic_shape: tuple[int, int]
+    view: View
+    slices: tuple[int, ...]
+    depth: int
+
+
+def montage_layout(
+    volume: np.ndarray,
+    slices: Sequence[int],
+    scale: Scale,
+    tile_in: float = 1.75,
+    view: View = AXIAL,
+) -> MontageLayout:
+    """The :class:`MontageLayout` of a montage of ``volume`` (see :func:`montage_figure`)."""
+    vol = volume[..., None] if volume.ndim == 2 else volume
+    height_px, width_px = view.tile(vol, slices[0]).shape
+    columns = max(1, min(COLUMNS, len(slices)))
+    height_px *= rows_of(len(slices))
+    width_px *= columns
+    bar_in = 1.35  # the colour bar, its ticks and its label
+    image_w = tile_in * columns
+    width_in = image_w + bar_in
+    picture_in = image_w * height_px * view.pixel_aspect / width_px
+    # the colour bar spans 80 % of the height: tall enough for its label at 9 pt
+    height_in = max(1.2, picture_in, 0.09 * len(scale.label) + 0.5)
+    return MontageLayout(
+        (width_in, height_in),
+        (0.0, 0.0, image_w / width_in, 1.0),
+        (1.0 - 0.9 * bar_in / width_in, 0.1, 0.12 / width_in, 0.8),
+        (height_px, width_px),
+        view,
+        tuple(slices),
+        volume.shape[view.axis] if volume.ndim == 3 else 1,
+    )
 
 
 def montage_figure(
@@ -125,24 +197,19 @@ def montage_figure(
     tile_in: float = 1.75,
     view: View = AXIAL,
     misfit: np.ndarray | None = None,
+    annotate: bool = True,
 ) -> Figure:
     """Slices of canonical ``volume`` cut as ``view`` says, coloured as ``scale`` says, in one
     image with a colour bar; voxels of ``failed`` (same shape, bool) drawn on top in
     :data:`FAILED_RGBA`, of ``misfit`` in :data:`MISFIT_RGBA`; NaN voxels are background
     (black). Each tile is ``tile_in`` inches (``tile_in * DPI`` pixels) wide; its height
     keeps the voxels' aspect ratio (``view.pixel_aspect``); it carries its slice's file index
-    and orientation letters."""
+    and orientation letters (unless ``annotate`` is false: :func:`montage_png` lays them
+    over)."""
+    layout = montage_layout(volume, slices, scale, tile_in, view)
     tiles = mosaic(volume.astype(np.float32, copy=False), slices, view=view)
-    height_px, width_px = tiles.shape
-    columns = max(1, min(COLUMNS, len(slices)))
-    bar_in = 1.35  # the colour bar, its ticks and its label
-    image_w = tile_in * columns
-    width_in = image_w + bar_in
-    picture_in = image_w * height_px * view.pixel_aspect / width_px
-    # the colour bar spans 80 % of the height: tall enough for its label at 9 pt
-    height_in = max(1.2, picture_in, 0.09 * len(scale.label) + 0.5)
-    fig = Figure(figsize=(width_in, height_in), facecolor="black")
-    ax = fig.add_axes((0.0, 0.0, image_w / width_in, 1.0))
+    fig = Figure(figsize=layout.size_in, facecolor="black")
+    ax = fig.add_axes(layout.image_rect)
     ax.set_axis_off()
     # coloured here, overlays included, and drawn as one RGBA image: one resampling instead of
     # one per layer (NaN takes the colour map's "bad" colour, transparent over black)
@@ -153,14 +220,42 @@ def montage_figure(
             flags = mosaic(marked, slices, view=view) > 0.5  # the shown slices only, no copy
             rgba[flags] = np.round(np.asarray(colour) * 255)
     ax.imshow(rgba, interpolation="nearest", aspect=view.pixel_aspect)
-    depth = volume.shape[view.axis] if volume.ndim == 3 else 1
-    tile_shape = (height_px // rows_of(len(slices)), width_px // columns)
-    _annotate_tiles(ax, view, slices, tile_shape, depth)
-    bar_ax = fig.add_axes((1.0 - 0.9 * bar_in / width_in, 0.1, 0.12 / width_in, 0.8))
-    bar = fig.colorbar(shown, cax=bar_ax)
+    if annotate:
+        _annotate_layout(ax, layout)
+    bar = fig.colorbar(shown, cax=fig.add_axes(layout.bar_rect))
     bar.set_label(scale.label, color="white", fontsize=9)
     bar.ax.tick_params(colors="white", labelsize=8)
     return fig
+
+
+def _annotate_layout(ax: Axes, layout: MontageLayout) -> None:
+    rows, columns = rows_of(len(layout.slices)), max(1, min(COLUMNS, len(layout.slices)))
+    tile_shape = (layout.mosaic_shape[0] // rows, layout.mosaic_shape[1] // columns)
+    _annotate_tiles(ax, layout.view, layout.slices, tile_shape, layout.depth)
+
+
+#: The pixels of an annotation layer that it covers: (row indices, column indices), their
+#: colours (n, 3) and alphas (n, 1), uint16.
+Layer = tuple[tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray]
+
+
+@functools.lru_cache(maxsize=8)
+def annotation_layer(layout: MontageLayout) -> Layer | None:
+    """The tiles' annotations of a montage of ``layout``, drawn alone on a transparent figure
+    of its size (None when there are none): the pixels they cover, their colours and alphas,
+    to lay over the montage drawn without them (as Agg would have drawn them over it)."""
+    fig = Figure(figsize=layout.size_in, facecolor="none")
+    ax = fig.add_axes(layout.image_rect)
+    ax.set_axis_off()
+    blank = np.zeros((*layout.mosaic_shape, 4), dtype=np.uint8)  # the same axes transform
+    ax.imshow(blank, interpolation="nearest", aspect=layout.view.pixel_aspect)
+    _annotate_layout(ax, layout)
+    if not ax.texts:
+        return None
+    rgba = draw_rgba(fig)
+    rows, columns = np.nonzero(rgba[..., 3])
+    covered = rgba[rows, columns].astype(np.uint16)
+    return (rows, columns), covered[:, :3], covered[:, 3:]
 
 
 def rows_of(n_tiles: int, columns: int = COLUMNS) -> int:
