@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import functools
-import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,19 +16,18 @@ from typing import Any
 import numpy as np
 from matplotlib import patheffects
 from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.backends.backend_agg import FigureCanvasAgg as FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
-from PIL import Image
 
 from t2starmap.report.planes import View
+from t2starmap.report.raster import DPI as DPI
+from t2starmap.report.raster import Layer, covered_pixels, draw_rgba, encode_png, lay_over
 
 #: The default view: axial tiles of square voxels.
 AXIAL = View(axis=2, pixel_aspect=1.0)
 
-#: Dots per inch of every figure: a montage 11 in wide is 1100 px, sharp at laptop width.
-DPI = 100
 #: Most slices shown in a montage, and tiles per montage row.
 MAX_SLICES = 12
 COLUMNS = 6
@@ -44,35 +42,11 @@ MISFIT_RGBA = (1.0, 0.55, 0.0, 1.0)
 TILE_TEXT_PT = 7.0
 
 
-#: zlib level of the pages' PNGs: 1 encodes a brain-sized montage 3x faster than the default
-#: 6, for 5-10 % more bytes (benchmarks/RESULTS_PARTICIPANT.md).
-PNG_COMPRESS_LEVEL = 1
-
-
 def to_png(fig: Figure) -> bytes:
     """``fig`` drawn once at :data:`DPI` and encoded by Pillow: RGB when every pixel is opaque
     (the pages' figures), RGBA otherwise. (``savefig`` would draw it a second time and
     encode the alpha channel at zlib's default level.)"""
     return encode_png(draw_rgba(fig))
-
-
-def draw_rgba(fig: Figure) -> np.ndarray:
-    """``fig`` drawn at :data:`DPI`: (height, width, 4) uint8, straight (not premultiplied)
-    alpha, a copy of the canvas' buffer."""
-    fig.set_dpi(DPI)
-    canvas = FigureCanvasAgg(fig)
-    canvas.draw()
-    return np.array(canvas.buffer_rgba())
-
-
-def encode_png(rgba: np.ndarray) -> bytes:
-    """PNG bytes of (height, width, 4) uint8 pixels: RGB when every pixel is opaque, at zlib
-    level :data:`PNG_COMPRESS_LEVEL`."""
-    opaque = bool((rgba[..., 3] == 255).all())
-    image = Image.fromarray(np.ascontiguousarray(rgba[..., :3]) if opaque else rgba)
-    buffer = io.BytesIO()
-    image.save(buffer, format="png", compress_level=PNG_COMPRESS_LEVEL)
-    return buffer.getvalue()
 
 
 def data_uri(png: bytes) -> str:
@@ -128,19 +102,14 @@ def montage_png(volume: np.ndarray, slices: Sequence[int], scale: Scale, **optio
     orientation letters are drawn once per layout (:func:`annotation_layer`; the montages of
     a page section share theirs) and laid over the montage drawn without them: drawing 60
     outlined texts costs more than the montage itself."""
-    layout = montage_layout(volume, slices, scale, options.get("tile_in", 1.75), **_view(options))
+    tile_in, view = options.get("tile_in", 1.75), options.get("view", AXIAL)
+    layout = montage_layout(volume, slices, scale, tile_in, view)
     fig = montage_figure(volume, slices, scale, annotate=False, **options)
     rgba = draw_rgba(fig)
     layer = annotation_layer(layout)
     if layer is not None:
-        where, colour, alpha = layer
-        under = rgba[where][:, :3].astype(np.uint16)
-        rgba[where[0], where[1], :3] = (colour * alpha + under * (255 - alpha) + 127) // 255
+        lay_over(rgba, layer)
     return encode_png(rgba)
-
-
-def _view(options: Mapping[str, Any]) -> dict[str, View]:
-    return {"view": options["view"]} if "view" in options else {}
 
 
 @dataclass(frozen=True)
@@ -234,11 +203,6 @@ def _annotate_layout(ax: Axes, layout: MontageLayout) -> None:
     _annotate_tiles(ax, layout.view, layout.slices, tile_shape, layout.depth)
 
 
-#: The pixels of an annotation layer that it covers: (row indices, column indices), their
-#: colours (n, 3) and alphas (n, 1), uint16.
-Layer = tuple[tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray]
-
-
 @functools.lru_cache(maxsize=8)
 def annotation_layer(layout: MontageLayout) -> Layer | None:
     """The tiles' annotations of a montage of ``layout``, drawn alone on a transparent figure
@@ -250,12 +214,7 @@ def annotation_layer(layout: MontageLayout) -> Layer | None:
     blank = np.zeros((*layout.mosaic_shape, 4), dtype=np.uint8)  # the same axes transform
     ax.imshow(blank, interpolation="nearest", aspect=layout.view.pixel_aspect)
     _annotate_layout(ax, layout)
-    if not ax.texts:
-        return None
-    rgba = draw_rgba(fig)
-    rows, columns = np.nonzero(rgba[..., 3])
-    covered = rgba[rows, columns].astype(np.uint16)
-    return (rows, columns), covered[:, :3], covered[:, 3:]
+    return covered_pixels(draw_rgba(fig)) if ax.texts else None
 
 
 def rows_of(n_tiles: int, columns: int = COLUMNS) -> int:
