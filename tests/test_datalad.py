@@ -92,3 +92,27 @@ def test_echo_time_inherited_from_a_top_level_sidecar(tmp_path: Path) -> None:
     assert sidecar["EchoTime"] == [echo_times[str(k)] for k in range(1, 9)]
     assert sidecar["Manufacturer"] == manufacturer
     assert manufacturer in (out / "sub-01.html").read_text()
+
+
+@pytest.mark.parametrize("validate", [True, False])
+def test_bold_echo_not_fetched_is_66_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], validate: bool
+) -> None:
+    """A multi-echo BOLD echo that is a dangling link (annex content not fetched) stops the
+    run as a MEGRE echo does: exit 66, one line naming the file, nothing written."""
+    from t2starmap.sim.bold import make_bold_run, write_bold_bids
+
+    dataset = tmp_path / "ds"
+    shutil.copytree(EXAMPLE, dataset)
+    echoes = write_bold_bids(dataset, "sub-01_task-rest", make_bold_run((12, 12, 6), 4), "rest")
+    store = dataset / ".git" / "annex" / "objects" / "echo2.nii.gz"
+    store.parent.mkdir(parents=True)
+    shutil.move(echoes[1], store)
+    os.symlink(os.path.relpath(store, echoes[1].parent), echoes[1])
+    store.unlink()  # not fetched
+    out = tmp_path / "out"
+    assert run(dataset, out, *([] if validate else ["--skip-bids-validation"])) == 66
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert f"datalad get {echoes[1]}" in err
+    assert not out.exists()

@@ -7,16 +7,25 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
+from markupsafe import escape
 
+from t2starmap.bids.func_records import PublishedRun
 from t2starmap.bids.nifti import write_image
+from t2starmap.bids.records import load_failures, load_published
+from t2starmap.bids.summary import group_table
 from t2starmap.cli.run import main
 from t2starmap.cli.t2smap import main as t2smap_main
+from t2starmap.fit.status import LEVELS
+from t2starmap.report.func_section import PREPROC_STATEMENT, RAW_STATEMENT
 from t2starmap.sim.bold import BoldRun, make_bold_run, write_bold_bids
+from tests.report.test_browser import CHROMIUM, load_and_probe
 from tests.support.files import EXAMPLE, SHARED_DATA, checksums
 
 SHAPE = (20, 20, 10)
@@ -46,7 +55,7 @@ def _files(out: Path, run: str) -> set[str]:
 def _expected(run: str) -> set[str]:
     stem = Path(run).name
     names = {f"{stem}_{m}.nii.gz" for m in IMAGES} | {f"{stem}_{m}.json" for m in IMAGES}
-    return names | {f"{stem}_desc-fitstatus_dseg.tsv"}
+    return names | {f"{stem}_desc-fitstatus_dseg.tsv", f"{stem}_record.json"}
 
 
 @pytest.fixture(scope="module")
@@ -191,6 +200,19 @@ def test_real_me_epi_equals_the_t2smap_command(tmp_path: Path) -> None:
     fitted = mask & (t2 > 0)
     assert fitted.sum() > 0.3 * mask.sum()  # the first-echo mask is tighter than tedana's
     assert 0.03 < float(np.median(t2[fitted])) < 0.09  # brain with CSF at 3 T
+    # the record and the page section (5 volumes: a tSNR, noisy)
+    record = _record(out, "sub-01/func/sub-01_task-rest")
+    count = np.asarray(nib.load(f"{run}_desc-adaptiveGoodSignal_mask.nii.gz").dataobj)
+    assert record.n_voxels == int((count >= 1).sum())
+    assert record.tsnr is not None and record.tsnr.n_voxels > 0.9 * record.n_voxels
+    assert 0.5 < record.tsnr.ratio < 2.0
+    page = (out / "sub-01.html").read_text()
+    assert "<h2>BOLD run sub-01_task-rest</h2>" in page and 'alt="tSNR histogram"' in page
+    if CHROMIUM is not None:  # the real run's page in a browser, where one is installed
+        probed, requests, console = load_and_probe(out / "sub-01.html", tmp_path)
+        n = page.count("<img ")
+        assert probed.get("images") == f"{n}/{n}" and probed.get("overflow") == "0"
+        assert requests == [] and console == []
 
 
 def _bold_only(tmp_path: Path) -> Path:
@@ -203,10 +225,17 @@ def _bold_only(tmp_path: Path) -> Path:
     return root
 
 
-def test_run_without_echo_time_fails_alone(tmp_path: Path) -> None:
+def test_run_without_echo_time_fails_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     root = _bold_only(tmp_path)
     out = tmp_path / "out"
     assert main([str(root), str(out), "participant", "-q", "--skip-bids-validation"]) == 65
+    err = capsys.readouterr().err
+    assert "run sub-01_task-motor failed, the other sets and runs go on" in err
+    assert "echo set sub-01_task-motor" not in err  # a run is called a run
+    assert "2 BOLD run(s): 1 published, 1 failed: sub-01_task-motor" in err
+    assert "echo set(s)" not in err  # there is none
     failure = json.loads((out / "logs" / "failures" / "sub-01_task-motor_failure.json").read_text())
     assert "sub-01_task-motor_echo-2_bold.nii.gz" in failure["reason"]
     assert "EchoTime" in failure["reason"]
@@ -220,3 +249,217 @@ def test_stop_on_first_crash_publishes_nothing(tmp_path: Path) -> None:
     args = [str(root), str(out), "participant", "-q", "--skip-bids-validation"]
     assert main([*args, "--stop-on-first-crash"]) == 65
     assert not out.exists()
+
+
+# --- the run's record, its page section, its group row (issue 28 part 2) --------------------
+
+
+def _image(path: Path) -> np.ndarray:
+    return np.asarray(nib.load(path).dataobj)
+
+
+def _tsnr(series: np.ndarray) -> np.ndarray:
+    """mean / sample SD over the last axis, computed here apart from t2starmap.fit.tsnr."""
+    series = series.astype(np.float64)
+    sd = series.std(axis=-1, ddof=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(sd > 0, series.mean(axis=-1) / sd, np.nan)
+
+
+def _record(out: Path, run: str) -> PublishedRun:
+    return PublishedRun.from_json((out / f"{run}_record.json").read_text())
+
+
+def test_run_record_holds_the_numbers_of_its_maps(mixed: tuple[Path, Path, BoldRun, int]) -> None:
+    _, out, truth, _ = mixed
+    record = _record(out, GOOD)
+    assert record.name == "sub-01_task-rest" and record.entities["task"] == "rest"
+    assert record.echo_times == pytest.approx(tuple(truth.te))
+    assert (record.n_volumes, record.fit_type, record.preprocessed) == (N_VOLUMES, "nlls", False)
+    assert record.repetition_time == pytest.approx(truth.tr)
+    for path in record.files.values():
+        assert (out / path).is_file(), path
+    count = _image(out / f"{GOOD}_desc-adaptiveGoodSignal_mask.nii.gz").astype(int)
+    fitted = count >= 1
+    assert record.n_voxels == int(fitted.sum()) > 1000
+    assert record.mask_counts == {str(k): int((count == k).sum()) for k in range(5)}
+    status = _image(out / f"{GOOD}_desc-fitstatus_dseg.nii.gz")
+    failed = np.isin(status, [lv.index for lv in LEVELS if lv.failure]) & fitted
+    assert record.failed_fraction == pytest.approx(failed.sum() / fitted.sum())
+    assert sum(record.status_counts.values()) == record.n_voxels
+    t2 = _image(out / f"{GOOD}_T2starmap.nii.gz")
+    assert record.statistics.t2star is not None
+    assert record.statistics.t2star[1] == pytest.approx(np.median(t2[fitted & ~failed]), rel=1e-5)
+
+
+def test_run_record_tsnr_is_of_the_combination_and_the_echoes(
+    mixed: tuple[Path, Path, BoldRun, int],
+) -> None:
+    """Computed here from the published optcom series and the raw echoes, over the voxels with
+    a good echo; on the simulator (thermal noise, 1 % physiology) the combination gains."""
+    _, out, truth, _ = mixed
+    tsnr = _record(out, GOOD).tsnr
+    assert tsnr is not None
+    fitted = _image(out / f"{GOOD}_desc-adaptiveGoodSignal_mask.nii.gz") >= 1
+    optcom = _tsnr(_image(out / f"{GOOD}_desc-optcom_bold.nii.gz")[fitted])
+    keep = np.isfinite(optcom)
+    echoes = [_tsnr(truth.echoes[..., k][fitted])[keep] for k in range(truth.te.size)]
+    medians = [float(np.nanmedian(e)) for e in echoes]
+    assert tsnr.n_voxels == int(keep.sum())
+    assert tsnr.optcom_median == pytest.approx(float(np.median(optcom[keep])), rel=1e-4)
+    np.testing.assert_allclose(tsnr.echo_medians, medians, rtol=1e-4)
+    assert tsnr.best_echo == int(np.argmax(medians)) + 1
+    assert tsnr.ratio == pytest.approx(tsnr.optcom_median / max(medians), rel=1e-6)
+    assert tsnr.ratio > 1.05  # the optimal combination beats every single echo here
+
+
+def test_page_shows_sets_and_runs_together(mixed: tuple[Path, Path, BoldRun, int]) -> None:
+    _, out, _, _ = mixed
+    assert sorted(p.name for p in out.glob("*.html")) == [
+        "sub-01.html",
+        "sub-02_ses-1.html",
+        "sub-02_ses-2.html",
+    ]  # one page per participant/session; no page of its own for a run
+    page = (out / "sub-01.html").read_text()
+    assert 'id="sub-01"' in page and "<h2>Echo set sub-01</h2>" in page
+    assert "<h2>BOLD run sub-01_task-rest</h2>" in page
+    assert page.index("<h2>Echo set sub-01</h2>") < page.index("<h2>BOLD run sub-01_task-rest")
+    section = page[page.index('<section id="sub-01_task-rest">') :]
+    section = section[: section.index("</section>")]
+    assert escape(RAW_STATEMENT) in section
+    for alt in ("fit-status map", "adaptive mask", "T2* (ms) montage", "S0 (input units) montage"):
+        assert f'alt="{alt}"' in section, alt
+    assert 'alt="tSNR histogram"' in section and 'alt="T2* histogram"' in section
+    tsnr = _record(out, GOOD).tsnr
+    assert tsnr is not None and f"{tsnr.ratio:.2f}" in section
+    assert "tSNR median, optimal combination" in section
+    assert "number of echoes with good signal" in section  # the adaptive mask's caption
+    failed = (out / "sub-02_ses-2.html").read_text()
+    assert "<h2>BOLD runs that failed</h2>" in failed
+    assert "sub-02_ses-2_task-bad" in failed and "differs from" in failed
+    assert "Echo set sub-02_ses-2" in failed  # the page's MEGRE set is there too
+
+
+def test_preprocessed_run_page_says_motion_corrected(tmp_path: Path) -> None:
+    root = tmp_path / "bids"
+    shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns("sub-*"))
+    write_bold_bids(root, "sub-03_task-rest", make_bold_run(SHAPE, 6, seed=5), "rest", "preproc")
+    out = tmp_path / "out"
+    assert main([str(root), str(out), "participant", "-q", "--skip-bids-validation"]) == 0
+    page = (out / "sub-03.html").read_text()
+    assert escape(PREPROC_STATEMENT) in page and escape(RAW_STATEMENT) not in page
+    assert _record(out, "sub-03/func/sub-03_task-rest").preprocessed is True
+
+
+def test_group_level_has_a_row_per_run(
+    mixed: tuple[Path, Path, BoldRun, int], tmp_path: Path
+) -> None:
+    root, published, _, _ = mixed
+    out = tmp_path / "out"
+    shutil.copytree(published, out)
+    assert main([str(root), str(out), "group", "-q"]) == 0
+    table = pd.read_csv(out / "group_T2starmap.tsv", sep="\t", dtype={"run": str})
+    runs = table[table["datatype"] == "func"]
+    assert list(runs["status"]) == ["published", "failed"]
+    good = runs.iloc[0]
+    record = _record(out, GOOD)
+    assert (good["task"], good["n_echoes"], good["n_volumes"]) == ("rest", 4, N_VOLUMES)
+    assert good["n_voxels"] == record.n_voxels
+    assert good["failed_fraction"] == pytest.approx(record.failed_fraction, rel=1e-5)
+    assert record.tsnr is not None and record.statistics.t2star is not None
+    assert good["tsnr_optcom"] == pytest.approx(record.tsnr.optcom_median, rel=1e-3)
+    assert good["tsnr_ratio"] == pytest.approx(record.tsnr.ratio, rel=1e-3)
+    assert good["best_echo"] == record.tsnr.best_echo
+    assert good["t2star_median"] == pytest.approx(record.statistics.t2star[1], rel=1e-5)
+    assert runs.iloc[1]["task"] == "bad" and "differs from" in runs.iloc[1]["failure_reason"]
+    # the MEGRE rows are those of a group table without runs, column for column up to the
+    # columns of runs
+    lines = (out / "group_T2starmap.tsv").read_text().splitlines()
+    width = lines[0].split("\t").index("datatype")
+    alone = group_table(
+        load_published(out), [f for f in load_failures(out) if "task" not in f.name]
+    )
+    expected = [line.split("\t")[:width] for line in alone.write(Path("x")).splitlines()]
+    megre = [line.split("\t")[:width] for line in lines if "\tanat\t" in line]
+    assert len(megre) == 3 and megre == expected[1:]
+    page = (out / "group_report.html").read_text()
+    assert "<h2>Multi-echo BOLD runs</h2>" in page and "sub-01 task-rest" in page
+    assert 'alt="failed and misfit fractions per echo set"' in page
+    assert "<h2>Echo sets and BOLD runs that failed</h2>" in page
+    from t2starmap.bids.validate import validate_bids
+
+    report = validate_bids(out)
+    assert report.ok, [str(e) for e in report.errors]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed")
+def test_page_with_runs_renders_in_chromium(
+    mixed: tuple[Path, Path, BoldRun, int], tmp_path: Path
+) -> None:
+    page = mixed[1] / "sub-01.html"
+    probed, requests, console = load_and_probe(page, tmp_path)
+    n = page.read_text(encoding="utf-8").count("<img ")
+    assert probed.get("images") == f"{n}/{n}"
+    assert probed.get("overflow") == "0", "wider than the window"
+    assert requests == [] and console == []
+
+
+def test_run_record_counts_failed_voxels(tmp_path: Path) -> None:
+    """A block whose signal rises with TE (the echoes reversed there) fails its fit: the
+    record's failed fraction and failure counts are those of the published status map."""
+    truth = make_bold_run(SHAPE, 6, seed=8)
+    echoes = truth.echoes.copy()
+    echoes[6:12, 6:12, 3:7] = echoes[6:12, 6:12, 3:7, :, ::-1]
+    root = tmp_path / "bids"
+    shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns("sub-*"))
+    write_bold_bids(root, "sub-04_task-rest", replace(truth, echoes=echoes), "rest")
+    out = tmp_path / "out"
+    assert main([str(root), str(out), "participant", "-q", "--skip-bids-validation"]) == 0
+    run = "sub-04/func/sub-04_task-rest"
+    record = _record(out, run)
+    fitted = _image(out / f"{run}_desc-adaptiveGoodSignal_mask.nii.gz") >= 1
+    status = _image(out / f"{run}_desc-fitstatus_dseg.nii.gz")
+    failed = np.isin(status, [lv.index for lv in LEVELS if lv.failure]) & fitted
+    assert failed[6:12, 6:12, 3:7].sum() > 20  # the reversed block
+    assert record.failed_fraction == pytest.approx(failed.sum() / fitted.sum())
+    assert record.status_counts["r2star_at_lower_bound"] == int((status == 3).sum()) > 20
+    page = (out / "sub-04.html").read_text()
+    assert "r2star_at_lower_bound: " in page  # the failure reasons, counted
+
+
+def test_pages_rewritten_from_the_output_keep_their_runs(
+    mixed: tuple[Path, Path, BoldRun, int], tmp_path: Path
+) -> None:
+    """write_participant_reports (pages from what the output folder holds) draws the BOLD
+    runs recorded there beside the MEGRE sets, as the participant run did."""
+    from t2starmap.report.participant import write_participant_reports
+
+    root, published, _, _ = mixed
+    out = tmp_path / "out"
+    shutil.copytree(published, out)
+    (out / "sub-01.html").unlink()
+    [page] = write_participant_reports(
+        out, root, [r for r in load_published(out) if r.subject == "01"]
+    )
+    text = page.read_text()
+    assert "<h2>Echo set sub-01</h2>" in text and "<h2>BOLD run sub-01_task-rest</h2>" in text
+    assert 'alt="tSNR histogram"' in text
+
+
+def test_rerun_replaces_runs_and_clears_their_failures(tmp_path: Path) -> None:
+    """A second run after the failed run's sidecar is fixed: both runs on the one page, each
+    once; the failure record gone; the first run's files replaced, none left over."""
+    root = _bold_only(tmp_path)
+    out = tmp_path / "out"
+    args = [str(root), str(out), "participant", "-q", "--skip-bids-validation"]
+    assert main(args) == 65
+    assert "sub-01_task-motor" in (out / "sub-01.html").read_text()  # listed as failed
+    sidecar = root / "sub-01" / "func" / "sub-01_task-motor_echo-2_bold.json"
+    sidecar.write_text(json.dumps({"EchoTime": 0.028}))
+    assert main(args) == 0
+    assert not list((out / "logs" / "failures").glob("*motor*"))
+    page = (out / "sub-01.html").read_text()
+    for name in ("sub-01_task-motor", "sub-01_task-rest"):
+        assert page.count(f"<h2>BOLD run {name}</h2>") == 1, name
+        assert _files(out, f"sub-01/func/{name}") == _expected(f"sub-01/func/{name}")
+    assert "that failed" not in page

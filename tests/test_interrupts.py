@@ -95,26 +95,32 @@ def test_an_ignored_signal_stays_ignored_silently(caplog: pytest.LogCaptureFixtu
     ("signum", "code", "line"),
     [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated (SIGTERM)")],
 )
+@pytest.mark.parametrize(
+    ("script", "loader"), [("run", "_load_main"), ("run_t2smap", "_load_t2smap")]
+)
 def test_a_stop_while_the_app_is_imported_is_its_code_and_one_line(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
     signum: int,
     code: int,
     line: str,
+    script: str,
+    loader: str,
 ) -> None:
     """A signal before the command line's modules are loaded (numpy takes a fifth of a
-    second, more under load): the code and one line, not death by the signal (exit -2)."""
+    second, more under load): the code and one line, not death by the signal (exit -2);
+    for both console scripts."""
     from t2starmap.cli import entry
 
     def load_slowly() -> object:
         os.kill(os.getpid(), signum)  # lands while "importing"
         raise AssertionError("the signal did not stop the import")
 
-    monkeypatch.setattr(entry, "_load_main", load_slowly)
+    monkeypatch.setattr(entry, loader, load_slowly)
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         with pytest.raises(SystemExit) as stopped:
-            entry.run()
+            getattr(entry, script)()
     finally:
         for s, handler in before.items():
             signal.signal(s, handler)
@@ -144,3 +150,48 @@ def test_a_run_started_with_sigint_ignored_is_not_stopped_by_it(
     assert main([*argv, "--participant-label", "01"]) == 0
     assert "SIGINT" not in capsys.readouterr().err
     assert (out / "sub-01.html").is_file()
+
+
+def test_both_console_scripts_go_through_the_entry_module() -> None:
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    scripts = tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {
+        "t2starmap": "t2starmap.cli.entry:run",
+        "t2starmap-t2smap": "t2starmap.cli.entry:run_t2smap",
+    }
+
+
+def test_t2smap_run_with_sigint_ignored_is_not_stopped_by_it(
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``t2starmap-t2smap`` started with SIGINT ignored (nohup, a batch system): a SIGINT
+    during the fit changes nothing; the run completes with 0 and every file."""
+    from t2starmap.cli import entry
+    from t2starmap.fit import bold
+    from tests.support.bold import t2smap_args, written_run
+
+    synthetic = written_run(tmp_path_factory, (8, 8, 4), 6, seed=1)
+    real_fit = bold.fit_loglin
+
+    def fit_and_get_sigint(*args: Any, **kwargs: Any) -> Any:
+        os.kill(os.getpid(), signal.SIGINT)
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(bold, "fit_loglin", fit_and_get_sigint)
+    monkeypatch.setattr("sys.argv", ["t2starmap-t2smap", *t2smap_args(synthetic, tmp_path / "o")])
+    sigterm = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the autouse fixture puts it back
+    try:
+        with pytest.raises(SystemExit) as done:
+            entry.run_t2smap()
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)
+    assert done.value.code == 0
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    assert "interrupted" not in capsys.readouterr().err
+    assert (tmp_path / "o" / "T2starmap.nii.gz").is_file()

@@ -13,6 +13,7 @@ import pytest
 from t2starmap.bids.t2smap_outputs import OUTPUTS, file_name
 from t2starmap.cli import main as app_main
 from t2starmap.cli.t2smap import main
+from t2starmap.fit.status import level_named
 from tests.support.bold import Synthetic, t2smap_args, written_run
 from tests.support.files import SHARED_DATA, checksums
 
@@ -82,7 +83,15 @@ def test_nlls_gives_t2star_where_tedanas_mask_drops_it(
     assert np.mean(_load(tmp_path / "l" / "T2starmap.nii.gz")[drop] == 0) > 0.5
     t2 = _load(tmp_path / "n" / "T2starmap.nii.gz")[drop]
     assert np.mean(t2 > 0) > 0.9
-    assert np.median(np.abs(t2 / run.t2star[drop] - 1)) < 0.35
+    # every fit ends in a converged minimum: inside the range, or flagged on its upper end
+    # (echo 2 dark: the data bound T2* from above only); the ones inside are near the truth
+    status = _load(tmp_path / "n" / "desc-fitstatus_dseg.nii.gz")[drop]
+    at_bound = status == level_named("r2star_at_upper_bound").index
+    inside = np.isin(status, [level_named(n).index for n in ("good", "refitted")])
+    assert np.mean(inside | at_bound) > 0.95
+    assert np.all(t2[at_bound] < 0.0011)
+    assert np.median(np.abs(t2[inside] / run.t2star[drop][inside] - 1)) < 0.2
+    assert not np.any(status == level_named("not_converged").index)
 
 
 def test_orig_convention_and_prefix(synthetic: Synthetic, tmp_path: Path) -> None:
@@ -153,6 +162,10 @@ def test_without_mask_and_milliseconds(synthetic: Synthetic, tmp_path: Path) -> 
     assert main(args) == 0
     count = _load(tmp_path / "desc-adaptiveGoodSignal_mask.nii.gz")
     assert (count > 0).sum() > 0.8 * (run.brain & ~run.dropout).sum()
+    assert ((count > 0) & ~run.brain).sum() < 0.05 * (count > 0).sum()  # in the right place
+    t2 = _load(tmp_path / "T2starmap.nii.gz")
+    good = (count > 1) & run.brain & ~run.dropout
+    assert np.median(np.abs(t2[good] / run.t2star[good] - 1)) < 0.03
 
 
 def test_z_concatenated_single_file(synthetic: Synthetic, tmp_path: Path) -> None:

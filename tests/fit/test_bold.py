@@ -139,3 +139,16 @@ def test_moments_in_row_blocks_equal_one_block(monkeypatch: pytest.MonkeyPatch) 
     blocks = bold.echo_moments(echoes)
     for name in ("mean", "log_mean", "sq_dev", "log_sq_dev", "mean_square", "diff_var", "bad"):
         np.testing.assert_array_equal(getattr(blocks, name), getattr(whole, name))
+
+
+def test_echo_means_are_those_of_the_moments(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bold, "ROWS", 16)  # several blocks of rows
+    echoes, _ = _series(50, 9)
+    echoes[1][3, 4] = np.nan
+    echoes[2][7, 0] = -1.0
+    keep = np.array([True, True, False, True, True, True, False, True, True])
+    for volumes in (None, keep):
+        m = bold.echo_moments(echoes, volumes)
+        mean, bad = bold.echo_means(echoes, volumes)
+        np.testing.assert_array_equal(mean, m.mean)
+        np.testing.assert_array_equal(bad, m.bad)

@@ -76,3 +76,25 @@ def test_a_label_shared_by_five_percent_of_the_mask_warns() -> None:
     assert len(warned) == 1 and warned[0].startswith("5 % of the mask: the fit did not converge")
     advice = status.warnings({"r2star_at_lower_bound": 0.2})[0]
     assert "check the echo order" in advice
+
+
+def test_a_refitted_fit_is_labelled_as_such_unless_a_failure_applies() -> None:
+    reason = np.array(
+        [
+            Failure.REFITTED,
+            Failure.REFITTED | Failure.R2STAR_HIGH,  # the refit's minimum on the bound
+            Failure.REFITTED | Failure.MISFIT,
+            Failure.NOT_CONVERGED,
+        ],
+        dtype=np.uint8,
+    )
+    got = status.labels(reason, np.ones(4, bool))
+    names = [status.LEVELS[int(k)].name for k in got]
+    assert names == [
+        "refitted",
+        "r2star_at_upper_bound",
+        "decay_not_following_model",
+        "not_converged",
+    ]
+    assert not status.level_named("refitted").failure
+    assert not status.fit_failed(reason[:1]).any()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -206,3 +207,94 @@ def test_failed_sets_are_rows_of_the_table_and_a_table_of_the_page(tmp_path: Pat
     assert "1 echo set(s) published, 1 failed" in text
     assert parse(text).links[0] == "sub-02_ses-2.html"
     assert len(table_cells(text)) == 2  # the failed set's row, then the published set's
+
+
+def _fractions_uri(text: str) -> str:
+    """The data URI of the failed-and-misfit chart."""
+    import re
+
+    found = re.search(r'<img src="([^"]+)" alt="failed and misfit fractions per echo set"', text)
+    assert found, "no failed-and-misfit chart"
+    return found.group(1)
+
+
+def test_misfit_is_charted_beside_failed(tmp_path: Path) -> None:
+    """Issue 27: misfit kept apart from failure on the group page too. The chart changes when
+    only the misfit fractions change, and does not when misfit is a copy of nothing."""
+    table = rows([0.02, 0.021, 0.022], failed=[0.01, 0.0, 0.02])
+    plain = group.group_page(table, tmp_path)
+    assert "whose decay does not follow the model" in plain
+    frame = table.frame.copy()
+    frame["misfit_fraction"] = [0.3, 0.05, 0.0]
+    with_misfit = group.group_page(GroupTable(frame), tmp_path)
+    assert _fractions_uri(with_misfit) != _fractions_uri(plain)
+    frame["misfit_fraction"] = [0.0, 0.0, 0.0]
+    assert _fractions_uri(group.group_page(GroupTable(frame), tmp_path)) == _fractions_uri(plain)
+
+
+def test_fraction_chart_keeps_the_highest_sets() -> None:
+    from matplotlib.image import imread
+
+    from t2starmap.report.charts import fraction_bars_png
+
+    n = figures.MAX_BARS + 10
+    labels = [f"sub-{i:02d}" for i in range(n)]
+    png = fraction_bars_png(labels, [0.01] * n, [0.001 * i for i in range(n)])
+    few = fraction_bars_png(labels[:3], [0.01] * 3, [0.0] * 3)
+    tall, short = imread(io.BytesIO(png)), imread(io.BytesIO(few))
+    assert tall.shape[0] > short.shape[0]  # one bar pair per set, at most MAX_BARS
+    assert (
+        tall.shape[0]
+        == imread(
+            io.BytesIO(
+                fraction_bars_png(
+                    labels[: figures.MAX_BARS], [0.01] * figures.MAX_BARS, [0.0] * figures.MAX_BARS
+                )
+            )
+        ).shape[0]
+    )
+
+
+def test_bold_runs_have_a_table_of_their_own(tmp_path: Path) -> None:
+    table = rows([0.02, 0.021, 0.022])
+    run = {
+        "participant_id": "sub-09",
+        "session_id": np.nan,
+        "echo_set": "task-rest",
+        "datatype": "func",
+        "task": "rest",
+        "n_echoes": 3,
+        "n_volumes": 200,
+        "n_voxels": 1000,
+        "failed_fraction": 0.01,
+        "misfit_fraction": 0.02,
+        "t2star_median": 0.045,
+        "t2star_iqr": 0.01,
+        "tsnr_optcom": 61.5,
+        "tsnr_best_echo": 50.2,
+        "best_echo": 2,
+        "tsnr_ratio": 1.225,
+        "status": "published",
+    }
+    frame = pd.concat([table.frame, pd.DataFrame([run])], ignore_index=True)
+    text = group.group_page(GroupTable(frame[list(GROUP_COLUMNS)]), tmp_path)
+    assert "3 echo set(s) and 1 BOLD run(s) published" in text
+    cells = table_cells(text)
+    bold = [c for c in cells if c and c[0].startswith("sub-09")]
+    assert bold == [
+        [
+            "sub-09 task-rest (page missing)",
+            "3",
+            "200",
+            "1000",
+            "45.0",
+            "10.0",
+            "1.00",
+            "2.00",
+            "61.5",
+            "50.2 (echo 2)",
+            "1.23",
+        ]
+    ]
+    # the run is not among the MEGRE outliers and distributions
+    assert sum(1 for c in cells if c and c[0].startswith("sub-0")) == 3 + 1

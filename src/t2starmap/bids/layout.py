@@ -179,9 +179,14 @@ def annex_missing_message(path: Path) -> str:
     )
 
 
+#: The images a run reads, by file-name pattern: MEGRE echoes, multi-echo BOLD echoes.
+IMAGE_PATTERNS = ("*_MEGRE.nii*", "*_echo-*_bold.nii*")
+
+
 def check_images_present(bids_dir: Path, participant_labels: Sequence[str] | None) -> None:
-    """Refuse MEGRE images that are dangling links (DataLad content not fetched) before
-    anything else looks at them. Raises InputMissingError (exit 66) naming the first."""
+    """Refuse MEGRE and multi-echo BOLD images that are dangling links (DataLad content not
+    fetched) before anything else looks at them. Raises InputMissingError (exit 66) naming
+    the first."""
     folders = (
         [Path(bids_dir) / f"sub-{label}" for label in participant_labels]
         if participant_labels
@@ -190,7 +195,7 @@ def check_images_present(bids_dir: Path, participant_labels: Sequence[str] | Non
     missing = [
         path
         for folder in folders
-        for path in sorted(folder.rglob("*_MEGRE.nii*"))
+        for path in sorted(p for pattern in IMAGE_PATTERNS for p in folder.rglob(pattern))
         if path.is_symlink() and not path.exists()
     ]
     if missing:

@@ -14,11 +14,12 @@ from __future__ import annotations
 import gzip
 import os
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import nibabel as nib
 import numpy as np
@@ -38,6 +39,8 @@ COMPRESS_LEVEL = 1
 #: Most threads that decompress echoes at once.
 READ_THREADS = 4
 _GZIP_MAGIC = b"\x1f\x8b"
+#: Where a single-file NIfTI-1 map's data start: the header and an empty extension flag.
+_DATA_OFFSET = 352
 
 
 @dataclass(frozen=True)
@@ -411,19 +414,45 @@ def to_ras(volume: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return np.asarray(nib.orientations.apply_orientation(volume, ras_orientation(affine)))
 
 
-def save_map(path: Path, data: np.ndarray, geometry: Geometry) -> Path:
-    """Write one map atomically: float maps as float32, boolean masks and label maps (uint8)
-    as uint8."""
-    kind = np.uint8 if data.dtype in (bool, np.uint8) else np.float32
-    array = data.astype(kind, copy=False)
+def _map_image(array: np.ndarray, geometry: Geometry) -> Any:
+    """The NIfTI image of a map: ``geometry``'s affine (both forms), zooms, mm / s units."""
     img = nib.Nifti1Image(array, geometry.affine)
     img.set_qform(geometry.affine, code=geometry.qform_code or 1)
     img.set_sform(geometry.affine, code=geometry.sform_code or 1)
     img.header.set_zooms(geometry.zooms)
     img.header.set_xyzt_units("mm", "sec")
     img.header.set_data_dtype(array.dtype)
+    return img
+
+
+def save_map(path: Path, data: np.ndarray, geometry: Geometry) -> Path:
+    """Write one map atomically: float maps as float32, boolean masks and label maps (uint8)
+    as uint8."""
+    kind = np.uint8 if data.dtype in (bool, np.uint8) else np.float32
+    array = data.astype(kind, copy=False)
+    img = _map_image(array, geometry)
     with atomic_path(path) as tmp:
         _write_file(Path(tmp), img, Path(path).name.endswith(".gz"))
+    return path
+
+
+def save_volumes(
+    path: Path, shape: tuple[int, ...], volumes: Iterable[np.ndarray], geometry: Geometry
+) -> Path:
+    """Write a 4-D float32 map of ``shape`` atomically from its 3-D ``volumes`` (float32, in
+    time order), one at a time: the same bytes as :func:`save_map` of the whole series,
+    without the series in the file's order in memory."""
+    img = _map_image(np.broadcast_to(np.float32(0.0), shape), geometry)  # the header only
+    img.update_header()
+    header = img.header
+    header.set_data_offset(_DATA_OFFSET)
+    header["scl_slope"], header["scl_inter"] = 1.0, 0.0  # as nibabel writes float32 data
+    compress = Path(path).name.endswith(".gz")
+    with atomic_path(path) as tmp, open(tmp, "wb") as stream, _output(stream, compress) as out:
+        out.write(header.binaryblock)
+        out.write(b"\0" * (_DATA_OFFSET - len(header.binaryblock)))  # no extension
+        for volume in volumes:
+            out.write(np.asarray(volume, dtype=np.float32).tobytes(order="F"))
     return path
 
 
@@ -448,20 +477,20 @@ def write_image(
 def _write_file(path: Path, image: Any, compress: bool) -> None:
     """Write ``image`` to ``path``, through gzip when ``compress``: nibabel streams it a
     plane at a time into the compressor (isal when installed), so no copy of the whole
-    image, raw or compressed, is held. The gzip header carries no name and no time: the
-    same map gives the same bytes."""
-    with open(path, "wb") as stream:
-        if not compress:
-            image.to_stream(stream)
-            return
-        gz: Any
-        if _gzip_lib is not None:
-            gz = _gzip_lib.IGzipFile(
-                filename="", mode="wb", compresslevel=COMPRESS_LEVEL, fileobj=stream, mtime=0
-            )
-        else:
-            gz = gzip.GzipFile(
-                filename="", mode="wb", compresslevel=COMPRESS_LEVEL, fileobj=stream, mtime=0
-            )
-        with gz:
-            image.to_stream(gz)
+    image, raw or compressed, is held."""
+    with open(path, "wb") as stream, _output(stream, compress) as out:
+        image.to_stream(out)
+
+
+@contextmanager
+def _output(stream: BinaryIO, compress: bool) -> Iterator[BinaryIO]:
+    """``stream``, or a gzip stream into it (isal when installed) when ``compress``. The gzip
+    header carries no name and no time: the same map gives the same bytes."""
+    if not compress:
+        yield stream
+        return
+    opener: Any = _gzip_lib.IGzipFile if _gzip_lib is not None else gzip.GzipFile
+    with opener(
+        filename="", mode="wb", compresslevel=COMPRESS_LEVEL, fileobj=stream, mtime=0
+    ) as gz:
+        yield gz

@@ -9,7 +9,7 @@ import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from t2starmap.bids.layout import SubjectSession
 
@@ -218,9 +218,7 @@ def failure_path(output_dir: Path, entities: Mapping[str, Any]) -> Path:
     return Path(output_dir) / FAILURES_DIR / f"{set_name(entities)}_failure.json"
 
 
-def _selected(
-    item: SubjectSession, participants: set[str] | None, sessions: set[str] | None
-) -> bool:
+def _selected(item: _NamedRecord, participants: set[str] | None, sessions: set[str] | None) -> bool:
     if participants is not None and item.subject not in participants:
         return False
     return sessions is None or item.session in sessions
@@ -237,7 +235,20 @@ def load_failures(
     return _load(paths, SetFailure.from_json, "failure record", participants, sessions)
 
 
-_Named = TypeVar("_Named", PublishedSet, SetFailure)
+class _NamedRecord(Protocol):
+    @property
+    def subject(self) -> str: ...
+
+    @property
+    def session(self) -> str | None: ...
+
+    @property
+    def name(self) -> str: ...
+
+
+#: A record of any kind: a published echo set, a published BOLD run
+#: (:class:`t2starmap.bids.func_records.PublishedRun`), a failure.
+_Named = TypeVar("_Named", bound=_NamedRecord)
 
 
 def _load(

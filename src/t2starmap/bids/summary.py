@@ -13,17 +13,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from t2starmap.bids.func_records import PublishedRun
 from t2starmap.bids.outputs import set_name
 from t2starmap.bids.records import PublishedSet, SetFailure, SetStatistics
 
 GROUP_TABLE = "group_T2starmap.tsv"
 
-#: Column -> description (the table's JSON sidecar), in table order.
+#: Column -> description (the table's JSON sidecar), in table order. The columns of BOLD runs
+#: (datatype .. tsnr_ratio) come after those of MEGRE echo sets, which keep their places.
 GROUP_COLUMNS = {
     "participant_id": "Participant (sub-<label>)",
     "session_id": "Session (ses-<label>), n/a without sessions",
-    "echo_set": "Entities of the echo set, as in the map file names",
-    "n_voxels": "Voxels in the signal mask",
+    "echo_set": "Entities of the echo set or BOLD run, as in the map file names",
+    "n_voxels": "Voxels in the signal mask (BOLD runs: voxels with at least one good echo in "
+    "the adaptive mask)",
     "failed_fraction": "Fraction of signal-mask voxels whose fit failed (no usable estimate)",
     "misfit_fraction": "Fraction of signal-mask voxels whose decay does not follow the model "
     "(an estimate exists, its SE inflated; not failed, and in the statistics)",
@@ -38,6 +41,17 @@ GROUP_COLUMNS = {
     "r2star_iqr": "Interquartile range of R2* (1/s)",
     "noise_sigma": "Noise SD used by the fit (input units), n/a when unknown",
     "snr": "Median S0 over the same voxels divided by noise_sigma, n/a when unknown",
+    "datatype": "anat: a multi-echo gradient-echo (MEGRE) echo set; func: a multi-echo BOLD run",
+    "task": "Task label of a BOLD run (n/a without one)",
+    "run": "Run index (n/a without one)",
+    "n_echoes": "Echoes fitted",
+    "n_volumes": "Volumes of a BOLD run (n/a for MEGRE echo sets)",
+    "tsnr_optcom": "BOLD runs: median temporal SNR (mean / SD over volumes) of the optimally "
+    "combined series over the voxels with at least one good echo (n/a with one volume)",
+    "tsnr_best_echo": "BOLD runs: median temporal SNR of the best single echo (the echo with "
+    "the highest median), same voxels",
+    "best_echo": "BOLD runs: index of that echo (1 = shortest echo time)",
+    "tsnr_ratio": "BOLD runs: tsnr_optcom / tsnr_best_echo",
     "status": "published: the set's maps are in the output; failed: the last run that tried "
     "it could not fit it (its numbers are n/a; the maps of an earlier run may still be there, "
     "in a row of their own)",
@@ -66,7 +80,7 @@ def group_sidecar() -> dict[str, dict[str, str]]:
 
 
 #: Significant digits written per column (the rest: 6).
-_DIGITS = {"snr": 4}
+_DIGITS = {"snr": 4, "tsnr_optcom": 4, "tsnr_best_echo": 4, "tsnr_ratio": 4}
 PUBLISHED, FAILED = "published", "failed"
 
 
@@ -117,27 +131,23 @@ class GroupTable:
         return str(shown.to_csv(sep="\t", na_rep="n/a", index=False, lineterminator="\n"))
 
 
-def _ids(item: PublishedSet | SetFailure) -> dict[str, object]:
+def _ids(item: PublishedSet | PublishedRun | SetFailure) -> dict[str, object]:
     rest = {k: v for k, v in item.entities.items() if k not in ("subject", "session")}
     return {
         "participant_id": f"sub-{item.subject}",
         "session_id": f"ses-{item.session}" if item.session else np.nan,
         "echo_set": set_name(rest) or np.nan,
+        "datatype": "func" if item.entities.get("datatype") == "func" else "anat",
+        "task": item.entities.get("task", np.nan),
+        "run": item.entities.get("run", np.nan),
     }
 
 
-def _published_row(record: PublishedSet) -> dict[str, object]:
-    stats = record.statistics
+def _statistics(stats: SetStatistics) -> dict[str, object]:
     nan3 = (np.nan, np.nan, np.nan)
     t2 = stats.t2star or nan3
     r2 = stats.r2star or nan3
-    sigma = record.noise_sigma if record.noise_sigma and record.noise_sigma > 0 else None
-    snr = stats.s0_median / sigma if sigma and stats.s0_median is not None else np.nan
     return {
-        **_ids(record),
-        "n_voxels": record.n_voxels,
-        "failed_fraction": float(record.failed_fraction),
-        "misfit_fraction": float(record.misfit_fraction),
         "t2star_median": t2[1],
         "t2star_q1": t2[0],
         "t2star_q3": t2[2],
@@ -146,6 +156,20 @@ def _published_row(record: PublishedSet) -> dict[str, object]:
         "r2star_q1": r2[0],
         "r2star_q3": r2[2],
         "r2star_iqr": r2[2] - r2[0],
+    }
+
+
+def _published_row(record: PublishedSet) -> dict[str, object]:
+    stats = record.statistics
+    sigma = record.noise_sigma if record.noise_sigma and record.noise_sigma > 0 else None
+    snr = stats.s0_median / sigma if sigma and stats.s0_median is not None else np.nan
+    return {
+        **_ids(record),
+        "n_echoes": len(record.sources),
+        "n_voxels": record.n_voxels,
+        "failed_fraction": float(record.failed_fraction),
+        "misfit_fraction": float(record.misfit_fraction),
+        **_statistics(stats),
         "noise_sigma": float(sigma) if sigma else np.nan,
         "snr": snr,
         "status": PUBLISHED,
@@ -153,21 +177,55 @@ def _published_row(record: PublishedSet) -> dict[str, object]:
     }
 
 
+def _run_row(record: PublishedRun) -> dict[str, object]:
+    """A published BOLD run's row: its entities, echoes, volumes, numbers and tSNR."""
+    t = record.tsnr
+    return {
+        **_ids(record),
+        "n_echoes": record.n_echoes,
+        "n_volumes": record.n_volumes,
+        "n_voxels": record.n_voxels,
+        "failed_fraction": float(record.failed_fraction),
+        "misfit_fraction": float(record.misfit_fraction),
+        **_statistics(record.statistics),
+        "tsnr_optcom": t.optcom_median if t else np.nan,
+        "tsnr_best_echo": t.best_median if t else np.nan,
+        "best_echo": t.best_echo if t else np.nan,
+        "tsnr_ratio": t.ratio if t else np.nan,
+        "status": PUBLISHED,
+        "failure_reason": np.nan,
+    }
+
+
 def group_table(
-    published: Sequence[PublishedSet], failures: Sequence[SetFailure] = ()
+    published: Sequence[PublishedSet],
+    failures: Sequence[SetFailure] = (),
+    runs: Sequence[PublishedRun] = (),
 ) -> GroupTable:
-    """The group table: a row per published set, then a row per failed set (status
-    ``failed``, its reason, every number n/a)."""
+    """The group table: a row per published set, a row per published BOLD run, then a row per
+    failed set or run (status ``failed``, its reason, every number n/a)."""
     rows = [_published_row(r) for r in published]
+    rows += [_run_row(r) for r in sorted(runs, key=lambda r: r.name)]
     rows += [
         {**_ids(f), "status": FAILED, "failure_reason": f.reason}
         for f in sorted(failures, key=lambda f: f.name)
     ]
     frame = pd.DataFrame(rows, columns=list(GROUP_COLUMNS))
-    frame["n_voxels"] = frame["n_voxels"].astype("Int64")
-    numeric = [c for c in GROUP_COLUMNS if c not in _TEXT_COLUMNS and c != "n_voxels"]
+    for column in _COUNT_COLUMNS:
+        frame[column] = frame[column].astype("Int64")
+    numeric = [c for c in GROUP_COLUMNS if c not in (*_TEXT_COLUMNS, *_COUNT_COLUMNS)]
     frame[numeric] = frame[numeric].astype("float64")
     return GroupTable(frame)
 
 
-_TEXT_COLUMNS = ("participant_id", "session_id", "echo_set", "status", "failure_reason")
+_TEXT_COLUMNS = (
+    "participant_id",
+    "session_id",
+    "echo_set",
+    "datatype",
+    "task",
+    "run",
+    "status",
+    "failure_reason",
+)
+_COUNT_COLUMNS = ("n_voxels", "n_echoes", "n_volumes", "best_echo")

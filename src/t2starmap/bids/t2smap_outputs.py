@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from t2starmap.bids.nifti import Geometry, save_map
-from t2starmap.bids.series import unmask
+from t2starmap.bids.nifti import Geometry, save_map, save_volumes
+from t2starmap.bids.series import series_volumes, unmask
 from t2starmap.errors import OutputError, UsageError
 
 
@@ -100,7 +100,11 @@ class Stage:
 
     def image(self, key: str, values: np.ndarray, mask: np.ndarray, geometry: Geometry) -> None:
         """``values`` of the mask's voxels ((V,) or (V, T)) as an image; floats are written as
-        float32, clipped to its finite range."""
+        float32, clipped to its finite range (a 4-D float map a few volumes at a time)."""
+        if values.ndim == 2 and values.dtype.kind == "f":
+            shape = (*mask.shape, values.shape[1])
+            save_volumes(self.path(key), shape, series_volumes(values, mask), geometry)
+            return
         if values.dtype.kind == "f" and not (
             values.dtype == np.float32 and np.isfinite(values).all()
         ):  # a copy only where needed: 4-D maps are the largest arrays of a run

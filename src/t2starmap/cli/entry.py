@@ -1,4 +1,5 @@
-"""The console script and ``python -m t2starmap``: the stop signals first, then the app.
+"""The console scripts (``t2starmap``, ``t2starmap-t2smap``) and ``python -m t2starmap``: the
+stop signals first, then the app.
 
 Ctrl-C (SIGINT) or SIGTERM at any moment ends the run with 130 or 143 and one line, also
 while the command line's modules are still being imported (numpy alone takes a fifth of a
@@ -24,11 +25,28 @@ def _load_main() -> Callable[[Sequence[str] | None], int]:
     return main
 
 
+def _load_t2smap() -> Callable[[Sequence[str] | None], int]:
+    from t2starmap.cli.t2smap import main
+
+    return main
+
+
 def run() -> NoReturn:
     """Run the app; exit with its code (130/143 for a stop that came before or after it)."""
+    _run_main(_load_main)
+
+
+def run_t2smap() -> NoReturn:
+    """``t2starmap-t2smap``: tedana's t2smap command, with the same stop handling as
+    :func:`run`."""
+    _run_main(_load_t2smap)
+
+
+def _run_main(load: Callable[[], Callable[[Sequence[str] | None], int]]) -> NoReturn:
+    """Install the stop handlers, then import the entry point ``load`` gives and run it."""
     install_stop_handlers()
     try:
-        code = _load_main()(None)
+        code = load()(None)
     except KeyboardInterrupt as err:  # SIGINT, or SIGTERM (Interrupted), outside main()
         for s in STOP_SIGNALS:  # one line, whatever else arrives now
             signal.signal(s, signal.SIG_IGN)

@@ -16,7 +16,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
 from t2starmap import __version__
 from t2starmap.cli.parser import ArgumentParser, configure_logging
@@ -319,8 +319,3 @@ def _run(arguments: list[str]) -> int:
 
     run_t2smap(settings)
     return int(ExitCode.OK)
-
-
-def run() -> NoReturn:
-    """Console-script entry point (``t2starmap-t2smap``)."""
-    sys.exit(main())

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from t2starmap.fit.bold_refit import Profile, profile_search, second_moment_errors
 from t2starmap.fit.limits import T2STAR_MAX, T2STAR_MIN
 from t2starmap.fit.status import Failure
 
@@ -99,6 +100,21 @@ def echo_moments(echoes: Sequence[np.ndarray], volumes: np.ndarray | None = None
     )
     n = echoes[0].shape[1] if volumes is None else int(np.count_nonzero(volumes))
     return EchoMoments(mean, log_mean, sq_dev, log_sq_dev, mean_square, diff_var, bad, n)
+
+
+def echo_means(
+    echoes: Sequence[np.ndarray], volumes: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, bad) of :func:`echo_moments` alone, (V, E) each: what the adaptive mask needs
+    (``fitmode ts`` fits the volumes, not the moments)."""
+    mean = np.zeros((echoes[0].shape[0], len(echoes)))
+    bad = np.zeros(mean.shape, dtype=bool)
+    for k, x in enumerate(echoes):
+        for a in range(0, x.shape[0], ROWS):
+            block = x[a : a + ROWS] if volumes is None else x[a : a + ROWS, volumes]
+            mean[a : a + ROWS, k] = block.mean(axis=1, dtype=np.float64)
+            bad[a : a + ROWS, k] = np.isnan(block).any(axis=1) | (block <= 0).any(axis=1)
+    return mean, bad
 
 
 def volume_moments(echoes: Sequence[np.ndarray], start: int, stop: int) -> EchoMoments:
@@ -258,6 +274,12 @@ def fit_curvefit(
         )  # fmt: skip
         s0 = res.s0.cpu().numpy().astype(np.float64)
         r2 = res.r2star.cpu().numpy().astype(np.float64)
+        reason = res.reason.cpu().numpy()
+        redo = _unconverged(reason)
+        if redo.any():
+            prof = profile_search(m.mean[sel[redo], :k], tk)
+            s0[redo], r2[redo] = prof.amplitude, prof.r2star
+            reason[redo] = _refit_bits(prof)
         cov = None
         if covariance:
             a11, a12, a22, model = _decay_normal(s0, r2, tk)
@@ -266,9 +288,28 @@ def fit_curvefit(
             s2 = ssr / (n_t * dof) if dof > 0 else np.zeros_like(ssr)
             cov = _inverse2(a11, a12, a22, s2)
         _to_t2star(out, sel, s0, r2, cov)
-        out["reason"][sel] = res.reason.cpu().numpy()
+        out["reason"][sel] = reason
         out["failed"][sel] = (out["reason"][sel] & FAILED_BITS) != 0
     return DecayFit(**out)
+
+
+def _unconverged(reason: np.ndarray) -> np.ndarray:
+    """The voxels to refit: the first fit did not converge, the input is usable."""
+    return np.asarray(
+        ((reason & int(Failure.NOT_CONVERGED)) != 0) & ((reason & int(Failure.BAD_INPUT)) == 0)
+    )
+
+
+def _refit_bits(prof: Profile, misfit: np.ndarray | None = None) -> np.ndarray:
+    """The Failure bits of refitted voxels: REFITTED, R2STAR_LOW / R2STAR_HIGH where the
+    minimum is on an end of the range, S0_NONPOSITIVE, MISFIT where given."""
+    bits = np.full(prof.r2star.shape, int(Failure.REFITTED), dtype=np.uint8)
+    bits |= prof.at_low * np.uint8(Failure.R2STAR_LOW)
+    bits |= prof.at_high * np.uint8(Failure.R2STAR_HIGH)
+    bits |= (prof.amplitude <= 0) * np.uint8(Failure.S0_NONPOSITIVE)
+    if misfit is not None:
+        bits |= misfit * np.uint8(Failure.MISFIT)
+    return bits
 
 
 def fit_nlls(m: EchoMoments, te: np.ndarray, inside: np.ndarray, sigma: float,
@@ -286,8 +327,18 @@ def fit_nlls(m: EchoMoments, te: np.ndarray, inside: np.ndarray, sigma: float,
     root_t = np.sqrt(m.n_volumes)
     r2_se = res.r2star_se.cpu().numpy().astype(np.float64) / root_t
     s0_se = res.s0_se.cpu().numpy().astype(np.float64) / root_t
+    reason = res.reason.cpu().numpy()
+    redo = _unconverged(reason)
+    if redo.any():
+        z = m.mean_square[sel[redo]] - 2.0 * sigma * sigma
+        prof = profile_search(z, 2.0 * te, np.full(z.shape[0], sigma * sigma))
+        s0[redo], r2[redo] = np.sqrt(np.maximum(prof.amplitude, 0.0)), prof.r2star
+        s0_se[redo], r2_se[redo], misfit = second_moment_errors(prof, 2.0 * te, sigma)
+        s0_se[redo] /= root_t
+        r2_se[redo] /= root_t
+        reason[redo] = _refit_bits(prof, misfit)
     _to_t2star(out, sel, s0, r2, (s0_se**2, r2_se**2, np.zeros_like(s0)))
-    out["reason"][sel] = res.reason.cpu().numpy()
+    out["reason"][sel] = reason
     out["failed"][sel] = (out["reason"][sel] & FAILED_BITS) != 0
     return DecayFit(**out)
 

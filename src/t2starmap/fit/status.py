@@ -43,6 +43,7 @@ class Failure(enum.IntFlag):
     S0_NONPOSITIVE = 16
     PHASE_MODEL = 32  # the phase does not follow phi0 + 2 pi f TE (complex fit only)
     MISFIT = 64  # residuals improbably large for the noise: the decay does not follow the model
+    REFITTED = 128  # the first fit did not converge; a 1-D search over R2* found the minimum
 
 
 #: The bits that mean the fit failed: no usable estimate. MISFIT is not among them: the model
@@ -122,6 +123,13 @@ NOT_CORRECTED = Level(
         Correction.FEW_ECHOES,
     ),
 )
+REFITTED = Level(
+    10,
+    "refitted",
+    "good fit after a refit: the first fit did not converge, a bounded 1-D search over R2* "
+    "(the amplitude in closed form) found the minimum",
+    bit=Failure.REFITTED,
+)
 
 #: The failure labels, most telling first: a voxel with several Failure bits (LM pushing
 #: against the R2* >= 0 bound also fails to converge) gets the first that applies.
@@ -175,7 +183,7 @@ PRIORITY: tuple[Level, ...] = (
 
 #: Every label of the fit-status map, in index order.
 LEVELS: tuple[Level, ...] = tuple(
-    sorted((NOT_FITTED, GOOD, *PRIORITY, NOT_CORRECTED), key=lambda level: level.index)
+    sorted((NOT_FITTED, GOOD, *PRIORITY, NOT_CORRECTED, REFITTED), key=lambda level: level.index)
 )
 #: Mask share of one failure label above which the run warns.
 WARN_FRACTION = 0.05
@@ -203,6 +211,7 @@ def labels(
         out[mask & np.isin(correction, [int(c) for c in NOT_CORRECTED.corrections])] = (
             NOT_CORRECTED.index
         )
+    out[mask & ((bits & REFITTED.bit) != 0)] = REFITTED.index
     for level in reversed(PRIORITY):  # the first in the order is written last
         out[mask & ((bits & level.bit) != 0)] = level.index
     return out

@@ -20,6 +20,7 @@ import pandas as pd
 from t2starmap.bids.atomic import write_text
 from t2starmap.bids.summary import GroupTable
 from t2starmap.report import figures
+from t2starmap.report.charts import fraction_bars_png
 from t2starmap.report.html import Figure, render
 from t2starmap.report.participant import page_name
 
@@ -175,8 +176,10 @@ def _plots(frame: pd.DataFrame, rows: list[Row], t2_outlier: np.ndarray) -> list
         groups.setdefault(key, []).append(float(record["t2star_median"]) * 1e3)
         flagged.setdefault(key, []).append(bool(outlier))
     strip = figures.group_strip_png(groups, flagged)
-    bars = figures.failed_bar_png(
-        [r.label for r in rows], frame["failed_fraction"].to_numpy(dtype=np.float64).tolist()
+    bars = fraction_bars_png(
+        [r.label for r in rows],
+        frame["failed_fraction"].to_numpy(dtype=np.float64).tolist(),
+        frame["misfit_fraction"].to_numpy(dtype=np.float64).tolist(),
     )
     return [
         Figure(
@@ -190,8 +193,10 @@ def _plots(frame: pd.DataFrame, rows: list[Row], t2_outlier: np.ndarray) -> list
         ),
         Figure(
             figures.data_uri(bars),
-            "failed fraction per echo set",
-            "Fraction of signal-mask voxels whose fit failed"
+            "failed and misfit fractions per echo set",
+            "Fractions of signal-mask voxels whose fit failed (red: no usable estimate) and "
+            "whose decay does not follow the model (orange: misfit, an estimate exists with an "
+            "inflated standard error; counted apart from failures)"
             + (
                 f" (the {figures.MAX_BARS} highest of {len(rows)} echo sets)."
                 if len(rows) > figures.MAX_BARS
@@ -201,9 +206,58 @@ def _plots(frame: pd.DataFrame, rows: list[Row], t2_outlier: np.ndarray) -> list
     ]
 
 
+#: Columns of the page's table of BOLD runs after the linked label.
+RUN_HEADER = (
+    "Echoes",
+    "Volumes",
+    "Voxels",
+    "Median T2* (ms)",
+    "IQR (ms)",
+    "Failed (%)",
+    "Misfit (%)",
+    "tSNR optcom",
+    "tSNR best echo",
+    "Ratio",
+)
+
+
+def _is_run(frame: pd.DataFrame) -> np.ndarray:
+    """Rows of BOLD runs (``datatype`` func); the rest are MEGRE echo sets."""
+    if "datatype" not in frame:
+        return np.zeros(len(frame), dtype=bool)
+    return (frame["datatype"] == "func").to_numpy(dtype=bool)
+
+
+def _run_rows(frame: pd.DataFrame, output_dir: Path) -> list[Row]:
+    """The rows of the published BOLD runs."""
+    rows = []
+    for record in frame.to_dict("records"):
+        best = record["best_echo"]
+        cells = [
+            _number(record["n_echoes"], spec=".0f"),
+            _number(record["n_volumes"], spec=".0f"),
+            str(record["n_voxels"]),
+            _number(record["t2star_median"], 1e3, ".1f"),
+            _number(record["t2star_iqr"], 1e3, ".1f"),
+            _number(record["failed_fraction"], 100, ".2f"),
+            _number(record["misfit_fraction"], 100, ".2f"),
+            _number(record["tsnr_optcom"], spec=".1f"),
+            _number(record["tsnr_best_echo"], spec=".1f")
+            + (f" (echo {int(best)})" if _number(best) != "n/a" else ""),
+            _number(record["tsnr_ratio"], spec=".2f"),
+            "-",
+        ]
+        name = _page_of(record)
+        rows.append(Row(_label(record), name, (output_dir / name).exists(), cells, False))
+    return rows
+
+
 def group_page(table: GroupTable, output_dir: Path) -> str:
     """The group report's HTML. Links point at participant pages beside it."""
-    frame = table.published.reset_index(drop=True)
+    published = table.published.reset_index(drop=True)
+    is_run = _is_run(published)
+    frame = published[~is_run].reset_index(drop=True)
+    runs = _run_rows(published[is_run].reset_index(drop=True), output_dir)
     rows, t2_outlier = _rows(frame, output_dir)
     plots = _plots(frame, rows, t2_outlier) if rows else []
     return render(
@@ -213,6 +267,13 @@ def group_page(table: GroupTable, output_dir: Path) -> str:
         failed=_failed_rows(table, output_dir),
         header=HEADER,
         plots=plots,
+        runs=runs,
+        run_header=RUN_HEADER,
+        failed_heading=(
+            "Echo sets and BOLD runs that failed"
+            if _is_run(table.failed).any()
+            else "Echo sets that failed"
+        ),
         n_participants=table.frame["participant_id"].nunique(),
         enough=len(rows) >= MIN_ROWS,
         min_rows=MIN_ROWS,

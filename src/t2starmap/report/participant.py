@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from t2starmap.bids.atomic import write_text
+from t2starmap.bids.func_records import PublishedRun, load_published_runs
 from t2starmap.bids.records import PublishedSet, SetFailure, load_failures, load_published
 from t2starmap.errors import describe_code
+from t2starmap.report.func_section import load_run_maps, run_section
 from t2starmap.report.html import render
 from t2starmap.report.maps import echo_samples, in_memory_maps, load_set_maps
 from t2starmap.report.methods import citation
@@ -37,8 +39,10 @@ __all__ = [
     "failed_sets",
     "in_memory_maps",
     "page_name",
+    "recorded_runs",
     "recorded_sets",
     "render_page",
+    "run_sections",
     "set_section",
     "write_participant_reports",
 ]
@@ -59,6 +63,8 @@ class FailedSet:
     exit_code: str
     when: str
     earlier_kept: bool
+    #: "Echo set" (MEGRE) or "BOLD run"
+    kind: str = "Echo set"
 
 
 def failed_sets(
@@ -67,7 +73,14 @@ def failed_sets(
     """The page's list of failed sets; ``published_names``: sets whose earlier outputs the
     page shows."""
     return [
-        FailedSet(f.name, f.reason, describe_code(f.exit_code), f.when, f.name in published_names)
+        FailedSet(
+            f.name,
+            f.reason,
+            describe_code(f.exit_code),
+            f.when,
+            f.name in published_names,
+            "BOLD run" if f.entities.get("datatype") == "func" else "Echo set",
+        )
         for f in sorted(failures, key=lambda f: f.name)
     ]
 
@@ -87,7 +100,7 @@ def render_page(
         "participant.html",
         title=f"{heading} · t2starmap",
         heading=heading,
-        sections=sorted(sections, key=lambda x: x.name),
+        sections=sorted(sections, key=lambda x: (x.kind != "Echo set", x.name)),
         failed=list(failed),
         citation=citation(records) if records else None,
         citation_file=f"logs/CITATION_{label}.md",
@@ -115,6 +128,25 @@ def recorded_sets(
     )
 
 
+def recorded_runs(output_dir: Path, subject: str, session: str | None) -> list[PublishedRun]:
+    """The records of the BOLD runs of one participant/session in the output folder; when one
+    cannot be read, none (with a warning: the page shows the rest)."""
+    try:
+        runs = load_published_runs(output_dir, [subject])
+    except ValueError as err:
+        log.warning("%s; the page leaves out the BOLD runs published earlier", err)
+        return []
+    return [r for r in runs if r.session == session]
+
+
+def run_sections(
+    folder: Path, records: Sequence[PublishedRun], convention: str = DEFAULT_CONVENTION
+) -> list[Section]:
+    """Sections of BOLD runs whose maps are under ``folder`` (the staging folder for runs this
+    run fitted, the output folder for runs published before)."""
+    return [run_section(r, load_run_maps(folder, r), convention) for r in records]
+
+
 def earlier_sections(
     output_dir: Path,
     bids_dir: Path,
@@ -139,7 +171,8 @@ def write_participant_reports(
     ``published`` from what the output folder holds (maps and records already written; the
     participant run hands its maps over instead, see :mod:`t2starmap.workflows.participant`);
     return the pages written. A page covers every set of its participant/session recorded in the
-    output folder, also those that other runs published, and lists those that failed."""
+    output folder, also those that other runs published, and the BOLD runs recorded there, and
+    lists those that failed."""
     pages = sorted({(r.subject, r.session) for r in published}, key=lambda k: (k[0], k[1] or ""))
     written = []
     for subject, session in pages:
@@ -149,8 +182,10 @@ def write_participant_reports(
         records = [*(r for r in published if (r.subject, r.session) == (subject, session))] + [
             r for r in records if r.name not in names
         ]
+        runs = recorded_runs(output_dir, subject, session)
         sections = earlier_sections(output_dir, bids_dir, records, convention)
-        failed = failed_sets(failures, {r.name for r in records})
+        sections += run_sections(output_dir, runs, convention)
+        failed = failed_sets(failures, {r.name for r in records} | {r.name for r in runs})
         target = Path(output_dir) / page_name(subject, session)
         write_text(target, render_page(subject, session, sections, failed, records))
         written.append(target)

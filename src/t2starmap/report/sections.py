@@ -176,7 +176,7 @@ MONTAGES = (
 
 @dataclass(frozen=True)
 class Section:
-    """What the template shows of one echo set."""
+    """What the template shows of one echo set or BOLD run."""
 
     name: str
     acquisition: Sequence[tuple[str, str]]
@@ -185,6 +185,10 @@ class Section:
     where: str
     montages: Sequence[Figure]
     plots: Sequence[Figure]
+    #: what it is: an echo set (MEGRE) or a BOLD run (:mod:`t2starmap.report.func_section`)
+    kind: str = "Echo set"
+    #: statements shown above its warnings (a BOLD run: whether its echoes are motion-corrected)
+    notes: Sequence[str] = ()
 
 
 def _caption(spec: Montage, window: tuple[float, float], echo_time: float, note: str) -> str:

@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from t2starmap.fit.status import LEVELS, Level, level_named
+from t2starmap.fit.status import LEVELS, Failure, Level, level_named
 from t2starmap.report.figures import AXIAL, FAILED_RGBA, MISFIT_RGBA, mosaic, to_png
 from t2starmap.report.planes import View
 
@@ -29,6 +29,7 @@ STATUS_RGB: dict[str, tuple[float, float, float]] = {
     "not_converged": (0.6, 0.3, 1.0),
     "decay_not_following_model": MISFIT_RGBA[:3],
     "not_gradient_corrected": (0.55, 0.8, 1.0),
+    "refitted": (0.75, 0.75, 0.45),
 }
 
 
@@ -65,7 +66,7 @@ def status_png(
 
 
 def _legend_text(level: Level, counts: dict[str, int]) -> str:
-    kind = "failed" if level.failure else ("misfit" if level.bit else "fit")
+    kind = "failed" if level.failure else ("misfit" if level.bit == Failure.MISFIT else "fit")
     return f"{level.name} ({kind}): {counts.get(level.name, 0)}"
 
 

@@ -18,17 +18,21 @@ from __future__ import annotations
 import logging
 import shlex
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from t2starmap.bids.atomic import write_json
+from t2starmap.bids.atomic import write_json, write_text
 from t2starmap.bids.conventions import sidecar_path
 from t2starmap.bids.func_layout import BoldRun
 from t2starmap.bids.func_outputs import FUNC_EXTRAS, FUNC_OUTPUTS, func_sidecar, func_target
+from t2starmap.bids.func_records import PublishedRun, run_record_path
 from t2starmap.bids.series import series_geometry
 from t2starmap.config import Settings
+from t2starmap.workflows.func_record import RunFit, run_record
 
 if TYPE_CHECKING:
     import torch
@@ -48,22 +52,32 @@ ALGORITHMS = {
 }
 
 
+@dataclass(frozen=True)
+class StagedRun:
+    """One fitted BOLD run in the staging folder: its record and its files (relative to the
+    staging folder, record last)."""
+
+    record: PublishedRun
+    files: tuple[str, ...]
+
+
 def stage_bold_run(
     settings: Settings, stage: Path, bold_run: BoldRun, device: torch.device
-) -> list[str]:
+) -> StagedRun:
     """Fit ``bold_run`` and write its files under ``stage`` (:data:`FUNC_OUTPUTS` with their
-    sidecars, :data:`FUNC_EXTRAS`); their paths relative to ``stage``, in writing order.
-    BadDataError for echoes that cannot be read or fitted."""
+    sidecars, :data:`FUNC_EXTRAS`, the record last). BadDataError for echoes that cannot be
+    read or fitted."""
     from t2starmap.workflows.t2smap import T2smapSettings, run_t2smap
 
+    started = time.perf_counter()
     paths = tuple(e.path for e in bold_run.echoes)
     geometry = series_geometry(paths, len(paths))
     n_volumes = geometry.shape[3]
     fittype = FUNC_FIT if n_volumes >= 2 else ONE_VOLUME_FIT
+    warnings: tuple[str, ...] = ()
     if fittype != FUNC_FIT:
-        log.warning(
-            "%s: one volume, no noise level to measure: fitted by %s", bold_run.name, fittype
-        )
+        warnings = (f"one volume, no noise level to measure: fitted by {fittype}; no tSNR",)
+        log.warning("%s: %s", bold_run.name, warnings[0])
     tr = bold_run.repetition_time or float(geometry.zooms[3])
     private = stage / ".func" / bold_run.name
     private.mkdir(parents=True, exist_ok=True)
@@ -90,7 +104,13 @@ def stage_bold_run(
     try:
         with _quiet(logging.getLogger("t2starmap.t2smap")):
             placed = run_t2smap(s)
-        return _place(settings, stage, bold_run, placed, _fit_fields(fittype, n_volumes), tr)
+        fit = RunFit(fittype, ALGORITHMS[fittype], tr, None, warnings)
+        record = run_record(bold_run, settings.bids_dir, placed, geometry, fit)
+        files = _place(settings, stage, bold_run, placed, _fit_fields(fittype, n_volumes), tr)
+        record = replace(record, seconds=time.perf_counter() - started)
+        record_file = run_record_path(Path(), bold_run.entities)
+        write_text(stage / record_file, record.to_json())
+        return StagedRun(record, (*files, record_file.as_posix()))
     finally:
         shutil.rmtree(private, ignore_errors=True)
 

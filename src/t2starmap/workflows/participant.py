@@ -46,6 +46,7 @@ from t2starmap.bids import records
 from t2starmap.bids.atomic import write_text
 from t2starmap.bids.dataset_files import SHARED_FILES, shared_files
 from t2starmap.bids.func_layout import BoldRun, BoldSearch, find_bold_runs
+from t2starmap.bids.func_records import PublishedRun
 from t2starmap.bids.layout import (
     EchoSet,
     SetProblem,
@@ -70,7 +71,8 @@ from t2starmap.errors import (
 )
 from t2starmap.interrupts import deferred_signals, raise_if_signalled
 from t2starmap.resources import limit_allocator_arenas
-from t2starmap.workflows.func import stage_bold_run
+from t2starmap.workflows.func import StagedRun, stage_bold_run
+from t2starmap.workflows.func_pages import log_published_run, readable_sections, runs_part
 from t2starmap.workflows.lazy_pages import pages
 from t2starmap.workflows.methods import stage_page_citation, write_output_citation
 from t2starmap.workflows.outputs import (
@@ -103,15 +105,16 @@ class RunResult:
     bold_published: tuple[str, ...] = ()
 
     def summary(self) -> str:
-        """``3 echo set(s): 2 published, 1 failed: sub-02_ses-2: <reason>`` (``echo set(s)
-        and BOLD run(s)`` when there were BOLD runs)."""
+        """``3 echo set(s): 2 published, 1 failed: sub-02_ses-2: <reason>`` (``2 echo set(s)
+        and 1 BOLD run(s)`` when there were BOLD runs)."""
         published = len(self.published) + len(self.bold_published)
-        n = published + len(self.failures)
-        bold = self.bold_published or any(
+        n_runs = len(self.bold_published) + sum(
             f.entities.get("datatype") == "func" for f in self.failures
         )
-        what = "echo set(s) and BOLD run(s)" if bold else "echo set(s)"
-        text = f"{n} {what}: {published} published"
+        n_sets = published + len(self.failures) - n_runs
+        parts = [f"{n_sets} echo set(s)"] if n_sets or not n_runs else []
+        what = " and ".join(parts + ([f"{n_runs} BOLD run(s)"] if n_runs else []))
+        text = f"{what}: {published} published"
         if not self.failures:
             return text
         named = "; ".join(f"{f.name}: {f.reason}" for f in self.failures[:SUMMARY_FAILURES])
@@ -122,12 +125,15 @@ class RunResult:
 
 @dataclass
 class _Page:
-    """The echo sets of one participant/session page, and those found unfit to fit."""
+    """The echo sets and BOLD runs of one participant/session page, and those found unfit
+    to fit."""
 
     subject: str
     session: str | None
     sets: list[tuple[EchoSet, Geometry]] = field(default_factory=list)
     failures: list[SetFailure] = field(default_factory=list)
+    #: the multi-echo BOLD runs of the page, fitted after its echo sets
+    runs: list[BoldRun] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -142,8 +148,8 @@ class _StagedPage:
     publication: Publication
     records: tuple[PublishedSet, ...]
     failures: tuple[SetFailure, ...]
-    #: the names of the BOLD runs among it
-    bold: tuple[str, ...] = ()
+    #: the records of the BOLD runs among it
+    runs: tuple[PublishedRun, ...] = ()
 
 
 def run_participant(settings: Settings) -> RunResult:
@@ -163,7 +169,7 @@ def run_participant(settings: Settings) -> RunResult:
                 log.info("%d multi-echo BOLD run(s) to fit", len(bold.runs))
             progress = Progress(n_sets + len(bold.runs))
             try:
-                _stage_and_publish(run, plan, bold, progress)
+                _stage_and_publish(run, plan, progress)
             finally:
                 progress.close()
             if run.published:
@@ -175,16 +181,12 @@ def run_participant(settings: Settings) -> RunResult:
     return result
 
 
-def _stage_and_publish(run: Run, plan: list[_Page], bold: BoldSearch, progress: Progress) -> None:
-    """Each page, then each BOLD run (and each BOLD run found unfit), staged and published
-    one at a time; with ``stop_on_first_crash`` all are staged before any is published."""
+def _stage_and_publish(run: Run, plan: list[_Page], progress: Progress) -> None:
+    """Each page (its echo sets and BOLD runs), staged and published one at a time; with
+    ``stop_on_first_crash`` all are staged before any is published."""
     units: list[tuple[str, Callable[[], _StagedPage]]] = [
         (page.label, partial(_stage_page, run, page, progress)) for page in plan
     ]
-    units += [(b.name, partial(_stage_bold, run, b, progress)) for b in bold.runs]
-    for problem in bold.problems:
-        failure = _failure(run.settings, problem.entities, problem.first_file, problem.error)
-        units.append((problem.name, partial(_failure_publication, run, failure)))
     if run.settings.stop_on_first_crash:  # all or nothing: stage everything first
         staged = [(label, stage()) for label, stage in units]
         for label, publication in staged:
@@ -192,30 +194,6 @@ def _stage_and_publish(run: Run, plan: list[_Page], bold: BoldSearch, progress: 
     else:
         for label, stage in units:
             _publish(run, label, stage())
-
-
-def _stage_bold(run: Run, bold_run: BoldRun, progress: Progress) -> _StagedPage:
-    """Fit and stage one BOLD run: its files, or its failure record (a run of its own)."""
-    log.info("%s: fitting the multi-echo BOLD run", bold_run.name)
-    assert run.device is not None, "the input is checked before anything is fitted"
-    files = _attempt(
-        run.settings,
-        bold_run,
-        partial(stage_bold_run, run.settings, run.stage, bold_run, run.device),
-    )
-    progress.step()
-    if isinstance(files, SetFailure):
-        return _failure_publication(run, files)
-    remove = (records.failure_path(Path(), bold_run.entities).as_posix(),)
-    placed = tuple((run.stage / name, name) for name in files)
-    return _StagedPage(Publication(bold_run.name, placed, remove), (), (), (bold_run.name,))
-
-
-def _failure_publication(run: Run, failure: SetFailure) -> _StagedPage:
-    """A BOLD run's failure record, staged as a publication of its own."""
-    path = records.failure_path(Path(), failure.entities).as_posix()
-    write_text(run.stage / path, failure.to_json())
-    return _StagedPage(Publication(failure.name, ((run.stage / path, path),)), (), (failure,))
 
 
 def _import_pages_early() -> None:
@@ -312,9 +290,11 @@ def _plan(settings: Settings) -> tuple[list[_Page], BoldSearch]:
     def page_of(subject: str, session: str | None) -> _Page:
         return plan.setdefault((subject, session), _Page(subject, session))
 
-    for problem in problems or []:
+    for problem in [*(problems or []), *bold.problems]:
         failure = _failure(settings, problem.entities, problem.first_file, problem.error)
         page_of(problem.subject, problem.session).failures.append(failure)
+    for bold_run in bold.runs:
+        page_of(bold_run.subject, bold_run.session).runs.append(bold_run)
     for echo_set in echo_sets:
         geometry = _attempt(settings, echo_set, partial(check_geometry, echo_set.paths))
         page = page_of(echo_set.subject, echo_set.session)
@@ -355,8 +335,10 @@ def _failure(
         when=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
         traceback=None if expected else "".join(traceback.format_exception(err)),
     )
+    what = "run" if failure.entities.get("datatype") == "func" else "echo set"
     log.warning(
-        "echo set %s failed, the other sets go on: %s",
+        "%s %s failed, the other sets and runs go on: %s",
+        what,
         failure.name,
         reason,
         exc_info=err if not expected and log.isEnabledFor(logging.DEBUG) else None,
@@ -373,34 +355,50 @@ def _stage_page(run: Run, page: _Page, progress: Progress) -> _StagedPage:
         outcome = _attempt(run.settings, echo_set, partial(stage_set, run, echo_set, geometry))
         (failures if isinstance(outcome, SetFailure) else staged).append(outcome)
         progress.step()
-    return _page_publication(run, page, staged, failures)
+    staged_runs: list[StagedRun] = []
+    for bold_run in page.runs:
+        log.info("%s: fitting the multi-echo BOLD run", bold_run.name)
+        assert run.device is not None, "the input is checked before anything is fitted"
+        action = partial(stage_bold_run, run.settings, run.stage, bold_run, run.device)
+        outcome = _attempt(run.settings, bold_run, action)
+        (failures if isinstance(outcome, SetFailure) else staged_runs).append(outcome)
+        progress.step()
+    return _page_publication(run, page, (staged, staged_runs), failures)
 
 
 def _page_publication(
-    run: Run, page: _Page, staged: list[StagedSet], failures: list[SetFailure]
+    run: Run,
+    page: _Page,
+    fitted: tuple[list[StagedSet], list[StagedRun]],
+    failures: list[SetFailure],
 ) -> _StagedPage:
-    """Draw the page (this run's sections, the sections of sets earlier runs published there,
-    the failed sets) into the staging folder; list what publishing it writes and removes."""
+    """Draw the page (this run's sections, the sections of sets and BOLD runs earlier runs
+    published there, the failed ones) into the staging folder; list what publishing it
+    writes and removes. ``fitted``: the echo sets and the BOLD runs staged."""
     settings, stage = run.settings, run.stage
+    staged, staged_runs = fitted
     log.info("%s: drawing its page", page.label)
     on_disk, failed_before = pages.recorded_sets(settings.output_dir, page.subject, page.session)
     ours = {s.record.name for s in staged}
-    attempted = ours | {f.name for f in failures}
+    attempted = ours | {f.name for f in failures} | {r.record.name for r in staged_runs}
     earlier = [r for r in on_disk if r.name not in ours]
-    sections = [s.section for s in staged] + _earlier_sections(settings, earlier)
+    where = (page.subject, page.session)
+    bold = runs_part(settings.output_dir, stage, where, staged_runs, settings.report_convention)
+    sections = [s.section for s in staged] + _earlier_sections(settings, earlier) + bold.sections
     shown_failures = failures + [f for f in failed_before if f.name not in attempted]
-    failed = pages.failed_sets(shown_failures, {r.name for r in earlier})
+    failed = pages.failed_sets(shown_failures, {r.name for r in earlier} | bold.earlier)
     page_file = pages.page_name(page.subject, page.session)
     shown = [s.record for s in staged] + earlier
     page_html = pages.render_page(page.subject, page.session, sections, failed, shown)
     write_text(stage / page_file, page_html)
-    files = [name for s in staged for name in s.files]
+    files = [name for s in staged for name in s.files] + bold.files
     files += stage_page_citation(stage, page.label, shown)
     for failure in failures:
         path = records.failure_path(Path(), failure.entities)
         write_text(stage / path, failure.to_json())
         files.append(path.as_posix())
     remove = [records.failure_path(Path(), s.record.entities).as_posix() for s in staged]
+    remove += bold.remove
     for old in (r for r in on_disk if r.name in ours):  # outputs the new record no longer has
         log.info("%s: replacing the outputs an earlier run published", old.name)
         new = set(next(s.files for s in staged if s.record.name == old.name))
@@ -408,25 +406,14 @@ def _page_publication(
     publication = Publication(
         page.label, tuple((stage / name, name) for name in [*files, page_file]), tuple(remove)
     )
-    return _StagedPage(publication, tuple(s.record for s in staged), tuple(failures))
+    runs = tuple(r.record for r in staged_runs)
+    return _StagedPage(publication, tuple(s.record for s in staged), tuple(failures), runs)
 
 
 def _earlier_sections(settings: Settings, records: list[PublishedSet]) -> list[pages.Section]:
-    """The page sections of sets earlier runs published; one whose maps cannot be read any
-    more is left out with a warning (it must not keep this run's sets from their page)."""
-    sections = []
-    for record in records:
-        try:
-            sections += pages.earlier_sections(
-                settings.output_dir, settings.bids_dir, [record], settings.report_convention
-            )
-        except (OSError, T2StarError) as err:
-            log.warning(
-                "%s: published earlier, but its maps cannot be read (%s); the page leaves it out",
-                record.name,
-                err,
-            )
-    return sections
+    """The page sections of sets earlier runs published (those whose maps can be read)."""
+    out, bids, convention = settings.output_dir, settings.bids_dir, settings.report_convention
+    return readable_sections(records, lambda r: pages.earlier_sections(out, bids, [r], convention))
 
 
 def _publish(run: Run, label: str, staged: _StagedPage) -> None:
@@ -449,7 +436,7 @@ def _publish(run: Run, label: str, staged: _StagedPage) -> None:
         run.published_any = True
         run.published += staged.records
         run.failures += staged.failures
-        run.bold_published += staged.bold
+        run.bold_published += [r.name for r in staged.runs]
     for record in staged.records:
         log.info(
             "%s: %d voxels fitted, %.1f%% failed, %.1f%% misfit, %.2f s -> %s",
@@ -460,6 +447,8 @@ def _publish(run: Run, label: str, staged: _StagedPage) -> None:
             record.seconds or 0.0,
             record.path(settings.output_dir, "t2star").parent,
         )
+    for bold_record in staged.runs:
+        log_published_run(bold_record, settings.output_dir)
 
 
 def _stage_shared_files(settings: Settings, stage: Path) -> list[str]:

@@ -90,8 +90,9 @@ def load(s: T2smapSettings) -> Run:
     if s.mask is None:
         log.warning("no --mask: computing one from the first echo (give one when you can)")
         inside = epi_mask(echoes[0].mean(axis=1))
-        mask = np.zeros(shape3, dtype=bool)
-        mask.reshape(-1)[np.flatnonzero(inside)] = True
+        in_file_order = np.zeros(shape3[::-1], dtype=bool)  # the rows' voxel order
+        in_file_order.reshape(-1)[np.flatnonzero(inside)] = True
+        mask = in_file_order.T
         echoes = [x[inside] for x in echoes]
     n_volumes = echoes[0].shape[1]
     if s.dummy_scans >= n_volumes:
@@ -161,8 +162,12 @@ def run_t2smap(s: T2smapSettings) -> dict[str, Path]:
     try:
         run = load(s)
         volumes = fit_volumes(s, run.echoes[0].shape[1])
-        moments = bold.echo_moments(run.echoes, volumes)
-        count = am.adaptive_mask(moments.mean, moments.bad, s.masktype)
+        if s.fitmode == "all":
+            moments = bold.echo_moments(run.echoes, volumes)
+            mean, bad = moments.mean, moments.bad
+        else:  # the volumes are fitted, not the moments
+            mean, bad = bold.echo_means(run.echoes, volumes)
+        count = am.adaptive_mask(mean, bad, s.masktype)
         log.info("adaptive mask: voxels by good echoes %s", np.bincount(count).tolist())
         stage.image("adaptive mask img", count.astype(np.uint8), run.mask, run.geometry3)
         if s.fitmode == "all":

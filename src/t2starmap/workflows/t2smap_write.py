@@ -22,7 +22,9 @@ if TYPE_CHECKING:
 
 @dataclass
 class Run:
-    """The data of one run: each echo's samples inside ``mask`` (V, T) float32, the 3-D mask,
+    """The data of one run: each echo's samples inside ``mask`` (V, T) float32, voxels in the
+    file's order (:func:`t2starmap.bids.series.voxel_rows`; every (V, ...) array of the run
+    follows it), the 3-D mask,
     the geometry of a volume and of the series, echo times in s."""
 
     echoes: list[np.ndarray]
