@@ -264,3 +264,18 @@ def test_png_is_rgb_when_opaque_and_keeps_transparency() -> None:
     assert decode(figures.to_png(opaque)).shape == (100, 200, 3)
     image = decode(figures.to_png(clear))
     assert image.shape == (100, 200, 4) and image[..., 3].max() == 0
+
+
+def test_montages_are_compressed_fast_and_losslessly() -> None:
+    """The montages' PNGs use zlib level MONTAGE_COMPRESSION (speed): the same pixels as
+    Pillow's default level."""
+    from PIL import Image
+
+    volume = np.random.default_rng(0).uniform(0, 1, (16, 16, 3)).astype(np.float32)
+    fig = figures.montage_figure(volume, [0, 1, 2], figures.Scale(0, 1, "viridis", "x"))
+    fast, default = figures.to_png(fig, figures.MONTAGE_COMPRESSION), figures.to_png(fig)
+    assert figures.MONTAGE_COMPRESSION <= 3
+    pixels = [np.asarray(Image.open(io.BytesIO(png))) for png in (fast, default)]
+    assert np.array_equal(pixels[0], pixels[1])
+    shown = figures.montage_png(volume, [0, 1, 2], figures.Scale(0, 1, "viridis", "x"))
+    assert shown == fast

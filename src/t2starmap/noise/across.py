@@ -43,30 +43,44 @@ def demodulated(
     lag = 2 if offset else 1
     z = (x[:, lag:] * np.conj(x[:, :-lag])).sum(axis=1)
     gap = float(np.median(te[lag:] - te[:-lag]))
-    omega = np.angle(z) / gap
-    columns = [np.ones_like(t), t] + ([even] if offset else [])
-    basis = np.stack(columns, axis=1)  # (E, p)
+    basis = np.stack([np.ones_like(t), t] + ([even] if offset else []), axis=1)  # (E, p)
     params = np.zeros((x.shape[0], basis.shape[1]))
-    params[:, 1] = omega
-    for step in range(_STEPS + 1):
-        w = x * np.exp(-1j * (params @ basis.T))
-        if step == 0:  # the phase at TE mean (and the offset) in closed form
-            params[:, 0] = np.angle(w.sum(axis=1))
-            if offset:
-                w = x * np.exp(-1j * (params @ basis.T))
-                params[:, 2] = np.angle((w * even).sum(axis=1))
-            continue
-        amplitude = np.abs(w)
-        design = amplitude[:, :, None] * basis[None, :, :]
-        gram = np.einsum("nep,neq->npq", design, design)
-        gram += np.eye(basis.shape[1]) * 1e-12 * np.einsum("npp->n", gram)[:, None, None]
-        rhs = np.einsum("nep,ne->np", design, w.imag)
-        params += np.linalg.solve(gram, rhs[:, :, None])[:, :, 0]
-    w = x * np.exp(-1j * (params @ basis.T))
+    params[:, 1] = np.angle(z) / gap
+    # the phase at TE mean (and the offset) in closed form
+    params[:, 0] = np.angle(_rotated(x, params, basis).sum(axis=1))
+    if offset:
+        params[:, 2] = np.angle(_rotated(x, params, basis) @ even)
+    for _ in range(_STEPS):
+        w = _rotated(x, params, basis)
+        params += _gauss_newton_step(np.abs(w), w.imag, basis)
+    w = _rotated(x, params, basis)
     amplitude = np.abs(w)
     coherence = np.abs(w.sum(axis=1)) / np.clip(amplitude.sum(axis=1), 1e-300, None)
     design = amplitude[:, :, None] * basis[None, :, :]
     return Residuals(w.imag, design, w.real, np.asarray(index)), coherence
+
+
+def _rotated(x: np.ndarray, params: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """x (n, E) demodulated by the phase params (n, p) @ basis.T (E, p). The phase is wrapped
+    to [-pi, pi] in float64 and its cosine and sine taken in float32 (resolution 2e-7 rad;
+    numpy's float32 cos/sin are vectorised, 30x faster than its float64 ones here)."""
+    theta = params @ basis.T
+    theta -= (2.0 * np.pi) * np.round(theta / (2.0 * np.pi))
+    wrapped = theta.astype(np.float32)
+    return np.asarray(x * (np.cos(wrapped) - 1j * np.sin(wrapped)))
+
+
+def _gauss_newton_step(amplitude: np.ndarray, imag: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """The Gauss-Newton step (n, p) on the imaginary parts ``imag`` (n, E) of design
+    A_k basis_k (``amplitude`` A (n, E), ``basis`` (E, p)): the normal matrices as one
+    product (A^2 against the basis' outer products), lightly regularised, solved batched."""
+    p = basis.shape[1]
+    outer = (basis[:, :, None] * basis[:, None, :]).reshape(basis.shape[0], p * p)
+    gram = ((amplitude * amplitude) @ outer).reshape(-1, p, p)
+    trace = np.trace(gram, axis1=1, axis2=2)
+    gram += np.eye(p) * 1e-12 * trace[:, None, None]
+    rhs = (amplitude * imag) @ basis
+    return np.asarray(np.linalg.solve(gram, rhs[:, :, None])[:, :, 0])
 
 
 def across_residuals(

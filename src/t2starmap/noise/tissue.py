@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
 
-from t2starmap.noise.floor import Residuals
+from t2starmap.noise.floor import MIN_ECHOES_FLOOR, Residuals
 from t2starmap.noise.result import NoiseEstimate
 from t2starmap.noise.samples import MIN_BACKGROUND, _all_positive, _brighter, _Sample
 
 #: Residuals: voxels whose fitted signal at the last echo exceeds this many sigma count.
 _RESIDUAL_SNR = 10.0
-#: The residual floor (:mod:`t2starmap.noise.floor`) takes voxels whose fitted signal at the
-#: last echo exceeds this many (residual) sigma: the magnitude is near Gaussian there, and
-#: body tissue of R2* 100-400 1/s keeps few voxels at 10.
+#: The residual floor (:mod:`t2starmap.noise.floor`) takes the echoes whose fitted signal
+#: exceeds this many (residual) sigma: the magnitude is near Gaussian there, and body tissue
+#: of R2* 100-400 1/s keeps few voxels at 10.
 _FLOOR_SNR = 4.0
+#: Echoes a voxel keeps above ``_FLOOR_SNR`` to join the floor (with ``MIN_ECHOES_FLOOR``
+#: echoes or more): two degrees of freedom for the straight line in log S.
+_MIN_KEPT = 6
 
 
 def noise_from_residuals(
@@ -82,14 +86,8 @@ def tissue_residuals(
     dof = n_echo - 2
     chi2_median = dof * (1.0 - 2.0 / (9.0 * dof)) ** 3  # Wilson-Hilferty
     sigma = math.sqrt(float(np.median(ssr[ok])) / chi2_median) if ok.any() else 0.0
-    floor = ok & (model[:, -1] > _FLOOR_SNR * sigma)
-    fitted = model[floor]
-    residuals = Residuals(
-        rows[floor] - fitted,
-        fitted[:, :, None] * np.stack([np.ones_like(te), -te], axis=1)[None],
-        fitted,
-        index[floor],
-    )
+    residuals = _floor_residuals(rows, model, ok & (model[:, 0] > _FLOOR_SNR * sigma), sigma, te)
+    residuals = replace(residuals, index=index[residuals.index])
     bright = ok
     for _ in range(2):
         bright = ok & (model[:, -1] > _RESIDUAL_SNR * sigma)
@@ -106,6 +104,45 @@ def tissue_residuals(
         coils=1.0,
         method="residuals",
     ), residuals
+
+
+def _floor_residuals(
+    rows: np.ndarray, model: np.ndarray, usable: np.ndarray, sigma: float, te: np.ndarray
+) -> Residuals:
+    """The :class:`Residuals` of the floor (its ``index`` into ``rows``): the ``usable``
+    voxels whose fitted signal stays above ``_FLOOR_SNR`` sigma at every echo; with
+    ``MIN_ECHOES_FLOOR`` echoes or more, also those that keep ``_MIN_KEPT`` echoes above it,
+    on those echoes only (``kept``), refitted there (:func:`_loglinear_on`). Without them the
+    floor sees only the tissue that stays bright to the last echo (on a SENSE R = 3 body
+    simulation, one end of its R2* range, whose noise is not the rest's)."""
+    above = model > _FLOOR_SNR * sigma
+    if te.size < MIN_ECHOES_FLOOR:
+        where = np.flatnonzero(usable & above.all(axis=1))
+        kept = None
+    else:
+        where = np.flatnonzero(usable & (above.sum(axis=1) >= _MIN_KEPT))
+        kept = above[where]
+    fitted = model[where]
+    if kept is not None and not kept.all():
+        part = ~kept.all(axis=1)
+        fitted[part] = _loglinear_on(rows[where][part], te, kept[part])
+    else:
+        kept = None
+    jacobian = fitted[:, :, None] * np.stack([np.ones_like(te), -te], axis=1)[None]
+    return Residuals(rows[where] - fitted, jacobian, fitted, where, kept)
+
+
+def _loglinear_on(rows: np.ndarray, te: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """The model S0 exp(-R2* TE) at every echo of the weighted log-linear fit (weights S^2,
+    the inverse variances of log S) of each row (n, E) over its ``kept`` echoes (n, E)."""
+    w = rows * rows * kept
+    y = np.log(np.clip(rows, 1e-300, None))
+    sw, sx, sxx = w.sum(axis=1), w @ te, w @ (te * te)
+    sy, sxy = (w * y).sum(axis=1), (w * y) @ te
+    det = np.clip(sw * sxx - sx * sx, 1e-300, None)
+    slope = (sw * sxy - sx * sy) / det
+    intercept = (sxx * sy - sx * sxy) / det
+    return np.asarray(np.exp(intercept[:, None] + slope[:, None] * te[None, :]))
 
 
 def _tissue_voxels(flat: np.ndarray, mask: np.ndarray | None, max_voxels: int) -> np.ndarray:

@@ -14,10 +14,6 @@ from PIL import Image
 
 #: Dots per inch of every figure: a montage 11 in wide is 1100 px, sharp at laptop width.
 DPI = 100
-#: zlib level of the pages' PNGs: 1 encodes a brain-sized montage 3x faster than the default
-#: 6, for 5-10 % more bytes (benchmarks/RESULTS_PARTICIPANT.md).
-PNG_COMPRESS_LEVEL = 1
-
 #: The pixels a transparent layer covers: (row indices, column indices), their colours
 #: (n, 3) and alphas (n, 1), uint16.
 Layer = tuple[tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray]
@@ -32,13 +28,14 @@ def draw_rgba(fig: Figure) -> np.ndarray:
     return np.array(canvas.buffer_rgba())
 
 
-def encode_png(rgba: np.ndarray) -> bytes:
+def encode_png(rgba: np.ndarray, compress_level: int | None = None) -> bytes:
     """PNG bytes of (height, width, 4) uint8 pixels: RGB when every pixel is opaque, at zlib
-    level :data:`PNG_COMPRESS_LEVEL`."""
+    level ``compress_level`` (0-9; None: Pillow's default)."""
     opaque = bool((rgba[..., 3] == 255).all())
     image = Image.fromarray(np.ascontiguousarray(rgba[..., :3]) if opaque else rgba)
     buffer = io.BytesIO()
-    image.save(buffer, format="png", compress_level=PNG_COMPRESS_LEVEL)
+    options = {} if compress_level is None else {"compress_level": compress_level}
+    image.save(buffer, format="png", **options)
     return buffer.getvalue()
 
 

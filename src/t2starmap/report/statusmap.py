@@ -14,7 +14,14 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from t2starmap.fit.status import LEVELS, Failure, Level, level_named
-from t2starmap.report.figures import AXIAL, FAILED_RGBA, MISFIT_RGBA, mosaic, to_png
+from t2starmap.report.figures import (
+    AXIAL,
+    FAILED_RGBA,
+    MISFIT_RGBA,
+    MONTAGE_COMPRESSION,
+    mosaic,
+    to_png,
+)
 from t2starmap.report.planes import View
 
 #: The colour of each fit-status label, by name.
@@ -62,7 +69,7 @@ def status_png(
         fig.legend(
             handles=handles, loc="center right", fontsize=7, frameon=False, labelcolor="white"
         )
-    return to_png(fig)
+    return to_png(fig, MONTAGE_COMPRESSION)
 
 
 def _legend_text(level: Level, counts: dict[str, int]) -> str:
