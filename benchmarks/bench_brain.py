@@ -6,14 +6,18 @@ at SNR 50, 1 mm voxels), written slab by slab so that 512x512x256x12 fits in mem
 interleaved ``--repeats`` times, each a fresh process:
 
 * bare: ``python -c "import torch, nibabel"`` (the memory floor);
-* baseline: read the echoes with :func:`t2starmap.bids.nifti.read_volumes` and stack them,
-  ``fit_t2star`` (default nlls, the phantom's sigma, 2 chunk workers of one torch thread) on
-  the first echo above 5 sigma, write 10 maps with :func:`t2starmap.bids.nifti.save_map` (isal),
-  one after another; with ``--baseline-src`` (default: this checkout);
+* baseline (``baselines.READ_FIT_WRITE``): read the echoes with
+  :func:`t2starmap.bids.nifti.read_volumes` and stack them, ``fit_t2star`` (default nlls, the
+  phantom's sigma, 2 chunk workers of one torch thread) on the first echo above 5 sigma, write
+  10 maps with :func:`t2starmap.bids.nifti.save_map` (isal), one after another; with
+  ``--baseline-src`` (default: this checkout);
+* read + write (``baselines.READ_WRITE``, the smaller baseline, shown beside it): read the
+  echoes and write 10 float32 images with nibabel, no torch, no fit;
 * run: ``python -m t2starmap BIDS OUT participant --skip-bids-validation`` for each ``--src``;
 * with ``--busy`` the same again with one competing busy process (``bench_busy.Busy``).
 
-Prints medians, run / baseline ratios (median of the rounds' ratios), peak RSS above the bare
+Prints medians, run / baseline and run / read+write ratios (median of the rounds' ratios),
+peak RSS above the bare
 process (``os.wait4``'s ru_maxrss) as a multiple of the float32 echo data, the record's
 ``steps`` (seconds per step of the set), and one cProfile run per source with the cumulative
 seconds of the participant path's functions (cProfile sees the main thread only: maps written
@@ -44,7 +48,8 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from bench_busy import Busy  # beside this script
+from baselines import READ_FIT_WRITE, READ_WRITE  # beside this script
+from bench_busy import Busy
 
 from t2starmap.sim.phantoms import (
     EXAMPLE_ECHO_TIMES,
@@ -60,34 +65,6 @@ S0, SNR, SEED = 3000.0, 50.0, 11
 BACKGROUND = 0.016
 SLAB = 16
 
-BASELINE = """
-import sys, json, numpy as np, torch
-from pathlib import Path
-torch.set_num_threads(1)  # as the app: 2 chunk workers of one torch thread each
-from t2starmap.bids.nifti import Geometry, read_volumes, save_map
-from t2starmap.fit import Compute, NoiseModel, fit_t2star
-bids, out, sigma = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
-echoes = sorted(bids.rglob("*_MEGRE.nii.gz"))
-te = [json.loads(p.with_name(p.name[:-7] + ".json").read_text())["EchoTime"] for p in echoes]
-import nibabel as nib
-header = nib.load(str(echoes[0]))
-geometry = Geometry(tuple(header.shape), np.asarray(header.affine),
-                    tuple(float(z) for z in header.header.get_zooms()), 1, 1)
-data = np.empty((*geometry.shape, len(echoes)), dtype=np.float32)
-for k, volume in enumerate(read_volumes(echoes)):
-    data[..., k] = volume
-result = fit_t2star(
-    data, te, mask=data[..., 0] > 5 * sigma, noise=NoiseModel(sigma), compute=Compute(workers=2)
-)
-del data
-out.mkdir(parents=True, exist_ok=True)
-maps = ("t2star", "r2star", "s0", "rmse", "t2star_se", "r2star_se", "s0_se", "chisq")
-for key in maps:
-    save_map(out / f"{key}.nii.gz", getattr(result, key).numpy(), geometry)
-save_map(out / "failed.nii.gz", result.failed.numpy(), geometry)
-save_map(out / "signal.nii.gz", (result.t2star > 0).numpy(), geometry)
-"""
-
 #: Functions on the participant path whose cumulative profile time is shown: label ->
 #: (file name ending, function name); a source without one shows "-".
 PROFILED = (
@@ -96,25 +73,25 @@ PROFILED = (
         "read echoes (load_magnitude / read_magnitude)",
         ("nifti.py", "load_magnitude|read_magnitude"),
     ),
-    ("input checks (_usable_magnitude, with the read)", ("estimate.py", "_usable_magnitude")),
-    ("noise level (_noise_level)", ("estimate.py", "_noise_level")),
+    ("input checks (_usable_magnitude, with the read)", ("echo_set.py", "_usable_magnitude")),
+    ("noise level (_noise_level)", ("echo_set.py", "_noise_level")),
     (
         "  background (estimate_noise / _background_estimate)",
         ("noise/background.py", "estimate_noise|_background_estimate"),
     ),
     ("    local variance", ("noise/local.py", "_local_variance_sigma")),
     ("  echo differences", ("noise/air.py", "noise_from_echo_differences|_differences")),
-    ("  residuals (wls fit)", ("noise/tissue.py", "noise_from_residuals")),
+    ("  residuals (wls fit)", ("noise/tissue.py", "noise_from_residuals|tissue_residuals")),
     ("signal mask", ("noise/mask.py", "signal_mask")),
     ("fits (fit_t2star, all calls)", ("magnitude.py", "fit_t2star")),
-    ("maps (_maps)", ("estimate.py", "_maps")),
-    ("fit_echo_set (all of the above)", ("estimate.py", "fit_echo_set")),
-    ("write maps (_write_maps; in threads after)", ("workflow.py", "_write_maps")),
+    ("maps (_maps)", ("echo_set.py", "_maps")),
+    ("fit_echo_set (all of the above)", ("echo_set.py", "fit_echo_set")),
+    ("write maps (write_maps; in threads after)", ("staging.py", "write_maps")),
     ("record statistics", ("summary.py", "set_statistics")),
-    ("report: echo samples", ("participant.py", "echo_samples")),
-    ("report: section (figures)", ("participant.py", "set_section")),
+    ("report: echo samples", ("report/maps.py", "echo_samples")),
+    ("report: section (figures, in threads)", ("report/sections.py", "set_section")),
     ("publish (copy)", ("publish.py", "publish")),
-    ("participant run (run_participant)", ("workflow.py", "run_participant")),
+    ("participant run (run_participant)", ("workflows/participant.py", "run_participant")),
 )
 
 
@@ -245,11 +222,14 @@ def main() -> None:
                 try:
                     rows.setdefault((mode, "bare"), []).append(measure(bare_command, bare_env))
                     if not args.memory_only:
-                        base = [sys.executable, "-c", BASELINE, str(bids), str(scratch / "b")]
+                        base = [sys.executable, "-c", READ_FIT_WRITE, str(bids), str(scratch / "b")]
                         rows.setdefault((mode, "baseline"), []).append(
                             measure([*base, str(sigma)], base_env)
                         )
+                        plain = [sys.executable, "-c", READ_WRITE, str(bids), str(scratch / "w")]
+                        rows.setdefault((mode, "read+write"), []).append(measure(plain, base_env))
                         shutil.rmtree(scratch / "b")
+                        shutil.rmtree(scratch / "w")
                     for src in sources:
                         out = scratch / "out"
                         command, env = run_command(src, bids, out)
@@ -273,6 +253,13 @@ def main() -> None:
                 print(f"| {label} | " + " | ".join(cells) + " |")
 
 
+def _ratio(got: list[tuple[float, int]], base: list[tuple[float, int]] | None) -> float:
+    """The median of the rounds' seconds over ``base``'s (NaN without a base)."""
+    if not base:
+        return float("nan")
+    return statistics.median(s / b for (s, _), (b, _) in zip(got, base, strict=True))
+
+
 def report(
     args: argparse.Namespace,
     shape: tuple[int, ...],
@@ -289,26 +276,26 @@ def report(
     )
     for i, src in enumerate(sources):
         print(f"  src {i + 1}: {src}")
-    print("\n| mode | what | median s | / baseline | peak RSS GiB | above bare / echo data |")
-    print("|---|---|---:|---:|---:|---:|")
+    print(
+        "\n| mode | what | median s | / baseline (read+fit+write) | / read+write | peak RSS GiB "
+        "| above bare / echo data |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|")
     for mode in modes:
         bare = max(m for _, m in rows[(mode, "bare")])
         base = rows.get((mode, "baseline"))
         names = [("bare", "bare python (import torch, nibabel)")]
         names += [("baseline", "baseline: read + fit + write")] if base else []
+        names += [("read+write", "read + write (nibabel, no fit)")] if base else []
         names += [(src, f"participant run, src {i + 1}") for i, src in enumerate(sources)]
         for key, label in names:
             got = rows[(mode, key)]
             seconds = statistics.median(s for s, _ in got)
             peak = max(m for _, m in got)
-            ratio = (
-                statistics.median(s / b for (s, _), (b, _) in zip(got, base, strict=True))
-                if base
-                else float("nan")
-            )
+            ratios = [_ratio(got, rows.get((mode, b))) for b in ("baseline", "read+write")]
             print(
-                f"| {mode} | {label} | {seconds:.2f} | {ratio:.2f} | {peak / 2**30:.2f} | "
-                f"{(peak - bare) / echo_bytes:.2f} |"
+                f"| {mode} | {label} | {seconds:.2f} | {ratios[0]:.2f} | {ratios[1]:.2f} | "
+                f"{peak / 2**30:.2f} | {(peak - bare) / echo_bytes:.2f} |"
             )
     print("\nthe record's steps (seconds, last round):")
     names = list(dict.fromkeys(k for values in steps.values() for k in values))

@@ -465,3 +465,17 @@ def test_rerun_replaces_runs_and_clears_their_failures(tmp_path: Path) -> None:
         assert page.count(f"<h2>BOLD run {name}</h2>") == 1, name
         assert _files(out, f"sub-01/func/{name}") == _expected(f"sub-01/func/{name}")
     assert "that failed" not in page
+
+
+def test_the_runs_are_in_the_methods_to_cite(mixed: tuple[Path, Path, BoldRun, int]) -> None:
+    """Issue 29 item 10 for BOLD runs: the run's paragraph in logs/CITATION.md, in its page's
+    citation file and on its page, next to the echo sets'."""
+    _, out, _, _ = mixed
+    text = (out / "logs" / "CITATION.md").read_text()
+    headings = [line for line in text.splitlines() if line.startswith("## sub")]
+    assert "## sub-01_task-rest" in headings and "## sub-01" in headings
+    assert "3 echoes of a multi-echo BOLD run" in text or "4 echoes of a multi-echo BOLD" in text
+    page_file = (out / "logs" / "CITATION_sub-01.md").read_text()
+    assert "## sub-01_task-rest" in page_file and "weights TE exp(-TE/T2\\*)" in page_file
+    assert "## sub-02" not in page_file
+    assert "multi-echo BOLD run (TE" in (out / "sub-01.html").read_text()

@@ -236,6 +236,36 @@ def test_tiles_carry_their_file_index_and_orientation_letters() -> None:
     assert texts.count("R") == texts.count("L") == 3
 
 
+@pytest.mark.parametrize("pixel_aspect", [1.0, 2.5])
+def test_the_montage_png_is_its_figure_drawn_with_its_annotations(pixel_aspect: float) -> None:
+    """montage_png lays the tiles' annotations (drawn once per layout) over the montage drawn
+    without them: the picture is the figure drawn with its texts, to a level of rounding, the
+    second time (from the cached layer) as the first; and the texts are really in it."""
+    view = figures.View(axis=2, pixel_aspect=pixel_aspect, file_axis=2, file_flipped=True)
+    rng = np.random.default_rng(4)
+    volume = rng.random((40, 32, 9)) * 100
+    failed = rng.random(volume.shape) > 0.97
+    scale = figures.Scale(0, 100, "inferno", "T2* (ms)")
+    slices = figures.select_slices(np.ones(volume.shape, dtype=bool))
+    options = {"failed": failed, "view": view}
+    png = figures.montage_png(volume, slices, scale, **options)
+    assert figures.montage_png(volume, slices, scale, **options) == png
+    drawn = decode(figures.to_png(figures.montage_figure(volume, slices, scale, **options)))
+    bare = figures.montage_figure(volume, slices, scale, annotate=False, **options)
+    image = decode(png)
+    assert image.shape == drawn.shape
+    assert np.abs(image - drawn).max() <= 2 / 255 + 1e-6
+    assert (np.abs(decode(figures.to_png(bare)) - drawn).max(-1) > 0.5).sum() > 100
+
+
+def test_png_is_rgb_when_opaque_and_keeps_transparency() -> None:
+    opaque = figures.Figure(figsize=(2, 1), facecolor="black")
+    clear = figures.Figure(figsize=(2, 1), facecolor="none")
+    assert decode(figures.to_png(opaque)).shape == (100, 200, 3)
+    image = decode(figures.to_png(clear))
+    assert image.shape == (100, 200, 4) and image[..., 3].max() == 0
+
+
 def test_montages_are_compressed_fast_and_losslessly() -> None:
     """The montages' PNGs use zlib level MONTAGE_COMPRESSION (speed): the same pixels as
     Pillow's default level."""

@@ -168,7 +168,15 @@ def test_noise_sigma_is_shown_to_4_significant_digits(tmp_path: Path) -> None:
     table = rows([0.02, 0.021])
     table.frame["noise_sigma"] = [16.476712, 1234.5678]
     cells = table_cells(group.group_page(table, tmp_path))
-    assert [row[5] for row in cells] == ["16.48", "1235"]
+    assert [row[6] for row in cells] == ["16.48", "1235"]
+
+
+def test_the_echo_set_table_gives_misfit_beside_failed(tmp_path: Path) -> None:
+    """Issue 27: the table says how much of each set is misfit, in its own column, in %."""
+    table = rows([0.02, 0.021], failed=[0.001, 0.0])
+    table.frame["misfit_fraction"] = [0.4215, np.nan]
+    cells = table_cells(group.group_page(table, tmp_path))
+    assert [row[4:6] for row in cells] == [["0.10", "42.15"], ["0.00", "n/a"]]
 
 
 def test_the_box_plot_axis_starts_at_zero() -> None:

@@ -9,10 +9,18 @@ from pathlib import Path
 
 import pytest
 
+from t2starmap.bids.func_records import PublishedRun
 from t2starmap.bids.outputs import ESTIMATION_REFERENCE, output_files
 from t2starmap.bids.records import PublishedSet, SetStatistics, Source, load_published
 from t2starmap.cli.run import main
-from t2starmap.report.methods import NOISE_METHODS, bibtex, citation, citation_files, markdown
+from t2starmap.report.methods import (
+    COMBINATION_REFERENCE,
+    NOISE_METHODS,
+    bibtex,
+    citation,
+    citation_files,
+    markdown,
+)
 from t2starmap.sim.slices import make_slice_phantom, write_slice_megre
 
 REF_A = (
@@ -74,7 +82,8 @@ def test_a_corrected_set_says_what_was_done_with_numbered_references() -> None:
     assert "noise-aware least squares (method nlls, rician noise model" in text
     assert "sigma = 12.5 (image units), " + NOISE_METHODS["residuals"] in text
     assert "the other estimates were real-channel 60.1. Ghosts, not noise." in text
-    assert "T2* was bounded to 1 ms-1 s" in text and "2.0 % of the mask was flagged" in text
+    assert "T2* was bounded to 1 ms-1 s" in text
+    assert "the fit failed (no usable estimate" in text and "in 2.0 % of the voxels" in text
     assert "The phase was judged coherent: one frequency in 99%" in text
     assert "through-slice gradient of the field [2, 3]" in text and "50 % of the mask" in text
     assert "The slice profile of the correction was sinc:2.7 (from the Siemens protocol)" in text
@@ -138,7 +147,7 @@ def test_a_participant_run_writes_its_methods_from_its_records(
     assert run(sliced, out, *extra) == 0
     records = load_published(out)
     text = (out / "logs" / "CITATION.md").read_text()
-    title = "t2starmap: methods of the echo sets this run published"
+    title = "t2starmap: methods of the echo sets and BOLD runs this run published"
     assert text == citation_files(records, title)[".md"]
     assert said.replace("*", r"\*") in text
     assert (out / "logs" / "CITATION_sub-01.md").read_text().split("\n", 1)[1] == text.split(
@@ -165,3 +174,57 @@ def test_the_group_level_covers_every_published_set(example: Path, tmp_path: Pat
         "## sub-02_ses-2",
     ]
     assert "## sub-01" not in (out / "logs" / "CITATION_sub-02_ses-1.md").read_text()
+
+
+def test_misfit_is_said_apart_from_failure() -> None:
+    """Issue 27: the paragraph does not count misfit voxels as failed."""
+    (item,) = citation([record(failed_fraction=0.001, misfit_fraction=0.42)]).sets
+    assert "failed (no usable estimate: a bound reached, no convergence or unusable" in item.text
+    assert "in 0.1 % of the voxels" in item.text
+    assert "did not follow the model (estimate kept, its standard error inflated) in 42.0 %" in (
+        item.text
+    )
+
+
+def run_record(**fields: object) -> PublishedRun:
+    entities = {"subject": "01", "task": "rest"}
+    base = PublishedRun(
+        entities=entities,
+        files={},
+        sources=tuple(
+            Source(f"sub-01/func/sub-01_task-rest_echo-{k}_bold.nii.gz", te, {})
+            for k, te in enumerate((0.0145, 0.0385, 0.0625), 1)
+        ),
+        n_volumes=200,
+        repetition_time=2.0,
+        fit_type="nlls",
+        algorithm="Mono-exponential decay fitted by maximum likelihood (t2smap --fittype nlls)",
+        preprocessed=False,
+        n_voxels=300,
+        mask_counts={"0": 50, "1": 20, "2": 30, "3": 250},
+        failed_fraction=0.01,
+        misfit_fraction=0.05,
+        status_counts={"good": 282},
+        statistics=SetStatistics(),
+        tsnr=None,
+        software={"t2starmap": "9.9", "Python": "3.11.7"},
+    )
+    return replace(base, **fields)  # type: ignore[arg-type]
+
+
+def test_a_bold_run_says_what_was_done() -> None:
+    """A multi-echo BOLD run's paragraph: the run, motion, the adaptive mask, the fit, the
+    combination (Posse), the software; echo sets come first, and share the numbering."""
+    cite = citation([run_record(), record()])
+    assert [s.name for s in cite.sets] == ["sub-01", "sub-01_task-rest"]
+    text = cite.sets[1].text
+    assert "from the 3 echoes of a multi-echo BOLD run (TE 14.50-62.50 ms, 200 volumes" in text
+    assert "TR 2 s), the raw echoes, not motion-corrected." in text
+    assert "300 voxels had at least one good echo (1 good echo: 20, 2 good echoes: 30, 3" in text
+    assert "Mono-exponential decay fitted by maximum likelihood (t2smap --fittype nlls);" in text
+    assert "in 1.0 % of the voxels" in text and "model (estimate kept" in text
+    assert "computed with t2starmap [1]" in text and "good echoes [4]." in text
+    assert cite.references[3] == COMBINATION_REFERENCE
+    assert text.endswith("Software: t2starmap 9.9, Python 3.11.7.")
+    preproc = citation([run_record(preprocessed=True)]).sets[0].text
+    assert "fMRIPrep's motion-corrected echoes (desc-preproc)" in preproc

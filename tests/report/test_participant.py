@@ -302,3 +302,40 @@ def test_the_status_map_is_drawn_in_its_colours_with_a_legend() -> None:
         colour = np.asarray(STATUS_RGB[name])
         assert np.any(np.all(np.abs(picture - colour) < 0.02, axis=-1)), name
     assert STATUS_RGB["decay_not_following_model"] != STATUS_RGB["not_converged"]
+
+
+def test_a_montage_draws_its_shown_slices_as_the_whole_volume_gives_them(tmp_path: Path) -> None:
+    """The volume a montage draws is worked out in the shown slices only: there it is the
+    whole volume's product and mask (NaN elsewhere, never drawn); values in the mask taken by
+    index (C order) or by the mask (files' Fortran order) are the same."""
+    outcome = synthetic_output(tmp_path, shape=(20, 18, 10))
+    loaded = maps.load_set_maps(tmp_path / "out", outcome)
+    grid, _ = sections._grid(outcome, loaded, "neurological")
+    assert 1 < len(grid.slices) < 10
+    values = loaded.maps["t2star"]
+    for spec in [m for m in sections.MONTAGES if m.key == "t2star"] + [
+        replace(sections.MONTAGES[0], overlay=False)
+    ]:
+        whole = values * spec.factor
+        whole = grid.canon(np.where(grid.signal, whole, np.nan) if spec.overlay else whole)
+        drawn = sections._drawn_volume(spec, values, grid)
+        shown = np.zeros(drawn.shape[grid.view.axis], dtype=bool)
+        shown[list(grid.slices)] = True
+        cut = np.moveaxis(drawn, grid.view.axis, 0)
+        np.testing.assert_array_equal(cut[shown], np.moveaxis(whole, grid.view.axis, 0)[shown])
+        assert np.isnan(cut[~shown]).all()
+    for layout in (values, np.ascontiguousarray(values)):
+        taken = sections._taken(layout, grid.good, grid.good_index)
+        np.testing.assert_array_equal(taken, values[grid.good])
+
+
+def test_maps_in_either_memory_order_give_the_same_section(tmp_path: Path) -> None:
+    """Maps a run holds (C order) and maps read from files (Fortran order) draw one section."""
+    outcome = synthetic_output(tmp_path)
+    bids = tmp_path / "bids"
+    loaded = maps.load_set_maps(tmp_path / "out", outcome)
+    assert not loaded.maps["t2star"].flags.c_contiguous
+    c_order = replace(loaded, maps={k: np.ascontiguousarray(v) for k, v in loaded.maps.items()})
+    assert sections.set_section(outcome, c_order, bids) == sections.set_section(
+        outcome, loaded, bids
+    )

@@ -1,12 +1,11 @@
 """Quantiles of the null distributions the fits test against (chi-square, F): bisection on
 torch's incomplete gamma function, and on the incomplete beta function's continued fraction,
-which torch lacks."""
+which torch lacks. Importing this module loads no torch; the chi-square quantile loads it on
+first use."""
 
 from __future__ import annotations
 
 import math
-
-import torch
 
 
 def chi2_upper(dof: int, p: float) -> float:
@@ -27,6 +26,8 @@ def gamma_upper(a: float, x: float) -> float:
     (torch's, in float64)."""
     if x <= 0.0:
         return 1.0
+    import torch
+
     value = torch.special.gammaincc(
         torch.tensor(a, dtype=torch.float64), torch.tensor(x, dtype=torch.float64)
     )

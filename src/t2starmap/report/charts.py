@@ -12,8 +12,9 @@ from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from t2starmap.report.figures import AXIAL, MAX_BARS, mosaic, to_png
+from t2starmap.report.figures import AXIAL, MAX_BARS, to_png
 from t2starmap.report.planes import View
+from t2starmap.report.statusmap import label_montage_png
 
 #: Colours of the adaptive mask's counts: 0 black, then one colour per number of good echoes,
 #: from dark red (one good echo) to bright green (every echo).
@@ -40,20 +41,7 @@ def adaptive_mask_png(
     """Slices of the canonical adaptive mask (good echoes per voxel, integers 0..``n_echoes``)
     as ``view`` cuts them, one colour per count, and a legend with each count's voxels
     (``voxels``: count as text -> voxels)."""
-    tiles = mosaic(counts.astype(np.float32), slices, view=view)
     colours = count_colours(n_echoes)
-    rgb = np.zeros((*tiles.shape, 3), dtype=np.float32)
-    for k, colour in enumerate(colours):
-        rgb[tiles == k] = colour
-    columns = max(1, min(6, len(slices)))
-    legend_in = 2.6
-    image_w = tile_in * columns
-    height_px, width_px = tiles.shape
-    height_in = max(1.6, image_w * height_px * view.pixel_aspect / width_px)
-    fig = Figure(figsize=(image_w + legend_in, height_in), facecolor="black")
-    ax = fig.add_axes((0.0, 0.0, image_w / (image_w + legend_in), 1.0))
-    ax.set_axis_off()
-    ax.imshow(rgb, interpolation="nearest", aspect=view.pixel_aspect)
     handles = [
         Patch(
             facecolor=colours[k],
@@ -62,8 +50,7 @@ def adaptive_mask_png(
         )
         for k in range(n_echoes + 1)
     ]
-    fig.legend(handles=handles, loc="center right", fontsize=7, frameon=False, labelcolor="white")
-    return to_png(fig)
+    return label_montage_png(counts, slices, dict(enumerate(colours)), handles, 2.6, view, tile_in)
 
 
 def tsnr_histogram_png(

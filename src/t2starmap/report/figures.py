@@ -8,7 +8,7 @@ Units: echo times in s on input, shown in ms; T2* in s on input, shown in ms.
 from __future__ import annotations
 
 import base64
-import io
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,17 +16,18 @@ from typing import Any
 import numpy as np
 from matplotlib import patheffects
 from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.backends.backend_agg import FigureCanvasAgg as FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from t2starmap.report.planes import View
+from t2starmap.report.raster import DPI as DPI
+from t2starmap.report.raster import Layer, covered_pixels, draw_rgba, encode_png, lay_over
 
 #: The default view: axial tiles of square voxels.
 AXIAL = View(axis=2, pixel_aspect=1.0)
 
-#: Dots per inch of every figure: a montage 11 in wide is 1100 px, sharp at laptop width.
-DPI = 100
 #: Most slices shown in a montage, and tiles per montage row.
 MAX_SLICES = 12
 COLUMNS = 6
@@ -43,18 +44,14 @@ TILE_TEXT_PT = 7.0
 
 #: zlib level of the slice montages' PNGs (a page draws a dozen): level 1 encodes a GE
 #: kidney T2* montage in 11 ms instead of 29 ms (Pillow's default 6), 3 % larger; maps are
-#: flat enough that the higher levels find little more.
+#: flat enough that the higher levels find little more. (A brain-sized montage: 3x faster.)
 MONTAGE_COMPRESSION = 1
 
 
 def to_png(fig: Figure, compress_level: int | None = None) -> bytes:
-    """``fig`` as PNG bytes at :data:`DPI`; ``compress_level``: zlib's 0-9 (None: Pillow's
-    default)."""
-    FigureCanvasAgg(fig)
-    buffer = io.BytesIO()
-    pil = None if compress_level is None else {"compress_level": compress_level}
-    fig.savefig(buffer, format="png", dpi=DPI, pil_kwargs=pil)
-    return buffer.getvalue()
+    """``fig`` as PNG bytes at :data:`DPI`, drawn once (savefig draws twice) and encoded by
+    Pillow (:func:`~t2starmap.report.raster.encode_png`; ``compress_level`` 0-9 or None)."""
+    return encode_png(draw_rgba(fig), compress_level)
 
 
 def data_uri(png: bytes) -> str:
@@ -106,8 +103,62 @@ class Scale:
 
 
 def montage_png(volume: np.ndarray, slices: Sequence[int], scale: Scale, **options: Any) -> bytes:
-    """:func:`montage_figure` as PNG bytes (same arguments)."""
-    return to_png(montage_figure(volume, slices, scale, **options), MONTAGE_COMPRESSION)
+    """:func:`montage_figure` as PNG bytes (same arguments). The tiles' labels are drawn once
+    per layout (:func:`annotation_layer`: a section's montages share it) and laid over the
+    montage drawn without them: 60 outlined texts cost more than the montage itself."""
+    tile_in, view = options.get("tile_in", 1.75), options.get("view", AXIAL)
+    layout = montage_layout(volume, slices, scale, tile_in, view)
+    fig = montage_figure(volume, slices, scale, annotate=False, **options)
+    rgba = draw_rgba(fig)
+    layer = annotation_layer(layout)
+    if layer is not None:
+        lay_over(rgba, layer)
+    return encode_png(rgba, MONTAGE_COMPRESSION)
+
+
+@dataclass(frozen=True)
+class MontageLayout:
+    """Where a montage's parts go: the figure's size (inches), the image axes' and the colour
+    bar's rectangles (figure fractions), the mosaic's shape (pixels of data), the view, the
+    slices and their count along the view's axis (``depth``)."""
+
+    size_in: tuple[float, float]
+    image_rect: tuple[float, float, float, float]
+    bar_rect: tuple[float, float, float, float]
+    mosaic_shape: tuple[int, int]
+    view: View
+    slices: tuple[int, ...]
+    depth: int
+
+
+def montage_layout(
+    volume: np.ndarray,
+    slices: Sequence[int],
+    scale: Scale,
+    tile_in: float = 1.75,
+    view: View = AXIAL,
+) -> MontageLayout:
+    """The :class:`MontageLayout` of a montage of ``volume`` (see :func:`montage_figure`)."""
+    vol = volume[..., None] if volume.ndim == 2 else volume
+    height_px, width_px = view.tile(vol, slices[0]).shape
+    columns = max(1, min(COLUMNS, len(slices)))
+    height_px *= rows_of(len(slices))
+    width_px *= columns
+    bar_in = 1.35  # the colour bar, its ticks and its label
+    image_w = tile_in * columns
+    width_in = image_w + bar_in
+    picture_in = image_w * height_px * view.pixel_aspect / width_px
+    # the colour bar spans 80 % of the height: tall enough for its label at 9 pt
+    height_in = max(1.2, picture_in, 0.09 * len(scale.label) + 0.5)
+    return MontageLayout(
+        (width_in, height_in),
+        (0.0, 0.0, image_w / width_in, 1.0),
+        (1.0 - 0.9 * bar_in / width_in, 0.1, 0.12 / width_in, 0.8),
+        (height_px, width_px),
+        view,
+        tuple(slices),
+        volume.shape[view.axis] if volume.ndim == 3 else 1,
+    )
 
 
 def montage_figure(
@@ -119,46 +170,55 @@ def montage_figure(
     tile_in: float = 1.75,
     view: View = AXIAL,
     misfit: np.ndarray | None = None,
+    annotate: bool = True,
 ) -> Figure:
     """Slices of canonical ``volume`` cut as ``view`` says, coloured as ``scale`` says, in one
     image with a colour bar; voxels of ``failed`` (same shape, bool) drawn on top in
     :data:`FAILED_RGBA`, of ``misfit`` in :data:`MISFIT_RGBA`; NaN voxels are background
     (black). Each tile is ``tile_in`` inches (``tile_in * DPI`` pixels) wide; its height
     keeps the voxels' aspect ratio (``view.pixel_aspect``); it carries its slice's file index
-    and orientation letters."""
+    and orientation letters (unless ``annotate`` is false: :func:`montage_png` lays them
+    over)."""
+    layout = montage_layout(volume, slices, scale, tile_in, view)
     tiles = mosaic(volume.astype(np.float32, copy=False), slices, view=view)
-    height_px, width_px = tiles.shape
-    columns = max(1, min(COLUMNS, len(slices)))
-    bar_in = 1.35  # the colour bar, its ticks and its label
-    image_w = tile_in * columns
-    width_in = image_w + bar_in
-    picture_in = image_w * height_px * view.pixel_aspect / width_px
-    # the colour bar spans 80 % of the height: tall enough for its label at 9 pt
-    height_in = max(1.2, picture_in, 0.09 * len(scale.label) + 0.5)
-    fig = Figure(figsize=(width_in, height_in), facecolor="black")
-    ax = fig.add_axes((0.0, 0.0, image_w / width_in, 1.0))
+    fig = Figure(figsize=layout.size_in, facecolor="black")
+    ax = fig.add_axes(layout.image_rect)
     ax.set_axis_off()
-    shown = ax.imshow(
-        np.ma.masked_invalid(tiles),
-        cmap=scale.cmap,
-        norm=Normalize(vmin=scale.vmin, vmax=scale.vmax),
-        interpolation="nearest",
-        aspect=view.pixel_aspect,
-    )
-    for marked, rgba in ((misfit, MISFIT_RGBA), (failed, FAILED_RGBA)):
+    # coloured here, overlays included, and drawn as one RGBA image: one resampling instead of
+    # one per layer (NaN takes the colour map's "bad" colour, transparent over black)
+    shown = ScalarMappable(Normalize(vmin=scale.vmin, vmax=scale.vmax), scale.cmap)
+    rgba = shown.to_rgba(np.ma.masked_invalid(tiles), bytes=True)
+    for marked, colour in ((misfit, MISFIT_RGBA), (failed, FAILED_RGBA)):
         if marked is not None and marked.any():
             flags = mosaic(marked, slices, view=view) > 0.5  # the shown slices only, no copy
-            overlay = np.zeros((*flags.shape, 4), dtype=np.float32)
-            overlay[flags] = rgba
-            ax.imshow(overlay, interpolation="nearest", aspect=view.pixel_aspect)
-    depth = volume.shape[view.axis] if volume.ndim == 3 else 1
-    tile_shape = (height_px // rows_of(len(slices)), width_px // columns)
-    _annotate_tiles(ax, view, slices, tile_shape, depth)
-    bar_ax = fig.add_axes((1.0 - 0.9 * bar_in / width_in, 0.1, 0.12 / width_in, 0.8))
-    bar = fig.colorbar(shown, cax=bar_ax)
+            rgba[flags] = np.round(np.asarray(colour) * 255)
+    ax.imshow(rgba, interpolation="nearest", aspect=view.pixel_aspect)
+    if annotate:
+        _annotate_layout(ax, layout)
+    bar = fig.colorbar(shown, cax=fig.add_axes(layout.bar_rect))
     bar.set_label(scale.label, color="white", fontsize=9)
     bar.ax.tick_params(colors="white", labelsize=8)
     return fig
+
+
+def _annotate_layout(ax: Axes, layout: MontageLayout) -> None:
+    rows, columns = rows_of(len(layout.slices)), max(1, min(COLUMNS, len(layout.slices)))
+    tile_shape = (layout.mosaic_shape[0] // rows, layout.mosaic_shape[1] // columns)
+    _annotate_tiles(ax, layout.view, layout.slices, tile_shape, layout.depth)
+
+
+@functools.lru_cache(maxsize=8)
+def annotation_layer(layout: MontageLayout) -> Layer | None:
+    """The tiles' annotations of a montage of ``layout``, drawn alone on a transparent figure
+    of its size (None when there are none): the pixels they cover, their colours and alphas,
+    to lay over the montage drawn without them (as Agg would have drawn them over it)."""
+    fig = Figure(figsize=layout.size_in, facecolor="none")
+    ax = fig.add_axes(layout.image_rect)
+    ax.set_axis_off()
+    blank = np.zeros((*layout.mosaic_shape, 4), dtype=np.uint8)  # the same axes transform
+    ax.imshow(blank, interpolation="nearest", aspect=layout.view.pixel_aspect)
+    _annotate_layout(ax, layout)
+    return covered_pixels(draw_rgba(fig)) if ax.texts else None
 
 
 def rows_of(n_tiles: int, columns: int = COLUMNS) -> int:

@@ -98,7 +98,16 @@ class Row:
 
 
 #: Columns of the page's tables after the linked label; all numeric.
-HEADER = ("Voxels", "Median T2* (ms)", "IQR (ms)", "Failed (%)", "Noise σ", "SNR", "z (T2*)")
+HEADER = (
+    "Voxels",
+    "Median T2* (ms)",
+    "IQR (ms)",
+    "Failed (%)",
+    "Misfit (%)",
+    "Noise σ",
+    "SNR",
+    "z (T2*)",
+)
 
 
 @dataclass(frozen=True)
@@ -154,6 +163,7 @@ def _rows(frame: pd.DataFrame, output_dir: Path) -> tuple[list[Row], np.ndarray]
             _number(record["t2star_median"], 1e3, ".1f"),
             _number(record["t2star_iqr"], 1e3, ".1f"),
             _number(record["failed_fraction"], 100, ".2f"),
+            _number(record["misfit_fraction"], 100, ".2f"),
             _number(record["noise_sigma"], spec=".4g"),
             _number(record["snr"], spec=".3g"),
             f"{z:+.2f}" if np.isfinite(z) else "n/a",

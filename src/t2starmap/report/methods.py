@@ -1,11 +1,15 @@
-"""The methods paragraph to cite: what was done to each published echo set, from its record.
+"""The methods paragraph to cite: what was done to each published echo set and multi-echo
+BOLD run, from its record.
 
 As fMRIPrep's ``logs/CITATION.md``: one paragraph per echo set, written from the set's record
 (:class:`t2starmap.bids.records.PublishedSet`: the fit's sidecar fields in ``methods``, the
 software in ``software``), never by hand: the fit and noise model, how the noise level was
 chosen, the phase verdict, the field-gradient correction applied or why not, the slice
-profile, the software versions, and the references the sidecars name, numbered. Rendered as
-Markdown, BibTeX and HTML (:func:`citation_files`); the pages show the same paragraphs.
+profile, the software versions, and the references the sidecars name, numbered. A BOLD run's
+paragraph (from :class:`t2starmap.bids.func_records.PublishedRun`) gives the run, whether its
+echoes were motion-corrected, the adaptive mask, the fit, the optimal combination and the
+software. Rendered as Markdown, BibTeX and HTML (:func:`citation_files`); the pages show the
+same paragraphs.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from t2starmap.bids.func_records import PublishedRun
 from t2starmap.bids.outputs import ESTIMATION_REFERENCE
 from t2starmap.bids.records import PublishedSet
 from t2starmap.report.html import render
@@ -128,12 +133,19 @@ def _flags(methods: Mapping[str, Any], record: PublishedSet) -> str:
     test = str(methods.get("GoodnessOfFit") or "")
     if test and not test.startswith("not assessed"):
         clauses.append(f"the goodness of fit was judged by the {test}")
-    clauses.append(
-        f"{100 * record.failed_fraction:.1f} % of the mask was flagged as failed (a bound "
-        "reached, no convergence, unusable input or a decay not following the model)"
-    )
+    clauses.append(_shares(record.failed_fraction, record.misfit_fraction))
     text = "; ".join(clauses)
     return text[0].upper() + text[1:] + "."
+
+
+def _shares(failed: float, misfit: float) -> str:
+    """The failed share (no usable estimate) and, apart, the misfit share (an estimate with an
+    inflated standard error), as a clause."""
+    return (
+        f"the fit failed (no usable estimate: a bound reached, no convergence or unusable "
+        f"input) in {100 * failed:.1f} % of the voxels, and the decay did not follow the model "
+        f"(estimate kept, its standard error inflated) in {100 * misfit:.1f} %"
+    )
 
 
 def _phase_and_correction(methods: Mapping[str, Any], references: list[str]) -> list[str]:
@@ -159,11 +171,11 @@ def _phase_and_correction(methods: Mapping[str, Any], references: list[str]) -> 
     return sentences
 
 
-def _software(record: PublishedSet, methods: Mapping[str, Any]) -> str:
+def _software(record: PublishedSet | PublishedRun, methods: Mapping[str, Any]) -> str:
     versions = dict(record.software) or {"t2starmap": str(methods.get("SoftwareVersion", "?"))}
     listed = ", ".join(f"{k} {versions[k]}" for k in SOFTWARE_ORDER if k in versions)
-    device = methods.get("ComputeDevice") or record.device
-    return f"Software: {listed}; computed on {device}."
+    device = methods.get("ComputeDevice") or getattr(record, "device", None)
+    return f"Software: {listed}" + (f"; computed on {device}." if device else ".")
 
 
 def set_methods(record: PublishedSet, references: list[str]) -> SetMethods:
@@ -181,10 +193,54 @@ def set_methods(record: PublishedSet, references: list[str]) -> SetMethods:
     return SetMethods(record.name, tuple(sentences))
 
 
-def citation(records: Sequence[PublishedSet]) -> Citation:
-    """The paragraphs of ``records`` (in name order) and their references."""
+#: The optimal combination's weights, by name (t2smap's ``--combmode``).
+COMBINATION_REFERENCE = (
+    "Posse S, Wiese S, Gembris D, Mathiak K, Kessler C, Grosse-Ruyken ML, Elghahwagi B, "
+    "Richards T, Dager SR, Kiselev VG. Enhancement of BOLD-contrast sensitivity by single-shot "
+    "multi-echo functional magnetic resonance imaging. Magn Reson Med 1999;42:87-97."
+)
+
+
+def run_methods(record: PublishedRun, references: list[str]) -> SetMethods:
+    """The paragraph of one published multi-echo BOLD run; new references are appended to
+    ``references``."""
+    software = _cites(references, ESTIMATION_REFERENCE)
+    times = record.echo_times
+    motion = (
+        "fMRIPrep's motion-corrected echoes (desc-preproc)"
+        if record.preprocessed
+        else "the raw echoes, not motion-corrected"
+    )
+    counts = ", ".join(
+        f"{k} good echo{'es' if k != '1' else ''}: {n}"
+        for k, n in sorted(record.mask_counts.items(), key=lambda kv: int(kv[0]))
+        if k != "0"
+    )
+    shares = _shares(record.failed_fraction, record.misfit_fraction)
+    sentences = [
+        f"T2*, R2* and S0 maps and the optimally combined series were computed with "
+        f"t2starmap{software} from the {len(times)} echoes of a multi-echo BOLD run (TE "
+        f"{times[0] * 1e3:.2f}-{times[-1] * 1e3:.2f} ms, {record.n_volumes} volumes, TR "
+        f"{record.repetition_time:g} s), {motion}.",
+        f"The voxels with good signal were chosen by tedana's adaptive mask (dropout rule); "
+        f"{record.n_voxels} voxels had at least one good echo ({counts}).",
+        f"{record.algorithm.rstrip('.')}; {shares}.",
+        f"The echoes were combined with weights TE exp(-TE/T2*) over each voxel's good "
+        f"echoes{_cites(references, COMBINATION_REFERENCE)}.",
+        _software(record, {}),
+    ]
+    return SetMethods(record.name, tuple(sentences))
+
+
+def citation(records: Sequence[PublishedSet | PublishedRun]) -> Citation:
+    """The paragraphs of ``records`` (echo sets, then BOLD runs, each in name order) and their
+    references."""
     references: list[str] = []
-    sets = tuple(set_methods(r, references) for r in sorted(records, key=lambda r: r.name))
+    ordered = sorted(records, key=lambda r: (isinstance(r, PublishedRun), r.name))
+    sets = tuple(
+        run_methods(r, references) if isinstance(r, PublishedRun) else set_methods(r, references)
+        for r in ordered
+    )
     return Citation(sets, tuple(references))
 
 
@@ -200,8 +256,9 @@ def markdown(cite: Citation, title: str) -> str:
 
 
 _PREAMBLE = (
-    "Generated by t2starmap from the records of the echo sets below, to be copied into the "
-    "methods section of a paper (adapt it freely; the references are numbered as cited)."
+    "Generated by t2starmap from the records of the echo sets and BOLD runs below, to be "
+    "copied into the methods section of a paper (adapt it freely; the references are numbered "
+    "as cited)."
 )
 
 
@@ -233,7 +290,7 @@ def html(cite: Citation, title: str) -> str:
     return render("citation.html", title=title, citation=cite, preamble=_PREAMBLE)
 
 
-def citation_files(records: Sequence[PublishedSet], title: str) -> dict[str, str]:
+def citation_files(records: Sequence[PublishedSet | PublishedRun], title: str) -> dict[str, str]:
     """Extension (``.md``, ``.bib``, ``.html``) -> text of the citation files of ``records``."""
     cite = citation(records)
     return {".md": markdown(cite, title), ".bib": bibtex(cite), ".html": html(cite, title)}

@@ -90,10 +90,10 @@ def render_page(
     session: str | None,
     sections: Sequence[Section],
     failed: Sequence[FailedSet],
-    records: Sequence[PublishedSet] = (),
+    records: Sequence[PublishedSet | PublishedRun] = (),
 ) -> str:
     """The HTML of one participant/session page: failed sets first, then a section per set,
-    then the methods paragraphs of ``records`` (the sets shown), to cite."""
+    then the methods paragraphs of ``records`` (the sets and BOLD runs shown), to cite."""
     heading = f"sub-{subject}" + (f" ses-{session}" if session else "")
     label = f"sub-{subject}" + (f"_ses-{session}" if session else "")
     return render(
@@ -187,7 +187,8 @@ def write_participant_reports(
         sections += run_sections(output_dir, runs, convention)
         failed = failed_sets(failures, {r.name for r in records} | {r.name for r in runs})
         target = Path(output_dir) / page_name(subject, session)
-        write_text(target, render_page(subject, session, sections, failed, records))
+        cited: list[PublishedSet | PublishedRun] = [*records, *runs]
+        write_text(target, render_page(subject, session, sections, failed, cited))
         written.append(target)
         log.info("report %s written in %.2f s", target, time.perf_counter() - started)
     return written

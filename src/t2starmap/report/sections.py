@@ -212,12 +212,15 @@ def _caption(spec: Montage, window: tuple[float, float], echo_time: float, note:
 @dataclass(frozen=True)
 class _Grid:
     """What every montage of one section shares: the signal mask and the voxels whose fit did
-    not fail (the files' voxel order), the failed and misfit voxels (canonical order), the
+    not fail (the files' voxel order, with their flat indices: taking values by index is
+    several times faster than by a mask), the failed and misfit voxels (canonical order), the
     slices and how they are cut, the canonical reordering, the caption writer and the wrapped
     field map's ``FieldMapWrapLimit`` (Hz, its window)."""
 
     signal: np.ndarray
     good: np.ndarray
+    signal_index: np.ndarray
+    good_index: np.ndarray
     failed: np.ndarray
     misfit: np.ndarray
     slices: Sequence[int]
@@ -229,9 +232,11 @@ class _Grid:
 
 def _montage(spec: Montage, values: np.ndarray, grid: _Grid) -> Figure:
     """One montage of ``values`` (the files' voxel order) as ``spec`` says."""
-    volume = values * spec.factor
     marked = spec.overlay and spec.mark_failed
-    inside = volume[grid.good] if marked else volume[grid.signal]
+    if marked:
+        inside = _taken(values, grid.good, grid.good_index) * spec.factor
+    else:
+        inside = _taken(values, grid.signal, grid.signal_index) * spec.factor
     if spec.window == "fixed":
         window = spec.fixed
     elif spec.window == "wrap" and grid.wrap_limit:
@@ -241,10 +246,8 @@ def _montage(spec: Montage, values: np.ndarray, grid: _Grid) -> Figure:
         window = (-top, top)
     else:
         window = _window(inside)
-    if spec.overlay:  # a fitted map: outside the signal mask is background, not zero
-        volume = np.where(grid.signal, volume, np.nan)
     png = figures.montage_png(
-        grid.canon(volume),
+        _drawn_volume(spec, values, grid),
         grid.slices,
         figures.Scale(window[0], window[1], spec.cmap, spec.label),
         failed=grid.failed if marked else None,
@@ -252,6 +255,31 @@ def _montage(spec: Montage, values: np.ndarray, grid: _Grid) -> Figure:
         view=grid.view,
     )
     return Figure(figures.data_uri(png), f"{spec.label} montage", grid.caption_of(spec, window))
+
+
+def _taken(values: np.ndarray, mask: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """``values[mask]``, taken by the mask's flat indices ``index`` (C order) where ``values``
+    is C-contiguous (the maps a run holds; several times faster than the mask); by the mask
+    otherwise (maps read from files are in Fortran order)."""
+    return values.reshape(-1).take(index) if values.flags.c_contiguous else values[mask]
+
+
+def _drawn_volume(spec: Montage, values: np.ndarray, grid: _Grid) -> np.ndarray:
+    """The canonical float32 volume a montage draws: ``values`` times ``spec.factor``, NaN
+    outside the signal mask for a fitted map (background, not zero). Worked out in the shown
+    slices only, NaN in the others (which no tile shows): on a brain-sized volume the whole
+    volume's products and masks cost more than drawing the montage."""
+    signal = grid.canon(grid.signal)
+    canon = grid.canon(values)
+    if canon.ndim != 3:  # a single image: all of it is shown
+        volume = (canon * spec.factor).astype(np.float32, copy=False)
+        return np.where(signal, volume, np.float32(np.nan)) if spec.overlay else volume
+    drawn = np.full(canon.shape, np.nan, dtype=np.float32)
+    for k in grid.slices:
+        cut = (slice(None),) * grid.view.axis + (k,)
+        part = canon[cut] * spec.factor
+        drawn[cut] = np.where(signal[cut], part, np.nan) if spec.overlay else part
+    return drawn
 
 
 def _status_figure(
@@ -373,7 +401,9 @@ def set_section(
             for spec in MONTAGES
             if shown_maps.get(spec.key) is not None
         ]
-        plot_jobs = pool.submit(_plots, record, maps, echoes, good, int(grid.misfit.sum()))
+        plot_jobs = pool.submit(
+            _plots, record, maps, echoes, (good, grid.good_index), int(grid.misfit.sum())
+        )
         status_job = pool.submit(_status_figure, record, maps, grid.canon, grid.slices, grid.view)
         montages = [job.result() for job in montage_jobs]
         plots = plot_jobs.result()
@@ -406,9 +436,11 @@ def _grid(record: PublishedSet, loaded: SetMaps, convention: str) -> tuple[_Grid
 
     wrap = loaded.sidecar.get("FieldMapWrapLimit")
     wrap_limit = float(wrap) if isinstance(wrap, int | float) else None
+    indices = np.flatnonzero(signal), np.flatnonzero(good)
     grid = _Grid(
-        signal, good, canon(failed), canon(misfit), slices, view, canon, caption_of, wrap_limit
-    )
+        signal, good, *indices, canon(failed), canon(misfit), slices, view, canon, caption_of,
+        wrap_limit,
+    )  # fmt: skip
     return grid, where
 
 
@@ -416,18 +448,21 @@ def _plots(
     record: PublishedSet,
     maps: Mapping[str, np.ndarray],
     echoes: EchoSamples,
-    good: np.ndarray,
+    voxels: tuple[np.ndarray, np.ndarray],
     n_misfit: int,
 ) -> list[Figure]:
-    """The section's T2* histogram and decay curves."""
+    """The section's T2* histogram (of the voxels whose fit did not fail, ``voxels``: their
+    mask and flat indices) and decay curves."""
+    good, good_index = voxels
     sigma = record.noise_sigma
-    hist = figures.histogram_png(maps["t2star"][good] * 1e3, window_ms=T2STAR_WINDOW_MS)
+    good_t2star = _taken(maps["t2star"], good, good_index)
+    hist = figures.histogram_png(good_t2star * 1e3, window_ms=T2STAR_WINDOW_MS)
     decay = figures.decay_png(record.echo_times, _decay_curves(maps, echoes), sigma)
     return [
         Figure(
             figures.data_uri(hist),
             "T2* histogram",
-            f"T2* of the {int(good.sum())} signal-mask voxels whose fit did not fail "
+            f"T2* of the {good_index.size} signal-mask voxels whose fit did not fail "
             f"({n_misfit} of them with a decay that does not follow the model: "
             "included, as in the record's statistics).",
         ),

@@ -50,12 +50,29 @@ def status_png(
     """Slices of the canonical fit-status map (uint8 label indices) as ``view`` cuts them, each
     label in its :data:`STATUS_RGB` colour, and a legend of the labels in ``counts`` (name ->
     voxels in the mask) that occur, with their counts."""
-    tiles = mosaic(status.astype(np.float32), slices, view=view)
+    colours = {level.index: STATUS_RGB[level.name] for level in LEVELS}
+    shown = [lv for lv in LEVELS if counts.get(lv.name, 0) and lv.index]
+    handles = [Patch(color=STATUS_RGB[lv.name], label=_legend_text(lv, counts)) for lv in shown]
+    return label_montage_png(status, slices, colours, handles, 3.2, view, tile_in)
+
+
+def label_montage_png(
+    labels: np.ndarray,
+    slices: Sequence[int],
+    colours: Mapping[int, tuple[float, float, float]],
+    handles: Sequence[Patch],
+    legend_in: float,
+    view: View = AXIAL,
+    tile_in: float = 1.75,
+) -> bytes:
+    """Slices of a canonical label image (integer labels) as ``view`` cuts them, each label in
+    its colour (``colours``: label -> RGB; others black), with ``handles`` as the legend in a
+    ``legend_in``-inch strip on the right; PNG at :data:`MONTAGE_COMPRESSION`."""
+    tiles = mosaic(labels.astype(np.float32), slices, view=view)
     rgb = np.zeros((*tiles.shape, 3), dtype=np.float32)
-    for level in LEVELS:
-        rgb[tiles == level.index] = STATUS_RGB[level.name]
+    for label, colour in colours.items():
+        rgb[tiles == label] = colour
     columns = max(1, min(6, len(slices)))
-    legend_in = 3.2
     image_w = tile_in * columns
     height_px, width_px = tiles.shape
     height_in = max(1.6, image_w * height_px * view.pixel_aspect / width_px)
@@ -63,8 +80,6 @@ def status_png(
     ax = fig.add_axes((0.0, 0.0, image_w / (image_w + legend_in), 1.0))
     ax.set_axis_off()
     ax.imshow(rgb, interpolation="nearest", aspect=view.pixel_aspect)
-    shown = [lv for lv in LEVELS if counts.get(lv.name, 0) and lv.index]
-    handles = [Patch(color=STATUS_RGB[lv.name], label=_legend_text(lv, counts)) for lv in shown]
     if handles:
         fig.legend(
             handles=handles, loc="center right", fontsize=7, frameon=False, labelcolor="white"

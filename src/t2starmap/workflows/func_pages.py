@@ -27,12 +27,14 @@ class RunsPart:
     """What a page holds of its BOLD runs: ``sections``; ``files`` to publish (relative to the
     staging folder), ``remove``: files made stale (the failure record of a run now published,
     files an earlier record listed that the new one does not); ``earlier``: names of runs
-    published before whose outputs the page shows."""
+    published before whose outputs the page shows; ``records``: the records of the runs the
+    page shows (staged now, then earlier), for its methods paragraphs."""
 
     sections: list[pages.Section]
     files: list[str]
     remove: list[str]
     earlier: set[str]
+    records: list[PublishedRun]
 
 
 def runs_part(
@@ -57,7 +59,8 @@ def runs_part(
         log.info("%s: replacing the outputs an earlier run published", old.name)
         new = set(next(s.files for s in staged if s.record.name == old.name))
         remove += [f for f in run_record_files(old) if f not in new]
-    return RunsPart(sections, files, remove, {r.name for r in earlier})
+    shown = [s.record for s in staged] + earlier
+    return RunsPart(sections, files, remove, {r.name for r in earlier}, shown)
 
 
 def readable_sections(

@@ -1,10 +1,11 @@
 """The methods paragraphs a participant run and the group level write (``logs/CITATION*``).
 
 A participant/session page publishes ``logs/CITATION_sub-<L>[_ses-<S>].md`` (and ``.bib``,
-``.html``) for the sets it shows, with its other files. ``logs/CITATION.md`` (and ``.bib``,
-``.html``) is, as fMRIPrep's, the last participant run's: the sets it published (from the
-records it holds: a study's thousandth task does not read 999 records); the group level
-rewrites it for every set published in the output folder. The text comes from the records
+``.html``) for the sets and BOLD runs it shows, with its other files.
+``logs/CITATION.md`` (and ``.bib``, ``.html``) is, as fMRIPrep's, the last participant run's:
+the sets and runs it published (from the records it holds: a study's thousandth task does
+not read 999 records); the group level rewrites it for every set and run published in the
+output folder. The text comes from the records
 alone (:mod:`t2starmap.report.methods`).
 """
 
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from t2starmap.bids.atomic import write_text
+from t2starmap.bids.func_records import PublishedRun, load_published_runs
 from t2starmap.bids.records import PublishedSet, load_published
 
 log = logging.getLogger("t2starmap")
@@ -28,8 +30,11 @@ def page_citation_name(label: str, extension: str) -> str:
     return (LOGS / f"CITATION_{label}{extension}").as_posix()
 
 
-def stage_page_citation(stage: Path, label: str, records: Sequence[PublishedSet]) -> list[str]:
-    """Write the citation files of one page's sets under ``stage``; their relative names."""
+def stage_page_citation(
+    stage: Path, label: str, records: Sequence[PublishedSet | PublishedRun]
+) -> list[str]:
+    """Write the citation files of one page's sets and runs under ``stage``; their relative
+    names."""
     from t2starmap.report.methods import citation_files
 
     if not records:
@@ -42,18 +47,18 @@ def stage_page_citation(stage: Path, label: str, records: Sequence[PublishedSet]
 
 
 def write_output_citation(
-    output_dir: Path, records: Sequence[PublishedSet] | None = None
+    output_dir: Path, records: Sequence[PublishedSet | PublishedRun] | None = None
 ) -> list[Path]:
-    """``logs/CITATION.{md,bib,html}`` for ``records``, by default every set published in
-    ``output_dir`` (nothing when there is none; a warning, not an error, when a record cannot
-    be read)."""
+    """``logs/CITATION.{md,bib,html}`` for ``records``, by default every set and BOLD run
+    published in ``output_dir`` (nothing when there is none; a warning, not an error, when a
+    record cannot be read)."""
     from t2starmap.report.methods import citation_files
 
-    title = "t2starmap: methods of the echo sets this run published"
+    title = "t2starmap: methods of the echo sets and BOLD runs this run published"
     if records is None:
-        title = "t2starmap: methods of every published echo set"
+        title = "t2starmap: methods of every published echo set and BOLD run"
         try:
-            records = load_published(output_dir)
+            records = [*load_published(output_dir), *load_published_runs(output_dir)]
         except ValueError as err:
             log.warning("logs/CITATION.md not written: %s", err)
             return []

@@ -172,8 +172,8 @@ def run_participant(settings: Settings) -> RunResult:
                 _stage_and_publish(run, plan, progress)
             finally:
                 progress.close()
-            if run.published:
-                write_output_citation(settings.output_dir, run.published)
+            if run.published or run.bold_records:
+                write_output_citation(settings.output_dir, [*run.published, *run.bold_records])
     result = RunResult(tuple(run.published), tuple(run.failures), tuple(run.bold_published))
     if run.failures:
         raise SetsFailedError(result.summary(), worst([f.exit_code for f in run.failures]))
@@ -389,10 +389,11 @@ def _page_publication(
     failed = pages.failed_sets(shown_failures, {r.name for r in earlier} | bold.earlier)
     page_file = pages.page_name(page.subject, page.session)
     shown = [s.record for s in staged] + earlier
-    page_html = pages.render_page(page.subject, page.session, sections, failed, shown)
+    cited: list[PublishedSet | PublishedRun] = [*shown, *bold.records]
+    page_html = pages.render_page(page.subject, page.session, sections, failed, cited)
     write_text(stage / page_file, page_html)
     files = [name for s in staged for name in s.files] + bold.files
-    files += stage_page_citation(stage, page.label, shown)
+    files += stage_page_citation(stage, page.label, cited)
     for failure in failures:
         path = records.failure_path(Path(), failure.entities)
         write_text(stage / path, failure.to_json())
@@ -437,6 +438,7 @@ def _publish(run: Run, label: str, staged: _StagedPage) -> None:
         run.published += staged.records
         run.failures += staged.failures
         run.bold_published += [r.name for r in staged.runs]
+        run.bold_records += staged.runs
     for record in staged.records:
         log.info(
             "%s: %d voxels fitted, %.1f%% failed, %.1f%% misfit, %.2f s -> %s",

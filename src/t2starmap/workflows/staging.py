@@ -15,6 +15,7 @@ from t2starmap.bids import outputs as derivatives
 from t2starmap.bids import records
 from t2starmap.bids.atomic import write_json, write_text
 from t2starmap.bids.conventions import sidecar_path
+from t2starmap.bids.func_records import PublishedRun
 from t2starmap.bids.layout import (
     EchoSet,
 )
@@ -52,6 +53,8 @@ class Run:
     published_any: bool = False
     #: names of the multi-echo BOLD runs published
     bold_published: list[str] = field(default_factory=list)
+    #: their records (for the methods paragraphs of logs/CITATION)
+    bold_records: list[PublishedRun] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
