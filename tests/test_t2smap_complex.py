@@ -127,6 +127,8 @@ def test_bids_app_fits_part_phase_runs_with_the_complex_fit(tmp_path: Path) -> N
     assert sidecar["FitType"] == "complex"
     assert sum("part-phase" in s for s in sidecar["Sources"]) == 4
     assert sum("part-mag" in s for s in sidecar["Sources"]) == 4
+    record = json.loads(run.with_name(run.name + "_record.json").read_text())
+    assert record["fit_type"] == "complex"  # the page and the methods paragraph say so
     t2 = np.asarray(nib.load(str(run.with_name(run.name + "_T2starmap.nii.gz"))).dataobj)
     keep = cr.magnitude.brain & ~cr.magnitude.dropout & (t2 > 0)
     assert keep.sum() > 0.8 * (cr.magnitude.brain & ~cr.magnitude.dropout).sum()

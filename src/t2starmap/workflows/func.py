@@ -111,9 +111,9 @@ def stage_bold_run(
     try:
         with _quiet(logging.getLogger("t2starmap.t2smap")):
             placed = run_t2smap(s, notes)
-        fit = RunFit(fittype, ALGORITHMS[fittype], tr, None, warnings)
-        record = run_record(bold_run, settings.bids_dir, placed, geometry, fit)
         fields = _with_notes(_fit_fields(fittype, n_volumes), notes, bold_run, settings)
+        fit = RunFit(fields["FitType"], fields["EstimationAlgorithm"], tr, None, warnings)
+        record = run_record(bold_run, settings.bids_dir, placed, geometry, fit)
         files = _place(settings, stage, bold_run, placed, fields, tr)
         record = replace(record, seconds=time.perf_counter() - started)
         record_file = run_record_path(Path(), bold_run.entities)
