@@ -137,6 +137,8 @@ def test_sidecars(mixed: tuple[Path, Path, BoldRun, int]) -> None:
     ]
     assert t2["EchoTime"] == pytest.approx(list(truth.te))
     assert t2["FitType"] == "nlls"
+    assert t2["NoiseSigmaPerVoxel"] is False  # no g-factor in this run: one sigma
+    assert t2["NoiseSigma"] == pytest.approx(truth.sigma, rel=0.1)
     assert json.loads((out / f"{GOOD}_R2starmap.json").read_text())["Units"] == "1/s"
     assert json.loads((out / f"{GOOD}_S0map.json").read_text())["Units"] == "arbitrary"
     optcom = json.loads((out / f"{GOOD}_desc-optcom_bold.json").read_text())

@@ -14,6 +14,7 @@ from t2starmap.bids.t2smap_outputs import OUTPUTS, file_name
 from t2starmap.cli import main as app_main
 from t2starmap.cli.t2smap import main
 from t2starmap.fit.status import level_named
+from t2starmap.sim.bold import g_factor_map, make_bold_run, write_bold_run
 from tests.support.bold import Synthetic, t2smap_args, written_run
 from tests.support.files import SHARED_DATA, checksums
 
@@ -290,3 +291,25 @@ def test_ts_mode_other_fit_types(synthetic: Synthetic, tmp_path: Path, fittype: 
     assert t2.shape == (*run.brain.shape, 40)
     assert np.median(np.abs(t2[good] / run.t2star[good][:, None] - 1)) < 0.15
     assert not (tmp_path / "R2starmap.nii.gz").exists()  # not written in ts mode
+
+
+def test_nlls_records_its_sigma_per_voxel_under_a_g_factor(
+    synthetic: Synthetic, tmp_path: Path
+) -> None:
+    """Under a g-factor-like noise map the nlls run takes sigma per voxel and says so in
+    dataset_description.json; without one it keeps one sigma for the run and says that."""
+    shape = (24, 24, 12)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    run = make_bold_run(shape, 40, seed=7, g_factor=g_factor_map(shape))
+    amplified = (run, write_bold_run(folder, run), folder / "mask.nii.gz")
+    assert main(t2smap_args(amplified, tmp_path / "g", "--fittype", "nlls")) == 0
+    made = json.loads((tmp_path / "g" / "dataset_description.json").read_text())
+    assert made["GeneratedBy"][0]["NoiseSigmaPerVoxel"] is True
+    t2 = _load(tmp_path / "g" / "T2starmap.nii.gz")
+    low = run.dropout & (g_factor_map(shape) > 2)
+    assert np.median(t2[low] / run.t2star[low] - 1) < 2.0  # one sigma leaves it near 10
+    assert main(t2smap_args(synthetic, tmp_path / "p", "--fittype", "nlls")) == 0
+    plain = json.loads((tmp_path / "p" / "dataset_description.json").read_text())
+    assert plain["GeneratedBy"][0]["NoiseSigmaPerVoxel"] is False
+    assert plain["GeneratedBy"][0]["NoiseSigma"] == pytest.approx(40.0, rel=0.1)

@@ -160,3 +160,29 @@ def series_volumes(values: np.ndarray, mask: np.ndarray) -> Iterator[np.ndarray]
                 volume = np.zeros(inside.shape, dtype=np.float32)
                 volume[inside] = row
             yield volume.T  # (x, y, z), Fortran-ordered: the file's bytes as they are
+
+
+def read_phase_series(
+    paths: Sequence[Path], n_echoes: int, geometry: Geometry, mask: np.ndarray
+) -> list[np.ndarray]:
+    """Each echo's phase inside ``mask`` in radians, (V, T) float32 rows as
+    :func:`read_echo_series` gives the magnitudes, from ``part-phase`` files that must share
+    the magnitudes' ``geometry`` (shape, volumes, affine). Units from each file's sidecar
+    (``rad`` or ``arbitrary``; no sidecar: ``arbitrary``, placed by its range, see
+    :func:`t2starmap.bids.parts.phase_to_radians`). BadDataError naming the file."""
+    from t2starmap.bids.parts import phase_to_radians, sidecar_of
+
+    own = series_geometry(paths, n_echoes)
+    if own.shape != geometry.shape or not np.allclose(own.affine, geometry.affine, atol=1e-4):
+        raise BadDataError(
+            f"{paths[0]}: phase shape {own.shape} or affine differs from the magnitude echoes "
+            f"{geometry.shape}"
+        )
+    rows = read_echo_series(paths, n_echoes, geometry, mask)
+    single = len(paths) == 1
+    out = []
+    for k, values in enumerate(rows):
+        path = Path(paths[0 if single else k])
+        units = str(sidecar_of(path).get("Units", "arbitrary"))
+        out.append(phase_to_radians(values, units, path))
+    return out

@@ -160,6 +160,17 @@ def _add_fitting(parser: ArgumentParser) -> None:
         help="t2s (default, Posse 1999) or paid (Poser 2006)",
     )
     decay.add_argument(
+        "--phase",
+        nargs="+",
+        metavar="FILE",
+        default=None,
+        help="ours, not tedana's: the phase echoes (part-phase), one per -d file in the same "
+        "order, rad or scanner units (each file's sidecar Units); S0 and T2* are then fitted "
+        "to the complex echoes (each volume's phase offset removed before the mean), unless "
+        "the phase follows no frequency (then --fittype on the magnitude, with the reason). "
+        "Not with --fitmode ts",
+    )
+    decay.add_argument(
         "--n-independent-echos",
         dest="n_independent_echos",
         metavar="INT",
@@ -226,7 +237,7 @@ def parse_volume_indices(text: str | None) -> tuple[int, ...]:
 
 
 def _check_files(args: argparse.Namespace) -> None:
-    for path in [*args.data, *([args.mask] if args.mask else [])]:
+    for path in [*args.data, *([args.mask] if args.mask else []), *(args.phase or [])]:
         if not Path(path).is_file():
             raise InputMissingError(f"{path}: no such file")
 
@@ -246,6 +257,12 @@ def settings_from_args(args: argparse.Namespace, command: str) -> T2smapSettings
     exclude = parse_volume_indices(args.exclude)
     if exclude and args.fitmode == "ts":
         raise UsageError("--exclude is not supported with --fitmode ts (as in tedana)")
+    phase = tuple(Path(p) for p in args.phase or ())
+    if phase and len(phase) != len(args.data):
+        raise UsageError(f"--phase gives {len(phase)} files but -d {len(args.data)}")
+    if phase and args.fitmode == "ts":
+        raise UsageError("--phase is not supported with --fitmode ts (the complex fit is of "
+                         "the volumes' aligned mean; use --fitmode all)")  # fmt: skip
     if args.dummy_scans < 0:
         raise UsageError(f"--dummy-scans must be >= 0, got {args.dummy_scans}")
     if args.n_threads == 0 or args.n_threads < -1:
@@ -275,6 +292,7 @@ def settings_from_args(args: argparse.Namespace, command: str) -> T2smapSettings
         workers=None if args.n_threads == -1 else args.n_threads,
         device=args.device,
         command=command,
+        phase=phase,
     )
 
 

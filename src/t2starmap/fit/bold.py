@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from t2starmap.fit.bold_refit import Profile, profile_search, second_moment_errors
+from t2starmap.fit.bold_sigma import voxel_noise
 from t2starmap.fit.limits import T2STAR_MAX, T2STAR_MIN
 from t2starmap.fit.status import Failure
 
@@ -312,16 +313,20 @@ def _refit_bits(prof: Profile, misfit: np.ndarray | None = None) -> np.ndarray:
     return bits
 
 
-def fit_nlls(m: EchoMoments, te: np.ndarray, inside: np.ndarray, sigma: float,
+def fit_nlls(m: EchoMoments, te: np.ndarray, inside: np.ndarray, sigma: float | np.ndarray,
              how: Compute) -> DecayFit:  # fmt: skip
     """Ours: the noise-aware (Rician) fit of the temporal mean of M^2 over all echoes, in the
-    voxels ``inside`` (V,) bool, ``sigma`` the thermal noise of one sample (see the module).
+    voxels ``inside`` (V,) bool, ``sigma`` the thermal noise of one sample, one for the run
+    or one per voxel (V,) (see the module and :mod:`t2starmap.fit.bold_sigma`).
     Standard errors: the fit's for one sample over sqrt(T)."""
     from t2starmap.fit.bold_nlls import fit_second_moment
 
     out = _empty(inside.size)
     sel = np.flatnonzero(inside)
-    res = fit_second_moment(np.sqrt(m.mean_square[sel]).astype(np.float32), te, sigma, how.torch())
+    one = np.ndim(sigma) == 0  # one sigma: the fit's figures as they were before per-voxel
+    sig = np.broadcast_to(np.asarray(sigma, dtype=np.float64), inside.shape)[sel]
+    rms = np.sqrt(m.mean_square[sel]).astype(np.float32)
+    res = fit_second_moment(rms, te, float(sigma) if one else sig, how.torch())
     s0 = res.s0.cpu().numpy().astype(np.float64)
     r2 = res.r2star.cpu().numpy().astype(np.float64)
     root_t = np.sqrt(m.n_volumes)
@@ -330,10 +335,11 @@ def fit_nlls(m: EchoMoments, te: np.ndarray, inside: np.ndarray, sigma: float,
     reason = res.reason.cpu().numpy()
     redo = _unconverged(reason)
     if redo.any():
-        z = m.mean_square[sel[redo]] - 2.0 * sigma * sigma
-        prof = profile_search(z, 2.0 * te, np.full(z.shape[0], sigma * sigma))
+        var = sig[redo] ** 2
+        z = m.mean_square[sel[redo]] - 2.0 * var[:, None]
+        prof = profile_search(z, 2.0 * te, var)
         s0[redo], r2[redo] = np.sqrt(np.maximum(prof.amplitude, 0.0)), prof.r2star
-        s0_se[redo], r2_se[redo], misfit = second_moment_errors(prof, 2.0 * te, sigma)
+        s0_se[redo], r2_se[redo], misfit = second_moment_errors(prof, 2.0 * te, sig[redo])
         s0_se[redo] /= root_t
         r2_se[redo] /= root_t
         reason[redo] = _refit_bits(prof, misfit)
@@ -343,28 +349,12 @@ def fit_nlls(m: EchoMoments, te: np.ndarray, inside: np.ndarray, sigma: float,
     return DecayFit(**out)
 
 
-def _rician_table(n: int = 400) -> tuple[np.ndarray, np.ndarray]:
-    """(mean / sd, variance / sigma^2) of a Rician magnitude for S / sigma from 0 to 40."""
-    import torch
-
-    theta = torch.linspace(0.0, 40.0, n, dtype=torch.float64)
-    x = theta * theta / 4.0
-    mean = np.sqrt(np.pi / 2) * ((1 + 2 * x) * torch.special.i0e(x) + 2 * x * torch.special.i1e(x))
-    var = 2.0 + theta * theta - mean * mean
-    return (mean / var.sqrt()).numpy(), var.numpy()
-
-
 def temporal_noise(m: EchoMoments, inside: np.ndarray) -> float:
     """The thermal noise sigma of one sample, from the last echo (the least signal, so the
     least physiological noise, which grows with the signal): per voxel the half mean squared
     volume-to-volume difference (slow drifts removed) over the Rician variance factor its
     mean / sd ratio implies (0.43 on the noise floor, 1 at high SNR); the median over the
     voxels ``inside``. NaN with one volume."""
-    ratio_table, var_table = _rician_table()
-    dv = m.diff_var[inside, -1]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.abs(m.mean[inside, -1]) / np.sqrt(dv)
-    factor = np.interp(np.nan_to_num(ratio, nan=0.0), ratio_table, var_table)
-    per_voxel = np.sqrt(dv / factor)
+    per_voxel = voxel_noise(m.mean[inside, -1], m.diff_var[inside, -1])
     per_voxel = per_voxel[np.isfinite(per_voxel) & (per_voxel > 0)]
     return float(np.median(per_voxel)) if per_voxel.size else float("nan")

@@ -34,10 +34,11 @@ CHUNK = 1 << 16
 
 
 def _kernel(
-    rows: tuple[torch.Tensor, ...], te: torch.Tensor, sigma: float
+    rows: tuple[torch.Tensor, ...], te: torch.Tensor, sigma: float | None, floor: float
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    chunk = prepare(rows[0].T.contiguous(), Echoes(te, True), sigma)  # (E, n)
-    sn2 = (sigma / chunk.scale) ** 2
+    """One chunk; ``sigma`` the run's, or None: each row's, the second signal (n, 1)."""
+    chunk = prepare(rows[0].T.contiguous(), Echoes(te, True), floor)  # (E, n)
+    sn2 = ((rows[1][:, 0] if sigma is None else sigma) / chunk.scale) ** 2
     neg_z = torch.addcmul(2.0 * sn2, chunk.yn, chunk.yn, value=-1.0)
     z = neg_z.neg().clamp_min(0.0)
     p0, r2 = starts.loglinear(z, 2.0 * te, z * z)
@@ -49,19 +50,29 @@ def _kernel(
 def fit_second_moment(
     root_mean_square: np.ndarray,
     echo_times: Sequence[float] | np.ndarray,
-    sigma: float,
+    sigma: float | np.ndarray,
     compute: dispatch.Compute,
 ) -> FitResult:
     """Fit every row of ``root_mean_square`` (V, E): sqrt of the temporal mean of M^2 per
-    echo, echo times ascending in s, ``sigma`` the noise of one sample (checked as a
-    :class:`~t2starmap.fit.limits.NoiseModel`'s). The maps and Failure bits as
-    :func:`t2starmap.fit.fit_t2star` gives them (standard errors for one sample)."""
-    noise = NoiseModel(float(sigma))
+    echo, echo times ascending in s, ``sigma`` the noise of one sample, one for all rows or
+    one per row (V,) (each checked as a :class:`~t2starmap.fit.limits.NoiseModel`'s). The
+    maps and Failure bits as :func:`t2starmap.fit.fit_t2star` gives them (standard errors
+    for one sample); ``noise_sigma`` the median sigma."""
+    values = np.asarray(sigma, dtype=np.float64)
+    for value in (values.min(), values.max()) if values.size else ():
+        NoiseModel(float(value))  # each positive and finite, or ValueError
+    noise = NoiseModel(float(np.median(values)) if values.size else None)
+    per_row = np.broadcast_to(values, root_mean_square.shape[:1])
     te_np = check_echo_times(echo_times)
     how = dispatch.plan(compute, (CHUNK, CHUNK * 64))
     te = torch.as_tensor(te_np, dtype=how.dtype, device=how.device)[:, None]
-    vox = dispatch.voxels([root_mean_square], te_np.size, None)
-    kernel = partial(_kernel, te=te, sigma=float(sigma))
+    one = np.ndim(sigma) == 0
+    signals = [root_mean_square]
+    if not one:
+        signals.append(np.array(per_row, dtype=np.float64)[:, None])
+    vox = dispatch.voxels(signals, te_np.size, None)
+    floor = float(sigma) if one else float(per_row.min()) if per_row.size else 1.0
+    kernel = partial(_kernel, te=te, sigma=float(sigma) if one else None, floor=floor)
     maps, reason = dispatch.run_chunks(vox, kernel, MAPS, how)
     t2star, r2star, s0, rmse, t2star_se, r2star_se, s0_se, chisq = (maps[k] for k in MAPS)
     return FitResult(

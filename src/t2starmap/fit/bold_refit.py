@@ -124,7 +124,7 @@ def _golden(
 
 
 def second_moment_errors(
-    prof: Profile, tau: np.ndarray, sigma: float
+    prof: Profile, tau: np.ndarray, sigma: float | np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(SE of S0, SE of R2*, misfit) of one sample at a noise-aware profile minimum (p = S0^2,
     ``tau`` = 2 TE): the generalised least-squares covariance 4 s^2 (J^T W J)^-1 of (p, R2*)
@@ -135,13 +135,14 @@ def second_moment_errors(
 
     p = np.maximum(prof.amplitude, 0.0)
     f = np.exp(-np.outer(prof.r2star, tau))
-    wff = f * f / (sigma * sigma + f * p[:, None])
+    sig = np.broadcast_to(np.asarray(sigma, dtype=np.float64), p.shape)
+    wff = f * f / ((sig * sig)[:, None] + f * p[:, None])
     a11, a12, a22 = wff.sum(1), -p * (wff * tau).sum(1), p * p * (wff * tau * tau).sum(1)
     det = a11 * a22 - a12 * a12
     dof = tau.size - 2
     with np.errstate(divide="ignore", invalid="ignore"):
-        reduced = prof.cost / (4.0 * sigma * sigma) / max(dof, 1)
-        scale = 4.0 * sigma * sigma * np.maximum(reduced if dof > 0 else 1.0, 1.0)
+        reduced = prof.cost / (4.0 * sig * sig) / max(dof, 1)
+        scale = 4.0 * sig * sig * np.maximum(reduced if dof > 0 else 1.0, 1.0)
         var_p = np.where(det > 0, scale * a22 / det, 0.0)
         var_r2 = np.where(det > 0, scale * a11 / det, 0.0)
         s0_se = np.nan_to_num(np.sqrt(var_p) / (2.0 * np.sqrt(p)), nan=0.0, posinf=0.0)

@@ -57,6 +57,14 @@ def _regions(shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.asarray(brain), np.asarray(csf), np.asarray(dropout)
 
 
+def g_factor_map(shape: Sequence[int]) -> np.ndarray:
+    """A g-factor-like noise amplification (as SENSE's at R = 3-4): 1 at the edges of the box,
+    3 at a centre by the front-bottom dropout region, smooth in between."""
+    g = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    r2 = g[0] ** 2 + (g[1] - 0.6) ** 2 / 0.5 + (g[2] + 0.3) ** 2 / 0.5
+    return np.asarray(1.0 + 2.0 * np.exp(-r2 / 0.5))
+
+
 def make_bold_run(
     shape: Sequence[int] = (24, 24, 12),
     n_volumes: int = 40,
@@ -65,8 +73,11 @@ def make_bold_run(
     sigma: float = 40.0,
     seed: int = 0,
     physio: float = 0.01,
+    g_factor: np.ndarray | None = None,
 ) -> BoldRun:
-    """A seeded run (see the module). ``physio``: amplitude of the S0 fluctuation (fraction)."""
+    """A seeded run (see the module). ``physio``: amplitude of the S0 fluctuation (fraction);
+    ``g_factor``: None, or a map (``shape``) multiplying ``sigma`` voxel by voxel (parallel
+    imaging's noise amplification)."""
     rng = np.random.default_rng(seed)
     brain, csf, dropout = _regions(shape)
     tes = np.asarray(te, dtype=np.float64)
@@ -82,13 +93,14 @@ def make_bold_run(
     r2 = np.where(brain, 1.0 / np.where(brain, t2, 1.0), 0.0)
     echoes = np.empty((*shape, n_volumes, tes.size), dtype=np.int16)
     block = max(1, (1 << 22) // max(int(np.prod(shape)), 1))  # bounded temporaries
+    noise = sigma if g_factor is None else sigma * np.asarray(g_factor, dtype=np.float64)[..., None]
     for a in range(0, n_volumes, block):
         b = min(a + block, n_volumes)
         for k, tk in enumerate(tes):
             rate = r2[..., None] + bold[a:b] * brain[..., None]
             clean = s0[..., None] * (1.0 + wave[a:b]) * np.exp(-tk * rate)
             noisy = np.hypot(
-                clean + rng.normal(0.0, sigma, clean.shape), rng.normal(0.0, sigma, clean.shape)
+                clean + rng.normal(0.0, noise, clean.shape), rng.normal(0.0, noise, clean.shape)
             )
             echoes[..., a:b, k] = np.clip(np.rint(noisy), 0, np.iinfo(np.int16).max)
     return BoldRun(echoes, t2, s0, brain, dropout, tes, float(sigma))

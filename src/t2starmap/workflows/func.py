@@ -30,6 +30,8 @@ from t2starmap.bids.conventions import sidecar_path
 from t2starmap.bids.func_layout import BoldRun
 from t2starmap.bids.func_outputs import FUNC_EXTRAS, FUNC_OUTPUTS, func_sidecar, func_target
 from t2starmap.bids.func_records import PublishedRun, run_record_path
+from t2starmap.bids.outputs import bids_uri
+from t2starmap.bids.parts import sibling
 from t2starmap.bids.series import series_geometry
 from t2starmap.config import Settings
 from t2starmap.workflows.func_record import RunFit, run_record
@@ -49,6 +51,9 @@ ALGORITHMS = {
     "volumes (t2starmap t2smap --fittype nlls)",
     "curvefit": "Mono-exponential decay S0 exp(-TE/T2*) fitted to each voxel's echo means by "
     "least squares (tedana's curvefit; t2starmap t2smap --fittype curvefit)",
+    "complex": "Complex decay S0 exp(-TE/T2*) exp(i (phi0 + 2 pi f TE)) fitted by least "
+    "squares to each voxel's complex echoes (part-mag and part-phase) averaged over volumes "
+    "after removing each volume's phase offset (t2starmap t2smap --phase)",
 }
 
 
@@ -99,14 +104,17 @@ def stage_bold_run(
         workers=settings.nprocs,
         device=str(device),
         command=shlex.join(["t2starmap", "participant", bold_run.name]),
+        phase=phase_echoes(bold_run),
     )
     log.info("%s: %d echoes, %d volumes, fit %s", bold_run.name, len(paths), n_volumes, fittype)
+    notes: dict[str, Any] = {}
     try:
         with _quiet(logging.getLogger("t2starmap.t2smap")):
-            placed = run_t2smap(s)
-        fit = RunFit(fittype, ALGORITHMS[fittype], tr, None, warnings)
+            placed = run_t2smap(s, notes)
+        fields = _with_notes(_fit_fields(fittype, n_volumes), notes, bold_run, settings)
+        fit = RunFit(fields["FitType"], fields["EstimationAlgorithm"], tr, None, warnings)
         record = run_record(bold_run, settings.bids_dir, placed, geometry, fit)
-        files = _place(settings, stage, bold_run, placed, _fit_fields(fittype, n_volumes), tr)
+        files = _place(settings, stage, bold_run, placed, fields, tr)
         record = replace(record, seconds=time.perf_counter() - started)
         record_file = run_record_path(Path(), bold_run.entities)
         write_text(stage / record_file, record.to_json())
@@ -125,6 +133,31 @@ def _quiet(logger: logging.Logger) -> Iterator[None]:
         yield
     finally:
         logger.setLevel(level)
+
+
+def phase_echoes(bold_run: BoldRun) -> tuple[Path, ...]:
+    """The run's ``part-phase`` echoes beside its ``part-mag`` ones, in echo order; none
+    unless every echo has one."""
+    found = [sibling(e.path, "phase") for e in bold_run.echoes]
+    return tuple(p for p in found if p is not None) if all(found) else ()
+
+
+def _with_notes(
+    fields: dict[str, Any], notes: dict[str, Any], bold_run: BoldRun, settings: Settings
+) -> dict[str, Any]:
+    """The sidecar fields with what the fit recorded; with phase, the phase echoes in
+    ``Sources`` and, when the complex fit was used, its algorithm."""
+    out = {**fields, **notes}
+    phase_files = out.pop("PhaseFiles", None)
+    if phase_files:
+        out["Sources"] = [
+            bids_uri(settings.bids_dir, p)
+            for p in (*(e.path for e in bold_run.echoes), *map(Path, phase_files))
+        ]
+    if out.get("ComplexFit") is True:
+        out["EstimationAlgorithm"] = ALGORITHMS["complex"]
+        out["FitType"] = "complex"
+    return out
 
 
 def _fit_fields(fittype: str, n_volumes: int) -> dict[str, Any]:

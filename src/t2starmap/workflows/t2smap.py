@@ -18,12 +18,19 @@ from pathlib import Path
 
 import numpy as np
 
-from t2starmap.bids.series import read_echo_series, read_mask, series_geometry
+from t2starmap.bids.series import (
+    read_echo_series,
+    read_mask,
+    read_phase_series,
+    series_geometry,
+)
 from t2starmap.bids.t2smap_outputs import Stage
 from t2starmap.errors import UsageError
 from t2starmap.fit import adaptive_mask as am
 from t2starmap.fit import bold, combine
+from t2starmap.fit.bold_sigma import choose_noise, describe
 from t2starmap.fit.status import Failure
+from t2starmap.workflows.t2smap_complex import complex_fit
 from t2starmap.workflows.t2smap_ts import ts_mode
 from t2starmap.workflows.t2smap_write import (
     Run,
@@ -38,7 +45,8 @@ from t2starmap.workflows.t2smap_write import (
 
 @dataclass(frozen=True)
 class T2smapSettings:
-    """One run, checked: echo files and times (s, ascending), mask, volumes, fit and output."""
+    """One run, checked: echo files and times (s, ascending), mask, volumes, fit and output;
+    ``phase``: the phase echoes (ours, ``--phase``), one per echo file, or none."""
 
     data: tuple[Path, ...]
     tes: tuple[float, ...]
@@ -57,6 +65,7 @@ class T2smapSettings:
     workers: int | None
     device: str
     command: str
+    phase: tuple[Path, ...] = ()
 
 
 log = logging.getLogger("t2starmap.t2smap")
@@ -87,6 +96,7 @@ def load(s: T2smapSettings) -> Run:
     mask = read_mask(s.mask, geometry) if s.mask else np.ones(shape3, dtype=bool)
     log.info("reading %d echo file(s), %d voxels in the mask", len(s.data), int(mask.sum()))
     echoes = read_echo_series(s.data, len(s.tes), geometry, mask)
+    phase = read_phase_series(s.phase, len(s.tes), geometry, mask) if s.phase else None
     if s.mask is None:
         log.warning("no --mask: computing one from the first echo (give one when you can)")
         inside = epi_mask(echoes[0].mean(axis=1))
@@ -94,14 +104,17 @@ def load(s: T2smapSettings) -> Run:
         in_file_order.reshape(-1)[np.flatnonzero(inside)] = True
         mask = in_file_order.T
         echoes = [x[inside] for x in echoes]
+        phase = None if phase is None else [x[inside] for x in phase]
     n_volumes = echoes[0].shape[1]
     if s.dummy_scans >= n_volumes:
         raise UsageError(f"--dummy-scans {s.dummy_scans}: the data have {n_volumes} volumes")
     if s.dummy_scans:
         log.warning("removing the first %d volumes as dummy scans", s.dummy_scans)
         echoes = [np.ascontiguousarray(x[:, s.dummy_scans :]) for x in echoes]
+        phase = None if phase is None else [x[:, s.dummy_scans :] for x in phase]
     geometry4 = replace(geometry, shape=(*shape3, n_volumes - s.dummy_scans))
-    return Run(echoes, mask, geometry3, geometry4, np.asarray(s.tes, dtype=np.float64))
+    te = np.asarray(s.tes, dtype=np.float64)
+    return Run(echoes, mask, geometry3, geometry4, te, phase)
 
 
 def fit_volumes(s: T2smapSettings, n_volumes: int) -> np.ndarray | None:
@@ -127,24 +140,50 @@ def fit_volumes(s: T2smapSettings, n_volumes: int) -> np.ndarray | None:
 
 
 def _fit(
-    s: T2smapSettings, m: bold.EchoMoments, te: np.ndarray, count: np.ndarray
-) -> bold.DecayFit:
+    s: T2smapSettings, m: bold.EchoMoments, run: Run, count: np.ndarray,
+    volumes: np.ndarray | None,
+) -> tuple[bold.DecayFit, dict[str, object]]:  # fmt: skip
+    """The decay fit, and what the provenance records of it (the complex fit, or why not;
+    the noise sigma of nlls)."""
+    if run.phase is not None:
+        fit, notes = complex_fit(s, run, m, volumes)
+        if fit is not None:
+            return fit, notes
+        magnitude, more = _magnitude_fit(s, m, run, count)
+        return magnitude, {**notes, **more}
+    return _magnitude_fit(s, m, run, count)
+
+
+def _magnitude_fit(
+    s: T2smapSettings, m: bold.EchoMoments, run: Run, count: np.ndarray
+) -> tuple[bold.DecayFit, dict[str, object]]:
     how = bold.Compute(s.device, s.workers)
     if s.fittype == "loglin":
-        return bold.fit_loglin(m, te, am.echoes_used(count))
+        return bold.fit_loglin(m, run.te, am.echoes_used(count)), {}
     if s.fittype == "curvefit":
-        return bold.fit_curvefit(m, te, am.echoes_used(count), how)
+        return bold.fit_curvefit(m, run.te, am.echoes_used(count), how), {}
     inside = np.asarray(~m.bad.all(axis=1))
-    sigma = bold.temporal_noise(m, inside)
-    if not np.isfinite(sigma):
+    # The rows follow the C order of the transposed mask (voxel_rows): the grid's True cells.
+    noise = choose_noise(m.mean[:, -1], m.diff_var[:, -1], inside, run.mask.T, m.n_volumes)
+    if not np.isfinite(noise.median):
         raise UsageError("--fittype nlls needs at least two volumes to measure the noise")
-    log.info("nlls: thermal noise sigma %.4g (temporal, Rician-corrected)", sigma)
-    return bold.fit_nlls(m, te, inside, sigma, how)
+    log.info(
+        "nlls: thermal noise sigma %.4g (temporal, Rician-corrected), %s; real variation "
+        "across the image %.3f",
+        noise.median,
+        "per voxel" if noise.per_voxel else "one for the run",
+        noise.excess,
+    )
+    sigma = noise.sigma if noise.per_voxel else noise.median
+    return bold.fit_nlls(m, run.te, inside, sigma, how), describe(noise)
 
 
-def fitted_voxels(s: T2smapSettings, count: np.ndarray, fit: bold.DecayFit) -> np.ndarray:
-    """The voxels with maps: tedana's (adaptive mask >= 1); for nlls those it could fit."""
-    if s.fittype == "nlls":
+def fitted_voxels(
+    s: T2smapSettings, count: np.ndarray, fit: bold.DecayFit, all_echoes: bool = False
+) -> np.ndarray:
+    """The voxels with maps: tedana's (adaptive mask >= 1); for nlls (and the complex fit:
+    ``all_echoes``) those it could fit."""
+    if s.fittype == "nlls" or all_echoes:
         return np.asarray(((fit.reason & int(Failure.BAD_INPUT)) == 0) & (fit.t2star > 0))
     return count > 0
 
@@ -154,8 +193,10 @@ def _load_solver() -> None:
     import t2starmap.fit.bold_nlls  # noqa: F401  (imports fit.magnitude and torch)
 
 
-def run_t2smap(s: T2smapSettings) -> dict[str, Path]:
-    """Run ``t2smap`` with settings ``s``; return the files written by registry key."""
+def run_t2smap(s: T2smapSettings, notes: dict[str, object] | None = None) -> dict[str, Path]:
+    """Run ``t2smap`` with settings ``s``; return the files written by registry key.
+    ``notes``, when given, receives what the fit records beyond the settings (the noise sigma
+    of nlls: :func:`t2starmap.fit.bold_sigma.describe`), as dataset_description.json does."""
     stage = Stage(s.out_dir, s.prefix, s.convention, s.overwrite)
     if s.fittype != "loglin":  # torch loads (seconds) while the echoes are read
         threading.Thread(target=_load_solver, name="t2smap-import", daemon=True).start()
@@ -170,24 +211,31 @@ def run_t2smap(s: T2smapSettings) -> dict[str, Path]:
         count = am.adaptive_mask(mean, bad, s.masktype)
         log.info("adaptive mask: voxels by good echoes %s", np.bincount(count).tolist())
         stage.image("adaptive mask img", count.astype(np.uint8), run.mask, run.geometry3)
+        fitted: dict[str, object] = {}
         if s.fitmode == "all":
-            _all_mode(s, run, moments, count, stage)
+            fitted = _all_mode(s, run, (moments, volumes), count, stage)
         else:
             ts_mode(s, run, count, stage)
-        stage.json("data description json", description(s))
+        stage.json("data description json", description(s, fitted))
         placed = stage.publish()
     except BaseException:
         stage.discard()
         raise
     log.info("wrote %d files to %s", len(placed), s.out_dir)
+    if notes is not None:
+        notes.update(fitted)
     return placed
 
 
 def _all_mode(
-    s: T2smapSettings, run: Run, m: bold.EchoMoments, count: np.ndarray, stage: Stage
-) -> None:
-    fit = _fit(s, m, run.te, count)
-    sel = fitted_voxels(s, count, fit)
+    s: T2smapSettings,
+    run: Run,
+    moments: tuple[bold.EchoMoments, np.ndarray | None],
+    count: np.ndarray,
+    stage: Stage,
+) -> dict[str, object]:
+    fit, fitted = _fit(s, moments[0], run, count, moments[1])
+    sel = fitted_voxels(s, count, fit, fitted.get("ComplexFit") is True)
     maps = combine.floor_maps(fit.t2star[sel].copy(), fit.s0[sel].copy(), run.te)
     full = combine.FinalMaps(expand(maps.t2star, sel), expand(maps.s0, sel))
     write_maps(stage, run, full, combine.limited(maps, count[sel]), sel)
@@ -195,3 +243,4 @@ def _all_mode(
     used = am.echoes_used(count)
     write_combination(s, stage, run, used, full.t2star)
     write_rmse(stage, run, used, full)
+    return fitted
