@@ -152,6 +152,18 @@ def _failed_rows(table: GroupTable, output_dir: Path) -> list[FailedRow]:
     ]
 
 
+def _fit_cells(record: Mapping[str, Any]) -> list[str]:
+    """The cells every published set and run has: voxels, median and IQR of T2* (ms), the
+    failed and the misfit shares (%)."""
+    return [
+        str(record["n_voxels"]),
+        _number(record["t2star_median"], 1e3, ".1f"),
+        _number(record["t2star_iqr"], 1e3, ".1f"),
+        _number(record["failed_fraction"], 100, ".2f"),
+        _number(record["misfit_fraction"], 100, ".2f"),
+    ]
+
+
 def _rows(frame: pd.DataFrame, output_dir: Path) -> tuple[list[Row], np.ndarray]:
     """The table rows of the published sets, and which are T2* outliers (|z| above the
     threshold, with enough sets)."""
@@ -159,11 +171,7 @@ def _rows(frame: pd.DataFrame, output_dir: Path) -> tuple[list[Row], np.ndarray]
     rows = []
     for record, z, reason in zip(frame.to_dict("records"), z_t2, reasons, strict=True):
         cells = [
-            str(record["n_voxels"]),
-            _number(record["t2star_median"], 1e3, ".1f"),
-            _number(record["t2star_iqr"], 1e3, ".1f"),
-            _number(record["failed_fraction"], 100, ".2f"),
-            _number(record["misfit_fraction"], 100, ".2f"),
+            *_fit_cells(record),
             _number(record["noise_sigma"], spec=".4g"),
             _number(record["snr"], spec=".3g"),
             f"{z:+.2f}" if np.isfinite(z) else "n/a",
@@ -246,11 +254,7 @@ def _run_rows(frame: pd.DataFrame, output_dir: Path) -> list[Row]:
         cells = [
             _number(record["n_echoes"], spec=".0f"),
             _number(record["n_volumes"], spec=".0f"),
-            str(record["n_voxels"]),
-            _number(record["t2star_median"], 1e3, ".1f"),
-            _number(record["t2star_iqr"], 1e3, ".1f"),
-            _number(record["failed_fraction"], 100, ".2f"),
-            _number(record["misfit_fraction"], 100, ".2f"),
+            *_fit_cells(record),
             _number(record["tsnr_optcom"], spec=".1f"),
             _number(record["tsnr_best_echo"], spec=".1f")
             + (f" (echo {int(best)})" if _number(best) != "n/a" else ""),
