@@ -97,3 +97,23 @@ def test_failure_names_of_runs_carry_task_and_direction() -> None:
     entities = {"subject": "01", "task": "motor", "direction": "AP", "datatype": "func"}
     assert set_name(entities) == "sub-01_task-motor_dir-AP"
     assert set_name({"subject": "01", "task": "motor"}) == "sub-01"  # MEGRE: as before
+
+
+def test_no_bold_echo_no_index(dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The participants selected hold no BOLD echo (the MEGRE example; sub-02 here): nothing
+    is indexed for BOLD, and nothing is found. With BOLD echoes the index is made."""
+    from t2starmap.bids import func_layout
+
+    calls: list[Path] = []
+    real = func_layout._index
+
+    def counted(bids_dir: Path, *args: object) -> object:
+        calls.append(bids_dir)
+        return real(bids_dir, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(func_layout, "_index", counted)
+    found = find_bold_runs(EXAMPLE)
+    assert (found.runs, found.problems, found.skipped, calls) == ([], [], [], [])
+    assert find_bold_runs(dataset, participant_labels=["02"]).runs == [] and calls == []
+    assert len(find_bold_runs(dataset, participant_labels=["01"]).runs) == 2
+    assert calls == [dataset]

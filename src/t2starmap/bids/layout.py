@@ -179,23 +179,36 @@ def annex_missing_message(path: Path) -> str:
     )
 
 
+#: Multi-echo BOLD echoes (raw or fMRIPrep's desc-preproc), by file-name pattern.
+BOLD_IMAGES = "*_echo-*_bold.nii*"
 #: The images a run reads, by file-name pattern: MEGRE echoes, multi-echo BOLD echoes.
-IMAGE_PATTERNS = ("*_MEGRE.nii*", "*_echo-*_bold.nii*")
+IMAGE_PATTERNS = ("*_MEGRE.nii*", BOLD_IMAGES)
+
+
+def participant_images(
+    bids_dir: Path, participant_labels: Sequence[str] | None, patterns: Sequence[str]
+) -> list[Path]:
+    """The files matching any of ``patterns`` (file-name globs) in the folders of the
+    participants selected (all ``sub-*`` without labels), sorted per participant."""
+    folders = (
+        [Path(bids_dir) / f"sub-{label}" for label in participant_labels]
+        if participant_labels
+        else sorted(Path(bids_dir).glob("sub-*"))
+    )
+    return [
+        path
+        for folder in folders
+        for path in sorted(p for pattern in patterns for p in folder.rglob(pattern))
+    ]
 
 
 def check_images_present(bids_dir: Path, participant_labels: Sequence[str] | None) -> None:
     """Refuse MEGRE and multi-echo BOLD images that are dangling links (DataLad content not
     fetched) before anything else looks at them. Raises InputMissingError (exit 66) naming
     the first."""
-    folders = (
-        [Path(bids_dir) / f"sub-{label}" for label in participant_labels]
-        if participant_labels
-        else sorted(Path(bids_dir).glob("sub-*"))
-    )
     missing = [
         path
-        for folder in folders
-        for path in sorted(p for pattern in IMAGE_PATTERNS for p in folder.rglob(pattern))
+        for path in participant_images(bids_dir, participant_labels, IMAGE_PATTERNS)
         if path.is_symlink() and not path.exists()
     ]
     if missing:
