@@ -77,7 +77,8 @@ def voxel_noise(mean: np.ndarray, diff_var: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.abs(mean) / np.sqrt(diff_var)
         factor = np.interp(np.nan_to_num(ratio, nan=0.0), ratio_table, var_table)
-        return np.sqrt(diff_var / factor)
+        sigma: np.ndarray = np.sqrt(diff_var / factor)
+    return sigma
 
 
 @dataclass(frozen=True)
