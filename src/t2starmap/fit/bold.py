@@ -163,7 +163,7 @@ def _rate_bits(r2: np.ndarray) -> np.ndarray:
     return (low * int(Failure.R2STAR_LOW) + high * int(Failure.R2STAR_HIGH)).astype(np.uint8)
 
 
-def _empty(n: int, covariance: bool = True) -> dict[str, np.ndarray]:
+def empty_result(n: int, covariance: bool = True) -> dict[str, np.ndarray]:
     """The result arrays of a fit of n voxels; without ``covariance`` its three arrays are
     read-only zeros (views: ``fitmode ts`` fits a million rows at a time)."""
     z = {k: np.zeros(n) for k in ("t2star", "s0")}
@@ -172,7 +172,23 @@ def _empty(n: int, covariance: bool = True) -> dict[str, np.ndarray]:
     return {**z, "reason": np.zeros(n, np.uint8), "failed": np.zeros(n, bool)}
 
 
-def _to_t2star(out: dict[str, np.ndarray], sel: np.ndarray, s0: np.ndarray, r2: np.ndarray,
+def store_fit(
+    out: dict[str, np.ndarray],
+    sel: np.ndarray,
+    fit: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    reason: np.ndarray,
+    failed_bits: int = FAILED_BITS,
+) -> None:
+    """Store a fit of the voxels ``sel``, ``fit`` = (S0, R2*, their standard errors, no
+    covariance), with its Failure bits ``reason``, and which of them failed (any of
+    ``failed_bits``), into ``out``."""
+    s0, r2, s0_se, r2_se = fit
+    store_t2star(out, sel, s0, r2, (s0_se**2, r2_se**2, np.zeros_like(s0)))
+    out["reason"][sel] = reason
+    out["failed"][sel] = (out["reason"][sel] & failed_bits) != 0
+
+
+def store_t2star(out: dict[str, np.ndarray], sel: np.ndarray, s0: np.ndarray, r2: np.ndarray,
                cov: tuple[np.ndarray, np.ndarray, np.ndarray] | None) -> None:  # fmt: skip
     """Store (S0, R2*) and their covariance (var S0, var R2*, cov; None: left 0) as (T2*, S0):
     T2* = 1/R2*, var T2* = var R2* / R2*^4, cov(T2*, S0) = -cov / R2*^2 (the delta method;
@@ -207,7 +223,7 @@ def fit_loglin(
     all samples (its pseudo-inverse applied to the temporal means of the logs). Its covariance
     (unless ``covariance`` is False: zeros): s^2 (X^T X)^-1, s^2 the residual variance of the
     logs over all samples."""
-    out = _empty(used.size, covariance)
+    out = empty_result(used.size, covariance)
     n_t = m.n_volumes
     for k, sel in _groups(used):
         tk = te[:k]
@@ -225,7 +241,7 @@ def fit_loglin(
             full = [np.full(sel.size, v) for v in (xtx[0, 0], xtx[0, 1], xtx[1, 1])]
             var_a, var_b, cov_ab = _inverse2(full[0], full[1], full[2], s2)
             cov = (s0 * s0 * var_a, var_b, s0 * cov_ab)
-        _to_t2star(out, sel, s0, beta[1], cov)
+        store_t2star(out, sel, s0, beta[1], cov)
         out["reason"][sel] = _rate_bits(beta[1])
     return DecayFit(**out)
 
@@ -265,7 +281,7 @@ def fit_curvefit(
     all samples, s^2 = SSR / (k T - 2)."""
     from t2starmap.fit.magnitude import fit_t2star
 
-    out = _empty(used.size, covariance)
+    out = empty_result(used.size, covariance)
     n_t = m.n_volumes
     for k, sel in _groups(used):
         tk = te[:k]
@@ -288,7 +304,7 @@ def fit_curvefit(
             dof = k * n_t - 2
             s2 = ssr / (n_t * dof) if dof > 0 else np.zeros_like(ssr)
             cov = _inverse2(a11, a12, a22, s2)
-        _to_t2star(out, sel, s0, r2, cov)
+        store_t2star(out, sel, s0, r2, cov)
         out["reason"][sel] = reason
         out["failed"][sel] = (out["reason"][sel] & FAILED_BITS) != 0
     return DecayFit(**out)
@@ -321,7 +337,7 @@ def fit_nlls(m: EchoMoments, te: np.ndarray, inside: np.ndarray, sigma: float | 
     Standard errors: the fit's for one sample over sqrt(T)."""
     from t2starmap.fit.bold_nlls import fit_second_moment
 
-    out = _empty(inside.size)
+    out = empty_result(inside.size)
     sel = np.flatnonzero(inside)
     one = np.ndim(sigma) == 0  # one sigma: the fit's figures as they were before per-voxel
     sig = np.broadcast_to(np.asarray(sigma, dtype=np.float64), inside.shape)[sel]
@@ -343,9 +359,7 @@ def fit_nlls(m: EchoMoments, te: np.ndarray, inside: np.ndarray, sigma: float | 
         s0_se[redo] /= root_t
         r2_se[redo] /= root_t
         reason[redo] = _refit_bits(prof, misfit)
-    _to_t2star(out, sel, s0, r2, (s0_se**2, r2_se**2, np.zeros_like(s0)))
-    out["reason"][sel] = reason
-    out["failed"][sel] = (out["reason"][sel] & FAILED_BITS) != 0
+    store_fit(out, sel, (s0, r2, s0_se, r2_se), reason)
     return DecayFit(**out)
 
 

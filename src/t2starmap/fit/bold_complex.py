@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from t2starmap.fit.bold import Compute, DecayFit, _empty, _to_t2star
+from t2starmap.fit.bold import Compute, DecayFit, empty_result, store_fit
 from t2starmap.fit.status import Failure
 
 #: Voxel rows demodulated at a time: bounds the (rows, T, E) complex temporaries.
@@ -102,7 +102,7 @@ def fit_aligned(
     from t2starmap.fit.complex import fit_complex
     from t2starmap.fit.limits import NoiseModel
 
-    out = _empty(inside.size)
+    out = empty_result(inside.size)
     sel = np.flatnonzero(inside)
     res = fit_complex(
         mean[sel].astype(np.complex64), te, noise=NoiseModel(sigma), compute=how.torch(),
@@ -112,9 +112,7 @@ def fit_aligned(
     r2 = res.r2star.cpu().numpy().astype(np.float64)
     s0_se = res.s0_se.cpu().numpy().astype(np.float64)
     r2_se = res.r2star_se.cpu().numpy().astype(np.float64)
-    _to_t2star(out, sel, s0, r2, (s0_se**2, r2_se**2, np.zeros_like(s0)))
-    out["reason"][sel] = res.reason.cpu().numpy()
-    out["failed"][sel] = (out["reason"][sel] & FAILED_BITS) != 0
+    store_fit(out, sel, (s0, r2, s0_se, r2_se), res.reason.cpu().numpy(), FAILED_BITS)
     frequency = np.zeros(inside.size)
     assert res.frequency is not None
     frequency[sel] = res.frequency.cpu().numpy()
