@@ -45,6 +45,7 @@ from bench_busy import Busy  # the script's own folder is on sys.path
 
 from t2starmap.fit.status import level_named
 from t2starmap.sim.bold import BoldRun, make_bold_run, write_bold_run
+from tests.support.bold import command_args as t2smap_args  # run with PYTHONPATH=src:.
 
 REPO = Path(__file__).resolve().parents[1]
 ME_EPI = REPO.parent / "shared" / "data" / "me-epi"
@@ -63,24 +64,6 @@ def timed(command: Sequence[str]) -> tuple[float, float]:
     line = [ln for ln in proc.stderr.splitlines() if ln.startswith("TIME ")][-1]
     wall, kb = line.split()[1:]
     return float(wall), float(kb) / 1024
-
-
-def t2smap_args(
-    paths: Sequence[Path], te: Sequence[float], mask: Path, out: Path, *extra: str
-) -> list[str]:
-    """The arguments both programs take (tedana's names), quiet."""
-    return [
-        "-d",
-        *map(str, paths),
-        "-e",
-        *map(str, te),
-        "--mask",
-        str(mask),
-        "--out-dir",
-        str(out),
-        "--quiet",
-        *extra,
-    ]
 
 
 def ours(

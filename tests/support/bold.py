@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -23,11 +24,19 @@ def written_run(
 def t2smap_args(synthetic: Synthetic, out: Path, *extra: str) -> list[str]:
     """``t2smap``'s arguments for the run (echo times in s, its mask), quiet, then ``extra``."""
     run, paths, mask = synthetic
+    return command_args(paths, run.te, mask, out, *extra)
+
+
+def command_args(
+    paths: Sequence[Path], te: Sequence[float], mask: Path, out: Path, *extra: str
+) -> list[str]:
+    """The arguments tedana's ``t2smap`` and ours both take (tedana's names), quiet, then
+    ``extra`` (also for ``benchmarks/bench_t2smap.py``)."""
     return [
         "-d",
         *map(str, paths),
         "-e",
-        *map(str, run.te),
+        *map(str, te),
         "--mask",
         str(mask),
         "--out-dir",
