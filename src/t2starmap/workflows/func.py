@@ -105,14 +105,16 @@ def stage_bold_run(
         device=str(device),
         command=shlex.join(["t2starmap", "participant", bold_run.name]),
         phase=phase_echoes(bold_run),
+        tsnr=True,
     )
     log.info("%s: %d echoes, %d volumes, fit %s", bold_run.name, len(paths), n_volumes, fittype)
     notes: dict[str, Any] = {}
     try:
         with _quiet(logging.getLogger("t2starmap.t2smap")):
             placed = run_t2smap(s, notes)
+        tsnr = notes.pop("tsnr")
         fields = _with_notes(_fit_fields(fittype, n_volumes), notes, bold_run, settings)
-        fit = RunFit(fields["FitType"], fields["EstimationAlgorithm"], tr, None, warnings)
+        fit = RunFit(fields["FitType"], fields["EstimationAlgorithm"], tr, None, warnings, tsnr)
         record = run_record(bold_run, settings.bids_dir, placed, geometry, fit)
         files = _place(settings, stage, bold_run, placed, fields, tr)
         record = replace(record, seconds=time.perf_counter() - started)

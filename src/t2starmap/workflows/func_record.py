@@ -21,10 +21,9 @@ from t2starmap.bids.func_outputs import FUNC_EXTRAS, FUNC_OUTPUTS, func_target
 from t2starmap.bids.func_records import PublishedRun
 from t2starmap.bids.nifti import Geometry, read_map_image
 from t2starmap.bids.records import SOURCE_FIELDS, Source
-from t2starmap.bids.series import read_echo_series
 from t2starmap.bids.summary import set_statistics
 from t2starmap.fit import status as fit_status
-from t2starmap.fit.tsnr import TsnrSummary, compare_tsnr
+from t2starmap.fit.tsnr import TsnrSummary
 from t2starmap.resources import software_versions
 
 #: The maps a run's record is computed from (t2smap registry keys).
@@ -35,30 +34,20 @@ _FAILURE_LABELS = tuple(level.name for level in fit_status.LEVELS if level.failu
 @dataclass(frozen=True)
 class RunFit:
     """How a run was fitted: fit type, its ``EstimationAlgorithm`` text, the repetition time
-    (s), the seconds it took, the warnings said of it."""
+    (s), the seconds it took, the warnings said of it, the tSNR comparison the fit made while
+    the series were in memory (None with too few volumes)."""
 
     fit_type: str
     algorithm: str
     repetition_time: float
     seconds: float | None
     warnings: tuple[str, ...] = ()
+    tsnr: TsnrSummary | None = None
 
 
 def read_run_maps(placed: Mapping[str, Path]) -> dict[str, np.ndarray]:
     """The run's T2*, R2*, S0 (float32), adaptive mask and fit status (integers) as written."""
     return {key: read_map_image(placed[key]).data for key in _READ}
-
-
-def run_tsnr(
-    bold_run: BoldRun, optcom: Path, geometry: Geometry, fitted: np.ndarray
-) -> TsnrSummary | None:
-    """The tSNR comparison over ``fitted`` voxels: the combined series against each echo."""
-    if geometry.shape[3] < 2 or not fitted.any():
-        return None
-    paths = [e.path for e in bold_run.echoes]
-    echoes = read_echo_series(paths, len(paths), geometry, fitted)
-    combined = read_echo_series([optcom], 1, geometry, fitted)[0]
-    return compare_tsnr(combined, echoes)
 
 
 def run_record(
@@ -109,7 +98,7 @@ def run_record(
         statistics=set_statistics(
             maps["t2star img"], maps["r2star img"], maps["s0 img"], fitted & ~failed
         ),
-        tsnr=run_tsnr(bold_run, placed["combined img"], geometry, fitted),
+        tsnr=fit.tsnr,
         seconds=fit.seconds,
         warnings=fit.warnings,
         software=software_versions(),

@@ -30,6 +30,7 @@ from t2starmap.fit import adaptive_mask as am
 from t2starmap.fit import bold, combine
 from t2starmap.fit.bold_sigma import choose_noise, describe
 from t2starmap.fit.status import Failure
+from t2starmap.fit.tsnr import TsnrSummary, compare_tsnr
 from t2starmap.workflows.t2smap_complex import complex_fit
 from t2starmap.workflows.t2smap_ts import ts_mode
 from t2starmap.workflows.t2smap_write import (
@@ -46,7 +47,9 @@ from t2starmap.workflows.t2smap_write import (
 @dataclass(frozen=True)
 class T2smapSettings:
     """One run, checked: echo files and times (s, ascending), mask, volumes, fit and output;
-    ``phase``: the phase echoes (ours, ``--phase``), one per echo file, or none."""
+    ``phase``: the phase echoes (ours, ``--phase``), one per echo file, or none; ``tsnr``:
+    compare the combined series' temporal SNR with each echo's while both are in memory (the
+    BIDS-App's run record; ``fitmode all``)."""
 
     data: tuple[Path, ...]
     tes: tuple[float, ...]
@@ -66,6 +69,7 @@ class T2smapSettings:
     device: str
     command: str
     phase: tuple[Path, ...] = ()
+    tsnr: bool = False
 
 
 log = logging.getLogger("t2starmap.t2smap")
@@ -196,7 +200,8 @@ def _load_solver() -> None:
 def run_t2smap(s: T2smapSettings, notes: dict[str, object] | None = None) -> dict[str, Path]:
     """Run ``t2smap`` with settings ``s``; return the files written by registry key.
     ``notes``, when given, receives what the fit records beyond the settings (the noise sigma
-    of nlls: :func:`t2starmap.fit.bold_sigma.describe`), as dataset_description.json does."""
+    of nlls: :func:`t2starmap.fit.bold_sigma.describe`), as dataset_description.json does,
+    and with ``s.tsnr`` the :class:`~t2starmap.fit.tsnr.TsnrSummary` under ``"tsnr"``."""
     stage = Stage(s.out_dir, s.prefix, s.convention, s.overwrite)
     if s.fittype != "loglin":  # torch loads (seconds) while the echoes are read
         threading.Thread(target=_load_solver, name="t2smap-import", daemon=True).start()
@@ -212,8 +217,9 @@ def run_t2smap(s: T2smapSettings, notes: dict[str, object] | None = None) -> dic
         log.info("adaptive mask: voxels by good echoes %s", np.bincount(count).tolist())
         stage.image("adaptive mask img", count.astype(np.uint8), run.mask, run.geometry3)
         fitted: dict[str, object] = {}
+        tsnr: TsnrSummary | None = None
         if s.fitmode == "all":
-            fitted = _all_mode(s, run, (moments, volumes), count, stage)
+            fitted, tsnr = _all_mode(s, run, (moments, volumes), count, stage)
         else:
             ts_mode(s, run, count, stage)
         stage.json("data description json", description(s, fitted))
@@ -224,6 +230,8 @@ def run_t2smap(s: T2smapSettings, notes: dict[str, object] | None = None) -> dic
     log.info("wrote %d files to %s", len(placed), s.out_dir)
     if notes is not None:
         notes.update(fitted)
+        if s.tsnr:
+            notes["tsnr"] = tsnr
     return placed
 
 
@@ -233,7 +241,9 @@ def _all_mode(
     moments: tuple[bold.EchoMoments, np.ndarray | None],
     count: np.ndarray,
     stage: Stage,
-) -> dict[str, object]:
+) -> tuple[dict[str, object], TsnrSummary | None]:
+    """Fit the moments, write the maps and the combination; what the fit records, and (with
+    ``s.tsnr``) the combination's tSNR against the echoes' over the voxels with a good echo."""
     fit, fitted = _fit(s, moments[0], run, count, moments[1])
     sel = fitted_voxels(s, count, fit, fitted.get("ComplexFit") is True)
     maps = combine.floor_maps(fit.t2star[sel].copy(), fit.s0[sel].copy(), run.te)
@@ -241,6 +251,9 @@ def _all_mode(
     write_maps(stage, run, full, combine.limited(maps, count[sel]), sel)
     write_fit_quality(s, stage, run, fit, sel)
     used = am.echoes_used(count)
-    write_combination(s, stage, run, used, full.t2star)
+    optcom = write_combination(s, stage, run, used, full.t2star)
     write_rmse(stage, run, used, full)
-    return fitted
+    if not s.tsnr:
+        return fitted, None
+    good = count >= 1
+    return fitted, compare_tsnr(optcom[good], [e[good] for e in run.echoes])

@@ -87,8 +87,9 @@ def write_fit_quality(
 
 def write_combination(
     s: T2smapSettings, stage: Stage, run: Run, used: np.ndarray, t2star: np.ndarray
-) -> None:
-    """The optimally combined series of every volume (excluded ones too)."""
+) -> np.ndarray:
+    """Write the optimally combined series of every volume (excluded ones too); return it
+    (rows of the run's mask, volumes)."""
     if s.combmode == "paid":
         m = bold.echo_moments(run.echoes)
         snr = combine.temporal_snr(m.mean, m.sq_dev, m.n_volumes)
@@ -96,6 +97,7 @@ def write_combination(
     else:
         optcom = combine.combine(run.echoes, run.te, used, t2star=t2star)
     stage.image("combined img", optcom, run.mask, run.geometry4)
+    return optcom
 
 
 def write_rmse(stage: Stage, run: Run, used: np.ndarray, full: combine.FinalMaps) -> None:
