@@ -215,7 +215,8 @@ def _check_inputs(
     mask: np.ndarray | None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(magnitude (n, E) in its own type, not copied; TE (E,); G (n,) float64 with NaN where
-    it is not to be used)."""
+    it is not to be used; voxels with a non-finite sample are left out by the screen,
+    :func:`_screen`)."""
     mag = np.asarray(magnitude)
     te = np.asarray(echo_times, dtype=np.float64).reshape(-1)
     if mag.ndim < 1 or mag.shape[-1] != te.size:
@@ -227,7 +228,7 @@ def _check_inputs(
     g = np.asarray(gradient_hz_per_mm, dtype=np.float64)
     if g.shape != mag.shape[:-1]:
         raise ValueError(f"gradient shape {g.shape} does not match {mag.shape[:-1]}")
-    use = np.isfinite(g) & (g != 0) & np.all(np.isfinite(mag), axis=-1)
+    use = np.isfinite(g) & (g != 0)  # the magnitude's own finiteness: in the screen
     if mask is not None:
         m = np.asarray(mask, dtype=bool)
         if m.shape != g.shape:
@@ -254,39 +255,75 @@ def _strong_voxels(
     pushed up (by most of a sigma near the floor), which reads as less dephasing, a
     larger N (+3 to +6 % on the simulator at SNR 100)."""
     min_cycles, snr_floor = limits
-    finite = np.isfinite(g_dz)
-    # The whole volume is screened in the magnitude's own type, one echo at a time: the
-    # largest cycles a rough echo reaches is |G dz| times its largest such TE (a product with
-    # the same factor keeps the order), no (n, E) float64 table.
-    if sigma is None:
-        floor = 0.05 * mag.max(axis=1, keepdims=True)
-    else:
-        floor = np.full((mag.shape[0], 1), snr_floor * sigma)
-    rough = mag >= 0.6 * floor
-    te_reach = np.zeros(mag.shape[0])
-    for j, t in enumerate(te):
-        np.maximum(te_reach, np.where(rough[:, j], t, 0.0), out=te_reach)
-    reach = np.abs(np.where(finite, g_dz, 0.0)) * te_reach
-    rows = np.nonzero(finite & (reach >= min_cycles) & (rough.sum(axis=1) >= 4))[0]
+    rows = _screened(mag, te, g_dz, sigma, limits, workers)
     if rows.size > max_voxels:
         rows = np.sort(rng.choice(rows, size=max_voxels, replace=False))
     if rows.size == 0:
         return rows, np.zeros((0, te.size), dtype=bool)
     from t2starmap.fit import fit_corrected
 
+    floor = _floor(mag[rows], sigma, snr_floor)
+    rough = mag[rows] >= 0.6 * floor
     cycles = np.abs(g_dz[rows])[:, None] * te
     f = _family_factor("sinc", 0.15, cycles)
     first = fit_corrected(
         np.asarray(mag[rows], dtype=np.float64),
         te,
-        np.where(rough[rows], f, 0.0),
+        np.where(rough, f, 0.0),
         noise=NoiseModel(sigma=sigma, floor=False),
         compute=Compute(workers=workers),
     )
-    counted = _model(first, te, f) >= floor[rows]
+    counted = _model(first, te, f) >= floor
     reach = np.max(np.where(counted, cycles, 0.0), axis=1)
     keep = (reach >= min_cycles) & (counted.sum(axis=1) >= 4)
     return rows[keep], counted[keep]
+
+
+#: Voxels per block of the screen for strong voxels (:func:`_screened`).
+SCREEN_CHUNK = 1 << 16
+
+
+def _floor(mag: np.ndarray, sigma: float | None, snr_floor: float) -> np.ndarray:
+    """The signal an echo must reach to count, (n, 1): ``snr_floor`` sigma, or without sigma
+    5 % of the voxel's brightest sample."""
+    if sigma is None:
+        return np.asarray(0.05 * mag.max(axis=1, keepdims=True))
+    return np.full((mag.shape[0], 1), snr_floor * sigma)
+
+
+def _screened(
+    mag: np.ndarray,
+    te: np.ndarray,
+    g_dz: np.ndarray,
+    sigma: float | None,
+    limits: tuple[float, float],
+    workers: int | None,
+) -> np.ndarray:
+    """The rows that may be strong (ascending): finite samples, at least 4 rough echoes (above
+    0.6 of the floor) and ``min_cycles`` reached at the latest of them. The whole volume is
+    screened in blocks of :data:`SCREEN_CHUNK` voxels on ``workers`` threads (numpy releases
+    the GIL), each in the magnitude's own type, one echo at a time: the largest cycles a
+    rough echo reaches is |G dz| times its largest such TE (a product with the same factor
+    keeps the order), no (n, E) float64 table."""
+    from t2starmap.fit.dispatch import default_workers, map_chunks
+
+    min_cycles, snr_floor = limits
+
+    def screen(start: int) -> np.ndarray:
+        block = mag[start : start + SCREEN_CHUNK]
+        g = g_dz[start : start + SCREEN_CHUNK]
+        finite = np.isfinite(g) & np.all(np.isfinite(block), axis=1)
+        rough = block >= 0.6 * _floor(block, sigma, snr_floor)
+        te_reach = np.zeros(block.shape[0])
+        for j, t in enumerate(te):
+            np.maximum(te_reach, np.where(rough[:, j], t, 0.0), out=te_reach)
+        reach = np.abs(np.where(finite, g, 0.0)) * te_reach
+        return start + np.nonzero(finite & (reach >= min_cycles) & (rough.sum(axis=1) >= 4))[0]
+
+    starts = range(0, mag.shape[0], SCREEN_CHUNK)
+    threads = default_workers() if workers is None else workers
+    found = list(map_chunks(screen, starts, threads))
+    return np.concatenate(found) if found else np.zeros(0, dtype=np.intp)
 
 
 def _model(fit: Any, te: np.ndarray, factor: np.ndarray) -> np.ndarray:
@@ -338,36 +375,59 @@ def _cost_tables(
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Per-voxel chi-square (n, len(grid)) of each family's members ``grids`` over the counted
     echoes, and the voxels every member could fit (n,) bool. sigma None: plain sums of
-    squares. One corrected fit for every (member, voxel) pair: the fit is voxel-wise, so
-    stacking the members as voxels is the same fit with one call's overhead, not one each."""
-    from t2starmap.fit import fit_corrected
+    squares. One corrected fit of the voxels per member, the members on ``workers`` threads
+    (:func:`_member_cost`, each in one chunk: the same numbers whatever the count)."""
+    from t2starmap.fit.dispatch import default_workers, map_chunks
 
-    n, n_echo = mag.shape
+    n = mag.shape[0]
     members = [(name, float(v)) for name, grid in grids.items() for v in grid]
     if not members:
         return {name: np.zeros((n, 0)) for name in grids}, np.ones(n, dtype=bool)
-    factors = np.stack([_family_factor(name, v, k) for name, v in members])  # (M, n, E)
+
+    def member(m: int) -> tuple[np.ndarray, np.ndarray]:
+        return _member_cost(mag, te, k, counted, sigma, members[m])
+
+    threads = default_workers() if workers is None else workers
+    found = list(map_chunks(member, range(len(members)), threads))
+    cost = np.stack([c for c, _ in found], axis=1)  # (n, M)
+    flagged = np.stack([f for _, f in found])
+    usable = ~flagged.any(axis=0) & np.all(np.isfinite(cost), axis=1)
+    split = np.cumsum([len(grid) for grid in grids.values()])[:-1]
+    return dict(zip(grids, np.split(cost, split, axis=1), strict=True)), usable
+
+
+def _member_cost(
+    mag: np.ndarray,
+    te: np.ndarray,
+    k: np.ndarray,
+    counted: np.ndarray,
+    sigma: float | None,
+    member: tuple[str, float],
+) -> tuple[np.ndarray, np.ndarray]:
+    """One family member's corrected fit of the voxels (in one chunk, in the calling
+    thread): its chi-square per voxel over the counted echoes (n,), and the voxels it could
+    not correct (too few echoes) or gave no signal (n,) bool."""
+    from t2starmap.fit import fit_corrected
+
+    factor = _family_factor(*member, k)  # (n, E)
     fit = fit_corrected(
-        np.broadcast_to(mag, factors.shape).reshape(-1, n_echo),
+        mag,
         te,
-        np.where(counted, factors, 0.0).reshape(-1, n_echo),
-        mask=np.ones(factors.shape[0] * n, dtype=bool),
+        np.where(counted, factor, 0.0),
+        mask=np.ones(mag.shape[0], dtype=bool),
         noise=NoiseModel(sigma=sigma, floor=False),
-        compute=Compute(workers=workers),
+        compute=Compute(workers=1, chunk_size=max(mag.shape[0], 1)),
     )
     # A member that over-dephases drives R2* to its lower bound and the fit reports a
     # failure: that bounded fit's cost is what the member is worth, so it stays. Left out:
     # voxels the fit could not correct (too few echoes) or gave no signal for.
     s0 = fit.result.s0.double().cpu().numpy()
-    flagged = (fit.too_few.cpu().numpy() | ~(s0 > 0)).reshape(-1, n)
-    model = _model(fit, te, factors.reshape(-1, n_echo)).reshape(factors.shape)
+    flagged = fit.too_few.cpu().numpy() | ~(s0 > 0)
+    model = _model(fit, te, factor)
     if sigma is not None:  # the Rician mean, to first order in sigma / signal
         model = np.sqrt(model * model + sigma * sigma)
     resid = np.where(counted, mag - model, 0.0)
-    cost = np.sum(resid * resid, axis=2).T / (1.0 if sigma is None else sigma**2)  # (n, M)
-    usable = ~flagged.any(axis=0) & np.all(np.isfinite(cost), axis=1)
-    split = np.cumsum([len(grid) for grid in grids.values()])[:-1]
-    return dict(zip(grids, np.split(cost, split, axis=1), strict=True)), usable
+    return np.sum(resid * resid, axis=1) / (1.0 if sigma is None else sigma**2), flagged
 
 
 def _vertex(total: np.ndarray, grid: np.ndarray) -> tuple[float, float, float]:
