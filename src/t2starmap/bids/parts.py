@@ -236,13 +236,13 @@ def load_complex(
         if parts.kind == "real-imag":
             real, imag = read_part(paths[0], geometry), read_part(paths[1], geometry)
             for block in _blocks(geometry.shape):
-                out[(*block, k)] = real[block] + 1j * imag[block]
+                out[..., block, k] = real[..., block] + 1j * imag[..., block]
         else:
             assert magnitude is not None
             rad = phase_to_radians(read_part(paths[0], geometry), parts.units[k], paths[0])
             for block in _blocks(geometry.shape):
-                out[(*block, k)] = magnitude[(*block, k)] * np.exp(
-                    1j * rad[block].astype(np.float64)
+                out[..., block, k] = magnitude[..., block, k] * np.exp(
+                    1j * rad[..., block].astype(np.float64)
                 )
 
     workers = read_workers(workers, n_echo)
@@ -260,10 +260,9 @@ def load_complex(
 COMBINE_BLOCK = 1 << 15
 
 
-def _blocks(shape: tuple[int, ...]) -> list[tuple[slice, ...]]:
-    """Index tuples covering a volume of ``shape`` in slabs of whole planes along its last
-    axis, each of about :data:`COMBINE_BLOCK` voxels (at least one plane)."""
+def _blocks(shape: tuple[int, ...]) -> list[slice]:
+    """Slabs of whole planes along the last axis of a volume of ``shape``, each of about
+    :data:`COMBINE_BLOCK` voxels (at least one plane)."""
     plane = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
     step = max(1, COMBINE_BLOCK // max(plane, 1))
-    head = tuple(slice(None) for _ in shape[:-1])
-    return [(*head, slice(z, z + step)) for z in range(0, shape[-1], step)]
+    return [slice(z, z + step) for z in range(0, shape[-1], step)]
