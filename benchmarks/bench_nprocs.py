@@ -23,6 +23,11 @@ medians on a shared machine.
 
 from __future__ import annotations
 
+import os
+
+# As the app's console scripts do (t2starmap.cli.entry), before numpy is imported.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import argparse
 import json
 import statistics
