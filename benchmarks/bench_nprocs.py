@@ -36,7 +36,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -92,6 +94,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--nprocs", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5, help="best of, in one process")
+    parser.add_argument(
+        "--account", action="store_true", help="only where each step's time goes (Linux)"
+    )
     args = parser.parse_args()
     phantom = make_slice_phantom(tuple(args.shape), snr=100.0, seed=5)
     with tempfile.TemporaryDirectory() as tmp:
@@ -100,6 +105,9 @@ def main() -> None:
         (bids / "dataset_description.json").write_text(
             json.dumps({"Name": "bench", "BIDSVersion": "1.10.0"})
         )
+        if args.account:
+            account(phantom, bids, args)
+            return
         participant_runs(bids, Path(tmp), args)
         in_process(phantom, bids, args)
 
@@ -205,6 +213,75 @@ def correct(
         ph.magnitude, ph.echo_times, slices, field=field, uncorrected=plain,
         compute=Compute(workers=workers),
     )  # fmt: skip
+
+
+def schedstat() -> tuple[float, float]:
+    """(seconds this thread ran on a CPU, seconds it waited, runnable, for a CPU that other
+    threads held) from the kernel's scheduler statistics."""
+    with open("/proc/thread-self/schedstat") as stats:
+        ran, waited = (int(x) for x in stats.read().split()[:2])
+    return ran / 1e9, waited / 1e9
+
+
+class Tasks:
+    """Every task given to a thread pool, with the CPU time it ran, the time it waited for a
+    CPU (other threads or processes held it) and its wall time, summed while installed."""
+
+    def __init__(self) -> None:
+        self.ran = self.waited = self.wall = 0.0
+        self.original = ThreadPoolExecutor.submit
+
+    def __enter__(self) -> Tasks:
+        tasks, original = self, self.original
+
+        def submit(pool: Any, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+            def timed() -> Any:
+                (ran, waited), start = schedstat(), time.perf_counter()
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    after = schedstat()
+                    tasks.ran += after[0] - ran
+                    tasks.waited += after[1] - waited
+                    tasks.wall += time.perf_counter() - start
+
+            return original(pool, timed)
+
+        ThreadPoolExecutor.submit = submit  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        ThreadPoolExecutor.submit = self.original  # type: ignore[method-assign]
+
+
+def account(ph: SlicePhantom, bids: Path, args: argparse.Namespace) -> None:
+    """Where each per-voxel step's time goes with N workers, best of ``--repeats``: the CPU
+    seconds of its workers' tasks (against the whole step with 1 worker: more means the
+    threads slow each other, e.g. through memory), the calling thread's CPU seconds (serial:
+    nothing else runs for the step meanwhile unless tasks are in flight), the tasks' waits for
+    a CPU held by other processes (the machine's load), and the rest of the tasks' wall time
+    (waits for the GIL, a lock, the memory system's stalls are CPU time, not here)."""
+    torch.set_num_threads(1)
+    n = args.nprocs
+    print(f"with {n} workers, best of {args.repeats} (s); 1 worker: its whole CPU time")
+    print(
+        "| step | 1 worker CPU | tasks' CPU | caller's CPU | tasks' CPU wait | tasks' other wait |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, step in steps(ph, bids).items():
+        one = many = (np.inf,) * 4
+        for _ in range(args.repeats):
+            start = time.process_time()
+            step(1)
+            one = min(one, (time.process_time() - start,) * 4)
+            with Tasks() as tasks:
+                caller = schedstat()[0]
+                step(n)
+                caller = schedstat()[0] - caller
+            many = min(
+                many, (tasks.ran, caller, tasks.waited, tasks.wall - tasks.ran - tasks.waited)
+            )
+        print(f"| {name} | {one[0]:.3f} | " + " | ".join(f"{x:.3f}" for x in many) + " |")
 
 
 if __name__ == "__main__":
