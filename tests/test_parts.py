@@ -267,6 +267,15 @@ def test_unreadable_part(tmp_path: Path) -> None:
     expect_bad(echo_set, f"{name(1, 'real')}.nii.gz", "not a readable NIfTI")
 
 
+def test_cut_short_part_is_worded_as_nibabel_words_it(tmp_path: Path) -> None:
+    """A part is read in one piece, as the echoes are; where nibabel cannot open it either
+    (a gzip cut short), the message stays nibabel's."""
+    echo_set, _ = dataset(tmp_path, ("phase",))
+    part = tmp_path / "sub-01" / "anat" / f"{name(2, 'phase')}.nii.gz"
+    part.write_bytes(part.read_bytes()[:-40])
+    expect_bad(echo_set, part.name, "not a readable NIfTI")
+
+
 def test_phase_needs_the_magnitude() -> None:
     parts = Parts(kind="phase", files=((Path("p.nii.gz"),),), units=("rad",))
     geometry = type("G", (), {"shape": (2, 2)})()

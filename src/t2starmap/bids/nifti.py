@@ -299,8 +299,13 @@ def read_part(path: Path, geometry: Geometry) -> np.ndarray:
     """A phase, real or imaginary part of a magnitude echo as float64, checked against the
     magnitude echoes' ``geometry`` (shape and affine). Read as the echoes are (the whole file
     decompressed in one call, which releases the GIL: :func:`_image_from_file`), the values
-    of nibabel's scaled read. Raises BadDataError naming the file."""
-    img = _image_from_file(path)
+    of nibabel's scaled read. Raises BadDataError naming the file (as nibabel's reader words
+    it where that cannot open the file: "not a readable NIfTI image")."""
+    try:
+        img = _image_from_file(path)
+    except BadDataError:
+        _open(path)  # its message where nibabel cannot open the file either
+        raise
     shape = tuple(int(n) for n in img.shape)
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
