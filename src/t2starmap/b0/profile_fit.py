@@ -364,6 +364,12 @@ def _search(
     return grids, tables, usable & usable_too
 
 
+#: Family members fitted together, in one chunk, by one worker (:func:`_cost_tables`): fewer,
+#: larger torch operations than one member at a time, which on 1000 voxels spend as long in
+#: Python (under the GIL, which the workers share) as in the arithmetic.
+MEMBERS_PER_CHUNK = 3
+
+
 def _cost_tables(
     mag: np.ndarray,
     te: np.ndarray,
@@ -375,8 +381,9 @@ def _cost_tables(
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Per-voxel chi-square (n, len(grid)) of each family's members ``grids`` over the counted
     echoes, and the voxels every member could fit (n,) bool. sigma None: plain sums of
-    squares. One corrected fit of the voxels per member, the members on ``workers`` threads
-    (:func:`_member_cost`, each in one chunk: the same numbers whatever the count)."""
+    squares. One corrected fit of the voxels per :data:`MEMBERS_PER_CHUNK` members, stacked
+    as voxels (the fit is voxel-wise), on ``workers`` threads (:func:`_members_cost`, each in
+    one chunk: the same numbers whatever the count)."""
     from t2starmap.fit.dispatch import default_workers, map_chunks
 
     n = mag.shape[0]
@@ -384,50 +391,55 @@ def _cost_tables(
     if not members:
         return {name: np.zeros((n, 0)) for name in grids}, np.ones(n, dtype=bool)
 
-    def member(m: int) -> tuple[np.ndarray, np.ndarray]:
-        return _member_cost(mag, te, k, counted, sigma, members[m])
+    def chunk(first: int) -> tuple[np.ndarray, np.ndarray]:
+        group = members[first : first + MEMBERS_PER_CHUNK]
+        return _members_cost(mag, te, k, counted, sigma, group)
 
     threads = default_workers() if workers is None else workers
-    found = list(map_chunks(member, range(len(members)), threads))
-    cost = np.stack([c for c, _ in found], axis=1)  # (n, M)
-    flagged = np.stack([f for _, f in found])
+    found = list(map_chunks(chunk, range(0, len(members), MEMBERS_PER_CHUNK), threads))
+    cost = np.concatenate([c for c, _ in found], axis=1)  # (n, M)
+    flagged = np.concatenate([f for _, f in found])  # (M, n)
     usable = ~flagged.any(axis=0) & np.all(np.isfinite(cost), axis=1)
     split = np.cumsum([len(grid) for grid in grids.values()])[:-1]
     return dict(zip(grids, np.split(cost, split, axis=1), strict=True)), usable
 
 
-def _member_cost(
+def _members_cost(
     mag: np.ndarray,
     te: np.ndarray,
     k: np.ndarray,
     counted: np.ndarray,
     sigma: float | None,
-    member: tuple[str, float],
+    members: Sequence[tuple[str, float]],
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One family member's corrected fit of the voxels (in one chunk, in the calling
-    thread): its chi-square per voxel over the counted echoes (n,), and the voxels it could
-    not correct (too few echoes) or gave no signal (n,) bool."""
+    """The corrected fit of the voxels for each of a few family ``members`` (stacked, in one
+    chunk, in the calling thread): each one's chi-square per voxel over the counted echoes
+    (n, len(members)), and the voxels each could not correct (too few echoes) or gave no
+    signal (len(members), n) bool."""
     from t2starmap.fit import fit_corrected
 
-    factor = _family_factor(*member, k)  # (n, E)
+    n, n_echo = mag.shape
+    factors = np.stack([_family_factor(name, v, k) for name, v in members])  # (m, n, E)
+    rows = factors.shape[0] * n
     fit = fit_corrected(
-        mag,
+        np.tile(mag, (len(members), 1)),  # a copy: torch takes no read-only view
         te,
-        np.where(counted, factor, 0.0),
-        mask=np.ones(mag.shape[0], dtype=bool),
+        np.where(counted, factors, 0.0).reshape(-1, n_echo),
+        mask=np.ones(rows, dtype=bool),
         noise=NoiseModel(sigma=sigma, floor=False),
-        compute=Compute(workers=1, chunk_size=max(mag.shape[0], 1)),
+        compute=Compute(workers=1, chunk_size=max(rows, 1)),
     )
     # A member that over-dephases drives R2* to its lower bound and the fit reports a
     # failure: that bounded fit's cost is what the member is worth, so it stays. Left out:
     # voxels the fit could not correct (too few echoes) or gave no signal for.
     s0 = fit.result.s0.double().cpu().numpy()
-    flagged = fit.too_few.cpu().numpy() | ~(s0 > 0)
-    model = _model(fit, te, factor)
+    flagged = (fit.too_few.cpu().numpy() | ~(s0 > 0)).reshape(-1, n)
+    model = _model(fit, te, factors.reshape(-1, n_echo)).reshape(factors.shape)
     if sigma is not None:  # the Rician mean, to first order in sigma / signal
         model = np.sqrt(model * model + sigma * sigma)
     resid = np.where(counted, mag - model, 0.0)
-    return np.sum(resid * resid, axis=1) / (1.0 if sigma is None else sigma**2), flagged
+    cost = np.sum(resid * resid, axis=2).T / (1.0 if sigma is None else sigma**2)
+    return cost, flagged
 
 
 def _vertex(total: np.ndarray, grid: np.ndarray) -> tuple[float, float, float]:
