@@ -55,7 +55,7 @@ def row(name: str, kwargs: dict, seeds: range, complex_parts: bool) -> str:
         found = all_candidates(
             body.magnitude, body.echo_times, signal=body.signal if complex_parts else None
         )
-        chosen = cross_check(found.background, found.differences, found.residuals, found.thermal)
+        chosen = found.chosen()
         before = cross_check(found.background, found.differences, found.residuals)
         new.append(ratio(body, chosen))
         old.append(ratio(body, before))
@@ -72,7 +72,7 @@ def bias_rows() -> list[str]:
     for name, kwargs in (("fat, two pools, dark echo", {"misfit": 0.3}), ("clean", {})):
         body = make_body_set((64, 64, 4), **kwargs, seed=7)
         found = all_candidates(body.magnitude, body.echo_times, signal=body.signal)
-        chosen = cross_check(found.background, found.differences, found.residuals, found.thermal)
+        chosen = found.chosen()
         truth = float(np.median(body.sigma_map[body.mask]))
         mono = body.mask & (body.kind == 0)
         cells = []

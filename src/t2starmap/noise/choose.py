@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from t2starmap.noise.air import _differences
 from t2starmap.noise.background import _Air, _background_estimate, _check_coils
 from t2starmap.noise.result import NoiseEstimate
+from t2starmap.noise.tail import TAIL, decayed_tail
 from t2starmap.noise.thermal import thermal_estimate
-from t2starmap.noise.tissue import noise_from_residuals, tissue_residuals
+from t2starmap.noise.tissue import _tissue_voxels, noise_from_residuals, tissue_residuals
 
 #: Tissue residuals below this many times the background's sigma: the noise is not uniform.
 _NONUNIFORM = 0.9
@@ -21,13 +22,21 @@ _NONUNIFORM = 0.9
 class Candidates:
     """Every estimate :func:`cross_check` chooses from: the first echo's ``background``
     (:func:`estimate_noise`), the echo ``differences`` in its air, the tissue's
-    ``residuals`` (an upper bound) and its ``thermal`` noise
-    (:func:`t2starmap.noise.thermal.thermal_estimate`)."""
+    ``residuals`` (an upper bound), its ``thermal`` noise
+    (:func:`t2starmap.noise.thermal.thermal_estimate`) and the noise of its decayed ``tail``
+    (:func:`t2starmap.noise.tail.decayed_tail`)."""
 
     background: NoiseEstimate
     differences: NoiseEstimate
     residuals: NoiseEstimate
     thermal: NoiseEstimate
+    tail: NoiseEstimate = field(default_factory=lambda: NoiseEstimate(None, 0, "not estimated"))
+
+    def chosen(self) -> NoiseEstimate:
+        """:func:`cross_check` of them all."""
+        return cross_check(
+            self.background, self.differences, self.residuals, self.thermal, self.tail
+        )
 
 
 def all_candidates(
@@ -42,8 +51,10 @@ def all_candidates(
     """The estimates of :class:`Candidates`, the first echo's background worked out once for
     the first two (with its real channel when the complex ``signal`` is given and ``coils``
     when known; the echo differences with the coils that gives), one ``wls`` fit of the
-    tissue for the last two (3 echoes or more). magnitude: (..., n_echoes); signal: the same
-    shape, complex, or None; ``bipolar``: the read-out is (the even echoes' phase offset)."""
+    tissue for the next two (3 echoes or more), the decayed tail from the magnitude of the
+    same tissue (started from the thermal sigma, with the background's coils).
+    magnitude: (..., n_echoes); signal: the same shape, complex, or None; ``bipolar``: the
+    read-out is (the even echoes' phase offset)."""
     data = np.asarray(magnitude)
     background, differences = _air(data, signal, coils)
     if data.shape[-1] < 3:
@@ -53,7 +64,13 @@ def all_candidates(
     thermal = thermal_estimate(
         data.shape[:-1], echo_times, signal=signal, magnitude_residuals=tissue, bipolar=bipolar
     )
-    return Candidates(background, differences, residuals, thermal)
+    flat = data.reshape(-1, data.shape[-1])
+    index = _tissue_voxels(flat, None, 50_000)
+    order = np.argsort(np.asarray(echo_times, dtype=np.float64), kind="stable")
+    start = next((e.sigma for e in (thermal, residuals, background) if e.sigma), 0.0)
+    found_coils = background.coils if background.sigma is not None else 1.0
+    tail = decayed_tail(flat[index][:, order], index, data.shape[:-1], start, found_coils)
+    return Candidates(background, differences, residuals, thermal, tail.estimate)
 
 
 def noise_candidates(
@@ -123,6 +140,7 @@ def cross_check(
     differences: NoiseEstimate,
     residuals: NoiseEstimate,
     thermal: NoiseEstimate | None = None,
+    tail: NoiseEstimate | None = None,
 ) -> NoiseEstimate:
     """The noise level to fit with: the one rule set, from estimates that fail in opposite
     ways. Every candidate is kept (``candidates``), with what it is to the choice
@@ -133,7 +151,13 @@ def cross_check(
     echo to echo (a cross-check); model misfit pushes the tissue's ``residuals`` up (an upper
     bound, always); the ``thermal`` noise of the tissue
     (:func:`t2starmap.noise.thermal.thermal_estimate`) is what neither ghosts nor misfit
-    reach, with 6 echoes or more (an estimate; with fewer, an upper bound). The choice:
+    reach, with 6 echoes or more (an estimate; with fewer, an upper bound); the decayed
+    ``tail`` (:func:`t2starmap.noise.tail.decayed_tail`) is the noise of tissue whose signal
+    has decayed away, from no model at all (an estimate where its own map is flat, else a
+    cross-check). On a magnitude-only set (no across-model residual) an estimate from the
+    tail takes the place of the thermal one: the magnitude floor cannot tell noise from ghosts
+    that change from echo to echo (on the body simulator 0.52-1.27 x the noise over seeds
+    0-5, the tail 0.99-1.03). The choice:
 
     1. a background more than ``GHOST_RATIO`` times the differences is ghosted: rejected, and
        an upper bound;
@@ -147,7 +171,8 @@ def cross_check(
        residuals, else the differences;
     4. never above an upper bound: the least of them caps the choice (its map scaled)."""
     thermal = thermal or NoiseEstimate(None, 0, "not estimated")
-    everything = (background, differences, residuals, thermal)
+    tail = tail or NoiseEstimate(None, 0, "not estimated")
+    everything = (background, differences, residuals, thermal, tail)
     candidates = {e.method: float(e.sigma) for e in everything if e.sigma is not None and e.method}
     ghosted = (
         background.sigma is not None
@@ -155,6 +180,9 @@ def cross_check(
         and background.sigma > GHOST_RATIO * differences.sigma
     )
     bounds = _bounds(background, differences, residuals, thermal, ghosted)
+    if tail.sigma is not None:
+        bounds[tail.method] = tail.bounds.get(tail.method, CROSS)
+    thermal = _magnitude_thermal(thermal, tail, bounds)
     chosen = _choice(background, differences, residuals, thermal, ghosted, bounds)
     chosen = _capped(chosen, {m: candidates[m] for m, b in bounds.items() if b.startswith(UPPER)})
     return replace(
@@ -187,6 +215,23 @@ def _bounds(
     return out
 
 
+def _magnitude_thermal(
+    thermal: NoiseEstimate, tail: NoiseEstimate, bounds: dict[str, str]
+) -> NoiseEstimate:
+    """The thermal estimate :func:`_choice` works with: ``tail`` where it is an estimate and
+    the set has no across-model residual, with why; else ``thermal`` (no caveat left where
+    the tail confirms it)."""
+    if thermal.method == ACROSS or tail.sigma is None or bounds.get(tail.method) != ESTIMATE:
+        return thermal
+    if thermal.sigma is None:
+        return tail
+    why = (
+        f"the magnitude's residual floor ({thermal.sigma:.4g}, {thermal.method}) rests on a "
+        f"decay model; the tail of decayed tissue ({tail.sigma:.4g}) on none: the tail is used"
+    )
+    return replace(tail, reason=f"{why}; {tail.reason}")
+
+
 def _choice(
     background: NoiseEstimate,
     differences: NoiseEstimate,
@@ -206,13 +251,14 @@ def _choice(
         ratio = thermal.sigma / reference.sigma
         agrees = abs(ratio - 1.0) <= AGREE and thermal.sigma_map is None
         # below a clean background without a ghost tail, only the residual across the
-        # complex model is trusted: the magnitude's floor can extrapolate misfit below noise
+        # complex model and the decayed tail are trusted: the magnitude's floor can
+        # extrapolate misfit below noise
         suspect = background.outlier_fraction > GHOST_OUTLIERS or (
             differences.sigma is not None
             and background.sigma is not None
             and background.sigma > SUSPECT_RATIO * differences.sigma
         )
-        if agrees or (ratio < 1.0 and thermal.method != ACROSS and not suspect):
+        if agrees or (ratio < 1.0 and thermal.method not in (ACROSS, TAIL) and not suspect):
             why = f"the tissue's thermal noise {thermal.sigma:.4g} ({ratio:.2f} x): kept"
             return replace(base, reason="; ".join(r for r in (base.reason, why) if r))
         why = (

@@ -1,0 +1,108 @@
+"""sigma from the magnitude of tissue whose signal has decayed into the noise (issue 27).
+
+In a voxel whose signal has decayed away, the later echoes hold noise alone: a root-sum-of-
+squares magnitude of L coils is then central chi, M^2 / (2 sigma^2) ~ Gamma(L) (Rayleigh for
+L = 1), and sigma^2 = median(M^2) / (2 median(Gamma(L))). No decay model enters, so model
+misfit cannot inflate it, and whatever is a share of the signal (ghosts of the object that
+change from echo to echo, motion) has decayed with it. It is the noise of that tissue, which is
+the tissue's where the noise is uniform.
+
+Which echoes hold noise alone is decided by the echoes before them, never by the echo itself
+(choosing the low echoes would bias sigma low): echo k of a voxel counts when its
+``WINDOW`` preceding echoes all lie below ``LOW`` times the median of pure noise. Those echoes
+then hold at most a few sigma of signal, and echo k, later, less (a decay; fat's beat
+reaches back above the noise only where its echoes before it are low by chance); each echo's
+noise is independent of the others'. sigma sets that threshold, so it is found as a fixed
+point from a first guess (``STEPS`` steps: from 0.5 x or 2 x the truth, the body simulator
+lands on the same value).
+
+Uniform or not: each voxel's own estimate (its counted M^2 / 2 over Gamma(L)'s mean) is
+smoothed into a noise map (:func:`t2starmap.noise.spatial.noise_map`); where it varies
+beyond chance (parallel imaging) the tail is the noise of the decayed tissue only, and it is
+not used for the rest. Pure numpy, no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from t2starmap.noise.floor import MIN_ECHOES_FLOOR
+from t2starmap.noise.result import NoiseEstimate
+from t2starmap.noise.samples import MIN_BACKGROUND, _gamma_quantile
+from t2starmap.noise.spatial import noise_map
+
+#: Echoes before echo k that must all be low for echo k to count as noise alone.
+WINDOW = 3
+#: "Low": below this many times the median magnitude of pure noise (2.0 sigma for L = 1).
+LOW = 1.7
+#: Fixed-point steps on sigma.
+STEPS = 6
+#: The method name of the estimate.
+TAIL = "decayed-tail"
+
+
+@dataclass(frozen=True)
+class Tail:
+    """What :func:`decayed_tail` found: the estimate (sigma None when refused, with why);
+    ``uniform``: whether its own noise map is flat within chance (then it stands for the
+    tissue); ``spread``: that map's 5-95 % range over its median; ``voxels``: how many voxels
+    gave echoes."""
+
+    estimate: NoiseEstimate
+    uniform: bool
+    spread: float
+    voxels: int
+
+
+def decayed_tail(
+    rows: np.ndarray, index: np.ndarray, shape: tuple[int, ...], start: float, coils: float
+) -> Tail:
+    """The noise of the decayed tissue (module docstring). rows: (n, E) magnitudes of tissue
+    voxels, echoes sorted by TE; index: (n,) their flattened positions in an image of spatial
+    ``shape``; start: a first sigma (> 0); coils: L (>= 1). Refused with fewer than
+    ``MIN_ECHOES_FLOOR`` echoes or fewer than ``MIN_BACKGROUND`` counted echoes."""
+    n_echo = rows.shape[1]
+    if n_echo < MIN_ECHOES_FLOOR or not start > 0:
+        why = f"the decayed tail needs {MIN_ECHOES_FLOOR} echoes or more and a first sigma"
+        return Tail(NoiseEstimate(None, 0, why), False, 0.0, 0)
+    squares = np.asarray(rows, dtype=np.float64) ** 2
+    g_mid = float(_gamma_quantile(np.array([coils]), 0.5)[0])
+    sigma, counted = start, np.zeros(rows.shape, dtype=bool)
+    for _ in range(STEPS):
+        counted = _counted(squares, (LOW * sigma) ** 2 * 2.0 * g_mid)
+        if int(counted.sum()) < MIN_BACKGROUND:
+            why = f"too few echoes of decayed tissue ({int(counted.sum())} < {MIN_BACKGROUND})"
+            return Tail(NoiseEstimate(None, int(counted.sum()), why), False, 0.0, 0)
+        sigma = math.sqrt(float(np.median(squares[counted])) / (2.0 * g_mid))
+    voxel = counted.any(axis=1)
+    own = np.sum(np.where(counted, squares, 0.0), axis=1)[voxel] / counted.sum(axis=1)[voxel]
+    found = noise_map(shape, np.asarray(index)[voxel], own / (2.0 * coils))
+    uniform = found is not None and not found.nonuniform
+    spread = 0.0 if found is None else found.spread
+    how = (
+        f"sigma from {int(counted.sum())} echoes of {int(voxel.sum())} tissue voxels whose "
+        f"signal has decayed into the noise (the {WINDOW} echoes before each below "
+        f"{LOW:g} x the noise's median): central chi with {coils:.3g} coils, no decay model; "
+        f"its noise map spans {100 * spread:.0f} % of its median"
+        + ("" if uniform else " (beyond chance: the noise is not uniform)")
+    )
+    role = "estimate" if uniform else "cross-check (the decayed tissue's own noise)"
+    estimate = NoiseEstimate(
+        sigma, int(counted.sum()), how, coils=coils, method=TAIL, bounds={TAIL: role}
+    )
+    return Tail(estimate, uniform, spread, int(voxel.sum()))
+
+
+def _counted(squares: np.ndarray, low_square: float) -> np.ndarray:
+    """(n, E) bool: echo k counts where the ``WINDOW`` echoes before it are all below the
+    threshold (squared) ``low_square``."""
+    low = squares < low_square
+    run = np.zeros(low.shape, dtype=np.int64)  # how many low echoes end at each echo
+    for k in range(low.shape[1]):
+        run[:, k] = np.where(low[:, k], (run[:, k - 1] if k else 0) + 1, 0)
+    counted = np.zeros(low.shape, dtype=bool)
+    counted[:, WINDOW:] = run[:, WINDOW - 1 : -1] >= WINDOW
+    return counted
