@@ -32,7 +32,7 @@ def chosen(body: BodySet, complex_parts: bool) -> NoiseEstimate:
     found = all_candidates(
         body.magnitude, body.echo_times, signal=body.signal if complex_parts else None
     )
-    return cross_check(found.background, found.differences, found.residuals, found.thermal)
+    return found.chosen()
 
 
 def used_over_true(body: BodySet, estimate: NoiseEstimate) -> np.ndarray:

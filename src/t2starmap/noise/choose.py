@@ -124,6 +124,12 @@ AGREE = 0.1
 #: differ from the tissue's either way: SENSE R 2 air 1.10 x the tissue's median (a lower bound
 #: would push its sigma from 0.96-0.98 to 1.10 x), R 3 0.87 x, the GE kidney 12 against 27.
 UPPER, ESTIMATE, CROSS = "upper bound", "estimate", "cross-check"
+#: A decayed tail below this many times the magnitude floor is not the tissue's noise: the
+#: noise where the signal has gone differs from the bright tissue's (the GE kidney, magnitude
+#: only: tail 10.2 against a floor of 22.4 and the across-model 27.1, with the echo differences
+#: in air at 12). Under ghosts that change by echo the tail is 0.79-1.92 x the floor (body
+#: simulator, seeds 0-5), the floor's extrapolation the one that scatters.
+TAIL_BELOW_FLOOR = 0.7
 ACROSS = "across-model"
 #: A background with more than this share of its voxels above the 99.9 % point of its fitted
 #: noise (0.1 % expected; 0.1-0.2 % on the simulator's clean and SENSE backgrounds, 0.6-8 %
@@ -169,7 +175,10 @@ def cross_check(
        thermal estimate (with its noise map);
     3. no thermal estimate: a clean background (:func:`noise_for_fit`); a ghosted one: the
        residuals, else the differences;
-    4. never above an upper bound: the least of them caps the choice (its map scaled)."""
+    4. never above an upper bound: the least of them caps the choice (its map scaled);
+    5. a caveat (:attr:`NoiseEstimate.caveat`) where the magnitude floor remains the thermal
+       estimate with much of its variance changing from echo to echo
+       (:data:`t2starmap.noise.thermal.CAVEAT_DECAYING`), whichever candidate is chosen."""
     thermal = thermal or NoiseEstimate(None, 0, "not estimated")
     tail = tail or NoiseEstimate(None, 0, "not estimated")
     everything = (background, differences, residuals, thermal, tail)
@@ -185,8 +194,13 @@ def cross_check(
     thermal = _magnitude_thermal(thermal, tail, bounds)
     chosen = _choice(background, differences, residuals, thermal, ghosted, bounds)
     chosen = _capped(chosen, {m: candidates[m] for m, b in bounds.items() if b.startswith(UPPER)})
+    caveat = thermal.caveat and (
+        f"{thermal.caveat}; the decayed tail: "
+        + (f"{tail.sigma:.4g}, {bounds[tail.method]}" if tail.sigma is not None else tail.reason)
+    )
     return replace(
         chosen,
+        caveat=caveat,
         coils=background.coils if background.sigma is not None else chosen.coils,
         zero_fraction=background.zero_fraction,
         outlier_fraction=background.outlier_fraction,
@@ -218,13 +232,23 @@ def _bounds(
 def _magnitude_thermal(
     thermal: NoiseEstimate, tail: NoiseEstimate, bounds: dict[str, str]
 ) -> NoiseEstimate:
-    """The thermal estimate :func:`_choice` works with: ``tail`` where it is an estimate and
-    the set has no across-model residual, with why; else ``thermal`` (no caveat left where
-    the tail confirms it)."""
-    if thermal.method == ACROSS or tail.sigma is None or bounds.get(tail.method) != ESTIMATE:
+    """The thermal estimate :func:`_choice` works with: ``tail`` where it is an estimate, the
+    set has no across-model residual and the tail is not below ``TAIL_BELOW_FLOOR`` times
+    the magnitude floor, with why; else ``thermal`` (the tail's role in ``bounds`` then says
+    why not)."""
+    if tail.sigma is None or bounds.get(tail.method) != ESTIMATE:
         return thermal
     if thermal.sigma is None:
         return tail
+    if thermal.method == ACROSS:
+        bounds[tail.method] = f"{CROSS} (the residual across the complex model is used)"
+        return thermal
+    if tail.sigma < TAIL_BELOW_FLOOR * thermal.sigma:
+        bounds[tail.method] = (
+            f"{CROSS} (below {TAIL_BELOW_FLOOR:g} x the {thermal.method}: the decayed "
+            "tissue's noise is not the bright tissue's)"
+        )
+        return thermal
     why = (
         f"the magnitude's residual floor ({thermal.sigma:.4g}, {thermal.method}) rests on a "
         f"decay model; the tail of decayed tissue ({tail.sigma:.4g}) on none: the tail is used"

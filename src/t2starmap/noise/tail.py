@@ -12,7 +12,10 @@ Which echoes hold noise alone is decided by the echoes before them, never by the
 ``WINDOW`` preceding echoes all lie below ``LOW`` times the median of pure noise. Those echoes
 then hold at most a few sigma of signal, and echo k, later, less (a decay; fat's beat
 reaches back above the noise only where its echoes before it are low by chance); each echo's
-noise is independent of the others'. sigma sets that threshold, so it is found as a fixed
+noise is independent of the others'. A voxel whose echo rises above ``HIGH`` times that
+median once its echoes count holds signal that came back (ghosts of the object in air, drawn
+anew at each echo; fat's beat): none of its echoes count (pure noise does so at 3e-4 of
+echoes, so this leaves the median alone). sigma sets those thresholds, so it is found as a fixed
 point from a first guess (``STEPS`` steps: from 0.5 x or 2 x the truth, the body simulator
 lands on the same value).
 
@@ -38,6 +41,15 @@ from t2starmap.noise.spatial import noise_map
 WINDOW = 3
 #: "Low": below this many times the median magnitude of pure noise (2.0 sigma for L = 1).
 LOW = 1.7
+#: A voxel with an echo above this many times the noise's median once its echoes count (4
+#: sigma for L = 1; pure noise: 3e-4 of echoes) holds signal that came back: ghosts in air,
+#: fat's beat. None of its echoes count.
+HIGH = 3.4
+#: The decayed voxels must be at least this share of the tissue's: a few stray voxels (ghosts
+#: in air that fell low for a while: 2-3 % of an 8 ms train where nothing decays, 1.3 x the
+#: noise) are no tail; decaying tissue gave 35-55 % on the body simulator, 9 % on the GE
+#: kidney.
+MIN_SHARE = 0.05
 #: Fixed-point steps on sigma.
 STEPS = 6
 #: The method name of the estimate.
@@ -63,7 +75,8 @@ def decayed_tail(
     """The noise of the decayed tissue (module docstring). rows: (n, E) magnitudes of tissue
     voxels, echoes sorted by TE; index: (n,) their flattened positions in an image of spatial
     ``shape``; start: a first sigma (> 0); coils: L (>= 1). Refused with fewer than
-    ``MIN_ECHOES_FLOOR`` echoes or fewer than ``MIN_BACKGROUND`` counted echoes."""
+    ``MIN_ECHOES_FLOOR`` echoes, fewer than ``MIN_BACKGROUND`` counted echoes or fewer
+    voxels than ``MIN_SHARE`` of the rows."""
     n_echo = rows.shape[1]
     if n_echo < MIN_ECHOES_FLOOR or not start > 0:
         why = f"the decayed tail needs {MIN_ECHOES_FLOOR} echoes or more and a first sigma"
@@ -72,12 +85,19 @@ def decayed_tail(
     g_mid = float(_gamma_quantile(np.array([coils]), 0.5)[0])
     sigma, counted = start, np.zeros(rows.shape, dtype=bool)
     for _ in range(STEPS):
-        counted = _counted(squares, (LOW * sigma) ** 2 * 2.0 * g_mid)
+        noise_median2 = sigma * sigma * 2.0 * g_mid
+        counted = _counted(squares, LOW * LOW * noise_median2, HIGH * HIGH * noise_median2)
         if int(counted.sum()) < MIN_BACKGROUND:
             why = f"too few echoes of decayed tissue ({int(counted.sum())} < {MIN_BACKGROUND})"
             return Tail(NoiseEstimate(None, int(counted.sum()), why), False, 0.0, 0)
         sigma = math.sqrt(float(np.median(squares[counted])) / (2.0 * g_mid))
     voxel = counted.any(axis=1)
+    if int(voxel.sum()) < MIN_SHARE * rows.shape[0]:
+        why = (
+            f"too little decayed tissue ({int(voxel.sum())} of {rows.shape[0]} voxels, under "
+            f"{100 * MIN_SHARE:g} %): stray voxels, not a tail"
+        )
+        return Tail(NoiseEstimate(None, int(counted.sum()), why), False, 0.0, int(voxel.sum()))
     own = np.sum(np.where(counted, squares, 0.0), axis=1)[voxel] / counted.sum(axis=1)[voxel]
     found = noise_map(shape, np.asarray(index)[voxel], own / (2.0 * coils))
     uniform = found is not None and not found.nonuniform
@@ -96,13 +116,16 @@ def decayed_tail(
     return Tail(estimate, uniform, spread, int(voxel.sum()))
 
 
-def _counted(squares: np.ndarray, low_square: float) -> np.ndarray:
+def _counted(squares: np.ndarray, low_square: float, high_square: float) -> np.ndarray:
     """(n, E) bool: echo k counts where the ``WINDOW`` echoes before it are all below the
-    threshold (squared) ``low_square``."""
+    threshold (squared) ``low_square``, and no echo of the voxel from the first that counts
+    on lies above ``high_square``."""
     low = squares < low_square
     run = np.zeros(low.shape, dtype=np.int64)  # how many low echoes end at each echo
     for k in range(low.shape[1]):
         run[:, k] = np.where(low[:, k], (run[:, k - 1] if k else 0) + 1, 0)
     counted = np.zeros(low.shape, dtype=bool)
     counted[:, WINDOW:] = run[:, WINDOW - 1 : -1] >= WINDOW
+    after = np.cumsum(counted, axis=1) > 0  # from the first counted echo on
+    counted &= ~np.any(after & (squares > high_square), axis=1, keepdims=True)
     return counted

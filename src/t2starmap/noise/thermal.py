@@ -5,6 +5,7 @@ noise map where the data show the noise is not uniform (:mod:`t2starmap.noise.sp
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
@@ -24,6 +25,13 @@ from t2starmap.noise.spatial import noise_map
 #: the echoes each keeps above its SNR (6 and more), and under ghosts alone (uniform noise)
 #: maps from them came out up to 1.5-1.7 x the truth at half.
 MAP_MAX_DECAYING = {"across-model": 0.5, "residual-floor": 0.2}
+#: A magnitude floor with more than this share of its residual variance decaying with the
+#: signal carries a caveat (:attr:`NoiseEstimate.caveat`): the magnitude cannot tell noise from
+#: what changes from echo to echo there. On the body simulator (seeds 0-5) the floor's share is
+#: 0-5 % clean, 0-3 % with SENSE R = 3, 16-40 % with SENSE R = 3, ghosts, misfit and jitter
+#: (its sigma 1.06-1.26 x the truth), 48-93 % with misfit alone or ghosts alone (where the
+#: decayed tail, uniform, answers instead: :func:`t2starmap.noise.choose.cross_check`).
+CAVEAT_DECAYING = 0.1
 
 
 def thermal_estimate(
@@ -57,13 +65,7 @@ def thermal_estimate(
     if floor.sigma is None:
         return NoiseEstimate(None, floor.n_voxels, floor.reason)
     estimate = _estimate(floor, "residual-floor", shape)
-    if why:
-        return NoiseEstimate(
-            estimate.sigma, estimate.n_background, f"{why}; {estimate.reason}",
-            coils=1.0, method=estimate.method, bounds=estimate.bounds,
-            sigma_map=estimate.sigma_map,
-        )  # fmt: skip
-    return estimate
+    return replace(estimate, reason=f"{why}; {estimate.reason}") if why else estimate
 
 
 def _estimate(floor: Floor, method: str, shape: tuple[int, ...]) -> NoiseEstimate:
@@ -94,7 +96,18 @@ def _estimate(floor: Floor, method: str, shape: tuple[int, ...]) -> NoiseEstimat
                 "signal (ghosts over the tissue): the map is not used"
             )
     role = "estimate" if n_echo >= MIN_ECHOES_FLOOR else "upper bound (fewer than 6 echoes)"
+    caveat = ""
+    if (
+        method == "residual-floor"
+        and n_echo >= MIN_ECHOES_FLOOR
+        and floor.decaying > CAVEAT_DECAYING
+    ):
+        caveat = (
+            f"magnitude only: {100 * floor.decaying:.0f} % of the tissue's residual variance "
+            "changes with the signal from echo to echo (ghosts, motion, misfit), which the "
+            "magnitude cannot tell from the thermal noise; sigma may be off by more than 15 %"
+        )
     return NoiseEstimate(
         sigma, floor.n_voxels, f"sigma from {how}", coils=1.0, method=method,
-        bounds={method: role}, sigma_map=sigma_map,
+        bounds={method: role}, sigma_map=sigma_map, caveat=caveat,
     )  # fmt: skip

@@ -376,6 +376,8 @@ def _noise_level(
             "falling back to the Gaussian fit"
         )
     else:
+        if estimate.caveat:
+            warnings.add(f"{echo_set.name}: noise sigma {estimate.sigma:.4g}: {estimate.caveat}")
         log.info(
             "%s: noise sigma %.4g, coils %.3g (%s, %d voxels)%s",
             echo_set.name,
