@@ -8,16 +8,15 @@ change from echo to echo, motion) has decayed with it. It is the noise of that t
 the tissue's where the noise is uniform.
 
 Which echoes hold noise alone is decided by the echoes before them, never by the echo itself
-(choosing the low echoes would bias sigma low): echo k of a voxel counts when its
-``WINDOW`` preceding echoes all lie below ``LOW`` times the median of pure noise. Those echoes
-then hold at most a few sigma of signal, and echo k, later, less (a decay; fat's beat
-reaches back above the noise only where its echoes before it are low by chance); each echo's
-noise is independent of the others'. A voxel whose echo rises above ``HIGH`` times that
-median once its echoes count holds signal that came back (ghosts of the object in air, drawn
-anew at each echo; fat's beat): none of its echoes count (pure noise does so at 3e-4 of
-echoes, so this leaves the median alone). sigma sets those thresholds, so it is found as a fixed
-point from a first guess (``STEPS`` steps: from 0.5 x or 2 x the truth, the body simulator
-lands on the same value).
+(choosing the low echoes would bias sigma low): echo k of a voxel counts when its ``WINDOW``
+preceding echoes all lie below the mean of pure noise plus ``LOW`` of its SDs (in M^2). Those
+echoes then hold at most a few sigma of signal, and echo k, later, less (a decay); each
+echo's noise is independent of the others'. A voxel whose echo rises above ``HIGH`` such SDs
+once its echoes count holds signal that came back (ghosts of the object in air, drawn anew at
+each echo; fat's beat): none of its echoes count (pure noise does so at 3e-4 of echoes, so
+this leaves the median alone). sigma sets those thresholds, so it is found as a fixed point
+from a first guess (``STEPS`` steps: from 0.5 x or 2 x the truth, the body simulator lands on
+the same value).
 
 Uniform or not: each voxel's own estimate (its counted M^2 / 2 over Gamma(L)'s mean) is
 smoothed into a noise map (:func:`t2starmap.noise.spatial.noise_map`); where it varies
@@ -39,12 +38,14 @@ from t2starmap.noise.spatial import noise_map
 
 #: Echoes before echo k that must all be low for echo k to count as noise alone.
 WINDOW = 3
-#: "Low": below this many times the median magnitude of pure noise (2.0 sigma for L = 1).
-LOW = 1.7
-#: A voxel with an echo above this many times the noise's median once its echoes count (4
-#: sigma for L = 1; pure noise: 3e-4 of echoes) holds signal that came back: ghosts in air,
-#: fat's beat. None of its echoes count.
-HIGH = 3.4
+#: "Low": M^2 below the mean of pure noise's plus this many of its SDs (2 sigma for L = 1;
+#: for 8 coils 4.7 sigma, where the median's 1.7 x, 6.8 sigma, let in enough signal to put
+#: the tail 5-9 % above the noise of the coil phantoms).
+LOW = 1.0
+#: A voxel with an echo whose M^2 lies above the mean of pure noise's plus this many of its
+#: SDs once its echoes count (4 sigma for L = 1; pure noise: 3e-4 of echoes) holds signal
+#: that came back: ghosts in air, fat's beat. None of its echoes count.
+HIGH = 7.0
 #: The decayed voxels must be at least this share of the tissue's: a few stray voxels (ghosts
 #: in air that fell low for a while: 2-3 % of an 8 ms train where nothing decays, 1.3 x the
 #: noise) are no tail; decaying tissue gave 35-55 % on the body simulator, 9 % on the GE
@@ -52,6 +53,8 @@ HIGH = 3.4
 MIN_SHARE = 0.05
 #: Fixed-point steps on sigma.
 STEPS = 6
+#: Times a first sigma too low to find any noise is doubled before the tail is refused.
+_GROW = 2
 #: The method name of the estimate.
 TAIL = "decayed-tail"
 
@@ -84,13 +87,19 @@ def decayed_tail(
     squares = np.asarray(rows, dtype=np.float64) ** 2
     g_mid = float(_gamma_quantile(np.array([coils]), 0.5)[0])
     sigma, counted = start, np.zeros(rows.shape, dtype=bool)
-    for _ in range(STEPS):
-        noise_median2 = sigma * sigma * 2.0 * g_mid
-        counted = _counted(squares, LOW * LOW * noise_median2, HIGH * HIGH * noise_median2)
+    steps, grown = 0, 0
+    while steps < STEPS:
+        spread = math.sqrt(coils)  # M^2 / (2 sigma^2): mean L, SD sqrt(L)
+        low, high = (2.0 * sigma * sigma * (coils + z * spread) for z in (LOW, HIGH))
+        counted = _counted(squares, low, high)
         if int(counted.sum()) < MIN_BACKGROUND:
-            why = f"too few echoes of decayed tissue ({int(counted.sum())} < {MIN_BACKGROUND})"
-            return Tail(NoiseEstimate(None, int(counted.sum()), why), False, 0.0, 0)
+            if grown == _GROW:
+                why = f"too few echoes of decayed tissue ({int(counted.sum())} < {MIN_BACKGROUND})"
+                return Tail(NoiseEstimate(None, int(counted.sum()), why), False, 0.0, 0)
+            sigma, grown = 2.0 * sigma, grown + 1  # a first guess too low finds no noise
+            continue
         sigma = math.sqrt(float(np.median(squares[counted])) / (2.0 * g_mid))
+        steps += 1
     voxel = counted.any(axis=1)
     if int(voxel.sum()) < MIN_SHARE * rows.shape[0]:
         why = (
@@ -104,8 +113,8 @@ def decayed_tail(
     spread = 0.0 if found is None else found.spread
     how = (
         f"sigma from {int(counted.sum())} echoes of {int(voxel.sum())} tissue voxels whose "
-        f"signal has decayed into the noise (the {WINDOW} echoes before each below "
-        f"{LOW:g} x the noise's median): central chi with {coils:.3g} coils, no decay model; "
+        f"signal has decayed into the noise (the {WINDOW} echoes before each within "
+        f"{LOW:g} SD of the noise's mean): central chi with {coils:.3g} coils, no decay model; "
         f"its noise map spans {100 * spread:.0f} % of its median"
         + ("" if uniform else " (beyond chance: the noise is not uniform)")
     )
