@@ -130,11 +130,11 @@ def _counted(squares: np.ndarray, low_square: float, high_square: float) -> np.n
     threshold (squared) ``low_square``, and no echo of the voxel from the first that counts
     on lies above ``high_square``."""
     low = squares < low_square
-    run = np.zeros(low.shape, dtype=np.int64)  # how many low echoes end at each echo
-    for k in range(low.shape[1]):
-        run[:, k] = np.where(low[:, k], (run[:, k - 1] if k else 0) + 1, 0)
     counted = np.zeros(low.shape, dtype=bool)
-    counted[:, WINDOW:] = run[:, WINDOW - 1 : -1] >= WINDOW
-    after = np.cumsum(counted, axis=1) > 0  # from the first counted echo on
+    n_echo = low.shape[1]
+    counted[:, WINDOW:] = low[:, : n_echo - WINDOW]
+    for lag in range(1, WINDOW):  # echo k - WINDOW + lag, for every k at once
+        counted[:, WINDOW:] &= low[:, lag : n_echo - WINDOW + lag]
+    after = np.logical_or.accumulate(counted, axis=1)  # from the first counted echo on
     counted &= ~np.any(after & (squares > high_square), axis=1, keepdims=True)
     return counted
