@@ -4,8 +4,9 @@ For each effect (SENSE g-factor, ghosts that change from echo to echo, fat and t
 motion-like jitter, and together), with phase (real/imaginary parts) and magnitude only, over
 seeds: the median over the tissue of (sigma used / true sigma), the sigma used being the
 noise map where one is used; how many seeds carried a caveat (the data cannot tell the
-noise); and the same without the thermal candidates (the choice before them). Then the R2* bias of the default fit on the mono-exponential voxels with the sigma
-chosen and with the true one.
+noise); and the same without the thermal candidates (the choice before them). Then the R2*
+bias of the default fit on the mono-exponential voxels with the sigma chosen and with the
+true one.
 
     PYTHONPATH=src python benchmarks/noise_body.py [--seeds 6] [--first-seed 0]
 """
