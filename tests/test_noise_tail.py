@@ -4,11 +4,9 @@ the real GE kidney where ``../shared/data`` is at hand)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 
@@ -21,6 +19,7 @@ from t2starmap.sim.body import BodySet, make_body_set
 from t2starmap.sim.phantoms import make_coil_phantom, write_megre
 from t2starmap.workflows.echo_set import Options, SetFit, fit_echo_set
 from tests.conftest import SHARED_DATA
+from tests.support.megre_parts import echo_parts
 
 TE = np.asarray([0.0046 + 0.004612 * k for k in range(12)])
 
@@ -205,19 +204,8 @@ def ge_echoes(
     bids = tmp_path_factory.mktemp("tail-ge") / "bids"
     source = SHARED_DATA / "dicom" / "ge-mr750-kidney-megre"
     assert main(["convert", str(source), str(bids), "--participant-label", "ge", "-q"]) == 0
-    anat = bids / "sub-ge" / "anat"
-    parts = {}
-    for part in ("mag", "real", "imag"):
-        files = sorted(anat.glob(f"*_part-{part}_MEGRE.nii.gz"))
-        times = [
-            float(json.loads(Path(str(f).replace(".nii.gz", ".json")).read_text())["EchoTime"])
-            for f in files
-        ]
-        order = np.argsort(times)
-        parts[part] = np.stack(
-            [np.asarray(nib.load(files[k]).dataobj, dtype=np.float64) for k in order], axis=-1
-        )
-    return parts["mag"], parts["real"] + 1j * parts["imag"], np.sort(np.asarray(times))
+    parts, te = echo_parts(bids / "sub-ge" / "anat", ("mag", "real", "imag"))
+    return parts["mag"], parts["real"] + 1j * parts["imag"], te
 
 
 @pytest.mark.realdata
