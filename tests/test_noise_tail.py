@@ -112,6 +112,25 @@ def test_magnitude_only_under_ghosts_the_sigma_used_is_the_noise(effects: dict, 
     assert not estimate.caveat
 
 
+@pytest.mark.parametrize("seed", [0, 2, 3])
+def test_under_ghosts_and_sense_the_tail_sets_the_level_of_the_noise_map(seed: int) -> None:
+    """SENSE R 3 with ghosts changing per echo, misfit and jitter, magnitude only: the decayed
+    tissue's own noise varies over the image, so the tail is no sigma for the rest; the
+    magnitude floor's map keeps the g-factor's shape but not its level (0.52-1.37 x; not
+    used alone where more than a fifth of the floor's variance decays, as on these seeds);
+    scaled to the tail's noise in the decayed voxels, the map used is within 15 % of the
+    truth."""
+    body = sense_together(seed)
+    found = all_candidates(body.magnitude, body.echo_times)
+    assert found.tail.bounds[TAIL].startswith("cross-check")
+    assert found.thermal.sigma_map is not None and "scaled by" in found.thermal.reason
+    assert not found.thermal.caveat
+    estimate = found.chosen()
+    used = estimate.sigma_map if estimate.sigma_map is not None else estimate.sigma
+    over = np.broadcast_to(used, body.mask.shape)[body.mask] / body.sigma_map[body.mask]
+    assert abs(float(np.median(over)) - 1) <= 0.15, (estimate.method, estimate.reason)
+
+
 CAVEAT_FREE = {
     "clean": {},
     "fat, two pools, dark echo": {"misfit": 0.3},
@@ -148,9 +167,10 @@ def test_a_caveat_where_magnitude_cannot_tell_the_noise_from_ghosts(
 ) -> None:
     """Magnitude only, ghosts over the tissue changing from echo to echo, and no decayed
     tissue of uniform noise to check the magnitude floor (none decays, or SENSE R 3): the
-    choice carries a caveat that says why (seed 0; SENSE: seed 3, 1.26 x the noise). With
+    choice carries a caveat that says why (seed 0; SENSE: seed 7, 1.24 x the noise, whose
+    decayed tissue looks flat but lies below 0.7 x the floor, as on the GE kidney). With
     phase the SENSE set has none (the residual across the complex model is met there)."""
-    body = make(3 if make is sense_together else 0)
+    body = make(7 if make is sense_together else 0)
     caveat = all_candidates(body.magnitude, body.echo_times).chosen().caveat
     assert "magnitude cannot tell" in caveat and "decayed tail" in caveat
     if make is sense_together:
@@ -158,7 +178,7 @@ def test_a_caveat_where_magnitude_cannot_tell_the_noise_from_ghosts(
         assert not phase.chosen().caveat
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2, 4, 5])
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 4, 5])
 @pytest.mark.parametrize("make", [short_train, sense_together])
 def test_magnitude_only_a_sigma_off_by_more_than_15_percent_carries_a_caveat(
     make: Callable[[int], BodySet], seed: int
@@ -241,7 +261,7 @@ def fitted_body(root: Path, body: BodySet) -> SetFit:
 def test_the_caveat_is_warned_and_in_the_sidecars(tmp_path: Path) -> None:
     """The caveat reaches the run's warnings and the map sidecars (``NoiseSigmaCaveat``);
     a clean set has neither."""
-    flagged = fitted_body(tmp_path / "flagged", sense_together(3))
+    flagged = fitted_body(tmp_path / "flagged", sense_together(7))
     assert "magnitude cannot tell" in flagged.fit_info["NoiseSigmaCaveat"]
     assert any("magnitude cannot tell" in w for w in flagged.warnings)
     clean = fitted_body(tmp_path / "clean", make_body_set(seed=0))

@@ -10,10 +10,13 @@ import numpy as np
 from t2starmap.noise.air import _differences
 from t2starmap.noise.background import _Air, _background_estimate, _check_coils
 from t2starmap.noise.result import NoiseEstimate
-from t2starmap.noise.tail import TAIL, decayed_tail
+from t2starmap.noise.tail import TAIL, TAIL_BELOW_FLOOR, decayed_tail
 from t2starmap.noise.thermal import thermal_estimate
 from t2starmap.noise.tissue import _tissue_voxels, noise_from_residuals, tissue_residuals
 
+#: The background methods whose coil count the decayed tail may use (without air, L is
+#: unknown and taken as 1, which the tail's central chi cannot take).
+_COILS_FROM_AIR = ("background-quantiles", "real-channel")
 #: Tissue residuals below this many times the background's sigma: the noise is not uniform.
 _NONUNIFORM = 0.9
 
@@ -52,7 +55,8 @@ def all_candidates(
     the first two (with its real channel when the complex ``signal`` is given and ``coils``
     when known; the echo differences with the coils that gives), one ``wls`` fit of the
     tissue for the next two (3 echoes or more), the decayed tail from the magnitude of the
-    same tissue (started from the thermal sigma, with the background's coils).
+    same tissue (started from the residuals' sigma, with the background's coils; it sets the
+    level of a magnitude floor's noise map where its own noise is not uniform).
     magnitude: (..., n_echoes); signal: the same shape, complex, or None; ``bipolar``: the
     read-out is (the even echoes' phase offset)."""
     data = np.asarray(magnitude)
@@ -61,15 +65,21 @@ def all_candidates(
         none = NoiseEstimate(None, 0, "residuals need at least 3 echoes")
         return Candidates(background, differences, none, none)
     residuals, tissue = tissue_residuals(data, echo_times, workers=workers)
-    thermal = thermal_estimate(
-        data.shape[:-1], echo_times, signal=signal, magnitude_residuals=tissue, bipolar=bipolar
-    )
     flat = data.reshape(-1, data.shape[-1])
     index = _tissue_voxels(flat, None, 50_000)
     order = np.argsort(np.asarray(echo_times, dtype=np.float64), kind="stable")
-    start = next((e.sigma for e in (thermal, residuals, background) if e.sigma), 0.0)
-    found_coils = background.coils if background.sigma is not None else 1.0
+    start = next((e.sigma for e in (residuals, background, differences) if e.sigma), 0.0)
+    # the coils from air (a tail of 8 coils read as one gave 3.5 x the noise)
+    found_coils = background.coils if background.method in _COILS_FROM_AIR else None
     tail = decayed_tail(flat[index][:, order], index, data.shape[:-1], start, found_coils)
+    thermal = thermal_estimate(
+        data.shape[:-1],
+        echo_times,
+        signal=signal,
+        magnitude_residuals=tissue,
+        bipolar=bipolar,
+        tail=tail,
+    )
     return Candidates(background, differences, residuals, thermal, tail.estimate)
 
 
@@ -124,12 +134,6 @@ AGREE = 0.1
 #: differ from the tissue's either way: SENSE R 2 air 1.10 x the tissue's median (a lower bound
 #: would push its sigma from 0.96-0.98 to 1.10 x), R 3 0.87 x, the GE kidney 12 against 27.
 UPPER, ESTIMATE, CROSS = "upper bound", "estimate", "cross-check"
-#: A decayed tail below this many times the magnitude floor is not the tissue's noise: the
-#: noise where the signal has gone differs from the bright tissue's (the GE kidney, magnitude
-#: only: tail 10.2 against a floor of 22.4 and the across-model 27.1, with the echo differences
-#: in air at 12). Under ghosts that change by echo the tail is 0.79-1.92 x the floor (body
-#: simulator, seeds 0-5), the floor's extrapolation the one that scatters.
-TAIL_BELOW_FLOOR = 0.7
 ACROSS = "across-model"
 #: A background with more than this share of its voxels above the 99.9 % point of its fitted
 #: noise (0.1 % expected; 0.1-0.2 % on the simulator's clean and SENSE backgrounds, 0.6-8 %

@@ -27,7 +27,7 @@ not used for the rest. Pure numpy, no I/O.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -53,6 +53,12 @@ HIGH = 7.0
 MIN_SHARE = 0.05
 #: Fixed-point steps on sigma.
 STEPS = 6
+#: A tail (or a level it sets) below this many times the magnitude floor is not the tissue's
+#: noise: the noise where the signal has gone differs from the bright tissue's (the GE kidney,
+#: magnitude only: tail 10.2 against a floor of 22.4 and the across-model 27.1, with the echo
+#: differences in air at 12). Under ghosts that change by echo the tail is 0.79-1.92 x the
+#: floor (body simulator, seeds 0-5), the floor's extrapolation the one that scatters.
+TAIL_BELOW_FLOOR = 0.7
 #: Times a first sigma too low to find any noise is doubled before the tail is refused.
 _GROW = 2
 #: The method name of the estimate.
@@ -64,25 +70,36 @@ class Tail:
     """What :func:`decayed_tail` found: the estimate (sigma None when refused, with why);
     ``uniform``: whether its own noise map is flat within chance (then it stands for the
     tissue); ``spread``: that map's 5-95 % range over its median; ``voxels``: how many voxels
-    gave echoes."""
+    gave echoes; ``index``, ``variance``: where they are and their own sigma^2."""
 
     estimate: NoiseEstimate
     uniform: bool
     spread: float
     voxels: int
+    #: (n,) the flattened positions of the voxels that gave echoes, and (n,) each one's own
+    #: estimate of sigma^2 (its counted M^2 over 2 L): what calibrates a noise map's level.
+    index: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    variance: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
 def decayed_tail(
-    rows: np.ndarray, index: np.ndarray, shape: tuple[int, ...], start: float, coils: float
+    rows: np.ndarray,
+    index: np.ndarray,
+    shape: tuple[int, ...],
+    start: float,
+    coils: float | None,
 ) -> Tail:
     """The noise of the decayed tissue (module docstring). rows: (n, E) magnitudes of tissue
     voxels, echoes sorted by TE; index: (n,) their flattened positions in an image of spatial
-    ``shape``; start: a first sigma (> 0); coils: L (>= 1). Refused with fewer than
-    ``MIN_ECHOES_FLOOR`` echoes, fewer than ``MIN_BACKGROUND`` counted echoes or fewer
-    voxels than ``MIN_SHARE`` of the rows."""
+    ``shape``; start: a first sigma (> 0); coils: L (>= 1; None: unknown, refused). Refused
+    with fewer than ``MIN_ECHOES_FLOOR`` echoes, fewer than ``MIN_BACKGROUND`` counted echoes
+    or fewer voxels than ``MIN_SHARE`` of the rows."""
     n_echo = rows.shape[1]
-    if n_echo < MIN_ECHOES_FLOOR or not start > 0:
-        why = f"the decayed tail needs {MIN_ECHOES_FLOOR} echoes or more and a first sigma"
+    if n_echo < MIN_ECHOES_FLOOR or not start > 0 or coils is None:
+        why = (
+            f"the decayed tail needs {MIN_ECHOES_FLOOR} echoes or more, a first sigma and the "
+            "coils from air"
+        )
         return Tail(NoiseEstimate(None, 0, why), False, 0.0, 0)
     squares = np.asarray(rows, dtype=np.float64) ** 2
     g_mid = float(_gamma_quantile(np.array([coils]), 0.5)[0])
@@ -108,7 +125,8 @@ def decayed_tail(
         )
         return Tail(NoiseEstimate(None, int(counted.sum()), why), False, 0.0, int(voxel.sum()))
     own = np.sum(np.where(counted, squares, 0.0), axis=1)[voxel] / counted.sum(axis=1)[voxel]
-    found = noise_map(shape, np.asarray(index)[voxel], own / (2.0 * coils))
+    where, own = np.asarray(index)[voxel], own / (2.0 * coils)
+    found = noise_map(shape, where, own)
     uniform = found is not None and not found.nonuniform
     spread = 0.0 if found is None else found.spread
     how = (
@@ -122,7 +140,7 @@ def decayed_tail(
     estimate = NoiseEstimate(
         sigma, int(counted.sum()), how, coils=coils, method=TAIL, bounds={TAIL: role}
     )
-    return Tail(estimate, uniform, spread, int(voxel.sum()))
+    return Tail(estimate, uniform, spread, int(voxel.sum()), where, own)
 
 
 def _counted(squares: np.ndarray, low_square: float, high_square: float) -> np.ndarray:
