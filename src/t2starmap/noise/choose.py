@@ -188,14 +188,9 @@ def cross_check(
     tail = tail or NoiseEstimate(None, 0, "not estimated")
     everything = (background, differences, residuals, thermal, tail)
     candidates = {e.method: float(e.sigma) for e in everything if e.sigma is not None and e.method}
-    ghosted = (
-        background.sigma is not None
-        and differences.sigma is not None
-        and background.sigma > GHOST_RATIO * differences.sigma
-    )
-    bounds = _bounds(background, differences, residuals, thermal, ghosted)
-    if tail.sigma is not None:
-        bounds[tail.method] = tail.bounds.get(tail.method, CROSS)
+    ghosted = background.sigma is not None and differences.sigma is not None
+    ghosted = ghosted and float(background.sigma) > GHOST_RATIO * float(differences.sigma or 0)
+    bounds = _bounds(background, differences, residuals, thermal, tail, ghosted)
     thermal = _magnitude_thermal(thermal, tail, bounds)
     chosen = _choice(background, differences, residuals, thermal, ghosted, bounds)
     chosen = _capped(chosen, {m: candidates[m] for m, b in bounds.items() if b.startswith(UPPER)})
@@ -246,6 +241,7 @@ def _bounds(
     differences: NoiseEstimate,
     residuals: NoiseEstimate,
     thermal: NoiseEstimate,
+    tail: NoiseEstimate,
     ghosted: bool,
 ) -> dict[str, str]:
     """What each candidate with a sigma is to the choice (:func:`cross_check`)."""
@@ -258,6 +254,8 @@ def _bounds(
         out[residuals.method] = UPPER
     if thermal.sigma is not None:
         out[thermal.method] = thermal.bounds.get(thermal.method, ESTIMATE)
+    if tail.sigma is not None:
+        out[tail.method] = tail.bounds.get(tail.method, CROSS)
     return out
 
 

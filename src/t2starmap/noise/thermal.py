@@ -28,11 +28,11 @@ from t2starmap.noise.tail import TAIL_BELOW_FLOOR, Tail
 #: maps from them came out up to 1.5-1.7 x the truth at half.
 MAP_MAX_DECAYING = {"across-model": 0.5, "residual-floor": 0.2}
 #: A magnitude floor with more than this share of its residual variance decaying with the
-#: signal carries a caveat (:attr:`NoiseEstimate.caveat`): the magnitude cannot tell noise from
-#: what changes from echo to echo there. On the body simulator (seeds 0-5) the floor's share is
-#: 0-5 % clean, 0-3 % with SENSE R = 3, 16-40 % with SENSE R = 3, ghosts, misfit and jitter
-#: (its sigma 1.06-1.26 x the truth), 48-93 % with misfit alone or ghosts alone (where the
-#: decayed tail, uniform, answers instead: :func:`t2starmap.noise.choose.cross_check`).
+#: signal, and no noise map, carries a caveat (:attr:`NoiseEstimate.caveat`): the magnitude
+#: cannot tell noise from what changes from echo to echo there. On the body simulator (seeds
+#: 0-5) the floor's share is 0-5 % clean, 0-3 % with SENSE R = 3, 16-40 % with SENSE R = 3,
+#: ghosts, misfit and jitter, 48-93 % with misfit alone or ghosts alone (where the decayed
+#: tail answers instead: :func:`t2starmap.noise.choose.cross_check`).
 CAVEAT_DECAYING = 0.1
 
 
