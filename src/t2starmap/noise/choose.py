@@ -189,7 +189,7 @@ def cross_check(
     everything = (background, differences, residuals, thermal, tail)
     candidates = {e.method: float(e.sigma) for e in everything if e.sigma is not None and e.method}
     ghosted = background.sigma is not None and differences.sigma is not None
-    ghosted = ghosted and float(background.sigma) > GHOST_RATIO * float(differences.sigma or 0)
+    ghosted = ghosted and (background.sigma or 0.0) > GHOST_RATIO * (differences.sigma or 0.0)
     bounds = _bounds(background, differences, residuals, thermal, tail, ghosted)
     thermal = _magnitude_thermal(thermal, tail, bounds)
     chosen = _choice(background, differences, residuals, thermal, ghosted, bounds)
