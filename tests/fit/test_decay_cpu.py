@@ -13,6 +13,7 @@ from t2starmap.fit import adaptive_mask as am
 from t2starmap.fit import bold
 from t2starmap.fit.decay_cpu import fit_gaussian
 from t2starmap.fit.limits import T2STAR_MIN
+from t2starmap.fit.lm_policy import AMPLITUDE_MAX
 from t2starmap.fit.status import Failure
 from t2starmap.sim.bold import make_bold_run
 from tests.support.files import SHARED_DATA
@@ -64,6 +65,20 @@ def test_a_decay_faster_than_the_range_hits_the_upper_bound() -> None:
     (_, r2, reason), (_, r2_t, reason_t) = _both(y, te)
     assert reason[0] == reason_t[0] == HIGH
     assert r2[0] == r2_t[0] == pytest.approx(1 / T2STAR_MIN)
+
+
+def test_a_start_beyond_the_step_bound_is_held_at_it() -> None:
+    """Echoes 0.1 ms apart falling 1000-fold: the log-linear start (R2* ~ 7e4 1/s) lies
+    beyond the bound on a step, R2_MAX; both engines start and stay there, with the same S0
+    (without the bound it runs to the amplitude bound), reported clamped to 1/T2STAR_MIN with
+    R2STAR_HIGH."""
+    te = np.array([0.001, 0.0011, 0.0012])
+    y = np.array([[1000.0, 1.0, 1e-3]], dtype=np.float32)
+    (s0, r2, reason), (s0_t, r2_t, reason_t) = _both(y, te)
+    assert reason[0] == reason_t[0] and reason[0] & HIGH
+    assert r2[0] == r2_t[0] == pytest.approx(1 / T2STAR_MIN)
+    assert s0[0] == pytest.approx(s0_t[0], rel=1e-4)
+    assert s0[0] < 0.01 * AMPLITUDE_MAX * 1000  # 1000: the data's scale
 
 
 def test_repeated_echo_times_need_two_distinct_positive_ones() -> None:

@@ -10,9 +10,11 @@ echoes' temporal means with weight T (the model does not depend on time), so
 * ``loglin`` (tedana's): ordinary least squares of log(|S| + 1) against -TE over all samples
   = the straight line through the temporal means of log(|S| + 1);
 * ``curvefit`` (tedana's): S0 exp(-TE/T2*) by least squares over all samples = the Gaussian
-  Levenberg-Marquardt fit of the temporal means (:func:`t2starmap.fit.fit_t2star`, the one
-  solver); its covariance is curve_fit's, s^2 (J^T J)^-1 over all samples, s^2 the residual
-  variance over all samples (the part across time included);
+  Levenberg-Marquardt fit of the temporal means (:func:`gaussian_fit`: the torch solver,
+  :func:`t2starmap.fit.fit_t2star`, or on the CPU its numpy engine,
+  :mod:`t2starmap.fit.decay_cpu`, which spares the torch import); its covariance is
+  curve_fit's, s^2 (J^T J)^-1 over all samples, s^2 the residual variance over all samples
+  (the part across time included);
 * ``nlls`` (ours): the noise-aware fit of the temporal mean of M^2 (whose expectation is
   S0^2 exp(-2 TE R2*) + 2 sigma^2 at any SNR) over ALL echoes, sigma the thermal noise
   (:func:`temporal_noise`), so that echoes on the noise floor inform the fit instead of biasing
