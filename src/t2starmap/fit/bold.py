@@ -254,7 +254,8 @@ class Compute:
     ``workers`` (None: the CPUs available); ``engine`` of the Gaussian (``curvefit``) fit:
     "auto" runs it in numpy (:mod:`t2starmap.fit.decay_cpu`, no torch import) when ``device``
     is "cpu" (the caller resolves "auto" to "cpu" where no GPU can be seen), "torch" always
-    in the torch solver (``--fitmode ts``: millions of fits in chunk workers). Torch-free, so
+    in the torch solver (``--fitmode ts``: millions of fits in chunk workers), "numpy" always
+    in numpy (the tests that hold the engines to each other). Torch-free, so
     that the workflow makes it without loading torch; :meth:`torch` is the solver's own
     :class:`t2starmap.fit.dispatch.Compute`."""
 
