@@ -98,3 +98,17 @@ def test_a_refitted_fit_is_labelled_as_such_unless_a_failure_applies() -> None:
     ]
     assert not status.level_named("refitted").failure
     assert not status.fit_failed(reason[:1]).any()
+
+
+def test_the_map_labels_a_voxel_failed_exactly_when_the_failed_mask_does() -> None:
+    """Every combination of Failure bits: the label is a failure label iff ``fit_failed``
+    counts the voxel failed, and the misfit label iff ``misfit`` counts it misfit, so the
+    fit-status map, the failed mask and the Failed/Misfit fractions agree (a GE run had 333
+    voxels both not converged and misfit under the misfit label, counted failed elsewhere)."""
+    reason = np.arange(256, dtype=np.uint8)
+    got = status.labels(reason, np.ones(256, dtype=bool))
+    labelled = [LEVELS[int(k)] for k in got]
+    failed = status.fit_failed(reason)
+    misfit = status.misfit(reason)
+    assert [level.failure for level in labelled] == failed.tolist()
+    assert [level.name == "decay_not_following_model" for level in labelled] == misfit.tolist()

@@ -102,6 +102,29 @@ def test_montage_draws_the_failed_overlay(shape: tuple[int, ...]) -> None:
     assert magenta(plain).sum() == 0
 
 
+def test_misfit_voxels_are_tinted_with_their_estimate_readable_under_the_tint() -> None:
+    """A misfit voxel keeps its estimate: the montage tints it orange (it differs from the
+    plain montage and leans to orange) and the value still shows through (two different
+    values under the tint give two different colours)."""
+    volume = np.zeros((24, 24, 1))
+    volume[:, :12] = 20.0
+    volume[:, 12:] = 80.0
+    misfit = np.zeros(volume.shape, dtype=bool)
+    misfit[4:20, 4:20] = True
+    scale = figures.Scale(0, 100, "gray", "T2* (ms)")
+    plain = decode(figures.montage_png(volume, [0], scale))[..., :3]
+    tinted = decode(figures.montage_png(volume, [0], scale, misfit=misfit))
+    tinted = tinted[..., :3]
+    tile = slice(0, plain.shape[0])  # the one square tile, then the colour bar
+    plain, tinted = plain[tile, tile], tinted[tile, tile]
+    changed = np.abs(tinted - plain).max(axis=-1) > 0.2
+    assert 0.3 < changed.mean() < 0.6, "the misfit square (44 % of the tile) is not tinted"
+    assert (tinted[changed][:, 0] > tinted[changed][:, 2] + 0.2).all(), "not orange"
+    under, shown = plain[changed].mean(axis=-1), tinted[changed].mean(axis=-1)
+    assert np.ptp(under) > 0.5 and np.ptp(shown) > 0.2, "the estimate does not show through"
+    assert np.corrcoef(under, shown)[0, 1] > 0.9, "the estimate does not show through"
+
+
 def test_montage_nan_is_background() -> None:
     volume = np.full((10, 10, 2), np.nan)
     png = figures.montage_png(volume, [0, 1], figures.Scale(0, 1, "gray", "x"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -302,7 +303,75 @@ def test_bold_runs_have_a_table_of_their_own(tmp_path: Path) -> None:
             "61.5",
             "50.2 (echo 2)",
             "1.23",
+            "+0.00",
+            "-",
         ]
     ]
     # the run is not among the MEGRE outliers and distributions
     assert sum(1 for c in cells if c and c[0].startswith("sub-0")) == 3 + 1
+
+
+def _with_runs(table: GroupTable, medians: Sequence[float], tasks: Sequence[str]) -> GroupTable:
+    """``table`` with one published BOLD run per median T2* (s), of the given tasks."""
+    runs = pd.DataFrame(
+        [
+            {
+                "participant_id": f"sub-{20 + i}",
+                "echo_set": f"task-{task}",
+                "datatype": "func",
+                "task": task,
+                "n_echoes": 3,
+                "n_volumes": 100,
+                "n_voxels": 1000,
+                "failed_fraction": 0.0,
+                "misfit_fraction": 0.0,
+                "t2star_median": median,
+                "t2star_iqr": 0.01,
+                "status": "published",
+            }
+            for i, (median, task) in enumerate(zip(medians, tasks, strict=True))
+        ]
+    )
+    frame = pd.concat([table.frame, runs], ignore_index=True)
+    return GroupTable(frame.reindex(columns=list(GROUP_COLUMNS)))
+
+
+def test_bold_runs_are_flagged_among_runs_and_charted_by_task(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 28: a run whose median T2* stands out among the runs is flagged and drawn as a
+    red diamond on the runs' own box plot, by task; the MEGRE sets are compared among
+    themselves (runs at 45 ms flag no MEGRE set at 20 ms, and the reverse)."""
+    drawn: list[tuple[object, object]] = []
+    real = figures.group_strip_png
+
+    def capture(groups: object, flagged: object = None, **kwargs: object) -> bytes:
+        drawn.append((groups, flagged))
+        return real(groups, flagged, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(figures, "group_strip_png", capture)
+    table = _with_runs(
+        rows([0.020, 0.021, 0.022, 0.0215]),
+        [0.045, 0.046, 0.044, 0.090, 0.0455],
+        ["rest", "rest", "nback", "nback", "rest"],
+    )
+    text = group.group_page(table, tmp_path)
+    assert "0 of 4 echo set(s) flagged." in text
+    assert "1 of 5 run(s) flagged." in text
+    cells = table_cells(text)
+    flagged = [c for c in cells if c and c[0].startswith("sub-23") and c[-1] != "-"]
+    assert flagged and flagged[0][-1].startswith("median T2* (z = +")
+    assert 'alt="median T2* per BOLD run"' in text
+    sets, runs = drawn
+    assert runs == (
+        {"rest": [45.0, 46.0, 45.5], "nback": [44.0, 90.0]},
+        {"rest": [False, False, False], "nback": [False, True]},
+    )
+    assert sets[1] == {"all": [False] * 4}
+
+
+def test_two_runs_flag_nothing(tmp_path: Path) -> None:
+    table = _with_runs(rows([0.020, 0.021, 0.022]), [0.045, 0.090], ["rest", "rest"])
+    assert "Only 2 run(s): outliers need at least 3, none flagged." in group.group_page(
+        table, tmp_path
+    )

@@ -276,7 +276,8 @@ def test_misfit_is_counted_and_coloured_apart_from_failure(tmp_path: Path) -> No
     )
     [page] = participant.write_participant_reports(tmp_path / "out", tmp_path / "bids", [outcome])
     text = page.read_text(encoding="utf-8")
-    assert f"{int(misfit.sum())} voxel(s) whose decay does not follow the model in orange" in text
+    tinted = f"{int(misfit.sum())} voxel(s) whose decay does not follow the model tinted orange"
+    assert tinted in text
     assert "Decay not following the model (estimate kept, SE inflated)" in text
     assert f"{int(misfit.sum())} voxel(s), {100 * outcome.misfit_fraction:.2f} %" in text
     assert "fit-status map" in text and "failed voxel(s) in magenta" in text

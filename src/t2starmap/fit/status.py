@@ -132,7 +132,10 @@ REFITTED = Level(
 )
 
 #: The failure labels, most telling first: a voxel with several Failure bits (LM pushing
-#: against the R2* >= 0 bound also fails to converge) gets the first that applies.
+#: against the R2* >= 0 bound also fails to converge) gets the first that applies. The misfit
+#: label comes after every failure: it is not one (the estimate stands), so a voxel whose fit
+#: failed AND whose residuals are large is labelled by its failure, as the failed mask and
+#: FitFailedFraction count it (misfit first put 333 failed GE voxels under the misfit label).
 PRIORITY: tuple[Level, ...] = (
     Level(
         2,
@@ -168,6 +171,7 @@ PRIORITY: tuple[Level, ...] = (
         "for bipolar readouts use a magnitude fit (--fit-method nlls)",
         bit=Failure.PHASE_MODEL,
     ),
+    Level(7, "not_converged", "the fit did not converge", bit=Failure.NOT_CONVERGED),
     Level(
         8,
         "decay_not_following_model",
@@ -178,7 +182,6 @@ PRIORITY: tuple[Level, ...] = (
         "are inflated by the misfit",
         bit=Failure.MISFIT,
     ),
-    Level(7, "not_converged", "the fit did not converge", bit=Failure.NOT_CONVERGED),
 )
 
 #: Every label of the fit-status map, in index order.

@@ -9,7 +9,7 @@ participant output in the folder, whichever runs wrote them.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -167,33 +167,49 @@ def _fit_cells(record: Mapping[str, Any]) -> list[str]:
 def _rows(frame: pd.DataFrame, output_dir: Path) -> tuple[list[Row], np.ndarray]:
     """The table rows of the published sets, and which are T2* outliers (|z| above the
     threshold, with enough sets)."""
-    z_t2, _, reasons = flag_outliers(frame)
-    rows = []
-    for record, z, reason in zip(frame.to_dict("records"), z_t2, reasons, strict=True):
-        cells = [
+    return _flagged_rows(
+        frame,
+        output_dir,
+        lambda record: [
             *_fit_cells(record),
             _number(record["noise_sigma"], spec=".4g"),
             _number(record["snr"], spec=".3g"),
-            f"{z:+.2f}" if np.isfinite(z) else "n/a",
-            reason or "-",
-        ]
+        ],
+    )
+
+
+def _flagged_rows(
+    frame: pd.DataFrame, output_dir: Path, cells_of: Callable[[Mapping[str, Any]], list[str]]
+) -> tuple[list[Row], np.ndarray]:
+    """Rows of ``frame`` (``cells_of`` each record, then its robust z of median T2* and why it
+    is flagged), flagged among the rows of ``frame`` alone; and which are T2* outliers."""
+    z_t2, _, reasons = flag_outliers(frame)
+    rows = []
+    for record, z, reason in zip(frame.to_dict("records"), z_t2, reasons, strict=True):
+        cells = [*cells_of(record), f"{z:+.2f}" if np.isfinite(z) else "n/a", reason or "-"]
         name = _page_of(record)
         rows.append(Row(_label(record), name, (output_dir / name).exists(), cells, bool(reason)))
     enough = len(frame) >= MIN_ROWS
     return rows, enough & (np.nan_to_num(np.abs(z_t2), nan=0.0) > ROBUST_Z_THRESHOLD)
 
 
-def _plots(frame: pd.DataFrame, rows: list[Row], t2_outlier: np.ndarray) -> list[Figure]:
-    """The box plot of median T2* (T2* outliers as red diamonds) and the failed fractions."""
-    has_sessions = any(_present(s) for s in frame["session_id"])
+def _strip(frame: pd.DataFrame, t2_outlier: np.ndarray, column: str, absent: str) -> bytes:
+    """The box plot of the rows' median T2* (ms), grouped by ``column`` (rows without a value:
+    ``absent``; one group "all" when no row has one), T2* outliers as red diamonds."""
+    grouped = any(_present(s) for s in frame[column])
     groups: dict[str, list[float]] = {}
     flagged: dict[str, list[bool]] = {}
     for record, outlier in zip(frame.to_dict("records"), t2_outlier, strict=True):
-        session = record["session_id"] if _present(record["session_id"]) else None
-        key = (session or "no session") if has_sessions else "all"
+        key = (record[column] if _present(record[column]) else absent) if grouped else "all"
         groups.setdefault(key, []).append(float(record["t2star_median"]) * 1e3)
         flagged.setdefault(key, []).append(bool(outlier))
-    strip = figures.group_strip_png(groups, flagged)
+    return figures.group_strip_png(groups, flagged)
+
+
+def _plots(frame: pd.DataFrame, rows: list[Row], t2_outlier: np.ndarray) -> list[Figure]:
+    """The box plot of median T2* (T2* outliers as red diamonds) and the failed fractions."""
+    has_sessions = any(_present(s) for s in frame["session_id"])
+    strip = _strip(frame, t2_outlier, "session_id", "no session")
     bars = fraction_bars_png(
         [r.label for r in rows],
         frame["failed_fraction"].to_numpy(dtype=np.float64).tolist(),
@@ -236,6 +252,7 @@ RUN_HEADER = (
     "tSNR optcom",
     "tSNR best echo",
     "Ratio",
+    "z (T2*)",
 )
 
 
@@ -246,12 +263,14 @@ def _is_run(frame: pd.DataFrame) -> np.ndarray:
     return (frame["datatype"] == "func").to_numpy(dtype=bool)
 
 
-def _run_rows(frame: pd.DataFrame, output_dir: Path) -> list[Row]:
-    """The rows of the published BOLD runs."""
-    rows = []
-    for record in frame.to_dict("records"):
+def _run_rows(frame: pd.DataFrame, output_dir: Path) -> tuple[list[Row], np.ndarray]:
+    """The rows of the published BOLD runs, flagged among the runs alone (a BOLD run's T2*
+    is not comparable with a MEGRE set's: other echo times, resolution, tissue), and which
+    are T2* outliers."""
+
+    def cells_of(record: Mapping[str, Any]) -> list[str]:
         best = record["best_echo"]
-        cells = [
+        return [
             _number(record["n_echoes"], spec=".0f"),
             _number(record["n_volumes"], spec=".0f"),
             *_fit_cells(record),
@@ -259,11 +278,20 @@ def _run_rows(frame: pd.DataFrame, output_dir: Path) -> list[Row]:
             _number(record["tsnr_best_echo"], spec=".1f")
             + (f" (echo {int(best)})" if _number(best) != "n/a" else ""),
             _number(record["tsnr_ratio"], spec=".2f"),
-            "-",
         ]
-        name = _page_of(record)
-        rows.append(Row(_label(record), name, (output_dir / name).exists(), cells, False))
-    return rows
+
+    return _flagged_rows(frame, output_dir, cells_of)
+
+
+def _run_plot(frame: pd.DataFrame, t2_outlier: np.ndarray) -> Figure:
+    """The box plot of the runs' median T2*, by task."""
+    return Figure(
+        figures.data_uri(_strip(frame, t2_outlier, "task", "no task")),
+        "median T2* per BOLD run",
+        "Median T2* over the voxels of each BOLD run whose fit did not fail, one point per run, "
+        "by task; boxes: quartiles; the axis starts at 0 ms. Red diamonds: T2* outliers among "
+        f"the runs (robust z-score beyond ±{ROBUST_Z_THRESHOLD:g}).",
+    )
 
 
 def group_page(table: GroupTable, output_dir: Path) -> str:
@@ -271,7 +299,8 @@ def group_page(table: GroupTable, output_dir: Path) -> str:
     published = table.published.reset_index(drop=True)
     is_run = _is_run(published)
     frame = published[~is_run].reset_index(drop=True)
-    runs = _run_rows(published[is_run].reset_index(drop=True), output_dir)
+    run_frame = published[is_run].reset_index(drop=True)
+    runs, run_outlier = _run_rows(run_frame, output_dir)
     rows, t2_outlier = _rows(frame, output_dir)
     plots = _plots(frame, rows, t2_outlier) if rows else []
     return render(
@@ -283,6 +312,8 @@ def group_page(table: GroupTable, output_dir: Path) -> str:
         plots=plots,
         runs=runs,
         run_header=RUN_HEADER,
+        run_plot=_run_plot(run_frame, run_outlier) if runs else None,
+        runs_enough=len(runs) >= MIN_ROWS,
         failed_heading=(
             "Echo sets and BOLD runs that failed"
             if _is_run(table.failed).any()

@@ -105,11 +105,12 @@ def misfit_mask(maps: Mapping[str, np.ndarray], good: np.ndarray) -> np.ndarray:
 
 
 def overlay_note(n_failed: int, n_misfit: int) -> str:
-    """The montages' caption note: failed voxels in magenta, misfit ones in orange."""
+    """The montages' caption note: failed voxels in magenta, misfit ones tinted orange."""
     failed = f"{n_failed} failed voxel(s) in magenta" if n_failed else "no voxel failed"
     misfit = (
-        f"{n_misfit} voxel(s) whose decay does not follow the model in orange (their estimate "
-        "is shown in the fit-status map's legend as misfit, not failed)"
+        f"{n_misfit} voxel(s) whose decay does not follow the model tinted orange (their "
+        "estimate is kept and shows through the tint; the fit-status map's legend counts them "
+        "as misfit, not failed)"
         if n_misfit
         else "no misfit"
     )
