@@ -12,7 +12,7 @@ from t2starmap.noise.background import _Air, _background_estimate, _check_coils
 from t2starmap.noise.result import NoiseEstimate
 from t2starmap.noise.tail import TAIL, TAIL_BELOW_FLOOR, decayed_tail
 from t2starmap.noise.thermal import thermal_estimate
-from t2starmap.noise.tissue import _tissue_voxels, noise_from_residuals, tissue_residuals
+from t2starmap.noise.tissue import noise_from_residuals, tissue_residuals, tissue_voxels
 
 #: The background methods whose coil count the decayed tail may use (without air, L is
 #: unknown and taken as 1, which the tail's central chi cannot take).
@@ -64,9 +64,9 @@ def all_candidates(
     if data.shape[-1] < 3:
         none = NoiseEstimate(None, 0, "residuals need at least 3 echoes")
         return Candidates(background, differences, none, none)
-    residuals, tissue = tissue_residuals(data, echo_times, workers=workers)
     flat = data.reshape(-1, data.shape[-1])
-    index = _tissue_voxels(flat, None, 50_000)
+    index = tissue_voxels(flat, None, 50_000)
+    residuals, tissue = tissue_residuals(data, echo_times, workers=workers, voxels=index)
     order = np.argsort(np.asarray(echo_times, dtype=np.float64), kind="stable")
     start = next((e.sigma for e in (residuals, background, differences) if e.sigma), 0.0)
     # the coils from air (a tail of 8 coils read as one gave 3.5 x the noise)
