@@ -3,9 +3,10 @@
 For each effect (SENSE g-factor, ghosts that change from echo to echo, fat and two pools,
 motion-like jitter, and together), with phase (real/imaginary parts) and magnitude only, over
 seeds: the median over the tissue of (sigma used / true sigma), the sigma used being the
-noise map where one is used; and the same without the thermal candidate (what the choice was
-before it). Then the R2* bias of the default fit on the mono-exponential voxels with the sigma
-chosen and with the true one.
+noise map where one is used; how many seeds carried a caveat (the data cannot tell the
+noise); and the same without the thermal candidates (the choice before them). Then the R2*
+bias of the default fit on the mono-exponential voxels with the sigma chosen and with the
+true one.
 
     PYTHONPATH=src python benchmarks/noise_body.py [--seeds 6] [--first-seed 0]
 """
@@ -49,21 +50,23 @@ def ratio(body: BodySet, estimate: NoiseEstimate) -> float:
 
 
 def row(name: str, kwargs: dict, seeds: range, complex_parts: bool) -> str:
-    new, old, maps = [], [], 0
+    new, old, maps, caveats = [], [], 0, 0
     for seed in seeds:
         body = make_body_set(**kwargs, seed=seed)
         found = all_candidates(
             body.magnitude, body.echo_times, signal=body.signal if complex_parts else None
         )
-        chosen = cross_check(found.background, found.differences, found.residuals, found.thermal)
+        chosen = found.chosen()
         before = cross_check(found.background, found.differences, found.residuals)
         new.append(ratio(body, chosen))
         old.append(ratio(body, before))
         maps += chosen.sigma_map is not None
+        caveats += bool(chosen.caveat)
     parts = "phase" if complex_parts else "magnitude"
     return (
         f"| {name} | {parts} | {np.median(new):.2f} ({min(new):.2f}-{max(new):.2f}) "
-        f"| {maps}/{len(seeds)} | {np.median(old):.2f} ({min(old):.2f}-{max(old):.2f}) |"
+        f"| {maps}/{len(seeds)} | {caveats}/{len(seeds)} "
+        f"| {np.median(old):.2f} ({min(old):.2f}-{max(old):.2f}) |"
     )
 
 
@@ -72,7 +75,7 @@ def bias_rows() -> list[str]:
     for name, kwargs in (("fat, two pools, dark echo", {"misfit": 0.3}), ("clean", {})):
         body = make_body_set((64, 64, 4), **kwargs, seed=7)
         found = all_candidates(body.magnitude, body.echo_times, signal=body.signal)
-        chosen = cross_check(found.background, found.differences, found.residuals, found.thermal)
+        chosen = found.chosen()
         truth = float(np.median(body.sigma_map[body.mask]))
         mono = body.mask & (body.kind == 0)
         cells = []
@@ -93,8 +96,8 @@ def main() -> None:
     parser.add_argument("--first-seed", type=int, default=0, help="check other seeds too")
     args = parser.parse_args()
     print("sigma used / true sigma in tissue: median over seeds (range); S0 400, sigma 8 (R 3: 4)")
-    print("| effect | parts | chosen | map used | without the thermal candidate |")
-    print("|---|---|---|---|---|")
+    print("| effect | parts | chosen | map used | caveat | without the thermal candidates |")
+    print("|---|---|---|---|---|---|")
     for name, kwargs in EFFECTS.items():
         for complex_parts in (True, False):
             seeds = range(args.first_seed, args.first_seed + args.seeds)

@@ -40,6 +40,16 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out.strip() == f"t2starmap {__version__}"
 
 
+def test_the_version_is_the_one_packaging_reads() -> None:
+    """``__version__`` is a literal (importlib.metadata's import is slow); pyproject.toml reads
+    it from there, so the built package's metadata says the same."""
+    from setuptools.config.pyprojecttoml import read_configuration
+
+    from tests.support.files import REPO
+
+    assert read_configuration(REPO / "pyproject.toml")["project"]["version"] == __version__
+
+
 def test_convert_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["convert", "--help"]) == 0
     assert "--participant-label" in capsys.readouterr().out

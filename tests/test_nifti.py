@@ -498,3 +498,31 @@ def test_concatenate_volumes_keeps_stored_values_or_scales(tmp_path: Path) -> No
     nib.save(nib.Nifti1Image(volumes[2], np.diag([2.0, 2.0, 4.0, 1.0])), paths[2])
     with pytest.raises(BadDataError, match=r"v2\.nii\.gz: its grid differs"):
         concatenate_volumes(paths, tmp_path / "bad.nii.gz")
+
+
+def test_nibabel_is_imported_without_pydicom_which_stays_importable(tmp_path: Path) -> None:
+    """pydicom (with scipy and Pillow: half of nibabel's import time) is hidden from nibabel,
+    which then keeps DICOM header extensions as bytes (an image with one still reads);
+    pydicom itself still imports afterwards."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.support.files import REPO
+
+    image = nib.Nifti1Image(np.full((2, 2, 2), 3, np.float32), np.eye(4))
+    image.header.extensions.append(nib.nifti1.Nifti1Extension(2, b"\x08\x00\x05\x00CS\x00\x00"))
+    nib.save(image, str(tmp_path / "ext.nii.gz"))
+    code = (
+        "import sys\nfrom pathlib import Path\nfrom t2starmap.bids import nifti\n"
+        "import nibabel.nifti1 as n1\n"
+        "print('pydicom' in sys.modules, n1.have_dicom)\n"
+        f"print(nifti.read_volume(Path({str(tmp_path / 'ext.nii.gz')!r})).sum())\n"
+        "import pydicom\n"
+        "print(pydicom.Dataset.__name__)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    )
+    assert out.stdout.split() == ["False", "False", "24.0", "Dataset"]

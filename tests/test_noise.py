@@ -28,6 +28,7 @@ from t2starmap.noise import (
 )
 from t2starmap.sim.phantoms import decay, make_coil_phantom, make_phantom
 from tests.conftest import SHARED_DATA
+from tests.support.megre_parts import echo_parts
 
 TE_12 = np.linspace(0.003, 0.060, 12)
 
@@ -401,19 +402,7 @@ def test_ge_default_fit_agrees_with_a_complex_fit(real_bids: Path) -> None:
     kidney agrees with a complex-domain fit (real + imaginary) within 2 % (median signed
     relative difference, R2* 60-400 1/s by the geometric mean of both, first-echo SNR > 10),
     over 600 voxels."""
-    anat = real_bids / "sub-ge" / "anat"
-    parts = {}
-    for part in ("mag", "real", "imag"):
-        files = sorted(anat.glob(f"*_part-{part}_MEGRE.nii.gz"))
-        times = [
-            float(json.loads(Path(str(f).replace(".nii.gz", ".json")).read_text())["EchoTime"])
-            for f in files
-        ]
-        order = np.argsort(times)
-        parts[part] = np.stack(
-            [np.asarray(nib.load(files[k]).dataobj, dtype=np.float64) for k in order], axis=-1
-        )
-        te = np.asarray(times)[order]
+    parts, te = echo_parts(real_bids / "sub-ge" / "anat", ("mag", "real", "imag"))
     magnitude = parts["mag"]
     chosen = noise_for_fit(estimate_noise(magnitude[..., 0]), noise_from_residuals(magnitude, te))
     assert chosen.sigma is not None

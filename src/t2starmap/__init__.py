@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("t2starmap")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0+unknown"
+#: The one place the version is written (pyproject.toml reads it from here): a literal, not
+#: ``importlib.metadata.version``, whose import costs 0.035 s of a 0.6 s ``t2smap`` run.
+__version__ = "0.1.0"
 
 from typing import TYPE_CHECKING
 

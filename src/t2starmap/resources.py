@@ -163,6 +163,19 @@ def available_cpus(
     return affinity, SOURCE_AFFINITY
 
 
+#: The device nodes of an NVIDIA driver: without one, torch can see no CUDA device.
+NVIDIA_DEVICES = "nvidia[0-9]*"
+
+
+def gpu_possible(dev: Path = Path("/dev")) -> bool:
+    """Whether a CUDA device may exist here (an NVIDIA device node in ``dev``), asked without
+    importing torch (a second): where this is False, ``--device auto`` is the CPU."""
+    try:
+        return any(dev.glob(NVIDIA_DEVICES))
+    except OSError:
+        return True  # cannot tell: let torch decide
+
+
 # --- memory the C allocator keeps ------------------------------------------------------------
 
 #: glibc's mallopt parameter for the most malloc arenas (malloc.h).

@@ -79,13 +79,14 @@ def test_bound_hits_are_reported() -> None:
     assert prof.r2star[2] == pytest.approx(1.0 / T2STAR_MIN, rel=0.08)
 
 
-def test_curvefit_refits_the_voxels_its_first_fit_fails_on() -> None:
-    from t2starmap.fit.magnitude import fit_t2star
-
+@pytest.mark.parametrize("engine", ["numpy", "torch"])
+def test_curvefit_refits_the_voxels_its_first_fit_fails_on(engine: str) -> None:
+    """With either engine of the first fit (:func:`bold.gaussian_fit`): the two agree to
+    rounding, but voxels still creeping at the iteration cap may stop on either side of it."""
     y = _fast_decays()
-    compute = bold.Compute("cpu", 1)
-    first = fit_t2star(y, TE, method="nlls-gaussian", compute=compute.torch())
-    failed = (first.reason.numpy() & int(Failure.NOT_CONVERGED)) != 0
+    compute = bold.Compute("cpu", 1, engine=engine)
+    _, first_r2, first_reason = bold.gaussian_fit(y, TE, compute)
+    failed = (first_reason & int(Failure.NOT_CONVERGED)) != 0
     assert failed.sum() >= 50  # the case exists
     fit = bold.fit_curvefit(_moments(y), TE, np.full(y.shape[0], 4), compute)
     refitted = (fit.reason & int(Failure.REFITTED)) != 0
@@ -94,7 +95,7 @@ def test_curvefit_refits_the_voxels_its_first_fit_fails_on() -> None:
     # the refit is the least-squares minimum: never worse than where the first fit stopped
     z = y[failed].astype(np.float64)
     cost = _gaussian_cost(z, 1.0 / fit.t2star[failed])
-    stopped = 1.0 / first.t2star.numpy()[failed].astype(np.float64)
+    stopped = np.clip(first_r2[failed], 1.0 / T2STAR_MAX, 1.0 / T2STAR_MIN)
     assert np.all(cost <= _gaussian_cost(z, stopped) * (1 + 1e-9))
     # honest labels: refitted inside the range, a bound hit where the minimum is on its end
     status = labels(fit.reason, np.ones(y.shape[0], bool))

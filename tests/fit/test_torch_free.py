@@ -12,6 +12,10 @@ TORCH_FREE = (
     "t2starmap.fit.limits",
     "t2starmap.fit.status",
     "t2starmap.fit.stats",
+    "t2starmap.fit.lm_policy",
+    "t2starmap.fit.decay_cpu",
+    "t2starmap.fit.bold",
+    "t2starmap.fit.bold_refit",
 )
 
 

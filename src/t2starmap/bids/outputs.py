@@ -365,6 +365,8 @@ def fit_sidecar(
         info["NoiseSigmaCandidates"] = dict(noise.candidates)
     if noise.bounds:
         info["NoiseSigmaBounds"] = dict(noise.bounds)
+    if noise.caveat:
+        info["NoiseSigmaCaveat"] = noise.caveat
     info["NoiseSigmaMap"] = noise.sigma_map is not None
     if misfit_tested(fit, n_echoes):
         info["GoodnessOfFit"] = (

@@ -5,7 +5,11 @@ Rooms, one concern each (``docs/architecture.md`` has the picture):
 * :mod:`~t2starmap.fit.limits` (torch-free): T2* bounds, the fit methods, echo-time rules;
 * :mod:`~t2starmap.fit.status` (torch-free): the Failure bits and the fit-status labels;
 * :mod:`~t2starmap.fit.stats` (torch-free to import): null-distribution quantiles;
+* :mod:`~t2starmap.fit.lm_policy` (torch-free): the numbers of that policy, shared by both
+  engines of the Gaussian decay fit;
 * :mod:`~t2starmap.fit.solver`: the one Levenberg-Marquardt loop and its tolerance policy;
+* :mod:`~t2starmap.fit.decay_cpu` (torch-free): the same loop for the Gaussian decay in numpy,
+  where importing torch would cost more than the fit (``t2smap --fittype curvefit`` on the CPU);
 * :mod:`~t2starmap.fit.models`: the models it fits (magnitude decay, optionally noise-aware
   and times a known factor; the complex decay, optionally bipolar);
 * :mod:`~t2starmap.fit.starts`: closed-form fits and starting points;

@@ -10,9 +10,11 @@ echoes' temporal means with weight T (the model does not depend on time), so
 * ``loglin`` (tedana's): ordinary least squares of log(|S| + 1) against -TE over all samples
   = the straight line through the temporal means of log(|S| + 1);
 * ``curvefit`` (tedana's): S0 exp(-TE/T2*) by least squares over all samples = the Gaussian
-  Levenberg-Marquardt fit of the temporal means (:func:`t2starmap.fit.fit_t2star`, the one
-  solver); its covariance is curve_fit's, s^2 (J^T J)^-1 over all samples, s^2 the residual
-  variance over all samples (the part across time included);
+  Levenberg-Marquardt fit of the temporal means (:func:`gaussian_fit`: the torch solver,
+  :func:`t2starmap.fit.fit_t2star`, or on the CPU its numpy engine,
+  :mod:`t2starmap.fit.decay_cpu`, which spares the torch import); its covariance is
+  curve_fit's, s^2 (J^T J)^-1 over all samples, s^2 the residual variance over all samples
+  (the part across time included);
 * ``nlls`` (ours): the noise-aware fit of the temporal mean of M^2 (whose expectation is
   S0^2 exp(-2 TE R2*) + 2 sigma^2 at any SNR) over ALL echoes, sigma the thermal noise
   (:func:`temporal_noise`), so that echoes on the noise floor inform the fit instead of biasing
@@ -249,17 +251,44 @@ def fit_loglin(
 @dataclass(frozen=True)
 class Compute:
     """Where the Levenberg-Marquardt fits run: ``device`` ("auto", "cpu", "cuda") and chunk
-    ``workers`` (None: the CPUs available). Torch-free, so that the workflow makes it without
-    loading torch (a loglin run never does); :meth:`torch` is the solver's own
+    ``workers`` (None: the CPUs available); ``engine`` of the Gaussian (``curvefit``) fit:
+    "auto" runs it in numpy (:mod:`t2starmap.fit.decay_cpu`, no torch import) when ``device``
+    is "cpu" (the caller resolves "auto" to "cpu" where no GPU can be seen), "torch" always
+    in the torch solver (``--fitmode ts``: millions of fits in chunk workers), "numpy" always
+    in numpy (the tests that hold the engines to each other). Torch-free, so
+    that the workflow makes it without loading torch; :meth:`torch` is the solver's own
     :class:`t2starmap.fit.dispatch.Compute`."""
 
     device: str = "auto"
     workers: int | None = None
+    engine: str = "auto"
+
+    @property
+    def numpy_engine(self) -> bool:
+        """The Gaussian fit runs in numpy: on the CPU, unless the torch engine is asked for."""
+        return self.engine == "numpy" or (self.engine == "auto" and self.device == "cpu")
 
     def torch(self) -> dispatch.Compute:
         from t2starmap.fit.dispatch import Compute as TorchCompute
 
         return TorchCompute(device=self.device, workers=self.workers)
+
+
+def gaussian_fit(
+    mean: np.ndarray, te: np.ndarray, how: Compute
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(S0, R2* float64, Failure bits) of the Gaussian decay fit of ``mean`` (n, E), by the
+    engine ``how`` names (the same algorithm: :mod:`t2starmap.fit.decay_cpu`)."""
+    if how.numpy_engine:
+        from t2starmap.fit.decay_cpu import fit_gaussian
+
+        fit = fit_gaussian(mean.astype(np.float32), te)
+        return fit.s0.astype(np.float64), fit.r2star.astype(np.float64), fit.reason
+    from t2starmap.fit.magnitude import fit_t2star
+
+    res = fit_t2star(mean.astype(np.float32), te, method="nlls-gaussian", compute=how.torch())
+    s0 = res.s0.cpu().numpy().astype(np.float64)
+    return s0, res.r2star.cpu().numpy().astype(np.float64), res.reason.cpu().numpy()
 
 
 def _decay_normal(s0: np.ndarray, r2: np.ndarray, tk: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -276,22 +305,15 @@ def fit_curvefit(
     m: EchoMoments, te: np.ndarray, used: np.ndarray, how: Compute, *, covariance: bool = True
 ) -> DecayFit:
     """tedana's ``curvefit``: least squares of S0 exp(-TE R2*) over the first ``used`` echoes of
-    all samples, by the project's Levenberg-Marquardt fit of the temporal means. Its
+    all samples, by the project's Levenberg-Marquardt fit of the temporal means
+    (:func:`gaussian_fit`: in numpy on the CPU, else in torch). Its
     covariance (unless ``covariance`` is False: zeros) is curve_fit's: s^2 (J^T J)^-1 over
     all samples, s^2 = SSR / (k T - 2)."""
-    from t2starmap.fit.magnitude import fit_t2star
-
     out = empty_result(used.size, covariance)
     n_t = m.n_volumes
     for k, sel in _groups(used):
         tk = te[:k]
-        res = fit_t2star(
-            m.mean[sel, :k].astype(np.float32), tk, method="nlls-gaussian",
-            compute=how.torch(),
-        )  # fmt: skip
-        s0 = res.s0.cpu().numpy().astype(np.float64)
-        r2 = res.r2star.cpu().numpy().astype(np.float64)
-        reason = res.reason.cpu().numpy()
+        s0, r2, reason = gaussian_fit(m.mean[sel, :k], tk, how)
         redo = _unconverged(reason)
         if redo.any():
             prof = profile_search(m.mean[sel[redo], :k], tk)

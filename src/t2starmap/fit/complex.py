@@ -44,7 +44,8 @@ import torch
 from t2starmap.fit import dispatch, starts
 from t2starmap.fit.dispatch import Compute
 from t2starmap.fit.limits import NoiseModel, check_echo_times
-from t2starmap.fit.models import R2_MAX, Complex
+from t2starmap.fit.lm_policy import R2_MAX
+from t2starmap.fit.models import Complex
 from t2starmap.fit.result import (
     MAPS,
     FitResult,

@@ -62,6 +62,7 @@ from t2starmap.fit.limits import (
     NoiseModel,
     check_echo_times,
 )
+from t2starmap.fit.lm_policy import MAGNITUDE_MAX_ITER
 from t2starmap.fit.models import Exponential
 from t2starmap.fit.result import (
     MAPS,
@@ -82,12 +83,8 @@ DEFAULT_CHUNK = 1 << 16
 #: Voxels per chunk on a GPU: big enough that kernel launches do not dominate (a 192x192x64
 #: volume is one chunk), small enough for the temporaries (~0.6 GB at 11 echoes, float32).
 DEFAULT_CUDA_CHUNK = 1 << 22
-#: Iteration cap of the magnitude fits (plain and corrected). From the weighted log-linear start
-#: simulated decays converge within 10 steps, and the cap costs nothing there (the voxels still
-#: iterating are gathered); real decays that misfit converge slowly: on the GE kidney 4.6 % of
-#: the mask was unconverged after 10 steps (their R2* up to 20 % off at the 99th percentile),
-#: 1.6 % after 20, for 1.45x the fit's time there.
-MAX_ITER = 20
+#: Iteration cap of the magnitude fits (plain and corrected): see :mod:`t2starmap.fit.lm_policy`.
+MAX_ITER = MAGNITUDE_MAX_ITER
 
 
 def check_even_spacing(sorted_te: np.ndarray) -> float:

@@ -26,15 +26,8 @@ from __future__ import annotations
 
 import torch
 
-from t2starmap.fit.limits import T2STAR_MIN
+from t2starmap.fit.lm_policy import AMPLITUDE_MAX, R2_MAX
 from t2starmap.fit.solver import Layout
-
-#: Largest R2* (1/s) a step may reach; the reported maps clamp at 1/T2STAR_MIN.
-R2_MAX = 10.0 / T2STAR_MIN
-#: Bound on the amplitude (in units of each voxel's largest sample; squared for the
-#: noise-aware fit) of a trial step: it keeps every sum finite in float32. Real fits sit far
-#: below it.
-AMPLITUDE_MAX = 1e8
 
 _INF = float("inf")
 

@@ -40,14 +40,13 @@ from typing import Protocol
 
 import torch
 
-#: Relative step below which a voxel stops (see the module docstring). Chosen with
-#: ``python benchmarks/tune_fit.py``: speed against the change of R2* in units of its
-#: standard error (its table is the record).
-TOL = 1e-3
-LAMBDA_START = 1e-3
-LAMBDA_MIN, LAMBDA_MAX = 1e-9, 1e9
-#: A cost below this fraction of the data's energy is at rounding level.
-ROUNDING = 1e-10
+from t2starmap.fit.lm_policy import (
+    LAMBDA_MAX,
+    LAMBDA_MIN,
+    LAMBDA_START,
+    ROUNDING,
+    TOL,
+)
 
 
 @dataclass(frozen=True)

@@ -42,3 +42,8 @@ class NoiseEstimate:
     #: the noise is not uniform (parallel imaging), else None; ``sigma`` is then its median
     #: over the tissue it was measured in.
     sigma_map: np.ndarray | None = field(default=None, repr=False, compare=False)
+    #: Why this sigma cannot be trusted to the accuracy the fit needs, where the data cannot
+    #: tell (a magnitude-only set whose residuals change from echo to echo beyond the noise,
+    #: with no decayed tissue of uniform noise to check it); empty where nothing is known
+    #: against it. The run warns and the sidecars say it (``NoiseSigmaCaveat``).
+    caveat: str = ""

@@ -4,7 +4,9 @@ noise map where the data show the noise is not uniform (:mod:`t2starmap.noise.sp
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
@@ -13,6 +15,7 @@ from t2starmap.noise.floor import MIN_ECHOES_FLOOR, Floor, Residuals, thermal_fl
 from t2starmap.noise.result import NoiseEstimate
 from t2starmap.noise.samples import MIN_BACKGROUND
 from t2starmap.noise.spatial import noise_map
+from t2starmap.noise.tail import TAIL_BELOW_FLOOR, Tail
 
 #: A map is not used where more than this share of the residual variance decays with the
 #: signal: ghosts overlapping the tissue then shape it more than the noise does. Each voxel's
@@ -24,6 +27,13 @@ from t2starmap.noise.spatial import noise_map
 #: the echoes each keeps above its SNR (6 and more), and under ghosts alone (uniform noise)
 #: maps from them came out up to 1.5-1.7 x the truth at half.
 MAP_MAX_DECAYING = {"across-model": 0.5, "residual-floor": 0.2}
+#: A magnitude floor with more than this share of its residual variance decaying with the
+#: signal, and no noise map, carries a caveat (:attr:`NoiseEstimate.caveat`): the magnitude
+#: cannot tell noise from what changes from echo to echo there. On the body simulator (seeds
+#: 0-5) the floor's share is 0-5 % clean, 0-3 % with SENSE R = 3, 16-40 % with SENSE R = 3,
+#: ghosts, misfit and jitter, 48-93 % with misfit alone or ghosts alone (where the decayed
+#: tail answers instead: :func:`t2starmap.noise.choose.cross_check`).
+CAVEAT_DECAYING = 0.1
 
 
 def thermal_estimate(
@@ -33,12 +43,14 @@ def thermal_estimate(
     signal: np.ndarray | None,
     magnitude_residuals: Residuals | None,
     bipolar: bool = False,
+    tail: Tail | None = None,
 ) -> NoiseEstimate:
     """The tissue's thermal sigma: ``across-model`` from the complex ``signal`` (..., E) when
     given and enough of its voxels are coherent (the even echoes' offset fitted for a
     ``bipolar`` train, or where too few are coherent without it), else ``residual-floor``
     from the magnitude fit's ``magnitude_residuals``
-    (:func:`t2starmap.noise.tissue.tissue_residuals`). ``shape``: the image's spatial shape.
+    (:func:`t2starmap.noise.tissue.tissue_residuals`), its map's level from the decayed
+    ``tail`` where that one's noise is not uniform. ``shape``: the image's spatial shape.
     sigma None (and why) when neither can be had."""
     te = np.asarray(echo_times, dtype=np.float64)
     why = ""
@@ -56,18 +68,16 @@ def thermal_estimate(
     floor = thermal_floor(magnitude_residuals, MIN_BACKGROUND)
     if floor.sigma is None:
         return NoiseEstimate(None, floor.n_voxels, floor.reason)
-    estimate = _estimate(floor, "residual-floor", shape)
-    if why:
-        return NoiseEstimate(
-            estimate.sigma, estimate.n_background, f"{why}; {estimate.reason}",
-            coils=1.0, method=estimate.method, bounds=estimate.bounds,
-            sigma_map=estimate.sigma_map,
-        )  # fmt: skip
-    return estimate
+    estimate = _estimate(floor, "residual-floor", shape, tail)
+    return replace(estimate, reason=f"{why}; {estimate.reason}") if why else estimate
 
 
-def _estimate(floor: Floor, method: str, shape: tuple[int, ...]) -> NoiseEstimate:
-    """The NoiseEstimate of a floor, with its map when the noise is not uniform."""
+def _estimate(
+    floor: Floor, method: str, shape: tuple[int, ...], tail: Tail | None = None
+) -> NoiseEstimate:
+    """The NoiseEstimate of a floor, with its map when the noise is not uniform (or, from the
+    magnitude, the map's shape with its level from a ``tail`` whose own noise is not uniform:
+    :func:`_calibrated`)."""
     assert floor.sigma is not None
     n_echo = floor.per_echo.size
     how = (
@@ -79,22 +89,68 @@ def _estimate(floor: Floor, method: str, shape: tuple[int, ...]) -> NoiseEstimat
     )
     sigma, sigma_map = floor.sigma, None
     found = noise_map(shape, floor.index, floor.voxel_variance) if n_echo >= 3 else None
-    if found is not None and found.nonuniform:
-        if floor.decaying <= MAP_MAX_DECAYING.get(method, MAP_MAX_DECAYING["residual-floor"]):
-            sigma_map = found.sigma
-            sigma = float(np.median(sigma_map.reshape(-1)[floor.index]))
-            how += (
-                f"; the noise is not uniform (its smooth map spans {100 * found.spread:.0f} % "
-                f"of its median, chance {100 * found.chance:.0f} %): the map is used"
-            )
-        else:
-            how += (
-                f"; its smooth map spans {100 * found.spread:.0f} % of its median, but "
-                f"{100 * floor.decaying:.0f} % of the residual variance decays with the "
-                "signal (ghosts over the tissue): the map is not used"
-            )
+    raw = found is not None and found.nonuniform
+    if raw and floor.decaying <= MAP_MAX_DECAYING.get(method, MAP_MAX_DECAYING["residual-floor"]):
+        assert found is not None
+        sigma_map = found.sigma
+        sigma = float(np.median(sigma_map.reshape(-1)[floor.index]))
+        how += (
+            f"; the noise is not uniform (its smooth map spans {100 * found.spread:.0f} % "
+            f"of its median, chance {100 * found.chance:.0f} %): the map is used"
+        )
+    elif found is not None and method == "residual-floor" and n_echo >= MIN_ECHOES_FLOOR:
+        calibrated = _calibrated(found.sigma, floor, tail)
+        if calibrated is not None:
+            sigma_map, sigma, why = calibrated
+            how += f"; {why}"
+    if sigma_map is None and raw:
+        assert found is not None
+        how += (
+            f"; its smooth map spans {100 * found.spread:.0f} % of its median, but "
+            f"{100 * floor.decaying:.0f} % of the residual variance decays with the "
+            "signal (ghosts over the tissue): the map is not used"
+        )
     role = "estimate" if n_echo >= MIN_ECHOES_FLOOR else "upper bound (fewer than 6 echoes)"
+    caveat = ""
+    if (
+        method == "residual-floor"
+        and n_echo >= MIN_ECHOES_FLOOR
+        and floor.decaying > CAVEAT_DECAYING
+        and sigma_map is None
+    ):
+        caveat = (
+            f"magnitude only: {100 * floor.decaying:.0f} % of the tissue's residual variance "
+            "changes with the signal from echo to echo (ghosts, motion, misfit), which the "
+            "magnitude cannot tell from the thermal noise; sigma may be off by more than 15 %"
+        )
     return NoiseEstimate(
         sigma, floor.n_voxels, f"sigma from {how}", coils=1.0, method=method,
-        bounds={method: role}, sigma_map=sigma_map,
+        bounds={method: role}, sigma_map=sigma_map, caveat=caveat,
     )  # fmt: skip
+
+
+def _calibrated(
+    shape_map: np.ndarray, floor: Floor, tail: Tail | None
+) -> tuple[np.ndarray, float, str] | None:
+    """(map, its median over the floor's voxels, why): the floor's smooth map scaled so that
+    its mean square over the ``tail``'s voxels is their own (the decayed tissue's noise, no
+    model), where the tail's own noise is not uniform (parallel imaging: the tail then
+    stands for its own tissue only) and the result is not below ``TAIL_BELOW_FLOOR`` times
+    the floor; else None. Under ghosts that change by echo the floor's map keeps the
+    g-factor's shape but not its level (0.52-1.37 x the truth on the body simulator with
+    SENSE R 3, ghosts, misfit and jitter, magnitude only; scaled by the tail 0.96-1.12)."""
+    if tail is None or tail.estimate.sigma is None or tail.uniform or tail.index.size < 2:
+        return None
+    assert floor.sigma is not None
+    at = shape_map.reshape(-1)[tail.index]
+    scale = math.sqrt(float(np.mean(tail.variance)) / max(float(np.mean(at * at)), 1e-300))
+    sigma_map = scale * shape_map
+    sigma = float(np.median(sigma_map.reshape(-1)[floor.index]))
+    if sigma < TAIL_BELOW_FLOOR * floor.sigma:
+        return None
+    why = (
+        f"the noise is not uniform (the decayed tissue's own map spans "
+        f"{100 * tail.spread:.0f} % of its median): the floor's smooth map, scaled by "
+        f"{scale:.3g} to the noise of {tail.voxels} decayed voxels, is used"
+    )
+    return sigma_map, sigma, why

@@ -59,11 +59,13 @@ def tissue_residuals(
     mask: np.ndarray | None = None,
     max_voxels: int = 50_000,
     workers: int | None = 1,
+    voxels: np.ndarray | None = None,
 ) -> tuple[NoiseEstimate, Residuals | None]:
     """(:func:`noise_from_residuals`, the residuals of its bright voxels for
     :func:`t2starmap.noise.floor.thermal_floor`: magnitude minus the ``wls`` model, its
     Jacobian model * (1, -TE), the model as the amplitude, in the voxels above
-    ``_FLOOR_SNR``; None when refused)."""
+    ``_FLOOR_SNR``; None when refused). ``voxels``: the flattened indices to fit when already
+    chosen (:func:`tissue_voxels` with the same ``mask`` and ``max_voxels``)."""
     from t2starmap.fit import Compute, fit_t2star
 
     data = np.asarray(magnitude)  # float64 only for the voxels fitted (a volume is large)
@@ -74,7 +76,7 @@ def tissue_residuals(
     if n_echo < 3:
         return NoiseEstimate(None, 0, "residuals need at least 3 echoes"), None
     flat = data.reshape(-1, n_echo)
-    index = _tissue_voxels(flat, mask, max_voxels)
+    index = tissue_voxels(flat, mask, max_voxels) if voxels is None else voxels
     if index.size < MIN_BACKGROUND:
         return NoiseEstimate(None, int(index.size), "too few voxels for the residuals"), None
     rows = flat[index].astype(np.float64)
@@ -145,7 +147,7 @@ def _loglinear_on(rows: np.ndarray, te: np.ndarray, kept: np.ndarray) -> np.ndar
     return np.asarray(np.exp(intercept[:, None] + slope[:, None] * te[None, :]))
 
 
-def _tissue_voxels(flat: np.ndarray, mask: np.ndarray | None, max_voxels: int) -> np.ndarray:
+def tissue_voxels(flat: np.ndarray, mask: np.ndarray | None, max_voxels: int) -> np.ndarray:
     """Flat indices of the voxels to fit: every sample positive and finite, in ``mask`` or
     (default) above the Otsu threshold of the first echo; every k-th, at most
     ``max_voxels``."""

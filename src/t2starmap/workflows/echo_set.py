@@ -18,7 +18,9 @@ the sidecars as ``NoiseSigmaMethod``, every candidate in ``NoiseSigmaCandidates`
 2. else :func:`t2starmap.noise.cross_check` of the first echo's background (its real channel
    where complex parts exist, else its magnitude: sigma and effective coils), the echo
    differences in the same air (which cancel ghosts) and, with 3 or more echoes, the
-   residuals of bright tissue (an upper bound: misfit adds to them).
+   residuals of bright tissue (an upper bound: misfit adds to them), the tissue's thermal
+   noise and, with 6 or more, the noise of tissue whose signal has decayed away
+   (:meth:`t2starmap.noise.Candidates.chosen`).
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ from t2starmap.fit import (
 from t2starmap.fit import status as fit_status
 from t2starmap.fit.limits import DEFAULT_METHOD, METHODS, Method
 from t2starmap.fit.phase import INCOHERENT, PhaseAnalysis, analyse_phase
-from t2starmap.noise import NoiseEstimate, all_candidates, cross_check, signal_mask
+from t2starmap.noise import NoiseEstimate, all_candidates, signal_mask
 from t2starmap.noise.gain import noise_gain, scaled_echoes, to_image_units
 from t2starmap.workflows.set_correction import through_slice, wrap_limit
 from t2starmap.workflows.set_options import Clock, OptionError, Options, Warnings
@@ -367,13 +369,15 @@ def _noise_level(
         coils=options.noise_coils,
         workers=options.workers,
     )
-    estimate = cross_check(found.background, found.differences, found.residuals, found.thermal)
+    estimate = found.chosen()
     if estimate.sigma is None:
         warnings.add(
             f"{echo_set.name}: noise level could not be estimated ({estimate.reason}); "
             "falling back to the Gaussian fit"
         )
     else:
+        if estimate.caveat:
+            warnings.add(f"{echo_set.name}: noise sigma {estimate.sigma:.4g}: {estimate.caveat}")
         log.info(
             "%s: noise sigma %.4g, coils %.3g (%s, %d voxels)%s",
             echo_set.name,

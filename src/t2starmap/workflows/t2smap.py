@@ -31,6 +31,7 @@ from t2starmap.fit import bold, combine
 from t2starmap.fit.bold_sigma import choose_noise, describe
 from t2starmap.fit.status import Failure
 from t2starmap.fit.tsnr import TsnrSummary, compare_tsnr
+from t2starmap.resources import gpu_possible
 from t2starmap.workflows.t2smap_complex import complex_fit
 from t2starmap.workflows.t2smap_ts import ts_mode
 from t2starmap.workflows.t2smap_write import (
@@ -161,7 +162,7 @@ def _fit(
 def _magnitude_fit(
     s: T2smapSettings, m: bold.EchoMoments, run: Run, count: np.ndarray
 ) -> tuple[bold.DecayFit, dict[str, object]]:
-    how = bold.Compute(s.device, s.workers)
+    how = bold.Compute(fit_device(s.device), s.workers)
     if s.fittype == "loglin":
         return bold.fit_loglin(m, run.te, am.echoes_used(count)), {}
     if s.fittype == "curvefit":
@@ -192,6 +193,24 @@ def fitted_voxels(
     return count > 0
 
 
+def fit_device(device: str) -> str:
+    """``device`` with "auto" resolved to "cpu" where no GPU can exist (no NVIDIA device node:
+    :func:`t2starmap.resources.gpu_possible`), without importing torch; else as given (torch
+    decides "auto")."""
+    return "cpu" if device == "auto" and not gpu_possible() else device
+
+
+def needs_torch(s: T2smapSettings) -> bool:
+    """Whether the run's fit loads torch: ``nlls``, the complex fit (``--phase``),
+    ``curvefit`` per volume or off the CPU; never ``loglin``. ``fitmode all`` curvefit on the
+    CPU runs in numpy (:mod:`t2starmap.fit.decay_cpu`)."""
+    if s.fittype == "loglin":
+        return False
+    if s.fittype == "nlls" or s.phase or s.fitmode != "all":
+        return True
+    return not bold.Compute(fit_device(s.device), s.workers).numpy_engine
+
+
 def _load_solver() -> None:
     """Import the solver's modules (and torch); a later import waits for this one."""
     import t2starmap.fit.bold_nlls  # noqa: F401  (imports fit.magnitude and torch)
@@ -203,7 +222,7 @@ def run_t2smap(s: T2smapSettings, notes: dict[str, object] | None = None) -> dic
     of nlls: :func:`t2starmap.fit.bold_sigma.describe`), as dataset_description.json does,
     and with ``s.tsnr`` the :class:`~t2starmap.fit.tsnr.TsnrSummary` under ``"tsnr"``."""
     stage = Stage(s.out_dir, s.prefix, s.convention, s.overwrite)
-    if s.fittype != "loglin":  # torch loads (seconds) while the echoes are read
+    if needs_torch(s):  # torch loads (a second or more) while the echoes are read
         threading.Thread(target=_load_solver, name="t2smap-import", daemon=True).start()
     try:
         run = load(s)

@@ -32,7 +32,7 @@ TS_ROWS = 1 << 20
 def _fit_block(
     s: T2smapSettings, m: bold.EchoMoments, te: np.ndarray, count: np.ndarray, sigma: float
 ) -> bold.DecayFit:
-    how = bold.Compute(s.device, s.workers)
+    how = bold.Compute(s.device, s.workers, engine="torch")  # chunk workers for millions
     if s.fittype == "loglin":
         return bold.fit_loglin(m, te, am.echoes_used(count), covariance=False)
     if s.fittype == "curvefit":

@@ -1,0 +1,158 @@
+"""sigma from the magnitude of tissue whose signal has decayed into the noise (issue 27).
+
+In a voxel whose signal has decayed away, the later echoes hold noise alone: a root-sum-of-
+squares magnitude of L coils is then central chi, M^2 / (2 sigma^2) ~ Gamma(L) (Rayleigh for
+L = 1), and sigma^2 = median(M^2) / (2 median(Gamma(L))). No decay model enters, so model
+misfit cannot inflate it, and whatever is a share of the signal (ghosts of the object that
+change from echo to echo, motion) has decayed with it. It is the noise of that tissue, which is
+the tissue's where the noise is uniform.
+
+Which echoes hold noise alone is decided by the echoes before them, never by the echo itself
+(choosing the low echoes would bias sigma low): echo k of a voxel counts when its ``WINDOW``
+preceding echoes all lie below the mean of pure noise plus ``LOW`` of its SDs (in M^2). Those
+echoes then hold at most a few sigma of signal, and echo k, later, less (a decay); each
+echo's noise is independent of the others'. A voxel whose echo rises above ``HIGH`` such SDs
+once its echoes count holds signal that came back (ghosts of the object in air, drawn anew at
+each echo; fat's beat): none of its echoes count (pure noise does so at 3e-4 of echoes, so
+this leaves the median alone). sigma sets those thresholds, so it is found as a fixed point
+from a first guess (``STEPS`` steps: from 0.5 x or 2 x the truth, the body simulator lands on
+the same value).
+
+Uniform or not: each voxel's own estimate (its counted M^2 / 2 over Gamma(L)'s mean) is
+smoothed into a noise map (:func:`t2starmap.noise.spatial.noise_map`); where it varies
+beyond chance (parallel imaging) the tail is the noise of the decayed tissue only, and it is
+not used for the rest. Pure numpy, no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from t2starmap.noise.floor import MIN_ECHOES_FLOOR
+from t2starmap.noise.result import NoiseEstimate
+from t2starmap.noise.samples import MIN_BACKGROUND, _gamma_quantile
+from t2starmap.noise.spatial import noise_map
+
+#: Echoes before echo k that must all be low for echo k to count as noise alone.
+WINDOW = 3
+#: "Low": M^2 below the mean of pure noise's plus this many of its SDs (2 sigma for L = 1;
+#: for 8 coils 4.7 sigma, where the median's 1.7 x, 6.8 sigma, let in enough signal to put
+#: the tail 5-9 % above the noise of the coil phantoms).
+LOW = 1.0
+#: A voxel with an echo whose M^2 lies above the mean of pure noise's plus this many of its
+#: SDs once its echoes count (4 sigma for L = 1; pure noise: 3e-4 of echoes) holds signal
+#: that came back: ghosts in air, fat's beat. None of its echoes count.
+HIGH = 7.0
+#: The decayed voxels must be at least this share of the tissue's: a few stray voxels (ghosts
+#: in air that fell low for a while: 2-3 % of an 8 ms train where nothing decays, 1.3 x the
+#: noise) are no tail; decaying tissue gave 35-55 % on the body simulator, 9 % on the GE
+#: kidney.
+MIN_SHARE = 0.05
+#: Fixed-point steps on sigma.
+STEPS = 6
+#: A tail (or a level it sets) below this many times the magnitude floor is not the tissue's
+#: noise: the noise where the signal has gone differs from the bright tissue's (the GE kidney,
+#: magnitude only: tail 10.2 against a floor of 22.4 and the across-model 27.1, with the echo
+#: differences in air at 12). Under ghosts that change by echo the tail is 0.79-1.92 x the
+#: floor (body simulator, seeds 0-5), the floor's extrapolation the one that scatters.
+TAIL_BELOW_FLOOR = 0.7
+#: Times a first sigma too low to find any noise is doubled before the tail is refused.
+_GROW = 2
+#: The method name of the estimate.
+TAIL = "decayed-tail"
+
+
+@dataclass(frozen=True)
+class Tail:
+    """What :func:`decayed_tail` found: the estimate (sigma None when refused, with why);
+    ``uniform``: whether its own noise map is flat within chance (then it stands for the
+    tissue); ``spread``: that map's 5-95 % range over its median; ``voxels``: how many voxels
+    gave echoes; ``index``, ``variance``: where they are and their own sigma^2."""
+
+    estimate: NoiseEstimate
+    uniform: bool
+    spread: float
+    voxels: int
+    #: (n,) the flattened positions of the voxels that gave echoes, and (n,) each one's own
+    #: estimate of sigma^2 (its counted M^2 over 2 L): what calibrates a noise map's level.
+    index: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    variance: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+
+def decayed_tail(
+    rows: np.ndarray,
+    index: np.ndarray,
+    shape: tuple[int, ...],
+    start: float,
+    coils: float | None,
+) -> Tail:
+    """The noise of the decayed tissue (module docstring). rows: (n, E) magnitudes of tissue
+    voxels, echoes sorted by TE; index: (n,) their flattened positions in an image of spatial
+    ``shape``; start: a first sigma (> 0); coils: L (>= 1; None: unknown, refused). Refused
+    with fewer than ``MIN_ECHOES_FLOOR`` echoes, fewer than ``MIN_BACKGROUND`` counted echoes
+    or fewer voxels than ``MIN_SHARE`` of the rows."""
+    n_echo = rows.shape[1]
+    if n_echo < MIN_ECHOES_FLOOR or not start > 0 or coils is None:
+        why = (
+            f"the decayed tail needs {MIN_ECHOES_FLOOR} echoes or more, a first sigma and the "
+            "coils from air"
+        )
+        return Tail(NoiseEstimate(None, 0, why), False, 0.0, 0)
+    squares = np.asarray(rows, dtype=np.float64) ** 2
+    g_mid = float(_gamma_quantile(np.array([coils]), 0.5)[0])
+    sigma, counted = start, np.zeros(rows.shape, dtype=bool)
+    steps, grown = 0, 0
+    while steps < STEPS:
+        spread = math.sqrt(coils)  # M^2 / (2 sigma^2): mean L, SD sqrt(L)
+        low, high = (2.0 * sigma * sigma * (coils + z * spread) for z in (LOW, HIGH))
+        counted = _counted(squares, low, high)
+        if int(counted.sum()) < MIN_BACKGROUND:
+            if grown == _GROW:
+                why = f"too few echoes of decayed tissue ({int(counted.sum())} < {MIN_BACKGROUND})"
+                return Tail(NoiseEstimate(None, int(counted.sum()), why), False, 0.0, 0)
+            sigma, grown = 2.0 * sigma, grown + 1  # a first guess too low finds no noise
+            continue
+        sigma = math.sqrt(float(np.median(squares[counted])) / (2.0 * g_mid))
+        steps += 1
+    voxel = counted.any(axis=1)
+    if int(voxel.sum()) < MIN_SHARE * rows.shape[0]:
+        why = (
+            f"too little decayed tissue ({int(voxel.sum())} of {rows.shape[0]} voxels, under "
+            f"{100 * MIN_SHARE:g} %): stray voxels, not a tail"
+        )
+        return Tail(NoiseEstimate(None, int(counted.sum()), why), False, 0.0, int(voxel.sum()))
+    own = np.sum(np.where(counted, squares, 0.0), axis=1)[voxel] / counted.sum(axis=1)[voxel]
+    where, own = np.asarray(index)[voxel], own / (2.0 * coils)
+    found = noise_map(shape, where, own)
+    uniform = found is not None and not found.nonuniform
+    spread = 0.0 if found is None else found.spread
+    how = (
+        f"sigma from {int(counted.sum())} echoes of {int(voxel.sum())} tissue voxels whose "
+        f"signal has decayed into the noise (the {WINDOW} echoes before each within "
+        f"{LOW:g} SD of the noise's mean): central chi with {coils:.3g} coils, no decay model; "
+        f"its noise map spans {100 * spread:.0f} % of its median"
+        + ("" if uniform else " (beyond chance: the noise is not uniform)")
+    )
+    role = "estimate" if uniform else "cross-check (the decayed tissue's own noise)"
+    estimate = NoiseEstimate(
+        sigma, int(counted.sum()), how, coils=coils, method=TAIL, bounds={TAIL: role}
+    )
+    return Tail(estimate, uniform, spread, int(voxel.sum()), where, own)
+
+
+def _counted(squares: np.ndarray, low_square: float, high_square: float) -> np.ndarray:
+    """(n, E) bool: echo k counts where the ``WINDOW`` echoes before it are all below the
+    threshold (squared) ``low_square``, and no echo of the voxel from the first that counts
+    on lies above ``high_square``."""
+    low = squares < low_square
+    counted = np.zeros(low.shape, dtype=bool)
+    n_echo = low.shape[1]
+    counted[:, WINDOW:] = low[:, : n_echo - WINDOW]
+    for lag in range(1, WINDOW):  # echo k - WINDOW + lag, for every k at once
+        counted[:, WINDOW:] &= low[:, lag : n_echo - WINDOW + lag]
+    after = np.logical_or.accumulate(counted, axis=1)  # from the first counted echo on
+    counted &= ~np.any(after & (squares > high_square), axis=1, keepdims=True)
+    return counted
