@@ -275,6 +275,34 @@ def test_nprocs_reaches_the_reading_of_echoes_and_parts(
     assert t2[0].tobytes() == t2[1].tobytes() == t2[2].tobytes()
 
 
+def test_every_map_is_the_same_bytes_at_any_nprocs_with_many_chunks(
+    sliced: tuple[Path, object], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With chunks small enough that every per-voxel step runs many at once (the fits, the
+    field map, the slice profile's screen, the dephasing factor, the phase combined with the
+    magnitude), every published map is the same bytes on 1, 2 and 3 workers."""
+    from t2starmap.b0 import correction, profile_fit
+    from t2starmap.bids import parts
+    from t2starmap.fit import complex as complex_fit
+    from t2starmap.fit import corrected, magnitude, phase
+
+    for module in (magnitude, complex_fit, corrected, phase):
+        monkeypatch.setattr(module, "DEFAULT_CHUNK", 257)
+    monkeypatch.setattr(correction, "FACTOR_CHUNK", 300)
+    monkeypatch.setattr(profile_fit, "SCREEN_CHUNK", 500)
+    monkeypatch.setattr(parts, "COMBINE_BLOCK", 1)
+    bids, _ = sliced
+    maps = []
+    for n in (1, 2, 3):
+        for method in ("auto", "nlls"):
+            out = tmp_path / f"out{n}-{method}"
+            assert run(bids, out, "--nprocs", str(n), "--fit-method", method) == 0
+            found = {k: v for k, v in checksums(out / ANAT).items() if k.endswith(".nii.gz")}
+            maps.append(found)
+    assert len(maps[0]) >= 10 and len(maps[1]) >= 10
+    assert maps[0] == maps[2] == maps[4] and maps[1] == maps[3] == maps[5]
+
+
 def test_the_fit_status_map_is_the_corrected_fits(
     sliced: tuple[Path, object], tmp_path: Path
 ) -> None:

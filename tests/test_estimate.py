@@ -3,6 +3,7 @@ often, with how many workers, and what the maps, labels, warnings and sidecar fi
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -126,17 +127,20 @@ def test_every_fit_runs_with_the_workers_asked_for(
     phase_set: EchoSet, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """--nprocs reaches every fit: the noise estimate, the phase checks, the fit, the slice
-    profile's estimate and the corrected fit."""
-    workers: list[int] = []
+    profile's estimate (its screen and its members) and the corrected fit. Work handed to a
+    worker (a profile member's fit) runs in that worker, one chunk at a time."""
+    workers: list[tuple[bool, int]] = []
     original = dispatch.map_chunks
 
     def recording(func, starts, n):  # type: ignore[no-untyped-def]
-        workers.append(n)
+        workers.append((threading.current_thread() is threading.main_thread(), n))
         return original(func, starts, n)
 
     monkeypatch.setattr(dispatch, "map_chunks", recording)
     fit(phase_set, workers=3)
-    assert len(workers) >= 5 and set(workers) == {3}, workers
+    asked = [n for main, n in workers if main]
+    assert len(asked) >= 7 and set(asked) == {3}, workers
+    assert {n for main, n in workers if not main} == {1}, workers
 
 
 @pytest.mark.parametrize(

@@ -195,3 +195,28 @@ def test_t2smap_run_with_sigint_ignored_is_not_stopped_by_it(
     assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     assert "interrupted" not in capsys.readouterr().err
     assert (tmp_path / "o" / "T2starmap.nii.gz").is_file()
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "1"), ("3", "3")])
+def test_numpy_blas_gets_one_thread_before_numpy_is_imported(
+    given: str | None, expected: str
+) -> None:
+    """The console scripts hold OpenBLAS to one thread (its threads spin on a busy machine)
+    unless the caller chose a count, and set it before numpy is first imported (where it
+    takes effect)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import os, sys\n"
+        "from t2starmap.cli import entry\n"
+        "def load():\n"
+        "    assert 'numpy' not in sys.modules\n"
+        "    return lambda argv: 40 + int(os.environ['OPENBLAS_NUM_THREADS'])\n"
+        "entry._run_main(load)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    if given is not None:
+        env["OPENBLAS_NUM_THREADS"] = given
+    done = subprocess.run([sys.executable, "-c", script], env=env, check=False)
+    assert done.returncode == 40 + int(expected)

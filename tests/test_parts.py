@@ -10,6 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from t2starmap.bids import parts as parts_module
 from t2starmap.bids.layout import Echo, EchoSet, build_echo_set, find_echo_sets
 from t2starmap.bids.nifti import check_geometry, load_magnitude
 from t2starmap.bids.parts import (
@@ -107,17 +108,23 @@ def test_phase_in_radians_times_magnitude(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("kinds", [("real", "imag"), ("phase",)])
-def test_the_parts_are_the_same_read_in_threads(tmp_path: Path, kinds: tuple[str, ...]) -> None:
-    """Each echo is read and combined into its own slot: the same bytes in 1 or 3 threads;
-    a file that cannot be read is named whichever thread reads it."""
-    echo_set, _ = dataset(tmp_path, kinds)
+def test_the_parts_are_the_same_read_in_threads(
+    tmp_path: Path, kinds: tuple[str, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each echo is read and combined into its own slot, a few slices at a time: the same
+    bytes in 1 or 3 threads, and as combined in one piece (blocks of one plane here); a file
+    that cannot be read is named whichever thread reads it."""
+    echo_set, x = dataset(tmp_path, kinds)
+    whole = load(echo_set)
+    np.testing.assert_allclose(whole, x, rtol=1e-5)
+    monkeypatch.setattr(parts_module, "COMBINE_BLOCK", 1)
     parts = find_parts(echo_set)
     assert parts is not None
     geometry = check_geometry(echo_set.paths)
     magnitude = load_magnitude(echo_set.paths, geometry)
     alone = load_complex(parts, geometry, magnitude, workers=1)
     threaded = load_complex(parts, geometry, magnitude, workers=3)
-    assert alone.tobytes() == threaded.tobytes()
+    assert alone.tobytes() == threaded.tobytes() == whole.tobytes()
     broken = tmp_path / "sub-01" / "anat" / f"{name(2, kinds[0])}.nii.gz"
     broken.write_bytes(b"not nifti")
     with pytest.raises(BadDataError, match=f"{broken.name}.*not a readable NIfTI"):
@@ -258,6 +265,15 @@ def test_unreadable_part(tmp_path: Path) -> None:
     echo_set, _ = dataset(tmp_path, ("real", "imag"))
     (tmp_path / "sub-01" / "anat" / f"{name(1, 'real')}.nii.gz").write_bytes(b"not nifti")
     expect_bad(echo_set, f"{name(1, 'real')}.nii.gz", "not a readable NIfTI")
+
+
+def test_cut_short_part_is_worded_as_nibabel_words_it(tmp_path: Path) -> None:
+    """A part is read in one piece, as the echoes are; where nibabel cannot open it either
+    (a gzip cut short), the message stays nibabel's."""
+    echo_set, _ = dataset(tmp_path, ("phase",))
+    part = tmp_path / "sub-01" / "anat" / f"{name(2, 'phase')}.nii.gz"
+    part.write_bytes(part.read_bytes()[:-40])
+    expect_bad(echo_set, part.name, "not a readable NIfTI")
 
 
 def test_phase_needs_the_magnitude() -> None:

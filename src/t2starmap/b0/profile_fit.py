@@ -215,7 +215,8 @@ def _check_inputs(
     mask: np.ndarray | None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(magnitude (n, E) in its own type, not copied; TE (E,); G (n,) float64 with NaN where
-    it is not to be used)."""
+    it is not to be used; voxels with a non-finite sample are left out by the screen,
+    :func:`_screen`)."""
     mag = np.asarray(magnitude)
     te = np.asarray(echo_times, dtype=np.float64).reshape(-1)
     if mag.ndim < 1 or mag.shape[-1] != te.size:
@@ -227,7 +228,7 @@ def _check_inputs(
     g = np.asarray(gradient_hz_per_mm, dtype=np.float64)
     if g.shape != mag.shape[:-1]:
         raise ValueError(f"gradient shape {g.shape} does not match {mag.shape[:-1]}")
-    use = np.isfinite(g) & (g != 0) & np.all(np.isfinite(mag), axis=-1)
+    use = np.isfinite(g) & (g != 0)  # the magnitude's own finiteness: in the screen
     if mask is not None:
         m = np.asarray(mask, dtype=bool)
         if m.shape != g.shape:
@@ -254,39 +255,75 @@ def _strong_voxels(
     pushed up (by most of a sigma near the floor), which reads as less dephasing, a
     larger N (+3 to +6 % on the simulator at SNR 100)."""
     min_cycles, snr_floor = limits
-    finite = np.isfinite(g_dz)
-    # The whole volume is screened in the magnitude's own type, one echo at a time: the
-    # largest cycles a rough echo reaches is |G dz| times its largest such TE (a product with
-    # the same factor keeps the order), no (n, E) float64 table.
-    if sigma is None:
-        floor = 0.05 * mag.max(axis=1, keepdims=True)
-    else:
-        floor = np.full((mag.shape[0], 1), snr_floor * sigma)
-    rough = mag >= 0.6 * floor
-    te_reach = np.zeros(mag.shape[0])
-    for j, t in enumerate(te):
-        np.maximum(te_reach, np.where(rough[:, j], t, 0.0), out=te_reach)
-    reach = np.abs(np.where(finite, g_dz, 0.0)) * te_reach
-    rows = np.nonzero(finite & (reach >= min_cycles) & (rough.sum(axis=1) >= 4))[0]
+    rows = _screened(mag, te, g_dz, sigma, limits, workers)
     if rows.size > max_voxels:
         rows = np.sort(rng.choice(rows, size=max_voxels, replace=False))
     if rows.size == 0:
         return rows, np.zeros((0, te.size), dtype=bool)
     from t2starmap.fit import fit_corrected
 
+    floor = _floor(mag[rows], sigma, snr_floor)
+    rough = mag[rows] >= 0.6 * floor
     cycles = np.abs(g_dz[rows])[:, None] * te
     f = _family_factor("sinc", 0.15, cycles)
     first = fit_corrected(
         np.asarray(mag[rows], dtype=np.float64),
         te,
-        np.where(rough[rows], f, 0.0),
+        np.where(rough, f, 0.0),
         noise=NoiseModel(sigma=sigma, floor=False),
         compute=Compute(workers=workers),
     )
-    counted = _model(first, te, f) >= floor[rows]
+    counted = _model(first, te, f) >= floor
     reach = np.max(np.where(counted, cycles, 0.0), axis=1)
     keep = (reach >= min_cycles) & (counted.sum(axis=1) >= 4)
     return rows[keep], counted[keep]
+
+
+#: Voxels per block of the screen for strong voxels (:func:`_screened`).
+SCREEN_CHUNK = 1 << 16
+
+
+def _floor(mag: np.ndarray, sigma: float | None, snr_floor: float) -> np.ndarray:
+    """The signal an echo must reach to count, (n, 1): ``snr_floor`` sigma, or without sigma
+    5 % of the voxel's brightest sample."""
+    if sigma is None:
+        return np.asarray(0.05 * mag.max(axis=1, keepdims=True))
+    return np.full((mag.shape[0], 1), snr_floor * sigma)
+
+
+def _screened(
+    mag: np.ndarray,
+    te: np.ndarray,
+    g_dz: np.ndarray,
+    sigma: float | None,
+    limits: tuple[float, float],
+    workers: int | None,
+) -> np.ndarray:
+    """The rows that may be strong (ascending): finite samples, at least 4 rough echoes (above
+    0.6 of the floor) and ``min_cycles`` reached at the latest of them. The whole volume is
+    screened in blocks of :data:`SCREEN_CHUNK` voxels on ``workers`` threads (numpy releases
+    the GIL), each in the magnitude's own type, one echo at a time: the largest cycles a
+    rough echo reaches is |G dz| times its largest such TE (a product with the same factor
+    keeps the order), no (n, E) float64 table."""
+    from t2starmap.fit.dispatch import default_workers, map_chunks
+
+    min_cycles, snr_floor = limits
+
+    def screen(start: int) -> np.ndarray:
+        block = mag[start : start + SCREEN_CHUNK]
+        g = g_dz[start : start + SCREEN_CHUNK]
+        finite = np.isfinite(g) & np.all(np.isfinite(block), axis=1)
+        rough = block >= 0.6 * _floor(block, sigma, snr_floor)
+        te_reach = np.zeros(block.shape[0])
+        for j, t in enumerate(te):
+            np.maximum(te_reach, np.where(rough[:, j], t, 0.0), out=te_reach)
+        reach = np.abs(np.where(finite, g, 0.0)) * te_reach
+        return start + np.nonzero(finite & (reach >= min_cycles) & (rough.sum(axis=1) >= 4))[0]
+
+    starts = range(0, mag.shape[0], SCREEN_CHUNK)
+    threads = default_workers() if workers is None else workers
+    found = list(map_chunks(screen, starts, threads))
+    return np.concatenate(found) if found else np.zeros(0, dtype=np.intp)
 
 
 def _model(fit: Any, te: np.ndarray, factor: np.ndarray) -> np.ndarray:
@@ -327,6 +364,12 @@ def _search(
     return grids, tables, usable & usable_too
 
 
+#: Family members fitted together, in one chunk, by one worker (:func:`_cost_tables`): fewer,
+#: larger torch operations than one member at a time, which on 1000 voxels spend as long in
+#: Python (under the GIL, which the workers share) as in the arithmetic.
+MEMBERS_PER_CHUNK = 3
+
+
 def _cost_tables(
     mag: np.ndarray,
     te: np.ndarray,
@@ -338,22 +381,53 @@ def _cost_tables(
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Per-voxel chi-square (n, len(grid)) of each family's members ``grids`` over the counted
     echoes, and the voxels every member could fit (n,) bool. sigma None: plain sums of
-    squares. One corrected fit for every (member, voxel) pair: the fit is voxel-wise, so
-    stacking the members as voxels is the same fit with one call's overhead, not one each."""
-    from t2starmap.fit import fit_corrected
+    squares. One corrected fit of the voxels per :data:`MEMBERS_PER_CHUNK` members, stacked
+    as voxels (the fit is voxel-wise), on ``workers`` threads (:func:`_members_cost`, each in
+    one chunk: the same numbers whatever the count)."""
+    from t2starmap.fit.dispatch import default_workers, map_chunks
 
-    n, n_echo = mag.shape
+    n = mag.shape[0]
     members = [(name, float(v)) for name, grid in grids.items() for v in grid]
     if not members:
         return {name: np.zeros((n, 0)) for name in grids}, np.ones(n, dtype=bool)
-    factors = np.stack([_family_factor(name, v, k) for name, v in members])  # (M, n, E)
+
+    def chunk(first: int) -> tuple[np.ndarray, np.ndarray]:
+        group = members[first : first + MEMBERS_PER_CHUNK]
+        return _members_cost(mag, te, k, counted, sigma, group)
+
+    threads = default_workers() if workers is None else workers
+    found = list(map_chunks(chunk, range(0, len(members), MEMBERS_PER_CHUNK), threads))
+    cost = np.concatenate([c for c, _ in found], axis=1)  # (n, M)
+    flagged = np.concatenate([f for _, f in found])  # (M, n)
+    usable = ~flagged.any(axis=0) & np.all(np.isfinite(cost), axis=1)
+    split = np.cumsum([len(grid) for grid in grids.values()])[:-1]
+    return dict(zip(grids, np.split(cost, split, axis=1), strict=True)), usable
+
+
+def _members_cost(
+    mag: np.ndarray,
+    te: np.ndarray,
+    k: np.ndarray,
+    counted: np.ndarray,
+    sigma: float | None,
+    members: Sequence[tuple[str, float]],
+) -> tuple[np.ndarray, np.ndarray]:
+    """The corrected fit of the voxels for each of a few family ``members`` (stacked, in one
+    chunk, in the calling thread): each one's chi-square per voxel over the counted echoes
+    (n, len(members)), and the voxels each could not correct (too few echoes) or gave no
+    signal (len(members), n) bool."""
+    from t2starmap.fit import fit_corrected
+
+    n, n_echo = mag.shape
+    factors = np.stack([_family_factor(name, v, k) for name, v in members])  # (m, n, E)
+    rows = factors.shape[0] * n
     fit = fit_corrected(
-        np.broadcast_to(mag, factors.shape).reshape(-1, n_echo),
+        np.tile(mag, (len(members), 1)),  # a copy: torch takes no read-only view
         te,
         np.where(counted, factors, 0.0).reshape(-1, n_echo),
-        mask=np.ones(factors.shape[0] * n, dtype=bool),
+        mask=np.ones(rows, dtype=bool),
         noise=NoiseModel(sigma=sigma, floor=False),
-        compute=Compute(workers=workers),
+        compute=Compute(workers=1, chunk_size=max(rows, 1)),
     )
     # A member that over-dephases drives R2* to its lower bound and the fit reports a
     # failure: that bounded fit's cost is what the member is worth, so it stays. Left out:
@@ -364,10 +438,8 @@ def _cost_tables(
     if sigma is not None:  # the Rician mean, to first order in sigma / signal
         model = np.sqrt(model * model + sigma * sigma)
     resid = np.where(counted, mag - model, 0.0)
-    cost = np.sum(resid * resid, axis=2).T / (1.0 if sigma is None else sigma**2)  # (n, M)
-    usable = ~flagged.any(axis=0) & np.all(np.isfinite(cost), axis=1)
-    split = np.cumsum([len(grid) for grid in grids.values()])[:-1]
-    return dict(zip(grids, np.split(cost, split, axis=1), strict=True)), usable
+    cost = np.sum(resid * resid, axis=2).T / (1.0 if sigma is None else sigma**2)
+    return cost, flagged
 
 
 def _vertex(total: np.ndarray, grid: np.ndarray) -> tuple[float, float, float]:

@@ -323,8 +323,15 @@ def load_magnitude(paths: Sequence[Path], geometry: Geometry) -> np.ndarray:
 
 def read_part(path: Path, geometry: Geometry) -> np.ndarray:
     """A phase, real or imaginary part of a magnitude echo as float64, checked against the
-    magnitude echoes' ``geometry`` (shape and affine). Raises BadDataError naming the file."""
-    img = _open(path)
+    magnitude echoes' ``geometry`` (shape and affine). Read as the echoes are (the whole file
+    decompressed in one call, which releases the GIL: :func:`_image_from_file`), the values
+    of nibabel's scaled read. Raises BadDataError naming the file (as nibabel's reader words
+    it where that cannot open the file: "not a readable NIfTI image")."""
+    try:
+        img = _image_from_file(path)
+    except BadDataError:
+        _open(path)  # its message where nibabel cannot open the file either
+        raise
     shape = tuple(int(n) for n in img.shape)
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
@@ -334,10 +341,7 @@ def read_part(path: Path, geometry: Geometry) -> np.ndarray:
         )
     if not np.allclose(img.affine, geometry.affine, atol=1e-4):
         raise BadDataError(f"{path}: affine differs from the magnitude echoes")
-    try:
-        data = np.asarray(img.dataobj, dtype=np.float64)
-    except (OSError, EOFError, ValueError, zlib.error) as err:
-        raise BadDataError(f"{path}: image data could not be read ({_one_line(err)})") from err
+    data = _stored(path, img, np.float64).astype(np.float64, copy=False)
     return data.reshape(geometry.shape)
 
 

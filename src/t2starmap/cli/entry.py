@@ -6,10 +6,18 @@ while the command line's modules are still being imported (numpy alone takes a f
 second, seconds on a loaded machine): the handlers are installed here, before that import,
 and never put back, so that a signal between the app's return and the exit is caught too.
 Only what the interpreter does before this module runs is outside their reach.
+
+numpy's BLAS (OpenBLAS) is held to one thread (``OPENBLAS_NUM_THREADS``, unless the caller set
+it), also before numpy is imported: as torch's, its own threads spin waiting for each other
+and slow several-fold while another process wants a CPU (a 200x1000 by 1000x13 product of the
+slice profile's bootstrap took 12 ms on 2 threads on a busy machine against 0.2 ms on one),
+and the app's parallel work is its ``--nprocs`` workers. One thread also gives the same sums
+on any machine: OpenBLAS splits a product's sums by its thread count.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -43,8 +51,10 @@ def run_t2smap() -> NoReturn:
 
 
 def _run_main(load: Callable[[], Callable[[Sequence[str] | None], int]]) -> NoReturn:
-    """Install the stop handlers, then import the entry point ``load`` gives and run it."""
+    """Install the stop handlers, hold numpy's BLAS to one thread (module docstring), then
+    import the entry point ``load`` gives and run it."""
     install_stop_handlers()
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     try:
         code = load()(None)
     except KeyboardInterrupt as err:  # SIGINT, or SIGTERM (Interrupted), outside main()

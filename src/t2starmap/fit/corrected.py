@@ -89,7 +89,8 @@ def fit_corrected(
     how = dispatch.plan(compute, (DEFAULT_CHUNK, DEFAULT_CUDA_CHUNK))
     te_np = check_echo_times(echo_times)
     order = np.argsort(te_np, kind="stable")
-    signals: list[np.ndarray | torch.Tensor] = [magnitude, torch.as_tensor(factor).abs()]
+    # |F| is taken chunk by chunk in the workers, not over the whole volume here
+    signals: list[np.ndarray | torch.Tensor] = [magnitude, factor]
     if start is not None:
         signals.append(torch.stack([start.s0.cpu(), start.r2star.cpu()], -1))
     vox = dispatch.voxels(signals, te_np.size, mask)
@@ -125,7 +126,7 @@ def _kernel_corrected(
     te = echoes.te
     chunk = prepare(echo_major(rows[0], order), echoes, noise.sigma or 0.0)
     yn, usable, scale = chunk
-    f = echo_major(rows[1], order).nan_to_num_(nan=0.0).clamp_(0.0, 1.0)
+    f = echo_major(rows[1], order).abs_().nan_to_num_(nan=0.0).clamp_(0.0, 1.0)
     keep = torch.ge(f, threshold, out=torch.empty_like(f))
     few = lt(keep.sum(0), MIN_ECHOES - 0.5)
     f = torch.lerp(f, torch.ones_like(f), few)  # too few echoes: no factor, every echo

@@ -166,25 +166,24 @@ def run_chunks(
     """Every chunk through ``kernel``; the maps ``keys`` (spatial shape, 0 outside the mask,
     the compute dtype on the device) and the Failure bits (uint8, 0 outside). ``cast``: move
     the rows to the compute dtype too (False: the kernel takes them as they are, e.g.
-    complex)."""
+    complex). Each chunk gathers its rows and writes its maps back in its own worker (the
+    chunks' voxels are disjoint): the calling thread does nothing per chunk, so nothing
+    serial sits between the workers' fits."""
     dev, dtype = how.device, how.dtype
     out = {k: torch.zeros(vox.n_voxels, dtype=dtype, device=dev) for k in keys}
     reason = torch.zeros(vox.n_voxels, dtype=torch.uint8, device=dev)
 
-    def fit_chunk(
-        start: int,
-    ) -> tuple[slice | torch.Tensor, Mapping[str, torch.Tensor], torch.Tensor]:
+    def fit_chunk(start: int) -> None:
         sel, rows = vox.rows(
             start, min(start + how.chunk_size, vox.n_fit), dev, dtype if cast else None
         )
         maps, bits = kernel(rows)
-        return sel, maps, bits
-
-    starts = range(0, vox.n_fit, how.chunk_size)
-    for sel, maps, bits in map_chunks(fit_chunk, starts, how.workers):
         for k in keys:
             out[k][sel] = maps[k]
         reason[sel] = bits.to(torch.uint8)
+
+    for _ in map_chunks(fit_chunk, range(0, vox.n_fit, how.chunk_size), how.workers):
+        pass
     return {k: v.reshape(vox.spatial) for k, v in out.items()}, reason.reshape(vox.spatial)
 
 
