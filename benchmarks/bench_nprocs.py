@@ -45,8 +45,8 @@ import torch
 
 from t2starmap.b0 import correction as b0
 from t2starmap.b0.correction import SliceGeometry
-from t2starmap.bids.nifti import check_geometry, read_magnitude
-from t2starmap.bids.parts import Parts, load_complex
+from t2starmap.bids.nifti import check_geometry
+from t2starmap.bids.parts import Parts, read_echo_set
 from t2starmap.fit import Compute, FitResult, NoiseModel, fit_complex, fit_t2star
 from t2starmap.fit.phase import FieldMap, analyse_phase
 from t2starmap.sim.slices import SlicePhantom, make_slice_phantom, write_slice_megre
@@ -185,8 +185,8 @@ def steps(ph: SlicePhantom, bids: Path) -> dict[str, Callable[[int], object]]:
     parts = Parts("phase", tuple((p,) for p in phase), ("rad",) * len(phase))
 
     def read(workers: int) -> object:
-        echoes = read_magnitude(mag, geometry, workers, integers=True).data
-        return load_complex(parts, geometry, echoes, workers)
+        # the echoes and the phase in one pool, as a run reads them
+        return read_echo_set(mag, parts, geometry, workers, integers=True).signal()
 
     return {
         "reading (echoes and phase)": read,

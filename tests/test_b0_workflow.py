@@ -250,27 +250,22 @@ def test_every_input_that_shaped_an_output_is_among_its_sources(tmp_path: Path) 
 def test_nprocs_reaches_the_reading_of_echoes_and_parts(
     sliced: tuple[Path, object], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``--nprocs N``: the magnitude echoes and the phase are read in N threads (at most 4),
-    so that reading scales with the fit; the maps are the same bytes."""
+    """``--nprocs N``: the magnitude echoes and the phase are read in one pool of N threads
+    (at most 4), so that reading scales with the fit; the maps are the same bytes."""
     from t2starmap.workflows import echo_set
 
     seen: list[tuple[str, int]] = []
-    read, combine = echo_set.read_magnitude, echo_set.load_complex
+    read = echo_set.read_echo_set
 
-    def read_magnitude(*args: Any, **kwargs: Any) -> Any:
-        seen.append(("magnitude", args[2]))
+    def read_echo_set(*args: Any, **kwargs: Any) -> Any:
+        seen.append(("parts" if args[1] is not None else "magnitude", args[3]))
         return read(*args, **kwargs)
 
-    def load_complex(*args: Any) -> Any:
-        seen.append(("parts", args[3]))
-        return combine(*args)
-
-    monkeypatch.setattr(echo_set, "read_magnitude", read_magnitude)
-    monkeypatch.setattr(echo_set, "load_complex", load_complex)
+    monkeypatch.setattr(echo_set, "read_echo_set", read_echo_set)
     bids, _ = sliced
     for n in (1, 2, 7):
         assert run(bids, tmp_path / f"out{n}", "--nprocs", str(n)) == 0
-    assert seen == [(kind, n) for n in (1, 2, 4) for kind in ("magnitude", "parts")]
+    assert seen == [("parts", n) for n in (1, 2, 4)]  # magnitude and phase in one pool
     t2 = [load(tmp_path / f"out{n}" / ANAT / "sub-01_T2starmap.nii.gz") for n in (1, 2, 7)]
     assert t2[0].tobytes() == t2[1].tobytes() == t2[2].tobytes()
 

@@ -12,13 +12,14 @@ import pytest
 
 from t2starmap.bids import parts as parts_module
 from t2starmap.bids.layout import Echo, EchoSet, build_echo_set, find_echo_sets
-from t2starmap.bids.nifti import check_geometry, load_magnitude
+from t2starmap.bids.nifti import check_geometry, load_magnitude, read_magnitude
 from t2starmap.bids.parts import (
     Parts,
     complex_available,
     find_parts,
     load_complex,
     phase_to_radians,
+    read_echo_set,
 )
 from t2starmap.errors import BadDataError, ExitCode
 from tests.conftest import SHARED_DATA
@@ -129,6 +130,67 @@ def test_the_parts_are_the_same_read_in_threads(
     broken.write_bytes(b"not nifti")
     with pytest.raises(BadDataError, match=f"{broken.name}.*not a readable NIfTI"):
         load_complex(parts, geometry, magnitude, workers=3)
+
+
+@pytest.mark.parametrize("kinds", [("real", "imag"), ("phase",)])
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_one_pool_reads_the_same_as_magnitude_then_parts(
+    tmp_path: Path, kinds: tuple[str, ...], workers: int
+) -> None:
+    """:func:`read_echo_set` reads the magnitude echoes and the parts in one pool (each
+    echo combined when its last file is in): the same bytes as the echoes read first and the
+    parts combined after, with the echoes' unusable voxel (a negative sample) NaN in the
+    signal where the phase is combined with the magnitude, as NaN x exp(i phase) is."""
+    x = signal(3)
+    echo_set, _ = dataset(tmp_path, kinds, x=x)
+    mag1 = echo_set.paths[np.argsort(echo_set.echo_times)[1]]
+    image = nib.load(str(mag1))
+    data = np.asarray(image.dataobj).copy()
+    data[1, 2, 0] = -5.0
+    nib.save(nib.Nifti1Image(data, image.affine), str(mag1))
+    parts = find_parts(echo_set)
+    assert parts is not None
+    geometry = check_geometry(echo_set.paths)
+    echoes = read_magnitude(echo_set.paths, geometry, 1)
+    assert echoes.unusable is not None and echoes.unusable.sum() == 1
+    magnitude = echoes.data.copy()
+    magnitude[echoes.unusable] = np.nan  # as the workflow does before combining
+    apart = load_complex(parts, geometry, magnitude, workers=1)
+    read = read_echo_set(echo_set.paths, parts, geometry, workers)
+    together = read.signal()
+    assert together is not None
+    assert read.echoes.data.tobytes() == echoes.data.tobytes()
+    assert np.array_equal(read.echoes.unusable, echoes.unusable)
+    if kinds == ("phase",):
+        assert np.isnan(together[1, 2, 0]).all() and np.isnan(apart[1, 2, 0]).all()
+    np.testing.assert_array_equal(together, apart)  # NaN where NaN
+    assert together.tobytes() == apart.tobytes()
+    alone = read_echo_set(echo_set.paths, None, geometry, workers)
+    assert alone.signal() is None and alone.echoes.data.tobytes() == echoes.data.tobytes()
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_one_pool_raises_the_magnitude_error_first_and_the_parts_on_demand(
+    tmp_path: Path, workers: int
+) -> None:
+    """Read in one pool, an unreadable magnitude echo is named before an unreadable phase
+    file (as when the echoes were read first), and a phase file's error is raised when the
+    signal is asked for, after the echoes' own checks."""
+    echo_set, _ = dataset(tmp_path, ("phase",))
+    parts = find_parts(echo_set)
+    assert parts is not None
+    geometry = check_geometry(echo_set.paths)
+    anat = tmp_path / "sub-01" / "anat"
+    phase = anat / f"{name(1, 'phase')}.nii.gz"
+    phase.write_bytes(b"not nifti")
+    read = read_echo_set(echo_set.paths, parts, geometry, workers)
+    assert read.echoes.unusable is None
+    with pytest.raises(BadDataError, match=f"{phase.name}.*not a readable NIfTI"):
+        read.signal()
+    mag = anat / f"{name(3, 'mag')}.nii.gz"
+    mag.write_bytes(b"not nifti")
+    with pytest.raises(BadDataError, match=f"{mag.name}.*not a readable NIfTI"):
+        read_echo_set(echo_set.paths, parts, geometry, workers)
 
 
 def test_real_imag_preferred_over_phase(tmp_path: Path) -> None:

@@ -749,3 +749,42 @@ def test_chunk_workers_give_the_same_maps(method: str) -> None:
 def test_workers_must_be_positive() -> None:
     with pytest.raises(ValueError, match="workers must be at least 1"):
         fit_t2star(np.ones((2, 3)), [0.01, 0.02, 0.03], compute=Compute(workers=0))
+
+
+def test_cpu_chunk_follows_the_voxel_count_only() -> None:
+    """The default CPU chunk: a 12th of the voxels, between 16384 and 65536 voxels, from the
+    voxel count alone (so the maps do not depend on the workers)."""
+    assert fit_module.cpu_chunk(128 * 128 * 24) == 32768  # 12 chunks of the bench's set
+    assert fit_module.cpu_chunk(12 * 20000 + 1) == 20001
+    assert fit_module.cpu_chunk(1000) == fit_module.MIN_CPU_CHUNK == 16384
+    assert fit_module.cpu_chunk(10**8) == fit_module.DEFAULT_CHUNK == 65536
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_default_chunks_are_cut_from_the_masked_voxels_and_give_the_same_maps(
+    workers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a chunk size the CPU fit cuts the masked voxels into :func:`cpu_chunk` chunks,
+    whatever the workers, and the maps are the same bytes as with that chunk size given."""
+    from t2starmap.fit import dispatch
+
+    phantom = make_phantom((80, 80, 40), seed=6)
+    mask = np.ones(phantom.mask.shape, dtype=bool)
+    mask[:, :, 36:] = False  # 230400 voxels: 12 chunks of 19200, not a 12th of the volume
+    planned: list[int] = []
+    plan = dispatch.plan
+
+    def spy(compute: Compute, defaults: tuple[int, int]) -> dispatch.Plan:
+        how = plan(compute, defaults)
+        planned.append(how.chunk_size)
+        return how
+
+    monkeypatch.setattr(dispatch, "plan", spy)
+    fit = lambda chunk: fit_t2star(  # noqa: E731
+        phantom.magnitude, phantom.echo_times, mask=mask, noise=NoiseModel(phantom.sigma),
+        compute=Compute(device="cpu", workers=workers, chunk_size=chunk),
+    )  # fmt: skip
+    default, given = fit(None), fit(fit_module.cpu_chunk(int(mask.sum())))
+    assert planned[0] == fit_module.cpu_chunk(int(mask.sum())) == 19200 == planned[1]
+    for key, value in tensors(default).items():
+        assert torch.equal(value, tensors(given)[key]), key

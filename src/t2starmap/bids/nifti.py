@@ -20,7 +20,7 @@ import gzip
 import os
 import sys
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,6 +31,7 @@ import numpy as np
 
 from t2starmap.bids.atomic import atomic_path
 from t2starmap.bids.layout import annex_missing_message
+from t2starmap.bids.tasks import raised, run_tasks
 from t2starmap.errors import BadDataError, InputMissingError
 from t2starmap.resources import available_cpus
 
@@ -248,28 +249,46 @@ def read_magnitude(
     every echo is stored unscaled as one of :data:`STACK_INTEGERS` (scanners write int16),
     the stack keeps that type instead of float32: the same values in half the memory or
     less. Raises BadDataError naming the file."""
-    kind = _stack_type(paths) if integers else np.dtype(np.float32)
-    out = np.empty((*geometry.shape, len(paths)), dtype=kind)
+    out = magnitude_stack(paths, geometry, integers)
+    tasks = [echo_task(paths, k, out) for k in range(len(paths))]
+    return checked_stack(out, run_tasks(tasks, read_workers(workers, len(paths))))
 
-    def read_one(k: int) -> tuple[np.ndarray | None, bool]:
+
+def magnitude_stack(paths: Sequence[Path], geometry: Geometry, integers: bool) -> np.ndarray:
+    """The empty stack :func:`read_magnitude` fills (:func:`echo_task`)."""
+    kind = _stack_type(paths) if integers else np.dtype(np.float32)
+    return np.empty((*geometry.shape, len(paths)), dtype=kind)
+
+
+def echo_task(
+    paths: Sequence[Path], k: int, out: np.ndarray, done: Callable[[int], None] | None = None
+) -> Callable[[], tuple[np.ndarray | None, bool]]:
+    """The task that reads echo ``k`` into ``out[..., k]`` and checks its samples (for
+    :func:`checked_stack`), then calls ``done(k)``."""
+
+    def read_one() -> tuple[np.ndarray | None, bool]:
         data = _stored(paths[k], _image_from_file(paths[k]), np.float32)
         if data.size != out[..., k].size:
             raise BadDataError(
                 f"{paths[k]}: image data holds {data.size} voxels, its header says "
                 f"{out[..., k].size}"
             )
-        if kind.kind != "f" and data.dtype.newbyteorder("=") != kind:
+        if out.dtype.kind != "f" and data.dtype.newbyteorder("=") != out.dtype:
             raise BadDataError(f"{paths[k]}: the image changed while it was read")
-        data = data.reshape(geometry.shape)
+        data = data.reshape(out.shape[:-1])
         _copy_into(out[..., k], data)
-        return _unusable_samples(data)
+        checks = _unusable_samples(data)
+        if done is not None:
+            done(k)
+        return checks
 
-    workers = read_workers(workers, len(paths))
-    if workers == 1:
-        checks = [read_one(k) for k in range(len(paths))]
-    else:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="t2starmap-read") as pool:
-            checks = list(pool.map(read_one, range(len(paths))))
+    return read_one
+
+
+def checked_stack(out: np.ndarray, outcomes: Sequence[Any]) -> MagnitudeEchoes:
+    """The :class:`MagnitudeEchoes` of a stack from its :func:`echo_task` outcomes (as
+    :func:`run_tasks` gives them); raises the first echo's error."""
+    checks = [raised(outcome) for outcome in outcomes]
     flagged = [bad for bad, _ in checks if bad is not None]
     if not flagged:
         return MagnitudeEchoes(out, None, any(positive for _, positive in checks))

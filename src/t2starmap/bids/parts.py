@@ -21,15 +21,27 @@ from __future__ import annotations
 import json
 import math
 import re
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from t2starmap.bids.layout import EchoSet
-from t2starmap.bids.nifti import Geometry, read_part, read_workers
+from t2starmap.bids.nifti import (
+    Geometry,
+    MagnitudeEchoes,
+    checked_stack,
+    echo_task,
+    magnitude_stack,
+    read_magnitude,
+    read_part,
+    read_workers,
+)
+from t2starmap.bids.tasks import raised, run_tasks
 from t2starmap.errors import BadDataError
 
 #: Relative tolerance on the full-scale value of a phase range.
@@ -219,40 +231,122 @@ def load_complex(
 
     real/imag parts: real + i imag. Phase: ``magnitude`` (the set's magnitude echoes,
     (*shape, n_echoes), as :func:`t2starmap.bids.nifti.load_magnitude` gives them) times
-    exp(i phase). Echoes are read and combined in up to ``workers`` threads (default as
+    exp(i phase). The files are read in up to ``workers`` threads (default as
     :func:`t2starmap.bids.nifti.read_volumes`; decompression and numpy release the GIL),
-    each into its own slot: the same values whatever the count. Each echo is combined a few
-    slices at a time (:func:`_blocks`): its complex128 temporaries stay in the CPU's cache
-    instead of streaming through memory, which two threads share. Raises BadDataError naming
-    the file (shape, affine, units, unreadable)."""
-    n_echo = len(parts.files)
-    out = np.empty((*geometry.shape, n_echo), dtype=np.complex64)
-    if parts.kind == "phase" and (magnitude is None or magnitude.shape != out.shape):
+    each echo combined into its own slot (:class:`_Assembly`): the same values whatever the
+    count. Raises BadDataError naming the file (shape, affine, units, unreadable)."""
+    shape = (*geometry.shape, len(parts.files))
+    if parts.kind == "phase" and (magnitude is None or magnitude.shape != shape):
         got = None if magnitude is None else magnitude.shape
-        raise ValueError(f"phase parts need the magnitude echoes {out.shape}, got {got}")
+        raise ValueError(f"phase parts need the magnitude echoes {shape}, got {got}")
+    assembly = _Assembly(parts, geometry, magnitude, magnitude_pending=False)
+    tasks = [task for k in range(len(parts.files)) for task in assembly.tasks(k)]
+    for outcome in run_tasks(tasks, read_workers(workers, len(tasks))):
+        raised(outcome)
+    return assembly.out
 
-    def combine(k: int) -> None:
-        paths = parts.files[k]
-        if parts.kind == "real-imag":
-            real, imag = read_part(paths[0], geometry), read_part(paths[1], geometry)
-            for block in _blocks(geometry.shape):
-                out[..., block, k] = real[..., block] + 1j * imag[..., block]
-        else:
-            assert magnitude is not None
-            rad = phase_to_radians(read_part(paths[0], geometry), parts.units[k], paths[0])
-            for block in _blocks(geometry.shape):
-                out[..., block, k] = magnitude[..., block, k] * np.exp(
-                    1j * rad[..., block].astype(np.float64)
-                )
 
-    workers = read_workers(workers, n_echo)
-    if workers == 1:
-        for k in range(n_echo):
-            combine(k)
-    else:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="t2starmap-read") as pool:
-            list(pool.map(combine, range(n_echo)))
-    return out
+@dataclass(frozen=True)
+class SetRead:
+    """What :func:`read_echo_set` read: the magnitude echoes, and the complex signal (None
+    without parts) or the error reading the parts raised; ``from_magnitude``: the signal is
+    the phase combined with the magnitude."""
+
+    echoes: MagnitudeEchoes
+    _signal: Any
+    from_magnitude: bool = False
+
+    def signal(self) -> np.ndarray | None:
+        """The complex signal (:func:`load_complex`'s; from phase, NaN in the echoes'
+        unusable voxels, as the NaN magnitude gives); raises the first part file's error."""
+        signal = raised(self._signal)
+        if signal is not None and self.from_magnitude and self.echoes.unusable is not None:
+            signal[self.echoes.unusable] = complex(np.nan, np.nan)  # as NaN x exp(i phase)
+        return cast("np.ndarray | None", signal)
+
+
+def read_echo_set(
+    paths: Sequence[Path],
+    parts: Parts | None,
+    geometry: Geometry,
+    workers: int | None = None,
+    *,
+    integers: bool = False,
+) -> SetRead:
+    """The magnitude echoes (:func:`t2starmap.bids.nifti.read_magnitude`) and, when
+    ``parts`` is given, the complex signal (:func:`load_complex`), read in ONE pool of up to
+    ``workers`` threads: a task per file, all queued at once, echo by echo, each echo
+    combined once all its files are in; the same values as the two read one after the
+    other. Raises the first magnitude echo's error; a part's error is raised by
+    :meth:`SetRead.signal`."""
+    if parts is None:
+        return SetRead(read_magnitude(paths, geometry, workers, integers=integers), None)
+    out = magnitude_stack(paths, geometry, integers)
+    assembly = _Assembly(parts, geometry, out, magnitude_pending=parts.kind == "phase")
+    done = assembly.arrived if parts.kind == "phase" else None
+    tasks = []
+    for k in range(len(paths)):
+        tasks += [echo_task(paths, k, out, done), *assembly.tasks(k)]
+    outcomes = run_tasks(tasks, read_workers(workers, len(tasks)))
+    step = 1 + len(parts.files[0])
+    echoes = checked_stack(out, outcomes[::step])
+    failed = [o for k in range(len(paths)) for o in outcomes[k * step + 1 : (k + 1) * step]]
+    first = next((o for o in failed if o is not None), None)
+    return SetRead(echoes, assembly.out if first is None else first, parts.kind == "phase")
+
+
+class _Assembly:
+    """The complex signal of ``parts``, put together as its files come in: each echo is
+    combined by the task that brings its last file (its parts and, with
+    ``magnitude_pending``, its magnitude echo in ``magnitude``, announced by
+    :meth:`arrived`), a few slices at a time (:func:`_blocks`), so that its complex128
+    temporaries stay in the CPU's cache."""
+
+    def __init__(
+        self,
+        parts: Parts,
+        geometry: Geometry,
+        magnitude: np.ndarray | None,
+        magnitude_pending: bool,
+    ) -> None:
+        self.parts, self.geometry, self.magnitude = parts, geometry, magnitude
+        self.out = np.empty((*geometry.shape, len(parts.files)), dtype=np.complex64)
+        self._lock = threading.Lock()
+        self._missing = [len(files) + magnitude_pending for files in parts.files]
+        self._pieces: list[dict[int, np.ndarray]] = [{} for _ in parts.files]
+
+    def tasks(self, k: int) -> list[Callable[[], None]]:
+        """The tasks that read the part files of echo ``k``."""
+        return [partial(self._read, k, i) for i in range(len(self.parts.files[k]))]
+
+    def _read(self, k: int, i: int) -> None:
+        path = self.parts.files[k][i]
+        values = read_part(path, self.geometry)
+        if self.parts.kind == "phase":
+            values = phase_to_radians(values, self.parts.units[k], path)
+        self._pieces[k][i] = values
+        self.arrived(k)
+
+    def arrived(self, k: int) -> None:
+        """One more file of echo ``k`` is in; the last one combines the echo."""
+        with self._lock:
+            self._missing[k] -= 1
+            last = self._missing[k] == 0
+        if last:
+            self._combine(k, self._pieces[k])
+            self._pieces[k] = {}
+
+    def _combine(self, k: int, pieces: dict[int, np.ndarray]) -> None:
+        out = self.out
+        if self.parts.kind == "real-imag":
+            for block in _blocks(self.geometry.shape):
+                out[..., block, k] = pieces[0][..., block] + 1j * pieces[1][..., block]
+            return
+        assert self.magnitude is not None
+        for block in _blocks(self.geometry.shape):
+            out[..., block, k] = self.magnitude[..., block, k] * np.exp(
+                1j * pieces[0][..., block].astype(np.float64)
+            )
 
 
 #: Voxels the echoes are combined in at a time (:func:`load_complex`): about 0.5 MB of

@@ -80,11 +80,25 @@ from t2starmap.fit.solver import Solution, gt, levenberg_marquardt, tiny
 #: enough that a chunk's few echo-by-voxel temporaries stay in the CPU caches. Chosen with
 #: ``python benchmarks/tune_fit.py --chunks 15 16 17`` (its table, not a copy here, is the record).
 DEFAULT_CHUNK = 1 << 16
+#: Chunks a CPU fit is cut into (:func:`cpu_chunk`): 2, 3 or 4 workers share 12 evenly, and a
+#: chunk that iterates longer is shared out instead of holding one worker alone.
+CPU_CHUNKS = 12
+#: The smallest CPU chunk :func:`cpu_chunk` gives: smaller chunks hand the GIL over so often
+#: that the workers slow each other (section 6 of benchmarks/RESULTS_PARTICIPANT.md).
+MIN_CPU_CHUNK = 1 << 14
 #: Voxels per chunk on a GPU: big enough that kernel launches do not dominate (a 192x192x64
 #: volume is one chunk), small enough for the temporaries (~0.6 GB at 11 echoes, float32).
 DEFAULT_CUDA_CHUNK = 1 << 22
 #: Iteration cap of the magnitude fits (plain and corrected): see :mod:`t2starmap.fit.lm_policy`.
 MAX_ITER = MAGNITUDE_MAX_ITER
+
+
+def cpu_chunk(n_voxels: int) -> int:
+    """Voxels per chunk of a CPU fit of ``n_voxels`` voxels: :data:`CPU_CHUNKS` chunks, at
+    least :data:`MIN_CPU_CHUNK` and at most :data:`DEFAULT_CHUNK` voxels each. From the voxel
+    count alone, never from the workers: the chunks decide which voxels share a solver's
+    stop, so the maps are the same bytes at any ``--nprocs``."""
+    return min(DEFAULT_CHUNK, max(MIN_CPU_CHUNK, -(-n_voxels // CPU_CHUNKS)))
 
 
 def check_even_spacing(sorted_te: np.ndarray) -> float:
@@ -155,12 +169,12 @@ def fit_t2star(
         )
     if bipolar:
         raise ValueError(f"bipolar is a property of the complex fit, not of {method!r}")
-    how = dispatch.plan(compute, (DEFAULT_CHUNK, DEFAULT_CUDA_CHUNK))
     te_np = check_echo_times(echo_times)
     order = np.argsort(te_np, kind="stable")
     if method == "arlo":
         check_even_spacing(te_np[order])
     vox = dispatch.voxels([signal], te_np.size, mask)
+    how = dispatch.plan(compute, (cpu_chunk(vox.n_fit), DEFAULT_CUDA_CHUNK))
     name, noise = _kernel_for(method, noise)
     echoes = echoes_on(te_np, order, how)
     kernel = partial(_KERNELS[name], echoes=echoes, noise=noise, order=[int(k) for k in order])

@@ -36,7 +36,7 @@ import numpy as np
 
 from t2starmap.b0.correction import ThroughSliceCorrection
 from t2starmap.bids.layout import EchoSet
-from t2starmap.bids.nifti import READ_THREADS, Geometry, read_magnitude
+from t2starmap.bids.nifti import READ_THREADS, Geometry, MagnitudeEchoes
 from t2starmap.bids.outputs import (
     REQUIRED_KEYS,
     UNCERTAINTY_KEYS,
@@ -44,7 +44,7 @@ from t2starmap.bids.outputs import (
     misfit_tested,
     phase_sidecar,
 )
-from t2starmap.bids.parts import Parts, complex_available, find_parts, load_complex
+from t2starmap.bids.parts import Parts, complex_available, find_parts, read_echo_set
 from t2starmap.errors import BadDataError
 from t2starmap.fit import (
     EchoSpacingError,
@@ -108,8 +108,11 @@ def fit_echo_set(echo_set: EchoSet, geometry: Geometry, options: Options) -> Set
     first = str(echo_set.echoes[0].path)
     parts = find_parts(echo_set)
     method = _method(options.fit_method, complex_available(parts), first)
-    magnitude, unusable = _usable_magnitude(echo_set, geometry, warnings, _read_threads(options))
-    signal = _complex_signal(options, method, parts, geometry, magnitude)
+    read = read_echo_set(
+        echo_set.paths, _wanted(options, method, parts), geometry, _read_threads(options),
+        integers=True)  # fmt: skip
+    magnitude, unusable = _usable_magnitude(echo_set, read.echoes, geometry, warnings)
+    signal = read.signal()
     clock.lap("read")
     noise = _noise_level(options, echo_set, magnitude, signal, warnings)
     gain = noise_gain(noise)  # a noise map (parallel imaging): the fits see uniform noise
@@ -302,31 +305,21 @@ def _maps(
     return maps, counts
 
 
-def _complex_signal(
-    options: Options,
-    method: Method,
-    parts: Parts | None,
-    geometry: Geometry,
-    magnitude: np.ndarray,
-) -> np.ndarray | None:
-    """The complex signal where something wants it: the complex fit, the background's real
-    channel and the field map; none of them with a given sigma, a magnitude fit and no
-    correction."""
+def _wanted(options: Options, method: Method, parts: Parts | None) -> Parts | None:
+    """The parts to read, where something wants the complex signal: the complex fit, the
+    background's real channel and the field map; none of them with a given sigma, a
+    magnitude fit and no correction."""
     wanted = method == "complex" or options.noise_sigma is None or options.b0_correction != "none"
-    if parts is None or not wanted:
-        return None
-    return load_complex(parts, geometry, magnitude, _read_threads(options))
+    return parts if wanted else None
 
 
 def _usable_magnitude(
-    echo_set: EchoSet, geometry: Geometry, warnings: Warnings, workers: int = 1
+    echo_set: EchoSet, echoes: MagnitudeEchoes, geometry: Geometry, warnings: Warnings
 ) -> tuple[np.ndarray, np.ndarray]:
     """The stacked echoes (float32, or the files' integer type when they are int16 and the
     like: :func:`t2starmap.bids.nifti.read_magnitude`), voxels with a NaN/inf/negative sample set
     to NaN (the fit flags them; float32 then), and those voxels (bool): the only ones with
     a non-finite sample. Raises BadDataError when no voxel is usable."""
-    # checked as they are read; int16 files stay int16 (half the memory; the fits cast)
-    echoes = read_magnitude(echo_set.paths, geometry, workers, integers=True)
     magnitude, unusable = echoes.data, echoes.unusable
     if (unusable is not None and unusable.all()) or not echoes.positive:
         raise BadDataError(
