@@ -155,8 +155,6 @@ def test_group_plots() -> None:
         {"ses-1": [False, False, True], "ses-2": [False, False]},
     )
     assert_not_blank(decode(strip))
-    bars = figures.failed_bar_png(["sub-01", "sub-02 ses-1"], [0.0, 0.03])
-    assert_not_blank(decode(bars))
 
 
 @pytest.mark.parametrize(
@@ -221,14 +219,6 @@ def test_decay_legend_is_outside_the_data() -> None:
     assert legend is not None
     assert not legend.get_window_extent().overlaps(ax.get_window_extent())
     assert legend.get_window_extent().y1 <= fig.bbox.y1 and legend.get_window_extent().y0 >= 0
-
-
-def test_failed_bars_at_study_scale_show_the_highest_only() -> None:
-    labels = [f"sub-{i:04d}" for i in range(1000)]
-    fractions = [i / 10000 for i in range(1000)]
-    image = decode(figures.failed_bar_png(labels, fractions))
-    few = decode(figures.failed_bar_png(labels[:40], fractions[:40]))
-    assert image.shape[0] <= few.shape[0] * 1.1  # 40 bars, not 1000
 
 
 @pytest.mark.parametrize("shape", [(64, 6, 1), (256, 256, 5), (20, 18)])

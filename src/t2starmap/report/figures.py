@@ -473,34 +473,6 @@ def group_strip_figure(
     return fig
 
 
-#: Most bars in the failed-fraction chart: at study scale only the highest are drawn.
+#: Most bars in the group page's fraction chart (:func:`t2starmap.report.charts.fraction_bars_png`):
+#: at study scale only the highest are drawn.
 MAX_BARS = 40
-
-
-def failed_bar_png(labels: Sequence[str], fractions: Sequence[float]) -> bytes:
-    """Horizontal bars: failed fraction (%) per echo set; with more than :data:`MAX_BARS`
-    sets only the :data:`MAX_BARS` highest, in descending order (the chart says so)."""
-    total = len(labels)
-    if total > MAX_BARS:
-        order = np.argsort(-np.nan_to_num(np.asarray(fractions, dtype=np.float64), nan=0.0))
-        keep = order[:MAX_BARS]
-        labels = [labels[i] for i in keep]
-        fractions = [fractions[i] for i in keep]
-    n = len(labels)
-    fig = Figure(figsize=(6.0, max(1.6, 0.28 * n + 0.9)))
-    ax = fig.add_axes(
-        (0.32, 0.7 / max(1.6, 0.28 * n + 0.9), 0.62, 1 - 0.95 / max(1.6, 0.28 * n + 0.9))
-    )
-    percent = 100 * np.nan_to_num(np.asarray(fractions, dtype=np.float64), nan=0.0)
-    ax.barh(np.arange(n), percent, color="#dd8452")
-    ax.set_yticks(np.arange(n), list(labels))
-    ax.invert_yaxis()
-    ax.set_xlabel("failed voxels (% of signal mask)")
-    if total > n:
-        ax.set_title(f"the {n} highest of {total} echo sets", fontsize=9)
-    top = max(1.0, float(percent.max(initial=0)) * 1.25)
-    ax.set_xlim(0, top)
-    for y, value in enumerate(percent):
-        ax.text(value + 0.01 * top, y, f"{value:.2f} %", va="center", fontsize=7.5)
-    ax.tick_params(labelsize=8)
-    return to_png(fig)
