@@ -2,13 +2,11 @@
 it): echoes, parts and maps, the converter's phase images, and the orientation of an affine.
 Errors name the file.
 
-gzip is most of the cost of reading and writing ``.nii.gz``: it goes through ``isal`` (Intel's
-ISA-L, the same gzip format, about 10x faster to compress at level 1 and 1.3x to decompress)
-when it is installed, else through ``zlib`` at nibabel's level 1. nibabel parses the headers and
-arrays from the bytes either way. The echoes of a set are decompressed in a few threads (both
-libraries release the GIL).
+gzip is most of the cost of reading and writing ``.nii.gz``: it goes through
+:mod:`t2starmap.bids.gzipped` (isal when installed, else zlib); nibabel parses the headers and
+arrays from the bytes either way. The echoes of a set are decompressed in a few threads.
 
-nibabel is imported without pydicom (:func:`_import_nibabel`): its ``nifti1`` imports pydicom,
+nibabel is imported without pydicom (:func:`_pydicom_hidden`): its ``nifti1`` imports pydicom,
 and with it scipy and Pillow, half of nibabel's import time (0.07 s of a ``t2smap`` run that
 takes 0.6 s), only to parse DICOM header extensions, which this project never reads (nibabel
 keeps them as plain bytes without pydicom).
@@ -16,19 +14,18 @@ keeps them as plain bytes without pydicom).
 
 from __future__ import annotations
 
-import gzip
 import os
 import sys
-import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
+from t2starmap.bids import gzipped
 from t2starmap.bids.atomic import atomic_path
 from t2starmap.bids.layout import annex_missing_message
 from t2starmap.bids.tasks import raised, run_tasks
@@ -36,36 +33,25 @@ from t2starmap.errors import BadDataError, InputMissingError
 from t2starmap.resources import available_cpus
 
 
-def _hide_pydicom() -> bool:
-    """Make ``import pydicom`` fail until :func:`_unhide_pydicom` (when nibabel is still to be
-    imported and pydicom is not there already); whether it did."""
+@contextmanager
+def _pydicom_hidden() -> Iterator[None]:
+    """``import pydicom`` fails inside (an ImportError), when neither pydicom nor nibabel is
+    loaded yet; afterwards pydicom imports as usual."""
     hide = "pydicom" not in sys.modules and "nibabel" not in sys.modules
     if hide:
-        sys.modules["pydicom"] = None  # type: ignore[assignment]  # import pydicom: ImportError
-    return hide
+        sys.modules["pydicom"] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        if hide and "pydicom" in sys.modules and sys.modules["pydicom"] is None:
+            del sys.modules["pydicom"]
 
 
-def _unhide_pydicom(hidden: bool) -> None:
-    if hidden and "pydicom" in sys.modules and sys.modules["pydicom"] is None:
-        del sys.modules["pydicom"]
+with _pydicom_hidden():
+    import nibabel as nib
 
-
-_hidden = _hide_pydicom()
-try:
-    import nibabel as nib  # after hiding pydicom
-finally:
-    _unhide_pydicom(_hidden)
-
-try:  # optional speed-up; the same bytes format
-    from isal import igzip as _gzip_lib
-except ImportError:  # pragma: no cover - exercised where isal is missing
-    _gzip_lib = None  # type: ignore[assignment]
-
-#: gzip level of written maps: nibabel's default (fast, nearly as small as level 6 on maps).
-COMPRESS_LEVEL = 1
 #: Most threads that decompress echoes at once.
 READ_THREADS = 4
-_GZIP_MAGIC = b"\x1f\x8b"
 #: Where a single-file NIfTI-1 map's data start: the header and an empty extension flag.
 _DATA_OFFSET = 352
 
@@ -151,12 +137,9 @@ def check_geometry(paths: Sequence[Path]) -> Geometry:
     )
 
 
-def gzip_decompress(data: bytes) -> bytes:
-    """The bytes of every gzip member of ``data``. Raises OSError/EOFError/zlib.error when
-    the stream is damaged or cut short."""
-    if _gzip_lib is not None:
-        return bytes(_gzip_lib.decompress(data))
-    return gzip.decompress(data)
+def _unreadable(path: Path, err: BaseException) -> BadDataError:
+    """The error of an image whose data could not be read, naming the file."""
+    return BadDataError(f"{path}: image data could not be read ({_one_line(err)})")
 
 
 def _image_from_file(path: Path) -> Any:
@@ -165,12 +148,12 @@ def _image_from_file(path: Path) -> Any:
     try:
         data = Path(path).read_bytes()
     except OSError as err:
-        raise BadDataError(f"{path}: image data could not be read ({_one_line(err)})") from err
-    if data[:2] == _GZIP_MAGIC:
+        raise _unreadable(path, err) from err
+    if data[:2] == gzipped.MAGIC:
         try:
-            raw = gzip_decompress(data)
-        except (OSError, EOFError, ValueError, zlib.error) as err:
-            raise BadDataError(f"{path}: image data could not be read ({_one_line(err)})") from err
+            raw = gzipped.decompress(data)
+        except gzipped.DAMAGED as err:
+            raise _unreadable(path, err) from err
     else:
         raw = data
     try:
@@ -191,8 +174,8 @@ def _stored(path: Path, image: Any, dtype: type[np.floating[Any]]) -> np.ndarray
         if identity and exact and hasattr(proxy, "get_unscaled"):
             return np.asarray(proxy.get_unscaled())
         return np.asarray(proxy, dtype=dtype)
-    except (OSError, EOFError, ValueError, zlib.error) as err:
-        raise BadDataError(f"{path}: image data could not be read ({_one_line(err)})") from err
+    except gzipped.DAMAGED as err:
+        raise _unreadable(path, err) from err
 
 
 def read_volume(path: Path, dtype: type[np.floating[Any]] = np.float32) -> np.ndarray:
@@ -390,8 +373,8 @@ def read_map_image(path: Path) -> MapImage:
             np.asarray(img.affine, dtype=np.float64),
             tuple(float(z) for z in img.header.get_zooms()[:3]),
         )
-    except (OSError, EOFError, ValueError, zlib.error) as err:
-        raise BadDataError(f"{path}: image data could not be read ({_one_line(err)})") from err
+    except gzipped.DAMAGED as err:
+        raise _unreadable(path, err) from err
 
 
 def header_geometry(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
@@ -497,7 +480,11 @@ def save_volumes(
     header.set_data_offset(_DATA_OFFSET)
     header["scl_slope"], header["scl_inter"] = 1.0, 0.0  # as nibabel writes float32 data
     compress = Path(path).name.endswith(".gz")
-    with atomic_path(path) as tmp, open(tmp, "wb") as stream, _output(stream, compress) as out:
+    with (
+        atomic_path(path) as tmp,
+        open(tmp, "wb") as stream,
+        gzipped.output(stream, compress) as out,
+    ):
         out.write(header.binaryblock)
         out.write(b"\0" * (_DATA_OFFSET - len(header.binaryblock)))  # no extension
         for volume in volumes:
@@ -527,19 +514,5 @@ def _write_file(path: Path, image: Any, compress: bool) -> None:
     """Write ``image`` to ``path``, through gzip when ``compress``: nibabel streams it a
     plane at a time into the compressor (isal when installed), so no copy of the whole
     image, raw or compressed, is held."""
-    with open(path, "wb") as stream, _output(stream, compress) as out:
+    with open(path, "wb") as stream, gzipped.output(stream, compress) as out:
         image.to_stream(out)
-
-
-@contextmanager
-def _output(stream: BinaryIO, compress: bool) -> Iterator[BinaryIO]:
-    """``stream``, or a gzip stream into it (isal when installed) when ``compress``. The gzip
-    header carries no name and no time: the same map gives the same bytes."""
-    if not compress:
-        yield stream
-        return
-    opener: Any = _gzip_lib.IGzipFile if _gzip_lib is not None else gzip.GzipFile
-    with opener(
-        filename="", mode="wb", compresslevel=COMPRESS_LEVEL, fileobj=stream, mtime=0
-    ) as gz:
-        yield gz
