@@ -263,15 +263,19 @@ def _magnitude_thermal(
     thermal: NoiseEstimate, tail: NoiseEstimate, bounds: dict[str, str]
 ) -> NoiseEstimate:
     """The thermal estimate :func:`_choice` works with: ``tail`` where it is an estimate, the
-    set has no across-model residual and the tail is not below ``TAIL_BELOW_FLOOR`` times
-    the magnitude floor, with why; else ``thermal`` (the tail's role in ``bounds`` then says
-    why not)."""
+    set has no across-model residual, the magnitude floor has no noise map (a tail, from
+    where the tissue decayed, stands for its own voxels then) and the tail is not below
+    ``TAIL_BELOW_FLOOR`` times the floor, with why; else ``thermal`` (the tail's role in
+    ``bounds`` then says why not)."""
     if tail.sigma is None or bounds.get(tail.method) != ESTIMATE:
         return thermal
     if thermal.sigma is None:
         return tail
     if thermal.method == ACROSS:
         bounds[tail.method] = f"{CROSS} (the residual across the complex model is used)"
+        return thermal
+    if thermal.sigma_map is not None:  # the tail stands for its own voxels only
+        bounds[tail.method] = f"{CROSS} (the noise is not uniform: the {thermal.method} map)"
         return thermal
     if tail.sigma < TAIL_BELOW_FLOOR * thermal.sigma:
         bounds[tail.method] = (

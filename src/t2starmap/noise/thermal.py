@@ -14,8 +14,8 @@ from t2starmap.noise.across import across_residuals
 from t2starmap.noise.floor import MIN_ECHOES_FLOOR, Floor, Residuals, thermal_floor
 from t2starmap.noise.result import NoiseEstimate
 from t2starmap.noise.samples import MIN_BACKGROUND
-from t2starmap.noise.spatial import noise_map
-from t2starmap.noise.tail import TAIL_BELOW_FLOOR, Tail
+from t2starmap.noise.spatial import NONUNIFORM_Z, NoiseMap, noise_map
+from t2starmap.noise.tail import TAIL_BELOW_FLOOR, Tail, follows
 
 #: A map is not used where more than this share of the residual variance decays with the
 #: signal: ghosts overlapping the tissue then shape it more than the noise does. Each voxel's
@@ -50,8 +50,8 @@ def thermal_estimate(
     ``bipolar`` train, or where too few are coherent without it), else ``residual-floor``
     from the magnitude fit's ``magnitude_residuals``
     (:func:`t2starmap.noise.tissue.tissue_residuals`), its map's level from the decayed
-    ``tail`` where that one's noise is not uniform. ``shape``: the image's spatial shape.
-    sigma None (and why) when neither can be had."""
+    ``tail`` where the noise is not uniform (:func:`_calibrated`). ``shape``: the image's
+    spatial shape. sigma None (and why) when neither can be had."""
     te = np.asarray(echo_times, dtype=np.float64)
     why = ""
     if signal is not None:
@@ -76,7 +76,7 @@ def _estimate(
     floor: Floor, method: str, shape: tuple[int, ...], tail: Tail | None = None
 ) -> NoiseEstimate:
     """The NoiseEstimate of a floor, with its map when the noise is not uniform (or, from the
-    magnitude, the map's shape with its level from a ``tail`` whose own noise is not uniform:
+    magnitude, the map's shape with its level from a ``tail`` whose noise is not uniform:
     :func:`_calibrated`)."""
     assert floor.sigma is not None
     n_echo = floor.per_echo.size
@@ -99,7 +99,7 @@ def _estimate(
             f"of its median, chance {100 * found.chance:.0f} %): the map is used"
         )
     elif found is not None and method == "residual-floor" and n_echo >= MIN_ECHOES_FLOOR:
-        calibrated = _calibrated(found.sigma, floor, tail)
+        calibrated = _calibrated(found, floor, tail)
         if calibrated is not None:
             sigma_map, sigma, why = calibrated
             how += f"; {why}"
@@ -130,27 +130,41 @@ def _estimate(
 
 
 def _calibrated(
-    shape_map: np.ndarray, floor: Floor, tail: Tail | None
+    found: NoiseMap, floor: Floor, tail: Tail | None
 ) -> tuple[np.ndarray, float, str] | None:
-    """(map, its median over the floor's voxels, why): the floor's smooth map scaled so that
-    its mean square over the ``tail``'s voxels is their own (the decayed tissue's noise, no
-    model), where the tail's own noise is not uniform (parallel imaging: the tail then
-    stands for its own tissue only) and the result is not below ``TAIL_BELOW_FLOOR`` times
-    the floor; else None. Under ghosts that change by echo the floor's map keeps the
-    g-factor's shape but not its level (0.52-1.37 x the truth on the body simulator with
-    SENSE R 3, ghosts, misfit and jitter, magnitude only; scaled by the tail 0.96-1.12)."""
-    if tail is None or tail.estimate.sigma is None or tail.uniform or tail.index.size < 2:
+    """(map, its median over the floor's voxels, why): the floor's smooth map ``found``
+    scaled so that its mean square over the ``tail``'s voxels is their own (the decayed
+    tissue's noise, no model), where the noise is not uniform (parallel imaging: the tail's
+    own map varies beyond chance, or the floor's does and the tail's noise follows it by
+    more than ``NONUNIFORM_Z`` standard errors: :func:`t2starmap.noise.tail.follows`) and
+    the tail at its own voxels is not below ``TAIL_BELOW_FLOOR`` times the map there; else
+    None.
+
+    The tail is a local measurement: its voxels are where the tissue has decayed, and under
+    SENSE where the g-factor is low (the noise is easier to fall under there; body simulator,
+    R 3, seeds 0-11: the truth at the tail's voxels 0.67 x the tissue's median), so its own
+    map can look flat within chance while the floor's does not (seeds 7 and 10: the tail
+    0.71 x the tissue's truth, 1.05-1.07 x the truth at its own voxels). Its level is
+    compared with the map where it was measured: the GE kidney's decayed voxels (magnitude
+    only) lie at 0.36 x the floor's map there and stay out. Under ghosts that change by echo
+    the floor's map keeps the g-factor's shape but not its level (0.52-1.37 x the truth on
+    the body simulator with SENSE R 3, ghosts, misfit and jitter, magnitude only)."""
+    if tail is None or tail.estimate.sigma is None or tail.index.size < 2:
+        return None
+    if tail.uniform and not (found.nonuniform and follows(tail, found.sigma) > NONUNIFORM_Z):
         return None
     assert floor.sigma is not None
-    at = shape_map.reshape(-1)[tail.index]
+    at = found.sigma.reshape(-1)[tail.index]
     scale = math.sqrt(float(np.mean(tail.variance)) / max(float(np.mean(at * at)), 1e-300))
-    sigma_map = scale * shape_map
-    sigma = float(np.median(sigma_map.reshape(-1)[floor.index]))
-    if sigma < TAIL_BELOW_FLOOR * floor.sigma:
+    if scale < TAIL_BELOW_FLOOR:
         return None
+    sigma_map = scale * found.sigma
+    sigma = float(np.median(sigma_map.reshape(-1)[floor.index]))
+    whose = "the floor's" if tail.uniform else "the decayed tissue's own"
+    spread = found.spread if tail.uniform else tail.spread
     why = (
-        f"the noise is not uniform (the decayed tissue's own map spans "
-        f"{100 * tail.spread:.0f} % of its median): the floor's smooth map, scaled by "
-        f"{scale:.3g} to the noise of {tail.voxels} decayed voxels, is used"
+        f"the noise is not uniform ({whose} map spans {100 * spread:.0f} % of its median): "
+        f"the floor's smooth map, scaled by {scale:.3g} to the noise of {tail.voxels} decayed "
+        "voxels where they lie, is used"
     )
     return sigma_map, sigma, why
