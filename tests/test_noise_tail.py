@@ -4,6 +4,8 @@ the real GE kidney where ``../shared/data`` is at hand)."""
 
 from __future__ import annotations
 
+import html
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import pytest
 
 from t2starmap.bids.layout import find_echo_sets
 from t2starmap.bids.nifti import check_geometry
+from t2starmap.bids.records import load_published
 from t2starmap.cli.run import main
 from t2starmap.noise import NoiseEstimate, all_candidates, cross_check
 from t2starmap.noise.tail import TAIL, decayed_tail, follows
@@ -316,3 +319,18 @@ def test_the_caveat_is_warned_and_in_the_sidecars(tmp_path: Path) -> None:
     clean = fitted_body(tmp_path / "clean", make_body_set(seed=0))
     assert "NoiseSigmaCaveat" not in clean.fit_info
     assert not any("magnitude cannot tell" in w for w in clean.warnings)
+
+
+def test_the_caveat_is_in_the_record_and_beside_sigma_on_the_page(tmp_path: Path) -> None:
+    """A whole participant run: the record has the caveat in its own field, and the page
+    says it in the row that gives sigma."""
+    root, out = tmp_path / "bids", tmp_path / "out"
+    root.mkdir()
+    (root / "dataset_description.json").write_text('{"Name": "t", "BIDSVersion": "1.10.0"}')
+    write_megre(root, short_train(0), "01")  # type: ignore[arg-type]
+    assert main([str(root), str(out), "participant", "--skip-bids-validation", "-q"]) == 0
+    (record,) = load_published(out)
+    assert "magnitude cannot tell" in record.noise_caveat
+    page = (out / "sub-01.html").read_text(encoding="utf-8")
+    row = re.search(r'<th scope="row">Noise level σ</th><td>([^<]*)</td>', page)
+    assert row is not None and f"caveat: {record.noise_caveat}" in html.unescape(row.group(1))
