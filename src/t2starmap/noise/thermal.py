@@ -34,6 +34,14 @@ MAP_MAX_DECAYING = {"across-model": 0.5, "residual-floor": 0.2}
 #: ghosts, misfit and jitter, 48-93 % with misfit alone or ghosts alone (where the decayed
 #: tail answers instead: :func:`t2starmap.noise.choose.cross_check`).
 CAVEAT_DECAYING = 0.1
+#: The floor is an extrapolation to no signal from the echoes' mean squared signal (its
+#: intercept); where the least of it over the train is above this share of the greatest
+#: (the signal's power falls by less than 5 x), what decays with the signal cannot be told
+#: from what does not, whichever the residual, and the estimate carries a caveat. The body
+#: simulator (every effect, TE 4.6-55 ms) and the GE kidney: 0.02-0.04 across the complex
+#: model, 0.05-0.09 from the magnitude; echoes 0.7-8.3 ms (S0 2000, ghosts): 0.26-0.41,
+#: with phase the across-model sigma 1.8-15 x the truth.
+LEAST_POWER = 0.2
 
 
 def thermal_estimate(
@@ -111,22 +119,34 @@ def _estimate(
             "signal (ghosts over the tissue): the map is not used"
         )
     role = "estimate" if n_echo >= MIN_ECHOES_FLOOR else "upper bound (fewer than 6 echoes)"
-    caveat = ""
-    if (
-        method == "residual-floor"
-        and n_echo >= MIN_ECHOES_FLOOR
-        and floor.decaying > CAVEAT_DECAYING
-        and sigma_map is None
-    ):
-        caveat = (
-            f"magnitude only: {100 * floor.decaying:.0f} % of the tissue's residual variance "
-            "changes with the signal from echo to echo (ghosts, motion, misfit), which the "
-            "magnitude cannot tell from the thermal noise; sigma may be off by more than 15 %"
-        )
+    caveat = _caveat(method, floor, sigma_map is not None)
     return NoiseEstimate(
         sigma, floor.n_voxels, f"sigma from {how}", coils=1.0, method=method,
         bounds={method: role}, sigma_map=sigma_map, caveat=caveat,
     )  # fmt: skip
+
+
+def _caveat(method: str, floor: Floor, mapped: bool) -> str:
+    """Why the floor's sigma may be off by more than 15 %, or "": the signal decays too
+    little over the train for what decays with it to be told from the noise
+    (``LEAST_POWER``, whichever the residual), or the magnitude floor has more than
+    ``CAVEAT_DECAYING`` of its variance decaying and no noise map (``mapped``)."""
+    if floor.per_echo.size < MIN_ECHOES_FLOOR:
+        return ""
+    said = []
+    if floor.least_power > LEAST_POWER:
+        said.append(
+            f"the tissue's mean squared signal falls only to {100 * floor.least_power:.0f} % "
+            "of the first echoes' over the train: what decays with it (ghosts, motion, "
+            "misfit) cannot be told from the thermal noise"
+        )
+    if method == "residual-floor" and floor.decaying > CAVEAT_DECAYING and not mapped:
+        said.append(
+            f"magnitude only: {100 * floor.decaying:.0f} % of the tissue's residual variance "
+            "changes with the signal from echo to echo (ghosts, motion, misfit), which the "
+            "magnitude cannot tell from the thermal noise"
+        )
+    return "; ".join(said) + "; sigma may be off by more than 15 %" if said else ""
 
 
 def _calibrated(
