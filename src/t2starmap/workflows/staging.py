@@ -19,7 +19,8 @@ from t2starmap.bids.func_records import PublishedRun
 from t2starmap.bids.layout import (
     EchoSet,
 )
-from t2starmap.bids.nifti import Geometry, save_map
+from t2starmap.bids.nifti import Geometry
+from t2starmap.bids.nifti_write import save_map
 from t2starmap.bids.records import PublishedSet, SetFailure
 from t2starmap.bids.summary import set_statistics
 from t2starmap.config import Settings
