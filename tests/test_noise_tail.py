@@ -252,15 +252,20 @@ def test_the_tail_follows_a_map_it_was_drawn_from() -> None:
     assert follows(tail, np.ones_like(image)) == 0.0
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2, 3, 4, 5])
-@pytest.mark.parametrize("make", [short_train, sense_together])
-def test_magnitude_only_a_sigma_off_by_more_than_15_percent_carries_a_caveat(
-    make: Callable[[int], BodySet], seed: int
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize(
+    ("make", "parts"),
+    [(short_train, "magnitude"), (short_train, "phase"), (sense_together, "magnitude")],
+)
+def test_a_sigma_off_by_more_than_15_percent_carries_a_caveat(
+    make: Callable[[int], BodySet], parts: str, seed: int
 ) -> None:
-    """Never silently wrong: where these sets' sigma is more than 15 % off the truth in
-    tissue, the caveat is there (seeds 7 and 10 of the SENSE set: above)."""
+    """Never silently wrong on the seeds the rules were made on (0-11): where these sets'
+    sigma is more than 15 % off the truth in tissue, the caveat is there (the short train,
+    magnitude only, seeds 8 and 9: a background with a ghost tail, the floor refused)."""
     body = make(seed)
-    estimate = all_candidates(body.magnitude, body.echo_times).chosen()
+    signal = body.signal if parts == "phase" else None
+    estimate = all_candidates(body.magnitude, body.echo_times, signal=signal).chosen()
     assert estimate.sigma is not None
     used = estimate.sigma_map if estimate.sigma_map is not None else estimate.sigma
     ratio = float(

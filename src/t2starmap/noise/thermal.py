@@ -74,8 +74,8 @@ def thermal_estimate(
     if magnitude_residuals is None:
         return NoiseEstimate(None, 0, why or "no residuals of bright tissue")
     floor = thermal_floor(magnitude_residuals, MIN_BACKGROUND)
-    if floor.sigma is None:
-        return NoiseEstimate(None, floor.n_voxels, floor.reason)
+    if floor.sigma is None:  # a train too short to decay still says so (no sigma of its own)
+        return NoiseEstimate(None, floor.n_voxels, floor.reason, caveat=_caveat("", floor, False))
     estimate = _estimate(floor, "residual-floor", shape, tail)
     return replace(estimate, reason=f"{why}; {estimate.reason}") if why else estimate
 
