@@ -155,8 +155,8 @@ def follows(tail: Tail, sigma_map: np.ndarray) -> float:
     different voxels, one of them without a model (no misfit, no ghosts that decayed with
     the signal), that vary alike beyond chance: the noise is not uniform, whether or not the
     tail's own map says so (the body simulator with SENSE R 3, ghosts, misfit and jitter,
-    magnitude only: 3.2-13.7 against the floor's map on seeds 0-11; with uniform noise, -4.0
-    to +3.4 over every other effect)."""
+    magnitude only: 3.2-13.7 against the floor's map on seeds 0-11; -4.0 to +3.4 over the
+    other effects but SENSE R 3 alone, whose tail is not flat anyway)."""
     at = sigma_map.reshape(-1)[tail.index]
     upper = at > np.median(at)
     if tail.index.size < 4 or not 0 < int(upper.sum()) < at.size:
