@@ -17,7 +17,10 @@ from t2starmap.bids.nifti import check_geometry
 from t2starmap.bids.records import load_published
 from t2starmap.cli.run import main
 from t2starmap.noise import NoiseEstimate, all_candidates, cross_check
-from t2starmap.noise.tail import TAIL, decayed_tail, follows
+from t2starmap.noise.floor import Floor
+from t2starmap.noise.spatial import NoiseMap
+from t2starmap.noise.tail import TAIL, Tail, decayed_tail, follows
+from t2starmap.noise.thermal import _calibrated
 from t2starmap.sim.body import BodySet, make_body_set
 from t2starmap.sim.phantoms import make_coil_phantom, write_megre
 from t2starmap.workflows.echo_set import Options, SetFit, fit_echo_set
@@ -234,6 +237,27 @@ def test_a_flat_tail_under_uniform_noise_does_not_follow_the_floor_map(
     estimate = found.chosen()
     assert estimate.sigma_map is None
     assert estimate.method == TAIL or "ghosts" not in effects, estimate.reason
+
+
+@pytest.mark.parametrize(("own", "used"), [(9.0, True), (6.0, False)])
+def test_the_tail_is_held_against_the_floor_map_where_it_lies(own: float, used: bool) -> None:
+    """A floor whose map is 10 where the tail's voxels lie and 30 elsewhere: a tail of 9
+    there scales the map by 0.9 (the floor's median over its voxels then 27, far above the
+    tail: only the local comparison is fair); a tail of 6 is below 0.7 x the map where it
+    lies and sets nothing."""
+    shape = (20, 20)
+    level = np.full(shape, 30.0)
+    level[:5] = 10.0
+    found = NoiseMap(level, 1.0, 0.1, True)
+    where = np.arange(100)  # the first 5 rows: the map is 10 there
+    tail = Tail(_e(own, TAIL), False, 0.5, where.size, where, np.full(where.size, own**2))
+    index = np.arange(400)
+    floor = Floor(20.0, 20.0, 0.3, np.ones(12), 400, np.ones(400), index, 10)
+    calibrated = _calibrated(found, floor, tail)
+    assert (calibrated is not None) == used
+    if calibrated is not None:
+        np.testing.assert_allclose(calibrated[0], 0.9 * level)
+        assert calibrated[1] == pytest.approx(0.9 * 30.0)
 
 
 def test_the_tail_follows_a_map_it_was_drawn_from() -> None:
