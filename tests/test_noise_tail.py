@@ -137,6 +137,16 @@ def test_under_ghosts_and_sense_the_tail_sets_the_level_of_the_noise_map(seed: i
     assert abs(float(np.median(over)) - 1) <= 0.15, (estimate.method, estimate.reason)
 
 
+#: SENSE R 3 with ghosts, misfit and jitter (``benchmarks/noise_body.py``'s "together, R 3").
+SENSE_TOGETHER: dict = {
+    "shape": (64, 66, 3),
+    "acceleration": 3,
+    "ghosts": 6,
+    "misfit": 0.3,
+    "jitter": 0.3,
+    "sigma": 4.0,
+}
+
 CAVEAT_FREE = {
     "clean": {},
     "fat, two pools, dark echo": {"misfit": 0.3},
@@ -144,14 +154,7 @@ CAVEAT_FREE = {
     "SENSE R 3": {"acceleration": 3, "sigma": 4.0, "shape": (64, 66, 3)},
     "ghosts": {"ghosts": 6},
     "together, R 2": {"acceleration": 2, "ghosts": 6, "misfit": 0.3, "jitter": 0.3},
-    "together, R 3": {
-        "acceleration": 3,
-        "ghosts": 6,
-        "misfit": 0.3,
-        "jitter": 0.3,
-        "sigma": 4.0,
-        "shape": (64, 66, 3),
-    },
+    "together, R 3": SENSE_TOGETHER,
 }
 
 
@@ -171,9 +174,7 @@ def short_train(seed: int) -> BodySet:
 
 def sense_together(seed: int) -> BodySet:
     """SENSE R 3 with ghosts, misfit and jitter: the decayed tissue's noise is not the rest's."""
-    return make_body_set(
-        (64, 66, 3), acceleration=3, ghosts=6, misfit=0.3, jitter=0.3, sigma=4.0, seed=seed
-    )
+    return make_body_set(**SENSE_TOGETHER, seed=seed)
 
 
 def test_a_caveat_where_magnitude_cannot_tell_the_noise_from_ghosts() -> None:
