@@ -182,8 +182,10 @@ def cross_check(
     4. never above an upper bound: the least of them caps the choice (its map scaled);
     5. a caveat (:attr:`NoiseEstimate.caveat`) where the magnitude floor remains the thermal
        estimate with much of its variance changing from echo to echo
-       (:data:`t2starmap.noise.thermal.CAVEAT_DECAYING`) and no clean background agrees
-       with it (:func:`_caveat`), whichever candidate is chosen."""
+       (:data:`t2starmap.noise.thermal.CAVEAT_DECAYING`), or the train is too short for the
+       signal to decay (:data:`t2starmap.noise.thermal.LEAST_POWER`, whichever residual,
+       the floor refused or not), and no clean background agrees with it (:func:`_caveat`),
+       whichever candidate is chosen."""
     thermal = thermal or NoiseEstimate(None, 0, "not estimated")
     tail = tail or NoiseEstimate(None, 0, "not estimated")
     everything = (background, differences, residuals, thermal, tail)
