@@ -210,6 +210,7 @@ def record_of(settings: Settings, echo_set: EchoSet, fitted: SetFit) -> Publishe
         solver_runs=fitted.solver_runs,
         steps=dict(fitted.steps),
         noise_candidates=dict(fitted.noise.candidates),
+        noise_caveat=fitted.noise.caveat,
         part_sources=tuple(derivatives.bids_path(settings.bids_dir, p) for p in fitted.part_files),
         methods=dict(fitted.fit_info),
         software=software_versions(),
