@@ -154,9 +154,11 @@ def _shape_holds(found: NoiseMap, floor: Floor, method: str, tail: Tail | None) 
     over the tissue did not shape it; its level stays the across-model one, which misfit
     cannot inflate (the body simulator, SENSE R 3 with ghosts, misfit and jitter, seed 16:
     63 % decaying, one sigma 0.80 x the truth, the map 0.95 x, the tail following it by 16
-    standard errors; on every seed 0-23 of the row 14-18 against -3 to +4.8 where the noise
-    is uniform). The magnitude floor's map under much decay is left to the tail's level
-    (:func:`_calibrated`)."""
+    standard errors; 14-18 on every seed 0-23 of the row, the GE kidney's -0.5). Ghosts
+    alone (uniform noise) can make the two follow each other too (up to 8.0 over seeds 0-23),
+    but only where the map was flat within chance: the map must vary beyond chance as well
+    (``found.nonuniform``, checked by the caller). The magnitude floor's map under much
+    decay is left to the tail's level (:func:`_calibrated`)."""
     if floor.decaying <= MAP_MAX_DECAYING.get(method, MAP_MAX_DECAYING["residual-floor"]):
         return True, ""
     if method != "across-model" or tail is None or tail.estimate.sigma is None:
