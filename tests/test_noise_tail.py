@@ -265,14 +265,7 @@ def test_a_map_refused_for_what_decays_is_used_only_where_the_tail_follows_it() 
     decaying keeps the map across the complex model when the tail follows it, not when the
     map runs the other way, and never for the magnitude floor (whose map takes the tail's
     level instead); with 30 % decaying the map holds either way."""
-    r2star = np.full(100 * 80, 300.0)
-    ramp = np.repeat(np.linspace(4.0, 12.0, 100), 80)
-    rng = np.random.default_rng(5)
-    shape = (r2star.size, TE.size)
-    noise = ramp[:, None] * (rng.standard_normal(shape) + 1j * rng.standard_normal(shape))
-    rows = np.abs(400.0 * np.exp(-np.outer(r2star, TE)) + noise)
-    tail = decayed_tail(rows, np.arange(rows.shape[0]), (100, 80), 8.0, 1.0)
-    image = ramp.reshape(100, 80)
+    tail, image = ramp_tail()
     index = np.arange(image.size)
     floor = Floor(8.0, 8.0, 0.6, np.ones(12), image.size, np.ones(image.size), index, 10)
     along, against = NoiseMap(image, 1.0, 0.1, True), NoiseMap(image[::-1], 1.0, 0.1, True)
@@ -322,9 +315,9 @@ def test_the_tail_is_held_against_the_floor_map_where_it_lies(own: float, used: 
         assert calibrated[1] == pytest.approx(0.9 * 30.0)
 
 
-def test_the_tail_follows_a_map_it_was_drawn_from() -> None:
-    """Decayed voxels whose noise triples across the image: their own noise follows a map
-    of that shape far beyond chance, and not one flat or reversed."""
+def ramp_tail() -> tuple[Tail, np.ndarray]:
+    """(the tail of 100 x 80 decayed voxels whose noise triples along the first axis, that
+    noise's SD as an image)."""
     r2star = np.full(100 * 80, 300.0)
     ramp = np.repeat(np.linspace(4.0, 12.0, 100), 80)
     rng = np.random.default_rng(5)
@@ -333,6 +326,13 @@ def test_the_tail_follows_a_map_it_was_drawn_from() -> None:
     rows = np.abs(400.0 * np.exp(-np.outer(r2star, TE)) + noise)
     tail = decayed_tail(rows, np.arange(rows.shape[0]), (100, 80), 8.0, 1.0)
     image = ramp.reshape(100, 80)
+    return tail, image
+
+
+def test_the_tail_follows_a_map_it_was_drawn_from() -> None:
+    """Decayed voxels whose noise triples across the image: their own noise follows a map
+    of that shape far beyond chance, and not one flat or reversed."""
+    tail, image = ramp_tail()
     assert follows(tail, image) > 10
     assert follows(tail, image[::-1]) < -10
     assert follows(tail, np.ones_like(image)) == 0.0
