@@ -5,7 +5,7 @@
   with the app's own engine in its default form, :func:`t2starmap.fit.fit_t2star` (nlls with the
   Rician noise model) at the phantom's known sigma (so no noise estimate, no pybids, no checks),
   2 chunk workers of one torch thread as the app runs them, in the voxels of the first echo
-  above 5 sigma; write the 10 maps a set publishes with :func:`t2starmap.bids.nifti.save_map`
+  above 5 sigma; write the 10 maps a set publishes with :func:`t2starmap.bids.nifti_write.save_map`
   (8 float maps, the failed and signal masks). Arguments: ``BIDS OUT SIGMA``.
 * :data:`READ_WRITE` (the older, smaller baseline, kept beside it): read the echoes and write
   10 float32 images with nibabel alone; no torch, no fit. Arguments: ``BIDS OUT``.
@@ -17,7 +17,8 @@ READ_FIT_WRITE = """
 import sys, json, numpy as np, torch
 from pathlib import Path
 torch.set_num_threads(1)  # as the app: 2 chunk workers of one torch thread each
-from t2starmap.bids.nifti import Geometry, read_volumes, save_map
+from t2starmap.bids.nifti import Geometry, read_volumes
+from t2starmap.bids.nifti_write import save_map
 from t2starmap.fit import Compute, NoiseModel, fit_t2star
 bids, out, sigma = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
 echoes = sorted(bids.rglob("*_MEGRE.nii.gz"))

@@ -9,7 +9,7 @@ interleaved ``--repeats`` times, each a fresh process:
 * baseline (``baselines.READ_FIT_WRITE``): read the echoes with
   :func:`t2starmap.bids.nifti.read_volumes` and stack them, ``fit_t2star`` (default nlls, the
   phantom's sigma, 2 chunk workers of one torch thread) on the first echo above 5 sigma, write
-  10 maps with :func:`t2starmap.bids.nifti.save_map` (isal), one after another; with
+  10 maps with :func:`t2starmap.bids.nifti_write.save_map` (isal), one after another; with
   ``--baseline-src`` (default: this checkout);
 * read + write (``baselines.READ_WRITE``, the smaller baseline, shown beside it): read the
   echoes and write 10 float32 images with nibabel, no torch, no fit;

@@ -283,7 +283,8 @@ for k in range(2):
 def full_mask(work: Path, brain_mask: Path) -> Path:
     """An all-ones mask of the run's field of view: every voxel fitted (the issue's 49 M
     fits), written with the project's writer."""
-    from t2starmap.bids.nifti import Geometry, save_map
+    from t2starmap.bids.nifti import Geometry
+    from t2starmap.bids.nifti_write import save_map
 
     img = nib.load(str(brain_mask))
     path = work / "fov-mask.nii.gz"

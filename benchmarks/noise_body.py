@@ -4,9 +4,10 @@ For each effect (SENSE g-factor, ghosts that change from echo to echo, fat and t
 motion-like jitter, and together), with phase (real/imaginary parts) and magnitude only, over
 seeds: the median over the tissue of (sigma used / true sigma), the sigma used being the
 noise map where one is used; how many seeds carried a caveat (the data cannot tell the
-noise); and the same without the thermal candidates (the choice before them). Then the R2*
-bias of the default fit on the mono-exponential voxels with the sigma chosen and with the
-true one.
+noise); and the same without the thermal candidates (the choice before them). The last
+effect, a train too short for the signal to decay, is no target: it shows the caveat. Then
+the R2* bias of the default fit on the mono-exponential voxels with the sigma chosen and
+with the true one.
 
     PYTHONPATH=src python benchmarks/noise_body.py [--seeds 6] [--first-seed 0]
 """
@@ -19,7 +20,7 @@ import numpy as np
 
 from t2starmap.fit import NoiseModel, fit_t2star
 from t2starmap.noise import NoiseEstimate, all_candidates, cross_check
-from t2starmap.sim.body import BodySet, make_body_set
+from t2starmap.sim.body import BODY_ECHO_TIMES, BodySet, make_body_set
 
 EFFECTS = {
     "clean": {},
@@ -36,6 +37,12 @@ EFFECTS = {
         "jitter": 0.3,
         "sigma": 4.0,
         "shape": (64, 66, 3),
+    },
+    # a train too short for the signal to decay: the caveat (not a target), with phase too
+    "echoes 0.7-8.3 ms, S0 2000, ghosts": {
+        "echo_times": tuple(0.15 * t for t in BODY_ECHO_TIMES),
+        "s0": 2000.0,
+        "ghosts": 6,
     },
 }
 

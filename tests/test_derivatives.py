@@ -116,6 +116,13 @@ def test_a_record_round_trips_through_its_file(tmp_path: Path) -> None:
     del data["part_sources"]
     path.write_text(json.dumps(data))
     assert load_published(tmp_path) == [replace(original, part_sources=())]
+    # the noise level's caveat has its own field; a record without it has none
+    caveated = replace(original, noise_caveat="magnitude only: sigma may be off")
+    path.write_text(caveated.to_json())
+    assert load_published(tmp_path) == [caveated]
+    del data["noise_caveat"]
+    path.write_text(json.dumps(data))
+    assert load_published(tmp_path)[0].noise_caveat == ""
 
 
 def test_load_published_selects_participants_and_sessions(tmp_path: Path) -> None:

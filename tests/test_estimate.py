@@ -369,7 +369,7 @@ def test_a_published_map_is_the_fits_own_array_zeroed_outside_the_mask() -> None
 def _body_set(root: Path) -> EchoSet:
     """The body simulator under SENSE R 3 (the noise 2x and more across the tissue) written as
     part-mag and part-phase echoes (rad)."""
-    from t2starmap.bids.nifti import write_image
+    from t2starmap.bids.nifti_write import write_image
     from t2starmap.sim.body import make_body_set
 
     body = make_body_set((48, 48, 2), acceleration=3, sigma=4.0, seed=2)

@@ -17,7 +17,7 @@ import pytest
 from markupsafe import escape
 
 from t2starmap.bids.func_records import PublishedRun
-from t2starmap.bids.nifti import write_image
+from t2starmap.bids.nifti_write import write_image
 from t2starmap.bids.records import load_failures, load_published
 from t2starmap.bids.summary import group_table
 from t2starmap.cli.run import main

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from t2starmap.bids.nifti import Geometry, read_volume, save_map, save_volumes
+from t2starmap.bids.nifti import Geometry, read_volume
+from t2starmap.bids.nifti_write import save_map, save_volumes
 from t2starmap.bids.series import SLAB_COLUMNS, VOLUME_BLOCK, series_volumes, unmask, voxel_rows
 from t2starmap.bids.t2smap_outputs import Stage
 

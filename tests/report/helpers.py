@@ -16,7 +16,8 @@ from t2starmap.bids import records
 from t2starmap.bids.atomic import write_json, write_text
 from t2starmap.bids.conventions import sidecar_path
 from t2starmap.bids.layout import Echo, build_echo_set
-from t2starmap.bids.nifti import Geometry, save_map
+from t2starmap.bids.nifti import Geometry
+from t2starmap.bids.nifti_write import save_map
 from t2starmap.bids.records import PublishedSet, Source
 from t2starmap.bids.summary import set_statistics
 from t2starmap.sim.phantoms import EXAMPLE_ECHO_TIMES, make_phantom, truth_maps, write_megre

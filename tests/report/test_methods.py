@@ -90,6 +90,13 @@ def test_a_corrected_set_says_what_was_done_with_numbered_references() -> None:
     assert "Software: t2starmap 9.9, Python 3.11.7, PyTorch 2.13.0; computed on cpu." in text
 
 
+def test_the_noise_levels_caveat_is_said_with_sigma() -> None:
+    (item,) = citation([record(noise_caveat="magnitude only: sigma may be off")]).sets
+    assert "Ghosts, not noise. Caveat: magnitude only: sigma may be off." in item.text
+    (plain,) = citation([record()]).sets
+    assert "Caveat" not in plain.text
+
+
 @pytest.mark.parametrize("method", sorted(NOISE_METHODS))
 def test_each_noise_choice_is_worded(method: str) -> None:
     (item,) = citation([record(noise_method=method, noise_candidates={})]).sets

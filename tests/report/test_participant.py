@@ -66,6 +66,15 @@ def test_page_content(tmp_path: Path, subject: str, session: str | None) -> None
     assert '<meta name="viewport"' in text
 
 
+def test_the_noise_levels_caveat_is_in_the_row_that_gives_sigma(tmp_path: Path) -> None:
+    outcome = replace(synthetic_output(tmp_path), noise_caveat="magnitude only: <off> & more")
+    [page] = participant.write_participant_reports(tmp_path / "out", tmp_path / "bids", [outcome])
+    row = re.search(r'<th scope="row">Noise level σ</th><td>([^<]*)</td>', page.read_text())
+    assert row is not None and row.group(1).endswith(
+        "; caveat: magnitude only: &lt;off&gt; &amp; more"
+    )
+
+
 def test_missing_optional_maps_and_no_failures(tmp_path: Path) -> None:
     outcome = replace(
         synthetic_output(tmp_path, failed_fraction=0.0, skip=("t2star_se", "rmse")), warnings=()

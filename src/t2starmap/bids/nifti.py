@@ -1,6 +1,6 @@
-"""Every image read and write, with nibabel (the only module besides the simulator that uses
-it): echoes, parts and maps, the converter's phase images, and the orientation of an affine.
-Errors name the file.
+"""Every image read, with nibabel (with :mod:`t2starmap.bids.nifti_write`, which writes them,
+the only modules that use it): echoes, parts and maps, headers, and the orientation of an
+affine. Errors name the file.
 
 gzip is most of the cost of reading and writing ``.nii.gz``: it goes through
 :mod:`t2starmap.bids.gzipped` (isal when installed, else zlib); nibabel parses the headers and
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 
 from t2starmap.bids import gzipped
-from t2starmap.bids.atomic import atomic_path
 from t2starmap.bids.layout import annex_missing_message
 from t2starmap.bids.tasks import raised, run_tasks
 from t2starmap.errors import BadDataError, InputMissingError
@@ -52,8 +51,6 @@ with _pydicom_hidden():
 
 #: Most threads that decompress echoes at once.
 READ_THREADS = 4
-#: Where a single-file NIfTI-1 map's data start: the header and an empty extension flag.
-_DATA_OFFSET = 352
 
 
 @dataclass(frozen=True)
@@ -89,7 +86,7 @@ def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split())
 
 
-def _open(path: Path) -> Any:
+def open_image(path: Path) -> Any:
     """nibabel image (typed Any: nibabel's load() is typed as the file-based base class)."""
     if path.is_symlink() and not path.exists():
         raise InputMissingError(annex_missing_message(path))
@@ -111,11 +108,11 @@ def check_geometry(paths: Sequence[Path]) -> Geometry:
     """Read the headers only of one set's echo images (``paths``); every echo must share shape
     and affine. Raises BadDataError."""
     first = paths[0]
-    img = _open(first)
+    img = open_image(first)
     shape = _spatial_shape(first, tuple(int(n) for n in img.shape))
     affine = np.asarray(img.affine, dtype=np.float64)
     for path in paths[1:]:
-        other = _open(path)
+        other = open_image(path)
         other_shape = _spatial_shape(path, tuple(int(n) for n in other.shape))
         if other_shape != shape:
             raise BadDataError(
@@ -142,7 +139,7 @@ def _unreadable(path: Path, err: BaseException) -> BadDataError:
     return BadDataError(f"{path}: image data could not be read ({_one_line(err)})")
 
 
-def _image_from_file(path: Path) -> Any:
+def image_from_file(path: Path) -> Any:
     """The nibabel image of ``path``, its data still bytes in memory (gzip undone here, with
     isal when installed). Raises BadDataError naming the file."""
     try:
@@ -159,10 +156,10 @@ def _image_from_file(path: Path) -> Any:
     try:
         return nib.Nifti1Image.from_bytes(raw)
     except Exception:  # NIfTI-2 and anything else nibabel can read: its own loader
-        return _open(path)
+        return open_image(path)
 
 
-def _stored(path: Path, image: Any, dtype: type[np.floating[Any]]) -> np.ndarray:
+def stored_values(path: Path, image: Any, dtype: type[np.floating[Any]]) -> np.ndarray:
     """The data of ``image`` as stored (int16 stays int16) when the header's scaling is the
     identity, which gives the same values as nibabel's scaled read cast to ``dtype``; else
     nibabel's scaled read as ``dtype``. Raises BadDataError naming the file."""
@@ -181,7 +178,7 @@ def _stored(path: Path, image: Any, dtype: type[np.floating[Any]]) -> np.ndarray
 def read_volume(path: Path, dtype: type[np.floating[Any]] = np.float32) -> np.ndarray:
     """One image's data as ``dtype`` (float32 unless asked), scaled as its header says (shape
     as stored). Raises BadDataError naming the file when it cannot be read or parsed."""
-    return _stored(path, _image_from_file(path), dtype).astype(dtype, copy=False)
+    return stored_values(path, image_from_file(path), dtype).astype(dtype, copy=False)
 
 
 def read_volumes(paths: Sequence[Path], workers: int | None = None) -> list[np.ndarray]:
@@ -250,7 +247,7 @@ def echo_task(
     :func:`checked_stack`), then calls ``done(k)``."""
 
     def read_one() -> tuple[np.ndarray | None, bool]:
-        data = _stored(paths[k], _image_from_file(paths[k]), np.float32)
+        data = stored_values(paths[k], image_from_file(paths[k]), np.float32)
         if data.size != out[..., k].size:
             raise BadDataError(
                 f"{paths[k]}: image data holds {data.size} voxels, its header says "
@@ -285,7 +282,7 @@ def _stack_type(paths: Sequence[Path]) -> np.dtype[Any]:
     one of :data:`STACK_INTEGERS` for all of them, unscaled; else float32 (headers only)."""
     kinds = set()
     for path in paths:
-        image = _open(path)  # the header only; nibabel moves its scaling onto the data proxy
+        image = open_image(path)  # the header only; nibabel moves its scaling onto the data proxy
         proxy = image.dataobj
         if getattr(proxy, "slope", None) != 1 or getattr(proxy, "inter", None) != 0:
             return np.dtype(np.float32)
@@ -326,13 +323,13 @@ def load_magnitude(paths: Sequence[Path], geometry: Geometry) -> np.ndarray:
 def read_part(path: Path, geometry: Geometry) -> np.ndarray:
     """A phase, real or imaginary part of a magnitude echo as float64, checked against the
     magnitude echoes' ``geometry`` (shape and affine). Read as the echoes are (the whole file
-    decompressed in one call, which releases the GIL: :func:`_image_from_file`), the values
+    decompressed in one call, which releases the GIL: :func:`image_from_file`), the values
     of nibabel's scaled read. Raises BadDataError naming the file (as nibabel's reader words
     it where that cannot open the file: "not a readable NIfTI image")."""
     try:
-        img = _image_from_file(path)
+        img = image_from_file(path)
     except BadDataError:
-        _open(path)  # its message where nibabel cannot open the file either
+        open_image(path)  # its message where nibabel cannot open the file either
         raise
     shape = tuple(int(n) for n in img.shape)
     if len(shape) == 4 and shape[3] == 1:
@@ -343,7 +340,7 @@ def read_part(path: Path, geometry: Geometry) -> np.ndarray:
         )
     if not np.allclose(img.affine, geometry.affine, atol=1e-4):
         raise BadDataError(f"{path}: affine differs from the magnitude echoes")
-    data = _stored(path, img, np.float64).astype(np.float64, copy=False)
+    data = stored_values(path, img, np.float64).astype(np.float64, copy=False)
     return data.reshape(geometry.shape)
 
 
@@ -366,7 +363,7 @@ def read_map_image(path: Path) -> MapImage:
     there, BadDataError naming it when it cannot be read."""
     if not Path(path).exists():
         raise FileNotFoundError(f"{path}: no such map")
-    img = _open(Path(path))
+    img = open_image(Path(path))
     try:
         return MapImage(
             np.asarray(img.dataobj, dtype=np.float32),
@@ -380,52 +377,8 @@ def read_map_image(path: Path) -> MapImage:
 def header_geometry(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
     """(shape, affine) of an image from its header alone. Raises BadDataError (unreadable) or
     InputMissingError (a dangling DataLad link) naming the file."""
-    img = _open(Path(path))
+    img = open_image(Path(path))
     return tuple(int(n) for n in img.shape), np.asarray(img.affine, dtype=np.float64)
-
-
-def save_like(path: Path, data: np.ndarray, template: Path) -> Path:
-    """Write ``data`` as float32 (no scaling) with the header and affine of the image
-    ``template`` (the converter's phase in radians beside dcm2niix's integers)."""
-    source: Any = nib.load(str(template))
-    out = nib.Nifti1Image(np.asarray(data, dtype=np.float32), source.affine, source.header)
-    out.header.set_data_dtype(np.float32)
-    out.header.set_slope_inter(1.0, 0.0)
-    nib.save(out, str(path))
-    return Path(path)
-
-
-def concatenate_volumes(paths: Sequence[Path], out: Path) -> Path:
-    """The images ``paths`` (3-D, or 4-D runs) joined in order along a 4th axis into ``out``
-    (the converter's enhanced EPI volumes, one file each). Values stay as stored when every
-    file has the stored type of the first and no scaling, else become float32 (scaled). Raises
-    BadDataError naming the file whose grid differs from the first's."""
-    images = [_open(Path(p)) for p in paths]
-    first = images[0]
-    for path, image in zip(paths, images, strict=True):
-        if image.shape[:3] != first.shape[:3] or not np.allclose(image.affine, first.affine):
-            raise BadDataError(f"{path}: its grid differs from that of {paths[0]}")
-    raw = all(
-        image.get_data_dtype() == first.get_data_dtype() and _scaling(image) == (1.0, 0.0)
-        for image in images
-    )
-    arrays = [
-        np.asanyarray(image.dataobj.get_unscaled() if raw else image.get_fdata(dtype=np.float32))
-        for image in images
-    ]
-    data = np.concatenate([a.reshape(*a.shape[:3], -1) for a in arrays], axis=3)
-    joined = nib.Nifti1Image(data, first.affine, first.header)
-    if not raw:
-        joined.header.set_data_dtype(np.float32)
-        joined.header.set_slope_inter(1.0, 0.0)
-    nib.save(joined, str(out))
-    return Path(out)
-
-
-def _scaling(image: Any) -> tuple[float, float]:
-    """(slope, intercept) of a loaded image: nibabel keeps them on the data proxy."""
-    proxy = image.dataobj
-    return float(getattr(proxy, "slope", 1.0)), float(getattr(proxy, "inter", 0.0))
 
 
 # --- orientation: which voxel axis points where ----------------------------------------------
@@ -444,75 +397,3 @@ def to_ras(volume: np.ndarray, affine: np.ndarray) -> np.ndarray:
     if volume.ndim != 3:
         return volume
     return np.asarray(nib.orientations.apply_orientation(volume, ras_orientation(affine)))
-
-
-def _map_image(array: np.ndarray, geometry: Geometry) -> Any:
-    """The NIfTI image of a map: ``geometry``'s affine (both forms), zooms, mm / s units."""
-    img = nib.Nifti1Image(array, geometry.affine)
-    img.set_qform(geometry.affine, code=geometry.qform_code or 1)
-    img.set_sform(geometry.affine, code=geometry.sform_code or 1)
-    img.header.set_zooms(geometry.zooms)
-    img.header.set_xyzt_units("mm", "sec")
-    img.header.set_data_dtype(array.dtype)
-    return img
-
-
-def save_map(path: Path, data: np.ndarray, geometry: Geometry) -> Path:
-    """Write one map atomically: float maps as float32, boolean masks and label maps (uint8)
-    as uint8."""
-    kind = np.uint8 if data.dtype in (bool, np.uint8) else np.float32
-    array = data.astype(kind, copy=False)
-    img = _map_image(array, geometry)
-    with atomic_path(path) as tmp:
-        _write_file(Path(tmp), img, Path(path).name.endswith(".gz"))
-    return path
-
-
-def save_volumes(
-    path: Path, shape: tuple[int, ...], volumes: Iterable[np.ndarray], geometry: Geometry
-) -> Path:
-    """Write a 4-D float32 map of ``shape`` atomically from its 3-D ``volumes`` (float32, in
-    time order), one at a time: the same bytes as :func:`save_map` of the whole series,
-    without the series in the file's order in memory."""
-    img = _map_image(np.broadcast_to(np.float32(0.0), shape), geometry)  # the header only
-    img.update_header()
-    header = img.header
-    header.set_data_offset(_DATA_OFFSET)
-    header["scl_slope"], header["scl_inter"] = 1.0, 0.0  # as nibabel writes float32 data
-    compress = Path(path).name.endswith(".gz")
-    with (
-        atomic_path(path) as tmp,
-        open(tmp, "wb") as stream,
-        gzipped.output(stream, compress) as out,
-    ):
-        out.write(header.binaryblock)
-        out.write(b"\0" * (_DATA_OFFSET - len(header.binaryblock)))  # no extension
-        for volume in volumes:
-            out.write(np.asarray(volume, dtype=np.float32).tobytes(order="F"))
-    return path
-
-
-def write_image(
-    path: Path | str,
-    data: np.ndarray,
-    affine: np.ndarray,
-    zooms: tuple[float, ...] | None = None,
-) -> Path:
-    """Write ``data`` as it is (its own dtype) with ``affine`` and mm / s units, gzipped by the
-    ``.gz`` suffix: the simulator's writer of raw datasets (not atomic; maps go through
-    :func:`save_map`). ``zooms``: voxel sizes and, for a 4-D series, the repetition time
-    (default: from the affine, TR 1)."""
-    image = nib.Nifti1Image(np.ascontiguousarray(data), affine)
-    if zooms is not None:
-        image.header.set_zooms(zooms)
-    image.header.set_xyzt_units("mm", "sec")
-    nib.save(image, str(path))
-    return Path(path)
-
-
-def _write_file(path: Path, image: Any, compress: bool) -> None:
-    """Write ``image`` to ``path``, through gzip when ``compress``: nibabel streams it a
-    plane at a time into the compressor (isal when installed), so no copy of the whole
-    image, raw or compressed, is held."""
-    with open(path, "wb") as stream, gzipped.output(stream, compress) as out:
-        image.to_stream(out)

@@ -75,6 +75,11 @@ class PublishedSet(SubjectSession):
     solver_runs: int = 0
     #: Every noise-level estimate the choice was made from: method -> sigma.
     noise_candidates: Mapping[str, float] = field(default_factory=dict)
+    #: Where the data cannot tell the noise level within its target (issue 27: magnitude
+    #: only under ghosts that change from echo to echo, or a complex residual far above the
+    #: air's), why; "" where none. The run warns and the sidecars say it too
+    #: (``NoiseSigmaCaveat``).
+    noise_caveat: str = ""
     #: Mask share whose decay does not follow the model: an estimate exists (its SE inflated),
     #: not a failure; in the set statistics.
     misfit_fraction: float = 0.0

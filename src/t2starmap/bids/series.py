@@ -1,6 +1,6 @@
 """The 4-D echo series of multi-echo BOLD (``t2starmap t2smap``): their shared geometry, the
 mask, the samples inside it. Reads through :mod:`t2starmap.bids.nifti` (the one module that uses
-nibabel); maps are written with :func:`t2starmap.bids.nifti.save_map`."""
+nibabel); maps are written with :func:`t2starmap.bids.nifti_write.save_map`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from t2starmap.bids.nifti import Geometry, _image_from_file, _open, _stored, read_volume
+from t2starmap.bids.nifti import Geometry, image_from_file, open_image, read_volume, stored_values
 from t2starmap.errors import BadDataError
 
 
@@ -19,7 +19,7 @@ def series_geometry(paths: Sequence[Path], n_echoes: int) -> Geometry:
     echoes stacked along z): the geometry is one echo's. A 3-D image is one volume. Raises
     BadDataError naming the file whose shape or affine differs."""
     first = Path(paths[0])
-    img = _open(first)
+    img = open_image(first)
     shape = tuple(int(n) for n in img.shape)
     if len(shape) == 3:
         shape = (*shape, 1)
@@ -33,7 +33,7 @@ def series_geometry(paths: Sequence[Path], n_echoes: int) -> Geometry:
         shape = (shape[0], shape[1], shape[2] // n_echoes, shape[3])
     affine = np.asarray(img.affine, dtype=np.float64)
     for path in paths[1:]:
-        other = _open(Path(path))
+        other = open_image(Path(path))
         other_shape = tuple(int(n) for n in other.shape)
         if other_shape[:3] != shape[:3] or (*other_shape, 1)[3] != shape[3]:
             raise BadDataError(
@@ -57,7 +57,7 @@ def series_geometry(paths: Sequence[Path], n_echoes: int) -> Geometry:
 def read_mask(path: Path, geometry: Geometry) -> np.ndarray:
     """A mask image as bool (x, y, z) (non-zero is inside), checked against ``geometry``.
     Raises BadDataError naming the file."""
-    img = _open(Path(path))
+    img = open_image(Path(path))
     shape = tuple(int(n) for n in img.shape)
     while len(shape) > 3 and shape[-1] == 1:
         shape = shape[:-1]
@@ -85,7 +85,7 @@ def read_echo_series(
     out: list[np.ndarray] = []
     nz = geometry.shape[2]
     for path in paths:
-        data = _stored(Path(path), _image_from_file(Path(path)), np.float32)
+        data = stored_values(Path(path), image_from_file(Path(path)), np.float32)
         if data.ndim == 3:
             data = data[..., None]
         parts = [data] if len(paths) > 1 else [

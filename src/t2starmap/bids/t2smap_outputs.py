@@ -3,7 +3,7 @@ ours), the staging folder every file is written to first, and the registry.
 
 Every file is written into a hidden staging folder inside the output folder and moved into
 place (``os.replace``, one file at a time) only once all of them exist: a failed run leaves no
-output behind. Images go through :func:`t2starmap.bids.nifti.save_map`.
+output behind. Images go through :func:`t2starmap.bids.nifti_write.save_map`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from t2starmap.bids.nifti import Geometry, save_map, save_volumes
+from t2starmap.bids.nifti import Geometry
+from t2starmap.bids.nifti_write import save_map, save_volumes
 from t2starmap.bids.series import series_volumes, unmask
 from t2starmap.errors import OutputError, UsageError
 

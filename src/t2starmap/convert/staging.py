@@ -15,7 +15,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from t2starmap.bids.nifti import concatenate_volumes
+from t2starmap.bids.nifti_write import concatenate_volumes
 from t2starmap.convert.dcm2niix import Output, run_dcm2niix
 from t2starmap.convert.plan import Member
 from t2starmap.errors import BadDataError

@@ -24,7 +24,8 @@ import numpy as np
 from t2starmap.bids.atomic import write_json
 from t2starmap.bids.conventions import sidecar_path
 from t2starmap.bids.echo_times import echo_time_seconds
-from t2starmap.bids.nifti import header_geometry, read_volume, save_like
+from t2starmap.bids.nifti import header_geometry, read_volume
+from t2starmap.bids.nifti_write import save_like
 from t2starmap.convert import bids
 from t2starmap.convert.dcm2niix import Output
 from t2starmap.convert.fieldmaps import add_intended_for

@@ -182,8 +182,10 @@ def cross_check(
     4. never above an upper bound: the least of them caps the choice (its map scaled);
     5. a caveat (:attr:`NoiseEstimate.caveat`) where the magnitude floor remains the thermal
        estimate with much of its variance changing from echo to echo
-       (:data:`t2starmap.noise.thermal.CAVEAT_DECAYING`) and no clean background agrees
-       with it (:func:`_caveat`), whichever candidate is chosen."""
+       (:data:`t2starmap.noise.thermal.CAVEAT_DECAYING`), or the train is too short for the
+       signal to decay (:data:`t2starmap.noise.thermal.LEAST_POWER`, whichever residual,
+       the floor refused or not), and no clean background agrees with it (:func:`_caveat`),
+       whichever candidate is chosen."""
     thermal = thermal or NoiseEstimate(None, 0, "not estimated")
     tail = tail or NoiseEstimate(None, 0, "not estimated")
     everything = (background, differences, residuals, thermal, tail)
@@ -226,10 +228,16 @@ def _caveat(
     :data:`t2starmap.noise.thermal.CAVEAT_DECAYING`), with what the decayed tail said; none
     where a background not suspect of ghosts agrees with it within ``AGREE`` (two estimates
     that fail in different ways: on the coil phantoms of 8 and 32 coils the floor's share is
-    18-25 % from the noncentral chi's bias alone, and their backgrounds agree within 2 %)."""
-    if not thermal.caveat or thermal.sigma is None:
+    18-25 % from the noncentral chi's bias alone, and their backgrounds agree within 2 %).
+    A floor refused with a caveat (a train too short to decay, whose residuals leave no part
+    that does not decay) keeps it unless the background is clean: the short ghosted train,
+    magnitude only, seeds 8 and 9, took a background with a ghost tail at 1.64 and 1.23 x
+    the truth without a word."""
+    if not thermal.caveat:
         return ""
     clean = background.sigma is not None and not _suspect(background, differences)
+    if thermal.sigma is None:  # the floor was refused: only a clean background stands alone
+        return "" if clean else f"{thermal.caveat}; the background's sigma is used"
     if clean and abs(thermal.sigma / float(background.sigma or 1.0) - 1.0) <= AGREE:
         return ""
     said = f"{tail.sigma:.4g}, {bounds[tail.method]}" if tail.sigma is not None else tail.reason
@@ -263,15 +271,19 @@ def _magnitude_thermal(
     thermal: NoiseEstimate, tail: NoiseEstimate, bounds: dict[str, str]
 ) -> NoiseEstimate:
     """The thermal estimate :func:`_choice` works with: ``tail`` where it is an estimate, the
-    set has no across-model residual and the tail is not below ``TAIL_BELOW_FLOOR`` times
-    the magnitude floor, with why; else ``thermal`` (the tail's role in ``bounds`` then says
-    why not)."""
+    set has no across-model residual, the magnitude floor has no noise map (a tail, from
+    where the tissue decayed, stands for its own voxels then) and the tail is not below
+    ``TAIL_BELOW_FLOOR`` times the floor, with why; else ``thermal`` (the tail's role in
+    ``bounds`` then says why not)."""
     if tail.sigma is None or bounds.get(tail.method) != ESTIMATE:
         return thermal
     if thermal.sigma is None:
         return tail
     if thermal.method == ACROSS:
         bounds[tail.method] = f"{CROSS} (the residual across the complex model is used)"
+        return thermal
+    if thermal.sigma_map is not None:  # the tail stands for its own voxels only
+        bounds[tail.method] = f"{CROSS} (the noise is not uniform: the {thermal.method} map)"
         return thermal
     if tail.sigma < TAIL_BELOW_FLOOR * thermal.sigma:
         bounds[tail.method] = (

@@ -71,7 +71,8 @@ class Floor:
     decaying: the share of the mean residual variance that decays with the signal; per_echo:
     (E,) the robust SD of each echo's scaled residuals; n_voxels: voxels kept; voxel_variance:
     (n_kept,) each kept voxel's own intercept (unbiased, noisy); index: (n_kept,) their
-    flattened positions; dof: E - p."""
+    flattened positions; dof: E - p; least_power: the least mean squared signal of the
+    echoes over the greatest (how far the intercept is extrapolated; 0 where unknown)."""
 
     sigma: float | None
     pooled: float
@@ -82,6 +83,7 @@ class Floor:
     index: np.ndarray
     dof: int
     reason: str = ""
+    least_power: float = 0.0
 
 
 def leverage(design: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -151,7 +153,15 @@ def thermal_floor(residuals: Residuals, min_voxels: int) -> Floor:
         index,
         dof,
         "" if sigma2 > 0 else "the residuals leave no part that does not decay",
+        _least_power(power[measured]),
     )
+
+
+def _least_power(power: np.ndarray) -> float:
+    """The least of the echoes' mean squared signal ``power`` over the greatest (0 where
+    none is positive)."""
+    top = float(np.max(power)) if power.size else 0.0
+    return float(np.min(power)) / top if top > 0 else 0.0
 
 
 def _trimmed(ssr: np.ndarray, dofs: np.ndarray, min_voxels: int) -> tuple[np.ndarray, float]:

@@ -14,8 +14,8 @@ from t2starmap.noise.across import across_residuals
 from t2starmap.noise.floor import MIN_ECHOES_FLOOR, Floor, Residuals, thermal_floor
 from t2starmap.noise.result import NoiseEstimate
 from t2starmap.noise.samples import MIN_BACKGROUND
-from t2starmap.noise.spatial import noise_map
-from t2starmap.noise.tail import TAIL_BELOW_FLOOR, Tail
+from t2starmap.noise.spatial import NONUNIFORM_Z, NoiseMap, noise_map
+from t2starmap.noise.tail import TAIL_BELOW_FLOOR, Tail, follows
 
 #: A map is not used where more than this share of the residual variance decays with the
 #: signal: ghosts overlapping the tissue then shape it more than the noise does. Each voxel's
@@ -34,6 +34,14 @@ MAP_MAX_DECAYING = {"across-model": 0.5, "residual-floor": 0.2}
 #: ghosts, misfit and jitter, 48-93 % with misfit alone or ghosts alone (where the decayed
 #: tail answers instead: :func:`t2starmap.noise.choose.cross_check`).
 CAVEAT_DECAYING = 0.1
+#: The floor is an extrapolation to no signal from the echoes' mean squared signal (its
+#: intercept); where the least of it over the train is above this share of the greatest
+#: (the signal's power falls by less than 5 x), what decays with the signal cannot be told
+#: from what does not, whichever the residual, and the estimate carries a caveat. The body
+#: simulator (every effect, TE 4.6-55 ms) and the GE kidney: 0.02-0.04 across the complex
+#: model, 0.05-0.09 from the magnitude; echoes 0.7-8.3 ms (S0 2000, ghosts): 0.26-0.41,
+#: with phase the across-model sigma 1.8-15 x the truth.
+LEAST_POWER = 0.2
 
 
 def thermal_estimate(
@@ -50,8 +58,8 @@ def thermal_estimate(
     ``bipolar`` train, or where too few are coherent without it), else ``residual-floor``
     from the magnitude fit's ``magnitude_residuals``
     (:func:`t2starmap.noise.tissue.tissue_residuals`), its map's level from the decayed
-    ``tail`` where that one's noise is not uniform. ``shape``: the image's spatial shape.
-    sigma None (and why) when neither can be had."""
+    ``tail`` where the noise is not uniform (:func:`_calibrated`). ``shape``: the image's
+    spatial shape. sigma None (and why) when neither can be had."""
     te = np.asarray(echo_times, dtype=np.float64)
     why = ""
     if signal is not None:
@@ -66,8 +74,8 @@ def thermal_estimate(
     if magnitude_residuals is None:
         return NoiseEstimate(None, 0, why or "no residuals of bright tissue")
     floor = thermal_floor(magnitude_residuals, MIN_BACKGROUND)
-    if floor.sigma is None:
-        return NoiseEstimate(None, floor.n_voxels, floor.reason)
+    if floor.sigma is None:  # a train too short to decay still says so (no sigma of its own)
+        return NoiseEstimate(None, floor.n_voxels, floor.reason, caveat=_caveat("", floor, False))
     estimate = _estimate(floor, "residual-floor", shape, tail)
     return replace(estimate, reason=f"{why}; {estimate.reason}") if why else estimate
 
@@ -76,7 +84,7 @@ def _estimate(
     floor: Floor, method: str, shape: tuple[int, ...], tail: Tail | None = None
 ) -> NoiseEstimate:
     """The NoiseEstimate of a floor, with its map when the noise is not uniform (or, from the
-    magnitude, the map's shape with its level from a ``tail`` whose own noise is not uniform:
+    magnitude, the map's shape with its level from a ``tail`` whose noise is not uniform:
     :func:`_calibrated`)."""
     assert floor.sigma is not None
     n_echo = floor.per_echo.size
@@ -99,7 +107,7 @@ def _estimate(
             f"of its median, chance {100 * found.chance:.0f} %): the map is used"
         )
     elif found is not None and method == "residual-floor" and n_echo >= MIN_ECHOES_FLOOR:
-        calibrated = _calibrated(found.sigma, floor, tail)
+        calibrated = _calibrated(found, floor, tail)
         if calibrated is not None:
             sigma_map, sigma, why = calibrated
             how += f"; {why}"
@@ -111,46 +119,72 @@ def _estimate(
             "signal (ghosts over the tissue): the map is not used"
         )
     role = "estimate" if n_echo >= MIN_ECHOES_FLOOR else "upper bound (fewer than 6 echoes)"
-    caveat = ""
-    if (
-        method == "residual-floor"
-        and n_echo >= MIN_ECHOES_FLOOR
-        and floor.decaying > CAVEAT_DECAYING
-        and sigma_map is None
-    ):
-        caveat = (
-            f"magnitude only: {100 * floor.decaying:.0f} % of the tissue's residual variance "
-            "changes with the signal from echo to echo (ghosts, motion, misfit), which the "
-            "magnitude cannot tell from the thermal noise; sigma may be off by more than 15 %"
-        )
+    caveat = _caveat(method, floor, sigma_map is not None)
     return NoiseEstimate(
         sigma, floor.n_voxels, f"sigma from {how}", coils=1.0, method=method,
         bounds={method: role}, sigma_map=sigma_map, caveat=caveat,
     )  # fmt: skip
 
 
+def _caveat(method: str, floor: Floor, mapped: bool) -> str:
+    """Why the floor's sigma may be off by more than 15 %, or "": the signal decays too
+    little over the train for what decays with it to be told from the noise
+    (``LEAST_POWER``, whichever the residual), or the magnitude floor has more than
+    ``CAVEAT_DECAYING`` of its variance decaying and no noise map (``mapped``)."""
+    if floor.per_echo.size < MIN_ECHOES_FLOOR:
+        return ""
+    said = []
+    if floor.least_power > LEAST_POWER:
+        said.append(
+            f"the tissue's mean squared signal falls only to {100 * floor.least_power:.0f} % "
+            "of the first echoes' over the train: what decays with it (ghosts, motion, "
+            "misfit) cannot be told from the thermal noise"
+        )
+    if method == "residual-floor" and floor.decaying > CAVEAT_DECAYING and not mapped:
+        said.append(
+            f"magnitude only: {100 * floor.decaying:.0f} % of the tissue's residual variance "
+            "changes with the signal from echo to echo (ghosts, motion, misfit), which the "
+            "magnitude cannot tell from the thermal noise"
+        )
+    return "; ".join(said) + "; sigma may be off by more than 15 %" if said else ""
+
+
 def _calibrated(
-    shape_map: np.ndarray, floor: Floor, tail: Tail | None
+    found: NoiseMap, floor: Floor, tail: Tail | None
 ) -> tuple[np.ndarray, float, str] | None:
-    """(map, its median over the floor's voxels, why): the floor's smooth map scaled so that
-    its mean square over the ``tail``'s voxels is their own (the decayed tissue's noise, no
-    model), where the tail's own noise is not uniform (parallel imaging: the tail then
-    stands for its own tissue only) and the result is not below ``TAIL_BELOW_FLOOR`` times
-    the floor; else None. Under ghosts that change by echo the floor's map keeps the
-    g-factor's shape but not its level (0.52-1.37 x the truth on the body simulator with
-    SENSE R 3, ghosts, misfit and jitter, magnitude only; scaled by the tail 0.96-1.12)."""
-    if tail is None or tail.estimate.sigma is None or tail.uniform or tail.index.size < 2:
+    """(map, its median over the floor's voxels, why): the floor's smooth map ``found``
+    scaled so that its mean square over the ``tail``'s voxels is their own (the decayed
+    tissue's noise, no model), where the noise is not uniform (parallel imaging: the tail's
+    own map varies beyond chance, or the floor's does and the tail's noise follows it by
+    more than ``NONUNIFORM_Z`` standard errors: :func:`t2starmap.noise.tail.follows`) and
+    the tail at its own voxels is not below ``TAIL_BELOW_FLOOR`` times the map there; else
+    None.
+
+    The tail is a local measurement: its voxels are where the tissue has decayed, and under
+    SENSE where the g-factor is low (the noise is easier to fall under there; body simulator,
+    R 3, seeds 0-11: the truth at the tail's voxels 0.67 x the tissue's median), so its own
+    map can look flat within chance while the floor's does not (seeds 7 and 10: the tail
+    0.71 x the tissue's truth, 1.05-1.07 x the truth at its own voxels). Its level is
+    compared with the map where it was measured: the GE kidney's decayed voxels (magnitude
+    only) lie at 0.36 x the floor's map there and stay out. Under ghosts that change by echo
+    the floor's map keeps the g-factor's shape but not its level (0.52-1.37 x the truth on
+    the body simulator with SENSE R 3, ghosts, misfit and jitter, magnitude only)."""
+    if tail is None or tail.estimate.sigma is None or tail.index.size < 2:
+        return None
+    if tail.uniform and not (found.nonuniform and follows(tail, found.sigma) > NONUNIFORM_Z):
         return None
     assert floor.sigma is not None
-    at = shape_map.reshape(-1)[tail.index]
+    at = found.sigma.reshape(-1)[tail.index]
     scale = math.sqrt(float(np.mean(tail.variance)) / max(float(np.mean(at * at)), 1e-300))
-    sigma_map = scale * shape_map
-    sigma = float(np.median(sigma_map.reshape(-1)[floor.index]))
-    if sigma < TAIL_BELOW_FLOOR * floor.sigma:
+    if scale < TAIL_BELOW_FLOOR:
         return None
+    sigma_map = scale * found.sigma
+    sigma = float(np.median(sigma_map.reshape(-1)[floor.index]))
+    whose = "the floor's" if tail.uniform else "the decayed tissue's own"
+    spread = found.spread if tail.uniform else tail.spread
     why = (
-        f"the noise is not uniform (the decayed tissue's own map spans "
-        f"{100 * tail.spread:.0f} % of its median): the floor's smooth map, scaled by "
-        f"{scale:.3g} to the noise of {tail.voxels} decayed voxels, is used"
+        f"the noise is not uniform ({whose} map spans {100 * spread:.0f} % of its median): "
+        f"the floor's smooth map, scaled by {scale:.3g} to the noise of {tail.voxels} decayed "
+        "voxels where they lie, is used"
     )
     return sigma_map, sigma, why

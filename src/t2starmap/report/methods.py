@@ -111,7 +111,8 @@ def _noise(methods: Mapping[str, Any], record: PublishedSet) -> str:
         listed = ", ".join(f"{k} {v:.4g}" for k, v in sorted(candidates.items()))
         text += f"; the other estimates were {listed}"
     note = str(methods.get("NoiseSigmaNote") or "")
-    return text + "." + (f" {note[:1].upper()}{note[1:]}." if note else "")
+    text += "." + (f" {note[:1].upper()}{note[1:]}." if note else "")
+    return text + (f" Caveat: {record.noise_caveat}." if record.noise_caveat else "")
 
 
 def _fit(methods: Mapping[str, Any], record: PublishedSet) -> str:

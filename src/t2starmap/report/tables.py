@@ -58,7 +58,8 @@ def set_tables(
         (
             "Noise level σ",
             _fmt(sigma)
-            + (f" ({record.noise_method}, coils {record.noise_coils:.3g})" if sigma else ""),
+            + (f" ({record.noise_method}, coils {record.noise_coils:.3g})" if sigma else "")
+            + (f"; caveat: {record.noise_caveat}" if record.noise_caveat else ""),
         ),
         ("Noise model", record.noise_model),
         ("Compute device", record.device),

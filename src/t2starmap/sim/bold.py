@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from t2starmap.bids.nifti import Geometry, save_map, write_image
+from t2starmap.bids.nifti import Geometry
+from t2starmap.bids.nifti_write import save_map, write_image
 
 DEFAULT_TES = (0.012, 0.028, 0.044, 0.060)
 #: T2* ranges (s) of the regions.

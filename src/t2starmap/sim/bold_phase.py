@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from t2starmap.bids.nifti import write_image
+from t2starmap.bids.nifti_write import write_image
 from t2starmap.sim.bold import DEFAULT_TES, BoldRun, make_bold_run
 
 #: The frequency map's range (Hz): a gradient across the box, as near the sinuses.

@@ -272,7 +272,7 @@ def write_megre(
     extra_entities: str = "",
 ) -> list[Path]:
     """Write a phantom as BIDS MEGRE magnitude files (one NIfTI + JSON per echo); return them."""
-    from t2starmap.bids.nifti import write_image
+    from t2starmap.bids.nifti_write import write_image
 
     anat = Path(root) / f"sub-{subject}" / (f"ses-{session}" if session else "") / "anat"
     anat.mkdir(parents=True, exist_ok=True)
@@ -304,7 +304,7 @@ def write_bids_example(
 
     The true T2* of each set is kept in ``root/truth/`` which ``.bidsignore`` hides from BIDS.
     """
-    from t2starmap.bids.nifti import write_image
+    from t2starmap.bids.nifti_write import write_image
 
     root = Path(root)
     if root.exists():

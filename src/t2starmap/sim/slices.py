@@ -202,7 +202,7 @@ def write_slice_megre(root: Path, phantom: SlicePhantom, subject: str = "01") ->
     """Write a :class:`SlicePhantom` as a BIDS dataset: ``dataset_description.json`` and, per
     echo, a part-mag and a part-phase MEGRE file (phase in rad, sidecar Units "rad"), with
     MRAcquisitionType "2D", SliceThickness and SpacingBetweenSlices (mm). Returns the images."""
-    from t2starmap.bids.nifti import write_image
+    from t2starmap.bids.nifti_write import write_image
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)

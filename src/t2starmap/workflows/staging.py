@@ -19,7 +19,8 @@ from t2starmap.bids.func_records import PublishedRun
 from t2starmap.bids.layout import (
     EchoSet,
 )
-from t2starmap.bids.nifti import Geometry, save_map
+from t2starmap.bids.nifti import Geometry
+from t2starmap.bids.nifti_write import save_map
 from t2starmap.bids.records import PublishedSet, SetFailure
 from t2starmap.bids.summary import set_statistics
 from t2starmap.config import Settings
@@ -209,6 +210,7 @@ def record_of(settings: Settings, echo_set: EchoSet, fitted: SetFit) -> Publishe
         solver_runs=fitted.solver_runs,
         steps=dict(fitted.steps),
         noise_candidates=dict(fitted.noise.candidates),
+        noise_caveat=fitted.noise.caveat,
         part_sources=tuple(derivatives.bids_path(settings.bids_dir, p) for p in fitted.part_files),
         methods=dict(fitted.fit_info),
         software=software_versions(),
