@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -58,3 +59,11 @@ def test_group_table_one_row_per_set_with_na_where_unknown(tmp_path: Path) -> No
     assert back["session_id"].isna()[0] and back["session_id"][1] == "ses-b"
     assert back["noise_sigma"].isna()[1] and back["n_voxels"].dtype.kind == "i"
     assert "\tn/a\t" in text.splitlines()[2]
+
+
+def test_the_noise_caveat_reaches_the_group_table(tmp_path: Path) -> None:
+    """Issue 27: a set's caveat on its noise sigma is a column of the group table."""
+    flagged = replace(record("01", None, SetStatistics(), 20.0), noise_caveat="ghosts; off")
+    table = group_table([flagged, record("02", None, SetStatistics(), 20.0)])
+    back = pd.read_csv(io.StringIO(table.write(tmp_path / "g.tsv")), sep="\t", na_values="n/a")
+    assert back["noise_caveat"][0] == "ghosts; off" and back["noise_caveat"].isna()[1]

@@ -172,6 +172,23 @@ def test_noise_sigma_is_shown_to_4_significant_digits(tmp_path: Path) -> None:
     assert [row[6] for row in cells] == ["16.48", "1235"]
 
 
+def test_a_sigma_with_a_caveat_is_marked_and_listed_with_its_reason(tmp_path: Path) -> None:
+    """Issue 27: a set whose noise sigma the data could not separate says so on the group
+    page too: "(caveat)" beside its sigma, and a list of such sets with the reason."""
+    table = rows([0.02, 0.021, 0.022])
+    reason = "magnitude only: 31 % of the residual variance changes with the signal"
+    table.frame["noise_caveat"] = [np.nan, reason, np.nan]
+    text = group.group_page(table, tmp_path)
+    assert [row[6] for row in table_cells(text) if len(row) > 6] == ["10", "10 (caveat)", "10"]
+    assert "Noise σ with a caveat" in text and "1 echo set(s)" in text
+    listed = text.split("Noise σ with a caveat")[1]
+    assert reason in listed and "sub-02" in listed and "sub-01" not in listed
+
+
+def test_no_caveat_no_list(tmp_path: Path) -> None:
+    assert "with a caveat" not in group.group_page(rows([0.02, 0.021]), tmp_path)
+
+
 def test_the_echo_set_table_gives_misfit_beside_failed(tmp_path: Path) -> None:
     """Issue 27: the table says how much of each set is misfit, in its own column, in %."""
     table = rows([0.02, 0.021], failed=[0.001, 0.0])

@@ -41,6 +41,9 @@ GROUP_COLUMNS = {
     "r2star_iqr": "Interquartile range of R2* (1/s)",
     "noise_sigma": "Noise SD used by the fit (input units), n/a when unknown",
     "snr": "Median S0 over the same voxels divided by noise_sigma, n/a when unknown",
+    "noise_caveat": "Why noise_sigma may be off by more than 15 % (the data cannot tell the "
+    "thermal noise from what changes with the signal; the sidecars' NoiseSigmaCaveat), n/a "
+    "when there is none",
     "datatype": "anat: a multi-echo gradient-echo (MEGRE) echo set; func: a multi-echo BOLD run",
     "task": "Task label of a BOLD run (n/a without one)",
     "run": "Run index (n/a without one)",
@@ -172,6 +175,7 @@ def _published_row(record: PublishedSet) -> dict[str, object]:
         **_statistics(stats),
         "noise_sigma": float(sigma) if sigma else np.nan,
         "snr": snr,
+        "noise_caveat": record.noise_caveat or np.nan,
         "status": PUBLISHED,
         "failure_reason": np.nan,
     }
@@ -225,6 +229,7 @@ _TEXT_COLUMNS = (
     "datatype",
     "task",
     "run",
+    "noise_caveat",
     "status",
     "failure_reason",
 )

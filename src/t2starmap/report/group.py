@@ -111,8 +111,9 @@ HEADER = (
 
 
 @dataclass(frozen=True)
-class FailedRow:
-    """One echo set that failed, as the group page lists it."""
+class ListedSet:
+    """An echo set or run the group page lists with a reason: one that failed (``reason``, and
+    whether an earlier run's maps are kept), or one whose noise sigma carries a caveat."""
 
     label: str
     link: str
@@ -138,10 +139,10 @@ def _page_of(record: Mapping[str, Any]) -> str:
     )
 
 
-def _failed_rows(table: GroupTable, output_dir: Path) -> list[FailedRow]:
+def _failed_rows(table: GroupTable, output_dir: Path) -> list[ListedSet]:
     published = {_label(r) for r in table.published.to_dict("records")}
     return [
-        FailedRow(
+        ListedSet(
             _label(r),
             _page_of(r),
             (output_dir / _page_of(r)).exists(),
@@ -172,10 +173,20 @@ def _rows(frame: pd.DataFrame, output_dir: Path) -> tuple[list[Row], np.ndarray]
         output_dir,
         lambda record: [
             *_fit_cells(record),
-            _number(record["noise_sigma"], spec=".4g"),
+            _number(record["noise_sigma"], spec=".4g")
+            + (" (caveat)" if _present(record["noise_caveat"]) else ""),
             _number(record["snr"], spec=".3g"),
         ],
     )
+
+
+def _caveats(frame: pd.DataFrame, output_dir: Path) -> list[ListedSet]:
+    """The published echo sets whose noise sigma carries a caveat, with it."""
+    return [
+        ListedSet(_label(r), _page_of(r), (output_dir / _page_of(r)).exists(), str(c), False)
+        for r in frame.to_dict("records")
+        if _present(c := r["noise_caveat"])
+    ]
 
 
 def _flagged_rows(
@@ -308,6 +319,7 @@ def group_page(table: GroupTable, output_dir: Path) -> str:
         title="T2* group report · t2starmap",
         rows=rows,
         failed=_failed_rows(table, output_dir),
+        caveats=_caveats(frame, output_dir),
         header=HEADER,
         plots=plots,
         runs=runs,
