@@ -118,11 +118,6 @@ def stream_sample(n: int, passes: int = 8) -> float:
     return n * one / together
 
 
-def verdict(speedup: float, machine: float) -> str:
-    ratio = speedup / machine
-    return f"{machine:.2f} | {100 * ratio:.0f} % | {'met' if ratio >= TARGET else 'below'}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", type=int, nargs=3, default=(128, 128, 24))
