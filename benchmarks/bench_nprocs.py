@@ -4,21 +4,28 @@ from the phase differences, corrected fit) and for ``--fit-method complex``; eac
 speed-up next to what the machine itself gave in the same run, their ratio and the verdict.
 
     .venv/bin/python benchmarks/bench_nprocs.py [--shape 128 128 24] [--rounds 3] [--nprocs 2]
+    .venv/bin/python benchmarks/bench_nprocs.py --chunks 8192 16384 32768   # the fits only
+    .venv/bin/python benchmarks/bench_nprocs.py --account                   # where time goes
 
 The machine: N copies of a pure-Python loop at once against one (N on an idle machine; less
-where other jobs hold CPUs, which caps every speed-up). It is measured between the runs, in the
-same script, so that a step's speed-up is compared with what the machine delivered at that
-moment. Target (issue 29): every step that runs per voxel (reading, the phase checks, the fit,
-the correction) reaches >= 90 % of the machine's speed-up.
+where other jobs hold CPUs, which caps every speed-up), measured after each round or repeat
+in the same script, so that a step's speed-up is compared with what the machine delivered at
+that moment. Beside it, the memory system: N threads streaming over arrays far beyond the
+caches against one (:func:`stream_sample`); on a VM whose memory bandwidth does not grow with
+its cores, a step whose working set per worker leaves the caches cannot pass that ceiling.
+The verdict is against the pure-Python machine. Target (issue 29): every step that runs per
+voxel (reading, the phase checks, the fit, the correction) reaches >= 90 % of the machine's
+speed-up.
 
 Data: :func:`t2starmap.sim.slices.make_slice_phantom` (magnitude + phase, 11 echoes, SNR 100)
 written as BIDS; runs with ``--noise-sigma`` (the phantom has no air), validation skipped,
-settings interleaved ``--rounds`` times in fresh processes; the median of each step, and the
-median of the machine's samples. Then the same steps in this process, ``workers`` 1 and N
-interleaved with a machine sample, best of ``--repeats`` each: reading the echoes and their
-phase, the complex fit, the field map with its phase checks, the through-slice correction
-(profile estimate, factor, corrected fit). A best-of in one process is steadier than step
-medians on a shared machine.
+``--rounds`` rounds in fresh processes, 1 and N in turn first. Then the same steps in this
+process, ``--repeats`` times, 1 and N workers in turn first, each repeat followed by a machine
+sample: reading the echoes and their phase, the complex fit, the field map with its phase
+checks, the through-slice correction (profile estimate, factor, corrected fit); with
+``--chunks``, the fits only, at each chunk size. Each round's (repeat's) ratio is its
+speed-up over the machine of that moment; a step's ratio is their median, printed with their
+range: a best-of pairs one lucky sample of each side and swung by 20-30 points run to run.
 """
 
 from __future__ import annotations
@@ -83,9 +90,32 @@ def machine_sample(n: int) -> tuple[float, float]:
     return one, time.perf_counter() - start
 
 
-def verdict(speedup: float, machine: float) -> str:
-    ratio = speedup / machine
-    return f"{machine:.2f} | {100 * ratio:.0f} % | {'met' if ratio >= TARGET else 'below'}"
+#: Bytes of each array of the memory-streaming reference: far beyond the CPU's caches.
+STREAM_BYTES = 32 << 20
+
+
+def stream_sample(n: int, passes: int = 8) -> float:
+    """The memory system's speed-up at this moment: ``n`` threads each streaming ``passes``
+    times over its own two float32 arrays of :data:`STREAM_BYTES` (numpy releases the GIL),
+    against one thread doing the same alone. A step whose working set per worker is this far
+    beyond the caches cannot scale better than this (section 8 of RESULTS_PARTICIPANT.md)."""
+    size = STREAM_BYTES // 4
+    arrays = [(np.ones(size, np.float32), np.ones(size, np.float32)) for _ in range(n)]
+
+    def stream(pair: tuple[np.ndarray, np.ndarray]) -> None:
+        a, b = pair
+        for _ in range(passes):
+            np.multiply(a, 1.5, out=b)
+            np.add(b, a, out=a)
+
+    start = time.perf_counter()
+    stream(arrays[0])
+    one = time.perf_counter() - start
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        start = time.perf_counter()
+        list(pool.map(stream, arrays))
+        together = time.perf_counter() - start
+    return n * one / together
 
 
 def main() -> None:
@@ -93,7 +123,11 @@ def main() -> None:
     parser.add_argument("--shape", type=int, nargs=3, default=(128, 128, 24))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--nprocs", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5, help="best of, in one process")
+    parser.add_argument("--repeats", type=int, default=5, help="in one process")
+    parser.add_argument(
+        "--chunks", type=int, nargs="*", default=[],
+        help="only the fits in one process, with these voxels per chunk (each a table)",
+    )  # fmt: skip
     parser.add_argument(
         "--account", action="store_true", help="only where each step's time goes (Linux)"
     )
@@ -108,73 +142,114 @@ def main() -> None:
         if args.account:
             account(phantom, bids, args)
             return
-        participant_runs(bids, Path(tmp), args)
-        in_process(phantom, bids, args)
+        if not args.chunks:
+            participant_runs(bids, Path(tmp), args)
+            in_process(phantom, bids, args)
+        for chunk in args.chunks:
+            in_process(phantom, bids, args, chunk)
 
 
 def participant_runs(bids: Path, root: Path, args: argparse.Namespace) -> None:
-    """The participant runs, ``--nprocs`` 1 and N interleaved with a machine sample."""
+    """The participant runs, ``--nprocs`` 1 and N (in turn first) with a machine sample per
+    round; each step's ratio per round, its median."""
     settings = {"default": [], "complex": ["--fit-method", "complex"]}
     seconds: dict[tuple[str, int], list[dict[str, float]]] = {}
     machine: list[float] = []
+    memory: list[float] = []
     for r in range(args.rounds):
         for name, extra in settings.items():
-            for n in (1, args.nprocs):
+            for n in (1, args.nprocs)[:: 1 if r % 2 == 0 else -1]:
                 out = root / f"out-{name}-{n}-{r}"
                 seconds.setdefault((name, n), []).append(run(bids, out, n, extra))
-            one, together = machine_sample(args.nprocs)
-            machine.append(args.nprocs * one / together)
-    scale = statistics.median(machine)
+        one, together = machine_sample(args.nprocs)
+        machine.append(args.nprocs * one / together)
+        memory.append(stream_sample(args.nprocs))
     shape = "x".join(map(str, args.shape))
-    print(f"{shape} x 11 echoes, mag + phase; median of {args.rounds} rounds, seconds per step")
-    print(
-        f"the machine: {args.nprocs} pure-Python loops at once against one, median "
-        f"{scale:.2f}x (samples {min(machine):.2f}-{max(machine):.2f}); target: a per-voxel "
-        f"step >= {TARGET:.0%} of it"
-    )
+    print(f"{shape} x 11 echoes, mag + phase; {args.rounds} rounds, seconds per step (median)")
+    print(header(args.nprocs, machine, memory))
     print(f"| run | step | --nprocs 1 | --nprocs {args.nprocs} | speed-up | machine | ratio | |")
     print("|---|---|---:|---:|---:|---:|---:|---|")
     for name in settings:
         for step in STEPS:
-            one = [s[step] for s in seconds[(name, 1)] if step in s]
-            many = [s[step] for s in seconds[(name, args.nprocs)] if step in s]
-            if not one:
-                continue
-            a, b = statistics.median(one), statistics.median(many)
-            tail = verdict(a / b, scale) if step in PER_VOXEL else f"{scale:.2f} | | not per voxel"
-            print(f"| {name} | {step} | {a:.2f} | {b:.2f} | {a / b:.2f} | {tail} |")
+            rounds = [
+                (a[step], b[step])
+                for a, b in zip(seconds[(name, 1)], seconds[(name, args.nprocs)], strict=True)
+                if step in a
+            ]
+            if rounds:
+                print(f"| {name} | {step} | " + row(rounds, machine, step in PER_VOXEL) + " |")
 
 
-def in_process(ph: SlicePhantom, bids: Path, args: argparse.Namespace) -> None:
-    """The per-voxel steps with 1 and N workers in this process, each repeat followed by a
-    machine sample; best of ``--repeats`` of each. One torch thread in this thread, as
-    ``--nprocs 1`` sets (each worker thread sets its own)."""
+def header(n: int, machine: list[float], memory: list[float]) -> str:
+    """The two machine references of a table, medians and ranges."""
+    return (
+        f"the machine: {n} pure-Python loops at once against one, median "
+        f"{statistics.median(machine):.2f}x ({min(machine):.2f}-{max(machine):.2f}); memory: "
+        f"{n} threads streaming {STREAM_BYTES >> 20} MB arrays against one, median "
+        f"{statistics.median(memory):.2f}x ({min(memory):.2f}-{max(memory):.2f}); target: a "
+        f"per-voxel step's ratio to the machine (median of each round's) >= {TARGET:.0%}"
+    )
+
+
+def row(pairs: list[tuple[float, float]], machine: list[float], target: bool) -> str:
+    """Median seconds with 1 and N, the median speed-up, the machine's median and the median
+    of each round's ratio (speed-up / that round's machine) with their range, and the verdict:
+    a ratio per round pairs each speed-up with the machine of its own moment, and the median
+    does not reward one lucky round as a best-of does."""
+    one = statistics.median(p[0] for p in pairs)
+    many = statistics.median(p[1] for p in pairs)
+    speedup = statistics.median(a / b for a, b in pairs)
+    head = f"{one:.3f} | {many:.3f} | {speedup:.2f} | {statistics.median(machine):.2f}"
+    if not target:
+        return head + " | | not per voxel"
+    ratios = [a / b / m for (a, b), m in zip(pairs, machine, strict=True)]
+    ratio = statistics.median(ratios)
+    spread = f"{100 * min(ratios):.0f}-{100 * max(ratios):.0f}"
+    return f"{head} | {100 * ratio:.0f} % ({spread}) | {'met' if ratio >= TARGET else 'below'}"
+
+
+def in_process(
+    ph: SlicePhantom, bids: Path, args: argparse.Namespace, chunk: int | None = None
+) -> None:
+    """The per-voxel steps with 1 and N workers in this process (in turn first), each repeat
+    followed by a machine sample; the median of the repeats. One torch thread in this
+    thread, as ``--nprocs 1`` sets (each worker thread sets its own). ``chunk``: the fits'
+    voxels per chunk (None: their defaults)."""
     torch.set_num_threads(1)
-    print(f"\nin one process, workers 1 and {args.nprocs} interleaved with the machine, best of")
-    print(f"{args.repeats} each (s)")
-    print(f"| step | workers 1 | workers {args.nprocs} | speed-up | machine | ratio | |")
-    print("|---|---:|---:|---:|---:|---:|---|")
-    for name, fit in steps(ph, bids).items():
-        best = {1: np.inf, args.nprocs: np.inf}
-        alone = together = np.inf
-        for _ in range(args.repeats):
-            for workers in best:
+    n = args.nprocs
+    size = "default chunks" if chunk is None else f"chunks of {chunk} voxels"
+    print(f"\nin one process ({size}), workers 1 and {n}, {args.repeats} repeats (median s)")
+    table = []
+    machine: list[float] = []
+    memory: list[float] = []
+    for name, step in steps(ph, bids, chunk).items():
+        pairs = []
+        for r in range(args.repeats):
+            took = {}
+            for workers in (1, n)[:: 1 if r % 2 == 0 else -1]:
                 start = time.perf_counter()
-                fit(workers)
-                best[workers] = min(best[workers], time.perf_counter() - start)
-            sample = machine_sample(args.nprocs)
-            alone, together = min(alone, sample[0]), min(together, sample[1])
-        one, many = best[1], best[args.nprocs]
-        tail = verdict(one / many, args.nprocs * alone / together)
-        print(f"| {name} | {one:.3f} | {many:.3f} | {one / many:.2f} | {tail} |")
+                step(workers)
+                took[workers] = time.perf_counter() - start
+            pairs.append((took[1], took[n]))
+            one, together = machine_sample(n)
+            machine.append(n * one / together)
+            memory.append(stream_sample(n))
+        table.append(f"| {name} | " + row(pairs, machine[-args.repeats :], True) + " |")
+    print(header(n, machine, memory))
+    print(f"| step | workers 1 | workers {n} | speed-up | machine | ratio | |")
+    print("|---|---:|---:|---:|---:|---:|---|")
+    print("\n".join(table))
 
 
-def steps(ph: SlicePhantom, bids: Path) -> dict[str, Callable[[int], object]]:
-    """Each per-voxel step as a function of the worker count."""
+def steps(
+    ph: SlicePhantom, bids: Path, chunk: int | None = None
+) -> dict[str, Callable[[int], object]]:
+    """Each per-voxel step as a function of the worker count; ``chunk``: the fits' voxels
+    per chunk (None: their defaults)."""
     signal = ph.magnitude * np.exp(1j * ph.phase)
-    te, sigma = ph.echo_times, ph.sigma
-    plain = fit_t2star(ph.magnitude, te, noise=NoiseModel(sigma=sigma))
-    field = analyse_phase(signal, te, noise_sigma=sigma).field_map()
+    te, noise = ph.echo_times, NoiseModel(sigma=ph.sigma)
+    plain = fit_t2star(ph.magnitude, te, noise=noise)
+    field = analyse_phase(signal, te, noise_sigma=ph.sigma).field_map()
     assert field is not None
     slices = SliceGeometry(ph.affine, mr_acquisition_type="2D", thickness_mm=ph.slice_thickness_mm)
     anat = sorted((bids / "sub-01" / "anat").glob("*.nii.gz"))
@@ -183,36 +258,32 @@ def steps(ph: SlicePhantom, bids: Path) -> dict[str, Callable[[int], object]]:
     phase = sorted((p for p in anat if "part-phase" in p.name), key=number)
     geometry = check_geometry(mag)
     parts = Parts("phase", tuple((p,) for p in phase), ("rad",) * len(phase))
+    how = lambda w: Compute(workers=w, chunk_size=chunk)  # noqa: E731
 
     def read(workers: int) -> object:
         # the echoes and the phase in one pool, as a run reads them
         return read_echo_set(mag, parts, geometry, workers, integers=True).signal()
 
-    return {
-        "reading (echoes and phase)": read,
-        "complex fit": lambda w: fit_complex(
-            signal, te, noise=NoiseModel(sigma=sigma), compute=Compute(workers=w)
-        ),
+    fits: dict[str, Callable[[int], object]] = {
+        "complex fit": lambda w: fit_complex(signal, te, noise=noise, compute=how(w)),
         "field map with the phase checks": lambda w: analyse_phase(
-            signal, te, noise_sigma=sigma, compute=Compute(workers=w)
+            signal, te, noise_sigma=ph.sigma, compute=how(w)
         ),
-        "magnitude fit": lambda w: fit_t2star(
-            ph.magnitude, te, noise=NoiseModel(sigma=sigma), compute=Compute(workers=w)
-        ),
+        "magnitude fit": lambda w: fit_t2star(ph.magnitude, te, noise=noise, compute=how(w)),
         "correction (profile estimate, factor, corrected fit)": lambda w: correct(
-            ph, slices, field, plain, w
+            ph, slices, field, plain, how(w)
         ),
     }
+    return fits if chunk is not None else {"reading (echoes and phase)": read, **fits}
 
 
 def correct(
-    ph: SlicePhantom, slices: SliceGeometry, field: FieldMap, plain: FitResult, workers: int
+    ph: SlicePhantom, slices: SliceGeometry, field: FieldMap, plain: FitResult, how: Compute
 ) -> object:
-    """The through-slice correction of the phantom on ``workers``."""
+    """The through-slice correction of the phantom as ``how`` says."""
     return b0.correct_through_slice(
-        ph.magnitude, ph.echo_times, slices, field=field, uncorrected=plain,
-        compute=Compute(workers=workers),
-    )  # fmt: skip
+        ph.magnitude, ph.echo_times, slices, field=field, uncorrected=plain, compute=how
+    )
 
 
 def schedstat() -> tuple[float, float]:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import t2starmap
+from tests.support.files import EXAMPLE
 from tests.support.import_graph import cycles, describe, import_graph, modules_of
 
 SRC_PACKAGE = Path(t2starmap.__file__).resolve().parent
@@ -300,8 +301,8 @@ def test_only_the_workflows_import_the_report_and_only_the_cli_the_workflows() -
 
 
 def test_the_workflow_loads_the_pages_only_when_it_draws_them() -> None:
-    """matplotlib, PIL and jinja2 take most of a second to import: the participant run loads
-    them in a thread while its first set is fitted, so importing the workflow must not."""
+    """matplotlib, PIL and jinja2 take 0.4 s to import: the participant run loads them when
+    it first draws a page, so importing the workflow must not."""
     code = (
         "import sys, t2starmap.workflows.participant\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('matplotlib', 'jinja2')"
@@ -313,3 +314,32 @@ def test_the_workflow_loads_the_pages_only_when_it_draws_them() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]", proc.stdout
+
+
+def test_the_pages_are_not_imported_while_a_set_is_read_and_fitted(tmp_path: Path) -> None:
+    """The page module's import holds the GIL nearly throughout (0.4 s): run beside a set's
+    reading and fit, it slowed both at any ``--nprocs`` (section 8 of
+    benchmarks/RESULTS_PARTICIPANT.md), so the run imports it when it first draws a page."""
+    code = textwrap.dedent(
+        f"""
+        import sys
+        import t2starmap.workflows.echo_set as sets
+        from t2starmap.cli.run import main
+        seen, fit = [], sets.fit_echo_set
+        def watched(*args, **kwargs):
+            result = fit(*args, **kwargs)
+            seen.append(sorted(m for m in sys.modules if m.split(".")[0] in
+                ("matplotlib", "jinja2") or m == "t2starmap.report.participant")[:3])
+            return result
+        sets.fit_echo_set = watched
+        code = main([{str(EXAMPLE)!r}, {str(tmp_path / "out")!r}, "participant",
+            "--skip-bids-validation", "-q", "--participant-label", "01", "--nprocs", "2"])
+        print(code, seen, "t2starmap.report.participant" in sys.modules)
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(SRC_PACKAGE.parent)}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "0 [[]] True", proc.stdout

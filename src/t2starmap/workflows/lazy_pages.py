@@ -1,6 +1,8 @@
 """The report's page module (:mod:`t2starmap.report.participant`), imported when first used:
-matplotlib, jinja2 and PIL take most of a second, which the participant run hides by importing
-it in a thread while its first set is fitted."""
+matplotlib, jinja2 and PIL take 0.4 s, paid when the first page is drawn. Not in a thread while
+the first set is read and fitted: the import holds the GIL nearly throughout, so the readers'
+and the fit workers' Python waited for it, and the set's reading took 0.8 s instead of 0.4 s
+with 1 worker or 2 (section 8 of benchmarks/RESULTS_PARTICIPANT.md)."""
 
 from __future__ import annotations
 

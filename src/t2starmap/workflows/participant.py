@@ -27,11 +27,8 @@ log). The input dataset is only ever read.
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import logging
 import shutil
-import threading
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -162,7 +159,6 @@ def run_participant(settings: Settings) -> RunResult:
         with _output_guard(run):
             run.device = _check_input(settings)
             plan, bold = _plan(settings)
-            _import_pages_early()
             n_sets = sum(len(p.sets) for p in plan)
             log.info("%d echo set(s) to fit on %s with %s", n_sets, run.device, settings.fit_method)
             if bold.runs:
@@ -194,19 +190,6 @@ def _stage_and_publish(run: Run, plan: list[_Page], progress: Progress) -> None:
     else:
         for label, stage in units:
             _publish(run, label, stage())
-
-
-def _import_pages_early() -> None:
-    """Import the report's page module in a thread while the first set is read and fitted:
-    the main thread waits on numpy's and torch's threads there (they release the GIL), and
-    the import (matplotlib, PIL, jinja2) takes most of a second. Its errors, if any, come
-    from the import where the page module is first used."""
-
-    def load() -> None:
-        with contextlib.suppress(Exception):  # raised again where the module is used
-            importlib.import_module("t2starmap.report.participant")
-
-    threading.Thread(target=load, name="t2starmap-import", daemon=True).start()
 
 
 @contextmanager
