@@ -270,17 +270,27 @@ def _bounds(
 def _magnitude_thermal(
     thermal: NoiseEstimate, tail: NoiseEstimate, bounds: dict[str, str]
 ) -> NoiseEstimate:
-    """The thermal estimate :func:`_choice` works with: ``tail`` where it is an estimate, the
-    set has no across-model residual, the magnitude floor has no noise map (a tail, from
-    where the tissue decayed, stands for its own voxels then) and the tail is not below
-    ``TAIL_BELOW_FLOOR`` times the floor, with why; else ``thermal`` (the tail's role in
-    ``bounds`` then says why not)."""
+    """The thermal estimate :func:`_choice` works with: ``tail`` where it is an estimate (its
+    own map flat), the floor has no noise map (a tail, from where the tissue decayed, stands
+    for its own voxels then), the tail is not below ``TAIL_BELOW_FLOOR`` times the floor, and
+    the floor is the magnitude's, or the residual across the complex model with more than
+    :data:`t2starmap.noise.thermal.CAVEAT_DECAYING` of its variance decaying with the signal;
+    with why, and the floor's caveat (a train too short to decay); else ``thermal`` (the
+    tail's role in ``bounds`` then says why not).
+
+    Ghosts that change from echo to echo reach the imaginary part too: what of them does not
+    decay with the signal stays in the across-model floor (body simulator, ghosts alone,
+    phase, seeds 0-35: 0.95-1.33 x the truth, 21-81 % decaying), while the tail, measured
+    where they have decayed, is 0.99-1.04. The GE kidney (86 % decaying) keeps its
+    across-model sigma: its tail is 0.38 x it."""
     if tail.sigma is None or bounds.get(tail.method) != ESTIMATE:
         return thermal
     if thermal.sigma is None:
         return tail
-    if thermal.method == ACROSS:
-        return _across_or_tail(thermal, tail, bounds)
+    decaying = thermal.decaying or 0.0
+    if thermal.method == ACROSS and decaying <= CAVEAT_DECAYING:
+        bounds[tail.method] = f"{CROSS} (the residual across the complex model is used)"
+        return thermal
     if thermal.sigma_map is not None:  # the tail stands for its own voxels only
         bounds[tail.method] = f"{CROSS} (the noise is not uniform: the {thermal.method} map)"
         return thermal
@@ -294,38 +304,16 @@ def _magnitude_thermal(
         f"the magnitude's residual floor ({thermal.sigma:.4g}, {thermal.method}) rests on a "
         f"decay model; the tail of decayed tissue ({tail.sigma:.4g}) on none: the tail is used"
     )
-    return replace(tail, reason=f"{why}; {tail.reason}")
-
-
-def _across_or_tail(
-    thermal: NoiseEstimate, tail: NoiseEstimate, bounds: dict[str, str]
-) -> NoiseEstimate:
-    """The residual across the complex model, or the decayed ``tail`` (an estimate: its own
-    map is flat) where the across-model floor has no noise map, more than
-    :data:`t2starmap.noise.thermal.CAVEAT_DECAYING` of its variance decays with the signal and
-    the tail is not below ``TAIL_BELOW_FLOOR`` times it. Ghosts that change from echo to echo
-    reach the imaginary part too; what of them does not decay with the signal stays in the
-    floor (body simulator, ghosts alone, phase, seeds 0-35: 0.95-1.33 x the truth, 21-81 %
-    decaying), while the tail, measured where they have decayed, is 0.99-1.04. The floor's
-    caveat (a train too short to decay) is kept. The GE kidney (86 % decaying) keeps its
-    across-model sigma: its tail is 0.38 x it."""
-    assert tail.sigma is not None and thermal.sigma is not None
-    decaying = thermal.decaying or 0.0
-    if thermal.sigma_map is not None or decaying <= CAVEAT_DECAYING:
-        bounds[tail.method] = f"{CROSS} (the residual across the complex model is used)"
-        return thermal
-    if tail.sigma < TAIL_BELOW_FLOOR * thermal.sigma:
-        bounds[tail.method] = (
-            f"{CROSS} (below {TAIL_BELOW_FLOOR:g} x the {ACROSS}: the decayed tissue's noise "
-            "is not the bright tissue's)"
+    keep = tail.caveat  # the magnitude floor's caveat is what the tail answers
+    if thermal.method == ACROSS:
+        keep = thermal.caveat
+        why = (
+            f"{100 * decaying:.0f} % of the variance across the complex model decays with the "
+            f"signal (ghosts, motion): its floor ({thermal.sigma:.4g}) keeps what of them does "
+            f"not; the tail of decayed tissue ({tail.sigma:.4g}), where they have decayed, is "
+            "used"
         )
-        return thermal
-    why = (
-        f"{100 * decaying:.0f} % of the variance across the complex model decays with the "
-        f"signal (ghosts, motion): its floor ({thermal.sigma:.4g}) keeps what of them does not; "
-        f"the tail of decayed tissue ({tail.sigma:.4g}), where they have decayed, is used"
-    )
-    return replace(tail, reason=f"{why}; {tail.reason}", caveat=thermal.caveat)
+    return replace(tail, reason=f"{why}; {tail.reason}", caveat=keep)
 
 
 def _choice(
