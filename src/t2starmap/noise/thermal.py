@@ -158,7 +158,9 @@ def _shape_holds(found: NoiseMap, floor: Floor, method: str, tail: Tail | None) 
     alone (uniform noise) can make the two follow each other too (up to 8.0 over seeds 0-23),
     but only where the map was flat within chance: the map must vary beyond chance as well
     (``found.nonuniform``, checked by the caller). The magnitude floor's map under much
-    decay is left to the tail's level (:func:`_calibrated`)."""
+    decay is left to the tail's level (:func:`_calibrated`). First, either floor's map is
+    refused where a flat tail does not follow it and more than a tenth decays
+    (:func:`_flat_tail_disowns`)."""
     z = follows(tail, found.sigma) if tail is not None and tail.estimate.sigma else 0.0
     if _flat_tail_disowns(floor, tail, z):
         return False, (
