@@ -47,3 +47,7 @@ class NoiseEstimate:
     #: with no decayed tissue of uniform noise to check it); empty where nothing is known
     #: against it. The run warns and the sidecars say it (``NoiseSigmaCaveat``).
     caveat: str = ""
+    #: A thermal floor's share of the residual variance that decays with the signal (what
+    #: changes from echo to echo besides the noise: ghosts, motion, misfit); None for the
+    #: other estimates.
+    decaying: float | None = None
