@@ -193,7 +193,7 @@ def cross_check(
     ghosted = background.sigma is not None and differences.sigma is not None
     ghosted = ghosted and (background.sigma or 0.0) > GHOST_RATIO * (differences.sigma or 0.0)
     bounds = _bounds(background, differences, residuals, thermal, tail, ghosted)
-    thermal = _magnitude_thermal(thermal, tail, bounds)
+    thermal = _thermal_or_tail(thermal, tail, bounds)
     chosen = _choice(background, differences, residuals, thermal, ghosted, bounds)
     chosen = _capped(chosen, {m: candidates[m] for m, b in bounds.items() if b.startswith(UPPER)})
     return replace(
@@ -267,7 +267,7 @@ def _bounds(
     return out
 
 
-def _magnitude_thermal(
+def _thermal_or_tail(
     thermal: NoiseEstimate, tail: NoiseEstimate, bounds: dict[str, str]
 ) -> NoiseEstimate:
     """The thermal estimate :func:`_choice` works with: ``tail`` where it is an estimate (its

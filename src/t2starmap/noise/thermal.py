@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import TypeGuard
 
 import numpy as np
 
@@ -77,7 +78,8 @@ def thermal_estimate(
         return NoiseEstimate(None, 0, why or "no residuals of bright tissue")
     floor = thermal_floor(magnitude_residuals, MIN_BACKGROUND)
     if floor.sigma is None:  # a train too short to decay still says so (no sigma of its own)
-        return NoiseEstimate(None, floor.n_voxels, floor.reason, caveat=_caveat("", floor, False))
+        caveat = _floor_caveat("", floor, False)
+        return NoiseEstimate(None, floor.n_voxels, floor.reason, caveat=caveat)
     estimate = _estimate(floor, "residual-floor", shape, tail)
     return replace(estimate, reason=f"{why}; {estimate.reason}") if why else estimate
 
@@ -101,7 +103,7 @@ def _estimate(
     sigma_map, sigma, why = _chosen_map(found, floor, method, tail)
     how += why
     role = "estimate" if n_echo >= MIN_ECHOES_FLOOR else "upper bound (fewer than 6 echoes)"
-    caveat = _caveat(method, floor, sigma_map is not None)
+    caveat = _floor_caveat(method, floor, sigma_map is not None)
     return NoiseEstimate(
         sigma, floor.n_voxels, f"sigma from {how}", coils=1.0, method=method,
         bounds={method: role}, sigma_map=sigma_map, caveat=caveat, decaying=floor.decaying,
@@ -161,18 +163,19 @@ def _shape_holds(found: NoiseMap, floor: Floor, method: str, tail: Tail | None) 
     decay is left to the tail's level (:func:`_calibrated`). First, either floor's map is
     refused where a flat tail does not follow it and more than a tenth decays
     (:func:`_flat_tail_disowns`)."""
-    z = follows(tail, found.sigma) if tail is not None and tail.estimate.sigma else 0.0
+    within = floor.decaying <= MAP_MAX_DECAYING.get(method, MAP_MAX_DECAYING["residual-floor"])
+    if not _measured(tail):
+        return within, ""
+    z = follows(tail, found.sigma)
     if _flat_tail_disowns(floor, tail, z):
         return False, (
             f"{100 * floor.decaying:.0f} % of the residual variance decays with the signal and "
             f"the decayed tissue's noise, flat within chance, follows the map by only {z:.1f} "
             "standard errors"
         )
-    if floor.decaying <= MAP_MAX_DECAYING.get(method, MAP_MAX_DECAYING["residual-floor"]):
+    if within:
         return True, ""
-    if method != "across-model" or tail is None or tail.estimate.sigma is None:
-        return False, ""
-    if z <= NONUNIFORM_Z:
+    if method != "across-model" or z <= NONUNIFORM_Z:
         return False, ""
     return True, (
         f"; {100 * floor.decaying:.0f} % of the residual variance decays with the signal, "
@@ -180,7 +183,12 @@ def _shape_holds(found: NoiseMap, floor: Floor, method: str, tail: Tail | None) 
     )
 
 
-def _flat_tail_disowns(floor: Floor, tail: Tail | None, z: float) -> bool:
+def _measured(tail: Tail | None) -> TypeGuard[Tail]:
+    """Whether ``tail`` is there and gave a sigma."""
+    return tail is not None and tail.estimate.sigma is not None
+
+
+def _flat_tail_disowns(floor: Floor, tail: Tail, z: float) -> bool:
     """Whether a decayed ``tail`` whose own noise map is flat within chance (an estimate of
     the tissue's noise, from no model) follows the floor's map by no more than
     ``NONUNIFORM_Z`` standard errors (``z``: :func:`t2starmap.noise.tail.follows`) while more
@@ -192,12 +200,10 @@ def _flat_tail_disowns(floor: Floor, tail: Tail | None, z: float) -> bool:
     (10.5 % decaying) at 1.49 x, the tail 1.02 following it by 3.8. Under SENSE R 3 with
     everything the tail follows the across-model map by 12-20 wherever its own map looks
     flat (and sets the magnitude floor's map's level first: :func:`_calibrated`)."""
-    if tail is None or tail.estimate.sigma is None or not tail.uniform:
-        return False
-    return floor.decaying > CAVEAT_DECAYING and z <= NONUNIFORM_Z
+    return tail.uniform and floor.decaying > CAVEAT_DECAYING and z <= NONUNIFORM_Z
 
 
-def _caveat(method: str, floor: Floor, mapped: bool) -> str:
+def _floor_caveat(method: str, floor: Floor, mapped: bool) -> str:
     """Why the floor's sigma may be off by more than 15 %, or "": the signal decays too
     little over the train for what decays with it to be told from the noise
     (``LEAST_POWER``, whichever the residual), or the magnitude floor has more than
@@ -240,7 +246,7 @@ def _calibrated(
     only) lie at 0.36 x the floor's map there and stay out. Under ghosts that change by echo
     the floor's map keeps the g-factor's shape but not its level (0.52-1.37 x the truth on
     the body simulator with SENSE R 3, ghosts, misfit and jitter, magnitude only)."""
-    if tail is None or tail.estimate.sigma is None or tail.index.size < 2:
+    if not _measured(tail) or tail.index.size < 2:
         return None
     if tail.uniform and not (found.nonuniform and follows(tail, found.sigma) > NONUNIFORM_Z):
         return None
