@@ -80,9 +80,10 @@ def test_an_across_model_map_the_tail_follows_takes_its_level() -> None:
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_under_sense_the_across_model_map_has_the_decayed_tissues_level(seed: int) -> None:
     """SENSE R 3 with phase: the across-model map's shape is the g-factor's (the decayed
-    tissue's noise follows it by 15-21 standard errors), its own level 0.88-0.92 x the truth
+    tissue's noise follows it by 12-21 standard errors), its own level 0.88-0.92 x the truth
     (the voxels whose residuals exceed a bound on the pooled noise are trimmed, the noisiest
-    first); levelled to the tail by echo it is within 5 % (0.95-1.01 over seeds 0-47)."""
+    first); levelled to the tail's own map it is within 5 % (0.97-1.03 over seeds 0-47 but
+    seed 36, whose tail is flat)."""
     body = make_body_set(**SENSE_R3, seed=seed)  # type: ignore[arg-type]
     estimate = all_candidates(body.magnitude, body.echo_times, signal=body.signal).chosen()
     assert estimate.method == "across-model" and estimate.sigma_map is not None
@@ -92,7 +93,7 @@ def test_under_sense_the_across_model_map_has_the_decayed_tissues_level(seed: in
 
 def test_sense_with_everything_the_levelled_map_is_the_noise() -> None:
     """SENSE R 3 with ghosts, misfit and jitter, phase, seed 32: the across-model map at its
-    own level was 0.82 x the truth without a caveat (40 % decaying); levelled, 0.92."""
+    own level was 0.82 x the truth without a caveat (40 % decaying); levelled, 0.98."""
     body = make_body_set(**SENSE_R3, **EVERYTHING, seed=32)  # type: ignore[arg-type]
     estimate = all_candidates(body.magnitude, body.echo_times, signal=body.signal).chosen()
     assert "levelled by" in estimate.reason
@@ -104,7 +105,8 @@ def test_a_flat_tail_does_not_level_an_across_model_map() -> None:
     """SENSE R 2 with ghosts, misfit and jitter, phase, seed 42: the across-model map is used
     (the tail follows it by 5.1 standard errors), but the tail's own map is flat: it is the
     tissue's noise (1.06 x at its voxels, signal left in its echoes), and the map levelled to
-    it would be 1.17 x the truth. At its own level: 1.00."""
+    it would be 1.21 x the truth (1.11-1.21 on the row's five seeds with a map). At its own
+    level: 1.00."""
     body = make_body_set(acceleration=2, **EVERYTHING, seed=42)  # type: ignore[arg-type]
     estimate = all_candidates(body.magnitude, body.echo_times, signal=body.signal).chosen()
     assert estimate.method == "across-model" and estimate.sigma_map is not None

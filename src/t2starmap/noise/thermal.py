@@ -118,9 +118,11 @@ def _chosen_map(
     its own: a level measured without a model beats one extrapolated to no signal (body
     simulator, SENSE R 3 with ghosts, misfit and jitter, magnitude only, seeds 16 and 22:
     the floor's own map, 16-18 % of its variance decaying, 1.21 and 0.71 x the truth; scaled
-    to the tail, 1.13 and 1.05; 0.96-1.13 on every seed 0-23 of the row, 0.97-1.08 with SENSE
-    R 3 alone). Else the map is used as found where it varies beyond chance and its shape
-    holds (:func:`_shape_holds`)."""
+    to the tail's own map where both are measured, 1.04 and 1.10; 0.94-1.13 on the seeds 0-47
+    of the row it levels, 0.90-0.97 with SENSE R 3 alone). Else the map is used as found
+    where it varies beyond chance and its shape holds (:func:`_shape_holds`), an
+    across-model map levelled to the tail where that sees the noise vary
+    (:func:`_levelled`)."""
     assert floor.sigma is not None
     if found is None:
         return None, floor.sigma, ""
@@ -162,7 +164,7 @@ def _levelled(found: NoiseMap, method: str, tail: Tail | None) -> tuple[float, s
     0.88-0.92 x the truth over seeds 0-47, levelled 0.97-1.03; with ghosts, misfit and jitter
     too, seed 32, 40 % decaying: 0.82, levelled 0.98). A flat tail is the tissue's noise
     itself and levels nothing: with SENSE R 2, ghosts, misfit and jitter it follows the maps
-    used by 4.2-6.7 standard errors, and levelled to it they ran up to 1.17 x the truth.
+    used by 4.2-6.7 standard errors, and levelled to it they ran 1.11-1.21 x the truth.
     The magnitude floor's map is levelled by the tail before (:func:`_calibrated`)."""
     if method != "across-model" or not _measured(tail) or tail.uniform:
         return None
