@@ -32,12 +32,15 @@ class NoiseMap:
     """sigma: (shape) the smooth noise SD in image units (the median sigma where nothing was
     measured nearby); spread: the 5-95 % range of sigma over the measured voxels over its
     median; chance: that range's share expected from the voxel estimates' own noise;
-    nonuniform: whether the map is to be used."""
+    nonuniform: whether the map is to be used; support: (shape) how much of the map at each
+    voxel is measured rather than spread from elsewhere, the smoothed count of the voxels
+    measured over its greatest (None: measured everywhere alike)."""
 
     sigma: np.ndarray
     spread: float
     chance: float
     nonuniform: bool
+    support: np.ndarray | None = None
 
 
 def noise_map(shape: tuple[int, ...], index: np.ndarray, variance: np.ndarray) -> NoiseMap | None:
@@ -70,7 +73,8 @@ def noise_map(shape: tuple[int, ...], index: np.ndarray, variance: np.ndarray) -
     chance = 2 * 1.645 * 0.5 * sd / math.sqrt(max(float(np.median(effective)), 1.0)) / mid**2
     spread = float((hi - lo) / mid)
     nonuniform = spread > NONUNIFORM_SPREAD and spread > NONUNIFORM_Z * chance
-    return NoiseMap(grid.spread(coarse, shape), spread, chance, nonuniform)
+    support = grid.spread(counts / max(float(counts.max()), 1e-300), shape)
+    return NoiseMap(grid.spread(coarse, shape), spread, chance, nonuniform, support)
 
 
 @dataclass(frozen=True)
