@@ -37,6 +37,17 @@ import numpy as np
 
 from t2starmap.noise.samples import _MAD_TO_SD
 
+#: The floor is an extrapolation to no signal from the echoes' mean squared signal (its
+#: intercept); where the least of it over the train is above this share of the greatest
+#: (the signal's power falls by less than 5 x), what decays with the signal cannot be told
+#: from what does not, whichever the residual, and the estimate carries a caveat
+#: (:func:`t2starmap.noise.thermal._floor_caveat`). The decayed tail's premise fails there
+#: too (:func:`t2starmap.noise.tail.decayed_tail`). The body
+#: simulator (every effect, TE 4.6-55 ms) and the GE kidney: 0.02-0.04 across the complex
+#: model, 0.05-0.09 from the magnitude; echoes 0.7-8.3 ms (S0 2000, ghosts): 0.26-0.41,
+#: with phase the across-model sigma 1.8-15 x the truth.
+LEAST_POWER = 0.2
+
 #: Echoes from which the decaying part is fitted and taken out (below: the pooled median).
 MIN_ECHOES_FLOOR = 6
 #: A voxel whose residual sum of squares lies above this upper point of its chi-square (times
