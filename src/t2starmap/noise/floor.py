@@ -164,11 +164,11 @@ def thermal_floor(residuals: Residuals, min_voxels: int) -> Floor:
         index,
         dof,
         "" if sigma2 > 0 else "the residuals leave no part that does not decay",
-        _least_power(power[measured]),
+        least_power(power[measured]),
     )
 
 
-def _least_power(power: np.ndarray) -> float:
+def least_power(power: np.ndarray) -> float:
     """The least of the echoes' mean squared signal ``power`` over the greatest (0 where
     none is positive)."""
     top = float(np.max(power)) if power.size else 0.0

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from t2starmap.noise.floor import LEAST_POWER, MIN_ECHOES_FLOOR, _least_power
+from t2starmap.noise.floor import LEAST_POWER, MIN_ECHOES_FLOOR, least_power
 from t2starmap.noise.result import NoiseEstimate
 from t2starmap.noise.samples import MIN_BACKGROUND, _gamma_quantile
 from t2starmap.noise.spatial import NoiseMap, noise_map
@@ -223,7 +223,7 @@ def _undecayed(squares: np.ndarray) -> str:
     ghosts): 0.27-0.36, where magnitude only, seed 27, a flat tail of 462 such voxels (5.2 %
     of the tissue, above ``MIN_SHARE``) was used at 1.79 x the truth without a word."""
     power = np.mean(squares, axis=0)
-    least = _least_power(power)
+    least = least_power(power)
     if not least > LEAST_POWER:
         return ""
     return (
