@@ -64,6 +64,7 @@ from t2starmap.bids.nifti import check_geometry
 from t2starmap.bids.parts import Parts, read_echo_set
 from t2starmap.fit import Compute, FitResult, NoiseModel, fit_complex, fit_t2star
 from t2starmap.fit.phase import FieldMap, analyse_phase
+from t2starmap.resources import prepare_allocator
 from t2starmap.sim.slices import SlicePhantom, make_slice_phantom, write_slice_megre
 
 STEPS = ("read", "noise", "phase", "fit", "correction", "maps")
@@ -221,9 +222,10 @@ def in_process(
 ) -> None:
     """The per-voxel steps with 1 and N workers in this process (in turn first), each repeat
     followed by a machine sample; the median of the repeats. One torch thread in this
-    thread, as ``--nprocs 1`` sets (each worker thread sets its own). ``chunk``: the fits'
-    voxels per chunk (None: their defaults)."""
+    thread, as ``--nprocs 1`` sets (each worker thread sets its own), and the C allocator as
+    a run prepares it. ``chunk``: the fits' voxels per chunk (None: their defaults)."""
     torch.set_num_threads(1)
+    prepare_allocator(args.nprocs)  # as a participant run does before it reads
     n = args.nprocs
     size = "default chunks" if chunk is None else f"chunks of {chunk} voxels"
     print(f"\nin one process ({size}), workers 1 and {n}, {args.repeats} repeats (median s)")

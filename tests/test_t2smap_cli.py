@@ -175,3 +175,25 @@ def test_excluded_volumes_are_counted_before_the_dummy_scans(small: Synthetic) -
     keep = fit_volumes(settings_from_args(args, "t2smap"), 37)
     assert keep is not None
     assert np.flatnonzero(~keep).tolist() == [2, 3]
+
+
+@pytest.mark.parametrize(
+    ("threads", "workers"), [([], 1), (["--n-threads", "3"], 3), (["--n-threads", "-1"], None)]
+)
+def test_the_allocator_is_prepared_for_the_fits_threads(
+    small: Synthetic,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    threads: list[str],
+    workers: int | None,
+) -> None:
+    """As the participant level does: the C allocator prepared for ``--n-threads`` (1 by
+    default, as tedana's; -1: the CPUs this process may use) before the fit."""
+    import os
+
+    from t2starmap import resources
+
+    seen: list[int] = []
+    monkeypatch.setattr(resources, "prepare_allocator", seen.append)
+    assert main(t2smap_args(small, tmp_path / "out", "--quiet", *threads)) == 0
+    assert seen == [workers or resources.available_cpus(os.environ)[0]]

@@ -178,8 +178,15 @@ def gpu_possible(dev: Path = Path("/dev")) -> bool:
 
 # --- memory the C allocator keeps ------------------------------------------------------------
 
-#: glibc's mallopt parameter for the most malloc arenas (malloc.h).
+#: glibc's mallopt parameters (malloc.h): the most malloc arenas; the free memory at a heap's
+#: top kept rather than handed back; the size from which a block is mapped on its own.
 _M_ARENA_MAX = -8
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+#: What :func:`keep_freed_memory` sets: glibc's own ceiling for the mmap threshold (64-bit),
+#: and the top of a heap kept free (a thread's heap is at most 64 MB).
+KEEP_MMAP_THRESHOLD = 32 << 20
+KEEP_TRIM_THRESHOLD = 64 << 20
 
 
 def _glibc() -> Any:
@@ -213,6 +220,32 @@ def limit_allocator_arenas(arenas: int = 2) -> bool:
     growing its own heap."""
     libc = _glibc()
     return bool(libc is not None and libc.mallopt(_M_ARENA_MAX, arenas) == 1)
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc keep the blocks a fit frees for its next ones (``mallopt``: blocks up to
+    :data:`KEEP_MMAP_THRESHOLD` from the heaps, a heap's free top kept up to
+    :data:`KEEP_TRIM_THRESHOLD`; False and nothing done elsewhere). By default a freed chunk
+    temporary of a few MB is handed back to the system and faulted in again, zeroed, at the
+    next allocation; with several fit threads those faults queue on the process's one memory
+    map (RESULTS_PARTICIPANT.md sections 6 and 10). What is kept goes back with
+    :func:`release_free_memory` after each set's fit."""
+    libc = _glibc()
+    return bool(
+        libc is not None
+        and libc.mallopt(_M_MMAP_THRESHOLD, KEEP_MMAP_THRESHOLD) == 1
+        and libc.mallopt(_M_TRIM_THRESHOLD, KEEP_TRIM_THRESHOLD) == 1
+    )
+
+
+def prepare_allocator(workers: int) -> None:
+    """The C allocator as the fits want it, before a run: at most ``max(2, workers)`` arenas
+    (:func:`limit_allocator_arenas`: glibc gives each thread that allocates its own heap, up
+    to 8 per CPU, which keeps what it freed: the read, fit, write and figure threads would
+    each hold volume-sized leftovers), and the fits' freed chunk temporaries kept for their
+    next ones (:func:`keep_freed_memory`)."""
+    limit_allocator_arenas(max(2, workers))
+    keep_freed_memory()
 
 
 #: The software a record names (name -> distribution), beside the Python version.

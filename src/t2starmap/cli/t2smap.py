@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -333,7 +334,9 @@ def _run(arguments: list[str]) -> int:
         logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
     )
     settings = settings_from_args(args, "t2smap " + " ".join(arguments))
+    from t2starmap.resources import available_cpus, prepare_allocator
     from t2starmap.workflows.t2smap import run_t2smap  # torch: only past the checks
 
+    prepare_allocator(settings.workers or available_cpus(os.environ)[0])
     run_t2smap(settings)
     return int(ExitCode.OK)

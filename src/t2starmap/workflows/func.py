@@ -34,6 +34,7 @@ from t2starmap.bids.outputs import bids_uri
 from t2starmap.bids.parts import sibling
 from t2starmap.bids.series import series_geometry
 from t2starmap.config import Settings
+from t2starmap.resources import release_free_memory
 from t2starmap.workflows.func_record import RunFit, run_record
 
 if TYPE_CHECKING:
@@ -123,6 +124,7 @@ def stage_bold_run(
         return StagedRun(record, (*files, record_file.as_posix()))
     finally:
         shutil.rmtree(private, ignore_errors=True)
+        release_free_memory()  # what the fit's threads and temporaries left in the heap
 
 
 @contextmanager

@@ -67,7 +67,7 @@ from t2starmap.errors import (
     worst,
 )
 from t2starmap.interrupts import deferred_signals, raise_if_signalled
-from t2starmap.resources import limit_allocator_arenas
+from t2starmap.resources import prepare_allocator
 from t2starmap.workflows.func import StagedRun, stage_bold_run
 from t2starmap.workflows.func_pages import log_published_run, readable_sections, runs_part
 from t2starmap.workflows.lazy_pages import pages
@@ -235,9 +235,7 @@ def _check_input(settings: Settings) -> torch.device:
     # ``workers``): torch's own threads wait for each other at every operation, which makes
     # them several times slower as soon as another process wants a CPU.
     torch.set_num_threads(1)
-    # glibc gives each thread that allocates its own heap (up to 8 per CPU), which keeps what
-    # it freed: the read, fit, write and figure threads would each hold volume-sized leftovers
-    limit_allocator_arenas(max(2, settings.nprocs))
+    prepare_allocator(settings.nprocs)
     return device
 
 
