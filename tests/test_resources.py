@@ -195,9 +195,9 @@ def test_the_allocator_gives_back_what_it_keeps_where_it_is_glibc() -> None:
     assert resources.limit_allocator_arenas(8) is glibc
 
 
-#: Three 8 MB blocks allocated, touched and freed, 20 times: glibc's default hands the freed
-#: top of its heap back each time (24 MB > its dynamic trim threshold of twice the largest
-#: freed block) and the next round faults every page in again.
+#: Three 8 MB blocks allocated, touched and freed, 20 times: glibc's default hands the part of
+#: its heap's free top beyond its dynamic trim threshold (twice the largest block freed, 16 MB)
+#: back each time, and the next round faults those pages in again (~1000 a round here).
 _CHURN = """
 import resource, sys
 import numpy as np

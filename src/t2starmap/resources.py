@@ -227,8 +227,9 @@ def keep_freed_memory() -> bool:
     :data:`KEEP_MMAP_THRESHOLD` from the heaps, a heap's free top kept up to
     :data:`KEEP_TRIM_THRESHOLD`; False and nothing done elsewhere). By default a freed chunk
     temporary of a few MB is handed back to the system and faulted in again, zeroed, at the
-    next allocation; with several fit threads those faults queue on the process's one memory
-    map (RESULTS_PARTICIPANT.md sections 6 and 10). What is kept goes back with
+    next allocation: half the time of a one-worker fit in the calling thread, and with several
+    fit threads the faults queue on the process's one memory map (RESULTS_PARTICIPANT.md
+    sections 6 and 10). What is kept goes back with
     :func:`release_free_memory` after each set's fit."""
     libc = _glibc()
     return bool(
