@@ -8,6 +8,7 @@ the process's cgroup (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us`` / ``cpu.cfs_period
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Mapping
@@ -189,8 +190,10 @@ KEEP_MMAP_THRESHOLD = 32 << 20
 KEEP_TRIM_THRESHOLD = 64 << 20
 
 
+@functools.cache
 def _glibc() -> Any:
-    """The C library when it is glibc (its malloc_trim and mallopt), else None."""
+    """The C library when it is glibc (its malloc_trim and mallopt), else None; looked up once
+    (``find_library`` runs ``ldconfig``), then asked again after every set and BOLD run."""
     import ctypes
     import ctypes.util
 
